@@ -1,0 +1,55 @@
+// swift-tools-version: 6.2
+//
+// Divvy: composable allocators, a shared-memory heap and an allocator daemon.
+// Layers (see DESIGN.md in the project's shared notes and README.md): each target
+// only imports the ones below it.
+//
+//   CDivvy  — C shim: only what Swift cannot express (variadic mremap, MAP_HUGE_* macros).
+//   Divvy   — allocator protocols, primitives, slabs, arenas, pools, combinators, safe owners.
+import PackageDescription
+
+let package = Package(
+    name: "Divvy",
+    products: [
+        .library(name: "Divvy", targets: ["Divvy"]),
+        .executable(name: "divvy-demo", targets: ["DivvyDemo"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+    ],
+    targets: [
+        .target(name: "CDivvy"),
+        .target(
+            name: "Divvy",
+            dependencies: [
+                "CDivvy",
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            swiftSettings: [
+                // Invariant checks (`_checkInvariants()`) in debug builds and tests only.
+                .define("DIVVY_INTERNAL_CHECKS", .when(configuration: .debug)),
+            ]
+        ),
+        // The demo is written the way users are meant to write code: the compiler rejects any
+        // unsafe construct in it (strict memory safety, as an error).
+        .executableTarget(
+            name: "DivvyDemo",
+            dependencies: ["Divvy"],
+            swiftSettings: [
+                .strictMemorySafety(),
+                .treatWarning("StrictMemorySafety", as: .error),
+            ]
+        ),
+        .target(name: "DivvyTestSupport", dependencies: ["Divvy"], path: "Tests/DivvyTestSupport"),
+        .testTarget(
+            name: "DivvyTests",
+            dependencies: [
+                "Divvy",
+                "DivvyTestSupport",
+                .product(name: "Atomics", package: "swift-atomics"),
+            ]
+        ),
+    ]
+)

@@ -30,6 +30,8 @@ let package = Package(
             swiftSettings: [
                 // Invariant checks (`_checkInvariants()`) in debug builds and tests only.
                 .define("DIVVY_INTERNAL_CHECKS", .when(configuration: .debug)),
+                // `Span` properties on our own owner types (`OwnedBlock.bytes`, `BlockArray.span`).
+                .enableExperimentalFeature("Lifetimes"),
             ]
         ),
         // The demo is written the way users are meant to write code: the compiler rejects any

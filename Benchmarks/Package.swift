@@ -1,0 +1,36 @@
+// swift-tools-version: 6.2
+//
+// Divvy's benchmarks, kept in their own package so the main build stays lean (as swift-nio does).
+// Run from this directory:  swift package benchmark           (all)
+//                           ./ratios.sh                        (all, as ratios to malloc+free; see README)
+import PackageDescription
+
+import struct Foundation.URL
+
+// A path dependency's identity is its directory's name, which is whatever the checkout is called
+// (`divvy`, `main`, a CI clone's temp name), so derive it rather than hard-code it.
+let divvyPackage = URL(fileURLWithPath: Context.packageDirectory).deletingLastPathComponent().lastPathComponent
+
+let package = Package(
+    name: "DivvyBenchmarks",
+    platforms: [.macOS(.v15)],
+    dependencies: [
+        .package(path: ".."),
+        .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.1", traits: ["MallocInterposer"]),
+    ],
+    targets: [
+        // glibc's own entry points (__libc_malloc/__libc_free), so the baseline bypasses the harness's malloc
+        // interposer; see Benchmarks/README section in the main README.
+        .target(name: "CBenchSupport"),
+        .executableTarget(
+            name: "Allocators",
+            dependencies: [
+                .product(name: "Divvy", package: divvyPackage),
+                .product(name: "Benchmark", package: "benchmark"),
+                "CBenchSupport",
+            ],
+            path: "Benchmarks/Allocators",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        ),
+    ]
+)

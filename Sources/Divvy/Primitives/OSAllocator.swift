@@ -374,8 +374,9 @@ public struct OSAllocator: Allocator, InPlaceResizingAllocator, SizeRoundingAllo
             case .success(let address):
                 return UnsafeBlock(start: address, size: newLength)
             case .failure(let error):
+                // ENOMEM (commit limit) or EINVAL (a length beyond the address space): the block is untouched.
+                // Fall through to allocate-and-copy, which reports the failure from mmap with the usual codes.
                 precondition(error != .badAddress, "OSAllocator.reallocate(\(block)): the block is not a live mapping")
-                throw mappingError(error, "mremap could not grow or move the block", new)
             }
         }
         let moved = try allocate(new)

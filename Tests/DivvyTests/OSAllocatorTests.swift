@@ -1,7 +1,6 @@
 import Divvy
 import DivvyTestSupport
 import Foundation
-import Synchronization
 import XCTest
 
 #if canImport(Glibc)
@@ -461,10 +460,22 @@ extension OSAllocatorTests {
             var layout: Layout
             var id: Int
         }
+        // NSLock (a pthread mutex) rather than Synchronization.Mutex: ThreadSanitizer does not see the raw futex
+        // the standard library's Mutex uses on Linux, and would report its protected accesses as races.
+        final class Locked<Value>: @unchecked Sendable {
+            private let lock = NSLock()
+            private var value: Value
+            init(_ value: Value) { self.value = value }
+            func withLock<R>(_ body: (inout Value) throws -> R) rethrows -> R {
+                lock.lock()
+                defer { lock.unlock() }
+                return try body(&value)
+            }
+        }
         final class Shared: Sendable {
-            let pool = Mutex<[Entry]>([])
-            let freed = Mutex<[Int]>([])
-            let failures = Mutex<[String]>([])
+            let pool = Locked<[Entry]>([])
+            let freed = Locked<[Int]>([])
+            let failures = Locked<[String]>([])
         }
         let shared = Shared()
         let os = OSAllocator(.init(hugePages: .none, commit: .reserveOnly))

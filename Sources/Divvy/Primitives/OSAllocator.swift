@@ -54,7 +54,8 @@ import Musl
 ///   returns nil when the address space after the block is taken (and always when growing explicit huge pages,
 ///   which Linux cannot extend). `reallocate` first tries `resize`; then, when the new layout needs no more than
 ///   page alignment and the policy is `.none`, it lets `mremap` move the mapping (no copy: the kernel moves page
-///   tables; with `prefault`, only when shrinking). **Over-aligned reallocation copies**: `mremap` cannot be
+///   tables; with `prefault` a grown block is copied instead, so that a failure to populate it can still leave
+///   the caller's block where it was). **Over-aligned reallocation copies**: `mremap` cannot be
 ///   asked for an aligned address, so a block needing more than page alignment (including every block of a
 ///   huge-page policy) that cannot be resized in place is mapped anew, copied and unmapped.
 /// - **Prefault** populates the block with `madvise(MADV_POPULATE_WRITE)` (Linux 5.14; older kernels get each page
@@ -62,6 +63,9 @@ import Musl
 ///   instead of dying later. It also prefaults the pages added by `resize` and `reallocate`.
 ///
 /// Thread-safe: the allocator has no state of its own, and the kernel serializes changes to the address space.
+///
+/// Nothing here is `@inlinable`: every operation is a system call, which dwarfs a function call, and keeping the
+/// implementation out of client code lets it change.
 @frozen
 public struct OSAllocator: Allocator, InPlaceResizingAllocator, SizeRoundingAllocator, Sendable {
     /// Which pages to back blocks with.

@@ -18,7 +18,9 @@ final class OSAllocatorTests: XCTestCase {
         XCTAssertEqual(block.size, os.goodSize(for: layout))
         XCTAssertEqual(block.address % UInt(page), 0)
         XCTAssertTrue(block.buffer.allSatisfy { $0 == 0 }, "fresh mappings read as zero")
-        for i in 0..<block.size { block.start.storeBytes(of: UInt8(truncatingIfNeeded: i), toByteOffset: i, as: UInt8.self) }
+        for i in 0..<block.size {
+            block.start.storeBytes(of: UInt8(truncatingIfNeeded: i), toByteOffset: i, as: UInt8.self)
+        }
         XCTAssertTrue(block.buffer.enumerated().allSatisfy { $0.element == UInt8(truncatingIfNeeded: $0.offset) })
         XCTAssertEqual(OSAllocator.residency(of: block), block.size)
         XCTAssertTrue(isMapped(block))
@@ -28,7 +30,9 @@ final class OSAllocatorTests: XCTestCase {
 
     func testSystemFacts() {
         XCTAssertEqual(OSAllocator.pageSize, Int(sysconf(Int32(_SC_PAGESIZE))))
-        XCTAssertEqual(OSAllocator.transparentHugePageSize, readInt("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size") ?? 2 << 20)
+        XCTAssertEqual(
+            OSAllocator.transparentHugePageSize,
+            readInt("/sys/kernel/mm/transparent_hugepage/hpage_pmd_size") ?? 2 << 20)
         let enabled = readText("/sys/kernel/mm/transparent_hugepage/enabled") ?? "[never]"
         XCTAssertEqual(OSAllocator.transparentHugePagesEnabled, !enabled.contains("[never]"))
         XCTAssertEqual(OSAllocator.maximumAlignment, 1 << 40)
@@ -158,8 +162,9 @@ extension OSAllocatorTests {
         let layout = try Layout(size: page, alignment: 2 << 20)
         let block = try os.allocate(layout)
         // Occupy the page right after the block so it cannot grow in place.
-        let blocker = try XCTUnwrap(mmap(
-            block.start + page, page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | 0x100000 /* MAP_FIXED_NOREPLACE */, -1, 0))
+        let mapFixedNoReplace: Int32 = 0x10_0000
+        let blocker = try XCTUnwrap(
+            mmap(block.start + page, page, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | mapFixedNoReplace, -1, 0))
         XCTAssertEqual(blocker, block.start + page, "the page after a fresh 2 MiB-aligned block is free")
         defer { munmap(blocker, page) }
         fill(block, count: page, seed: 3)
@@ -197,7 +202,8 @@ extension OSAllocatorTests {
                 let newLayout = try Layout(size: size, alignment: alignment)
                 let moved = try os.reallocate(block, from: layout, to: newLayout)
                 let kept = min(layout.size, newLayout.size, sample)
-                XCTAssertTrue(check(moved, count: kept, seed: tag), "\(configuration) \(layout) → \(newLayout) [seed \(seed)]")
+                XCTAssertTrue(
+                    check(moved, count: kept, seed: tag), "\(configuration) \(layout) → \(newLayout) [seed \(seed)]")
                 XCTAssertEqual(moved.address % UInt(max(alignment, os.granularity)), 0)
                 XCTAssertEqual(moved.size, os.goodSize(for: newLayout))
                 if configuration.prefault {
@@ -558,7 +564,8 @@ extension OSAllocatorTests {
         for entry in remaining {
             XCTAssertTrue(
                 UnsafeRawBufferPointer(start: entry.block.start, count: min(entry.layout.size, 2 * page))
-                    .allSatisfy { $0 == UInt8(truncatingIfNeeded: entry.id &* 31 &+ 7) }, "block \(entry.id) [seed \(seed)]")
+                    .allSatisfy { $0 == UInt8(truncatingIfNeeded: entry.id &* 31 &+ 7) },
+                "block \(entry.id) [seed \(seed)]")
             os.deallocate(entry.block, layout: entry.layout)
         }
         let failures = shared.failures.withLock { $0 }
@@ -580,11 +587,14 @@ extension OSAllocatorTests {
     }
 
     func fill(_ block: UnsafeBlock, count: Int, seed: UInt8) {
-        for i in 0..<count { block.start.storeBytes(of: seed &+ UInt8(truncatingIfNeeded: i &* 7), toByteOffset: i, as: UInt8.self) }
+        for i in 0..<count {
+            block.start.storeBytes(of: seed &+ UInt8(truncatingIfNeeded: i &* 7), toByteOffset: i, as: UInt8.self)
+        }
     }
 
     func check(_ block: UnsafeBlock, count: Int, seed: UInt8) -> Bool {
-        for i in 0..<count where block.start.load(fromByteOffset: i, as: UInt8.self) != seed &+ UInt8(truncatingIfNeeded: i &* 7) {
+        for i in 0..<count
+        where block.start.load(fromByteOffset: i, as: UInt8.self) != seed &+ UInt8(truncatingIfNeeded: i &* 7) {
             return false
         }
         return true

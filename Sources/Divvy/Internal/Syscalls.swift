@@ -1,6 +1,7 @@
 // Thin wrappers over the memory-mapping system calls: one per call, retrying EINTR, returning the value or errno.
 // Modelled on apple/swift-system `Sources/System/Internals/Syscalls.swift` and `Util.swift` (`valueOrErrno`).
-// Failures are swift-system's `Errno`. Public APIs turn it into a thrown `AllocationError`; nothing here throws or traps.
+// Failures are swift-system's `Errno`. Public APIs turn it into a thrown `AllocationError`;
+// nothing here throws or traps.
 import CDivvy
 import SystemPackage
 

@@ -447,7 +447,7 @@ extension OSAllocator {
             guard OSAllocator.transparentHugePagesEnabled else {
                 throw AllocationError(
                     .unsupportedLayout,
-                    "transparent huge pages are disabled (transparent_hugepage/enabled is [never]); enable or allow fallback",
+                    "transparent huge pages are disabled (transparent_hugepage/enabled is [never]); allow fallback",
                     size: layout.size, alignment: layout.alignment)
             }
             let start: UnsafeMutableRawPointer
@@ -465,10 +465,14 @@ extension OSAllocator {
         case .explicit2MiB, .explicit1GiB:
             switch mapHugeTLB(kind, length: length, alignment: alignment) {
             case .success(let start): return start
-            case .failure(let error) where error == .noMemory:
+            case .failure(let error) where error == .noMemory && kind == .explicit1GiB:
                 throw AllocationError(
                     .outOfMemory,
-                    "not enough free explicit huge pages; reserve some (vm.nr_hugepages) or allow fallback",
+                    "not enough free 1 GiB huge pages; reserve some (hugepages-1048576kB/nr_hugepages) or fall back",
+                    size: layout.size, alignment: layout.alignment, systemError: error.rawValue)
+            case .failure(let error) where error == .noMemory:
+                throw AllocationError(
+                    .outOfMemory, "not enough free 2 MiB huge pages; reserve some (vm.nr_hugepages) or allow fallback",
                     size: layout.size, alignment: layout.alignment, systemError: error.rawValue)
             case .failure(let error):
                 throw AllocationError(

@@ -22,4 +22,8 @@ int divvy_mremap_maymove(void) { return MREMAP_MAYMOVE; }
 int divvy_madv_hugepage(void) { return MADV_HUGEPAGE; }
 int divvy_madv_nohugepage(void) { return MADV_NOHUGEPAGE; }
 int divvy_madv_dontneed(void) { return MADV_DONTNEED; }
+#ifndef MADV_POPULATE_WRITE
+#define MADV_POPULATE_WRITE 23 // include/uapi/asm-generic/mman-common.h; older headers lack it
+#endif
+int divvy_madv_populate_write(void) { return MADV_POPULATE_WRITE; }
 int divvy_errno(void) { return errno; }

@@ -26,6 +26,9 @@ int divvy_madv_hugepage(void);
 int divvy_madv_nohugepage(void);
 int divvy_madv_dontneed(void);
 
+/// madvise(2) MADV_POPULATE_WRITE (Linux 5.14): prefault page tables writable, failing cleanly if memory is short.
+int divvy_madv_populate_write(void);
+
 /// The errno of the calling thread (a macro around a TLS slot in glibc).
 int divvy_errno(void);
 

@@ -37,10 +37,20 @@ burst = "baseline: glibc malloc+free burst (32 B)"
 if pair not in results or burst not in results:
     sys.exit("baseline benchmarks missing from the run (do not filter them out)")
 
-print("| benchmark | ns/op (p50) | p25–p75 | × glibc malloc+free |")
+def baseline(name):
+    """The glibc baseline of the same kind (pair or burst) and, if there is one, the same workload in parentheses."""
+    kind = "burst" in name
+    workload = re.search(r"\(([^)]*)\)\s*$", name)
+    for candidate in results:
+        if candidate.startswith("baseline") and ("burst" in candidate) == kind and workload:
+            if candidate.endswith(f"({workload.group(1)})"):
+                return candidate
+    return burst if kind else pair
+
+print("| benchmark | ns/op (p50) | p25–p75 | × glibc malloc+free (same workload) |")
 print("|:--|--:|--:|--:|")
 for name in sorted(results, key=lambda n: (not n.startswith("baseline"), n)):
     p25, p50, p75 = results[name]
-    base = results[burst if "burst" in name else pair][1]
-    print(f"| {name} | {p50 / 1000:.2f} | {p25 / 1000:.2f}–{p75 / 1000:.2f} | {p50 / base:.2f} |")
+    base = baseline(name)
+    print(f"| {name} | {p50 / 1000:.2f} | {p25 / 1000:.2f}–{p75 / 1000:.2f} | {p50 / results[base][1]:.2f} |")
 PY

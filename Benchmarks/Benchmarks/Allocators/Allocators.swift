@@ -67,6 +67,16 @@ let benchmarks: @Sendable () -> Void = {
         }
         blackHole(blocks.baseAddress)
     }
+    Benchmark("baseline: glibc malloc+free burst (mixed 16 B–1 KiB)") { benchmark in
+        let sizes = (0..<batch).map { i in 16 + (i &* 7919) % 1008 }
+        let blocks = UnsafeMutableBufferPointer<UnsafeMutableRawPointer?>.allocate(capacity: batch)
+        defer { blocks.deallocate() }
+        for _ in benchmark.scaledIterations {
+            for i in 0..<batch { blocks[i] = divvy_bench_libc_malloc(sizes[i]) }
+            for i in 0..<batch { divvy_bench_libc_free(blocks[i]) }
+        }
+        blackHole(blocks.baseAddress)
+    }
     Benchmark("SystemAllocator pair (32 B, through the protocol)") { benchmark in
         try pairs(SystemAllocator(), small, benchmark)
     }
@@ -79,5 +89,59 @@ let benchmarks: @Sendable () -> Void = {
     Benchmark("Slab burst (32 B)") { benchmark in
         let slab = try SlabBuilder(small).finishUnsynchronized(SystemAllocator())
         try bursts(slab, small, benchmark)
+    }
+
+    // Generic composition must cost nothing: the same slab behind a combinator, called through generic code.
+    Benchmark("Slab pair via Segregator (generic composition, 32 B)") { benchmark in
+        let slab = try SlabBuilder(small).finishUnsynchronized(SystemAllocator())
+        try pairs(Segregator(threshold: 64, small: slab, large: SystemAllocator()), small, benchmark)
+    }
+    Benchmark("Slab pair via StatsAllocator (atomic counters, 32 B)") { benchmark in
+        let slab = try SlabBuilder(small).finishUnsynchronized(SystemAllocator())
+        try pairs(StatsAllocator(slab), small, benchmark)
+    }
+
+    Benchmark("ConcurrentSlab local pair (32 B)") { benchmark in
+        let (local, shared) = try SlabBuilder(small).finish(SystemAllocator())
+        try pairs(local, small, benchmark)
+        blackHole(shared)
+    }
+    Benchmark("ConcurrentSlab local burst (32 B)") { benchmark in
+        let (local, shared) = try SlabBuilder(small).finish(SystemAllocator())
+        try bursts(local, small, benchmark)
+        blackHole(shared)
+    }
+    Benchmark("LockFreeSlab pair (32 B, single thread)") { benchmark in
+        let slab = try LockFreeSlab(layout: small, capacity: 1 << 16, backing: OSAllocator())
+        try pairs(slab, small, benchmark)
+    }
+    Benchmark("LockFreeSlab burst (32 B, single thread)") { benchmark in
+        let slab = try LockFreeSlab(layout: small, capacity: 1 << 16, backing: OSAllocator())
+        try bursts(slab, small, benchmark)
+    }
+
+    // --- arenas, pools, the OS -------------------------------------------------------------------------------------
+    Benchmark("Arena allocation (32 B; reset every 1000)") { benchmark in
+        let arena = try Arena(OSAllocator())
+        for _ in benchmark.scaledIterations {
+            for _ in 0..<batch { blackHole(try arena.allocate(small).start) }
+            arena.deallocateAll()
+        }
+    }
+    Benchmark("Pool pair (32 B)") { benchmark in
+        try pairs(try Pool(OSAllocator()), small, benchmark)
+    }
+    Benchmark("Pool burst (mixed 16 B–1 KiB)") { benchmark in
+        let pool = try Pool(OSAllocator())
+        let layouts = (0..<batch).map { i in Layout(uncheckedSize: 16 + (i &* 7919) % 1008, alignment: 8) }
+        let blocks = UnsafeMutableBufferPointer<UnsafeBlock>.allocate(capacity: batch)
+        defer { blocks.deallocate() }
+        for _ in benchmark.scaledIterations {
+            for i in 0..<batch { blocks[i] = try pool.allocate(layouts[i]) }
+            for i in 0..<batch { pool.deallocate(blocks[i], layout: layouts[i]) }
+        }
+    }
+    Benchmark("OSAllocator pair (64 KiB: mmap+munmap)") { benchmark in
+        try pairs(OSAllocator(), Layout(size: 64 * 1024, alignment: 4096), benchmark)
     }
 }

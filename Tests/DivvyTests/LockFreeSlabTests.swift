@@ -2,7 +2,6 @@ import Atomics
 @testable import Divvy
 import DivvyTestSupport
 import Foundation
-import Synchronization
 import XCTest
 
 // Tests of `UnsafeLockFreeIndexStack` and `LockFreeSlab`. The concurrent ones are named `testStress…`; run them
@@ -426,9 +425,23 @@ private struct Parcel: Sendable {
 }
 
 /// Per-thread mailboxes for handing blocks across threads.
+/// A value behind an `NSLock`. (Not `Synchronization.Mutex`: on Linux it sits on raw futexes, which
+/// ThreadSanitizer does not see, so it reports false races; `NSLock` is a pthread mutex, which it does see.)
+private final class Locked<Value>: @unchecked Sendable {
+    // @unchecked: `value` is only touched with `lock` held.
+    private let lock = NSLock()
+    private var value: Value
+    init(_ value: Value) { self.value = value }
+    func withLock<R>(_ body: (inout Value) -> R) -> R {
+        lock.lock()
+        defer { lock.unlock() }
+        return body(&value)
+    }
+}
+
 private final class Mailboxes: Sendable {
     final class Box: Sendable {
-        let parcels = Mutex<[Parcel]>([])
+        let parcels = Locked<[Parcel]>([])
     }
     let boxes: [Box]
     init(count: Int) { boxes = (0..<count).map { _ in Box() } }
@@ -439,24 +452,27 @@ private final class Mailboxes: Sendable {
     func takeAll(_ thread: Int) -> [Parcel] { boxes[thread].parcels.withLock { box in defer { box = [] }; return box } }
 }
 
-/// Stamps a block with `token`: the token in the first 8 bytes, bytes derived from it after.
+// The block and payload accesses below go through typed pointers' `pointee` on purpose: in debug builds the raw
+// pointer `load`/`storeBytes` are calls into the (uninstrumented) standard library, invisible to ThreadSanitizer,
+// whereas `pointee` is inlined into this instrumented code — so TSan checks that the slab's memory orderings
+// really order these plain accesses between threads.
+
+/// Stamps a block with `token`: word `k` of the block holds `token + k`.
 private func stamp(_ block: UnsafeBlock, _ token: UInt64) {
-    block.start.storeBytes(of: token, as: UInt64.self)
-    for i in 8..<block.size { block.start.storeBytes(of: UInt8(truncatingIfNeeded: token &+ UInt64(i)), toByteOffset: i, as: UInt8.self) }
+    let words = block.start.assumingMemoryBound(to: UInt64.self)
+    for k in 0..<block.size / 8 { (words + k).pointee = token &+ UInt64(k) }
 }
 
 /// Whether a block still holds `token`'s stamp.
 private func holdsStamp(_ block: UnsafeBlock, _ token: UInt64) -> Bool {
-    guard block.start.load(as: UInt64.self) == token else { return false }
-    for i in 8..<block.size where block.start.load(fromByteOffset: i, as: UInt8.self) != UInt8(truncatingIfNeeded: token &+ UInt64(i)) {
-        return false
-    }
+    let words = block.start.assumingMemoryBound(to: UInt64.self)
+    for k in 0..<block.size / 8 where (words + k).pointee != token &+ UInt64(k) { return false }
     return true
 }
 
 /// Problems found on worker threads, reported by the test afterwards.
 private final class Problems: Sendable {
-    private let messages = Mutex<[String]>([])
+    private let messages = Locked<[String]>([])
     func report(_ message: String) { messages.withLock { $0.append(message) } }
     var all: [String] { messages.withLock { $0 } }
 }
@@ -660,6 +676,17 @@ extension LockFreeSlabTests {
         let owned = (0..<capacity).map { _ in ManagedAtomic<Bool>(false) }
         let mail = Mailboxes(count: threads)
         let placeholder = UnsafeBlock(start: memory, size: 0)  // parcels here carry an index in `token`, no block
+        // A plain (non-atomic) counter per index, bumped by its holder after each pop and before each push: only the
+        // stack's memory orderings make these accesses race-free, so ThreadSanitizer checks them; lost updates
+        // would show in the final counts.
+        let payloadMemory = UnsafeMutableRawPointer.allocate(byteCount: 8 * capacity, alignment: 8)
+        payloadMemory.initializeMemory(as: UInt64.self, repeating: 0, count: capacity)
+        defer { payloadMemory.deallocate() }
+        let payload = UnsafeBlock(start: payloadMemory, size: 8 * capacity)
+        @Sendable func bump(_ index: UInt32) {
+            (payload.start.assumingMemoryBound(to: UInt64.self) + Int(index)).pointee &+= 1
+        }
+        let popsOfIndex = (0..<capacity).map { _ in ManagedAtomic<Int>(0) }
         let pops = ManagedAtomic<Int>(0)
         let pushes = ManagedAtomic<Int>(0)
         let problems = Problems()
@@ -669,6 +696,7 @@ extension LockFreeSlabTests {
             var held: [UInt32] = []
             func push(_ index: UInt32) {
                 // Ordering: relaxed; the index's hand-over is ordered by the stack (or the mailbox's lock).
+                bump(index)
                 if !owned[Int(index)].exchange(false, ordering: .relaxed) {
                     problems.report("thread \(t): index \(index) pushed while not owned")
                 }
@@ -695,6 +723,8 @@ extension LockFreeSlabTests {
                     if owned[Int(index)].exchange(true, ordering: .relaxed) {
                         problems.report("thread \(t): index \(index) popped while already held")
                     }
+                    popsOfIndex[Int(index)].wrappingIncrement(ordering: .relaxed)
+                    bump(index)
                     if roll < 20 {
                         mail.send(Parcel(block: placeholder, token: UInt64(index)), to: Int.random(in: 0..<threads, using: &random))
                     } else {
@@ -711,6 +741,7 @@ extension LockFreeSlabTests {
         }
         for t in 0..<threads {
             for parcel in mail.takeAll(t) {
+                bump(UInt32(parcel.token))
                 owned[Int(parcel.token)].store(false, ordering: .relaxed)
                 try stack.push(UInt32(parcel.token))
                 pushes.wrappingIncrement(ordering: .relaxed)
@@ -719,6 +750,11 @@ extension LockFreeSlabTests {
         XCTAssertEqual(problems.all, [], "seed \(seed)")
         XCTAssertEqual(pops.load(ordering: .relaxed), pushes.load(ordering: .relaxed), "every pop pushed back once; seed \(seed)")
         XCTAssertEqual(stack.approximateCount, capacity, "seed \(seed)")
+        for index in 0..<capacity {
+            XCTAssertEqual(
+                (payload.start.assumingMemoryBound(to: UInt64.self) + index).pointee,
+                UInt64(2 * popsOfIndex[index].load(ordering: .relaxed)), "index \(index): a lost update; seed \(seed)")
+        }
         stack._checkInvariants()
         print("  \(pops.load(ordering: .relaxed)) pops")
         var drained: [UInt32] = []

@@ -400,6 +400,89 @@ extension LockFreeSlabTests {
     }
 }
 
+// MARK: - Shared memory
+
+/// Two mappings, at different addresses, of one POSIX shared memory object (unlinked at once), unmapped at teardown.
+private func twoSharedMappings(bytes: Int, test: XCTestCase) throws -> (UnsafeMutableRawPointer, UnsafeMutableRawPointer) {
+    let name = "/divvy-lockfree-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+    let fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0o600)
+    guard fd >= 0 else { throw XCTSkip("shm_open failed (errno \(errno)); no POSIX shared memory here") }
+    shm_unlink(name)
+    defer { close(fd) }
+    guard ftruncate(fd, off_t(bytes)) == 0 else { throw XCTSkip("ftruncate failed (errno \(errno))") }
+    var maps: [UnsafeMutableRawPointer] = []
+    for _ in 0..<2 {
+        guard let map = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0), map != MAP_FAILED else {
+            throw XCTSkip("mmap failed (errno \(errno))")
+        }
+        test.addTeardownBlock { munmap(map, bytes) }
+        maps.append(map)
+    }
+    return (maps[0], maps[1])
+}
+
+extension LockFreeSlabTests {
+    /// The stack is position independent: built through one mapping, attached through another at a different
+    /// address, both views see and change the same free list — including double-free detection across views, and
+    /// concurrent use of both views at once.
+    func testStackInTwoMappingsOfSharedMemory() throws {
+        let capacity = 8
+        let bytes = UnsafeLockFreeIndexStack.requiredBytes(capacity: capacity)
+        let (first, second) = try twoSharedMappings(bytes: bytes, test: self)
+        XCTAssertNotEqual(first, second)
+        assertAllocationError(.invalidConfiguration, "nothing initialized yet") {
+            _ = try UnsafeLockFreeIndexStack.attach(at: second)
+        }
+        let a = UnsafeLockFreeIndexStack.initialize(at: first, capacity: capacity)
+        let b = try UnsafeLockFreeIndexStack.attach(at: second)
+        XCTAssertEqual(b.capacity, capacity)
+        XCTAssertEqual(a.pop(), 0)
+        XCTAssertEqual(b.pop(), 1, "the second view continues where the first left off")
+        XCTAssertTrue(b.isInUse(0))
+        try b.push(0)
+        assertAllocationError(.doubleFree, "freed through the other mapping already") { try a.push(0) }
+        try a.push(1)
+        XCTAssertEqual(a.approximateCount, capacity)
+        b._checkInvariants()
+
+        // One thread per view, popping and pushing at once.
+        let seed = SeededGenerator.testSeed()
+        print("LockFreeSlabTests.testStackInTwoMappingsOfSharedMemory seed \(seed) (replay with DIVVY_TEST_SEED=\(seed))")
+        let views = [a, b]
+        let owned = (0..<capacity).map { _ in ManagedAtomic<Bool>(false) }
+        let problems = Problems()
+        runConcurrently(2) { t in
+            var random = SeededGenerator(seed: seed &+ UInt64(t))
+            var held: [UInt32] = []
+            for _ in 0..<4_000 {
+                if Bool.random(using: &random), let index = views[t].pop() {
+                    if owned[Int(index)].exchange(true, ordering: .relaxed) {
+                        problems.report("view \(t): index \(index) popped while held")
+                    }
+                    held.append(index)
+                } else if let index = held.popLast() {
+                    owned[Int(index)].store(false, ordering: .relaxed)
+                    do throws(AllocationError) { try views[t].push(index) } catch {
+                        problems.report("view \(t): push of \(index) failed: \(error)")
+                    }
+                }
+            }
+            for index in held {
+                owned[Int(index)].store(false, ordering: .relaxed)
+                do throws(AllocationError) { try views[t].push(index) } catch {
+                    problems.report("view \(t): final push of \(index) failed: \(error)")
+                }
+            }
+        }
+        XCTAssertEqual(problems.all, [], "seed \(seed)")
+        XCTAssertEqual(b.approximateCount, capacity, "seed \(seed)")
+        a._checkInvariants()
+        var drained: [UInt32] = []
+        while let index = b.pop() { drained.append(index) }
+        XCTAssertEqual(drained.sorted(), Array(0..<UInt32(capacity)), "seed \(seed)")
+    }
+}
+
 // MARK: - Concurrency
 
 /// Runs `body(t)` on `count` new threads that start together, and waits for all of them.

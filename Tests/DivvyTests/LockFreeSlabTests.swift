@@ -1,8 +1,9 @@
 import Atomics
-@testable import Divvy
 import DivvyTestSupport
 import Foundation
 import XCTest
+
+@testable import Divvy
 
 // Tests of `UnsafeLockFreeIndexStack` and `LockFreeSlab`. The concurrent ones are named `testStress…`; run them
 // under ThreadSanitizer with
@@ -36,14 +37,19 @@ final class LockFreeSlabTests: XCTestCase {
     }
 
     func testSmallerLayoutsFitAndLargerOnesAreRejected() throws {
-        let slab = try LockFreeSlab(layout: try Layout(size: 48, alignment: 16), capacity: 4, backing: SystemAllocator())
+        let slab = try LockFreeSlab(
+            layout: try Layout(size: 48, alignment: 16), capacity: 4, backing: SystemAllocator())
         XCTAssertEqual(slab.blockSize, 48)
         let small = try slab.allocate(try Layout(size: 1, alignment: 1))
         XCTAssertEqual(small.size, 48)
         XCTAssertEqual(small.address % 16, 0)
         XCTAssertEqual(slab.goodSize(for: try Layout(size: 3, alignment: 2)), 48)
-        assertAllocationError(.unsupportedLayout, "too large") { _ = try slab.allocate(try Layout(size: 49, alignment: 16)) }
-        assertAllocationError(.unsupportedLayout, "too aligned") { _ = try slab.allocate(try Layout(size: 8, alignment: 32)) }
+        assertAllocationError(.unsupportedLayout, "too large") {
+            _ = try slab.allocate(try Layout(size: 49, alignment: 16))
+        }
+        assertAllocationError(.unsupportedLayout, "too aligned") {
+            _ = try slab.allocate(try Layout(size: 8, alignment: 32))
+        }
         XCTAssertEqual(slab.approximateFreeCount, 3, "rejected requests take no block")
         XCTAssertEqual(slab.resize(small, from: Layout(uncheckedSize: 1, alignment: 1), toSize: 48)?.start, small.start)
         XCTAssertNil(slab.resize(small, from: Layout(uncheckedSize: 1, alignment: 1), toSize: 49))
@@ -87,8 +93,9 @@ extension LockFreeSlabTests {
 
     func testRandomizedAgainstModel() throws {
         let seed = SeededGenerator.testSeed()
-        print("LockFreeSlabTests.testRandomizedAgainstModel seed \(seed) (replay with DIVVY_TEST_SEED=\(seed))")
-        let slab = try LockFreeSlab(layout: try Layout(size: 40, alignment: 8), capacity: 200, backing: SystemAllocator())
+        print("LockFreeSlabTests.testRandomizedAgainstModel seed \(seed) (replay: DIVVY_TEST_SEED=\(seed))")
+        let slab = try LockFreeSlab(
+            layout: try Layout(size: 40, alignment: 8), capacity: 200, backing: SystemAllocator())
         let report = AllocatorModelCheck.run(
             slab, seed: seed, steps: 20_000, maxLive: 250, reallocate: true,
             layout: { random in try! Layout(size: Int.random(in: 0...40, using: &random), alignment: 8) },
@@ -128,8 +135,12 @@ extension LockFreeSlabTests {
         slab._checkInvariants()
         // The free list is intact: exactly the four free blocks come out, then the slab is full.
         let reissued = try (0..<4).map { _ in try slab.allocate(layout).start }
-        XCTAssertEqual(Set(reissued), Set([blocks[2].start, slab.block(at: 5).start, slab.block(at: 6).start,
-                                            slab.block(at: 7).start]))
+        XCTAssertEqual(
+            Set(reissued),
+            Set([
+                blocks[2].start, slab.block(at: 5).start, slab.block(at: 6).start,
+                slab.block(at: 7).start,
+            ]))
         assertAllocationError(.outOfMemory) { _ = try slab.allocate(layout) }
     }
 
@@ -171,11 +182,13 @@ extension LockFreeSlabTests {
             XCTAssertEqual(slab.blockIndex(of: slab.block(at: index)), index)
             XCTAssertNil(slab.blockIndex(of: UnsafeBlock(start: slab.block(at: index).start + 8, size: 16)))
         }
-        let powerOfTwo = try LockFreeSlab(layout: try Layout(size: 32, alignment: 8), capacity: 10, backing: SystemAllocator())
+        let powerOfTwo = try LockFreeSlab(
+            layout: try Layout(size: 32, alignment: 8), capacity: 10, backing: SystemAllocator())
         XCTAssertEqual(powerOfTwo.strideShift, 5)
         for index in UInt32(0)..<10 {
             XCTAssertEqual(powerOfTwo.blockIndex(of: powerOfTwo.block(at: index)), index)
-            XCTAssertNil(powerOfTwo.blockIndex(of: UnsafeBlock(start: powerOfTwo.block(at: index).start + 16, size: 16)))
+            XCTAssertNil(
+                powerOfTwo.blockIndex(of: UnsafeBlock(start: powerOfTwo.block(at: index).start + 16, size: 16)))
         }
     }
 
@@ -189,7 +202,8 @@ extension LockFreeSlabTests {
             _ = try LockFreeSlab(layout: layout, capacity: -1, backing: counting)
         }
         assertAllocationError(.invalidConfiguration, "capacity beyond 32-bit indices") {
-            _ = try LockFreeSlab(layout: layout, capacity: UnsafeLockFreeIndexStack.maximumCapacity + 1, backing: counting)
+            _ = try LockFreeSlab(
+                layout: layout, capacity: UnsafeLockFreeIndexStack.maximumCapacity + 1, backing: counting)
         }
         assertAllocationError(.invalidConfiguration, "zero-sized blocks") {
             _ = try LockFreeSlab(layout: try Layout(size: 0, alignment: 8), capacity: 4, backing: counting)
@@ -256,12 +270,14 @@ extension LockFreeSlabTests {
     func testStackOnRawMemoryAndAttachFromTheSameMemory() throws {
         XCTAssertEqual(UnsafeLockFreeIndexStack.requiredBytes(capacity: 10), 128 + 40)
         let memory = rawStackMemory(capacity: 10)
-        memory.initializeMemory(as: UInt8.self, repeating: 0xA5, count: UnsafeLockFreeIndexStack.requiredBytes(capacity: 10))
+        memory.initializeMemory(
+            as: UInt8.self, repeating: 0xA5, count: UnsafeLockFreeIndexStack.requiredBytes(capacity: 10))
         let stack = UnsafeLockFreeIndexStack.initialize(at: memory, capacity: 10)
         XCTAssertEqual(stack.capacity, 10)
         XCTAssertEqual(stack.approximateCount, 10)
         XCTAssertEqual(stack.baseAddress, memory)
-        XCTAssertEqual([stack.pop(), stack.pop(), stack.pop()], [0, 1, 2], "a fresh stack hands out ascending indices")
+        XCTAssertEqual(
+            [stack.pop(), stack.pop(), stack.pop()], [0, 1, 2], "a fresh stack hands out ascending indices")
 
         let attached = try UnsafeLockFreeIndexStack.attach(at: memory)
         XCTAssertEqual(attached.capacity, 10)
@@ -288,9 +304,14 @@ extension LockFreeSlabTests {
 
     func testAttachRejectsMemoryWithoutAStack() throws {
         let memory = rawStackMemory(capacity: 4)
-        memory.initializeMemory(as: UInt8.self, repeating: 0, count: UnsafeLockFreeIndexStack.requiredBytes(capacity: 4))
-        assertAllocationError(.invalidConfiguration, "zeroed memory") { _ = try UnsafeLockFreeIndexStack.attach(at: memory) }
-        assertAllocationError(.invalidConfiguration, "misaligned") { _ = try UnsafeLockFreeIndexStack.attach(at: memory + 4) }
+        memory.initializeMemory(
+            as: UInt8.self, repeating: 0, count: UnsafeLockFreeIndexStack.requiredBytes(capacity: 4))
+        assertAllocationError(.invalidConfiguration, "zeroed memory") {
+            _ = try UnsafeLockFreeIndexStack.attach(at: memory)
+        }
+        assertAllocationError(.invalidConfiguration, "misaligned") {
+            _ = try UnsafeLockFreeIndexStack.attach(at: memory + 4)
+        }
         _ = UnsafeLockFreeIndexStack.initialize(at: memory, capacity: 4)
         // A header whose capacity is impossible is rejected, not trusted.
         memory.storeBytes(of: 0, toByteOffset: UnsafeLockFreeIndexStack.capacityOffset, as: UInt32.self)
@@ -403,7 +424,9 @@ extension LockFreeSlabTests {
 // MARK: - Shared memory
 
 /// Two mappings, at different addresses, of one POSIX shared memory object (unlinked at once), unmapped at teardown.
-private func twoSharedMappings(bytes: Int, test: XCTestCase) throws -> (UnsafeMutableRawPointer, UnsafeMutableRawPointer) {
+private func twoSharedMappings(bytes: Int, test: XCTestCase) throws -> (
+    UnsafeMutableRawPointer, UnsafeMutableRawPointer
+) {
     let name = "/divvy-lockfree-test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
     let fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0o600)
     guard fd >= 0 else { throw XCTSkip("shm_open failed (errno \(errno)); no POSIX shared memory here") }
@@ -447,7 +470,8 @@ extension LockFreeSlabTests {
 
         // One thread per view, popping and pushing at once.
         let seed = SeededGenerator.testSeed()
-        print("LockFreeSlabTests.testStackInTwoMappingsOfSharedMemory seed \(seed) (replay with DIVVY_TEST_SEED=\(seed))")
+        print(
+            "LockFreeSlabTests.testStackInTwoMappingsOfSharedMemory seed \(seed) (replay: DIVVY_TEST_SEED=\(seed))")
         let views = [a, b]
         let owned = (0..<capacity).map { _ in ManagedAtomic<Bool>(false) }
         let problems = Problems()
@@ -532,7 +556,12 @@ private final class Mailboxes: Sendable {
     func takeOne(_ thread: Int) -> Parcel? {
         boxes[thread].parcels.withLock { box in box.isEmpty ? nil : box.removeFirst() }
     }
-    func takeAll(_ thread: Int) -> [Parcel] { boxes[thread].parcels.withLock { box in defer { box = [] }; return box } }
+    func takeAll(_ thread: Int) -> [Parcel] {
+        boxes[thread].parcels.withLock { box in
+            defer { box = [] }
+            return box
+        }
+    }
 }
 
 // The block and payload accesses below go through typed pointers' `pointee` on purpose: in debug builds the raw
@@ -568,8 +597,10 @@ private final class HandOffContext: Sendable {
     let problems: Problems
     let frees: ManagedAtomic<Int>
 
-    init(slab: LockFreeSlab<SystemAllocator>, layout: Layout, owners: [ManagedAtomic<Bool>], problems: Problems,
-         frees: ManagedAtomic<Int>) {
+    init(
+        slab: LockFreeSlab<SystemAllocator>, layout: Layout, owners: [ManagedAtomic<Bool>], problems: Problems,
+        frees: ManagedAtomic<Int>
+    ) {
         self.slab = slab
         self.layout = layout
         self.owners = owners
@@ -619,7 +650,10 @@ extension LockFreeSlabTests {
     /// two holders at once) and freeing clears it. At the end every block is free exactly once.
     func testStressConcurrentAllocateHandOffAndRemoteFree() throws {
         let seed = SeededGenerator.testSeed()
-        print("LockFreeSlabTests.testStressConcurrentAllocateHandOffAndRemoteFree seed \(seed) (replay with DIVVY_TEST_SEED=\(seed))")
+        print(
+            "LockFreeSlabTests.testStressConcurrentAllocateHandOffAndRemoteFree seed \(seed) "
+                + "(replay: DIVVY_TEST_SEED=\(seed))"
+        )
         let threads = 4
         let allocationsPerThread = 3_000
         let capacity = 96
@@ -647,7 +681,10 @@ extension LockFreeSlabTests {
                     do throws(AllocationError) {
                         let block = try slab.allocate(layout)
                         allocations.wrappingIncrement(ordering: .relaxed)
-                        guard let index = slab.blockIndex(of: block) else { problems.report("allocated \(block) not in slab"); continue }
+                        guard let index = slab.blockIndex(of: block) else {
+                            problems.report("allocated \(block) not in slab")
+                            continue
+                        }
                         if owners[Int(index)].exchange(true, ordering: .relaxed) {
                             problems.report("thread \(t): block \(index) handed out while already held")
                         }
@@ -686,7 +723,10 @@ extension LockFreeSlabTests {
         XCTAssertGreaterThan(allocations.load(ordering: .relaxed), 0)
         XCTAssertEqual(slab.approximateFreeCount, capacity, "seed \(seed)")
         slab._checkInvariants()
-        print("  \(allocations.load(ordering: .relaxed)) allocations, \(fullSlabFailures.load(ordering: .relaxed)) hit a full slab")
+        print(
+            "  \(allocations.load(ordering: .relaxed)) allocations, "
+                + "\(fullSlabFailures.load(ordering: .relaxed)) hit a full slab"
+        )
         // Final drain: every block comes out exactly once, then the slab is full.
         var drained = Set<UInt32>()
         for _ in 0..<capacity {
@@ -701,7 +741,9 @@ extension LockFreeSlabTests {
     /// other reports `.doubleFree`; the slab ends with every block free exactly once.
     func testStressRacingDoubleFreesExactlyOneWins() throws {
         let seed = SeededGenerator.testSeed()
-        print("LockFreeSlabTests.testStressRacingDoubleFreesExactlyOneWins seed \(seed) (replay with DIVVY_TEST_SEED=\(seed))")
+        print(
+            "LockFreeSlabTests.testStressRacingDoubleFreesExactlyOneWins seed \(seed) (replay: DIVVY_TEST_SEED=\(seed))"
+        )
         let threads = 4
         let rounds = 60
         let capacity = 32
@@ -723,7 +765,7 @@ extension LockFreeSlabTests {
                     do throws(AllocationError) {
                         try slab.checkedDeallocate(blocks[i], layout: layout)
                         wins[i].wrappingIncrement(ordering: .relaxed)
-                    } catch where error.code == .doubleFree {
+                    } catch  where error.code == .doubleFree {
                     } catch {
                         problems.report("round \(round) thread \(t): unexpected \(error)")
                     }
@@ -749,7 +791,8 @@ extension LockFreeSlabTests {
     /// owner's free.)
     func testStressStackPopPushAndRemotePush() throws {
         let seed = SeededGenerator.testSeed()
-        print("LockFreeSlabTests.testStressStackPopPushAndRemotePush seed \(seed) (replay with DIVVY_TEST_SEED=\(seed))")
+        print(
+            "LockFreeSlabTests.testStressStackPopPushAndRemotePush seed \(seed) (replay: DIVVY_TEST_SEED=\(seed))")
         let threads = 4
         let popsPerThread = 5_000
         let finished = FinishLine()
@@ -809,7 +852,9 @@ extension LockFreeSlabTests {
                     popsOfIndex[Int(index)].wrappingIncrement(ordering: .relaxed)
                     bump(index)
                     if roll < 20 {
-                        mail.send(Parcel(block: placeholder, token: UInt64(index)), to: Int.random(in: 0..<threads, using: &random))
+                        mail.send(
+                            Parcel(block: placeholder, token: UInt64(index)),
+                            to: Int.random(in: 0..<threads, using: &random))
                     } else {
                         held.append(index)
                     }
@@ -831,7 +876,8 @@ extension LockFreeSlabTests {
             }
         }
         XCTAssertEqual(problems.all, [], "seed \(seed)")
-        XCTAssertEqual(pops.load(ordering: .relaxed), pushes.load(ordering: .relaxed), "every pop pushed back once; seed \(seed)")
+        XCTAssertEqual(
+            pops.load(ordering: .relaxed), pushes.load(ordering: .relaxed), "every pop pushed back once; seed \(seed)")
         XCTAssertEqual(stack.approximateCount, capacity, "seed \(seed)")
         for index in 0..<capacity {
             XCTAssertEqual(

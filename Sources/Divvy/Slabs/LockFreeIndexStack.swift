@@ -29,7 +29,7 @@ import Atomics
 /// | 8 | 4 | magic `"DVLF"`, stored last by `initialize` (release) and checked by `attach` (acquire) |
 /// | 12 | 4 | capacity |
 /// | 64 | 8 | approximate number of free indices, atomic (its own cache line, away from the head) |
-/// | 128 | 4 × capacity | per index: its successor while free, `0xFFFF_FFFF` for the last free one, or the in-use marker `0xFFFF_FFFE` |
+/// | 128 | 4 × capacity | links: per index, its successor while free (`0xFFFF_FFFF`: none), or `0xFFFF_FFFE` in use |
 ///
 /// ## Double frees
 ///
@@ -159,7 +159,7 @@ public struct UnsafeLockFreeIndexStack: @unchecked Sendable {
         guard found == magic else {
             throw AllocationError(
                 .invalidConfiguration,
-                "no initialized index stack at this address (magic number missing); call initialize(at:capacity:) first",
+                "no initialized index stack at this address (magic number missing); initialize(at:capacity:) first",
                 size: Int(found))
         }
         let capacity = memory.load(fromByteOffset: capacityOffset, as: UInt32.self)
@@ -396,13 +396,16 @@ public struct UnsafeLockFreeIndexStack: @unchecked Sendable {
         var current = Self.index(of: head.load(ordering: .acquiring))
         var length = 0
         while current != Self.endOfList {
-            precondition(current < _capacity, "UnsafeLockFreeIndexStack invariant: listed index \(current) out of range")
-            precondition(!listed[Int(current)], "UnsafeLockFreeIndexStack invariant: index \(current) listed twice (cycle)")
+            precondition(
+                current < _capacity, "UnsafeLockFreeIndexStack invariant: listed index \(current) out of range")
+            precondition(
+                !listed[Int(current)], "UnsafeLockFreeIndexStack invariant: index \(current) listed twice (cycle)")
             listed[Int(current)] = true
             length += 1
             let next = link(current).load(ordering: .acquiring)
             precondition(
-                next != Self.inUseMarker, "UnsafeLockFreeIndexStack invariant: listed index \(current) is marked in use")
+                next != Self.inUseMarker,
+                "UnsafeLockFreeIndexStack invariant: listed index \(current) is marked in use")
             current = next
         }
         for index in 0..<capacity where !listed[index] {

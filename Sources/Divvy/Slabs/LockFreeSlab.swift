@@ -145,7 +145,7 @@ public final class LockFreeSlab<Backing: Allocator> {
     public func deallocate(_ block: UnsafeBlock, layout: Layout) {
         guard let index = blockIndex(of: block) else {
             preconditionFailure(
-                "LockFreeSlab.deallocate(\(block)): not a block of this slab (outside its region or not on a block boundary)"
+                "LockFreeSlab.deallocate(\(block)): not a block of this slab (outside it, or off a block boundary)"
             )
         }
         do {

@@ -42,6 +42,14 @@ import Atomics
 /// owner's legitimate free (the slot is "in use" again); catching that needs a generation per handle, which
 /// belongs to the layer above.
 ///
+/// ## A process that dies mid-operation
+///
+/// Every change other threads can observe is one atomic write of at most 64 bits, so the list is never torn. A
+/// pop commits with its exchange of the head and then marks the slot; a push claims the slot and then commits
+/// with its exchange of the head. A thread (or process) that dies between its two steps leaves an index that is
+/// neither on the list nor marked in use: `_checkInvariants()` reports exactly those, and recovery in the layer
+/// above decides from its own records whether that index was being allocated or freed.
+///
 /// ## Lifetime
 ///
 /// The type is `Unsafe` because it does not own its memory: the area must stay mapped, and must not be
@@ -64,7 +72,7 @@ public struct UnsafeLockFreeIndexStack: @unchecked Sendable {
     public static let maximumCapacity = Int(UInt32.max) - 2
 
     /// The alignment the memory area needs (a cache line, so the head does not share one with unrelated data).
-    /// Eight bytes is the hard minimum (64-bit atomics); `initialize` and `attach` trap below that.
+    /// Eight bytes is the hard minimum (64-bit atomics): below that `initialize` traps and `attach` throws.
     public static let requiredAlignment = 64
 
     /// Link value of the last free index: "no successor". Also the head's index when the stack is empty.
@@ -101,9 +109,9 @@ public struct UnsafeLockFreeIndexStack: @unchecked Sendable {
     /// Builds a stack in `memory` with every index `0..<capacity` free, and returns it.
     ///
     /// Indices come out of a fresh stack in ascending order (0, 1, 2, …). Not atomic: no other thread or
-    /// process may use the area until this returns. Others reach the stack by `attach(at:)` (which sees a
-    /// completed `initialize`, and rejects an area whose initialization has not finished) or by receiving the
-    /// returned value through something that synchronizes.
+    /// process may use the area, or attach to it, until this returns. Others then reach the stack through
+    /// `attach(at:)` (the magic number is stored last, with release ordering, so an attach that finds it sees the
+    /// whole initialization) or by receiving the returned value through something that synchronizes.
     ///
     /// - Parameters:
     ///   - memory: at least `requiredBytes(capacity:)` bytes, aligned to at least 8 (ideally

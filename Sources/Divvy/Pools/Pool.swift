@@ -13,9 +13,11 @@
 /// ```
 ///
 /// Alignment: every class's slab is aligned to the largest power of two dividing its size (a 320-byte class to 64,
-/// a 256-byte class to 256). A request aligned to more than 16 bytes is served from the class equal to its size
-/// rounded up to the alignment, which is always a class whose blocks have that alignment; when that rounded size
-/// is above `largestSmallSize` the request goes to the backing allocator.
+/// a 256-byte class to 256). A request aligned to more than 16 bytes is served from the class holding its size
+/// rounded up to the alignment: that class's size is always a multiple of the alignment (classes in
+/// (2^k, 2^(k+1)] are multiples of 2^(k-2), and the multiples of larger powers of two in that range are classes
+/// themselves), so its blocks are aligned. When the rounded size is above `largestSmallSize` the request goes to
+/// the backing allocator.
 ///
 /// Deallocation and reallocation find the class from the layout alone, so they must be given the layout the block
 /// was allocated (or last reallocated) with, as the `Allocator` contract requires.
@@ -90,7 +92,7 @@ public final class Pool<Backing: Allocator> {
     internal func classIndex(for layout: Layout) -> Int {
         var size = layout.size
         if layout.alignment > SizeClasses.granularity {
-            // A multiple of the alignment is always a class whose blocks have that alignment (see the type's
+            // The class holding a multiple of the alignment has blocks with that alignment (see the type's
             // discussion). Safe: Layout guarantees size + alignment does not overflow.
             size = alignUp(Swift.max(size, 1), to: layout.alignment)
         }

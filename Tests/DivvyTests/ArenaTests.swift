@@ -16,6 +16,8 @@ final class ArenaTests: XCTestCase {
         XCTAssertGreaterThanOrEqual(c.address, b.address + 3)
         XCTAssertEqual(d.address, c.address + 8)
         XCTAssertEqual([a.size, b.size, c.size, d.size], [10, 3, 8, 1], "a zero-byte request gets one byte")
+        XCTAssertEqual(arena.goodSize(for: try Layout(size: 0)), 1)
+        XCTAssertEqual(arena.goodSize(for: try Layout(size: 10, alignment: 64)), 10)
         XCTAssertEqual(counting.allocations, 1)
         XCTAssertEqual(counting.live.values.map(\.size), [4096])
         XCTAssertEqual(arena.footprint, 4096)

@@ -2,7 +2,7 @@ import Atomics
 import Dispatch
 import Divvy
 import DivvyTestSupport
-import Synchronization
+import Foundation
 import XCTest
 
 /// Compile-time checks of conditional conformances.
@@ -382,16 +382,21 @@ extension CombinatorTests {
 // MARK: Concurrency
 
 /// Blocks handed between threads, so that one thread frees what another allocated.
-private final class Mailbox: Sendable {
+///
+/// Guarded by `NSLock` (a pthread mutex) rather than the standard library's `Mutex`: on Linux `Mutex` uses raw
+/// futex calls that ThreadSanitizer does not model, so it reports false races on the data it protects.
+private final class Mailbox: @unchecked Sendable {
+    // @unchecked: `parcels` is only touched with `lock` held.
     struct Parcel: Sendable {
         var block: UnsafeBlock
         var layout: Layout
         var tag: UInt8
     }
-    let parcels = Mutex<[Parcel]>([])
+    private let lock = NSLock()
+    private var parcels: [Parcel] = []
 
-    func post(_ parcel: Parcel) { parcels.withLock { $0.append(parcel) } }
-    func take() -> Parcel? { parcels.withLock { $0.popLast() } }
+    func post(_ parcel: Parcel) { lock.withLock { parcels.append(parcel) } }
+    func take() -> Parcel? { lock.withLock { parcels.popLast() } }
 }
 
 extension CombinatorTests {

@@ -299,6 +299,10 @@ public final class Arena<Backing: Allocator> {
         precondition(found, "Arena.rewind: the mark's chunk is gone (rewound past it already, or another arena's)")
         releaseLargeChunks(newerThan: mark.serial - 1)
         releaseRegularChunks(newerThan: mark.serial - 1)
+        // Catches a stale mark whose chunk address was reused by a chunk taken after it (that chunk is gone now).
+        precondition(
+            UInt(bitPattern: state.pointee.newestChunk) == mark.chunk,
+            "Arena.rewind: the mark's chunk is gone (rewound past it already)")
         if mark.chunk != 0 { state.pointee.cursor = mark.cursor }
         _checkInvariants()
     }
@@ -405,6 +409,12 @@ extension Arena: OwnershipAwareAllocator {
         }
         return search(state.pointee.newestChunk) || search(state.pointee.newestLargeChunk)
     }
+}
+
+extension Arena: SizeRoundingAllocator {
+    /// The requested size (1 for a zero-byte request): an arena never rounds sizes up.
+    @inlinable
+    public func goodSize(for layout: Layout) -> Int { Swift.max(layout.size, 1) }
 }
 
 extension Arena: InPlaceResizingAllocator {

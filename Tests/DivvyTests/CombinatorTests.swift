@@ -281,6 +281,74 @@ final class CombinatorTests: XCTestCase {
     }
 }
 
+// MARK: Checked deallocation
+
+/// A malloc-backed test double that knows its live blocks, so it can reject double and foreign frees.
+private final class CheckedSystemAllocator: CheckedDeallocatingAllocator, OwnershipAwareAllocator {
+    var live: Set<UInt> = []
+    var everAllocated: Set<UInt> = []
+
+    func allocate(_ layout: Layout) throws(AllocationError) -> UnsafeBlock {
+        let block = try SystemAllocator().allocate(layout)
+        live.insert(block.address)
+        everAllocated.insert(block.address)
+        return block
+    }
+
+    func deallocate(_ block: UnsafeBlock, layout: Layout) {
+        precondition(live.remove(block.address) != nil)
+        SystemAllocator().deallocate(block, layout: layout)
+    }
+
+    func checkedDeallocate(_ block: UnsafeBlock, layout: Layout) throws(AllocationError) {
+        guard live.contains(block.address) else {
+            throw AllocationError(
+                everAllocated.contains(block.address) ? .doubleFree : .foreignBlock, "test double", size: layout.size)
+        }
+        deallocate(block, layout: layout)
+    }
+
+    func owns(_ block: UnsafeBlock) -> Bool { everAllocated.contains(block.address) }
+}
+
+extension CombinatorTests {
+    func testCheckedDeallocationThroughEveryCombinator() throws {
+        let layout = try Layout(size: 64)
+        let inner = CheckedSystemAllocator()
+        let stats = StatsAllocator(LimitAllocator(inner, limit: 1000))
+        let block = try stats.allocate(layout)
+        try stats.checkedDeallocate(block, layout: layout)
+        let after = stats.stats
+        XCTAssertEqual(after.deallocations, 1)
+        assertAllocationError(.doubleFree) { try stats.checkedDeallocate(block, layout: layout) }
+        XCTAssertEqual(stats.stats, after, "a rejected free changes no count")
+        XCTAssertEqual(stats.base.usedBytes, 0, "nor the quota")
+        let held = try stats.allocate(layout)
+        let foreign = try SystemAllocator().allocate(layout)
+        assertAllocationError(.foreignBlock) { try stats.checkedDeallocate(foreign, layout: layout) }
+        XCTAssertEqual(stats.stats.liveBlocks, 1)
+        XCTAssertEqual(stats.stats.liveBytes, 64)
+        XCTAssertEqual(stats.base.usedBytes, 64)
+
+        let small = CheckedSystemAllocator()
+        let large = CheckedSystemAllocator()
+        let segregator = Segregator(threshold: 32, small: small, large: large)
+        let fallback = FallbackAllocator(small, large)
+        let s = try segregator.allocate(Layout(size: 16))
+        let l = try segregator.allocate(layout)
+        assertAllocationError(.foreignBlock, "routed to the large side by size") {
+            try segregator.checkedDeallocate(s, layout: layout)
+        }
+        try segregator.checkedDeallocate(l, layout: layout)
+        try fallback.checkedDeallocate(s, layout: Layout(size: 16))  // the primary owns it
+        assertAllocationError(.doubleFree) { try fallback.checkedDeallocate(l, layout: layout) }
+        XCTAssertTrue(small.live.isEmpty && large.live.isEmpty)
+
+        stats.deallocate(held, layout: layout)
+        SystemAllocator().deallocate(foreign, layout: layout)
+    }
+}
+
 // MARK: Randomized, model-based
 
 extension CombinatorTests {

@@ -12,9 +12,9 @@
 /// ```
 ///
 /// A struct holding its two parts; copies share them (allocators have reference semantics). It adopts
-/// `OwnershipAwareAllocator`, `ResettableAllocator` and `InPlaceResizingAllocator` when both parts do, and is
-/// `Sendable` when both are. It does not adopt `SizeRoundingAllocator`: which part serves a request is known only
-/// once the primary has tried, so no size can be promised in advance.
+/// `OwnershipAwareAllocator`, `ResettableAllocator`, `InPlaceResizingAllocator` and `CheckedDeallocatingAllocator`
+/// when both parts do, and is `Sendable` when both are. It does not adopt `SizeRoundingAllocator`: which part
+/// serves a request is known only once the primary has tried, so no size can be promised in advance.
 public struct FallbackAllocator<Primary: OwnershipAwareAllocator, Secondary: Allocator>: Allocator {
     /// Asked first, and asked who owns each freed block.
     public let primary: Primary
@@ -96,5 +96,21 @@ where Primary: InPlaceResizingAllocator, Secondary: InPlaceResizingAllocator {
         primary.owns(block)
             ? primary.resize(block, from: layout, toSize: newSize)
             : secondary.resize(block, from: layout, toSize: newSize)
+    }
+}
+
+extension FallbackAllocator: CheckedDeallocatingAllocator
+where Primary: CheckedDeallocatingAllocator, Secondary: CheckedDeallocatingAllocator {
+    /// Returns the block through the checked path of the part that owns it (the secondary unless the primary
+    /// owns it).
+    ///
+    /// - Throws: that part's `.doubleFree` or `.foreignBlock`; nothing changes then.
+    @inlinable
+    public func checkedDeallocate(_ block: UnsafeBlock, layout: Layout) throws(AllocationError) {
+        if primary.owns(block) {
+            try primary.checkedDeallocate(block, layout: layout)
+        } else {
+            try secondary.checkedDeallocate(block, layout: layout)
+        }
     }
 }

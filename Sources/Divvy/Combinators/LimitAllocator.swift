@@ -15,7 +15,8 @@ import Atomics
 /// ```
 ///
 /// `Sendable` when the base is (the counter is atomic). It adopts `OwnershipAwareAllocator`,
-/// `SizeRoundingAllocator`, `ResettableAllocator` and `InPlaceResizingAllocator` when the base does.
+/// `SizeRoundingAllocator`, `ResettableAllocator`, `InPlaceResizingAllocator` and `CheckedDeallocatingAllocator`
+/// when the base does.
 public final class LimitAllocator<Base: Allocator> {
     /// The allocator doing the real work.
     public let base: Base
@@ -159,5 +160,16 @@ extension LimitAllocator: InPlaceResizingAllocator where Base: InPlaceResizingAl
         guard let resized = base.resize(block, from: layout, toSize: newSize) else { return nil }
         release(-growth)
         return resized
+    }
+}
+
+extension LimitAllocator: CheckedDeallocatingAllocator where Base: CheckedDeallocatingAllocator {
+    /// Returns the block through the base's checked path, then releases its bytes.
+    ///
+    /// - Throws: the base's `.doubleFree` or `.foreignBlock`; the quota is unchanged then.
+    @inlinable
+    public func checkedDeallocate(_ block: UnsafeBlock, layout: Layout) throws(AllocationError) {
+        try base.checkedDeallocate(block, layout: layout)
+        release(layout.size)
     }
 }

@@ -9,9 +9,9 @@
 /// ```
 ///
 /// A struct holding its two parts; copies share them (allocators have reference semantics). It adopts
-/// `OwnershipAwareAllocator`, `SizeRoundingAllocator`, `ResettableAllocator` and `InPlaceResizingAllocator` when
-/// both parts do, and is `Sendable` when both are. In-place resizing never crosses the threshold, because the
-/// block would then be freed to the other part.
+/// `OwnershipAwareAllocator`, `SizeRoundingAllocator`, `ResettableAllocator`, `InPlaceResizingAllocator` and
+/// `CheckedDeallocatingAllocator` when both parts do, and is `Sendable` when both are. In-place resizing never
+/// crosses the threshold, because the block would then be freed to the other part.
 public struct Segregator<Small: Allocator, Large: Allocator>: Allocator {
     /// The largest size served by `small`.
     public let threshold: Int
@@ -102,5 +102,20 @@ where Small: InPlaceResizingAllocator, Large: InPlaceResizingAllocator {
         guard wasSmall == (newSize <= threshold) else { return nil }
         return wasSmall
             ? small.resize(block, from: layout, toSize: newSize) : large.resize(block, from: layout, toSize: newSize)
+    }
+}
+
+extension Segregator: CheckedDeallocatingAllocator
+where Small: CheckedDeallocatingAllocator, Large: CheckedDeallocatingAllocator {
+    /// Returns the block through the checked path of the part its layout's size routes to.
+    ///
+    /// - Throws: that part's `.doubleFree` or `.foreignBlock`; nothing changes then.
+    @inlinable
+    public func checkedDeallocate(_ block: UnsafeBlock, layout: Layout) throws(AllocationError) {
+        if layout.size <= threshold {
+            try small.checkedDeallocate(block, layout: layout)
+        } else {
+            try large.checkedDeallocate(block, layout: layout)
+        }
     }
 }

@@ -64,8 +64,8 @@ public struct AllocationStats: Hashable, Sendable, CustomStringConvertible {
 /// (and before it shrinks a block), so they never count a block the base does not hold. Over a `LimitAllocator`,
 /// `peakLiveBytes` therefore never exceeds the limit.
 ///
-/// It adopts `OwnershipAwareAllocator`, `SizeRoundingAllocator`, `ResettableAllocator` and
-/// `InPlaceResizingAllocator` when the base does.
+/// It adopts `OwnershipAwareAllocator`, `SizeRoundingAllocator`, `ResettableAllocator`, `InPlaceResizingAllocator`
+/// and `CheckedDeallocatingAllocator` when the base does.
 public final class StatsAllocator<Base: Allocator> {
     /// The allocator doing the real work.
     public let base: Base
@@ -208,5 +208,25 @@ extension StatsAllocator: InPlaceResizingAllocator where Base: InPlaceResizingAl
             addLive(growth)
         }
         return resized
+    }
+}
+
+extension StatsAllocator: CheckedDeallocatingAllocator where Base: CheckedDeallocatingAllocator {
+    /// Returns the block through the base's checked path; a rejected free is not counted.
+    ///
+    /// - Throws: the base's `.doubleFree` or `.foreignBlock`; the counts are as before the call then.
+    @inlinable
+    public func checkedDeallocate(_ block: UnsafeBlock, layout: Layout) throws(AllocationError) {
+        // Lowered before the base frees (see the type's discussion), restored if the base rejects the block.
+        liveBlocks.wrappingDecrement(ordering: .relaxed)
+        liveBytes.wrappingDecrement(by: layout.size, ordering: .relaxed)
+        do {
+            try base.checkedDeallocate(block, layout: layout)
+        } catch {
+            liveBlocks.wrappingIncrement(ordering: .relaxed)
+            addLive(layout.size)
+            throw error
+        }
+        deallocations.wrappingIncrement(ordering: .relaxed)
     }
 }

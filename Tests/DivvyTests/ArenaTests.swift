@@ -259,6 +259,23 @@ final class ArenaTests: XCTestCase {
         XCTAssertEqual(counting.allocations, counting.deallocations)
     }
 
+    func testHugeRequestsFailCleanly() throws {
+        let counting = CountingAllocator(SystemAllocator())
+        let arena = try Arena(counting, growth: .fixed(4096))
+        _ = try arena.allocate(Layout(size: 16))
+        let remaining = arena.remainingInCurrentChunk
+        assertAllocationError(.unsupportedLayout) { _ = try arena.allocate(Layout(size: Int.max - 64, alignment: 16)) }
+        assertAllocationError(.outOfMemory) { _ = try arena.allocate(Layout(size: 1 << 50)) }
+        assertAllocationError(.outOfMemory) { _ = try arena.allocate(Layout(size: 1, alignment: 1 << 50)) }
+        XCTAssertEqual(arena.remainingInCurrentChunk, remaining)
+        XCTAssertEqual(arena.largeChunkCount, 0)
+        XCTAssertEqual(counting.live.count, 1)
+        // A linear policy saturates at Int.max: the chunk size is capped so the request stays a valid layout.
+        let linear = try Arena(SystemAllocator(), growth: .linear(initial: 1 << 62, step: 1 << 62))
+        assertAllocationError(.outOfMemory) { _ = try linear.allocate(Layout(size: 16)) }
+        arena._checkInvariants()
+    }
+
     func testRejectsBadConfigurations() {
         assertAllocationError(.invalidConfiguration) { _ = try Arena(SystemAllocator(), growth: .fixed(100)) }
         assertAllocationError(.invalidConfiguration) {

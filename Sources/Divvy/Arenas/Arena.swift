@@ -162,7 +162,9 @@ public final class Arena<Backing: Allocator> {
     @usableFromInline
     internal func allocateSlow(_ layout: Layout) throws(AllocationError) -> UnsafeBlock {
         let size = Swift.max(layout.size, 1)
-        let chunkSize = Swift.max(growth.refillSize(state.pointee.regularChunks), growth.initial)
+        // Capped at 2^48 bytes so that a `.linear` policy saturating at Int.max still makes a valid Layout (and an
+        // error from the backing allocator rather than a trap).
+        let chunkSize = Swift.min(growth.refillSize(state.pointee.regularChunks), 1 << 48)
         // The worst case needs `alignment - 16` bytes of padding after a 16-byte aligned chunk start.
         // Safe: Layout guarantees size + alignment does not overflow.
         let needed = size &+ (Swift.max(layout.alignment, 16) &- 16)
@@ -189,13 +191,14 @@ public final class Arena<Backing: Allocator> {
     /// Gives a request its own chunk, aligned as the request needs; the block starts the chunk.
     internal func allocateLarge(_ layout: Layout) throws(AllocationError) -> UnsafeBlock {
         let size = Swift.max(layout.size, 1)
-        guard let body = alignUpChecked(size, to: 16), body <= Int.max - Arena.trailerSize else {
+        let alignment = Swift.max(layout.alignment, 16)
+        // The chunk's layout must itself be valid: its size plus its alignment may not overflow.
+        guard let body = alignUpChecked(size, to: 16), body <= Int.max - Arena.trailerSize - alignment else {
             throw AllocationError(
                 .unsupportedLayout, "arena request too large", size: layout.size, alignment: layout.alignment)
         }
         let chunk = try takeChunk(
-            size: body + Arena.trailerSize, alignment: Swift.max(layout.alignment, 16),
-            link: &state.pointee.newestLargeChunk)
+            size: body + Arena.trailerSize, alignment: alignment, link: &state.pointee.newestLargeChunk)
         state.pointee.largeChunks += 1
         _checkInvariants()
         return UnsafeBlock(start: chunk.start, size: size)

@@ -9,7 +9,7 @@
 /// ```swift
 /// let pool = try Pool(SystemAllocator())
 /// let node = try pool.allocate(Layout(size: 40))     // a 48-byte block from the 48-byte class
-/// pool.deallocate(node, layout: Layout(size: 40))
+/// pool.deallocate(node, layout: try Layout(size: 40))
 /// ```
 ///
 /// Alignment: every class's slab is aligned to the largest power of two dividing its size (a 320-byte class to 64,

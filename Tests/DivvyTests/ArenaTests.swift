@@ -322,8 +322,10 @@ extension ArenaTests {
                 blocks.removeLast(blocks.count - top.blockCount)
                 XCTAssertEqual(counting.live.count, top.chunks, "seed \(seed), step \(step)")
             } else {
-                let size = roll < 12 ? Int.random(in: 500...3000, using: &random) : Int.random(in: 1...64, using: &random)
-                let block = try arena.allocate(Layout(size: size, alignment: 1 << Int.random(in: 0...5, using: &random)))
+                let size =
+                    roll < 12 ? Int.random(in: 500...3000, using: &random) : Int.random(in: 1...64, using: &random)
+                let alignment = 1 << Int.random(in: 0...5, using: &random)
+                let block = try arena.allocate(Layout(size: size, alignment: alignment))
                 let tag = UInt8.random(in: 0...255, using: &random)
                 block.start.initializeMemory(as: UInt8.self, repeating: tag, count: size)
                 blocks.append((block, tag))

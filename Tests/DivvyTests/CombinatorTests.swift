@@ -130,7 +130,9 @@ final class CombinatorTests: XCTestCase {
         let failing = Segregator(threshold: 100, small: small, large: FailingAllocator())
         let kept = try failing.allocate(Layout(size: 50))
         kept.start.storeBytes(of: 99, as: UInt64.self)
-        assertAllocationError(.outOfMemory) { _ = try failing.reallocate(kept, from: Layout(size: 50), to: Layout(size: 500)) }
+        assertAllocationError(.outOfMemory) {
+            _ = try failing.reallocate(kept, from: Layout(size: 50), to: Layout(size: 500))
+        }
         XCTAssertEqual(small.live[kept.address]?.size, 50)
         XCTAssertEqual(kept.start.load(as: UInt64.self), 99)
         failing.deallocate(kept, layout: try Layout(size: 50))
@@ -182,7 +184,9 @@ final class CombinatorTests: XCTestCase {
         // Failures are counted and change nothing else.
         let before = stats.stats
         assertAllocationError(.limitExceeded) { _ = try stats.allocate(Layout(size: 101)) }
-        assertAllocationError(.limitExceeded) { _ = try stats.reallocate(b, from: Layout(size: 800), to: Layout(size: 901)) }
+        assertAllocationError(.limitExceeded) {
+            _ = try stats.reallocate(b, from: Layout(size: 800), to: Layout(size: 901))
+        }
         var expected = before
         expected.failures = 2
         XCTAssertEqual(stats.stats, expected)
@@ -242,7 +246,9 @@ final class CombinatorTests: XCTestCase {
         XCTAssertEqual(limited.usedBytes, 1000)
         // Reallocation: growth past the quota fails before the base is called; shrinking releases.
         c.start.storeBytes(of: 5, as: UInt64.self)
-        assertAllocationError(.limitExceeded) { _ = try limited.reallocate(c, from: Layout(size: 600), to: Layout(size: 601)) }
+        assertAllocationError(.limitExceeded) {
+            _ = try limited.reallocate(c, from: Layout(size: 600), to: Layout(size: 601))
+        }
         XCTAssertEqual(base.allocations, 4)
         XCTAssertEqual(base.live[c.address]?.size, 600)
         XCTAssertEqual(c.start.load(as: UInt64.self), 5)
@@ -406,7 +412,9 @@ extension CombinatorTests {
             limited, seed: seed, steps: 20_000, layout: Self.mixedLayout,
             acceptFailure: { $0.code == .limitExceeded && $0.limit == 100_000 },
             afterEachStep: { liveBytes, _ in
-                if limited.usedBytes != liveBytes { XCTFail("used \(limited.usedBytes) vs model \(liveBytes) [seed \(seed)]") }
+                if limited.usedBytes != liveBytes {
+                    XCTFail("used \(limited.usedBytes) vs model \(liveBytes) [seed \(seed)]")
+                }
             })
         XCTAssertGreaterThan(report.failures, 0, "seed \(seed)")
         XCTAssertLessThanOrEqual(report.peakRequestedBytes, 100_000)
@@ -415,7 +423,8 @@ extension CombinatorTests {
 
     func testFallbackRandomizedAgainstModel() throws {
         let seed = SeededGenerator.testSeed()
-        let arena = try Arena(LimitAllocator(SystemAllocator(), limit: 64 * 1024), growth: .pow2(initial: 4096, maximum: 32768))
+        let arena = try Arena(
+            LimitAllocator(SystemAllocator(), limit: 64 * 1024), growth: .pow2(initial: 4096, maximum: 32768))
         let secondary = StatsAllocator(SystemAllocator())
         let allocator = FallbackAllocator(arena, secondary)
         let report = AllocatorModelCheck.run(allocator, seed: seed, steps: 20_000, layout: Self.mixedLayout)
@@ -505,7 +514,8 @@ extension CombinatorTests {
             var random = SeededGenerator(seed: seed &+ UInt64(thread))
             var mine: [Mailbox.Parcel] = []
             func check(_ parcel: Mailbox.Parcel) {
-                for i in 0..<parcel.layout.size where parcel.block.start.load(fromByteOffset: i, as: UInt8.self) != parcel.tag {
+                for i in 0..<parcel.layout.size
+                where parcel.block.start.load(fromByteOffset: i, as: UInt8.self) != parcel.tag {
                     corruptions.wrappingIncrement(ordering: .relaxed)
                     return
                 }

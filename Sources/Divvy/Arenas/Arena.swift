@@ -97,7 +97,8 @@ public final class Arena<Backing: Allocator> {
             throw AllocationError(.invalidConfiguration, problem, size: growth.initial)
         }
         guard growth.initial >= 256 else {
-            throw AllocationError(.invalidConfiguration, "arena chunks must be at least 256 bytes", size: growth.initial)
+            throw AllocationError(
+                .invalidConfiguration, "arena chunks must be at least 256 bytes", size: growth.initial)
         }
         self.backing = backing
         self.growth = growth
@@ -351,7 +352,8 @@ public final class Arena<Backing: Allocator> {
                 let given = trailer.load(fromByteOffset: 16, as: Int.self)
                 let chunkSerial = trailer.load(fromByteOffset: 40, as: Int.self)
                 precondition(chunkSerial < serial, "Arena invariant: chunk serials out of order")
-                precondition(trailer >= start && trailer + Arena.trailerSize <= start + given, "Arena invariant: trailer")
+                precondition(
+                    trailer >= start && trailer + Arena.trailerSize <= start + given, "Arena invariant: trailer")
                 serial = chunkSerial
                 count += 1
                 bytes += trailer.load(fromByteOffset: 24, as: Int.self)

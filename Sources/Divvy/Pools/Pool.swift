@@ -146,7 +146,9 @@ public final class Pool<Backing: Allocator> {
         let oldIndex = classIndex(for: old)
         let newIndex = classIndex(for: new)
         if oldIndex == newIndex {
-            if oldIndex < classCount { return UnsafeBlock(start: block.start, size: SizeClasses.size(ofClass: oldIndex)) }
+            if oldIndex < classCount {
+                return UnsafeBlock(start: block.start, size: SizeClasses.size(ofClass: oldIndex))
+            }
             return try backing.reallocate(block, from: old, to: new)
         }
         let moved = try allocate(new)

@@ -126,9 +126,7 @@ public final class Pool<Backing: Allocator> {
     public func deallocate(_ block: UnsafeBlock, layout: Layout) {
         let index = classIndex(for: layout)
         if _fastPath(index < classCount) {
-            guard let slab = slabs[index] else {
-                preconditionFailure("Pool.deallocate(\(block)): no block of this layout was ever allocated")
-            }
+            guard let slab = slabs[index] else { Pool.neverAllocated(block) }
             slab.takeUnretainedValue().deallocate(block, layout: layout)
         } else {
             backing.deallocate(block, layout: layout)
@@ -155,6 +153,13 @@ public final class Pool<Backing: Allocator> {
         moved.start.copyMemory(from: block.start, byteCount: Swift.min(old.size, new.size))
         deallocate(block, layout: old)
         return moved
+    }
+
+    /// Traps for a free whose layout names a class that never allocated (kept out of the inlined path).
+    @usableFromInline
+    @inline(never)
+    internal static func neverAllocated(_ block: UnsafeBlock) -> Never {
+        preconditionFailure("Pool.deallocate(\(block)): no block of this layout was ever allocated here")
     }
 
     /// Builds the slab of class `index` on its first use.

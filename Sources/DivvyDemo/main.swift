@@ -61,18 +61,22 @@ for round in 0..<20_000 {
     if round % 3 == 0 { try block.resize(to: size * 2) }
     block.free()
 }
-var samples = BlockArray<Double, StatsAllocator<LimitAllocator<Segregator<Pool<OSAllocator>, OSAllocator>>>>(
-    allocator: heap)
-for i in 0..<100_000 { try samples.append(Double(i) * 0.5) }
-let atPeak = heap.stats
-samples.removeAll()
+let atPeak: AllocationStats
+var grownTo = 0
+do {
+    var samples = BlockArray<Double, StatsAllocator<LimitAllocator<Segregator<Pool<OSAllocator>, OSAllocator>>>>(
+        allocator: heap)
+    for i in 0..<100_000 { try samples.append(Double(i) * 0.5) }
+    atPeak = heap.stats  // before the array's last use: a ~Copyable value is destroyed right after it
+    grownTo = samples.capacity
+}  // the array's storage goes back to the heap here
 report(
     "StatsAllocator(LimitAllocator(Segregator(threshold: 32 KiB, small: Pool(OSAllocator), large: OSAllocator)))",
     [
         "20,000 random blocks (1 B–2 KiB, every 100th 40–400 KiB) written, a third resized, all freed",
-        "a BlockArray<Double> grown to \(samples.capacity) elements through reallocate",
+        "a BlockArray<Double> grown to \(grownTo) elements through reallocate",
         "while the array was live: \(atPeak)",
-        "after clearing it:       \(heap.stats)",
+        "after it went away:      \(heap.stats)",
         "quota used now \(bytes(heap.base.usedBytes)) of \(bytes(heap.base.limit))",
     ])
 
@@ -128,4 +132,53 @@ report(
     [
         "held \(held) buffers at once, then: \(limitError)",
         "after the owners went away: live \(buffers.liveBlocks), footprint \(bytes(buffers.footprint)) kept for reuse",
+    ])
+
+// --- 4. An arena: bump allocation for work that ends together, with a scoped rewind --------------------------------
+let arena = try Arena(OSAllocator(), growth: .pow2(initial: 64 * 1024, maximum: 1 << 20))
+var words = 0
+for request in 0..<1000 {
+    // Everything a "request" allocates is released at once when its scope ends.
+    try arena.withScope { () throws(AllocationError) in
+        var tokens = BlockArray<Int, Arena<OSAllocator>>(allocator: arena)
+        for t in 0..<(request % 50 + 1) { try tokens.append(t * request) }
+        words += tokens.count
+    }
+}
+let afterScopes = arena.footprint
+var kept = BlockArray<UInt64, Arena<OSAllocator>>(allocator: arena)
+for i in 0..<200_000 { try kept.append(UInt64(i)) }
+report(
+    "Arena(OSAllocator(), growth: .pow2(initial: 64 KiB, maximum: 1 MiB))",
+    [
+        "1000 scoped requests tokenized \(words) words; footprint after them \(bytes(afterScopes))",
+        "then a 200,000-element array grown in it: \(arena.chunkCount) chunk(s), footprint \(bytes(arena.footprint))",
+    ])
+arena.deallocateAll()
+print("   after deallocateAll(): footprint \(bytes(arena.footprint)) (the first chunk is kept for reuse)")
+
+// --- 5. A lock-free slab shared by several threads --------------------------------------------------------------------
+let messages = try SlabBuilder(size: 256).finishLockFree(OSAllocator(), capacity: 4096)
+let served = try await withThrowingTaskGroup(of: Int.self) { group in
+    for worker in 0..<4 {
+        group.addTask {
+            var total = 0
+            for round in 0..<25_000 {
+                var message = try OwnedBlock(byteCount: 256, in: messages)
+                var view = message.mutableBytes
+                view.storeBytes(of: UInt64(worker << 32 | round), toByteOffset: 0, as: UInt64.self)
+                total += message.count
+            }
+            return total
+        }
+    }
+    var sum = 0
+    for try await total in group { sum += total }
+    return sum
+}
+report(
+    "SlabBuilder(size: 256).finishLockFree(OSAllocator(), capacity: 4096), 4 tasks",
+    [
+        "100,000 messages allocated, written and freed concurrently (\(bytes(served)) in all)",
+        "capacity \(messages.capacity) blocks, free now \(messages.approximateFreeCount)",
     ])

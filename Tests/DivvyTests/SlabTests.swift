@@ -71,7 +71,19 @@ extension SlabTests {
         XCTAssertEqual((0..<3).map { SlabGrowthPolicy.linear(initial: 100, step: 10).refillSize($0) }, [100, 110, 120])
         XCTAssertEqual((0..<3).map { SlabGrowthPolicy.fixed(777).refillSize($0) }, [777, 777, 777])
         XCTAssertEqual(SlabGrowthPolicy.pow2(initial: 1 << 40, maximum: Int.max).refillSize(100), Int.max)
-        XCTAssertEqual(SlabGrowthPolicy.linear(initial: 1, step: Int.max / 2).refillSize(10), Int.max)
+        XCTAssertEqual(SlabGrowthPolicy.linear(initial: 1, step: Int.max / 2).refillSize(10), 1 << 48)
+        XCTAssertEqual(SlabGrowthPolicy.linear(initial: 1 << 47, step: 1 << 47).refillSize(5), 1 << 48)
+    }
+
+    func testSaturatedRefillSizesFailCleanlyInsteadOfTrapping() throws {
+        // A policy whose refills saturate near Int.max must reach the backing with a sane size (and fail there),
+        // never build an impossible layout.
+        for policy in [SlabGrowthPolicy.pow2(initial: 1 << 62, maximum: Int.max), .linear(initial: 1 << 50, step: 1)] {
+            let slab = try SlabBuilder(size: 64).growthPolicy(policy).finishUnsynchronized(SystemAllocator())
+            assertAllocationError(.outOfMemory, "\(policy)") { _ = try slab.allocate(Layout(size: 64)) }
+            XCTAssertEqual(slab.liveBlocks, 0)
+            XCTAssertEqual(slab.footprint, 0)
+        }
     }
 
     func testPow2GrowthDoublesRefillsFromTheBacking() throws {

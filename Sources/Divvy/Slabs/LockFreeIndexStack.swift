@@ -126,22 +126,22 @@ public struct UnsafeLockFreeIndexStack: @unchecked Sendable {
             "UnsafeLockFreeIndexStack.initialize: memory \(memory) is not 8-byte aligned")
         let count = UInt32(capacity)
         (memory + headOffset).initializeMemory(
-            as: UInt64.AtomicRepresentation.self, repeating: UInt64.AtomicRepresentation(pack(index: 0, tag: 0)),
+            as: UnsafeAtomic<UInt64>.Storage.self, repeating: UnsafeAtomic<UInt64>.Storage(pack(index: 0, tag: 0)),
             count: 1)
         (memory + magicOffset).initializeMemory(
-            as: UInt32.AtomicRepresentation.self, repeating: UInt32.AtomicRepresentation(0), count: 1)
+            as: UnsafeAtomic<UInt32>.Storage.self, repeating: UnsafeAtomic<UInt32>.Storage(0), count: 1)
         (memory + capacityOffset).initializeMemory(as: UInt32.self, repeating: count, count: 1)
         (memory + countOffset).initializeMemory(
-            as: Int64.AtomicRepresentation.self, repeating: Int64.AtomicRepresentation(Int64(capacity)), count: 1)
-        let links = (memory + linksOffset).bindMemory(to: UInt32.AtomicRepresentation.self, capacity: capacity)
+            as: UnsafeAtomic<Int64>.Storage.self, repeating: UnsafeAtomic<Int64>.Storage(Int64(capacity)), count: 1)
+        let links = (memory + linksOffset).bindMemory(to: UnsafeAtomic<UInt32>.Storage.self, capacity: capacity)
         for index in 0..<capacity &- 1 {
             // Safe: index + 1 < capacity <= maximumCapacity, so it fits in UInt32.
-            (links + index).initialize(to: UInt32.AtomicRepresentation(UInt32(truncatingIfNeeded: index &+ 1)))
+            (links + index).initialize(to: UnsafeAtomic<UInt32>.Storage(UInt32(truncatingIfNeeded: index &+ 1)))
         }
-        (links + (capacity &- 1)).initialize(to: UInt32.AtomicRepresentation(endOfList))
+        (links + (capacity &- 1)).initialize(to: UnsafeAtomic<UInt32>.Storage(endOfList))
         // Ordering: releasing, so that a thread (or process) whose `attach` reads the magic with an acquiring load
         // also sees every plain initialization above.
-        UnsafeAtomic<UInt32>(at: (memory + magicOffset).assumingMemoryBound(to: UInt32.AtomicRepresentation.self))
+        UnsafeAtomic<UInt32>(at: (memory + magicOffset).assumingMemoryBound(to: UnsafeAtomic<UInt32>.Storage.self))
             .store(magic, ordering: .releasing)
         return UnsafeLockFreeIndexStack(base: memory, capacity: count)
     }
@@ -162,7 +162,7 @@ public struct UnsafeLockFreeIndexStack: @unchecked Sendable {
         // Ordering: acquiring, pairs with the releasing store at the end of `initialize`, so the capacity and
         // links read from now on are the initialized ones.
         let found = UnsafeAtomic<UInt32>(
-            at: (memory + magicOffset).assumingMemoryBound(to: UInt32.AtomicRepresentation.self)
+            at: (memory + magicOffset).assumingMemoryBound(to: UnsafeAtomic<UInt32>.Storage.self)
         ).load(ordering: .acquiring)
         guard found == magic else {
             throw AllocationError(
@@ -202,12 +202,12 @@ public struct UnsafeLockFreeIndexStack: @unchecked Sendable {
 
     @inlinable
     internal var head: UnsafeAtomic<UInt64> {
-        UnsafeAtomic(at: (base + Self.headOffset).assumingMemoryBound(to: UInt64.AtomicRepresentation.self))
+        UnsafeAtomic(at: (base + Self.headOffset).assumingMemoryBound(to: UnsafeAtomic<UInt64>.Storage.self))
     }
 
     @inlinable
     internal var count: UnsafeAtomic<Int64> {
-        UnsafeAtomic(at: (base + Self.countOffset).assumingMemoryBound(to: Int64.AtomicRepresentation.self))
+        UnsafeAtomic(at: (base + Self.countOffset).assumingMemoryBound(to: UnsafeAtomic<Int64>.Storage.self))
     }
 
     /// The link slot of `index`. - Precondition: `index < capacity` (callers check).
@@ -215,7 +215,7 @@ public struct UnsafeLockFreeIndexStack: @unchecked Sendable {
     internal func link(_ index: UInt32) -> UnsafeAtomic<UInt32> {
         // Safe: index < capacity, so the slot lies inside the area's link array.
         UnsafeAtomic(
-            at: (base + Self.linksOffset).assumingMemoryBound(to: UInt32.AtomicRepresentation.self)
+            at: (base + Self.linksOffset).assumingMemoryBound(to: UnsafeAtomic<UInt32>.Storage.self)
                 + Int(truncatingIfNeeded: index))
     }
 

@@ -122,7 +122,8 @@ public final class Slab<Backing: Allocator> {
         let minimum = SlabConfiguration.minimumRefill(stride: stride, alignment: alignment)
         let remaining = configuration.limit - state.pointee.footprint
         var size = Swift.max(configuration.growth.refillSize(state.pointee.refillCount), minimum)
-        size = Swift.min(size, remaining) & ~15
+        // Safe: capped at 2^48 so the layout's size stays far from Int.max (a pow2 policy may saturate there).
+        size = Swift.min(size, remaining, SlabGrowthPolicy.linearMaximum) & ~15
         guard size >= minimum else {
             throw AllocationError(
                 .limitExceeded, "slab byte limit reached", size: layout.size, limit: configuration.limit)

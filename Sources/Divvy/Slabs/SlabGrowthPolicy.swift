@@ -12,7 +12,7 @@ public struct SlabGrowthPolicy: Hashable, Sendable, CustomStringConvertible {
     public let initial: Int
     /// Bytes added per refill (`.linear` only; 0 otherwise).
     public let step: Int
-    /// The largest refill (`.pow2` caps here; `.fixed` is its own size; `.linear` has no cap: `Int.max`).
+    /// The largest refill (`.pow2` caps here; `.fixed` is its own size; `.linear` caps at `linearMaximum`).
     public let maximum: Int
 
     @usableFromInline
@@ -28,9 +28,13 @@ public struct SlabGrowthPolicy: Hashable, Sendable, CustomStringConvertible {
         SlabGrowthPolicy(kind: .pow2, initial: initial, step: 0, maximum: maximum)
     }
 
-    /// Refills growing by a constant: `initial`, `initial + step`, `initial + 2 × step`, …
+    /// The cap on linear refills: 256 TiB, more than any address space can map, so the cap never changes what a
+    /// real slab asks for; it only keeps sizes far from `Int.max`, where layout arithmetic would overflow.
+    public static let linearMaximum = 1 << 48
+
+    /// Refills growing by a constant: `initial`, `initial + step`, `initial + 2 × step`, … (up to `linearMaximum`).
     public static func linear(initial: Int = 64 * 1024, step: Int = 64 * 1024) -> SlabGrowthPolicy {
-        SlabGrowthPolicy(kind: .linear, initial: initial, step: step, maximum: Int.max)
+        SlabGrowthPolicy(kind: .linear, initial: initial, step: step, maximum: linearMaximum)
     }
 
     /// Every refill the same size.
@@ -49,7 +53,7 @@ public struct SlabGrowthPolicy: Hashable, Sendable, CustomStringConvertible {
         case .linear:
             let (product, overflow1) = step.multipliedReportingOverflow(by: index)
             let (sum, overflow2) = initial.addingReportingOverflow(product)
-            return overflow1 || overflow2 ? Int.max : sum
+            return overflow1 || overflow2 ? maximum : Swift.min(sum, maximum)
         case .pow2:
             guard index < Int.bitWidth - 2 else { return maximum }
             let (shifted, overflow) = initial.multipliedReportingOverflow(by: 1 << index)
@@ -62,7 +66,9 @@ public struct SlabGrowthPolicy: Hashable, Sendable, CustomStringConvertible {
         guard initial > 0 else { return "growth policy: initial refill size must be positive" }
         switch kind {
         case .fixed: return nil
-        case .linear: return step > 0 ? nil : "growth policy: linear step must be positive"
+        case .linear:
+            guard step > 0 else { return "growth policy: linear step must be positive" }
+            return initial <= maximum ? nil : "growth policy: linear initial size is above 256 TiB"
         case .pow2: return maximum >= initial ? nil : "growth policy: pow2 maximum is below its initial size"
         }
     }

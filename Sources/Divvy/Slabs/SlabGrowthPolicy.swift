@@ -66,9 +66,7 @@ public struct SlabGrowthPolicy: Hashable, Sendable, CustomStringConvertible {
         guard initial > 0 else { return "growth policy: initial refill size must be positive" }
         switch kind {
         case .fixed: return nil
-        case .linear:
-            guard step > 0 else { return "growth policy: linear step must be positive" }
-            return initial <= maximum ? nil : "growth policy: linear initial size is above 256 TiB"
+        case .linear: return step > 0 ? nil : "growth policy: linear step must be positive"
         case .pow2: return maximum >= initial ? nil : "growth policy: pow2 maximum is below its initial size"
         }
     }

@@ -1,0 +1,381 @@
+import Divvy
+import DivvyTestSupport
+import Foundation
+import Synchronization
+import XCTest
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A thread-safe counting wrapper over `SystemAllocator`, so tests can see refills come and go (the concurrent
+/// slab's backing must be `Sendable`: its last owner may go away on any thread).
+final class LockedCountingAllocator: Allocator, Sendable {
+    struct Counts {
+        var allocations = 0
+        var deallocations = 0
+        var live: [UInt: Layout] = [:]
+    }
+    let counts = Mutex(Counts())
+
+    var liveCount: Int { counts.withLock { $0.live.count } }
+    var liveLayouts: [Layout] { counts.withLock { Array($0.live.values) } }
+    var allocations: Int { counts.withLock { $0.allocations } }
+    var deallocations: Int { counts.withLock { $0.deallocations } }
+
+    func allocate(_ layout: Layout) throws(AllocationError) -> UnsafeBlock {
+        let block = try SystemAllocator().allocate(layout)
+        counts.withLock {
+            precondition($0.live[block.address] == nil, "LockedCountingAllocator: address handed out twice")
+            $0.live[block.address] = layout
+            $0.allocations += 1
+        }
+        return block
+    }
+
+    func deallocate(_ block: UnsafeBlock, layout: Layout) {
+        counts.withLock {
+            precondition($0.live[block.address] == layout, "LockedCountingAllocator: bad free of \(block) with \(layout)")
+            $0.live[block.address] = nil
+            $0.deallocations += 1
+        }
+        SystemAllocator().deallocate(block, layout: layout)
+    }
+}
+
+/// Runs `body(index)` on `count` new threads and waits for all of them.
+func runOnThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
+    let group = DispatchGroup()
+    for index in 0..<count {
+        group.enter()
+        let thread = Thread {
+            body(index)
+            group.leave()
+        }
+        thread.stackSize = 1 << 20
+        thread.start()
+    }
+    group.wait()
+}
+
+final class ConcurrentSlabTests: XCTestCase {
+    func testAllocatesDistinctAlignedBlocksAndReusesFreedOnes() throws {
+        let (local, shared) = try SlabBuilder(size: 24, alignment: 8).pageSize(4096).growthPolicy(.fixed(16384))
+            .finish(SystemAllocator())
+        let layout = try Layout(size: 24, alignment: 8)
+        var blocks: [UnsafeBlock] = []
+        for _ in 0..<1000 { blocks.append(try local.allocate(layout)) }
+        XCTAssertEqual(Set(blocks.map(\.start)).count, 1000)
+        XCTAssertTrue(blocks.allSatisfy { $0.address % 8 == 0 && $0.size == 24 })
+        XCTAssertTrue(blocks.allSatisfy { $0.address % 4096 >= 128 }, "no block overlaps a page header")
+        XCTAssertEqual(local.liveBlocks, 1000)
+        // (4096 - 128) / 24 = 165 blocks per page, so 1000 blocks fill 7 pages; refills are 4 pages each.
+        XCTAssertEqual(local.pageCount, 7)
+        XCTAssertEqual(local.refillCount, 2)
+        XCTAssertEqual(local.footprint, 2 * 16384)
+        local._checkInvariants()
+
+        let freed = blocks.removeLast()
+        local.deallocate(freed, layout: layout)
+        XCTAssertEqual(try local.allocate(layout).start, freed.start, "LIFO reuse of a locally freed block")
+        local._checkInvariants()
+
+        // A block on an exhausted page, freed locally, makes that page available again.
+        let early = blocks.removeFirst()
+        local.deallocate(early, layout: layout)
+        local._checkInvariants()
+        XCTAssertEqual(local.liveBlocks, 999)
+        for block in blocks { shared.deallocate(block, layout: layout) }
+        XCTAssertEqual(local.liveBlocks, 1, "remote frees are counted once collected")
+        local._checkInvariants()
+        XCTAssertEqual(local.remoteFreesCollected, 998)
+    }
+
+    func testRejectsLayoutsThatDoNotFitTheBlocks() throws {
+        let (local, _) = try SlabBuilder(size: 24, alignment: 8).finish(SystemAllocator())
+        assertAllocationError(.unsupportedLayout) { _ = try local.allocate(Layout(size: 25, alignment: 8)) }
+        assertAllocationError(.unsupportedLayout) { _ = try local.allocate(Layout(size: 8, alignment: 16)) }
+        XCTAssertEqual(local.liveBlocks, 0)
+        XCTAssertEqual(local.footprint, 0, "a rejected layout takes no refill")
+        XCTAssertEqual(local.goodSize(for: try Layout(size: 1, alignment: 1)), 24)
+    }
+
+    func testOwns() throws {
+        let (local, _) = try SlabBuilder(size: 32).pageSize(4096).growthPolicy(.fixed(8192))
+            .finish(SystemAllocator())
+        let layout = try Layout(size: 32)
+        let blocks = try (0..<300).map { _ in try local.allocate(layout) }
+        XCTAssertTrue(blocks.allSatisfy { local.owns($0) })
+        let foreign = try SystemAllocator().allocate(layout)
+        XCTAssertFalse(local.owns(foreign))
+        SystemAllocator().deallocate(foreign, layout: layout)
+        let header = UnsafeBlock(start: blocks[0].start - Int(blocks[0].address % 4096), size: 32)
+        XCTAssertFalse(local.owns(header), "a page header is not a block")
+    }
+
+    func testLargeAlignment() throws {
+        let (local, shared) = try SlabBuilder(size: 100, alignment: 256).pageSize(4096).finish(SystemAllocator())
+        let layout = try Layout(size: 100, alignment: 256)
+        let blocks = try (0..<100).map { _ in try local.allocate(layout) }
+        XCTAssertTrue(blocks.allSatisfy { $0.address % 256 == 0 && $0.size == 256 })
+        // The header takes the first 256-byte slot: 15 blocks per 4 KiB page.
+        XCTAssertEqual(local.pageCount, 7)
+        for block in blocks { shared.deallocate(block, layout: layout) }
+        XCTAssertEqual(local.liveBlocks, 0)
+        local._checkInvariants()
+    }
+}
+
+// MARK: - Model-based
+
+extension ConcurrentSlabTests {
+    func testRandomizedAgainstModel() throws {
+        let seed = SeededGenerator.testSeed()
+        let (local, _) = try SlabBuilder(size: 40, alignment: 8).pageSize(4096)
+            .growthPolicy(.pow2(initial: 4096, maximum: 32768)).finish(SystemAllocator())
+        let report = AllocatorModelCheck.run(
+            local, seed: seed, steps: 20_000,
+            layout: { random in try! Layout(size: Int.random(in: 1...40, using: &random), alignment: 8) },
+            afterEachStep: { _, liveBlocks in XCTAssertEqual(local.liveBlocks, liveBlocks, "seed \(seed)") })
+        XCTAssertEqual(report.allocations, report.deallocations)
+        local._checkInvariants()
+        XCTAssertEqual(local.liveBlocks, 0)
+    }
+
+    /// The same check, freeing each block at random through the local or the shared side.
+    func testRandomizedAgainstModelWithRemoteFrees() throws {
+        let seed = SeededGenerator.testSeed()
+        let (local, shared) = try SlabBuilder(size: 64, alignment: 16).pageSize(4096)
+            .growthPolicy(.linear(initial: 4096, step: 4096)).limit(256 * 1024).finish(SystemAllocator())
+        var coin = SeededGenerator(seed: seed ^ 0x9E37_79B9)
+        var remoteFrees = 0
+        var step = 0
+        let report = AllocatorModelCheck.run(
+            local, seed: seed, steps: 20_000, maxLive: 2000,
+            layout: { random in try! Layout(size: Int.random(in: 0...64, using: &random), alignment: 16) },
+            afterEachStep: { _, liveBlocks in
+                step += 1
+                XCTAssertEqual(local.liveBlocks, liveBlocks, "seed \(seed)")
+                if step % 997 == 0 { local._checkInvariants() }
+            },
+            deallocate: { block, layout in
+                if Bool.random(using: &coin) {
+                    shared.deallocate(block, layout: layout)
+                    remoteFrees += 1
+                } else {
+                    local.deallocate(block, layout: layout)
+                }
+            })
+        XCTAssertEqual(report.allocations, report.deallocations, "seed \(seed)")
+        XCTAssertGreaterThan(remoteFrees, 1000)
+        XCTAssertEqual(local.liveBlocks, 0)
+        XCTAssertEqual(local.remoteFreesCollected, remoteFrees, "every remote free collected exactly once")
+        XCTAssertLessThanOrEqual(local.footprint, 256 * 1024)
+        local._checkInvariants()
+    }
+}
+
+// MARK: - Builder errors
+
+extension ConcurrentSlabTests {
+    func testBuilderRejectsImpossibleConfigurationsAtFinish() {
+        let system = SystemAllocator()
+        assertAllocationError(.invalidConfiguration, "zero size") {
+            _ = try SlabBuilder(size: 0).finish(system)
+        }
+        assertAllocationError(.invalidConfiguration, "negative size") {
+            _ = try SlabBuilder(size: -8).finish(system)
+        }
+        assertAllocationError(.invalidConfiguration, "alignment 24") {
+            _ = try SlabBuilder(size: 16, alignment: 24).finish(system)
+        }
+        assertAllocationError(.invalidConfiguration, "alignment 0") {
+            _ = try SlabBuilder(size: 16, alignment: 0).finish(system)
+        }
+        assertAllocationError(.invalidConfiguration, "limit below one block") {
+            _ = try SlabBuilder(size: 4096).limit(4096).finish(system)
+        }
+        let belowPage = assertAllocationError(.invalidConfiguration, "limit below one page") {
+            _ = try SlabBuilder(size: 64).limit(60_000).finish(system)
+        }
+        XCTAssertEqual(belowPage?.limit, 60_000)
+        let tooBig = assertAllocationError(.invalidConfiguration, "block plus header larger than a page") {
+            _ = try SlabBuilder(size: 4000).pageSize(4096).finish(system)
+        }
+        XCTAssertEqual(tooBig?.limit, 4096)
+        XCTAssertEqual(tooBig?.size, 4000)
+        assertAllocationError(.invalidConfiguration, "alignment equal to the page size leaves no room") {
+            _ = try SlabBuilder(size: 16, alignment: 4096).pageSize(4096).finish(system)
+        }
+        assertAllocationError(.invalidConfiguration, "block larger than a fixed refill") {
+            _ = try SlabBuilder(size: 8192).growthPolicy(.fixed(4096)).finish(system)
+        }
+        assertAllocationError(.invalidConfiguration, "block larger than the pow2 maximum") {
+            _ = try SlabBuilder(size: 1 << 20).growthPolicy(.pow2(initial: 4096, maximum: 1 << 19)).finish(system)
+        }
+        assertAllocationError(.invalidConfiguration, "linear step 0") {
+            _ = try SlabBuilder(size: 16).growthPolicy(.linear(initial: 4096, step: 0)).finish(system)
+        }
+        assertAllocationError(.invalidConfiguration, "page size not a power of two") {
+            _ = try SlabBuilder(size: 16).pageSize(5000).finish(system)
+        }
+        assertAllocationError(.invalidConfiguration, "page size below 4 KiB") {
+            _ = try SlabBuilder(size: 16).pageSize(2048).finish(system)
+        }
+        // The edge that does fit: one block per page.
+        XCTAssertNoThrow(try SlabBuilder(size: 4096 - 128).pageSize(4096).limit(4096).finish(system))
+    }
+
+    func testBuilderDoesNotTouchTheBackingOnError() {
+        let counting = LockedCountingAllocator()
+        assertAllocationError(.invalidConfiguration) { _ = try SlabBuilder(size: 4000).pageSize(4096).finish(counting) }
+        XCTAssertEqual(counting.allocations, 0)
+        // Nor on success: refills are taken lazily.
+        let pair = try? SlabBuilder(size: 64).finish(counting)
+        XCTAssertNotNil(pair)
+        XCTAssertEqual(counting.allocations, 0)
+    }
+}
+
+// MARK: - Limit, growth, reuse of remote frees, lifetime
+
+extension ConcurrentSlabTests {
+    func testLimitThrowsButKeepsHandedOutBlocks() throws {
+        let (local, shared) = try SlabBuilder(size: 100).pageSize(4096).limit(10_000).growthPolicy(.fixed(4096))
+            .finish(SystemAllocator())
+        let layout = try Layout(size: 100)
+        var blocks: [UnsafeBlock] = []
+        while let block = try? local.allocate(layout) {
+            block.start.initializeMemory(as: UInt8.self, repeating: UInt8(blocks.count % 256), count: 112)
+            blocks.append(block)
+        }
+        let error = assertAllocationError(.limitExceeded) { _ = try local.allocate(layout) }
+        XCTAssertEqual(error?.limit, 10_000)
+        // Two whole pages fit under 10 000 bytes: 2 × (4096 - 128) / 112 = 2 × 35 blocks.
+        XCTAssertEqual(blocks.count, 70)
+        XCTAssertEqual(local.footprint, 8192)
+        for (i, block) in blocks.enumerated() {
+            XCTAssertEqual(block.start.load(fromByteOffset: 0, as: UInt8.self), UInt8(i % 256))
+            XCTAssertEqual(block.start.load(fromByteOffset: 111, as: UInt8.self), UInt8(i % 256))
+        }
+        XCTAssertEqual(local.liveBlocks, 70, "a failed allocation changes nothing")
+        local._checkInvariants()
+        // A block freed by another side is reused under the limit.
+        let victim = blocks.removeLast()
+        shared.deallocate(victim, layout: layout)
+        XCTAssertEqual(try local.allocate(layout).start, victim.start)
+        XCTAssertEqual(local.footprint, 8192)
+        assertAllocationError(.limitExceeded) { _ = try local.allocate(layout) }
+        local._checkInvariants()
+    }
+
+    func testRemoteFreesAreReusedAfterExhaustion() throws {
+        let counting = LockedCountingAllocator()
+        let (local, shared) = try SlabBuilder(size: 48).pageSize(4096).limit(8 * 4096).growthPolicy(.fixed(8192))
+            .finish(counting)
+        let layout = try Layout(size: 48)
+        var first: [UnsafeBlock] = []
+        while let block = try? local.allocate(layout) { first.append(block) }
+        XCTAssertEqual(first.count, 8 * ((4096 - 128) / 48))
+        XCTAssertEqual(counting.allocations, 4)
+        // Free everything from other threads.
+        let toFree = first
+        runOnThreads(4) { index in
+            for block in toFree[(index * toFree.count / 4)..<((index + 1) * toFree.count / 4)] {
+                shared.deallocate(block, layout: layout)
+            }
+        }
+        var second: [UnsafeBlock] = []
+        while let block = try? local.allocate(layout) { second.append(block) }
+        XCTAssertEqual(Set(second.map(\.address)), Set(first.map(\.address)), "exactly the freed blocks come back")
+        XCTAssertEqual(counting.allocations, 4, "no refill: remote frees were reused")
+        XCTAssertEqual(local.remoteFreesCollected, first.count)
+        XCTAssertEqual(local.liveBlocks, first.count)
+        local._checkInvariants()
+    }
+
+    func testPow2RefillsAreRoundedToPagesAndRequestedPageAligned() throws {
+        let counting = LockedCountingAllocator()
+        let (local, _) = try SlabBuilder(size: 64).pageSize(8192).growthPolicy(.pow2(initial: 5000, maximum: 40_000))
+            .finish(counting)
+        let layout = try Layout(size: 64)
+        for _ in 0..<3000 { _ = try local.allocate(layout) }
+        let layouts = counting.liveLayouts.sorted { $0.size < $1.size }
+        XCTAssertTrue(layouts.allSatisfy { $0.alignment == 8192 })
+        // 5000 → 8192, 10000 → 16384, 20000 → 24576, 40000 → 40960, then capped at 40000 → 40960.
+        XCTAssertEqual(Array(layouts.map(\.size).prefix(4)), [8192, 16384, 24576, 40960])
+        XCTAssertEqual(local.footprint, layouts.map(\.size).reduce(0, +))
+        local._checkInvariants()
+    }
+
+    func testBackingFailureIsReportedAndNothingChanges() throws {
+        let (local, _) = try SlabBuilder(size: 64).finish(FailingAllocator())
+        assertAllocationError(.outOfMemory) { _ = try local.allocate(Layout(size: 64)) }
+        XCTAssertEqual(local.footprint, 0)
+        XCTAssertEqual(local.refillCount, 0)
+        local._checkInvariants()
+    }
+
+    func testMemoryReturnsWhenLocalIsDroppedLast() throws {
+        let counting = LockedCountingAllocator()
+        let layout = try Layout(size: 32)
+        var local: ConcurrentSlab<LockedCountingAllocator>.Local?
+        var shared: ConcurrentSlab<LockedCountingAllocator>.Shared?
+        do {
+            let pair = try SlabBuilder(size: 32).pageSize(4096).growthPolicy(.fixed(8192)).finish(counting)
+            local = pair.local
+            shared = pair.shared
+        }
+        var blocks: [UnsafeBlock] = []
+        for _ in 0..<1000 { blocks.append(try local!.allocate(layout)) }
+        for block in blocks.prefix(500) { shared!.deallocate(block, layout: layout) }
+        let refills = counting.liveCount
+        XCTAssertGreaterThan(refills, 1)
+        shared = nil
+        XCTAssertEqual(counting.liveCount, refills, "the local side still holds the memory")
+        XCTAssertEqual(local!.liveBlocks, 500, "remote frees pushed before Shared went away are collected")
+        local!._checkInvariants()
+        local = nil
+        XCTAssertEqual(counting.liveCount, 0, "the last owner returns every refill")
+        XCTAssertEqual(counting.allocations, counting.deallocations)
+    }
+
+    func testSharedOutlivesLocal() throws {
+        let counting = LockedCountingAllocator()
+        let layout = try Layout(size: 32)
+        var local: ConcurrentSlab<LockedCountingAllocator>.Local?
+        var shared: ConcurrentSlab<LockedCountingAllocator>.Shared?
+        do {
+            let pair = try SlabBuilder(size: 32).pageSize(4096).growthPolicy(.fixed(8192)).finish(counting)
+            local = pair.local
+            shared = pair.shared
+        }
+        var blocks: [UnsafeBlock] = []
+        for i in 0..<1000 {
+            let block = try local!.allocate(layout)
+            block.start.storeBytes(of: i, as: Int.self)
+            blocks.append(block)
+        }
+        let refills = counting.liveCount
+        XCTAssertGreaterThan(refills, 1)
+        local = nil
+        XCTAssertEqual(counting.liveCount, refills, "Shared keeps the memory alive after Local is gone")
+        // Worker threads take their own copies out of a box, so no copy outlives the threads' work.
+        let box = Mutex(shared)
+        let handed = blocks
+        runOnThreads(3) { index in
+            guard let copy = box.withLock({ $0 }) else { return }
+            for (i, block) in handed.enumerated() where i % 3 == index {
+                precondition(block.start.load(as: Int.self) == i, "block \(i) lost its contents")
+                copy.deallocate(block, layout: layout)
+            }
+        }
+        XCTAssertEqual(counting.liveCount, refills)
+        XCTAssertEqual(counting.deallocations, 0)
+        box.withLock { $0 = nil }
+        XCTAssertEqual(counting.liveCount, refills, "one copy left")
+        shared = nil
+        XCTAssertEqual(counting.liveCount, 0, "the last owner returns every refill")
+        XCTAssertEqual(counting.allocations, counting.deallocations)
+    }
+}

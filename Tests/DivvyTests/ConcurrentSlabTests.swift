@@ -1,5 +1,6 @@
 import Divvy
 import DivvyTestSupport
+import Atomics
 import Foundation
 import Synchronization
 import XCTest
@@ -377,5 +378,205 @@ extension ConcurrentSlabTests {
         shared = nil
         XCTAssertEqual(counting.liveCount, 0, "the last owner returns every refill")
         XCTAssertEqual(counting.allocations, counting.deallocations)
+    }
+}
+
+// MARK: - Multi-thread stress
+
+/// A block in flight between threads, with the pattern its holder last wrote into it.
+private struct StressItem: Sendable {
+    var block: UnsafeBlock
+    var pattern: UInt64
+
+    /// Fills the block's six words with `pattern + word index`.
+    mutating func write(_ newPattern: UInt64) {
+        pattern = newPattern
+        for word in 0..<6 { block.start.storeBytes(of: pattern &+ UInt64(word), toByteOffset: word * 8, as: UInt64.self) }
+    }
+
+    /// Whether the block still holds `pattern`.
+    func intact() -> Bool {
+        (0..<6).allSatisfy { block.start.load(fromByteOffset: $0 * 8, as: UInt64.self) == pattern &+ UInt64($0) }
+    }
+}
+
+/// A multi-producer queue of blocks; consumers take everything at once.
+private final class StressQueue: Sendable {
+    let items = Mutex<[StressItem]>([])
+    let closed = ManagedAtomic<Bool>(false)
+
+    func push(_ item: StressItem) { items.withLock { $0.append(item) } }
+    func takeAll() -> [StressItem] {
+        items.withLock {
+            let taken = $0
+            $0.removeAll(keepingCapacity: true)
+            return taken
+        }
+    }
+}
+
+/// Frees a block through the local side after checking its pattern and striking it from the live set.
+///
+/// A free function rather than a closure in the owner's thread body: capturing the test's shared state and being
+/// passed the local side would merge the local side into that state's isolation region.
+private func stressFreeLocally(
+    _ item: StressItem, _ local: ConcurrentSlab<LockedCountingAllocator>.Local, _ tracker: borrowing Mutex<Set<UInt>>,
+    _ localFrees: ManagedAtomic<Int>, _ seed: UInt64
+) {
+    precondition(item.intact(), "block \(item.block) lost its pattern [seed \(seed)]")
+    let removed = tracker.withLock { $0.remove(item.block.address) }
+    precondition(removed != nil, "block \(item.block) freed but not live [seed \(seed)]")
+    local.deallocate(item.block, layout: try! Layout(size: 48, alignment: 16))
+    localFrees.wrappingIncrement(ordering: .relaxed)
+}
+
+extension ConcurrentSlabTests {
+    typealias Counted = ConcurrentSlab<LockedCountingAllocator>
+
+    /// One owner thread allocates (under a byte limit, so it must reuse remote frees) and hands blocks to worker
+    /// threads through queues; workers check and rewrite a pattern, then free through `Shared` or send the block
+    /// back to the owner, who frees it locally. The owner also frees some blocks itself. At the end every block is
+    /// accounted exactly once and the slab holds all of its blocks again.
+    func testStressOwnerAllocatesWorkersFreeRemotely() throws {
+        let seed = SeededGenerator.testSeed()
+        var setup = SeededGenerator(seed: seed)
+        let workers = Int.random(in: 2...4, using: &setup)
+        let pageSize = [4096, 8192].randomElement(using: &setup)!
+        let limitPages = Int.random(in: 4...10, using: &setup)
+        let total = 40_000
+        let blocksPerPage = (pageSize - 128) / 48
+        print("testStressOwnerAllocatesWorkersFreeRemotely: seed \(seed) (replay with DIVVY_TEST_SEED=\(seed)), "
+            + "\(workers) workers, page \(pageSize), limit \(limitPages) pages")
+
+        let counting = LockedCountingAllocator()
+        let layout = try Layout(size: 48, alignment: 16)
+        let localBox: Mutex<Counted.Local?>
+        let sharedBox: Mutex<Counted.Shared?>
+        do {
+            let pair = try SlabBuilder(layout).pageSize(pageSize).growthPolicy(.fixed(2 * pageSize))
+                .limit(limitPages * pageSize).finish(counting)
+            localBox = Mutex(pair.local)
+            sharedBox = Mutex(pair.shared)
+        }
+        let queues = (0..<workers).map { _ in StressQueue() }
+        let returns = StressQueue()
+        let tracker = Mutex(Set<UInt>())
+        let allocations = ManagedAtomic(0)
+        let localFrees = ManagedAtomic(0)
+        let remoteFrees = ManagedAtomic(0)
+        let limitHits = ManagedAtomic(0)
+        let finishedWorkers = ManagedAtomic(0)
+
+        runOnThreads(workers + 1) { index in
+            if index == 0 {
+                // The owner: uses the local side only while holding the box's lock, so the local side is owned by
+                // exactly one thread at a time (this one now, the test's thread afterwards).
+                localBox.withLock { slot in
+                    guard let local = slot else { preconditionFailure("no local side") }
+                    var random = SeededGenerator(seed: seed &+ 1)
+                    var held: [StressItem] = []
+                    var nextPattern: UInt64 = 1
+                    var allocated = 0
+                    while allocated < total {
+                        for item in returns.takeAll() { stressFreeLocally(item, local, tracker, localFrees, seed) }
+                        let block: UnsafeBlock
+                        do throws(AllocationError) {
+                            block = try local.allocate(layout)
+                        } catch {
+                            precondition(error.code == .limitExceeded, "unexpected \(error) [seed \(seed)]")
+                            limitHits.wrappingIncrement(ordering: .relaxed)
+                            if !held.isEmpty && Bool.random(using: &random) {
+                                stressFreeLocally(held.remove(at: Int.random(in: 0..<held.count, using: &random)), local, tracker, localFrees, seed)
+                            }
+                            sched_yield()
+                            continue
+                        }
+                        let inserted = tracker.withLock { $0.insert(block.address).inserted }
+                        precondition(inserted, "block \(block) handed out while still live [seed \(seed)]")
+                        allocations.wrappingIncrement(ordering: .relaxed)
+                        allocated += 1
+                        var item = StressItem(block: block, pattern: 0)
+                        item.write(nextPattern)
+                        nextPattern &+= 0x1_0000
+                        let roll = Int.random(in: 0..<100, using: &random)
+                        if roll < 75 {
+                            queues[Int.random(in: 0..<workers, using: &random)].push(item)
+                        } else if roll < 90 {
+                            held.append(item)
+                        } else {
+                            stressFreeLocally(item, local, tracker, localFrees, seed)
+                        }
+                        if held.count > 64 || (roll == 0 && !held.isEmpty) {
+                            stressFreeLocally(held.remove(at: Int.random(in: 0..<held.count, using: &random)), local, tracker, localFrees, seed)
+                        }
+                    }
+                    for queue in queues { queue.closed.store(true, ordering: .releasing) }
+                    while finishedWorkers.load(ordering: .acquiring) < workers {
+                        for item in returns.takeAll() { stressFreeLocally(item, local, tracker, localFrees, seed) }
+                        sched_yield()
+                    }
+                    for item in returns.takeAll() { stressFreeLocally(item, local, tracker, localFrees, seed) }
+                    for item in held { stressFreeLocally(item, local, tracker, localFrees, seed) }
+                    local._checkInvariants()
+                }
+            } else {
+                guard let shared = sharedBox.withLock({ $0 }) else { preconditionFailure("no shared side") }
+                let queue = queues[index - 1]
+                var random = SeededGenerator(seed: seed &+ UInt64(index) &* 7919)
+                while true {
+                    let items = queue.takeAll()
+                    if items.isEmpty {
+                        if queue.closed.load(ordering: .acquiring) && queue.items.withLock({ $0.isEmpty }) { break }
+                        sched_yield()
+                        continue
+                    }
+                    for var item in items {
+                        precondition(item.intact(), "block \(item.block) lost its pattern in transit [seed \(seed)]")
+                        item.write(item.pattern ^ (UInt64(index) << 56))
+                        precondition(item.intact(), "block \(item.block) changed under its holder [seed \(seed)]")
+                        if Int.random(in: 0..<100, using: &random) < 15 {
+                            returns.push(item)
+                        } else {
+                            let removed = tracker.withLock { $0.remove(item.block.address) }
+                            precondition(removed != nil, "block \(item.block) freed but not live [seed \(seed)]")
+                            shared.deallocate(item.block, layout: layout)
+                            remoteFrees.wrappingIncrement(ordering: .relaxed)
+                        }
+                    }
+                }
+                finishedWorkers.wrappingIncrement(ordering: .releasing)
+            }
+        }
+
+        let context = "[seed \(seed); replay with DIVVY_TEST_SEED=\(seed)]"
+        localBox.withLock { slot in
+            guard let local = slot else { return XCTFail("the local side is gone") }
+            XCTAssertEqual(allocations.load(ordering: .relaxed), total, context)
+            XCTAssertEqual(
+                localFrees.load(ordering: .relaxed) + remoteFrees.load(ordering: .relaxed), total,
+                "every block freed exactly once \(context)")
+            XCTAssertEqual(tracker.withLock { $0.count }, 0, context)
+            XCTAssertEqual(local.liveBlocks, 0, context)
+            XCTAssertEqual(local.remoteFreesCollected, remoteFrees.load(ordering: .relaxed), context)
+            XCTAssertGreaterThan(remoteFrees.load(ordering: .relaxed), total / 2, context)
+            XCTAssertLessThanOrEqual(local.footprint, limitPages * pageSize, context)
+            XCTAssertGreaterThan(limitHits.load(ordering: .relaxed) + local.remoteFreesCollected, 0, context)
+            local._checkInvariants()
+            // All blocks are back: the whole capacity can be allocated again, without growing.
+            let footprint = local.footprint
+            var again: [UnsafeBlock] = []
+            while let block = try? local.allocate(layout) { again.append(block) }
+            XCTAssertEqual(again.count, limitPages * blocksPerPage, context)
+            XCTAssertEqual(Set(again.map(\.address)).count, again.count, context)
+            XCTAssertEqual(local.footprint, limitPages * pageSize, context)
+            XCTAssertGreaterThanOrEqual(local.footprint, footprint, context)
+            for block in again { local.deallocate(block, layout: layout) }
+            XCTAssertEqual(local.liveBlocks, 0, context)
+            local._checkInvariants()
+            slot = nil
+        }
+        sharedBox.withLock { $0 = nil }
+        XCTAssertEqual(counting.liveCount, 0, "the last owner returns every refill \(context)")
+        XCTAssertEqual(counting.allocations, counting.deallocations, context)
     }
 }

@@ -9,6 +9,27 @@ import XCTest
 import Glibc
 #endif
 
+/// A value behind an `NSLock`.
+///
+/// The tests use this instead of `Synchronization.Mutex` for data shared between threads because ThreadSanitizer
+/// sees `pthread_mutex` (which `NSLock` uses) but not `Mutex`'s futex, which lives in the uninstrumented standard
+/// library: with `Mutex`, every access it protects is reported as a race. (`Mutex` is still used to hand the local
+/// side from thread to thread, where the compiler's `sending` checks are the point; those hand-overs are also
+/// ordered by an atomic or by thread joins, which TSan sees.)
+final class Locked<Value>: @unchecked Sendable {
+    // @unchecked Sendable: every access to `value` holds `lock`.
+    private var value: Value
+    private let lock = NSLock()
+
+    init(_ value: Value) { self.value = value }
+
+    func withLock<Result>(_ body: (inout Value) throws -> Result) rethrows -> Result {
+        lock.lock()
+        defer { lock.unlock() }
+        return try body(&value)
+    }
+}
+
 /// A thread-safe counting wrapper over `SystemAllocator`, so tests can see refills come and go (the concurrent
 /// slab's backing must be `Sendable`: its last owner may go away on any thread).
 final class LockedCountingAllocator: Allocator, Sendable {
@@ -17,7 +38,7 @@ final class LockedCountingAllocator: Allocator, Sendable {
         var deallocations = 0
         var live: [UInt: Layout] = [:]
     }
-    let counts = Mutex(Counts())
+    let counts = Locked(Counts())
 
     var liveCount: Int { counts.withLock { $0.live.count } }
     var liveLayouts: [Layout] { counts.withLock { Array($0.live.values) } }
@@ -45,18 +66,26 @@ final class LockedCountingAllocator: Allocator, Sendable {
 }
 
 /// Runs `body(index)` on `count` new threads and waits for all of them.
+///
+/// When this returns, no thread holds `body` (or anything it captured) any more: the threads reach `body` through a
+/// box that is emptied here, so tests can check that captured slab handles are gone.
 func runOnThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
     let group = DispatchGroup()
+    let holder = Locked<(@Sendable (Int) -> Void)?>(body)
     for index in 0..<count {
         group.enter()
         let thread = Thread {
-            body(index)
+            do {
+                let work = holder.withLock { $0 }
+                work?(index)
+            }
             group.leave()
         }
         thread.stackSize = 1 << 20
         thread.start()
     }
     group.wait()
+    holder.withLock { $0 = nil }
 }
 
 final class ConcurrentSlabTests: XCTestCase {
@@ -402,7 +431,7 @@ private struct StressItem: Sendable {
 
 /// A multi-producer queue of blocks; consumers take everything at once.
 private final class StressQueue: Sendable {
-    let items = Mutex<[StressItem]>([])
+    let items = Locked<[StressItem]>([])
     let closed = ManagedAtomic<Bool>(false)
 
     func push(_ item: StressItem) { items.withLock { $0.append(item) } }
@@ -420,7 +449,7 @@ private final class StressQueue: Sendable {
 /// A free function rather than a closure in the owner's thread body: capturing the test's shared state and being
 /// passed the local side would merge the local side into that state's isolation region.
 private func stressFreeLocally(
-    _ item: StressItem, _ local: ConcurrentSlab<LockedCountingAllocator>.Local, _ tracker: borrowing Mutex<Set<UInt>>,
+    _ item: StressItem, _ local: ConcurrentSlab<LockedCountingAllocator>.Local, _ tracker: Locked<Set<UInt>>,
     _ localFrees: ManagedAtomic<Int>, _ seed: UInt64
 ) {
     precondition(item.intact(), "block \(item.block) lost its pattern [seed \(seed)]")
@@ -460,7 +489,7 @@ extension ConcurrentSlabTests {
         }
         let queues = (0..<workers).map { _ in StressQueue() }
         let returns = StressQueue()
-        let tracker = Mutex(Set<UInt>())
+        let tracker = Locked(Set<UInt>())
         let allocations = ManagedAtomic(0)
         let localFrees = ManagedAtomic(0)
         let remoteFrees = ManagedAtomic(0)
@@ -477,6 +506,7 @@ extension ConcurrentSlabTests {
                     var held: [StressItem] = []
                     var nextPattern: UInt64 = 1
                     var allocated = 0
+                    var starved = 0
                     while allocated < total {
                         for item in returns.takeAll() { stressFreeLocally(item, local, tracker, localFrees, seed) }
                         let block: UnsafeBlock
@@ -485,6 +515,9 @@ extension ConcurrentSlabTests {
                         } catch {
                             precondition(error.code == .limitExceeded, "unexpected \(error) [seed \(seed)]")
                             limitHits.wrappingIncrement(ordering: .relaxed)
+                            starved += 1
+                            // A bound on retries, not on time: remote frees must come back eventually.
+                            precondition(starved < 2_000_000, "owner starved: remote frees never reused [seed \(seed)]")
                             if !held.isEmpty && Bool.random(using: &random) {
                                 stressFreeLocally(held.remove(at: Int.random(in: 0..<held.count, using: &random)), local, tracker, localFrees, seed)
                             }
@@ -495,6 +528,7 @@ extension ConcurrentSlabTests {
                         precondition(inserted, "block \(block) handed out while still live [seed \(seed)]")
                         allocations.wrappingIncrement(ordering: .relaxed)
                         allocated += 1
+                        starved = 0
                         var item = StressItem(block: block, pattern: 0)
                         item.write(nextPattern)
                         nextPattern &+= 0x1_0000
@@ -578,5 +612,79 @@ extension ConcurrentSlabTests {
         sharedBox.withLock { $0 = nil }
         XCTAssertEqual(counting.liveCount, 0, "the last owner returns every refill \(context)")
         XCTAssertEqual(counting.allocations, counting.deallocations, context)
+    }
+}
+
+extension ConcurrentSlabTests {
+    /// The local side moves between threads (one owner at a time, handed over through a `Mutex`); each owner frees
+    /// locally the blocks the previous owner allocated, and frees some of its own through `Shared`.
+    func testLocalOwnershipMovesBetweenThreads() throws {
+        let seed = SeededGenerator.testSeed()
+        let threads = 3
+        let rounds = 30
+        let layout = try Layout(size: 48, alignment: 16)
+        let localBox: Mutex<Counted.Local?>
+        let shared: Counted.Shared
+        let counting = LockedCountingAllocator()
+        do {
+            let pair = try SlabBuilder(layout).pageSize(4096).growthPolicy(.fixed(16384)).finish(counting)
+            localBox = Mutex(pair.local)
+            shared = pair.shared
+        }
+        let handoff = Locked<[StressItem]>([])
+        let turn = ManagedAtomic(0)
+        let remoteFrees = ManagedAtomic(0)
+        runOnThreads(threads) { index in
+            var random = SeededGenerator(seed: seed &+ UInt64(index))
+            for round in 0..<rounds {
+                let myTurn = round * threads + index
+                while turn.load(ordering: .acquiring) != myTurn { sched_yield() }
+                localBox.withLock { slot in
+                    guard let local = slot else { preconditionFailure("no local side") }
+                    for item in handoff.withLock({ $0.take() }) {
+                        precondition(item.intact(), "handed-off block lost its pattern [seed \(seed)]")
+                        local.deallocate(item.block, layout: layout)
+                    }
+                    var kept: [StressItem] = []
+                    for n in 0..<Int.random(in: 1...200, using: &random) {
+                        guard let block = try? local.allocate(layout) else { preconditionFailure("allocate failed") }
+                        var item = StressItem(block: block, pattern: 0)
+                        item.write(UInt64(myTurn) << 32 | UInt64(n))
+                        if Bool.random(using: &random) {
+                            kept.append(item)
+                        } else {
+                            shared.deallocate(block, layout: layout)
+                            remoteFrees.wrappingIncrement(ordering: .relaxed)
+                        }
+                    }
+                    local._checkInvariants()
+                    handoff.withLock { $0 = kept }
+                }
+                turn.wrappingIncrement(ordering: .releasing)
+            }
+        }
+        let context = "[seed \(seed); replay with DIVVY_TEST_SEED=\(seed)]"
+        localBox.withLock { slot in
+            guard let local = slot else { return XCTFail("the local side is gone") }
+            let left = handoff.withLock { $0.take() }
+            XCTAssertEqual(local.liveBlocks, left.count, context)
+            for item in left { local.deallocate(item.block, layout: layout) }
+            XCTAssertEqual(local.liveBlocks, 0, context)
+            XCTAssertEqual(local.remoteFreesCollected, remoteFrees.load(ordering: .relaxed), context)
+            local._checkInvariants()
+            slot = nil
+        }
+        XCTAssertGreaterThan(counting.liveCount, 0, "Shared still holds the memory")
+        _ = consume shared
+        XCTAssertEqual(counting.liveCount, 0, context)
+    }
+}
+
+extension Array {
+    /// Returns the array's elements and leaves it empty.
+    fileprivate mutating func take() -> [Element] {
+        let taken = self
+        self = []
+        return taken
     }
 }

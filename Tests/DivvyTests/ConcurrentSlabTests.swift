@@ -420,12 +420,15 @@ private struct StressItem: Sendable {
     /// Fills the block's six words with `pattern + word index`.
     mutating func write(_ newPattern: UInt64) {
         pattern = newPattern
-        for word in 0..<6 { block.start.storeBytes(of: pattern &+ UInt64(word), toByteOffset: word * 8, as: UInt64.self) }
+        // Typed accesses (not raw `storeBytes`), so ThreadSanitizer sees them in debug builds.
+        let words = block.start.bindMemory(to: UInt64.self, capacity: 6)
+        for word in 0..<6 { words[word] = pattern &+ UInt64(word) }
     }
 
     /// Whether the block still holds `pattern`.
     func intact() -> Bool {
-        (0..<6).allSatisfy { block.start.load(fromByteOffset: $0 * 8, as: UInt64.self) == pattern &+ UInt64($0) }
+        let words = block.start.assumingMemoryBound(to: UInt64.self)
+        return (0..<6).allSatisfy { words[$0] == pattern &+ UInt64($0) }
     }
 }
 
@@ -686,5 +689,140 @@ extension Array {
         let taken = self
         self = []
         return taken
+    }
+}
+
+/// A one-way channel from the owner to one worker: a preallocated array that is never reused, so the only
+/// synchronization is owner → worker (the owner publishes a count with a releasing store). Nothing the worker does
+/// synchronizes back with the owner, except through the slab itself.
+private final class OneWayChannel: @unchecked Sendable {
+    // @unchecked Sendable: `slots[i]` is written by the owner before it publishes `i + 1` (releasing) and read by
+    // the worker after it observes that count (acquiring); `freed` is touched only by the worker, then by the test
+    // after joining the worker's thread.
+    let slots: UnsafeMutablePointer<StressItem>
+    let published = ManagedAtomic(0)
+    let closed = ManagedAtomic(false)
+    var freed: [UInt64] = []
+
+    init(capacity: Int) { slots = .allocate(capacity: capacity) }
+    deinit { slots.deallocate() }
+}
+
+/// The owner's record of what it did, read by the test after joining the owner's thread.
+private final class OwnerLog: @unchecked Sendable {
+    // @unchecked Sendable: written only by the owner thread, read after it was joined.
+    var allocated: [UInt64] = []
+    var freedLocally: [UInt64] = []
+    var limitHits = 0
+}
+
+extension ConcurrentSlabTests {
+    /// Like `testStressOwnerAllocatesWorkersFreeRemotely`, but the workers never synchronize back with the owner
+    /// except through the slab: no locks, no return queue. Under ThreadSanitizer this checks the slab's own memory
+    /// orderings (a remote free's link must be visible to the owner that collects it, and a reused block's new
+    /// contents to its next holder).
+    func testStressRemoteFreesSynchronizeOnlyThroughTheSlab() throws {
+        let seed = SeededGenerator.testSeed()
+        var setup = SeededGenerator(seed: seed)
+        let workers = Int.random(in: 2...4, using: &setup)
+        let limitPages = Int.random(in: 3...8, using: &setup)
+        let total = 30_000
+        print("testStressRemoteFreesSynchronizeOnlyThroughTheSlab: seed \(seed) (replay with DIVVY_TEST_SEED=\(seed)), "
+            + "\(workers) workers, limit \(limitPages) pages")
+        let layout = try Layout(size: 48, alignment: 16)
+        let localBox: Mutex<ConcurrentSlab<SystemAllocator>.Local?>
+        let sharedBox: Mutex<ConcurrentSlab<SystemAllocator>.Shared?>
+        do {
+            let pair = try SlabBuilder(layout).pageSize(4096).growthPolicy(.fixed(4096)).limit(limitPages * 4096)
+                .finish(SystemAllocator())
+            localBox = Mutex(pair.local)
+            sharedBox = Mutex(pair.shared)
+        }
+        let channels = (0..<workers).map { _ in OneWayChannel(capacity: total) }
+        let log = OwnerLog()
+
+        runOnThreads(workers + 1) { index in
+            if index == 0 {
+                localBox.withLock { slot in
+                    guard let local = slot else { preconditionFailure("no local side") }
+                    var random = SeededGenerator(seed: seed &+ 1)
+                    var sent = Array(repeating: 0, count: workers)
+                    var starved = 0
+                    var id: UInt64 = 0
+                    while id < UInt64(total) {
+                        let block: UnsafeBlock
+                        do throws(AllocationError) {
+                            block = try local.allocate(layout)
+                        } catch {
+                            precondition(error.code == .limitExceeded, "unexpected \(error) [seed \(seed)]")
+                            log.limitHits += 1
+                            starved += 1
+                            precondition(starved < 2_000_000, "owner starved: remote frees never reused [seed \(seed)]")
+                            sched_yield()
+                            continue
+                        }
+                        starved = 0
+                        id += 1
+                        var item = StressItem(block: block, pattern: 0)
+                        item.write(id << 8)
+                        log.allocated.append(id << 8)
+                        if Int.random(in: 0..<10, using: &random) == 0 {
+                            precondition(item.intact(), "block lost its pattern [seed \(seed)]")
+                            log.freedLocally.append(id << 8)
+                            local.deallocate(block, layout: layout)
+                            continue
+                        }
+                        let worker = Int.random(in: 0..<workers, using: &random)
+                        channels[worker].slots.advanced(by: sent[worker]).initialize(to: item)
+                        sent[worker] += 1
+                        // Releasing: the worker that acquires this count sees the slot and the block's pattern.
+                        channels[worker].published.store(sent[worker], ordering: .releasing)
+                    }
+                    for channel in channels { channel.closed.store(true, ordering: .releasing) }
+                }
+            } else {
+                guard let shared = sharedBox.withLock({ $0 }) else { preconditionFailure("no shared side") }
+                let channel = channels[index - 1]
+                var consumed = 0
+                while true {
+                    let closed = channel.closed.load(ordering: .acquiring)
+                    let available = channel.published.load(ordering: .acquiring)
+                    if consumed == available {
+                        if closed { break }
+                        sched_yield()
+                        continue
+                    }
+                    while consumed < available {
+                        var item = channel.slots[consumed]
+                        consumed += 1
+                        let original = item.pattern
+                        precondition(item.intact(), "block \(item.block) lost its pattern in transit [seed \(seed)]")
+                        item.write(~original)
+                        precondition(item.intact(), "block \(item.block) changed under its holder [seed \(seed)]")
+                        channel.freed.append(original)
+                        shared.deallocate(item.block, layout: layout)
+                    }
+                }
+            }
+        }
+
+        let context = "[seed \(seed); replay with DIVVY_TEST_SEED=\(seed)]"
+        var freed = log.freedLocally
+        for channel in channels { freed += channel.freed }
+        XCTAssertEqual(log.allocated.count, total, context)
+        XCTAssertEqual(freed.count, total, "every block freed once \(context)")
+        XCTAssertEqual(Set(freed), Set(log.allocated), "exactly the allocated blocks were freed \(context)")
+        localBox.withLock { slot in
+            guard let local = slot else { return XCTFail("the local side is gone") }
+            XCTAssertEqual(local.liveBlocks, 0, context)
+            XCTAssertEqual(local.remoteFreesCollected, total - log.freedLocally.count, context)
+            XCTAssertEqual(local.footprint, limitPages * 4096, "the limit forced reuse of remote frees \(context)")
+            local._checkInvariants()
+            var again = 0
+            while (try? local.allocate(layout)) != nil { again += 1 }
+            XCTAssertEqual(again, limitPages * ((4096 - 128) / 48), "every block is back \(context)")
+            slot = nil
+        }
+        sharedBox.withLock { $0 = nil }
     }
 }

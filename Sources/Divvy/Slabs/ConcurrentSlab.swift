@@ -170,7 +170,7 @@ extension ConcurrentSlab {
                 if let head = header.pointee.localFree {
                     // Owner-only list: no atomics. The link was written by the owner (a local free) or published to
                     // it by the acquiring exchange that collected the remote stack.
-                    header.pointee.localFree = head.load(as: UnsafeMutableRawPointer?.self)
+                    header.pointee.localFree = _ConcurrentSlabPage.link(head).pointee
                     state.pointee.liveBlocks &+= 1
                     return UnsafeBlock(start: head, size: stride)
                 }
@@ -190,7 +190,7 @@ extension ConcurrentSlab {
             // Safe: the block came from this slab, so the masked address is the start of one of its pages.
             let page = UnsafeMutableRawPointer(bitPattern: block.address & pageMask).unsafelyUnwrapped
             let header = _ConcurrentSlabPage.header(page)
-            block.start.storeBytes(of: header.pointee.localFree, as: UnsafeMutableRawPointer?.self)
+            _ConcurrentSlabPage.bindLink(block.start).pointee = header.pointee.localFree
             header.pointee.localFree = block.start
             state.pointee.liveBlocks &-= 1
             if header.pointee.list == _ConcurrentSlabPageHeader.full {
@@ -241,7 +241,7 @@ extension ConcurrentSlab {
                     let header = _ConcurrentSlabPage.header(page)
                     if header.pointee.localFree == nil { takeRemoteFrees(page) }
                     if let head = header.pointee.localFree {
-                        header.pointee.localFree = head.load(as: UnsafeMutableRawPointer?.self)
+                        header.pointee.localFree = _ConcurrentSlabPage.link(head).pointee
                         state.pointee.liveBlocks &+= 1
                         return UnsafeBlock(start: head, size: stride)
                     }
@@ -290,12 +290,12 @@ extension ConcurrentSlab {
             guard let chain = remote.exchange(nil, ordering: .acquiringAndReleasing) else { return 0 }
             var count = 1
             var tail = chain
-            while let next = tail.load(as: UnsafeMutableRawPointer?.self) {
+            while let next = _ConcurrentSlabPage.link(tail).pointee {
                 tail = next
                 count &+= 1
             }
             let header = _ConcurrentSlabPage.header(page)
-            tail.storeBytes(of: header.pointee.localFree, as: UnsafeMutableRawPointer?.self)
+            _ConcurrentSlabPage.link(tail).pointee = header.pointee.localFree
             header.pointee.localFree = chain
             state.pointee.liveBlocks &-= count
             state.pointee.remoteFreesCollected &+= count
@@ -316,7 +316,7 @@ extension ConcurrentSlab {
             while let page = next {
                 // Read the link before clearing the flag: once the flag is 0, a pusher may queue the page again and
                 // overwrite the link.
-                next = page.load(fromByteOffset: _ConcurrentSlabPage.nextNotifiedOffset, as: UnsafeMutableRawPointer?.self)
+                next = _ConcurrentSlabPage.nextNotified(page).pointee
                 // Releasing: the pusher that next sets the flag (with an acquiring exchange) must see our read of
                 // the link as done before it writes the link.
                 //
@@ -473,7 +473,7 @@ extension ConcurrentSlab.Local {
                     precondition(
                         offset >= 0 && offset % stride == 0 && current < header.carve,
                         "ConcurrentSlab invariant: free block \(current) not a carved block of page \(page)")
-                    block = current.load(as: UnsafeMutableRawPointer?.self)
+                    block = _ConcurrentSlabPage.link(current).pointee
                 }
                 live += carved - free
                 switch header.list {
@@ -550,10 +550,11 @@ extension ConcurrentSlab {
             checkBlock(block, page: page)
             #endif
             let remote = _ConcurrentSlabPage.remoteHead(page)
+            let link = _ConcurrentSlabPage.bindLink(block.start)
             var old = remote.load(ordering: .relaxed)
             while true {
                 // The block is ours until the exchange below publishes it, so this plain write races with nothing.
-                block.start.storeBytes(of: old, as: UnsafeMutableRawPointer?.self)
+                link.pointee = old
                 // Releasing: publishes the link just written to the owner, whose exchange acquires.
                 // Acquiring: if the stack was empty, this synchronizes with the owner's (releasing) exchange that
                 // emptied it, so `notifyOwner` sees the owner's reset of the page's queued flag (no lost wakeup;
@@ -579,7 +580,7 @@ extension ConcurrentSlab {
             while true {
                 // Only the thread that set the flag writes the link, and the owner reads it only after taking the
                 // stack, so this plain write races with nothing.
-                page.storeBytes(of: old, toByteOffset: _ConcurrentSlabPage.nextNotifiedOffset, as: UnsafeMutableRawPointer?.self)
+                _ConcurrentSlabPage.nextNotified(page).pointee = old
                 // Releasing: publishes the link to the owner's acquiring exchange. The owner takes the whole stack,
                 // never pops one node, so there is no ABA.
                 let (exchanged, current) = notify.weakCompareExchange(

@@ -77,6 +77,33 @@ internal enum _ConcurrentSlabPage {
         UnsafeAtomic(at: (page + queuedOffset).assumingMemoryBound(to: UnsafeAtomic<Int>.Storage.self))
     }
 
+    /// The page's link on the notification stack (bound by `initialize`).
+    @inlinable
+    @inline(__always)
+    static func nextNotified(_ page: UnsafeMutableRawPointer) -> UnsafeMutablePointer<UnsafeMutableRawPointer?> {
+        (page + nextNotifiedOffset).assumingMemoryBound(to: UnsafeMutableRawPointer?.self)
+    }
+
+    // Free-list links are read and written through typed pointers rather than raw `load`/`storeBytes`: a free block's
+    // first word is bound to `UnsafeMutableRawPointer?` when the block is freed (`bindLink`), and read through that
+    // binding while it is free (`link`). Besides being the sanctioned way to retype raw memory, typed accesses are
+    // compiled into this module even in debug builds, where ThreadSanitizer sees them; raw `load(as:)` runs in the
+    // uninstrumented standard library there, which would hide a missing memory ordering from TSan.
+
+    /// The link word of a free block (bound by `bindLink` when the block was freed).
+    @inlinable
+    @inline(__always)
+    static func link(_ block: UnsafeMutableRawPointer) -> UnsafeMutablePointer<UnsafeMutableRawPointer?> {
+        block.assumingMemoryBound(to: UnsafeMutableRawPointer?.self)
+    }
+
+    /// Binds the first word of a block being freed to a link and returns it. The caller owns the block.
+    @inlinable
+    @inline(__always)
+    static func bindLink(_ block: UnsafeMutableRawPointer) -> UnsafeMutablePointer<UnsafeMutableRawPointer?> {
+        block.bindMemory(to: UnsafeMutableRawPointer?.self, capacity: 1)
+    }
+
     /// Formats a fresh page: binds and fills the header, empties both free lists. Blocks are carved later.
     ///
     /// Called by the owner before any block of the page exists, so no other thread can look at the page yet.
@@ -91,6 +118,6 @@ internal enum _ConcurrentSlabPage {
         (page + remoteHeadOffset).initializeMemory(
             as: UnsafeAtomic<UnsafeMutableRawPointer?>.Storage.self, repeating: .init(nil), count: 1)
         (page + queuedOffset).initializeMemory(as: UnsafeAtomic<Int>.Storage.self, repeating: .init(0), count: 1)
-        page.storeBytes(of: nil, toByteOffset: nextNotifiedOffset, as: UnsafeMutableRawPointer?.self)
+        (page + nextNotifiedOffset).initializeMemory(as: UnsafeMutableRawPointer?.self, repeating: nil, count: 1)
     }
 }

@@ -37,6 +37,34 @@ import Atomics
 /// - Pages are never returned to the backing allocator while the slab lives; the footprint only grows.
 public enum ConcurrentSlab<Backing: Allocator & Sendable> {}
 
+// Memory ordering, in one place (each operation repeats its part of the argument where it happens).
+//
+// 1. Remote free → owner. A pusher writes the block's link, then publishes the block with a releasing CAS on the
+//    page's remote head. The owner takes the stack with an acquiring exchange. Every push is a read-modify-write,
+//    so all pushes since the owner's last exchange form one release sequence, and the owner's exchange
+//    synchronizes with each of them: every link in the chain it took is visible. Only the owner ever removes
+//    anything, and only by taking the whole stack, so a pusher's CAS can never succeed on a stale head (no ABA).
+//
+// 2. Owner → next holder. A collected block is handed out again by the owner; the user passes it to other threads
+//    with their own synchronization, as with any allocator.
+//
+// 3. No lost notification. Let T be a push that finds the remote stack empty (a "transition"); its pusher then
+//    exchanges the page's `queued` flag to 1 and, if it was 0, pushes the page onto the notification stack. The
+//    owner, for each page it takes off the notification stack, stores `queued = 0` (releasing) *before* its
+//    exchange E on the remote head (acquiring and releasing). If T reads E's nil, then T (acquiring) synchronizes
+//    with E, so the store of 0 happens before the pusher's flag exchange, which therefore reads 0 (or a later 1 by
+//    another transition that queues the page itself) and queues the page. If T precedes E, E collects T's block.
+//    Either way, a completed remote free is collected by the owner's next `processNotifications`.
+//
+// 4. The notification link. Only the thread that flipped `queued` from 0 to 1 writes the page's link, and it
+//    publishes it with a releasing CAS that the owner's acquiring exchange of the notification stack reads. The
+//    owner reads the link before storing `queued = 0` (releasing), and the next flipper's exchange is acquiring,
+//    so the owner's read happens before the next write of the link.
+//
+// 5. Teardown. The core (and with it every page) is freed by whichever owner drops the last reference, after ARC's
+//    release/acquire on the reference count; `Shared.deallocate` keeps its core alive until it no longer touches
+//    the page.
+
 // MARK: - Core
 
 extension ConcurrentSlab {

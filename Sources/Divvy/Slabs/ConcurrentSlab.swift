@@ -54,7 +54,10 @@ public enum ConcurrentSlab<Backing: Allocator & Sendable> {}
 //    exchange E on the remote head (acquiring and releasing). If T reads E's nil, then T (acquiring) synchronizes
 //    with E, so the store of 0 happens before the pusher's flag exchange, which therefore reads 0 (or a later 1 by
 //    another transition that queues the page itself) and queues the page. If T precedes E, E collects T's block.
-//    Either way, a completed remote free is collected by the owner's next `processNotifications`.
+//    Either way, a completed remote free is collected by the owner's next `processNotifications`. E must be a
+//    read-modify-write even when the stack looks empty: with a plain load in its place, the load may be satisfied
+//    before the store of 0 is visible (store→load reordering, allowed even on x86), and a pusher could then see the
+//    stale 1 and skip queueing a page whose block nobody collects. (The stress tests found exactly that.)
 //
 // 4. The notification link. Only the thread that flipped `queued` from 0 to 1 writes the page's link, and it
 //    publishes it with a releasing CAS that the owner's acquiring exchange of the notification stack reads. The
@@ -94,7 +97,12 @@ extension ConcurrentSlab {
             self.backing = backing
             self.firstBlockOffset = firstBlockOffset
             self.blocksPerPage = blocksPerPage
-            self.notify = .create(nil)
+            // The notification head gets a cache line of its own: remote pushers write it, and it must not share a
+            // line with the owner's state, which changes on every allocation.
+            let line = UnsafeMutableRawPointer.allocate(byteCount: 64, alignment: 64)
+            self.notify = UnsafeAtomic(
+                at: line.initializeMemory(
+                    as: UnsafeAtomic<UnsafeMutableRawPointer?>.Storage.self, repeating: .init(nil), count: 1))
             self.state = .allocate(capacity: 1)
             state.initialize(to: LocalState())
         }
@@ -111,6 +119,7 @@ extension ConcurrentSlab {
                     UnsafeBlock(start: first, size: backingSize),
                     layout: Layout(uncheckedSize: bytes, alignment: configuration.pageSize))
             }
+            // `destroy` deinitializes the storage and frees the line (free(3) ignores the alignment it had).
             notify.destroy()
             state.deinitialize(count: 1)
             state.deallocate()
@@ -320,13 +329,22 @@ extension ConcurrentSlab {
         /// Takes the whole remote-free stack of `page` and prepends it to the page's local free list.
         ///
         /// - Returns: the number of blocks collected.
+        ///
+        /// - Parameter mustExchange: always perform the exchange, even when the stack looks empty. Required right
+        ///   after clearing the page's `queued` flag (see `processNotifications`).
         @discardableResult
         @usableFromInline
-        internal func takeRemoteFrees(_ page: UnsafeMutableRawPointer) -> Int {
+        internal func takeRemoteFrees(_ page: UnsafeMutableRawPointer, mustExchange: Bool = false) -> Int {
             let remote = _ConcurrentSlabPage.remoteHead(page)
-            // Relaxed: only a hint to skip the read-modify-write when the stack looks empty. A push it misses is
-            // found later (the page is on the notification stack).
-            guard remote.load(ordering: .relaxed) != nil else { return 0 }
+            // Relaxed: only a hint to skip the read-modify-write when the stack looks empty; a push it misses is
+            // found later, because that push queued the page on the notification stack. Not allowed right after
+            // clearing `queued`: a plain load there could be satisfied before the cleared flag is visible to other
+            // threads (store→load reordering, which even x86 does), so a pusher could find the stack empty, see the
+            // stale flag 1, not queue the page, and its block would be stranded. The exchange, a read-modify-write
+            // ordered after the flag's store, closes that window.
+            if !mustExchange {
+                guard remote.load(ordering: .relaxed) != nil else { return 0 }
+            }
             // Acquiring: synchronizes with the releasing push of every block in the stack (each push is a
             // read-modify-write, so they form one release sequence), so the links inside the blocks, written
             // before each push, are visible. Releasing: a pusher that later finds the stack empty synchronizes
@@ -369,7 +387,7 @@ extension ConcurrentSlab {
                 // releasing, the push acquiring), so its later flag exchange sees this 0 and queues the page again.
                 // A pusher whose push came before our exchange has its block collected right here.
                 _ConcurrentSlabPage.queued(page).store(0, ordering: .releasing)
-                let taken = takeRemoteFrees(page)
+                let taken = takeRemoteFrees(page, mustExchange: true)
                 collected &+= taken
                 let header = _ConcurrentSlabPage.header(page)
                 if taken > 0 && header.pointee.list == _ConcurrentSlabPageHeader.full {

@@ -110,6 +110,7 @@ internal enum _ConcurrentSlabPage {
     static func initialize(
         _ page: UnsafeMutableRawPointer, firstBlockOffset: Int, blocks: Int, stride: Int, owner: UnsafeRawPointer
     ) {
+        assert(MemoryLayout<_ConcurrentSlabPageHeader>.size <= remoteHeadOffset, "page header spills into the remote line")
         let first = page + firstBlockOffset
         page.bindMemory(to: _ConcurrentSlabPageHeader.self, capacity: 1).initialize(
             to: _ConcurrentSlabPageHeader(

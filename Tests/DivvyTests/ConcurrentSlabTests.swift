@@ -16,7 +16,7 @@ import Glibc
 /// library: with `Mutex`, every access it protects is reported as a race. (`Mutex` is still used to hand the local
 /// side from thread to thread, where the compiler's `sending` checks are the point; those hand-overs are also
 /// ordered by an atomic or by thread joins, which TSan sees.)
-final class Locked<Value>: @unchecked Sendable {
+private final class CSlabLocked<Value>: @unchecked Sendable {
     // @unchecked Sendable: every access to `value` holds `lock`.
     private var value: Value
     private let lock = NSLock()
@@ -32,13 +32,13 @@ final class Locked<Value>: @unchecked Sendable {
 
 /// A thread-safe counting wrapper over `SystemAllocator`, so tests can see refills come and go (the concurrent
 /// slab's backing must be `Sendable`: its last owner may go away on any thread).
-final class LockedCountingAllocator: Allocator, Sendable {
+private final class CSlabCountingAllocator: Allocator, Sendable {
     struct Counts {
         var allocations = 0
         var deallocations = 0
         var live: [UInt: Layout] = [:]
     }
-    let counts = Locked(Counts())
+    let counts = CSlabLocked(Counts())
 
     var liveCount: Int { counts.withLock { $0.live.count } }
     var liveLayouts: [Layout] { counts.withLock { Array($0.live.values) } }
@@ -48,7 +48,7 @@ final class LockedCountingAllocator: Allocator, Sendable {
     func allocate(_ layout: Layout) throws(AllocationError) -> UnsafeBlock {
         let block = try SystemAllocator().allocate(layout)
         counts.withLock {
-            precondition($0.live[block.address] == nil, "LockedCountingAllocator: address handed out twice")
+            precondition($0.live[block.address] == nil, "CSlabCountingAllocator: address handed out twice")
             $0.live[block.address] = layout
             $0.allocations += 1
         }
@@ -57,7 +57,7 @@ final class LockedCountingAllocator: Allocator, Sendable {
 
     func deallocate(_ block: UnsafeBlock, layout: Layout) {
         counts.withLock {
-            precondition($0.live[block.address] == layout, "LockedCountingAllocator: bad free of \(block) with \(layout)")
+            precondition($0.live[block.address] == layout, "CSlabCountingAllocator: bad free of \(block) with \(layout)")
             $0.live[block.address] = nil
             $0.deallocations += 1
         }
@@ -69,9 +69,9 @@ final class LockedCountingAllocator: Allocator, Sendable {
 ///
 /// When this returns, no thread holds `body` (or anything it captured) any more: the threads reach `body` through a
 /// box that is emptied here, so tests can check that captured slab handles are gone.
-func runOnThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
+private func cslabRunOnThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
     let group = DispatchGroup()
-    let holder = Locked<(@Sendable (Int) -> Void)?>(body)
+    let holder = CSlabLocked<(@Sendable (Int) -> Void)?>(body)
     for index in 0..<count {
         group.enter()
         let thread = Thread {
@@ -267,7 +267,7 @@ extension ConcurrentSlabTests {
     }
 
     func testBuilderDoesNotTouchTheBackingOnError() {
-        let counting = LockedCountingAllocator()
+        let counting = CSlabCountingAllocator()
         assertAllocationError(.invalidConfiguration) { _ = try SlabBuilder(size: 4000).pageSize(4096).finish(counting) }
         XCTAssertEqual(counting.allocations, 0)
         // Nor on success: refills are taken lazily.
@@ -310,7 +310,7 @@ extension ConcurrentSlabTests {
     }
 
     func testRemoteFreesAreReusedAfterExhaustion() throws {
-        let counting = LockedCountingAllocator()
+        let counting = CSlabCountingAllocator()
         let (local, shared) = try SlabBuilder(size: 48).pageSize(4096).limit(8 * 4096).growthPolicy(.fixed(8192))
             .finish(counting)
         let layout = try Layout(size: 48)
@@ -320,7 +320,7 @@ extension ConcurrentSlabTests {
         XCTAssertEqual(counting.allocations, 4)
         // Free everything from other threads.
         let toFree = first
-        runOnThreads(4) { index in
+        cslabRunOnThreads(4) { index in
             for block in toFree[(index * toFree.count / 4)..<((index + 1) * toFree.count / 4)] {
                 shared.deallocate(block, layout: layout)
             }
@@ -335,7 +335,7 @@ extension ConcurrentSlabTests {
     }
 
     func testPow2RefillsAreRoundedToPagesAndRequestedPageAligned() throws {
-        let counting = LockedCountingAllocator()
+        let counting = CSlabCountingAllocator()
         let (local, _) = try SlabBuilder(size: 64).pageSize(8192).growthPolicy(.pow2(initial: 5000, maximum: 40_000))
             .finish(counting)
         let layout = try Layout(size: 64)
@@ -357,10 +357,10 @@ extension ConcurrentSlabTests {
     }
 
     func testMemoryReturnsWhenLocalIsDroppedLast() throws {
-        let counting = LockedCountingAllocator()
+        let counting = CSlabCountingAllocator()
         let layout = try Layout(size: 32)
-        var local: ConcurrentSlab<LockedCountingAllocator>.Local?
-        var shared: ConcurrentSlab<LockedCountingAllocator>.Shared?
+        var local: ConcurrentSlab<CSlabCountingAllocator>.Local?
+        var shared: ConcurrentSlab<CSlabCountingAllocator>.Shared?
         do {
             let pair = try SlabBuilder(size: 32).pageSize(4096).growthPolicy(.fixed(8192)).finish(counting)
             local = pair.local
@@ -381,10 +381,10 @@ extension ConcurrentSlabTests {
     }
 
     func testSharedOutlivesLocal() throws {
-        let counting = LockedCountingAllocator()
+        let counting = CSlabCountingAllocator()
         let layout = try Layout(size: 32)
-        var local: ConcurrentSlab<LockedCountingAllocator>.Local?
-        var shared: ConcurrentSlab<LockedCountingAllocator>.Shared?
+        var local: ConcurrentSlab<CSlabCountingAllocator>.Local?
+        var shared: ConcurrentSlab<CSlabCountingAllocator>.Shared?
         do {
             let pair = try SlabBuilder(size: 32).pageSize(4096).growthPolicy(.fixed(8192)).finish(counting)
             local = pair.local
@@ -403,7 +403,7 @@ extension ConcurrentSlabTests {
         // Worker threads take their own copies out of a box, so no copy outlives the threads' work.
         let box = Mutex(shared)
         let handed = blocks
-        runOnThreads(3) { index in
+        cslabRunOnThreads(3) { index in
             guard let copy = box.withLock({ $0 }) else { return }
             for (i, block) in handed.enumerated() where i % 3 == index {
                 precondition(block.start.load(as: Int.self) == i, "block \(i) lost its contents")
@@ -423,7 +423,7 @@ extension ConcurrentSlabTests {
 // MARK: - Multi-thread stress
 
 /// A block in flight between threads, with the pattern its holder last wrote into it.
-private struct StressItem: Sendable {
+private struct CSlabStressItem: Sendable {
     var block: UnsafeBlock
     var pattern: UInt64
 
@@ -443,12 +443,12 @@ private struct StressItem: Sendable {
 }
 
 /// A multi-producer queue of blocks; consumers take everything at once.
-private final class StressQueue: Sendable {
-    let items = Locked<[StressItem]>([])
+private final class CSlabStressQueue: Sendable {
+    let items = CSlabLocked<[CSlabStressItem]>([])
     let closed = ManagedAtomic<Bool>(false)
 
-    func push(_ item: StressItem) { items.withLock { $0.append(item) } }
-    func takeAll() -> [StressItem] {
+    func push(_ item: CSlabStressItem) { items.withLock { $0.append(item) } }
+    func takeAll() -> [CSlabStressItem] {
         items.withLock {
             let taken = $0
             $0.removeAll(keepingCapacity: true)
@@ -461,8 +461,8 @@ private final class StressQueue: Sendable {
 ///
 /// A free function rather than a closure in the owner's thread body: capturing the test's shared state and being
 /// passed the local side would merge the local side into that state's isolation region.
-private func stressFreeLocally(
-    _ item: StressItem, _ local: ConcurrentSlab<LockedCountingAllocator>.Local, _ tracker: Locked<Set<UInt>>,
+private func cslabStressFreeLocally(
+    _ item: CSlabStressItem, _ local: ConcurrentSlab<CSlabCountingAllocator>.Local, _ tracker: CSlabLocked<Set<UInt>>,
     _ localFrees: ManagedAtomic<Int>, _ seed: UInt64
 ) {
     precondition(item.intact(), "block \(item.block) lost its pattern [seed \(seed)]")
@@ -473,7 +473,7 @@ private func stressFreeLocally(
 }
 
 extension ConcurrentSlabTests {
-    typealias Counted = ConcurrentSlab<LockedCountingAllocator>
+    fileprivate typealias Counted = ConcurrentSlab<CSlabCountingAllocator>
 
     /// One owner thread allocates (under a byte limit, so it must reuse remote frees) and hands blocks to worker
     /// threads through queues; workers check and rewrite a pattern, then free through `Shared` or send the block
@@ -490,7 +490,7 @@ extension ConcurrentSlabTests {
         print("testStressOwnerAllocatesWorkersFreeRemotely: seed \(seed) (replay with DIVVY_TEST_SEED=\(seed)), "
             + "\(workers) workers, page \(pageSize), limit \(limitPages) pages")
 
-        let counting = LockedCountingAllocator()
+        let counting = CSlabCountingAllocator()
         let layout = try Layout(size: 48, alignment: 16)
         let localBox: Mutex<Counted.Local?>
         let sharedBox: Mutex<Counted.Shared?>
@@ -500,28 +500,28 @@ extension ConcurrentSlabTests {
             localBox = Mutex(pair.local)
             sharedBox = Mutex(pair.shared)
         }
-        let queues = (0..<workers).map { _ in StressQueue() }
-        let returns = StressQueue()
-        let tracker = Locked(Set<UInt>())
+        let queues = (0..<workers).map { _ in CSlabStressQueue() }
+        let returns = CSlabStressQueue()
+        let tracker = CSlabLocked(Set<UInt>())
         let allocations = ManagedAtomic(0)
         let localFrees = ManagedAtomic(0)
         let remoteFrees = ManagedAtomic(0)
         let limitHits = ManagedAtomic(0)
         let finishedWorkers = ManagedAtomic(0)
 
-        runOnThreads(workers + 1) { index in
+        cslabRunOnThreads(workers + 1) { index in
             if index == 0 {
                 // The owner: uses the local side only while holding the box's lock, so the local side is owned by
                 // exactly one thread at a time (this one now, the test's thread afterwards).
                 localBox.withLock { slot in
                     guard let local = slot else { preconditionFailure("no local side") }
                     var random = SeededGenerator(seed: seed &+ 1)
-                    var held: [StressItem] = []
+                    var held: [CSlabStressItem] = []
                     var nextPattern: UInt64 = 1
                     var allocated = 0
                     var starved = 0
                     while allocated < total {
-                        for item in returns.takeAll() { stressFreeLocally(item, local, tracker, localFrees, seed) }
+                        for item in returns.takeAll() { cslabStressFreeLocally(item, local, tracker, localFrees, seed) }
                         let block: UnsafeBlock
                         do throws(AllocationError) {
                             block = try local.allocate(layout)
@@ -532,7 +532,7 @@ extension ConcurrentSlabTests {
                             // A bound on retries, not on time: remote frees must come back eventually.
                             precondition(starved < 2_000_000, "owner starved: remote frees never reused [seed \(seed)]")
                             if !held.isEmpty && Bool.random(using: &random) {
-                                stressFreeLocally(held.remove(at: Int.random(in: 0..<held.count, using: &random)), local, tracker, localFrees, seed)
+                                cslabStressFreeLocally(held.remove(at: Int.random(in: 0..<held.count, using: &random)), local, tracker, localFrees, seed)
                             }
                             sched_yield()
                             continue
@@ -542,7 +542,7 @@ extension ConcurrentSlabTests {
                         allocations.wrappingIncrement(ordering: .relaxed)
                         allocated += 1
                         starved = 0
-                        var item = StressItem(block: block, pattern: 0)
+                        var item = CSlabStressItem(block: block, pattern: 0)
                         item.write(nextPattern)
                         nextPattern &+= 0x1_0000
                         let roll = Int.random(in: 0..<100, using: &random)
@@ -551,19 +551,19 @@ extension ConcurrentSlabTests {
                         } else if roll < 90 {
                             held.append(item)
                         } else {
-                            stressFreeLocally(item, local, tracker, localFrees, seed)
+                            cslabStressFreeLocally(item, local, tracker, localFrees, seed)
                         }
                         if held.count > 64 || (roll == 0 && !held.isEmpty) {
-                            stressFreeLocally(held.remove(at: Int.random(in: 0..<held.count, using: &random)), local, tracker, localFrees, seed)
+                            cslabStressFreeLocally(held.remove(at: Int.random(in: 0..<held.count, using: &random)), local, tracker, localFrees, seed)
                         }
                     }
                     for queue in queues { queue.closed.store(true, ordering: .releasing) }
                     while finishedWorkers.load(ordering: .acquiring) < workers {
-                        for item in returns.takeAll() { stressFreeLocally(item, local, tracker, localFrees, seed) }
+                        for item in returns.takeAll() { cslabStressFreeLocally(item, local, tracker, localFrees, seed) }
                         sched_yield()
                     }
-                    for item in returns.takeAll() { stressFreeLocally(item, local, tracker, localFrees, seed) }
-                    for item in held { stressFreeLocally(item, local, tracker, localFrees, seed) }
+                    for item in returns.takeAll() { cslabStressFreeLocally(item, local, tracker, localFrees, seed) }
+                    for item in held { cslabStressFreeLocally(item, local, tracker, localFrees, seed) }
                     local._checkInvariants()
                 }
             } else {
@@ -638,16 +638,16 @@ extension ConcurrentSlabTests {
         let layout = try Layout(size: 48, alignment: 16)
         let localBox: Mutex<Counted.Local?>
         let shared: Counted.Shared
-        let counting = LockedCountingAllocator()
+        let counting = CSlabCountingAllocator()
         do {
             let pair = try SlabBuilder(layout).pageSize(4096).growthPolicy(.fixed(16384)).finish(counting)
             localBox = Mutex(pair.local)
             shared = pair.shared
         }
-        let handoff = Locked<[StressItem]>([])
+        let handoff = CSlabLocked<[CSlabStressItem]>([])
         let turn = ManagedAtomic(0)
         let remoteFrees = ManagedAtomic(0)
-        runOnThreads(threads) { index in
+        cslabRunOnThreads(threads) { index in
             var random = SeededGenerator(seed: seed &+ UInt64(index))
             for round in 0..<rounds {
                 let myTurn = round * threads + index
@@ -658,10 +658,10 @@ extension ConcurrentSlabTests {
                         precondition(item.intact(), "handed-off block lost its pattern [seed \(seed)]")
                         local.deallocate(item.block, layout: layout)
                     }
-                    var kept: [StressItem] = []
+                    var kept: [CSlabStressItem] = []
                     for n in 0..<Int.random(in: 1...200, using: &random) {
                         guard let block = try? local.allocate(layout) else { preconditionFailure("allocate failed") }
-                        var item = StressItem(block: block, pattern: 0)
+                        var item = CSlabStressItem(block: block, pattern: 0)
                         item.write(UInt64(myTurn) << 32 | UInt64(n))
                         if Bool.random(using: &random) {
                             kept.append(item)
@@ -705,11 +705,11 @@ extension Array {
 /// A one-way channel from the owner to one worker: a preallocated array that is never reused, so the only
 /// synchronization is owner → worker (the owner publishes a count with a releasing store). Nothing the worker does
 /// synchronizes back with the owner, except through the slab itself.
-private final class OneWayChannel: @unchecked Sendable {
+private final class CSlabOneWayChannel: @unchecked Sendable {
     // @unchecked Sendable: `slots[i]` is written by the owner before it publishes `i + 1` (releasing) and read by
     // the worker after it observes that count (acquiring); `freed` is touched only by the worker, then by the test
     // after joining the worker's thread.
-    let slots: UnsafeMutablePointer<StressItem>
+    let slots: UnsafeMutablePointer<CSlabStressItem>
     let published = ManagedAtomic(0)
     let closed = ManagedAtomic(false)
     var freed: [UInt64] = []
@@ -719,7 +719,7 @@ private final class OneWayChannel: @unchecked Sendable {
 }
 
 /// The owner's record of what it did, read by the test after joining the owner's thread.
-private final class OwnerLog: @unchecked Sendable {
+private final class CSlabOwnerLog: @unchecked Sendable {
     // @unchecked Sendable: written only by the owner thread, read after it was joined.
     var allocated: [UInt64] = []
     var freedLocally: [UInt64] = []
@@ -748,10 +748,10 @@ extension ConcurrentSlabTests {
             localBox = Mutex(pair.local)
             sharedBox = Mutex(pair.shared)
         }
-        let channels = (0..<workers).map { _ in OneWayChannel(capacity: total) }
-        let log = OwnerLog()
+        let channels = (0..<workers).map { _ in CSlabOneWayChannel(capacity: total) }
+        let log = CSlabOwnerLog()
 
-        runOnThreads(workers + 1) { index in
+        cslabRunOnThreads(workers + 1) { index in
             if index == 0 {
                 localBox.withLock { slot in
                     guard let local = slot else { preconditionFailure("no local side") }
@@ -773,7 +773,7 @@ extension ConcurrentSlabTests {
                         }
                         starved = 0
                         id += 1
-                        var item = StressItem(block: block, pattern: 0)
+                        var item = CSlabStressItem(block: block, pattern: 0)
                         item.write(id << 8)
                         log.allocated.append(id << 8)
                         if Int.random(in: 0..<10, using: &random) == 0 {

@@ -39,6 +39,10 @@ private final class CSlabCountingAllocator: Allocator, Sendable {
         var live: [UInt: Layout] = [:]
     }
     let counts = CSlabLocked(Counts())
+    /// Bytes by which every returned block is shifted (to simulate a backing that ignores alignment); 0 normally.
+    let misalignment: Int
+
+    init(misalignBy misalignment: Int = 0) { self.misalignment = misalignment }
 
     var liveCount: Int { counts.withLock { $0.live.count } }
     var liveLayouts: [Layout] { counts.withLock { Array($0.live.values) } }
@@ -46,7 +50,8 @@ private final class CSlabCountingAllocator: Allocator, Sendable {
     var deallocations: Int { counts.withLock { $0.deallocations } }
 
     func allocate(_ layout: Layout) throws(AllocationError) -> UnsafeBlock {
-        let block = try SystemAllocator().allocate(layout)
+        let real = try SystemAllocator().allocate(Layout(uncheckedSize: layout.size + misalignment, alignment: layout.alignment))
+        let block = UnsafeBlock(start: real.start + misalignment, size: layout.size)
         counts.withLock {
             precondition($0.live[block.address] == nil, "CSlabCountingAllocator: address handed out twice")
             $0.live[block.address] = layout
@@ -61,7 +66,7 @@ private final class CSlabCountingAllocator: Allocator, Sendable {
             $0.live[block.address] = nil
             $0.deallocations += 1
         }
-        SystemAllocator().deallocate(block, layout: layout)
+        SystemAllocator().deallocate(UnsafeBlock(start: block.start - misalignment, size: block.size), layout: layout)
     }
 }
 
@@ -351,6 +356,18 @@ extension ConcurrentSlabTests {
     func testBackingFailureIsReportedAndNothingChanges() throws {
         let (local, _) = try SlabBuilder(size: 64).finish(FailingAllocator())
         assertAllocationError(.outOfMemory) { _ = try local.allocate(Layout(size: 64)) }
+        XCTAssertEqual(local.footprint, 0)
+        XCTAssertEqual(local.refillCount, 0)
+        local._checkInvariants()
+    }
+
+    func testBackingThatIgnoresAlignmentIsReportedNotTrusted() throws {
+        let counting = CSlabCountingAllocator(misalignBy: 16)
+        let (local, _) = try SlabBuilder(size: 64).pageSize(4096).finish(counting)
+        let error = assertAllocationError(.unsupportedLayout) { _ = try local.allocate(Layout(size: 64)) }
+        XCTAssertEqual(error?.alignment, 4096)
+        XCTAssertEqual(counting.allocations, 1)
+        XCTAssertEqual(counting.liveCount, 0, "the misaligned refill went back to the backing")
         XCTAssertEqual(local.footprint, 0)
         XCTAssertEqual(local.refillCount, 0)
         local._checkInvariants()

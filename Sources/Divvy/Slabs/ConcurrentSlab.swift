@@ -192,8 +192,9 @@ extension ConcurrentSlab {
         /// takes a refill from the backing allocator.
         ///
         /// - Throws: `.unsupportedLayout` if `layout` does not fit a block; `.limitExceeded` past the byte limit
-        ///   (no block is free, remote frees included); the backing allocator's error if a refill fails. The slab
-        ///   is unchanged by a throw, except that remote frees may have been collected.
+        ///   (no block is free, remote frees included); the backing allocator's error if a refill fails, or
+        ///   `.unsupportedLayout` if the backing returned a refill not aligned to the page size. A throw leaves every
+        ///   block where it was (pending remote frees may have been collected into the local lists).
         /// - Complexity: O(1) amortized: collecting a remote stack walks it once; a refill calls the backing once.
         @inlinable
         public func allocate(_ layout: Layout) throws(AllocationError) -> UnsafeBlock {
@@ -425,10 +426,16 @@ extension ConcurrentSlab {
                 throw AllocationError(
                     .limitExceeded, "slab byte limit reached", size: layout.size, limit: configuration.limit)
             }
-            let block = try core.backing.allocate(Layout(uncheckedSize: size, alignment: pageSize))
-            precondition(
-                block.address & ~pageMask == 0 && block.size >= size,
-                "ConcurrentSlab: backing allocator ignored the refill's layout (\(size) bytes aligned to \(pageSize))")
+            let refillLayout = Layout(uncheckedSize: size, alignment: pageSize)
+            let block = try core.backing.allocate(refillLayout)
+            // A backing allocator that breaks its contract (e.g. one that ignores alignment) gets its block back and
+            // the caller a clear error, rather than a slab whose pages cannot be found by masking.
+            guard block.address & ~pageMask == 0, block.size >= size else {
+                core.backing.deallocate(block, layout: refillLayout)
+                throw AllocationError(
+                    .unsupportedLayout, "backing allocator returned a refill not aligned to the slab's page size",
+                    size: size, alignment: pageSize)
+            }
             let first = block.start
             first.storeBytes(
                 of: state.pointee.newestRefill, toByteOffset: _ConcurrentSlabPage.refillNextOffset,

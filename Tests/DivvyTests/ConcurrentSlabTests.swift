@@ -437,6 +437,37 @@ extension ConcurrentSlabTests {
     }
 }
 
+extension ConcurrentSlabTests {
+    /// The local side goes first and the shared copies die on worker threads, so the slab is torn down by whichever
+    /// worker drops the last copy; every refill still goes back exactly once.
+    func testLastOwnerMayBeAnyThread() throws {
+        let counting = CSlabCountingAllocator()
+        let layout = try Layout(size: 40, alignment: 8)
+        let workers = 4
+        let box: Mutex<ConcurrentSlab<CSlabCountingAllocator>.Shared?>
+        var blocks: [UnsafeBlock] = []
+        do {
+            let pair = try SlabBuilder(layout).pageSize(4096).growthPolicy(.fixed(4096)).finish(counting)
+            for _ in 0..<2000 { blocks.append(try pair.local.allocate(layout)) }
+            box = Mutex(pair.shared)
+        }  // the local side and the test's copy of the shared side are gone here
+        XCTAssertGreaterThan(counting.liveCount, 1)
+        let taken = ManagedAtomic(0)
+        let handed = blocks
+        cslabRunOnThreads(workers) { index in
+            var copy = box.withLock { $0 }
+            taken.wrappingIncrement(ordering: .relaxed)
+            if taken.load(ordering: .relaxed) == workers { box.withLock { $0 = nil } }
+            for (i, block) in handed.enumerated() where i % workers == index {
+                copy?.deallocate(block, layout: layout)
+            }
+            copy = nil
+        }
+        XCTAssertEqual(counting.liveCount, 0, "some worker (or the last box clear) returned every refill")
+        XCTAssertEqual(counting.allocations, counting.deallocations)
+    }
+}
+
 // MARK: - Multi-thread stress
 
 /// A block in flight between threads, with the pattern its holder last wrote into it.

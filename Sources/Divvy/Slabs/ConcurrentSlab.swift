@@ -643,7 +643,7 @@ extension ConcurrentSlab {
         @usableFromInline
         internal func notifyOwner(_ page: UnsafeMutableRawPointer) {
             // Acquiring: if the owner cleared the flag, its read of the page's old link happens before our write
-            // below. Releasing: orders nothing needed, but keeps the flag's history a plain release sequence.
+            // below. The releasing half is not needed (the CAS below publishes the link); on x86 it costs nothing.
             guard _ConcurrentSlabPage.queued(page).exchange(1, ordering: .acquiringAndReleasing) == 0 else { return }
             var old = notify.load(ordering: .relaxed)
             while true {

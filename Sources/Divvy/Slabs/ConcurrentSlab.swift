@@ -421,7 +421,8 @@ extension ConcurrentSlab {
             let remaining = (configuration.limit &- state.pointee.footprint) & ~(pageSize &- 1)
             let wanted = alignUpChecked(configuration.growth.refillSize(state.pointee.refillCount), to: pageSize)
                 ?? Int.max & ~(pageSize &- 1)
-            let size = Swift.min(Swift.max(wanted, pageSize), remaining)
+            // Safe: capped at 2^48 (page-aligned) so the layout stays far from Int.max when a policy saturates.
+            let size = Swift.min(Swift.max(wanted, pageSize), remaining, SlabGrowthPolicy.linearMaximum)
             guard size >= pageSize else {
                 throw AllocationError(
                     .limitExceeded, "slab byte limit reached", size: layout.size, limit: configuration.limit)

@@ -44,7 +44,11 @@ let package = Package(
                 .treatWarning("StrictMemorySafety", as: .error),
             ]
         ),
-        .target(name: "DivvyTestSupport", dependencies: ["Divvy"], path: "Tests/DivvyTestSupport"),
+        .target(
+            name: "DivvyTestSupport",
+            dependencies: ["Divvy", .product(name: "Atomics", package: "swift-atomics")],
+            path: "Tests/DivvyTestSupport"
+        ),
         .testTarget(
             name: "DivvyTests",
             dependencies: [

@@ -226,8 +226,10 @@ extension ConcurrentSlabTests {
     func testSaturatedRefillSizesFailCleanlyInsteadOfTrapping() throws {
         // A policy whose refills saturate near Int.max must reach the backing with a sane size and fail there.
         for policy in [SlabGrowthPolicy.pow2(initial: 1 << 62, maximum: Int.max), .linear(initial: 1 << 50, step: 1)] {
-            let (local, _) = try SlabBuilder(size: 64).growthPolicy(policy).finish(SystemAllocator())
+            let backing = RefusingAllocator()
+            let (local, _) = try SlabBuilder(size: 64).growthPolicy(policy).finish(backing)
             assertAllocationError(.outOfMemory, "\(policy)") { _ = try local.allocate(Layout(size: 64)) }
+            XCTAssertEqual(backing.largestRequest, 1 << 48, "\(policy)")
             XCTAssertEqual(local.footprint, 0)
             XCTAssertEqual(local.liveBlocks, 0)
         }

@@ -79,8 +79,10 @@ extension SlabTests {
         // A policy whose refills saturate near Int.max must reach the backing with a sane size (and fail there),
         // never build an impossible layout.
         for policy in [SlabGrowthPolicy.pow2(initial: 1 << 62, maximum: Int.max), .linear(initial: 1 << 50, step: 1)] {
-            let slab = try SlabBuilder(size: 64).growthPolicy(policy).finishUnsynchronized(SystemAllocator())
+            let backing = RefusingAllocator()
+            let slab = try SlabBuilder(size: 64).growthPolicy(policy).finishUnsynchronized(backing)
             assertAllocationError(.outOfMemory, "\(policy)") { _ = try slab.allocate(Layout(size: 64)) }
+            XCTAssertEqual(backing.largestRequest, 1 << 48, "\(policy)")
             XCTAssertEqual(slab.liveBlocks, 0)
             XCTAssertEqual(slab.footprint, 0)
         }

@@ -5,7 +5,7 @@
 #   ./ratios.sh                        # all benchmarks
 #   ./ratios.sh --filter 'Slab.*'      # any extra arguments go to `swift package benchmark`
 #
-# Every sample runs 1000 operations (see Benchmarks/Allocators/Allocators.swift), so ns/op = p50 / 1000.
+# Every sample runs 100,000 operations (see Benchmarks/Allocators/Allocators.swift), so ns/op = p50 / 100,000.
 # "burst" benchmarks are compared with the glibc burst baseline, the others with the glibc pair baseline.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -20,6 +20,7 @@ swift package benchmark --format markdown --path stdout --no-progress "$@" >"$ra
 python3 - "$raw" <<'PY'
 import re, sys
 
+OPS = 100_000  # operations per sample
 text = open(sys.argv[1]).read()
 results = {}  # name -> (p25, p50, p75) in ns per sample
 for section in re.split(r"^### ", text, flags=re.M)[1:]:
@@ -42,7 +43,7 @@ def baseline(name):
     kind = "burst" in name
     workload = re.search(r"\(([^)]*)\)\s*$", name)
     for candidate in results:
-        if candidate.startswith("baseline") and ("burst" in candidate) == kind and workload:
+        if candidate != name and candidate.startswith("baseline: glibc") and ("burst" in candidate) == kind and workload:
             if candidate.endswith(f"({workload.group(1)})"):
                 return candidate
     return burst if kind else pair
@@ -52,5 +53,5 @@ print("|:--|--:|--:|--:|")
 for name in sorted(results, key=lambda n: (not n.startswith("baseline"), n)):
     p25, p50, p75 = results[name]
     base = baseline(name)
-    print(f"| {name} | {p50 / 1000:.2f} | {p25 / 1000:.2f}–{p75 / 1000:.2f} | {p50 / results[base][1]:.2f} |")
+    print(f"| {name} | {p50 / OPS:.2f} | {p25 / OPS:.2f}–{p75 / OPS:.2f} | {p50 / results[base][1]:.2f} |")
 PY

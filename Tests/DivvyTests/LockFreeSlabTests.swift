@@ -358,6 +358,33 @@ extension LockFreeSlabTests {
         stack._checkInvariants()
     }
 
+    func testSequentialDetectionCatchesDoubleFreesAndChangesNothing() throws {
+        let memory = UnsafeMutableRawPointer.allocate(
+            byteCount: UnsafeLockFreeIndexStack.requiredBytes(capacity: 3),
+            alignment: UnsafeLockFreeIndexStack.requiredAlignment)
+        defer { memory.deallocate() }
+        let stack = UnsafeLockFreeIndexStack.initialize(at: memory, capacity: 3)
+        let a = try XCTUnwrap(stack.pop())
+        let b = try XCTUnwrap(stack.pop())
+        XCTAssertEqual(stack.approximateCount, 1)
+        try stack.push(a, detection: .sequential)
+        XCTAssertEqual(stack.approximateCount, 2)
+        let before = stack._head
+        assertAllocationError(.doubleFree) { try stack.push(a, detection: .sequential) }
+        assertAllocationError(.doubleFree) { try stack.push(2, detection: .sequential) }  // never popped
+        assertAllocationError(.foreignBlock) { try stack.push(3, detection: .sequential) }
+        XCTAssertTrue(stack._head == before, "rejected pushes change nothing")
+        XCTAssertEqual(stack.approximateCount, 2)
+        XCTAssertTrue(stack.isInUse(b))
+        try stack.push(b, detection: .sequential)
+        XCTAssertEqual(stack.approximateCount, 3)
+        stack._checkInvariants()
+        // The list is intact: every index comes out exactly once.
+        var seen = Set<UInt32>()
+        while let index = stack.pop() { XCTAssertTrue(seen.insert(index).inserted) }
+        XCTAssertEqual(seen, [0, 1, 2])
+    }
+
     func testHeadTagWrapsAround() throws {
         let memory = rawStackMemory(capacity: 2)
         let stack = UnsafeLockFreeIndexStack.initialize(at: memory, capacity: 2)
@@ -620,8 +647,13 @@ private final class HandOffContext: Sendable {
         if !owners[Int(index)].exchange(false, ordering: .relaxed) {
             problems.report("thread \(thread): block \(index) freed while not owned")
         }
-        do { try slab.checkedDeallocate(parcel.block, layout: layout) } catch {
-            problems.report("thread \(thread): free of block \(index) failed: \(error)")
+        // Alternate between the exact (checked) and the sequential (trapping) free paths, so both run under TSan.
+        if parcel.token & 1 == 0 {
+            slab.deallocate(parcel.block, layout: layout)
+        } else {
+            do { try slab.checkedDeallocate(parcel.block, layout: layout) } catch {
+                problems.report("thread \(thread): free of block \(index) failed: \(error)")
+            }
         }
         frees.wrappingIncrement(ordering: .relaxed)
     }

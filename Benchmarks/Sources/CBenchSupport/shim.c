@@ -1,2 +1,4 @@
-// Header-only; this file exists so SwiftPM builds the target.
+// Definitions for include/CBenchSupport.h.
 #include "CBenchSupport.h"
+
+uint64_t divvy_bench_word;

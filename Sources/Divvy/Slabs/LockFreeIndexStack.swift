@@ -28,15 +28,24 @@ import Atomics
 /// | 0 | 8 | head: top index (bits 0–31, `0xFFFF_FFFF` = empty) and ABA tag (bits 32–63), atomic |
 /// | 8 | 4 | magic `"DVLF"`, stored last by `initialize` (release) and checked by `attach` (acquire) |
 /// | 12 | 4 | capacity |
-/// | 64 | 8 | approximate number of free indices, atomic (its own cache line, away from the head) |
+/// | 64 | 64 | reserved (zero) |
 /// | 128 | 4 × capacity | links: per index, its successor while free (`0xFFFF_FFFF`: none), or `0xFFFF_FFFE` in use |
 ///
 /// ## Double frees
 ///
-/// `pop()` marks the slot of the index it returns as in use; `push(_:)` takes the slot back with one
-/// compare-and-exchange from "in use" to "free". If the slot is not marked in use, the index is already free and
-/// `push` throws `.doubleFree` without touching anything. Two threads pushing the same index at the same time
-/// race on that one compare-and-exchange: exactly one succeeds, the other gets `.doubleFree`.
+/// `pop()` marks the slot of the index it returns as in use. `push(_:detection:)` checks that mark; if the slot is
+/// not marked in use, the index is already free and `push` throws `.doubleFree` without touching anything. How
+/// the mark is taken back is the caller's choice (`DoubleFreeDetection`):
+///
+/// - `.exact` (the default) takes the slot back with one compare-and-exchange from "in use" to "free". Two threads
+///   pushing the same index at the same time race on it: exactly one succeeds, the other gets `.doubleFree`.
+/// - `.sequential` reads the mark and then overwrites it with plain stores: one atomic read-modify-write fewer
+///   (pop + push is then two locked instructions, which is what lets `LockFreeSlab` match malloc+free). Every
+///   double free that does not *race* with the first free is still caught; two frees of one index at the same
+///   instant may both pass the check and corrupt the list. Use it where a double free is a programmer error
+///   anyway (`LockFreeSlab.deallocate`), never on input from an untrusted peer.
+///
+/// Racing-free exactness holds only while every push of the stack uses `.exact`.
 ///
 /// A late second free *after the index has been popped again* by someone else cannot be told apart from that
 /// owner's legitimate free (the slot is "in use" again); catching that needs a generation per handle, which
@@ -85,7 +94,7 @@ public struct UnsafeLockFreeIndexStack: @unchecked Sendable {
     @usableFromInline internal static let headOffset = 0
     @usableFromInline internal static let magicOffset = 8
     @usableFromInline internal static let capacityOffset = 12
-    @usableFromInline internal static let countOffset = 64
+    @usableFromInline internal static let reservedOffset = 64
     @usableFromInline internal static let linksOffset = 128
 
     @inlinable
@@ -131,8 +140,7 @@ public struct UnsafeLockFreeIndexStack: @unchecked Sendable {
         (memory + magicOffset).initializeMemory(
             as: UnsafeAtomic<UInt32>.Storage.self, repeating: UnsafeAtomic<UInt32>.Storage(0), count: 1)
         (memory + capacityOffset).initializeMemory(as: UInt32.self, repeating: count, count: 1)
-        (memory + countOffset).initializeMemory(
-            as: UnsafeAtomic<Int64>.Storage.self, repeating: UnsafeAtomic<Int64>.Storage(Int64(capacity)), count: 1)
+        (memory + reservedOffset).initializeMemory(as: UInt8.self, repeating: 0, count: linksOffset - reservedOffset)
         let links = (memory + linksOffset).bindMemory(to: UnsafeAtomic<UInt32>.Storage.self, capacity: capacity)
         for index in 0..<capacity &- 1 {
             // Safe: index + 1 < capacity <= maximumCapacity, so it fits in UInt32.
@@ -187,15 +195,24 @@ public struct UnsafeLockFreeIndexStack: @unchecked Sendable {
     @inlinable
     public var baseAddress: UnsafeMutableRawPointer { base }
 
-    /// The number of free indices, exact when no pop or push is in progress.
+    /// The number of free indices: exact when no pop or push is in progress, a best-effort lower bound otherwise.
     ///
-    /// Kept in a separate counter updated just after each successful pop or push, so under concurrency it can lag
-    /// by the number of operations in flight; it is clamped to `0...capacity`.
-    @inlinable
+    /// Counted by walking the list (at most `capacity` steps, stopping at anything that is not a valid link), so
+    /// the hot paths pay for no counter: a shared counter would cost two more atomic read-modify-writes per
+    /// pop + push, doubling their cost. Meant for statistics and tests, not for decisions under concurrency.
+    ///
+    /// - Complexity: O(number of free indices).
     public var approximateCount: Int {
-        // Ordering: relaxed; the value is a statistic and orders nothing.
-        let value = count.load(ordering: .relaxed)
-        return Int(Swift.min(Swift.max(value, 0), Int64(_capacity)))
+        // Ordering: acquiring, like a pop's load of the head, so the links read next are the ones pushed.
+        var current = Self.index(of: head.load(ordering: .acquiring))
+        var length = 0
+        while current < _capacity, length < capacity {
+            length &+= 1
+            // Ordering: relaxed; see `_popPrepare`. A concurrently popped index reads as the in-use marker (or a
+            // newer link) and at worst ends or shortens the walk.
+            current = link(current).load(ordering: .relaxed)
+        }
+        return length
     }
 
     // MARK: Atomic views of the area
@@ -203,11 +220,6 @@ public struct UnsafeLockFreeIndexStack: @unchecked Sendable {
     @inlinable
     internal var head: UnsafeAtomic<UInt64> {
         UnsafeAtomic(at: (base + Self.headOffset).assumingMemoryBound(to: UnsafeAtomic<UInt64>.Storage.self))
-    }
-
-    @inlinable
-    internal var count: UnsafeAtomic<Int64> {
-        UnsafeAtomic(at: (base + Self.countOffset).assumingMemoryBound(to: UnsafeAtomic<Int64>.Storage.self))
     }
 
     /// The link slot of `index`. - Precondition: `index < capacity` (callers check).
@@ -305,26 +317,65 @@ public struct UnsafeLockFreeIndexStack: @unchecked Sendable {
         // The index is ours. Ordering: relaxed; the only later reader that must see the marker is whoever pushes
         // this index back, and they got the index from us through something that synchronizes (or are us).
         link(attempt.index).store(Self.inUseMarker, ordering: .relaxed)
-        // Ordering: relaxed; the count is a statistic.
-        count.wrappingDecrement(ordering: .relaxed)
         return nil
     }
 
     // MARK: Push
 
+    /// How `push(_:detection:)` takes back an index's in-use mark; see "Double frees" in the type's discussion.
+    @frozen
+    public enum DoubleFreeDetection: Hashable, Sendable {
+        /// One compare-and-exchange on the slot: of two racing pushes of one index, exactly one succeeds.
+        case exact
+        /// A plain read of the mark: catches every double free that does not race with the first free, and
+        /// saves one atomic read-modify-write.
+        case sequential
+    }
+
     /// Returns an index to the stack.
     ///
-    /// - Parameter index: an index `pop()` returned and that has not been pushed since.
+    /// - Parameters:
+    ///   - index: an index `pop()` returned and that has not been pushed since.
+    ///   - detection: `.exact` (default) or `.sequential`; see `DoubleFreeDetection`.
     /// - Throws: `AllocationError` with code `.doubleFree` if the index is already free, or `.foreignBlock` if it
-    ///   is not below `capacity`. The stack is unchanged then. Of two threads pushing the same index at once,
-    ///   exactly one succeeds.
+    ///   is not below `capacity`. The stack is unchanged then. With `.exact`, of two threads pushing the same
+    ///   index at once, exactly one succeeds.
     /// - Complexity: O(1) without contention; lock-free.
     @inlinable
-    public func push(_ index: UInt32) throws(AllocationError) {
-        var observed = try _pushClaim(index)
+    public func push(_ index: UInt32, detection: DoubleFreeDetection = .exact) throws(AllocationError) {
+        var observed: UInt64
+        switch detection {
+        case .exact: observed = try _pushClaim(index)
+        case .sequential: observed = try _pushCheck(index)
+        }
         while let current = _pushCommit(index, observed) {
             observed = current
         }
+    }
+
+    /// Push, step 1 for `.sequential`: checks the index and its in-use mark with plain reads, then links the slot
+    /// to the current top with a plain store. Returns the head word the link was taken from.
+    ///
+    /// - Throws: `.foreignBlock` for an index out of range, `.doubleFree` if the slot is not marked in use.
+    @inlinable
+    internal func _pushCheck(_ index: UInt32) throws(AllocationError) -> UInt64 {
+        guard index < _capacity else {
+            throw AllocationError(
+                .foreignBlock, "index is not below the index stack's capacity", size: Int(index),
+                limit: Int(_capacity))
+        }
+        // Ordering: relaxed, as in `_pushClaim`: the mark was stored by the pop that handed out the index, which
+        // happens before this push. Unlike `_pushClaim` this is not a read-modify-write, so a second push racing
+        // with this one may also see the mark (the documented limit of `.sequential`).
+        guard link(index).load(ordering: .relaxed) == Self.inUseMarker else {
+            throw AllocationError(
+                .doubleFree, "index is already free (double free)", size: Int(index), limit: Int(_capacity))
+        }
+        // Ordering: relaxed; a first guess for the link, validated by step 2's compare-and-exchange.
+        let observed = head.load(ordering: .relaxed)
+        // Ordering: relaxed; the slot is ours and step 2's releasing exchange publishes it.
+        link(index).store(Self.index(of: observed), ordering: .relaxed)
+        return observed
     }
 
     /// Push, step 1: checks the index and takes its slot from "in use" to "free, followed by the current top".
@@ -365,11 +416,7 @@ public struct UnsafeLockFreeIndexStack: @unchecked Sendable {
         // caller wrote into the block before freeing it. On failure: relaxed, we only need the new value.
         let (exchanged, current) = head.compareExchange(
             expected: observed, desired: desired, successOrdering: .releasing, failureOrdering: .relaxed)
-        if exchanged {
-            // Ordering: relaxed; the count is a statistic.
-            count.wrappingIncrement(ordering: .relaxed)
-            return nil
-        }
+        if exchanged { return nil }
         // Ordering: relaxed; the slot is ours (claimed in step 1) and is published by the next releasing exchange.
         link(index).store(Self.index(of: current), ordering: .relaxed)
         return current
@@ -394,7 +441,7 @@ public struct UnsafeLockFreeIndexStack: @unchecked Sendable {
     /// Checks the free list while no thread is popping or pushing, and traps with a message if it is broken.
     ///
     /// Walks the list from the head: every index is in range and appears once, no listed index is marked in use,
-    /// every unlisted index is marked in use, and the counter matches the list's length. Compiled to nothing
+    /// and every unlisted index is marked in use. Compiled to nothing
     /// unless `DIVVY_INTERNAL_CHECKS` is set (debug builds and tests).
     ///
     /// - Complexity: O(capacity), and it allocates.
@@ -402,14 +449,12 @@ public struct UnsafeLockFreeIndexStack: @unchecked Sendable {
         #if DIVVY_INTERNAL_CHECKS
         var listed = [Bool](repeating: false, count: capacity)
         var current = Self.index(of: head.load(ordering: .acquiring))
-        var length = 0
         while current != Self.endOfList {
             precondition(
                 current < _capacity, "UnsafeLockFreeIndexStack invariant: listed index \(current) out of range")
             precondition(
                 !listed[Int(current)], "UnsafeLockFreeIndexStack invariant: index \(current) listed twice (cycle)")
             listed[Int(current)] = true
-            length += 1
             let next = link(current).load(ordering: .acquiring)
             precondition(
                 next != Self.inUseMarker,
@@ -421,10 +466,6 @@ public struct UnsafeLockFreeIndexStack: @unchecked Sendable {
                 link(UInt32(index)).load(ordering: .acquiring) == Self.inUseMarker,
                 "UnsafeLockFreeIndexStack invariant: index \(index) is neither listed nor marked in use (leaked)")
         }
-        let counted = count.load(ordering: .acquiring)
-        precondition(
-            counted == Int64(length),
-            "UnsafeLockFreeIndexStack invariant: counter says \(counted) free, the list holds \(length)")
         #endif
     }
 }

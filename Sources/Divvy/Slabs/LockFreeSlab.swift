@@ -138,7 +138,10 @@ public final class LockFreeSlab<Backing: Allocator> {
     /// Returns a block to the slab. Any thread may free any block, whichever thread allocated it.
     ///
     /// Traps with a message if `block` is not one of the slab's blocks or is already free (a programmer error);
-    /// use `checkedDeallocate` to get those reported as errors instead.
+    /// use `checkedDeallocate` to get those reported as errors instead. Detection here is `.sequential` (see
+    /// `UnsafeLockFreeIndexStack.DoubleFreeDetection`): it catches every double free except one that races with
+    /// the first free of the same block; `checkedDeallocate` catches those too, at the cost of one more atomic
+    /// operation. Frees that must be exact under races should all go through `checkedDeallocate`.
     ///
     /// - Complexity: O(1) without contention; lock-free.
     @inlinable
@@ -149,7 +152,10 @@ public final class LockFreeSlab<Backing: Allocator> {
             )
         }
         do {
-            try stack.push(index)
+            // `.sequential`: one atomic read-modify-write fewer than `.exact` (a pair is then two locked
+            // instructions); a double free that races with the first free may go unnoticed, which is acceptable
+            // here because a double free through `deallocate` is a programmer error. `checkedDeallocate` is exact.
+            try stack.push(index, detection: .sequential)
         } catch {
             preconditionFailure("LockFreeSlab.deallocate(\(block)): \(error)")
         }
@@ -243,7 +249,8 @@ extension LockFreeSlab: CheckedDeallocatingAllocator {
                 size: block.size, alignment: layout.alignment)
         }
         do {
-            try stack.push(index)
+            // `.exact`: of two racing frees of one block, exactly one succeeds.
+            try stack.push(index, detection: .exact)
         } catch {
             throw AllocationError(
                 error.code, "block is already free in this lock-free slab (double free)", size: block.size,

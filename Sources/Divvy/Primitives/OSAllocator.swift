@@ -238,21 +238,11 @@ public struct OSAllocator: Allocator, InPlaceResizingAllocator, SizeRoundingAllo
 
     // MARK: Allocation
 
-    /// Maps a block for `layout` and reports which kind of pages it got.
+    /// The length (rounded to the granularity) and the alignment of the mapping that serves `layout`.
     ///
-    /// `allocate(_:)` is this without the kind. The block's size is `goodSize(for: layout)`; its start is aligned
-    /// to `max(layout.alignment, granularity)`. Fresh mappings read as zero.
-    ///
-    /// - Throws: `AllocationError`:
-    ///   - `.invalidLayout` for a zero size (a mapping cannot be empty);
-    ///   - `.unsupportedLayout` for an alignment above `maximumAlignment` or a size that overflows when rounded,
-    ///     and, without fallback, for `.transparent` when the kernel has transparent huge pages disabled;
-    ///   - `.outOfMemory` when the kernel refuses for lack of memory, address space or huge pages (`systemError`
-    ///     is ENOMEM), including an explicit policy without fallback when no huge pages are reserved;
-    ///   - `.systemCallFailed` for any other `mmap`/`madvise` failure, with errno in `systemError`.
-    ///   Nothing stays mapped after a throw.
-    /// - Complexity: a few system calls; with `prefault`, proportional to the size.
-    public func map(_ layout: Layout) throws(AllocationError) -> OSMapping {
+    /// - Throws: `.invalidLayout` for a zero size; `.unsupportedLayout` for an alignment above
+    ///   `maximumAlignment` or a size that overflows when rounded.
+    internal func mappingGeometry(for layout: Layout) throws(AllocationError) -> (length: Int, alignment: Int) {
         guard layout.size > 0 else {
             throw AllocationError(
                 .invalidLayout, "OSAllocator cannot map zero bytes", size: 0, alignment: layout.alignment)
@@ -268,7 +258,26 @@ public struct OSAllocator: Allocator, InPlaceResizingAllocator, SizeRoundingAllo
                 .unsupportedLayout, "size overflows when rounded to the page size", size: layout.size,
                 alignment: layout.alignment)
         }
-        let alignment = Swift.max(layout.alignment, granularity)
+        return (length, Swift.max(layout.alignment, granularity))
+    }
+
+    /// Maps a block for `layout` and reports which kind of pages it got.
+    ///
+    /// `allocate(_:)` is this without the kind. The block's size is `goodSize(for: layout)`; its start is aligned
+    /// to `max(layout.alignment, granularity)`. Fresh mappings read as zero.
+    ///
+    /// - Throws: `AllocationError`:
+    ///   - `.invalidLayout` for a zero size (a mapping cannot be empty);
+    ///   - `.unsupportedLayout` for an alignment above `maximumAlignment` or a size that overflows when rounded,
+    ///     and, without fallback, for `.transparent` when the kernel has transparent huge pages disabled;
+    ///   - `.outOfMemory` when the kernel refuses for lack of memory, address space or huge pages (`systemError`
+    ///     is ENOMEM), including an explicit policy without fallback when no huge pages are reserved;
+    ///   - `.systemCallFailed` for any other `mmap`/`madvise` failure, with errno in `systemError`.
+    ///   Nothing stays mapped after a throw.
+    /// - Complexity: a few system calls; with `prefault`, proportional to the size.
+    public func map(_ layout: Layout) throws(AllocationError) -> OSMapping {
+        let (length, alignment) = try mappingGeometry(for: layout)
+        let granularity = self.granularity
         var kind = firstKind
         var start: UnsafeMutableRawPointer
         while true {
@@ -351,22 +360,8 @@ public struct OSAllocator: Allocator, InPlaceResizingAllocator, SizeRoundingAllo
     public func reallocate(_ block: UnsafeBlock, from old: Layout, to new: Layout) throws(AllocationError)
         -> UnsafeBlock
     {
-        guard new.size > 0 else {
-            throw AllocationError(
-                .invalidLayout, "OSAllocator cannot map zero bytes", size: 0, alignment: new.alignment)
-        }
-        guard new.alignment <= OSAllocator.maximumAlignment else {
-            throw AllocationError(
-                .unsupportedLayout, "alignment above OSAllocator.maximumAlignment", size: new.size,
-                alignment: new.alignment, limit: OSAllocator.maximumAlignment)
-        }
+        let (newLength, alignment) = try mappingGeometry(for: new)
         let granularity = self.granularity
-        guard let newLength = alignUpChecked(new.size, to: granularity) else {
-            throw AllocationError(
-                .unsupportedLayout, "size overflows when rounded to the page size", size: new.size,
-                alignment: new.alignment)
-        }
-        let alignment = Swift.max(new.alignment, granularity)
         if block.address & UInt(alignment - 1) == 0, let resized = resize(block, from: old, toSize: new.size) {
             return resized
         }

@@ -353,17 +353,23 @@ public struct UnsafeLockFreeIndexStack: @unchecked Sendable {
         }
     }
 
+    /// Throws `.foreignBlock` unless `index` is below the capacity.
+    @inlinable
+    internal func _checkRange(_ index: UInt32) throws(AllocationError) {
+        guard index < _capacity else {
+            throw AllocationError(
+                .foreignBlock, "index is not below the index stack's capacity", size: Int(index),
+                limit: Int(_capacity))
+        }
+    }
+
     /// Push, step 1 for `.sequential`: checks the index and its in-use mark with plain reads, then links the slot
     /// to the current top with a plain store. Returns the head word the link was taken from.
     ///
     /// - Throws: `.foreignBlock` for an index out of range, `.doubleFree` if the slot is not marked in use.
     @inlinable
     internal func _pushCheck(_ index: UInt32) throws(AllocationError) -> UInt64 {
-        guard index < _capacity else {
-            throw AllocationError(
-                .foreignBlock, "index is not below the index stack's capacity", size: Int(index),
-                limit: Int(_capacity))
-        }
+        try _checkRange(index)
         // Ordering: relaxed, as in `_pushClaim`: the mark was stored by the pop that handed out the index, which
         // happens before this push. Unlike `_pushClaim` this is not a read-modify-write, so a second push racing
         // with this one may also see the mark (the documented limit of `.sequential`).
@@ -384,11 +390,7 @@ public struct UnsafeLockFreeIndexStack: @unchecked Sendable {
     /// - Throws: `.foreignBlock` for an index out of range, `.doubleFree` if the slot is not marked in use.
     @inlinable
     internal func _pushClaim(_ index: UInt32) throws(AllocationError) -> UInt64 {
-        guard index < _capacity else {
-            throw AllocationError(
-                .foreignBlock, "index is not below the index stack's capacity", size: Int(index),
-                limit: Int(_capacity))
-        }
+        try _checkRange(index)
         // Ordering: relaxed; we only need some recent head value as a first guess for the link. The
         // compare-and-exchange in step 2 validates it.
         let observed = head.load(ordering: .relaxed)

@@ -83,11 +83,14 @@ public struct AllocationError: Error, Hashable, Sendable, CustomStringConvertibl
         return "\(code): \(reason)\(detail)"
     }
 
+    /// Two errors are equal when their code and numbers are; the reason text is ignored, so tests can compare
+    /// against an expected error without repeating its message.
     public static func == (lhs: AllocationError, rhs: AllocationError) -> Bool {
         lhs.code == rhs.code && lhs.size == rhs.size && lhs.alignment == rhs.alignment && lhs.limit == rhs.limit
             && lhs.systemError == rhs.systemError
     }
 
+    /// Hashes what `==` compares: the code and the numbers, not the reason.
     public func hash(into hasher: inout Hasher) {
         hasher.combine(code)
         hasher.combine(size)

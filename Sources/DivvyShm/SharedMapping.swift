@@ -103,7 +103,8 @@ public final class SharedMapping: @unchecked Sendable {
     public func offset(of pointer: UnsafeRawPointer, length: Int = 1) throws(SharedRegionError) -> Int {
         let start = UInt(bitPattern: base)
         let address = UInt(bitPattern: pointer)
-        guard length >= 0, address >= start, address - start <= UInt(self.length - length) else {
+        guard length >= 0, length <= self.length, address >= start, address - start <= UInt(self.length - length)
+        else {
             throw pointerOutOfBounds(address: address, length: length)
         }
         // Safe: `address - start` is at most `self.length`, which fits in Int.

@@ -259,6 +259,9 @@ public final class SharedRegion: @unchecked Sendable {
                 geometry: geometry, pageKind: kind, isLazy: configuration.commitment == .lazy,
                 isAnonymous: objectName == nil, creatorPID: currentProcessID(), creationTime: realtimeNanoseconds(),
                 nonce: UInt64.random(in: 1...UInt64.max))
+            #if DIVVY_INTERNAL_CHECKS
+            precondition(geometry.inconsistency(fileSize: geometry.totalSize) == nil, "bad geometry \(geometry)")
+            #endif
             header.write(to: mapping.base)
             SharedRegionHeader.publishReady(at: mapping.base)
             return SharedRegion(objectName: objectName, fd: fd, header: header, mapping: mapping)

@@ -13,6 +13,7 @@
 //   out-of-bounds <offset>             translating `offset` through the current mapping must throw .outOfBounds
 //   write-raw <offset>                 write one byte through the raw pointer, bypassing the access check (a
 //                                      read-only mapping must kill the process with SIGSEGV)
+//   increment <offset> <count>         add 1 to the UInt64 there `count` times (relaxed atomic adds)
 //   print-header                       print the header's nonce and page kind on stdout
 //
 // Exit status: 0 all good, 1 a check failed, 2 a region error (printed on stderr), 3 timeout, 64 usage.
@@ -96,6 +97,12 @@ do {
         case "write-raw":
             let pointer = try mapping.unsafePointer(forOffset: nextInt())
             pointer.storeBytes(of: 0xEE, as: UInt8.self)
+        case "increment":
+            let (offset, count) = (nextInt(), nextInt())
+            let word = try mapping.unsafePointer(forOffset: offset, length: 8)
+            let counter = UnsafeAtomic<UInt64>(at: word.assumingMemoryBound(to: UnsafeAtomic<UInt64>.Storage.self))
+            // Relaxed: only the total matters, and the parent reads it after reaping this process.
+            for _ in 0..<count { counter.wrappingIncrement(ordering: .relaxed) }
         case "print-header":
             print("nonce=\(region.header.nonce) kind=\(region.pageKind) pid=\(region.header.creatorPID)")
         case let other:

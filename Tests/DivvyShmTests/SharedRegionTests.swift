@@ -219,6 +219,26 @@ final class SharedRegionTests: ShmTestCase {
         XCTAssertEqual(try HelperProcess.run(["name", "nope", prefix]).status, 2)
     }
 
+    func testAtomicsInTheRegionAreExactAcrossProcesses() throws {
+        // Two helper processes and this one add to one counter at once: every add lands (MAP_SHARED, one object).
+        let region = try SharedRegion.create(name: "counter", configuration())
+        let counter = region.geometry.dataOffset + 64
+        var children = try (0..<2).map { _ in
+            try HelperProcess.spawn(["name", "counter", prefix, "increment", "\(counter)", "200000"])
+        }
+        children.append(
+            try HelperProcess.spawn(
+                ["fd", "3", "increment", "\(counter)", "200000"], inheriting: region.fileDescriptor.rawValue))
+        let word = flag(region.mapping, at: counter)
+        for _ in 0..<200_000 { word.wrappingIncrement(ordering: .relaxed) }
+        for child in children {
+            let exit = child.wait()
+            XCTAssertEqual(exit.status, 0, "\(exit)")
+        }
+        // Acquire is not needed after waitpid (the kernel orders the child's exit before the parent's return).
+        XCTAssertEqual(word.load(ordering: .relaxed), 800_000)
+    }
+
     func testDataAreaMappingSeesDataAndCannotReachMetadata() throws {
         let region = try SharedRegion.create(name: "data", configuration())
         let g = region.geometry
@@ -288,6 +308,8 @@ final class SharedRegionTests: ShmTestCase {
         XCTAssertEqual(try m.offset(of: m.base + (total - 8), length: 8), total - 8)
         assertRegionError(.outOfBounds) { _ = try m.offset(of: m.base + (total - 4), length: 8) }
         assertRegionError(.outOfBounds) { _ = try m.offset(of: m.base - 1) }
+        assertRegionError(.outOfBounds) { _ = try m.offset(of: m.base, length: total + 1) }
+        assertRegionError(.outOfBounds) { _ = try m.offset(of: m.base, length: -1) }
         var local = 0
         let error = assertRegionError(.outOfBounds) { _ = try withUnsafePointer(to: &local) { try m.offset(of: $0) } }
         XCTAssertTrue(error?.message.contains("another mapping") ?? false, "\(String(describing: error))")

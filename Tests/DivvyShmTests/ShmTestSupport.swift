@@ -118,7 +118,13 @@ struct HelperProcess {
         let argv: [UnsafeMutablePointer<CChar>?] = ([path] + arguments).map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         var pid: pid_t = 0
-        let result = posix_spawn(&pid, path, &actions, nil, argv, environ)
+        // No crash report from the Swift runtime when a test expects the helper to die (SIGSEGV by design).
+        var variables: [String] = ProcessInfo.processInfo.environment.filter { $0.key != "SWIFT_BACKTRACE" }
+            .map { "\($0.key)=\($0.value)" }
+        variables.append("SWIFT_BACKTRACE=enable=no")
+        let environment: [UnsafeMutablePointer<CChar>?] = variables.map { strdup($0) } + [nil]
+        defer { environment.forEach { free($0) } }
+        let result = posix_spawn(&pid, path, &actions, nil, argv, environment)
         close(pipeFDs[1])
         guard result == 0 else {
             close(pipeFDs[0])

@@ -35,9 +35,9 @@ internal enum Backing {
             case .success(let space) where space.available < bytes:
                 throw SharedRegionError(
                     .insufficientSpace,
-                    "\(what) needs \(formatByteCount(bytes)) but \(shmDirectory) has \(formatByteCount(space.available)) "
-                        + "free; enlarge \(shmDirectory) (mount -o remount,size=...), pass a smaller size, "
-                        + "or ask for lazy commitment")
+                    "\(what) needs \(formatByteCount(bytes)) but \(shmDirectory) has "
+                        + "\(formatByteCount(space.available)) free; enlarge \(shmDirectory) "
+                        + "(mount -o remount,size=...), pass a smaller size, or ask for lazy commitment")
             case .success: break
             case .failure(let error):
                 throw SharedRegionError(

@@ -276,7 +276,8 @@ public final class SharedRegion: @unchecked Sendable {
             throw SharedRegionError(
                 .invalidConfiguration,
                 "\(what) cannot have a data size of \(configuration.dataSize) and a metadata size of "
-                    + "\(configuration.metadataSize); the data size must be positive and the metadata size not negative")
+                    + "\(configuration.metadataSize); the data size must be positive and the metadata size "
+                    + "not negative")
         }
         guard configuration.mode.rawValue & ~0o777 == 0 else {
             throw SharedRegionError(
@@ -334,7 +335,8 @@ public final class SharedRegion: @unchecked Sendable {
                 refusal = SharedRegionError(
                     .insufficientSpace,
                     "\(what) needs \(formatByteCount(geometry.totalSize)) of \(formatByteCount(kind.pageSize)) huge "
-                        + "pages (\(needed) pages) but the pool has \(available) free (\(formatByteCount(available * kind.pageSize))); "
+                        + "pages (\(needed) pages) but the pool has \(available) free "
+                        + "(\(formatByteCount(available * kind.pageSize))); "
                         + "reserve more with \(Backing.hugePagePoolDirectory(kind))/nr_hugepages "
                         + "(or vm.nr_hugepages), pass a smaller size, or allow fallback")
             }
@@ -485,7 +487,8 @@ public final class SharedRegion: @unchecked Sendable {
         switch systemFcntl(fileDescriptor.rawValue, F_DUPFD_CLOEXEC, 0) {
         case .success(let duplicate): fd = duplicate
         case .failure(let error):
-            throw SharedRegionError(.systemCallFailed, "could not duplicate fd \(fileDescriptor.rawValue)", cause: error)
+            throw SharedRegionError(
+                .systemCallFailed, "could not duplicate fd \(fileDescriptor.rawValue)", cause: error)
         }
         return try open(objectName: nil, fd: fd, access: access, prefault: prefault, describing: what)
     }

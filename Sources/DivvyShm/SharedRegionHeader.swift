@@ -112,7 +112,7 @@ public struct SharedRegionGeometry: Hashable, Sendable, CustomStringConvertible 
 /// | 40 | 8 | metadataSize | usable bytes of the metadata area |
 /// | 48 | 8 | dataOffset | start of the data area (multiple of `pageSize`) |
 /// | 56 | 8 | dataSize | size of the data area (ends at `totalSize`) |
-/// | 64 | 4 | flags | bits 0–3 page kind (0 base, 1 transparent, 2 explicit 2 MiB, 3 explicit 1 GiB); bit 4 lazy; bit 5 anonymous (memfd) |
+/// | 64 | 4 | flags | bits 0–3 page kind (0 base, 1 transparent, 2 2 MiB, 3 1 GiB); 4 lazy; 5 anonymous |
 /// | 68 | 4 | creatorPID | process id of the creator |
 /// | 72 | 8 | creationTime | CLOCK_REALTIME at creation, nanoseconds since 1970 |
 /// | 80 | 8 | nonce | random, tells apart two regions created under one name |

@@ -112,7 +112,9 @@ internal func readSmallTextFile(_ path: String) -> String? {
     var bytes: [UInt8] = []
     var chunk = [UInt8](repeating: 0, count: 4096)
     while bytes.count < 1 << 16 {
-        let result = chunk.withUnsafeMutableBytes { buffer in valueOrErrno { read(fd, buffer.baseAddress, buffer.count) } }
+        let result = chunk.withUnsafeMutableBytes { buffer in
+            valueOrErrno { read(fd, buffer.baseAddress, buffer.count) }
+        }
         switch result {
         case .success(0): return String(decoding: bytes, as: UTF8.self)
         case .success(let count): bytes.append(contentsOf: chunk[..<count])

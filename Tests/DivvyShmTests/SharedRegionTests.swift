@@ -73,7 +73,8 @@ final class SharedRegionTests: ShmTestCase {
         // The umask does not apply: 0640 stays 0640 even under umask 077.
         let old = umask(0o077)
         defer { umask(old) }
-        let shared = try SharedRegion.create(name: "group", configuration { $0.mode = FilePermissions(rawValue: 0o640) })
+        let shared = try SharedRegion.create(
+            name: "group", configuration { $0.mode = FilePermissions(rawValue: 0o640) })
         XCTAssertEqual(try mode(of: shared), 0o640)
         let info = try FileManager.default.attributesOfItem(atPath: "/dev/shm/\(prefix)group")
         XCTAssertEqual((info[.posixPermissions] as? NSNumber)?.intValue, 0o640)
@@ -116,11 +117,17 @@ final class SharedRegionTests: ShmTestCase {
 
     func testInvalidNamesAndConfigurationsAreRefusedAndLeaveNothing() throws {
         for name in ["", "a/b"] {
-            assertRegionError(.invalidName, "name '\(name)'") { _ = try SharedRegion.create(name: name, configuration()) }
+            assertRegionError(.invalidName, "name '\(name)'") {
+                _ = try SharedRegion.create(name: name, configuration())
+            }
             assertRegionError(.invalidName) { _ = try SharedRegion.open(name: name, namePrefix: prefix) }
         }
-        assertRegionError(.invalidName) { _ = try SharedRegion.create(name: String(repeating: "x", count: 300), configuration()) }
-        assertRegionError(.invalidConfiguration) { _ = try SharedRegion.create(name: "zero", configuration(dataSize: 0)) }
+        assertRegionError(.invalidName) {
+            _ = try SharedRegion.create(name: String(repeating: "x", count: 300), configuration())
+        }
+        assertRegionError(.invalidConfiguration) {
+            _ = try SharedRegion.create(name: "zero", configuration(dataSize: 0))
+        }
         assertRegionError(.invalidConfiguration) {
             _ = try SharedRegion.create(name: "neg", configuration(metadataSize: -1))
         }
@@ -151,7 +158,11 @@ final class SharedRegionTests: ShmTestCase {
     func testPrefaultedRegionIsCommittedAndUsable() throws {
         let region = try SharedRegion.create(name: "prefault", configuration { $0.prefault = true })
         XCTAssertGreaterThanOrEqual(try region.allocatedBytes(), region.geometry.totalSize)
-        let lazy = try SharedRegion.createAnonymous(configuration { $0.prefault = true; $0.commitment = .lazy })
+        let lazy = try SharedRegion.createAnonymous(
+            configuration {
+                $0.prefault = true
+                $0.commitment = .lazy
+            })
         XCTAssertLessThan(try lazy.allocatedBytes(), lazy.geometry.totalSize, "prefault covers only the committed part")
     }
 
@@ -276,19 +287,26 @@ final class SharedRegionTests: ShmTestCase {
         let mediated = try SharedRegion.mapDataArea(of: region.fileDescriptor, geometry: g)
         XCTAssertEqual(try mediated.withUnsafeBytes(atOffset: g.dataOffset + 10, length: 1) { $0[0] }, 0xA1)
         let wrong = SharedRegionGeometry(
-            totalSize: g.totalSize * 2, pageSize: g.pageSize, headerSize: g.headerSize, metadataOffset: g.metadataOffset,
+            totalSize: g.totalSize * 2, pageSize: g.pageSize, headerSize: g.headerSize,
+            metadataOffset: g.metadataOffset,
             metadataSize: g.metadataSize, dataOffset: g.dataOffset, dataSize: g.totalSize * 2 - g.dataOffset)
-        assertRegionError(.geometryMismatch) { _ = try SharedRegion.mapDataArea(of: region.fileDescriptor, geometry: wrong) }
+        assertRegionError(.geometryMismatch) {
+            _ = try SharedRegion.mapDataArea(of: region.fileDescriptor, geometry: wrong)
+        }
 
         // In a second process: a data-area mapping refuses metadata offsets, and a read-only one really is.
         let child = try HelperProcess.run(
-            ["fd", "3", "data-area", "rw", "out-of-bounds", "0", "out-of-bounds", "\(g.metadataOffset)",
-             "expect", "\(g.dataOffset + 10)", "1", "\(0xA1)"],
+            [
+                "fd", "3", "data-area", "rw", "out-of-bounds", "0", "out-of-bounds", "\(g.metadataOffset)",
+                "expect", "\(g.dataOffset + 10)", "1", "\(0xA1)",
+            ],
             inheriting: region.fileDescriptor.rawValue)
         XCTAssertEqual(child.status, 0, "\(child)")
         let writer = try HelperProcess.run(
-            ["fd", "3", "data-area", "ro", "expect", "\(g.dataOffset + 10)", "1", "\(0xA1)",
-             "write-raw", "\(g.dataOffset + 20)"],
+            [
+                "fd", "3", "data-area", "ro", "expect", "\(g.dataOffset + 10)", "1", "\(0xA1)",
+                "write-raw", "\(g.dataOffset + 20)",
+            ],
             inheriting: region.fileDescriptor.rawValue)
         XCTAssertEqual(writer.signal, SIGSEGV, "a write through a read-only data mapping faults: \(writer)")
         XCTAssertEqual(try region.mapping.withUnsafeBytes(atOffset: g.dataOffset + 20, length: 1) { $0[0] }, 0)
@@ -302,7 +320,9 @@ final class SharedRegionTests: ShmTestCase {
         XCTAssertEqual(try m.unsafePointer(forOffset: total - 8, length: 8), m.base + (total - 8))
         XCTAssertEqual(try m.unsafePointer(forOffset: total, length: 0), m.base + total, "the end, for zero bytes")
         for (offset, length) in [(-1, 1), (total, 1), (total - 4, 8), (0, total + 1), (0, -1), (Int.max, 1)] {
-            assertRegionError(.outOfBounds, "\(offset)+\(length)") { _ = try m.unsafePointer(forOffset: offset, length: length) }
+            assertRegionError(.outOfBounds, "\(offset)+\(length)") {
+                _ = try m.unsafePointer(forOffset: offset, length: length)
+            }
         }
         XCTAssertEqual(try m.offset(of: m.base + 4096), 4096)
         XCTAssertEqual(try m.offset(of: m.base + (total - 8), length: 8), total - 8)
@@ -353,8 +373,10 @@ final class SharedRegionTests: ShmTestCase {
     func testCommittingMoreThanDevShmHoldsFailsCleanly() throws {
         let space = try XCTUnwrap(systemStatvfs("/dev/shm").get())
         let dataSize = space.available + (1 << 30)
-        let total = try XCTUnwrap(SharedRegionGeometry.layout(metadataSize: 60 << 10, dataSize: dataSize, pageSize: page))
-            .totalSize
+        let total = try XCTUnwrap(
+            SharedRegionGeometry.layout(metadataSize: 60 << 10, dataSize: dataSize, pageSize: page)
+        )
+        .totalSize
         let error = assertRegionError(.insufficientSpace) {
             _ = try SharedRegion.create(name: "too-big", configuration(dataSize: dataSize))
         }
@@ -425,8 +447,10 @@ final class SharedRegionTests: ShmTestCase {
         bytes = original
         patch(&bytes, HeaderField.flags, UInt32(1 << 20))
         cases.append(("unknown flags", resealed(bytes), .corruptHeader))
-        cases.append(("object larger than the header says", original + [UInt8](repeating: 0, count: 4096), .geometryMismatch))
-        cases.append(("object smaller than the header says", Array(original[..<(original.count - 4096)]), .geometryMismatch))
+        cases.append(
+            ("object larger than the header says", original + [UInt8](repeating: 0, count: 4096), .geometryMismatch))
+        cases.append(
+            ("object smaller than the header says", Array(original[..<(original.count - 4096)]), .geometryMismatch))
         bytes = original
         patch(&bytes, HeaderField.dataOffset, UInt64(source.geometry.dataOffset + 4096))
         cases.append(("data area past the end", resealed(bytes), .geometryMismatch))
@@ -443,7 +467,9 @@ final class SharedRegionTests: ShmTestCase {
             let objectName = "/\(prefix)\(name)"
             try writeObject(objectName, bytes)
             let error = assertRegionError(code, label) { _ = try SharedRegion.open(name: name, namePrefix: prefix) }
-            XCTAssertTrue(error?.message.contains(objectName) ?? false, "\(label): names the region: \(String(describing: error))")
+            XCTAssertTrue(
+                error?.message.contains(objectName) ?? false, "\(label): names the region: \(String(describing: error))"
+            )
             if let error { seen.insert(error.message) }
             XCTAssertEqual(objectBytes(objectName), bytes, "\(label): a refused open changes nothing")
             // The same check through a descriptor.
@@ -464,7 +490,9 @@ final class SharedRegionTests: ShmTestCase {
         var fds: [Int32] = [0, 0]
         XCTAssertEqual(pipe(&fds), 0)
         defer { fds.forEach { close($0) } }
-        assertRegionError(.badMagic, "a pipe") { _ = try SharedRegion.open(fileDescriptor: FileDescriptor(rawValue: fds[0])) }
+        assertRegionError(.badMagic, "a pipe") {
+            _ = try SharedRegion.open(fileDescriptor: FileDescriptor(rawValue: fds[0]))
+        }
         assertRegionError(.systemCallFailed, "a closed descriptor") {
             _ = try SharedRegion.open(fileDescriptor: FileDescriptor(rawValue: 9999))
         }
@@ -495,18 +523,31 @@ final class SharedRegionTests: ShmTestCase {
         XCTAssertEqual(try SharedRegion.open(name: "fallback", namePrefix: prefix).pageKind, fallback.pageKind)
 
         let strictNamed = assertRegionError(.hugePagesUnavailable) {
-            _ = try SharedRegion.create(name: "strict", configuration { $0.hugePages = .explicit2MiB; $0.fallback = false })
+            _ = try SharedRegion.create(
+                name: "strict",
+                configuration {
+                    $0.hugePages = .explicit2MiB
+                    $0.fallback = false
+                })
         }
         XCTAssertTrue(strictNamed?.message.contains("anonymous region") ?? false, "\(String(describing: strictNamed))")
         if !thp {
             let error = assertRegionError(.hugePagesUnavailable) {
-                _ = try SharedRegion.createAnonymous(configuration { $0.hugePages = .transparent; $0.fallback = false })
+                _ = try SharedRegion.createAnonymous(
+                    configuration {
+                        $0.hugePages = .transparent
+                        $0.fallback = false
+                    })
             }
             XCTAssertTrue(error?.message.contains("shmem_enabled") ?? false, "\(String(describing: error))")
         }
         if free2MiB == 0 {
             let error = assertRegionError(.insufficientSpace) {
-                _ = try SharedRegion.createAnonymous(configuration { $0.hugePages = .explicit2MiB; $0.fallback = false })
+                _ = try SharedRegion.createAnonymous(
+                    configuration {
+                        $0.hugePages = .explicit2MiB
+                        $0.fallback = false
+                    })
             }
             XCTAssertTrue(
                 error?.message.contains("needs 4 MiB of 2 MiB huge pages (2 pages) but the pool has 0 free") ?? false,
@@ -530,7 +571,10 @@ final class SharedRegionTests: ShmTestCase {
         try {
             // 2 MiB of data + the header page: two huge pages, reserved at once (no SIGBUS later).
             let region = try SharedRegion.createAnonymous(
-                configuration(dataSize: 2 << 20) { $0.hugePages = .explicit2MiB; $0.fallback = false })
+                configuration(dataSize: 2 << 20) {
+                    $0.hugePages = .explicit2MiB
+                    $0.fallback = false
+                })
             XCTAssertEqual(region.pageKind, .explicit2MiB)
             XCTAssertEqual(region.geometry.pageSize, 2 << 20)
             XCTAssertEqual(region.geometry.dataOffset, 2 << 20)
@@ -541,20 +585,27 @@ final class SharedRegionTests: ShmTestCase {
                 $0.initializeMemory(as: UInt8.self, repeating: 0x77)
             }
             let child = try HelperProcess.run(
-                ["fd", "3", "print-header", "expect", "\(region.geometry.dataOffset)", "\(2 << 20)", "\(0x77)",
-                 "data-area", "rw", "fill", "\(region.geometry.totalSize - 1)", "1", "1"],
+                [
+                    "fd", "3", "print-header", "expect", "\(region.geometry.dataOffset)", "\(2 << 20)", "\(0x77)",
+                    "data-area", "rw", "fill", "\(region.geometry.totalSize - 1)", "1", "1",
+                ],
                 inheriting: region.fileDescriptor.rawValue)
             XCTAssertEqual(child.status, 0, "\(child)")
             XCTAssertTrue(child.output.contains("kind=explicit2MiB"), child.output)
-            XCTAssertEqual(try region.mapping.withUnsafeBytes(atOffset: region.geometry.totalSize - 1, length: 1) { $0[0] }, 1)
+            XCTAssertEqual(
+                try region.mapping.withUnsafeBytes(atOffset: region.geometry.totalSize - 1, length: 1) { $0[0] }, 1)
 
             // Automatic takes hugetlb pages when the pool holds the whole region; otherwise it falls back.
-            let automatic = try SharedRegion.createAnonymous(configuration(dataSize: 1 << 20) { $0.hugePages = .automatic })
+            let automatic = try SharedRegion.createAnonymous(
+                configuration(dataSize: 1 << 20) { $0.hugePages = .automatic })
             XCTAssertEqual(automatic.pageKind, .explicit2MiB)
             XCTAssertEqual(Backing.availableHugePages(.explicit2MiB), 0)
             let error = assertRegionError(.insufficientSpace) {
                 _ = try SharedRegion.createAnonymous(
-                    configuration(dataSize: 2 << 20) { $0.hugePages = .explicit2MiB; $0.fallback = false })
+                    configuration(dataSize: 2 << 20) {
+                        $0.hugePages = .explicit2MiB
+                        $0.fallback = false
+                    })
             }
             XCTAssertTrue(error?.message.contains("the pool has 0 free") ?? false, "\(String(describing: error))")
             let fellBack = try SharedRegion.createAnonymous(configuration { $0.hugePages = .automatic })

@@ -34,7 +34,8 @@ class ShmTestCase: XCTestCase {
     }
 
     func configuration(
-        dataSize: Int = 1 << 20, metadataSize: Int = 60 << 10, _ edit: (inout SharedRegion.Configuration) -> Void = { _ in }
+        dataSize: Int = 1 << 20, metadataSize: Int = 60 << 10,
+        _ edit: (inout SharedRegion.Configuration) -> Void = { _ in }
     ) -> SharedRegion.Configuration {
         var configuration = SharedRegion.Configuration(
             dataSize: dataSize, metadataSize: metadataSize, namePrefix: prefix, hugePages: .none)

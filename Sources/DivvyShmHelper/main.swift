@@ -3,6 +3,10 @@
 //
 //   divvy-shm-helper name <name> <prefix> OPS...     open /<prefix><name>
 //   divvy-shm-helper fd <n> OPS...                   open the region behind inherited descriptor n
+//   divvy-shm-helper create <name> <prefix> <dataSize> OPS...
+//                                                    create it (base pages, full commitment); exit 4 if it exists
+//   divvy-shm-helper open-retry <name> <prefix> OPS...
+//                                                    open it, retrying while it is missing or being initialized
 //
 // OPS (offsets are region offsets, decimal):
 //   fill <offset> <length> <byte>      write `length` copies of `byte`
@@ -16,7 +20,8 @@
 //   increment <offset> <count>         add 1 to the UInt64 there `count` times (relaxed atomic adds)
 //   print-header                       print the header's nonce and page kind on stdout
 //
-// Exit status: 0 all good, 1 a check failed, 2 a region error (printed on stderr), 3 timeout, 64 usage.
+// Exit status: 0 all good, 1 a check failed, 2 a region error (printed on stderr), 3 timeout, 4 the name was taken,
+// 64 usage.
 import Atomics
 import DivvyShm
 import SystemPackage
@@ -50,6 +55,27 @@ do {
         region = try SharedRegion.open(name: name, namePrefix: next())
     case "fd":
         region = try SharedRegion.open(fileDescriptor: FileDescriptor(rawValue: Int32(nextInt())))
+    case "create":
+        let (name, prefix, size) = (next(), next(), nextInt())
+        do {
+            region = try SharedRegion.create(
+                name: name, .init(dataSize: size, namePrefix: prefix, hugePages: .none))
+        } catch where error.code == .alreadyExists {
+            exit(4)
+        }
+    case "open-retry":
+        let (name, prefix) = (next(), next())
+        var attempts = 0
+        while true {
+            do {
+                region = try SharedRegion.open(name: name, namePrefix: prefix)
+                break
+            } catch where error.code == .notFound || error.code == .notInitialized {
+                attempts += 1
+                if attempts > 600_000 { fail(3, "timed out opening \(name): \(error)") }
+                usleep(100)
+            }
+        }
     case let other:
         fail(64, "unknown source \(other)")
     }

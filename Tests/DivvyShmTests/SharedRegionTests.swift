@@ -230,6 +230,37 @@ final class SharedRegionTests: ShmTestCase {
         XCTAssertEqual(try HelperProcess.run(["name", "nope", prefix]).status, 2)
     }
 
+    func testConcurrentCreatorsAndOpenersOfOneName() throws {
+        // Three processes race to create one name while three others open it as soon as it appears. Exactly one
+        // creator wins; no opener ever gets a half-initialized region (they retry on .notFound / .notInitialized,
+        // and any other error fails them); everyone ends up with the winner's region.
+        for round in 0..<5 {
+            let name = "race\(round)"
+            let size = "\(16 << 20)"  // large enough that fallocate takes a moment, widening the window
+            var processes: [HelperProcess] = []
+            for i in 0..<6 {
+                processes.append(
+                    try HelperProcess.spawn(
+                        i % 2 == 0
+                            ? ["create", name, prefix, size, "print-header"]
+                            : ["open-retry", name, prefix, "print-header"]))
+            }
+            let exits = processes.map { $0.wait() }
+            let creators = stride(from: 0, to: 6, by: 2).map { exits[$0] }
+            let openers = stride(from: 1, to: 6, by: 2).map { exits[$0] }
+            XCTAssertEqual(creators.filter { $0.status == 0 }.count, 1, "round \(round): \(creators)")
+            XCTAssertEqual(creators.filter { $0.status == 4 }.count, 2, "round \(round): \(creators)")
+            let region = try SharedRegion.open(name: name, namePrefix: prefix)
+            let expected = "nonce=\(region.header.nonce) kind=base"
+            for exit in creators where exit.status == 0 { XCTAssertTrue(exit.output.hasPrefix(expected), "\(exit)") }
+            for exit in openers {
+                XCTAssertEqual(exit.status, 0, "round \(round): \(exit)")
+                XCTAssertTrue(exit.output.hasPrefix(expected), "round \(round): \(exit) vs \(expected)")
+            }
+            try region.remove()
+        }
+    }
+
     func testAtomicsInTheRegionAreExactAcrossProcesses() throws {
         // Two helper processes and this one add to one counter at once: every add lands (MAP_SHARED, one object).
         let region = try SharedRegion.create(name: "counter", configuration())

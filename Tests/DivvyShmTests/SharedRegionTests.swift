@@ -261,6 +261,29 @@ final class SharedRegionTests: ShmTestCase {
         }
     }
 
+    func testACreatorKilledAtAnyMomentLeavesNothingHalfInitializedThatOpens() throws {
+        // SIGKILL the creator of a 256 MiB region after a growing delay: whatever it left must be absent, refuse to
+        // open with .notInitialized, or be complete. `.replace` then recovers the name.
+        for (trial, delay) in [0, 200, 1_000, 5_000, 20_000, 100_000].enumerated() {
+            let name = "killed\(trial)"
+            let creator = try HelperProcess.spawn(["create", name, prefix, "\(256 << 20)"])
+            usleep(UInt32(delay))
+            kill(creator.pid, SIGKILL)
+            let exit = creator.wait()
+            do {
+                let region = try SharedRegion.open(name: name, namePrefix: prefix)
+                XCTAssertEqual(region.geometry.dataSize, 256 << 20, "a region that opens is complete")
+                XCTAssertEqual(region.header.creatorPID, creator.pid)
+            } catch let error as SharedRegionError {
+                XCTAssertTrue(
+                    error.code == .notFound || error.code == .notInitialized, "trial \(trial) (\(exit)): \(error)")
+            }
+            let fresh = try SharedRegion.create(name: name, configuration { $0.ifExists = .replace })
+            XCTAssertEqual(try SharedRegion.open(name: name, namePrefix: prefix).header.nonce, fresh.header.nonce)
+            try fresh.remove()
+        }
+    }
+
     func testAtomicsInTheRegionAreExactAcrossProcesses() throws {
         // Two helper processes and this one add to one counter at once: every add lands (MAP_SHARED, one object).
         let region = try SharedRegion.create(name: "counter", configuration())

@@ -228,8 +228,14 @@ public final class SharedRegion: @unchecked Sendable {
         let fd = try createObject(objectName, configuration, kind: kind, describing: what)
         // From here on, a failure must leave nothing behind.
         func discard() {
+            // Unlink only if the name still refers to our object: a concurrent `.replace` may have put its own there.
+            if let objectName, case .success(let ours) = systemFstat(fd),
+                case .success(let named) = systemStat(Backing.shmDirectory + objectName),
+                ours.st_ino == named.st_ino && ours.st_dev == named.st_dev
+            {
+                _ = systemShmUnlink(objectName)
+            }
             systemClose(fd)
-            if let objectName { _ = systemShmUnlink(objectName) }
         }
         do throws(SharedRegionError) {
             if case .failure(let error) = systemFchmod(fd, mode: mode_t(configuration.mode.rawValue)) {

@@ -62,6 +62,12 @@ internal func systemFstat(_ fd: Int32) -> Result<stat, Errno> {
     return valueOrErrno { fstat(fd, &info) }.map { _ in info }
 }
 
+/// stat(2).
+internal func systemStat(_ path: String) -> Result<stat, Errno> {
+    var info = stat()
+    return valueOrErrno { stat(path, &info) }.map { _ in info }
+}
+
 /// fcntl(2) with an int argument, through the C shim (fcntl is variadic).
 internal func systemFcntl(_ fd: Int32, _ command: Int32, _ argument: Int32 = 0) -> Result<Int32, Errno> {
     valueOrErrno { divvy_fcntl_int(fd, command, argument) }

@@ -5,6 +5,7 @@
 //   divvy-shm-helper fd <n> OPS...                   open the region behind inherited descriptor n
 //   divvy-shm-helper create <name> <prefix> <dataSize> OPS...
 //                                                    create it (base pages, full commitment); exit 4 if it exists
+//   divvy-shm-helper create-lazy <name> <prefix> <dataSize> OPS...      the same with lazy commitment
 //   divvy-shm-helper open-retry <name> <prefix> OPS...
 //                                                    open it, retrying while it is missing or being initialized
 //
@@ -19,6 +20,9 @@
 //                                      read-only mapping must kill the process with SIGSEGV)
 //   increment <offset> <count>         add 1 to the UInt64 there `count` times (relaxed atomic adds)
 //   print-header                       print the header's nonce and page kind on stdout
+//
+// With DIVVY_HELPER_ADDRESS_SPACE_LIMIT=<bytes> in the environment, RLIMIT_AS is set to that first (so that a test
+// can make mmap fail half-way through creating a region).
 //
 // Exit status: 0 all good, 1 a check failed, 2 a region error (printed on stderr), 3 timeout, 4 the name was taken,
 // 64 usage.
@@ -47,6 +51,11 @@ func nextInt() -> Int {
     return value
 }
 
+if let limit = getenv("DIVVY_HELPER_ADDRESS_SPACE_LIMIT").flatMap({ rlim_t(String(cString: $0)) }) {
+    var rlimit = rlimit(rlim_cur: limit, rlim_max: limit)
+    guard setrlimit(__rlimit_resource_t(RLIMIT_AS.rawValue), &rlimit) == 0 else { fail(64, "setrlimit(RLIMIT_AS, \(limit)) failed") }
+}
+
 do {
     let region: SharedRegion
     switch next() {
@@ -55,11 +64,14 @@ do {
         region = try SharedRegion.open(name: name, namePrefix: next())
     case "fd":
         region = try SharedRegion.open(fileDescriptor: FileDescriptor(rawValue: Int32(nextInt())))
-    case "create":
+    case let source where source == "create" || source == "create-lazy":
         let (name, prefix, size) = (next(), next(), nextInt())
         do {
             region = try SharedRegion.create(
-                name: name, .init(dataSize: size, namePrefix: prefix, hugePages: .none))
+                name: name,
+                .init(
+                    dataSize: size, namePrefix: prefix, hugePages: .none,
+                    commitment: source == "create" ? .full : .lazy))
         } catch where error.code == .alreadyExists {
             exit(4)
         }

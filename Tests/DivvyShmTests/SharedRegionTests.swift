@@ -449,6 +449,17 @@ final class SharedRegionTests: ShmTestCase {
         XCTAssertTrue(anonymous?.message.contains("of memory available") ?? false, "\(String(describing: anonymous))")
     }
 
+    func testAFailureAfterTheObjectExistsRemovesIt() throws {
+        // In a helper whose address space is capped at 2 GiB, a lazy 8 GiB region passes every space check and is
+        // created, but cannot be mapped: creation fails, and the object it had created is gone.
+        let exit = try HelperProcess.spawn(
+            ["create-lazy", "unmappable", prefix, "\(8 << 30)"], environment: ["DIVVY_HELPER_ADDRESS_SPACE_LIMIT": "\(2 << 30)"]
+        ).wait()
+        XCTAssertEqual(exit.status, 2, "\(exit)")
+        XCTAssertFalse(exists("unmappable"), "no object is left behind")
+        XCTAssertTrue(shmObjects().isEmpty, "\(shmObjects())")
+    }
+
     func testByteCountsInMessages() {
         XCTAssertEqual(formatByteCount(1 << 30), "1 GiB")
         XCTAssertEqual(formatByteCount(64 << 20), "64 MiB")

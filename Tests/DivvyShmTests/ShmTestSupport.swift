@@ -96,7 +96,9 @@ struct HelperProcess {
 
     /// Spawns the helper with `arguments` (posix_spawn). When `inheriting` is given, that descriptor becomes the
     /// child's fd 3 (dup2 in the spawn file actions, which also clears close-on-exec); stdout is captured.
-    static func spawn(_ arguments: [String], inheriting fd: Int32? = nil) throws -> HelperProcess {
+    static func spawn(
+        _ arguments: [String], inheriting fd: Int32? = nil, environment extra: [String: String] = [:]
+    ) throws -> HelperProcess {
         let path = executablePath
         guard FileManager.default.isExecutableFile(atPath: path) else {
             throw NSError(domain: "divvy-shm-helper not found at \(path)", code: 1)
@@ -123,6 +125,7 @@ struct HelperProcess {
         var variables: [String] = ProcessInfo.processInfo.environment.filter { $0.key != "SWIFT_BACKTRACE" }
             .map { "\($0.key)=\($0.value)" }
         variables.append("SWIFT_BACKTRACE=enable=no")
+        variables += extra.map { "\($0.key)=\($0.value)" }
         let environment: [UnsafeMutablePointer<CChar>?] = variables.map { strdup($0) } + [nil]
         defer { environment.forEach { free($0) } }
         let result = posix_spawn(&pid, path, &actions, nil, argv, environment)

@@ -3,7 +3,6 @@
 #define _GNU_SOURCE
 #endif
 #include <errno.h>
-#include <fcntl.h>
 #include <sys/mman.h>
 #include <linux/mman.h>
 
@@ -30,6 +29,8 @@ int divvy_madv_populate_write(void) { return MADV_POPULATE_WRITE; }
 int divvy_errno(void) { return errno; }
 
 // --- Shared-memory regions (DivvyShm) -------------------------------------------------------------------------
+#include <fcntl.h>
+
 #ifndef MFD_HUGE_2MB
 #define MFD_HUGE_2MB (21U << 26) // include/uapi/linux/memfd.h: log2(size) << MFD_HUGE_SHIFT
 #endif

@@ -44,8 +44,8 @@ unsigned int divvy_mfd_hugetlb(void);
 unsigned int divvy_mfd_huge_2mb(void);
 unsigned int divvy_mfd_huge_1gb(void);
 
-/// fallocate(2) with mode 0 (allocate the range, extending nothing past the file size when it is already large
-/// enough): declared only under _GNU_SOURCE. Returns 0, or -1 with errno set.
+/// fallocate(2) with mode 0: allocates backing blocks for the range (extending the file if the range ends past it).
+/// Declared only under _GNU_SOURCE. Returns 0, or -1 with errno set.
 int divvy_fallocate(int fd, int64_t offset, int64_t length);
 
 /// fcntl(2) file-sealing commands and seals (F_ADD_SEALS, F_GET_SEALS, F_SEAL_*), _GNU_SOURCE macros.

@@ -54,11 +54,42 @@ internal enum Backing {
         }
     }
 
-    /// Whether shmem (tmpfs, memfd) may get transparent huge pages: `shmem_enabled` selects `always`,
-    /// `within_size`, `advise` or `force`. `never` and `deny` (or an unreadable file) mean no.
-    static func transparentHugePagesForShmem() -> Bool {
-        guard let text = readSmallTextFile("/sys/kernel/mm/transparent_hugepage/shmem_enabled") else { return false }
-        return ["[always]", "[within_size]", "[advise]", "[force]"].contains { text.contains($0) }
+    /// Whether a region may get transparent huge pages (of the PMD size, `OSAllocator.transparentHugePageSize`).
+    ///
+    /// - Anonymous (memfd) regions live on the kernel's internal shmem mount, governed by
+    ///   `/sys/kernel/mm/transparent_hugepage/shmem_enabled`: `always`, `within_size` or `advise` allow them (we
+    ///   advise). Since Linux 6.x a per-size knob `hugepages-<size>kB/shmem_enabled` can override it unless it says
+    ///   `inherit`.
+    /// - Named regions live in the /dev/shm tmpfs mount, governed by its `huge=` mount option (`always`,
+    ///   `within_size`, `advise`), which is absent (never) by default.
+    /// - `shmem_enabled` `force` forces them everywhere; `deny` forbids them everywhere.
+    static func transparentHugePagesForShmem(named: Bool) -> Bool {
+        let allowing = ["always", "within_size", "advise"]
+        let global = selected(in: readSmallTextFile("/sys/kernel/mm/transparent_hugepage/shmem_enabled"))
+        if global == "force" { return true }
+        if global == "deny" || global == nil { return false }
+        if named {
+            // The last /dev/shm entry in /proc/self/mounts is the one in effect.
+            guard let mounts = readSmallTextFile("/proc/self/mounts") else { return false }
+            let entry = mounts.split(separator: "\n").last { $0.split(separator: " ").dropFirst().first == "/dev/shm" }
+            guard let options = entry?.split(separator: " ").dropFirst(3).first else { return false }
+            let huge = options.split(separator: ",").first { $0.hasPrefix("huge=") }?.dropFirst(5)
+            return huge.map { allowing.contains(String($0)) } ?? false
+        }
+        let perSize = selected(
+            in: readSmallTextFile(
+                "/sys/kernel/mm/transparent_hugepage/hugepages-\(OSAllocator.transparentHugePageSize / 1024)kB/"
+                    + "shmem_enabled"))
+        if let perSize, perSize != "inherit" { return allowing.contains(perSize) }
+        return allowing.contains(global!)
+    }
+
+    /// The bracketed word of a sysfs selection (`"always [advise] never"` → `"advise"`), or nil.
+    static func selected(in text: String?) -> String? {
+        guard let text, let open = text.firstIndex(of: "["), let close = text[open...].firstIndex(of: "]") else {
+            return nil
+        }
+        return String(text[text.index(after: open)..<close])
     }
 
     /// The sysfs directory of the hugetlb pool for `kind`.

@@ -39,8 +39,9 @@ import Musl
 /// ## Pages
 /// `HugePages.automatic` (the default) uses explicit 2 MiB hugetlb pages when the pool (`vm.nr_hugepages`) has
 /// enough free pages for the whole region (anonymous regions only: /dev/shm is a tmpfs, not hugetlbfs), then
-/// transparent huge pages when `/sys/kernel/mm/transparent_hugepage/shmem_enabled` allows them for shared memory,
-/// then base pages. `pageKind` reports what was used. Hugetlb pages are always reserved when the region is mapped,
+/// transparent huge pages when the kernel allows them for this kind of shared memory (anonymous regions:
+/// `/sys/kernel/mm/transparent_hugepage/shmem_enabled`; named regions: the `huge=` mount option of /dev/shm), then
+/// base pages. `pageKind` reports what was used. Hugetlb pages are always reserved when the region is mapped,
 /// whatever the commitment, so they never SIGBUS either. The data area is aligned to the page size of the kind.
 ///
 /// ## Header
@@ -71,7 +72,9 @@ public final class SharedRegion: @unchecked Sendable {
 
     /// How much of a new region is backed by real pages at creation.
     public enum Commitment: Hashable, Sendable {
-        /// Every page is allocated (`fallocate`) at creation, after checking the space: no SIGBUS later.
+        /// Every page is allocated at creation, after checking the space: no SIGBUS later. Base pages are allocated
+        /// with `fallocate`; transparent huge pages by populating the advised mapping (`MADV_POPULATE_WRITE`),
+        /// because pages that fallocate allocates without a mapping are never huge under `shmem_enabled=advise`.
         case full
         /// Lazy reservation: only the header and metadata area are allocated; data pages are allocated when first
         /// touched. Touching data when the backing store is full raises SIGBUS. Hugetlb regions are still reserved.
@@ -246,9 +249,11 @@ public final class SharedRegion: @unchecked Sendable {
                     error == .noSpace || error == .fileTooLarge ? .insufficientSpace : .systemCallFailed,
                     "could not size \(what) to \(formatByteCount(geometry.totalSize)) with ftruncate", cause: error)
             }
-            try commitPages(
-                fd, offset: 0, length: hugeTLB && configuration.commitment == .lazy ? 0 : committed,
-                named: objectName != nil, describing: what)
+            // Transparent huge pages are committed below, by populating the advised mapping: fallocate has no
+            // mapping to consult, so under shmem_enabled=advise it would allocate base pages, which then can never
+            // be mapped huge. Lazy hugetlb needs nothing: mmap reserves the pages.
+            let allocateNow = kind == .transparent || (hugeTLB && configuration.commitment == .lazy) ? 0 : committed
+            try commitPages(fd, offset: 0, length: allocateNow, named: objectName != nil, describing: what)
             if objectName == nil && !hugeTLB {
                 // Seal the size so that no holder of the descriptor can truncate the region under a mapping
                 // (which would SIGBUS every process), nor grow it past what was checked.
@@ -260,7 +265,8 @@ public final class SharedRegion: @unchecked Sendable {
             let mapping = try SharedMapping.map(
                 fd: fd, regionOffset: 0, length: geometry.totalSize, access: .readWrite, describing: what)
             try prepare(
-                mapping, kind: kind, prefaultLength: configuration.prefault ? committed : 0, describing: what)
+                mapping, kind: kind, prefaultLength: configuration.prefault || kind == .transparent ? committed : 0,
+                describing: what)
             let header = SharedRegionHeader(
                 geometry: geometry, pageKind: kind, isLazy: configuration.commitment == .lazy,
                 isAnonymous: objectName == nil, creatorPID: currentProcessID(), creationTime: realtimeNanoseconds(),
@@ -322,11 +328,16 @@ public final class SharedRegion: @unchecked Sendable {
             case .base:
                 return (kind, geometry)
             case .transparent:
-                if Backing.transparentHugePagesForShmem() { return (kind, geometry) }
+                if Backing.transparentHugePagesForShmem(named: named) { return (kind, geometry) }
                 refusal = SharedRegionError(
                     .hugePagesUnavailable,
-                    "\(what) asked for transparent huge pages but /sys/kernel/mm/transparent_hugepage/shmem_enabled "
-                        + "does not allow them for shared memory; set it to 'advise', or allow fallback")
+                    named
+                        ? "\(what) asked for transparent huge pages but \(Backing.shmDirectory) is not mounted with "
+                            + "huge=advise (or always, within_size); remount it so, create an anonymous region, "
+                            + "or allow fallback"
+                        : "\(what) asked for transparent huge pages but "
+                            + "/sys/kernel/mm/transparent_hugepage/shmem_enabled does not allow them for shared "
+                            + "memory; set it to 'advise', or allow fallback")
             case .explicit2MiB, .explicit1GiB:
                 if named {
                     refusal = SharedRegionError(
@@ -438,6 +449,9 @@ public final class SharedRegion: @unchecked Sendable {
     }
 
     /// THP advice and prefaulting for a fresh mapping of a region.
+    ///
+    /// Populating (`MADV_POPULATE_WRITE`) also allocates the pages in the object, so it commits as fallocate does:
+    /// a page that cannot be allocated fails the call with ENOMEM or EFAULT instead of raising SIGBUS.
     private static func prepare(
         _ mapping: SharedMapping, kind: OSAllocator.PageKind, prefaultLength: Int, describing what: String
     ) throws(SharedRegionError) {
@@ -450,7 +464,9 @@ public final class SharedRegion: @unchecked Sendable {
         if case .failure(let error) = systemMadvise(mapping.base, length: prefaultLength, advice: advice) {
             throw SharedRegionError(
                 error == .noMemory || error == .badAddress ? .insufficientSpace : .systemCallFailed,
-                "could not prefault \(formatByteCount(prefaultLength)) of \(what)", cause: error)
+                "could not populate \(formatByteCount(prefaultLength)) of \(what); the backing store or memory "
+                    + "is exhausted: free some, or pass a smaller size",
+                cause: error)
         }
     }
 
@@ -623,6 +639,21 @@ public final class SharedRegion: @unchecked Sendable {
         }
         let hugeTLB = pageKind == .explicit2MiB || pageKind == .explicit1GiB
         if !hugeTLB { try Backing.checkTmpfsSpace(length, named: objectName != nil, describing: describing) }
+        if pageKind == .transparent && length > 0 {
+            // Through the advised mapping, so the pages can be huge (see `create`). Page-aligned outward.
+            let start = offset & ~(OSAllocator.pageSize - 1)
+            let end = min(geometry.totalSize, (offset + length + OSAllocator.pageSize - 1) & ~(OSAllocator.pageSize - 1))
+            if case .failure(let error) = systemMadvise(
+                mapping.base + start, length: end - start, advice: RegionFlags.advisePopulateWrite)
+            {
+                throw SharedRegionError(
+                    error == .noMemory || error == .badAddress ? .insufficientSpace : .systemCallFailed,
+                    "could not commit \(formatByteCount(length)) at offset \(offset) of \(describing); the backing "
+                        + "store or memory is exhausted: free some, or commit less",
+                    cause: error)
+            }
+            return
+        }
         try Self.commitPages(
             fileDescriptor.rawValue, offset: offset, length: length, named: objectName != nil, describing: describing)
     }

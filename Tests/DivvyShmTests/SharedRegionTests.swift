@@ -575,16 +575,20 @@ final class SharedRegionTests: ShmTestCase {
 
     func testPageKindFallsBackToBasePagesAndReportsIt() throws {
         let free2MiB = readInt("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages") ?? 0
-        let thp = shmemTransparentHugePages
+        // This machine: shmem_enabled [never], /dev/shm without huge=: no transparent huge pages for any region.
+        let thp = shmemTransparentHugePages || devShmHugeOption
         let automatic = try SharedRegion.createAnonymous(configuration { $0.hugePages = .automatic })
         if free2MiB == 0 && !thp {
             XCTAssertEqual(automatic.pageKind, .base, "no hugetlb pool, shmem THP off: base pages")
             XCTAssertEqual(automatic.geometry.pageSize, page)
         }
         let named = try SharedRegion.create(name: "auto", configuration { $0.hugePages = .automatic })
-        XCTAssertEqual(named.pageKind, thp ? .transparent : .base, "named regions never get hugetlb pages")
         let fallback = try SharedRegion.create(name: "fallback", configuration { $0.hugePages = .explicit2MiB })
-        XCTAssertEqual(fallback.pageKind, thp ? .transparent : .base)
+        if !thp {
+            XCTAssertEqual(named.pageKind, .base, "named regions never get hugetlb pages")
+            XCTAssertEqual(fallback.pageKind, .base)
+        }
+        XCTAssertNotEqual(named.pageKind, .explicit2MiB)
         XCTAssertEqual(try SharedRegion.open(name: "fallback", namePrefix: prefix).pageKind, fallback.pageKind)
 
         let strictNamed = assertRegionError(.hugePagesUnavailable) {
@@ -619,6 +623,58 @@ final class SharedRegionTests: ShmTestCase {
                 "\(String(describing: error))")
         }
         XCTAssertFalse(exists("strict"))
+    }
+
+    func testTransparentHugePagesWhenShmemAllowsThem() throws {
+        // Needs root: switches shmem THP to `advise` for the duration of the test and puts the old choice back.
+        let knob = "/sys/kernel/mm/transparent_hugepage/shmem_enabled"
+        guard getuid() == 0, let text = readText(knob), let open = text.firstIndex(of: "["),
+            let close = text.firstIndex(of: "]")
+        else { throw XCTSkip("needs root and \(knob)") }
+        let original = String(text[text.index(after: open)..<close])
+        guard writeText(knob, "advise\n"), readText(knob)?.contains("[advise]") == true else {
+            throw XCTSkip("cannot write \(knob)")
+        }
+        defer {
+            _ = writeText(knob, original + "\n")
+            XCTAssertTrue(readText(knob)?.contains("[\(original)]") == true, "shmem_enabled must be restored")
+        }
+        let thpSize = OSAllocator.transparentHugePageSize
+        try {
+            let region = try SharedRegion.createAnonymous(
+                configuration(dataSize: 4 << 20) {
+                    $0.hugePages = .transparent
+                    $0.fallback = false
+                })
+            XCTAssertEqual(region.pageKind, .transparent)
+            XCTAssertEqual(region.geometry.pageSize, thpSize)
+            XCTAssertEqual(region.geometry.dataOffset % thpSize, 0)
+            let g = region.geometry
+            try region.mapping.withUnsafeMutableBytes(atOffset: g.dataOffset, length: g.dataSize) {
+                $0.initializeMemory(as: UInt8.self, repeating: 0x44)
+            }
+            let child = try HelperProcess.run(
+                ["fd", "3", "print-header", "expect", "\(g.dataOffset)", "\(g.dataSize)", "\(0x44)"],
+                inheriting: region.fileDescriptor.rawValue)
+            XCTAssertEqual(child.status, 0, "\(child)")
+            XCTAssertTrue(child.output.contains("kind=transparent"), child.output)
+            let pmd = smapsField("ShmemPmdMapped", from: UInt(bitPattern: region.mapping.base), length: g.totalSize)
+                + smapsField("FilePmdMapped", from: UInt(bitPattern: region.mapping.base), length: g.totalSize)
+            XCTAssertGreaterThan(pmd, 0, "touched, advised shmem gets huge pages when shmem_enabled allows them")
+
+            // The /dev/shm mount has its own switch (huge=); without it named regions cannot have THP.
+            if !devShmHugeOption {
+                let error = assertRegionError(.hugePagesUnavailable) {
+                    _ = try SharedRegion.create(
+                        name: "thp",
+                        configuration {
+                            $0.hugePages = .transparent
+                            $0.fallback = false
+                        })
+                }
+                XCTAssertTrue(error?.message.contains("huge=advise") ?? false, "\(String(describing: error))")
+            }
+        }()
     }
 
     func testHugeTLBRegionWhenThePoolCanBeRaised() throws {

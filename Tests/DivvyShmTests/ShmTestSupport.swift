@@ -187,3 +187,25 @@ var shmemTransparentHugePages: Bool {
 func objectBytes(_ objectName: String) -> [UInt8]? {
     FileManager.default.contents(atPath: "/dev/shm" + objectName).map { [UInt8]($0) }
 }
+
+/// Whether /dev/shm is mounted with a `huge=` option that allows transparent huge pages.
+var devShmHugeOption: Bool {
+    let entry = (readText("/proc/self/mounts") ?? "").split(separator: "\n").last { $0.contains(" /dev/shm ") }
+    return ["huge=always", "huge=within_size", "huge=advise"].contains { entry?.contains($0) ?? false }
+}
+
+/// The sum of a /proc/self/smaps field (kB) over the mappings that overlap `[start, start + length)`.
+func smapsField(_ field: String, from start: UInt, length: Int) -> Int {
+    var total = 0
+    var inside = false
+    for line in (readText("/proc/self/smaps") ?? "").split(separator: "\n") {
+        let words = line.split(separator: " ")
+        if let range = words.first, range.contains("-"), !range.hasSuffix(":") {
+            let bounds = range.split(separator: "-").compactMap { UInt($0, radix: 16) }
+            inside = bounds.count == 2 && bounds[0] < start + UInt(length) && start < bounds[1]
+        } else if inside, line.hasPrefix(field + ":"), words.count >= 2 {
+            total += Int(words[1]) ?? 0
+        }
+    }
+    return total
+}

@@ -13,6 +13,7 @@ let package = Package(
     products: [
         .library(name: "Divvy", targets: ["Divvy"]),
         .executable(name: "divvy-demo", targets: ["DivvyDemo"]),
+        .library(name: "DivvyShm", targets: ["DivvyShm"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
@@ -55,6 +56,38 @@ let package = Package(
                 "Divvy",
                 "DivvyTestSupport",
                 .product(name: "Atomics", package: "swift-atomics"),
+            ]
+        ),
+        // Shared-memory regions (POSIX shm / memfd) for the shared-memory heap.
+        .target(
+            name: "DivvyShm",
+            dependencies: [
+                "Divvy",
+                "CDivvy",
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            swiftSettings: [
+                .define("DIVVY_INTERNAL_CHECKS", .when(configuration: .debug)),
+            ]
+        ),
+        // A second process for DivvyShmTests: maps a region by name or inherited descriptor, reads and writes it.
+        .executableTarget(
+            name: "divvy-shm-helper",
+            dependencies: [
+                "DivvyShm",
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            path: "Sources/DivvyShmHelper"
+        ),
+        .testTarget(
+            name: "DivvyShmTests",
+            dependencies: [
+                "DivvyShm",
+                "divvy-shm-helper",
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
     ]

@@ -1,0 +1,613 @@
+import Atomics
+import Divvy
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A heap that lives entirely in a `SharedRegion`: size-classed blocks in fixed pages of the data area, all its
+/// bookkeeping in the metadata area, used by several processes (and threads) at once without locks.
+///
+/// ```swift
+/// let region = try SharedRegion.create(name: "cache", .init(dataSize: 64 << 20, metadataSize: 8 << 20))
+/// let heap = try SharedHeap.create(in: region)             // formats the metadata area
+/// let me = try heap.join(name: "writer")                   // a participant: one per thread
+/// let handle = try me.allocate(200)                        // a 64-bit handle, valid in every process
+/// try heap.pointer(for: handle).storeBytes(of: 42, as: UInt64.self)
+/// // another process: try SharedHeap.attach(to: SharedRegion.open(name: "cache")).join(name: "reader")
+/// //   .adopt(handle) … .free(handle)
+/// try me.free(handle)                                      // the last holder's free releases the block
+/// print(heap.verify())                                     // read-only audit
+/// ```
+///
+/// ## Design
+///
+/// - **Offsets only.** Handles are `generation << 32 | (data offset / 16)`; the metadata uses offsets and slot
+///   indices. Any process maps the region anywhere.
+/// - **Pages.** The data area is cut into `pageSize` pages. A free page sits in a lock-free page pool
+///   (`UnsafeLockFreeIndexStack`, a tagged Treiber stack of page indices). A participant that needs room pops a
+///   page, dedicates it to one size class and becomes its *owner*.
+/// - **Local/shared split.** Only the owner pops blocks, from the page's local free list (plain reads and
+///   relaxed stores, no read-modify-write). Anyone frees into the page's remote-free stack with a CAS push; the
+///   owner takes the whole stack with one exchange — ABA-free because there is one consumer taking whole lists.
+/// - **Block words.** Each block slot has a `UInt64` in metadata: generation (32 bits) | holder mask (30 bits,
+///   one per participant) | state (free / allocated / freeing). Allocating, adopting and dropping a holding are
+///   each one store or one compare-and-exchange of that word, which also checks the generation (stale handles)
+///   and the state (double frees) in the same atomic step.
+///
+/// ## Why a holder *mask* and not a reference count
+///
+/// The brief asked for a reference count. A count cannot be recovered after a crash: a participant that dies
+/// between its `count += 1` and the store that records the holding in its held list leaves recovery unable to
+/// tell whether the increment happened (other participants change the count concurrently, so its value proves
+/// nothing). A bit per participant is idempotent and attributable: recovery clears the dead participant's bit
+/// if it is set, whatever step it died at. The price is at most 30 participants per heap (a daemon shards
+/// clients over several heaps, or a later version moves to a two-word scheme). The reference count is the
+/// popcount of the mask.
+///
+/// ## What recovery (next round) will do with this layout
+///
+/// Given a dead participant `p` (state word CAS alive → dead first, so it cannot be recovered twice):
+/// 1. **In-flight step.** `pending` holds the handle of the one operation `p` was in (allocate, adopt or free;
+///    0 = none), stored before the block word is touched and cleared after the held list is updated. Recovery
+///    treats that handle like a held-list entry (step 2); the bit tells it whether the step took effect.
+///    A block found in state *freeing* whose handle is `p`'s pending handle may or may not have been pushed onto
+///    its page's remote stack: recovery, having taken the page over as its single consumer (step 3), walks that
+///    stack and pushes the block if it is absent.
+/// 2. **Holdings.** For each handle in `p`'s held list (and the pending one): CAS the block word to clear bit `p`
+///    (generation checked). If the mask becomes empty, the block is freed like any remote free. Blocks that
+///    survivors hold keep their other bits: never freed under them.
+/// 3. **Pages.** Pages whose state word names `p` as owner become orphans (one store). The page's local list
+///    and counters live in metadata and are written only by the owner, so they are exactly as `p` left them
+///    except for the one slot `p` may have been popping: a slot below `carved` that is in no list and whose block
+///    word is free is such a slot, and is put back on the local list. The next participant that adopts the
+///    orphan (CAS orphan → owned, done by `allocate` already) continues from there.
+/// 4. Clear `pending`, empty the held list, store the participant slot free.
+///
+/// `verify()` already checks every invariant recovery must restore, so "recover, then verify" is the test.
+///
+/// ## Thread safety
+///
+/// `SharedHeap` is `Sendable`: its own state is immutable, and the shared memory is accessed only atomically.
+/// A `Participant` is not: one thread uses it at a time (one participant per thread).
+public final class SharedHeap: @unchecked Sendable {
+    /// The region the heap lives in (kept alive by the heap).
+    public let region: SharedRegion
+    @usableFromInline internal let layout: SharedHeapLayout
+    /// The start of the metadata area in this mapping.
+    @usableFromInline internal let meta: UnsafeMutableRawPointer
+    /// The start of the data area in this mapping.
+    @usableFromInline internal let data: UnsafeMutableRawPointer
+    @usableFromInline internal let pool: UnsafeLockFreeIndexStack
+
+    /// `"DVHEAP01"`, little endian.
+    internal static let magic: UInt64 = 0x3130_5041_4548_5644
+    /// The layout version this code reads and writes.
+    public static let layoutVersion: UInt32 = 1
+
+    private init(region: SharedRegion, layout: SharedHeapLayout, meta: UnsafeMutableRawPointer,
+                 data: UnsafeMutableRawPointer, pool: UnsafeLockFreeIndexStack) {
+        self.region = region
+        self.layout = layout
+        self.meta = meta
+        self.data = data
+        self.pool = pool
+    }
+
+    // MARK: Create and attach
+
+    /// The bytes of metadata a heap needs for `configuration` on a data area of `dataSize` bytes.
+    public static func requiredMetadataSize(dataSize: Int, configuration: SharedHeapConfiguration = .init()) -> Int {
+        let pages = max(1, dataSize / max(1, configuration.pageSize))
+        guard let smallest = configuration.sizeClasses.first, smallest > 0 else { return 0 }
+        return SharedHeapLayout(
+            pageSize: configuration.pageSize, pageCount: pages, classSizes: configuration.sizeClasses,
+            participantCapacity: configuration.participantCapacity, heldCapacity: configuration.heldCapacity,
+            dataOffset: 0
+        ).totalBytes
+    }
+
+    /// Formats a heap in `region`'s metadata area: every page in the pool, every participant slot free, every
+    /// block word zero. No other process may use the metadata area until this returns; the magic number is stored
+    /// last (release), so `attach` either sees a complete heap or refuses.
+    ///
+    /// - Throws: `.invalidConfiguration` for an impossible configuration or a region too small for it (the message
+    ///   gives the sizes needed and available).
+    /// - Complexity: O(pages) (plus zeroing the metadata area).
+    public static func create(
+        in region: SharedRegion, configuration: SharedHeapConfiguration = .init()
+    ) throws(SharedHeapError) -> SharedHeap {
+        let c = configuration
+        func invalid(_ text: String) -> SharedHeapError { SharedHeapError(.invalidConfiguration, text) }
+        guard c.pageSize >= 4096, c.pageSize <= 16 << 20, c.pageSize & (c.pageSize - 1) == 0 else {
+            throw invalid("page size \(c.pageSize) must be a power of two between 4 KiB and 16 MiB")
+        }
+        guard !c.sizeClasses.isEmpty, c.sizeClasses.count <= 255,
+            c.sizeClasses.allSatisfy({ $0 >= 16 && $0 % 16 == 0 && $0 <= c.pageSize / 8 }),
+            zip(c.sizeClasses, c.sizeClasses.dropFirst()).allSatisfy({ $0 < $1 })
+        else {
+            throw invalid("size classes \(c.sizeClasses) must be 1…255 ascending multiples of 16, at most "
+                + "pageSize / 8 = \(c.pageSize / 8)")
+        }
+        guard (1...SharedHeapConfiguration.maximumParticipants).contains(c.participantCapacity),
+            c.heldCapacity >= 1, c.heldCapacity <= 1 << 24
+        else {
+            throw invalid("participant capacity \(c.participantCapacity) must be 1…30 and held capacity "
+                + "\(c.heldCapacity) 1…16M")
+        }
+        let geometry = region.geometry
+        let pageCount = geometry.dataSize / c.pageSize
+        guard pageCount >= 1, pageCount <= 1 << 24, geometry.dataSize <= 1 << 36 else {
+            throw invalid("the region's data area (\(geometry.dataSize) bytes) must hold 1…16M pages of "
+                + "\(c.pageSize) bytes and at most 64 GiB")
+        }
+        let layout = SharedHeapLayout(
+            pageSize: c.pageSize, pageCount: pageCount, classSizes: c.sizeClasses,
+            participantCapacity: c.participantCapacity, heldCapacity: c.heldCapacity,
+            dataOffset: geometry.dataOffset)
+        guard layout.totalBytes <= geometry.metadataSize else {
+            throw invalid("the heap needs \(layout.totalBytes) bytes of metadata for \(pageCount) pages of "
+                + "\(c.pageSize) bytes, but the region's metadata area has \(geometry.metadataSize); create the "
+                + "region with metadataSize >= \(layout.totalBytes) (SharedHeap.requiredMetadataSize)")
+        }
+        guard region.access == .readWrite else { throw invalid("the region is mapped read-only") }
+        let meta: UnsafeMutableRawPointer
+        let data: UnsafeMutableRawPointer
+        do {
+            meta = try region.mapping.unsafePointer(forOffset: geometry.metadataOffset, length: geometry.metadataSize)
+            data = try region.mapping.unsafePointer(forOffset: geometry.dataOffset, length: pageCount * c.pageSize)
+        } catch {
+            throw invalid("the region's mapping does not cover its metadata and data areas: \(error)")
+        }
+        // Not yet visible to anyone: the magic is still zero (or whatever it was: clear it first).
+        UnsafeAtomic<UInt64>(at: meta.assumingMemoryBound(to: UnsafeAtomic<UInt64>.Storage.self))
+            .store(0, ordering: .relaxed)
+        (meta + 8).initializeMemory(as: UInt8.self, repeating: 0, count: layout.totalBytes - 8)
+        for (index, size) in c.sizeClasses.enumerated() {
+            (meta + layout.classTableOffset + 4 * index).storeBytes(of: UInt32(size), as: UInt32.self)
+        }
+        let pool = UnsafeLockFreeIndexStack.initialize(at: meta + layout.poolOffset, capacity: pageCount)
+        for page in 0..<pageCount {
+            let descriptor = meta + layout.pagesOffset + page * SharedHeapLayout.pageStride
+            descriptor.storeBytes(of: UInt64(endOfSlots), toByteOffset: 8, as: UInt64.self)  // remote head: empty
+            descriptor.storeBytes(of: endOfSlots, toByteOffset: 16, as: UInt32.self)  // local head: empty
+        }
+        writeHeader(layout, at: meta)
+        // Ordering: releasing; pairs with the acquiring load in `attach`: whoever sees the magic sees everything.
+        UnsafeAtomic<UInt64>(at: meta.assumingMemoryBound(to: UnsafeAtomic<UInt64>.Storage.self))
+            .store(magic, ordering: .releasing)
+        return SharedHeap(region: region, layout: layout, meta: meta, data: data, pool: pool)
+    }
+
+    /// Attaches to the heap `create(in:configuration:)` formatted in `region` (possibly in another process).
+    ///
+    /// - Throws: `.corruptHeader` when the metadata area holds no heap, another layout version, a header whose
+    ///   checksum does not match, or a geometry that does not fit the region. Attaching never writes.
+    /// - Complexity: O(size classes).
+    public static func attach(to region: SharedRegion) throws(SharedHeapError) -> SharedHeap {
+        let geometry = region.geometry
+        func corrupt(_ text: String) -> SharedHeapError { SharedHeapError(.corruptHeader, text) }
+        guard geometry.metadataSize >= SharedHeapLayout.headerSize,
+            let meta = try? region.mapping.unsafePointer(
+                forOffset: geometry.metadataOffset, length: geometry.metadataSize)
+        else { throw corrupt("the region's metadata area is too small to hold a heap header") }
+        // Ordering: acquiring, pairs with the releasing store of the magic at the end of `create`.
+        let found = UnsafeAtomic<UInt64>(at: meta.assumingMemoryBound(to: UnsafeAtomic<UInt64>.Storage.self))
+            .load(ordering: .acquiring)
+        guard found == magic else {
+            throw corrupt("no heap in this region (magic 0x\(String(found, radix: 16)), expected "
+                + "0x\(String(magic, radix: 16))); create one with SharedHeap.create(in:)")
+        }
+        let version = meta.load(fromByteOffset: 8, as: UInt32.self)
+        guard version == layoutVersion else {
+            throw corrupt("heap layout version \(version); this library reads version \(layoutVersion)")
+        }
+        guard let layout = readHeader(at: meta, limit: geometry.metadataSize) else {
+            throw corrupt("the heap header's fields are impossible")
+        }
+        guard checksum(at: meta, layout: layout) == meta.load(fromByteOffset: 120, as: UInt64.self) else {
+            throw corrupt("the heap header's checksum does not match its contents: it was overwritten")
+        }
+        guard layout.dataOffset == geometry.dataOffset, layout.pageCount * layout.pageSize <= geometry.dataSize,
+            layout.totalBytes <= geometry.metadataSize,
+            let data = try? region.mapping.unsafePointer(
+                forOffset: geometry.dataOffset, length: layout.pageCount * layout.pageSize)
+        else {
+            throw corrupt("the heap's geometry (\(layout.pageCount) pages of \(layout.pageSize) bytes at offset "
+                + "\(layout.dataOffset), \(layout.totalBytes) bytes of metadata) does not fit the region "
+                + "(\(geometry))")
+        }
+        let pool: UnsafeLockFreeIndexStack
+        do { pool = try UnsafeLockFreeIndexStack.attach(at: meta + layout.poolOffset) } catch {
+            throw corrupt("the page pool is not initialized: \(error)")
+        }
+        guard pool.capacity == layout.pageCount else { throw corrupt("the page pool's capacity is wrong") }
+        return SharedHeap(region: region, layout: layout, meta: meta, data: data, pool: pool)
+    }
+
+    private static func writeHeader(_ layout: SharedHeapLayout, at meta: UnsafeMutableRawPointer) {
+        meta.storeBytes(of: layoutVersion, toByteOffset: 8, as: UInt32.self)
+        meta.storeBytes(of: UInt32(layout.pageSize), toByteOffset: 12, as: UInt32.self)
+        meta.storeBytes(of: UInt32(layout.pageCount), toByteOffset: 16, as: UInt32.self)
+        meta.storeBytes(of: UInt32(layout.classSizes.count), toByteOffset: 20, as: UInt32.self)
+        meta.storeBytes(of: UInt32(layout.participantCapacity), toByteOffset: 24, as: UInt32.self)
+        meta.storeBytes(of: UInt32(layout.heldCapacity), toByteOffset: 28, as: UInt32.self)
+        meta.storeBytes(of: UInt32(layout.maxSlots), toByteOffset: 32, as: UInt32.self)
+        let offsets = [layout.classTableOffset, layout.participantsOffset, layout.poolOffset, layout.pagesOffset,
+                       layout.blockWordsOffset, layout.linksOffset, layout.heldOffset, layout.totalBytes,
+                       layout.dataOffset]
+        for (index, offset) in offsets.enumerated() {
+            meta.storeBytes(of: UInt64(offset), toByteOffset: 40 + 8 * index, as: UInt64.self)
+        }
+        meta.storeBytes(of: checksum(at: meta, layout: layout), toByteOffset: 120, as: UInt64.self)
+    }
+
+    /// Reads the header fields and re-derives the layout from them; nil when they are impossible or the derived
+    /// offsets differ from the stored ones.
+    private static func readHeader(at meta: UnsafeMutableRawPointer, limit: Int) -> SharedHeapLayout? {
+        let pageSize = Int(meta.load(fromByteOffset: 12, as: UInt32.self))
+        let pageCount = Int(meta.load(fromByteOffset: 16, as: UInt32.self))
+        let classCount = Int(meta.load(fromByteOffset: 20, as: UInt32.self))
+        let participants = Int(meta.load(fromByteOffset: 24, as: UInt32.self))
+        let held = Int(meta.load(fromByteOffset: 28, as: UInt32.self))
+        guard pageSize >= 4096, pageSize & (pageSize - 1) == 0, pageCount >= 1, (1...255).contains(classCount),
+            (1...SharedHeapConfiguration.maximumParticipants).contains(participants), held >= 1,
+            SharedHeapLayout.headerSize + 4 * classCount <= limit
+        else { return nil }
+        let classes = (0..<classCount).map { Int(meta.load(fromByteOffset: 256 + 4 * $0, as: UInt32.self)) }
+        guard classes.allSatisfy({ $0 >= 16 && $0 % 16 == 0 && $0 <= pageSize / 8 }) else { return nil }
+        let dataOffset = Int(meta.load(fromByteOffset: 40 + 8 * 8, as: UInt64.self))
+        let layout = SharedHeapLayout(
+            pageSize: pageSize, pageCount: pageCount, classSizes: classes, participantCapacity: participants,
+            heldCapacity: held, dataOffset: dataOffset)
+        let stored = (0..<8).map { Int(meta.load(fromByteOffset: 40 + 8 * $0, as: UInt64.self)) }
+        let derived = [layout.classTableOffset, layout.participantsOffset, layout.poolOffset, layout.pagesOffset,
+                       layout.blockWordsOffset, layout.linksOffset, layout.heldOffset, layout.totalBytes]
+        guard stored == derived, Int(meta.load(fromByteOffset: 32, as: UInt32.self)) == layout.maxSlots else {
+            return nil
+        }
+        return layout
+    }
+
+    /// FNV-1a over header bytes 8..<120 and the class table.
+    private static func checksum(at meta: UnsafeMutableRawPointer, layout: SharedHeapLayout) -> UInt64 {
+        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
+        func mix(_ range: Range<Int>) {
+            for index in range {
+                hash = (hash ^ UInt64(meta.load(fromByteOffset: index, as: UInt8.self))) &* 0x100_0000_01b3
+            }
+        }
+        mix(8..<120)
+        mix(layout.classTableOffset..<(layout.classTableOffset + 4 * layout.classSizes.count))
+        return hash
+    }
+
+    // MARK: Geometry
+
+    /// The heap page size.
+    public var pageSize: Int { layout.pageSize }
+    /// The number of heap pages in the data area.
+    public var pageCount: Int { layout.pageCount }
+    /// The block sizes of the size classes, ascending.
+    public var sizeClasses: [Int] { layout.classSizes }
+    /// The largest request `allocate` serves.
+    public var largestBlockSize: Int { layout.classSizes[layout.classSizes.count - 1] }
+    /// How many participants may be joined at once.
+    public var participantCapacity: Int { layout.participantCapacity }
+    /// How many handles one participant may hold at once.
+    public var heldCapacity: Int { layout.heldCapacity }
+
+    /// The index of the smallest class that fits `size`, or nil.
+    @inlinable
+    internal func sizeClass(for size: Int) -> Int? {
+        // Binary search: the class table is short, but a linear scan of 50 entries is still 50 compares.
+        var low = 0
+        var high = layout.classSizes.count
+        while low < high {
+            let mid = (low + high) / 2
+            if layout.classSizes[mid] < size { low = mid + 1 } else { high = mid }
+        }
+        return low < layout.classSizes.count ? low : nil
+    }
+
+    // MARK: Metadata accessors
+
+    @inlinable
+    internal func word64(_ offset: Int) -> UnsafeAtomic<UInt64> {
+        UnsafeAtomic<UInt64>(at: (meta + offset).assumingMemoryBound(to: UnsafeAtomic<UInt64>.Storage.self))
+    }
+
+    @inlinable
+    internal func word32(_ offset: Int) -> UnsafeAtomic<UInt32> {
+        UnsafeAtomic<UInt32>(at: (meta + offset).assumingMemoryBound(to: UnsafeAtomic<UInt32>.Storage.self))
+    }
+
+    @inlinable internal func pageDescriptor(_ page: Int) -> Int { layout.pagesOffset + page * SharedHeapLayout.pageStride }
+    /// Page state word (see `PageWord`).
+    @inlinable internal func pageState(_ page: Int) -> UnsafeAtomic<UInt64> { word64(pageDescriptor(page)) }
+    /// Remote-free stack head: the top slot (low 32 bits), `endOfSlots` when empty.
+    @inlinable internal func remoteHead(_ page: Int) -> UnsafeAtomic<UInt64> { word64(pageDescriptor(page) + 8) }
+    /// Local free-list head (owner only).
+    @inlinable internal func localHead(_ page: Int) -> UnsafeAtomic<UInt32> { word32(pageDescriptor(page) + 16) }
+    /// Local free-list length (owner only).
+    @inlinable internal func localCount(_ page: Int) -> UnsafeAtomic<UInt32> { word32(pageDescriptor(page) + 20) }
+    /// Slots carved so far in this epoch (owner only): slots at or above it were never handed out.
+    @inlinable internal func carved(_ page: Int) -> UnsafeAtomic<UInt32> { word32(pageDescriptor(page) + 24) }
+    /// Blocks handed out and not yet back on the local list (owner only): allocated + freeing + remote stack.
+    @inlinable internal func live(_ page: Int) -> UnsafeAtomic<UInt32> { word32(pageDescriptor(page) + 28) }
+    /// Slots in the page for its class (written when the page leaves the pool).
+    @inlinable internal func slotCount(_ page: Int) -> UnsafeAtomic<UInt32> { word32(pageDescriptor(page) + 32) }
+
+    @inlinable internal func blockWord(_ page: Int, _ slot: Int) -> UnsafeAtomic<UInt64> {
+        word64(layout.blockWordsOffset + (page * layout.maxSlots + slot) * 8)
+    }
+    @inlinable internal func link(_ page: Int, _ slot: Int) -> UnsafeAtomic<UInt32> {
+        word32(layout.linksOffset + (page * layout.maxSlots + slot) * 4)
+    }
+
+    @inlinable internal func participantOffset(_ p: Int) -> Int {
+        layout.participantsOffset + p * SharedHeapLayout.participantStride
+    }
+    /// Participant state word (see `ParticipantWord`).
+    @inlinable internal func participantState(_ p: Int) -> UnsafeAtomic<UInt64> { word64(participantOffset(p)) }
+    /// The handle of the operation the participant is in the middle of, 0 when none.
+    @inlinable internal func pending(_ p: Int) -> UnsafeAtomic<UInt64> { word64(participantOffset(p) + 8) }
+    @inlinable internal func held(_ p: Int, _ index: Int) -> UnsafeAtomic<UInt64> {
+        word64(layout.heldOffset + (p * layout.heldCapacity + index) * 8)
+    }
+
+    // MARK: Handles
+
+    /// A resolved handle: page, slot and the generation it carries.
+    @usableFromInline
+    internal struct Location {
+        @usableFromInline var page: Int
+        @usableFromInline var slot: Int
+        @usableFromInline var generation: UInt32
+        @usableFromInline var blockSize: Int
+        @inlinable init(page: Int, slot: Int, generation: UInt32, blockSize: Int) {
+            self.page = page
+            self.slot = slot
+            self.generation = generation
+            self.blockSize = blockSize
+        }
+    }
+
+    /// Checks a handle's offset (range, alignment to its page's class) without looking at the block word.
+    @inlinable
+    internal func locate(_ handle: SharedHeapHandle) throws(SharedHeapError) -> Location {
+        let offset = Int(handle.rawValue & 0xFFFF_FFFF) * 16
+        let page = offset / layout.pageSize
+        guard handle.rawValue != 0, page < layout.pageCount else {
+            throw SharedHeapError(
+                .outOfRange, "handle \(handle) points at data offset \(offset), outside the heap's "
+                    + "\(layout.pageCount * layout.pageSize) bytes of pages")
+        }
+        let pageWord = pageState(page).load(ordering: .acquiring)
+        let blockSize = layout.classSizes[min(PageWord.sizeClass(pageWord), layout.classSizes.count - 1)]
+        let within = offset % layout.pageSize
+        guard within % blockSize == 0, within / blockSize < layout.pageSize / blockSize else {
+            throw SharedHeapError(
+                .misaligned, "handle \(handle) points at data offset \(offset), which is not the start of a "
+                    + "\(blockSize)-byte block of page \(page)")
+        }
+        return Location(page: page, slot: within / blockSize, generation: handle.generation, blockSize: blockSize)
+    }
+
+    /// The handle's block start in this mapping, after checking that the handle names an allocated block.
+    ///
+    /// - Throws: `.outOfRange`, `.misaligned`, `.staleHandle` (freed, or freed and reused).
+    public func pointer(for handle: SharedHeapHandle) throws(SharedHeapError) -> UnsafeMutableRawPointer {
+        let location = try locate(handle)
+        // Ordering: acquiring, so that the bytes the allocator (or a holder) wrote before handing the handle on
+        // are visible once the caller dereferences the pointer (when the handle came through shared memory).
+        let word = blockWord(location.page, location.slot).load(ordering: .acquiring)
+        guard BlockWord.generation(word) == location.generation, BlockWord.state(word) == BlockWord.allocated else {
+            throw staleError(handle, word)
+        }
+        return data + (Int(handle.rawValue & 0xFFFF_FFFF) * 16)
+    }
+
+    /// The size of the handle's block (its size class).
+    ///
+    /// - Throws: as `pointer(for:)`.
+    public func blockSize(of handle: SharedHeapHandle) throws(SharedHeapError) -> Int {
+        _ = try pointer(for: handle)
+        return try locate(handle).blockSize
+    }
+
+    /// The handle of the allocated block starting at `pointer` in this mapping.
+    ///
+    /// - Throws: `.outOfRange` (not in this heap's data pages), `.misaligned` (not a block start),
+    ///   `.staleHandle` (no allocated block there).
+    public func handle(for pointer: UnsafeRawPointer) throws(SharedHeapError) -> SharedHeapHandle {
+        let address = UInt(bitPattern: pointer)
+        let start = UInt(bitPattern: data)
+        guard address >= start, address - start < UInt(layout.pageCount * layout.pageSize) else {
+            throw SharedHeapError(.outOfRange, "address 0x\(String(address, radix: 16)) is not in this heap's data pages")
+        }
+        let offset = Int(address - start)
+        guard offset % 16 == 0 else {
+            throw SharedHeapError(.misaligned, "data offset \(offset) is not 16-byte aligned: not a block start")
+        }
+        let probe = SharedHeapHandle(rawValue: UInt64(offset / 16) | (1 << 32))
+        let location = try locate(probe)
+        let word = blockWord(location.page, location.slot).load(ordering: .acquiring)
+        guard BlockWord.state(word) == BlockWord.allocated else {
+            throw SharedHeapError(.staleHandle, "no allocated block at data offset \(offset)")
+        }
+        return SharedHeapHandle(rawValue: UInt64(offset / 16) | (UInt64(BlockWord.generation(word)) << 32))
+    }
+
+    @usableFromInline
+    internal func staleError(_ handle: SharedHeapHandle, _ word: UInt64) -> SharedHeapError {
+        if BlockWord.generation(word) != handle.generation {
+            return SharedHeapError(
+                .staleHandle, "handle \(handle) is stale: its block now has generation "
+                    + "\(BlockWord.generation(word)) (freed and reused, or never allocated)")
+        }
+        return SharedHeapError(.staleHandle, "handle \(handle) names a block that has been freed")
+    }
+
+    // MARK: Participants
+
+    /// Registers a participant (one per thread) and returns it.
+    ///
+    /// - Parameter name: a label for diagnostics (the first 32 UTF-8 bytes are stored).
+    /// - Throws: `.participantTableFull` when every slot is taken.
+    public func join(name: String) throws(SharedHeapError) -> Participant {
+        let me = ParticipantWord.make(state: ParticipantWord.alive, pid: getpid())
+        for p in 0..<layout.participantCapacity {
+            // Ordering: acquiring on success, so that everything the previous occupant of the slot wrote (its
+            // emptied held list, cleared pending word) before freeing the slot with a releasing store is visible.
+            let (claimed, _) = participantState(p).compareExchange(
+                expected: ParticipantWord.free, desired: me, successOrdering: .acquiringAndReleasing,
+                failureOrdering: .relaxed)
+            if claimed {
+                let bytes = Array(name.utf8.prefix(32))
+                let nameArea = meta + participantOffset(p) + 16
+                nameArea.initializeMemory(as: UInt8.self, repeating: 0, count: 32)
+                nameArea.copyMemory(from: bytes, byteCount: bytes.count)
+                return Participant(heap: self, index: p)
+            }
+        }
+        throw SharedHeapError(
+            .participantTableFull, "all \(layout.participantCapacity) participant slots are taken; leave() unused "
+                + "participants")
+    }
+
+    // MARK: Pages
+
+    /// Pops a page from the pool and dedicates it to `sizeClass` for participant `p`; nil when the pool is empty.
+    internal func claimPooledPage(sizeClass: Int, for p: Int) -> Int? {
+        guard let index = pool.pop() else { return nil }
+        let page = Int(index)
+        let old = pageState(page).load(ordering: .relaxed)
+        var epoch = (PageWord.epoch(old) &+ 1) & 0xFFFF
+        if epoch == 0 { epoch = 1 }
+        // Owner-only fields: nobody else writes them while the page is ours; relaxed stores, published by the
+        // releasing store of the state word below.
+        localHead(page).store(endOfSlots, ordering: .relaxed)
+        localCount(page).store(0, ordering: .relaxed)
+        carved(page).store(0, ordering: .relaxed)
+        live(page).store(0, ordering: .relaxed)
+        slotCount(page).store(UInt32(layout.pageSize / layout.classSizes[sizeClass]), ordering: .relaxed)
+        remoteHead(page).store(UInt64(endOfSlots), ordering: .relaxed)
+        // Ordering: releasing, so a reader that acquires the state word (verify, a handle lookup) sees the fields.
+        pageState(page).store(
+            PageWord.make(kind: PageWord.owned, sizeClass: sizeClass, owner: p, epoch: epoch), ordering: .releasing)
+        return page
+    }
+
+    /// Takes over an orphan page of `sizeClass`; nil when there is none.
+    internal func adoptOrphanPage(sizeClass: Int, for p: Int) -> Int? {
+        for page in 0..<layout.pageCount {
+            let word = pageState(page).load(ordering: .relaxed)
+            guard PageWord.kind(word) == PageWord.orphan, PageWord.sizeClass(word) == sizeClass else { continue }
+            let desired = PageWord.make(
+                kind: PageWord.owned, sizeClass: sizeClass, owner: p, epoch: PageWord.epoch(word))
+            // Ordering: acquiring on success: the previous owner's owner-only fields (stored before its releasing
+            // store of the orphan state) are now ours to read and write.
+            let (won, _) = pageState(page).compareExchange(
+                expected: word, desired: desired, successOrdering: .acquiringAndReleasing, failureOrdering: .relaxed)
+            if won { return page }
+        }
+        return nil
+    }
+
+    /// Gives an owned page with no live block back to the pool.
+    internal func releasePage(_ page: Int) {
+        let word = pageState(page).load(ordering: .relaxed)
+        // Ordering: releasing; the next claimer's pop of the pool (acquiring) sees the page as pooled.
+        pageState(page).store(
+            PageWord.make(kind: PageWord.pooled, sizeClass: PageWord.sizeClass(word), owner: 0,
+                          epoch: PageWord.epoch(word)), ordering: .releasing)
+        do { try pool.push(UInt32(page)) } catch { fatalError("SharedHeap: page \(page) was already in the pool") }
+    }
+
+    /// Moves the page's whole remote-free stack onto its local list (owner only). Returns how many blocks came
+    /// back.
+    @discardableResult
+    internal func collect(_ page: Int) -> Int {
+        // Ordering: acquiring, pairs with the releasing push of every block on the stack: we see their words
+        // and links, and everything their holders wrote into the blocks.
+        var slot = UInt32(truncatingIfNeeded: remoteHead(page).exchange(UInt64(endOfSlots), ordering: .acquiring))
+        var count = 0
+        while slot != endOfSlots {
+            let s = Int(slot)
+            let next = link(page, s).load(ordering: .relaxed)
+            let word = blockWord(page, s).load(ordering: .relaxed)
+            // Ordering: relaxed; the slot is on no list now and only the owner touches freed slots.
+            blockWord(page, s).store(
+                BlockWord.make(generation: BlockWord.generation(word), holders: 0, state: BlockWord.free),
+                ordering: .relaxed)
+            pushLocal(page, s)
+            count += 1
+            slot = next
+        }
+        if count > 0 {
+            live(page).store(live(page).load(ordering: .relaxed) - UInt32(count), ordering: .relaxed)
+        }
+        return count
+    }
+
+    /// Owner only: puts a free slot on the local list.
+    @inlinable
+    internal func pushLocal(_ page: Int, _ slot: Int) {
+        // Ordering: relaxed everywhere; these fields are the owner's, read by others only for diagnostics.
+        link(page, slot).store(localHead(page).load(ordering: .relaxed), ordering: .relaxed)
+        localHead(page).store(UInt32(slot), ordering: .relaxed)
+        localCount(page).store(localCount(page).load(ordering: .relaxed) + 1, ordering: .relaxed)
+    }
+
+    /// Owner only: takes a slot from the local list, or carves a new one; nil when the page is full.
+    /// Returns the slot and whether it was carved fresh in this epoch.
+    @inlinable
+    internal func popLocal(_ page: Int) -> (slot: Int, fresh: Bool)? {
+        let head = localHead(page).load(ordering: .relaxed)
+        if head != endOfSlots {
+            localHead(page).store(link(page, Int(head)).load(ordering: .relaxed), ordering: .relaxed)
+            localCount(page).store(localCount(page).load(ordering: .relaxed) - 1, ordering: .relaxed)
+            live(page).store(live(page).load(ordering: .relaxed) + 1, ordering: .relaxed)
+            return (Int(head), false)
+        }
+        let next = carved(page).load(ordering: .relaxed)
+        guard next < slotCount(page).load(ordering: .relaxed) else { return nil }
+        carved(page).store(next + 1, ordering: .relaxed)
+        live(page).store(live(page).load(ordering: .relaxed) + 1, ordering: .relaxed)
+        return (Int(next), true)
+    }
+
+    /// Pushes a freed slot onto its page's remote-free stack (anyone).
+    @inlinable
+    internal func pushRemote(_ page: Int, _ slot: Int) {
+        let head = remoteHead(page)
+        // Ordering: relaxed; a first guess, validated by the compare-and-exchange.
+        var observed = head.load(ordering: .relaxed)
+        while true {
+            // Ordering: relaxed; the slot is ours until the exchange below publishes it.
+            link(page, slot).store(UInt32(truncatingIfNeeded: observed), ordering: .relaxed)
+            // Ordering: releasing on success: the owner's acquiring exchange in `collect` sees the link, the
+            // block word and the freed block's contents.
+            let (done, current) = head.compareExchange(
+                expected: observed, desired: UInt64(slot), successOrdering: .releasing, failureOrdering: .relaxed)
+            if done { return }
+            observed = current
+        }
+    }
+}
+
+/// A 64-bit reference to a block of a `SharedHeap`, valid in every process that maps the heap's region:
+/// generation (high 32 bits) | data-area offset in 16-byte units (low 32 bits). Zero is never a valid handle.
+public struct SharedHeapHandle: Hashable, Sendable, CustomStringConvertible {
+    /// The packed value: pass it to other processes as is.
+    public let rawValue: UInt64
+    /// Wraps a raw value received from elsewhere (it is checked when used).
+    public init(rawValue: UInt64) { self.rawValue = rawValue }
+    /// The block's generation when the handle was made.
+    public var generation: UInt32 { UInt32(truncatingIfNeeded: rawValue >> 32) }
+    /// The block's offset from the start of the data area.
+    public var dataOffset: Int { Int(rawValue & 0xFFFF_FFFF) * 16 }
+    /// `"0x…"` plus offset and generation.
+    public var description: String { "0x\(String(rawValue, radix: 16))(offset \(dataOffset), gen \(generation))" }
+}

@@ -1,0 +1,296 @@
+import Atomics
+import Divvy
+
+extension SharedHeap {
+    /// One participant of a heap: a thread in some process that allocates, adopts and frees blocks.
+    ///
+    /// A participant owns the pages it allocates from (only it pops their local free lists) and holds blocks:
+    /// each holding is one bit in the block's word and one entry in the participant's held list in metadata.
+    /// Not `Sendable`: use it from one thread at a time (like `ConcurrentSlab.Local`). Frees of blocks in its
+    /// pages by others land on the pages' remote-free stacks, which it collects when it runs out of room.
+    ///
+    /// Every operation follows the same commit discipline, so that a future recovery can interpret a participant
+    /// that died at any instruction (see `SharedHeap`'s "What recovery will do"):
+    /// 1. store the handle into `pending` (release);
+    /// 2. one store / compare-and-exchange of the block word — the commit;
+    /// 3. one store into the held list (the handle, or 0);
+    /// 4. store 0 into `pending`.
+    public final class Participant {
+        /// The heap (kept alive by the participant).
+        public let heap: SharedHeap
+        /// The slot in the participant table, also its bit in block words' holder masks.
+        public let index: Int
+        private var left = false
+        /// Where each held handle sits in the shared held list (a process-local index of it).
+        private var heldSlots: [UInt64: Int] = [:]
+        /// Held-list entries known to be empty.
+        private var emptyHeldSlots: [Int]
+        /// Pages this participant owns, per size class.
+        private var ownedPages: [[Int]]
+        /// The page each class allocates from, or -1.
+        private var currentPage: [Int]
+
+        internal init(heap: SharedHeap, index: Int) {
+            self.heap = heap
+            self.index = index
+            emptyHeldSlots = Array((0..<heap.layout.heldCapacity).reversed())
+            ownedPages = Array(repeating: [], count: heap.layout.classSizes.count)
+            currentPage = Array(repeating: -1, count: heap.layout.classSizes.count)
+        }
+
+        deinit {
+            if !left { leave() }
+        }
+
+        /// How many blocks this participant holds.
+        public var heldCount: Int { heldSlots.count }
+
+        /// The handles this participant holds (unordered).
+        public var heldHandles: [SharedHeapHandle] { heldSlots.keys.map { SharedHeapHandle(rawValue: $0) } }
+
+        private var bit: UInt32 { 1 << UInt32(index) }
+
+        private func checkJoined() throws(SharedHeapError) {
+            if left { throw SharedHeapError(.participantLeft, "participant \(index) has left the heap") }
+        }
+
+        private func takeHeldSlot(for handle: SharedHeapHandle) throws(SharedHeapError) -> Int {
+            guard let slot = emptyHeldSlots.popLast() else {
+                throw SharedHeapError(
+                    .heldListFull, "participant \(index) already holds \(heap.layout.heldCapacity) blocks (its "
+                        + "held list is full); free some, or create the heap with a larger heldCapacity")
+            }
+            return slot
+        }
+
+        // MARK: Allocate
+
+        /// Allocates a block of at least `size` bytes (its class's size), held by this participant.
+        ///
+        /// - Throws: `.unsupportedSize` (zero, or above `largestBlockSize`), `.heldListFull`, `.heapFull`
+        ///   (no free block of the class, no free or orphan page), `.participantLeft`. The heap is unchanged then.
+        /// - Complexity: O(1) amortized; O(pages) when the pool is empty and orphan pages are searched.
+        public func allocate(_ size: Int) throws(SharedHeapError) -> SharedHeapHandle {
+            try checkJoined()
+            guard size > 0, let sizeClass = heap.sizeClass(for: size) else {
+                throw SharedHeapError(
+                    .unsupportedSize, "cannot allocate \(size) bytes: sizes 1…\(heap.largestBlockSize) are "
+                        + "supported (multi-page spans are not implemented yet)")
+            }
+            if emptyHeldSlots.isEmpty { _ = try takeHeldSlot(for: SharedHeapHandle(rawValue: 0)) }
+            let (page, slot, fresh) = try takeSlot(sizeClass)
+            let heldSlot = emptyHeldSlots.removeLast()
+            let blockSize = heap.layout.classSizes[sizeClass]
+            let epoch = PageWord.epoch(heap.pageState(page).load(ordering: .relaxed))
+            let old = BlockWord.generation(heap.blockWord(page, slot).load(ordering: .relaxed))
+            // Generation: the page's epoch in the high 16 bits (blocks of an earlier use of the page never match),
+            // a per-slot counter in the low 16 bits (bumped on every reuse within the epoch).
+            let generation = fresh || (old >> 16) != epoch
+                ? (epoch << 16) | 1 : (old & 0xFFFF_0000) | ((old &+ 1) & 0xFFFF)
+            let unit = UInt64((page * heap.layout.pageSize + slot * blockSize) / 16)
+            let handle = SharedHeapHandle(rawValue: (UInt64(generation) << 32) | unit)
+            // Step 1. Ordering: releasing, so that the pending word is visible no later than the block word.
+            heap.pending(index).store(handle.rawValue, ordering: .releasing)
+            // Step 2, the commit. Ordering: releasing, so a process that learns the handle through shared memory
+            // (acquiring) sees the word. The slot is ours alone (popped from our local list): a store suffices.
+            heap.blockWord(page, slot).store(
+                BlockWord.make(generation: generation, holders: bit, state: BlockWord.allocated), ordering: .releasing)
+            // Step 3. Ordering: releasing, after the block word.
+            heap.held(index, heldSlot).store(handle.rawValue, ordering: .releasing)
+            heldSlots[handle.rawValue] = heldSlot
+            // Step 4.
+            heap.pending(index).store(0, ordering: .releasing)
+            return handle
+        }
+
+        /// A free slot of `sizeClass` in one of our pages, taking a new page when needed.
+        private func takeSlot(_ sizeClass: Int) throws(SharedHeapError) -> (page: Int, slot: Int, fresh: Bool) {
+            let current = currentPage[sizeClass]
+            if current >= 0 {
+                if let (slot, fresh) = heap.popLocal(current) { return (current, slot, fresh) }
+                if heap.collect(current) > 0, let (slot, fresh) = heap.popLocal(current) {
+                    return (current, slot, fresh)
+                }
+            }
+            // Other pages of the class we own: collect what others freed there.
+            for page in ownedPages[sizeClass] where page != current {
+                heap.collect(page)
+                if let (slot, fresh) = heap.popLocal(page) {
+                    currentPage[sizeClass] = page
+                    return (page, slot, fresh)
+                }
+            }
+            var page = heap.claimPooledPage(sizeClass: sizeClass, for: index)
+            if page == nil, let orphan = heap.adoptOrphanPage(sizeClass: sizeClass, for: index) {
+                heap.collect(orphan)
+                page = orphan
+            }
+            if page == nil {
+                // Reclaim our own pages of other classes that have nothing live, then retry the pool once.
+                for other in 0..<ownedPages.count where other != sizeClass {
+                    for candidate in ownedPages[other] {
+                        heap.collect(candidate)
+                        if heap.live(candidate).load(ordering: .relaxed) == 0 { releaseOwnedPage(candidate) }
+                    }
+                }
+                page = heap.claimPooledPage(sizeClass: sizeClass, for: index)
+            }
+            guard let page, let (slot, fresh) = heap.popLocal(page) else {
+                throw SharedHeapError(
+                    .heapFull, "the heap is full: no free \(heap.layout.classSizes[sizeClass])-byte block and no "
+                        + "free page among \(heap.layout.pageCount) pages of \(heap.layout.pageSize) bytes")
+            }
+            ownedPages[sizeClass].append(page)
+            currentPage[sizeClass] = page
+            return (page, slot, fresh)
+        }
+
+        private func releaseOwnedPage(_ page: Int) {
+            let sizeClass = PageWord.sizeClass(heap.pageState(page).load(ordering: .relaxed))
+            ownedPages[sizeClass].removeAll { $0 == page }
+            if currentPage[sizeClass] == page { currentPage[sizeClass] = -1 }
+            heap.releasePage(page)
+        }
+
+        // MARK: Adopt
+
+        /// Adds a holding of the block for this participant (another process's block, received as a handle).
+        /// The block then stays allocated until every holder has freed it.
+        ///
+        /// - Throws: `.outOfRange`, `.misaligned`, `.staleHandle` (freed or reused), `.alreadyHeld`,
+        ///   `.heldListFull`, `.participantLeft`. The heap is unchanged then.
+        public func adopt(_ handle: SharedHeapHandle) throws(SharedHeapError) {
+            try checkJoined()
+            let location = try heap.locate(handle)
+            if heldSlots[handle.rawValue] != nil {
+                throw SharedHeapError(.alreadyHeld, "participant \(index) already holds \(handle)")
+            }
+            let word = heap.blockWord(location.page, location.slot)
+            // Ordering: acquiring, as in the compare-and-exchange below.
+            var observed = word.load(ordering: .acquiring)
+            guard BlockWord.generation(observed) == handle.generation, BlockWord.state(observed) == BlockWord.allocated
+            else { throw heap.staleError(handle, observed) }
+            let heldSlot = try takeHeldSlot(for: handle)
+            heap.pending(index).store(handle.rawValue, ordering: .releasing)
+            while true {
+                guard BlockWord.generation(observed) == handle.generation,
+                    BlockWord.state(observed) == BlockWord.allocated
+                else {
+                    heap.pending(index).store(0, ordering: .releasing)
+                    emptyHeldSlots.append(heldSlot)
+                    throw heap.staleError(handle, observed)
+                }
+                let desired = observed | (UInt64(bit) << 32)
+                // Ordering: acquiring and releasing: acquire the block's contents as its holders published them;
+                // release our pending word before the commit.
+                let (done, current) = word.compareExchange(
+                    expected: observed, desired: desired, successOrdering: .acquiringAndReleasing,
+                    failureOrdering: .acquiring)
+                if done { break }
+                observed = current
+            }
+            heap.held(index, heldSlot).store(handle.rawValue, ordering: .releasing)
+            heldSlots[handle.rawValue] = heldSlot
+            heap.pending(index).store(0, ordering: .releasing)
+        }
+
+        // MARK: Free
+
+        /// Drops this participant's holding of the block; the last holder's free releases the block (to the local
+        /// list when we own its page, else onto the page's remote-free stack).
+        ///
+        /// - Returns: true when this free released the block (no holder left).
+        /// - Throws: `.outOfRange`, `.misaligned`, `.staleHandle` (generation mismatch), `.doubleFree` (already
+        ///   free), `.notHeld` (allocated, but not held by this participant), `.participantLeft`. The heap is
+        ///   unchanged then.
+        @discardableResult
+        public func free(_ handle: SharedHeapHandle) throws(SharedHeapError) -> Bool {
+            try checkJoined()
+            let location = try heap.locate(handle)
+            let word = heap.blockWord(location.page, location.slot)
+            // Ordering: acquiring (see the compare-and-exchange).
+            var observed = word.load(ordering: .acquiring)
+            guard let heldSlot = heldSlots[handle.rawValue] else {
+                if BlockWord.generation(observed) != handle.generation {
+                    throw heap.staleError(handle, observed)
+                }
+                if BlockWord.state(observed) != BlockWord.allocated {
+                    throw SharedHeapError(.doubleFree, "double free of \(handle): the block is already free")
+                }
+                throw SharedHeapError(
+                    .notHeld, "participant \(index) does not hold \(handle) (held by participants with mask "
+                        + "0x\(String(BlockWord.holders(observed), radix: 16))); adopt it first")
+            }
+            let pageWord = heap.pageState(location.page).load(ordering: .relaxed)
+            // Only we change the state word of a page we own, so this read is stable.
+            let ownPage = PageWord.kind(pageWord) == PageWord.owned && PageWord.owner(pageWord) == index
+            heap.pending(index).store(handle.rawValue, ordering: .releasing)
+            var released = false
+            while true {
+                precondition(
+                    BlockWord.generation(observed) == handle.generation
+                        && BlockWord.state(observed) == BlockWord.allocated
+                        && BlockWord.holders(observed) & bit != 0,
+                    "SharedHeap: block word of \(handle) lost our holding (corrupted metadata)")
+                let holders = BlockWord.holders(observed) & ~bit
+                released = holders == 0
+                let state = !released ? BlockWord.allocated : ownPage ? BlockWord.free : BlockWord.freeing
+                let desired = BlockWord.make(generation: handle.generation, holders: holders, state: state)
+                // Ordering: acquiring and releasing. Release: our writes into the block happen before whoever
+                // reuses it. Acquire: the last holder sees the other holders' writes before the block is reused.
+                let (done, current) = word.compareExchange(
+                    expected: observed, desired: desired, successOrdering: .acquiringAndReleasing,
+                    failureOrdering: .acquiring)
+                if done { break }
+                observed = current
+            }
+            heap.held(index, heldSlot).store(0, ordering: .releasing)
+            heldSlots[handle.rawValue] = nil
+            emptyHeldSlots.append(heldSlot)
+            if released {
+                if ownPage {
+                    heap.pushLocal(location.page, location.slot)
+                    let live = heap.live(location.page).load(ordering: .relaxed) - 1
+                    heap.live(location.page).store(live, ordering: .relaxed)
+                    let sizeClass = PageWord.sizeClass(pageWord)
+                    if live == 0, currentPage[sizeClass] != location.page { releaseOwnedPage(location.page) }
+                } else {
+                    heap.pushRemote(location.page, location.slot)
+                }
+            }
+            heap.pending(index).store(0, ordering: .releasing)
+            return released
+        }
+
+        // MARK: Leave
+
+        /// Frees every block this participant holds, gives its empty pages back to the pool, makes the others
+        /// orphans (any participant of the same class takes them over when it needs room), and frees the
+        /// participant slot. Idempotent; `deinit` calls it.
+        public func leave() {
+            guard !left else { return }
+            for handle in heldSlots.keys {
+                _ = try? free(SharedHeapHandle(rawValue: handle))
+            }
+            for pages in ownedPages {
+                for page in pages {
+                    heap.collect(page)
+                    if heap.live(page).load(ordering: .relaxed) == 0 {
+                        heap.releasePage(page)
+                    } else {
+                        let word = heap.pageState(page).load(ordering: .relaxed)
+                        // Ordering: releasing: the adopter (acquiring CAS) sees our owner-only fields.
+                        heap.pageState(page).store(
+                            PageWord.make(kind: PageWord.orphan, sizeClass: PageWord.sizeClass(word), owner: 0,
+                                          epoch: PageWord.epoch(word)), ordering: .releasing)
+                    }
+                }
+            }
+            ownedPages = ownedPages.map { _ in [] }
+            currentPage = currentPage.map { _ in -1 }
+            left = true
+            // Ordering: releasing, pairs with the acquiring claim in `join`.
+            heap.participantState(index).store(ParticipantWord.free, ordering: .releasing)
+        }
+    }
+}

@@ -1,0 +1,235 @@
+import Atomics
+import Divvy
+
+/// What `SharedHeap.verify()` found: counts, and every violated invariant in words.
+///
+/// Two reports compare equal when every count and every violation is the same, so "the heap is unchanged" is
+/// `heap.verify() == before`.
+public struct SharedHeapReport: Hashable, Sendable, CustomStringConvertible {
+    /// Pages in the pool, owned by a participant, and orphaned (owner left; blocks still live).
+    public var pooledPages = 0, ownedPages = 0, orphanPages = 0
+    /// Blocks allocated (held by at least one participant).
+    public var allocatedBlocks = 0
+    /// Blocks on local free lists, on remote-free stacks, and carved slots in neither (should be 0).
+    public var localFreeBlocks = 0, remoteFreeBlocks = 0
+    /// Held-list entries across all participants (the sum of the holders' counts of every block).
+    public var holdings = 0
+    /// Participants alive (joined) and dead.
+    public var liveParticipants = 0, deadParticipants = 0
+    /// Participants in the middle of an operation (pending word set): 0 when the heap is quiescent.
+    public var operationsInFlight = 0
+    /// Every broken invariant, one sentence each.
+    public var violations: [String] = []
+
+    /// True when no invariant is violated.
+    public var isClean: Bool { violations.isEmpty }
+
+    /// A multi-line summary, then the violations.
+    public var description: String {
+        var text = "heap: pages \(pooledPages) pooled / \(ownedPages) owned / \(orphanPages) orphan; blocks "
+            + "\(allocatedBlocks) allocated, \(localFreeBlocks) locally free, \(remoteFreeBlocks) remotely freed; "
+            + "\(holdings) holdings; participants \(liveParticipants) alive, \(deadParticipants) dead; "
+            + "\(operationsInFlight) in flight; "
+        text += violations.isEmpty ? "clean" : "\(violations.count) violation(s):"
+        for violation in violations.prefix(50) { text += "\n  - " + violation }
+        if violations.count > 50 { text += "\n  … and \(violations.count - 50) more" }
+        return text
+    }
+}
+
+extension SharedHeap {
+    /// Audits the whole heap without writing anything, and returns what it found.
+    ///
+    /// Checks: the page pool's list is in bounds and acyclic and lists exactly the pooled pages; for each page in
+    /// use, its local free list and remote-free stack are in bounds, acyclic and disjoint, the local count
+    /// matches, listed blocks are free (local) or freeing (remote), every other carved block is allocated, and
+    /// the page's live count equals allocated + remotely freed; every allocated block has holders, each a live
+    /// participant whose held list names the block exactly once; every held-list entry names an allocated block
+    /// of that generation with the participant's bit set (so the holder count of a block equals the number of
+    /// held-list entries naming it); no operation is in flight.
+    ///
+    /// Exact while no participant is operating (between phases of a program, or after its threads joined).
+    /// Concurrent operations make it report transient states as violations; it never corrupts anything.
+    ///
+    /// - Complexity: O(metadata size); allocates its bookkeeping.
+    public func verify() -> SharedHeapReport {
+        var report = SharedHeapReport()
+        let l = layout
+        func violation(_ text: String) { report.violations.append(text) }
+
+        // Participants and held lists.
+        var alive = [Bool](repeating: false, count: l.participantCapacity)
+        var heldEntries: [UInt64: [Int]] = [:]  // handle → participants naming it
+        for p in 0..<l.participantCapacity {
+            let state = ParticipantWord.state(participantState(p).load(ordering: .acquiring))
+            switch state {
+            case ParticipantWord.free: break
+            case ParticipantWord.alive: report.liveParticipants += 1; alive[p] = true
+            case ParticipantWord.dead: report.deadParticipants += 1
+            default: violation("participant \(p) has an impossible state \(state)")
+            }
+            if pending(p).load(ordering: .acquiring) != 0 {
+                report.operationsInFlight += 1
+                violation("participant \(p) is in the middle of an operation on "
+                    + "\(SharedHeapHandle(rawValue: pending(p).load(ordering: .acquiring)))")
+            }
+            for index in 0..<l.heldCapacity {
+                let raw = held(p, index).load(ordering: .acquiring)
+                guard raw != 0 else { continue }
+                if state == ParticipantWord.free {
+                    violation("free participant slot \(p) still lists \(SharedHeapHandle(rawValue: raw))")
+                }
+                if heldEntries[raw]?.contains(p) == true {
+                    violation("participant \(p) lists \(SharedHeapHandle(rawValue: raw)) twice")
+                }
+                heldEntries[raw, default: []].append(p)
+                report.holdings += 1
+            }
+        }
+
+        // Page pool.
+        var pooled = [Bool](repeating: false, count: l.pageCount)
+        let poolBase = meta + l.poolOffset
+        var top = UInt32(truncatingIfNeeded: UnsafeAtomic<UInt64>(
+            at: poolBase.assumingMemoryBound(to: UnsafeAtomic<UInt64>.Storage.self)).load(ordering: .acquiring))
+        var steps = 0
+        while top != 0xFFFF_FFFF {
+            guard Int(top) < l.pageCount else { violation("page pool lists page \(top), out of range"); break }
+            guard !pooled[Int(top)] else { violation("page pool's list has a cycle at page \(top)"); break }
+            pooled[Int(top)] = true
+            steps += 1
+            top = UnsafeAtomic<UInt32>(
+                at: (poolBase + 128 + 4 * Int(top)).assumingMemoryBound(to: UnsafeAtomic<UInt32>.Storage.self)
+            ).load(ordering: .acquiring)
+        }
+
+        // Pages and blocks.
+        var allocatedByHandle: [UInt64: UInt32] = [:]  // allocated block's handle → holder mask
+        for page in 0..<l.pageCount {
+            let word = pageState(page).load(ordering: .acquiring)
+            let kind = PageWord.kind(word)
+            if kind == PageWord.pooled {
+                report.pooledPages += 1
+                if !pooled[page] { violation("page \(page) is marked pooled but is not in the pool (leaked page)") }
+                continue
+            }
+            if pooled[page] { violation("page \(page) is in the pool but marked in use") }
+            if kind == PageWord.owned {
+                report.ownedPages += 1
+                let owner = PageWord.owner(word)
+                if owner >= l.participantCapacity || !alive[owner] {
+                    violation("page \(page) is owned by participant \(owner), which is not alive")
+                }
+            } else if kind == PageWord.orphan {
+                report.orphanPages += 1
+            } else {
+                violation("page \(page) has an impossible kind \(kind)")
+                continue
+            }
+            let sizeClass = PageWord.sizeClass(word)
+            guard sizeClass < l.classSizes.count else {
+                violation("page \(page) has size class \(sizeClass), out of range")
+                continue
+            }
+            let blockSize = l.classSizes[sizeClass]
+            let slots = Int(slotCount(page).load(ordering: .relaxed))
+            let carvedSlots = Int(carved(page).load(ordering: .relaxed))
+            guard slots == l.pageSize / blockSize, carvedSlots <= slots else {
+                violation("page \(page): slot count \(slots) / carved \(carvedSlots) do not fit class \(blockSize)")
+                continue
+            }
+            var listed = [UInt8](repeating: 0, count: slots)  // 1 local, 2 remote
+            func walk(_ start: UInt32, mark: UInt8, what: String) -> Int {
+                var slot = start
+                var count = 0
+                while slot != endOfSlots {
+                    guard Int(slot) < carvedSlots else {
+                        violation("page \(page): \(what) reaches slot \(slot), beyond the \(carvedSlots) carved")
+                        break
+                    }
+                    guard listed[Int(slot)] == 0 else {
+                        violation("page \(page): \(what) reaches slot \(slot) twice (cycle, or on both lists)")
+                        break
+                    }
+                    listed[Int(slot)] = mark
+                    count += 1
+                    slot = link(page, Int(slot)).load(ordering: .relaxed)
+                }
+                return count
+            }
+            let localListed = walk(localHead(page).load(ordering: .relaxed), mark: 1, what: "the local free list")
+            let remoteListed = walk(
+                UInt32(truncatingIfNeeded: remoteHead(page).load(ordering: .acquiring)), mark: 2,
+                what: "the remote-free stack")
+            if localListed != Int(localCount(page).load(ordering: .relaxed)) {
+                violation("page \(page): local free count \(localCount(page).load(ordering: .relaxed)) but "
+                    + "\(localListed) blocks on the list")
+            }
+            report.localFreeBlocks += localListed
+            report.remoteFreeBlocks += remoteListed
+            var allocatedHere = 0
+            for slot in 0..<carvedSlots {
+                let block = blockWord(page, slot).load(ordering: .acquiring)
+                let state = BlockWord.state(block)
+                switch listed[slot] {
+                case 1 where state != BlockWord.free:
+                    violation("page \(page) slot \(slot) is on the local free list but its state is \(state)")
+                case 2 where state != BlockWord.freeing:
+                    violation("page \(page) slot \(slot) is on the remote-free stack but its state is \(state)")
+                case 0:
+                    let handle = UInt64(BlockWord.generation(block)) << 32
+                        | UInt64((page * l.pageSize + slot * blockSize) / 16)
+                    if state != BlockWord.allocated {
+                        violation("page \(page) slot \(slot) is in no free list but not allocated (state \(state); "
+                            + "leaked block)")
+                    } else if BlockWord.holders(block) == 0 {
+                        violation("block \(SharedHeapHandle(rawValue: handle)) is allocated with no holder")
+                    } else {
+                        allocatedHere += 1
+                        allocatedByHandle[handle] = BlockWord.holders(block)
+                    }
+                default: break
+                }
+            }
+            report.allocatedBlocks += allocatedHere
+            let liveCount = Int(live(page).load(ordering: .relaxed))
+            if liveCount != allocatedHere + remoteListed {
+                violation("page \(page): live count \(liveCount) but \(allocatedHere) allocated + \(remoteListed) "
+                    + "remotely freed")
+            }
+            if localListed + allocatedHere + remoteListed != carvedSlots {
+                violation("page \(page): \(carvedSlots) carved slots but \(localListed) free + \(allocatedHere) "
+                    + "allocated + \(remoteListed) remotely freed")
+            }
+        }
+        if steps != report.pooledPages {
+            violation("the page pool lists \(steps) pages but \(report.pooledPages) are marked pooled")
+        }
+
+        // Holders versus held lists.
+        for (handle, mask) in allocatedByHandle {
+            let named = Set(heldEntries[handle] ?? [])
+            for p in 0..<l.participantCapacity where mask & (1 << UInt32(p)) != 0 {
+                if !named.contains(p) {
+                    violation("block \(SharedHeapHandle(rawValue: handle)) is held by participant \(p), whose held "
+                        + "list does not name it")
+                }
+                if !alive[p] {
+                    violation("block \(SharedHeapHandle(rawValue: handle)) is held by participant \(p), which is "
+                        + "not alive")
+                }
+            }
+        }
+        for (handle, participants) in heldEntries {
+            guard let mask = allocatedByHandle[handle] else {
+                violation("participants \(participants) list \(SharedHeapHandle(rawValue: handle)), which is not an "
+                    + "allocated block of that generation")
+                continue
+            }
+            for p in participants where mask & (1 << UInt32(p)) == 0 {
+                violation("participant \(p) lists \(SharedHeapHandle(rawValue: handle)) but is not among its holders")
+            }
+        }
+        return report
+    }
+}

@@ -24,6 +24,21 @@
 // With DIVVY_HELPER_ADDRESS_SPACE_LIMIT=<bytes> in the environment, RLIMIT_AS is set to that first (so that a test
 // can make mmap fail half-way through creating a region).
 //
+// Heap subcommands (SharedHeapTests):
+//   divvy-shm-helper heap <name> <prefix> HEAPOPS...   open the region, attach to its heap, join as one participant
+// HEAPOPS:
+//   alloc <count> <seed> <outFile>     allocate `count` blocks of random sizes, fill each with its handle's pattern
+//                                      byte, write "rawHandle size" lines to outFile (atomically, by rename)
+//   adopt <inFile>                     adopt every handle listed in inFile and check its pattern (else exit 1)
+//   free-file <inFile>                 free every handle listed in inFile (this participant's holding)
+//   free-all                           free every block this participant holds
+//   touch <file> / wait-file <file>    create a file / wait until it exists (exit 3 after 60 s)
+//   verify-clean                       exit 1 unless verify() reports no violation
+//   stress <threads> <iterations> <seed> <mailboxHandle> <mailboxSlots>
+//                                      threads, one participant each, allocate, exchange handles through the
+//                                      mailbox block (UInt64 slots swapped atomically), adopt, check and free
+// At the end it leaves and prints "allocated=A released=R adopted=D stale=S" on stdout.
+//
 // Exit status: 0 all good, 1 a check failed, 2 a region error (printed on stderr), 3 timeout, 4 the name was taken,
 // 64 usage.
 import Atomics
@@ -54,6 +69,11 @@ func nextInt() -> Int {
 if let limit = getenv("DIVVY_HELPER_ADDRESS_SPACE_LIMIT").flatMap({ rlim_t(String(cString: $0)) }) {
     var rlimit = rlimit(rlim_cur: limit, rlim_max: limit)
     guard setrlimit(__rlimit_resource_t(RLIMIT_AS.rawValue), &rlimit) == 0 else { fail(64, "setrlimit(RLIMIT_AS, \(limit)) failed") }
+}
+
+if arguments.first == "heap" {
+    arguments.removeFirst()
+    runHeapHelper()
 }
 
 do {
@@ -151,4 +171,240 @@ do {
     exit(0)
 } catch {
     fail(2, "\(error)")
+}
+
+// MARK: Heap subcommands
+
+/// The byte a block is filled with: derived from its handle, so a reader can check it saw the right block.
+func heapPattern(_ raw: UInt64) -> UInt8 { UInt8(truncatingIfNeeded: (raw &* 0x9E37_79B9_7F4A_7C15) >> 56) }
+
+/// Totals of one participant (or thread), printed at the end.
+struct HeapCounts {
+    var allocated = 0, released = 0, adopted = 0, stale = 0
+    mutating func add(_ other: HeapCounts) {
+        allocated += other.allocated; released += other.released; adopted += other.adopted; stale += other.stale
+    }
+}
+
+func heapReadHandles(_ path: String) -> [SharedHeapHandle] {
+    guard let file = fopen(path, "r") else { fail(64, "cannot read \(path)") }
+    defer { fclose(file) }
+    var handles: [SharedHeapHandle] = []
+    var line: UnsafeMutablePointer<CChar>? = nil
+    var capacity = 0
+    while getline(&line, &capacity, file) > 0 {
+        let text = String(cString: line!)
+        if let word = text.split(separator: " ").first, let raw = UInt64(word.trimmingSuffix()) {
+            handles.append(SharedHeapHandle(rawValue: raw))
+        }
+    }
+    Glibc.free(line)
+    return handles
+}
+
+extension Substring {
+    func trimmingSuffix() -> Substring {
+        var s = self
+        while let last = s.last, last == "\n" || last == " " { s.removeLast() }
+        return s
+    }
+}
+
+func heapWriteFile(_ path: String, _ text: String) {
+    let temporary = path + ".tmp"
+    guard let file = fopen(temporary, "w") else { fail(64, "cannot write \(temporary)") }
+    fputs(text, file)
+    fclose(file)
+    guard rename(temporary, path) == 0 else { fail(64, "cannot rename \(temporary)") }
+}
+
+/// A small deterministic generator (SplitMix64).
+struct HelperRandom {
+    var state: UInt64
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+    mutating func below(_ bound: Int) -> Int { Int(next() % UInt64(bound)) }
+}
+
+/// Fills the block with its pattern.
+func heapFill(_ heap: SharedHeap, _ handle: SharedHeapHandle) throws(SharedHeapError) {
+    let size = try heap.blockSize(of: handle)
+    try heap.pointer(for: handle).initializeMemory(as: UInt8.self, repeating: heapPattern(handle.rawValue), count: size)
+}
+
+/// True when the whole block holds its pattern.
+func heapCheck(_ heap: SharedHeap, _ handle: SharedHeapHandle) throws(SharedHeapError) -> Bool {
+    let size = try heap.blockSize(of: handle)
+    let bytes = UnsafeRawBufferPointer(start: try heap.pointer(for: handle), count: size)
+    return bytes.allSatisfy { $0 == heapPattern(handle.rawValue) }
+}
+
+/// Takes a handle someone deposited: adopt, check, free. Counts stale handles (the depositor freed it first).
+func heapTakeOver(_ me: SharedHeap.Participant, _ raw: UInt64, _ counts: inout HeapCounts) {
+    let handle = SharedHeapHandle(rawValue: raw)
+    do {
+        try me.adopt(handle)
+    } catch where error.code == .staleHandle || error.code == .alreadyHeld {
+        counts.stale += 1
+        return
+    } catch {
+        fail(1, "adopt \(handle): \(error)")
+    }
+    counts.adopted += 1
+    do {
+        guard try heapCheck(me.heap, handle) else { fail(1, "block \(handle) does not hold its pattern") }
+        if try me.free(handle) { counts.released += 1 }
+    } catch {
+        fail(1, "check/free \(handle): \(error)")
+    }
+}
+
+/// One stress thread: see the usage at the top of the file.
+func heapStressWorker(
+    heap: SharedHeap, iterations: Int, seed: UInt64, mailbox: UnsafeMutableRawPointer, slots: Int
+) -> HeapCounts {
+    var counts = HeapCounts()
+    var random = HelperRandom(state: seed)
+    let me: SharedHeap.Participant
+    do { me = try heap.join(name: "stress") } catch { fail(2, "join: \(error)") }
+    var mine: [SharedHeapHandle] = []
+    func slot(_ index: Int) -> UnsafeAtomic<UInt64> {
+        UnsafeAtomic<UInt64>(at: (mailbox + 8 * index).assumingMemoryBound(to: UnsafeAtomic<UInt64>.Storage.self))
+    }
+    let sizes = [16, 40, 64, 100, 200, 512, 1000, 2000].filter { $0 <= heap.largestBlockSize }
+    for _ in 0..<iterations {
+        let choice = random.below(10)
+        do {
+            if choice < 4 {
+                let handle: SharedHeapHandle
+                do { handle = try me.allocate(sizes[random.below(sizes.count)]) } catch where error.code == .heapFull {
+                    continue
+                }
+                counts.allocated += 1
+                try heapFill(heap, handle)
+                mine.append(handle)
+                if random.below(2) == 0 {
+                    // Ordering: acquiring and releasing: publishes the block's contents to the taker, and
+                    // acquires the contents of the block we take out.
+                    let previous = slot(random.below(slots)).exchange(handle.rawValue, ordering: .acquiringAndReleasing)
+                    if previous != 0 { heapTakeOver(me, previous, &counts) }
+                }
+            } else if choice < 7 {
+                if mine.count > 8 || (!mine.isEmpty && random.below(4) == 0) {
+                    let handle = mine.removeFirst()
+                    if try me.free(handle) { counts.released += 1 }
+                }
+            } else {
+                let previous = slot(random.below(slots)).exchange(0, ordering: .acquiringAndReleasing)
+                if previous != 0 { heapTakeOver(me, previous, &counts) }
+            }
+        } catch {
+            fail(1, "stress step: \(error)")
+        }
+    }
+    for handle in mine {
+        do { if try me.free(handle) { counts.released += 1 } } catch { fail(1, "final free \(handle): \(error)") }
+    }
+    me.leave()
+    return counts
+}
+
+final class HelperThreadBox {
+    let body: () -> Void
+    init(_ body: @escaping () -> Void) { self.body = body }
+}
+
+func heapStartThread(_ body: @escaping () -> Void) -> pthread_t {
+    var thread = pthread_t()
+    let box = Unmanaged.passRetained(HelperThreadBox(body)).toOpaque()
+    let result = pthread_create(&thread, nil, { argument in
+        Unmanaged<HelperThreadBox>.fromOpaque(argument!).takeRetainedValue().body()
+        return nil
+    }, box)
+    guard result == 0 else { fail(2, "pthread_create failed: \(result)") }
+    return thread
+}
+
+final class HelperCountsBox: @unchecked Sendable {
+    var counts: [HeapCounts]
+    init(_ count: Int) { counts = Array(repeating: HeapCounts(), count: count) }
+}
+
+func runHeapHelper() -> Never {
+    let (name, prefix) = (next(), next())
+    do {
+        let region = try SharedRegion.open(name: name, namePrefix: prefix)
+        let heap = try SharedHeap.attach(to: region)
+        let me = try heap.join(name: "helper")
+        var counts = HeapCounts()
+        while !arguments.isEmpty {
+            switch next() {
+            case "alloc":
+                let (count, seed, path) = (nextInt(), UInt64(nextInt()), next())
+                var random = HelperRandom(state: seed)
+                var text = ""
+                for _ in 0..<count {
+                    let handle = try me.allocate(1 + random.below(heap.largestBlockSize))
+                    counts.allocated += 1
+                    try heapFill(heap, handle)
+                    text += "\(handle.rawValue) \(try heap.blockSize(of: handle))\n"
+                }
+                heapWriteFile(path, text)
+            case "adopt":
+                for handle in heapReadHandles(next()) {
+                    try me.adopt(handle)
+                    counts.adopted += 1
+                    guard try heapCheck(heap, handle) else { fail(1, "block \(handle) does not hold its pattern") }
+                }
+            case "free-file":
+                for handle in heapReadHandles(next()) where try me.free(handle) { counts.released += 1 }
+            case "free-all":
+                for handle in me.heldHandles where try me.free(handle) { counts.released += 1 }
+            case "touch":
+                heapWriteFile(next(), "")
+            case "wait-file":
+                let path = next()
+                var waited = 0
+                while access(path, F_OK) != 0 {
+                    usleep(1000)
+                    waited += 1
+                    if waited > 60_000 { fail(3, "timed out waiting for \(path)") }
+                }
+            case "verify-clean":
+                let report = heap.verify()
+                if !report.isClean { fail(1, "verify: \(report)") }
+            case "stress":
+                let (threads, iterations, seed) = (nextInt(), nextInt(), UInt64(nextInt()))
+                let mailboxHandle = SharedHeapHandle(rawValue: UInt64(next())!)
+                let slots = nextInt()
+                let mailbox = try heap.pointer(for: mailboxHandle)
+                let results = HelperCountsBox(threads)
+                let mailboxAddress = UInt(bitPattern: mailbox)
+                let pid = UInt64(getpid())
+                let started = (0..<threads).map { thread in
+                    heapStartThread {
+                        let counts = heapStressWorker(
+                            heap: heap, iterations: iterations, seed: seed ^ (pid << 20) ^ UInt64(thread),
+                            mailbox: UnsafeMutableRawPointer(bitPattern: mailboxAddress)!, slots: slots)
+                        results.counts[thread] = counts
+                    }
+                }
+                for thread in started { pthread_join(thread, nil) }
+                for result in results.counts { counts.add(result) }
+            case let other:
+                fail(64, "unknown heap operation \(other)")
+            }
+        }
+        me.leave()
+        print("allocated=\(counts.allocated) released=\(counts.released) adopted=\(counts.adopted) stale=\(counts.stale)")
+        withExtendedLifetime(region) {}
+        exit(0)
+    } catch {
+        fail(2, "\(error)")
+    }
 }

@@ -375,7 +375,7 @@ public final class SharedHeap: @unchecked Sendable {
 
     /// Checks a handle's offset (range, alignment to its page's class) without looking at the block word.
     @inlinable
-    internal func locate(_ handle: SharedHeapHandle) throws(SharedHeapError) -> Location {
+    internal func locate(_ handle: SharedHeapHandle, checkEpoch: Bool = true) throws(SharedHeapError) -> Location {
         let offset = Int(handle.rawValue & 0xFFFF_FFFF) * 16
         let page = offset / layout.pageSize
         guard handle.rawValue != 0, page < layout.pageCount else {
@@ -384,6 +384,13 @@ public final class SharedHeap: @unchecked Sendable {
                     + "\(layout.pageCount * layout.pageSize) bytes of pages")
         }
         let pageWord = pageState(page).load(ordering: .acquiring)
+        // A handle from an earlier use of the page (another epoch, maybe another class) is stale, whatever its
+        // offset means under the page's current class.
+        guard !checkEpoch || PageWord.epoch(pageWord) == handle.generation >> 16 else {
+            throw SharedHeapError(
+                .staleHandle, "handle \(handle) is stale: page \(page) has been reused since (epoch "
+                    + "\(PageWord.epoch(pageWord)), the handle's is \(handle.generation >> 16))")
+        }
         let blockSize = layout.classSizes[min(PageWord.sizeClass(pageWord), layout.classSizes.count - 1)]
         let within = offset % layout.pageSize
         guard within % blockSize == 0, within / blockSize < layout.pageSize / blockSize else {
@@ -431,7 +438,7 @@ public final class SharedHeap: @unchecked Sendable {
             throw SharedHeapError(.misaligned, "data offset \(offset) is not 16-byte aligned: not a block start")
         }
         let probe = SharedHeapHandle(rawValue: UInt64(offset / 16) | (1 << 32))
-        let location = try locate(probe)
+        let location = try locate(probe, checkEpoch: false)
         let word = blockWord(location.page, location.slot).load(ordering: .acquiring)
         guard BlockWord.state(word) == BlockWord.allocated else {
             throw SharedHeapError(.staleHandle, "no allocated block at data offset \(offset)")

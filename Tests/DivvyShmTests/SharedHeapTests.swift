@@ -1,5 +1,5 @@
 import Atomics
-import DivvyShm
+@testable import DivvyShm
 import Foundation
 import XCTest
 
@@ -276,6 +276,100 @@ final class SharedHeapTests: ShmTestCase {
         XCTAssertEqual(report.allocatedBlocks, 0, "seed \(seed)")
         XCTAssertEqual(report.liveParticipants, 0, "seed \(seed)")
     }
+
+    // MARK: The audit
+
+    /// verify() finds each kind of corruption, and never writes: the metadata bytes are identical afterwards.
+    func testVerifyDetectsCorruptionAndIsReadOnly() throws {
+        let (region, heap) = try makeHeap(dataSize: 1 << 20)
+        let a = try heap.join(name: "a")
+        let b = try heap.join(name: "b")
+        var handles: [SharedHeapHandle] = []
+        for _ in 0..<10 { handles.append(try a.allocate(64)) }
+        try b.adopt(handles[0])
+        try a.free(handles[9])  // one slot on the local free list
+        try b.free(handles[0])
+        try b.adopt(handles[1])
+        XCTAssertTrue(heap.verify().isClean, "\(heap.verify())")
+        let metadata = try region.mapping.unsafePointer(
+            forOffset: region.geometry.metadataOffset, length: heap.layout.totalBytes)
+        let snapshot = Array(UnsafeRawBufferPointer(start: metadata, count: heap.layout.totalBytes))
+        let clean = heap.verify()
+        XCTAssertEqual(Array(UnsafeRawBufferPointer(start: metadata, count: heap.layout.totalBytes)), snapshot,
+                       "verify() wrote to the metadata area")
+        let location = try heap.locate(handles[2])
+        let page = location.page
+
+        func expectViolation(_ fragment: String, line: UInt = #line, corrupt: () -> Void, restore: () -> Void) {
+            corrupt()
+            let report = heap.verify()
+            XCTAssertFalse(report.isClean, "corruption not detected (\(fragment))", line: line)
+            XCTAssertTrue(report.violations.contains { $0.contains(fragment) }, "\(report)", line: line)
+            restore()
+            XCTAssertEqual(heap.verify(), clean, line: line)
+        }
+        // A cycle in the local free list (slot 9 links to itself).
+        let freeSlot = try heap.locate(handles[9]).slot
+        let savedLink = heap.link(page, freeSlot).load(ordering: .relaxed)
+        expectViolation("twice", corrupt: { heap.link(page, freeSlot).store(UInt32(freeSlot), ordering: .relaxed) },
+                        restore: { heap.link(page, freeSlot).store(savedLink, ordering: .relaxed) })
+        // A wrong local free count.
+        let savedCount = heap.localCount(page).load(ordering: .relaxed)
+        expectViolation("local free count", corrupt: { heap.localCount(page).store(savedCount + 1, ordering: .relaxed) },
+                        restore: { heap.localCount(page).store(savedCount, ordering: .relaxed) })
+        // A block both free and held: a held block's state set to free.
+        let word = heap.blockWord(page, location.slot)
+        let savedWord = word.load(ordering: .relaxed)
+        expectViolation("not an allocated block", corrupt: {
+            word.store(BlockWord.make(generation: location.generation, holders: 0, state: BlockWord.free),
+                       ordering: .relaxed)
+        }, restore: { word.store(savedWord, ordering: .relaxed) })
+        // A holder bit without a held-list entry (the refcount exceeds the held lists).
+        expectViolation("does not name it", corrupt: {
+            word.store(savedWord | (UInt64(1) << (32 + 1)), ordering: .relaxed)
+        }, restore: { word.store(savedWord, ordering: .relaxed) })
+        // A held-list entry without the holder bit.
+        let entry = heap.held(b.index, 5)
+        expectViolation("is not among its holders", corrupt: { entry.store(handles[2].rawValue, ordering: .relaxed) },
+                        restore: { entry.store(0, ordering: .relaxed) })
+        // A held-list entry naming a freed block.
+        expectViolation("not an allocated block", corrupt: { entry.store(handles[9].rawValue, ordering: .relaxed) },
+                        restore: { entry.store(0, ordering: .relaxed) })
+        // A block held by a participant that is not alive.
+        let state = heap.participantState(b.index)
+        let savedState = state.load(ordering: .relaxed)
+        expectViolation("not alive", corrupt: { state.store(ParticipantWord.make(state: ParticipantWord.dead, pid: 1),
+                                                             ordering: .relaxed) },
+                        restore: { state.store(savedState, ordering: .relaxed) })
+        // An operation left in flight.
+        expectViolation("middle of an operation", corrupt: { heap.pending(a.index).store(handles[3].rawValue,
+                                                                                        ordering: .relaxed) },
+                        restore: { heap.pending(a.index).store(0, ordering: .relaxed) })
+        // A pooled page missing from the pool / a page both pooled and owned.
+        expectViolation("in the pool but marked in use", corrupt: {
+            let pooled = (0..<heap.pageCount).first { PageWord.kind(heap.pageState($0).load(ordering: .relaxed)) == 0 }!
+            heap.pageState(pooled).store(heap.pageState(page).load(ordering: .relaxed), ordering: .relaxed)
+            self.savedPage = pooled
+        }, restore: { heap.pageState(self.savedPage).store(0, ordering: .relaxed) })
+        // A leaked block: carved, in no list, not allocated.
+        let leak = heap.blockWord(page, freeSlot)
+        let savedLeak = leak.load(ordering: .relaxed)
+        let savedHead = heap.localHead(page).load(ordering: .relaxed)
+        expectViolation("leaked block", corrupt: {
+            heap.localHead(page).store(savedLink, ordering: .relaxed)
+            heap.localCount(page).store(savedCount - 1, ordering: .relaxed)
+        }, restore: {
+            heap.localHead(page).store(savedHead, ordering: .relaxed)
+            heap.localCount(page).store(savedCount, ordering: .relaxed)
+            leak.store(savedLeak, ordering: .relaxed)
+        })
+        XCTAssertEqual(Array(UnsafeRawBufferPointer(start: metadata, count: heap.layout.totalBytes)), snapshot)
+        try b.free(handles[1])
+        for handle in handles[1..<9] { try a.free(handle) }
+        XCTAssertTrue(heap.verify().isClean)
+    }
+
+    private var savedPage = 0
 
     // MARK: Bad input
 

@@ -32,6 +32,7 @@
 //   adopt <inFile>                     adopt every handle listed in inFile and check its pattern (else exit 1)
 //   free-file <inFile>                 free every handle listed in inFile (this participant's holding)
 //   free-all                           free every block this participant holds
+//   free-expect <inFile> <code>        freeing each listed handle must throw SharedHeapError `code` (e.g. notHeld)
 //   touch <file> / wait-file <file>    create a file / wait until it exists (exit 3 after 60 s)
 //   verify-clean                       exit 1 unless verify() reports no violation
 //   stress <threads> <iterations> <seed> <mailboxHandle> <mailboxSlots>
@@ -363,6 +364,18 @@ func runHeapHelper() -> Never {
                 }
             case "free-file":
                 for handle in heapReadHandles(next()) where try me.free(handle) { counts.released += 1 }
+            case "free-expect":
+                let (path, code) = (next(), next())
+                for handle in heapReadHandles(path) {
+                    do {
+                        try me.free(handle)
+                        fail(1, "free of \(handle) succeeded, expected \(code)")
+                    } catch where "\(error.code)" == code {
+                        // Expected.
+                    } catch {
+                        fail(1, "free of \(handle): \(error), expected \(code)")
+                    }
+                }
             case "free-all":
                 for handle in me.heldHandles where try me.free(handle) { counts.released += 1 }
             case "touch":

@@ -552,6 +552,40 @@ final class SharedHeapTests: ShmTestCase {
         XCTAssertEqual(report.remoteFreeBlocks, 200)
     }
 
+    /// Another process's frees of blocks it does not hold, of stale handles and of garbage are rejected, and the
+    /// heap is unchanged.
+    func testCrossProcessBadFreesChangeNothing() throws {
+        let (_, heap) = try makeHeap("xbad")
+        let me = try heap.join(name: "A")
+        let held = try (0..<20).map { _ in try me.allocate(100) }
+        let freed = try (0..<5).map { _ in try me.allocate(100) }
+        for handle in freed { try me.free(handle) }
+        let before = heap.verify()
+        XCTAssertTrue(before.isClean, "\(before)")
+        let directory = NSTemporaryDirectory() + prefix
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        func write(_ name: String, _ handles: [SharedHeapHandle]) throws -> String {
+            let path = directory + "/" + name
+            try handles.map { "\($0.rawValue)\n" }.joined().write(toFile: path, atomically: true, encoding: .utf8)
+            return path
+        }
+        let misaligned = held.map { SharedHeapHandle(rawValue: $0.rawValue + 1) }
+        let outside = [SharedHeapHandle(rawValue: (held[0].rawValue >> 32) << 32 | UInt64(heap.pageCount * heap.pageSize / 16))]
+        let stale = held.map { SharedHeapHandle(rawValue: $0.rawValue &+ (1 << 32)) }
+        let exit = try HelperProcess.run([
+            "heap", "xbad", prefix,
+            "free-expect", try write("held", held), "notHeld",
+            "free-expect", try write("freed", freed), "doubleFree",
+            "free-expect", try write("stale", stale), "staleHandle",
+            "free-expect", try write("misaligned", misaligned), "misaligned",
+            "free-expect", try write("outside", outside), "outOfRange",
+        ])
+        XCTAssertEqual(exit.status, 0, "\(exit)")
+        XCTAssertEqual(heap.verify(), before)
+        for handle in held { XCTAssertTrue(try me.free(handle)) }
+    }
+
     // MARK: Stress
 
     func testStressProcessesAndThreads() throws {
@@ -626,7 +660,7 @@ final class SharedHeapTests: ShmTestCase {
                         if !bytes.allSatisfy({ $0 == pattern(handle) }) { failures.append("\(handle) corrupted") }
                         if try me.free(handle) { counts.released += 1 }
                     }
-                    for _ in 0..<3000 {
+                    for _ in 0..<8000 {
                         let slot = UnsafeAtomic<UInt64>(at: box + random.below(slots))
                         switch random.below(10) {
                         case 0..<4:

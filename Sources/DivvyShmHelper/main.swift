@@ -35,6 +35,8 @@
 //   free-expect <inFile> <code>        freeing each listed handle must throw SharedHeapError `code` (e.g. notHeld)
 //   touch <file> / wait-file <file>    create a file / wait until it exists (exit 3 after 60 s)
 //   verify-clean                       exit 1 unless verify() reports no violation
+//   exit-without-leave                 print the counts and exit at once: the participant stays registered with
+//                                      its holdings and pages (what a crash leaves for recovery)
 //   stress <threads> <iterations> <seed> <mailboxHandle> <mailboxSlots>
 //                                      threads, one participant each, allocate, exchange handles through the
 //                                      mailbox block (UInt64 slots swapped atomically), adopt, check and free
@@ -388,6 +390,9 @@ func runHeapHelper() -> Never {
                     waited += 1
                     if waited > 60_000 { fail(3, "timed out waiting for \(path)") }
                 }
+            case "exit-without-leave":
+                print("allocated=\(counts.allocated) released=\(counts.released) adopted=\(counts.adopted) stale=\(counts.stale)")
+                exit(0)
             case "verify-clean":
                 let report = heap.verify()
                 if !report.isClean { fail(1, "verify: \(report)") }

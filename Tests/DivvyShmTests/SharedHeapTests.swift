@@ -586,6 +586,60 @@ final class SharedHeapTests: ShmTestCase {
         for handle in held { XCTAssertTrue(try me.free(handle)) }
     }
 
+    /// A process that exits without leaving keeps its holdings (nothing is freed under anyone), and verify()
+    /// reports it as needing recovery.
+    func testProcessExitingWithoutLeaveIsReported() throws {
+        let (_, heap) = try makeHeap("gone")
+        let directory = NSTemporaryDirectory() + prefix
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let exit = try HelperProcess.run(["heap", "gone", prefix, "alloc", "5", "3", directory + "/h", "exit-without-leave"])
+        XCTAssertEqual(exit.status, 0, "\(exit)")
+        let report = heap.verify()
+        XCTAssertEqual(report.participantsWithoutProcess, 1, "\(report)")
+        XCTAssertEqual(report.allocatedBlocks, 5)
+        XCTAssertEqual(report.holdings, 5)
+        XCTAssertTrue(report.violations.allSatisfy { $0.contains("is gone") }, "\(report)")
+        // Its blocks are still intact and adoptable by survivors.
+        let handles = try String(contentsOfFile: directory + "/h", encoding: .utf8).split(separator: "\n")
+            .map { SharedHeapHandle(rawValue: UInt64($0.split(separator: " ")[0])!) }
+        let me = try heap.join(name: "survivor")
+        for handle in handles {
+            try me.adopt(handle)
+            XCTAssertTrue(try holdsPattern(heap, handle))
+            XCTAssertFalse(try me.free(handle), "the dead participant's holding keeps the block")
+        }
+    }
+
+    /// Orphan pages whose blocks were all freed remotely go back to the pool when another class needs a page.
+    func testOrphanPagesAreReclaimed() throws {
+        let configuration = SharedHeapConfiguration(pageSize: 4096, sizeClasses: [16, 512], heldCapacity: 64)
+        let (_, heap) = try makeHeap(dataSize: 2 * 4096, configuration: configuration)
+        let a = try heap.join(name: "a")
+        let b = try heap.join(name: "b")
+        let blocks = try (0..<8).map { _ in try a.allocate(512) }
+        let small = try b.allocate(16)
+        for handle in blocks { try b.adopt(handle) }
+        a.leave()
+        var report = heap.verify()
+        XCTAssertTrue(report.isClean, "\(report)")
+        XCTAssertEqual(report.orphanPages, 1)
+        XCTAssertEqual(report.pooledPages, 0)
+        for handle in blocks { XCTAssertTrue(try b.free(handle)) }
+        report = heap.verify()
+        XCTAssertTrue(report.isClean, "\(report)")
+        XCTAssertEqual(report.remoteFreeBlocks, 8)
+        // c needs a 16-byte page: the pool is empty, but the orphan holds nothing live.
+        let c = try heap.join(name: "c")
+        let fresh = try c.allocate(16)
+        report = heap.verify()
+        XCTAssertTrue(report.isClean, "\(report)")
+        XCTAssertEqual(report.orphanPages, 0)
+        XCTAssertEqual(report.ownedPages, 2)
+        try c.free(fresh)
+        try b.free(small)
+    }
+
     // MARK: Stress
 
     func testStressProcessesAndThreads() throws {

@@ -522,6 +522,32 @@ public final class SharedHeap: @unchecked Sendable {
         return nil
     }
 
+    /// Takes over every orphan page of another class than `sizeClass`, collects its remote frees, and gives it
+    /// back to the pool when nothing in it is live (else makes it an orphan again). Returns how many pages went
+    /// back to the pool.
+    internal func reclaimOrphanPages(except sizeClass: Int, for p: Int) -> Int {
+        var reclaimed = 0
+        for page in 0..<layout.pageCount {
+            let word = pageState(page).load(ordering: .relaxed)
+            guard PageWord.kind(word) == PageWord.orphan, PageWord.sizeClass(word) != sizeClass else { continue }
+            let mine = PageWord.make(
+                kind: PageWord.owned, sizeClass: PageWord.sizeClass(word), owner: p, epoch: PageWord.epoch(word))
+            // Ordering: acquiring on success, as in `adoptOrphanPage`.
+            let (won, _) = pageState(page).compareExchange(
+                expected: word, desired: mine, successOrdering: .acquiringAndReleasing, failureOrdering: .relaxed)
+            guard won else { continue }
+            collect(page)
+            if live(page).load(ordering: .relaxed) == 0 {
+                releasePage(page)
+                reclaimed += 1
+            } else {
+                // Ordering: releasing, so the next adopter sees our updates of the owner-only fields.
+                pageState(page).store(word, ordering: .releasing)
+            }
+        }
+        return reclaimed
+    }
+
     /// Gives an owned page with no live block back to the pool.
     internal func releasePage(_ page: Int) {
         let word = pageState(page).load(ordering: .relaxed)

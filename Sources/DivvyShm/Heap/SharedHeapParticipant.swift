@@ -133,6 +133,8 @@ extension SharedHeap {
                         if heap.live(candidate).load(ordering: .relaxed) == 0 { releaseOwnedPage(candidate) }
                     }
                 }
+                // And orphan pages of other classes whose blocks have all been freed.
+                _ = heap.reclaimOrphanPages(except: sizeClass, for: index)
                 page = heap.claimPooledPage(sizeClass: sizeClass, for: index)
             }
             guard let page, let (slot, fresh) = heap.popLocal(page) else {

@@ -1,6 +1,10 @@
 import Atomics
 import Divvy
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// What `SharedHeap.verify()` found: counts, and every violated invariant in words.
 ///
 /// Two reports compare equal when every count and every violation is the same, so "the heap is unchanged" is
@@ -16,6 +20,8 @@ public struct SharedHeapReport: Hashable, Sendable, CustomStringConvertible {
     public var holdings = 0
     /// Participants alive (joined) and dead.
     public var liveParticipants = 0, deadParticipants = 0
+    /// Participants marked alive whose process no longer exists (they need recovery).
+    public var participantsWithoutProcess = 0
     /// Participants in the middle of an operation (pending word set): 0 when the heap is quiescent.
     public var operationsInFlight = 0
     /// Every broken invariant, one sentence each.
@@ -64,7 +70,15 @@ extension SharedHeap {
             let state = ParticipantWord.state(participantState(p).load(ordering: .acquiring))
             switch state {
             case ParticipantWord.free: break
-            case ParticipantWord.alive: report.liveParticipants += 1; alive[p] = true
+            case ParticipantWord.alive:
+                report.liveParticipants += 1
+                alive[p] = true
+                let pid = ParticipantWord.pid(participantState(p).load(ordering: .relaxed))
+                if kill(pid, 0) == -1 && errno == ESRCH {
+                    report.participantsWithoutProcess += 1
+                    violation("participant \(p) is alive but its process \(pid) is gone: it exited without "
+                        + "leave() or was killed; its holdings and pages wait for recovery")
+                }
             case ParticipantWord.dead: report.deadParticipants += 1
             default: violation("participant \(p) has an impossible state \(state)")
             }

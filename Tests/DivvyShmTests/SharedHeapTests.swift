@@ -158,6 +158,12 @@ final class SharedHeapTests: ShmTestCase {
         assertHeapError(.corruptHeader) { _ = try SharedHeap.attach(to: region) }
         meta.storeBytes(of: SharedHeap.layoutVersion, toByteOffset: 8, as: UInt32.self)
         XCTAssertNoThrow(try SharedHeap.attach(to: region))
+        // A read-only mapping may audit and read, not join.
+        let reader = try SharedHeap.attach(to: SharedRegion.open(name: "heap", namePrefix: prefix, access: .readOnly))
+        XCTAssertTrue(try holdsPattern(reader, handle))
+        XCTAssertTrue(reader.verify().isClean, "\(reader.verify())")
+        assertHeapError(.invalidConfiguration) { _ = try reader.join(name: "r") }
+        heap._checkInvariants()
         try me.free(handle)
         XCTAssertTrue(heap.verify().isClean, "\(heap.verify())")
     }

@@ -461,8 +461,13 @@ public final class SharedHeap: @unchecked Sendable {
     /// Registers a participant (one per thread) and returns it.
     ///
     /// - Parameter name: a label for diagnostics (the first 32 UTF-8 bytes are stored).
-    /// - Throws: `.participantTableFull` when every slot is taken.
+    /// - Throws: `.participantTableFull` when every slot is taken; `.invalidConfiguration` for a read-only region.
     public func join(name: String) throws(SharedHeapError) -> Participant {
+        guard region.access == .readWrite else {
+            throw SharedHeapError(
+                .invalidConfiguration, "the region is mapped read-only: a read-only process may verify() and read "
+                    + "blocks, not join; open the region read-write")
+        }
         let me = ParticipantWord.make(state: ParticipantWord.alive, pid: getpid())
         for p in 0..<layout.participantCapacity {
             // Ordering: acquiring on success, so that everything the previous occupant of the slot wrote (its
@@ -481,6 +486,17 @@ public final class SharedHeap: @unchecked Sendable {
         throw SharedHeapError(
             .participantTableFull, "all \(layout.participantCapacity) participant slots are taken; leave() unused "
                 + "participants")
+    }
+
+    /// Traps with the audit's report unless `verify()` is clean. Compiled to nothing unless
+    /// `DIVVY_INTERNAL_CHECKS` is set (debug builds and tests). Call it only while the heap is quiescent.
+    ///
+    /// - Complexity: that of `verify()`.
+    public func _checkInvariants() {
+        #if DIVVY_INTERNAL_CHECKS
+        let report = verify()
+        precondition(report.isClean, "SharedHeap invariant violated: \(report)")
+        #endif
     }
 
     // MARK: Pages

@@ -47,24 +47,36 @@ import Glibc
 ///
 /// ## What recovery (next round) will do with this layout
 ///
-/// Given a dead participant `p` (state word CAS alive → dead first, so it cannot be recovered twice):
-/// 1. **In-flight step.** `pending` holds the handle of the one operation `p` was in (allocate, adopt or free;
-///    0 = none), stored before the block word is touched and cleared after the held list is updated. Recovery
-///    treats that handle like a held-list entry (step 2); the bit tells it whether the step took effect.
-///    A block found in state *freeing* whose handle is `p`'s pending handle may or may not have been pushed onto
-///    its page's remote stack: recovery, having taken the page over as its single consumer (step 3), walks that
-///    stack and pushes the block if it is absent.
-/// 2. **Holdings.** For each handle in `p`'s held list (and the pending one): CAS the block word to clear bit `p`
-///    (generation checked). If the mask becomes empty, the block is freed like any remote free. Blocks that
-///    survivors hold keep their other bits: never freed under them.
-/// 3. **Pages.** Pages whose state word names `p` as owner become orphans (one store). The page's local list
-///    and counters live in metadata and are written only by the owner, so they are exactly as `p` left them
-///    except for the one slot `p` may have been popping: a slot below `carved` that is in no list and whose block
-///    word is free is such a slot, and is put back on the local list. The next participant that adopts the
-///    orphan (CAS orphan → owned, done by `allocate` already) continues from there.
-/// 4. Clear `pending`, empty the held list, store the participant slot free.
+/// Nothing is recovered yet; a participant whose process dies keeps its holdings and pages, and `verify()` reports
+/// it ("alive but its process is gone"). The layout already records everything recovery needs. Given a dead
+/// participant `p` (the daemon sees its socket close, or `kill(pid, 0)` fails; the recoverer first CASes `p`'s
+/// state word alive → dead, so `p` is recovered once):
 ///
-/// `verify()` already checks every invariant recovery must restore, so "recover, then verify" is the test.
+/// 1. **Holdings.** For each handle in `p`'s held list, and `p`'s `pending` handle: CAS the block word to clear
+///    bit `p`, with the generation checked. Clearing a bit is idempotent and attributable, so it does not matter at
+///    which instruction `p` died: if its adopt/allocate had set the bit, the bit goes; if its free had cleared it,
+///    nothing happens; a held-list entry whose block was since freed and reused fails the generation check. When
+///    the mask becomes empty, the recoverer frees the block exactly like a remote free (state freeing, push onto
+///    the page's remote stack). Blocks a survivor holds keep the survivor's bit: never freed under it.
+/// 2. **The one ambiguous step: a free that died between its commit and its push.** If `p`'s pending handle names
+///    a block in state *freeing* (the commit happened), it may or may not be on its page's remote stack. Only the
+///    page's owner — its single consumer — can tell without racing: the recoverer stores the handle into the
+///    page descriptor's *suspect* word (offset 40, reserved and zero now; one suspect at a time, the recoverer
+///    waits for 0). At its next `collect` the owner takes the stack with its exchange; if the suspect block is
+///    still *freeing* with that generation and was not in the list it took, it was never pushed (nobody else
+///    pushes a freeing block), and the owner puts it on its local list; then it stores 0. For an orphan page the
+///    recoverer adopts the page and does this itself.
+/// 3. **Pages.** Pages whose state word names `p` as owner become orphans (one store). Their local list and
+///    counters live in metadata and are written only by the owner, so they are as `p` left them, except for a
+///    slot `p` was between popping and committing (`allocate` pops before it stores `pending`, and the owner's
+///    own free commits "free" before pushing the slot on its local list): such a slot is below `carved`, on no
+///    list, with a free block word. The recoverer (as the page's single consumer) puts those back on the local
+///    list and corrects `live`. Orphans are taken over by `allocate` (same class) or reclaimed to the pool when
+///    nothing in them is live — already implemented.
+/// 4. Store 0 into `pending` and every held-list entry, then store the participant slot free (release).
+///
+/// `verify()` checks every invariant recovery must restore (nothing held by a dead participant, no leaked slot,
+/// counts consistent), so "kill at a random instruction, recover, verify" is the crash-torture test.
 ///
 /// ## Thread safety
 ///

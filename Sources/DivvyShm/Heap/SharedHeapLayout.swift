@@ -17,6 +17,13 @@ import Divvy
 /// | links | `linksOffset` | 4 × pages × maxSlots | per block slot: next slot in the local list or remote stack |
 /// | held lists | `heldOffset` | 8 × participants × heldCapacity | per participant: the handles it holds (0 = empty) |
 ///
+/// Page descriptor (64 bytes): 0 state word (`PageWord`), 8 remote-free head (top slot, `endOfSlots` = empty),
+/// 16 local head, 20 local free count, 24 carved slots, 28 live blocks (the last four owner-only), 32 slot
+/// count, 40 reserved for recovery's *suspect* handle (see `SharedHeap`), 48–63 reserved.
+///
+/// Participant entry (64 bytes): 0 state word (`ParticipantWord`: free / alive(pid) / dead), 8 pending handle (the
+/// operation in flight, 0 = none), 16–47 name (UTF-8, zero padded), 48–63 reserved.
+///
 /// `maxSlots = pageSize / smallest class`: the block word and link of slot `s` of page `p` are at index
 /// `p * maxSlots + s`, whatever the page's class.
 public struct SharedHeapConfiguration: Hashable, Sendable {

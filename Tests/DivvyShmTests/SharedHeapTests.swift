@@ -231,6 +231,8 @@ final class SharedHeapTests: ShmTestCase {
                 do {
                     let handle = try me.allocate(size)
                     XCTAssertNil(model[handle], "seed \(seed): handle reissued while live")
+                    XCTAssertEqual(try heap.handle(for: heap.pointer(for: handle)), handle, "seed \(seed)")
+                    XCTAssertGreaterThanOrEqual(try heap.blockSize(of: handle), size, "seed \(seed)")
                     try fill(heap, handle)
                     model[handle] = ([p], size)
                 } catch let error as SharedHeapError where error.code == .heapFull {

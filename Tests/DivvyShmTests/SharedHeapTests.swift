@@ -372,6 +372,14 @@ final class SharedHeapTests: ShmTestCase {
             leak.store(savedLeak, ordering: .relaxed)
         })
         XCTAssertEqual(Array(UnsafeRawBufferPointer(start: metadata, count: heap.layout.totalBytes)), snapshot)
+        // An operation on a block whose word was overwritten is refused, and changes nothing.
+        word.store(BlockWord.make(generation: location.generation, holders: 1 << 1, state: BlockWord.allocated),
+                   ordering: .relaxed)
+        let corrupted = heap.verify()
+        assertHeapError(.corruptMetadata) { try a.free(handles[2]) }
+        XCTAssertEqual(heap.verify(), corrupted)
+        word.store(savedWord, ordering: .relaxed)
+        XCTAssertEqual(heap.verify(), clean)
         try b.free(handles[1])
         for handle in handles[1..<9] { try a.free(handle) }
         XCTAssertTrue(heap.verify().isClean)

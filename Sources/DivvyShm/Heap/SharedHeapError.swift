@@ -37,6 +37,9 @@ public struct SharedHeapError: Error, Hashable, Sendable, CustomStringConvertibl
         public static let alreadyHeld = Code(12)
         /// The participant has left the heap and may not be used any more.
         public static let participantLeft = Code(13)
+        /// The metadata contradicts itself (a block word does not record a holding the held list records): it was
+        /// overwritten behind the heap's back.
+        public static let corruptMetadata = Code(14)
 
         /// The code's name, e.g. `"staleHandle"`.
         public var description: String {
@@ -54,6 +57,7 @@ public struct SharedHeapError: Error, Hashable, Sendable, CustomStringConvertibl
             case 11: "heldListFull"
             case 12: "alreadyHeld"
             case 13: "participantLeft"
+            case 14: "corruptMetadata"
             default: "code\(rawValue)"
             }
         }

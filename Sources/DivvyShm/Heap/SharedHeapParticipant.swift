@@ -203,8 +203,9 @@ extension SharedHeap {
         ///
         /// - Returns: true when this free released the block (no holder left).
         /// - Throws: `.outOfRange`, `.misaligned`, `.staleHandle` (generation mismatch), `.doubleFree` (already
-        ///   free), `.notHeld` (allocated, but not held by this participant), `.participantLeft`. The heap is
-        ///   unchanged then.
+        ///   free), `.notHeld` (allocated, but not held by this participant), `.participantLeft`,
+        ///   `.corruptMetadata` (the block word contradicts this participant's held list). The heap is unchanged
+        ///   then.
         @discardableResult
         public func free(_ handle: SharedHeapHandle) throws(SharedHeapError) -> Bool {
             try checkJoined()
@@ -229,11 +230,17 @@ extension SharedHeap {
             heap.pending(index).store(handle.rawValue, ordering: .releasing)
             var released = false
             while true {
-                precondition(
-                    BlockWord.generation(observed) == handle.generation
-                        && BlockWord.state(observed) == BlockWord.allocated
-                        && BlockWord.holders(observed) & bit != 0,
-                    "SharedHeap: block word of \(handle) lost our holding (corrupted metadata)")
+                guard BlockWord.generation(observed) == handle.generation,
+                    BlockWord.state(observed) == BlockWord.allocated, BlockWord.holders(observed) & bit != 0
+                else {
+                    // Our held list says we hold it, the block word disagrees: someone wrote the metadata behind
+                    // the heap's back. Change nothing and say so.
+                    heap.pending(index).store(0, ordering: .releasing)
+                    throw SharedHeapError(
+                        .corruptMetadata, "participant \(index) holds \(handle) but the block's word "
+                            + "(0x\(String(observed, radix: 16))) does not record it: the heap's metadata was "
+                            + "overwritten; run verify()")
+                }
                 let holders = BlockWord.holders(observed) & ~bit
                 released = holders == 0
                 let state = !released ? BlockWord.allocated : ownPage ? BlockWord.free : BlockWord.freeing

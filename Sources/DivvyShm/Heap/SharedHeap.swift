@@ -9,7 +9,8 @@ import Glibc
 /// bookkeeping in the metadata area, used by several processes (and threads) at once without locks.
 ///
 /// ```swift
-/// let region = try SharedRegion.create(name: "cache", .init(dataSize: 64 << 20, metadataSize: 8 << 20))
+/// let metadata = SharedHeap.requiredMetadataSize(dataSize: 64 << 20)   // ≈ 0.75 × data with 16-byte classes
+/// let region = try SharedRegion.create(name: "cache", .init(dataSize: 64 << 20, metadataSize: metadata))
 /// let heap = try SharedHeap.create(in: region)             // formats the metadata area
 /// let me = try heap.join(name: "writer")                   // a participant: one per thread
 /// let handle = try me.allocate(200)                        // a 64-bit handle, valid in every process

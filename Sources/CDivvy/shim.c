@@ -27,3 +27,4 @@ int divvy_madv_dontneed(void) { return MADV_DONTNEED; }
 #endif
 int divvy_madv_populate_write(void) { return MADV_POPULATE_WRITE; }
 int divvy_errno(void) { return errno; }
+void divvy_set_errno(int value) { errno = value; }

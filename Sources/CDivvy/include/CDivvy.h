@@ -32,6 +32,9 @@ int divvy_madv_populate_write(void);
 /// The errno of the calling thread (a macro around a TLS slot in glibc).
 int divvy_errno(void);
 
+/// Sets the calling thread's errno (the malloc-family adapter reports ENOMEM/EINVAL through it, as C does).
+void divvy_set_errno(int value);
+
 #ifdef __cplusplus
 }
 #endif

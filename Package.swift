@@ -13,6 +13,8 @@ let package = Package(
     products: [
         .library(name: "Divvy", targets: ["Divvy"]),
         .executable(name: "divvy-demo", targets: ["DivvyDemo"]),
+        // `LD_PRELOAD=.build/<config>/libDivvyMalloc.so program`: a Divvy composition as the process's malloc.
+        .library(name: "DivvyMalloc", type: .dynamic, targets: ["DivvyMalloc"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
@@ -34,6 +36,9 @@ let package = Package(
                 .enableExperimentalFeature("Lifetimes"),
             ]
         ),
+        // The malloc shim: C exports (re-entry guard, lock, bootstrap arena) over a Swift heap.
+        .target(name: "CDivvyMalloc"),
+        .target(name: "DivvyMalloc", dependencies: ["Divvy", "CDivvyMalloc"]),
         // The demo is written the way users are meant to write code: the compiler rejects any
         // unsafe construct in it (strict memory safety, as an error).
         .executableTarget(

@@ -729,6 +729,11 @@ extension GlobalAllocatorAdapterTests {
             "/usr/lib/x86_64-linux-gnu/libc_malloc_debug.so.0", "/usr/lib/aarch64-linux-gnu/libc_malloc_debug.so.0"]
             .first { FileManager.default.fileExists(atPath: $0) }
         guard let debugLibrary else { throw XCTSkip("glibc's libc_malloc_debug.so.0 (mtrace) is not installed") }
+        if dlsym(UnsafeMutableRawPointer(bitPattern: 0), "__tsan_init") != nil
+            || dlsym(UnsafeMutableRawPointer(bitPattern: 0), "__asan_init") != nil
+        {
+            throw XCTSkip("a sanitizer's malloc hides the calls from mtrace")
+        }
         let trace = FileManager.default.temporaryDirectory.appendingPathComponent("divvy-mtrace-\(getpid()).txt").path
         defer { try? FileManager.default.removeItem(atPath: trace) }
         let child = try runChild("mtrace", environment: ["LD_PRELOAD": debugLibrary, "MALLOC_TRACE": trace])

@@ -132,6 +132,7 @@ DIVVY_EXPORT void free(void *pointer) {
     if (pointer == NULL || divvy_in_arena(pointer)) return;
     // A block not from the arena came from the heap, so the heap exists (even at depth > 0: the lock is recursive).
     void *heap = atomic_load_explicit(&divvy_heap, memory_order_acquire);
+    if (heap == NULL) return;  // not ours and no heap yet: nothing to give it back to
     DIVVY_ENTER();
     divvy_malloc_swift_free(heap, pointer);
     DIVVY_LEAVE();
@@ -154,8 +155,10 @@ DIVVY_EXPORT void *calloc(size_t count, size_t size) {
 
 DIVVY_EXPORT void *realloc(void *pointer, size_t size) {
     if (pointer != NULL && divvy_in_arena(pointer)) {
-        // Arena blocks never move back: copy into a fresh block (from the heap when it is ready).
-        void *moved = malloc(size ? size : 1);
+        // Arena blocks never move back: copy into a fresh block (from the heap when it is ready). realloc(p, 0)
+        // frees (a no-op for the arena) and returns NULL, as for heap blocks.
+        if (size == 0) return NULL;
+        void *moved = malloc(size);
         if (moved == NULL) return NULL;
         size_t old = divvy_arena_size(pointer);
         memcpy(moved, pointer, old < size ? old : size);
@@ -165,6 +168,7 @@ DIVVY_EXPORT void *realloc(void *pointer, size_t size) {
     if (heap == NULL) {
         if (pointer == NULL) return divvy_arena_alloc(size, 16);
         heap = atomic_load_explicit(&divvy_heap, memory_order_acquire);
+        if (heap == NULL) { errno = ENOMEM; return NULL; }
     }
     DIVVY_ENTER();
     void *moved = divvy_malloc_swift_realloc(heap, pointer, size);
@@ -246,6 +250,7 @@ DIVVY_EXPORT size_t malloc_usable_size(void *pointer) {
     if (pointer == NULL) return 0;
     if (divvy_in_arena(pointer)) return divvy_arena_size(pointer);
     void *heap = atomic_load_explicit(&divvy_heap, memory_order_acquire);
+    if (heap == NULL) return 0;
     DIVVY_ENTER();
     size_t size = divvy_malloc_swift_usable_size(heap, pointer);
     DIVVY_LEAVE();

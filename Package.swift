@@ -39,6 +39,8 @@ let package = Package(
         // The malloc shim: C exports (re-entry guard, lock, bootstrap arena) over a Swift heap.
         .target(name: "CDivvyMalloc"),
         .target(name: "DivvyMalloc", dependencies: ["Divvy", "CDivvyMalloc"]),
+        // A multi-threaded C workout of the malloc family that the preload tests run with and without the library.
+        .executableTarget(name: "DivvyMallocStress", linkerSettings: [.linkedLibrary("pthread")]),
         // The demo is written the way users are meant to write code: the compiler rejects any
         // unsafe construct in it (strict memory safety, as an error).
         .executableTarget(
@@ -59,6 +61,7 @@ let package = Package(
             dependencies: [
                 "Divvy",
                 "DivvyTestSupport",
+                "DivvyMallocStress",
                 .product(name: "Atomics", package: "swift-atomics"),
             ]
         ),

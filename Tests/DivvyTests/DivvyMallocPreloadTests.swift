@@ -144,6 +144,20 @@ final class DivvyMallocPreloadTests: XCTestCase {
         XCTAssertEqual(divvy, plain)
     }
 
+    func testMultiThreadedCStressIsIdentical() throws {
+        let lib = try library()
+        // Built by this package (`Sources/DivvyMallocStress/main.c`): four threads, cross-thread frees through
+        // mailboxes, realloc chains, posix_memalign/aligned_alloc/memalign at alignments up to 64 KiB, contents
+        // checked everywhere; it exits 1 on any mismatch.
+        let stress = URL(fileURLWithPath: lib).deletingLastPathComponent().appendingPathComponent("DivvyMallocStress").path
+        let plain = try run([stress], preload: nil)
+        let divvy = try run([stress], preload: lib)
+        XCTAssertEqual(plain.status, 0, plain.stdout + plain.stderr)
+        XCTAssertEqual(divvy.status, 0, divvy.stdout + divvy.stderr)
+        XCTAssertTrue(divvy.stdout.hasPrefix("corner cases ok\nerrors 0\n"), divvy.stdout)
+        XCTAssertEqual(divvy.stdout, plain.stdout)
+    }
+
     func testGitCommitOfAThousandFilesIsIdentical() throws {
         let lib = try library()
         guard FileManager.default.isExecutableFile(atPath: "/usr/bin/git") else { throw XCTSkip("no git") }

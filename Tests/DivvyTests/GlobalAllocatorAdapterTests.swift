@@ -176,6 +176,28 @@ extension GlobalAllocatorAdapterTests {
         XCTAssertEqual(pool.smallLiveBlocks, 0)
     }
 
+    func testFreeOfAPointerThatReallocMovedIsADoubleFree() throws {
+        let pool = try Pool(OSAllocator())
+        let heap = CAllocationAdapter(pool)
+        let p = heap.malloc(10)!
+        let q = heap.realloc(p, 1000)!
+        XCTAssertNotEqual(p, q)
+        assertAllocationError(.doubleFree) { try heap.checkedFree(p) }
+        // In place, the pointer stays valid.
+        let r = heap.realloc(q, 1001)!
+        XCTAssertEqual(r, q)
+        XCTAssertEqual(heap.requestedSize(r), 1001)
+        try heap.checkedFree(r)
+        XCTAssertEqual(pool.smallLiveBlocks, 0)
+        // A failed realloc leaves the block live (its header restored), so it can still be freed once.
+        let quota = CAllocationAdapter(LimitAllocator(try Pool(OSAllocator()), limit: 100))
+        let s = quota.malloc(50)!
+        XCTAssertNil(quota.realloc(s, 90))
+        XCTAssertEqual(quota.requestedSize(s), 50)
+        try quota.checkedFree(s)
+        assertAllocationError(.doubleFree) { try quota.checkedFree(s) }
+    }
+
     func testUncheckedAdapterServesTheSameFunctions() throws {
         let quota = LimitAllocator(try Pool(OSAllocator()), limit: 1 << 20)
         let heap = CAllocationAdapter(quota, checksFrees: false)

@@ -187,10 +187,14 @@ extension CAllocationAdapter {
         }
         let header = _liveHeader(of: pointer)
         guard let newLayout = _Header.layout(size: size, shift: header.shift) else { return _fail(ENOMEM) }
+        // Mark the old header freed first: if the block moves, a later free of the old pointer is then reported as
+        // a double free. A failed reallocation leaves the block with the caller, so the mark is undone.
+        if checksFrees { _Header.markFreed(pointer) }
         let moved: UnsafeBlock
         do {
             moved = try base.reallocate(header.block(at: pointer), from: header.layout, to: newLayout)
         } catch {
+            if checksFrees { _Header.markFreed(pointer) }  // flipping the check bits again restores them
             return _fail(ENOMEM)
         }
         let slack = moved.size &- newLayout.size
@@ -414,9 +418,11 @@ internal struct _Header {
     @inlinable static var minimumShift: Int { 4 }
     /// 1 TiB.
     @inlinable static var maximumShift: Int { 40 }
+    /// Bits of the info word holding the slack; the shift follows them.
     @inlinable static var slackBits: Int { 34 }
     /// 16 GiB of rounding: more than any allocator here rounds (1 GiB huge pages at most).
     @inlinable static var maximumSlack: Int { (1 << slackBits) - 1 }
+    /// The check field is the info word's top 24 bits.
     @inlinable static var checkOffset: UInt64 { 40 }
     /// Flipping all 24 check bits marks a header freed.
     @inlinable static var freedFlip: UInt64 { 0xFF_FFFF << checkOffset }
@@ -501,7 +507,7 @@ internal struct _Header {
         return .live(header)
     }
 
-    /// Marks the header in front of `pointer` freed, so a second free is reported.
+    /// Marks the header in front of `pointer` freed, so a second free is reported; marking twice restores it.
     @inlinable
     static func markFreed(_ pointer: UnsafeMutableRawPointer) {
         let info = (pointer - 8).load(as: UInt64.self)

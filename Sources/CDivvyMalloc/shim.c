@@ -21,6 +21,8 @@
 
 #include "CDivvyMalloc.h"
 
+#define DIVVY_EXPORT __attribute__((visibility("default")))
+
 // Implemented in Swift (DivvyMalloc.swift), with @_cdecl.
 extern void *divvy_malloc_swift_create(void);
 extern void *divvy_malloc_swift_malloc(void *heap, size_t size);
@@ -34,7 +36,6 @@ extern void *divvy_malloc_swift_valloc(void *heap, size_t size);
 extern void *divvy_malloc_swift_pvalloc(void *heap, size_t size);
 extern size_t divvy_malloc_swift_usable_size(void *heap, void *pointer);
 
-#define DIVVY_EXPORT __attribute__((visibility("default")))
 #define DIVVY_TLS __thread __attribute__((tls_model("initial-exec")))
 
 // MARK: Bootstrap arena
@@ -64,7 +65,7 @@ static void *divvy_arena_alloc(size_t size, size_t alignment) {
 
 static inline size_t divvy_arena_size(const void *pointer) { return ((const size_t *)pointer)[-1]; }
 
-size_t divvy_malloc_bootstrap_bytes(void) { return atomic_load_explicit(&divvy_arena_used, memory_order_relaxed); }
+DIVVY_EXPORT size_t divvy_malloc_bootstrap_bytes(void) { return atomic_load_explicit(&divvy_arena_used, memory_order_relaxed); }
 
 // MARK: State
 

@@ -94,6 +94,42 @@ final class DivvyMallocPreloadTests: XCTestCase {
         XCTAssertNotEqual(try run([python, "-c", script], preload: nil).stdout, "16\n")
     }
 
+    /// Allocations the heap makes while serving a call (re-entry) land in the bootstrap arena, so a hot path that
+    /// started allocating would show up as arena growth: after a warm-up, none is allowed.
+    func testTheHeapDoesNotReenterMallocOnTheHotPath() throws {
+        let lib = try library()
+        guard FileManager.default.isExecutableFile(atPath: python) else { throw XCTSkip("no python3") }
+        let script = """
+            import ctypes
+            libc = ctypes.CDLL(None)
+            for name in ("malloc", "calloc", "realloc", "memalign"):
+                getattr(libc, name).restype = ctypes.c_void_p
+            libc.divvy_malloc_bootstrap_bytes.restype = ctypes.c_size_t
+            sizes = [0, 1, 24, 100, 500, 3000, 20000, 40000, 200000]
+            def work(rounds):
+                for r in range(rounds):
+                    for s in sizes:
+                        p = libc.malloc(s)
+                        p = libc.realloc(ctypes.c_void_p(p), s * 2 + 1)
+                        libc.malloc_usable_size(ctypes.c_void_p(p))
+                        libc.free(ctypes.c_void_p(p))
+                        q = libc.calloc(3, s)
+                        libc.free(ctypes.c_void_p(q))
+                        for a in (64, 4096):
+                            m = libc.memalign(a, s)
+                            libc.free(ctypes.c_void_p(m))
+                        out = ctypes.c_void_p()
+                        libc.posix_memalign(ctypes.byref(out), 256, s)
+                        libc.free(out)
+            work(3)
+            before = libc.divvy_malloc_bootstrap_bytes()
+            work(300)
+            print(before > 0, libc.divvy_malloc_bootstrap_bytes() - before)
+            """
+        let result = try run([python, "-c", script], preload: lib)
+        XCTAssertEqual(result.stdout, "True 0\n", result.stderr)
+    }
+
     func testSortOfALargeFileIsIdentical() throws {
         let lib = try library()
         var random = SystemRandomNumberGenerator()

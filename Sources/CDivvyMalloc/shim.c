@@ -46,7 +46,8 @@ static _Alignas(4096) unsigned char divvy_arena[DIVVY_ARENA_SIZE];
 static _Atomic size_t divvy_arena_used;
 
 static inline int divvy_in_arena(const void *pointer) {
-    return (const unsigned char *)pointer >= divvy_arena && (const unsigned char *)pointer < divvy_arena + DIVVY_ARENA_SIZE;
+    const unsigned char *byte = pointer;
+    return byte >= divvy_arena && byte < divvy_arena + DIVVY_ARENA_SIZE;
 }
 
 // A block: [size_t size][pad to 16] payload. The size sits in the 8 bytes before the payload.
@@ -65,7 +66,9 @@ static void *divvy_arena_alloc(size_t size, size_t alignment) {
 
 static inline size_t divvy_arena_size(const void *pointer) { return ((const size_t *)pointer)[-1]; }
 
-DIVVY_EXPORT size_t divvy_malloc_bootstrap_bytes(void) { return atomic_load_explicit(&divvy_arena_used, memory_order_relaxed); }
+DIVVY_EXPORT size_t divvy_malloc_bootstrap_bytes(void) {
+    return atomic_load_explicit(&divvy_arena_used, memory_order_relaxed);
+}
 
 // MARK: State
 

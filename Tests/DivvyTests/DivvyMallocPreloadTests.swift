@@ -2,7 +2,7 @@ import Foundation
 import XCTest
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Real programs under `LD_PRELOAD=libDivvyMalloc.so` produce the same output as without it.
@@ -12,9 +12,11 @@ final class DivvyMallocPreloadTests: XCTestCase {
     /// `libDivvyMalloc.so` in this build's products directory.
     func library() throws -> String {
         let binary = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
-        let path = URL(fileURLWithPath: binary).deletingLastPathComponent().appendingPathComponent("libDivvyMalloc.so").path
+        let path = URL(fileURLWithPath: binary).deletingLastPathComponent().appendingPathComponent("libDivvyMalloc.so")
+            .path
         guard FileManager.default.fileExists(atPath: path) else {
-            XCTFail("\(path) is missing: build it with `swift build --build-tests` (or `swift build`) before `swift test`")
+            XCTFail(
+                "\(path) is missing: build it with `swift build --build-tests` (or `swift build`) before `swift test`")
             throw XCTSkip("libDivvyMalloc.so not built")
         }
         if dlsym(UnsafeMutableRawPointer(bitPattern: 0), "__tsan_init") != nil
@@ -44,14 +46,17 @@ final class DivvyMallocPreloadTests: XCTestCase {
         for (key, value) in environment { env[key] = value }
         process.environment = env
         if let directory { process.currentDirectoryURL = URL(fileURLWithPath: directory) }
-        let out = Pipe(), err = Pipe(), stdin = Pipe()
+        let out = Pipe()
+        let err = Pipe()
+        let stdin = Pipe()
         process.standardOutput = out
         process.standardError = err
         process.standardInput = stdin
         try process.run()
         // Read both pipes concurrently with writing the input, so no side blocks on a full pipe.
         let group = DispatchGroup()
-        nonisolated(unsafe) var outData = Data(), errData = Data()
+        nonisolated(unsafe) var outData = Data()
+        nonisolated(unsafe) var errData = Data()
         DispatchQueue.global().async(group: group) { outData = out.fileHandleForReading.readDataToEndOfFile() }
         DispatchQueue.global().async(group: group) { errData = err.fileHandleForReading.readDataToEndOfFile() }
         if let input { stdin.fileHandleForWriting.write(input) }
@@ -135,7 +140,8 @@ final class DivvyMallocPreloadTests: XCTestCase {
         var random = SystemRandomNumberGenerator()
         var text = ""
         for _ in 0..<200_000 {
-            text += String(random.next() as UInt32, radix: 16) + " " + String(repeating: "x", count: Int.random(in: 0..<60))
+            text +=
+                String(random.next() as UInt32, radix: 16) + " " + String(repeating: "x", count: Int.random(in: 0..<60))
                 + "\n"
         }
         let input = Data(text.utf8)
@@ -185,7 +191,8 @@ final class DivvyMallocPreloadTests: XCTestCase {
         // Built by this package (`Sources/DivvyMallocStress/main.c`): four threads, cross-thread frees through
         // mailboxes, realloc chains, posix_memalign/aligned_alloc/memalign at alignments up to 64 KiB, contents
         // checked everywhere; it exits 1 on any mismatch.
-        let stress = URL(fileURLWithPath: lib).deletingLastPathComponent().appendingPathComponent("DivvyMallocStress").path
+        let stress = URL(fileURLWithPath: lib).deletingLastPathComponent().appendingPathComponent("DivvyMallocStress")
+            .path
         let plain = try run([stress], preload: nil)
         let divvy = try run([stress], preload: lib)
         XCTAssertEqual(plain.status, 0, plain.stdout + plain.stderr)
@@ -206,8 +213,11 @@ final class DivvyMallocPreloadTests: XCTestCase {
                     .write(to: URL(fileURLWithPath: directory + "/f\(i).txt"))
             }
             let env = ["GIT_CONFIG_NOSYSTEM": "1", "HOME": directory]
-            for command in [["init", "-q"], ["add", "."], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"]] {
-                let result = try run(["/usr/bin/git"] + command, preload: preload, directory: directory, environment: env)
+            for command in [
+                ["init", "-q"], ["add", "."], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"],
+            ] {
+                let result = try run(
+                    ["/usr/bin/git"] + command, preload: preload, directory: directory, environment: env)
                 XCTAssertEqual(result.status, 0, "git \(command): \(result.stderr)")
             }
             return try run(["/usr/bin/git", "rev-parse", "HEAD^{tree}"], preload: preload, directory: directory).stdout

@@ -4,7 +4,7 @@ import Foundation
 import XCTest
 
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// `CAllocationAdapter` against the C semantics of the malloc family.
@@ -75,7 +75,9 @@ extension GlobalAllocatorAdapterTests {
         let c = heap.calloc(3, 7)!
         XCTAssertEqual(counting.live.count, 3)
         // The layouts the base saw: 16 (or the alignment) bytes of header room, then the caller's bytes.
-        XCTAssertEqual(Set(counting.live.values), [try Layout(size: 26), try Layout(size: 266, alignment: 256), try Layout(size: 37)])
+        XCTAssertEqual(
+            Set(counting.live.values),
+            [try Layout(size: 26), try Layout(size: 266, alignment: 256), try Layout(size: 37)])
         for p in [a, b, c] { heap.free(p) }
         XCTAssertEqual(counting.live.count, 0)
         XCTAssertEqual(counting.deallocations, 3)
@@ -303,7 +305,9 @@ extension GlobalAllocatorAdapterTests {
         var size = 1
         p.storeBytes(of: 0, as: UInt8.self)
         func fill(from start: Int, to end: Int) {
-            for i in start..<end { p.storeBytes(of: UInt8(truncatingIfNeeded: i &* 31), toByteOffset: i, as: UInt8.self) }
+            for i in start..<end {
+                p.storeBytes(of: UInt8(truncatingIfNeeded: i &* 31), toByteOffset: i, as: UInt8.self)
+            }
         }
         func verify(_ count: Int, _ step: String) -> Bool {
             for i in 0..<count where p.load(fromByteOffset: i, as: UInt8.self) != UInt8(truncatingIfNeeded: i &* 31) {
@@ -373,10 +377,12 @@ extension GlobalAllocatorAdapterTests {
             XCTAssertEqual(errno, ENOMEM, "realloc to \(size)")
             XCTAssertEqual(quota.usedBytes, used)
             XCTAssertEqual(heap.requestedSize(p), 3000, "the header is unchanged")
-            XCTAssertTrue((0..<3000).allSatisfy { p.load(fromByteOffset: $0, as: UInt8.self) == UInt8(truncatingIfNeeded: $0) })
+            XCTAssertTrue(
+                (0..<3000).allSatisfy { p.load(fromByteOffset: $0, as: UInt8.self) == UInt8(truncatingIfNeeded: $0) })
         }
         // …and a failing large side forces it across the threshold, where the block must move.
-        let split = CAllocationAdapter(Segregator(threshold: 4096, small: try Pool(OSAllocator()), large: FailingAllocator()))
+        let split = CAllocationAdapter(
+            Segregator(threshold: 4096, small: try Pool(OSAllocator()), large: FailingAllocator()))
         let q = split.malloc(1000)!
         memset(q, 0x3C, 1000)
         errno = 0
@@ -638,7 +644,8 @@ extension GlobalAllocatorAdapterTests {
             if heap.requestedSize(pointer) != size { fail("\(pointer): header says \(heap.requestedSize(pointer))") }
             let usable = heap.mallocUsableSize(pointer)
             if usable < size { fail("\(pointer): usable \(usable) < \(size)") }
-            let lo = UInt(bitPattern: pointer) - 16, hi = UInt(bitPattern: pointer) + UInt(Swift.max(usable, 1))
+            let lo = UInt(bitPattern: pointer) - 16
+            let hi = UInt(bitPattern: pointer) + UInt(Swift.max(usable, 1))
             for (index, other) in live.enumerated() where index != ignoring {
                 let olo = UInt(bitPattern: other.pointer) - 16
                 let ohi = UInt(bitPattern: other.pointer) + UInt(Swift.max(other.size, 1))
@@ -656,7 +663,8 @@ extension GlobalAllocatorAdapterTests {
             if zeroed, !UnsafeRawBufferPointer(start: pointer, count: size).allSatisfy({ $0 == 0 }) {
                 fail("\(what) is not zeroed")
             }
-            let entry = Live(pointer: pointer, size: size, alignment: alignment, tag: .random(in: 0...255, using: &random))
+            let entry = Live(
+                pointer: pointer, size: size, alignment: alignment, tag: .random(in: 0...255, using: &random))
             fill(entry)
             live.append(entry)
         }
@@ -676,7 +684,8 @@ extension GlobalAllocatorAdapterTests {
                 var entry = live[index]
                 let newSize = randomSize()
                 let byArray = roll >= 95 && newSize % 8 == 0
-                let moved = byArray ? heap.reallocarray(entry.pointer, newSize / 8, 8) : heap.realloc(entry.pointer, newSize)
+                let moved =
+                    byArray ? heap.reallocarray(entry.pointer, newSize / 8, 8) : heap.realloc(entry.pointer, newSize)
                 if newSize == 0 {
                     if moved != nil { fail("realloc(p, 0) returned non-nil") }
                     live.swapAt(index, live.count - 1)
@@ -703,7 +712,8 @@ extension GlobalAllocatorAdapterTests {
                     add(heap.malloc(size), size: size, alignment: 16, zeroed: false, "malloc(\(size))")
                 case 3:
                     let count = Int.random(in: 1...16, using: &random)
-                    add(heap.calloc(count, size / count), size: size / count * count, alignment: 16, zeroed: true,
+                    add(
+                        heap.calloc(count, size / count), size: size / count * count, alignment: 16, zeroed: true,
                         "calloc(\(count), \(size / count))")
                 case 4:
                     let alignment = 1 << Int.random(in: 3...16, using: &random)
@@ -714,14 +724,20 @@ extension GlobalAllocatorAdapterTests {
                         if code != ENOMEM { fail("posix_memalign returned \(code)") }
                         errno = code
                     }
-                    add(out, size: size, alignment: Swift.max(alignment, 16), zeroed: false, "posix_memalign(\(alignment), \(size))")
+                    add(
+                        out, size: size, alignment: Swift.max(alignment, 16), zeroed: false,
+                        "posix_memalign(\(alignment), \(size))")
                 case 5:
                     let alignment = 1 << Int.random(in: 0...16, using: &random)
-                    add(heap.memalign(alignment: alignment, size: size), size: size, alignment: Swift.max(alignment, 16),
+                    add(
+                        heap.memalign(alignment: alignment, size: size), size: size,
+                        alignment: Swift.max(alignment, 16),
                         zeroed: false, "memalign(\(alignment), \(size))")
                 case 6:
                     let alignment = 1 << Int.random(in: 0...13, using: &random)
-                    add(heap.alignedAlloc(alignment: alignment, size: size), size: size, alignment: Swift.max(alignment, 16),
+                    add(
+                        heap.alignedAlloc(alignment: alignment, size: size), size: size,
+                        alignment: Swift.max(alignment, 16),
                         zeroed: false, "aligned_alloc(\(alignment), \(size))")
                 default:
                     add(heap.valloc(size), size: size, alignment: page, zeroed: false, "valloc(\(size))")
@@ -747,9 +763,11 @@ extension GlobalAllocatorAdapterTests {
     /// the same trace (allocating Swift class instances) shows the trace would catch a regression: a class instance,
     /// an array, a string or an existential box on the hot path is exactly such a logged call.
     func testTheHotPathNeverCallsTheCHeap() throws {
-        let debugLibrary = ["/lib/x86_64-linux-gnu/libc_malloc_debug.so.0", "/lib/aarch64-linux-gnu/libc_malloc_debug.so.0",
-            "/usr/lib/x86_64-linux-gnu/libc_malloc_debug.so.0", "/usr/lib/aarch64-linux-gnu/libc_malloc_debug.so.0"]
-            .first { FileManager.default.fileExists(atPath: $0) }
+        let debugLibrary = [
+            "/lib/x86_64-linux-gnu/libc_malloc_debug.so.0", "/lib/aarch64-linux-gnu/libc_malloc_debug.so.0",
+            "/usr/lib/x86_64-linux-gnu/libc_malloc_debug.so.0", "/usr/lib/aarch64-linux-gnu/libc_malloc_debug.so.0",
+        ]
+        .first { FileManager.default.fileExists(atPath: $0) }
         guard let debugLibrary else { throw XCTSkip("glibc's libc_malloc_debug.so.0 (mtrace) is not installed") }
         if dlsym(UnsafeMutableRawPointer(bitPattern: 0), "__tsan_init") != nil
             || dlsym(UnsafeMutableRawPointer(bitPattern: 0), "__asan_init") != nil
@@ -769,9 +787,11 @@ extension GlobalAllocatorAdapterTests {
         guard let marker = events.firstIndex(where: { $0.hasSuffix(" 0xd431") && $0.contains(" + ") }) else {
             return XCTFail("no marker in the trace: \(lines.prefix(20))")
         }
-        XCTAssertEqual(marker, 0, "the hot path called the C heap:\n\(events.prefix(min(marker, 20)).joined(separator: "\n"))")
+        XCTAssertEqual(
+            marker, 0, "the hot path called the C heap:\n\(events.prefix(min(marker, 20)).joined(separator: "\n"))")
         let control = events[(marker + 1)...].filter { $0.contains(" + ") }.count
-        XCTAssertGreaterThanOrEqual(control, 1000, "the positive control's allocations were not seen; the trace is blind")
+        XCTAssertGreaterThanOrEqual(
+            control, 1000, "the positive control's allocations were not seen; the trace is blind")
     }
 
     /// The body of the child processes above. Does nothing in a normal test run.
@@ -805,7 +825,8 @@ extension GlobalAllocatorAdapterTests {
         typealias MTrace = @convention(c) () -> Void
         // libc_malloc_debug defines mtrace only under the symbol version the program linked against (a hidden
         // version), so a plain dlsym finds libc's do-nothing stub; ask for the versioned symbol.
-        typealias DLVSym = @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<CChar>, UnsafePointer<CChar>)
+        typealias DLVSym =
+            @convention(c) (UnsafeMutableRawPointer?, UnsafePointer<CChar>, UnsafePointer<CChar>)
             -> UnsafeMutableRawPointer?
         guard let dlvsymAddress = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "dlvsym") else {
             return XCTFail("dlvsym is not available")
@@ -827,7 +848,9 @@ extension GlobalAllocatorAdapterTests {
         let live = UnsafeMutablePointer<UnsafeMutableRawPointer?>.allocate(capacity: slots)
         live.initialize(repeating: nil, count: slots)
         let sizes = UnsafeMutablePointer<Int>.allocate(capacity: 16)
-        for (i, size) in [0, 8, 24, 40, 100, 128, 300, 700, 1500, 4000, 9000, 16_000, 20_000, 70_000, 48, 64].enumerated() {
+        for (i, size) in [0, 8, 24, 40, 100, 128, 300, 700, 1500, 4000, 9000, 16_000, 20_000, 70_000, 48, 64]
+            .enumerated()
+        {
             sizes[i] = size
         }
         func run(_ iterations: Int) {
@@ -896,13 +919,15 @@ extension GlobalAllocatorAdapterTests {
     /// Runs `testChildProcessEntryPoint` in a fresh copy of this test binary with `role`.
     func runChild(_ role: String, environment: [String: String] = [:]) throws -> ChildResult {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+        process.executableURL = URL(
+            fileURLWithPath: try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
         process.arguments = ["DivvyTests.GlobalAllocatorAdapterTests/testChildProcessEntryPoint"]
         var env = ProcessInfo.processInfo.environment
         env[childRoleVariable] = role
         for (key, value) in environment { env[key] = value }
         process.environment = env
-        let out = Pipe(), err = Pipe()
+        let out = Pipe()
+        let err = Pipe()
         process.standardOutput = out
         process.standardError = err
         try process.run()

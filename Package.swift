@@ -14,6 +14,8 @@ let package = Package(
         .library(name: "Divvy", targets: ["Divvy"]),
         .executable(name: "divvy-demo", targets: ["DivvyDemo"]),
         .library(name: "DivvyShm", targets: ["DivvyShm"]),
+        // `LD_PRELOAD=.build/<config>/libDivvyMalloc.so program`: a Divvy composition as the process's malloc.
+        .library(name: "DivvyMalloc", type: .dynamic, targets: ["DivvyMalloc"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
@@ -35,6 +37,11 @@ let package = Package(
                 .enableExperimentalFeature("Lifetimes"),
             ]
         ),
+        // The malloc shim: C exports (re-entry guard, lock, bootstrap arena) over a Swift heap.
+        .target(name: "CDivvyMalloc"),
+        .target(name: "DivvyMalloc", dependencies: ["Divvy", "CDivvyMalloc"]),
+        // A multi-threaded C workout of the malloc family that the preload tests run with and without the library.
+        .executableTarget(name: "DivvyMallocStress", linkerSettings: [.linkedLibrary("pthread")]),
         // The demo is written the way users are meant to write code: the compiler rejects any
         // unsafe construct in it (strict memory safety, as an error).
         .executableTarget(
@@ -55,6 +62,7 @@ let package = Package(
             dependencies: [
                 "Divvy",
                 "DivvyTestSupport",
+                "DivvyMallocStress",
                 .product(name: "Atomics", package: "swift-atomics"),
             ]
         ),

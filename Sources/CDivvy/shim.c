@@ -55,3 +55,4 @@ int divvy_f_seal_shrink(void) { return F_SEAL_SHRINK; }
 int divvy_f_seal_grow(void) { return F_SEAL_GROW; }
 int divvy_fcntl_int(int fd, int command, int argument) { return fcntl(fd, command, argument); }
 int divvy_madv_populate_read(void) { return MADV_POPULATE_READ; }
+void divvy_set_errno(int value) { errno = value; }

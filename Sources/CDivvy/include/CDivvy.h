@@ -60,6 +60,8 @@ int divvy_fcntl_int(int fd, int command, int argument);
 
 /// madvise(2) MADV_POPULATE_READ (Linux 5.14): prefault page tables readable (for read-only mappings).
 int divvy_madv_populate_read(void);
+/// Sets the calling thread's errno (the malloc-family adapter reports ENOMEM/EINVAL through it, as C does).
+void divvy_set_errno(int value);
 
 #ifdef __cplusplus
 }

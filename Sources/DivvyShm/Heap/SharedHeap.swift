@@ -350,6 +350,11 @@ public final class SharedHeap: @unchecked Sendable {
     @inlinable internal func live(_ page: Int) -> UnsafeAtomic<UInt32> { word32(pageDescriptor(page) + 28) }
     /// Slots in the page for its class (written when the page leaves the pool).
     @inlinable internal func slotCount(_ page: Int) -> UnsafeAtomic<UInt32> { word32(pageDescriptor(page) + 32) }
+    /// Recovery's *suspect* handle for the page (0 = none): a block whose freer died between committing *freeing*
+    /// and pushing it; the page's consumer resolves it at its next `collect`.
+    @inlinable internal func suspect(_ page: Int) -> UnsafeAtomic<UInt64> { word64(pageDescriptor(page) + 40) }
+    /// The chain `collect` is moving (first slot + 1, 0 = none): owner only, read by recovery after a death.
+    @inlinable internal func collecting(_ page: Int) -> UnsafeAtomic<UInt32> { word32(pageDescriptor(page) + 48) }
 
     @inlinable internal func blockWord(_ page: Int, _ slot: Int) -> UnsafeAtomic<UInt64> {
         word64(layout.blockWordsOffset + (page * layout.maxSlots + slot) * 8)
@@ -589,26 +594,83 @@ public final class SharedHeap: @unchecked Sendable {
 
     /// Moves the page's whole remote-free stack onto its local list (owner only). Returns how many blocks came
     /// back.
+    ///
+    /// Crash discipline (see `SharedHeap.recover(participant:)`): the chain being moved is always recorded in the
+    /// page's *collecting* word (slot + 1, 0 = none), stored before the stack is taken and advanced past each
+    /// block before the block is linked into the local list, so a recoverer can finish a collect its owner died
+    /// in. Before taking the stack the owner reads the page's *suspect* word (a handle recovery could not prove
+    /// was pushed): if that block is still *freeing* and was not in the chain taken, it never reached the stack,
+    /// and the owner frees it here.
+    ///
+    /// - Parameter _stopAt: test hook: stop (as if the owner died) after stage `_stopAt` — 0: the collecting word
+    ///   is stored, the stack not taken; 1: the stack is taken; `1 + n`: `n` blocks moved.
     @discardableResult
-    internal func collect(_ page: Int) -> Int {
-        // Ordering: acquiring, pairs with the releasing push of every block on the stack: we see their words
-        // and links, and everything their holders wrote into the blocks.
-        var slot = UInt32(truncatingIfNeeded: remoteHead(page).exchange(UInt64(endOfSlots), ordering: .acquiring))
+    internal func collect(_ page: Int, _stopAt: Int = Int.max) -> Int {
+        // Ordering: acquiring, pairs with the recoverer's releasing store of the suspect. Read *before* taking
+        // the stack: the dead freer's push (if it happened) happened before the recoverer's store, so the
+        // exchange below, coming after this load, sees it: "not in the chain" then proves "never pushed".
+        let suspectRaw = suspect(page).load(ordering: .acquiring)
+        let head = remoteHead(page)
+        // Ordering: relaxed; a first guess, validated by the compare-and-exchange.
+        var observed = head.load(ordering: .relaxed)
+        var slot = UInt32(truncatingIfNeeded: observed)
+        while slot != endOfSlots {
+            // Ordering: relaxed; read only by a recoverer after this process died (death orders everything).
+            collecting(page).store(slot &+ 1, ordering: .relaxed)
+            if _stopAt == 0 { return 0 }
+            // Ordering: acquiring, pairs with the releasing push of every block on the stack: we see their
+            // words and links, and everything their holders wrote into the blocks.
+            let (taken, current) = head.compareExchange(
+                expected: observed, desired: UInt64(endOfSlots), successOrdering: .acquiring,
+                failureOrdering: .relaxed)
+            if taken { break }
+            observed = current
+            slot = UInt32(truncatingIfNeeded: observed)
+        }
+        if _stopAt == 1 { return 0 }
+        var suspectLocation: Location?
+        if suspectRaw != 0, let location = try? locate(SharedHeapHandle(rawValue: suspectRaw)),
+            location.page == page
+        {
+            suspectLocation = location
+        }
+        var sawSuspect = false
         var count = 0
         while slot != endOfSlots {
             let s = Int(slot)
             let next = link(page, s).load(ordering: .relaxed)
             let word = blockWord(page, s).load(ordering: .relaxed)
+            if s == suspectLocation?.slot { sawSuspect = true }
             // Ordering: relaxed; the slot is on no list now and only the owner touches freed slots.
             blockWord(page, s).store(
                 BlockWord.make(generation: BlockWord.generation(word), holders: 0, state: BlockWord.free),
                 ordering: .relaxed)
+            // Advance the record before linking the slot into the local list (which overwrites its link).
+            collecting(page).store(next &+ 1, ordering: .relaxed)
             pushLocal(page, s)
             count += 1
             slot = next
+            if count + 1 == _stopAt { return count }
         }
+        collecting(page).store(0, ordering: .relaxed)
         if count > 0 {
             live(page).store(live(page).load(ordering: .relaxed) - UInt32(count), ordering: .relaxed)
+        }
+        if suspectRaw != 0 {
+            if let location = suspectLocation, !sawSuspect {
+                let word = blockWord(page, location.slot).load(ordering: .relaxed)
+                if BlockWord.state(word) == BlockWord.freeing, BlockWord.generation(word) == location.generation {
+                    // Never pushed: its freer died between the commit and the push. Ours now.
+                    blockWord(page, location.slot).store(
+                        BlockWord.make(generation: location.generation, holders: 0, state: BlockWord.free),
+                        ordering: .relaxed)
+                    pushLocal(page, location.slot)
+                    live(page).store(live(page).load(ordering: .relaxed) - 1, ordering: .relaxed)
+                    count += 1
+                }
+            }
+            // Ordering: releasing, pairs with the recoverer's acquiring compare-and-exchange of the suspect word.
+            suspect(page).store(0, ordering: .releasing)
         }
         return count
     }

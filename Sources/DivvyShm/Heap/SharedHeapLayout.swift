@@ -19,7 +19,8 @@ import Divvy
 ///
 /// Page descriptor (64 bytes): 0 state word (`PageWord`), 8 remote-free head (top slot, `endOfSlots` = empty),
 /// 16 local head, 20 local free count, 24 carved slots, 28 live blocks (the last four owner-only), 32 slot
-/// count, 40 reserved for recovery's *suspect* handle (see `SharedHeap`), 48–63 reserved.
+/// count, 40 recovery's *suspect* handle (see `SharedHeap.recover(participant:)`), 48 the chain `collect` is moving
+/// (slot + 1, 0 = none; owner only), 52–63 reserved.
 ///
 /// Participant entry (64 bytes): 0 state word (`ParticipantWord`: free / alive(pid) / dead), 8 pending handle (the
 /// operation in flight, 0 = none), 16–47 name (UTF-8, zero padded), 48–63 reserved.
@@ -121,7 +122,8 @@ internal struct SharedHeapLayout: Hashable, Sendable {
 
 /// Block word (one `UInt64` per block slot): generation (bits 0–31) | holder mask (bits 32–61, bit `32 + p` for
 /// participant `p`) | state (bits 62–63: 0 free, 1 allocated, 2 freeing = last holder let go, on its way to
-/// the page's remote-free stack).
+/// the page's remote-free stack; a *freeing* word's mask holds the bit of the participant that released it, so
+/// recovery can tell a dead participant's release from a survivor's).
 @usableFromInline
 internal enum BlockWord {
     @usableFromInline static let free: UInt64 = 0

@@ -172,9 +172,21 @@ extension SharedHeap {
                 return count
             }
             let localListed = walk(localHead(page).load(ordering: .relaxed), mark: 1, what: "the local free list")
-            let remoteListed = walk(
+            var remoteListed = walk(
                 UInt32(truncatingIfNeeded: remoteHead(page).load(ordering: .acquiring)), mark: 2,
                 what: "the remote-free stack")
+            // A suspect block recovery left to the page's owner (released by a dead participant, maybe never
+            // pushed) is on its way back like a remotely freed block until the owner's next collect.
+            let suspectRaw = suspect(page).load(ordering: .acquiring)
+            if suspectRaw != 0, let location = try? locate(SharedHeapHandle(rawValue: suspectRaw)),
+                location.page == page, location.slot < carvedSlots, listed[location.slot] == 0
+            {
+                let block = blockWord(page, location.slot).load(ordering: .acquiring)
+                if BlockWord.state(block) == BlockWord.freeing, BlockWord.generation(block) == location.generation {
+                    listed[location.slot] = 2
+                    remoteListed += 1
+                }
+            }
             if localListed != Int(localCount(page).load(ordering: .relaxed)) {
                 violation("page \(page): local free count \(localCount(page).load(ordering: .relaxed)) but "
                     + "\(localListed) blocks on the list")

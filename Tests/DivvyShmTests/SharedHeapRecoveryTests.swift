@@ -1,0 +1,229 @@
+import Atomics
+@testable import DivvyShm
+import Foundation
+import XCTest
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `SharedHeap.recover(participant:)`: a death simulated after every step of allocate / adopt / free / collect,
+/// then recovery, then the audit must be clean (no leaked block, nothing held by a dead participant) and every
+/// block a survivor holds must still be allocated with its contents intact. Then the crash torture: real worker
+/// processes SIGKILLed at random moments.
+final class SharedHeapRecoveryTests: ShmTestCase {
+    let smallConfiguration = SharedHeapConfiguration(
+        pageSize: 4096, sizeClasses: [16, 64, 256], participantCapacity: 4, heldCapacity: 64)
+
+    func makeHeap(
+        _ name: String = "heap", dataSize: Int = 16 * 4096, configuration: SharedHeapConfiguration? = nil
+    ) throws -> (SharedRegion, SharedHeap) {
+        let configuration = configuration ?? smallConfiguration
+        let metadata = SharedHeap.requiredMetadataSize(dataSize: dataSize, configuration: configuration)
+        let region = try SharedRegion.create(
+            name: name, self.configuration(dataSize: dataSize, metadataSize: (metadata + 4095) / 4096 * 4096))
+        return (region, try SharedHeap.create(in: region, configuration: configuration))
+    }
+
+    func pattern(_ handle: SharedHeapHandle) -> UInt8 { UInt8(truncatingIfNeeded: handle.rawValue % 251) | 1 }
+
+    func fill(_ heap: SharedHeap, _ handle: SharedHeapHandle) throws {
+        let size = try heap.blockSize(of: handle)
+        try heap.pointer(for: handle).initializeMemory(as: UInt8.self, repeating: pattern(handle), count: size)
+    }
+
+    func holdsPattern(_ heap: SharedHeap, _ handle: SharedHeapHandle) throws -> Bool {
+        let size = try heap.blockSize(of: handle)
+        return UnsafeRawBufferPointer(start: try heap.pointer(for: handle), count: size)
+            .allSatisfy { $0 == pattern(handle) }
+    }
+
+    /// Where the block a dying `free` releases lives.
+    enum FreeTarget: CaseIterable { case ownSole, ownShared, survivorPage, orphanPage }
+
+    /// Builds a heap with a survivor `s` and a dying participant `d` that share blocks both ways (and hold a block
+    /// in an orphan page), kills `d` after `step` of `operation`, recovers it, and audits.
+    func checkDeath(_ operation: String, _ step: Int, target: FreeTarget = .ownSole,
+                    file: StaticString = #filePath, line: UInt = #line) throws {
+        let context = "death after \(operation) step \(step), target \(target)"
+        let (_, heap) = try makeHeap("d-\(operation)-\(step)-\(target)")
+        let s = try heap.join(name: "survivor")
+        let d = try heap.join(name: "dying")
+        // d-only blocks, blocks shared both ways.
+        let dOnly = try (0..<3).map { _ in try d.allocate(64) }
+        let dShared = try (0..<2).map { _ in try d.allocate(64) }
+        for handle in dShared { try fill(heap, handle); try s.adopt(handle) }
+        let sShared = try (0..<2).map { _ in try s.allocate(64) }
+        for handle in sShared { try fill(heap, handle); try d.adopt(handle) }
+        let sOnly = try s.allocate(16)
+        try fill(heap, sOnly)
+        // A block only d holds in an orphan page (its allocator left), and one d and s share there.
+        let o = try heap.join(name: "orphaner")
+        let orphanSole = try o.allocate(256)
+        let orphanShared = try o.allocate(256)
+        try fill(heap, orphanShared)
+        try d.adopt(orphanSole)
+        try d.adopt(orphanShared)
+        try s.adopt(orphanShared)
+        o.leave()
+        // A block in s's page only d holds (s allocated it, handed it over, dropped its holding).
+        let survivorPageBlock = try s.allocate(64)
+        try d.adopt(survivorPageBlock)
+        try s.free(survivorPageBlock)
+        XCTAssertTrue(heap.verify().isClean, "\(context): setup: \(heap.verify())", file: file, line: line)
+
+        d._dieAfter = (operation, step)
+        var adoptTarget: SharedHeapHandle?
+        do {
+            switch operation {
+            case "allocate": _ = try d.allocate(64)
+            case "adopt":
+                let handle = try s.allocate(64)
+                try fill(heap, handle)
+                adoptTarget = handle
+                try d.adopt(handle)
+            default:
+                let handle = switch target {
+                case .ownSole: dOnly[0]
+                case .ownShared: dShared[0]
+                case .survivorPage: survivorPageBlock
+                case .orphanPage: orphanSole
+                }
+                try d.free(handle)
+            }
+            XCTFail("\(context): the operation did not reach its crash point", file: file, line: line)
+        } catch let error as SharedHeapError {
+            XCTAssertEqual(error.code, .participantLeft, "\(context): \(error)", file: file, line: line)
+        }
+        let survivorHolds = s.heldHandles
+        let report = try heap.recover(participant: d.index)
+        s.collectRemoteFrees()
+        let audit = heap.verify()
+        XCTAssertTrue(audit.isClean, "\(context): \(report)\n\(audit)", file: file, line: line)
+        XCTAssertEqual(audit.allocatedBlocks, survivorHolds.count, "\(context): only the survivor's blocks are left "
+            + "(nothing leaked): \(audit)", file: file, line: line)
+        XCTAssertEqual(audit.holdings, survivorHolds.count, "\(context)", file: file, line: line)
+        for handle in survivorHolds {
+            XCTAssertTrue(try holdsPattern(heap, handle), "\(context): \(handle) lost its contents", file: file,
+                          line: line)
+        }
+        XCTAssertTrue(Set(survivorHolds).isSuperset(of: dShared + sShared + [sOnly, orphanShared]),
+                      "\(context)", file: file, line: line)
+        if let adoptTarget { XCTAssertTrue(survivorHolds.contains(adoptTarget), "\(context)", file: file, line: line) }
+        XCTAssertEqual(heap.deadParticipants(), [], "\(context)", file: file, line: line)
+        // Everything is reusable: the survivor frees all, fills the heap with 64-byte blocks, frees them.
+        for handle in survivorHolds { try s.free(handle) }
+        s.collectRemoteFrees()
+        let empty = heap.verify()
+        XCTAssertTrue(empty.isClean && empty.allocatedBlocks == 0, "\(context): \(empty)", file: file, line: line)
+        var all: [SharedHeapHandle] = []
+        while all.count < 64, let handle = try? s.allocate(16) { all.append(handle) }
+        for handle in all { try s.free(handle) }
+        XCTAssertTrue(heap.verify().isClean, "\(context): \(heap.verify())", file: file, line: line)
+        s.leave()
+    }
+
+    func testDeathDuringAllocate() throws {
+        for step in 1...4 { try checkDeath("allocate", step) }
+    }
+
+    func testDeathDuringAdopt() throws {
+        for step in 1...3 { try checkDeath("adopt", step) }
+    }
+
+    func testDeathDuringFree() throws {
+        for target in FreeTarget.allCases {
+            // A free that does not release the block (ownShared) has no push step (4).
+            for step in 1...5 where target != .ownShared || step != 4 { try checkDeath("free", step, target: target) }
+        }
+    }
+
+    /// The owner dies inside `collect` (before taking the stack, after, and after each moved block).
+    func testDeathDuringCollect() throws {
+        for stage in 0...5 {
+            let context = "death in collect at stage \(stage)"
+            var configuration = smallConfiguration
+            configuration.heldCapacity = 2048
+            let (_, heap) = try makeHeap("c\(stage)", configuration: configuration)
+            let s = try heap.join(name: "survivor")
+            let d = try heap.join(name: "dying")
+            let blocks = try (0..<6).map { _ in try d.allocate(64) }
+            let kept = blocks[5]
+            for handle in blocks { try fill(heap, handle); try s.adopt(handle); try d.free(handle) }
+            for handle in blocks.prefix(4) { try s.free(handle) }  // Onto d's page's remote stack.
+            let page = try heap.locate(blocks[0]).page
+            heap.collect(page, _stopAt: stage)
+            d._simulateDeath()
+            let report = try heap.recover(participant: d.index)
+            let audit = heap.verify()
+            XCTAssertTrue(audit.isClean, "\(context): \(report)\n\(audit)")
+            XCTAssertEqual(audit.allocatedBlocks, 2, "\(context): \(audit)")
+            XCTAssertTrue(try holdsPattern(heap, kept), context)
+            // The survivor takes the orphan page over and can use every slot again.
+            for handle in s.heldHandles { try s.free(handle) }
+            var all: [SharedHeapHandle] = []
+            while let handle = try? s.allocate(64) { all.append(handle) }
+            XCTAssertEqual(Set(all).count, all.count, context)
+            XCTAssertEqual(all.count, 16 * 4096 / 64, "\(context): every slot of every page is allocatable again")
+            for handle in all { try s.free(handle) }
+            XCTAssertTrue(heap.verify().isClean, "\(context): \(heap.verify())")
+        }
+    }
+
+    /// A suspect on a page whose owner is alive waits for the owner's collect; verify counts it as on its way.
+    func testSuspectLeftToLiveOwner() throws {
+        let (_, heap) = try makeHeap()
+        let s = try heap.join(name: "survivor")
+        let d = try heap.join(name: "dying")
+        let handle = try s.allocate(64)
+        try d.adopt(handle)
+        try s.free(handle)
+        d._dieAfter = ("free", 2)
+        XCTAssertThrowsError(try d.free(handle))
+        let report = try heap.recover(participant: d.index)
+        XCTAssertEqual(report.suspectLeftToOwner, handle, "\(report)")
+        XCTAssertTrue(heap.verify().isClean, "\(heap.verify())")
+        XCTAssertEqual(heap.verify().remoteFreeBlocks, 1)
+        XCTAssertEqual(s.collectRemoteFrees(), 1)
+        let after = heap.verify()
+        XCTAssertTrue(after.isClean && after.remoteFreeBlocks == 0 && after.allocatedBlocks == 0, "\(after)")
+    }
+
+    func testRecoverRejectsBadParticipants() throws {
+        let (_, heap) = try makeHeap()
+        let before = heap.verify()
+        for bad in [-1, 4, 100] {
+            XCTAssertThrowsError(try heap.recover(participant: bad)) {
+                XCTAssertEqual(($0 as? SharedHeapError)?.code, .outOfRange)
+            }
+        }
+        XCTAssertThrowsError(try heap.recover(participant: 2)) {
+            XCTAssertEqual(($0 as? SharedHeapError)?.code, .participantLeft)
+        }
+        XCTAssertEqual(heap.verify(), before)
+    }
+
+    /// A real process that exits without leaving is found by `deadParticipants()` and recovered.
+    func testDeadProcessIsFoundAndRecovered() throws {
+        let (_, heap) = try makeHeap("gone", dataSize: 64 * 4096)
+        let directory = NSTemporaryDirectory() + prefix
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let exit = try HelperProcess.run(["heap", "gone", prefix, "alloc", "5", "3", directory + "/h", "exit-without-leave"])
+        XCTAssertEqual(exit.status, 0, "\(exit)")
+        let handles = try String(contentsOfFile: directory + "/h", encoding: .utf8).split(separator: "\n")
+            .map { SharedHeapHandle(rawValue: UInt64($0.split(separator: " ")[0])!) }
+        let me = try heap.join(name: "survivor")
+        try me.adopt(handles[0])
+        let dead = heap.deadParticipants()
+        XCTAssertEqual(dead.count, 1)
+        let report = try heap.recover(participant: dead[0])
+        XCTAssertEqual(report.releasedBlocks, 4, "\(report)")
+        XCTAssertEqual(report.droppedHoldings, 1, "\(report)")
+        let audit = heap.verify()
+        XCTAssertTrue(audit.isClean, "\(audit)")
+        XCTAssertEqual(audit.allocatedBlocks, 1)
+        XCTAssertEqual(heap.deadParticipants(), [])
+        XCTAssertTrue(try me.free(handles[0]))
+    }
+}

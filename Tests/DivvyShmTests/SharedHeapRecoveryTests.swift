@@ -226,4 +226,146 @@ final class SharedHeapRecoveryTests: ShmTestCase {
         XCTAssertEqual(heap.deadParticipants(), [])
         XCTAssertTrue(try me.free(handles[0]))
     }
+
+    // MARK: Crash torture
+
+    /// The helper's pattern (`heapPattern` in divvy-shm-helper).
+    func torturePattern(_ handle: SharedHeapHandle) -> UInt8 {
+        UInt8(truncatingIfNeeded: (handle.rawValue &* 0x9E37_79B9_7F4A_7C15) >> 56)
+    }
+
+    func tortureFill(_ heap: SharedHeap, _ handle: SharedHeapHandle) throws {
+        let size = try heap.blockSize(of: handle)
+        try heap.pointer(for: handle).initializeMemory(as: UInt8.self, repeating: torturePattern(handle), count: size)
+    }
+
+    func tortureIntact(_ heap: SharedHeap, _ handle: SharedHeapHandle) throws -> Bool {
+        let size = try heap.blockSize(of: handle)
+        return UnsafeRawBufferPointer(start: try heap.pointer(for: handle), count: size)
+            .allSatisfy { $0 == torturePattern(handle) }
+    }
+
+    /// A worker process allocates, publishes, adopts and frees at random while this process (a survivor) adopts
+    /// what it publishes, publishes its own blocks for it, allocates and frees; the worker is SIGKILLed at a random
+    /// moment; `deadParticipants()` must name it, `recover` must run, and then the audit must be clean, only this
+    /// process's blocks may be allocated, and each must hold its contents. `DIVVY_TORTURE_TRIALS` sets the trial
+    /// count (default 200); `DIVVY_TEST_SEED` replays a run (the seed is printed).
+    func testCrashTorture() throws {
+        let trials = ProcessInfo.processInfo.environment["DIVVY_TORTURE_TRIALS"].flatMap { Int($0) } ?? 200
+        let seed = ProcessInfo.processInfo.environment["DIVVY_TEST_SEED"].flatMap { UInt64($0) }
+            ?? UInt64.random(in: 1...UInt64.max)
+        print("SharedHeapRecoveryTests.testCrashTorture: \(trials) trials, DIVVY_TEST_SEED=\(seed)")
+        var random = SplitMix(state: seed)
+        let configuration = SharedHeapConfiguration(
+            pageSize: 4096, sizeClasses: [16, 64, 256], participantCapacity: 4, heldCapacity: 256)
+        let (_, heap) = try makeHeap("torture", dataSize: 64 * 4096, configuration: configuration)
+        let me = try heap.join(name: "parent")
+        let mailboxHandle = try me.allocate(256)
+        let mailbox = try heap.pointer(for: mailboxHandle)
+        mailbox.initializeMemory(as: UInt8.self, repeating: 0, count: 256)
+        func slot(_ index: Int) -> UnsafeAtomic<UInt64> {
+            UnsafeAtomic<UInt64>(at: (mailbox + 8 * index).assumingMemoryBound(to: UnsafeAtomic<UInt64>.Storage.self))
+        }
+        var held: [SharedHeapHandle] = []
+        var kills = 0, adopted = 0, recoveredBlocks = 0
+        for trial in 0..<trials {
+            let workerSeed = random.next()
+            let context = "trial \(trial), DIVVY_TEST_SEED=\(seed), worker seed \(workerSeed)"
+            for index in 0..<32 { slot(index).store(0, ordering: .relaxed) }
+            let worker = try HelperProcess.spawn(
+                ["torture", "torture", prefix, "\(mailboxHandle.rawValue)", "\(workerSeed)"])
+            var waited = 0
+            // Ordering: acquiring, pairs with the worker's releasing store of its index.
+            while slot(0).load(ordering: .acquiring) == 0, waited < 20_000 {
+                usleep(500)
+                waited += 1
+            }
+            // Run alongside the worker for a random while (up to ~4 ms), then kill it.
+            let iterations = Int(random.next() % 400)
+            for _ in 0..<iterations {
+                switch random.next() % 8 {
+                case 0, 1:
+                    // Ordering: acquiring, pairs with the worker's releasing publication.
+                    let raw = slot(1 + Int(random.next() % 15)).exchange(0, ordering: .acquiringAndReleasing)
+                    guard raw != 0, held.count < 200 else { break }
+                    let handle = SharedHeapHandle(rawValue: raw)
+                    // (A `catch where` that breaks out of the switch crashes the 6.3 compiler: use a Result.)
+                    let adoption = Result { () throws(SharedHeapError) in try me.adopt(handle) }
+                    if case .failure(let error) = adoption {
+                        XCTAssertEqual(error.code, .staleHandle, "\(context): adopting \(handle)")
+                        break
+                    }
+                    held.append(handle)
+                    adopted += 1
+                    XCTAssertTrue(try tortureIntact(heap, handle), "\(context): adopted \(handle) is not intact")
+                case 2:
+                    guard let handle = held.randomElement(using: &random) else { break }
+                    // Ordering: releasing: the worker's acquiring exchange sees the contents.
+                    _ = slot(16 + Int(random.next() % 16)).compareExchange(
+                        expected: 0, desired: handle.rawValue, successOrdering: .releasing, failureOrdering: .relaxed)
+                case 3:
+                    guard held.count < 200 else { break }
+                    let allocation = Result { () throws(SharedHeapError) in try me.allocate(1 + Int(random.next() % 256)) }
+                    switch allocation {
+                    case .success(let handle):
+                        try tortureFill(heap, handle)
+                        held.append(handle)
+                    case .failure(let error):
+                        XCTAssertEqual(error.code, .heapFull, context)
+                    }
+                case 4, 5:
+                    guard !held.isEmpty else { break }
+                    let handle = held.remove(at: Int(random.next() % UInt64(held.count)))
+                    // The handle may still sit in a slot for the worker: it then adopts a stale handle or not.
+                    XCTAssertTrue(try tortureIntact(heap, handle), "\(context): \(handle) is not intact")
+                    try me.free(handle)
+                default:
+                    usleep(UInt32(random.next() % 20))
+                }
+            }
+            kill(worker.pid, SIGKILL)
+            let exit = worker.wait()
+            guard exit.signal == SIGKILL else {
+                XCTFail("\(context): the worker ended on its own: \(exit)")
+                break
+            }
+            kills += 1
+            let dead = heap.deadParticipants()
+            guard dead.count == 1 else {
+                XCTFail("\(context): deadParticipants() = \(dead)\n\(heap.verify())")
+                break
+            }
+            let report = try heap.recover(participant: dead[0])
+            recoveredBlocks += report.releasedBlocks
+            for index in 0..<32 { slot(index).store(0, ordering: .relaxed) }
+            me.collectRemoteFrees()
+            let audit = heap.verify()
+            guard audit.isClean, audit.allocatedBlocks == held.count + 1, audit.holdings == held.count + 1 else {
+                XCTFail("\(context): after \(report):\n\(audit)\n(this process holds \(held.count + 1))")
+                break
+            }
+            for handle in held where !(try tortureIntact(heap, handle)) {
+                XCTFail("\(context): \(handle), held by a survivor, lost its contents")
+            }
+        }
+        print("SharedHeapRecoveryTests.testCrashTorture: \(kills) kills, \(adopted) adoptions, "
+            + "\(recoveredBlocks) blocks released by recovery, DIVVY_TEST_SEED=\(seed)")
+        for handle in held { try me.free(handle) }
+        try me.free(mailboxHandle)
+        me.collectRemoteFrees()
+        let final = heap.verify()
+        XCTAssertTrue(final.isClean && final.allocatedBlocks == 0, "DIVVY_TEST_SEED=\(seed): \(final)")
+    }
+}
+
+/// SplitMix64, the torture test's seeded generator.
+struct SplitMix: RandomNumberGenerator {
+    var state: UInt64
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
 }

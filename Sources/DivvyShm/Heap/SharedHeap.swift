@@ -370,6 +370,8 @@ public final class SharedHeap: @unchecked Sendable {
     @inlinable internal func participantState(_ p: Int) -> UnsafeAtomic<UInt64> { word64(participantOffset(p)) }
     /// The handle of the operation the participant is in the middle of, 0 when none.
     @inlinable internal func pending(_ p: Int) -> UnsafeAtomic<UInt64> { word64(participantOffset(p) + 8) }
+    /// The page the participant is moving between the pool and its ownership (see `PageInHand`), 0 when none.
+    @inlinable internal func pageInHand(_ p: Int) -> UnsafeAtomic<UInt64> { word64(participantOffset(p) + 48) }
     @inlinable internal func held(_ p: Int, _ index: Int) -> UnsafeAtomic<UInt64> {
         word64(layout.heldOffset + (p * layout.heldCapacity + index) * 8)
     }
@@ -520,24 +522,43 @@ public final class SharedHeap: @unchecked Sendable {
     // MARK: Pages
 
     /// Pops a page from the pool and dedicates it to `sizeClass` for participant `p`; nil when the pool is empty.
+    ///
+    /// Crash discipline: the pool is a set of *hints*; the page's state word is the authority. `p` records
+    /// "claiming" in its page-in-hand word before popping and the page right after, claims the page with one
+    /// compare-and-exchange of its state word (pooled → owned), initializes the owner-only fields and only then
+    /// clears the record. Recovery finds a page popped or half-initialized by a dead `p` in that word and puts it
+    /// back. A popped page whose state is no longer pooled is a stale hint (see `releasePage`) and is dropped.
     internal func claimPooledPage(sizeClass: Int, for p: Int) -> Int? {
-        guard let index = pool.pop() else { return nil }
-        let page = Int(index)
-        let old = pageState(page).load(ordering: .relaxed)
-        var epoch = (PageWord.epoch(old) &+ 1) & 0xFFFF
-        if epoch == 0 { epoch = 1 }
-        // Owner-only fields: nobody else writes them while the page is ours; relaxed stores, published by the
-        // releasing store of the state word below.
-        localHead(page).store(endOfSlots, ordering: .relaxed)
-        localCount(page).store(0, ordering: .relaxed)
-        carved(page).store(0, ordering: .relaxed)
-        live(page).store(0, ordering: .relaxed)
-        slotCount(page).store(UInt32(layout.pageSize / layout.classSizes[sizeClass]), ordering: .relaxed)
-        remoteHead(page).store(UInt64(endOfSlots), ordering: .relaxed)
-        // Ordering: releasing, so a reader that acquires the state word (verify, a handle lookup) sees the fields.
-        pageState(page).store(
-            PageWord.make(kind: PageWord.owned, sizeClass: sizeClass, owner: p, epoch: epoch), ordering: .releasing)
-        return page
+        // Ordering: relaxed, for the page-in-hand word throughout: it is read only by a recoverer after `p`
+        // died (its death orders everything before it).
+        pageInHand(p).store(PageInHand.claimingNoPage, ordering: .relaxed)
+        defer { pageInHand(p).store(0, ordering: .relaxed) }
+        while true {
+            guard let index = pool.pop() else { return nil }
+            let page = Int(index)
+            pageInHand(p).store(PageInHand.claiming | UInt64(page), ordering: .relaxed)
+            let old = pageState(page).load(ordering: .acquiring)
+            guard PageWord.kind(old) == PageWord.pooled else { continue }  // A stale hint: someone owns it.
+            var epoch = (PageWord.epoch(old) &+ 1) & 0xFFFF
+            if epoch == 0 { epoch = 1 }
+            // Ordering: acquiring and releasing: we see the last owner's fields; readers that acquire the state
+            // word see our claim. Handles of the new epoch exist only after our first allocation, which follows
+            // the field initialization below (and publishes it with the block word's releasing store).
+            let (claimed, _) = pageState(page).compareExchange(
+                expected: old,
+                desired: PageWord.make(kind: PageWord.owned, sizeClass: sizeClass, owner: p, epoch: epoch),
+                successOrdering: .acquiringAndReleasing, failureOrdering: .relaxed)
+            guard claimed else { continue }
+            // Owner-only fields: nobody else writes them while the page is ours.
+            localHead(page).store(endOfSlots, ordering: .relaxed)
+            localCount(page).store(0, ordering: .relaxed)
+            carved(page).store(0, ordering: .relaxed)
+            live(page).store(0, ordering: .relaxed)
+            slotCount(page).store(UInt32(layout.pageSize / layout.classSizes[sizeClass]), ordering: .relaxed)
+            remoteHead(page).store(UInt64(endOfSlots), ordering: .relaxed)
+            collecting(page).store(0, ordering: .relaxed)
+            return page
+        }
     }
 
     /// Takes over an orphan page of `sizeClass`; nil when there is none.
@@ -572,7 +593,7 @@ public final class SharedHeap: @unchecked Sendable {
             guard won else { continue }
             collect(page)
             if live(page).load(ordering: .relaxed) == 0 {
-                releasePage(page)
+                releasePage(page, for: p)
                 reclaimed += 1
             } else {
                 // Ordering: releasing, so the next adopter sees our updates of the owner-only fields.
@@ -582,14 +603,21 @@ public final class SharedHeap: @unchecked Sendable {
         return reclaimed
     }
 
-    /// Gives an owned page with no live block back to the pool.
-    internal func releasePage(_ page: Int) {
+    /// Gives an owned page with no live block back to the pool; `p` is the participant doing it (the owner, or
+    /// the participant a recoverer acts for), whose page-in-hand word records the move until it is complete.
+    ///
+    /// The state word goes pooled first, then the page is pushed. A push that finds the page already in the pool
+    /// (a stale hint left by a recovery race, now valid again) is fine: the pool is a set of hints.
+    internal func releasePage(_ page: Int, for p: Int) {
+        // Ordering: relaxed, as in `claimPooledPage`.
+        pageInHand(p).store(PageInHand.releasing | UInt64(page), ordering: .relaxed)
         let word = pageState(page).load(ordering: .relaxed)
         // Ordering: releasing; the next claimer's pop of the pool (acquiring) sees the page as pooled.
         pageState(page).store(
             PageWord.make(kind: PageWord.pooled, sizeClass: PageWord.sizeClass(word), owner: 0,
                           epoch: PageWord.epoch(word)), ordering: .releasing)
-        do { try pool.push(UInt32(page)) } catch { fatalError("SharedHeap: page \(page) was already in the pool") }
+        try? pool.push(UInt32(page))  // .doubleFree: already in the pool as a hint.
+        pageInHand(p).store(0, ordering: .relaxed)
     }
 
     /// Moves the page's whole remote-free stack onto its local list (owner only). Returns how many blocks came

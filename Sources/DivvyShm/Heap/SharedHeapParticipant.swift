@@ -193,7 +193,7 @@ extension SharedHeap {
             let sizeClass = PageWord.sizeClass(heap.pageState(page).load(ordering: .relaxed))
             ownedPages[sizeClass].removeAll { $0 == page }
             if currentPage[sizeClass] == page { currentPage[sizeClass] = -1 }
-            heap.releasePage(page)
+            heap.releasePage(page, for: index)
         }
 
         // MARK: Adopt
@@ -338,7 +338,7 @@ extension SharedHeap {
                 for page in pages {
                     heap.collect(page)
                     if heap.live(page).load(ordering: .relaxed) == 0 {
-                        heap.releasePage(page)
+                        heap.releasePage(page, for: index)
                     } else {
                         let word = heap.pageState(page).load(ordering: .relaxed)
                         // Ordering: releasing: the adopter (acquiring CAS) sees our owner-only fields.

@@ -107,10 +107,20 @@ extension SharedHeap {
     ///    nothing is live, else becomes an orphan (taken over by the next allocator of its class, or reclaimed).
     /// 5. **Slot.** Clear the held list and `pending`, then store the slot free (releasing).
     ///
-    /// Deaths inside the page pool's transfers are not covered: between popping a page from the pool and storing
-    /// its state word (`claimPooledPage`), or between storing a page's state *pooled* and pushing it
-    /// (`releasePage`), a death leaves a page marked pooled that is not in the pool; `verify()` reports it as
-    /// leaked. Each window is a few instructions once per page move.
+    /// **Pages in hand.** Moving a page between the pool and an owner is recorded in the participant's page-in-hand
+    /// word (`claimPooledPage`, `releasePage`); the page's state word, not pool membership, is the authority (a
+    /// claim is a compare-and-exchange pooled → owned; a popped page that is not pooled is a stale hint and is
+    /// dropped; a push that finds the page already in the pool is fine — the pool's in-use mark makes a second
+    /// entry impossible). Recovery: a page `p` had claimed (owned by `p`, fields maybe half written, nothing
+    /// allocated yet) is released; a page recorded and still pooled (popped and not claimed, or released and
+    /// maybe not pushed) is pushed, and `.doubleFree` tells it was in already. A popped page cannot be claimed by
+    /// anyone but its popper, so the first case is exact; in the second, if `p` had pushed and a live claimer
+    /// popped the page in the instants before recovery's push, the push succeeds and leaves a stale entry in the
+    /// pool: harmless (the claimer owns the page, whoever pops the entry sees a page not pooled and drops it),
+    /// but `verify()` reports it ("in the pool but marked in use") until then. Two windows stay uncovered, each a
+    /// handful of instructions inside `UnsafeLockFreeIndexStack`: between a pop's head exchange and the
+    /// participant recording the page, and between a push's claim of the slot and its head exchange; a death
+    /// there leaves a page marked pooled that is not in the pool, which `verify()` reports as leaked.
     ///
     /// - Throws: `.outOfRange` (no such slot), `.participantLeft` (the slot is free, or alive and not ours to
     ///   take because another recoverer just marked it), `.recoveryIncomplete` (a suspect block could not be
@@ -172,7 +182,23 @@ extension SharedHeap {
             }
         }
 
-        // Step 4: pages.
+        // Step 4: a page in hand (between the pool and p's ownership), then p's pages.
+        let inHand = pageInHand(p).load(ordering: .relaxed)
+        if inHand != 0, let page = PageInHand.page(inHand), page < layout.pageCount {
+            let state = pageState(page).load(ordering: .acquiring)
+            let ownedByP = PageWord.kind(state) == PageWord.owned && PageWord.owner(state) == p
+            if inHand & PageInHand.claiming != 0 && ownedByP {
+                // Claimed, fields maybe half initialized, nothing allocated yet (allocation starts after the claim
+                // record is cleared): give it back.
+                releasePage(page, for: p)
+                report.pagesReleased += 1
+            }
+        }
+        if inHand != 0 {
+            // Popped and not claimed, or released and maybe not pushed (or popped with no page recorded yet).
+            report.pagesReleased += try restorePoolPages(except: p)
+        }
+        pageInHand(p).store(0, ordering: .relaxed)
         for page in 0..<layout.pageCount {
             let state = pageState(page).load(ordering: .acquiring)
             if PageWord.kind(state) == PageWord.owned, PageWord.owner(state) == p, !pagesToRepair.contains(page) {
@@ -182,7 +208,7 @@ extension SharedHeap {
         for page in pagesToRepair {
             repairPage(page, report: &report)
             if live(page).load(ordering: .relaxed) == 0 {
-                releasePage(page)
+                releasePage(page, for: p)
                 report.pagesReleased += 1
             } else {
                 let state = pageState(page).load(ordering: .relaxed)
@@ -327,5 +353,81 @@ extension SharedHeap {
         }
         // (d) Everything carved and not listed free is allocated or freeing (live).
         live(page).store(UInt32(carvedSlots) - localCount(page).load(ordering: .relaxed), ordering: .relaxed)
+    }
+
+    /// Puts back into the pool every page marked pooled that is neither in the pool nor in a live participant's
+    /// hands: what a death inside a pool transfer leaves. Returns how many pages it pushed.
+    ///
+    /// Why it is exact: (1) it takes an exact snapshot of the pool (walk, then check that the head word —
+    /// top index and a tag bumped by every pop and push — did not change); (2) it waits until every other live
+    /// participant has been seen without a page in hand, so a claimer that had popped a page before the snapshot
+    /// has claimed it (its state is no longer pooled) or dropped it; (3) it pushes a page still marked pooled,
+    /// absent from the snapshot, whose pool slot is marked in use (popped), with the pool's exact push — a
+    /// concurrent push of the same page by a releaser races on that mark, one wins, so no page is ever listed
+    /// twice. A page absent from the snapshot can be popped afterwards only if someone pushed it in between,
+    /// which needs an owner releasing it; that owner then pushes it itself (and one of the two pushes throws
+    /// `.doubleFree`, ignored). The last gap: a popper that died between the pool's head exchange and its
+    /// in-use mark leaves the slot unmarked, and the page stays out of the pool (two adjacent instructions).
+    ///
+    /// - Throws: `.recoveryIncomplete` when a live participant kept a page in hand for a whole second, or the
+    ///   pool changed under every snapshot attempt.
+    internal func restorePoolPages(except p: Int) throws(SharedHeapError) -> Int {
+        let poolBase = meta + layout.poolOffset
+        let head = UnsafeAtomic<UInt64>(at: poolBase.assumingMemoryBound(to: UnsafeAtomic<UInt64>.Storage.self))
+        func poolLink(_ index: Int) -> UnsafeAtomic<UInt32> {
+            UnsafeAtomic<UInt32>(
+                at: (poolBase + 128 + 4 * index).assumingMemoryBound(to: UnsafeAtomic<UInt32>.Storage.self))
+        }
+        // (1) An exact snapshot.
+        var snapshot: [Bool]?
+        for _ in 0..<10_000 {
+            // Ordering: sequentially consistent, for the head and the links: the snapshot, the waits and the
+            // pushes below must be ordered with the other participants' pool operations.
+            let before = head.load(ordering: .sequentiallyConsistent)
+            var inPool = [Bool](repeating: false, count: layout.pageCount)
+            var index = UInt32(truncatingIfNeeded: before)
+            var consistent = true
+            while index != endOfSlots {
+                guard Int(index) < layout.pageCount, !inPool[Int(index)] else { consistent = false; break }
+                inPool[Int(index)] = true
+                index = poolLink(Int(index)).load(ordering: .sequentiallyConsistent)
+            }
+            if consistent, head.load(ordering: .sequentiallyConsistent) == before {
+                snapshot = inPool
+                break
+            }
+            sched_yield()
+        }
+        guard let inPool = snapshot else {
+            throw SharedHeapError(.recoveryIncomplete, "the page pool kept changing; call recover again later")
+        }
+        // (2) Every other live participant seen with no page in hand (or done with the one it had).
+        for q in 0..<layout.participantCapacity where q != p {
+            let word = participantState(q).load(ordering: .sequentiallyConsistent)
+            guard ParticipantWord.state(word) == ParticipantWord.alive,
+                !(kill(ParticipantWord.pid(word), 0) == -1 && errno == ESRCH)
+            else { continue }
+            let first = pageInHand(q).load(ordering: .sequentiallyConsistent)
+            var waited = 0
+            while first != 0, pageInHand(q).load(ordering: .sequentiallyConsistent) == first {
+                waited += 1
+                if waited > 10_000 {
+                    throw SharedHeapError(
+                        .recoveryIncomplete, "participant \(q) kept page-in-hand 0x\(String(first, radix: 16)) "
+                            + "for a second; call recover again later")
+                }
+                usleep(100)
+            }
+        }
+        // (3) Pooled, not listed, popped: push.
+        var pushed = 0
+        let inUse: UInt32 = 0xFFFF_FFFE
+        for page in 0..<layout.pageCount where !inPool[page] {
+            guard PageWord.kind(pageState(page).load(ordering: .sequentiallyConsistent)) == PageWord.pooled,
+                poolLink(page).load(ordering: .sequentiallyConsistent) == inUse
+            else { continue }
+            if (try? pool.push(UInt32(page))) != nil { pushed += 1 }
+        }
+        return pushed
     }
 }

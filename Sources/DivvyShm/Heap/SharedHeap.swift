@@ -46,38 +46,18 @@ import Glibc
 /// clients over several heaps, or a later version moves to a two-word scheme). The reference count is the
 /// popcount of the mask.
 ///
-/// ## What recovery (next round) will do with this layout
+/// ## Crashes and recovery
 ///
-/// Nothing is recovered yet; a participant whose process dies keeps its holdings and pages, and `verify()` reports
-/// it ("alive but its process is gone"). The layout already records everything recovery needs. Given a dead
-/// participant `p` (the daemon sees its socket close, or `kill(pid, 0)` fails; the recoverer first CASes `p`'s
-/// state word alive → dead, so `p` is recovered once):
-///
-/// 1. **Holdings.** For each handle in `p`'s held list, and `p`'s `pending` handle: CAS the block word to clear
-///    bit `p`, with the generation checked. Clearing a bit is idempotent and attributable, so it does not matter at
-///    which instruction `p` died: if its adopt/allocate had set the bit, the bit goes; if its free had cleared it,
-///    nothing happens; a held-list entry whose block was since freed and reused fails the generation check. When
-///    the mask becomes empty, the recoverer frees the block exactly like a remote free (state freeing, push onto
-///    the page's remote stack). Blocks a survivor holds keep the survivor's bit: never freed under it.
-/// 2. **The one ambiguous step: a free that died between its commit and its push.** If `p`'s pending handle names
-///    a block in state *freeing* (the commit happened), it may or may not be on its page's remote stack. Only the
-///    page's owner — its single consumer — can tell without racing: the recoverer stores the handle into the
-///    page descriptor's *suspect* word (offset 40, reserved and zero now; one suspect at a time, the recoverer
-///    waits for 0). At its next `collect` the owner takes the stack with its exchange; if the suspect block is
-///    still *freeing* with that generation and was not in the list it took, it was never pushed (nobody else
-///    pushes a freeing block), and the owner puts it on its local list; then it stores 0. For an orphan page the
-///    recoverer adopts the page and does this itself.
-/// 3. **Pages.** Pages whose state word names `p` as owner become orphans (one store). Their local list and
-///    counters live in metadata and are written only by the owner, so they are as `p` left them, except for a
-///    slot `p` was between popping and committing (`allocate` pops before it stores `pending`, and the owner's
-///    own free commits "free" before pushing the slot on its local list): such a slot is below `carved`, on no
-///    list, with a free block word. The recoverer (as the page's single consumer) puts those back on the local
-///    list and corrects `live`. Orphans are taken over by `allocate` (same class) or reclaimed to the pool when
-///    nothing in them is live — already implemented.
-/// 4. Store 0 into `pending` and every held-list entry, then store the participant slot free (release).
-///
-/// `verify()` checks every invariant recovery must restore (nothing held by a dead participant, no leaked slot,
-/// counts consistent), so "kill at a random instruction, recover, verify" is the crash-torture test.
+/// Any participant may die at any instruction. `deadParticipants()` finds participants whose process is gone;
+/// `recover(participant:)` drops a dead participant's holdings (a block a survivor holds is never released under
+/// it), finishes or undoes its in-flight step (including the one ambiguous case: a release committed but maybe
+/// not pushed onto the page's remote stack, resolved by the page's consumer through the page's *suspect* word),
+/// repairs its pages and gives them up, and restores a page it was moving between the pool and its ownership.
+/// The argument that every interleaving of a death with each operation is covered is in `recover`'s
+/// documentation; the records it relies on are: the per-participant `pending` word and held list, the releaser's
+/// bit in a *freeing* block word, the page's *collecting* word, and the participant's *page-in-hand* word.
+/// `verify()` checks everything recovery must restore (nothing held by a dead participant, no leaked slot or
+/// page, counts consistent), so "kill at a random instruction, recover, verify" is the crash-torture test.
 ///
 /// ## Thread safety
 ///

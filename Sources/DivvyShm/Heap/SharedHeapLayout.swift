@@ -157,7 +157,7 @@ internal enum PageWord {
     }
 }
 
-/// Participant state word: state (bits 62–63: 0 free slot, 1 alive, 2 dead — set by a future recovery) | pid
+/// Participant state word: state (bits 62–63: 0 free slot, 1 alive, 2 dead — set by `SharedHeap.recover(participant:)` while it works) | pid
 /// (bits 0–31).
 @usableFromInline
 internal enum ParticipantWord {

@@ -10,7 +10,7 @@ extension SharedHeap {
     /// pages by others land on the pages' remote-free stacks, which it collects when it runs out of room.
     ///
     /// Every operation follows the same commit discipline, so that a future recovery can interpret a participant
-    /// that died at any instruction (see `SharedHeap`'s "What recovery will do"):
+    /// that died at any instruction (see `SharedHeap.recover(participant:)`):
     /// 1. store the handle into `pending` (release);
     /// 2. one store / compare-and-exchange of the block word — the commit;
     /// 3. one store into the held list (the handle, or 0);

@@ -58,8 +58,8 @@ extension SharedHeap {
     /// Recovers a participant whose thread or process died at any instruction: undoes or finishes its in-flight
     /// operation, drops its holdings (releasing the blocks only it held, keeping every block a survivor holds),
     /// repairs and gives up its pages (back to the pool when nothing in them is live, else as orphans), and
-    /// frees its slot. Survivors keep running meanwhile; nothing here waits for them, except for the short wait
-    /// described under *the suspect* below.
+    /// frees its slot. Survivors keep running meanwhile; nothing here waits for them, except for two short,
+    /// bounded waits (a page's earlier suspect to be collected; live participants to finish a page move).
     ///
     /// The caller asserts that the participant will never run again (its process is gone: see
     /// `deadParticipants()`, or a daemon's closed socket). Only one recoverer may work on a participant at a
@@ -107,25 +107,26 @@ extension SharedHeap {
     ///    nothing is live, else becomes an orphan (taken over by the next allocator of its class, or reclaimed).
     /// 5. **Slot.** Clear the held list and `pending`, then store the slot free (releasing).
     ///
-    /// **Pages in hand.** Moving a page between the pool and an owner is recorded in the participant's page-in-hand
-    /// word (`claimPooledPage`, `releasePage`); the page's state word, not pool membership, is the authority (a
-    /// claim is a compare-and-exchange pooled → owned; a popped page that is not pooled is a stale hint and is
-    /// dropped; a push that finds the page already in the pool is fine — the pool's in-use mark makes a second
-    /// entry impossible). Recovery: a page `p` had claimed (owned by `p`, fields maybe half written, nothing
-    /// allocated yet) is released; a page recorded and still pooled (popped and not claimed, or released and
-    /// maybe not pushed) is pushed, and `.doubleFree` tells it was in already. A popped page cannot be claimed by
-    /// anyone but its popper, so the first case is exact; in the second, if `p` had pushed and a live claimer
-    /// popped the page in the instants before recovery's push, the push succeeds and leaves a stale entry in the
-    /// pool: harmless (the claimer owns the page, whoever pops the entry sees a page not pooled and drops it),
-    /// but `verify()` reports it ("in the pool but marked in use") until then. Two windows stay uncovered, each a
-    /// handful of instructions inside `UnsafeLockFreeIndexStack`: between a pop's head exchange and the
-    /// participant recording the page, and between a push's claim of the slot and its head exchange; a death
-    /// there leaves a page marked pooled that is not in the pool, which `verify()` reports as leaked.
+    /// **Pages in hand** (part of step 4). Moving a page between the pool and an owner is recorded in the
+    /// participant's page-in-hand word (`claimPooledPage`, `releasePage`), and the page's state word, not pool
+    /// membership, is the authority: a claim is a compare-and-exchange pooled → owned, done only by the page's
+    /// popper, and a popped page that is not pooled (a stale entry) is dropped. A page `p` had claimed (owned by
+    /// `p`, fields maybe half written, nothing allocated yet: allocation starts after the record is cleared) is
+    /// released. Any other record means a page may be marked pooled yet absent from the pool; `restorePoolPages`
+    /// finds and pushes such pages exactly (see its documentation: exact snapshot of the pool, wait until live
+    /// participants have no page in hand, push with the pool's exact double-push detection, so a page is never
+    /// listed twice). Two gaps stay uncovered, each two adjacent steps inside `UnsafeLockFreeIndexStack`:
+    /// between a pop's head exchange and its in-use mark, and between a push's claim of the slot and its head
+    /// exchange; a death there leaves a page marked pooled outside the pool, which `verify()` reports as leaked.
+    /// (Closing them needs the stack's two-step operations exposed to this module.) A rare race — a live
+    /// participant releasing and another claiming the same page during recovery — can leave a stale pool entry:
+    /// harmless (its popper drops it), but `verify()` reports it ("in the pool but marked in use") until popped.
     ///
     /// - Throws: `.outOfRange` (no such slot), `.participantLeft` (the slot is free, or alive and not ours to
     ///   take because another recoverer just marked it), `.recoveryIncomplete` (a suspect block could not be
-    ///   handed to its page's owner yet: call again later; `p` stays dead, and what was done is kept).
-    /// - Complexity: O(held capacity + pages + carved slots of `p`'s pages).
+    ///   handed to its page's owner yet, or a live participant kept a page in hand: call again later; `p` stays
+    ///   dead, and what was done is kept).
+    /// - Complexity: O(held capacity + pages + carved slots of `p`'s pages); O(pages) more for a page in hand.
     @discardableResult
     public func recover(participant p: Int) throws(SharedHeapError) -> SharedHeapRecoveryReport {
         guard p >= 0, p < layout.participantCapacity else {

@@ -170,6 +170,61 @@ final class SharedHeapRecoveryTests: ShmTestCase {
         }
     }
 
+    /// A death in each step of a page move between the pool and a participant (the steps of `claimPooledPage`
+    /// and `releasePage`, replayed by hand up to the death): recovery puts every page back, exactly once.
+    func testDeathDuringPageMoves() throws {
+        for stage in 0..<6 {
+            let context = "page move, death at stage \(stage)"
+            let (_, heap) = try makeHeap("m\(stage)")
+            let s = try heap.join(name: "survivor")
+            let kept = try s.allocate(64)
+            try fill(heap, kept)
+            let d = try heap.join(name: "dying")
+            let p = d.index
+            switch stage {
+            case 0:  // Claim: about to pop, or popped with no page recorded yet.
+                heap.pageInHand(p).store(PageInHand.claimingNoPage, ordering: .relaxed)
+                _ = heap.pool.pop()
+            case 1:  // Claim: popped and recorded, state not claimed.
+                heap.pageInHand(p).store(PageInHand.claimingNoPage, ordering: .relaxed)
+                let page = heap.pool.pop()!
+                heap.pageInHand(p).store(PageInHand.claiming | UInt64(page), ordering: .relaxed)
+            case 2:  // Claim: state claimed, fields half written, record not cleared.
+                let page = heap.claimPooledPage(sizeClass: 1, for: p)!
+                heap.carved(page).store(7, ordering: .relaxed)
+                heap.pageInHand(p).store(PageInHand.claiming | UInt64(page), ordering: .relaxed)
+            case 3:  // Release: recorded, state not yet pooled.
+                let page = heap.claimPooledPage(sizeClass: 1, for: p)!
+                heap.pageInHand(p).store(PageInHand.releasing | UInt64(page), ordering: .relaxed)
+            case 4:  // Release: state pooled, not pushed.
+                let page = heap.claimPooledPage(sizeClass: 1, for: p)!
+                heap.pageInHand(p).store(PageInHand.releasing | UInt64(page), ordering: .relaxed)
+                let word = heap.pageState(page).load(ordering: .relaxed)
+                heap.pageState(page).store(
+                    PageWord.make(kind: PageWord.pooled, sizeClass: 1, owner: 0, epoch: PageWord.epoch(word)),
+                    ordering: .releasing)
+            default:  // Release: pushed, record not cleared.
+                let page = heap.claimPooledPage(sizeClass: 1, for: p)!
+                heap.releasePage(page, for: p)
+                heap.pageInHand(p).store(PageInHand.releasing | UInt64(page), ordering: .relaxed)
+            }
+            d._simulateDeath()
+            let report = try heap.recover(participant: p)
+            let audit = heap.verify()
+            XCTAssertTrue(audit.isClean, "\(context): \(report)\n\(audit)")
+            XCTAssertEqual(audit.pooledPages + audit.ownedPages + audit.orphanPages, heap.pageCount, context)
+            XCTAssertEqual(audit.ownedPages, 1, "\(context): only the survivor's page is in use: \(audit)")
+            XCTAssertTrue(try holdsPattern(heap, kept), context)
+            // Every page is claimable again, each once.
+            var pages: [Int] = []
+            while let page = heap.claimPooledPage(sizeClass: 0, for: s.index) { pages.append(page) }
+            XCTAssertEqual(pages.count, heap.pageCount - 1, context)
+            XCTAssertEqual(Set(pages).count, pages.count, context)
+            for page in pages { heap.releasePage(page, for: s.index) }
+            XCTAssertTrue(heap.verify().isClean, "\(context): \(heap.verify())")
+        }
+    }
+
     /// A suspect on a page whose owner is alive waits for the owner's collect; verify counts it as on its way.
     func testSuspectLeftToLiveOwner() throws {
         let (_, heap) = try makeHeap()

@@ -306,10 +306,22 @@ final class SharedHeapRecoveryTests: ShmTestCase {
     /// process's blocks may be allocated, and each must hold its contents. `DIVVY_TORTURE_TRIALS` sets the trial
     /// count (default 200); `DIVVY_TEST_SEED` replays a run (the seed is printed).
     func testCrashTorture() throws {
+        try runTorture(survivorProcess: false)
+    }
+
+    /// The same with a second worker process that keeps running (allocating, adopting what the victim published,
+    /// freeing into the victim's pages) while the victim is killed and recovered; then it is told to stop, frees
+    /// everything and leaves, and the audit runs. Recovery here runs concurrently with a live participant.
+    func testCrashTortureWithLiveSurvivorProcess() throws {
+        try runTorture(survivorProcess: true)
+    }
+
+    func runTorture(survivorProcess: Bool) throws {
+        let name = survivorProcess ? "testCrashTortureWithLiveSurvivorProcess" : "testCrashTorture"
         let trials = ProcessInfo.processInfo.environment["DIVVY_TORTURE_TRIALS"].flatMap { Int($0) } ?? 200
         let seed = ProcessInfo.processInfo.environment["DIVVY_TEST_SEED"].flatMap { UInt64($0) }
             ?? UInt64.random(in: 1...UInt64.max)
-        print("SharedHeapRecoveryTests.testCrashTorture: \(trials) trials, DIVVY_TEST_SEED=\(seed)")
+        print("SharedHeapRecoveryTests.\(name): \(trials) trials, DIVVY_TEST_SEED=\(seed)")
         var random = SplitMix(state: seed)
         let configuration = SharedHeapConfiguration(
             pageSize: 4096, sizeClasses: [16, 64, 256], participantCapacity: 4, heldCapacity: 256)
@@ -329,9 +341,13 @@ final class SharedHeapRecoveryTests: ShmTestCase {
             for index in 0..<32 { slot(index).store(0, ordering: .relaxed) }
             let worker = try HelperProcess.spawn(
                 ["torture", "torture", prefix, "\(mailboxHandle.rawValue)", "\(workerSeed)"])
+            let survivor = survivorProcess ? try HelperProcess.spawn(
+                ["torture", "torture", prefix, "\(mailboxHandle.rawValue)", "\(workerSeed ^ 0x5555)", "1", "2"]) : nil
             var waited = 0
-            // Ordering: acquiring, pairs with the worker's releasing store of its index.
-            while slot(0).load(ordering: .acquiring) == 0, waited < 20_000 {
+            // Ordering: acquiring, pairs with the workers' releasing stores of their indices.
+            while slot(0).load(ordering: .acquiring) == 0 || (survivorProcess && slot(1).load(ordering: .acquiring) == 0),
+                waited < 20_000
+            {
                 usleep(500)
                 waited += 1
             }
@@ -341,7 +357,7 @@ final class SharedHeapRecoveryTests: ShmTestCase {
                 switch random.next() % 8 {
                 case 0, 1:
                     // Ordering: acquiring, pairs with the worker's releasing publication.
-                    let raw = slot(1 + Int(random.next() % 15)).exchange(0, ordering: .acquiringAndReleasing)
+                    let raw = slot(3 + Int(random.next() % 13)).exchange(0, ordering: .acquiringAndReleasing)
                     guard raw != 0, held.count < 200 else { break }
                     let handle = SharedHeapHandle(rawValue: raw)
                     // (A `catch where` that breaks out of the switch crashes the 6.3 compiler: use a Result.)
@@ -382,16 +398,44 @@ final class SharedHeapRecoveryTests: ShmTestCase {
             let exit = worker.wait()
             guard exit.signal == SIGKILL else {
                 XCTFail("\(context): the worker ended on its own: \(exit)")
+                if let survivor { kill(survivor.pid, SIGKILL); _ = survivor.wait() }
                 break
             }
             kills += 1
             let dead = heap.deadParticipants()
             guard dead.count == 1 else {
                 XCTFail("\(context): deadParticipants() = \(dead)\n\(heap.verify())")
+                if let survivor { kill(survivor.pid, SIGKILL); _ = survivor.wait() }
                 break
             }
-            let report = try heap.recover(participant: dead[0])
+            var recovered: SharedHeapRecoveryReport?
+            var lastError: SharedHeapError?
+            for _ in 0..<20 where recovered == nil {
+                // (A typed `catch … where` here crashes the 6.3 compiler: use a Result.)
+                switch Result(catching: { () throws(SharedHeapError) in try heap.recover(participant: dead[0]) }) {
+                case .success(let report): recovered = report
+                case .failure(let error):
+                    lastError = error
+                    if error.code != .recoveryIncomplete { break }
+                    usleep(10_000)  // The survivor process has not collected an earlier suspect yet.
+                }
+            }
+            guard let report = recovered else {
+                XCTFail("\(context): recovery failed: \(lastError.map { "\($0)" } ?? "?")")
+                if let survivor { kill(survivor.pid, SIGKILL); _ = survivor.wait() }
+                break
+            }
             recoveredBlocks += report.releasedBlocks
+            if let survivor {
+                usleep(UInt32(random.next() % 2000))  // Let it work on the recovered heap a little.
+                // Ordering: releasing; the survivor acquires the stop flag.
+                slot(2).store(1, ordering: .releasing)
+                let ended = survivor.wait()
+                guard ended.status == 0 else {
+                    XCTFail("\(context): the survivor process failed: \(ended)")
+                    break
+                }
+            }
             for index in 0..<32 { slot(index).store(0, ordering: .relaxed) }
             me.collectRemoteFrees()
             let audit = heap.verify()
@@ -403,7 +447,7 @@ final class SharedHeapRecoveryTests: ShmTestCase {
                 XCTFail("\(context): \(handle), held by a survivor, lost its contents")
             }
         }
-        print("SharedHeapRecoveryTests.testCrashTorture: \(kills) kills, \(adopted) adoptions, "
+        print("SharedHeapRecoveryTests.\(name): \(kills) kills, \(adopted) adoptions, "
             + "\(recoveredBlocks) blocks released by recovery, DIVVY_TEST_SEED=\(seed)")
         for handle in held { try me.free(handle) }
         try me.free(mailboxHandle)

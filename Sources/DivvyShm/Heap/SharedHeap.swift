@@ -517,18 +517,19 @@ public final class SharedHeap: @unchecked Sendable {
             guard let index = pool.pop() else { return nil }
             let page = Int(index)
             pageInHand(p).store(PageInHand.claiming | UInt64(page), ordering: .relaxed)
-            let old = pageState(page).load(ordering: .acquiring)
+            var old = pageState(page).load(ordering: .acquiring)
             guard PageWord.kind(old) == PageWord.pooled else { continue }  // A stale hint: someone owns it.
             var epoch = (PageWord.epoch(old) &+ 1) & 0xFFFF
             if epoch == 0 { epoch = 1 }
             // Ordering: acquiring and releasing: we see the last owner's fields; readers that acquire the state
             // word see our claim. Handles of the new epoch exist only after our first allocation, which follows
             // the field initialization below (and publishes it with the block word's releasing store).
-            let (claimed, _) = pageState(page).compareExchange(
+            let (claimed, current) = pageState(page).compareExchange(
                 expected: old,
                 desired: PageWord.make(kind: PageWord.owned, sizeClass: sizeClass, owner: p, epoch: epoch),
                 successOrdering: .acquiringAndReleasing, failureOrdering: .relaxed)
-            guard claimed else { continue }
+            // Only the popper claims a page, so a failure means the page was not pooled (a stale hint): drop it.
+            guard claimed else { old = current; continue }
             // Owner-only fields: nobody else writes them while the page is ours.
             localHead(page).store(endOfSlots, ordering: .relaxed)
             localCount(page).store(0, ordering: .relaxed)

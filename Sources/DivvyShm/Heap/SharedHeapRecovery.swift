@@ -367,8 +367,11 @@ extension SharedHeap {
     /// concurrent push of the same page by a releaser races on that mark, one wins, so no page is ever listed
     /// twice. A page absent from the snapshot can be popped afterwards only if someone pushed it in between,
     /// which needs an owner releasing it; that owner then pushes it itself (and one of the two pushes throws
-    /// `.doubleFree`, ignored). The last gap: a popper that died between the pool's head exchange and its
-    /// in-use mark leaves the slot unmarked, and the page stays out of the pool (two adjacent instructions).
+    /// `.doubleFree`, ignored). (4) A death inside the pool's own two-step pop or push leaves the page's slot
+    /// unmarked: such a page is pushed after all other live participants are seen with no page in hand and a
+    /// second exact snapshot still lacks it. Remaining race: a live participant that claims *and* releases that
+    /// same page between the quiet check and the push (it would have to pop it first, which the snapshots
+    /// exclude unless it was listed in between) — not reachable without two page moves inside microseconds.
     ///
     /// - Throws: `.recoveryIncomplete` when a live participant kept a page in hand for a whole second, or the
     ///   pool changed under every snapshot attempt.
@@ -423,12 +426,55 @@ extension SharedHeap {
         // (3) Pooled, not listed, popped: push.
         var pushed = 0
         let inUse: UInt32 = 0xFFFF_FFFE
+        var unmarked: [Int] = []
         for page in 0..<layout.pageCount where !inPool[page] {
-            guard PageWord.kind(pageState(page).load(ordering: .sequentiallyConsistent)) == PageWord.pooled,
-                poolLink(page).load(ordering: .sequentiallyConsistent) == inUse
+            guard PageWord.kind(pageState(page).load(ordering: .sequentiallyConsistent)) == PageWord.pooled else {
+                continue
+            }
+            if poolLink(page).load(ordering: .sequentiallyConsistent) == inUse {
+                if (try? pool.push(UInt32(page))) != nil { pushed += 1 }
+            } else {
+                unmarked.append(page)
+            }
+        }
+        // (4) Pooled, not listed, slot not marked in use: the death fell inside the pool's own two-step pop (head
+        // exchanged, mark not stored) or push (slot claimed, head not exchanged). Nobody can pop such a page (it
+        // is not listed) or push it (it has no owner), so once no live participant names it or is mid-claim, and
+        // a fresh exact snapshot still lacks it, it is stuck: mark it in use and push it.
+        for page in unmarked {
+            func othersQuiet() -> Bool {
+                (0..<layout.participantCapacity).allSatisfy { q in
+                    let word = participantState(q).load(ordering: .sequentiallyConsistent)
+                    guard q != p, ParticipantWord.state(word) == ParticipantWord.alive else { return true }
+                    return pageInHand(q).load(ordering: .sequentiallyConsistent) == 0
+                }
+            }
+            guard othersQuiet(), let again = try? exactPoolSnapshot(head: head, link: poolLink), !again[page],
+                PageWord.kind(pageState(page).load(ordering: .sequentiallyConsistent)) == PageWord.pooled,
+                othersQuiet()
             else { continue }
+            poolLink(page).store(inUse, ordering: .sequentiallyConsistent)
             if (try? pool.push(UInt32(page))) != nil { pushed += 1 }
         }
         return pushed
+    }
+
+    private func exactPoolSnapshot(
+        head: UnsafeAtomic<UInt64>, link: (Int) -> UnsafeAtomic<UInt32>
+    ) throws(SharedHeapError) -> [Bool] {
+        for _ in 0..<10_000 {
+            let before = head.load(ordering: .sequentiallyConsistent)
+            var inPool = [Bool](repeating: false, count: layout.pageCount)
+            var index = UInt32(truncatingIfNeeded: before)
+            var consistent = true
+            while index != endOfSlots {
+                guard Int(index) < layout.pageCount, !inPool[Int(index)] else { consistent = false; break }
+                inPool[Int(index)] = true
+                index = link(Int(index)).load(ordering: .sequentiallyConsistent)
+            }
+            if consistent, head.load(ordering: .sequentiallyConsistent) == before { return inPool }
+            sched_yield()
+        }
+        throw SharedHeapError(.recoveryIncomplete, "the page pool kept changing; call recover again later")
     }
 }

@@ -115,12 +115,11 @@ extension SharedHeap {
     /// released. Any other record means a page may be marked pooled yet absent from the pool; `restorePoolPages`
     /// finds and pushes such pages exactly (see its documentation: exact snapshot of the pool, wait until live
     /// participants have no page in hand, push with the pool's exact double-push detection, so a page is never
-    /// listed twice). Two gaps stay uncovered, each two adjacent steps inside `UnsafeLockFreeIndexStack`:
-    /// between a pop's head exchange and its in-use mark, and between a push's claim of the slot and its head
-    /// exchange; a death there leaves a page marked pooled outside the pool, which `verify()` reports as leaked.
-    /// (Closing them needs the stack's two-step operations exposed to this module.) A rare race — a live
-    /// participant releasing and another claiming the same page during recovery — can leave a stale pool entry:
-    /// harmless (its popper drops it), but `verify()` reports it ("in the pool but marked in use") until popped.
+    /// listed twice), including a page a death left inside the stack's own two-step pop or push (slot not
+    /// marked in use), which it pushes once every live participant has been seen with no page in hand and a
+    /// second snapshot still lacks it. A rare race — live participants claiming and releasing the same page
+    /// within the microseconds of that check — can leave a stale pool entry: harmless (its popper drops it), but
+    /// `verify()` reports it ("in the pool but marked in use") until popped.
     ///
     /// - Throws: `.outOfRange` (no such slot), `.participantLeft` (the slot is free, or alive and not ours to
     ///   take because another recoverer just marked it), `.recoveryIncomplete` (a suspect block could not be

@@ -42,6 +42,14 @@
 //                                      mailbox block (UInt64 slots swapped atomically), adopt, check and free
 // At the end it leaves and prints "allocated=A released=R adopted=D stale=S" on stdout.
 //
+// Crash torture (SharedHeapRecoveryTests):
+//   divvy-shm-helper torture <name> <prefix> <mailboxHandle> <seed> [<readySlot> <stopSlot>]
+//                                      join, store index + 1 into mailbox slot readySlot (default 0), then loop
+//                                      (until SIGKILLed, or until slot stopSlot reads non-zero: then free all,
+//                                      leave, exit 0): allocate and fill blocks, publish some in slots 3…15 (CAS
+//                                      from 0), free random holdings, adopt handles the parent put in slots 16…31
+//                                      (with a stop slot also those in 3…15) and check their pattern (exit 1)
+//
 // Exit status: 0 all good, 1 a check failed, 2 a region error (printed on stderr), 3 timeout, 4 the name was taken,
 // 64 usage.
 import Atomics
@@ -77,6 +85,10 @@ if let limit = getenv("DIVVY_HELPER_ADDRESS_SPACE_LIMIT").flatMap({ rlim_t(Strin
 if arguments.first == "heap" {
     arguments.removeFirst()
     runHeapHelper()
+}
+if arguments.first == "torture" {
+    arguments.removeFirst()
+    runTortureWorker()
 }
 
 do {
@@ -424,5 +436,75 @@ func runHeapHelper() -> Never {
         exit(0)
     } catch {
         fail(2, "\(error)")
+    }
+}
+
+// MARK: Crash torture worker
+
+func runTortureWorker() -> Never {
+    let (name, prefix) = (next(), next())
+    guard let mailboxRaw = UInt64(next()), let seed = UInt64(next()) else { fail(64, "torture: bad arguments") }
+    // Optional: the slot to store the ready flag into (default 0), and a stop slot (the worker frees everything,
+    // leaves and exits 0 once it reads non-zero there; default none: run until killed).
+    let readySlot = arguments.isEmpty ? 0 : nextInt()
+    let stopSlot = arguments.isEmpty ? -1 : nextInt()
+    do {
+        let region = try SharedRegion.open(name: name, namePrefix: prefix)
+        let heap = try SharedHeap.attach(to: region)
+        let me = try heap.join(name: "torture")
+        let mailbox = try heap.pointer(for: SharedHeapHandle(rawValue: mailboxRaw))
+        func slot(_ index: Int) -> UnsafeAtomic<UInt64> {
+            UnsafeAtomic<UInt64>(at: (mailbox + 8 * index).assumingMemoryBound(to: UnsafeAtomic<UInt64>.Storage.self))
+        }
+        var random = HelperRandom(state: seed)
+        var mine: [SharedHeapHandle] = []
+        // Ordering: releasing; the parent waits for it (acquiring) before it starts the kill timer.
+        slot(readySlot).store(UInt64(me.index) + 1, ordering: .releasing)
+        while true {
+            // Ordering: acquiring, pairs with the parent's releasing stop flag.
+            if stopSlot >= 0, slot(stopSlot).load(ordering: .acquiring) != 0 {
+                for handle in mine { try me.free(handle) }
+                me.leave()
+                withExtendedLifetime(region) {}
+                exit(0)
+            }
+            let choice = random.below(11)
+            if choice < 4 {
+                guard mine.count < 40 else { continue }
+                let result = Result { () throws(SharedHeapError) in try me.allocate(1 + random.below(heap.largestBlockSize)) }
+                guard case .success(let handle) = result else {
+                    if case .failure(let error) = result, error.code != .heapFull { fail(1, "allocate: \(error)") }
+                    continue
+                }
+                try heapFill(heap, handle)
+                mine.append(handle)
+                if random.below(2) == 0 {
+                    // Ordering: releasing, so the parent's acquiring exchange sees the block's contents.
+                    _ = slot(3 + random.below(13)).compareExchange(
+                        expected: 0, desired: handle.rawValue, successOrdering: .releasing, failureOrdering: .relaxed)
+                }
+            } else if choice < 7 || (choice == 10 && stopSlot < 0) {
+                guard !mine.isEmpty else { continue }
+                let handle = mine.remove(at: random.below(mine.count))
+                try me.free(handle)
+            } else {
+                guard mine.count < 40 else { continue }
+                // Ordering: acquiring, pairs with the parent's (or the other worker's) releasing publication.
+                // A worker with a stop slot (the survivor) also takes what the other worker published (3…15).
+                let from = choice == 10 ? 3 + random.below(13) : 16 + random.below(16)
+                let raw = slot(from).exchange(0, ordering: .acquiringAndReleasing)
+                guard raw != 0 else { continue }
+                let handle = SharedHeapHandle(rawValue: raw)
+                let adoption = Result { () throws(SharedHeapError) in try me.adopt(handle) }
+                if case .failure(let error) = adoption {
+                    if error.code != .staleHandle && error.code != .alreadyHeld { fail(1, "adopt: \(error)") }
+                    continue
+                }
+                mine.append(handle)
+                guard try heapCheck(heap, handle) else { fail(1, "adopted block \(handle) lost its pattern") }
+            }
+        }
+    } catch {
+        fail(2, "torture: \(error)")
     }
 }

@@ -46,38 +46,18 @@ import Glibc
 /// clients over several heaps, or a later version moves to a two-word scheme). The reference count is the
 /// popcount of the mask.
 ///
-/// ## What recovery (next round) will do with this layout
+/// ## Crashes and recovery
 ///
-/// Nothing is recovered yet; a participant whose process dies keeps its holdings and pages, and `verify()` reports
-/// it ("alive but its process is gone"). The layout already records everything recovery needs. Given a dead
-/// participant `p` (the daemon sees its socket close, or `kill(pid, 0)` fails; the recoverer first CASes `p`'s
-/// state word alive → dead, so `p` is recovered once):
-///
-/// 1. **Holdings.** For each handle in `p`'s held list, and `p`'s `pending` handle: CAS the block word to clear
-///    bit `p`, with the generation checked. Clearing a bit is idempotent and attributable, so it does not matter at
-///    which instruction `p` died: if its adopt/allocate had set the bit, the bit goes; if its free had cleared it,
-///    nothing happens; a held-list entry whose block was since freed and reused fails the generation check. When
-///    the mask becomes empty, the recoverer frees the block exactly like a remote free (state freeing, push onto
-///    the page's remote stack). Blocks a survivor holds keep the survivor's bit: never freed under it.
-/// 2. **The one ambiguous step: a free that died between its commit and its push.** If `p`'s pending handle names
-///    a block in state *freeing* (the commit happened), it may or may not be on its page's remote stack. Only the
-///    page's owner — its single consumer — can tell without racing: the recoverer stores the handle into the
-///    page descriptor's *suspect* word (offset 40, reserved and zero now; one suspect at a time, the recoverer
-///    waits for 0). At its next `collect` the owner takes the stack with its exchange; if the suspect block is
-///    still *freeing* with that generation and was not in the list it took, it was never pushed (nobody else
-///    pushes a freeing block), and the owner puts it on its local list; then it stores 0. For an orphan page the
-///    recoverer adopts the page and does this itself.
-/// 3. **Pages.** Pages whose state word names `p` as owner become orphans (one store). Their local list and
-///    counters live in metadata and are written only by the owner, so they are as `p` left them, except for a
-///    slot `p` was between popping and committing (`allocate` pops before it stores `pending`, and the owner's
-///    own free commits "free" before pushing the slot on its local list): such a slot is below `carved`, on no
-///    list, with a free block word. The recoverer (as the page's single consumer) puts those back on the local
-///    list and corrects `live`. Orphans are taken over by `allocate` (same class) or reclaimed to the pool when
-///    nothing in them is live — already implemented.
-/// 4. Store 0 into `pending` and every held-list entry, then store the participant slot free (release).
-///
-/// `verify()` checks every invariant recovery must restore (nothing held by a dead participant, no leaked slot,
-/// counts consistent), so "kill at a random instruction, recover, verify" is the crash-torture test.
+/// Any participant may die at any instruction. `deadParticipants()` finds participants whose process is gone;
+/// `recover(participant:)` drops a dead participant's holdings (a block a survivor holds is never released under
+/// it), finishes or undoes its in-flight step (including the one ambiguous case: a release committed but maybe
+/// not pushed onto the page's remote stack, resolved by the page's consumer through the page's *suspect* word),
+/// repairs its pages and gives them up, and restores a page it was moving between the pool and its ownership.
+/// The argument that every interleaving of a death with each operation is covered is in `recover`'s
+/// documentation; the records it relies on are: the per-participant `pending` word and held list, the releaser's
+/// bit in a *freeing* block word, the page's *collecting* word, and the participant's *page-in-hand* word.
+/// `verify()` checks everything recovery must restore (nothing held by a dead participant, no leaked slot or
+/// page, counts consistent), so "kill at a random instruction, recover, verify" is the crash-torture test.
 ///
 /// ## Thread safety
 ///
@@ -350,6 +330,11 @@ public final class SharedHeap: @unchecked Sendable {
     @inlinable internal func live(_ page: Int) -> UnsafeAtomic<UInt32> { word32(pageDescriptor(page) + 28) }
     /// Slots in the page for its class (written when the page leaves the pool).
     @inlinable internal func slotCount(_ page: Int) -> UnsafeAtomic<UInt32> { word32(pageDescriptor(page) + 32) }
+    /// Recovery's *suspect* handle for the page (0 = none): a block whose freer died between committing *freeing*
+    /// and pushing it; the page's consumer resolves it at its next `collect`.
+    @inlinable internal func suspect(_ page: Int) -> UnsafeAtomic<UInt64> { word64(pageDescriptor(page) + 40) }
+    /// The chain `collect` is moving (first slot + 1, 0 = none): owner only, read by recovery after a death.
+    @inlinable internal func collecting(_ page: Int) -> UnsafeAtomic<UInt32> { word32(pageDescriptor(page) + 48) }
 
     @inlinable internal func blockWord(_ page: Int, _ slot: Int) -> UnsafeAtomic<UInt64> {
         word64(layout.blockWordsOffset + (page * layout.maxSlots + slot) * 8)
@@ -365,6 +350,8 @@ public final class SharedHeap: @unchecked Sendable {
     @inlinable internal func participantState(_ p: Int) -> UnsafeAtomic<UInt64> { word64(participantOffset(p)) }
     /// The handle of the operation the participant is in the middle of, 0 when none.
     @inlinable internal func pending(_ p: Int) -> UnsafeAtomic<UInt64> { word64(participantOffset(p) + 8) }
+    /// The page the participant is moving between the pool and its ownership (see `PageInHand`), 0 when none.
+    @inlinable internal func pageInHand(_ p: Int) -> UnsafeAtomic<UInt64> { word64(participantOffset(p) + 48) }
     @inlinable internal func held(_ p: Int, _ index: Int) -> UnsafeAtomic<UInt64> {
         word64(layout.heldOffset + (p * layout.heldCapacity + index) * 8)
     }
@@ -515,24 +502,44 @@ public final class SharedHeap: @unchecked Sendable {
     // MARK: Pages
 
     /// Pops a page from the pool and dedicates it to `sizeClass` for participant `p`; nil when the pool is empty.
+    ///
+    /// Crash discipline: the pool is a set of *hints*; the page's state word is the authority. `p` records
+    /// "claiming" in its page-in-hand word before popping and the page right after, claims the page with one
+    /// compare-and-exchange of its state word (pooled → owned), initializes the owner-only fields and only then
+    /// clears the record. Recovery finds a page popped or half-initialized by a dead `p` in that word and puts it
+    /// back. A popped page whose state is no longer pooled is a stale hint (see `releasePage`) and is dropped.
     internal func claimPooledPage(sizeClass: Int, for p: Int) -> Int? {
-        guard let index = pool.pop() else { return nil }
-        let page = Int(index)
-        let old = pageState(page).load(ordering: .relaxed)
-        var epoch = (PageWord.epoch(old) &+ 1) & 0xFFFF
-        if epoch == 0 { epoch = 1 }
-        // Owner-only fields: nobody else writes them while the page is ours; relaxed stores, published by the
-        // releasing store of the state word below.
-        localHead(page).store(endOfSlots, ordering: .relaxed)
-        localCount(page).store(0, ordering: .relaxed)
-        carved(page).store(0, ordering: .relaxed)
-        live(page).store(0, ordering: .relaxed)
-        slotCount(page).store(UInt32(layout.pageSize / layout.classSizes[sizeClass]), ordering: .relaxed)
-        remoteHead(page).store(UInt64(endOfSlots), ordering: .relaxed)
-        // Ordering: releasing, so a reader that acquires the state word (verify, a handle lookup) sees the fields.
-        pageState(page).store(
-            PageWord.make(kind: PageWord.owned, sizeClass: sizeClass, owner: p, epoch: epoch), ordering: .releasing)
-        return page
+        // Ordering: relaxed, for the page-in-hand word throughout: it is read only by a recoverer after `p`
+        // died (its death orders everything before it).
+        pageInHand(p).store(PageInHand.claimingNoPage, ordering: .relaxed)
+        defer { pageInHand(p).store(0, ordering: .relaxed) }
+        while true {
+            guard let index = pool.pop() else { return nil }
+            let page = Int(index)
+            pageInHand(p).store(PageInHand.claiming | UInt64(page), ordering: .relaxed)
+            var old = pageState(page).load(ordering: .acquiring)
+            guard PageWord.kind(old) == PageWord.pooled else { continue }  // A stale hint: someone owns it.
+            var epoch = (PageWord.epoch(old) &+ 1) & 0xFFFF
+            if epoch == 0 { epoch = 1 }
+            // Ordering: acquiring and releasing: we see the last owner's fields; readers that acquire the state
+            // word see our claim. Handles of the new epoch exist only after our first allocation, which follows
+            // the field initialization below (and publishes it with the block word's releasing store).
+            let (claimed, current) = pageState(page).compareExchange(
+                expected: old,
+                desired: PageWord.make(kind: PageWord.owned, sizeClass: sizeClass, owner: p, epoch: epoch),
+                successOrdering: .acquiringAndReleasing, failureOrdering: .relaxed)
+            // Only the popper claims a page, so a failure means the page was not pooled (a stale hint): drop it.
+            guard claimed else { old = current; continue }
+            // Owner-only fields: nobody else writes them while the page is ours.
+            localHead(page).store(endOfSlots, ordering: .relaxed)
+            localCount(page).store(0, ordering: .relaxed)
+            carved(page).store(0, ordering: .relaxed)
+            live(page).store(0, ordering: .relaxed)
+            slotCount(page).store(UInt32(layout.pageSize / layout.classSizes[sizeClass]), ordering: .relaxed)
+            remoteHead(page).store(UInt64(endOfSlots), ordering: .relaxed)
+            collecting(page).store(0, ordering: .relaxed)
+            return page
+        }
     }
 
     /// Takes over an orphan page of `sizeClass`; nil when there is none.
@@ -567,7 +574,7 @@ public final class SharedHeap: @unchecked Sendable {
             guard won else { continue }
             collect(page)
             if live(page).load(ordering: .relaxed) == 0 {
-                releasePage(page)
+                releasePage(page, for: p)
                 reclaimed += 1
             } else {
                 // Ordering: releasing, so the next adopter sees our updates of the owner-only fields.
@@ -577,38 +584,102 @@ public final class SharedHeap: @unchecked Sendable {
         return reclaimed
     }
 
-    /// Gives an owned page with no live block back to the pool.
-    internal func releasePage(_ page: Int) {
+    /// Gives an owned page with no live block back to the pool; `p` is the participant doing it (the owner, or
+    /// the participant a recoverer acts for), whose page-in-hand word records the move until it is complete.
+    ///
+    /// The state word goes pooled first, then the page is pushed. A push that finds the page already in the pool
+    /// (a stale hint left by a recovery race, now valid again) is fine: the pool is a set of hints.
+    internal func releasePage(_ page: Int, for p: Int) {
+        // Ordering: relaxed, as in `claimPooledPage`.
+        pageInHand(p).store(PageInHand.releasing | UInt64(page), ordering: .relaxed)
         let word = pageState(page).load(ordering: .relaxed)
         // Ordering: releasing; the next claimer's pop of the pool (acquiring) sees the page as pooled.
         pageState(page).store(
             PageWord.make(kind: PageWord.pooled, sizeClass: PageWord.sizeClass(word), owner: 0,
                           epoch: PageWord.epoch(word)), ordering: .releasing)
-        do { try pool.push(UInt32(page)) } catch { fatalError("SharedHeap: page \(page) was already in the pool") }
+        try? pool.push(UInt32(page))  // .doubleFree: already in the pool as a hint.
+        pageInHand(p).store(0, ordering: .relaxed)
     }
 
     /// Moves the page's whole remote-free stack onto its local list (owner only). Returns how many blocks came
     /// back.
+    ///
+    /// Crash discipline (see `SharedHeap.recover(participant:)`): the chain being moved is always recorded in the
+    /// page's *collecting* word (slot + 1, 0 = none), stored before the stack is taken and advanced past each
+    /// block before the block is linked into the local list, so a recoverer can finish a collect its owner died
+    /// in. Before taking the stack the owner reads the page's *suspect* word (a handle recovery could not prove
+    /// was pushed): if that block is still *freeing* and was not in the chain taken, it never reached the stack,
+    /// and the owner frees it here.
+    ///
+    /// - Parameter _stopAt: test hook: stop (as if the owner died) after stage `_stopAt` — 0: the collecting word
+    ///   is stored, the stack not taken; 1: the stack is taken; `1 + n`: `n` blocks moved.
     @discardableResult
-    internal func collect(_ page: Int) -> Int {
-        // Ordering: acquiring, pairs with the releasing push of every block on the stack: we see their words
-        // and links, and everything their holders wrote into the blocks.
-        var slot = UInt32(truncatingIfNeeded: remoteHead(page).exchange(UInt64(endOfSlots), ordering: .acquiring))
+    internal func collect(_ page: Int, _stopAt: Int = Int.max) -> Int {
+        // Ordering: acquiring, pairs with the recoverer's releasing store of the suspect. Read *before* taking
+        // the stack: the dead freer's push (if it happened) happened before the recoverer's store, so the
+        // exchange below, coming after this load, sees it: "not in the chain" then proves "never pushed".
+        let suspectRaw = suspect(page).load(ordering: .acquiring)
+        let head = remoteHead(page)
+        // Ordering: relaxed; a first guess, validated by the compare-and-exchange.
+        var observed = head.load(ordering: .relaxed)
+        var slot = UInt32(truncatingIfNeeded: observed)
+        while slot != endOfSlots {
+            // Ordering: relaxed; read only by a recoverer after this process died (death orders everything).
+            collecting(page).store(slot &+ 1, ordering: .relaxed)
+            if _stopAt == 0 { return 0 }
+            // Ordering: acquiring, pairs with the releasing push of every block on the stack: we see their
+            // words and links, and everything their holders wrote into the blocks.
+            let (taken, current) = head.compareExchange(
+                expected: observed, desired: UInt64(endOfSlots), successOrdering: .acquiring,
+                failureOrdering: .relaxed)
+            if taken { break }
+            observed = current
+            slot = UInt32(truncatingIfNeeded: observed)
+        }
+        if _stopAt == 1 { return 0 }
+        var suspectLocation: Location?
+        if suspectRaw != 0, let location = try? locate(SharedHeapHandle(rawValue: suspectRaw)),
+            location.page == page
+        {
+            suspectLocation = location
+        }
+        var sawSuspect = false
         var count = 0
         while slot != endOfSlots {
             let s = Int(slot)
             let next = link(page, s).load(ordering: .relaxed)
             let word = blockWord(page, s).load(ordering: .relaxed)
+            if s == suspectLocation?.slot { sawSuspect = true }
             // Ordering: relaxed; the slot is on no list now and only the owner touches freed slots.
             blockWord(page, s).store(
                 BlockWord.make(generation: BlockWord.generation(word), holders: 0, state: BlockWord.free),
                 ordering: .relaxed)
+            // Advance the record before linking the slot into the local list (which overwrites its link).
+            collecting(page).store(next &+ 1, ordering: .relaxed)
             pushLocal(page, s)
             count += 1
             slot = next
+            if count + 1 == _stopAt { return count }
         }
+        collecting(page).store(0, ordering: .relaxed)
         if count > 0 {
             live(page).store(live(page).load(ordering: .relaxed) - UInt32(count), ordering: .relaxed)
+        }
+        if suspectRaw != 0 {
+            if let location = suspectLocation, !sawSuspect {
+                let word = blockWord(page, location.slot).load(ordering: .relaxed)
+                if BlockWord.state(word) == BlockWord.freeing, BlockWord.generation(word) == location.generation {
+                    // Never pushed: its freer died between the commit and the push. Ours now.
+                    blockWord(page, location.slot).store(
+                        BlockWord.make(generation: location.generation, holders: 0, state: BlockWord.free),
+                        ordering: .relaxed)
+                    pushLocal(page, location.slot)
+                    live(page).store(live(page).load(ordering: .relaxed) - 1, ordering: .relaxed)
+                    count += 1
+                }
+            }
+            // Ordering: releasing, pairs with the recoverer's acquiring compare-and-exchange of the suspect word.
+            suspect(page).store(0, ordering: .releasing)
         }
         return count
     }

@@ -40,6 +40,9 @@ public struct SharedHeapError: Error, Hashable, Sendable, CustomStringConvertibl
         /// The metadata contradicts itself (a block word does not record a holding the held list records): it was
         /// overwritten behind the heap's back.
         public static let corruptMetadata = Code(14)
+        /// `SharedHeap.recover(participant:)` could not finish yet (a page's owner has not collected an earlier
+        /// suspect block); the participant stays marked dead: call `recover` again later.
+        public static let recoveryIncomplete = Code(15)
 
         /// The code's name, e.g. `"staleHandle"`.
         public var description: String {
@@ -58,6 +61,7 @@ public struct SharedHeapError: Error, Hashable, Sendable, CustomStringConvertibl
             case 12: "alreadyHeld"
             case 13: "participantLeft"
             case 14: "corruptMetadata"
+            case 15: "recoveryIncomplete"
             default: "code\(rawValue)"
             }
         }

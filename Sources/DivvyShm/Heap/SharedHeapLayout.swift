@@ -19,10 +19,12 @@ import Divvy
 ///
 /// Page descriptor (64 bytes): 0 state word (`PageWord`), 8 remote-free head (top slot, `endOfSlots` = empty),
 /// 16 local head, 20 local free count, 24 carved slots, 28 live blocks (the last four owner-only), 32 slot
-/// count, 40 reserved for recovery's *suspect* handle (see `SharedHeap`), 48–63 reserved.
+/// count, 40 recovery's *suspect* handle (see `SharedHeap.recover(participant:)`), 48 the chain `collect` is moving
+/// (slot + 1, 0 = none; owner only), 52–63 reserved.
 ///
 /// Participant entry (64 bytes): 0 state word (`ParticipantWord`: free / alive(pid) / dead), 8 pending handle (the
-/// operation in flight, 0 = none), 16–47 name (UTF-8, zero padded), 48–63 reserved.
+/// operation in flight, 0 = none), 16–47 name (UTF-8, zero padded), 48 page in hand (`PageInHand`), 56–63
+/// reserved.
 ///
 /// `maxSlots = pageSize / smallest class`: the block word and link of slot `s` of page `p` are at index
 /// `p * maxSlots + s`, whatever the page's class.
@@ -121,7 +123,8 @@ internal struct SharedHeapLayout: Hashable, Sendable {
 
 /// Block word (one `UInt64` per block slot): generation (bits 0–31) | holder mask (bits 32–61, bit `32 + p` for
 /// participant `p`) | state (bits 62–63: 0 free, 1 allocated, 2 freeing = last holder let go, on its way to
-/// the page's remote-free stack).
+/// the page's remote-free stack; a *freeing* word's mask holds the bit of the participant that released it, so
+/// recovery can tell a dead participant's release from a survivor's).
 @usableFromInline
 internal enum BlockWord {
     @usableFromInline static let free: UInt64 = 0
@@ -154,7 +157,7 @@ internal enum PageWord {
     }
 }
 
-/// Participant state word: state (bits 62–63: 0 free slot, 1 alive, 2 dead — set by a future recovery) | pid
+/// Participant state word: state (bits 62–63: 0 free slot, 1 alive, 2 dead — set by `SharedHeap.recover(participant:)` while it works) | pid
 /// (bits 0–31).
 @usableFromInline
 internal enum ParticipantWord {
@@ -164,6 +167,21 @@ internal enum ParticipantWord {
     @inlinable static func state(_ word: UInt64) -> UInt64 { word >> 62 }
     @inlinable static func pid(_ word: UInt64) -> Int32 { Int32(truncatingIfNeeded: word) }
     @inlinable static func make(state: UInt64, pid: Int32) -> UInt64 { (state << 62) | UInt64(UInt32(bitPattern: pid)) }
+}
+
+/// A participant's page-in-hand word: what page it is moving between the pool and its ownership (bits 0–31), and
+/// how (bits 62–63): 0 nothing; `claiming` (with no page yet: about to pop; with a page: popped, maybe claimed,
+/// fields maybe not initialized); `releasing` (state maybe stored pooled, maybe pushed).
+@usableFromInline
+internal enum PageInHand {
+    @usableFromInline static let claiming: UInt64 = 1 << 62
+    @usableFromInline static let releasing: UInt64 = 2 << 62
+    /// "Claiming, no page popped yet".
+    @usableFromInline static let claimingNoPage: UInt64 = claiming | 0xFFFF_FFFF
+    @inlinable static func page(_ word: UInt64) -> Int? {
+        let page = word & 0xFFFF_FFFF
+        return page == 0xFFFF_FFFF ? nil : Int(page)
+    }
 }
 
 /// "No slot" in links, local lists and remote stacks.

@@ -10,7 +10,7 @@ extension SharedHeap {
     /// pages by others land on the pages' remote-free stacks, which it collects when it runs out of room.
     ///
     /// Every operation follows the same commit discipline, so that a future recovery can interpret a participant
-    /// that died at any instruction (see `SharedHeap`'s "What recovery will do"):
+    /// that died at any instruction (see `SharedHeap.recover(participant:)`):
     /// 1. store the handle into `pending` (release);
     /// 2. one store / compare-and-exchange of the block word — the commit;
     /// 3. one store into the held list (the handle, or 0);
@@ -21,6 +21,11 @@ extension SharedHeap {
         /// The slot in the participant table, also its bit in block words' holder masks.
         public let index: Int
         private var left = false
+        #if DIVVY_INTERNAL_CHECKS
+        /// Test hook: the operation and step after which this participant "dies" (stops, marks itself left
+        /// without leaving, and throws `.participantLeft`): what a SIGKILL at that point leaves behind.
+        internal var _dieAfter: (operation: String, step: Int)?
+        #endif
         /// Where each held handle sits in the shared held list (a process-local index of it).
         private var heldSlots: [UInt64: Int] = [:]
         /// Held-list entries known to be empty.
@@ -49,6 +54,39 @@ extension SharedHeap {
         public var heldHandles: [SharedHeapHandle] { heldSlots.keys.map { SharedHeapHandle(rawValue: $0) } }
 
         private var bit: UInt32 { 1 << UInt32(index) }
+
+        /// Test hook (see `_dieAfter`); compiled to nothing without `DIVVY_INTERNAL_CHECKS`.
+        @inline(__always)
+        private func crashPoint(_ operation: String, _ step: Int) throws(SharedHeapError) {
+            #if DIVVY_INTERNAL_CHECKS
+            if let point = _dieAfter, point.step == step, point.operation == operation {
+                _simulateDeath()
+                throw SharedHeapError(.participantLeft, "simulated death after \(operation) step \(step)")
+            }
+            #endif
+        }
+
+        /// Test hook: from now on this participant does nothing, as if its process had been killed: its slot,
+        /// holdings, pages and pending word stay as they are, for `SharedHeap.recover(participant:)`.
+        internal func _simulateDeath() {
+            left = true
+        }
+
+        /// Collects the remote frees of every page this participant owns (also resolving a *suspect* block
+        /// recovery left on one of them). Allocation does this on its own when it runs out of room; call it to
+        /// make the heap's accounting exact at once (before `verify()`, or when idle).
+        ///
+        /// - Returns: how many blocks came back to the local lists.
+        /// - Complexity: O(pages owned + blocks collected).
+        @discardableResult
+        public func collectRemoteFrees() -> Int {
+            guard !left else { return 0 }
+            var count = 0
+            for pages in ownedPages {
+                for page in pages { count += heap.collect(page) }
+            }
+            return count
+        }
 
         private func checkJoined() throws(SharedHeapError) {
             if left { throw SharedHeapError(.participantLeft, "participant \(index) has left the heap") }
@@ -79,6 +117,7 @@ extension SharedHeap {
             }
             if emptyHeldSlots.isEmpty { _ = try takeHeldSlot(for: SharedHeapHandle(rawValue: 0)) }
             let (page, slot, fresh) = try takeSlot(sizeClass)
+            try crashPoint("allocate", 1)
             let heldSlot = emptyHeldSlots.removeLast()
             let blockSize = heap.layout.classSizes[sizeClass]
             let epoch = PageWord.epoch(heap.pageState(page).load(ordering: .relaxed))
@@ -91,13 +130,16 @@ extension SharedHeap {
             let handle = SharedHeapHandle(rawValue: (UInt64(generation) << 32) | unit)
             // Step 1. Ordering: releasing, so that the pending word is visible no later than the block word.
             heap.pending(index).store(handle.rawValue, ordering: .releasing)
+            try crashPoint("allocate", 2)
             // Step 2, the commit. Ordering: releasing, so a process that learns the handle through shared memory
             // (acquiring) sees the word. The slot is ours alone (popped from our local list): a store suffices.
             heap.blockWord(page, slot).store(
                 BlockWord.make(generation: generation, holders: bit, state: BlockWord.allocated), ordering: .releasing)
+            try crashPoint("allocate", 3)
             // Step 3. Ordering: releasing, after the block word.
             heap.held(index, heldSlot).store(handle.rawValue, ordering: .releasing)
             heldSlots[handle.rawValue] = heldSlot
+            try crashPoint("allocate", 4)
             // Step 4.
             heap.pending(index).store(0, ordering: .releasing)
             return handle
@@ -151,7 +193,7 @@ extension SharedHeap {
             let sizeClass = PageWord.sizeClass(heap.pageState(page).load(ordering: .relaxed))
             ownedPages[sizeClass].removeAll { $0 == page }
             if currentPage[sizeClass] == page { currentPage[sizeClass] = -1 }
-            heap.releasePage(page)
+            heap.releasePage(page, for: index)
         }
 
         // MARK: Adopt
@@ -174,6 +216,7 @@ extension SharedHeap {
             else { throw heap.staleError(handle, observed) }
             let heldSlot = try takeHeldSlot(for: handle)
             heap.pending(index).store(handle.rawValue, ordering: .releasing)
+            try crashPoint("adopt", 1)
             while true {
                 guard BlockWord.generation(observed) == handle.generation,
                     BlockWord.state(observed) == BlockWord.allocated
@@ -191,8 +234,10 @@ extension SharedHeap {
                 if done { break }
                 observed = current
             }
+            try crashPoint("adopt", 2)
             heap.held(index, heldSlot).store(handle.rawValue, ordering: .releasing)
             heldSlots[handle.rawValue] = heldSlot
+            try crashPoint("adopt", 3)
             heap.pending(index).store(0, ordering: .releasing)
         }
 
@@ -228,6 +273,7 @@ extension SharedHeap {
             // Only we change the state word of a page we own, so this read is stable.
             let ownPage = PageWord.kind(pageWord) == PageWord.owned && PageWord.owner(pageWord) == index
             heap.pending(index).store(handle.rawValue, ordering: .releasing)
+            try crashPoint("free", 1)
             var released = false
             while true {
                 guard BlockWord.generation(observed) == handle.generation,
@@ -244,7 +290,9 @@ extension SharedHeap {
                 let holders = BlockWord.holders(observed) & ~bit
                 released = holders == 0
                 let state = !released ? BlockWord.allocated : ownPage ? BlockWord.free : BlockWord.freeing
-                let desired = BlockWord.make(generation: handle.generation, holders: holders, state: state)
+                // A freeing word keeps the releaser's bit: recovery tells a dead participant's release by it.
+                let desired = BlockWord.make(
+                    generation: handle.generation, holders: state == BlockWord.freeing ? bit : holders, state: state)
                 // Ordering: acquiring and releasing. Release: our writes into the block happen before whoever
                 // reuses it. Acquire: the last holder sees the other holders' writes before the block is reused.
                 let (done, current) = word.compareExchange(
@@ -253,20 +301,25 @@ extension SharedHeap {
                 if done { break }
                 observed = current
             }
+            try crashPoint("free", 2)
             heap.held(index, heldSlot).store(0, ordering: .releasing)
             heldSlots[handle.rawValue] = nil
             emptyHeldSlots.append(heldSlot)
+            try crashPoint("free", 3)
             if released {
                 if ownPage {
                     heap.pushLocal(location.page, location.slot)
+                    try crashPoint("free", 4)
                     let live = heap.live(location.page).load(ordering: .relaxed) - 1
                     heap.live(location.page).store(live, ordering: .relaxed)
                     let sizeClass = PageWord.sizeClass(pageWord)
                     if live == 0, currentPage[sizeClass] != location.page { releaseOwnedPage(location.page) }
                 } else {
                     heap.pushRemote(location.page, location.slot)
+                    try crashPoint("free", 4)
                 }
             }
+            try crashPoint("free", 5)
             heap.pending(index).store(0, ordering: .releasing)
             return released
         }
@@ -285,7 +338,7 @@ extension SharedHeap {
                 for page in pages {
                     heap.collect(page)
                     if heap.live(page).load(ordering: .relaxed) == 0 {
-                        heap.releasePage(page)
+                        heap.releasePage(page, for: index)
                     } else {
                         let word = heap.pageState(page).load(ordering: .relaxed)
                         // Ordering: releasing: the adopter (acquiring CAS) sees our owner-only fields.

@@ -1,0 +1,479 @@
+import Atomics
+import Divvy
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What `SharedHeap.recover(participant:)` did.
+public struct SharedHeapRecoveryReport: Hashable, Sendable, CustomStringConvertible {
+    /// The recovered participant slot, and the process id it was registered with.
+    public var participant: Int
+    /// The process id recorded in the participant's slot.
+    public var pid: Int32
+    /// Holdings of the dead participant dropped on blocks a survivor still holds (the block stays allocated).
+    public var droppedHoldings = 0
+    /// Blocks only the dead participant held: released (pushed onto their pages' remote-free stacks).
+    public var releasedBlocks = 0
+    /// Slots the dead participant was between taking and committing (or releasing and listing) put back on
+    /// their pages' free lists.
+    public var restoredSlots = 0
+    /// Blocks on the dead participant's pages' remote-free stacks (or in a collect it died in) moved to the
+    /// local lists.
+    public var collectedBlocks = 0
+    /// The dead participant's pages: given back to the pool (nothing live) or left as orphans.
+    public var pagesReleased = 0, pagesOrphaned = 0
+    /// A block the dead participant had released but maybe not pushed, left for its page's owner to resolve
+    /// at its next collect (nil when there was none, or recovery resolved it itself).
+    public var suspectLeftToOwner: SharedHeapHandle?
+
+    /// One line.
+    public var description: String {
+        "recovered participant \(participant) (pid \(pid)): \(droppedHoldings) holdings dropped, "
+            + "\(releasedBlocks) blocks released, \(restoredSlots) slots restored, \(collectedBlocks) collected, "
+            + "pages \(pagesReleased) released / \(pagesOrphaned) orphaned"
+            + (suspectLeftToOwner.map { ", suspect \($0) left to its page's owner" } ?? "")
+    }
+}
+
+extension SharedHeap {
+    /// Participants that need recovery: slots marked alive whose process no longer exists (`kill(pid, 0)` fails
+    /// with `ESRCH`), and slots marked dead (a recovery that stopped half-way, see `recover(participant:)`).
+    ///
+    /// A process id can be reused by an unrelated process; a daemon that knows its clients' deaths from their
+    /// sockets should prefer that knowledge and call `recover(participant:)` directly.
+    ///
+    /// - Complexity: O(participant capacity) system calls.
+    public func deadParticipants() -> [Int] {
+        (0..<layout.participantCapacity).filter { p in
+            let word = participantState(p).load(ordering: .acquiring)
+            switch ParticipantWord.state(word) {
+            case ParticipantWord.alive: return kill(ParticipantWord.pid(word), 0) == -1 && errno == ESRCH
+            case ParticipantWord.dead: return true
+            default: return false
+            }
+        }
+    }
+
+    /// Recovers a participant whose thread or process died at any instruction: undoes or finishes its in-flight
+    /// operation, drops its holdings (releasing the blocks only it held, keeping every block a survivor holds),
+    /// repairs and gives up its pages (back to the pool when nothing in them is live, else as orphans), and
+    /// frees its slot. Survivors keep running meanwhile; nothing here waits for them, except for two short,
+    /// bounded waits (a page's earlier suspect to be collected; live participants to finish a page move).
+    ///
+    /// The caller asserts that the participant will never run again (its process is gone: see
+    /// `deadParticipants()`, or a daemon's closed socket). Only one recoverer may work on a participant at a
+    /// time; the first step (a compare-and-exchange alive → dead) makes a second, concurrent call on the same
+    /// participant fail, and a call on a participant left *dead* by a recovery that threw resumes it (every step
+    /// is idempotent). The recoverer itself must not die half-way (it is the daemon; if it does, the participant
+    /// stays *dead* and the next recovery call resumes it).
+    ///
+    /// ## What it does, and why every death is covered
+    ///
+    /// Every operation of a participant `p` follows one discipline: (1) store the handle into `pending`,
+    /// (2) commit with one store / compare-and-exchange of the block word, (3) one store into the held list,
+    /// (4) clear `pending`; a release then pushes the slot onto a free list. Pages owned by `p` are written only
+    /// by `p` (besides remote pushes). Recovery:
+    ///
+    /// 1. **Mark `p` dead** (compare-and-exchange alive → dead): nobody joins into the slot, verify stops calling
+    ///    it alive, a second recoverer is refused.
+    /// 2. **The released-but-maybe-unpushed block.** If `pending` names a block whose word is *freeing* with that
+    ///    generation and `p`'s bit (a freeing word keeps its releaser's bit), `p` committed a release to a page it
+    ///    does not own and may or may not have pushed it. Nobody but `p` pushes that block, so only the page's
+    ///    consumer can tell, by taking the remote stack: recovery stores the handle into the page's *suspect*
+    ///    word; the consumer's next `collect` reads the suspect *before* taking the stack (so a push that happened
+    ///    before the death is in what it takes), and frees the block if it was not in the chain and is still
+    ///    freeing. If the page is an orphan (or `p`'s own), recovery takes it over and is that consumer itself. If
+    ///    another suspect is waiting on the page, recovery waits a little for the owner to collect it and
+    ///    otherwise throws, leaving `p` dead and resumable. (The version-1 plan — suspect whenever the block is
+    ///    freeing — was unsound: the block may have been released by a survivor whose push is still in flight;
+    ///    the releaser's bit in the freeing word is what makes the case attributable.)
+    /// 3. **Holdings.** For every handle in `p`'s held list and its `pending` handle: compare-and-exchange the
+    ///    block word to clear bit `p`, generation checked. Bits are idempotent and attributable: if `p`'s
+    ///    allocate/adopt committed (bit set) the bit goes, whether or not the held list was written (pending
+    ///    covers that window); if its free committed (bit clear) nothing happens; an entry whose block was since
+    ///    released and reused fails the generation check. When no holder is left the block is released exactly
+    ///    like a remote free (freeing with `p`'s bit, pushed by recovery). A survivor's bit is never touched, so
+    ///    its blocks are never released under it.
+    /// 4. **Pages owned by `p`.** No one else writes their owner-only fields, so recovery acts as their owner:
+    ///    (a) it finishes a `collect` `p` died in — the chain in flight is always recorded in the page's
+    ///    *collecting* word, advanced past a block before the block's link is overwritten, so walking it and
+    ///    marking its still-freeing blocks free is exact; (b) it collects the remote stack (resolving a suspect
+    ///    left on the page); (c) every carved slot whose word is *free* and that is not on the local list was
+    ///    between being popped and committed by `allocate`, or between being committed free and listed by an own-
+    ///    page `free` or by (a): it goes back on the local list; (d) the local count is recounted from the list
+    ///    and `live` set to carved − free, which is exact because every carved slot is then either listed free,
+    ///    allocated, or freeing (on a remote stack or on its way there). The page then goes to the pool when
+    ///    nothing is live, else becomes an orphan (taken over by the next allocator of its class, or reclaimed).
+    /// 5. **Slot.** Clear the held list and `pending`, then store the slot free (releasing).
+    ///
+    /// **Pages in hand** (part of step 4). Moving a page between the pool and an owner is recorded in the
+    /// participant's page-in-hand word (`claimPooledPage`, `releasePage`), and the page's state word, not pool
+    /// membership, is the authority: a claim is a compare-and-exchange pooled → owned, done only by the page's
+    /// popper, and a popped page that is not pooled (a stale entry) is dropped. A page `p` had claimed (owned by
+    /// `p`, fields maybe half written, nothing allocated yet: allocation starts after the record is cleared) is
+    /// released. Any other record means a page may be marked pooled yet absent from the pool; `restorePoolPages`
+    /// finds and pushes such pages exactly (see its documentation: exact snapshot of the pool, wait until live
+    /// participants have no page in hand, push with the pool's exact double-push detection, so a page is never
+    /// listed twice), including a page a death left inside the stack's own two-step pop or push (slot not
+    /// marked in use), which it pushes once every live participant has been seen with no page in hand and a
+    /// second snapshot still lacks it. A rare race — live participants claiming and releasing the same page
+    /// within the microseconds of that check — can leave a stale pool entry: harmless (its popper drops it), but
+    /// `verify()` reports it ("in the pool but marked in use") until popped.
+    ///
+    /// - Throws: `.outOfRange` (no such slot), `.participantLeft` (the slot is free, or alive and not ours to
+    ///   take because another recoverer just marked it), `.recoveryIncomplete` (a suspect block could not be
+    ///   handed to its page's owner yet, or a live participant kept a page in hand: call again later; `p` stays
+    ///   dead, and what was done is kept).
+    /// - Complexity: O(held capacity + pages + carved slots of `p`'s pages); O(pages) more for a page in hand.
+    @discardableResult
+    public func recover(participant p: Int) throws(SharedHeapError) -> SharedHeapRecoveryReport {
+        guard p >= 0, p < layout.participantCapacity else {
+            throw SharedHeapError(.outOfRange, "participant \(p) does not exist (capacity \(layout.participantCapacity))")
+        }
+        // Step 1. Ordering: acquiring (on either outcome), pairs with the participant's releasing stores: we see
+        // its pending word, held list and the fields of its pages (a death orders the rest).
+        let word = participantState(p).load(ordering: .acquiring)
+        switch ParticipantWord.state(word) {
+        case ParticipantWord.alive:
+            let dead = ParticipantWord.make(state: ParticipantWord.dead, pid: ParticipantWord.pid(word))
+            let (marked, _) = participantState(p).compareExchange(
+                expected: word, desired: dead, successOrdering: .acquiringAndReleasing, failureOrdering: .relaxed)
+            guard marked else {
+                throw SharedHeapError(.participantLeft, "participant \(p) changed state while being recovered "
+                    + "(another recoverer, or it left)")
+            }
+        case ParticipantWord.dead: break  // Resuming a recovery that threw.
+        default:
+            throw SharedHeapError(.participantLeft, "participant slot \(p) is free: nothing to recover")
+        }
+        var report = SharedHeapRecoveryReport(participant: p, pid: ParticipantWord.pid(word))
+        let bit = UInt32(1) << UInt32(p)
+        var pagesToRepair: [Int] = []
+
+        // Step 2: the released-but-maybe-unpushed block.
+        let pendingRaw = pending(p).load(ordering: .acquiring)
+        if pendingRaw != 0, let location = try? locate(SharedHeapHandle(rawValue: pendingRaw)) {
+            let block = blockWord(location.page, location.slot).load(ordering: .acquiring)
+            if BlockWord.state(block) == BlockWord.freeing, BlockWord.generation(block) == location.generation,
+                BlockWord.holders(block) == bit
+            {
+                switch try placeSuspect(pendingRaw, page: location.page, for: p) {
+                case .leftToOwner: report.suspectLeftToOwner = SharedHeapHandle(rawValue: pendingRaw)
+                case .takenOver: pagesToRepair.append(location.page)
+                case .ownPage: break
+                }
+            }
+        }
+
+        // Step 3: holdings (the held list, and the pending handle: an allocate or adopt that committed before
+        // writing its held-list entry).
+        var handles: [UInt64] = []
+        for index in 0..<layout.heldCapacity {
+            let raw = held(p, index).load(ordering: .acquiring)
+            if raw != 0 { handles.append(raw) }
+        }
+        if pendingRaw != 0, !handles.contains(pendingRaw) { handles.append(pendingRaw) }
+        for raw in handles {
+            switch dropHolding(SharedHeapHandle(rawValue: raw), bit: bit) {
+            case .dropped: report.droppedHoldings += 1
+            case .released: report.releasedBlocks += 1
+            case .none: break
+            }
+        }
+
+        // Step 4: a page in hand (between the pool and p's ownership), then p's pages.
+        let inHand = pageInHand(p).load(ordering: .relaxed)
+        if inHand != 0, let page = PageInHand.page(inHand), page < layout.pageCount {
+            let state = pageState(page).load(ordering: .acquiring)
+            let ownedByP = PageWord.kind(state) == PageWord.owned && PageWord.owner(state) == p
+            if inHand & PageInHand.claiming != 0 && ownedByP {
+                // Claimed, fields maybe half initialized, nothing allocated yet (allocation starts after the claim
+                // record is cleared): give it back.
+                releasePage(page, for: p)
+                report.pagesReleased += 1
+            }
+        }
+        if inHand != 0 {
+            // Popped and not claimed, or released and maybe not pushed (or popped with no page recorded yet).
+            report.pagesReleased += try restorePoolPages(except: p)
+        }
+        pageInHand(p).store(0, ordering: .relaxed)
+        for page in 0..<layout.pageCount {
+            let state = pageState(page).load(ordering: .acquiring)
+            if PageWord.kind(state) == PageWord.owned, PageWord.owner(state) == p, !pagesToRepair.contains(page) {
+                pagesToRepair.append(page)
+            }
+        }
+        for page in pagesToRepair {
+            repairPage(page, report: &report)
+            if live(page).load(ordering: .relaxed) == 0 {
+                releasePage(page, for: p)
+                report.pagesReleased += 1
+            } else {
+                let state = pageState(page).load(ordering: .relaxed)
+                // Ordering: releasing: the next adopter (acquiring compare-and-exchange) sees the repaired fields.
+                pageState(page).store(
+                    PageWord.make(kind: PageWord.orphan, sizeClass: PageWord.sizeClass(state), owner: 0,
+                                  epoch: PageWord.epoch(state)), ordering: .releasing)
+                report.pagesOrphaned += 1
+            }
+        }
+
+        // Step 5: the slot.
+        for index in 0..<layout.heldCapacity where held(p, index).load(ordering: .relaxed) != 0 {
+            held(p, index).store(0, ordering: .relaxed)
+        }
+        pending(p).store(0, ordering: .relaxed)
+        // Ordering: releasing, pairs with the acquiring claim in `join`: the next occupant sees the cleared list.
+        participantState(p).store(ParticipantWord.free, ordering: .releasing)
+        return report
+    }
+
+    internal enum SuspectPlacement { case leftToOwner, takenOver, ownPage }
+
+    /// Hands a released-but-maybe-unpushed block to its page's consumer: the page's suspect word. Takes an orphan
+    /// page over (owner `p`, dead, so no one else touches it) and returns `.takenOver`: the caller repairs it.
+    private func placeSuspect(_ raw: UInt64, page: Int, for p: Int) throws(SharedHeapError) -> SuspectPlacement {
+        var attempts = 0
+        while true {
+            let state = pageState(page).load(ordering: .acquiring)
+            let kind = PageWord.kind(state)
+            if kind == PageWord.orphan {
+                let mine = PageWord.make(
+                    kind: PageWord.owned, sizeClass: PageWord.sizeClass(state), owner: p, epoch: PageWord.epoch(state))
+                // Ordering: acquiring on success, as in `adoptOrphanPage`.
+                let (won, _) = pageState(page).compareExchange(
+                    expected: state, desired: mine, successOrdering: .acquiringAndReleasing, failureOrdering: .relaxed)
+                guard won else { continue }
+                // The page is ours: resolve any older suspect first, then leave ours for `repairPage`'s collect.
+                if suspect(page).load(ordering: .acquiring) != 0 { collect(page) }
+                suspect(page).store(raw, ordering: .releasing)
+                return .takenOver
+            }
+            if kind == PageWord.owned, PageWord.owner(state) == p {
+                if suspect(page).load(ordering: .acquiring) != 0 { collect(page) }
+                suspect(page).store(raw, ordering: .releasing)
+                return .ownPage
+            }
+            if kind != PageWord.owned { return .ownPage }  // Pooled: impossible while the block is live.
+            // Owned by someone else (alive, or dead and awaiting its own recovery, which collects its pages).
+            // Ordering: releasing on success, pairs with the owner's acquiring load in `collect`.
+            let (placed, current) = suspect(page).compareExchange(
+                expected: 0, desired: raw, successOrdering: .releasing, failureOrdering: .relaxed)
+            if placed || current == raw { return .leftToOwner }
+            attempts += 1
+            if attempts > 2000 {
+                throw SharedHeapError(
+                    .recoveryIncomplete, "participant \(p): page \(page) still has an unresolved suspect block "
+                        + "(its owner \(PageWord.owner(state)) has not collected); call recover again later")
+            }
+            usleep(500)
+        }
+    }
+
+    internal enum HoldingDrop { case none, dropped, released }
+
+    /// Clears participant bit `bit` in the handle's block word (generation checked); releases the block when no
+    /// holder is left (freeing with the bit, pushed onto its page's remote stack).
+    private func dropHolding(_ handle: SharedHeapHandle, bit: UInt32) -> HoldingDrop {
+        guard let location = try? locate(handle) else { return .none }
+        let word = blockWord(location.page, location.slot)
+        // Ordering: acquiring, as in `Participant.free`.
+        var observed = word.load(ordering: .acquiring)
+        while true {
+            guard BlockWord.generation(observed) == handle.generation, BlockWord.state(observed) == BlockWord.allocated,
+                BlockWord.holders(observed) & bit != 0
+            else { return .none }
+            let holders = BlockWord.holders(observed) & ~bit
+            let desired = holders == 0
+                ? BlockWord.make(generation: handle.generation, holders: bit, state: BlockWord.freeing)
+                : BlockWord.make(generation: handle.generation, holders: holders, state: BlockWord.allocated)
+            // Ordering: acquiring and releasing, as in `Participant.free`.
+            let (done, current) = word.compareExchange(
+                expected: observed, desired: desired, successOrdering: .acquiringAndReleasing,
+                failureOrdering: .acquiring)
+            if done {
+                if holders != 0 { return .dropped }
+                pushRemote(location.page, location.slot)
+                return .released
+            }
+            observed = current
+        }
+    }
+
+    /// Acts as the owner of a page whose owner died: finishes its collect, collects, puts back slots that were
+    /// between a list and a commit, recounts. See `recover(participant:)`, step 4.
+    private func repairPage(_ page: Int, report: inout SharedHeapRecoveryReport) {
+        let carvedSlots = Int(carved(page).load(ordering: .relaxed))
+        // (a) A collect the owner died in: its chain's remaining blocks are still freeing, linked.
+        var next = collecting(page).load(ordering: .relaxed)
+        var steps = 0
+        while next != 0, Int(next - 1) < carvedSlots, steps <= carvedSlots {
+            let s = Int(next - 1)
+            let word = blockWord(page, s).load(ordering: .relaxed)
+            if BlockWord.state(word) == BlockWord.freeing {
+                blockWord(page, s).store(
+                    BlockWord.make(generation: BlockWord.generation(word), holders: 0, state: BlockWord.free),
+                    ordering: .relaxed)
+                report.collectedBlocks += 1
+            }
+            next = link(page, s).load(ordering: .relaxed) &+ 1
+            steps += 1
+        }
+        collecting(page).store(0, ordering: .relaxed)
+        // (b) The remote stack (and a suspect left on the page).
+        report.collectedBlocks += collect(page)
+        // (c) Free slots on no list.
+        var listed = [Bool](repeating: false, count: carvedSlots)
+        var slot = localHead(page).load(ordering: .relaxed)
+        var count: UInt32 = 0
+        while slot != endOfSlots, Int(slot) < carvedSlots, !listed[Int(slot)] {
+            listed[Int(slot)] = true
+            count += 1
+            slot = link(page, Int(slot)).load(ordering: .relaxed)
+        }
+        if slot != endOfSlots {
+            // A list cut by a death inside pushLocal cannot happen (the head is stored after the link); a bad
+            // link means the metadata was overwritten: keep the prefix, the scan below re-lists the rest.
+            if count > 0 {
+                var last = localHead(page).load(ordering: .relaxed)
+                for _ in 1..<count { last = link(page, Int(last)).load(ordering: .relaxed) }
+                link(page, Int(last)).store(endOfSlots, ordering: .relaxed)
+            } else {
+                localHead(page).store(endOfSlots, ordering: .relaxed)
+            }
+        }
+        localCount(page).store(count, ordering: .relaxed)
+        for s in 0..<carvedSlots where !listed[s] {
+            if BlockWord.state(blockWord(page, s).load(ordering: .acquiring)) == BlockWord.free {
+                pushLocal(page, s)
+                report.restoredSlots += 1
+            }
+        }
+        // (d) Everything carved and not listed free is allocated or freeing (live).
+        live(page).store(UInt32(carvedSlots) - localCount(page).load(ordering: .relaxed), ordering: .relaxed)
+    }
+
+    /// Puts back into the pool every page marked pooled that is neither in the pool nor in a live participant's
+    /// hands: what a death inside a pool transfer leaves. Returns how many pages it pushed.
+    ///
+    /// Why it is exact: (1) it takes an exact snapshot of the pool (walk, then check that the head word —
+    /// top index and a tag bumped by every pop and push — did not change); (2) it waits until every other live
+    /// participant has been seen without a page in hand, so a claimer that had popped a page before the snapshot
+    /// has claimed it (its state is no longer pooled) or dropped it; (3) it pushes a page still marked pooled,
+    /// absent from the snapshot, whose pool slot is marked in use (popped), with the pool's exact push — a
+    /// concurrent push of the same page by a releaser races on that mark, one wins, so no page is ever listed
+    /// twice. A page absent from the snapshot can be popped afterwards only if someone pushed it in between,
+    /// which needs an owner releasing it; that owner then pushes it itself (and one of the two pushes throws
+    /// `.doubleFree`, ignored). (4) A death inside the pool's own two-step pop or push leaves the page's slot
+    /// unmarked: such a page is pushed after all other live participants are seen with no page in hand and a
+    /// second exact snapshot still lacks it. Remaining race: a live participant that claims *and* releases that
+    /// same page between the quiet check and the push (it would have to pop it first, which the snapshots
+    /// exclude unless it was listed in between) — not reachable without two page moves inside microseconds.
+    ///
+    /// - Throws: `.recoveryIncomplete` when a live participant kept a page in hand for a whole second, or the
+    ///   pool changed under every snapshot attempt.
+    internal func restorePoolPages(except p: Int) throws(SharedHeapError) -> Int {
+        let poolBase = meta + layout.poolOffset
+        let head = UnsafeAtomic<UInt64>(at: poolBase.assumingMemoryBound(to: UnsafeAtomic<UInt64>.Storage.self))
+        func poolLink(_ index: Int) -> UnsafeAtomic<UInt32> {
+            UnsafeAtomic<UInt32>(
+                at: (poolBase + 128 + 4 * index).assumingMemoryBound(to: UnsafeAtomic<UInt32>.Storage.self))
+        }
+        // (1) An exact snapshot.
+        var snapshot: [Bool]?
+        for _ in 0..<10_000 {
+            // Ordering: sequentially consistent, for the head and the links: the snapshot, the waits and the
+            // pushes below must be ordered with the other participants' pool operations.
+            let before = head.load(ordering: .sequentiallyConsistent)
+            var inPool = [Bool](repeating: false, count: layout.pageCount)
+            var index = UInt32(truncatingIfNeeded: before)
+            var consistent = true
+            while index != endOfSlots {
+                guard Int(index) < layout.pageCount, !inPool[Int(index)] else { consistent = false; break }
+                inPool[Int(index)] = true
+                index = poolLink(Int(index)).load(ordering: .sequentiallyConsistent)
+            }
+            if consistent, head.load(ordering: .sequentiallyConsistent) == before {
+                snapshot = inPool
+                break
+            }
+            sched_yield()
+        }
+        guard let inPool = snapshot else {
+            throw SharedHeapError(.recoveryIncomplete, "the page pool kept changing; call recover again later")
+        }
+        // (2) Every other live participant seen with no page in hand (or done with the one it had).
+        for q in 0..<layout.participantCapacity where q != p {
+            let word = participantState(q).load(ordering: .sequentiallyConsistent)
+            guard ParticipantWord.state(word) == ParticipantWord.alive,
+                !(kill(ParticipantWord.pid(word), 0) == -1 && errno == ESRCH)
+            else { continue }
+            let first = pageInHand(q).load(ordering: .sequentiallyConsistent)
+            var waited = 0
+            while first != 0, pageInHand(q).load(ordering: .sequentiallyConsistent) == first {
+                waited += 1
+                if waited > 10_000 {
+                    throw SharedHeapError(
+                        .recoveryIncomplete, "participant \(q) kept page-in-hand 0x\(String(first, radix: 16)) "
+                            + "for a second; call recover again later")
+                }
+                usleep(100)
+            }
+        }
+        // (3) Pooled, not listed, popped: push.
+        var pushed = 0
+        let inUse: UInt32 = 0xFFFF_FFFE
+        var unmarked: [Int] = []
+        for page in 0..<layout.pageCount where !inPool[page] {
+            guard PageWord.kind(pageState(page).load(ordering: .sequentiallyConsistent)) == PageWord.pooled else {
+                continue
+            }
+            if poolLink(page).load(ordering: .sequentiallyConsistent) == inUse {
+                if (try? pool.push(UInt32(page))) != nil { pushed += 1 }
+            } else {
+                unmarked.append(page)
+            }
+        }
+        // (4) Pooled, not listed, slot not marked in use: the death fell inside the pool's own two-step pop (head
+        // exchanged, mark not stored) or push (slot claimed, head not exchanged). Nobody can pop such a page (it
+        // is not listed) or push it (it has no owner), so once no live participant names it or is mid-claim, and
+        // a fresh exact snapshot still lacks it, it is stuck: mark it in use and push it.
+        for page in unmarked {
+            func othersQuiet() -> Bool {
+                (0..<layout.participantCapacity).allSatisfy { q in
+                    let word = participantState(q).load(ordering: .sequentiallyConsistent)
+                    guard q != p, ParticipantWord.state(word) == ParticipantWord.alive else { return true }
+                    return pageInHand(q).load(ordering: .sequentiallyConsistent) == 0
+                }
+            }
+            guard othersQuiet(), let again = try? exactPoolSnapshot(head: head, link: poolLink), !again[page],
+                PageWord.kind(pageState(page).load(ordering: .sequentiallyConsistent)) == PageWord.pooled,
+                othersQuiet()
+            else { continue }
+            poolLink(page).store(inUse, ordering: .sequentiallyConsistent)
+            if (try? pool.push(UInt32(page))) != nil { pushed += 1 }
+        }
+        return pushed
+    }
+
+    private func exactPoolSnapshot(
+        head: UnsafeAtomic<UInt64>, link: (Int) -> UnsafeAtomic<UInt32>
+    ) throws(SharedHeapError) -> [Bool] {
+        for _ in 0..<10_000 {
+            let before = head.load(ordering: .sequentiallyConsistent)
+            var inPool = [Bool](repeating: false, count: layout.pageCount)
+            var index = UInt32(truncatingIfNeeded: before)
+            var consistent = true
+            while index != endOfSlots {
+                guard Int(index) < layout.pageCount, !inPool[Int(index)] else { consistent = false; break }
+                inPool[Int(index)] = true
+                index = link(Int(index)).load(ordering: .sequentiallyConsistent)
+            }
+            if consistent, head.load(ordering: .sequentiallyConsistent) == before { return inPool }
+            sched_yield()
+        }
+        throw SharedHeapError(.recoveryIncomplete, "the page pool kept changing; call recover again later")
+    }
+}

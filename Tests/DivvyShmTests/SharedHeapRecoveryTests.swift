@@ -1,0 +1,470 @@
+import Atomics
+@testable import DivvyShm
+import Foundation
+import XCTest
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `SharedHeap.recover(participant:)`: a death simulated after every step of allocate / adopt / free / collect,
+/// then recovery, then the audit must be clean (no leaked block, nothing held by a dead participant) and every
+/// block a survivor holds must still be allocated with its contents intact. Then the crash torture: real worker
+/// processes SIGKILLed at random moments.
+final class SharedHeapRecoveryTests: ShmTestCase {
+    let smallConfiguration = SharedHeapConfiguration(
+        pageSize: 4096, sizeClasses: [16, 64, 256], participantCapacity: 4, heldCapacity: 64)
+
+    func makeHeap(
+        _ name: String = "heap", dataSize: Int = 16 * 4096, configuration: SharedHeapConfiguration? = nil
+    ) throws -> (SharedRegion, SharedHeap) {
+        let configuration = configuration ?? smallConfiguration
+        let metadata = SharedHeap.requiredMetadataSize(dataSize: dataSize, configuration: configuration)
+        let region = try SharedRegion.create(
+            name: name, self.configuration(dataSize: dataSize, metadataSize: (metadata + 4095) / 4096 * 4096))
+        return (region, try SharedHeap.create(in: region, configuration: configuration))
+    }
+
+    func pattern(_ handle: SharedHeapHandle) -> UInt8 { UInt8(truncatingIfNeeded: handle.rawValue % 251) | 1 }
+
+    func fill(_ heap: SharedHeap, _ handle: SharedHeapHandle) throws {
+        let size = try heap.blockSize(of: handle)
+        try heap.pointer(for: handle).initializeMemory(as: UInt8.self, repeating: pattern(handle), count: size)
+    }
+
+    func holdsPattern(_ heap: SharedHeap, _ handle: SharedHeapHandle) throws -> Bool {
+        let size = try heap.blockSize(of: handle)
+        return UnsafeRawBufferPointer(start: try heap.pointer(for: handle), count: size)
+            .allSatisfy { $0 == pattern(handle) }
+    }
+
+    /// Where the block a dying `free` releases lives.
+    enum FreeTarget: CaseIterable { case ownSole, ownShared, survivorPage, orphanPage }
+
+    /// Builds a heap with a survivor `s` and a dying participant `d` that share blocks both ways (and hold a block
+    /// in an orphan page), kills `d` after `step` of `operation`, recovers it, and audits.
+    func checkDeath(_ operation: String, _ step: Int, target: FreeTarget = .ownSole,
+                    file: StaticString = #filePath, line: UInt = #line) throws {
+        let context = "death after \(operation) step \(step), target \(target)"
+        let (_, heap) = try makeHeap("d-\(operation)-\(step)-\(target)")
+        let s = try heap.join(name: "survivor")
+        let d = try heap.join(name: "dying")
+        // d-only blocks, blocks shared both ways.
+        let dOnly = try (0..<3).map { _ in try d.allocate(64) }
+        let dShared = try (0..<2).map { _ in try d.allocate(64) }
+        for handle in dShared { try fill(heap, handle); try s.adopt(handle) }
+        let sShared = try (0..<2).map { _ in try s.allocate(64) }
+        for handle in sShared { try fill(heap, handle); try d.adopt(handle) }
+        let sOnly = try s.allocate(16)
+        try fill(heap, sOnly)
+        // A block only d holds in an orphan page (its allocator left), and one d and s share there.
+        let o = try heap.join(name: "orphaner")
+        let orphanSole = try o.allocate(256)
+        let orphanShared = try o.allocate(256)
+        try fill(heap, orphanShared)
+        try d.adopt(orphanSole)
+        try d.adopt(orphanShared)
+        try s.adopt(orphanShared)
+        o.leave()
+        // A block in s's page only d holds (s allocated it, handed it over, dropped its holding).
+        let survivorPageBlock = try s.allocate(64)
+        try d.adopt(survivorPageBlock)
+        try s.free(survivorPageBlock)
+        XCTAssertTrue(heap.verify().isClean, "\(context): setup: \(heap.verify())", file: file, line: line)
+
+        d._dieAfter = (operation, step)
+        var adoptTarget: SharedHeapHandle?
+        do {
+            switch operation {
+            case "allocate": _ = try d.allocate(64)
+            case "adopt":
+                let handle = try s.allocate(64)
+                try fill(heap, handle)
+                adoptTarget = handle
+                try d.adopt(handle)
+            default:
+                let handle = switch target {
+                case .ownSole: dOnly[0]
+                case .ownShared: dShared[0]
+                case .survivorPage: survivorPageBlock
+                case .orphanPage: orphanSole
+                }
+                try d.free(handle)
+            }
+            XCTFail("\(context): the operation did not reach its crash point", file: file, line: line)
+        } catch let error as SharedHeapError {
+            XCTAssertEqual(error.code, .participantLeft, "\(context): \(error)", file: file, line: line)
+        }
+        let survivorHolds = s.heldHandles
+        let report = try heap.recover(participant: d.index)
+        s.collectRemoteFrees()
+        let audit = heap.verify()
+        XCTAssertTrue(audit.isClean, "\(context): \(report)\n\(audit)", file: file, line: line)
+        XCTAssertEqual(audit.allocatedBlocks, survivorHolds.count, "\(context): only the survivor's blocks are left "
+            + "(nothing leaked): \(audit)", file: file, line: line)
+        XCTAssertEqual(audit.holdings, survivorHolds.count, "\(context)", file: file, line: line)
+        for handle in survivorHolds {
+            XCTAssertTrue(try holdsPattern(heap, handle), "\(context): \(handle) lost its contents", file: file,
+                          line: line)
+        }
+        XCTAssertTrue(Set(survivorHolds).isSuperset(of: dShared + sShared + [sOnly, orphanShared]),
+                      "\(context)", file: file, line: line)
+        if let adoptTarget { XCTAssertTrue(survivorHolds.contains(adoptTarget), "\(context)", file: file, line: line) }
+        XCTAssertEqual(heap.deadParticipants(), [], "\(context)", file: file, line: line)
+        // Everything is reusable: the survivor frees all, fills the heap with 64-byte blocks, frees them.
+        for handle in survivorHolds { try s.free(handle) }
+        s.collectRemoteFrees()
+        let empty = heap.verify()
+        XCTAssertTrue(empty.isClean && empty.allocatedBlocks == 0, "\(context): \(empty)", file: file, line: line)
+        var all: [SharedHeapHandle] = []
+        while all.count < 64, let handle = try? s.allocate(16) { all.append(handle) }
+        for handle in all { try s.free(handle) }
+        XCTAssertTrue(heap.verify().isClean, "\(context): \(heap.verify())", file: file, line: line)
+        s.leave()
+    }
+
+    func testDeathDuringAllocate() throws {
+        for step in 1...4 { try checkDeath("allocate", step) }
+    }
+
+    func testDeathDuringAdopt() throws {
+        for step in 1...3 { try checkDeath("adopt", step) }
+    }
+
+    func testDeathDuringFree() throws {
+        for target in FreeTarget.allCases {
+            // A free that does not release the block (ownShared) has no push step (4).
+            for step in 1...5 where target != .ownShared || step != 4 { try checkDeath("free", step, target: target) }
+        }
+    }
+
+    /// The owner dies inside `collect` (before taking the stack, after, and after each moved block).
+    func testDeathDuringCollect() throws {
+        for stage in 0...5 {
+            let context = "death in collect at stage \(stage)"
+            var configuration = smallConfiguration
+            configuration.heldCapacity = 2048
+            let (_, heap) = try makeHeap("c\(stage)", configuration: configuration)
+            let s = try heap.join(name: "survivor")
+            let d = try heap.join(name: "dying")
+            let blocks = try (0..<6).map { _ in try d.allocate(64) }
+            let kept = blocks[5]
+            for handle in blocks { try fill(heap, handle); try s.adopt(handle); try d.free(handle) }
+            for handle in blocks.prefix(4) { try s.free(handle) }  // Onto d's page's remote stack.
+            let page = try heap.locate(blocks[0]).page
+            heap.collect(page, _stopAt: stage)
+            d._simulateDeath()
+            let report = try heap.recover(participant: d.index)
+            let audit = heap.verify()
+            XCTAssertTrue(audit.isClean, "\(context): \(report)\n\(audit)")
+            XCTAssertEqual(audit.allocatedBlocks, 2, "\(context): \(audit)")
+            XCTAssertTrue(try holdsPattern(heap, kept), context)
+            // The survivor takes the orphan page over and can use every slot again.
+            for handle in s.heldHandles { try s.free(handle) }
+            var all: [SharedHeapHandle] = []
+            while let handle = try? s.allocate(64) { all.append(handle) }
+            XCTAssertEqual(Set(all).count, all.count, context)
+            XCTAssertEqual(all.count, 16 * 4096 / 64, "\(context): every slot of every page is allocatable again")
+            for handle in all { try s.free(handle) }
+            XCTAssertTrue(heap.verify().isClean, "\(context): \(heap.verify())")
+        }
+    }
+
+    /// A death in each step of a page move between the pool and a participant (the steps of `claimPooledPage`
+    /// and `releasePage`, replayed by hand up to the death): recovery puts every page back, exactly once.
+    func testDeathDuringPageMoves() throws {
+        for stage in 0..<6 {
+            let context = "page move, death at stage \(stage)"
+            let (_, heap) = try makeHeap("m\(stage)")
+            let s = try heap.join(name: "survivor")
+            let kept = try s.allocate(64)
+            try fill(heap, kept)
+            let d = try heap.join(name: "dying")
+            let p = d.index
+            switch stage {
+            case 0:  // Claim: about to pop, or popped with no page recorded yet.
+                heap.pageInHand(p).store(PageInHand.claimingNoPage, ordering: .relaxed)
+                _ = heap.pool.pop()
+            case 1:  // Claim: popped and recorded, state not claimed.
+                heap.pageInHand(p).store(PageInHand.claimingNoPage, ordering: .relaxed)
+                let page = heap.pool.pop()!
+                heap.pageInHand(p).store(PageInHand.claiming | UInt64(page), ordering: .relaxed)
+            case 2:  // Claim: state claimed, fields half written, record not cleared.
+                let page = heap.claimPooledPage(sizeClass: 1, for: p)!
+                heap.carved(page).store(7, ordering: .relaxed)
+                heap.pageInHand(p).store(PageInHand.claiming | UInt64(page), ordering: .relaxed)
+            case 3:  // Release: recorded, state not yet pooled.
+                let page = heap.claimPooledPage(sizeClass: 1, for: p)!
+                heap.pageInHand(p).store(PageInHand.releasing | UInt64(page), ordering: .relaxed)
+            case 4:  // Release: state pooled, not pushed.
+                let page = heap.claimPooledPage(sizeClass: 1, for: p)!
+                heap.pageInHand(p).store(PageInHand.releasing | UInt64(page), ordering: .relaxed)
+                let word = heap.pageState(page).load(ordering: .relaxed)
+                heap.pageState(page).store(
+                    PageWord.make(kind: PageWord.pooled, sizeClass: 1, owner: 0, epoch: PageWord.epoch(word)),
+                    ordering: .releasing)
+            default:  // Release: pushed, record not cleared.
+                let page = heap.claimPooledPage(sizeClass: 1, for: p)!
+                heap.releasePage(page, for: p)
+                heap.pageInHand(p).store(PageInHand.releasing | UInt64(page), ordering: .relaxed)
+            }
+            d._simulateDeath()
+            let report = try heap.recover(participant: p)
+            let audit = heap.verify()
+            XCTAssertTrue(audit.isClean, "\(context): \(report)\n\(audit)")
+            XCTAssertEqual(audit.pooledPages + audit.ownedPages + audit.orphanPages, heap.pageCount, context)
+            XCTAssertEqual(audit.ownedPages, 1, "\(context): only the survivor's page is in use: \(audit)")
+            XCTAssertTrue(try holdsPattern(heap, kept), context)
+            // Every page is claimable again, each once.
+            var pages: [Int] = []
+            while let page = heap.claimPooledPage(sizeClass: 0, for: s.index) { pages.append(page) }
+            XCTAssertEqual(pages.count, heap.pageCount - 1, context)
+            XCTAssertEqual(Set(pages).count, pages.count, context)
+            for page in pages { heap.releasePage(page, for: s.index) }
+            XCTAssertTrue(heap.verify().isClean, "\(context): \(heap.verify())")
+        }
+    }
+
+    /// A suspect on a page whose owner is alive waits for the owner's collect; verify counts it as on its way.
+    func testSuspectLeftToLiveOwner() throws {
+        let (_, heap) = try makeHeap()
+        let s = try heap.join(name: "survivor")
+        let d = try heap.join(name: "dying")
+        let handle = try s.allocate(64)
+        try d.adopt(handle)
+        try s.free(handle)
+        d._dieAfter = ("free", 2)
+        XCTAssertThrowsError(try d.free(handle))
+        let report = try heap.recover(participant: d.index)
+        XCTAssertEqual(report.suspectLeftToOwner, handle, "\(report)")
+        XCTAssertTrue(heap.verify().isClean, "\(heap.verify())")
+        XCTAssertEqual(heap.verify().remoteFreeBlocks, 1)
+        XCTAssertEqual(s.collectRemoteFrees(), 1)
+        let after = heap.verify()
+        XCTAssertTrue(after.isClean && after.remoteFreeBlocks == 0 && after.allocatedBlocks == 0, "\(after)")
+    }
+
+    func testRecoverRejectsBadParticipants() throws {
+        let (_, heap) = try makeHeap()
+        let before = heap.verify()
+        for bad in [-1, 4, 100] {
+            XCTAssertThrowsError(try heap.recover(participant: bad)) {
+                XCTAssertEqual(($0 as? SharedHeapError)?.code, .outOfRange)
+            }
+        }
+        XCTAssertThrowsError(try heap.recover(participant: 2)) {
+            XCTAssertEqual(($0 as? SharedHeapError)?.code, .participantLeft)
+        }
+        XCTAssertEqual(heap.verify(), before)
+    }
+
+    /// A real process that exits without leaving is found by `deadParticipants()` and recovered.
+    func testDeadProcessIsFoundAndRecovered() throws {
+        let (_, heap) = try makeHeap("gone", dataSize: 64 * 4096)
+        let directory = NSTemporaryDirectory() + prefix
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let exit = try HelperProcess.run(["heap", "gone", prefix, "alloc", "5", "3", directory + "/h", "exit-without-leave"])
+        XCTAssertEqual(exit.status, 0, "\(exit)")
+        let handles = try String(contentsOfFile: directory + "/h", encoding: .utf8).split(separator: "\n")
+            .map { SharedHeapHandle(rawValue: UInt64($0.split(separator: " ")[0])!) }
+        let me = try heap.join(name: "survivor")
+        try me.adopt(handles[0])
+        let dead = heap.deadParticipants()
+        XCTAssertEqual(dead.count, 1)
+        let report = try heap.recover(participant: dead[0])
+        XCTAssertEqual(report.releasedBlocks, 4, "\(report)")
+        XCTAssertEqual(report.droppedHoldings, 1, "\(report)")
+        let audit = heap.verify()
+        XCTAssertTrue(audit.isClean, "\(audit)")
+        XCTAssertEqual(audit.allocatedBlocks, 1)
+        XCTAssertEqual(heap.deadParticipants(), [])
+        XCTAssertTrue(try me.free(handles[0]))
+    }
+
+    // MARK: Crash torture
+
+    /// The helper's pattern (`heapPattern` in divvy-shm-helper).
+    func torturePattern(_ handle: SharedHeapHandle) -> UInt8 {
+        UInt8(truncatingIfNeeded: (handle.rawValue &* 0x9E37_79B9_7F4A_7C15) >> 56)
+    }
+
+    func tortureFill(_ heap: SharedHeap, _ handle: SharedHeapHandle) throws {
+        let size = try heap.blockSize(of: handle)
+        try heap.pointer(for: handle).initializeMemory(as: UInt8.self, repeating: torturePattern(handle), count: size)
+    }
+
+    func tortureIntact(_ heap: SharedHeap, _ handle: SharedHeapHandle) throws -> Bool {
+        let size = try heap.blockSize(of: handle)
+        return UnsafeRawBufferPointer(start: try heap.pointer(for: handle), count: size)
+            .allSatisfy { $0 == torturePattern(handle) }
+    }
+
+    /// A worker process allocates, publishes, adopts and frees at random while this process (a survivor) adopts
+    /// what it publishes, publishes its own blocks for it, allocates and frees; the worker is SIGKILLed at a random
+    /// moment; `deadParticipants()` must name it, `recover` must run, and then the audit must be clean, only this
+    /// process's blocks may be allocated, and each must hold its contents. `DIVVY_TORTURE_TRIALS` sets the trial
+    /// count (default 200); `DIVVY_TEST_SEED` replays a run (the seed is printed).
+    func testCrashTorture() throws {
+        try runTorture(survivorProcess: false)
+    }
+
+    /// The same with a second worker process that keeps running (allocating, adopting what the victim published,
+    /// freeing into the victim's pages) while the victim is killed and recovered; then it is told to stop, frees
+    /// everything and leaves, and the audit runs. Recovery here runs concurrently with a live participant.
+    func testCrashTortureWithLiveSurvivorProcess() throws {
+        try runTorture(survivorProcess: true)
+    }
+
+    func runTorture(survivorProcess: Bool) throws {
+        let name = survivorProcess ? "testCrashTortureWithLiveSurvivorProcess" : "testCrashTorture"
+        let trials = ProcessInfo.processInfo.environment["DIVVY_TORTURE_TRIALS"].flatMap { Int($0) } ?? 200
+        let seed = ProcessInfo.processInfo.environment["DIVVY_TEST_SEED"].flatMap { UInt64($0) }
+            ?? UInt64.random(in: 1...UInt64.max)
+        print("SharedHeapRecoveryTests.\(name): \(trials) trials, DIVVY_TEST_SEED=\(seed)")
+        var random = SplitMix(state: seed)
+        let configuration = SharedHeapConfiguration(
+            pageSize: 4096, sizeClasses: [16, 64, 256], participantCapacity: 4, heldCapacity: 256)
+        let (_, heap) = try makeHeap("torture", dataSize: 64 * 4096, configuration: configuration)
+        let me = try heap.join(name: "parent")
+        let mailboxHandle = try me.allocate(256)
+        let mailbox = try heap.pointer(for: mailboxHandle)
+        mailbox.initializeMemory(as: UInt8.self, repeating: 0, count: 256)
+        func slot(_ index: Int) -> UnsafeAtomic<UInt64> {
+            UnsafeAtomic<UInt64>(at: (mailbox + 8 * index).assumingMemoryBound(to: UnsafeAtomic<UInt64>.Storage.self))
+        }
+        var held: [SharedHeapHandle] = []
+        var kills = 0, adopted = 0, recoveredBlocks = 0
+        for trial in 0..<trials {
+            let workerSeed = random.next()
+            let context = "trial \(trial), DIVVY_TEST_SEED=\(seed), worker seed \(workerSeed)"
+            for index in 0..<32 { slot(index).store(0, ordering: .relaxed) }
+            let worker = try HelperProcess.spawn(
+                ["torture", "torture", prefix, "\(mailboxHandle.rawValue)", "\(workerSeed)"])
+            let survivor = survivorProcess ? try HelperProcess.spawn(
+                ["torture", "torture", prefix, "\(mailboxHandle.rawValue)", "\(workerSeed ^ 0x5555)", "1", "2"]) : nil
+            var waited = 0
+            // Ordering: acquiring, pairs with the workers' releasing stores of their indices.
+            while slot(0).load(ordering: .acquiring) == 0 || (survivorProcess && slot(1).load(ordering: .acquiring) == 0),
+                waited < 20_000
+            {
+                usleep(500)
+                waited += 1
+            }
+            // Run alongside the worker for a random while (up to ~4 ms), then kill it.
+            let iterations = Int(random.next() % 400)
+            for _ in 0..<iterations {
+                switch random.next() % 8 {
+                case 0, 1:
+                    // Ordering: acquiring, pairs with the worker's releasing publication.
+                    let raw = slot(3 + Int(random.next() % 13)).exchange(0, ordering: .acquiringAndReleasing)
+                    guard raw != 0, held.count < 200 else { break }
+                    let handle = SharedHeapHandle(rawValue: raw)
+                    // (A `catch where` that breaks out of the switch crashes the 6.3 compiler: use a Result.)
+                    let adoption = Result { () throws(SharedHeapError) in try me.adopt(handle) }
+                    if case .failure(let error) = adoption {
+                        XCTAssertEqual(error.code, .staleHandle, "\(context): adopting \(handle)")
+                        break
+                    }
+                    held.append(handle)
+                    adopted += 1
+                    XCTAssertTrue(try tortureIntact(heap, handle), "\(context): adopted \(handle) is not intact")
+                case 2:
+                    guard let handle = held.randomElement(using: &random) else { break }
+                    // Ordering: releasing: the worker's acquiring exchange sees the contents.
+                    _ = slot(16 + Int(random.next() % 16)).compareExchange(
+                        expected: 0, desired: handle.rawValue, successOrdering: .releasing, failureOrdering: .relaxed)
+                case 3:
+                    guard held.count < 200 else { break }
+                    let allocation = Result { () throws(SharedHeapError) in try me.allocate(1 + Int(random.next() % 256)) }
+                    switch allocation {
+                    case .success(let handle):
+                        try tortureFill(heap, handle)
+                        held.append(handle)
+                    case .failure(let error):
+                        XCTAssertEqual(error.code, .heapFull, context)
+                    }
+                case 4, 5:
+                    guard !held.isEmpty else { break }
+                    let handle = held.remove(at: Int(random.next() % UInt64(held.count)))
+                    // The handle may still sit in a slot for the worker: it then adopts a stale handle or not.
+                    XCTAssertTrue(try tortureIntact(heap, handle), "\(context): \(handle) is not intact")
+                    try me.free(handle)
+                default:
+                    usleep(UInt32(random.next() % 20))
+                }
+            }
+            kill(worker.pid, SIGKILL)
+            let exit = worker.wait()
+            guard exit.signal == SIGKILL else {
+                XCTFail("\(context): the worker ended on its own: \(exit)")
+                if let survivor { kill(survivor.pid, SIGKILL); _ = survivor.wait() }
+                break
+            }
+            kills += 1
+            let dead = heap.deadParticipants()
+            guard dead.count == 1 else {
+                XCTFail("\(context): deadParticipants() = \(dead)\n\(heap.verify())")
+                if let survivor { kill(survivor.pid, SIGKILL); _ = survivor.wait() }
+                break
+            }
+            var recovered: SharedHeapRecoveryReport?
+            var lastError: SharedHeapError?
+            for _ in 0..<20 where recovered == nil {
+                // (A typed `catch … where` here crashes the 6.3 compiler: use a Result.)
+                switch Result(catching: { () throws(SharedHeapError) in try heap.recover(participant: dead[0]) }) {
+                case .success(let report): recovered = report
+                case .failure(let error):
+                    lastError = error
+                    if error.code != .recoveryIncomplete { break }
+                    usleep(10_000)  // The survivor process has not collected an earlier suspect yet.
+                }
+            }
+            guard let report = recovered else {
+                XCTFail("\(context): recovery failed: \(lastError.map { "\($0)" } ?? "?")")
+                if let survivor { kill(survivor.pid, SIGKILL); _ = survivor.wait() }
+                break
+            }
+            recoveredBlocks += report.releasedBlocks
+            if let survivor {
+                usleep(UInt32(random.next() % 2000))  // Let it work on the recovered heap a little.
+                // Ordering: releasing; the survivor acquires the stop flag.
+                slot(2).store(1, ordering: .releasing)
+                let ended = survivor.wait()
+                guard ended.status == 0 else {
+                    XCTFail("\(context): the survivor process failed: \(ended)")
+                    break
+                }
+            }
+            for index in 0..<32 { slot(index).store(0, ordering: .relaxed) }
+            me.collectRemoteFrees()
+            let audit = heap.verify()
+            guard audit.isClean, audit.allocatedBlocks == held.count + 1, audit.holdings == held.count + 1 else {
+                XCTFail("\(context): after \(report):\n\(audit)\n(this process holds \(held.count + 1))")
+                break
+            }
+            for handle in held where !(try tortureIntact(heap, handle)) {
+                XCTFail("\(context): \(handle), held by a survivor, lost its contents")
+            }
+        }
+        print("SharedHeapRecoveryTests.\(name): \(kills) kills, \(adopted) adoptions, "
+            + "\(recoveredBlocks) blocks released by recovery, DIVVY_TEST_SEED=\(seed)")
+        for handle in held { try me.free(handle) }
+        try me.free(mailboxHandle)
+        me.collectRemoteFrees()
+        let final = heap.verify()
+        XCTAssertTrue(final.isClean && final.allocatedBlocks == 0, "DIVVY_TEST_SEED=\(seed): \(final)")
+    }
+}
+
+/// SplitMix64, the torture test's seeded generator.
+struct SplitMix: RandomNumberGenerator {
+    var state: UInt64
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}

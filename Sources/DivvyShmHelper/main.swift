@@ -345,9 +345,16 @@ func heapStartThread(_ body: @escaping () -> Void) -> pthread_t {
     return thread
 }
 
+/// One result slot per thread. Not a Swift array: concurrent writes to different elements of one array are
+/// still a race on the array (ThreadSanitizer reports it); distinct slots of raw memory are not, and
+/// `pthread_join` orders every write before the main thread reads.
 final class HelperCountsBox: @unchecked Sendable {
-    var counts: [HeapCounts]
-    init(_ count: Int) { counts = Array(repeating: HeapCounts(), count: count) }
+    let counts: UnsafeMutableBufferPointer<HeapCounts>
+    init(_ count: Int) {
+        counts = .allocate(capacity: count)
+        counts.initialize(repeating: HeapCounts())
+    }
+    deinit { counts.deallocate() }
 }
 
 func runHeapHelper() -> Never {

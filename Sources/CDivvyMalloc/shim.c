@@ -76,7 +76,16 @@ static DIVVY_TLS int divvy_depth;
 static pthread_mutex_t divvy_lock = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
 static pthread_mutex_t divvy_init_lock = PTHREAD_MUTEX_INITIALIZER;
 static void *_Atomic divvy_heap;
-static _Atomic int divvy_ready;
+// Set by the library's constructor, which runs after its dependencies' (libswiftCore, libstdc++, …) initialisers:
+// until then the Swift runtime may not be usable, so every allocation comes from the arena.
+//
+// `volatile` is what keeps this flag real. Without it, LLVM's GlobalOpt (at -O, so only in release builds)
+// evaluates the constructor at compile time, on the assumption that a module's constructors run before any of its
+// other code: it deletes the constructor, folds the flag to 1 from the start and the check in divvy_heap_slow to
+// true. A preloaded malloc breaks that assumption (ld.so and the dependencies' initialisers call malloc before our
+// constructor), so the release library built the Swift heap inside libstdc++'s initialiser, before libswiftCore's,
+// and crashed every program at startup. Volatile accesses may be neither folded nor removed.
+static volatile _Atomic int divvy_ready;
 
 static void divvy_prefork(void) { pthread_mutex_lock(&divvy_lock); }
 static void divvy_postfork_parent(void) { pthread_mutex_unlock(&divvy_lock); }
@@ -89,7 +98,8 @@ static void divvy_postfork_child(void) {
     memcpy(&divvy_init_lock, &fresh_init, sizeof fresh_init);
 }
 
-// Until this runs, ld.so, libc and the Swift runtime are still starting: serve them from the arena.
+// Until this runs, ld.so, libc and the Swift runtime are still starting: serve them from the arena. See divvy_ready
+// for why the flag must stay volatile (DivvyMallocPreloadTests checks that this constructor survives -O2).
 __attribute__((constructor)) static void divvy_malloc_constructor(void) {
     atomic_store_explicit(&divvy_ready, 1, memory_order_release);
 }

@@ -7,13 +7,28 @@ import XCTest
 
 /// Real programs under `LD_PRELOAD=libDivvyMalloc.so` produce the same output as without it.
 ///
-/// The library is built next to this test binary by `swift build --build-tests` (what CI runs first).
+/// The library is built next to this test binary by `swift build --build-tests` (what CI runs first), so these tests
+/// exercise the *debug* library by default. The release library is a different binary (the C shim is compiled at
+/// -O2, the Swift at -O) and has failed on its own before; to run the whole suite against it:
+///
+///     swift build -c release --product DivvyMalloc
+///     DIVVY_MALLOC_LIBRARY=$PWD/.build/release/libDivvyMalloc.so swift test --filter DivvyMallocPreloadTests
+///
+/// Without that, `testEveryBuiltLibraryStartsPrograms` still runs a few programs with every configuration's library
+/// that exists in `.build`, and `testTheConstructorSurvivesOptimization` checks the optimizer hazard directly.
 final class DivvyMallocPreloadTests: XCTestCase {
-    /// `libDivvyMalloc.so` in this build's products directory.
+    /// This build's products directory (`.build/<triple>/<configuration>`).
+    var productsDirectory: URL {
+        get throws {
+            let binary = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
+            return URL(fileURLWithPath: binary).deletingLastPathComponent()
+        }
+    }
+
+    /// `$DIVVY_MALLOC_LIBRARY` if set, otherwise `libDivvyMalloc.so` in this build's products directory.
     func library() throws -> String {
-        let binary = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
-        let path = URL(fileURLWithPath: binary).deletingLastPathComponent().appendingPathComponent("libDivvyMalloc.so")
-            .path
+        let path = try ProcessInfo.processInfo.environment["DIVVY_MALLOC_LIBRARY"]
+            ?? productsDirectory.appendingPathComponent("libDivvyMalloc.so").path
         guard FileManager.default.fileExists(atPath: path) else {
             XCTFail(
                 "\(path) is missing: build it with `swift build --build-tests` (or `swift build`) before `swift test`")
@@ -59,7 +74,10 @@ final class DivvyMallocPreloadTests: XCTestCase {
         nonisolated(unsafe) var errData = Data()
         DispatchQueue.global().async(group: group) { outData = out.fileHandleForReading.readDataToEndOfFile() }
         DispatchQueue.global().async(group: group) { errData = err.fileHandleForReading.readDataToEndOfFile() }
-        if let input { stdin.fileHandleForWriting.write(input) }
+        // A child that dies early (a crashing preload) closes its stdin: the write must fail, not kill the tests with
+        // SIGPIPE, so the exit status gets reported.
+        signal(SIGPIPE, SIG_IGN)
+        if let input { try? stdin.fileHandleForWriting.write(contentsOf: input) }
         try stdin.fileHandleForWriting.close()
         group.wait()
         process.waitUntilExit()
@@ -82,6 +100,59 @@ final class DivvyMallocPreloadTests: XCTestCase {
         let divvy = try run(["/bin/sh", "-c", script], preload: lib)
         XCTAssertEqual(divvy, plain)
         XCTAssertEqual(divvy.stdout, "1\n2\n3\nsub\n")
+    }
+
+    /// Regression test for the release library crashing every program at startup (SIGSEGV building the heap inside
+    /// libstdc++'s initialiser): runs a few programs with the library of every configuration built in `.build`
+    /// (debug, release, …), not only the one next to this test binary. A library left over from an older commit is
+    /// run too: rebuild it (or remove it) if this fails on a configuration you did not build.
+    func testEveryBuiltLibraryStartsPrograms() throws {
+        _ = try library()  // the sanitizer skip
+        let configurations = try productsDirectory.deletingLastPathComponent()
+        let libraries = try FileManager.default.contentsOfDirectory(atPath: configurations.path).sorted()
+            .map { configurations.appendingPathComponent($0).appendingPathComponent("libDivvyMalloc.so").path }
+            .filter { FileManager.default.fileExists(atPath: $0) }
+        XCTAssertFalse(libraries.isEmpty)
+        let hasPython = FileManager.default.isExecutableFile(atPath: python)
+        for lib in libraries {
+            XCTAssertEqual(try run(["/bin/true"], preload: lib).status, 0, "/bin/true under \(lib)")
+            let input = Data((0..<20_000).map { "\(($0 * 7919) % 20_000)\n" }.joined().utf8)
+            let plain = try run(["/usr/bin/sort", "-n"], preload: nil, input: input)
+            let divvy = try run(["/usr/bin/sort", "-n"], preload: lib, input: input)
+            XCTAssertEqual(divvy, plain, "sort under \(lib)")
+            if hasPython {
+                let result = try run([python, "-c", "print(sorted(range(10**6))[-1])"], preload: lib)
+                XCTAssertEqual(result.stdout, "999999\n", "python3 under \(lib): \(result.stderr)")
+            }
+        }
+    }
+
+    /// The shim's readiness flag must survive optimization. At -O2, LLVM's GlobalOpt evaluates a constructor that only
+    /// stores constants at compile time (it assumes a module's constructors run before its other code), deletes it
+    /// and folds the flag to "ready" from the start. For a preloaded malloc that is wrong (ld.so and the
+    /// dependencies' initialisers call malloc first), and the release library built the Swift heap before the Swift
+    /// runtime was initialised. Debug builds (-O0) never showed it, so this compiles the shim the way release does
+    /// and checks the constructor and the flag's load are still there, whichever configuration runs the tests.
+    func testTheConstructorSurvivesOptimization() throws {
+        let clang = ["/opt/swift/usr/bin/clang", "/usr/bin/clang"]
+            + (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").map { "\($0)/clang" }
+        guard let compiler = clang.first(where: { FileManager.default.isExecutableFile(atPath: $0) }) else {
+            throw XCTSkip("no clang to compile the shim with")
+        }
+        let sources = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("Sources/CDivvyMalloc")
+        let result = try run(
+            [
+                compiler, "-O2", "-fPIC", "-I", sources.appendingPathComponent("include").path, "-S", "-emit-llvm",
+                "-o", "-", sources.appendingPathComponent("shim.c").path,
+            ], preload: nil)
+        XCTAssertEqual(result.status, 0, result.stderr)
+        let ir = result.stdout
+        let ctors = ir.split(separator: "\n").first { $0.hasPrefix("@llvm.global_ctors") }.map(String.init) ?? ""
+        XCTAssertTrue(ctors.contains("@divvy_malloc_constructor"), "the constructor was optimized away: \(ctors)")
+        XCTAssertTrue(
+            ir.split(separator: "\n").contains { $0.contains("load") && $0.contains("@divvy_ready") },
+            "the readiness check was optimized away")
     }
 
     func testTheLibraryReallyServesMalloc() throws {
@@ -191,8 +262,9 @@ final class DivvyMallocPreloadTests: XCTestCase {
         // Built by this package (`Sources/DivvyMallocStress/main.c`): four threads, cross-thread frees through
         // mailboxes, realloc chains, posix_memalign/aligned_alloc/memalign at alignments up to 64 KiB, contents
         // checked everywhere; it exits 1 on any mismatch.
-        let stress = URL(fileURLWithPath: lib).deletingLastPathComponent().appendingPathComponent("DivvyMallocStress")
-            .path
+        // It is a dependency of this test target, so it sits next to the test binary (not necessarily next to
+        // `$DIVVY_MALLOC_LIBRARY`).
+        let stress = try productsDirectory.appendingPathComponent("DivvyMallocStress").path
         let plain = try run([stress], preload: nil)
         let divvy = try run([stress], preload: lib)
         XCTAssertEqual(plain.status, 0, plain.stdout + plain.stderr)

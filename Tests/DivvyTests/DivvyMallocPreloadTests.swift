@@ -270,7 +270,12 @@ final class DivvyMallocPreloadTests: XCTestCase {
         XCTAssertEqual(plain.status, 0, plain.stdout + plain.stderr)
         XCTAssertEqual(divvy.status, 0, divvy.stdout + divvy.stderr)
         XCTAssertTrue(divvy.stdout.hasPrefix("corner cases ok\nerrors 0\n"), divvy.stdout)
-        XCTAssertEqual(divvy.stdout, plain.stdout)
+        // The checksum line depends on which thread sees which mailbox item when (it varies between plain runs
+        // too); the verdict lines (corner cases, content errors) are what must be identical.
+        func verdict(_ output: String) -> [Substring] {
+            output.split(separator: "\n").filter { !$0.hasPrefix("checksum") }
+        }
+        XCTAssertEqual(verdict(divvy.stdout), verdict(plain.stdout))
     }
 
     func testGitCommitOfAThousandFilesIsIdentical() throws {

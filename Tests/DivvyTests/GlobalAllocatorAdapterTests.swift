@@ -929,6 +929,8 @@ extension GlobalAllocatorAdapterTests {
         process.arguments = ["DivvyTests.GlobalAllocatorAdapterTests/testChildProcessEntryPoint"]
         var env = ProcessInfo.processInfo.environment
         env[childRoleVariable] = role
+        // No Swift backtracer in the child: it would keep our pipes open (and, under ASan, trip over itself).
+        env["SWIFT_BACKTRACE"] = "enable=no"
         for (key, value) in environment { env[key] = value }
         process.environment = env
         let out = Pipe()

@@ -94,6 +94,7 @@ let package = Package(
             dependencies: [
                 "DivvyShm",
                 "divvy-shm-helper",
+                "DivvyTestSupport",
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ]

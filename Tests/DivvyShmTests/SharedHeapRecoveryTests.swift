@@ -1,5 +1,6 @@
 import Atomics
 @testable import DivvyShm
+import DivvyTestSupport
 import Foundation
 import XCTest
 
@@ -322,7 +323,7 @@ final class SharedHeapRecoveryTests: ShmTestCase {
         let seed = ProcessInfo.processInfo.environment["DIVVY_TEST_SEED"].flatMap { UInt64($0) }
             ?? UInt64.random(in: 1...UInt64.max)
         print("SharedHeapRecoveryTests.\(name): \(trials) trials, DIVVY_TEST_SEED=\(seed)")
-        var random = SplitMix(state: seed)
+        var random = SeededGenerator(seed: seed)
         let configuration = SharedHeapConfiguration(
             pageSize: 4096, sizeClasses: [16, 64, 256], participantCapacity: 4, heldCapacity: 256)
         let (_, heap) = try makeHeap("torture", dataSize: 64 * 4096, configuration: configuration)
@@ -454,17 +455,5 @@ final class SharedHeapRecoveryTests: ShmTestCase {
         me.collectRemoteFrees()
         let final = heap.verify()
         XCTAssertTrue(final.isClean && final.allocatedBlocks == 0, "DIVVY_TEST_SEED=\(seed): \(final)")
-    }
-}
-
-/// SplitMix64, the torture test's seeded generator.
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
     }
 }

@@ -1,5 +1,6 @@
 import Atomics
 @testable import DivvyShm
+import DivvyTestSupport
 import Foundation
 import XCTest
 
@@ -12,22 +13,9 @@ private func pattern(_ handle: SharedHeapHandle) -> UInt8 {
     UInt8(truncatingIfNeeded: (handle.rawValue &* 0x9E37_79B9_7F4A_7C15) >> 56)
 }
 
-/// SplitMix64, seeded; the seed is printed by each randomized test.
-private struct TestRandom: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
+extension SeededGenerator {
+    /// A random integer in `0..<bound`.
     mutating func below(_ bound: Int) -> Int { Int(next() % UInt64(bound)) }
-
-    static func seed() -> UInt64 {
-        if let text = ProcessInfo.processInfo.environment["DIVVY_TEST_SEED"], let seed = UInt64(text) { return seed }
-        return UInt64.random(in: 0...UInt64.max)
-    }
 }
 
 /// `adopt`, with the error returned (a `catch where` on a typed throw inside a nested function crashes the
@@ -214,9 +202,9 @@ final class SharedHeapTests: ShmTestCase {
     }
 
     func testModelBasedRandomized() throws {
-        let seed = TestRandom.seed()
+        let seed = SeededGenerator.testSeed()
         print("SharedHeapTests.testModelBasedRandomized seed \(seed) (rerun with DIVVY_TEST_SEED=\(seed))")
-        var random = TestRandom(state: seed)
+        var random = SeededGenerator(seed: seed)
         let (_, heap) = try makeHeap(dataSize: 2 << 20)
         let participants = try (0..<3).map { try heap.join(name: "p\($0)") }
         // The model: every live block, its holders and size.
@@ -482,7 +470,7 @@ final class SharedHeapTests: ShmTestCase {
         let (_, heap) = try makeHeap("xproc", dataSize: 16 << 20)
         let me = try heap.join(name: "A")
         var handles: [SharedHeapHandle] = []
-        var random = TestRandom(state: 7)
+        var random = SeededGenerator(seed: 7)
         for _ in 0..<300 {
             let handle = try me.allocate(1 + random.below(heap.largestBlockSize))
             try fill(heap, handle)
@@ -520,7 +508,7 @@ final class SharedHeapTests: ShmTestCase {
         // A collects them: allocating again reuses the same pages.
         // The same sizes again: the same pages serve them.
         let pagesBefore = report.ownedPages
-        random = TestRandom(state: 7)
+        random = SeededGenerator(seed: 7)
         for _ in 0..<300 { _ = try me.allocate(1 + random.below(heap.largestBlockSize)) }
         report = heap.verify()
         XCTAssertTrue(report.isClean, "\(report)")
@@ -659,7 +647,7 @@ final class SharedHeapTests: ShmTestCase {
     // MARK: Stress
 
     func testStressProcessesAndThreads() throws {
-        let seed = TestRandom.seed() % (1 << 40)
+        let seed = SeededGenerator.testSeed() % (1 << 40)
         print("SharedHeapTests.testStressProcessesAndThreads seed \(seed)")
         let (_, heap) = try makeHeap("stress", dataSize: 8 << 20)
         let me = try heap.join(name: "mailbox")
@@ -696,7 +684,7 @@ final class SharedHeapTests: ShmTestCase {
 
     /// The same exchange, threads of this process (run under ThreadSanitizer).
     func testConcurrentThreadsInProcess() throws {
-        let seed = TestRandom.seed()
+        let seed = SeededGenerator.testSeed()
         print("SharedHeapTests.testConcurrentThreadsInProcess seed \(seed)")
         let (_, heap) = try makeHeap("threads", dataSize: 4 << 20)
         let slots = 16
@@ -712,7 +700,7 @@ final class SharedHeapTests: ShmTestCase {
             Thread.detachNewThread {
                 defer { group.leave() }
                 let box = UnsafeMutablePointer<UnsafeAtomic<UInt64>.Storage>(bitPattern: mailboxAddress)!
-                var random = TestRandom(state: seed ^ UInt64(thread))
+                var random = SeededGenerator(seed: seed ^ UInt64(thread))
                 var counts = (allocated: 0, released: 0, adopted: 0)
                 var failures: [String] = []
                 do {

@@ -29,17 +29,6 @@ private func adoptOrError(_ me: SharedHeap.Participant, _ handle: SharedHeapHand
     }
 }
 
-/// A test-side lock (NSLock: visible to ThreadSanitizer, unlike Mutex on Linux).
-private final class LockedBox<Value>: @unchecked Sendable {
-    private let lock = NSLock()
-    private var value: Value
-    init(_ value: Value) { self.value = value }
-    func withLock<R>(_ body: (inout Value) -> R) -> R {
-        lock.lock()
-        defer { lock.unlock() }
-        return body(&value)
-    }
-}
 
 final class SharedHeapTests: ShmTestCase {
     /// A named region big enough for `configuration` on `dataSize` bytes of data, and a heap in it.
@@ -692,7 +681,7 @@ final class SharedHeapTests: ShmTestCase {
         mailbox.initialize(repeating: .init(0), count: slots)
         defer { mailbox.deallocate() }
         let mailboxAddress = UInt(bitPattern: mailbox)
-        let totals = LockedBox((allocated: 0, released: 0, adopted: 0, failures: [String]()))
+        let totals = Locked((allocated: 0, released: 0, adopted: 0, failures: [String]()))
         let threads = 4
         let group = DispatchGroup()
         for thread in 0..<threads {

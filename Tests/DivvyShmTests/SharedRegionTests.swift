@@ -5,6 +5,7 @@ import SystemPackage
 import XCTest
 
 @testable import DivvyShm
+import DivvyTestSupport
 
 #if canImport(Glibc)
 import Glibc

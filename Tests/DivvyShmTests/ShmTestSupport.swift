@@ -1,4 +1,5 @@
 import DivvyShm
+import DivvyTestSupport
 import Foundation
 import XCTest
 
@@ -160,22 +161,6 @@ struct HelperProcess {
     }
 }
 
-func readText(_ path: String) -> String? {
-    guard let handle = FileHandle(forReadingAtPath: path) else { return nil }
-    defer { try? handle.close() }
-    return String(decoding: handle.readDataToEndOfFile(), as: UTF8.self)
-}
-
-func readInt(_ path: String) -> Int? {
-    readText(path).flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
-}
-
-func writeText(_ path: String, _ text: String) -> Bool {
-    let fd = open(path, O_WRONLY)
-    guard fd >= 0 else { return false }
-    defer { close(fd) }
-    return text.utf8CString.withUnsafeBufferPointer { write(fd, $0.baseAddress, $0.count - 1) } == text.utf8.count
-}
 
 /// Whether the kernel gives transparent huge pages to shared memory (`shmem_enabled`).
 var shmemTransparentHugePages: Bool {

@@ -9,26 +9,6 @@ import XCTest
 import Glibc
 #endif
 
-/// A value behind an `NSLock`.
-///
-/// The tests use this instead of `Synchronization.Mutex` for data shared between threads because ThreadSanitizer
-/// sees `pthread_mutex` (which `NSLock` uses) but not `Mutex`'s futex, which lives in the uninstrumented standard
-/// library: with `Mutex`, every access it protects is reported as a race. (`Mutex` is still used to hand the local
-/// side from thread to thread, where the compiler's `sending` checks are the point; those hand-overs are also
-/// ordered by an atomic or by thread joins, which TSan sees.)
-private final class CSlabLocked<Value>: @unchecked Sendable {
-    // @unchecked Sendable: every access to `value` holds `lock`.
-    private var value: Value
-    private let lock = NSLock()
-
-    init(_ value: Value) { self.value = value }
-
-    func withLock<Result>(_ body: (inout Value) throws -> Result) rethrows -> Result {
-        lock.lock()
-        defer { lock.unlock() }
-        return try body(&value)
-    }
-}
 
 /// A thread-safe counting wrapper over `SystemAllocator`, so tests can see refills come and go (the concurrent
 /// slab's backing must be `Sendable`: its last owner may go away on any thread).
@@ -38,7 +18,7 @@ private final class CSlabCountingAllocator: Allocator, Sendable {
         var deallocations = 0
         var live: [UInt: Layout] = [:]
     }
-    let counts = CSlabLocked(Counts())
+    let counts = Locked(Counts())
     /// Bytes by which every returned block is shifted (to simulate a backing that ignores alignment); 0 normally.
     let misalignment: Int
 
@@ -76,7 +56,7 @@ private final class CSlabCountingAllocator: Allocator, Sendable {
 /// box that is emptied here, so tests can check that captured slab handles are gone.
 private func cslabRunOnThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
     let group = DispatchGroup()
-    let holder = CSlabLocked<(@Sendable (Int) -> Void)?>(body)
+    let holder = Locked<(@Sendable (Int) -> Void)?>(body)
     for index in 0..<count {
         group.enter()
         let thread = Thread {
@@ -504,7 +484,7 @@ private struct CSlabStressItem: Sendable {
 
 /// A multi-producer queue of blocks; consumers take everything at once.
 private final class CSlabStressQueue: Sendable {
-    let items = CSlabLocked<[CSlabStressItem]>([])
+    let items = Locked<[CSlabStressItem]>([])
     let closed = ManagedAtomic<Bool>(false)
 
     func push(_ item: CSlabStressItem) { items.withLock { $0.append(item) } }
@@ -522,7 +502,7 @@ private final class CSlabStressQueue: Sendable {
 /// A free function rather than a closure in the owner's thread body: capturing the test's shared state and being
 /// passed the local side would merge the local side into that state's isolation region.
 private func cslabStressFreeLocally(
-    _ item: CSlabStressItem, _ local: ConcurrentSlab<CSlabCountingAllocator>.Local, _ tracker: CSlabLocked<Set<UInt>>,
+    _ item: CSlabStressItem, _ local: ConcurrentSlab<CSlabCountingAllocator>.Local, _ tracker: Locked<Set<UInt>>,
     _ localFrees: ManagedAtomic<Int>, _ seed: UInt64
 ) {
     precondition(item.intact(), "block \(item.block) lost its pattern [seed \(seed)]")
@@ -562,7 +542,7 @@ extension ConcurrentSlabTests {
         }
         let queues = (0..<workers).map { _ in CSlabStressQueue() }
         let returns = CSlabStressQueue()
-        let tracker = CSlabLocked(Set<UInt>())
+        let tracker = Locked(Set<UInt>())
         let allocations = ManagedAtomic(0)
         let localFrees = ManagedAtomic(0)
         let remoteFrees = ManagedAtomic(0)
@@ -704,7 +684,7 @@ extension ConcurrentSlabTests {
             localBox = Mutex(pair.local)
             shared = pair.shared
         }
-        let handoff = CSlabLocked<[CSlabStressItem]>([])
+        let handoff = Locked<[CSlabStressItem]>([])
         let turn = ManagedAtomic(0)
         let remoteFrees = ManagedAtomic(0)
         cslabRunOnThreads(threads) { index in

@@ -559,19 +559,6 @@ private struct Parcel: Sendable {
 }
 
 /// Per-thread mailboxes for handing blocks across threads.
-/// A value behind an `NSLock`. (Not `Synchronization.Mutex`: on Linux it sits on raw futexes, which
-/// ThreadSanitizer does not see, so it reports false races; `NSLock` is a pthread mutex, which it does see.)
-private final class Locked<Value>: @unchecked Sendable {
-    // @unchecked: `value` is only touched with `lock` held.
-    private let lock = NSLock()
-    private var value: Value
-    init(_ value: Value) { self.value = value }
-    func withLock<R>(_ body: (inout Value) -> R) -> R {
-        lock.lock()
-        defer { lock.unlock() }
-        return body(&value)
-    }
-}
 
 private final class Mailboxes: Sendable {
     final class Box: Sendable {

@@ -466,18 +466,6 @@ extension OSAllocatorTests {
             var layout: Layout
             var id: Int
         }
-        // NSLock (a pthread mutex) rather than Synchronization.Mutex: ThreadSanitizer does not see the raw futex
-        // the standard library's Mutex uses on Linux, and would report its protected accesses as races.
-        final class Locked<Value>: @unchecked Sendable {
-            private let lock = NSLock()
-            private var value: Value
-            init(_ value: Value) { self.value = value }
-            func withLock<R>(_ body: (inout Value) throws -> R) rethrows -> R {
-                lock.lock()
-                defer { lock.unlock() }
-                return try body(&value)
-            }
-        }
         final class Shared: Sendable {
             let pool = Locked<[Entry]>([])
             let freed = Locked<[Int]>([])
@@ -600,22 +588,6 @@ extension OSAllocatorTests {
         return true
     }
 
-    func readText(_ path: String) -> String? {
-        guard let handle = FileHandle(forReadingAtPath: path) else { return nil }
-        defer { try? handle.close() }
-        return String(decoding: handle.readDataToEndOfFile(), as: UTF8.self)
-    }
-
-    func readInt(_ path: String) -> Int? {
-        readText(path).flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
-    }
-
-    func writeText(_ path: String, _ text: String) -> Bool {
-        let fd = open(path, O_WRONLY)
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
-        return text.utf8CString.withUnsafeBufferPointer { write(fd, $0.baseAddress, $0.count - 1) } == text.utf8.count
-    }
 
     /// A `/proc/meminfo` field in bytes.
     func meminfo(_ field: String) -> Int? {

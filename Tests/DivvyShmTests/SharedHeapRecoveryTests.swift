@@ -29,14 +29,11 @@ final class SharedHeapRecoveryTests: ShmTestCase {
     func pattern(_ handle: SharedHeapHandle) -> UInt8 { UInt8(truncatingIfNeeded: handle.rawValue % 251) | 1 }
 
     func fill(_ heap: SharedHeap, _ handle: SharedHeapHandle) throws {
-        let size = try heap.blockSize(of: handle)
-        try heap.pointer(for: handle).initializeMemory(as: UInt8.self, repeating: pattern(handle), count: size)
+        try fillBlock(heap, handle, with: pattern(handle))
     }
 
     func holdsPattern(_ heap: SharedHeap, _ handle: SharedHeapHandle) throws -> Bool {
-        let size = try heap.blockSize(of: handle)
-        return UnsafeRawBufferPointer(start: try heap.pointer(for: handle), count: size)
-            .allSatisfy { $0 == pattern(handle) }
+        try blockHolds(heap, handle, only: pattern(handle))
     }
 
     /// Where the block a dying `free` releases lives.

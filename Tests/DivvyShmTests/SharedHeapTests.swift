@@ -56,14 +56,11 @@ final class SharedHeapTests: ShmTestCase {
     }
 
     func fill(_ heap: SharedHeap, _ handle: SharedHeapHandle) throws {
-        let size = try heap.blockSize(of: handle)
-        try heap.pointer(for: handle).initializeMemory(as: UInt8.self, repeating: pattern(handle), count: size)
+        try fillBlock(heap, handle, with: pattern(handle))
     }
 
     func holdsPattern(_ heap: SharedHeap, _ handle: SharedHeapHandle) throws -> Bool {
-        let size = try heap.blockSize(of: handle)
-        return UnsafeRawBufferPointer(start: try heap.pointer(for: handle), count: size)
-            .allSatisfy { $0 == pattern(handle) }
+        try blockHolds(heap, handle, only: pattern(handle))
     }
 
     // MARK: Create and attach

@@ -194,3 +194,15 @@ func smapsField(_ field: String, from start: UInt, length: Int) -> Int {
     }
     return total
 }
+
+/// Fills a heap block (all of its usable bytes) with `byte`.
+func fillBlock(_ heap: SharedHeap, _ handle: SharedHeapHandle, with byte: UInt8) throws {
+    let size = try heap.blockSize(of: handle)
+    try heap.pointer(for: handle).initializeMemory(as: UInt8.self, repeating: byte, count: size)
+}
+
+/// Whether every usable byte of a heap block is `byte`.
+func blockHolds(_ heap: SharedHeap, _ handle: SharedHeapHandle, only byte: UInt8) throws -> Bool {
+    let size = try heap.blockSize(of: handle)
+    return UnsafeRawBufferPointer(start: try heap.pointer(for: handle), count: size).allSatisfy { $0 == byte }
+}

@@ -382,28 +382,7 @@ extension SharedHeap {
                 at: (poolBase + 128 + 4 * index).assumingMemoryBound(to: UnsafeAtomic<UInt32>.Storage.self))
         }
         // (1) An exact snapshot.
-        var snapshot: [Bool]?
-        for _ in 0..<10_000 {
-            // Ordering: sequentially consistent, for the head and the links: the snapshot, the waits and the
-            // pushes below must be ordered with the other participants' pool operations.
-            let before = head.load(ordering: .sequentiallyConsistent)
-            var inPool = [Bool](repeating: false, count: layout.pageCount)
-            var index = UInt32(truncatingIfNeeded: before)
-            var consistent = true
-            while index != endOfSlots {
-                guard Int(index) < layout.pageCount, !inPool[Int(index)] else { consistent = false; break }
-                inPool[Int(index)] = true
-                index = poolLink(Int(index)).load(ordering: .sequentiallyConsistent)
-            }
-            if consistent, head.load(ordering: .sequentiallyConsistent) == before {
-                snapshot = inPool
-                break
-            }
-            sched_yield()
-        }
-        guard let inPool = snapshot else {
-            throw SharedHeapError(.recoveryIncomplete, "the page pool kept changing; call recover again later")
-        }
+        let inPool = try exactPoolSnapshot(head: head, link: poolLink)
         // (2) Every other live participant seen with no page in hand (or done with the one it had).
         for q in 0..<layout.participantCapacity where q != p {
             let word = participantState(q).load(ordering: .sequentiallyConsistent)
@@ -462,6 +441,8 @@ extension SharedHeap {
         head: UnsafeAtomic<UInt64>, link: (Int) -> UnsafeAtomic<UInt32>
     ) throws(SharedHeapError) -> [Bool] {
         for _ in 0..<10_000 {
+            // Ordering: sequentially consistent, for the head and the links: the snapshot, the waits and the
+            // pushes that follow it must be ordered with the other participants' pool operations.
             let before = head.load(ordering: .sequentiallyConsistent)
             var inPool = [Bool](repeating: false, count: layout.pageCount)
             var index = UInt32(truncatingIfNeeded: before)

@@ -14,6 +14,7 @@ let package = Package(
         .library(name: "Divvy", targets: ["Divvy"]),
         .executable(name: "divvy-demo", targets: ["DivvyDemo"]),
         .library(name: "DivvyShm", targets: ["DivvyShm"]),
+        .library(name: "DivvyProtocol", targets: ["DivvyProtocol"]),
         // `LD_PRELOAD=.build/<config>/libDivvyMalloc.so program`: a Divvy composition as the process's malloc.
         .library(name: "DivvyMalloc", type: .dynamic, targets: ["DivvyMalloc"]),
     ],
@@ -99,5 +100,8 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
             ]
         ),
+        // The divvyd wire protocol: message values, framing, encode/decode, error codes. Pure values, no I/O.
+        .target(name: "DivvyProtocol"),
+        .testTarget(name: "DivvyProtocolTests", dependencies: ["DivvyProtocol"]),
     ]
 )

@@ -1,0 +1,8 @@
+import DivvyProtocol
+import XCTest
+
+final class ProtocolVersionTests: XCTestCase {
+    func testCurrentVersionIsSupported() {
+        XCTAssertTrue(ProtocolVersion.supported.contains(ProtocolVersion.current))
+    }
+}

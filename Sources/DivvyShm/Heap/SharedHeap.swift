@@ -76,7 +76,7 @@ public final class SharedHeap: @unchecked Sendable {
     /// `"DVHEAP01"`, little endian.
     internal static let magic: UInt64 = 0x3130_5041_4548_5644
     /// The layout version this code reads and writes.
-    public static let layoutVersion: UInt32 = 1
+    public static let layoutVersion: UInt32 = 2
 
     private init(region: SharedRegion, layout: SharedHeapLayout, meta: UnsafeMutableRawPointer,
                  data: UnsafeMutableRawPointer, pool: UnsafeLockFreeIndexStack) {
@@ -164,6 +164,10 @@ public final class SharedHeap: @unchecked Sendable {
             let descriptor = meta + layout.pagesOffset + page * SharedHeapLayout.pageStride
             descriptor.storeBytes(of: UInt64(endOfSlots), toByteOffset: 8, as: UInt64.self)  // remote head: empty
             descriptor.storeBytes(of: endOfSlots, toByteOffset: 16, as: UInt32.self)  // local head: empty
+        }
+        for p in 0..<c.participantCapacity {  // No limit until someone sets one.
+            (meta + layout.participantsOffset + p * SharedHeapLayout.participantStride)
+                .storeBytes(of: unlimitedPages, toByteOffset: 56, as: UInt32.self)
         }
         writeHeader(layout, at: meta)
         // Ordering: releasing; pairs with the acquiring load in `attach`: whoever sees the magic sees everything.
@@ -352,6 +356,10 @@ public final class SharedHeap: @unchecked Sendable {
     @inlinable internal func pending(_ p: Int) -> UnsafeAtomic<UInt64> { word64(participantOffset(p) + 8) }
     /// The page the participant is moving between the pool and its ownership (see `PageInHand`), 0 when none.
     @inlinable internal func pageInHand(_ p: Int) -> UnsafeAtomic<UInt64> { word64(participantOffset(p) + 48) }
+    /// The most pages the participant may own at once (`unlimitedPages` = no limit).
+    @inlinable internal func pageAllowance(_ p: Int) -> UnsafeAtomic<UInt32> { word32(participantOffset(p) + 56) }
+    /// How many pages the participant owns (written by it, or by its recoverer).
+    @inlinable internal func ownedPageCount(_ p: Int) -> UnsafeAtomic<UInt32> { word32(participantOffset(p) + 60) }
     @inlinable internal func held(_ p: Int, _ index: Int) -> UnsafeAtomic<UInt64> {
         word64(layout.heldOffset + (p * layout.heldCapacity + index) * 8)
     }
@@ -476,6 +484,10 @@ public final class SharedHeap: @unchecked Sendable {
                 expected: ParticipantWord.free, desired: me, successOrdering: .acquiringAndReleasing,
                 failureOrdering: .relaxed)
             if claimed {
+                // Ordering: relaxed; the slot is ours, and a quota manager sets the allowance only after learning
+                // the participant's index from us (a happens-before through its own channel).
+                pageAllowance(p).store(unlimitedPages, ordering: .relaxed)
+                ownedPageCount(p).store(0, ordering: .relaxed)
                 let bytes = Array(name.utf8.prefix(32))
                 let nameArea = meta + participantOffset(p) + 16
                 nameArea.initializeMemory(as: UInt8.self, repeating: 0, count: 32)

@@ -43,6 +43,9 @@ public struct SharedHeapError: Error, Hashable, Sendable, CustomStringConvertibl
         /// `SharedHeap.recover(participant:)` could not finish yet (a page's owner has not collected an earlier
         /// suspect block); the participant stays marked dead: call `recover` again later.
         public static let recoveryIncomplete = Code(15)
+        /// Allocation needed a new page, and the participant already owns as many pages as its page allowance
+        /// (`SharedHeap.setPageAllowance(participant:pages:)`) permits.
+        public static let pageAllowanceExhausted = Code(16)
 
         /// The code's name, e.g. `"staleHandle"`.
         public var description: String {
@@ -62,6 +65,7 @@ public struct SharedHeapError: Error, Hashable, Sendable, CustomStringConvertibl
             case 13: "participantLeft"
             case 14: "corruptMetadata"
             case 15: "recoveryIncomplete"
+            case 16: "pageAllowanceExhausted"
             default: "code\(rawValue)"
             }
         }

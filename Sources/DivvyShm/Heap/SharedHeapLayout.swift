@@ -23,8 +23,9 @@ import Divvy
 /// (slot + 1, 0 = none; owner only), 52–63 reserved.
 ///
 /// Participant entry (64 bytes): 0 state word (`ParticipantWord`: free / alive(pid) / dead), 8 pending handle (the
-/// operation in flight, 0 = none), 16–47 name (UTF-8, zero padded), 48 page in hand (`PageInHand`), 56–63
-/// reserved.
+/// operation in flight, 0 = none), 16–47 name (UTF-8, zero padded), 48 page in hand (`PageInHand`), 56 page
+/// allowance (`UInt32`, `unlimitedPages` = no limit; written by whoever manages quotas, e.g. a daemon), 60 owned
+/// pages (`UInt32`, written only by the participant, or by its recoverer; read by anyone).
 ///
 /// `maxSlots = pageSize / smallest class`: the block word and link of slot `s` of page `p` are at index
 /// `p * maxSlots + s`, whatever the page's class.
@@ -183,6 +184,9 @@ internal enum PageInHand {
         return page == 0xFFFF_FFFF ? nil : Int(page)
     }
 }
+
+/// The page-allowance word's value for "no limit".
+@usableFromInline let unlimitedPages: UInt32 = 0xFFFF_FFFF
 
 /// "No slot" in links, local lists and remote stacks.
 @usableFromInline let endOfSlots: UInt32 = 0xFFFF_FFFF

@@ -32,6 +32,8 @@ extension SharedHeap {
         private var emptyHeldSlots: [Int]
         /// Pages this participant owns, per size class.
         private var ownedPages: [[Int]]
+        /// The number of pages in `ownedPages` (mirrored in the shared owned-pages word).
+        private var ownedPageTotal = 0
         /// The page each class allocates from, or -1.
         private var currentPage: [Int]
 
@@ -106,7 +108,10 @@ extension SharedHeap {
         /// Allocates a block of at least `size` bytes (its class's size), held by this participant.
         ///
         /// - Throws: `.unsupportedSize` (zero, or above `largestBlockSize`), `.heldListFull`, `.heapFull`
-        ///   (no free block of the class, no free or orphan page), `.participantLeft`. The heap is unchanged then.
+        ///   (no free block of the class, no free or orphan page), `.pageAllowanceExhausted` (a new page is
+        ///   needed and this participant already owns as many as `SharedHeap.setPageAllowance` allows),
+        ///   `.participantLeft`. No block changes then (before failing for want of a page, the participant may
+        ///   give back its own pages that hold no live block).
         /// - Complexity: O(1) amortized; O(pages) when the pool is empty and orphan pages are searched.
         public func allocate(_ size: Int) throws(SharedHeapError) -> SharedHeapHandle {
             try checkJoined()
@@ -162,31 +167,76 @@ extension SharedHeap {
                     return (page, slot, fresh)
                 }
             }
-            var page = heap.claimPooledPage(sizeClass: sizeClass, for: index)
-            if page == nil, let orphan = heap.adoptOrphanPage(sizeClass: sizeClass, for: index) {
+            // A new page: from the pool, else an orphan of the class (which may turn out full: it stays ours, its
+            // blocks come back to us as they are freed, and we look further).
+            try checkPageAllowance(sizeClass)
+            if let page = heap.claimPooledPage(sizeClass: sizeClass, for: index) {
+                return takeFirstSlot(of: page, sizeClass)
+            }
+            while let orphan = heap.adoptOrphanPage(sizeClass: sizeClass, for: index) {
+                notePageTaken(orphan, sizeClass)
                 heap.collect(orphan)
-                page = orphan
-            }
-            if page == nil {
-                // Reclaim our own pages of other classes that have nothing live, then retry the pool once.
-                for other in 0..<ownedPages.count where other != sizeClass {
-                    for candidate in ownedPages[other] {
-                        heap.collect(candidate)
-                        if heap.live(candidate).load(ordering: .relaxed) == 0 { releaseOwnedPage(candidate) }
-                    }
+                if let (slot, fresh) = heap.popLocal(orphan) {
+                    currentPage[sizeClass] = orphan
+                    return (orphan, slot, fresh)
                 }
-                // And orphan pages of other classes whose blocks have all been freed.
-                _ = heap.reclaimOrphanPages(except: sizeClass, for: index)
-                page = heap.claimPooledPage(sizeClass: sizeClass, for: index)
+                try checkPageAllowance(sizeClass)
             }
-            guard let page, let (slot, fresh) = heap.popLocal(page) else {
-                throw SharedHeapError(
-                    .heapFull, "the heap is full: no free \(heap.layout.classSizes[sizeClass])-byte block and no "
-                        + "free page among \(heap.layout.pageCount) pages of \(heap.layout.pageSize) bytes")
+            // Reclaim our own pages of other classes that have nothing live, then retry the pool once.
+            releaseEmptyPages(except: sizeClass)
+            // And orphan pages of other classes whose blocks have all been freed.
+            _ = heap.reclaimOrphanPages(except: sizeClass, for: index)
+            try checkPageAllowance(sizeClass)
+            if let page = heap.claimPooledPage(sizeClass: sizeClass, for: index) {
+                return takeFirstSlot(of: page, sizeClass)
             }
-            ownedPages[sizeClass].append(page)
+            throw SharedHeapError(
+                .heapFull, "the heap is full: no free \(heap.layout.classSizes[sizeClass])-byte block and no "
+                    + "free page among \(heap.layout.pageCount) pages of \(heap.layout.pageSize) bytes")
+        }
+
+        /// Records a freshly claimed page as ours and pops its first slot (a fresh page always has one).
+        private func takeFirstSlot(of page: Int, _ sizeClass: Int) -> (page: Int, slot: Int, fresh: Bool) {
+            notePageTaken(page, sizeClass)
             currentPage[sizeClass] = page
+            // Safe: a page just claimed from the pool has slotCount >= 8 slots and none carved.
+            let (slot, fresh) = heap.popLocal(page)!
             return (page, slot, fresh)
+        }
+
+        /// Throws `.pageAllowanceExhausted` when taking one more page would exceed this participant's page
+        /// allowance, after giving back our own pages of other classes that have nothing live (which changes no
+        /// block).
+        private func checkPageAllowance(_ sizeClass: Int) throws(SharedHeapError) {
+            // Ordering: relaxed; the allowance is a policy word another process may change at any time, and any
+            // recent value will do.
+            var allowance = heap.pageAllowance(index).load(ordering: .relaxed)
+            if allowance == unlimitedPages || ownedPageTotal < Int(allowance) { return }
+            releaseEmptyPages(except: sizeClass)
+            allowance = heap.pageAllowance(index).load(ordering: .relaxed)
+            if allowance == unlimitedPages || ownedPageTotal < Int(allowance) { return }
+            throw SharedHeapError(
+                .pageAllowanceExhausted, "participant \(index) owns \(ownedPageTotal) pages, its page allowance is "
+                    + "\(allowance): no room for another \(heap.layout.classSizes[sizeClass])-byte block; free "
+                    + "blocks, or raise the allowance (SharedHeap.setPageAllowance)")
+        }
+
+        /// Gives back our pages of classes other than `sizeClass` with nothing live (after collecting them).
+        private func releaseEmptyPages(except sizeClass: Int) {
+            for other in 0..<ownedPages.count where other != sizeClass {
+                for candidate in ownedPages[other] {
+                    heap.collect(candidate)
+                    if heap.live(candidate).load(ordering: .relaxed) == 0 { releaseOwnedPage(candidate) }
+                }
+            }
+        }
+
+        /// Records a page we now own, here and in the shared owned-pages word.
+        private func notePageTaken(_ page: Int, _ sizeClass: Int) {
+            ownedPages[sizeClass].append(page)
+            ownedPageTotal += 1
+            // Ordering: relaxed; a statistic for other processes, and for verify() once quiescent.
+            heap.ownedPageCount(index).store(UInt32(ownedPageTotal), ordering: .relaxed)
         }
 
         private func releaseOwnedPage(_ page: Int) {
@@ -194,6 +244,9 @@ extension SharedHeap {
             ownedPages[sizeClass].removeAll { $0 == page }
             if currentPage[sizeClass] == page { currentPage[sizeClass] = -1 }
             heap.releasePage(page, for: index)
+            ownedPageTotal -= 1
+            // Ordering: relaxed, as in `notePageTaken`.
+            heap.ownedPageCount(index).store(UInt32(ownedPageTotal), ordering: .relaxed)
         }
 
         // MARK: Adopt
@@ -350,7 +403,11 @@ extension SharedHeap {
             }
             ownedPages = ownedPages.map { _ in [] }
             currentPage = currentPage.map { _ in -1 }
+            ownedPageTotal = 0
             left = true
+            // Ordering: relaxed; published by the releasing store of the slot below.
+            heap.ownedPageCount(index).store(0, ordering: .relaxed)
+            heap.pageAllowance(index).store(unlimitedPages, ordering: .relaxed)
             // Ordering: releasing, pairs with the acquiring claim in `join`.
             heap.participantState(index).store(ParticipantWord.free, ordering: .releasing)
         }

@@ -225,6 +225,8 @@ extension SharedHeap {
             held(p, index).store(0, ordering: .relaxed)
         }
         pending(p).store(0, ordering: .relaxed)
+        ownedPageCount(p).store(0, ordering: .relaxed)
+        pageAllowance(p).store(unlimitedPages, ordering: .relaxed)
         // Ordering: releasing, pairs with the acquiring claim in `join`: the next occupant sees the cleared list.
         participantState(p).store(ParticipantWord.free, ordering: .releasing)
         return report

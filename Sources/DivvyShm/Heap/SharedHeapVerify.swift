@@ -121,6 +121,7 @@ extension SharedHeap {
 
         // Pages and blocks.
         var allocatedByHandle: [UInt64: UInt32] = [:]  // allocated block's handle → holder mask
+        var pagesOwnedBy = [Int](repeating: 0, count: 256)
         for page in 0..<l.pageCount {
             let word = pageState(page).load(ordering: .acquiring)
             let kind = PageWord.kind(word)
@@ -138,6 +139,7 @@ extension SharedHeap {
             if kind == PageWord.owned {
                 report.ownedPages += 1
                 let owner = PageWord.owner(word)
+                pagesOwnedBy[owner] += 1
                 if owner >= l.participantCapacity || !alive[owner] {
                     violation("page \(page) is owned by participant \(owner), which is not alive")
                 }
@@ -237,6 +239,17 @@ extension SharedHeap {
         }
         if steps - report.stalePoolEntries != report.pooledPages {
             violation("the page pool lists \(steps) pages but \(report.pooledPages) are marked pooled")
+        }
+
+        // Owned-page counters (exact while quiescent; a dead participant's is reset by its recovery).
+        for p in 0..<l.participantCapacity {
+            let counted = Int(ownedPageCount(p).load(ordering: .relaxed))
+            let state = ParticipantWord.state(participantState(p).load(ordering: .relaxed))
+            if state == ParticipantWord.alive, counted != pagesOwnedBy[p] {
+                violation("participant \(p) records \(counted) owned pages but owns \(pagesOwnedBy[p])")
+            } else if state == ParticipantWord.free, counted != 0 || pageAllowance(p).load(ordering: .relaxed) != unlimitedPages {
+                violation("free participant slot \(p) still records \(counted) owned pages or a page allowance")
+            }
         }
 
         // Holders versus held lists.

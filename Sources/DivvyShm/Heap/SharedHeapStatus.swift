@@ -1,0 +1,167 @@
+import Atomics
+import Divvy
+
+/// One participant slot of a `SharedHeap`, as `SharedHeap.participantStatus(_:)` read it.
+public struct SharedHeapParticipantStatus: Hashable, Sendable, CustomStringConvertible {
+    /// The state of a participant slot.
+    public enum State: Hashable, Sendable {
+        /// Nobody has joined into the slot (or its participant left, or was recovered).
+        case free
+        /// A participant is joined (its process may have died since: see `SharedHeap.deadParticipants()`).
+        case alive
+        /// A recovery started and has not finished (`SharedHeap.recover(participant:)` resumes it).
+        case dead
+    }
+
+    /// The slot (also the participant's bit in block holder masks).
+    public var index: Int
+    /// The slot's state.
+    public var state: State
+    /// The process id recorded at join (0 for a slot never used).
+    public var pid: Int32
+    /// The pages the participant owns (allocates from) now.
+    public var ownedPages: Int
+    /// The most pages it may own at once; nil = no limit.
+    public var pageAllowance: Int?
+    /// The blocks it holds (non-empty entries of its held list).
+    public var heldCount: Int
+
+    /// One line.
+    public var description: String {
+        "participant \(index): \(state), pid \(pid), \(ownedPages) pages owned (allowance "
+            + "\(pageAllowance.map(String.init) ?? "unlimited")), \(heldCount) blocks held"
+    }
+}
+
+/// A summary of a `SharedHeap`'s pages and blocks, from `SharedHeap.usage()`.
+public struct SharedHeapUsage: Hashable, Sendable, CustomStringConvertible {
+    /// One size class's share of the heap.
+    public struct SizeClass: Hashable, Sendable {
+        /// The class's block size in bytes.
+        public var blockSize: Int
+        /// Pages dedicated to the class (owned or orphan).
+        public var pages: Int
+        /// Blocks handed out and not yet back on their page's local free list: allocated blocks, plus blocks
+        /// freed by another participant and not yet collected by the page's owner.
+        public var blocksInUse: Int
+        /// The other blocks of the class's pages (on local free lists, or never handed out).
+        public var blocksFree: Int
+    }
+
+    /// Heap pages in the data area.
+    public var totalPages = 0
+    /// Pages in the pool, owned by a participant, and orphaned (owner gone, blocks still live).
+    public var freePages = 0, ownedPages = 0, orphanPages = 0
+    /// The page size in bytes.
+    public var pageSize = 0
+    /// Per size class, in the order of `SharedHeap.sizeClasses`.
+    public var sizeClasses: [SizeClass] = []
+
+    /// Bytes in blocks in use, summed over the classes.
+    public var bytesInUse: Int { sizeClasses.reduce(0) { $0 + $1.blocksInUse * $1.blockSize } }
+
+    /// A multi-line table: pages, then one line per class that has pages.
+    public var description: String {
+        var text = "pages: \(totalPages) total, \(freePages) free, \(ownedPages) owned, \(orphanPages) orphan "
+            + "(\(pageSize) bytes each); \(bytesInUse) bytes in use"
+        for c in sizeClasses where c.pages > 0 {
+            text += "\n  \(c.blockSize) B: \(c.pages) pages, \(c.blocksInUse) blocks in use, \(c.blocksFree) free"
+        }
+        return text
+    }
+}
+
+extension SharedHeap {
+    /// Sets how many pages participant `participant` may own at once (nil = no limit): a quota for a daemon's
+    /// clients. Callable from any process that maps the heap, while the participant runs.
+    ///
+    /// The allowance limits *new* pages only: a participant already owning more keeps them (nothing is taken
+    /// away); its next allocation that needs a new page throws `.pageAllowanceExhausted` until it owns fewer pages
+    /// than the allowance (pages go back when all their blocks are freed). `join` resets a slot's allowance to
+    /// no limit, and so do `leave` and `recover`. Allowances of `UInt32.max` pages or more mean no limit.
+    ///
+    /// - Throws: `.outOfRange` (no such slot), `.participantLeft` (the slot is free: nobody to limit),
+    ///   `.invalidConfiguration` (a negative allowance). Nothing changes then.
+    /// - Complexity: O(1).
+    public func setPageAllowance(participant p: Int, pages: Int?) throws(SharedHeapError) {
+        guard p >= 0, p < layout.participantCapacity else {
+            throw SharedHeapError(.outOfRange, "participant \(p) does not exist (capacity \(layout.participantCapacity))")
+        }
+        if let pages, pages < 0 {
+            throw SharedHeapError(.invalidConfiguration, "a page allowance of \(pages) pages is negative")
+        }
+        guard region.access == .readWrite else {
+            throw SharedHeapError(.invalidConfiguration, "the region is mapped read-only")
+        }
+        // Ordering: acquiring, so that the join that made the slot alive (and reset its allowance) happens before
+        // our store.
+        guard ParticipantWord.state(participantState(p).load(ordering: .acquiring)) == ParticipantWord.alive else {
+            throw SharedHeapError(.participantLeft, "participant slot \(p) is not joined: nobody to set an allowance for")
+        }
+        let value = pages.map { UInt32(clamping: $0) } ?? unlimitedPages
+        // Ordering: relaxed; the participant reads it with a relaxed load when it needs a page.
+        pageAllowance(p).store(value, ordering: .relaxed)
+    }
+
+    /// The state of participant slot `p`, or nil when there is no such slot.
+    ///
+    /// Read from shared memory without stopping the participant: each field is exact as of its own read.
+    ///
+    /// - Complexity: O(held capacity).
+    public func participantStatus(_ p: Int) -> SharedHeapParticipantStatus? {
+        guard p >= 0, p < layout.participantCapacity else { return nil }
+        // Ordering: acquiring, pairs with the releasing stores of join/leave/recover.
+        let word = participantState(p).load(ordering: .acquiring)
+        let state: SharedHeapParticipantStatus.State = switch ParticipantWord.state(word) {
+        case ParticipantWord.alive: .alive
+        case ParticipantWord.dead: .dead
+        default: .free
+        }
+        var heldCount = 0
+        for index in 0..<layout.heldCapacity where held(p, index).load(ordering: .relaxed) != 0 { heldCount += 1 }
+        let allowance = pageAllowance(p).load(ordering: .relaxed)
+        return SharedHeapParticipantStatus(
+            index: p, state: state, pid: ParticipantWord.pid(word),
+            ownedPages: Int(ownedPageCount(p).load(ordering: .relaxed)),
+            pageAllowance: allowance == unlimitedPages ? nil : Int(allowance), heldCount: heldCount)
+    }
+
+    /// Counts pages by state and, per size class, pages and blocks in use or free, from the page descriptors'
+    /// counters; read-only.
+    ///
+    /// Under concurrent use the figures are approximate: each page's counters are read one at a time while their
+    /// owners change them (a page may be counted in a class while it is being claimed or released, and a block
+    /// in use includes one freed by another participant that its page's owner has not collected yet). Exact when
+    /// the heap is quiescent, up to those uncollected remote frees.
+    ///
+    /// - Complexity: O(pages + size classes); allocates only the result.
+    public func usage() -> SharedHeapUsage {
+        var result = SharedHeapUsage()
+        result.totalPages = layout.pageCount
+        result.pageSize = layout.pageSize
+        result.sizeClasses = layout.classSizes.map {
+            SharedHeapUsage.SizeClass(blockSize: $0, pages: 0, blocksInUse: 0, blocksFree: 0)
+        }
+        for page in 0..<layout.pageCount {
+            // Ordering: relaxed throughout: a statistic (see above).
+            let word = pageState(page).load(ordering: .relaxed)
+            switch PageWord.kind(word) {
+            case PageWord.pooled:
+                result.freePages += 1
+                continue
+            case PageWord.owned: result.ownedPages += 1
+            case PageWord.orphan: result.orphanPages += 1
+            default: continue
+            }
+            let sizeClass = PageWord.sizeClass(word)
+            guard sizeClass < layout.classSizes.count else { continue }
+            let slots = layout.pageSize / layout.classSizes[sizeClass]
+            // Clamped: racing reads may see a live count from the page's previous use.
+            let inUse = min(slots, Int(live(page).load(ordering: .relaxed)))
+            result.sizeClasses[sizeClass].pages += 1
+            result.sizeClasses[sizeClass].blocksInUse += inUse
+            result.sizeClasses[sizeClass].blocksFree += slots - inUse
+        }
+        return result
+    }
+}

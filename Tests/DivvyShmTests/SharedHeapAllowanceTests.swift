@@ -1,0 +1,237 @@
+@testable import DivvyShm
+import DivvyTestSupport
+import Foundation
+import XCTest
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Page allowances (`setPageAllowance`), `participantStatus` and `usage()`.
+final class SharedHeapAllowanceTests: ShmTestCase {
+    /// 64 KiB pages, default classes (16 … 8192 B), 64 pages.
+    func makeHeap(_ name: String = "allow", dataSize: Int = 4 << 20) throws -> (SharedRegion, SharedHeap) {
+        let configuration = SharedHeapConfiguration(participantCapacity: 8, heldCapacity: 256)
+        let metadata = SharedHeap.requiredMetadataSize(dataSize: dataSize, configuration: configuration)
+        let region = try SharedRegion.create(
+            name: name, self.configuration(dataSize: dataSize, metadataSize: (metadata + 4095) / 4096 * 4096))
+        return (region, try SharedHeap.create(in: region, configuration: configuration))
+    }
+
+    func assertHeapError(
+        _ code: SharedHeapError.Code, file: StaticString = #filePath, line: UInt = #line, _ body: () throws -> Void
+    ) {
+        do {
+            try body()
+            XCTFail("expected SharedHeapError \(code), nothing was thrown", file: file, line: line)
+        } catch let error as SharedHeapError {
+            XCTAssertEqual(error.code, code, "wrong code in \(error)", file: file, line: line)
+        } catch {
+            XCTFail("expected SharedHeapError \(code), got \(error)", file: file, line: line)
+        }
+    }
+
+    func testAllowanceExhaustedChangesNothingAndRaisingItLetsAllocationContinue() throws {
+        let (region, heap) = try makeHeap()
+        let me = try heap.join(name: "client")
+        // The quota manager is another attachment (as a daemon in another process would be).
+        let manager = try SharedHeap.attach(to: region)
+        XCTAssertNil(heap.participantStatus(me.index)?.pageAllowance)
+        try manager.setPageAllowance(participant: me.index, pages: 2)
+        XCTAssertEqual(heap.participantStatus(me.index)?.pageAllowance, 2)
+        // 8192-byte blocks: 8 per page, so 16 fill the two allowed pages.
+        var handles = try (0..<16).map { _ in try me.allocate(8192) }
+        XCTAssertEqual(heap.participantStatus(me.index)?.ownedPages, 2)
+        let before = heap.verify()
+        XCTAssertTrue(before.isClean, "\(before)")
+        assertHeapError(.pageAllowanceExhausted) { _ = try me.allocate(8192) }
+        assertHeapError(.pageAllowanceExhausted) { _ = try me.allocate(16) }  // Another class needs a page too.
+        XCTAssertEqual(heap.verify(), before)
+        XCTAssertEqual(me.heldCount, 16)
+        XCTAssertEqual(heap.participantStatus(me.index)?.ownedPages, 2)
+        do {
+            _ = try me.allocate(4000)
+            XCTFail("expected pageAllowanceExhausted")
+        } catch {
+            XCTAssertEqual(error.code, .pageAllowanceExhausted)
+            XCTAssertTrue(error.message.contains("allowance is 2"), error.message)
+        }
+        // A freed block makes room within the owned pages.
+        try me.free(handles.removeLast())
+        handles.append(try me.allocate(8192))
+        // Raising the allowance lets allocation take new pages again.
+        try manager.setPageAllowance(participant: me.index, pages: 4)
+        handles.append(try me.allocate(8192))
+        handles.append(try me.allocate(100))
+        XCTAssertEqual(heap.participantStatus(me.index)?.ownedPages, 4)
+        assertHeapError(.pageAllowanceExhausted) { _ = try me.allocate(16) }
+        XCTAssertTrue(heap.verify().isClean, "\(heap.verify())")
+    }
+
+    func testAllowanceCountsPagesExactly() throws {
+        let (_, heap) = try makeHeap()
+        let me = try heap.join(name: "client")
+        try heap.setPageAllowance(participant: me.index, pages: 3)
+        var big = try (0..<16).map { _ in try me.allocate(8192) }  // pages 1, 2
+        let small = try me.allocate(16)  // page 3
+        XCTAssertEqual(heap.participantStatus(me.index)?.ownedPages, 3)
+        assertHeapError(.pageAllowanceExhausted) { _ = try me.allocate(8192) }
+        // Lowering the allowance takes nothing away: the owned pages keep serving their classes.
+        try heap.setPageAllowance(participant: me.index, pages: 1)
+        XCTAssertEqual(heap.participantStatus(me.index)?.ownedPages, 3)
+        XCTAssertNoThrow(try me.allocate(16))
+        try me.free(big.removeLast())
+        big.append(try me.allocate(8192))
+        assertHeapError(.pageAllowanceExhausted) { _ = try me.allocate(1024) }
+        // Unlimited again.
+        try heap.setPageAllowance(participant: me.index, pages: nil)
+        XCTAssertNil(heap.participantStatus(me.index)?.pageAllowance)
+        let more = try (0..<8).map { _ in try me.allocate(8192) }
+        XCTAssertEqual(heap.participantStatus(me.index)?.ownedPages, 4)
+        XCTAssertTrue(heap.verify().isClean, "\(heap.verify())")
+        // Freeing the last block of a page (not the class's current one) gives it back: the count drops.
+        for handle in big.prefix(8) { try me.free(handle) }
+        _ = more
+        XCTAssertEqual(heap.participantStatus(me.index)?.ownedPages, 3)
+        _ = small
+        XCTAssertTrue(heap.verify().isClean, "\(heap.verify())")
+        me.leave()
+        let status = heap.participantStatus(me.index)
+        XCTAssertEqual(status?.state, .free)
+        XCTAssertEqual(status?.ownedPages, 0)
+        XCTAssertNil(status?.pageAllowance)
+        XCTAssertTrue(heap.verify().isClean, "\(heap.verify())")
+    }
+
+    func testAtAllowanceEmptyPagesOfOtherClassesAreGivenBack() throws {
+        let (_, heap) = try makeHeap()
+        let me = try heap.join(name: "client")
+        try heap.setPageAllowance(participant: me.index, pages: 1)
+        // The 16-byte page stays ours (it is the class's current page) after its only block is freed.
+        try me.free(try me.allocate(16))
+        XCTAssertEqual(heap.participantStatus(me.index)?.ownedPages, 1)
+        let handle = try me.allocate(8192)  // needs a page: the empty 16-byte page goes back first.
+        XCTAssertEqual(heap.participantStatus(me.index)?.ownedPages, 1)
+        XCTAssertEqual(heap.usage().sizeClasses.first?.pages, 0)
+        try me.free(handle)
+        XCTAssertTrue(heap.verify().isClean, "\(heap.verify())")
+    }
+
+    func testSetPageAllowanceRejectsBadInput() throws {
+        let (_, heap) = try makeHeap()
+        let me = try heap.join(name: "client")
+        try heap.setPageAllowance(participant: me.index, pages: 5)
+        let before = heap.verify()
+        assertHeapError(.outOfRange) { try heap.setPageAllowance(participant: -1, pages: 1) }
+        assertHeapError(.outOfRange) { try heap.setPageAllowance(participant: heap.participantCapacity, pages: 1) }
+        assertHeapError(.invalidConfiguration) { try heap.setPageAllowance(participant: me.index, pages: -1) }
+        assertHeapError(.participantLeft) { try heap.setPageAllowance(participant: me.index + 1, pages: 1) }
+        XCTAssertEqual(heap.participantStatus(me.index)?.pageAllowance, 5)
+        XCTAssertNil(heap.participantStatus(me.index + 1)?.pageAllowance)
+        XCTAssertEqual(heap.verify(), before)
+        // Huge allowances mean no limit.
+        try heap.setPageAllowance(participant: me.index, pages: Int.max)
+        XCTAssertNil(heap.participantStatus(me.index)?.pageAllowance)
+        try heap.setPageAllowance(participant: me.index, pages: 0)
+        XCTAssertEqual(heap.participantStatus(me.index)?.pageAllowance, 0)
+        assertHeapError(.pageAllowanceExhausted) { _ = try me.allocate(16) }
+        XCTAssertEqual(heap.verify(), before)
+    }
+
+    func testParticipantStatusFields() throws {
+        let (_, heap) = try makeHeap()
+        XCTAssertNil(heap.participantStatus(-1))
+        XCTAssertNil(heap.participantStatus(heap.participantCapacity))
+        let unused = heap.participantStatus(3)
+        XCTAssertEqual(unused, SharedHeapParticipantStatus(
+            index: 3, state: .free, pid: 0, ownedPages: 0, pageAllowance: nil, heldCount: 0))
+        let a = try heap.join(name: "a")
+        let b = try heap.join(name: "b")
+        let handles = try (0..<5).map { _ in try a.allocate(48) }
+        try b.adopt(handles[0])
+        try b.adopt(handles[1])
+        try heap.setPageAllowance(participant: b.index, pages: 7)
+        let statusA = try XCTUnwrap(heap.participantStatus(a.index))
+        XCTAssertEqual(statusA.index, a.index)
+        XCTAssertEqual(statusA.state, .alive)
+        XCTAssertEqual(statusA.pid, getpid())
+        XCTAssertEqual(statusA.ownedPages, 1)
+        XCTAssertNil(statusA.pageAllowance)
+        XCTAssertEqual(statusA.heldCount, 5)
+        let statusB = try XCTUnwrap(heap.participantStatus(b.index))
+        XCTAssertEqual(statusB.ownedPages, 0)
+        XCTAssertEqual(statusB.pageAllowance, 7)
+        XCTAssertEqual(statusB.heldCount, 2)
+        XCTAssertTrue(statusB.description.contains("allowance 7"), statusB.description)
+        // A participant that died is .dead while its recovery is unfinished, .free after; recovery resets the
+        // record.
+        a._simulateDeath()
+        XCTAssertEqual(heap.participantStatus(a.index)?.state, .alive)
+        let report = try heap.recover(participant: a.index)
+        XCTAssertEqual(report.droppedHoldings, 2)
+        XCTAssertEqual(heap.participantStatus(a.index), SharedHeapParticipantStatus(
+            index: a.index, state: .free, pid: 0, ownedPages: 0, pageAllowance: nil, heldCount: 0))
+        b._simulateDeath()
+        try heap.recover(participant: b.index)
+        XCTAssertNil(heap.participantStatus(b.index)?.pageAllowance)
+        XCTAssertEqual(heap.participantStatus(b.index)?.state, .free)
+        XCTAssertTrue(heap.verify().isClean, "\(heap.verify())")
+        // Join resets whatever a slot held.
+        let c = try heap.join(name: "c")
+        XCTAssertEqual(heap.participantStatus(c.index)?.pageAllowance, nil)
+        XCTAssertEqual(heap.participantStatus(c.index)?.ownedPages, 0)
+    }
+
+    func testUsageMatchesAKnownAllocationPattern() throws {
+        let (_, heap) = try makeHeap()
+        var usage = heap.usage()
+        XCTAssertEqual(usage.totalPages, 64)
+        XCTAssertEqual(usage.freePages, 64)
+        XCTAssertEqual(usage.ownedPages + usage.orphanPages, 0)
+        XCTAssertEqual(usage.sizeClasses.map(\.blockSize), heap.sizeClasses)
+        XCTAssertEqual(usage.bytesInUse, 0)
+        let a = try heap.join(name: "a")
+        let b = try heap.join(name: "b")
+        let small = try (0..<10).map { _ in try a.allocate(64) }
+        let big = try (0..<11).map { _ in try a.allocate(8192) }  // two pages: 8 + 3
+        let other = try (0..<3).map { _ in try b.allocate(64) }  // b's own 64-byte page
+        usage = heap.usage()
+        XCTAssertEqual(usage.freePages, 60)
+        XCTAssertEqual(usage.ownedPages, 4)
+        let c64 = try XCTUnwrap(usage.sizeClasses.first { $0.blockSize == 64 })
+        XCTAssertEqual(c64.pages, 2)
+        XCTAssertEqual(c64.blocksInUse, 13)
+        XCTAssertEqual(c64.blocksFree, 2 * 1024 - 13)
+        let c8k = try XCTUnwrap(usage.sizeClasses.first { $0.blockSize == 8192 })
+        XCTAssertEqual(c8k.pages, 2)
+        XCTAssertEqual(c8k.blocksInUse, 11)
+        XCTAssertEqual(c8k.blocksFree, 5)
+        XCTAssertEqual(usage.bytesInUse, 13 * 64 + 11 * 8192)
+        XCTAssertEqual(usage.sizeClasses.filter { $0.pages > 0 }.count, 2)
+        // b leaves: its page (live blocks: none after its frees) goes back; a's blocks freed by a.
+        for handle in other { try b.free(handle) }
+        b.leave()
+        for handle in big.prefix(8) { try a.free(handle) }
+        usage = heap.usage()
+        XCTAssertEqual(usage.freePages, 62, "\(usage)")
+        XCTAssertEqual(usage.sizeClasses.first { $0.blockSize == 8192 }?.blocksInUse, 3)
+        XCTAssertEqual(usage.sizeClasses.first { $0.blockSize == 64 }?.blocksInUse, 10)
+        // An orphan page is counted as such.
+        a.leave()
+        usage = heap.usage()
+        XCTAssertEqual(usage.orphanPages, 0)  // a's leave freed its blocks: everything went back.
+        XCTAssertEqual(usage.freePages, 64)
+        _ = small
+        XCTAssertTrue(heap.verify().isClean, "\(heap.verify())")
+        let c = try heap.join(name: "c")
+        let d = try heap.join(name: "d")
+        let kept = try c.allocate(1000)
+        try d.adopt(kept)
+        c.leave()
+        usage = heap.usage()
+        XCTAssertEqual(usage.orphanPages, 1)
+        XCTAssertEqual(usage.sizeClasses.first { $0.blockSize == 1024 }?.blocksInUse, 1)
+        XCTAssertTrue(usage.description.contains("1 orphan"), usage.description)
+        try d.free(kept)
+    }
+}

@@ -15,12 +15,18 @@ let package = Package(
         .executable(name: "divvy-demo", targets: ["DivvyDemo"]),
         .library(name: "DivvyShm", targets: ["DivvyShm"]),
         .library(name: "DivvyProtocol", targets: ["DivvyProtocol"]),
+        .library(name: "DivvyServer", targets: ["DivvyServer"]),
+        .library(name: "DivvyClient", targets: ["DivvyClient"]),
+        .executable(name: "divvyd", targets: ["divvyd"]),
         // `LD_PRELOAD=.build/<config>/libDivvyMalloc.so program`: a Divvy composition as the process's malloc.
         .library(name: "DivvyMalloc", type: .dynamic, targets: ["DivvyMalloc"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
     ],
     targets: [
         .target(name: "CDivvy"),
@@ -103,5 +109,39 @@ let package = Package(
         // The divvyd wire protocol: message values, framing, encode/decode, error codes. Pure values, no I/O.
         .target(name: "DivvyProtocol"),
         .testTarget(name: "DivvyProtocolTests", dependencies: ["DivvyProtocol"]),
+        // AF_UNIX SOCK_SEQPACKET sockets with descriptor passing and peer credentials, and an epoll poller:
+        // the I/O under the daemon, its clients and divvyctl.
+        .target(name: "DivvyTransport", dependencies: ["CDivvy"]),
+        // The daemon as a library: configuration, policy, sessions, quotas, leases, recovery, admin.
+        .target(
+            name: "DivvyServer",
+            dependencies: [
+                "DivvyShm", "DivvyProtocol", "DivvyTransport",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // The daemon executable: parses flags and the config file, bootstraps logging, runs the server.
+        .executableTarget(
+            name: "divvyd",
+            dependencies: [
+                "DivvyServer",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // The Swift client library: connect, map the region, direct (shared-memory) and mediated (socket) paths.
+        .target(name: "DivvyClient", dependencies: ["DivvyShm", "DivvyProtocol", "DivvyTransport"]),
+        // A client process for the end-to-end tests: runs scripted client operations against a daemon.
+        .executableTarget(
+            name: "divvy-client-helper", dependencies: ["DivvyClient"], path: "Sources/DivvyClientHelper"),
+        .testTarget(
+            name: "DivvyServerTests",
+            dependencies: [
+                "DivvyServer", "DivvyClient", "DivvyTransport", "DivvyTestSupport", "divvyd", "divvy-client-helper",
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
     ]
 )

@@ -56,3 +56,85 @@ int divvy_f_seal_grow(void) { return F_SEAL_GROW; }
 int divvy_fcntl_int(int fd, int command, int argument) { return fcntl(fd, command, argument); }
 int divvy_madv_populate_read(void) { return MADV_POPULATE_READ; }
 void divvy_set_errno(int value) { errno = value; }
+
+// --- Unix sockets and event polling (DivvyTransport) ------------------------------------------------------------
+#include <string.h>
+#include <unistd.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+long divvy_send_with_fd(int socket, const void *buffer, size_t length, int descriptor, int flags) {
+    struct iovec io = { .iov_base = (void *)buffer, .iov_len = length };
+    union { char bytes[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } control;
+    memset(&control, 0, sizeof control);
+    struct msghdr message = { .msg_iov = &io, .msg_iovlen = 1,
+                              .msg_control = control.bytes, .msg_controllen = sizeof control.bytes };
+    struct cmsghdr *header = CMSG_FIRSTHDR(&message);
+    header->cmsg_level = SOL_SOCKET;
+    header->cmsg_type = SCM_RIGHTS;
+    header->cmsg_len = CMSG_LEN(sizeof(int));
+    memcpy(CMSG_DATA(header), &descriptor, sizeof(int));
+    return (long)sendmsg(socket, &message, flags);
+}
+
+long divvy_recv_with_fd(int socket, void *buffer, size_t length, int *descriptor, int *truncated, int flags) {
+    struct iovec io = { .iov_base = buffer, .iov_len = length };
+    union { char bytes[CMSG_SPACE(sizeof(int) * 8)]; struct cmsghdr align; } control;
+    struct msghdr message = { .msg_iov = &io, .msg_iovlen = 1,
+                              .msg_control = control.bytes, .msg_controllen = sizeof control.bytes };
+    *descriptor = -1;
+    *truncated = 0;
+    ssize_t received = recvmsg(socket, &message, flags | MSG_CMSG_CLOEXEC);
+    if (received < 0) return -1;
+    for (struct cmsghdr *header = CMSG_FIRSTHDR(&message); header; header = CMSG_NXTHDR(&message, header)) {
+        if (header->cmsg_level != SOL_SOCKET || header->cmsg_type != SCM_RIGHTS) continue;
+        size_t count = (header->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        for (size_t i = 0; i < count; i++) {
+            int fd;
+            memcpy(&fd, CMSG_DATA(header) + i * sizeof(int), sizeof(int));
+            if (*descriptor == -1) *descriptor = fd; else close(fd);
+        }
+    }
+    if (message.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) *truncated = 1;
+    return (long)received;
+}
+
+int divvy_peer_credentials(int socket, int32_t *pid, uint32_t *uid, uint32_t *gid) {
+    struct ucred credentials;
+    socklen_t size = sizeof credentials;
+    if (getsockopt(socket, SOL_SOCKET, SO_PEERCRED, &credentials, &size) != 0) return -1;
+    *pid = credentials.pid;
+    *uid = credentials.uid;
+    *gid = credentials.gid;
+    return 0;
+}
+
+int divvy_epoll_ctl(int epoll, int operation, int descriptor, uint32_t events, uint64_t data) {
+    struct epoll_event event = { .events = events, .data = { .u64 = data } };
+    return epoll_ctl(epoll, operation, descriptor, &event);
+}
+
+int divvy_epoll_wait(int epoll, uint64_t *data, uint32_t *events, int capacity, int timeout_ms) {
+    struct epoll_event ready[64];
+    if (capacity > 64) capacity = 64;
+    int count = epoll_wait(epoll, ready, capacity, timeout_ms);
+    for (int i = 0; i < count; i++) {
+        data[i] = ready[i].data.u64;
+        events[i] = ready[i].events;
+    }
+    return count;
+}
+
+uint32_t divvy_epollin(void) { return EPOLLIN; }
+uint32_t divvy_epollout(void) { return EPOLLOUT; }
+uint32_t divvy_epollrdhup(void) { return EPOLLRDHUP; }
+uint32_t divvy_epollhup(void) { return EPOLLHUP; }
+uint32_t divvy_epollerr(void) { return EPOLLERR; }
+int divvy_epoll_ctl_add(void) { return EPOLL_CTL_ADD; }
+int divvy_epoll_ctl_mod(void) { return EPOLL_CTL_MOD; }
+int divvy_epoll_ctl_del(void) { return EPOLL_CTL_DEL; }
+int divvy_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
+int divvy_eventfd(void) { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }
+int divvy_accept_nonblocking(int socket) { return accept4(socket, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK); }

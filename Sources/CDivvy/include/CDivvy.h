@@ -63,6 +63,41 @@ int divvy_madv_populate_read(void);
 /// Sets the calling thread's errno (the malloc-family adapter reports ENOMEM/EINVAL through it, as C does).
 void divvy_set_errno(int value);
 
+// --- Unix sockets and event polling (DivvyTransport) ------------------------------------------------------------
+
+/// sendmsg(2) of one datagram carrying one descriptor as SCM_RIGHTS ancillary data (CMSG_* are macros).
+/// `flags` as for sendmsg (e.g. MSG_NOSIGNAL). Returns bytes sent, or -1 with errno set.
+long divvy_send_with_fd(int socket, const void *buffer, size_t length, int descriptor, int flags);
+
+/// recvmsg(2) of one datagram, taking at most one SCM_RIGHTS descriptor (received close-on-exec; any extra
+/// descriptors are closed). `*descriptor` is -1 when none came. Returns bytes received, 0 on EOF, or -1 with errno
+/// set. `*truncated` is 1 when the datagram or its ancillary data did not fit.
+long divvy_recv_with_fd(int socket, void *buffer, size_t length, int *descriptor, int *truncated, int flags);
+
+/// getsockopt(SO_PEERCRED): the peer's pid, uid and gid (struct ucred needs _GNU_SOURCE). Returns 0, or -1.
+int divvy_peer_credentials(int socket, int32_t *pid, uint32_t *uid, uint32_t *gid);
+
+/// epoll_ctl(2) without the packed `struct epoll_event` (packed on x86_64; Swift imports it awkwardly).
+int divvy_epoll_ctl(int epoll, int operation, int descriptor, uint32_t events, uint64_t data);
+/// epoll_wait(2) writing each ready event's data and event mask into two parallel arrays. Returns the count,
+/// or -1 with errno set.
+int divvy_epoll_wait(int epoll, uint64_t *data, uint32_t *events, int capacity, int timeout_ms);
+/// epoll event bits and operations (EPOLLIN, EPOLLOUT, EPOLLRDHUP, EPOLLHUP, EPOLLERR; EPOLL_CTL_*).
+uint32_t divvy_epollin(void);
+uint32_t divvy_epollout(void);
+uint32_t divvy_epollrdhup(void);
+uint32_t divvy_epollhup(void);
+uint32_t divvy_epollerr(void);
+int divvy_epoll_ctl_add(void);
+int divvy_epoll_ctl_mod(void);
+int divvy_epoll_ctl_del(void);
+/// epoll_create1(EPOLL_CLOEXEC). Returns the descriptor, or -1 with errno set.
+int divvy_epoll_create(void);
+/// eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK). Returns the descriptor, or -1 with errno set.
+int divvy_eventfd(void);
+/// accept4(2) with SOCK_CLOEXEC | SOCK_NONBLOCK (declared only under _GNU_SOURCE).
+int divvy_accept_nonblocking(int socket);
+
 #ifdef __cplusplus
 }
 #endif

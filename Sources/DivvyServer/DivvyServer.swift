@@ -1,0 +1,907 @@
+import Divvy
+import DivvyProtocol
+import DivvyShm
+import DivvyTransport
+import Foundation
+import Logging
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The allocator daemon as a library: it maps a shared-memory region, formats a `SharedHeap` in it, listens on a
+/// Unix `SOCK_SEQPACKET` socket, admits clients by their kernel credentials, and serves the protocol of
+/// `Protocol/PROTOCOL.md` — direct clients allocate in shared memory themselves under a page lease; mediated
+/// clients allocate over the socket. When a client's connection ends (goodbye, EOF, or its death: the kernel
+/// closes its socket), the daemon reclaims everything only it held, at once.
+///
+/// ```swift
+/// let server = try DivvyServer(configuration: .init(), logger: Logger(label: "divvyd"))
+/// try server.run()              // blocks until `shutdown(reason:)` is called from another thread
+/// ```
+///
+/// ## Threading
+/// One event-loop thread (the one calling `run()`) does everything: accepting, reading, heap operations for
+/// mediated clients (through the daemon's own heap participant), replies and recovery. Every socket is
+/// non-blocking and the loop reads one request per readiness event, so no client can stall the others: a client
+/// that does not read its replies only stops its own requests from being read (its replies wait in its outbox).
+/// `shutdown(reason:)`, `isReady` and `snapshotCounters()` may be called from any thread.
+///
+/// ## Mediated holdings
+/// The daemon's participant is the heap-level holder of every block that mediated clients hold; which client
+/// holds what (and how often) is kept here, per session, with a per-handle count across sessions. A block goes
+/// back to the heap when its last mediated holder frees it (and no direct client holds it). Because the daemon
+/// is the only one that can touch these records, a mediated client cannot corrupt the heap through them.
+public final class DivvyServer: @unchecked Sendable {
+    /// The configuration the daemon runs with.
+    public let configuration: ServerConfiguration
+    /// The shared-memory region.
+    public let region: SharedRegion
+    /// The heap in the region.
+    public let heap: SharedHeap
+    /// The path the daemon listens on.
+    public let socketPath: String
+    /// When the daemon started (seconds since the epoch).
+    public let startTime: Double
+
+    private let logger: Logger
+    private let listener: SeqpacketSocket
+    private let poller: EventPoller
+    private let control = NSLock()
+    // Guarded by `control`.
+    private var shutdownReason: String?
+    private var running = false
+    private var countersSnapshot = ServerCounters()
+
+    // Event-loop state (only the thread in `run()` touches it).
+    private var participant: SharedHeap.Participant?
+    private var sessions: [UInt32: Session] = [:]
+    private var nextClientID: UInt32 = 1
+    private var mediatedHolders: [UInt64: Int] = [:]
+    private var directOwners: [Int: UInt32] = [:]
+    private var pendingRecoveries: Set<Int> = []
+    private var counters = ServerCounters()
+    private let receiveBuffer: UnsafeMutableRawBufferPointer
+    private var sendBuffer: [UInt8] = []
+    private var shutdownDeadline: Double?
+
+    private static let listenerToken: UInt64 = 0
+
+    /// Maps the region, formats the heap and binds the socket: once this returns the daemon is ready to accept
+    /// (connections queue in the listen backlog until `run()` serves them).
+    ///
+    /// - Throws: `ServerError` with a message saying what to do: `.invalidConfiguration`, `.region` (e.g. not
+    ///   enough space in /dev/shm, or a region name in use), `.socket` (e.g. another daemon listens there).
+    public init(configuration: ServerConfiguration, logger: Logger) throws(ServerError) {
+        do throws(ServerConfiguration.ParseError) {
+            try configuration.validate()
+        } catch {
+            throw ServerError(.invalidConfiguration, error.message)
+        }
+        self.configuration = configuration
+        self.logger = logger
+        self.socketPath = configuration.socketPath
+        self.startTime = Date().timeIntervalSince1970
+
+        // The region and heap.
+        var heapConfiguration = SharedHeapConfiguration(pageSize: configuration.pageSize)
+        if let classes = configuration.sizeClasses { heapConfiguration.sizeClasses = classes }
+        heapConfiguration.heldCapacity = configuration.heldCapacity
+        let metadataSize = SharedHeap.requiredMetadataSize(
+            dataSize: configuration.dataSize, configuration: heapConfiguration)
+        let regionConfiguration = SharedRegion.Configuration(
+            dataSize: configuration.dataSize, metadataSize: metadataSize, namePrefix: configuration.regionNamePrefix,
+            hugePages: configuration.hugePages, commitment: configuration.commitment,
+            prefault: configuration.prefault, ifExists: .fail)
+        let region: SharedRegion
+        do throws(SharedRegionError) {
+            if let name = configuration.regionName {
+                region = try SharedRegion.create(name: name, regionConfiguration)
+            } else {
+                region = try SharedRegion.createAnonymous(regionConfiguration)
+            }
+        } catch {
+            var message = "could not create the shared-memory region: \(error)"
+            if error.code == .alreadyExists {
+                message += " (another divvyd may be using region '\(configuration.regionName ?? "")'; if none "
+                    + "runs, a previous one crashed: remove /dev/shm/\(configuration.regionNamePrefix)"
+                    + "\(configuration.regionName ?? "") and start again)"
+            }
+            throw ServerError(.region, message)
+        }
+        self.region = region
+        do throws(SharedHeapError) {
+            heap = try SharedHeap.create(in: region, configuration: heapConfiguration)
+        } catch {
+            if configuration.regionName != nil { try? region.remove() }
+            throw ServerError(.invalidConfiguration, "could not format the heap: \(error)")
+        }
+
+        // The socket.
+        let directory = (configuration.socketPath as NSString).deletingLastPathComponent
+        if !directory.isEmpty, !FileManager.default.fileExists(atPath: directory) {
+            do {
+                try FileManager.default.createDirectory(
+                    atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
+            } catch {
+                if configuration.regionName != nil { try? region.remove() }
+                throw ServerError(.socket, "could not create the socket directory \(directory): \(error)")
+            }
+        }
+        do throws(TransportError) {
+            listener = try SeqpacketSocket.listen(path: configuration.socketPath, mode: mode_t(configuration.socketMode))
+            poller = try EventPoller()
+            try poller.add(listener.fileDescriptor, events: .readable, token: Self.listenerToken)
+        } catch {
+            if configuration.regionName != nil { try? region.remove() }
+            throw ServerError(.socket, "could not listen on \(configuration.socketPath): \(error)")
+        }
+        receiveBuffer = .allocate(byteCount: ProtocolLimits.maxFrameSize + 1, alignment: 16)
+        logger.info(
+            "divvyd ready",
+            metadata: [
+                "socket": "\(configuration.socketPath)", "region": "\(region.objectName ?? "anonymous memfd")",
+                "data_bytes": "\(region.geometry.dataSize)", "pages": "\(heap.pageCount)x\(heap.pageSize)",
+                "page_kind": "\(region.pageKind)",
+            ])
+    }
+
+    deinit {
+        receiveBuffer.deallocate()
+    }
+
+    /// Asks the loop to shut down gracefully: stop accepting, tell every client (`shutdown`), wait up to the grace
+    /// period for them to leave, reclaim the rest, return from `run()`. Any thread; idempotent.
+    public func shutdown(reason: String = "divvyd is shutting down") {
+        control.lock()
+        if shutdownReason == nil { shutdownReason = reason }
+        control.unlock()
+        poller.waker.wake()
+    }
+
+    /// The counters as of the last loop iteration (any thread).
+    public func snapshotCounters() -> ServerCounters {
+        control.lock()
+        defer { control.unlock() }
+        return countersSnapshot
+    }
+
+    /// Runs the event loop on the calling thread until a graceful shutdown completes.
+    ///
+    /// - Throws: `ServerError.eventLoop` when polling fails (out of descriptors is survived, not thrown).
+    public func run() throws(ServerError) {
+        control.lock()
+        precondition(!running, "DivvyServer.run() called twice")
+        running = true
+        control.unlock()
+        do throws(SharedHeapError) {
+            participant = try heap.join(name: "divvyd")
+        } catch {
+            throw ServerError(.eventLoop, "the daemon could not join its own heap: \(error)")
+        }
+        var events: [EventPoller.Event] = []
+        events.reserveCapacity(64)
+        var lastTick = Date().timeIntervalSince1970
+        while true {
+            events.removeAll(keepingCapacity: true)
+            do throws(TransportError) {
+                try poller.wait(timeoutMilliseconds: shutdownDeadline == nil ? 250 : 20) { events.append($0) }
+            } catch {
+                throw ServerError(.eventLoop, "epoll_wait failed: \(error)")
+            }
+            for event in events {
+                switch event.token {
+                case Self.listenerToken: acceptAll()
+                case EventPoller.wakeToken: break
+                default: service(UInt32(truncatingIfNeeded: event.token), event.events)
+                }
+            }
+            let now = Date().timeIntervalSince1970
+            if now - lastTick >= 0.2 || events.isEmpty {
+                lastTick = now
+                tick()
+            }
+            if try progressShutdown(now: now) { break }
+            publishCounters()
+        }
+        participant?.leave()
+        participant = nil
+        if configuration.regionName != nil {
+            do throws(SharedRegionError) {
+                try region.remove()
+            } catch {
+                logger.error("could not remove the region", metadata: ["error": "\(error)"])
+            }
+        }
+        publishCounters()
+        logger.info("divvyd stopped")
+    }
+
+    private func publishCounters() {
+        control.lock()
+        countersSnapshot = counters
+        countersSnapshot.clients = sessions.count
+        control.unlock()
+    }
+
+    // MARK: Shutdown
+
+    /// Returns true when the loop should end.
+    private func progressShutdown(now: Double) throws(ServerError) -> Bool {
+        control.lock()
+        let reason = shutdownReason
+        control.unlock()
+        guard let reason else { return false }
+        if shutdownDeadline == nil {
+            shutdownDeadline = now + Double(configuration.shutdownGraceMilliseconds) / 1000
+            poller.remove(listener.fileDescriptor)
+            listener.close()
+            _ = unlink(socketPath)
+            logger.notice(
+                "shutting down", metadata: ["reason": "\(reason)", "clients": "\(sessions.count)"])
+            for session in sessions.values {
+                send(session, requestID: 0, .shutdown(reason: reason))
+            }
+        }
+        if sessions.isEmpty { return true }
+        if let deadline = shutdownDeadline, now >= deadline {
+            for id in Array(sessions.keys) {
+                disconnect(id, reason: "shutdown grace period over")
+            }
+            return true
+        }
+        return false
+    }
+
+    // MARK: Accepting
+
+    private func acceptAll() {
+        while true {
+            let socket: SeqpacketSocket?
+            do throws(TransportError) {
+                socket = try listener.accept()
+            } catch {
+                // EMFILE/ENFILE: the connection stays queued; the next readiness retries. Log once per burst.
+                logger.error("accept failed", metadata: ["error": "\(error)"])
+                return
+            }
+            guard let socket else { return }
+            admit(socket)
+        }
+    }
+
+    private func admit(_ socket: SeqpacketSocket) {
+        let peer: PeerCredentials
+        do throws(TransportError) {
+            peer = try socket.peerCredentials()
+        } catch {
+            logger.error("could not read peer credentials; closing", metadata: ["error": "\(error)"])
+            return
+        }
+        let policy = configuration.policy
+        guard policy.admits(peer) else {
+            counters.refusedConnections += 1
+            logger.warning(
+                "connection refused by policy",
+                metadata: ["pid": "\(peer.pid)", "uid": "\(peer.uid)", "gid": "\(peer.gid)"])
+            refuse(socket, .notAuthorized, "uid \(peer.uid) gid \(peer.gid) may not use this daemon (policy)")
+            return
+        }
+        guard sessions.count < configuration.maxClients, shutdownDeadline == nil else {
+            counters.refusedConnections += 1
+            let message = shutdownDeadline != nil
+                ? "the daemon is shutting down" : "the daemon serves \(sessions.count) clients already (max-clients)"
+            logger.warning("connection refused", metadata: ["pid": "\(peer.pid)", "reason": "\(message)"])
+            refuse(socket, shutdownDeadline != nil ? .shuttingDown : .tooManyClients, message)
+            return
+        }
+        var id = nextClientID
+        while id == 0 || sessions[id] != nil { id &+= 1 }
+        nextClientID = id &+ 1
+        let machine = SessionStateMachine(mayUseDirect: policy.allowsDirect(peer), mayAdminister: policy.allowsAdmin(peer))
+        let session = Session(id: id, socket: socket, peer: peer, machine: machine, now: Date().timeIntervalSince1970)
+        do throws(TransportError) {
+            try poller.add(socket.fileDescriptor, events: [.readable, .peerClosed], token: UInt64(id))
+        } catch {
+            logger.error("could not watch a new connection", metadata: ["error": "\(error)"])
+            return
+        }
+        sessions[id] = session
+        counters.connections += 1
+        logger.info(
+            "client connected",
+            metadata: ["client": "\(id)", "pid": "\(peer.pid)", "uid": "\(peer.uid)", "gid": "\(peer.gid)"])
+    }
+
+    /// Replies with an error to a connection that is not admitted, then closes it (best effort, never blocks).
+    private func refuse(_ socket: SeqpacketSocket, _ code: ErrorCode, _ message: String) {
+        let frame = Frame(
+            requestID: 0,
+            message: .error(ErrorReply(code: code, requestType: MessageType(rawValue: 0), message: message)))
+        _ = try? socket.send(frame.encoded())
+        socket.close()
+    }
+
+    // MARK: Serving a connection
+
+    private func service(_ id: UInt32, _ events: EventPoller.Events) {
+        guard let session = sessions[id] else { return }
+        if events.contains(.writable) {
+            flush(session)
+            guard sessions[id] != nil else { return }
+        }
+        if events.contains(.readable), session.outbox.isEmpty {
+            readOne(session)
+            return
+        }
+        if events.contains(.error) || (events.contains(.hangUp) && !events.contains(.readable)) {
+            disconnect(id, reason: "connection lost")
+        }
+    }
+
+    private func readOne(_ session: Session) {
+        let result: SeqpacketSocket.ReceiveResult
+        do throws(TransportError) {
+            result = try session.socket.receive(into: receiveBuffer)
+        } catch {
+            disconnect(session.id, reason: "receive failed: \(error)")
+            return
+        }
+        switch result {
+        case .wouldBlock:
+            return
+        case .endOfFile:
+            disconnect(session.id, reason: "client closed the connection")
+        case .datagram(let count, let descriptor, let truncated):
+            if let descriptor { _ = close(descriptor) }  // Clients never pass descriptors; do not leak one.
+            session.requests += 1
+            let bytes = UnsafeRawBufferPointer(rebasing: receiveBuffer[0..<count])
+            if truncated || count > ProtocolLimits.maxFrameSize {
+                let header = FrameHeader.parse(bytes)
+                reject(
+                    session, requestID: header?.requestID ?? 0, type: header?.type ?? MessageType(rawValue: 0),
+                    .frameTooLarge, "frames are at most \(ProtocolLimits.maxFrameSize) bytes")
+                return
+            }
+            let frame: Frame
+            do throws(ProtocolError) {
+                frame = try Frame.decode(bytes)
+            } catch {
+                reject(session, requestID: error.requestID, type: error.requestType, error.code, error.message)
+                return
+            }
+            handle(frame, from: session)
+        }
+    }
+
+    /// Sends an error reply; closes the connection after it when the code says so.
+    private func reject(
+        _ session: Session, requestID: UInt64, type: MessageType, _ code: ErrorCode, _ message: String
+    ) {
+        counters.countError(code)
+        if code.closesConnection {
+            logger.warning(
+                "closing client after protocol error",
+                metadata: ["client": "\(session.id)", "code": "\(code)", "message": "\(message)"])
+        }
+        send(session, requestID: requestID, .error(ErrorReply(code: code, requestType: type, message: message)))
+        if code.closesConnection {
+            session.machine.close()
+            session.closeAfterFlush = true
+            if session.outbox.isEmpty { disconnect(session.id, reason: "\(code)") }
+        }
+    }
+
+    private func send(_ session: Session, requestID: UInt64, _ message: Message, descriptor: Int32? = nil) {
+        sendBuffer.removeAll(keepingCapacity: true)
+        Frame(requestID: requestID, message: message).encode(into: &sendBuffer)
+        guard session.outbox.isEmpty else {
+            session.outbox.append((sendBuffer, descriptor))
+            return
+        }
+        do throws(TransportError) {
+            switch try session.socket.send(sendBuffer, descriptor: descriptor) {
+            case .sent: return
+            case .wouldBlock:
+                session.outbox.append((sendBuffer, descriptor))
+                try? poller.modify(session.socket.fileDescriptor, events: [.writable, .peerClosed], token: UInt64(session.id))
+            }
+        } catch {
+            // The peer is gone; EOF handling (or the hang-up event) disconnects it.
+            session.closeAfterFlush = true
+        }
+    }
+
+    private func flush(_ session: Session) {
+        while let (bytes, descriptor) = session.outbox.first {
+            do throws(TransportError) {
+                guard try session.socket.send(bytes, descriptor: descriptor) == .sent else { return }
+            } catch {
+                disconnect(session.id, reason: "send failed: \(error)")
+                return
+            }
+            session.outbox.removeFirst()
+        }
+        if session.closeAfterFlush {
+            disconnect(session.id, reason: "closed after reply")
+            return
+        }
+        try? poller.modify(session.socket.fileDescriptor, events: [.readable, .peerClosed], token: UInt64(session.id))
+    }
+
+    // MARK: Requests
+
+    private func handle(_ frame: Frame, from session: Session) {
+        let message = frame.message
+        let id = frame.requestID
+        if case .hello(let hello) = message {
+            welcome(session, hello, requestID: id)
+            return
+        }
+        switch session.machine.admit(message) {
+        case .reject(let code, let text):
+            reject(session, requestID: id, type: message.type, code, text)
+            return
+        case .handle:
+            break
+        }
+        let reply: Message
+        do throws(ServiceError) {
+            reply = try serve(message, for: session)
+        } catch {
+            reject(session, requestID: id, type: message.type, error.code, error.message)
+            return
+        }
+        if case .region = reply {
+            send(session, requestID: id, reply, descriptor: region.fileDescriptor.rawValue)
+        } else {
+            send(session, requestID: id, reply)
+        }
+        if case .farewell = reply {
+            session.machine.close()
+            session.closeAfterFlush = true
+            if session.outbox.isEmpty { disconnect(session.id, reason: "goodbye") }
+        }
+    }
+
+    private func welcome(_ session: Session, _ hello: Hello, requestID: UInt64) {
+        switch session.machine.hello(hello) {
+        case .reject(let code, let text):
+            reject(session, requestID: requestID, type: .hello, code, text)
+        case .welcome(let version, let mode):
+            session.name = hello.name
+            let geometry = region.geometry
+            let welcome = Welcome(
+                version: version, mode: mode, clientID: session.id, quotaBytes: UInt64(configuration.quotaBytes),
+                regionSize: UInt64(geometry.totalSize), metadataOffset: UInt64(geometry.metadataOffset),
+                metadataSize: UInt64(geometry.metadataSize), dataOffset: UInt64(geometry.dataOffset),
+                dataSize: UInt64(geometry.dataSize), pageSize: UInt32(heap.pageSize),
+                pageKind: PageKind(region.pageKind), sizeClasses: heap.sizeClasses.map { UInt32($0) })
+            logger.info(
+                "client said hello",
+                metadata: ["client": "\(session.id)", "name": "\(hello.name)", "mode": "\(mode)",
+                           "pid": "\(session.peer.pid)"])
+            send(session, requestID: requestID, .welcome(welcome))
+        }
+    }
+
+    /// An error a request gets (the reply's code and message); the heap and the session are unchanged.
+    struct ServiceError: Error {
+        var code: ErrorCode
+        var message: String
+        init(_ code: ErrorCode, _ message: String) {
+            self.code = code
+            self.message = message
+        }
+        init(_ error: SharedHeapError) {
+            self.init(ErrorCode(error.code), error.message)
+        }
+    }
+
+    private func serve(_ message: Message, for session: Session) throws(ServiceError) -> Message {
+        switch message {
+        case .mapRegion:
+            let geometry = region.geometry
+            return session.mode == .direct
+                ? .region(RegionGrant(access: 1, offset: 0, length: UInt64(geometry.totalSize)))
+                : .region(RegionGrant(
+                    access: 1, offset: UInt64(geometry.dataOffset), length: UInt64(geometry.dataSize)))
+        case .join(let participant): return try join(session, Int(participant))
+        case .lease(let pages): return try lease(session, more: Int(pages))
+        case .returnPages(let pages): return try returnPages(session, Int(pages))
+        case .allocate(let size):
+            let (handle, blockSize) = try allocate(session, size: size)
+            return .allocated(handle: handle, blockSize: UInt64(blockSize))
+        case .allocateBatch(let size, let count): return try allocateBatch(session, size: size, count: Int(count))
+        case .free(let handle): return .freed(released: try free(session, handle))
+        case .freeBatch(let handles):
+            var statuses: [FreedStatus] = []
+            statuses.reserveCapacity(handles.count)
+            for handle in handles {
+                do throws(ServiceError) {
+                    statuses.append(try free(session, handle) ? .released : .stillHeld)
+                } catch {
+                    counters.countError(error.code)
+                    statuses.append(FreedStatus(error: error.code))
+                }
+            }
+            return .freedBatch(statuses: statuses)
+        case .share(let handle): return .shared(try share(session, handle))
+        case .adopt(let handle):
+            let blockSize = try adopt(session, handle)
+            return .adopted(handle: handle, blockSize: UInt64(blockSize))
+        case .stats: return .statsReply(stats(for: session))
+        case .ping(let payload): return .pong(payload: payload)
+        case .goodbye: return .farewell
+        case .admin(let operation, let argument): return try admin(session, operation, argument)
+        default:
+            throw ServiceError(.unknownMessageType, "\(message.type) is not a request")
+        }
+    }
+
+    // MARK: Direct clients
+
+    private func join(_ session: Session, _ p: Int) throws(ServiceError) -> Message {
+        guard session.participant == nil else {
+            throw ServiceError(.invalidParticipant, "this connection already joined as participant \(session.participant!)")
+        }
+        guard let status = heap.participantStatus(p), status.state == .alive, status.pid == session.peer.pid,
+            directOwners[p] == nil, p != participant?.index
+        else {
+            throw ServiceError(
+                .invalidParticipant,
+                "participant \(p) is not a live participant joined by pid \(session.peer.pid) (join the heap first, "
+                    + "then send join with its index)")
+        }
+        let pages = max(1, min(configuration.initialLeasePages, configuration.quotaBytes / heap.pageSize))
+        do throws(SharedHeapError) {
+            try heap.setPageAllowance(participant: p, pages: pages)
+        } catch {
+            throw ServiceError(error)
+        }
+        directOwners[p] = session.id
+        session.participant = p
+        session.pageAllowance = pages
+        counters.leases += 1
+        logger.info("direct client joined", metadata: ["client": "\(session.id)", "participant": "\(p)",
+                                                       "pages": "\(pages)"])
+        return .joined(pageAllowance: UInt32(pages))
+    }
+
+    private func requireParticipant(_ session: Session) throws(ServiceError) -> Int {
+        guard let p = session.participant else {
+            throw ServiceError(.invalidParticipant, "join the heap (join) before leasing pages")
+        }
+        return p
+    }
+
+    private func lease(_ session: Session, more pages: Int) throws(ServiceError) -> Message {
+        let p = try requireParticipant(session)
+        let wanted = session.pageAllowance + pages
+        guard pages > 0, wanted * heap.pageSize <= configuration.quotaBytes else {
+            throw ServiceError(
+                .quotaExceeded,
+                "leasing \(pages) more pages would give \(wanted) pages (\(wanted * heap.pageSize) bytes); the quota "
+                    + "is \(configuration.quotaBytes) bytes: free blocks (and return pages) first")
+        }
+        do throws(SharedHeapError) {
+            try heap.setPageAllowance(participant: p, pages: wanted)
+        } catch {
+            throw ServiceError(error)
+        }
+        session.pageAllowance = wanted
+        counters.leases += 1
+        return .leased(pageAllowance: UInt32(wanted))
+    }
+
+    private func returnPages(_ session: Session, _ pages: Int) throws(ServiceError) -> Message {
+        let p = try requireParticipant(session)
+        let owned = heap.participantStatus(p)?.ownedPages ?? 0
+        let allowance = max(owned, session.pageAllowance - pages)
+        do throws(SharedHeapError) {
+            try heap.setPageAllowance(participant: p, pages: allowance)
+        } catch {
+            throw ServiceError(error)
+        }
+        session.pageAllowance = allowance
+        return .returned(pageAllowance: UInt32(allowance))
+    }
+
+    // MARK: Mediated operations
+
+    private var daemonParticipant: SharedHeap.Participant {
+        guard let participant else { preconditionFailure("the daemon's participant is gone while serving") }
+        return participant
+    }
+
+    private func classSize(for size: UInt64) throws(ServiceError) -> Int {
+        guard size > 0, size <= UInt64(heap.largestBlockSize),
+            let blockSize = heap.sizeClasses.first(where: { $0 >= Int(size) })
+        else {
+            throw ServiceError(
+                .unsupportedSize, "cannot allocate \(size) bytes: sizes 1…\(heap.largestBlockSize) are supported")
+        }
+        return blockSize
+    }
+
+    private func checkQuota(_ session: Session, adding bytes: Int) throws(ServiceError) {
+        let leased = session.pageAllowance * heap.pageSize
+        guard session.bytesHeld + leased + bytes <= configuration.quotaBytes else {
+            throw ServiceError(
+                .quotaExceeded,
+                "client \(session.id) holds \(session.bytesHeld) bytes (+\(leased) leased); \(bytes) more would pass "
+                    + "its quota of \(configuration.quotaBytes) bytes: free some blocks first")
+        }
+    }
+
+    private func record(_ session: Session, _ handle: UInt64, _ blockSize: Int) {
+        session.holdings[handle, default: 0] += 1
+        session.bytesHeld += blockSize
+        mediatedHolders[handle, default: 0] += 1
+    }
+
+    private func allocate(_ session: Session, size: UInt64) throws(ServiceError) -> (UInt64, Int) {
+        let blockSize = try classSize(for: size)
+        try checkQuota(session, adding: blockSize)
+        let handle: SharedHeapHandle
+        do throws(SharedHeapError) {
+            handle = try daemonParticipant.allocate(Int(size))
+        } catch {
+            throw ServiceError(error)
+        }
+        record(session, handle.rawValue, blockSize)
+        counters.allocations += 1
+        return (handle.rawValue, blockSize)
+    }
+
+    private func allocateBatch(_ session: Session, size: UInt64, count: Int) throws(ServiceError) -> Message {
+        let blockSize = try classSize(for: size)
+        try checkQuota(session, adding: blockSize * count)
+        var handles: [UInt64] = []
+        handles.reserveCapacity(count)
+        for _ in 0..<count {
+            do throws(SharedHeapError) {
+                handles.append(try daemonParticipant.allocate(Int(size)).rawValue)
+            } catch {
+                // All or nothing: give back what this batch took.
+                for handle in handles { _ = try? daemonParticipant.free(SharedHeapHandle(rawValue: handle)) }
+                throw ServiceError(error)
+            }
+        }
+        for handle in handles { record(session, handle, blockSize) }
+        counters.allocations += count
+        return .allocatedBatch(blockSize: UInt64(blockSize), handles: handles)
+    }
+
+    /// Drops one of the session's holdings of `handle`; true when the block went back to the heap.
+    private func free(_ session: Session, _ raw: UInt64) throws(ServiceError) -> Bool {
+        let handle = SharedHeapHandle(rawValue: raw)
+        guard let count = session.holdings[raw] else {
+            throw diagnoseForeign(handle)
+        }
+        let blockSize: Int
+        do throws(SharedHeapError) {
+            blockSize = try heap.blockSize(of: handle)
+        } catch {
+            throw ServiceError(error)
+        }
+        var released = false
+        if mediatedHolders[raw] == 1 {
+            do throws(SharedHeapError) {
+                released = try daemonParticipant.free(handle)
+            } catch {
+                throw ServiceError(error)
+            }
+            mediatedHolders[raw] = nil
+        } else {
+            mediatedHolders[raw, default: 1] -= 1
+        }
+        if count == 1 { session.holdings[raw] = nil } else { session.holdings[raw] = count - 1 }
+        session.bytesHeld -= blockSize
+        counters.frees += 1
+        return released
+    }
+
+    /// The precise error for a handle this session does not hold: bad offsets, stale or double frees, or a
+    /// block someone else holds. Never changes anything: the daemon's participant is asked to free only a block
+    /// that is not allocated at all (so its free fails, reporting why) — a block it holds for another session is
+    /// never passed to it here.
+    private func diagnoseForeign(_ handle: SharedHeapHandle) -> ServiceError {
+        do throws(SharedHeapError) {
+            _ = try heap.pointer(for: handle)
+            return ServiceError(.notHolder, "this client does not hold \(handle); adopt it first")
+        } catch {
+            guard error.code == .staleHandle, mediatedHolders[handle.rawValue] == nil else { return ServiceError(error) }
+            do throws(SharedHeapError) {
+                _ = try daemonParticipant.free(handle)
+                return ServiceError(.internalError, "freeing \(handle) should have failed")
+            } catch let freeError {
+                return freeError.code == .notHeld ? ServiceError(error) : ServiceError(freeError)
+            }
+        }
+    }
+
+    private func adopt(_ session: Session, _ raw: UInt64) throws(ServiceError) -> Int {
+        let handle = SharedHeapHandle(rawValue: raw)
+        let blockSize: Int
+        do throws(SharedHeapError) {
+            blockSize = try heap.blockSize(of: handle)
+        } catch {
+            throw ServiceError(error)
+        }
+        try checkQuota(session, adding: blockSize)
+        if mediatedHolders[raw] == nil {
+            do throws(SharedHeapError) {
+                try daemonParticipant.adopt(handle)
+            } catch {
+                throw ServiceError(error)
+            }
+        }
+        record(session, raw, blockSize)
+        counters.adoptions += 1
+        return blockSize
+    }
+
+    private func share(_ session: Session, _ raw: UInt64) throws(ServiceError) -> SharedInfo {
+        let handle = SharedHeapHandle(rawValue: raw)
+        let holders: [Int]
+        do throws(SharedHeapError) {
+            holders = try heap.holders(of: handle)
+        } catch {
+            throw ServiceError(error)
+        }
+        let holdsThroughDaemon = session.holdings[raw] != nil
+        let holdsDirectly = session.participant.map { holders.contains($0) } ?? false
+        guard holdsThroughDaemon || holdsDirectly else {
+            throw ServiceError(.notHolder, "this client does not hold \(handle): only a holder can share it")
+        }
+        let daemonIndex = daemonParticipant.index
+        let directHolders = holders.filter { $0 != daemonIndex }.count
+        let blockSize = (try? heap.blockSize(of: handle)) ?? 0
+        return SharedInfo(
+            handle: raw, offset: UInt64(handle.dataOffset), blockSize: UInt64(blockSize),
+            holders: UInt32(directHolders + (mediatedHolders[raw] ?? 0)))
+    }
+
+    private func stats(for session: Session) -> ClientStats {
+        let usage = heap.usage()
+        let used = usage.bytesInUse
+        return ClientStats(
+            bytesHeld: UInt64(session.bytesHeld), blocksHeld: UInt64(session.blocksHeld),
+            quotaBytes: UInt64(configuration.quotaBytes), pageAllowance: UInt32(session.pageAllowance),
+            heapBytesUsed: UInt64(used), heapBytesFree: UInt64(max(0, heap.pageCount * heap.pageSize - used)),
+            clients: UInt32(sessions.count))
+    }
+
+    // MARK: Disconnects and recovery
+
+    /// Ends a session and reclaims everything it held: its mediated holdings are dropped (blocks only it held go
+    /// back to the heap), and its direct participant, if any and still joined, is recovered.
+    private func disconnect(_ id: UInt32, reason: String) {
+        guard let session = sessions.removeValue(forKey: id) else { return }
+        poller.remove(session.socket.fileDescriptor)
+        session.socket.close()
+        for descriptor in session.outbox.compactMap(\.descriptor) where descriptor != region.fileDescriptor.rawValue {
+            _ = close(descriptor)
+        }
+        var released = 0
+        for (raw, count) in session.holdings {
+            let remaining = (mediatedHolders[raw] ?? count) - count
+            if remaining > 0 {
+                mediatedHolders[raw] = remaining
+                continue
+            }
+            mediatedHolders[raw] = nil
+            do throws(SharedHeapError) {
+                if try daemonParticipant.free(SharedHeapHandle(rawValue: raw)) { released += 1 }
+            } catch {
+                logger.error("could not drop a holding of a departed client", metadata: [
+                    "client": "\(id)", "handle": "\(SharedHeapHandle(rawValue: raw))", "error": "\(error)"])
+            }
+        }
+        var metadata: Logger.Metadata = [
+            "client": "\(id)", "name": "\(session.name)", "reason": "\(reason)",
+            "mediated_blocks_released": "\(released)",
+        ]
+        if let p = session.participant {
+            directOwners[p] = nil
+            if let status = heap.participantStatus(p), status.state != .free, status.pid == session.peer.pid {
+                metadata["participant"] = "\(p)"
+                metadata["recovery"] = "\(recover(p))"
+            }
+        }
+        counters.disconnections += 1
+        logger.info("client disconnected", metadata: metadata)
+    }
+
+    /// Recovers a participant; an incomplete recovery is retried by `tick()`.
+    private func recover(_ p: Int) -> String {
+        do throws(SharedHeapError) {
+            let report = try heap.recover(participant: p)
+            pendingRecoveries.remove(p)
+            counters.recoveries += 1
+            return report.description
+        } catch {
+            if error.code == .recoveryIncomplete { pendingRecoveries.insert(p) }
+            return "\(error)"
+        }
+    }
+
+    /// Periodic work: retries incomplete recoveries, and recovers participants whose process died without a
+    /// session (it joined the heap but died before telling the daemon).
+    private func tick() {
+        for p in pendingRecoveries {
+            let outcome = recover(p)
+            logger.info("retried recovery", metadata: ["participant": "\(p)", "outcome": "\(outcome)"])
+        }
+        for p in heap.deadParticipants() where directOwners[p] == nil && p != participant?.index {
+            let outcome = recover(p)
+            logger.info("recovered an orphaned participant", metadata: ["participant": "\(p)", "outcome": "\(outcome)"])
+        }
+        // Frees other processes made into the daemon's pages.
+        participant?.collectRemoteFrees()
+    }
+
+    // MARK: Admin
+
+    private func admin(_ session: Session, _ operation: AdminOperation, _ argument: UInt32) throws(ServiceError)
+        -> Message
+    {
+        let reports = AdminReports(server: self)
+        switch operation {
+        case .status: return reports.json(operation, reports.status(clients: sessions.count))
+        case .classes: return reports.json(operation, reports.classes())
+        case .clients:
+            return reports.json(operation, sessions.values.sorted { $0.id < $1.id }.map { reports.client($0) })
+        case .verify:
+            participant?.collectRemoteFrees()
+            return reports.json(operation, reports.verify())
+        case .config: return reports.json(operation, reports.config())
+        case .metrics:
+            return .adminReply(AdminReply(
+                operation: .metrics, format: .text, body: Array(reports.prometheus(counters, clients: sessions.count).utf8)))
+        case .disconnect:
+            guard let target = sessions[argument] else {
+                throw ServiceError(.noSuchClient, "no client with id \(argument) is connected")
+            }
+            let summary = reports.client(target)
+            logger.notice("admin disconnects a client", metadata: ["client": "\(argument)", "by": "\(session.id)"])
+            if target !== session {
+                send(target, requestID: 0, .shutdown(reason: "disconnected by an administrator"))
+            }
+            disconnect(argument, reason: "disconnected by client \(session.id)")
+            return reports.json(operation, AdminReports.Disconnected(disconnected: summary))
+        }
+    }
+}
+
+extension ErrorCode {
+    /// The protocol error for a heap error.
+    init(_ code: SharedHeapError.Code) {
+        switch code {
+        case .outOfRange: self = .invalidHandle
+        case .misaligned: self = .misalignedHandle
+        case .staleHandle: self = .staleHandle
+        case .doubleFree: self = .doubleFree
+        case .notHeld: self = .notHolder
+        case .heapFull: self = .heapFull
+        case .unsupportedSize: self = .unsupportedSize
+        case .heldListFull: self = .heapFull
+        case .alreadyHeld: self = .notHolder
+        case .pageAllowanceExhausted: self = .quotaExceeded
+        default: self = .internalError
+        }
+    }
+}
+
+extension PageKind {
+    /// The protocol's page kind for the OS allocator's.
+    init(_ kind: OSAllocator.PageKind) {
+        switch kind {
+        case .base: self = .base
+        case .transparent: self = .transparentHuge
+        case .explicit2MiB: self = .huge2M
+        case .explicit1GiB: self = .huge1G
+        }
+    }
+}

@@ -1,0 +1,270 @@
+import DivvyShm
+import DivvyTransport
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Everything divvyd can be told: where to listen, what region to map, who may connect, quotas.
+///
+/// The defaults run a working daemon for one user with no root and no config file ("sized for a laptop": a 256 MiB
+/// anonymous region). Each field has a flag in `divvyd` and a key in the config file (`ServerConfiguration.parse`).
+public struct ServerConfiguration: Hashable, Sendable {
+    /// The socket path. Default `DivvySocketPath.defaultPath` (`$XDG_RUNTIME_DIR/divvy/divvyd.sock`, or
+    /// `/run/divvy/divvyd.sock` as root).
+    public var socketPath: String
+    /// Permission bits of the socket file. Default `0o660` (the policy still checks every peer).
+    public var socketMode: UInt32
+    /// The POSIX shared-memory name of the region (`/dev/shm/<prefix><name>`), or nil (the default) for an
+    /// anonymous memfd region that only connected clients can map.
+    public var regionName: String?
+    /// The name prefix of a named region. Default `"divvy-"`.
+    public var regionNamePrefix: String
+    /// Bytes of data area (the memory clients allocate from). Default 256 MiB.
+    public var dataSize: Int
+    /// The heap page size. Default 64 KiB.
+    public var pageSize: Int
+    /// Size classes (nil: the heap's defaults for `pageSize`).
+    public var sizeClasses: [Int]?
+    /// Handles one participant may hold at once. The daemon's own participant holds every mediated client's
+    /// blocks, so this bounds the blocks all mediated clients hold together. Default 65536.
+    public var heldCapacity: Int
+    /// Huge pages for the region. Default `.automatic`.
+    public var hugePages: SharedRegion.HugePages
+    /// Commit the whole region at start (`.full`, the default: never SIGBUS) or reserve lazily.
+    public var commitment: SharedRegion.Commitment
+    /// Prefault the region's page tables at start. Default false.
+    public var prefault: Bool
+    /// Who may connect, who gets direct access, who may administer.
+    public var policy: AccessPolicy
+    /// Bytes each client may hold (mediated: bytes of blocks held; direct: bytes of pages leased). Default
+    /// 1/4 of the data area.
+    public var quotaBytes: Int
+    /// Connected clients at most (more are refused with `tooManyClients`). Default 1024.
+    public var maxClients: Int
+    /// Pages granted to a direct client at join (more are leased on demand). Default 16.
+    public var initialLeasePages: Int
+    /// How long a graceful shutdown waits for clients to say goodbye before reclaiming their memory. Default 2 s.
+    public var shutdownGraceMilliseconds: Int
+
+    /// The defaults (see each property).
+    public init() {
+        socketPath = DivvySocketPath.defaultPath
+        socketMode = 0o660
+        regionName = nil
+        regionNamePrefix = "divvy-"
+        dataSize = 256 << 20
+        pageSize = 64 << 10
+        sizeClasses = nil
+        heldCapacity = 65536
+        hugePages = .automatic
+        commitment = .full
+        prefault = false
+        policy = AccessPolicy()
+        quotaBytes = (256 << 20) / 4
+        maxClients = 1024
+        initialLeasePages = 16
+        shutdownGraceMilliseconds = 2000
+    }
+
+    /// An error in a config file or flag value: the line and what is wrong.
+    public struct ParseError: Error, Hashable, Sendable, CustomStringConvertible {
+        /// What is wrong, with the line number when it came from a file.
+        public var message: String
+        /// Creates an error.
+        public init(_ message: String) { self.message = message }
+        /// The message.
+        public var description: String { message }
+    }
+
+    /// The config file keys, in the order `render()` writes them.
+    public static let keys = [
+        "socket", "socket-mode", "region-name", "region-prefix", "data-size", "page-size", "size-classes",
+        "held-capacity", "huge-pages", "commit", "prefault", "allow-uids", "allow-gids", "direct-uids",
+        "direct-gids", "admin-uids", "admin-gids", "quota", "max-clients", "initial-lease-pages", "shutdown-grace-ms",
+    ]
+
+    /// Applies a config file's text: one `key = value` per line, `#` comments, blank lines ignored. Keys are
+    /// `keys`; sizes accept `K`, `M`, `G` suffixes (powers of 1024); lists are comma-separated; `self` in a uid
+    /// list means the daemon's own uid.
+    ///
+    /// - Throws: `ParseError` naming the line for an unknown key or a bad value.
+    public mutating func apply(configText: String) throws(ParseError) {
+        var number = 0
+        for rawLine in configText.split(separator: "\n", omittingEmptySubsequences: false) {
+            number += 1
+            var line = Substring(rawLine)
+            if let hash = line.firstIndex(of: "#") { line = line[..<hash] }
+            let trimmed = line.trimmingWhitespace
+            if trimmed.isEmpty { continue }
+            guard let equals = trimmed.firstIndex(of: "=") else {
+                throw ParseError("line \(number): expected 'key = value', got '\(trimmed)'")
+            }
+            let key = String(trimmed[..<equals].trimmingWhitespace)
+            let value = String(trimmed[trimmed.index(after: equals)...].trimmingWhitespace)
+            do throws(ParseError) {
+                try set(key, value)
+            } catch {
+                throw ParseError("line \(number): \(error.message)")
+            }
+        }
+    }
+
+    /// Sets one setting by its config-file key (flags use the same parser).
+    ///
+    /// - Throws: `ParseError` for an unknown key or a bad value.
+    public mutating func set(_ key: String, _ value: String) throws(ParseError) {
+        switch key {
+        case "socket": socketPath = value
+        case "socket-mode": socketMode = try Self.octal(value, key)
+        case "region-name": regionName = value.isEmpty || value == "anonymous" ? nil : value
+        case "region-prefix": regionNamePrefix = value
+        case "data-size": dataSize = try Self.size(value, key)
+        case "page-size": pageSize = try Self.size(value, key)
+        case "size-classes":
+            sizeClasses = value == "default" ? nil : try Self.list(value, key).map { (item) throws(ParseError) in
+                try Self.size(item, key)
+            }
+        case "held-capacity": heldCapacity = try Self.count(value, key)
+        case "huge-pages":
+            switch value {
+            case "auto", "automatic": hugePages = .automatic
+            case "none", "off": hugePages = .none
+            case "transparent", "thp": hugePages = .transparent
+            case "2M", "2m", "explicit": hugePages = .explicit2MiB
+            default: throw ParseError("huge-pages must be auto, none, transparent or 2M, not '\(value)'")
+            }
+        case "commit":
+            switch value {
+            case "full": commitment = .full
+            case "lazy": commitment = .lazy
+            default: throw ParseError("commit must be full or lazy, not '\(value)'")
+            }
+        case "prefault": prefault = try Self.bool(value, key)
+        case "allow-uids": policy.allowedUIDs = try Self.ids(value, key)
+        case "allow-gids": policy.allowedGIDs = try Self.ids(value, key)
+        case "direct-uids": policy.directUIDs = try Self.ids(value, key)
+        case "direct-gids": policy.directGIDs = try Self.ids(value, key)
+        case "admin-uids": policy.adminUIDs = try Self.ids(value, key)
+        case "admin-gids": policy.adminGIDs = try Self.ids(value, key)
+        case "quota": quotaBytes = try Self.size(value, key)
+        case "max-clients": maxClients = try Self.count(value, key)
+        case "initial-lease-pages": initialLeasePages = try Self.count(value, key)
+        case "shutdown-grace-ms": shutdownGraceMilliseconds = try Self.count(value, key)
+        default:
+            throw ParseError("unknown setting '\(key)'; known: \(Self.keys.joined(separator: ", "))")
+        }
+    }
+
+    /// Checks the settings together.
+    ///
+    /// - Throws: `ParseError` saying which setting is impossible and why.
+    public func validate() throws(ParseError) {
+        guard dataSize > 0 else { throw ParseError("data-size must be positive") }
+        guard pageSize >= 4096, pageSize & (pageSize - 1) == 0 else {
+            throw ParseError("page-size must be a power of two of at least 4K, not \(pageSize)")
+        }
+        guard dataSize >= pageSize else { throw ParseError("data-size \(dataSize) is smaller than one page") }
+        guard quotaBytes > 0 else { throw ParseError("quota must be positive") }
+        guard maxClients > 0 else { throw ParseError("max-clients must be positive") }
+        guard heldCapacity > 0 else { throw ParseError("held-capacity must be positive") }
+        guard socketMode <= 0o777 else { throw ParseError("socket-mode must be octal permission bits") }
+    }
+
+    /// The configuration as config-file text (what `divvyctl config` shows; `apply(configText:)` reads it back).
+    public func render() -> [(key: String, value: String)] {
+        func ids(_ set: Set<UInt32>) -> String { set.sorted().map(String.init).joined(separator: ",") }
+        return [
+            ("socket", socketPath), ("socket-mode", "0" + String(socketMode, radix: 8)),
+            ("region-name", regionName ?? "anonymous"), ("region-prefix", regionNamePrefix),
+            ("data-size", String(dataSize)), ("page-size", String(pageSize)),
+            ("size-classes", sizeClasses.map { $0.map(String.init).joined(separator: ",") } ?? "default"),
+            ("held-capacity", String(heldCapacity)),
+            ("huge-pages", { switch hugePages {
+                case .automatic: "auto"
+                case .none: "none"
+                case .transparent: "transparent"
+                default: "2M"
+            } }()),
+            ("commit", commitment == .full ? "full" : "lazy"), ("prefault", String(prefault)),
+            ("allow-uids", ids(policy.allowedUIDs)), ("allow-gids", ids(policy.allowedGIDs)),
+            ("direct-uids", ids(policy.directUIDs)), ("direct-gids", ids(policy.directGIDs)),
+            ("admin-uids", ids(policy.adminUIDs)), ("admin-gids", ids(policy.adminGIDs)),
+            ("quota", String(quotaBytes)), ("max-clients", String(maxClients)),
+            ("initial-lease-pages", String(initialLeasePages)),
+            ("shutdown-grace-ms", String(shutdownGraceMilliseconds)),
+        ]
+    }
+
+    // MARK: Value parsers
+
+    static func size(_ text: String, _ key: String) throws(ParseError) -> Int {
+        var digits = Substring(text)
+        var multiplier = 1
+        switch text.last {
+        case "K", "k": multiplier = 1 << 10
+        case "M", "m": multiplier = 1 << 20
+        case "G", "g": multiplier = 1 << 30
+        case "T", "t": multiplier = 1 << 40
+        default: break
+        }
+        if multiplier != 1 { digits = digits.dropLast() }
+        guard let value = Int(digits), value >= 0, value <= Int.max / multiplier else {
+            throw ParseError("\(key) must be a size like 65536, 64K, 256M or 1G, not '\(text)'")
+        }
+        return value * multiplier
+    }
+
+    static func count(_ text: String, _ key: String) throws(ParseError) -> Int {
+        guard let value = Int(text), value >= 0 else {
+            throw ParseError("\(key) must be a non-negative integer, not '\(text)'")
+        }
+        return value
+    }
+
+    static func octal(_ text: String, _ key: String) throws(ParseError) -> UInt32 {
+        guard let value = UInt32(text, radix: 8) else {
+            throw ParseError("\(key) must be octal permission bits like 0660, not '\(text)'")
+        }
+        return value
+    }
+
+    static func bool(_ text: String, _ key: String) throws(ParseError) -> Bool {
+        switch text {
+        case "true", "yes", "on", "1": return true
+        case "false", "no", "off", "0": return false
+        default: throw ParseError("\(key) must be true or false, not '\(text)'")
+        }
+    }
+
+    static func list(_ text: String, _ key: String) throws(ParseError) -> [String] {
+        text.split(separator: ",").map { String($0.trimmingWhitespace) }.filter { !$0.isEmpty }
+    }
+
+    static func ids(_ text: String, _ key: String) throws(ParseError) -> Set<UInt32> {
+        var result = Set<UInt32>()
+        for item in try list(text, key) {
+            if item == "self" {
+                result.insert(getuid())
+            } else if let id = UInt32(item) {
+                result.insert(id)
+            } else {
+                throw ParseError("\(key) must be a comma-separated list of numeric ids (or 'self'), not '\(item)'")
+            }
+        }
+        return result
+    }
+}
+
+extension Substring {
+    var trimmingWhitespace: Substring {
+        var result = self
+        while let first = result.first, first == " " || first == "\t" || first == "\r" { result = result.dropFirst() }
+        while let last = result.last, last == " " || last == "\t" || last == "\r" { result = result.dropLast() }
+        return result
+    }
+}
+
+extension String {
+    var trimmingWhitespace: Substring { Substring(self).trimmingWhitespace }
+}

@@ -1,0 +1,42 @@
+import DivvyProtocol
+import DivvyShm
+import DivvyTransport
+
+/// One connected client, as the event loop sees it. Loop-thread only.
+final class Session {
+    /// The client id (also its poller token).
+    let id: UInt32
+    let socket: SeqpacketSocket
+    let peer: PeerCredentials
+    let connectedAt: Double
+    var machine: SessionStateMachine
+    /// The name the client gave in hello.
+    var name = ""
+    /// Mediated holdings: handle → how many times this client holds it (allocations + adoptions).
+    var holdings: [UInt64: Int] = [:]
+    /// Bytes of blocks in `holdings` (with multiplicity).
+    var bytesHeld = 0
+    /// The heap participant this (direct) client joined, once `join` succeeded.
+    var participant: Int?
+    /// Pages the direct client may own (its lease).
+    var pageAllowance = 0
+    /// Frames the socket could not take yet (the client is slow to read); no request is read meanwhile.
+    var outbox: [(bytes: [UInt8], descriptor: Int32?)] = []
+    /// Close once the outbox is flushed (after farewell or a closing error).
+    var closeAfterFlush = false
+    /// Requests handled, for `divvyctl clients`.
+    var requests = 0
+
+    init(id: UInt32, socket: SeqpacketSocket, peer: PeerCredentials, machine: SessionStateMachine, now: Double) {
+        self.id = id
+        self.socket = socket
+        self.peer = peer
+        self.machine = machine
+        self.connectedAt = now
+    }
+
+    var mode: ClientMode? { machine.mode }
+
+    /// Blocks held through the daemon (with multiplicity).
+    var blocksHeld: Int { holdings.values.reduce(0, +) }
+}

@@ -1,0 +1,116 @@
+import DivvyProtocol
+
+/// The protocol state of one connection, as a pure value: it decides what a request may do given the handshake
+/// so far and the peer's rights, and the server carries the decision out. Tested on its own.
+///
+/// States: `awaitingHello` → (`hello` accepted) → `ready` → (`goodbye`, a closing error, or shutdown) → `closed`.
+public struct SessionStateMachine: Hashable, Sendable {
+    /// Where the connection is.
+    public enum State: Hashable, Sendable {
+        /// Connected; the only acceptable request is `hello`.
+        case awaitingHello
+        /// Handshake done with this version and mode.
+        case ready(version: UInt16, mode: ClientMode)
+        /// The connection is ending; nothing more is handled.
+        case closed
+    }
+
+    /// What to do with a request.
+    public enum Decision: Hashable, Sendable {
+        /// Carry it out.
+        case handle
+        /// Refuse it with this error; close the connection after the reply when the code says so.
+        case reject(ErrorCode, String)
+    }
+
+    /// What the handshake settled.
+    public enum HelloOutcome: Hashable, Sendable {
+        /// Welcome the client with this version and mode.
+        case welcome(version: UInt16, mode: ClientMode)
+        /// Refuse (and close when the code says so).
+        case reject(ErrorCode, String)
+    }
+
+    /// The current state.
+    public private(set) var state: State = .awaitingHello
+    /// Whether the peer may use direct access (from the policy).
+    public let mayUseDirect: Bool
+    /// Whether the peer may run admin operations (from the policy).
+    public let mayAdminister: Bool
+
+    /// A connection that has not said hello yet.
+    public init(mayUseDirect: Bool, mayAdminister: Bool) {
+        self.mayUseDirect = mayUseDirect
+        self.mayAdminister = mayAdminister
+    }
+
+    /// The granted mode, once ready.
+    public var mode: ClientMode? {
+        if case .ready(_, let mode) = state { return mode }
+        return nil
+    }
+
+    /// Handles `hello`: negotiates the version (the highest both speak) and the mode (`any` → direct when the
+    /// policy allows it, else mediated; `direct` without the right → `wrongMode`).
+    public mutating func hello(_ hello: Hello) -> HelloOutcome {
+        guard case .awaitingHello = state else {
+            return .reject(.handshakeRequired, "hello was already exchanged on this connection")
+        }
+        let common = max(hello.minVersion, ProtocolVersion.supported.lowerBound)...max(
+            min(hello.maxVersion, ProtocolVersion.supported.upperBound), 0)
+        guard hello.minVersion <= hello.maxVersion, common.lowerBound <= common.upperBound,
+            ProtocolVersion.supported.contains(common.upperBound)
+        else {
+            state = .closed
+            return .reject(
+                .unsupportedVersion,
+                "client speaks protocol \(hello.minVersion)…\(hello.maxVersion); this daemon speaks "
+                    + "\(ProtocolVersion.supported.lowerBound)…\(ProtocolVersion.supported.upperBound)")
+        }
+        let mode: ClientMode
+        switch hello.mode {
+        case .direct:
+            guard mayUseDirect else {
+                return .reject(
+                    .wrongMode, "direct access is not granted to this user by the daemon's policy; "
+                        + "connect in mediated mode (or ask the operator to add your uid/gid to direct-uids)")
+            }
+            mode = .direct
+        case .mediated: mode = .mediated
+        case .any: mode = mayUseDirect ? .direct : .mediated
+        }
+        state = .ready(version: common.upperBound, mode: mode)
+        return .welcome(version: common.upperBound, mode: mode)
+    }
+
+    /// Decides whether a request (other than `hello`) may be handled now.
+    public func admit(_ message: Message) -> Decision {
+        switch state {
+        case .closed:
+            return .reject(.shuttingDown, "the connection is closing")
+        case .awaitingHello:
+            if case .hello = message { return .handle }
+            return .reject(.handshakeRequired, "send hello first")
+        case .ready(_, let mode):
+            switch message {
+            case .hello:
+                return .reject(.handshakeRequired, "hello was already exchanged on this connection")
+            case .join, .lease, .returnPages:
+                return mode == .direct
+                    ? .handle : .reject(.wrongMode, "\(message.type) is for direct clients; this one is mediated")
+            case .admin:
+                return mayAdminister
+                    ? .handle
+                    : .reject(.adminRequired, "admin operations are allowed only to the admin uids/gids in the "
+                        + "daemon's policy")
+            case .mapRegion, .allocate, .free, .allocateBatch, .freeBatch, .share, .adopt, .stats, .ping, .goodbye:
+                return .handle
+            default:
+                return .reject(.unknownMessageType, "\(message.type) is not a request")
+            }
+        }
+    }
+
+    /// Marks the connection closed (after goodbye, a closing error, or shutdown).
+    public mutating func close() { state = .closed }
+}

@@ -1,0 +1,289 @@
+import CDivvy
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The credentials of the process at the other end of a Unix socket, as the kernel recorded them (`SO_PEERCRED`):
+/// they cannot be forged by the peer.
+public struct PeerCredentials: Hashable, Sendable, CustomStringConvertible {
+    /// The peer's process id (at connect time).
+    public var pid: Int32
+    /// The peer's effective user id.
+    public var uid: UInt32
+    /// The peer's effective group id.
+    public var gid: UInt32
+
+    /// Creates credentials.
+    public init(pid: Int32, uid: UInt32, gid: UInt32) {
+        self.pid = pid
+        self.uid = uid
+        self.gid = gid
+    }
+
+    /// `pid 12 uid 1000 gid 1000`.
+    public var description: String { "pid \(pid) uid \(uid) gid \(gid)" }
+}
+
+/// An `AF_UNIX` `SOCK_SEQPACKET` socket: reliable, ordered datagrams (message boundaries kept) with descriptor
+/// passing. Owns its descriptor and closes it on `deinit` (or `close()`).
+///
+/// Not `Sendable`: one thread uses a socket at a time (the daemon's event loop, or one client).
+public final class SeqpacketSocket {
+    /// The descriptor (valid until `close()`).
+    public private(set) var fileDescriptor: Int32
+
+    /// Adopts an open descriptor; the socket now owns it.
+    public init(adopting fileDescriptor: Int32) {
+        self.fileDescriptor = fileDescriptor
+    }
+
+    deinit {
+        if fileDescriptor >= 0 { systemClose(fileDescriptor) }
+    }
+
+    /// Closes the descriptor (idempotent).
+    public func close() {
+        if fileDescriptor >= 0 {
+            systemClose(fileDescriptor)
+            fileDescriptor = -1
+        }
+    }
+
+    /// Gives up ownership of the descriptor without closing it (for handing a listener to a child process).
+    public func releaseDescriptor() -> Int32 {
+        defer { fileDescriptor = -1 }
+        return fileDescriptor
+    }
+
+    /// The largest path a `sockaddr_un` holds (excluding the terminating NUL).
+    public static let maximumPathLength = MemoryLayout.size(ofValue: sockaddr_un().sun_path) - 1
+
+    private static func withAddress<R>(
+        _ path: String, _ body: (UnsafePointer<sockaddr>, socklen_t) -> R
+    ) throws(TransportError) -> R {
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard !bytes.isEmpty, bytes.count <= maximumPathLength else {
+            throw TransportError(
+                .pathTooLong,
+                "socket path '\(path)' is \(bytes.count) bytes; a Unix socket path must be 1…\(maximumPathLength) "
+                    + "bytes: choose a shorter path")
+        }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: bytes)
+            raw[bytes.count] = 0
+        }
+        let length = socklen_t(MemoryLayout<sa_family_t>.size + bytes.count + 1)
+        return withUnsafePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, length) }
+        }
+    }
+
+    private static func makeSocket(nonBlocking: Bool) throws(TransportError) -> Int32 {
+        var type = Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
+        if nonBlocking { type |= Int32(SOCK_NONBLOCK.rawValue) }
+        switch retryingEINTR({ socket(AF_UNIX, type, 0) }) {
+        case .success(let fd): return fd
+        case .failure(let error):
+            throw TransportError(.systemCallFailed, "socket(AF_UNIX, SOCK_SEQPACKET) failed", errno: error.value)
+        }
+    }
+
+    /// Connects to the listener at `path` (`socket(2)` + `connect(2)`), blocking.
+    ///
+    /// - Throws: `.noListener` when nothing listens there (no file, or a stale file: `ECONNREFUSED`),
+    ///   `.permissionDenied`, `.pathTooLong`, `.systemCallFailed`.
+    public static func connect(path: String) throws(TransportError) -> SeqpacketSocket {
+        let fd = try makeSocket(nonBlocking: false)
+        let result = try withAddress(path) { address, length in
+            retryingEINTR { Glibc.connect(fd, address, length) }
+        }
+        if case .failure(let error) = result {
+            systemClose(fd)
+            switch error.value {
+            case ENOENT, ECONNREFUSED, ENOTDIR:
+                throw TransportError(.noListener, "no daemon listens at \(path)", errno: error.value)
+            case EACCES, EPERM:
+                throw TransportError(.permissionDenied, "not allowed to connect to \(path)", errno: error.value)
+            default:
+                throw TransportError(.systemCallFailed, "connect(\(path)) failed", errno: error.value)
+            }
+        }
+        return SeqpacketSocket(adopting: fd)
+    }
+
+    /// Binds a non-blocking listener at `path` and listens (`socket(2)`, `bind(2)`, `chmod(2)`, `listen(2)`).
+    ///
+    /// A stale socket file (left by a process that died: connecting to it is refused) is replaced. A live one is
+    /// not: another process listens there.
+    ///
+    /// - Parameters:
+    ///   - path: the socket path; its directory must exist.
+    ///   - mode: permission bits for the socket file (connecting needs write permission on it).
+    ///   - backlog: `listen(2)`'s backlog.
+    /// - Throws: `.addressInUse` when a live listener owns the path, `.pathTooLong`, `.permissionDenied`,
+    ///   `.systemCallFailed`.
+    public static func listen(path: String, mode: mode_t = 0o600, backlog: Int32 = 512) throws(TransportError)
+        -> SeqpacketSocket
+    {
+        if let probe = try? connect(path: path) {
+            probe.close()
+            throw TransportError(
+                .addressInUse,
+                "another process (a running divvyd?) already listens at \(path); stop it, or pass another --socket")
+        }
+        var status = stat()
+        if lstat(path, &status) == 0 {
+            guard status.st_mode & S_IFMT == S_IFSOCK else {
+                throw TransportError(
+                    .addressInUse, "\(path) exists and is not a socket; remove it or pass another --socket")
+            }
+            _ = unlink(path)  // Stale: nobody accepts on it (the probe above was refused).
+        }
+        let fd = try makeSocket(nonBlocking: true)
+        let bound = try withAddress(path) { address, length in retryingEINTR { bind(fd, address, length) } }
+        if case .failure(let error) = bound {
+            systemClose(fd)
+            switch error.value {
+            case EADDRINUSE:
+                throw TransportError(.addressInUse, "\(path) is in use", errno: error.value)
+            case EACCES, EPERM:
+                throw TransportError(.permissionDenied, "not allowed to create \(path)", errno: error.value)
+            default:
+                throw TransportError(.systemCallFailed, "bind(\(path)) failed", errno: error.value)
+            }
+        }
+        // Safe: the file was just created by bind(2); chmod sets exactly `mode` (bind applies the umask).
+        _ = chmod(path, mode)
+        if case .failure(let error) = retryingEINTR({ Glibc.listen(fd, backlog) }) {
+            systemClose(fd)
+            throw TransportError(.systemCallFailed, "listen(\(path)) failed", errno: error.value)
+        }
+        return SeqpacketSocket(adopting: fd)
+    }
+
+    /// A connected pair (`socketpair(2)`), blocking; for tests and for in-process baselines.
+    public static func pair() throws(TransportError) -> (SeqpacketSocket, SeqpacketSocket) {
+        var fds: [Int32] = [-1, -1]
+        let type = Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
+        if case .failure(let error) = retryingEINTR({ socketpair(AF_UNIX, type, 0, &fds) }) {
+            throw TransportError(.systemCallFailed, "socketpair(AF_UNIX, SOCK_SEQPACKET) failed", errno: error.value)
+        }
+        return (SeqpacketSocket(adopting: fds[0]), SeqpacketSocket(adopting: fds[1]))
+    }
+
+    /// Accepts one pending connection (non-blocking, close-on-exec), or nil when none is pending.
+    ///
+    /// - Throws: `.systemCallFailed` (e.g. `EMFILE`: out of descriptors).
+    public func accept() throws(TransportError) -> SeqpacketSocket? {
+        switch retryingEINTR({ divvy_accept_nonblocking(fileDescriptor) }) {
+        case .success(let fd): return SeqpacketSocket(adopting: fd)
+        case .failure(let error) where error.value == EAGAIN || error.value == EWOULDBLOCK: return nil
+        case .failure(let error) where error.value == ECONNABORTED: return nil
+        case .failure(let error): throw TransportError(.systemCallFailed, "accept4 failed", errno: error.value)
+        }
+    }
+
+    /// The peer's kernel-recorded credentials (`getsockopt(SO_PEERCRED)`).
+    public func peerCredentials() throws(TransportError) -> PeerCredentials {
+        var pid: Int32 = 0
+        var uid: UInt32 = 0
+        var gid: UInt32 = 0
+        guard divvy_peer_credentials(fileDescriptor, &pid, &uid, &gid) == 0 else {
+            throw TransportError(.systemCallFailed, "getsockopt(SO_PEERCRED) failed", errno: divvy_errno())
+        }
+        return PeerCredentials(pid: pid, uid: uid, gid: gid)
+    }
+
+    /// Sets a receive timeout (`SO_RCVTIMEO`); nil blocks forever.
+    public func setReceiveTimeout(milliseconds: Int?) throws(TransportError) {
+        let ms = milliseconds ?? 0
+        var value = timeval(tv_sec: ms / 1000, tv_usec: (ms % 1000) * 1000)
+        let result = setsockopt(
+            fileDescriptor, SOL_SOCKET, SO_RCVTIMEO, &value, socklen_t(MemoryLayout<timeval>.size))
+        if result != 0 {
+            throw TransportError(.systemCallFailed, "setsockopt(SO_RCVTIMEO) failed", errno: divvy_errno())
+        }
+    }
+
+    /// The outcome of a send on a non-blocking socket.
+    public enum SendResult: Hashable, Sendable {
+        /// The whole datagram was queued.
+        case sent
+        /// The socket's send buffer is full: try again when it is writable.
+        case wouldBlock
+    }
+
+    /// Sends one datagram, with a descriptor attached as `SCM_RIGHTS` when `descriptor` is given
+    /// (`send(2)` / `sendmsg(2)`, `MSG_NOSIGNAL`).
+    ///
+    /// - Throws: `.closed` when the peer is gone (`EPIPE`, `ECONNRESET`), `.systemCallFailed`.
+    public func send(_ bytes: UnsafeRawBufferPointer, descriptor: Int32? = nil) throws(TransportError) -> SendResult {
+        let result: Result<Int, Errno32>
+        if let descriptor {
+            result = retryingEINTR {
+                divvy_send_with_fd(fileDescriptor, bytes.baseAddress, bytes.count, descriptor, Int32(MSG_NOSIGNAL))
+            }
+        } else {
+            result = retryingEINTR { Glibc.send(fileDescriptor, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL)) }
+        }
+        switch result {
+        case .success: return .sent
+        case .failure(let error) where error.value == EAGAIN || error.value == EWOULDBLOCK: return .wouldBlock
+        case .failure(let error) where error.value == EPIPE || error.value == ECONNRESET:
+            throw TransportError(.closed, "the peer closed the connection", errno: error.value)
+        case .failure(let error):
+            throw TransportError(.systemCallFailed, "send failed", errno: error.value)
+        }
+    }
+
+    /// Sends one datagram from an array (see `send(_:descriptor:)`).
+    public func send(_ bytes: [UInt8], descriptor: Int32? = nil) throws(TransportError) -> SendResult {
+        let result = bytes.withUnsafeBytes { raw in
+            Result { () throws(TransportError) -> SendResult in try send(raw, descriptor: descriptor) }
+        }
+        return try result.get()
+    }
+
+    /// The outcome of a receive.
+    public enum ReceiveResult: Hashable, Sendable {
+        /// One datagram of `count` bytes (cut at the buffer's size when `truncated`), with the descriptor it
+        /// carried, if any (the caller owns it).
+        case datagram(count: Int, descriptor: Int32?, truncated: Bool)
+        /// Nothing to read now (non-blocking socket).
+        case wouldBlock
+        /// The peer closed the connection.
+        case endOfFile
+    }
+
+    /// Receives one datagram into `buffer` (`recvmsg(2)`), taking a passed descriptor if one came.
+    ///
+    /// - Throws: `.timedOut` after `setReceiveTimeout`, `.closed` on `ECONNRESET`, `.systemCallFailed`.
+    public func receive(into buffer: UnsafeMutableRawBufferPointer) throws(TransportError) -> ReceiveResult {
+        var descriptor: Int32 = -1
+        var truncated: Int32 = 0
+        let result = retryingEINTR {
+            divvy_recv_with_fd(fileDescriptor, buffer.baseAddress, buffer.count, &descriptor, &truncated, 0)
+        }
+        switch result {
+        case .success(0) where buffer.count > 0 && descriptor < 0: return .endOfFile
+        case .success(let count):
+            return .datagram(count: count, descriptor: descriptor >= 0 ? descriptor : nil, truncated: truncated != 0)
+        case .failure(let error) where error.value == EAGAIN || error.value == EWOULDBLOCK:
+            if isBlocking {
+                throw TransportError(.timedOut, "no reply from the peer in time", errno: error.value)
+            }
+            return .wouldBlock
+        case .failure(let error) where error.value == ECONNRESET:
+            throw TransportError(.closed, "the peer reset the connection", errno: error.value)
+        case .failure(let error):
+            throw TransportError(.systemCallFailed, "recvmsg failed", errno: error.value)
+        }
+    }
+
+    private var isBlocking: Bool {
+        divvy_fcntl_int(fileDescriptor, F_GETFL, 0) & O_NONBLOCK == 0
+    }
+}

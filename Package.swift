@@ -132,7 +132,14 @@ let package = Package(
             ]
         ),
         // The Swift client library: connect, map the region, direct (shared-memory) and mediated (socket) paths.
-        .target(name: "DivvyClient", dependencies: ["DivvyShm", "DivvyProtocol", "DivvyTransport"]),
+        .target(
+            name: "DivvyClient",
+            dependencies: [
+                "Divvy", "DivvyShm", "DivvyProtocol", "DivvyTransport",
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            swiftSettings: [.enableExperimentalFeature("Lifetimes")]
+        ),
         // A client process for the end-to-end tests: runs scripted client operations against a daemon.
         .executableTarget(
             name: "divvy-client-helper", dependencies: ["DivvyClient"], path: "Sources/DivvyClientHelper"),

@@ -1,1 +1,496 @@
-// placeholder
+import Divvy
+import DivvyProtocol
+import DivvyShm
+import DivvyTransport
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// A handle to a block in the daemon's shared memory: 64 bits (offset and generation) that mean the same block
+/// in every process connected to the same daemon. Pass it to another process by any means; it adopts it.
+public typealias SharedHandle = SharedHeapHandle
+
+/// A connection to divvyd: allocates, frees, shares and adopts blocks of the daemon's shared memory.
+///
+/// ```swift
+/// let client = try DivvyClient(.init(name: "producer"))
+/// var block = try client.allocate(4096)          // a ~Copyable owner of the block
+/// block.mutableBytes.storeBytes(of: 42, toByteOffset: 0, as: UInt64.self)
+/// let handle = block.handle                      // send it to another process, which adopts it
+/// try block.free()                               // or let it go out of scope: dropping frees it
+/// ```
+///
+/// ## Two modes, one API
+/// - **Direct** (the policy grants it to trusted uids/gids): the client maps the whole region, joins the heap as a
+///   participant and allocates and frees in shared memory with no system call; frees of blocks in other
+///   processes' pages are lock-free remote frees. The daemon grants a page lease (quota); when it runs out the
+///   client leases more pages over the socket, transparently.
+/// - **Mediated**: every allocate/free/adopt is one round trip to the daemon, which does all metadata work; the
+///   client maps only the data area.
+///
+/// `Options.mode` `.any` (the default) takes direct access when the policy allows it.
+///
+/// ## Errors and the daemon's death
+/// Every call throws `DivvyClientError`; nothing traps on the daemon's behaviour. When the daemon is gone the
+/// next call that needs it throws `.daemonGone`; `reconnect()` connects again (blocks of the old connection are
+/// lost with it: the daemon reclaims them when the connection ends).
+///
+/// Not `Sendable`: use one client per thread (a direct client is one heap participant).
+public final class DivvyClient {
+    /// How to connect.
+    public struct Options: Hashable, Sendable {
+        /// The daemon's socket; nil: `$DIVVY_SOCKET`, else the default path (`DivvySocketPath.resolve`).
+        public var socketPath: String?
+        /// A name for this client, shown by `divvyctl clients` (at most 255 bytes).
+        public var name: String
+        /// The access mode to ask for. Default `.any` (direct when allowed).
+        public var mode: ClientMode
+        /// How long to wait for a reply before `.timedOut`. Default 10 s.
+        public var timeoutMilliseconds: Int
+        /// Pages to lease at a time when the direct page lease runs out. Default 16.
+        public var leaseStep: Int
+
+        /// Creates options; see the properties.
+        public init(
+            socketPath: String? = nil, name: String = "client", mode: ClientMode = .any,
+            timeoutMilliseconds: Int = 10_000, leaseStep: Int = 16
+        ) {
+            self.socketPath = socketPath
+            self.name = name
+            self.mode = mode
+            self.timeoutMilliseconds = timeoutMilliseconds
+            self.leaseStep = leaseStep
+        }
+    }
+
+    /// The options this client connected with.
+    public let options: Options
+    /// The socket path in use.
+    public let socketPath: String
+    /// The id the daemon gave this connection.
+    public private(set) var clientID: UInt32 = 0
+    /// The mode the daemon granted.
+    public private(set) var mode: ClientMode = .mediated
+    /// The bytes this client may hold.
+    public private(set) var quotaBytes = 0
+    /// The block sizes of the daemon's size classes.
+    public private(set) var sizeClasses: [Int] = []
+    /// Pages this (direct) client may own.
+    public private(set) var pageAllowance = 0
+
+    private var socket: SeqpacketSocket?
+    private var nextRequestID: UInt64 = 1
+    private var sendBuffer: [UInt8] = []
+    private let receiveBuffer: UnsafeMutableRawBufferPointer
+    // Direct mode.
+    private var heap: SharedHeap?
+    private var participant: SharedHeap.Participant?
+    // Mediated mode.
+    private var dataArea: SharedMapping?
+
+    /// Connects, says hello, and maps the region (all of it in direct mode, the data area in mediated mode).
+    ///
+    /// - Throws: `.noDaemon` when nothing listens at the socket path (the message says how to start divvyd),
+    ///   `.refused` with the daemon's error (policy, version, too many clients), `.protocolViolation`,
+    ///   `.timedOut`, `.system`.
+    public init(_ options: Options = Options()) throws(DivvyClientError) {
+        self.options = options
+        self.socketPath = DivvySocketPath.resolve(options.socketPath)
+        receiveBuffer = .allocate(byteCount: ProtocolLimits.maxFrameSize + 1, alignment: 16)
+        do {
+            try connect()
+        } catch {
+            receiveBuffer.deallocate()
+            throw error
+        }
+    }
+
+    deinit {
+        close()
+        receiveBuffer.deallocate()
+    }
+
+    /// Whether the client is connected (as far as it knows).
+    public var isConnected: Bool { socket != nil }
+
+    private func connect() throws(DivvyClientError) {
+        let socket: SeqpacketSocket
+        do throws(TransportError) {
+            socket = try SeqpacketSocket.connect(path: socketPath)
+            try socket.setReceiveTimeout(milliseconds: options.timeoutMilliseconds)
+        } catch {
+            if error.code == .noListener {
+                throw DivvyClientError(
+                    .noDaemon, "no daemon at \(socketPath): start it with `swift run divvyd` (or `systemctl start "
+                        + "divvyd`), or point DIVVY_SOCKET at its socket")
+            }
+            throw DivvyClientError(.system, "cannot connect to \(socketPath): \(error)")
+        }
+        self.socket = socket
+        do throws(DivvyClientError) {
+            try handshake()
+        } catch {
+            self.socket = nil
+            participant = nil
+            heap = nil
+            dataArea = nil
+            throw error
+        }
+    }
+
+    private func handshake() throws(DivvyClientError) {
+        let hello = Hello(
+            minVersion: ProtocolVersion.supported.lowerBound, maxVersion: ProtocolVersion.supported.upperBound,
+            mode: options.mode, capabilities: 0, name: String(decoding: options.name.utf8.prefix(255), as: UTF8.self))
+        let welcome: Welcome
+        switch try request(.hello(hello)).message {
+        case .welcome(let value): welcome = value
+        case let other: throw unexpected(other, for: .hello)
+        }
+        clientID = welcome.clientID
+        mode = welcome.mode
+        quotaBytes = Int(welcome.quotaBytes)
+        sizeClasses = welcome.sizeClasses.map { Int($0) }
+
+        let (reply, descriptor) = try requestWithDescriptor(.mapRegion)
+        guard case .region(let grant) = reply.message else {
+            if let descriptor { _ = Glibc.close(descriptor) }
+            throw unexpected(reply.message, for: .mapRegion)
+        }
+        guard let descriptor else {
+            throw DivvyClientError(.protocolViolation, "the daemon's region reply carried no file descriptor")
+        }
+        defer { _ = Glibc.close(descriptor) }
+        if welcome.mode == .direct {
+            let region: SharedRegion
+            do throws(SharedRegionError) {
+                region = try SharedRegion.open(fileDescriptor: FileDescriptor(rawValue: descriptor))
+            } catch {
+                throw DivvyClientError(.system, "cannot map the daemon's region: \(error)")
+            }
+            do throws(SharedHeapError) {
+                heap = try SharedHeap.attach(to: region)
+            } catch {
+                throw DivvyClientError(.protocolViolation, "the daemon's region holds no usable heap: \(error)")
+            }
+            do throws(SharedHeapError) {
+                participant = try heap!.join(name: options.name)
+            } catch {
+                throw DivvyClientError(.heap(error), "cannot join the daemon's heap: \(error)")
+            }
+            switch try request(.join(participant: UInt32(participant!.index))).message {
+            case .joined(let pages): pageAllowance = Int(pages)
+            case let other: throw unexpected(other, for: .join)
+            }
+        } else {
+            let kind: OSAllocator.PageKind =
+                switch welcome.pageKind {
+                case .base: .base
+                case .transparentHuge: .transparent
+                case .huge2M: .explicit2MiB
+                case .huge1G: .explicit1GiB
+                }
+            let geometry = SharedRegionGeometry(
+                totalSize: Int(welcome.regionSize), pageSize: kind == .transparent ? 4096 : kind.pageSize,
+                headerSize: Int(welcome.metadataOffset), metadataOffset: Int(welcome.metadataOffset),
+                metadataSize: Int(welcome.metadataSize), dataOffset: Int(grant.offset), dataSize: Int(grant.length))
+            do throws(SharedRegionError) {
+                dataArea = try SharedRegion.mapDataArea(
+                    of: FileDescriptor(rawValue: descriptor), geometry: geometry, access: .readWrite)
+            } catch {
+                throw DivvyClientError(.system, "cannot map the daemon's data area: \(error)")
+            }
+        }
+    }
+
+    /// Ends the connection: a direct client leaves the heap (freeing what it holds), then says goodbye; the
+    /// daemon reclaims whatever the connection still held. Idempotent.
+    public func close() {
+        participant?.leave()
+        participant = nil
+        if socket != nil {
+            _ = try? request(.goodbye)
+        }
+        socket = nil
+        heap = nil
+        dataArea = nil
+    }
+
+    /// Closes (if needed) and connects again, with the same options. Blocks held through the old connection
+    /// are gone (the daemon reclaimed them).
+    ///
+    /// - Throws: as `init`.
+    public func reconnect() throws(DivvyClientError) {
+        close()
+        try connect()
+    }
+
+    // MARK: Blocks
+
+    /// Allocates a block of at least `size` bytes, held by this client.
+    ///
+    /// - Throws: `.heap`/`.refused` with `unsupportedSize`, `quotaExceeded`, `heapFull`; `.daemonGone`.
+    public func allocate(_ size: Int) throws(DivvyClientError) -> SharedBlock {
+        let (handle, blockSize) = try allocateHandle(size)
+        return try SharedBlock(client: self, handle: handle, size: blockSize, base: pointer(for: handle))
+    }
+
+    /// Allocates a block and returns its raw handle (the caller frees it with `free(_:)`).
+    public func allocateHandle(_ size: Int) throws(DivvyClientError) -> (handle: SharedHandle, blockSize: Int) {
+        if let participant, let heap {
+            while true {
+                do throws(SharedHeapError) {
+                    let handle = try participant.allocate(size)
+                    return (handle, try heap.blockSize(of: handle))
+                } catch where error.code == .pageAllowanceExhausted {
+                    try leaseMore()
+                } catch {
+                    throw DivvyClientError(.heap(error), error.message)
+                }
+            }
+        }
+        switch try request(.allocate(size: UInt64(max(0, size)))).message {
+        case .allocated(let handle, let blockSize): return (SharedHandle(rawValue: handle), Int(blockSize))
+        case let other: throw unexpected(other, for: .allocate)
+        }
+    }
+
+    private func leaseMore() throws(DivvyClientError) {
+        switch try request(.lease(pages: UInt32(max(1, options.leaseStep)))).message {
+        case .leased(let pages): pageAllowance = Int(pages)
+        case let other: throw unexpected(other, for: .lease)
+        }
+    }
+
+    /// Drops this client's holding of `handle`; returns true when that released the block (no holder left).
+    ///
+    /// - Throws: `.heap`/`.refused` with `doubleFree`, `staleHandle`, `notHolder`, `invalidHandle`,
+    ///   `misalignedHandle`; nothing changes then.
+    @discardableResult
+    public func free(_ handle: SharedHandle) throws(DivvyClientError) -> Bool {
+        if let participant {
+            do throws(SharedHeapError) {
+                return try participant.free(handle)
+            } catch {
+                throw DivvyClientError(.heap(error), error.message)
+            }
+        }
+        switch try request(.free(handle: handle.rawValue)).message {
+        case .freed(let released): return released
+        case let other: throw unexpected(other, for: .free)
+        }
+    }
+
+    /// Takes a holding of a block another process allocated (and passed the handle of): the block stays alive
+    /// until every holder freed it.
+    ///
+    /// - Throws: `.heap`/`.refused` with `staleHandle` (freed meanwhile), `invalidHandle`, `quotaExceeded`.
+    public func adopt(_ handle: SharedHandle) throws(DivvyClientError) -> SharedBlock {
+        let blockSize = try adoptHandle(handle)
+        return try SharedBlock(client: self, handle: handle, size: blockSize, base: pointer(for: handle))
+    }
+
+    /// Adopts a block by handle and returns its size (the caller frees the handle with `free(_:)`).
+    public func adoptHandle(_ handle: SharedHandle) throws(DivvyClientError) -> Int {
+        if let participant, let heap {
+            do throws(SharedHeapError) {
+                try participant.adopt(handle)
+                return try heap.blockSize(of: handle)
+            } catch {
+                throw DivvyClientError(.heap(error), error.message)
+            }
+        }
+        switch try request(.adopt(handle: handle.rawValue)).message {
+        case .adopted(_, let size): return Int(size)
+        case let other: throw unexpected(other, for: .adopt)
+        }
+    }
+
+    /// Asks the daemon to confirm this client holds `handle` and report the block's offset, size and holders.
+    public func share(_ handle: SharedHandle) throws(DivvyClientError) -> SharedInfo {
+        switch try request(.share(handle: handle.rawValue)).message {
+        case .shared(let info): return info
+        case let other: throw unexpected(other, for: .share)
+        }
+    }
+
+    /// Allocates `count` blocks of `size` bytes in one round trip (all or none); the caller frees the handles.
+    ///
+    /// In direct mode the blocks come from shared memory directly (no round trip at all).
+    public func allocateBatch(size: Int, count: Int) throws(DivvyClientError) -> [SharedHandle] {
+        if participant != nil {
+            var handles: [SharedHandle] = []
+            handles.reserveCapacity(count)
+            do throws(DivvyClientError) {
+                for _ in 0..<count { handles.append(try allocateHandle(size).handle) }
+            } catch {
+                for handle in handles { _ = try? free(handle) }
+                throw error
+            }
+            return handles
+        }
+        switch try request(.allocateBatch(size: UInt64(max(0, size)), count: UInt32(clamping: count))).message {
+        case .allocatedBatch(_, let handles): return handles.map(SharedHandle.init(rawValue:))
+        case let other: throw unexpected(other, for: .allocateBatch)
+        }
+    }
+
+    /// Frees many handles in one round trip; each gets its own status (released, still held, or its error).
+    public func freeBatch(_ handles: [SharedHandle]) throws(DivvyClientError) -> [FreedStatus] {
+        if participant != nil {
+            return handles.map { handle in
+                do throws(DivvyClientError) {
+                    return try free(handle) ? .released : .stillHeld
+                } catch {
+                    return FreedStatus(error: error.protocolCode ?? .internalError)
+                }
+            }
+        }
+        switch try request(.freeBatch(handles: handles.map(\.rawValue))).message {
+        case .freedBatch(let statuses): return statuses
+        case let other: throw unexpected(other, for: .freeBatch)
+        }
+    }
+
+    // MARK: Translation
+
+    /// The address of the handle's block in this process.
+    ///
+    /// Direct clients check the handle against the heap (stale handles throw). Mediated clients, which do not map
+    /// the metadata, can only check that the offset lies in the data area.
+    public func pointer(for handle: SharedHandle) throws(DivvyClientError) -> UnsafeMutableRawPointer {
+        if let heap {
+            do throws(SharedHeapError) {
+                return try heap.pointer(for: handle)
+            } catch {
+                throw DivvyClientError(.heap(error), error.message)
+            }
+        }
+        guard let dataArea else { throw DivvyClientError(.daemonGone, "the client is not connected") }
+        do throws(SharedRegionError) {
+            return try dataArea.unsafePointer(forOffset: dataArea.regionOffset + handle.dataOffset, length: 16)
+        } catch {
+            throw DivvyClientError(.refused(.invalidHandle), "\(handle) is outside the data area: \(error)")
+        }
+    }
+
+    /// The handle of the block starting at `pointer` (direct clients: checked against the heap; mediated
+    /// clients: the offset only, generation 0 — prefer keeping handles).
+    public func handle(for pointer: UnsafeRawPointer) throws(DivvyClientError) -> SharedHandle {
+        if let heap {
+            do throws(SharedHeapError) {
+                return try heap.handle(for: pointer)
+            } catch {
+                throw DivvyClientError(.heap(error), error.message)
+            }
+        }
+        guard let dataArea else { throw DivvyClientError(.daemonGone, "the client is not connected") }
+        do throws(SharedRegionError) {
+            let offset = try dataArea.offset(of: pointer) - dataArea.regionOffset
+            return SharedHandle(rawValue: UInt64(offset / 16))
+        } catch {
+            throw DivvyClientError(.refused(.invalidHandle), "address is outside the data area: \(error)")
+        }
+    }
+
+    // MARK: Daemon calls
+
+    /// This client's usage and the heap's, from the daemon.
+    public func stats() throws(DivvyClientError) -> ClientStats {
+        switch try request(.stats).message {
+        case .statsReply(let stats): return stats
+        case let other: throw unexpected(other, for: .stats)
+        }
+    }
+
+    /// A round trip carrying `payload` (echoed back).
+    @discardableResult
+    public func ping(_ payload: [UInt8] = []) throws(DivvyClientError) -> [UInt8] {
+        switch try request(.ping(payload: payload)).message {
+        case .pong(let echoed): return echoed
+        case let other: throw unexpected(other, for: .ping)
+        }
+    }
+
+    /// Runs an admin operation (`divvyctl`'s calls); needs an admin uid/gid in the daemon's policy.
+    public func admin(_ operation: AdminOperation, argument: UInt32 = 0) throws(DivvyClientError) -> AdminReply {
+        switch try request(.admin(operation, argument: argument)).message {
+        case .adminReply(let reply): return reply
+        case let other: throw unexpected(other, for: .admin)
+        }
+    }
+
+    // MARK: Wire
+
+    private func unexpected(_ message: Message, for type: MessageType) -> DivvyClientError {
+        DivvyClientError(.protocolViolation, "the daemon answered \(type) with \(message.type)")
+    }
+
+    /// Sends a request and waits for its reply (an error reply is thrown as `.refused`).
+    @discardableResult
+    public func request(_ message: Message) throws(DivvyClientError) -> Frame {
+        let (frame, descriptor) = try requestWithDescriptor(message)
+        if let descriptor { _ = Glibc.close(descriptor) }
+        return frame
+    }
+
+    private func requestWithDescriptor(_ message: Message) throws(DivvyClientError) -> (Frame, Int32?) {
+        guard let socket else {
+            throw DivvyClientError(.daemonGone, "not connected to the daemon; call reconnect()")
+        }
+        let id = nextRequestID
+        nextRequestID &+= 1
+        sendBuffer.removeAll(keepingCapacity: true)
+        Frame(requestID: id, message: message).encode(into: &sendBuffer)
+        do throws(TransportError) {
+            _ = try socket.send(sendBuffer)
+        } catch {
+            self.socket = nil
+            throw DivvyClientError(.daemonGone, "the daemon at \(socketPath) is gone (\(error)); call reconnect()")
+        }
+        while true {
+            let result: SeqpacketSocket.ReceiveResult
+            do throws(TransportError) {
+                result = try socket.receive(into: receiveBuffer)
+            } catch {
+                if error.code == .timedOut {
+                    throw DivvyClientError(.timedOut, "no reply from the daemon within \(options.timeoutMilliseconds) ms")
+                }
+                self.socket = nil
+                throw DivvyClientError(.daemonGone, "the daemon at \(socketPath) is gone (\(error)); call reconnect()")
+            }
+            switch result {
+            case .endOfFile, .wouldBlock:
+                self.socket = nil
+                throw DivvyClientError(.daemonGone, "the daemon at \(socketPath) closed the connection; call reconnect()")
+            case .datagram(let count, let descriptor, _):
+                let frame: Frame
+                do throws(ProtocolError) {
+                    frame = try Frame.decode(UnsafeRawBufferPointer(rebasing: receiveBuffer[0..<count]))
+                } catch {
+                    if let descriptor { _ = Glibc.close(descriptor) }
+                    throw DivvyClientError(.protocolViolation, "the daemon sent an invalid frame: \(error)")
+                }
+                if case .shutdown(let reason) = frame.message {
+                    // Unsolicited: the daemon is going away. Further requests will find it gone.
+                    shutdownReason = reason
+                    continue
+                }
+                if case .error(let reply) = frame.message {
+                    if reply.code.closesConnection { self.socket = nil }
+                    throw DivvyClientError(.refused(reply.code), reply.message)
+                }
+                guard frame.requestID == id else {
+                    if let descriptor { _ = Glibc.close(descriptor) }
+                    continue  // A late reply to an earlier request that timed out.
+                }
+                return (frame, descriptor)
+            }
+        }
+    }
+
+    /// The reason the daemon gave when it announced its shutdown, if it did.
+    public private(set) var shutdownReason: String?
+}

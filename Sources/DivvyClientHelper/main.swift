@@ -1,1 +1,168 @@
+// divvy-client-helper: a client process for DivvyServerTests. Each command connects to a daemon, does scripted
+// work, and reports on stdout one line per fact ("HANDLE <raw>", "OK <n>", "ERROR <code>"), so the tests can
+// check what happened in another process. Exit status 0 = the command's checks passed.
+//
+//   divvy-client-helper SOCKET MODE COMMAND ARGS…      (MODE: direct | mediated | any)
+//   hold SIZE COUNT SEED     allocate COUNT blocks, fill each with a pattern, print their handles, then wait for
+//                            a line on stdin: "release" frees them (prints RELEASED <n>), EOF exits holding them.
+//   check SIZE SEED HANDLE…  adopt each handle, check its first SIZE bytes' pattern (block i of the writer's
+//                            sequence), free it; OK <n>.
+//   churn OPS SEED           random allocate / write / check / free (and batch calls in mediated mode), printing
+//                            PROGRESS every 100 ops; for SIGKILL tests.
+//   fill SIZE                allocate until refused; print FILLED <n> <error code>, then wait for EOF.
+//   stats                    print STATS <bytesHeld> <blocksHeld> <quota>.
 import DivvyClient
+import DivvyProtocol
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Prints a line and flushes at once (the tests read lines while the process runs).
+func say(_ line: String) {
+    print(line)
+    fflush(nil)
+}
+
+func fail(_ message: String) -> Never {
+    say("FAIL \(message)")
+    exit(1)
+}
+
+/// The byte pattern of block `index` under `seed`.
+func pattern(_ seed: UInt64, _ index: Int, _ offset: Int) -> UInt8 {
+    var x = seed &+ UInt64(index) &* 0x9E37_79B9_7F4A_7C15 &+ UInt64(offset)
+    x ^= x >> 29
+    x = x &* 0xBF58_476D_1CE4_E5B9
+    return UInt8(truncatingIfNeeded: x >> 32)
+}
+
+func fill(_ client: DivvyClient, _ handle: SharedHandle, _ size: Int, _ seed: UInt64, _ index: Int) throws {
+    let p = try client.pointer(for: handle)
+    for offset in 0..<size { p.storeBytes(of: pattern(seed, index, offset), toByteOffset: offset, as: UInt8.self) }
+}
+
+func check(_ client: DivvyClient, _ handle: SharedHandle, _ size: Int, _ seed: UInt64, _ index: Int) throws -> Bool {
+    let p = try client.pointer(for: handle)
+    for offset in 0..<size where p.load(fromByteOffset: offset, as: UInt8.self) != pattern(seed, index, offset) {
+        return false
+    }
+    return true
+}
+
+let arguments = CommandLine.arguments
+guard arguments.count >= 4 else { fail("usage: divvy-client-helper SOCKET MODE COMMAND ARGS…") }
+let mode: ClientMode =
+    switch arguments[2] {
+    case "direct": .direct
+    case "mediated": .mediated
+    default: .any
+    }
+let command = arguments[3]
+let rest = Array(arguments.dropFirst(4))
+
+func run(_ client: DivvyClient, _ command: String, _ rest: [String]) throws {
+    switch command {
+    case "hold":
+        guard rest.count == 3, let size = Int(rest[0]), let count = Int(rest[1]), let seed = UInt64(rest[2]) else {
+            fail("hold SIZE COUNT SEED")
+        }
+        var handles: [SharedHandle] = []
+        for index in 0..<count {
+            let (handle, _) = try client.allocateHandle(size)
+            try fill(client, handle, size, seed, index)
+            handles.append(handle)
+            say("HANDLE \(handle.rawValue)")
+        }
+        say("READY")
+        if let line = readLine(), line == "release" {
+            var released = 0
+            for handle in handles {
+                if try client.free(handle) { released += 1 }
+            }
+            say("RELEASED \(released)")
+        }
+        client.close()
+    case "check":
+        guard rest.count >= 2, let size = Int(rest[0]), let seed = UInt64(rest[1]) else {
+            fail("check SIZE SEED HANDLE…")
+        }
+        var good = 0
+        for (index, text) in rest.dropFirst(2).enumerated() {
+            guard let raw = UInt64(text) else { fail("bad handle \(text)") }
+            let handle = SharedHandle(rawValue: raw)
+            let blockSize = try client.adoptHandle(handle)
+            guard blockSize >= size else { fail("block \(index) has \(blockSize) bytes, fewer than \(size)") }
+            guard try check(client, handle, size, seed, index) else {
+                fail("block \(index) (\(handle)) does not hold the writer's pattern")
+            }
+            try client.free(handle)
+            good += 1
+        }
+        say("OK \(good)")
+        client.close()
+    case "churn":
+        guard rest.count == 2, let ops = Int(rest[0]), let seed = UInt64(rest[1]) else { fail("churn OPS SEED") }
+        var state = seed | 1
+        func next() -> UInt64 {
+            state ^= state << 13
+            state ^= state >> 7
+            state ^= state << 17
+            return state
+        }
+        var live: [(SharedHandle, Int, Int)] = []
+        for op in 0..<ops {
+            if op % 100 == 0 { say("PROGRESS \(op)") }
+            let choice = next() % 10
+            if choice < 5 || live.isEmpty {
+                let size = Int(next() % 2000) + 1
+                let (handle, _) = try client.allocateHandle(size)
+                try fill(client, handle, min(size, 64), seed, op)
+                live.append((handle, min(size, 64), op))
+            } else if choice < 9 {
+                let victim = Int(next() % UInt64(live.count))
+                let (handle, size, index) = live.remove(at: victim)
+                guard try check(client, handle, size, seed, index) else { fail("block \(handle) was corrupted") }
+                try client.free(handle)
+            } else if client.mode == .mediated {
+                let handles = try client.allocateBatch(size: 48, count: 20)
+                let statuses = try client.freeBatch(handles)
+                guard statuses.allSatisfy({ $0 == .released }) else { fail("batch free: \(statuses)") }
+            }
+        }
+        say("OK \(ops)")
+        client.close()
+    case "fill":
+        guard let size = Int(rest.first ?? "") else { fail("fill SIZE") }
+        var count = 0
+        while true {
+            do throws(DivvyClientError) {
+                _ = try client.allocateHandle(size)
+                count += 1
+            } catch {
+                say("FILLED \(count) \(error.protocolCode.map { "\($0)" } ?? "\(error.code)")")
+                break
+            }
+        }
+        while readLine() != nil {}
+        client.close()
+    case "stats":
+        let stats = try client.stats()
+        say("STATS \(stats.bytesHeld) \(stats.blocksHeld) \(stats.quotaBytes)")
+        client.close()
+    default:
+        fail("unknown command \(command)")
+    }
+}
+
+do {
+    let client = try DivvyClient(.init(socketPath: arguments[1], name: "helper-\(command)", mode: mode))
+    say("CONNECTED \(client.clientID) \(client.mode)")
+    try run(client, command, rest)
+} catch let error as DivvyClientError {
+    say("ERROR \(error.protocolCode.map { "\($0)" } ?? "\(error.code)") \(error.message)")
+    exit(3)
+} catch {
+    say("ERROR \(error)")
+    exit(3)
+}

@@ -136,7 +136,7 @@ struct AdminReports {
         ClientRow(
             id: session.id, pid: session.peer.pid, uid: session.peer.uid, gid: session.peer.gid, name: session.name,
             mode: session.mode.map { "\($0)" } ?? "handshake", bytesHeld: session.bytesHeld,
-            blocksHeld: session.blocksHeld, quotaBytes: server.configuration.quotaBytes,
+            blocksHeld: session.blocksHeld, quotaBytes: server.configuration.effectiveQuotaBytes,
             pageAllowance: session.pageAllowance, participant: session.participant,
             connectedSeconds: Date().timeIntervalSince1970 - session.connectedAt, requests: session.requests)
     }

@@ -472,7 +472,7 @@ public final class DivvyServer: @unchecked Sendable {
             session.name = hello.name
             let geometry = region.geometry
             let welcome = Welcome(
-                version: version, mode: mode, clientID: session.id, quotaBytes: UInt64(configuration.quotaBytes),
+                version: version, mode: mode, clientID: session.id, quotaBytes: UInt64(configuration.effectiveQuotaBytes),
                 regionSize: UInt64(geometry.totalSize), metadataOffset: UInt64(geometry.metadataOffset),
                 metadataSize: UInt64(geometry.metadataSize), dataOffset: UInt64(geometry.dataOffset),
                 dataSize: UInt64(geometry.dataSize), pageSize: UInt32(heap.pageSize),
@@ -553,7 +553,7 @@ public final class DivvyServer: @unchecked Sendable {
                 "participant \(p) is not a live participant joined by pid \(session.peer.pid) (join the heap first, "
                     + "then send join with its index)")
         }
-        let pages = max(1, min(configuration.initialLeasePages, configuration.quotaBytes / heap.pageSize))
+        let pages = max(1, min(configuration.initialLeasePages, configuration.effectiveQuotaBytes / heap.pageSize))
         do throws(SharedHeapError) {
             try heap.setPageAllowance(participant: p, pages: pages)
         } catch {
@@ -578,11 +578,11 @@ public final class DivvyServer: @unchecked Sendable {
     private func lease(_ session: Session, more pages: Int) throws(ServiceError) -> Message {
         let p = try requireParticipant(session)
         let wanted = session.pageAllowance + pages
-        guard pages > 0, wanted * heap.pageSize <= configuration.quotaBytes else {
+        guard pages > 0, wanted * heap.pageSize <= configuration.effectiveQuotaBytes else {
             throw ServiceError(
                 .quotaExceeded,
                 "leasing \(pages) more pages would give \(wanted) pages (\(wanted * heap.pageSize) bytes); the quota "
-                    + "is \(configuration.quotaBytes) bytes: free blocks (and return pages) first")
+                    + "is \(configuration.effectiveQuotaBytes) bytes: free blocks (and return pages) first")
         }
         do throws(SharedHeapError) {
             try heap.setPageAllowance(participant: p, pages: wanted)
@@ -626,11 +626,11 @@ public final class DivvyServer: @unchecked Sendable {
 
     private func checkQuota(_ session: Session, adding bytes: Int) throws(ServiceError) {
         let leased = session.pageAllowance * heap.pageSize
-        guard session.bytesHeld + leased + bytes <= configuration.quotaBytes else {
+        guard session.bytesHeld + leased + bytes <= configuration.effectiveQuotaBytes else {
             throw ServiceError(
                 .quotaExceeded,
                 "client \(session.id) holds \(session.bytesHeld) bytes (+\(leased) leased); \(bytes) more would pass "
-                    + "its quota of \(configuration.quotaBytes) bytes: free some blocks first")
+                    + "its quota of \(configuration.effectiveQuotaBytes) bytes: free some blocks first")
         }
     }
 
@@ -768,7 +768,7 @@ public final class DivvyServer: @unchecked Sendable {
         let used = usage.bytesInUse
         return ClientStats(
             bytesHeld: UInt64(session.bytesHeld), blocksHeld: UInt64(session.blocksHeld),
-            quotaBytes: UInt64(configuration.quotaBytes), pageAllowance: UInt32(session.pageAllowance),
+            quotaBytes: UInt64(configuration.effectiveQuotaBytes), pageAllowance: UInt32(session.pageAllowance),
             heapBytesUsed: UInt64(used), heapBytesFree: UInt64(max(0, heap.pageCount * heap.pageSize - used)),
             clients: UInt32(sessions.count))
     }

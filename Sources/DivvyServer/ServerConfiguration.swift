@@ -37,9 +37,12 @@ public struct ServerConfiguration: Hashable, Sendable {
     public var prefault: Bool
     /// Who may connect, who gets direct access, who may administer.
     public var policy: AccessPolicy
-    /// Bytes each client may hold (mediated: bytes of blocks held; direct: bytes of pages leased). Default
-    /// 1/4 of the data area.
-    public var quotaBytes: Int
+    /// Bytes each client may hold (mediated: bytes of blocks held; direct: bytes of pages leased); nil (the
+    /// default) means a quarter of the data area (`effectiveQuotaBytes`).
+    public var quotaBytes: Int?
+
+    /// The quota in force: `quotaBytes`, or a quarter of the data area.
+    public var effectiveQuotaBytes: Int { quotaBytes ?? max(1, dataSize / 4) }
     /// Connected clients at most (more are refused with `tooManyClients`). Default 1024.
     public var maxClients: Int
     /// Pages granted to a direct client at join (more are leased on demand). Default 16.
@@ -61,7 +64,7 @@ public struct ServerConfiguration: Hashable, Sendable {
         commitment = .full
         prefault = false
         policy = AccessPolicy()
-        quotaBytes = (256 << 20) / 4
+        quotaBytes = nil
         maxClients = 1024
         initialLeasePages = 16
         shutdownGraceMilliseconds = 2000
@@ -147,7 +150,7 @@ public struct ServerConfiguration: Hashable, Sendable {
         case "direct-gids": policy.directGIDs = try Self.ids(value, key)
         case "admin-uids": policy.adminUIDs = try Self.ids(value, key)
         case "admin-gids": policy.adminGIDs = try Self.ids(value, key)
-        case "quota": quotaBytes = try Self.size(value, key)
+        case "quota": quotaBytes = value == "default" ? nil : try Self.size(value, key)
         case "max-clients": maxClients = try Self.count(value, key)
         case "initial-lease-pages": initialLeasePages = try Self.count(value, key)
         case "shutdown-grace-ms": shutdownGraceMilliseconds = try Self.count(value, key)
@@ -165,7 +168,7 @@ public struct ServerConfiguration: Hashable, Sendable {
             throw ParseError("page-size must be a power of two of at least 4K, not \(pageSize)")
         }
         guard dataSize >= pageSize else { throw ParseError("data-size \(dataSize) is smaller than one page") }
-        guard quotaBytes > 0 else { throw ParseError("quota must be positive") }
+        guard effectiveQuotaBytes > 0 else { throw ParseError("quota must be positive") }
         guard maxClients > 0 else { throw ParseError("max-clients must be positive") }
         guard heldCapacity > 0 else { throw ParseError("held-capacity must be positive") }
         guard socketMode <= 0o777 else { throw ParseError("socket-mode must be octal permission bits") }
@@ -190,7 +193,7 @@ public struct ServerConfiguration: Hashable, Sendable {
             ("allow-uids", ids(policy.allowedUIDs)), ("allow-gids", ids(policy.allowedGIDs)),
             ("direct-uids", ids(policy.directUIDs)), ("direct-gids", ids(policy.directGIDs)),
             ("admin-uids", ids(policy.adminUIDs)), ("admin-gids", ids(policy.adminGIDs)),
-            ("quota", String(quotaBytes)), ("max-clients", String(maxClients)),
+            ("quota", quotaBytes.map(String.init) ?? "default"), ("max-clients", String(maxClients)),
             ("initial-lease-pages", String(initialLeasePages)),
             ("shutdown-grace-ms", String(shutdownGraceMilliseconds)),
         ]

@@ -1,1 +1,109 @@
+import ArgumentParser
 import DivvyServer
+import Foundation
+import Logging
+import ServiceLifecycle
+
+/// `divvyd`: the Divvy allocator daemon. Thin: parses flags and the config file, bootstraps logging, runs the
+/// server library's service.
+@main
+struct Divvyd: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "divvyd",
+        abstract: "The Divvy shared-memory allocator daemon.",
+        discussion: """
+            Maps a shared-memory region, carves it with a lock-free heap, and serves clients over a Unix socket \
+            (see Protocol/PROTOCOL.md). Runs on built-in defaults: a 256 MiB anonymous region and a socket under \
+            $XDG_RUNTIME_DIR/divvy (or /run/divvy as root). Settings come from --config, then flags, then \
+            --set key=value (config-file keys: \(ServerConfiguration.keys.joined(separator: ", "))).
+            """,
+        version: DivvyServer.version)
+
+    @Option(name: .long, help: "A config file of 'key = value' lines.")
+    var config: String?
+
+    @Option(name: .long, help: "The socket path.")
+    var socket: String?
+
+    @Option(name: .long, help: "A POSIX shared-memory name for the region (default: anonymous memfd).")
+    var regionName: String?
+
+    @Option(name: .long, help: "Bytes of data area, e.g. 256M or 4G.")
+    var dataSize: String?
+
+    @Option(name: .long, help: "Heap page size, e.g. 64K.")
+    var pageSize: String?
+
+    @Option(name: .long, help: "Bytes each client may hold, e.g. 64M.")
+    var quota: String?
+
+    @Option(name: .customLong("set"), help: "Any config key as key=value (repeatable).")
+    var settings: [String] = []
+
+    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+
+    @Flag(name: .long, help: "Print the effective configuration and exit.")
+    var printConfig = false
+
+    mutating func run() async throws {
+        var configuration = ServerConfiguration()
+        do {
+            if let config {
+                let text: String
+                do {
+                    text = try String(contentsOfFile: config, encoding: .utf8)
+                } catch {
+                    throw ServerConfiguration.ParseError("cannot read config file \(config): \(error.localizedDescription)")
+                }
+                do {
+                    try configuration.apply(configText: text)
+                } catch {
+                    throw ServerConfiguration.ParseError("\(config): \(error.message)")
+                }
+            }
+            if let socket { try configuration.set("socket", socket) }
+            if let regionName { try configuration.set("region-name", regionName) }
+            if let dataSize { try configuration.set("data-size", dataSize) }
+            if let pageSize { try configuration.set("page-size", pageSize) }
+            if let quota { try configuration.set("quota", quota) }
+            for setting in settings {
+                guard let equals = setting.firstIndex(of: "=") else {
+                    throw ServerConfiguration.ParseError("--set wants key=value, not '\(setting)'")
+                }
+                try configuration.set(
+                    String(setting[..<equals]), String(setting[setting.index(after: equals)...]))
+            }
+            try configuration.validate()
+        } catch let error as ServerConfiguration.ParseError {
+            FileHandle.standardError.write(Data("divvyd: \(error.message)\n".utf8))
+            throw ExitCode(2)
+        }
+        if printConfig {
+            for (key, value) in configuration.render() { print("\(key) = \(value)") }
+            return
+        }
+
+        let level = Logger.Level(rawValue: logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "divvyd")
+
+        let server: DivvyServer
+        do {
+            server = try DivvyServer(configuration: configuration, logger: logger)
+        } catch {
+            FileHandle.standardError.write(Data("divvyd: \(error)\n".utf8))
+            throw ExitCode(1)
+        }
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [.init(service: DivvyServerService(server: server))],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger))
+        try await group.run()
+    }
+}

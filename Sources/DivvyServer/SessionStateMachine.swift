@@ -56,11 +56,10 @@ public struct SessionStateMachine: Hashable, Sendable {
         guard case .awaitingHello = state else {
             return .reject(.handshakeRequired, "hello was already exchanged on this connection")
         }
-        let common = max(hello.minVersion, ProtocolVersion.supported.lowerBound)...max(
-            min(hello.maxVersion, ProtocolVersion.supported.upperBound), 0)
-        guard hello.minVersion <= hello.maxVersion, common.lowerBound <= common.upperBound,
-            ProtocolVersion.supported.contains(common.upperBound)
-        else {
+        // Plain comparisons, never a Range: the bounds come from the peer and may be in any order.
+        let lowest = max(hello.minVersion, ProtocolVersion.supported.lowerBound)
+        let highest = min(hello.maxVersion, ProtocolVersion.supported.upperBound)
+        guard hello.minVersion <= hello.maxVersion, lowest <= highest else {
             state = .closed
             return .reject(
                 .unsupportedVersion,
@@ -79,8 +78,8 @@ public struct SessionStateMachine: Hashable, Sendable {
         case .mediated: mode = .mediated
         case .any: mode = mayUseDirect ? .direct : .mediated
         }
-        state = .ready(version: common.upperBound, mode: mode)
-        return .welcome(version: common.upperBound, mode: mode)
+        state = .ready(version: highest, mode: mode)
+        return .welcome(version: highest, mode: mode)
     }
 
     /// Decides whether a request (other than `hello`) may be handled now.

@@ -1,0 +1,274 @@
+import DivvyClient
+import DivvyProtocol
+import DivvyServer
+import DivvyShm
+import DivvyTestSupport
+import Foundation
+import XCTest
+
+/// The client library against the real server library in-process: both modes, every call, quotas, admin.
+final class ClientServerTests: XCTestCase {
+    func testBothModesAllocateWriteShareAdoptAndFree() throws {
+        let daemon = try TestDaemon()
+        for (writerMode, readerMode) in [(ClientMode.direct, ClientMode.mediated), (.mediated, .direct),
+                                         (.direct, .direct), (.mediated, .mediated)] {
+            let writer = try daemon.client(writerMode, name: "writer")
+            let reader = try daemon.client(readerMode, name: "reader")
+            XCTAssertEqual(writer.mode, writerMode)
+            XCTAssertEqual(reader.mode, readerMode)
+            // (XCTAssert's autoclosures cannot capture ~Copyable owners: values are read into locals first.)
+            var block = try writer.allocate(1000)
+            let handle = block.handle
+            let size = block.count
+            XCTAssertGreaterThanOrEqual(size, 1000)
+            var bytes = block.mutableBytes
+            bytes.storeBytes(of: 0xFEED_FACE, toByteOffset: 992, as: UInt64.self)
+            let info = try writer.share(handle)
+            XCTAssertEqual(info.handle, handle.rawValue)
+            XCTAssertEqual(info.offset, UInt64(handle.dataOffset))
+            XCTAssertEqual(info.holders, 1)
+            let adopted = try reader.adopt(handle)
+            let seen = adopted.withUnsafeBytes { $0.load(fromByteOffset: 992, as: UInt64.self) }
+            XCTAssertEqual(seen, 0xFEED_FACE)
+            XCTAssertEqual(try writer.share(handle).holders, 2)
+            let writerReleased = try block.free()
+            XCTAssertFalse(writerReleased, "the reader still holds it")
+            let readerReleased = try adopted.free()
+            XCTAssertTrue(readerReleased, "the last holder releases it")
+            writer.close()
+            reader.close()
+        }
+        let report = try daemon.audit()
+        XCTAssertTrue(report.isClean, "\(report)")
+        XCTAssertEqual(report.allocatedBlocks, 0, "\(report)")
+    }
+
+    func testDroppingABlockFreesItAndIntoHandleKeepsIt() throws {
+        let daemon = try TestDaemon()
+        let client = try daemon.client(.mediated)
+        do {
+            let block = try client.allocate(64)
+            _ = block.handle
+        }
+        XCTAssertEqual(try client.stats().blocksHeld, 0, "a dropped block is freed")
+        let handle = try client.allocate(64).intoHandle()
+        XCTAssertEqual(try client.stats().blocksHeld, 1, "intoHandle gives up the owner, not the block")
+        XCTAssertTrue(try client.free(handle))
+    }
+
+    func testBatchesAreAllOrNothingAndReportPerHandle() throws {
+        let daemon = try TestDaemon { $0.quotaBytes = 64 << 10 }
+        let client = try daemon.client(.mediated)
+        let handles = try client.allocateBatch(size: 100, count: 100)
+        XCTAssertEqual(Set(handles).count, 100)
+        XCTAssertEqual(try client.stats().blocksHeld, 100)
+        let before = try daemon.audit()
+        assertClientError(.quotaExceeded) { try client.allocateBatch(size: 1000, count: 1000) }
+        XCTAssertEqual(try daemon.audit(), before, "a refused batch allocates nothing")
+        let statuses = try client.freeBatch(handles + [handles[0], SharedHandle(rawValue: 1 << 40)])
+        XCTAssertEqual(Array(statuses.prefix(100)), Array(repeating: .released, count: 100))
+        XCTAssertEqual(statuses[100].error, .notHolder, "a second free of the same handle in one batch")
+        XCTAssertEqual(statuses[101].error, .invalidHandle)
+        XCTAssertEqual(try client.stats().blocksHeld, 0)
+    }
+
+    func testQuotasOnBothPaths() throws {
+        let daemon = try TestDaemon {
+            $0.quotaBytes = 4 * (16 << 10)
+            $0.initialLeasePages = 1
+        }
+        // Mediated: bytes of blocks held.
+        let mediated = try daemon.client(.mediated)
+        var held: [SharedHandle] = []
+        while true {
+            do throws(DivvyClientError) {
+                held.append(try mediated.allocateHandle(4096).handle)
+            } catch {
+                XCTAssertEqual(error.protocolCode, .quotaExceeded, "\(error)")
+                XCTAssertTrue(error.message.contains("quota"), error.message)
+                break
+            }
+        }
+        XCTAssertEqual(held.count, 16)
+        let before = try daemon.audit()
+        assertClientError(.quotaExceeded) { try mediated.allocateHandle(16) }
+        XCTAssertEqual(try daemon.audit(), before)
+        _ = try mediated.freeBatch(held)
+        // Direct: pages leased. The first lease is one page; more are leased transparently up to the quota.
+        let direct = try daemon.client(.direct)
+        XCTAssertEqual(direct.pageAllowance, 1)
+        var directHeld: [SharedHandle] = []
+        while true {
+            do throws(DivvyClientError) {
+                directHeld.append(try direct.allocateHandle(4096).handle)
+            } catch {
+                XCTAssertEqual(error.protocolCode, .quotaExceeded, "\(error)")
+                break
+            }
+        }
+        XCTAssertEqual(direct.pageAllowance, 4)
+        XCTAssertEqual(directHeld.count, 16, "4 pages of 16 KiB hold 16 blocks of 4 KiB")
+        for handle in directHeld { try direct.free(handle) }
+        direct.close()
+        mediated.close()
+        XCTAssertTrue(try daemon.audit().isClean)
+    }
+
+    func testDisconnectReclaimsMediatedAndDirectHoldingsButKeepsSharedBlocks() throws {
+        let daemon = try TestDaemon()
+        let survivor = try daemon.client(.mediated, name: "survivor")
+        var kept: SharedHandle?
+        for mode in [ClientMode.mediated, .direct] {
+            let leaving = try daemon.client(mode, name: "leaving")
+            for _ in 0..<50 { _ = try leaving.allocate(200).intoHandle() }
+            let shared = try leaving.allocate(300).intoHandle()
+            var adopted = try survivor.adopt(shared)
+            var bytes = adopted.mutableBytes
+            bytes.storeBytes(of: 77, toByteOffset: 0, as: UInt64.self)
+            kept = adopted.intoHandle()
+            leaving.close()
+        }
+        let report = try daemon.audit()
+        XCTAssertTrue(report.isClean, "\(report)")
+        XCTAssertEqual(report.allocatedBlocks, 2, "only the two blocks the survivor adopted remain: \(report)")
+        XCTAssertEqual(try survivor.pointer(for: kept!).load(as: UInt64.self), 77)
+        survivor.close()
+        XCTAssertEqual(try daemon.audit().allocatedBlocks, 0)
+    }
+
+    func testStatsAndAdminReports() throws {
+        let daemon = try TestDaemon()
+        let client = try daemon.client(.direct, name: "stats")
+        let handle = try client.allocateHandle(128).handle
+        let stats = try client.stats()
+        XCTAssertEqual(stats.clients, 1)
+        XCTAssertEqual(stats.quotaBytes, UInt64(daemon.server.configuration.effectiveQuotaBytes))
+        XCTAssertGreaterThan(stats.heapBytesUsed, 0)
+        XCTAssertGreaterThan(stats.heapBytesFree, 0)
+
+        func json(_ operation: AdminOperation) throws -> [String: Any] {
+            let reply = try client.admin(operation)
+            XCTAssertEqual(reply.format, .json)
+            return try XCTUnwrap(JSONSerialization.jsonObject(with: Data(reply.body)) as? [String: Any])
+        }
+        let status = try json(.status)
+        XCTAssertEqual(status["clients"] as? Int, 1)
+        XCTAssertEqual((status["region"] as? [String: Any])?["backing"] as? String, "memfd")
+        let verify = try json(.verify)
+        XCTAssertEqual(verify["clean"] as? Bool, true, "\(verify)")
+        let config = try json(.config)
+        XCTAssertNotNil((config["settings"] as? [[String: String]])?.first { $0["key"] == "socket" })
+        let classes = try XCTUnwrap(
+            JSONSerialization.jsonObject(with: Data(client.admin(.classes).body)) as? [[String: Any]])
+        XCTAssertEqual(classes.reduce(0) { $0 + ($1["blocksUsed"] as? Int ?? 0) }, 1)
+        let clients = try XCTUnwrap(
+            JSONSerialization.jsonObject(with: Data(client.admin(.clients).body)) as? [[String: Any]])
+        XCTAssertEqual(clients.first?["name"] as? String, "stats")
+        XCTAssertEqual(clients.first?["mode"] as? String, "direct")
+        let metrics = String(decoding: try client.admin(.metrics).body, as: UTF8.self)
+        XCTAssertTrue(metrics.contains("# TYPE divvy_clients gauge\ndivvy_clients 1\n"), metrics)
+        assertClientError(.noSuchClient) { try client.admin(.disconnect, argument: 999) }
+        try client.free(handle)
+    }
+
+    func testAdminDisconnectReclaimsAClient() throws {
+        let daemon = try TestDaemon()
+        let admin = try daemon.client(.mediated, name: "admin")
+        let victim = try daemon.client(.direct, name: "victim")
+        for _ in 0..<10 { _ = try victim.allocate(64).intoHandle() }
+        _ = try admin.admin(.disconnect, argument: victim.clientID)
+        do {
+            try victim.ping()
+            XCTFail("a disconnected client's next call must fail")
+        } catch {
+            XCTAssertEqual(error.code, .daemonGone, "\(error)")
+        }
+        let report = try daemon.audit()
+        XCTAssertTrue(report.isClean, "\(report)")
+        XCTAssertEqual(report.allocatedBlocks, 0)
+    }
+
+    func testDaemonGoneIsAnErrorAndReconnectWorks() throws {
+        var daemon: TestDaemon? = try TestDaemon()
+        let directory = daemon!.directory
+        let client = try DivvyClient(.init(socketPath: daemon!.socketPath, name: "gone", mode: .mediated))
+        try client.ping()
+        daemon!.stop()
+        do {
+            try client.ping()
+            XCTFail("a call after the daemon left must throw")
+        } catch {
+            XCTAssertEqual(error.code, .daemonGone, "\(error)")
+        }
+        XCTAssertThrowsError(try client.reconnect()) { error in
+            XCTAssertEqual((error as? DivvyClientError)?.code, .noDaemon)
+            XCTAssertTrue("\(error)".contains("start it with"), "\(error)")
+        }
+        daemon = nil
+        _ = directory
+    }
+
+    func testNoDaemonMessageSaysHowToStartOne() {
+        XCTAssertThrowsError(try DivvyClient(.init(socketPath: "/tmp/divvy-no-such-dir/none.sock"))) { error in
+            let clientError = error as? DivvyClientError
+            XCTAssertEqual(clientError?.code, .noDaemon)
+            XCTAssertTrue(clientError?.message.contains("no daemon at /tmp/divvy-no-such-dir/none.sock") ?? false)
+        }
+    }
+
+    func testManyClientsAndASlowOneDoNotBlockTheOthers() throws {
+        let daemon = try TestDaemon { $0.maxClients = 400 }
+        // 300 connected clients at once.
+        var connections: [RawConnection] = []
+        for _ in 0..<300 {
+            let connection = try RawConnection(daemon.socketPath)
+            try connection.hello()
+            connections.append(connection)
+        }
+        // A stuck client: sends large pings and never reads the replies.
+        let stuck = try RawConnection(daemon.socketPath)
+        try stuck.hello()
+        let payload = [UInt8](repeating: 0xAB, count: 60_000)
+        for id in 0..<200 {
+            guard (try? stuck.socket.send(Frame(requestID: UInt64(id), message: .ping(payload: payload)).encoded()))
+                == .sent
+            else { break }
+        }
+        // Everyone else is still served.
+        for (index, connection) in connections.enumerated() where index % 10 == 0 {
+            let reply = try connection.roundTrip(.allocate(size: 64))
+            guard case .allocated(let handle, _) = reply.message else { return XCTFail("\(reply)") }
+            XCTAssertEqual(try connection.roundTrip(.free(handle: handle)).message, .freed(released: true))
+        }
+        let client = try daemon.client(.direct)
+        try client.ping()
+        XCTAssertEqual(try client.stats().clients, 302)
+        // The 401st is refused politely.
+        connections.removeAll()
+        XCTAssertTrue(try daemon.audit().isClean)
+    }
+
+    func testTooManyClientsIsRefusedWithAnError() throws {
+        let daemon = try TestDaemon { $0.maxClients = 2 }
+        let first = try daemon.client(.mediated)
+        let second = try daemon.client(.mediated)
+        let third = try RawConnection(daemon.socketPath)
+        assertErrorReply(try third.receive(), .tooManyClients)
+        XCTAssertTrue(try third.isClosedByPeer())
+        try first.ping()
+        try second.ping()
+    }
+
+    func testGracefulShutdownTellsClients() throws {
+        let daemon = try TestDaemon()
+        let raw = try RawConnection(daemon.socketPath)
+        try raw.hello()
+        daemon.stop()
+        let notice = try raw.receive()
+        guard case .shutdown(let reason) = notice?.message else { return XCTFail("expected shutdown, got \(String(describing: notice))") }
+        XCTAssertEqual(notice?.requestID, 0)
+        XCTAssertEqual(reason, "test over")
+        XCTAssertTrue(try raw.isClosedByPeer())
+        XCTAssertFalse(FileManager.default.fileExists(atPath: daemon.socketPath), "the socket file is removed")
+    }
+}

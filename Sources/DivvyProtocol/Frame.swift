@@ -126,7 +126,7 @@ extension Message {
     public var encodedPayloadSize: Int {
         switch self {
         case .hello(let hello): 9 + 2 + cutUTF8Count(hello.name, limit: ProtocolLimits.maxNameLength)
-        case .welcome(let welcome): 68 + 4 * welcome.sizeClasses.count
+        case .welcome(let welcome): 64 + 4 * welcome.sizeClasses.count
         case .mapRegion, .stats, .goodbye, .farewell: 0
         case .region: 17
         case .join, .joined, .lease, .leased, .returnPages, .returned: 4

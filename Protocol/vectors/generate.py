@@ -190,7 +190,7 @@ add("allocatedBatch", "allocatedBatch", 8,
     "three handles, data offsets 0x100, 0x140, 0x180")
 add("freeBatch", "freeBatch", 9,
     {"handles": [u64(handle(0x10, 1)), u64(handle(0x14, 1)), u64(handle(0x18, 1)), u64(0)]},
-    "four handles, the last two bad")
+    "four handles (the statuses below say what became of each)")
 add("freedBatch", "freedBatch", 9, {"statuses": [0, 1, CODE["staleHandle"], CODE["invalidHandle"]]},
     "released, still held, staleHandle (13), invalidHandle (11)")
 add("freedBatch-all-statuses", "freedBatch", 10,

@@ -78,10 +78,10 @@ public struct Frame: Hashable, Sendable {
                 .frameTooLarge, "frame of \(bytes.count) bytes exceeds the limit of \(ProtocolLimits.maxFrameSize)")
         }
         guard ProtocolVersion.supported.contains(header.version) else {
+            let supported = ProtocolVersion.supported
             throw failure(
                 .unsupportedVersion,
-                "header version \(header.version) is not in \(ProtocolVersion.supported.lowerBound)...\(ProtocolVersion.supported.upperBound)"
-            )
+                "header version \(header.version) is not in \(supported.lowerBound)...\(supported.upperBound)")
         }
         guard header.flags == 0 else {
             throw failure(.malformedFrame, "reserved flags 0x\(String(header.flags, radix: 16)) must be 0")

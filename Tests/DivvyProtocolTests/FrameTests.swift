@@ -43,8 +43,10 @@ final class FrameTests: XCTestCase {
         XCTAssertEqual(bytes, frame.encoded())
         XCTAssertEqual(
             bytes,
-            [0x44, 0x56, 0x59, 0x50, 0x01, 0x00, 0x06, 0x00, 0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01,
-             0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11])
+            [
+                0x44, 0x56, 0x59, 0x50, 0x01, 0x00, 0x06, 0x00, 0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01,
+                0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11,
+            ])
         XCTAssertEqual(Array(bytes[0..<4]), Array("DVYP".utf8))
     }
 
@@ -78,9 +80,8 @@ final class FrameTests: XCTestCase {
         // 4-byte scalars in an error message: 4096 is a multiple of 4, so exactly 1024 survive; one more "a" in
         // front shifts them and only 1023 fit.
         let emoji = String(repeating: "\u{1F600}", count: 2000)
-        guard case .error(let reply)? = roundTrip(.error(ErrorReply(code: .internalError, requestType: .allocate,
-            message: emoji)))
-        else { return XCTFail("not an error") }
+        let longError = ErrorReply(code: .internalError, requestType: .allocate, message: emoji)
+        guard case .error(let reply)? = roundTrip(.error(longError)) else { return XCTFail("not an error") }
         XCTAssertEqual(reply.message, String(repeating: "\u{1F600}", count: 1024))
         guard case .shutdown(let reason)? = roundTrip(.shutdown(reason: "a" + emoji)) else {
             return XCTFail("not a shutdown")
@@ -209,14 +210,16 @@ final class FrameTests: XCTestCase {
         XCTAssertEqual(MessageType(rawValue: 0x00AB).description, "unknown(0x00AB)")
         XCTAssertEqual(MessageType.error.rawValue, 0x80FF)
         XCTAssertEqual(MessageType.shutdown.rawValue, 0x8010)
-        XCTAssertTrue(Message.hello(Hello(minVersion: 1, maxVersion: 1, mode: .any, capabilities: 0, name: "")).isRequest)
+        XCTAssertTrue(
+            Message.hello(Hello(minVersion: 1, maxVersion: 1, mode: .any, capabilities: 0, name: "")).isRequest)
         XCTAssertFalse(Message.shutdown(reason: "").isRequest)
         XCTAssertFalse(Message.error(ErrorReply(code: .heapFull, requestType: .allocate, message: "")).isRequest)
     }
 
     func testErrorCodes() {
         let closing = ErrorCode.allKnown.filter(\.closesConnection)
-        XCTAssertEqual(closing, [.malformedFrame, .unsupportedVersion, .frameTooLarge, .notAuthorized, .tooManyClients])
+        XCTAssertEqual(
+            closing, [.malformedFrame, .unsupportedVersion, .frameTooLarge, .notAuthorized, .tooManyClients])
         XCTAssertEqual(ErrorCode.allKnown.map(\.rawValue), Array(1...22))
         XCTAssertEqual(ErrorCode.invalidParticipant.description, "invalidParticipant")
         XCTAssertEqual(ErrorCode(rawValue: 999).description, "unknown(999)")
@@ -265,7 +268,8 @@ final class FrameTests: XCTestCase {
         XCTAssertEqual(unreadable.reply.requestID, 0)
         XCTAssertEqual(
             unreadable.reply.message,
-            .error(ErrorReply(code: .malformedFrame, requestType: MessageType(rawValue: 0), message: unreadable.message)))
+            .error(
+                ErrorReply(code: .malformedFrame, requestType: MessageType(rawValue: 0), message: unreadable.message)))
     }
 
     func testEnumRawValuesMatchTheSpec() {

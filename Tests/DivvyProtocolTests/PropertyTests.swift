@@ -104,7 +104,8 @@ final class PropertyTests: XCTestCase {
             default:
                 // Cut or extend the payload and fix the header's length to match.
                 let newCount = max(24, bytes.count + random.int(-12...12))
-                bytes = newCount <= bytes.count
+                bytes =
+                    newCount <= bytes.count
                     ? Array(bytes.prefix(newCount)) : bytes + (0..<(newCount - bytes.count)).map { _ in random.u8() }
                 let length = UInt32(bytes.count - 24)
                 for index in 0..<4 { bytes[16 + index] = UInt8(truncatingIfNeeded: length >> (8 * index)) }
@@ -115,7 +116,8 @@ final class PropertyTests: XCTestCase {
         for index in 0..<RandomMessages.caseCount {
             let bytes = Frame(requestID: 1, message: random.message(case: index)).encoded()
             for cut in 0..<min(bytes.count, 200) {
-                XCTAssertFalse(check(Array(bytes.prefix(cut)), "prefix"), "seed \(seed): prefix \(cut) of case \(index)")
+                XCTAssertFalse(
+                    check(Array(bytes.prefix(cut)), "prefix"), "seed \(seed): prefix \(cut) of case \(index)")
             }
             XCTAssertTrue(check(bytes, "case \(index)"), "seed \(seed): case \(index)")
         }

@@ -75,7 +75,8 @@ struct RandomMessages {
                 Welcome(
                     version: u16(), mode: grantedMode(), clientID: u32(), quotaBytes: u64(), regionSize: u64(),
                     metadataOffset: u64(), metadataSize: u64(), dataOffset: u64(), dataSize: u64(), pageSize: u32(),
-                    pageKind: PageKind(rawValue: UInt8(int(0...3)))!, sizeClasses: (0..<int(0...40)).map { _ in u32() }))
+                    pageKind: PageKind(rawValue: UInt8(int(0...3)))!, sizeClasses: (0..<int(0...40)).map { _ in u32() })
+            )
         case 2: return .mapRegion
         case 3: return .region(RegionGrant(access: u8(), offset: u64(), length: u64()))
         case 4: return .join(participant: u32())

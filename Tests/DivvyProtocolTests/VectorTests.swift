@@ -278,8 +278,9 @@ final class VectorTests: XCTestCase {
 
         // Every error the decoder can throw has an invalid vector.
         let invalidCodes = Set(invalid.map { ErrorCode(rawValue: $0.code) })
-        for code in [ErrorCode.malformedFrame, .unsupportedVersion, .unknownMessageType, .frameTooLarge, .batchTooLarge]
-        {
+        for code in [
+            ErrorCode.malformedFrame, .unsupportedVersion, .unknownMessageType, .frameTooLarge, .batchTooLarge,
+        ] {
             XCTAssertTrue(invalidCodes.contains(code), "no invalid vector throwing \(code)")
         }
         // Vector names are unique.

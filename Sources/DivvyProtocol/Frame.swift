@@ -58,6 +58,9 @@ public struct Frame: Hashable, Sendable {
     /// invalid enum or bool values, oversized ping payloads, counts that disagree with the bytes present
     /// (`malformedFrame`).
     ///
+    /// Receive into a buffer of `ProtocolLimits.receiveBufferSize` bytes and pass what was received: an oversized
+    /// datagram then fills the buffer and is reported as `frameTooLarge` rather than as a length mismatch.
+    ///
     /// - Throws: `ProtocolError`; its `requestID` and `requestType` come from the header once the header has been
     ///   read (24 bytes with the right magic), else they are 0.
     /// - Complexity: O(bytes.count).

@@ -160,6 +160,18 @@ final class FrameTests: XCTestCase {
         XCTAssertEqual(ProtocolLimits.maxPayloadSize, ProtocolLimits.maxFrameSize - ProtocolLimits.headerSize)
     }
 
+    func testAnOversizedDatagramCutToTheReceiveBufferIsFrameTooLarge() {
+        // A 70000-byte ping as a receiver with a receiveBufferSize buffer sees it: cut, header intact.
+        let ping = Frame(requestID: 12, message: .ping(payload: [UInt8](repeating: 9, count: 70000 - 28))).encoded()
+        XCTAssertEqual(ping.count, 70000)
+        let received = Array(ping.prefix(ProtocolLimits.receiveBufferSize))
+        let error = decodeError(received)
+        XCTAssertEqual(error?.code, .frameTooLarge)
+        XCTAssertEqual(error?.requestID, 12)
+        XCTAssertEqual(error?.requestType, .ping)
+        XCTAssertEqual(error?.code.closesConnection, true)
+    }
+
     func testHeaderChecksRunInTheDocumentedOrder() {
         var frame = Frame(requestID: 42, message: .stats).encoded()
         XCTAssertNil(decodeError(frame))

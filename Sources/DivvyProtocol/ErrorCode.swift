@@ -56,7 +56,8 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, CustomStringConve
     public static let shuttingDown = ErrorCode(rawValue: 20)
     /// The daemon failed in a way that is not the client's fault; the request had no effect.
     public static let internalError = ErrorCode(rawValue: 21)
-    /// The participant slot in `join` is out of range, taken by another client, or not set up by this client.
+    /// The participant slot in `join` is out of range, taken, or not joined by this client; or a direct-mode
+    /// request (`lease`, `returnPages`) came before `join`.
     public static let invalidParticipant = ErrorCode(rawValue: 22)
 
     /// Every code this module knows, in code order.

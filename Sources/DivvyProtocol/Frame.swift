@@ -58,6 +58,9 @@ public struct Frame: Hashable, Sendable {
     /// invalid enum or bool values, oversized ping payloads, counts that disagree with the bytes present
     /// (`malformedFrame`).
     ///
+    /// Receive into a buffer of `ProtocolLimits.receiveBufferSize` bytes and pass what was received: an oversized
+    /// datagram then fills the buffer and is reported as `frameTooLarge` rather than as a length mismatch.
+    ///
     /// - Throws: `ProtocolError`; its `requestID` and `requestType` come from the header once the header has been
     ///   read (24 bytes with the right magic), else they are 0.
     /// - Complexity: O(bytes.count).
@@ -78,10 +81,10 @@ public struct Frame: Hashable, Sendable {
                 .frameTooLarge, "frame of \(bytes.count) bytes exceeds the limit of \(ProtocolLimits.maxFrameSize)")
         }
         guard ProtocolVersion.supported.contains(header.version) else {
+            let supported = ProtocolVersion.supported
             throw failure(
                 .unsupportedVersion,
-                "header version \(header.version) is not in \(ProtocolVersion.supported.lowerBound)...\(ProtocolVersion.supported.upperBound)"
-            )
+                "header version \(header.version) is not in \(supported.lowerBound)...\(supported.upperBound)")
         }
         guard header.flags == 0 else {
             throw failure(.malformedFrame, "reserved flags 0x\(String(header.flags, radix: 16)) must be 0")
@@ -126,7 +129,7 @@ extension Message {
     public var encodedPayloadSize: Int {
         switch self {
         case .hello(let hello): 9 + 2 + cutUTF8Count(hello.name, limit: ProtocolLimits.maxNameLength)
-        case .welcome(let welcome): 68 + 4 * welcome.sizeClasses.count
+        case .welcome(let welcome): 64 + 4 * welcome.sizeClasses.count
         case .mapRegion, .stats, .goodbye, .farewell: 0
         case .region: 17
         case .join, .joined, .lease, .leased, .returnPages, .returned: 4

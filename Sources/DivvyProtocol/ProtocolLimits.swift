@@ -7,6 +7,10 @@ public enum ProtocolLimits {
     /// The largest frame (header + payload) a peer accepts, in bytes. Longer datagrams are rejected with
     /// `ErrorCode.frameTooLarge`.
     public static let maxFrameSize = 65536
+    /// The buffer size to receive datagrams into: `maxFrameSize + 1`. A datagram that fills it (`recv` returned
+    /// this many bytes, or reported more with `MSG_TRUNC`) is too long; passing the received bytes to
+    /// `Frame.decode(_:)` reports exactly that (`frameTooLarge`, with the header's request id).
+    public static let receiveBufferSize = maxFrameSize + 1
     /// The largest payload a frame can carry: `maxFrameSize - headerSize`.
     public static let maxPayloadSize = maxFrameSize - headerSize
     /// The most handles one `allocateBatch`, `allocatedBatch`, `freeBatch` or `freedBatch` may carry (at least 1).

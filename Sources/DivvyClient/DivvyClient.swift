@@ -99,12 +99,9 @@ public final class DivvyClient {
         self.options = options
         self.socketPath = DivvySocketPath.resolve(options.socketPath)
         receiveBuffer = .allocate(byteCount: ProtocolLimits.maxFrameSize + 1, alignment: 16)
-        do {
-            try connect()
-        } catch {
-            receiveBuffer.deallocate()
-            throw error
-        }
+        // A failed connect throws after every stored property is initialized, so `deinit` runs and frees the
+        // buffer.
+        try connect()
     }
 
     deinit {

@@ -575,15 +575,19 @@ public final class DivvyServer: @unchecked Sendable {
         return p
     }
 
+    /// Raises a direct client's page lease by up to `pages`, as far as its quota allows (a partial grant is a
+    /// grant: the reply carries the new total); nothing at all left under the quota is `quotaExceeded`.
     private func lease(_ session: Session, more pages: Int) throws(ServiceError) -> Message {
         let p = try requireParticipant(session)
-        let wanted = session.pageAllowance + pages
-        guard pages > 0, wanted * heap.pageSize <= configuration.effectiveQuotaBytes else {
+        let quotaPages = (configuration.effectiveQuotaBytes - session.bytesHeld) / heap.pageSize
+        let granted = min(pages, quotaPages - session.pageAllowance)
+        guard pages > 0, granted > 0 else {
             throw ServiceError(
                 .quotaExceeded,
-                "leasing \(pages) more pages would give \(wanted) pages (\(wanted * heap.pageSize) bytes); the quota "
-                    + "is \(configuration.effectiveQuotaBytes) bytes: free blocks (and return pages) first")
+                "client \(session.id) has leased \(session.pageAllowance) pages of \(heap.pageSize) bytes; its quota of "
+                    + "\(configuration.effectiveQuotaBytes) bytes allows no more: free blocks (and return pages) first")
         }
+        let wanted = session.pageAllowance + granted
         do throws(SharedHeapError) {
             try heap.setPageAllowance(participant: p, pages: wanted)
         } catch {

@@ -445,12 +445,26 @@ public final class DivvyClient {
             _ = try socket.send(sendBuffer)
         } catch {
             self.socket = nil
+            // A daemon that refused the connection (policy, too many clients) sent its reason before closing.
+            if case .datagram(let count, let descriptor, _)? = try? socket.receive(into: receiveBuffer),
+                case .error(let reply)? = try? Frame.decode(UnsafeRawBufferPointer(rebasing: receiveBuffer[0..<count]))
+                    .message
+            {
+                if let descriptor { _ = Glibc.close(descriptor) }
+                throw DivvyClientError(.refused(reply.code), reply.message)
+            }
             throw DivvyClientError(.daemonGone, "the daemon at \(socketPath) is gone (\(error)); call reconnect()")
         }
         while true {
-            let result: SeqpacketSocket.ReceiveResult
+            var result: SeqpacketSocket.ReceiveResult
             do throws(TransportError) {
-                result = try socket.receive(into: receiveBuffer)
+                do throws(TransportError) {
+                    result = try socket.receive(into: receiveBuffer)
+                } catch where error.code == .closed {
+                    // ECONNRESET is reported before datagrams still queued (a refusal sent just before the daemon
+                    // closed): read once more to get them.
+                    result = try socket.receive(into: receiveBuffer)
+                }
             } catch {
                 if error.code == .timedOut {
                     throw DivvyClientError(.timedOut, "no reply from the daemon within \(options.timeoutMilliseconds) ms")

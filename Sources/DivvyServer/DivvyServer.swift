@@ -117,6 +117,14 @@ public final class DivvyServer: @unchecked Sendable {
             throw ServerError(.invalidConfiguration, "could not format the heap: \(error)")
         }
 
+        // The daemon's own participant: the heap-level holder of mediated clients' blocks.
+        do throws(SharedHeapError) {
+            participant = try heap.join(name: "divvyd")
+        } catch {
+            if configuration.regionName != nil { try? region.remove() }
+            throw ServerError(.region, "the daemon could not join its own heap: \(error)")
+        }
+
         // The socket.
         let directory = (configuration.socketPath as NSString).deletingLastPathComponent
         if !directory.isEmpty, !FileManager.default.fileExists(atPath: directory) {
@@ -174,11 +182,6 @@ public final class DivvyServer: @unchecked Sendable {
         precondition(!running, "DivvyServer.run() called twice")
         running = true
         control.unlock()
-        do throws(SharedHeapError) {
-            participant = try heap.join(name: "divvyd")
-        } catch {
-            throw ServerError(.eventLoop, "the daemon could not join its own heap: \(error)")
-        }
         var events: [EventPoller.Event] = []
         events.reserveCapacity(64)
         var lastTick = Date().timeIntervalSince1970

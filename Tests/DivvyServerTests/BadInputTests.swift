@@ -1,0 +1,247 @@
+import DivvyClient
+import DivvyProtocol
+import DivvyServer
+import DivvyShm
+import DivvyTestSupport
+import Foundation
+import XCTest
+
+/// Every kind of bad input gets its specified error reply (or close), the heap audit is unchanged, and the
+/// daemon keeps serving everyone else.
+final class BadInputTests: XCTestCase {
+    private var daemon: TestDaemon!
+    /// A bystander with blocks of its own: they must survive every bad request of every test.
+    private var bystander: DivvyClient!
+    private var bystanderBlocks: [SharedHandle] = []
+
+    override func setUpWithError() throws {
+        daemon = try TestDaemon()
+        bystander = try daemon.client(.mediated, name: "bystander")
+        for index in 0..<20 {
+            let handle = try bystander.allocateHandle(64 + index * 10).handle
+            try bystander.pointer(for: handle).storeBytes(of: UInt64(index), as: UInt64.self)
+            bystanderBlocks.append(handle)
+        }
+    }
+
+    override func tearDownWithError() throws {
+        // The bystander is still served and its blocks are intact.
+        for (index, handle) in bystanderBlocks.enumerated() {
+            XCTAssertEqual(try bystander.pointer(for: handle).load(as: UInt64.self), UInt64(index))
+            XCTAssertEqual(try bystander.share(handle).holders, 1)
+        }
+        bystander.close()
+        bystander = nil
+        XCTAssertTrue(try daemon.audit().isClean)
+        daemon = nil
+    }
+
+    /// Runs `body` and checks the heap audit is the same before and after.
+    private func unchanged(_ body: () throws -> Void, file: StaticString = #filePath, line: UInt = #line) throws {
+        let before = try daemon.audit()
+        try body()
+        XCTAssertEqual(try daemon.audit(), before, "a rejected request must not change the heap", file: file, line: line)
+    }
+
+    private func helloed(_ mode: ClientMode = .mediated) throws -> RawConnection {
+        let connection = try RawConnection(daemon.socketPath)
+        try connection.hello(mode)
+        return connection
+    }
+
+    // MARK: Malformed frames (the daemon closes)
+
+    func testBadMagicTruncatedAndOversizedFramesAreRefusedAndClosed() throws {
+        let valid = Frame(requestID: 42, message: .allocate(size: 64)).encoded()
+        var badMagic = valid
+        badMagic[0] ^= 0xFF
+        var badLength = valid
+        badLength[16] = 200  // The header claims more payload than the datagram has.
+        var badFlags = valid
+        badFlags[20] = 1
+        let truncated = Array(valid.prefix(10))
+        let oversized = valid + [UInt8](repeating: 0, count: 70_000)
+        for (name, bytes, code) in [
+            ("bad magic", badMagic, ErrorCode.malformedFrame), ("bad length", badLength, .malformedFrame),
+            ("flags", badFlags, .malformedFrame), ("truncated header", truncated, .malformedFrame),
+            ("oversized", oversized, .frameTooLarge),
+        ] {
+            try unchanged {
+                let connection = try helloed()
+                try connection.send(bytes)
+                let reply = try connection.receive()
+                assertErrorReply(reply, code)
+                XCTAssertTrue(try connection.isClosedByPeer(), "\(name): the daemon closes after \(code)")
+            }
+        }
+    }
+
+    func testTruncatedPayloadAndTrailingBytes() throws {
+        var frame = Frame(requestID: 9, message: .free(handle: 12345)).encoded()
+        frame.removeLast(3)
+        frame[16] = UInt8(frame.count - 24)  // A consistent header around a short payload.
+        var trailing = Frame(requestID: 9, message: .ping(payload: [1, 2])).encoded() + [0]
+        trailing[16] += 1
+        for bytes in [frame, trailing] {
+            try unchanged {
+                let connection = try helloed()
+                try connection.send(bytes)
+                assertErrorReply(try connection.receive(), .malformedFrame, requestID: 9)
+                XCTAssertTrue(try connection.isClosedByPeer())
+            }
+        }
+    }
+
+    func testUnknownMessageTypeIsRefusedAndTheConnectionStays() throws {
+        try unchanged {
+            let connection = try helloed()
+            var frame = Frame(requestID: 5, message: .stats).encoded()
+            frame[6] = 0x77
+            frame[7] = 0x00
+            try connection.send(frame)
+            assertErrorReply(try connection.receive(), .unknownMessageType, requestID: 5)
+            // A reply type sent as a request is refused too, and the connection still works.
+            assertErrorReply(try connection.roundTrip(.pong(payload: [])), .unknownMessageType)
+            XCTAssertEqual(try connection.roundTrip(.ping(payload: [9])).message, .pong(payload: [9]))
+        }
+    }
+
+    func testWrongVersionAndHandshakeErrors() throws {
+        try unchanged {
+            let future = try RawConnection(daemon.socketPath)
+            let reply = try future.roundTrip(.hello(Hello(minVersion: 2, maxVersion: 5, mode: .any, capabilities: 0, name: "x")))
+            assertErrorReply(reply, .unsupportedVersion)
+            XCTAssertTrue(try future.isClosedByPeer())
+
+            var header = Frame(requestID: 3, message: .stats).encoded()
+            header[4] = 9  // Header version 9.
+            let wrongHeader = try helloed()
+            try wrongHeader.send(header)
+            assertErrorReply(try wrongHeader.receive(), .unsupportedVersion)
+            XCTAssertTrue(try wrongHeader.isClosedByPeer())
+
+            let early = try RawConnection(daemon.socketPath)
+            assertErrorReply(try early.roundTrip(.allocate(size: 16)), .handshakeRequired)
+            try early.hello()
+            assertErrorReply(
+                try early.roundTrip(.hello(Hello(minVersion: 1, maxVersion: 1, mode: .any, capabilities: 0, name: "y"))),
+                .handshakeRequired)
+        }
+    }
+
+    // MARK: Bad handles
+
+    func testBogusOffsetsStaleHandlesDoubleAndForeignFrees() throws {
+        let connection = try helloed()
+        guard case .allocated(let mine, _) = try connection.roundTrip(.allocate(size: 100)).message else {
+            return XCTFail("allocate failed")
+        }
+        let foreign = bystanderBlocks[0].rawValue
+        try unchanged {
+            assertErrorReply(try connection.roundTrip(.free(handle: 0xFFFF_FFF0)), .invalidHandle)
+            assertErrorReply(try connection.roundTrip(.free(handle: mine + 1)), .misalignedHandle)
+            assertErrorReply(try connection.roundTrip(.free(handle: foreign)), .notHolder)
+            assertErrorReply(try connection.roundTrip(.free(handle: 0)), .invalidHandle)
+            assertErrorReply(try connection.roundTrip(.share(handle: foreign)), .notHolder)
+            assertErrorReply(try connection.roundTrip(.adopt(handle: 0xFFFF_FFF0)), .invalidHandle)
+        }
+        XCTAssertEqual(try connection.roundTrip(.free(handle: mine)).message, .freed(released: true))
+        try unchanged {
+            assertErrorReply(try connection.roundTrip(.free(handle: mine)), .doubleFree)
+            assertErrorReply(try connection.roundTrip(.adopt(handle: mine)), .staleHandle)
+        }
+        // The slot is reused with a new generation: the old handle is stale, not the new block's.
+        var reused: UInt64 = 0
+        for _ in 0..<64 {
+            guard case .allocated(let handle, _) = try connection.roundTrip(.allocate(size: 100)).message else {
+                return XCTFail("allocate failed")
+            }
+            if handle & 0xFFFF_FFFF == mine & 0xFFFF_FFFF {
+                reused = handle
+                break
+            }
+        }
+        XCTAssertNotEqual(reused, 0, "the freed slot comes back")
+        XCTAssertNotEqual(reused, mine)
+        try unchanged {
+            assertErrorReply(try connection.roundTrip(.free(handle: mine)), .staleHandle)
+            assertErrorReply(try connection.roundTrip(.adopt(handle: mine)), .staleHandle)
+        }
+    }
+
+    func testBadBatchesAndSizes() throws {
+        let connection = try helloed()
+        try unchanged {
+            var frame = Frame(requestID: 11, message: .allocateBatch(size: 16, count: 1)).encoded()
+            frame[32] = 0xFF  // count = 0x10FF... over the batch limit
+            frame[33] = 0xFF
+            try connection.send(frame)
+            assertErrorReply(try connection.receive(), .batchTooLarge, requestID: 11)
+            assertErrorReply(try connection.roundTrip(.allocate(size: 0)), .unsupportedSize)
+            assertErrorReply(try connection.roundTrip(.allocate(size: 1 << 40)), .unsupportedSize)
+            assertErrorReply(try connection.roundTrip(.allocateBatch(size: 1 << 40, count: 4)), .unsupportedSize)
+        }
+    }
+
+    // MARK: Rights
+
+    func testUnauthorizedUidIsRefusedAndClosed() throws {
+        let strict = try TestDaemon { $0.policy = AccessPolicy(allowedUIDs: [getuid() &+ 1]) }
+        let before = strict.server.heap.verify()
+        let connection = try RawConnection(strict.socketPath)
+        assertErrorReply(try connection.receive(), .notAuthorized)
+        XCTAssertTrue(try connection.isClosedByPeer())
+        XCTAssertThrowsError(try DivvyClient(.init(socketPath: strict.socketPath))) { error in
+            XCTAssertEqual((error as? DivvyClientError)?.protocolCode, .notAuthorized, "\(error)")
+        }
+        XCTAssertEqual(strict.server.heap.verify(), before)
+        // Counters are published once per loop iteration.
+        let deadline = Date().addingTimeInterval(5)
+        while strict.server.snapshotCounters().refusedConnections < 2, Date() < deadline { usleep(10_000) }
+        XCTAssertEqual(strict.server.snapshotCounters().refusedConnections, 2)
+    }
+
+    func testNonAdminAndNonDirectRightsAreEnforced() throws {
+        let limited = try TestDaemon { $0.policy = AccessPolicy(allowedUIDs: [getuid()]) }
+        let client = try limited.client(.any)
+        XCTAssertEqual(client.mode, .mediated, "no direct right: mediated")
+        assertClientError(.adminRequired) { try client.admin(.status) }
+        assertClientError(.adminRequired) { try client.admin(.disconnect, argument: client.clientID) }
+        XCTAssertThrowsError(try limited.client(.direct)) { error in
+            XCTAssertEqual((error as? DivvyClientError)?.protocolCode, .wrongMode, "\(error)")
+        }
+        let raw = try RawConnection(limited.socketPath)
+        try raw.hello(.mediated)
+        assertErrorReply(try raw.roundTrip(.lease(pages: 4)), .wrongMode)
+        assertErrorReply(try raw.roundTrip(.join(participant: 0)), .wrongMode)
+        try client.ping()
+    }
+
+    func testDirectJoinWithABogusParticipantIsRefused() throws {
+        let connection = try helloed(.direct)
+        try unchanged {
+            assertErrorReply(try connection.roundTrip(.join(participant: 0)), .invalidParticipant, requestID: 7)
+            assertErrorReply(try connection.roundTrip(.join(participant: 999)), .invalidParticipant)
+            assertErrorReply(try connection.roundTrip(.lease(pages: 1)), .invalidParticipant)
+        }
+    }
+
+    func testQuotaOverrunChangesNothing() throws {
+        let small = try TestDaemon { $0.quotaBytes = 4096 }
+        let client = try small.client(.mediated)
+        let a = try client.allocateHandle(2048).handle
+        let b = try client.allocateHandle(2048).handle
+        let before = small.server.heap.verify()
+        assertClientError(.quotaExceeded) { try client.allocateHandle(16) }
+        assertClientError(.quotaExceeded) { try client.allocateBatch(size: 16, count: 2) }
+        let other = try small.client(.mediated)
+        let theirs = try other.allocateHandle(16).handle
+        let beforeAdopt = try small.audit()
+        assertClientError(.quotaExceeded) { try client.adoptHandle(theirs) }
+        XCTAssertEqual(try small.audit(), beforeAdopt)
+        _ = before
+        XCTAssertEqual(try client.stats().bytesHeld, 4096)
+        try client.free(a)
+        try client.free(b)
+    }
+}

@@ -23,6 +23,11 @@ public final class ChildProcess {
         public var status: Int32?
         /// The signal that killed it, when it was killed.
         public var signal: Int32?
+        /// An exit with `status`, or a death by `signal`.
+        public init(status: Int32?, signal: Int32?) {
+            self.status = status
+            self.signal = signal
+        }
         /// `exit status N` or `killed by signal N`.
         public var description: String { signal.map { "killed by signal \($0)" } ?? "exit status \(status ?? -1)" }
     }

@@ -1,0 +1,223 @@
+import DivvyClient
+import DivvyProtocol
+import DivvyTestSupport
+import Foundation
+import XCTest
+
+/// The real `divvyd` executable with real client processes (`divvy-client-helper`).
+final class DaemonProcessTests: XCTestCase {
+    /// A running divvyd process on a temporary socket.
+    final class Daemon {
+        let process: ChildProcess
+        let directory: String
+        let socketPath: String
+
+        init(_ extra: [String] = [], environment: [String: String] = [:], socketPath: String? = nil) throws {
+            directory = try temporarySocketDirectory()
+            self.socketPath = socketPath ?? directory + "/divvyd.sock"
+            process = try ChildProcess(
+                "divvyd", ["--socket", self.socketPath, "--data-size", "32M", "--page-size", "16K"] + extra,
+                environment: environment)
+            try waitUntilListening()
+        }
+
+        func waitUntilListening() throws {
+            let deadline = Date().addingTimeInterval(20)
+            while Date() < deadline {
+                if let client = try? DivvyClient(.init(socketPath: socketPath, name: "probe", mode: .mediated)) {
+                    client.close()
+                    return
+                }
+                if let exit = process.wait(timeout: 0.05) {
+                    throw NSError(domain: "divvyd exited (\(exit)): \(process.standardError)", code: 1)
+                }
+            }
+            throw NSError(domain: "divvyd did not start listening: \(process.standardError)", code: 1)
+        }
+
+        deinit {
+            process.signal(SIGKILL)
+            process.wait()
+            try? FileManager.default.removeItem(atPath: directory)
+        }
+
+        func admin() throws -> DivvyClient {
+            try DivvyClient(.init(socketPath: socketPath, name: "admin", mode: .mediated))
+        }
+
+        /// The daemon's audit and status, once only `expectedClients` (plus the asking one) are connected.
+        func quiescentAudit(expectedClients: Int) throws -> (verify: [String: Any], status: [String: Any]) {
+            let admin = try admin()
+            defer { admin.close() }
+            let deadline = Date().addingTimeInterval(20)
+            while true {
+                let status = try XCTUnwrap(
+                    JSONSerialization.jsonObject(with: Data(admin.admin(.status).body)) as? [String: Any])
+                if status["clients"] as? Int == expectedClients + 1 || Date() > deadline {
+                    let verify = try XCTUnwrap(
+                        JSONSerialization.jsonObject(with: Data(admin.admin(.verify).body)) as? [String: Any])
+                    return (verify, status)
+                }
+                usleep(20_000)
+            }
+        }
+    }
+
+    private func helper(_ daemon: Daemon, _ mode: String, _ arguments: [String]) throws -> ChildProcess {
+        try ChildProcess("divvy-client-helper", [daemon.socketPath, mode] + arguments)
+    }
+
+    /// Starts a `hold` helper and returns it with the handles it printed.
+    private func holder(_ daemon: Daemon, _ mode: String, size: Int, count: Int, seed: Int) throws
+        -> (ChildProcess, [String])
+    {
+        let process = try helper(daemon, mode, ["hold", "\(size)", "\(count)", "\(seed)"])
+        var handles: [String] = []
+        while let line = process.readLine(), line != "READY" {
+            if line.hasPrefix("HANDLE ") { handles.append(String(line.dropFirst(7))) }
+            if line.hasPrefix("ERROR") || line.hasPrefix("FAIL") { XCTFail(line) }
+        }
+        XCTAssertEqual(handles.count, count)
+        return (process, handles)
+    }
+
+    func testBlocksPassBetweenClientProcessesInEveryModePair() throws {
+        let daemon = try Daemon()
+        for writer in ["direct", "mediated"] {
+            for reader in ["direct", "mediated"] {
+                for size in [24, 700, 2048] {
+                    let (holding, handles) = try holder(daemon, writer, size: size, count: 12, seed: size)
+                    let checker = try helper(daemon, reader, ["check", "\(size)", "\(size)"] + handles)
+                    let output = checker.remainingOutput()
+                    XCTAssertEqual(checker.wait(), .init(status: 0, signal: nil), "\(writer)→\(reader): \(output)")
+                    XCTAssertTrue(output.contains("OK 12"), "\(output)")
+                    holding.writeLine("release")
+                    XCTAssertEqual(holding.remainingOutput().last, "RELEASED 12", "the writer's free releases")
+                    XCTAssertEqual(holding.wait().status, 0)
+                }
+            }
+        }
+        let (verify, status) = try daemon.quiescentAudit(expectedClients: 0)
+        XCTAssertEqual(verify["clean"] as? Bool, true, "\(verify)")
+        XCTAssertEqual(verify["allocatedBlocks"] as? Int, 0, "\(verify)")
+        XCTAssertEqual((status["heap"] as? [String: Any])?["bytesUsed"] as? Int, 0)
+    }
+
+    func testSeveralClientProcessesChurnConcurrently() throws {
+        let daemon = try Daemon()
+        let base = SeededGenerator.testSeed()
+        let processes = try (0..<8).map { index in
+            try helper(daemon, index % 2 == 0 ? "direct" : "mediated", ["churn", "3000", "\(base &+ UInt64(index))"])
+        }
+        for (index, process) in processes.enumerated() {
+            let output = process.remainingOutput()
+            XCTAssertEqual(process.wait().status, 0, "churn \(index) (seed \(base)): \(output.suffix(3))")
+            XCTAssertEqual(output.last, "OK 3000", "seed \(base)")
+        }
+        let (verify, _) = try daemon.quiescentAudit(expectedClients: 0)
+        XCTAssertEqual(verify["clean"] as? Bool, true, "seed \(base): \(verify)")
+        XCTAssertEqual(verify["allocatedBlocks"] as? Int, 0, "seed \(base): \(verify)")
+    }
+
+    func testClientsKilledMidTrafficAreReclaimedAndSurvivorsKeepTheirBlocks() throws {
+        let daemon = try Daemon()
+        let seed = SeededGenerator.testSeed()
+        var random = SeededGenerator(seed: seed)
+        // A survivor that adopted a block from each victim, and holds blocks of its own.
+        let (survivor, survivorHandles) = try holder(daemon, "direct", size: 512, count: 8, seed: 99)
+        for trial in 0..<10 {
+            let mode = trial % 2 == 0 ? "direct" : "mediated"
+            let victim = try helper(daemon, mode, ["churn", "100000", "\(seed &+ UInt64(trial))"])
+            // Kill it after a random amount of traffic: 1…20 progress lines plus a random sub-millisecond delay.
+            let lines = Int(random.next() % 20) + 1
+            var seen = 0
+            while seen < lines, let line = victim.readLine() {
+                if line.hasPrefix("PROGRESS") { seen += 1 }
+            }
+            usleep(UInt32(random.next() % 1000))
+            victim.signal(SIGKILL)
+            XCTAssertEqual(victim.wait().signal, SIGKILL, "trial \(trial)")
+            let (verify, _) = try daemon.quiescentAudit(expectedClients: 1)
+            XCTAssertEqual(verify["clean"] as? Bool, true, "trial \(trial), seed \(seed): \(verify)")
+            XCTAssertEqual(
+                verify["allocatedBlocks"] as? Int, 8, "only the survivor's blocks remain (trial \(trial), seed \(seed))")
+        }
+        // The survivor's blocks were never freed or reused: their contents are intact.
+        let checker = try helper(daemon, "mediated", ["check", "512", "99"] + survivorHandles)
+        XCTAssertTrue(checker.remainingOutput().contains("OK 8"))
+        survivor.writeLine("release")
+        XCTAssertEqual(survivor.remainingOutput().last, "RELEASED 8")
+        let (verify, _) = try daemon.quiescentAudit(expectedClients: 0)
+        XCTAssertEqual(verify["allocatedBlocks"] as? Int, 0, "\(verify)")
+    }
+
+    func testSigtermShutsDownGracefully() throws {
+        let daemon = try Daemon()
+        let (holding, _) = try holder(daemon, "mediated", size: 64, count: 3, seed: 1)
+        daemon.process.signal(SIGTERM)
+        let exit = daemon.process.wait(timeout: 20)
+        XCTAssertEqual(exit, .init(status: 0, signal: nil), daemon.process.standardError)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: daemon.socketPath), "the socket file is removed")
+        XCTAssertTrue(daemon.process.standardError.contains("shutting down"), daemon.process.standardError)
+        holding.writeLine("release")
+        let output = holding.remainingOutput()
+        XCTAssertTrue(output.last?.hasPrefix("ERROR daemonGone") ?? false, "the next call fails cleanly: \(output)")
+        XCTAssertEqual(holding.wait().status, 3, "a clear error, not a crash")
+    }
+
+    func testASecondDaemonOnTheSameSocketOrRegionRefusesToStart() throws {
+        let name = "test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        let first = try Daemon(["--region-name", name])
+        let sameSocket = try ChildProcess("divvyd", ["--socket", first.socketPath, "--data-size", "4M"])
+        XCTAssertEqual(sameSocket.wait(timeout: 20)?.status, 1)
+        XCTAssertTrue(sameSocket.standardError.contains("already listens at \(first.socketPath)"), sameSocket.standardError)
+        let otherDirectory = try temporarySocketDirectory()
+        defer { try? FileManager.default.removeItem(atPath: otherDirectory) }
+        let sameRegion = try ChildProcess(
+            "divvyd", ["--socket", otherDirectory + "/d.sock", "--data-size", "4M", "--region-name", name])
+        XCTAssertEqual(sameRegion.wait(timeout: 20)?.status, 1)
+        XCTAssertTrue(sameRegion.standardError.contains("another divvyd may be using region"), sameRegion.standardError)
+        // The first still serves.
+        let client = try first.admin()
+        try client.ping()
+        client.close()
+        first.process.signal(SIGTERM)
+        XCTAssertEqual(first.process.wait(timeout: 20)?.status, 0)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "/dev/shm/divvy-\(name)"), "a named region is removed on exit")
+    }
+
+    func testRunsOnBuiltInDefaultsUnderXdgRuntimeDir() throws {
+        let runtime = try temporarySocketDirectory()
+        defer { try? FileManager.default.removeItem(atPath: runtime) }
+        let process = try ChildProcess("divvyd", [], environment: ["XDG_RUNTIME_DIR": runtime])
+        let expected = runtime + "/divvy/divvyd.sock"
+        // As root the default is /run/divvy: the test only checks the XDG default for other users.
+        let path = getuid() == 0 ? "/run/divvy/divvyd.sock" : expected
+        let deadline = Date().addingTimeInterval(20)
+        var client: DivvyClient?
+        while client == nil, Date() < deadline {
+            client = try? DivvyClient(.init(socketPath: path, name: "defaults"))
+            if client == nil { usleep(50_000) }
+        }
+        XCTAssertNotNil(client, "divvyd on defaults listens at \(path): \(process.standardError)")
+        XCTAssertEqual(try client?.stats().quotaBytes, UInt64(256 << 20) / 4)
+        client?.close()
+        process.signal(SIGTERM)
+        XCTAssertEqual(process.wait(timeout: 20)?.status, 0, process.standardError)
+    }
+
+    func testBadFlagsAndConfigFilesGiveAClearErrorAndExitCode2() throws {
+        let directory = try temporarySocketDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let config = directory + "/divvyd.conf"
+        try "data-size = 64M\nfrobnicate = yes\n".write(toFile: config, atomically: true, encoding: .utf8)
+        let bad = try ChildProcess("divvyd", ["--config", config])
+        XCTAssertEqual(bad.wait(timeout: 20)?.status, 2)
+        XCTAssertTrue(bad.standardError.contains("line 2: unknown setting 'frobnicate'"), bad.standardError)
+        let printed = try ChildProcess("divvyd", ["--set", "quota=1M", "--data-size", "8M", "--print-config"])
+        let output = printed.remainingOutput()
+        XCTAssertEqual(printed.wait().status, 0)
+        XCTAssertTrue(output.contains("quota = 1048576"), "\(output)")
+        XCTAssertTrue(output.contains("data-size = 8388608"), "\(output)")
+    }
+}

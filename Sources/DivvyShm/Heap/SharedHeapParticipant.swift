@@ -118,7 +118,7 @@ extension SharedHeap {
             guard size > 0, let sizeClass = heap.sizeClass(for: size) else {
                 throw SharedHeapError(
                     .unsupportedSize, "cannot allocate \(size) bytes: sizes 1…\(heap.largestBlockSize) are "
-                        + "supported (multi-page spans are not implemented yet)")
+                        + "supported (configure larger span pages and large classes for more)")
             }
             if emptyHeldSlots.isEmpty { _ = try takeHeldSlot(for: SharedHeapHandle(rawValue: 0)) }
             let (page, slot, fresh) = try takeSlot(sizeClass)
@@ -131,7 +131,7 @@ extension SharedHeap {
             // a per-slot counter in the low 16 bits (bumped on every reuse within the epoch).
             let generation = fresh || (old >> 16) != epoch
                 ? (epoch << 16) | 1 : (old & 0xFFFF_0000) | ((old &+ 1) & 0xFFFF)
-            let unit = UInt64((page * heap.layout.pageSize + slot * blockSize) / 16)
+            let unit = UInt64((heap.layout.pageBase(page) &+ slot &* blockSize) &>> 4)
             let handle = SharedHeapHandle(rawValue: (UInt64(generation) << 32) | unit)
             // Step 1. Ordering: releasing, so that the pending word is visible no later than the block word.
             heap.pending(index).store(handle.rawValue, ordering: .releasing)
@@ -192,7 +192,7 @@ extension SharedHeap {
             }
             throw SharedHeapError(
                 .heapFull, "the heap is full: no free \(heap.layout.classSizes[sizeClass])-byte block and no "
-                    + "free page among \(heap.layout.pageCount) pages of \(heap.layout.pageSize) bytes")
+                    + "free page among \(tierDescription(sizeClass))")
         }
 
         /// Records a freshly claimed page as ours and pops its first slot (a fresh page always has one).
@@ -208,17 +208,20 @@ extension SharedHeap {
         /// allowance, after giving back our own pages of other classes that have nothing live (which changes no
         /// block).
         private func checkPageAllowance(_ sizeClass: Int) throws(SharedHeapError) {
+            let l = heap.layout
+            // A span page counts as spanPageSize / pageSize pages.
+            let needed = l.isLarge(sizeClass) ? l.spanPageSize / l.pageSize : 1
             // Ordering: relaxed; the allowance is a policy word another process may change at any time, and any
             // recent value will do.
             var allowance = heap.pageAllowance(index).load(ordering: .relaxed)
-            if allowance == unlimitedPages || ownedPageTotal < Int(allowance) { return }
+            if allowance == unlimitedPages || ownedPageTotal + needed <= Int(allowance) { return }
             releaseEmptyPages(except: sizeClass)
             allowance = heap.pageAllowance(index).load(ordering: .relaxed)
-            if allowance == unlimitedPages || ownedPageTotal < Int(allowance) { return }
+            if allowance == unlimitedPages || ownedPageTotal + needed <= Int(allowance) { return }
             throw SharedHeapError(
                 .pageAllowanceExhausted, "participant \(index) owns \(ownedPageTotal) pages, its page allowance is "
-                    + "\(allowance): no room for another \(heap.layout.classSizes[sizeClass])-byte block; free "
-                    + "blocks, or raise the allowance (SharedHeap.setPageAllowance)")
+                    + "\(allowance): no room for another \(l.classSizes[sizeClass])-byte block (its page counts "
+                    + "\(needed)); free blocks, or raise the allowance (SharedHeap.setPageAllowance)")
         }
 
         /// Gives back our pages of classes other than `sizeClass` with nothing live (after collecting them).
@@ -231,10 +234,16 @@ extension SharedHeap {
             }
         }
 
+        private func tierDescription(_ sizeClass: Int) -> String {
+            let l = heap.layout
+            return l.isLarge(sizeClass) ? "\(l.spanPageCount) span pages of \(l.spanPageSize) bytes"
+                : "\(l.smallPageCount) pages of \(l.pageSize) bytes"
+        }
+
         /// Records a page we now own, here and in the shared owned-pages word.
         private func notePageTaken(_ page: Int, _ sizeClass: Int) {
             ownedPages[sizeClass].append(page)
-            ownedPageTotal += 1
+            ownedPageTotal += heap.layout.pageUnits(page)
             // Ordering: relaxed; a statistic for other processes, and for verify() once quiescent.
             heap.ownedPageCount(index).store(UInt32(ownedPageTotal), ordering: .relaxed)
         }
@@ -244,7 +253,7 @@ extension SharedHeap {
             ownedPages[sizeClass].removeAll { $0 == page }
             if currentPage[sizeClass] == page { currentPage[sizeClass] = -1 }
             heap.releasePage(page, for: index)
-            ownedPageTotal -= 1
+            ownedPageTotal -= heap.layout.pageUnits(page)
             // Ordering: relaxed, as in `notePageTaken`.
             heap.ownedPageCount(index).store(UInt32(ownedPageTotal), ordering: .relaxed)
         }

@@ -84,6 +84,8 @@ public final class SharedHeap: @unchecked Sendable {
     @usableFromInline internal let pool: UnsafeLockFreeIndexStack
     /// The span tier's pool (indices are page number − `smallPageCount`); nil without a span tier.
     @usableFromInline internal let spanPool: UnsafeLockFreeIndexStack?
+    /// Process-local: the class of each request size up to the largest small class, by `(size + 15) / 16`.
+    @usableFromInline internal let classLookup: UnsafeMutablePointer<UInt8>
 
     /// `"DVHEAP01"`, little endian.
     internal static let magic: UInt64 = 0x3130_5041_4548_5644
@@ -98,6 +100,17 @@ public final class SharedHeap: @unchecked Sendable {
         self.data = data
         self.pool = pool
         self.spanPool = spanPool
+        let limit = layout.classSizes[layout.smallClassCount - 1] / 16
+        classLookup = .allocate(capacity: limit + 1)
+        var sizeClass = 0
+        for sixteenths in 0...limit {
+            while layout.classSizes[sizeClass] < sixteenths * 16 { sizeClass += 1 }
+            classLookup[sixteenths] = UInt8(sizeClass)
+        }
+    }
+
+    deinit {
+        classLookup.deallocate()
     }
 
     // MARK: Create and attach
@@ -359,7 +372,7 @@ public final class SharedHeap: @unchecked Sendable {
     /// The large classes (span pages), ascending; empty without a span tier.
     public var largeSizeClasses: [Int] { Array(layout.classSizes[layout.smallClassCount...]) }
     /// The largest small class (requests up to it are served from small pages).
-    public var largestSmallBlockSize: Int { layout.classSizes[layout.smallClassCount - 1] }
+    public var largestSmallBlockSize: Int { layout.largestSmallClass }
     /// The largest request `allocate` serves (the largest large class, or the largest small one without a span
     /// tier).
     public var largestBlockSize: Int { layout.classSizes[layout.classSizes.count - 1] }
@@ -371,6 +384,10 @@ public final class SharedHeap: @unchecked Sendable {
     /// The index of the smallest class that fits `size`, or nil.
     @inlinable
     internal func sizeClass(for size: Int) -> Int? {
+        // Small sizes (1 … largest small class, a multiple of 16): one table load.
+        if UInt(bitPattern: size &- 1) < UInt(bitPattern: largestSmallBlockSize) {
+            return Int(classLookup[(size &+ 15) &>> 4])
+        }
         // Binary search: the class table is short, but a linear scan of 50 entries is still 50 compares.
         var low = 0
         var high = layout.classSizes.count

@@ -140,6 +140,8 @@ internal struct SharedHeapLayout: Hashable, Sendable {
     @usableFromInline var classSizes: [Int]
     /// Classes `0..<smallClassCount` are small (small pages), the rest large (span pages).
     @usableFromInline var smallClassCount: Int
+    /// The largest small class's block size.
+    @usableFromInline var largestSmallClass: Int
     @usableFromInline var participantCapacity: Int
     @usableFromInline var heldCapacity: Int
     @usableFromInline var maxSlots: Int
@@ -180,6 +182,7 @@ internal struct SharedHeapLayout: Hashable, Sendable {
         pageCount = smallPageCount + spanPageCount
         self.classSizes = classSizes
         self.smallClassCount = smallClassCount
+        largestSmallClass = classSizes[smallClassCount - 1]
         self.participantCapacity = participantCapacity
         self.heldCapacity = heldCapacity
         self.dataOffset = dataOffset

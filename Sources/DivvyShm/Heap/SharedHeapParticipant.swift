@@ -27,9 +27,7 @@ extension SharedHeap {
         internal var _dieAfter: (operation: String, step: Int)?
         #endif
         /// Where each held handle sits in the shared held list (a process-local index of it).
-        private var heldSlots: [UInt64: Int] = [:]
-        /// Held-list entries known to be empty.
-        private var emptyHeldSlots: [Int]
+        private var held: SharedHeapHeldTable
         /// Pages this participant owns, per size class.
         private var ownedPages: [[Int]]
         /// The number of pages in `ownedPages` (mirrored in the shared owned-pages word).
@@ -40,20 +38,21 @@ extension SharedHeap {
         internal init(heap: SharedHeap, index: Int) {
             self.heap = heap
             self.index = index
-            emptyHeldSlots = Array((0..<heap.layout.heldCapacity).reversed())
+            held = SharedHeapHeldTable(capacity: heap.layout.heldCapacity)
             ownedPages = Array(repeating: [], count: heap.layout.classSizes.count)
             currentPage = Array(repeating: -1, count: heap.layout.classSizes.count)
         }
 
         deinit {
             if !left { leave() }
+            held.deallocate()
         }
 
         /// How many blocks this participant holds.
-        public var heldCount: Int { heldSlots.count }
+        public var heldCount: Int { held.count }
 
         /// The handles this participant holds (unordered).
-        public var heldHandles: [SharedHeapHandle] { heldSlots.keys.map { SharedHeapHandle(rawValue: $0) } }
+        public var heldHandles: [SharedHeapHandle] { held.allKeys.map { SharedHeapHandle(rawValue: $0) } }
 
         private var bit: UInt32 { 1 << UInt32(index) }
 
@@ -95,7 +94,7 @@ extension SharedHeap {
         }
 
         private func takeHeldSlot(for handle: SharedHeapHandle) throws(SharedHeapError) -> Int {
-            guard let slot = emptyHeldSlots.popLast() else {
+            guard let slot = held.takeEntry() else {
                 throw SharedHeapError(
                     .heldListFull, "participant \(index) already holds \(heap.layout.heldCapacity) blocks (its "
                         + "held list is full); free some, or create the heap with a larger heldCapacity")
@@ -120,10 +119,11 @@ extension SharedHeap {
                     .unsupportedSize, "cannot allocate \(size) bytes: sizes 1…\(heap.largestBlockSize) are "
                         + "supported (configure larger span pages and large classes for more)")
             }
-            if emptyHeldSlots.isEmpty { _ = try takeHeldSlot(for: SharedHeapHandle(rawValue: 0)) }
+            if held.freeCount == 0 { _ = try takeHeldSlot(for: SharedHeapHandle(rawValue: 0)) }
             let (page, slot, fresh) = try takeSlot(sizeClass)
             try crashPoint("allocate", 1)
-            let heldSlot = emptyHeldSlots.removeLast()
+            // Safe: checked above that an entry is free, and nothing took one since.
+            let heldSlot = held.takeEntry()!
             let blockSize = heap.layout.classSizes[sizeClass]
             let epoch = PageWord.epoch(heap.pageState(page).load(ordering: .relaxed))
             let old = BlockWord.generation(heap.blockWord(page, slot).load(ordering: .relaxed))
@@ -143,7 +143,7 @@ extension SharedHeap {
             try crashPoint("allocate", 3)
             // Step 3. Ordering: releasing, after the block word.
             heap.held(index, heldSlot).store(handle.rawValue, ordering: .releasing)
-            heldSlots[handle.rawValue] = heldSlot
+            held.insert(handle.rawValue, heldSlot)
             try crashPoint("allocate", 4)
             // Step 4.
             heap.pending(index).store(0, ordering: .releasing)
@@ -268,7 +268,7 @@ extension SharedHeap {
         public func adopt(_ handle: SharedHeapHandle) throws(SharedHeapError) {
             try checkJoined()
             let location = try heap.locate(handle)
-            if heldSlots[handle.rawValue] != nil {
+            if held.find(handle.rawValue) != nil {
                 throw SharedHeapError(.alreadyHeld, "participant \(index) already holds \(handle)")
             }
             let word = heap.blockWord(location.page, location.slot)
@@ -284,7 +284,7 @@ extension SharedHeap {
                     BlockWord.state(observed) == BlockWord.allocated
                 else {
                     heap.pending(index).store(0, ordering: .releasing)
-                    emptyHeldSlots.append(heldSlot)
+                    held.returnEntry(heldSlot)
                     throw heap.staleError(handle, observed)
                 }
                 let desired = observed | (UInt64(bit) << 32)
@@ -298,7 +298,7 @@ extension SharedHeap {
             }
             try crashPoint("adopt", 2)
             heap.held(index, heldSlot).store(handle.rawValue, ordering: .releasing)
-            heldSlots[handle.rawValue] = heldSlot
+            held.insert(handle.rawValue, heldSlot)
             try crashPoint("adopt", 3)
             heap.pending(index).store(0, ordering: .releasing)
         }
@@ -320,7 +320,7 @@ extension SharedHeap {
             let word = heap.blockWord(location.page, location.slot)
             // Ordering: acquiring (see the compare-and-exchange).
             var observed = word.load(ordering: .acquiring)
-            guard let heldSlot = heldSlots[handle.rawValue] else {
+            guard let heldSlot = held.find(handle.rawValue) else {
                 if BlockWord.generation(observed) != handle.generation {
                     throw heap.staleError(handle, observed)
                 }
@@ -365,8 +365,8 @@ extension SharedHeap {
             }
             try crashPoint("free", 2)
             heap.held(index, heldSlot).store(0, ordering: .releasing)
-            heldSlots[handle.rawValue] = nil
-            emptyHeldSlots.append(heldSlot)
+            held.remove(handle.rawValue)
+            held.returnEntry(heldSlot)
             try crashPoint("free", 3)
             if released {
                 if ownPage {
@@ -393,7 +393,7 @@ extension SharedHeap {
         /// participant slot. Idempotent; `deinit` calls it.
         public func leave() {
             guard !left else { return }
-            for handle in heldSlots.keys {
+            for handle in held.allKeys {
                 _ = try? free(SharedHeapHandle(rawValue: handle))
             }
             for pages in ownedPages {

@@ -17,6 +17,8 @@ let package = Package(
     dependencies: [
         .package(path: ".."),
         .package(url: "https://github.com/ordo-one/benchmark", from: "1.38.1", traits: ["MallocInterposer"]),
+        // Already in the graph through Divvy; named here for shm-two-process's ring counters.
+        .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
     ],
     targets: [
         // glibc's own entry points (__libc_malloc/__libc_free), so the baseline bypasses the harness's malloc
@@ -31,6 +33,27 @@ let package = Package(
             ],
             path: "Benchmarks/Allocators",
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        ),
+        // DivvyShm's SharedHeap in one process, against glibc in the same run (see shm-vs-boost.sh).
+        .executableTarget(
+            name: "SharedHeapBenchmarks",
+            dependencies: [
+                .product(name: "DivvyShm", package: divvyPackage),
+                .product(name: "Benchmark", package: "benchmark"),
+                "CBenchSupport",
+            ],
+            path: "Benchmarks/SharedHeap",
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        ),
+        // Two processes handing blocks over through a ring in the region (remote frees); prints ops/s per process.
+        // Not a harness benchmark: it spawns its peer and times both. `swift run -c release shm-two-process`.
+        .executableTarget(
+            name: "shm-two-process",
+            dependencies: [
+                .product(name: "DivvyShm", package: divvyPackage),
+                .product(name: "Atomics", package: "swift-atomics"),
+            ],
+            path: "Sources/ShmTwoProcess"
         ),
     ]
 )

@@ -234,6 +234,16 @@ func heapWriteFile(_ path: String, _ text: String) {
 }
 
 /// A small deterministic generator (SplitMix64).
+/// A random request size: mostly small (1…largest small class), one in eight large (above it, up to the second
+/// smallest large class: test heaps have few span pages).
+func randomBlockSize(_ heap: SharedHeap, _ random: inout HelperRandom) -> Int {
+    let small = heap.largestSmallBlockSize
+    if let cap = heap.largeSizeClasses.prefix(2).last, random.below(8) == 0 {
+        return small + 1 + random.below(cap - small)
+    }
+    return 1 + random.below(small)
+}
+
 struct HelperRandom {
     var state: UInt64
     mutating func next() -> UInt64 {
@@ -291,7 +301,8 @@ func heapStressWorker(
     func slot(_ index: Int) -> UnsafeAtomic<UInt64> {
         UnsafeAtomic<UInt64>(at: (mailbox + 8 * index).assumingMemoryBound(to: UnsafeAtomic<UInt64>.Storage.self))
     }
-    let sizes = [16, 40, 64, 100, 200, 512, 1000, 2000].filter { $0 <= heap.largestBlockSize }
+    let sizes = [16, 40, 64, 100, 200, 512, 1000, 2000].filter { $0 <= heap.largestSmallBlockSize }
+        + heap.largeSizeClasses.prefix(1).map { $0 - 8 }
     for _ in 0..<iterations {
         let choice = random.below(10)
         do {
@@ -371,7 +382,7 @@ func runHeapHelper() -> Never {
                 var random = HelperRandom(state: seed)
                 var text = ""
                 for _ in 0..<count {
-                    let handle = try me.allocate(1 + random.below(heap.largestBlockSize))
+                    let handle = try me.allocate(randomBlockSize(heap, &random))
                     counts.allocated += 1
                     try heapFill(heap, handle)
                     text += "\(handle.rawValue) \(try heap.blockSize(of: handle))\n"
@@ -478,7 +489,7 @@ func runTortureWorker() -> Never {
             let choice = random.below(11)
             if choice < 4 {
                 guard mine.count < 40 else { continue }
-                let result = Result { () throws(SharedHeapError) in try me.allocate(1 + random.below(heap.largestBlockSize)) }
+                let result = Result { () throws(SharedHeapError) in try me.allocate(randomBlockSize(heap, &random)) }
                 guard case .success(let handle) = result else {
                     if case .failure(let error) = result, error.code != .heapFull { fail(1, "allocate: \(error)") }
                     continue

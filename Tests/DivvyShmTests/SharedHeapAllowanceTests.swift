@@ -9,9 +9,11 @@ import Glibc
 
 /// Page allowances (`setPageAllowance`), `participantStatus` and `usage()`.
 final class SharedHeapAllowanceTests: ShmTestCase {
-    /// 64 KiB pages, default classes (16 … 8192 B), 64 pages.
-    func makeHeap(_ name: String = "allow", dataSize: Int = 4 << 20) throws -> (SharedRegion, SharedHeap) {
-        let configuration = SharedHeapConfiguration(participantCapacity: 8, heldCapacity: 256)
+    /// 64 KiB pages, default classes (16 … 8192 B), 64 pages; with `spanFraction` > 0, span pages of 512 KiB too.
+    func makeHeap(_ name: String = "allow", dataSize: Int = 4 << 20, spanFraction: Double = 0) throws
+        -> (SharedRegion, SharedHeap)
+    {
+        let configuration = SharedHeapConfiguration(participantCapacity: 8, heldCapacity: 256, spanFraction: spanFraction)
         let metadata = SharedHeap.requiredMetadataSize(dataSize: dataSize, configuration: configuration)
         let region = try SharedRegion.create(
             name: name, self.configuration(dataSize: dataSize, metadataSize: (metadata + 4095) / 4096 * 4096))
@@ -233,5 +235,81 @@ final class SharedHeapAllowanceTests: ShmTestCase {
         XCTAssertEqual(usage.sizeClasses.first { $0.blockSize == 1024 }?.blocksInUse, 1)
         XCTAssertTrue(usage.description.contains("1 orphan"), usage.description)
         try d.free(kept)
+    }
+
+    func testSpanPagesCountInPageUnitsForAllowanceAndUsage() throws {
+        let (_, heap) = try makeHeap(spanFraction: 0.5)  // 2 MiB of 512 KiB span pages, 32 small pages.
+        XCTAssertEqual(heap.spanPageCount, 4)
+        XCTAssertEqual(heap.smallPageCount, 32)
+        XCTAssertEqual(heap.spanPageSize, 8 * heap.pageSize)
+        let me = try heap.join(name: "client")
+        try heap.setPageAllowance(participant: me.index, pages: 9)
+        let small = try me.allocate(16)
+        let large = try me.allocate(100_000)
+        XCTAssertEqual(heap.participantStatus(me.index)?.ownedPages, 9)  // 1 small + one span page of 8 units
+        var usage = heap.usage()
+        XCTAssertEqual(usage.spanPages, 4)
+        XCTAssertEqual(usage.freeSpanPages, 3)
+        XCTAssertEqual(usage.freePages, 32 - 1 + 3)
+        let largeClass = try XCTUnwrap(usage.sizeClasses.first { $0.blockSize == (try? heap.blockSize(of: large)) })
+        XCTAssertEqual(largeClass.pageBytes, heap.spanPageSize)
+        XCTAssertEqual(largeClass.pages, 1)
+        XCTAssertEqual(largeClass.blocksInUse, 1)
+        XCTAssertEqual(largeClass.blocksFree, heap.spanPageSize / largeClass.blockSize - 1)
+        let before = heap.verify()
+        XCTAssertTrue(before.isClean, "\(before)")
+        // Another large class needs a whole span page (8 units): refused; a small page (1 unit) too.
+        assertHeapError(.pageAllowanceExhausted) { _ = try me.allocate(300_000) }
+        assertHeapError(.pageAllowanceExhausted) { _ = try me.allocate(9000) }
+        XCTAssertEqual(heap.verify(), before)
+        try heap.setPageAllowance(participant: me.index, pages: 17)
+        let other = try me.allocate(300_000)
+        XCTAssertEqual(heap.participantStatus(me.index)?.ownedPages, 17)
+        try me.free(other)
+        try me.free(large)
+        try me.free(small)
+        usage = heap.usage()
+        XCTAssertEqual(usage.bytesInUse, 0)
+        XCTAssertTrue(heap.verify().isClean, "\(heap.verify())")
+    }
+
+    func testSpanTierConfigurationIsValidatedAndRecordedInTheHeader() throws {
+        let dataSize = 4 << 20
+        let region = try SharedRegion.create(
+            name: "spancfg", self.configuration(dataSize: dataSize, metadataSize: 4 << 20))
+        for bad in [
+            SharedHeapConfiguration(spanPageSize: 3 << 16),  // not a power of two
+            SharedHeapConfiguration(spanPageSize: 32 << 10),  // below the page size
+            SharedHeapConfiguration(spanFraction: 1),
+            SharedHeapConfiguration(spanFraction: -0.5),
+            SharedHeapConfiguration(largeSizeClasses: [8192]),  // not above the small classes
+            SharedHeapConfiguration(largeSizeClasses: [20000, 16384]),
+            SharedHeapConfiguration(largeSizeClasses: [10008]),  // not a multiple of 16
+            SharedHeapConfiguration(largeSizeClasses: [1 << 20]),  // above the span page size
+        ] {
+            assertHeapError(.invalidConfiguration) { _ = try SharedHeap.create(in: region, configuration: bad) }
+        }
+        let configuration = SharedHeapConfiguration(spanPageSize: 256 << 10, largeSizeClasses: [16384, 65536])
+        let heap = try SharedHeap.create(in: region, configuration: configuration)
+        XCTAssertEqual(heap.spanPageSize, 256 << 10)
+        XCTAssertEqual(heap.spanPageCount, 4)
+        XCTAssertEqual(heap.smallPageCount, 48)
+        XCTAssertEqual(heap.largeSizeClasses, [16384, 65536])
+        XCTAssertEqual(heap.largestBlockSize, 65536)
+        let peer = try SharedHeap.attach(to: region)
+        XCTAssertEqual(peer.sizeClasses, heap.sizeClasses)
+        XCTAssertEqual(peer.spanPageCount, 4)
+        XCTAssertEqual(peer.largestSmallBlockSize, 8192)
+        assertHeapError(.unsupportedSize) { _ = try heap.join(name: "x").allocate(65537) }
+        // A data area too small for one span page: no span tier, no large classes.
+        let tiny = try SharedRegion.create(name: "spantiny", self.configuration(dataSize: 1 << 20, metadataSize: 2 << 20))
+        let small = try SharedHeap.create(in: tiny, configuration: .init(spanPageSize: 1 << 20))
+        XCTAssertEqual(small.spanPageCount, 0)
+        XCTAssertEqual(small.largeSizeClasses, [])
+        XCTAssertEqual(small.largestBlockSize, 8192)
+        XCTAssertEqual(try SharedHeap.attach(to: tiny).pageCount, 16)
+        // The default large classes: four per doubling above pageSize / 8, up to the span page size.
+        XCTAssertEqual(SharedHeapConfiguration.defaultLargeSizeClasses(pageSize: 4096, spanPageSize: 4096),
+                       [640, 768, 896, 1024, 1280, 1536, 1792, 2048, 2560, 3072, 3584, 4096])
     }
 }

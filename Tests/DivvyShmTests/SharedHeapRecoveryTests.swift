@@ -41,31 +41,39 @@ final class SharedHeapRecoveryTests: ShmTestCase {
 
     /// Builds a heap with a survivor `s` and a dying participant `d` that share blocks both ways (and hold a block
     /// in an orphan page), kills `d` after `step` of `operation`, recovers it, and audits.
-    func checkDeath(_ operation: String, _ step: Int, target: FreeTarget = .ownSole,
+    /// With `large`, every block involved is a large one (span pages), except the survivor's 16-byte block.
+    func checkDeath(_ operation: String, _ step: Int, target: FreeTarget = .ownSole, large: Bool = false,
                     file: StaticString = #filePath, line: UInt = #line) throws {
-        let context = "death after \(operation) step \(step), target \(target)"
-        let (_, heap) = try makeHeap("d-\(operation)-\(step)-\(target)")
+        let context = "death after \(operation) step \(step), target \(target)\(large ? ", large blocks" : "")"
+        // The large variant: 8 small pages and 4 span pages of 8 KiB (classes 1024 and 2048).
+        let (_, heap) = try makeHeap(
+            "d-\(operation)-\(step)-\(target)-\(large)",
+            configuration: large ? SharedHeapConfiguration(
+                pageSize: 4096, sizeClasses: [16, 64, 256], participantCapacity: 4, heldCapacity: 64,
+                spanPageSize: 8192, spanFraction: 0.5, largeSizeClasses: [1024, 2048]) : nil)
+        let (size, orphanSize) = large ? (1000, 2000) : (64, 256)
+        if large { XCTAssertEqual(heap.spanPageCount, 4, file: file, line: line) }
         let s = try heap.join(name: "survivor")
         let d = try heap.join(name: "dying")
         // d-only blocks, blocks shared both ways.
-        let dOnly = try (0..<3).map { _ in try d.allocate(64) }
-        let dShared = try (0..<2).map { _ in try d.allocate(64) }
+        let dOnly = try (0..<3).map { _ in try d.allocate(size) }
+        let dShared = try (0..<2).map { _ in try d.allocate(size) }
         for handle in dShared { try fill(heap, handle); try s.adopt(handle) }
-        let sShared = try (0..<2).map { _ in try s.allocate(64) }
+        let sShared = try (0..<2).map { _ in try s.allocate(size) }
         for handle in sShared { try fill(heap, handle); try d.adopt(handle) }
         let sOnly = try s.allocate(16)
         try fill(heap, sOnly)
         // A block only d holds in an orphan page (its allocator left), and one d and s share there.
         let o = try heap.join(name: "orphaner")
-        let orphanSole = try o.allocate(256)
-        let orphanShared = try o.allocate(256)
+        let orphanSole = try o.allocate(orphanSize)
+        let orphanShared = try o.allocate(orphanSize)
         try fill(heap, orphanShared)
         try d.adopt(orphanSole)
         try d.adopt(orphanShared)
         try s.adopt(orphanShared)
         o.leave()
         // A block in s's page only d holds (s allocated it, handed it over, dropped its holding).
-        let survivorPageBlock = try s.allocate(64)
+        let survivorPageBlock = try s.allocate(size)
         try d.adopt(survivorPageBlock)
         try s.free(survivorPageBlock)
         XCTAssertTrue(heap.verify().isClean, "\(context): setup: \(heap.verify())", file: file, line: line)
@@ -74,9 +82,9 @@ final class SharedHeapRecoveryTests: ShmTestCase {
         var adoptTarget: SharedHeapHandle?
         do {
             switch operation {
-            case "allocate": _ = try d.allocate(64)
+            case "allocate": _ = try d.allocate(size)
             case "adopt":
-                let handle = try s.allocate(64)
+                let handle = try s.allocate(size)
                 try fill(heap, handle)
                 adoptTarget = handle
                 try d.adopt(handle)
@@ -122,17 +130,25 @@ final class SharedHeapRecoveryTests: ShmTestCase {
     }
 
     func testDeathDuringAllocate() throws {
-        for step in 1...4 { try checkDeath("allocate", step) }
+        for large in [false, true] {
+            for step in 1...4 { try checkDeath("allocate", step, large: large) }
+        }
     }
 
     func testDeathDuringAdopt() throws {
-        for step in 1...3 { try checkDeath("adopt", step) }
+        for large in [false, true] {
+            for step in 1...3 { try checkDeath("adopt", step, large: large) }
+        }
     }
 
     func testDeathDuringFree() throws {
-        for target in FreeTarget.allCases {
-            // A free that does not release the block (ownShared) has no push step (4).
-            for step in 1...5 where target != .ownShared || step != 4 { try checkDeath("free", step, target: target) }
+        for large in [false, true] {
+            for target in FreeTarget.allCases {
+                // A free that does not release the block (ownShared) has no push step (4).
+                for step in 1...5 where target != .ownShared || step != 4 {
+                    try checkDeath("free", step, target: target, large: large)
+                }
+            }
         }
     }
 
@@ -321,9 +337,12 @@ final class SharedHeapRecoveryTests: ShmTestCase {
             ?? UInt64.random(in: 1...UInt64.max)
         print("SharedHeapRecoveryTests.\(name): \(trials) trials, DIVVY_TEST_SEED=\(seed)")
         var random = SeededGenerator(seed: seed)
+        // 48 small pages and 4 span pages of 16 KiB for two large classes (the workers allocate both).
         let configuration = SharedHeapConfiguration(
-            pageSize: 4096, sizeClasses: [16, 64, 256], participantCapacity: 4, heldCapacity: 256)
+            pageSize: 4096, sizeClasses: [16, 64, 256], participantCapacity: 4, heldCapacity: 256,
+            spanPageSize: 16384, largeSizeClasses: [1024, 4096])
         let (_, heap) = try makeHeap("torture", dataSize: 64 * 4096, configuration: configuration)
+        XCTAssertEqual(heap.spanPageCount, 4)
         let me = try heap.join(name: "parent")
         let mailboxHandle = try me.allocate(256)
         let mailbox = try heap.pointer(for: mailboxHandle)

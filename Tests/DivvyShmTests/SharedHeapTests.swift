@@ -148,8 +148,10 @@ final class SharedHeapTests: ShmTestCase {
         let (_, heap) = try makeHeap()
         let me = try heap.join(name: "one")
         var handles: [SharedHeapHandle] = []
-        for size in [1, 16, 17, 100, 256, 1000, 4096, heap.largestBlockSize] {
-            for _ in 0..<40 {
+        // Small classes, a large class (span pages), and the largest (one block per span page).
+        XCTAssertEqual(heap.largestBlockSize, heap.spanPageSize)
+        for size in [1, 16, 17, 100, 256, 1000, 4096, heap.largestSmallBlockSize + 1, heap.largestBlockSize] {
+            for _ in 0..<(size == heap.largestBlockSize ? 1 : 40) {
                 let handle = try me.allocate(size)
                 XCTAssertGreaterThanOrEqual(try heap.blockSize(of: handle), size)
                 XCTAssertEqual(UInt(bitPattern: try heap.pointer(for: handle)) % 16, 0)
@@ -201,7 +203,7 @@ final class SharedHeapTests: ShmTestCase {
             let me = participants[p]
             switch random.below(10) {
             case 0..<4:
-                let size = 1 + random.below(random.below(4) == 0 ? heap.largestBlockSize : 512)
+                let size = random.below(4) == 0 ? randomBlockSize(heap, &random) : 1 + random.below(512)
                 do {
                     let handle = try me.allocate(size)
                     XCTAssertNil(model[handle], "seed \(seed): handle reissued while live")
@@ -458,7 +460,7 @@ final class SharedHeapTests: ShmTestCase {
         var handles: [SharedHeapHandle] = []
         var random = SeededGenerator(seed: 7)
         for _ in 0..<300 {
-            let handle = try me.allocate(1 + random.below(heap.largestBlockSize))
+            let handle = try me.allocate(randomBlockSize(heap, &random))
             try fill(heap, handle)
             handles.append(handle)
         }
@@ -495,7 +497,7 @@ final class SharedHeapTests: ShmTestCase {
         // The same sizes again: the same pages serve them.
         let pagesBefore = report.ownedPages
         random = SeededGenerator(seed: 7)
-        for _ in 0..<300 { _ = try me.allocate(1 + random.below(heap.largestBlockSize)) }
+        for _ in 0..<300 { _ = try me.allocate(randomBlockSize(heap, &random)) }
         report = heap.verify()
         XCTAssertTrue(report.isClean, "\(report)")
         XCTAssertEqual(report.ownedPages, pagesBefore, "\(report)")
@@ -561,7 +563,7 @@ final class SharedHeapTests: ShmTestCase {
             return path
         }
         let misaligned = held.map { SharedHeapHandle(rawValue: $0.rawValue + 1) }
-        let outside = [SharedHeapHandle(rawValue: (held[0].rawValue >> 32) << 32 | UInt64(heap.pageCount * heap.pageSize / 16))]
+        let outside = [SharedHeapHandle(rawValue: (held[0].rawValue >> 32) << 32 | UInt64((heap.smallPageCount * heap.pageSize + heap.spanPageCount * heap.spanPageSize) / 16))]
         let stale = held.map { SharedHeapHandle(rawValue: $0.rawValue &+ (1 << 32)) }
         let exit = try HelperProcess.run([
             "heap", "xbad", prefix,
@@ -672,7 +674,9 @@ final class SharedHeapTests: ShmTestCase {
     func testConcurrentThreadsInProcess() throws {
         let seed = SeededGenerator.testSeed()
         print("SharedHeapTests.testConcurrentThreadsInProcess seed \(seed)")
-        let (_, heap) = try makeHeap("threads", dataSize: 4 << 20)
+        // 8 MiB, half of it span pages: each thread may hold up to ~64 large blocks (two span pages' worth).
+        let (_, heap) = try makeHeap(
+            "threads", dataSize: 8 << 20, configuration: .init(heldCapacity: 1024, spanFraction: 0.5))
         let slots = 16
         let mailbox = UnsafeMutablePointer<UnsafeAtomic<UInt64>.Storage>.allocate(capacity: slots)
         mailbox.initialize(repeating: .init(0), count: slots)
@@ -708,7 +712,9 @@ final class SharedHeapTests: ShmTestCase {
                         let slot = UnsafeAtomic<UInt64>(at: box + random.below(slots))
                         switch random.below(10) {
                         case 0..<4:
-                            let handle = try me.allocate([16, 40, 64, 100, 200, 512, 1000][random.below(7)])
+                            // Allocations outnumber frees: keep the holdings below the held capacity (1024).
+                            if mine.count >= 512, try me.free(mine.removeFirst()) { counts.released += 1 }
+                            let handle = try me.allocate([16, 40, 64, 100, 200, 512, 1000, 9000][random.below(8)])
                             counts.allocated += 1
                             let size = try heap.blockSize(of: handle)
                             try heap.pointer(for: handle).initializeMemory(

@@ -206,3 +206,13 @@ func blockHolds(_ heap: SharedHeap, _ handle: SharedHeapHandle, only byte: UInt8
     let size = try heap.blockSize(of: handle)
     return UnsafeRawBufferPointer(start: try heap.pointer(for: handle), count: size).allSatisfy { $0 == byte }
 }
+
+/// A random request size: mostly small (1…largest small class), one in eight large (above it, up to the second
+/// smallest large class: test heaps have few span pages). The helper executable picks sizes the same way.
+func randomBlockSize(_ heap: SharedHeap, _ random: inout SeededGenerator) -> Int {
+    let small = heap.largestSmallBlockSize
+    if let cap = heap.largeSizeClasses.prefix(2).last, random.below(8) == 0 {
+        return small + 1 + random.below(cap - small)
+    }
+    return 1 + random.below(small)
+}

@@ -23,11 +23,20 @@ import Glibc
 ///
 /// ## Design
 ///
-/// - **Offsets only.** Handles are `generation << 32 | (data offset / 16)`; the metadata uses offsets and slot
-///   indices. Any process maps the region anywhere.
+/// - **Offsets only.** Handles are `generation << 32 | (data offset / 16)` (so the data area, both tiers, is at
+///   most 64 GiB); the metadata uses offsets and slot indices. Any process maps the region anywhere.
 /// - **Pages.** The data area is cut into `pageSize` pages. A free page sits in a lock-free page pool
 ///   (`UnsafeLockFreeIndexStack`, a tagged Treiber stack of page indices). A participant that needs room pops a
 ///   page, dedicates it to one size class and becomes its *owner*.
+/// - **Two tiers: small pages and span pages.** Blocks larger than `pageSize / 8` ("multi-page spans") live in a
+///   second tier of larger pages (`spanPageSize`, default 8 × `pageSize`; a configurable share of the data area,
+///   default 1/4, cut off at format time) with their own pool and their own large classes (four per doubling, up
+///   to one block per span page). A span page is driven by *exactly* the same machinery as a small page — owner,
+///   local list, remote stack, block words, page-in-hand records, recovery, verify — only its base, size and slot
+///   count differ, so every crash-recovery argument below holds for it unchanged. Chosen over runs of consecutive
+///   small pages (a span allocator with coalescing) because a run would need a multi-word claim (several page
+///   words) that a death could leave half done, breaking the single-word-commit discipline; the price is the
+///   fixed split between tiers, and internal fragmentation of at most 25 % like any size class.
 /// - **Local/shared split.** Only the owner pops blocks, from the page's local free list (plain reads and
 ///   relaxed stores, no read-modify-write). Anyone frees into the page's remote-free stack with a CAS push; the
 ///   owner takes the whole stack with one exchange — ABA-free because there is one consumer taking whole lists.
@@ -71,32 +80,53 @@ public final class SharedHeap: @unchecked Sendable {
     @usableFromInline internal let meta: UnsafeMutableRawPointer
     /// The start of the data area in this mapping.
     @usableFromInline internal let data: UnsafeMutableRawPointer
+    /// The small-page tier's pool (indices are page numbers).
     @usableFromInline internal let pool: UnsafeLockFreeIndexStack
+    /// The span tier's pool (indices are page number − `smallPageCount`); nil without a span tier.
+    @usableFromInline internal let spanPool: UnsafeLockFreeIndexStack?
+    /// Process-local: the class of each request size up to the largest small class, by `(size + 15) / 16`.
+    @usableFromInline internal let classLookup: UnsafeMutablePointer<UInt8>
 
     /// `"DVHEAP01"`, little endian.
     internal static let magic: UInt64 = 0x3130_5041_4548_5644
     /// The layout version this code reads and writes.
-    public static let layoutVersion: UInt32 = 2
+    public static let layoutVersion: UInt32 = 3
 
     private init(region: SharedRegion, layout: SharedHeapLayout, meta: UnsafeMutableRawPointer,
-                 data: UnsafeMutableRawPointer, pool: UnsafeLockFreeIndexStack) {
+                 data: UnsafeMutableRawPointer, pool: UnsafeLockFreeIndexStack, spanPool: UnsafeLockFreeIndexStack?) {
         self.region = region
         self.layout = layout
         self.meta = meta
         self.data = data
         self.pool = pool
+        self.spanPool = spanPool
+        let limit = layout.classSizes[layout.smallClassCount - 1] / 16
+        classLookup = .allocate(capacity: limit + 1)
+        var sizeClass = 0
+        for sixteenths in 0...limit {
+            while layout.classSizes[sizeClass] < sixteenths * 16 { sizeClass += 1 }
+            classLookup[sixteenths] = UInt8(sizeClass)
+        }
+    }
+
+    deinit {
+        classLookup.deallocate()
     }
 
     // MARK: Create and attach
 
     /// The bytes of metadata a heap needs for `configuration` on a data area of `dataSize` bytes.
     public static func requiredMetadataSize(dataSize: Int, configuration: SharedHeapConfiguration = .init()) -> Int {
-        let pages = max(1, dataSize / max(1, configuration.pageSize))
-        guard let smallest = configuration.sizeClasses.first, smallest > 0 else { return 0 }
+        let c = configuration
+        guard let smallest = c.sizeClasses.first, smallest > 0, c.pageSize > 0, c.pageSize & (c.pageSize - 1) == 0,
+            c.spanPageSize >= c.pageSize, c.spanPageSize & (c.spanPageSize - 1) == 0,
+            c.largeSizeClasses.allSatisfy({ $0 > 0 })
+        else { return 0 }
+        let tiers = c.tiers(dataSize: dataSize)
         return SharedHeapLayout(
-            pageSize: configuration.pageSize, pageCount: pages, classSizes: configuration.sizeClasses,
-            participantCapacity: configuration.participantCapacity, heldCapacity: configuration.heldCapacity,
-            dataOffset: 0
+            pageSize: c.pageSize, smallPageCount: max(1, tiers.smallPages), spanPageSize: c.spanPageSize,
+            spanPageCount: tiers.spanPages, classSizes: tiers.classes, smallClassCount: tiers.smallClasses,
+            participantCapacity: c.participantCapacity, heldCapacity: c.heldCapacity, dataOffset: 0
         ).totalBytes
     }
 
@@ -122,6 +152,17 @@ public final class SharedHeap: @unchecked Sendable {
             throw invalid("size classes \(c.sizeClasses) must be 1…255 ascending multiples of 16, at most "
                 + "pageSize / 8 = \(c.pageSize / 8)")
         }
+        let largest = c.sizeClasses[c.sizeClasses.count - 1]
+        guard c.spanPageSize >= c.pageSize, c.spanPageSize <= 1 << 30, c.spanPageSize & (c.spanPageSize - 1) == 0,
+            c.spanFraction >= 0, c.spanFraction < 1, c.sizeClasses.count + c.largeSizeClasses.count <= 255,
+            c.largeSizeClasses.allSatisfy({ $0 > largest && $0 % 16 == 0 && $0 <= c.spanPageSize }),
+            zip(c.largeSizeClasses, c.largeSizeClasses.dropFirst()).allSatisfy({ $0 < $1 })
+        else {
+            throw invalid("span page size \(c.spanPageSize) must be a power of two from the page size "
+                + "\(c.pageSize) to 1 GiB, the span fraction \(c.spanFraction) in 0..<1, and the large classes "
+                + "\(c.largeSizeClasses) ascending multiples of 16 above \(largest), at most the span page size, "
+                + "at most 255 classes in all")
+        }
         guard (1...SharedHeapConfiguration.maximumParticipants).contains(c.participantCapacity),
             c.heldCapacity >= 1, c.heldCapacity <= 1 << 24
         else {
@@ -129,18 +170,20 @@ public final class SharedHeap: @unchecked Sendable {
                 + "\(c.heldCapacity) 1…16M")
         }
         let geometry = region.geometry
-        let pageCount = geometry.dataSize / c.pageSize
-        guard pageCount >= 1, pageCount <= 1 << 24, geometry.dataSize <= 1 << 36 else {
+        let tiers = c.tiers(dataSize: geometry.dataSize)
+        guard tiers.smallPages >= 1, tiers.smallPages + tiers.spanPages <= 1 << 24, geometry.dataSize <= 1 << 36 else {
             throw invalid("the region's data area (\(geometry.dataSize) bytes) must hold 1…16M pages of "
-                + "\(c.pageSize) bytes and at most 64 GiB")
+                + "\(c.pageSize) bytes and at most 64 GiB (handles keep offset / 16 in 32 bits)")
         }
         let layout = SharedHeapLayout(
-            pageSize: c.pageSize, pageCount: pageCount, classSizes: c.sizeClasses,
+            pageSize: c.pageSize, smallPageCount: tiers.smallPages, spanPageSize: c.spanPageSize,
+            spanPageCount: tiers.spanPages, classSizes: tiers.classes, smallClassCount: tiers.smallClasses,
             participantCapacity: c.participantCapacity, heldCapacity: c.heldCapacity,
             dataOffset: geometry.dataOffset)
+        let pageCount = layout.pageCount
         guard layout.totalBytes <= geometry.metadataSize else {
-            throw invalid("the heap needs \(layout.totalBytes) bytes of metadata for \(pageCount) pages of "
-                + "\(c.pageSize) bytes, but the region's metadata area has \(geometry.metadataSize); create the "
+            throw invalid("the heap needs \(layout.totalBytes) bytes of metadata for \(tiers.smallPages) pages of "
+                + "\(c.pageSize) bytes and \(tiers.spanPages) of \(c.spanPageSize), but the region's metadata area has \(geometry.metadataSize); create the "
                 + "region with metadataSize >= \(layout.totalBytes) (SharedHeap.requiredMetadataSize)")
         }
         guard region.access == .readWrite else { throw invalid("the region is mapped read-only") }
@@ -148,7 +191,7 @@ public final class SharedHeap: @unchecked Sendable {
         let data: UnsafeMutableRawPointer
         do {
             meta = try region.mapping.unsafePointer(forOffset: geometry.metadataOffset, length: geometry.metadataSize)
-            data = try region.mapping.unsafePointer(forOffset: geometry.dataOffset, length: pageCount * c.pageSize)
+            data = try region.mapping.unsafePointer(forOffset: geometry.dataOffset, length: layout.dataBytes)
         } catch {
             throw invalid("the region's mapping does not cover its metadata and data areas: \(error)")
         }
@@ -156,10 +199,12 @@ public final class SharedHeap: @unchecked Sendable {
         UnsafeAtomic<UInt64>(at: meta.assumingMemoryBound(to: UnsafeAtomic<UInt64>.Storage.self))
             .store(0, ordering: .relaxed)
         (meta + 8).initializeMemory(as: UInt8.self, repeating: 0, count: layout.totalBytes - 8)
-        for (index, size) in c.sizeClasses.enumerated() {
+        for (index, size) in layout.classSizes.enumerated() {
             (meta + layout.classTableOffset + 4 * index).storeBytes(of: UInt32(size), as: UInt32.self)
         }
-        let pool = UnsafeLockFreeIndexStack.initialize(at: meta + layout.poolOffset, capacity: pageCount)
+        let pool = UnsafeLockFreeIndexStack.initialize(at: meta + layout.poolOffset, capacity: layout.smallPageCount)
+        let spanPool = layout.spanPageCount == 0 ? nil
+            : UnsafeLockFreeIndexStack.initialize(at: meta + layout.spanPoolOffset, capacity: layout.spanPageCount)
         for page in 0..<pageCount {
             let descriptor = meta + layout.pagesOffset + page * SharedHeapLayout.pageStride
             descriptor.storeBytes(of: UInt64(endOfSlots), toByteOffset: 8, as: UInt64.self)  // remote head: empty
@@ -173,7 +218,7 @@ public final class SharedHeap: @unchecked Sendable {
         // Ordering: releasing; pairs with the acquiring load in `attach`: whoever sees the magic sees everything.
         UnsafeAtomic<UInt64>(at: meta.assumingMemoryBound(to: UnsafeAtomic<UInt64>.Storage.self))
             .store(magic, ordering: .releasing)
-        return SharedHeap(region: region, layout: layout, meta: meta, data: data, pool: pool)
+        return SharedHeap(region: region, layout: layout, meta: meta, data: data, pool: pool, spanPool: spanPool)
     }
 
     /// Attaches to the heap `create(in:configuration:)` formatted in `region` (possibly in another process).
@@ -205,12 +250,12 @@ public final class SharedHeap: @unchecked Sendable {
         guard checksum(at: meta, layout: layout) == meta.load(fromByteOffset: 120, as: UInt64.self) else {
             throw corrupt("the heap header's checksum does not match its contents: it was overwritten")
         }
-        guard layout.dataOffset == geometry.dataOffset, layout.pageCount * layout.pageSize <= geometry.dataSize,
+        guard layout.dataOffset == geometry.dataOffset, layout.dataBytes <= geometry.dataSize,
             layout.totalBytes <= geometry.metadataSize,
-            let data = try? region.mapping.unsafePointer(
-                forOffset: geometry.dataOffset, length: layout.pageCount * layout.pageSize)
+            let data = try? region.mapping.unsafePointer(forOffset: geometry.dataOffset, length: layout.dataBytes)
         else {
-            throw corrupt("the heap's geometry (\(layout.pageCount) pages of \(layout.pageSize) bytes at offset "
+            throw corrupt("the heap's geometry (\(layout.smallPageCount) pages of \(layout.pageSize) bytes and "
+                + "\(layout.spanPageCount) of \(layout.spanPageSize) at offset "
                 + "\(layout.dataOffset), \(layout.totalBytes) bytes of metadata) does not fit the region "
                 + "(\(geometry))")
         }
@@ -218,14 +263,23 @@ public final class SharedHeap: @unchecked Sendable {
         do { pool = try UnsafeLockFreeIndexStack.attach(at: meta + layout.poolOffset) } catch {
             throw corrupt("the page pool is not initialized: \(error)")
         }
-        guard pool.capacity == layout.pageCount else { throw corrupt("the page pool's capacity is wrong") }
-        return SharedHeap(region: region, layout: layout, meta: meta, data: data, pool: pool)
+        guard pool.capacity == layout.smallPageCount else { throw corrupt("the page pool's capacity is wrong") }
+        var spanPool: UnsafeLockFreeIndexStack?
+        if layout.spanPageCount > 0 {
+            do { spanPool = try UnsafeLockFreeIndexStack.attach(at: meta + layout.spanPoolOffset) } catch {
+                throw corrupt("the span page pool is not initialized: \(error)")
+            }
+            guard spanPool?.capacity == layout.spanPageCount else {
+                throw corrupt("the span page pool's capacity is wrong")
+            }
+        }
+        return SharedHeap(region: region, layout: layout, meta: meta, data: data, pool: pool, spanPool: spanPool)
     }
 
     private static func writeHeader(_ layout: SharedHeapLayout, at meta: UnsafeMutableRawPointer) {
         meta.storeBytes(of: layoutVersion, toByteOffset: 8, as: UInt32.self)
         meta.storeBytes(of: UInt32(layout.pageSize), toByteOffset: 12, as: UInt32.self)
-        meta.storeBytes(of: UInt32(layout.pageCount), toByteOffset: 16, as: UInt32.self)
+        meta.storeBytes(of: UInt32(layout.smallPageCount), toByteOffset: 16, as: UInt32.self)
         meta.storeBytes(of: UInt32(layout.classSizes.count), toByteOffset: 20, as: UInt32.self)
         meta.storeBytes(of: UInt32(layout.participantCapacity), toByteOffset: 24, as: UInt32.self)
         meta.storeBytes(of: UInt32(layout.heldCapacity), toByteOffset: 28, as: UInt32.self)
@@ -236,6 +290,11 @@ public final class SharedHeap: @unchecked Sendable {
         for (index, offset) in offsets.enumerated() {
             meta.storeBytes(of: UInt64(offset), toByteOffset: 40 + 8 * index, as: UInt64.self)
         }
+        meta.storeBytes(of: UInt32(layout.spanPageSize), toByteOffset: 128, as: UInt32.self)
+        meta.storeBytes(of: UInt32(layout.spanPageCount), toByteOffset: 132, as: UInt32.self)
+        meta.storeBytes(of: UInt32(layout.smallClassCount), toByteOffset: 136, as: UInt32.self)
+        meta.storeBytes(of: UInt32(layout.spanMaxSlots), toByteOffset: 140, as: UInt32.self)
+        meta.storeBytes(of: UInt64(layout.spanPoolOffset), toByteOffset: 144, as: UInt64.self)
         meta.storeBytes(of: checksum(at: meta, layout: layout), toByteOffset: 120, as: UInt64.self)
     }
 
@@ -252,21 +311,37 @@ public final class SharedHeap: @unchecked Sendable {
             SharedHeapLayout.headerSize + 4 * classCount <= limit
         else { return nil }
         let classes = (0..<classCount).map { Int(meta.load(fromByteOffset: 256 + 4 * $0, as: UInt32.self)) }
-        guard classes.allSatisfy({ $0 >= 16 && $0 % 16 == 0 && $0 <= pageSize / 8 }) else { return nil }
+        let spanPageSize = Int(meta.load(fromByteOffset: 128, as: UInt32.self))
+        let spanPageCount = Int(meta.load(fromByteOffset: 132, as: UInt32.self))
+        let smallClasses = Int(meta.load(fromByteOffset: 136, as: UInt32.self))
+        guard (1...classCount).contains(smallClasses), pageCount + spanPageCount <= 1 << 24,
+            classes.prefix(smallClasses).allSatisfy({ $0 >= 16 && $0 % 16 == 0 && $0 <= pageSize / 8 }),
+            zip(classes, classes.dropFirst()).allSatisfy({ $0 < $1 }),
+            spanPageCount == 0
+                ? smallClasses == classCount && spanPageSize == 0
+                : smallClasses < classCount && spanPageSize >= pageSize && spanPageSize <= 1 << 30
+                    && spanPageSize & (spanPageSize - 1) == 0
+                    && classes.dropFirst(smallClasses).allSatisfy({ $0 % 16 == 0 && $0 <= spanPageSize })
+        else { return nil }
         let dataOffset = Int(meta.load(fromByteOffset: 40 + 8 * 8, as: UInt64.self))
         let layout = SharedHeapLayout(
-            pageSize: pageSize, pageCount: pageCount, classSizes: classes, participantCapacity: participants,
+            pageSize: pageSize, smallPageCount: pageCount, spanPageSize: spanPageSize, spanPageCount: spanPageCount,
+            classSizes: classes, smallClassCount: smallClasses, participantCapacity: participants,
             heldCapacity: held, dataOffset: dataOffset)
         let stored = (0..<8).map { Int(meta.load(fromByteOffset: 40 + 8 * $0, as: UInt64.self)) }
         let derived = [layout.classTableOffset, layout.participantsOffset, layout.poolOffset, layout.pagesOffset,
                        layout.blockWordsOffset, layout.linksOffset, layout.heldOffset, layout.totalBytes]
-        guard stored == derived, Int(meta.load(fromByteOffset: 32, as: UInt32.self)) == layout.maxSlots else {
+        guard stored == derived, Int(meta.load(fromByteOffset: 32, as: UInt32.self)) == layout.maxSlots,
+            Int(meta.load(fromByteOffset: 140, as: UInt32.self)) == layout.spanMaxSlots,
+            Int(meta.load(fromByteOffset: 144, as: UInt64.self)) == layout.spanPoolOffset,
+            layout.dataBytes <= 1 << 36
+        else {
             return nil
         }
         return layout
     }
 
-    /// FNV-1a over header bytes 8..<120 and the class table.
+    /// FNV-1a over header bytes 8..<120 and 128..<152, and the class table.
     private static func checksum(at meta: UnsafeMutableRawPointer, layout: SharedHeapLayout) -> UInt64 {
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325
         func mix(_ range: Range<Int>) {
@@ -275,19 +350,31 @@ public final class SharedHeap: @unchecked Sendable {
             }
         }
         mix(8..<120)
+        mix(128..<152)
         mix(layout.classTableOffset..<(layout.classTableOffset + 4 * layout.classSizes.count))
         return hash
     }
 
     // MARK: Geometry
 
-    /// The heap page size.
+    /// The heap page size (small-page tier).
     public var pageSize: Int { layout.pageSize }
-    /// The number of heap pages in the data area.
+    /// The number of heap pages of both tiers (`smallPageCount + spanPageCount`).
     public var pageCount: Int { layout.pageCount }
-    /// The block sizes of the size classes, ascending.
+    /// The number of small pages (`pageSize` bytes each; pages `0..<smallPageCount`).
+    public var smallPageCount: Int { layout.smallPageCount }
+    /// The span page size (0 without a span tier).
+    public var spanPageSize: Int { layout.spanPageSize }
+    /// The number of span pages (`spanPageSize` bytes each; pages `smallPageCount..<pageCount`).
+    public var spanPageCount: Int { layout.spanPageCount }
+    /// The block sizes of the size classes, ascending: small classes (small pages), then large ones (span pages).
     public var sizeClasses: [Int] { layout.classSizes }
-    /// The largest request `allocate` serves.
+    /// The large classes (span pages), ascending; empty without a span tier.
+    public var largeSizeClasses: [Int] { Array(layout.classSizes[layout.smallClassCount...]) }
+    /// The largest small class (requests up to it are served from small pages).
+    public var largestSmallBlockSize: Int { layout.largestSmallClass }
+    /// The largest request `allocate` serves (the largest large class, or the largest small one without a span
+    /// tier).
     public var largestBlockSize: Int { layout.classSizes[layout.classSizes.count - 1] }
     /// How many participants may be joined at once.
     public var participantCapacity: Int { layout.participantCapacity }
@@ -297,6 +384,10 @@ public final class SharedHeap: @unchecked Sendable {
     /// The index of the smallest class that fits `size`, or nil.
     @inlinable
     internal func sizeClass(for size: Int) -> Int? {
+        // Small sizes (1 … largest small class, a multiple of 16): one table load.
+        if UInt(bitPattern: size &- 1) < UInt(bitPattern: largestSmallBlockSize) {
+            return Int(classLookup[(size &+ 15) &>> 4])
+        }
         // Binary search: the class table is short, but a linear scan of 50 entries is still 50 compares.
         var low = 0
         var high = layout.classSizes.count
@@ -341,10 +432,10 @@ public final class SharedHeap: @unchecked Sendable {
     @inlinable internal func collecting(_ page: Int) -> UnsafeAtomic<UInt32> { word32(pageDescriptor(page) + 48) }
 
     @inlinable internal func blockWord(_ page: Int, _ slot: Int) -> UnsafeAtomic<UInt64> {
-        word64(layout.blockWordsOffset + (page * layout.maxSlots + slot) * 8)
+        word64(layout.blockWordsOffset &+ (layout.slotBase(page) &+ slot) &* 8)
     }
     @inlinable internal func link(_ page: Int, _ slot: Int) -> UnsafeAtomic<UInt32> {
-        word32(layout.linksOffset + (page * layout.maxSlots + slot) * 4)
+        word32(layout.linksOffset &+ (layout.slotBase(page) &+ slot) &* 4)
     }
 
     @inlinable internal func participantOffset(_ p: Int) -> Int {
@@ -384,12 +475,11 @@ public final class SharedHeap: @unchecked Sendable {
     /// Checks a handle's offset (range, alignment to its page's class) without looking at the block word.
     @inlinable
     internal func locate(_ handle: SharedHeapHandle, checkEpoch: Bool = true) throws(SharedHeapError) -> Location {
-        let offset = Int(handle.rawValue & 0xFFFF_FFFF) * 16
-        let page = offset / layout.pageSize
-        guard handle.rawValue != 0, page < layout.pageCount else {
+        let offset = Int(handle.rawValue & 0xFFFF_FFFF) &* 16
+        guard handle.rawValue != 0, let (page, within) = layout.page(atDataOffset: offset) else {
             throw SharedHeapError(
                 .outOfRange, "handle \(handle) points at data offset \(offset), outside the heap's "
-                    + "\(layout.pageCount * layout.pageSize) bytes of pages")
+                    + "\(layout.dataBytes) bytes of pages")
         }
         let pageWord = pageState(page).load(ordering: .acquiring)
         // A handle from an earlier use of the page (another epoch, maybe another class) is stale, whatever its
@@ -399,9 +489,12 @@ public final class SharedHeap: @unchecked Sendable {
                 .staleHandle, "handle \(handle) is stale: page \(page) has been reused since (epoch "
                     + "\(PageWord.epoch(pageWord)), the handle's is \(handle.generation >> 16))")
         }
-        let blockSize = layout.classSizes[min(PageWord.sizeClass(pageWord), layout.classSizes.count - 1)]
-        let within = offset % layout.pageSize
-        guard within % blockSize == 0, within / blockSize < layout.pageSize / blockSize else {
+        let sizeClass = min(PageWord.sizeClass(pageWord), layout.classSizes.count - 1)
+        let blockSize = layout.classSizes[sizeClass]
+        let pageBytes = layout.pageBytes(page)
+        // A class of the other tier (a page never handed out, or metadata overwritten) gets a slot bound of 0.
+        let slots = layout.isLarge(sizeClass) == layout.isSpan(page) ? pageBytes / blockSize : 0
+        guard within % blockSize == 0, within / blockSize < slots else {
             throw SharedHeapError(
                 .misaligned, "handle \(handle) points at data offset \(offset), which is not the start of a "
                     + "\(blockSize)-byte block of page \(page)")
@@ -420,7 +513,7 @@ public final class SharedHeap: @unchecked Sendable {
         guard BlockWord.generation(word) == location.generation, BlockWord.state(word) == BlockWord.allocated else {
             throw staleError(handle, word)
         }
-        return data + (Int(handle.rawValue & 0xFFFF_FFFF) * 16)
+        return data + (Int(handle.rawValue & 0xFFFF_FFFF) &* 16)
     }
 
     /// The size of the handle's block (its size class).
@@ -438,7 +531,7 @@ public final class SharedHeap: @unchecked Sendable {
     public func handle(for pointer: UnsafeRawPointer) throws(SharedHeapError) -> SharedHeapHandle {
         let address = UInt(bitPattern: pointer)
         let start = UInt(bitPattern: data)
-        guard address >= start, address - start < UInt(layout.pageCount * layout.pageSize) else {
+        guard address >= start, address - start < UInt(layout.dataBytes) else {
             throw SharedHeapError(.outOfRange, "address 0x\(String(address, radix: 16)) is not in this heap's data pages")
         }
         let offset = Int(address - start)
@@ -526,8 +619,9 @@ public final class SharedHeap: @unchecked Sendable {
         pageInHand(p).store(PageInHand.claimingNoPage, ordering: .relaxed)
         defer { pageInHand(p).store(0, ordering: .relaxed) }
         while true {
-            guard let index = pool.pop() else { return nil }
-            let page = Int(index)
+            let large = layout.isLarge(sizeClass)
+            guard let stack = large ? spanPool : pool, let index = stack.pop() else { return nil }
+            let page = Int(index) + (large ? layout.smallPageCount : 0)
             pageInHand(p).store(PageInHand.claiming | UInt64(page), ordering: .relaxed)
             var old = pageState(page).load(ordering: .acquiring)
             guard PageWord.kind(old) == PageWord.pooled else { continue }  // A stale hint: someone owns it.
@@ -547,7 +641,7 @@ public final class SharedHeap: @unchecked Sendable {
             localCount(page).store(0, ordering: .relaxed)
             carved(page).store(0, ordering: .relaxed)
             live(page).store(0, ordering: .relaxed)
-            slotCount(page).store(UInt32(layout.pageSize / layout.classSizes[sizeClass]), ordering: .relaxed)
+            slotCount(page).store(UInt32(layout.pageBytes(page) / layout.classSizes[sizeClass]), ordering: .relaxed)
             remoteHead(page).store(UInt64(endOfSlots), ordering: .relaxed)
             collecting(page).store(0, ordering: .relaxed)
             return page
@@ -609,8 +703,17 @@ public final class SharedHeap: @unchecked Sendable {
         pageState(page).store(
             PageWord.make(kind: PageWord.pooled, sizeClass: PageWord.sizeClass(word), owner: 0,
                           epoch: PageWord.epoch(word)), ordering: .releasing)
-        try? pool.push(UInt32(page))  // .doubleFree: already in the pool as a hint.
+        try? pushPooled(page)  // .doubleFree: already in the pool as a hint.
         pageInHand(p).store(0, ordering: .relaxed)
+    }
+
+    /// Pushes a page onto its tier's pool (exact double-push detection).
+    internal func pushPooled(_ page: Int) throws(AllocationError) {
+        if layout.isSpan(page), let spanPool {
+            try spanPool.push(UInt32(page - layout.smallPageCount))
+        } else {
+            try pool.push(UInt32(page))
+        }
     }
 
     /// Moves the page's whole remote-free stack onto its local list (owner only). Returns how many blocks came

@@ -6,15 +6,23 @@ import Divvy
 /// Everything lives in the region's metadata area, at offsets relative to the start of that area; nothing is a
 /// pointer. The data area holds only user bytes (so a mediated client can map it alone).
 ///
+/// The data area is cut into two tiers at format time: the *small-page tier* (`smallPageCount` pages of
+/// `pageSize`, first) and the *span tier* (`spanPageCount` pages of `spanPageSize`, after it), each with its own
+/// page pool. Small classes (≤ `pageSize / 8`) live in small pages, large classes in span pages; a page of either
+/// tier is driven by exactly the same machinery (state word, owner, local list, remote stack, block words,
+/// recovery, verify) — only its base, size and slot count differ. Pages are numbered across both tiers (small
+/// pages first), so page descriptors, page-in-hand words and page state words need no tier field.
+///
 /// | part | at | size | contents |
 /// |---|---|---|---|
-/// | heap header | 0 | 256 | magic (stored last), version, page size, counts, the offsets below, checksum |
-/// | class table | 256 | 4 × classes | block size of each size class (multiples of 16) |
+/// | heap header | 0 | 256 | magic (stored last), version, page sizes, counts, the offsets below, checksum |
+/// | class table | 256 | 4 × classes | block size of each size class (multiples of 16; small classes first) |
 /// | participants | `participantsOffset` | 64 × participants | state word, pending-operation word, name |
-/// | page pool | `poolOffset` | `UnsafeLockFreeIndexStack.requiredBytes(pages)` | free page indices (tagged Treiber stack) |
+/// | page pool | `poolOffset` | `UnsafeLockFreeIndexStack.requiredBytes(smallPageCount)` | free small pages |
+/// | span pool | `spanPoolOffset` | `UnsafeLockFreeIndexStack.requiredBytes(spanPageCount)` | free span pages (index − smallPageCount) |
 /// | page descriptors | `pagesOffset` | 64 × pages | state word, remote-free head, local list, counters |
-/// | block words | `blockWordsOffset` | 8 × pages × maxSlots | per block slot: generation, holders, state |
-/// | links | `linksOffset` | 4 × pages × maxSlots | per block slot: next slot in the local list or remote stack |
+/// | block words | `blockWordsOffset` | 8 × slots | per block slot: generation, holders, state |
+/// | links | `linksOffset` | 4 × slots | per block slot: next slot in the local list or remote stack |
 /// | held lists | `heldOffset` | 8 × participants × heldCapacity | per participant: the handles it holds (0 = empty) |
 ///
 /// Page descriptor (64 bytes): 0 state word (`PageWord`), 8 remote-free head (top slot, `endOfSlots` = empty),
@@ -25,28 +33,47 @@ import Divvy
 /// Participant entry (64 bytes): 0 state word (`ParticipantWord`: free / alive(pid) / dead), 8 pending handle (the
 /// operation in flight, 0 = none), 16–47 name (UTF-8, zero padded), 48 page in hand (`PageInHand`), 56 page
 /// allowance (`UInt32`, `unlimitedPages` = no limit; written by whoever manages quotas, e.g. a daemon), 60 owned
-/// pages (`UInt32`, written only by the participant, or by its recoverer; read by anyone).
+/// pages (`UInt32`, in units of `pageSize`: a span page counts `spanPageSize / pageSize`; written only by the
+/// participant, or by its recoverer; read by anyone).
 ///
-/// `maxSlots = pageSize / smallest class`: the block word and link of slot `s` of page `p` are at index
-/// `p * maxSlots + s`, whatever the page's class.
+/// Slots: a small page has `maxSlots = pageSize / smallest class` block words and links, a span page
+/// `spanMaxSlots = spanPageSize / smallest large class`; the word of slot `s` of page `p` is at index
+/// `slotBase(p) + s` (small pages first, then span pages), whatever the page's class.
+///
+/// Handles keep `data offset / 16` in 32 bits, so the whole data area (both tiers) is limited to 64 GiB.
 public struct SharedHeapConfiguration: Hashable, Sendable {
-    /// The size of a heap page in the data area: a power of two, 4 KiB…16 MiB. Default 64 KiB.
+    /// The size of a small-tier heap page in the data area: a power of two, 4 KiB…16 MiB. Default 64 KiB.
     public var pageSize: Int
-    /// Block sizes, ascending, multiples of 16, at most `pageSize / 8`, at most 255 classes. Default:
+    /// Small block sizes, ascending, multiples of 16, at most `pageSize / 8`, served from small pages. Default:
     /// `SharedHeapConfiguration.defaultSizeClasses(pageSize:)`.
     public var sizeClasses: [Int]
     /// Participant slots (1…30: a participant is one bit of a block's 30-bit holder mask). Default 30.
     public var participantCapacity: Int
     /// Handles one participant may hold at once (its held list). Default 4096.
     public var heldCapacity: Int
+    /// The size of a span-tier page: a power of two, at least `pageSize`, at most 1 GiB. Default `8 × pageSize`.
+    public var spanPageSize: Int
+    /// The share of the data area given to the span tier (0…1), rounded down to whole span pages. Default 0.25.
+    /// When it comes to no span page (a small data area) the heap has no large classes.
+    public var spanFraction: Double
+    /// Large block sizes, ascending, multiples of 16, above every small class, at most `spanPageSize`, served from
+    /// span pages; empty for no span tier. At most 255 classes in all. Default:
+    /// `SharedHeapConfiguration.defaultLargeSizeClasses(pageSize:spanPageSize:)`.
+    public var largeSizeClasses: [Int]
 
-    /// Creates a configuration; `sizeClasses: nil` means the default classes for `pageSize`.
+    /// Creates a configuration; `sizeClasses` / `largeSizeClasses` nil mean the defaults for the page sizes,
+    /// `spanPageSize` nil means `8 × pageSize`.
     public init(pageSize: Int = 64 << 10, sizeClasses: [Int]? = nil, participantCapacity: Int = 30,
-                heldCapacity: Int = 4096) {
+                heldCapacity: Int = 4096, spanPageSize: Int? = nil, spanFraction: Double = 0.25,
+                largeSizeClasses: [Int]? = nil) {
         self.pageSize = pageSize
         self.sizeClasses = sizeClasses ?? Self.defaultSizeClasses(pageSize: pageSize)
         self.participantCapacity = participantCapacity
         self.heldCapacity = heldCapacity
+        let span = spanPageSize ?? 8 * pageSize
+        self.spanPageSize = span
+        self.spanFraction = spanFraction
+        self.largeSizeClasses = largeSizeClasses ?? Self.defaultLargeSizeClasses(pageSize: pageSize, spanPageSize: span)
     }
 
     /// 16…128 in steps of 16, then four classes per doubling (160, 192, 224, 256, 320, …), up to `pageSize / 8`.
@@ -69,22 +96,68 @@ public struct SharedHeapConfiguration: Hashable, Sendable {
         return classes
     }
 
+    /// Four classes per doubling above `pageSize / 8` (for 64 KiB pages: 10 KiB, 12 KiB, 14 KiB, 16 KiB, 20 KiB,
+    /// …) up to `spanPageSize` (one block per span page).
+    public static func defaultLargeSizeClasses(pageSize: Int, spanPageSize: Int) -> [Int] {
+        var classes: [Int] = []
+        var base = max(16, pageSize / 8)
+        while base < spanPageSize, base >= 16 {
+            for step in 1...4 {
+                let next = (base + base / 4 * step) / 16 * 16
+                if next <= spanPageSize, next > (classes.last ?? base) { classes.append(next) }
+            }
+            base *= 2
+        }
+        return classes
+    }
+
     /// The participant limit imposed by the 30-bit holder mask in a block word.
     public static let maximumParticipants = 30
+
+    /// How a data area of `dataSize` bytes is split: small pages, span pages, and the classes the heap serves
+    /// (the large classes only when there is a span page).
+    internal func tiers(dataSize: Int) -> (smallPages: Int, spanPages: Int, classes: [Int], smallClasses: Int) {
+        var spanPages = 0
+        if !largeSizeClasses.isEmpty, spanPageSize > 0, spanFraction > 0, spanFraction <= 1 {
+            spanPages = Int(Double(dataSize) * spanFraction) / spanPageSize
+        }
+        let smallPages = (dataSize - spanPages * spanPageSize) / max(1, pageSize)
+        return (smallPages, spanPages, spanPages > 0 ? sizeClasses + largeSizeClasses : sizeClasses,
+                sizeClasses.count)
+    }
 }
 
 /// Offsets and counts derived from a configuration and a region (all offsets relative to the metadata area).
 @usableFromInline
 internal struct SharedHeapLayout: Hashable, Sendable {
     @usableFromInline var pageSize: Int
+    /// Pages of both tiers (small pages are `0..<smallPageCount`).
     @usableFromInline var pageCount: Int
+    @usableFromInline var smallPageCount: Int
+    @usableFromInline var spanPageSize: Int
+    @usableFromInline var spanPageCount: Int
+    /// All classes, small first.
     @usableFromInline var classSizes: [Int]
+    /// Classes `0..<smallClassCount` are small (small pages), the rest large (span pages).
+    @usableFromInline var smallClassCount: Int
+    /// The largest small class's block size.
+    @usableFromInline var largestSmallClass: Int
     @usableFromInline var participantCapacity: Int
     @usableFromInline var heldCapacity: Int
     @usableFromInline var maxSlots: Int
+    @usableFromInline var spanMaxSlots: Int
+    /// Data-area offset of the first span page (= bytes in small pages).
+    @usableFromInline var spanDataOffset: Int
+    /// Bytes of the data area used by pages of both tiers.
+    @usableFromInline var dataBytes: Int
+    /// Slot index of the first span page's slot 0.
+    @usableFromInline var spanSlotBase: Int
+    @usableFromInline var pageShift: Int
+    @usableFromInline var spanPageShift: Int
     @usableFromInline var classTableOffset: Int
     @usableFromInline var participantsOffset: Int
     @usableFromInline var poolOffset: Int
+    @usableFromInline var spanPoolOffset: Int
     @usableFromInline var pagesOffset: Int
     @usableFromInline var blockWordsOffset: Int
     @usableFromInline var linksOffset: Int
@@ -99,25 +172,66 @@ internal struct SharedHeapLayout: Hashable, Sendable {
 
     static func roundUp(_ value: Int, _ alignment: Int) -> Int { (value + alignment - 1) / alignment * alignment }
 
-    /// Lays the heap out; `pageCount` pages of `pageSize`. Sizes are validated by the caller.
-    init(pageSize: Int, pageCount: Int, classSizes: [Int], participantCapacity: Int, heldCapacity: Int,
-         dataOffset: Int) {
+    /// Lays the heap out. Sizes are validated by the caller (page sizes powers of two, classes in range).
+    init(pageSize: Int, smallPageCount: Int, spanPageSize: Int, spanPageCount: Int, classSizes: [Int],
+         smallClassCount: Int, participantCapacity: Int, heldCapacity: Int, dataOffset: Int) {
         self.pageSize = pageSize
-        self.pageCount = pageCount
+        self.smallPageCount = smallPageCount
+        self.spanPageSize = spanPageCount > 0 ? spanPageSize : 0
+        self.spanPageCount = spanPageCount
+        pageCount = smallPageCount + spanPageCount
         self.classSizes = classSizes
+        self.smallClassCount = smallClassCount
+        largestSmallClass = classSizes[smallClassCount - 1]
         self.participantCapacity = participantCapacity
         self.heldCapacity = heldCapacity
         self.dataOffset = dataOffset
         maxSlots = pageSize / classSizes[0]
+        spanMaxSlots = spanPageCount > 0 && classSizes.count > smallClassCount
+            ? spanPageSize / classSizes[smallClassCount] : 0
+        spanDataOffset = smallPageCount * pageSize
+        dataBytes = spanDataOffset + spanPageCount * self.spanPageSize
+        spanSlotBase = smallPageCount * maxSlots
+        pageShift = pageSize.trailingZeroBitCount
+        spanPageShift = spanPageCount > 0 ? spanPageSize.trailingZeroBitCount : 0
+        let totalSlots = spanSlotBase + spanPageCount * spanMaxSlots
         classTableOffset = Self.headerSize
         participantsOffset = Self.roundUp(classTableOffset + 4 * classSizes.count, 64)
         poolOffset = Self.roundUp(participantsOffset + Self.participantStride * participantCapacity, 64)
-        pagesOffset = Self.roundUp(poolOffset + UnsafeLockFreeIndexStack.requiredBytes(capacity: max(1, pageCount)), 64)
+        spanPoolOffset = Self.roundUp(
+            poolOffset + UnsafeLockFreeIndexStack.requiredBytes(capacity: max(1, smallPageCount)), 64)
+        pagesOffset = Self.roundUp(
+            spanPoolOffset + (spanPageCount > 0 ? UnsafeLockFreeIndexStack.requiredBytes(capacity: spanPageCount) : 0),
+            64)
         blockWordsOffset = Self.roundUp(pagesOffset + Self.pageStride * pageCount, 64)
-        linksOffset = Self.roundUp(blockWordsOffset + 8 * pageCount * maxSlots, 64)
-        heldOffset = Self.roundUp(linksOffset + 4 * pageCount * maxSlots, 64)
+        linksOffset = Self.roundUp(blockWordsOffset + 8 * totalSlots, 64)
+        heldOffset = Self.roundUp(linksOffset + 4 * totalSlots, 64)
         totalBytes = Self.roundUp(heldOffset + 8 * participantCapacity * heldCapacity, 64)
     }
+
+    /// Is `page` a span page?
+    @inlinable func isSpan(_ page: Int) -> Bool { page >= smallPageCount }
+    /// Is `sizeClass` a large class (span pages)?
+    @inlinable func isLarge(_ sizeClass: Int) -> Bool { sizeClass >= smallClassCount }
+    /// The page's size in bytes.
+    @inlinable func pageBytes(_ page: Int) -> Int { page < smallPageCount ? pageSize : spanPageSize }
+    /// The page's start, from the start of the data area.
+    @inlinable func pageBase(_ page: Int) -> Int {
+        page < smallPageCount ? page &<< pageShift : spanDataOffset &+ ((page &- smallPageCount) &<< spanPageShift)
+    }
+    /// The index of the page's slot 0 among block words and links.
+    @inlinable func slotBase(_ page: Int) -> Int {
+        page < smallPageCount ? page &* maxSlots : spanSlotBase &+ (page &- smallPageCount) &* spanMaxSlots
+    }
+    /// The page holding data offset `offset` and the offset within it; nil beyond the pages.
+    @inlinable func page(atDataOffset offset: Int) -> (page: Int, within: Int)? {
+        if offset < spanDataOffset { return (offset &>> pageShift, offset & (pageSize &- 1)) }
+        guard offset < dataBytes else { return nil }
+        let span = offset &- spanDataOffset
+        return (smallPageCount &+ (span &>> spanPageShift), span & (spanPageSize &- 1))
+    }
+    /// How many `pageSize` units the page counts for in allowances and owned-page counts.
+    @inlinable func pageUnits(_ page: Int) -> Int { page < smallPageCount ? 1 : spanPageSize / pageSize }
 }
 
 // MARK: Word formats

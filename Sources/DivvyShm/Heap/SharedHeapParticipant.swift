@@ -27,9 +27,7 @@ extension SharedHeap {
         internal var _dieAfter: (operation: String, step: Int)?
         #endif
         /// Where each held handle sits in the shared held list (a process-local index of it).
-        private var heldSlots: [UInt64: Int] = [:]
-        /// Held-list entries known to be empty.
-        private var emptyHeldSlots: [Int]
+        private var held: SharedHeapHeldTable
         /// Pages this participant owns, per size class.
         private var ownedPages: [[Int]]
         /// The number of pages in `ownedPages` (mirrored in the shared owned-pages word).
@@ -40,20 +38,21 @@ extension SharedHeap {
         internal init(heap: SharedHeap, index: Int) {
             self.heap = heap
             self.index = index
-            emptyHeldSlots = Array((0..<heap.layout.heldCapacity).reversed())
+            held = SharedHeapHeldTable(capacity: heap.layout.heldCapacity)
             ownedPages = Array(repeating: [], count: heap.layout.classSizes.count)
             currentPage = Array(repeating: -1, count: heap.layout.classSizes.count)
         }
 
         deinit {
             if !left { leave() }
+            held.deallocate()
         }
 
         /// How many blocks this participant holds.
-        public var heldCount: Int { heldSlots.count }
+        public var heldCount: Int { held.count }
 
         /// The handles this participant holds (unordered).
-        public var heldHandles: [SharedHeapHandle] { heldSlots.keys.map { SharedHeapHandle(rawValue: $0) } }
+        public var heldHandles: [SharedHeapHandle] { held.allKeys.map { SharedHeapHandle(rawValue: $0) } }
 
         private var bit: UInt32 { 1 << UInt32(index) }
 
@@ -95,7 +94,7 @@ extension SharedHeap {
         }
 
         private func takeHeldSlot(for handle: SharedHeapHandle) throws(SharedHeapError) -> Int {
-            guard let slot = emptyHeldSlots.popLast() else {
+            guard let slot = held.takeEntry() else {
                 throw SharedHeapError(
                     .heldListFull, "participant \(index) already holds \(heap.layout.heldCapacity) blocks (its "
                         + "held list is full); free some, or create the heap with a larger heldCapacity")
@@ -118,12 +117,13 @@ extension SharedHeap {
             guard size > 0, let sizeClass = heap.sizeClass(for: size) else {
                 throw SharedHeapError(
                     .unsupportedSize, "cannot allocate \(size) bytes: sizes 1…\(heap.largestBlockSize) are "
-                        + "supported (multi-page spans are not implemented yet)")
+                        + "supported (configure larger span pages and large classes for more)")
             }
-            if emptyHeldSlots.isEmpty { _ = try takeHeldSlot(for: SharedHeapHandle(rawValue: 0)) }
+            if held.freeCount == 0 { _ = try takeHeldSlot(for: SharedHeapHandle(rawValue: 0)) }
             let (page, slot, fresh) = try takeSlot(sizeClass)
             try crashPoint("allocate", 1)
-            let heldSlot = emptyHeldSlots.removeLast()
+            // Safe: checked above that an entry is free, and nothing took one since.
+            let heldSlot = held.takeEntry()!
             let blockSize = heap.layout.classSizes[sizeClass]
             let epoch = PageWord.epoch(heap.pageState(page).load(ordering: .relaxed))
             let old = BlockWord.generation(heap.blockWord(page, slot).load(ordering: .relaxed))
@@ -131,7 +131,7 @@ extension SharedHeap {
             // a per-slot counter in the low 16 bits (bumped on every reuse within the epoch).
             let generation = fresh || (old >> 16) != epoch
                 ? (epoch << 16) | 1 : (old & 0xFFFF_0000) | ((old &+ 1) & 0xFFFF)
-            let unit = UInt64((page * heap.layout.pageSize + slot * blockSize) / 16)
+            let unit = UInt64((heap.layout.pageBase(page) &+ slot &* blockSize) &>> 4)
             let handle = SharedHeapHandle(rawValue: (UInt64(generation) << 32) | unit)
             // Step 1. Ordering: releasing, so that the pending word is visible no later than the block word.
             heap.pending(index).store(handle.rawValue, ordering: .releasing)
@@ -143,7 +143,7 @@ extension SharedHeap {
             try crashPoint("allocate", 3)
             // Step 3. Ordering: releasing, after the block word.
             heap.held(index, heldSlot).store(handle.rawValue, ordering: .releasing)
-            heldSlots[handle.rawValue] = heldSlot
+            held.insert(handle.rawValue, heldSlot)
             try crashPoint("allocate", 4)
             // Step 4.
             heap.pending(index).store(0, ordering: .releasing)
@@ -192,7 +192,7 @@ extension SharedHeap {
             }
             throw SharedHeapError(
                 .heapFull, "the heap is full: no free \(heap.layout.classSizes[sizeClass])-byte block and no "
-                    + "free page among \(heap.layout.pageCount) pages of \(heap.layout.pageSize) bytes")
+                    + "free page among \(tierDescription(sizeClass))")
         }
 
         /// Records a freshly claimed page as ours and pops its first slot (a fresh page always has one).
@@ -208,17 +208,20 @@ extension SharedHeap {
         /// allowance, after giving back our own pages of other classes that have nothing live (which changes no
         /// block).
         private func checkPageAllowance(_ sizeClass: Int) throws(SharedHeapError) {
+            let l = heap.layout
+            // A span page counts as spanPageSize / pageSize pages.
+            let needed = l.isLarge(sizeClass) ? l.spanPageSize / l.pageSize : 1
             // Ordering: relaxed; the allowance is a policy word another process may change at any time, and any
             // recent value will do.
             var allowance = heap.pageAllowance(index).load(ordering: .relaxed)
-            if allowance == unlimitedPages || ownedPageTotal < Int(allowance) { return }
+            if allowance == unlimitedPages || ownedPageTotal + needed <= Int(allowance) { return }
             releaseEmptyPages(except: sizeClass)
             allowance = heap.pageAllowance(index).load(ordering: .relaxed)
-            if allowance == unlimitedPages || ownedPageTotal < Int(allowance) { return }
+            if allowance == unlimitedPages || ownedPageTotal + needed <= Int(allowance) { return }
             throw SharedHeapError(
                 .pageAllowanceExhausted, "participant \(index) owns \(ownedPageTotal) pages, its page allowance is "
-                    + "\(allowance): no room for another \(heap.layout.classSizes[sizeClass])-byte block; free "
-                    + "blocks, or raise the allowance (SharedHeap.setPageAllowance)")
+                    + "\(allowance): no room for another \(l.classSizes[sizeClass])-byte block (its page counts "
+                    + "\(needed)); free blocks, or raise the allowance (SharedHeap.setPageAllowance)")
         }
 
         /// Gives back our pages of classes other than `sizeClass` with nothing live (after collecting them).
@@ -231,10 +234,16 @@ extension SharedHeap {
             }
         }
 
+        private func tierDescription(_ sizeClass: Int) -> String {
+            let l = heap.layout
+            return l.isLarge(sizeClass) ? "\(l.spanPageCount) span pages of \(l.spanPageSize) bytes"
+                : "\(l.smallPageCount) pages of \(l.pageSize) bytes"
+        }
+
         /// Records a page we now own, here and in the shared owned-pages word.
         private func notePageTaken(_ page: Int, _ sizeClass: Int) {
             ownedPages[sizeClass].append(page)
-            ownedPageTotal += 1
+            ownedPageTotal += heap.layout.pageUnits(page)
             // Ordering: relaxed; a statistic for other processes, and for verify() once quiescent.
             heap.ownedPageCount(index).store(UInt32(ownedPageTotal), ordering: .relaxed)
         }
@@ -244,7 +253,7 @@ extension SharedHeap {
             ownedPages[sizeClass].removeAll { $0 == page }
             if currentPage[sizeClass] == page { currentPage[sizeClass] = -1 }
             heap.releasePage(page, for: index)
-            ownedPageTotal -= 1
+            ownedPageTotal -= heap.layout.pageUnits(page)
             // Ordering: relaxed, as in `notePageTaken`.
             heap.ownedPageCount(index).store(UInt32(ownedPageTotal), ordering: .relaxed)
         }
@@ -259,7 +268,7 @@ extension SharedHeap {
         public func adopt(_ handle: SharedHeapHandle) throws(SharedHeapError) {
             try checkJoined()
             let location = try heap.locate(handle)
-            if heldSlots[handle.rawValue] != nil {
+            if held.find(handle.rawValue) != nil {
                 throw SharedHeapError(.alreadyHeld, "participant \(index) already holds \(handle)")
             }
             let word = heap.blockWord(location.page, location.slot)
@@ -275,7 +284,7 @@ extension SharedHeap {
                     BlockWord.state(observed) == BlockWord.allocated
                 else {
                     heap.pending(index).store(0, ordering: .releasing)
-                    emptyHeldSlots.append(heldSlot)
+                    held.returnEntry(heldSlot)
                     throw heap.staleError(handle, observed)
                 }
                 let desired = observed | (UInt64(bit) << 32)
@@ -289,7 +298,7 @@ extension SharedHeap {
             }
             try crashPoint("adopt", 2)
             heap.held(index, heldSlot).store(handle.rawValue, ordering: .releasing)
-            heldSlots[handle.rawValue] = heldSlot
+            held.insert(handle.rawValue, heldSlot)
             try crashPoint("adopt", 3)
             heap.pending(index).store(0, ordering: .releasing)
         }
@@ -311,7 +320,7 @@ extension SharedHeap {
             let word = heap.blockWord(location.page, location.slot)
             // Ordering: acquiring (see the compare-and-exchange).
             var observed = word.load(ordering: .acquiring)
-            guard let heldSlot = heldSlots[handle.rawValue] else {
+            guard let heldSlot = held.find(handle.rawValue) else {
                 if BlockWord.generation(observed) != handle.generation {
                     throw heap.staleError(handle, observed)
                 }
@@ -356,8 +365,8 @@ extension SharedHeap {
             }
             try crashPoint("free", 2)
             heap.held(index, heldSlot).store(0, ordering: .releasing)
-            heldSlots[handle.rawValue] = nil
-            emptyHeldSlots.append(heldSlot)
+            held.remove(handle.rawValue)
+            held.returnEntry(heldSlot)
             try crashPoint("free", 3)
             if released {
                 if ownPage {
@@ -384,7 +393,7 @@ extension SharedHeap {
         /// participant slot. Idempotent; `deinit` calls it.
         public func leave() {
             guard !left else { return }
-            for handle in heldSlots.keys {
+            for handle in held.allKeys {
                 _ = try? free(SharedHeapHandle(rawValue: handle))
             }
             for pages in ownedPages {

@@ -377,14 +377,24 @@ extension SharedHeap {
     /// - Throws: `.recoveryIncomplete` when a live participant kept a page in hand for a whole second, or the
     ///   pool changed under every snapshot attempt.
     internal func restorePoolPages(except p: Int) throws(SharedHeapError) -> Int {
-        let poolBase = meta + layout.poolOffset
-        let head = UnsafeAtomic<UInt64>(at: poolBase.assumingMemoryBound(to: UnsafeAtomic<UInt64>.Storage.self))
-        func poolLink(_ index: Int) -> UnsafeAtomic<UInt32> {
-            UnsafeAtomic<UInt32>(
-                at: (poolBase + 128 + 4 * index).assumingMemoryBound(to: UnsafeAtomic<UInt32>.Storage.self))
+        // The tiers' pools: (pool memory, first page, pages). Everything below is per tier, except the wait.
+        var tiers = [(base: meta + layout.poolOffset, first: 0, count: layout.smallPageCount)]
+        if layout.spanPageCount > 0 {
+            tiers.append((base: meta + layout.spanPoolOffset, first: layout.smallPageCount, count: layout.spanPageCount))
         }
-        // (1) An exact snapshot.
-        let inPool = try exactPoolSnapshot(head: head, link: poolLink)
+        func head(_ tier: Int) -> UnsafeAtomic<UInt64> {
+            UnsafeAtomic<UInt64>(at: tiers[tier].base.assumingMemoryBound(to: UnsafeAtomic<UInt64>.Storage.self))
+        }
+        func poolLink(_ tier: Int, _ index: Int) -> UnsafeAtomic<UInt32> {
+            UnsafeAtomic<UInt32>(
+                at: (tiers[tier].base + 128 + 4 * index).assumingMemoryBound(to: UnsafeAtomic<UInt32>.Storage.self))
+        }
+        func snapshot(_ tier: Int) throws(SharedHeapError) -> [Bool] {
+            try exactPoolSnapshot(head: head(tier), count: tiers[tier].count) { poolLink(tier, $0) }
+        }
+        // (1) An exact snapshot of each pool.
+        var inPool: [[Bool]] = []
+        for tier in tiers.indices { inPool.append(try snapshot(tier)) }
         // (2) Every other live participant seen with no page in hand (or done with the one it had).
         for q in 0..<layout.participantCapacity where q != p {
             let word = participantState(q).load(ordering: .sequentiallyConsistent)
@@ -403,54 +413,58 @@ extension SharedHeap {
                 usleep(100)
             }
         }
-        // (3) Pooled, not listed, popped: push.
         var pushed = 0
         let inUse: UInt32 = 0xFFFF_FFFE
-        var unmarked: [Int] = []
-        for page in 0..<layout.pageCount where !inPool[page] {
-            guard PageWord.kind(pageState(page).load(ordering: .sequentiallyConsistent)) == PageWord.pooled else {
-                continue
-            }
-            if poolLink(page).load(ordering: .sequentiallyConsistent) == inUse {
-                if (try? pool.push(UInt32(page))) != nil { pushed += 1 }
-            } else {
-                unmarked.append(page)
-            }
-        }
-        // (4) Pooled, not listed, slot not marked in use: the death fell inside the pool's own two-step pop (head
-        // exchanged, mark not stored) or push (slot claimed, head not exchanged). Nobody can pop such a page (it
-        // is not listed) or push it (it has no owner), so once no live participant names it or is mid-claim, and
-        // a fresh exact snapshot still lacks it, it is stuck: mark it in use and push it.
-        for page in unmarked {
-            func othersQuiet() -> Bool {
-                (0..<layout.participantCapacity).allSatisfy { q in
-                    let word = participantState(q).load(ordering: .sequentiallyConsistent)
-                    guard q != p, ParticipantWord.state(word) == ParticipantWord.alive else { return true }
-                    return pageInHand(q).load(ordering: .sequentiallyConsistent) == 0
+        for tier in tiers.indices {
+            let first = tiers[tier].first
+            // (3) Pooled, not listed, popped: push.
+            var unmarked: [Int] = []
+            for index in 0..<tiers[tier].count where !inPool[tier][index] {
+                let page = first + index
+                guard PageWord.kind(pageState(page).load(ordering: .sequentiallyConsistent)) == PageWord.pooled else {
+                    continue
+                }
+                if poolLink(tier, index).load(ordering: .sequentiallyConsistent) == inUse {
+                    if (try? pushPooled(page)) != nil { pushed += 1 }
+                } else {
+                    unmarked.append(index)
                 }
             }
-            guard othersQuiet(), let again = try? exactPoolSnapshot(head: head, link: poolLink), !again[page],
-                PageWord.kind(pageState(page).load(ordering: .sequentiallyConsistent)) == PageWord.pooled,
-                othersQuiet()
-            else { continue }
-            poolLink(page).store(inUse, ordering: .sequentiallyConsistent)
-            if (try? pool.push(UInt32(page))) != nil { pushed += 1 }
+            // (4) Pooled, not listed, slot not marked in use: the death fell inside the pool's own two-step pop
+            // (head exchanged, mark not stored) or push (slot claimed, head not exchanged). Nobody can pop such a
+            // page (it is not listed) or push it (it has no owner), so once no live participant names it or is
+            // mid-claim, and a fresh exact snapshot still lacks it, it is stuck: mark it in use and push it.
+            for index in unmarked {
+                func othersQuiet() -> Bool {
+                    (0..<layout.participantCapacity).allSatisfy { q in
+                        let word = participantState(q).load(ordering: .sequentiallyConsistent)
+                        guard q != p, ParticipantWord.state(word) == ParticipantWord.alive else { return true }
+                        return pageInHand(q).load(ordering: .sequentiallyConsistent) == 0
+                    }
+                }
+                guard othersQuiet(), let again = try? snapshot(tier), !again[index],
+                    PageWord.kind(pageState(first + index).load(ordering: .sequentiallyConsistent)) == PageWord.pooled,
+                    othersQuiet()
+                else { continue }
+                poolLink(tier, index).store(inUse, ordering: .sequentiallyConsistent)
+                if (try? pushPooled(first + index)) != nil { pushed += 1 }
+            }
         }
         return pushed
     }
 
     private func exactPoolSnapshot(
-        head: UnsafeAtomic<UInt64>, link: (Int) -> UnsafeAtomic<UInt32>
+        head: UnsafeAtomic<UInt64>, count: Int, link: (Int) -> UnsafeAtomic<UInt32>
     ) throws(SharedHeapError) -> [Bool] {
         for _ in 0..<10_000 {
             // Ordering: sequentially consistent, for the head and the links: the snapshot, the waits and the
             // pushes that follow it must be ordered with the other participants' pool operations.
             let before = head.load(ordering: .sequentiallyConsistent)
-            var inPool = [Bool](repeating: false, count: layout.pageCount)
+            var inPool = [Bool](repeating: false, count: count)
             var index = UInt32(truncatingIfNeeded: before)
             var consistent = true
             while index != endOfSlots {
-                guard Int(index) < layout.pageCount, !inPool[Int(index)] else { consistent = false; break }
+                guard Int(index) < count, !inPool[Int(index)] else { consistent = false; break }
                 inPool[Int(index)] = true
                 index = link(Int(index)).load(ordering: .sequentiallyConsistent)
             }

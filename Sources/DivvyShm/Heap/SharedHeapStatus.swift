@@ -19,9 +19,10 @@ public struct SharedHeapParticipantStatus: Hashable, Sendable, CustomStringConve
     public var state: State
     /// The process id recorded at join (0 for a slot never used).
     public var pid: Int32
-    /// The pages the participant owns (allocates from) now.
+    /// The pages the participant owns (allocates from) now, in units of `SharedHeap.pageSize` (a span page counts
+    /// `spanPageSize / pageSize`).
     public var ownedPages: Int
-    /// The most pages it may own at once; nil = no limit.
+    /// The most pages it may own at once (same units); nil = no limit.
     public var pageAllowance: Int?
     /// The blocks it holds (non-empty entries of its held list).
     public var heldCount: Int
@@ -39,8 +40,10 @@ public struct SharedHeapUsage: Hashable, Sendable, CustomStringConvertible {
     public struct SizeClass: Hashable, Sendable {
         /// The class's block size in bytes.
         public var blockSize: Int
-        /// Pages dedicated to the class (owned or orphan).
+        /// Pages dedicated to the class (owned or orphan): small pages for a small class, span pages for a large one.
         public var pages: Int
+        /// The size of the class's pages (`pageSize`, or `spanPageSize` for a large class).
+        public var pageBytes: Int
         /// Blocks handed out and not yet back on their page's local free list: allocated blocks, plus blocks
         /// freed by another participant and not yet collected by the page's owner.
         public var blocksInUse: Int
@@ -48,12 +51,14 @@ public struct SharedHeapUsage: Hashable, Sendable, CustomStringConvertible {
         public var blocksFree: Int
     }
 
-    /// Heap pages in the data area.
+    /// Heap pages in the data area, of both tiers.
     public var totalPages = 0
-    /// Pages in the pool, owned by a participant, and orphaned (owner gone, blocks still live).
+    /// Pages (of both tiers) in the pools, owned by a participant, and orphaned (owner gone, blocks still live).
     public var freePages = 0, ownedPages = 0, orphanPages = 0
-    /// The page size in bytes.
+    /// The small page size in bytes.
     public var pageSize = 0
+    /// The span tier: its page size (0 when there is none), its pages, and how many of them are in its pool.
+    public var spanPageSize = 0, spanPages = 0, freeSpanPages = 0
     /// Per size class, in the order of `SharedHeap.sizeClasses`.
     public var sizeClasses: [SizeClass] = []
 
@@ -63,7 +68,9 @@ public struct SharedHeapUsage: Hashable, Sendable, CustomStringConvertible {
     /// A multi-line table: pages, then one line per class that has pages.
     public var description: String {
         var text = "pages: \(totalPages) total, \(freePages) free, \(ownedPages) owned, \(orphanPages) orphan "
-            + "(\(pageSize) bytes each); \(bytesInUse) bytes in use"
+            + "(\(pageSize) bytes each"
+            + (spanPages > 0 ? "; \(spanPages) of them span pages of \(spanPageSize) bytes, \(freeSpanPages) free" : "")
+            + "); \(bytesInUse) bytes in use"
         for c in sizeClasses where c.pages > 0 {
             text += "\n  \(c.blockSize) B: \(c.pages) pages, \(c.blocksInUse) blocks in use, \(c.blocksFree) free"
         }
@@ -139,8 +146,12 @@ extension SharedHeap {
         var result = SharedHeapUsage()
         result.totalPages = layout.pageCount
         result.pageSize = layout.pageSize
-        result.sizeClasses = layout.classSizes.map {
-            SharedHeapUsage.SizeClass(blockSize: $0, pages: 0, blocksInUse: 0, blocksFree: 0)
+        result.spanPageSize = layout.spanPageSize
+        result.spanPages = layout.spanPageCount
+        result.sizeClasses = layout.classSizes.indices.map {
+            SharedHeapUsage.SizeClass(
+                blockSize: layout.classSizes[$0], pages: 0,
+                pageBytes: layout.isLarge($0) ? layout.spanPageSize : layout.pageSize, blocksInUse: 0, blocksFree: 0)
         }
         for page in 0..<layout.pageCount {
             // Ordering: relaxed throughout: a statistic (see above).
@@ -148,6 +159,7 @@ extension SharedHeap {
             switch PageWord.kind(word) {
             case PageWord.pooled:
                 result.freePages += 1
+                if layout.isSpan(page) { result.freeSpanPages += 1 }
                 continue
             case PageWord.owned: result.ownedPages += 1
             case PageWord.orphan: result.orphanPages += 1
@@ -155,7 +167,7 @@ extension SharedHeap {
             }
             let sizeClass = PageWord.sizeClass(word)
             guard sizeClass < layout.classSizes.count else { continue }
-            let slots = layout.pageSize / layout.classSizes[sizeClass]
+            let slots = layout.pageBytes(page) / layout.classSizes[sizeClass]
             // Clamped: racing reads may see a live count from the page's previous use.
             let inUse = min(slots, Int(live(page).load(ordering: .relaxed)))
             result.sizeClasses[sizeClass].pages += 1

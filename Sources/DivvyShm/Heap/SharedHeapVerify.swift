@@ -103,20 +103,27 @@ extension SharedHeap {
             }
         }
 
-        // Page pool.
+        // Page pools (one per tier; `pooled` is indexed by page number).
         var pooled = [Bool](repeating: false, count: l.pageCount)
-        let poolBase = meta + l.poolOffset
-        var top = UInt32(truncatingIfNeeded: UnsafeAtomic<UInt64>(
-            at: poolBase.assumingMemoryBound(to: UnsafeAtomic<UInt64>.Storage.self)).load(ordering: .acquiring))
         var steps = 0
-        while top != 0xFFFF_FFFF {
-            guard Int(top) < l.pageCount else { violation("page pool lists page \(top), out of range"); break }
-            guard !pooled[Int(top)] else { violation("page pool's list has a cycle at page \(top)"); break }
-            pooled[Int(top)] = true
-            steps += 1
-            top = UnsafeAtomic<UInt32>(
-                at: (poolBase + 128 + 4 * Int(top)).assumingMemoryBound(to: UnsafeAtomic<UInt32>.Storage.self)
-            ).load(ordering: .acquiring)
+        var pools = [(base: meta + l.poolOffset, first: 0, count: l.smallPageCount, name: "page pool")]
+        if l.spanPageCount > 0 {
+            pools.append((base: meta + l.spanPoolOffset, first: l.smallPageCount, count: l.spanPageCount,
+                          name: "span page pool"))
+        }
+        for tier in pools {
+            var top = UInt32(truncatingIfNeeded: UnsafeAtomic<UInt64>(
+                at: tier.base.assumingMemoryBound(to: UnsafeAtomic<UInt64>.Storage.self)).load(ordering: .acquiring))
+            while top != 0xFFFF_FFFF {
+                guard Int(top) < tier.count else { violation("\(tier.name) lists page \(top), out of range"); break }
+                let page = tier.first + Int(top)
+                guard !pooled[page] else { violation("\(tier.name)'s list has a cycle at page \(page)"); break }
+                pooled[page] = true
+                steps += 1
+                top = UnsafeAtomic<UInt32>(
+                    at: (tier.base + 128 + 4 * Int(top)).assumingMemoryBound(to: UnsafeAtomic<UInt32>.Storage.self)
+                ).load(ordering: .acquiring)
+            }
         }
 
         // Pages and blocks.
@@ -139,7 +146,7 @@ extension SharedHeap {
             if kind == PageWord.owned {
                 report.ownedPages += 1
                 let owner = PageWord.owner(word)
-                pagesOwnedBy[owner] += 1
+                pagesOwnedBy[owner] += l.pageUnits(page)
                 if owner >= l.participantCapacity || !alive[owner] {
                     violation("page \(page) is owned by participant \(owner), which is not alive")
                 }
@@ -150,14 +157,14 @@ extension SharedHeap {
                 continue
             }
             let sizeClass = PageWord.sizeClass(word)
-            guard sizeClass < l.classSizes.count else {
-                violation("page \(page) has size class \(sizeClass), out of range")
+            guard sizeClass < l.classSizes.count, l.isLarge(sizeClass) == l.isSpan(page) else {
+                violation("page \(page) has size class \(sizeClass), out of range or of the other tier")
                 continue
             }
             let blockSize = l.classSizes[sizeClass]
             let slots = Int(slotCount(page).load(ordering: .relaxed))
             let carvedSlots = Int(carved(page).load(ordering: .relaxed))
-            guard slots == l.pageSize / blockSize, carvedSlots <= slots else {
+            guard slots == l.pageBytes(page) / blockSize, carvedSlots <= slots else {
                 violation("page \(page): slot count \(slots) / carved \(carvedSlots) do not fit class \(blockSize)")
                 continue
             }
@@ -213,7 +220,7 @@ extension SharedHeap {
                     violation("page \(page) slot \(slot) is on the remote-free stack but its state is \(state)")
                 case 0:
                     let handle = UInt64(BlockWord.generation(block)) << 32
-                        | UInt64((page * l.pageSize + slot * blockSize) / 16)
+                        | UInt64((l.pageBase(page) + slot * blockSize) / 16)
                     if state != BlockWord.allocated {
                         violation("page \(page) slot \(slot) is in no free list but not allocated (state \(state); "
                             + "leaked block)")

@@ -45,6 +45,10 @@ public final class DivvyServer: @unchecked Sendable {
     public let startTime: Double
 
     private let logger: Logger
+    private let hooks: ServerHooks
+    /// False when the listener was inherited (socket activation): the path is not ours to unlink.
+    private let ownsSocketPath: Bool
+    private var lastStatus = ""
     private let listener: SeqpacketSocket
     private let poller: EventPoller
     private let control = NSLock()
@@ -72,7 +76,16 @@ public final class DivvyServer: @unchecked Sendable {
     ///
     /// - Throws: `ServerError` with a message saying what to do: `.invalidConfiguration`, `.region` (e.g. not
     ///   enough space in /dev/shm, or a region name in use), `.socket` (e.g. another daemon listens there).
-    public init(configuration: ServerConfiguration, logger: Logger) throws(ServerError) {
+    ///
+    /// - Parameters:
+    ///   - listenerDescriptor: an already bound and listening `AF_UNIX` `SOCK_SEQPACKET` socket to serve instead
+    ///   of binding `configuration.socketPath` (socket activation: systemd passes it as fd 3). The daemon owns it
+    ///   from now on, and does not unlink the socket path when it stops (the service manager owns the path).
+    ///   - hooks: callbacks at ready, status changes, ticks and stopping.
+    public init(
+        configuration: ServerConfiguration, logger: Logger, listenerDescriptor: Int32? = nil,
+        hooks: ServerHooks = ServerHooks()
+    ) throws(ServerError) {
         do throws(ServerConfiguration.ParseError) {
             try configuration.validate()
         } catch {
@@ -80,6 +93,8 @@ public final class DivvyServer: @unchecked Sendable {
         }
         self.configuration = configuration
         self.logger = logger
+        self.hooks = hooks
+        self.ownsSocketPath = listenerDescriptor == nil
         self.socketPath = configuration.socketPath
         self.startTime = Date().timeIntervalSince1970
 
@@ -127,7 +142,7 @@ public final class DivvyServer: @unchecked Sendable {
 
         // The socket.
         let directory = (configuration.socketPath as NSString).deletingLastPathComponent
-        if !directory.isEmpty, !FileManager.default.fileExists(atPath: directory) {
+        if listenerDescriptor == nil, !directory.isEmpty, !FileManager.default.fileExists(atPath: directory) {
             do {
                 try FileManager.default.createDirectory(
                     atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
@@ -137,7 +152,12 @@ public final class DivvyServer: @unchecked Sendable {
             }
         }
         do throws(TransportError) {
-            listener = try SeqpacketSocket.listen(path: configuration.socketPath, mode: mode_t(configuration.socketMode))
+            if let listenerDescriptor {
+                listener = try SeqpacketSocket.adoptListener(listenerDescriptor)
+            } else {
+                listener = try SeqpacketSocket.listen(
+                    path: configuration.socketPath, mode: mode_t(configuration.socketMode))
+            }
             poller = try EventPoller()
             try poller.add(listener.fileDescriptor, events: .readable, token: Self.listenerToken)
         } catch {
@@ -185,6 +205,8 @@ public final class DivvyServer: @unchecked Sendable {
         var events: [EventPoller.Event] = []
         events.reserveCapacity(64)
         var lastTick = Date().timeIntervalSince1970
+        hooks.ready()
+        reportStatus()
         while true {
             events.removeAll(keepingCapacity: true)
             do throws(TransportError) {
@@ -203,6 +225,8 @@ public final class DivvyServer: @unchecked Sendable {
             if now - lastTick >= 0.2 || events.isEmpty {
                 lastTick = now
                 tick()
+                hooks.tick()
+                reportStatus()
             }
             if try progressShutdown(now: now) { break }
             publishCounters()
@@ -218,6 +242,17 @@ public final class DivvyServer: @unchecked Sendable {
         }
         publishCounters()
         logger.info("divvyd stopped")
+    }
+
+    /// Tells the hooks a one-line status when it changed.
+    private func reportStatus() {
+        let usage = heap.usage()
+        let status = "serving \(sessions.count) client(s); \(usage.bytesInUse >> 10) KiB of "
+            + "\(heap.pageCount * heap.pageSize >> 20) MiB in use"
+        if status != lastStatus {
+            lastStatus = status
+            hooks.status(status)
+        }
     }
 
     private func publishCounters() {
@@ -237,9 +272,10 @@ public final class DivvyServer: @unchecked Sendable {
         guard let reason else { return false }
         if shutdownDeadline == nil {
             shutdownDeadline = now + Double(configuration.shutdownGraceMilliseconds) / 1000
+            hooks.stopping()
             poller.remove(listener.fileDescriptor)
             listener.close()
-            _ = unlink(socketPath)
+            if ownsSocketPath { _ = unlink(socketPath) }
             logger.notice(
                 "shutting down", metadata: ["reason": "\(reason)", "clients": "\(sessions.count)"])
             for session in sessions.values {

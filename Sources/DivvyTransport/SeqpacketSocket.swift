@@ -164,6 +164,33 @@ public final class SeqpacketSocket {
         return SeqpacketSocket(adopting: fd)
     }
 
+    /// Takes over an inherited listening socket (socket activation): checks that it is an `AF_UNIX`
+    /// `SOCK_SEQPACKET` socket that listens (`getsockopt(SO_DOMAIN, SO_TYPE, SO_ACCEPTCONN)`), makes it
+    /// non-blocking and close-on-exec.
+    ///
+    /// - Throws: `.systemCallFailed` when the descriptor is not such a socket (the message says what it is).
+    public static func adoptListener(_ descriptor: Int32) throws(TransportError) -> SeqpacketSocket {
+        func option(_ name: Int32) -> Int32? {
+            var value: Int32 = 0
+            var length = socklen_t(MemoryLayout<Int32>.size)
+            return getsockopt(descriptor, SOL_SOCKET, name, &value, &length) == 0 ? value : nil
+        }
+        guard let domain = option(SO_DOMAIN), let type = option(SO_TYPE), let listening = option(SO_ACCEPTCONN)
+        else {
+            throw TransportError(.systemCallFailed, "inherited fd \(descriptor) is not a socket", errno: divvy_errno())
+        }
+        guard domain == AF_UNIX, type == Int32(SOCK_SEQPACKET.rawValue), listening != 0 else {
+            throw TransportError(
+                .systemCallFailed,
+                "inherited fd \(descriptor) must be a listening AF_UNIX SOCK_SEQPACKET socket (domain \(domain), "
+                    + "type \(type), listening \(listening != 0)); set ListenSequentialPacket= in the .socket unit")
+        }
+        let flags = divvy_fcntl_int(descriptor, F_GETFL, 0)
+        _ = divvy_fcntl_int(descriptor, F_SETFL, flags | O_NONBLOCK)
+        _ = divvy_fcntl_int(descriptor, F_SETFD, FD_CLOEXEC)
+        return SeqpacketSocket(adopting: descriptor)
+    }
+
     /// A connected pair (`socketpair(2)`), blocking; for tests and for in-process baselines.
     public static func pair() throws(TransportError) -> (SeqpacketSocket, SeqpacketSocket) {
         var fds: [Int32] = [-1, -1]

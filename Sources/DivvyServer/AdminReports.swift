@@ -154,32 +154,6 @@ struct AdminReports {
     func config() -> Config {
         Config(settings: server.configuration.render().map { Config.Setting(key: $0.key, value: $0.value) })
     }
-
-    /// Prometheus text exposition (version 0.0.4) of the counters and heap gauges.
-    func prometheus(_ counters: ServerCounters, clients: Int) -> String {
-        var text = ""
-        func metric(_ name: String, _ type: String, _ help: String, _ samples: [(String, Int)]) {
-            text += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
-            for (labels, value) in samples { text += "\(name)\(labels) \(value)\n" }
-        }
-        metric("divvy_connections_total", "counter", "Connections accepted.", [("", counters.connections)])
-        metric("divvy_connections_refused_total", "counter", "Connections refused.", [("", counters.refusedConnections)])
-        metric("divvy_clients", "gauge", "Clients connected.", [("", clients)])
-        metric("divvy_alloc_total", "counter", "Blocks allocated for mediated clients.", [("", counters.allocations)])
-        metric("divvy_free_total", "counter", "Mediated holdings freed.", [("", counters.frees)])
-        metric("divvy_adopt_total", "counter", "Blocks adopted by mediated clients.", [("", counters.adoptions)])
-        metric("divvy_leases_total", "counter", "Page leases granted to direct clients.", [("", counters.leases)])
-        metric("divvy_recoveries_total", "counter", "Participants recovered.", [("", counters.recoveries)])
-        metric(
-            "divvy_errors_total", "counter", "Error replies by reason.",
-            counters.errors.sorted { $0.key < $1.key }.map { ("{reason=\"\($0.key)\"}", $0.value) })
-        let usage = server.heap.usage()
-        metric(
-            "divvy_class_bytes_in_use", "gauge", "Bytes in use by size class.",
-            usage.sizeClasses.map { ("{class=\"\($0.blockSize)\"}", $0.blocksInUse * $0.blockSize) })
-        metric("divvy_heap_pages_free", "gauge", "Heap pages in the free pool.", [("", usage.freePages)])
-        return text
-    }
 }
 
 extension DivvyServer {

@@ -65,6 +65,7 @@ public final class DivvyServer: @unchecked Sendable {
     private var directOwners: [Int: UInt32] = [:]
     private var pendingRecoveries: Set<Int> = []
     private var counters = ServerCounters()
+    private let metrics = ServerMetrics()
     private let receiveBuffer: UnsafeMutableRawBufferPointer
     private var sendBuffer: [UInt8] = []
     private var shutdownDeadline: Double?
@@ -244,9 +245,11 @@ public final class DivvyServer: @unchecked Sendable {
         logger.info("divvyd stopped")
     }
 
-    /// Tells the hooks a one-line status when it changed.
+    /// Refreshes the gauges and tells the hooks a one-line status when it changed.
     private func reportStatus() {
         let usage = heap.usage()
+        metrics.update(
+            usage, clients: sessions.count, leasedPages: sessions.values.reduce(0) { $0 + $1.pageAllowance })
         let status = "serving \(sessions.count) client(s); \(usage.bytesInUse >> 10) KiB of "
             + "\(heap.pageCount * heap.pageSize >> 20) MiB in use"
         if status != lastStatus {
@@ -320,6 +323,7 @@ public final class DivvyServer: @unchecked Sendable {
         let policy = configuration.policy
         guard policy.admits(peer) else {
             counters.refusedConnections += 1
+            metrics.refusedConnections.increment()
             logger.warning(
                 "connection refused by policy",
                 metadata: ["pid": "\(peer.pid)", "uid": "\(peer.uid)", "gid": "\(peer.gid)"])
@@ -328,6 +332,7 @@ public final class DivvyServer: @unchecked Sendable {
         }
         guard sessions.count < configuration.maxClients, shutdownDeadline == nil else {
             counters.refusedConnections += 1
+            metrics.refusedConnections.increment()
             let message = shutdownDeadline != nil
                 ? "the daemon is shutting down" : "the daemon serves \(sessions.count) clients already (max-clients)"
             logger.warning("connection refused", metadata: ["pid": "\(peer.pid)", "reason": "\(message)"])
@@ -347,6 +352,7 @@ public final class DivvyServer: @unchecked Sendable {
         }
         sessions[id] = session
         counters.connections += 1
+        metrics.connections.increment()
         logger.info(
             "client connected",
             metadata: ["client": "\(id)", "pid": "\(peer.pid)", "uid": "\(peer.uid)", "gid": "\(peer.gid)"])
@@ -418,6 +424,7 @@ public final class DivvyServer: @unchecked Sendable {
         _ session: Session, requestID: UInt64, type: MessageType, _ code: ErrorCode, _ message: String
     ) {
         counters.countError(code)
+        metrics.failure(code)
         if code.closesConnection {
             logger.warning(
                 "closing client after protocol error",
@@ -561,6 +568,7 @@ public final class DivvyServer: @unchecked Sendable {
                     statuses.append(try free(session, handle) ? .released : .stillHeld)
                 } catch {
                     counters.countError(error.code)
+                    metrics.failure(error.code)
                     statuses.append(FreedStatus(error: error.code))
                 }
             }
@@ -602,6 +610,7 @@ public final class DivvyServer: @unchecked Sendable {
         session.participant = p
         session.pageAllowance = pages
         counters.leases += 1
+        metrics.leases.increment()
         logger.info("direct client joined", metadata: ["client": "\(session.id)", "participant": "\(p)",
                                                        "pages": "\(pages)"])
         return .joined(pageAllowance: UInt32(pages))
@@ -634,6 +643,7 @@ public final class DivvyServer: @unchecked Sendable {
         }
         session.pageAllowance = wanted
         counters.leases += 1
+        metrics.leases.increment()
         return .leased(pageAllowance: UInt32(wanted))
     }
 
@@ -694,6 +704,7 @@ public final class DivvyServer: @unchecked Sendable {
         }
         record(session, handle.rawValue, blockSize)
         counters.allocations += 1
+        metrics.allocations.increment()
         return (handle.rawValue, blockSize)
     }
 
@@ -713,6 +724,7 @@ public final class DivvyServer: @unchecked Sendable {
         }
         for handle in handles { record(session, handle, blockSize) }
         counters.allocations += count
+        metrics.allocations.increment(by: count)
         return .allocatedBatch(blockSize: UInt64(blockSize), handles: handles)
     }
 
@@ -742,6 +754,7 @@ public final class DivvyServer: @unchecked Sendable {
         if count == 1 { session.holdings[raw] = nil } else { session.holdings[raw] = count - 1 }
         session.bytesHeld -= blockSize
         counters.frees += 1
+        metrics.frees.increment()
         return released
     }
 
@@ -782,6 +795,7 @@ public final class DivvyServer: @unchecked Sendable {
         }
         record(session, raw, blockSize)
         counters.adoptions += 1
+        metrics.adoptions.increment()
         return blockSize
     }
 
@@ -863,6 +877,7 @@ public final class DivvyServer: @unchecked Sendable {
             let report = try heap.recover(participant: p)
             pendingRecoveries.remove(p)
             counters.recoveries += 1
+            metrics.recoveries.increment()
             return report.description
         } catch {
             if error.code == .recoveryIncomplete { pendingRecoveries.insert(p) }
@@ -901,8 +916,8 @@ public final class DivvyServer: @unchecked Sendable {
             return reports.json(operation, reports.verify())
         case .config: return reports.json(operation, reports.config())
         case .metrics:
-            return .adminReply(AdminReply(
-                operation: .metrics, format: .text, body: Array(reports.prometheus(counters, clients: sessions.count).utf8)))
+            reportStatus()
+            return .adminReply(AdminReply(operation: .metrics, format: .text, body: Array(metrics.exposition().utf8)))
         case .disconnect:
             guard let target = sessions[argument] else {
                 throw ServiceError(.noSuchClient, "no client with id \(argument) is connected")

@@ -166,8 +166,12 @@ final class ClientServerTests: XCTestCase {
         XCTAssertEqual(clients.first?["name"] as? String, "stats")
         XCTAssertEqual(clients.first?["mode"] as? String, "direct")
         let metrics = String(decoding: try client.admin(.metrics).body, as: UTF8.self)
-        XCTAssertTrue(metrics.contains("# TYPE divvy_clients gauge\ndivvy_clients 1\n"), metrics)
+        XCTAssertTrue(metrics.contains("# TYPE divvy_clients gauge\ndivvy_clients 1.0\n"), metrics)
+        XCTAssertTrue(metrics.contains("divvy_heap_bytes{class=\"128\"} 128.0\n"), metrics)
+        XCTAssertTrue(metrics.contains("# TYPE divvy_connections_total counter\ndivvy_connections_total 1\n"), metrics)
         assertClientError(.noSuchClient) { try client.admin(.disconnect, argument: 999) }
+        let failures = String(decoding: try client.admin(.metrics).body, as: UTF8.self)
+        XCTAssertTrue(failures.contains("divvy_failures_total{reason=\"noSuchClient\"} 1\n"), failures)
         try client.free(handle)
     }
 

@@ -18,6 +18,7 @@ let package = Package(
         .library(name: "DivvyServer", targets: ["DivvyServer"]),
         .library(name: "DivvyClient", targets: ["DivvyClient"]),
         .executable(name: "divvyd", targets: ["divvyd"]),
+        .executable(name: "divvyctl", targets: ["divvyctl"]),
         // `LD_PRELOAD=.build/<config>/libDivvyMalloc.so program`: a Divvy composition as the process's malloc.
         .library(name: "DivvyMalloc", type: .dynamic, targets: ["DivvyMalloc"]),
     ],
@@ -118,7 +119,7 @@ let package = Package(
         .target(
             name: "DivvyServer",
             dependencies: [
-                "DivvyShm", "DivvyProtocol", "DivvyTransport",
+                "CDivvy", "DivvyShm", "DivvyProtocol", "DivvyTransport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -133,6 +134,14 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // The admin CLI: talks to divvyd through the client library's admin calls (never links the server).
+        .executableTarget(
+            name: "divvyctl",
+            dependencies: [
+                "DivvyClient", "DivvyProtocol",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         // The Swift client library: connect, map the region, direct (shared-memory) and mediated (socket) paths.
@@ -150,7 +159,8 @@ let package = Package(
         .testTarget(
             name: "DivvyServerTests",
             dependencies: [
-                "DivvyServer", "DivvyClient", "DivvyTransport", "DivvyTestSupport", "divvyd", "divvy-client-helper",
+                "DivvyServer", "DivvyClient", "DivvyTransport", "DivvyTestSupport", "divvyd", "divvyctl",
+                "divvy-client-helper",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

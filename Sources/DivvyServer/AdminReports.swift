@@ -24,6 +24,9 @@ struct AdminReports {
         struct Heap: Codable, Hashable {
             var pageSize: Int
             var pages: Int
+            var spanPageSize: Int
+            var spanPages: Int
+            var freeSpanPages: Int
             var freePages: Int
             var ownedPages: Int
             var orphanPages: Int
@@ -107,7 +110,7 @@ struct AdminReports {
         let region = server.region
         let usage = server.heap.usage()
         let geometry = region.geometry
-        let capacity = server.heap.pageCount * server.heap.pageSize
+        let capacity = server.heapCapacity
         return Status(
             version: Self.version, protocolVersion: Int(ProtocolVersion.current), pid: Int(getpid()),
             uptimeSeconds: Date().timeIntervalSince1970 - server.startTime,
@@ -117,7 +120,8 @@ struct AdminReports {
                 totalBytes: geometry.totalSize, metadataBytes: geometry.metadataSize, dataBytes: geometry.dataSize,
                 pageKind: "\(region.pageKind)", lazy: region.header.isLazy),
             heap: .init(
-                pageSize: server.heap.pageSize, pages: server.heap.pageCount, freePages: usage.freePages,
+                pageSize: server.heap.pageSize, pages: server.heap.pageCount, spanPageSize: usage.spanPageSize,
+                spanPages: usage.spanPages, freeSpanPages: usage.freeSpanPages, freePages: usage.freePages,
                 ownedPages: usage.ownedPages, orphanPages: usage.orphanPages, bytesUsed: usage.bytesInUse,
                 bytesFree: max(0, capacity - usage.bytesInUse)),
             clients: clients)

@@ -178,7 +178,8 @@ final class ClientServerTests: XCTestCase {
     func testAdminDisconnectReclaimsAClient() throws {
         let daemon = try TestDaemon()
         let admin = try daemon.client(.mediated, name: "admin")
-        let victim = try daemon.client(.direct, name: "victim")
+        // Mediated: a direct victim would be killed, and in-process that is this test.
+        let victim = try daemon.client(.mediated, name: "victim")
         for _ in 0..<10 { _ = try victim.allocate(64).intoHandle() }
         _ = try admin.admin(.disconnect, argument: victim.clientID)
         do {

@@ -63,6 +63,7 @@ let package = Package(
             dependencies: [
                 .product(name: "DivvyServer", package: divvyPackage),
                 .product(name: "DivvyClient", package: divvyPackage),
+                "CBenchSupport",
             ],
             path: "Sources/DaemonBench"
         ),

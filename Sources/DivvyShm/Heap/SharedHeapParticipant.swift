@@ -20,32 +20,56 @@ extension SharedHeap {
         public let heap: SharedHeap
         /// The slot in the participant table, also its bit in block words' holder masks.
         public let index: Int
-        private var left = false
+        /// The hot mutable state lives behind pointers (as in `Slab`): class stored properties mutated on every
+        /// operation would cost a dynamic exclusivity check each (`swift_beginAccess`, a TLS lookup).
+        private let hot: UnsafeMutablePointer<Hot>
+        private struct Hot {
+            var left = false
+            /// The number of `pageSize` units of the pages in `ownedPages` (mirrored in the shared owned-pages word).
+            var ownedPageTotal = 0
+        }
+        /// Where each held handle sits in the shared held list (a process-local index of it).
+        private let heldStorage: UnsafeMutablePointer<SharedHeapHeldTable>
+        /// The page each class allocates from, or -1 (one entry per class).
+        private let currentPage: UnsafeMutablePointer<Int>
+        private var left: Bool {
+            get { hot.pointee.left }
+            set { hot.pointee.left = newValue }
+        }
+        private var ownedPageTotal: Int {
+            get { hot.pointee.ownedPageTotal }
+            set { hot.pointee.ownedPageTotal = newValue }
+        }
+        private var held: SharedHeapHeldTable {
+            unsafeAddress { UnsafePointer(heldStorage) }
+            unsafeMutableAddress { heldStorage }
+        }
         #if DIVVY_INTERNAL_CHECKS
         /// Test hook: the operation and step after which this participant "dies" (stops, marks itself left
         /// without leaving, and throws `.participantLeft`): what a SIGKILL at that point leaves behind.
         internal var _dieAfter: (operation: String, step: Int)?
         #endif
-        /// Where each held handle sits in the shared held list (a process-local index of it).
-        private var held: SharedHeapHeldTable
-        /// Pages this participant owns, per size class.
+        /// Pages this participant owns, per size class (touched only when a class's current page is full).
         private var ownedPages: [[Int]]
-        /// The number of pages in `ownedPages` (mirrored in the shared owned-pages word).
-        private var ownedPageTotal = 0
-        /// The page each class allocates from, or -1.
-        private var currentPage: [Int]
 
         internal init(heap: SharedHeap, index: Int) {
             self.heap = heap
             self.index = index
-            held = SharedHeapHeldTable(capacity: heap.layout.heldCapacity)
+            hot = .allocate(capacity: 1)
+            hot.initialize(to: Hot())
+            heldStorage = .allocate(capacity: 1)
+            heldStorage.initialize(to: SharedHeapHeldTable(capacity: heap.layout.heldCapacity))
             ownedPages = Array(repeating: [], count: heap.layout.classSizes.count)
-            currentPage = Array(repeating: -1, count: heap.layout.classSizes.count)
+            currentPage = .allocate(capacity: heap.layout.classSizes.count)
+            currentPage.initialize(repeating: -1, count: heap.layout.classSizes.count)
         }
 
         deinit {
             if !left { leave() }
-            held.deallocate()
+            heldStorage.pointee.deallocate()
+            heldStorage.deallocate()
+            hot.deallocate()
+            currentPage.deallocate()
         }
 
         /// How many blocks this participant holds.
@@ -411,7 +435,7 @@ extension SharedHeap {
                 }
             }
             ownedPages = ownedPages.map { _ in [] }
-            currentPage = currentPage.map { _ in -1 }
+            currentPage.update(repeating: -1, count: heap.layout.classSizes.count)
             ownedPageTotal = 0
             left = true
             // Ordering: relaxed; published by the releasing store of the slot below.

@@ -113,8 +113,14 @@ extension SharedHeap {
             return count
         }
 
+        @inline(__always)
         private func checkJoined() throws(SharedHeapError) {
-            if left { throw SharedHeapError(.participantLeft, "participant \(index) has left the heap") }
+            if left { throw leftError() }
+        }
+
+        @inline(never)
+        private func leftError() -> SharedHeapError {
+            SharedHeapError(.participantLeft, "participant \(index) has left the heap")
         }
 
         private func takeHeldSlot(for handle: SharedHeapHandle) throws(SharedHeapError) -> Int {
@@ -138,11 +144,7 @@ extension SharedHeap {
         /// - Complexity: O(1) amortized; O(pages) when the pool is empty and orphan pages are searched.
         public func allocate(_ size: Int) throws(SharedHeapError) -> SharedHeapHandle {
             try checkJoined()
-            guard size > 0, let sizeClass = heap.sizeClass(for: size) else {
-                throw SharedHeapError(
-                    .unsupportedSize, "cannot allocate \(size) bytes: sizes 1…\(heap.largestBlockSize) are "
-                        + "supported (configure larger span pages and large classes for more)")
-            }
+            guard size > 0, let sizeClass = heap.sizeClass(for: size) else { throw unsupportedSizeError(size) }
             if held.freeCount == 0 { _ = try takeHeldSlot(for: SharedHeapHandle(rawValue: 0)) }
             let (page, slot, fresh) = try takeSlot(sizeClass)
             try crashPoint("allocate", 1)
@@ -344,17 +346,7 @@ extension SharedHeap {
             let word = heap.blockWord(location.page, location.slot)
             // Ordering: acquiring (see the compare-and-exchange).
             var observed = word.load(ordering: .acquiring)
-            guard let heldSlot = held.find(handle.rawValue) else {
-                if BlockWord.generation(observed) != handle.generation {
-                    throw heap.staleError(handle, observed)
-                }
-                if BlockWord.state(observed) != BlockWord.allocated {
-                    throw SharedHeapError(.doubleFree, "double free of \(handle): the block is already free")
-                }
-                throw SharedHeapError(
-                    .notHeld, "participant \(index) does not hold \(handle) (held by participants with mask "
-                        + "0x\(String(BlockWord.holders(observed), radix: 16))); adopt it first")
-            }
+            guard let heldSlot = held.find(handle.rawValue) else { throw notHeldError(handle, observed) }
             let pageWord = heap.pageState(location.page).load(ordering: .relaxed)
             // Only we change the state word of a page we own, so this read is stable.
             let ownPage = PageWord.kind(pageWord) == PageWord.owned && PageWord.owner(pageWord) == index
@@ -368,10 +360,7 @@ extension SharedHeap {
                     // Our held list says we hold it, the block word disagrees: someone wrote the metadata behind
                     // the heap's back. Change nothing and say so.
                     heap.pending(index).store(0, ordering: .releasing)
-                    throw SharedHeapError(
-                        .corruptMetadata, "participant \(index) holds \(handle) but the block's word "
-                            + "(0x\(String(observed, radix: 16))) does not record it: the heap's metadata was "
-                            + "overwritten; run verify()")
+                    throw corruptHoldingError(handle, observed)
                 }
                 let holders = BlockWord.holders(observed) & ~bit
                 released = holders == 0
@@ -408,6 +397,33 @@ extension SharedHeap {
             try crashPoint("free", 5)
             heap.pending(index).store(0, ordering: .releasing)
             return released
+        }
+
+        @inline(never)
+        private func unsupportedSizeError(_ size: Int) -> SharedHeapError {
+            SharedHeapError(
+                .unsupportedSize, "cannot allocate \(size) bytes: sizes 1…\(heap.largestBlockSize) are "
+                    + "supported (configure larger span pages and large classes for more)")
+        }
+
+        /// Why a free of a handle this participant does not list fails (out of line: not a hot path).
+        @inline(never)
+        private func notHeldError(_ handle: SharedHeapHandle, _ observed: UInt64) -> SharedHeapError {
+            if BlockWord.generation(observed) != handle.generation { return heap.staleError(handle, observed) }
+            if BlockWord.state(observed) != BlockWord.allocated {
+                return SharedHeapError(.doubleFree, "double free of \(handle): the block is already free")
+            }
+            return SharedHeapError(
+                .notHeld, "participant \(index) does not hold \(handle) (held by participants with mask "
+                    + "0x\(String(BlockWord.holders(observed), radix: 16))); adopt it first")
+        }
+
+        @inline(never)
+        private func corruptHoldingError(_ handle: SharedHeapHandle, _ observed: UInt64) -> SharedHeapError {
+            SharedHeapError(
+                .corruptMetadata, "participant \(index) holds \(handle) but the block's word "
+                    + "(0x\(String(observed, radix: 16))) does not record it: the heap's metadata was "
+                    + "overwritten; run verify()")
         }
 
         // MARK: Leave

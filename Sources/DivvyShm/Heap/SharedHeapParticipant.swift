@@ -146,7 +146,14 @@ extension SharedHeap {
             try checkJoined()
             guard size > 0, let sizeClass = heap.sizeClass(for: size) else { throw unsupportedSizeError(size) }
             if held.freeCount == 0 { _ = try takeHeldSlot(for: SharedHeapHandle(rawValue: 0)) }
-            let (page, slot, fresh) = try takeSlot(sizeClass)
+            // The fast path inline: a free slot in the class's current page; else the slow path (collect, new page).
+            let current = currentPage[sizeClass]
+            let (page, slot, fresh): (Int, Int, Bool)
+            if current >= 0, let (s, f) = heap.popLocal(current) {
+                (page, slot, fresh) = (current, s, f)
+            } else {
+                (page, slot, fresh) = try takeSlot(sizeClass)
+            }
             try crashPoint("allocate", 1)
             // Safe: checked above that an entry is free, and nothing took one since.
             let heldSlot = held.takeEntry()!
@@ -177,6 +184,7 @@ extension SharedHeap {
         }
 
         /// A free slot of `sizeClass` in one of our pages, taking a new page when needed.
+        @inline(never)
         private func takeSlot(_ sizeClass: Int) throws(SharedHeapError) -> (page: Int, slot: Int, fresh: Bool) {
             let current = currentPage[sizeClass]
             if current >= 0 {

@@ -84,9 +84,18 @@ public final class DivvyClient {
     private var nextRequestID: UInt64 = 1
     private var sendBuffer: [UInt8] = []
     private let receiveBuffer: UnsafeMutableRawBufferPointer
-    // Direct mode.
-    private var heap: SharedHeap?
-    private var participant: SharedHeap.Participant?
+    // Direct mode. The strong references keep the heap and participant alive; the hot paths read the
+    // `unowned(unsafe)` copies instead, which cost no reference counting (a retain/release pair is two locked
+    // instructions, more than a shared-memory allocation itself).
+    private var heap: SharedHeap? {
+        didSet { fastHeap = heap }
+    }
+    private var participant: SharedHeap.Participant? {
+        didSet { fastParticipant = participant }
+    }
+    // Invariant: equal to `heap` / `participant`, which keep the objects alive while these are non-nil.
+    private unowned(unsafe) var fastHeap: SharedHeap?
+    private unowned(unsafe) var fastParticipant: SharedHeap.Participant?
     // Mediated mode.
     private var dataArea: SharedMapping?
 
@@ -236,7 +245,7 @@ public final class DivvyClient {
 
     /// Allocates a block and returns its raw handle (the caller frees it with `free(_:)`).
     public func allocateHandle(_ size: Int) throws(DivvyClientError) -> (handle: SharedHandle, blockSize: Int) {
-        if let participant, let heap {
+        if let participant = fastParticipant, let heap = fastHeap {
             while true {
                 do throws(SharedHeapError) {
                     let handle = try participant.allocate(size)
@@ -267,7 +276,7 @@ public final class DivvyClient {
     ///   `misalignedHandle`; nothing changes then.
     @discardableResult
     public func free(_ handle: SharedHandle) throws(DivvyClientError) -> Bool {
-        if let participant {
+        if let participant = fastParticipant {
             do throws(SharedHeapError) {
                 return try participant.free(handle)
             } catch {
@@ -358,7 +367,7 @@ public final class DivvyClient {
     /// Direct clients check the handle against the heap (stale handles throw). Mediated clients, which do not map
     /// the metadata, can only check that the offset lies in the data area.
     public func pointer(for handle: SharedHandle) throws(DivvyClientError) -> UnsafeMutableRawPointer {
-        if let heap {
+        if let heap = fastHeap {
             do throws(SharedHeapError) {
                 return try heap.pointer(for: handle)
             } catch {

@@ -84,18 +84,18 @@ public final class DivvyClient {
     private var nextRequestID: UInt64 = 1
     private var sendBuffer: [UInt8] = []
     private let receiveBuffer: UnsafeMutableRawBufferPointer
-    // Direct mode. The strong references keep the heap and participant alive; the hot paths read the
-    // `unowned(unsafe)` copies instead, which cost no reference counting (a retain/release pair is two locked
-    // instructions, more than a shared-memory allocation itself).
+    // Direct mode. The strong references keep the heap and participant alive; the hot paths call through
+    // unmanaged copies (`_withUnsafeGuaranteedRef`), which cost no reference counting: a retain/release pair is two
+    // locked instructions, more than a shared-memory allocation itself.
     private var heap: SharedHeap? {
-        didSet { fastHeap = heap }
+        didSet { fastHeap = heap.map { Unmanaged.passUnretained($0) } }
     }
     private var participant: SharedHeap.Participant? {
-        didSet { fastParticipant = participant }
+        didSet { fastParticipant = participant.map { Unmanaged.passUnretained($0) } }
     }
-    // Invariant: equal to `heap` / `participant`, which keep the objects alive while these are non-nil.
-    private unowned(unsafe) var fastHeap: SharedHeap?
-    private unowned(unsafe) var fastParticipant: SharedHeap.Participant?
+    // Invariant: the same objects as `heap` / `participant`, which keep them alive while these are non-nil.
+    private var fastHeap: Unmanaged<SharedHeap>?
+    private var fastParticipant: Unmanaged<SharedHeap.Participant>?
     // Mediated mode.
     private var dataArea: SharedMapping?
 
@@ -247,13 +247,21 @@ public final class DivvyClient {
     public func allocateHandle(_ size: Int) throws(DivvyClientError) -> (handle: SharedHandle, blockSize: Int) {
         if let participant = fastParticipant, let heap = fastHeap {
             while true {
-                do throws(SharedHeapError) {
-                    let handle = try participant.allocate(size)
-                    return (handle, try heap.blockSize(of: handle))
-                } catch where error.code == .pageAllowanceExhausted {
-                    try leaseMore()
-                } catch {
-                    throw DivvyClientError(.heap(error), error.message)
+                // Safe: `self.participant` / `self.heap` keep both alive for the duration of the call.
+                let result = participant._withUnsafeGuaranteedRef { participant in
+                    heap._withUnsafeGuaranteedRef { heap -> Result<(SharedHandle, Int), SharedHeapError> in
+                        do throws(SharedHeapError) {
+                            let handle = try participant.allocate(size)
+                            return .success((handle, try heap.blockSize(of: handle)))
+                        } catch {
+                            return .failure(error)
+                        }
+                    }
+                }
+                switch result {
+                case .success(let allocated): return allocated
+                case .failure(let error) where error.code == .pageAllowanceExhausted: try leaseMore()
+                case .failure(let error): throw DivvyClientError(.heap(error), error.message)
                 }
             }
         }
@@ -277,10 +285,17 @@ public final class DivvyClient {
     @discardableResult
     public func free(_ handle: SharedHandle) throws(DivvyClientError) -> Bool {
         if let participant = fastParticipant {
-            do throws(SharedHeapError) {
-                return try participant.free(handle)
-            } catch {
-                throw DivvyClientError(.heap(error), error.message)
+            // Safe: `self.participant` keeps it alive for the duration of the call.
+            let result = participant._withUnsafeGuaranteedRef { participant -> Result<Bool, SharedHeapError> in
+                do throws(SharedHeapError) {
+                    return .success(try participant.free(handle))
+                } catch {
+                    return .failure(error)
+                }
+            }
+            switch result {
+            case .success(let released): return released
+            case .failure(let error): throw DivvyClientError(.heap(error), error.message)
             }
         }
         switch try request(.free(handle: handle.rawValue)).message {
@@ -368,10 +383,17 @@ public final class DivvyClient {
     /// the metadata, can only check that the offset lies in the data area.
     public func pointer(for handle: SharedHandle) throws(DivvyClientError) -> UnsafeMutableRawPointer {
         if let heap = fastHeap {
-            do throws(SharedHeapError) {
-                return try heap.pointer(for: handle)
-            } catch {
-                throw DivvyClientError(.heap(error), error.message)
+            // Safe: `self.heap` keeps it alive for the duration of the call.
+            let result = heap._withUnsafeGuaranteedRef { heap -> Result<UnsafeMutableRawPointer, SharedHeapError> in
+                do throws(SharedHeapError) {
+                    return .success(try heap.pointer(for: handle))
+                } catch {
+                    return .failure(error)
+                }
+            }
+            switch result {
+            case .success(let pointer): return pointer
+            case .failure(let error): throw DivvyClientError(.heap(error), error.message)
             }
         }
         guard let dataArea else { throw DivvyClientError(.daemonGone, "the client is not connected") }

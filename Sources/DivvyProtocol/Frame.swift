@@ -195,10 +195,10 @@ extension Message {
         case .allocatedBatch(let blockSize, let handles):
             buffer.appendLE(blockSize)
             buffer.appendLE(UInt32(truncatingIfNeeded: handles.count))
-            for handle in handles { buffer.appendLE(handle) }
+            buffer.appendLE(handles)
         case .freeBatch(let handles):
             buffer.appendLE(UInt32(truncatingIfNeeded: handles.count))
-            for handle in handles { buffer.appendLE(handle) }
+            buffer.appendLE(handles)
         case .freedBatch(let statuses):
             buffer.appendLE(UInt32(truncatingIfNeeded: statuses.count))
             for status in statuses { buffer.appendLE(status.rawValue) }
@@ -388,6 +388,16 @@ extension [UInt8] {
     @inline(__always)
     internal mutating func appendLE<T: FixedWidthInteger>(_ value: T) {
         Swift.withUnsafeBytes(of: value.littleEndian) { append(contentsOf: $0) }
+    }
+
+    /// Appends every element in little-endian byte order: one copy on a little-endian host (batches of handles).
+    @inline(__always)
+    internal mutating func appendLE(_ values: [UInt64]) {
+        #if _endian(little)
+        values.withUnsafeBytes { append(contentsOf: $0) }
+        #else
+        for value in values { appendLE(value) }
+        #endif
     }
 
     /// Appends a `string` field (u16 length + UTF-8), cut to `limit` bytes at a scalar boundary.

@@ -59,7 +59,12 @@ public final class DivvyServer: @unchecked Sendable {
     private var countersSnapshot = ServerCounters()
 
     // Event-loop state (only the thread in `run()` touches it).
-    private var participant: SharedHeap.Participant?
+    private var participant: SharedHeap.Participant? {
+        didSet { daemonParticipantRef = participant.map { Unmanaged.passUnretained($0) } }
+    }
+    /// `participant` without reference counting, for the per-block paths (a retain/release pair costs more than
+    /// the heap operation). Invariant: the same object as `participant`, which keeps it alive.
+    private var daemonParticipantRef: Unmanaged<SharedHeap.Participant>?
     private var sessions: [UInt32: Session] = [:]
     private var nextClientID: UInt32 = 1
     /// Mediated holdings beyond the first, per handle. The daemon's participant holds a mediated block once (one
@@ -148,7 +153,9 @@ public final class DivvyServer: @unchecked Sendable {
 
         // The daemon's own participant: the heap-level holder of mediated clients' blocks.
         do throws(SharedHeapError) {
-            participant = try heap.join(name: "divvyd")
+            let joined = try heap.join(name: "divvyd")
+            participant = joined
+            daemonParticipantRef = Unmanaged.passUnretained(joined)  // (property observers do not run in init)
         } catch {
             if configuration.regionName != nil { try? region.remove() }
             throw ServerError(.region, "the daemon could not join its own heap: \(error)")
@@ -689,6 +696,26 @@ public final class DivvyServer: @unchecked Sendable {
 
     // MARK: Mediated operations
 
+    /// The daemon participant's allocate, without reference counting (see `daemonParticipantRef`).
+    @inline(__always)
+    private func daemonAllocate(_ size: Int) throws(SharedHeapError) -> SharedHeapHandle {
+        guard let reference = daemonParticipantRef else { preconditionFailure("the daemon's participant is gone") }
+        // Safe: `participant` keeps it alive while the loop runs.
+        return try reference._withUnsafeGuaranteedRef { participant in
+            Result { () throws(SharedHeapError) in try participant.allocate(size) }
+        }.get()
+    }
+
+    /// The daemon participant's free, without reference counting.
+    @inline(__always)
+    private func daemonFree(_ handle: SharedHeapHandle) throws(SharedHeapError) -> Bool {
+        guard let reference = daemonParticipantRef else { preconditionFailure("the daemon's participant is gone") }
+        // Safe: `participant` keeps it alive while the loop runs.
+        return try reference._withUnsafeGuaranteedRef { participant in
+            Result { () throws(SharedHeapError) in try participant.free(handle) }
+        }.get()
+    }
+
     private var daemonParticipant: SharedHeap.Participant {
         guard let participant else { preconditionFailure("the daemon's participant is gone while serving") }
         return participant
@@ -736,7 +763,7 @@ public final class DivvyServer: @unchecked Sendable {
             extraMediatedHoldings[raw] = extra == 1 ? nil : extra - 1
             return false
         }
-        return try daemonParticipant.free(SharedHeapHandle(rawValue: raw))
+        return try daemonFree(SharedHeapHandle(rawValue: raw))
     }
 
     /// Whether the daemon's participant holds the block (for some mediated client).
@@ -750,7 +777,7 @@ public final class DivvyServer: @unchecked Sendable {
         try checkQuota(session, adding: blockSize)
         let handle: SharedHeapHandle
         do throws(SharedHeapError) {
-            handle = try daemonParticipant.allocate(Int(size))
+            handle = try daemonAllocate(Int(size))
         } catch {
             throw ServiceError(error)
         }
@@ -767,7 +794,7 @@ public final class DivvyServer: @unchecked Sendable {
         handles.reserveCapacity(count)
         for _ in 0..<count {
             do throws(SharedHeapError) {
-                handles.append(try daemonParticipant.allocate(Int(size)).rawValue)
+                handles.append(try daemonAllocate(Int(size)).rawValue)
             } catch {
                 // All or nothing: give back what this batch took.
                 for handle in handles { _ = try? daemonParticipant.free(SharedHeapHandle(rawValue: handle)) }

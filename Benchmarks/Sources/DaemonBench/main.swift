@@ -85,6 +85,28 @@ defer {
     try? FileManager.default.removeItem(atPath: directory)
 }
 
+// `daemon-bench direct-profile`: only direct pairs, for a profiler.
+if CommandLine.arguments.count == 2, CommandLine.arguments[1] == "direct-profile" {
+    let client = try DivvyClient(.init(socketPath: configuration.socketPath, name: "profile", mode: .direct))
+    let start = now()
+    for _ in 0..<5_000_000 { try client.free(try client.allocateHandle(64).handle) }
+    print("direct pair: \(Double(now() - start) / 5e6) ns")
+    client.close()
+    server.shutdown()
+    exit(0)
+}
+
+// `daemon-bench batch-profile`: only mediated batches, for a profiler.
+if CommandLine.arguments.count == 2, CommandLine.arguments[1] == "batch-profile" {
+    let client = try DivvyClient(.init(socketPath: configuration.socketPath, name: "profile", mode: .mediated))
+    let start = now()
+    for _ in 0..<2000 { _ = try client.freeBatch(try client.allocateBatch(size: 64, count: 1000)) }
+    print("mediated batch, per block: \(Double(now() - start) / 2e6) ns")
+    client.close()
+    server.shutdown()
+    exit(0)
+}
+
 var rows: [(String, String, String)] = []
 @MainActor
 func row(_ name: String, _ value: String, _ ratio: String) {

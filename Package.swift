@@ -20,6 +20,8 @@ let package = Package(
         .executable(name: "divvyd", targets: ["divvyd"]),
         // `LD_PRELOAD=.build/<config>/libDivvyMalloc.so program`: a Divvy composition as the process's malloc.
         .library(name: "DivvyMalloc", type: .dynamic, targets: ["DivvyMalloc"]),
+        // The C client ABI: `libdivvy.so` + `divvy.h` (Sources/CDivvyC/include); C programs link with `-ldivvy`.
+        .library(name: "divvy", type: .dynamic, targets: ["DivvyC"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
@@ -140,6 +142,10 @@ let package = Package(
             ],
             swiftSettings: [.enableExperimentalFeature("Lifetimes")]
         ),
+        // The C client ABI: the header, the error strings and the thread-local last-error message (C) ...
+        .target(name: "CDivvyC"),
+        // ... and the `@_cdecl` functions over DivvyClient (Swift). Product `divvy` (libdivvy.so).
+        .target(name: "DivvyC", dependencies: ["CDivvyC", "DivvyClient", "DivvyProtocol"]),
         // A client process for the end-to-end tests: runs scripted client operations against a daemon.
         .executableTarget(
             name: "divvy-client-helper", dependencies: ["DivvyClient"], path: "Sources/DivvyClientHelper"),

@@ -18,6 +18,7 @@ let package = Package(
         .library(name: "DivvyServer", targets: ["DivvyServer"]),
         .library(name: "DivvyClient", targets: ["DivvyClient"]),
         .executable(name: "divvyd", targets: ["divvyd"]),
+        .executable(name: "divvyctl", targets: ["divvyctl"]),
         // `LD_PRELOAD=.build/<config>/libDivvyMalloc.so program`: a Divvy composition as the process's malloc.
         .library(name: "DivvyMalloc", type: .dynamic, targets: ["DivvyMalloc"]),
         // The C client ABI: `libdivvy.so` + `divvy.h` (Sources/CDivvyC/include); C programs link with `-ldivvy`.
@@ -29,6 +30,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         .target(name: "CDivvy"),
@@ -118,9 +121,11 @@ let package = Package(
         .target(
             name: "DivvyServer",
             dependencies: [
-                "DivvyShm", "DivvyProtocol", "DivvyTransport",
+                "CDivvy", "DivvyShm", "DivvyProtocol", "DivvyTransport",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
         // The daemon executable: parses flags and the config file, bootstraps logging, runs the server.
@@ -131,6 +136,14 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        // The admin CLI: talks to divvyd through the client library's admin calls (never links the server).
+        .executableTarget(
+            name: "divvyctl",
+            dependencies: [
+                "DivvyClient", "DivvyProtocol",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         // The Swift client library: connect, map the region, direct (shared-memory) and mediated (socket) paths.
@@ -152,7 +165,8 @@ let package = Package(
         .testTarget(
             name: "DivvyServerTests",
             dependencies: [
-                "DivvyServer", "DivvyClient", "DivvyTransport", "DivvyTestSupport", "divvyd", "divvy-client-helper",
+                "DivvyServer", "DivvyClient", "DivvyTransport", "DivvyTestSupport", "divvyd", "divvyctl",
+                "divvy-client-helper",
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),

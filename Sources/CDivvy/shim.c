@@ -138,3 +138,9 @@ int divvy_epoll_ctl_del(void) { return EPOLL_CTL_DEL; }
 int divvy_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
 int divvy_eventfd(void) { return eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK); }
 int divvy_accept_nonblocking(int socket) { return accept4(socket, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK); }
+
+#include <sys/syscall.h>
+#ifndef SYS_pidfd_open
+#define SYS_pidfd_open 434 // include/uapi/asm-generic/unistd.h; older headers lack it
+#endif
+int divvy_pidfd_open(int pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }

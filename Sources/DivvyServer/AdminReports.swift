@@ -24,6 +24,9 @@ struct AdminReports {
         struct Heap: Codable, Hashable {
             var pageSize: Int
             var pages: Int
+            var spanPageSize: Int
+            var spanPages: Int
+            var freeSpanPages: Int
             var freePages: Int
             var ownedPages: Int
             var orphanPages: Int
@@ -107,7 +110,7 @@ struct AdminReports {
         let region = server.region
         let usage = server.heap.usage()
         let geometry = region.geometry
-        let capacity = server.heap.pageCount * server.heap.pageSize
+        let capacity = server.heapCapacity
         return Status(
             version: Self.version, protocolVersion: Int(ProtocolVersion.current), pid: Int(getpid()),
             uptimeSeconds: Date().timeIntervalSince1970 - server.startTime,
@@ -117,7 +120,8 @@ struct AdminReports {
                 totalBytes: geometry.totalSize, metadataBytes: geometry.metadataSize, dataBytes: geometry.dataSize,
                 pageKind: "\(region.pageKind)", lazy: region.header.isLazy),
             heap: .init(
-                pageSize: server.heap.pageSize, pages: server.heap.pageCount, freePages: usage.freePages,
+                pageSize: server.heap.pageSize, pages: server.heap.pageCount, spanPageSize: usage.spanPageSize,
+                spanPages: usage.spanPages, freeSpanPages: usage.freeSpanPages, freePages: usage.freePages,
                 ownedPages: usage.ownedPages, orphanPages: usage.orphanPages, bytesUsed: usage.bytesInUse,
                 bytesFree: max(0, capacity - usage.bytesInUse)),
             clients: clients)
@@ -153,32 +157,6 @@ struct AdminReports {
 
     func config() -> Config {
         Config(settings: server.configuration.render().map { Config.Setting(key: $0.key, value: $0.value) })
-    }
-
-    /// Prometheus text exposition (version 0.0.4) of the counters and heap gauges.
-    func prometheus(_ counters: ServerCounters, clients: Int) -> String {
-        var text = ""
-        func metric(_ name: String, _ type: String, _ help: String, _ samples: [(String, Int)]) {
-            text += "# HELP \(name) \(help)\n# TYPE \(name) \(type)\n"
-            for (labels, value) in samples { text += "\(name)\(labels) \(value)\n" }
-        }
-        metric("divvy_connections_total", "counter", "Connections accepted.", [("", counters.connections)])
-        metric("divvy_connections_refused_total", "counter", "Connections refused.", [("", counters.refusedConnections)])
-        metric("divvy_clients", "gauge", "Clients connected.", [("", clients)])
-        metric("divvy_alloc_total", "counter", "Blocks allocated for mediated clients.", [("", counters.allocations)])
-        metric("divvy_free_total", "counter", "Mediated holdings freed.", [("", counters.frees)])
-        metric("divvy_adopt_total", "counter", "Blocks adopted by mediated clients.", [("", counters.adoptions)])
-        metric("divvy_leases_total", "counter", "Page leases granted to direct clients.", [("", counters.leases)])
-        metric("divvy_recoveries_total", "counter", "Participants recovered.", [("", counters.recoveries)])
-        metric(
-            "divvy_errors_total", "counter", "Error replies by reason.",
-            counters.errors.sorted { $0.key < $1.key }.map { ("{reason=\"\($0.key)\"}", $0.value) })
-        let usage = server.heap.usage()
-        metric(
-            "divvy_class_bytes_in_use", "gauge", "Bytes in use by size class.",
-            usage.sizeClasses.map { ("{class=\"\($0.blockSize)\"}", $0.blocksInUse * $0.blockSize) })
-        metric("divvy_heap_pages_free", "gauge", "Heap pages in the free pool.", [("", usage.freePages)])
-        return text
     }
 }
 

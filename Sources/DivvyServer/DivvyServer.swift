@@ -1,3 +1,4 @@
+import CDivvy
 import Divvy
 import DivvyProtocol
 import DivvyShm
@@ -64,7 +65,13 @@ public final class DivvyServer: @unchecked Sendable {
     private var mediatedHolders: [UInt64: Int] = [:]
     private var directOwners: [Int: UInt32] = [:]
     private var pendingRecoveries: Set<Int> = []
+    /// Direct participants whose connection ended while their process may still run, by poller token: recovered
+    /// when the process exits (its pidfd turns readable), never before — recovering a participant whose process
+    /// still runs would race with that process's own operations on the heap.
+    private var exitWatches: [UInt64: (participant: Int, pid: Int32, fd: Int32)] = [:]
+    private static let exitWatchBase: UInt64 = 1 << 40
     private var counters = ServerCounters()
+    private let metrics = ServerMetrics()
     private let receiveBuffer: UnsafeMutableRawBufferPointer
     private var sendBuffer: [UInt8] = []
     private var shutdownDeadline: Double?
@@ -218,6 +225,7 @@ public final class DivvyServer: @unchecked Sendable {
                 switch event.token {
                 case Self.listenerToken: acceptAll()
                 case EventPoller.wakeToken: break
+                case let token where token >= Self.exitWatchBase: processExited(token)
                 default: service(UInt32(truncatingIfNeeded: event.token), event.events)
                 }
             }
@@ -244,11 +252,16 @@ public final class DivvyServer: @unchecked Sendable {
         logger.info("divvyd stopped")
     }
 
-    /// Tells the hooks a one-line status when it changed.
+    /// Bytes of heap pages in the data area (small pages and span pages).
+    var heapCapacity: Int { heap.smallPageCount * heap.pageSize + heap.spanPageCount * heap.spanPageSize }
+
+    /// Refreshes the gauges and tells the hooks a one-line status when it changed.
     private func reportStatus() {
         let usage = heap.usage()
+        metrics.update(
+            usage, clients: sessions.count, leasedPages: sessions.values.reduce(0) { $0 + $1.pageAllowance })
         let status = "serving \(sessions.count) client(s); \(usage.bytesInUse >> 10) KiB of "
-            + "\(heap.pageCount * heap.pageSize >> 20) MiB in use"
+            + "\(heapCapacity >> 20) MiB in use"
         if status != lastStatus {
             lastStatus = status
             hooks.status(status)
@@ -320,6 +333,7 @@ public final class DivvyServer: @unchecked Sendable {
         let policy = configuration.policy
         guard policy.admits(peer) else {
             counters.refusedConnections += 1
+            metrics.refusedConnections.increment()
             logger.warning(
                 "connection refused by policy",
                 metadata: ["pid": "\(peer.pid)", "uid": "\(peer.uid)", "gid": "\(peer.gid)"])
@@ -328,6 +342,7 @@ public final class DivvyServer: @unchecked Sendable {
         }
         guard sessions.count < configuration.maxClients, shutdownDeadline == nil else {
             counters.refusedConnections += 1
+            metrics.refusedConnections.increment()
             let message = shutdownDeadline != nil
                 ? "the daemon is shutting down" : "the daemon serves \(sessions.count) clients already (max-clients)"
             logger.warning("connection refused", metadata: ["pid": "\(peer.pid)", "reason": "\(message)"])
@@ -347,6 +362,7 @@ public final class DivvyServer: @unchecked Sendable {
         }
         sessions[id] = session
         counters.connections += 1
+        metrics.connections.increment()
         logger.info(
             "client connected",
             metadata: ["client": "\(id)", "pid": "\(peer.pid)", "uid": "\(peer.uid)", "gid": "\(peer.gid)"])
@@ -418,6 +434,7 @@ public final class DivvyServer: @unchecked Sendable {
         _ session: Session, requestID: UInt64, type: MessageType, _ code: ErrorCode, _ message: String
     ) {
         counters.countError(code)
+        metrics.failure(code)
         if code.closesConnection {
             logger.warning(
                 "closing client after protocol error",
@@ -561,6 +578,7 @@ public final class DivvyServer: @unchecked Sendable {
                     statuses.append(try free(session, handle) ? .released : .stillHeld)
                 } catch {
                     counters.countError(error.code)
+                    metrics.failure(error.code)
                     statuses.append(FreedStatus(error: error.code))
                 }
             }
@@ -602,6 +620,7 @@ public final class DivvyServer: @unchecked Sendable {
         session.participant = p
         session.pageAllowance = pages
         counters.leases += 1
+        metrics.leases.increment()
         logger.info("direct client joined", metadata: ["client": "\(session.id)", "participant": "\(p)",
                                                        "pages": "\(pages)"])
         return .joined(pageAllowance: UInt32(pages))
@@ -634,6 +653,7 @@ public final class DivvyServer: @unchecked Sendable {
         }
         session.pageAllowance = wanted
         counters.leases += 1
+        metrics.leases.increment()
         return .leased(pageAllowance: UInt32(wanted))
     }
 
@@ -694,6 +714,7 @@ public final class DivvyServer: @unchecked Sendable {
         }
         record(session, handle.rawValue, blockSize)
         counters.allocations += 1
+        metrics.allocations.increment()
         return (handle.rawValue, blockSize)
     }
 
@@ -713,6 +734,7 @@ public final class DivvyServer: @unchecked Sendable {
         }
         for handle in handles { record(session, handle, blockSize) }
         counters.allocations += count
+        metrics.allocations.increment(by: count)
         return .allocatedBatch(blockSize: UInt64(blockSize), handles: handles)
     }
 
@@ -742,6 +764,7 @@ public final class DivvyServer: @unchecked Sendable {
         if count == 1 { session.holdings[raw] = nil } else { session.holdings[raw] = count - 1 }
         session.bytesHeld -= blockSize
         counters.frees += 1
+        metrics.frees.increment()
         return released
     }
 
@@ -782,6 +805,7 @@ public final class DivvyServer: @unchecked Sendable {
         }
         record(session, raw, blockSize)
         counters.adoptions += 1
+        metrics.adoptions.increment()
         return blockSize
     }
 
@@ -812,7 +836,7 @@ public final class DivvyServer: @unchecked Sendable {
         return ClientStats(
             bytesHeld: UInt64(session.bytesHeld), blocksHeld: UInt64(session.blocksHeld),
             quotaBytes: UInt64(configuration.effectiveQuotaBytes), pageAllowance: UInt32(session.pageAllowance),
-            heapBytesUsed: UInt64(used), heapBytesFree: UInt64(max(0, heap.pageCount * heap.pageSize - used)),
+            heapBytesUsed: UInt64(used), heapBytesFree: UInt64(max(0, heapCapacity - used)),
             clients: UInt32(sessions.count))
     }
 
@@ -850,11 +874,57 @@ public final class DivvyServer: @unchecked Sendable {
             directOwners[p] = nil
             if let status = heap.participantStatus(p), status.state != .free, status.pid == session.peer.pid {
                 metadata["participant"] = "\(p)"
-                metadata["recovery"] = "\(recover(p))"
+                metadata["recovery"] = "\(recoverWhenExited(p, pid: session.peer.pid))"
             }
         }
         counters.disconnections += 1
         logger.info("client disconnected", metadata: metadata)
+    }
+
+    /// Recovers participant `p` of process `pid` once that process has exited: at once if it has, else when its
+    /// pidfd turns readable (or, without pidfd support, when `tick()` sees it gone).
+    private func recoverWhenExited(_ p: Int, pid: Int32) -> String {
+        guard pid != getpid() else {
+            return "kept: the participant belongs to the daemon's own process"
+        }
+        let fd = divvy_pidfd_open(pid)
+        if fd < 0 {
+            if divvy_errno() == ESRCH || processHasExited(pid) { return recover(p) }
+            // No pidfd (kernel < 5.3): `tick()` recovers it via deadParticipants() once the process is gone.
+            return "deferred until process \(pid) exits"
+        }
+        let token = Self.exitWatchBase + UInt64(p)
+        if let previous = exitWatches.removeValue(forKey: token) { _ = close(previous.fd) }
+        do throws(TransportError) {
+            try poller.add(fd, events: .readable, token: token)
+        } catch {
+            _ = close(fd)
+            return processHasExited(pid) ? recover(p) : "deferred until process \(pid) exits"
+        }
+        exitWatches[token] = (p, pid, fd)
+        return "when process \(pid) exits"
+    }
+
+    /// A watched process exited: recover its participant if it still holds the slot.
+    private func processExited(_ token: UInt64) {
+        guard let watch = exitWatches.removeValue(forKey: token) else { return }
+        poller.remove(watch.fd)
+        _ = close(watch.fd)
+        guard let status = heap.participantStatus(watch.participant), status.state != .free, status.pid == watch.pid
+        else { return }
+        let outcome = recover(watch.participant)
+        logger.info(
+            "recovered a direct client's participant after its process exited",
+            metadata: ["participant": "\(watch.participant)", "pid": "\(watch.pid)", "outcome": "\(outcome)"])
+    }
+
+    /// Whether a process is gone or a zombie (`kill(pid, 0)` still succeeds for a zombie).
+    private func processHasExited(_ pid: Int32) -> Bool {
+        if kill(pid, 0) == -1 && errno == ESRCH { return true }
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let close = stat.lastIndex(of: ")")
+        else { return true }
+        return stat[stat.index(after: close)...].trimmingWhitespace.first == "Z"
     }
 
     /// Recovers a participant; an incomplete recovery is retried by `tick()`.
@@ -863,6 +933,7 @@ public final class DivvyServer: @unchecked Sendable {
             let report = try heap.recover(participant: p)
             pendingRecoveries.remove(p)
             counters.recoveries += 1
+            metrics.recoveries.increment()
             return report.description
         } catch {
             if error.code == .recoveryIncomplete { pendingRecoveries.insert(p) }
@@ -901,8 +972,8 @@ public final class DivvyServer: @unchecked Sendable {
             return reports.json(operation, reports.verify())
         case .config: return reports.json(operation, reports.config())
         case .metrics:
-            return .adminReply(AdminReply(
-                operation: .metrics, format: .text, body: Array(reports.prometheus(counters, clients: sessions.count).utf8)))
+            reportStatus()
+            return .adminReply(AdminReply(operation: .metrics, format: .text, body: Array(metrics.exposition().utf8)))
         case .disconnect:
             guard let target = sessions[argument] else {
                 throw ServiceError(.noSuchClient, "no client with id \(argument) is connected")
@@ -911,6 +982,12 @@ public final class DivvyServer: @unchecked Sendable {
             logger.notice("admin disconnects a client", metadata: ["client": "\(argument)", "by": "\(session.id)"])
             if target !== session {
                 send(target, requestID: 0, .shutdown(reason: "disconnected by an administrator"))
+            }
+            // A direct client writes heap metadata itself: its memory can be taken back safely only once it has
+            // stopped, so disconnecting it kills it (recovery follows its exit).
+            if target.participant != nil, target.peer.pid != getpid() {
+                logger.notice("killing a disconnected direct client", metadata: ["pid": "\(target.peer.pid)"])
+                _ = kill(target.peer.pid, SIGKILL)
             }
             disconnect(argument, reason: "disconnected by client \(session.id)")
             return reports.json(operation, AdminReports.Disconnected(disconnected: summary))

@@ -166,15 +166,20 @@ final class ClientServerTests: XCTestCase {
         XCTAssertEqual(clients.first?["name"] as? String, "stats")
         XCTAssertEqual(clients.first?["mode"] as? String, "direct")
         let metrics = String(decoding: try client.admin(.metrics).body, as: UTF8.self)
-        XCTAssertTrue(metrics.contains("# TYPE divvy_clients gauge\ndivvy_clients 1\n"), metrics)
+        XCTAssertTrue(metrics.contains("# TYPE divvy_clients gauge\ndivvy_clients 1.0\n"), metrics)
+        XCTAssertTrue(metrics.contains("divvy_heap_bytes{class=\"128\"} 128.0\n"), metrics)
+        XCTAssertTrue(metrics.contains("# TYPE divvy_connections_total counter\ndivvy_connections_total 1\n"), metrics)
         assertClientError(.noSuchClient) { try client.admin(.disconnect, argument: 999) }
+        let failures = String(decoding: try client.admin(.metrics).body, as: UTF8.self)
+        XCTAssertTrue(failures.contains("divvy_failures_total{reason=\"noSuchClient\"} 1\n"), failures)
         try client.free(handle)
     }
 
     func testAdminDisconnectReclaimsAClient() throws {
         let daemon = try TestDaemon()
         let admin = try daemon.client(.mediated, name: "admin")
-        let victim = try daemon.client(.direct, name: "victim")
+        // Mediated: a direct victim would be killed, and in-process that is this test.
+        let victim = try daemon.client(.mediated, name: "victim")
         for _ in 0..<10 { _ = try victim.allocate(64).intoHandle() }
         _ = try admin.admin(.disconnect, argument: victim.clientID)
         do {

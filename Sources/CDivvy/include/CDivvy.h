@@ -95,6 +95,9 @@ int divvy_epoll_ctl_del(void);
 int divvy_epoll_create(void);
 /// eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK). Returns the descriptor, or -1 with errno set.
 int divvy_eventfd(void);
+/// pidfd_open(2) (Linux 5.3; glibc has no wrapper before 2.36): a descriptor that becomes readable when the
+/// process exits. Returns it, or -1 with errno set (ESRCH: no such process; ENOSYS: kernel too old).
+int divvy_pidfd_open(int pid);
 /// accept4(2) with SOCK_CLOEXEC | SOCK_NONBLOCK (declared only under _GNU_SOURCE).
 int divvy_accept_nonblocking(int socket);
 

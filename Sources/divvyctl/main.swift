@@ -1,0 +1,329 @@
+import ArgumentParser
+import DivvyClient
+import DivvyProtocol
+import Foundation
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `divvyctl`: inspect and administer a running divvyd over its socket (the protocol's admin messages).
+///
+/// Exit status: 0 success; 1 the daemon could not be reached or refused; 2 bad usage; 3 `verify` found violations.
+@main
+struct DivvyCtl: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "divvyctl",
+        abstract: "Inspect and administer a running divvyd.",
+        discussion: """
+            Talks to divvyd over its socket (--socket, else $DIVVY_SOCKET, else the default path). Admin \
+            operations need an admin uid/gid in the daemon's policy. Every read command takes --json and then \
+            prints the daemon's JSON document unchanged (shapes documented in the README).
+            """,
+        subcommands: [Status.self, Classes.self, Clients.self, Verify.self, Top.self, Metrics.self, Disconnect.self,
+                      Config.self])
+
+    /// Runs the command; a `Failure` prints `divvyctl: message` on stderr and exits with status 1.
+    static func main() {
+        do {
+            var command = try parseAsRoot()
+            try command.run()
+        } catch let failure as Failure {
+            FileHandle.standardError.write(Data("divvyctl: \(failure.message)\n".utf8))
+            Foundation.exit(1)
+        } catch {
+            exit(withError: error)
+        }
+    }
+}
+
+/// Options every subcommand shares.
+struct Connection: ParsableArguments {
+    @Option(name: .long, help: "The daemon's socket (default: $DIVVY_SOCKET, else the per-user default path).")
+    var socket: String?
+
+    /// Runs an admin operation, turning every failure into a clear message and exit status 1.
+    func admin(_ operation: AdminOperation, argument: UInt32 = 0) throws -> AdminReply {
+        let client: DivvyClient
+        do {
+            client = try DivvyClient(.init(socketPath: socket, name: "divvyctl", mode: .mediated))
+        } catch {
+            throw Failure(error.message)
+        }
+        defer { client.close() }
+        do {
+            return try client.admin(operation, argument: argument)
+        } catch where error.protocolCode == .adminRequired {
+            throw Failure(
+                "not allowed: \(error.message) (uid \(getuid()), gid \(getgid())); run as an admin user or add this "
+                    + "uid to admin-uids in the daemon's config")
+        } catch {
+            throw Failure(error.message)
+        }
+    }
+
+    /// Runs an admin operation and decodes its JSON body.
+    func document<T: Decodable>(_ operation: AdminOperation, as type: T.Type, argument: UInt32 = 0) throws -> (T, [UInt8]) {
+        let reply = try admin(operation, argument: argument)
+        do {
+            return (try JSONDecoder().decode(T.self, from: Data(reply.body)), reply.body)
+        } catch {
+            throw Failure("the daemon's \(operation) reply is not the expected JSON: \(error)")
+        }
+    }
+}
+
+/// A failure with its message; printed as `divvyctl: message`, exit status 1.
+struct Failure: Error, CustomStringConvertible {
+    var message: String
+    init(_ message: String) { self.message = message }
+    var description: String { message }
+}
+
+func printJSON(_ body: [UInt8]) {
+    print(String(decoding: body, as: UTF8.self))
+}
+
+func bytes(_ count: Int) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    var value = Double(count)
+    var unit = 0
+    while value >= 1024, unit < units.count - 1 {
+        value /= 1024
+        unit += 1
+    }
+    return unit == 0 ? "\(count) B" : String(format: "%.1f %@", value, units[unit])
+}
+
+func duration(_ seconds: Double) -> String {
+    let total = Int(seconds)
+    let (days, hours, minutes, rest) = (total / 86400, total / 3600 % 24, total / 60 % 60, total % 60)
+    return days > 0 ? "\(days)d \(hours)h \(minutes)m" : hours > 0 ? "\(hours)h \(minutes)m \(rest)s" : "\(minutes)m \(rest)s"
+}
+
+/// Left-aligned columns.
+func table(_ header: [String], _ rows: [[String]]) -> String {
+    let widths = header.indices.map { column in
+        ([header[column]] + rows.map { $0[column] }).map(\.count).max() ?? 0
+    }
+    func line(_ cells: [String]) -> String {
+        zip(cells, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  ")
+    }
+    return ([line(header)] + rows.map(line)).joined(separator: "\n")
+}
+
+// MARK: Documents (the daemon's JSON shapes)
+
+struct StatusDocument: Decodable {
+    struct Region: Decodable {
+        var name: String?
+        var backing: String
+        var totalBytes: Int
+        var dataBytes: Int
+        var pageKind: String
+        var lazy: Bool
+    }
+    struct Heap: Decodable {
+        var pageSize: Int
+        var pages: Int
+        var spanPageSize: Int
+        var spanPages: Int
+        var freePages: Int
+        var bytesUsed: Int
+        var bytesFree: Int
+    }
+    var version: String
+    var protocolVersion: Int
+    var pid: Int
+    var uptimeSeconds: Double
+    var socket: String
+    var region: Region
+    var heap: Heap
+    var clients: Int
+
+    var text: String {
+        """
+        divvyd \(version) (protocol \(protocolVersion)), pid \(pid), up \(duration(uptimeSeconds))
+        socket:  \(socket)
+        region:  \(region.name.map { "/dev/shm/\($0)" } ?? "anonymous memfd"), \(bytes(region.totalBytes)) \
+        (\(bytes(region.dataBytes)) data), \(region.pageKind) pages\(region.lazy ? ", lazily committed" : "")
+        heap:    \(heap.pages - heap.spanPages) pages of \(bytes(heap.pageSize)) and \(heap.spanPages) span pages of \
+        \(bytes(heap.spanPageSize)); \(heap.freePages) pages free
+        memory:  \(bytes(heap.bytesUsed)) used, \(bytes(heap.bytesFree)) free
+        clients: \(clients)
+        """
+    }
+}
+
+struct ClassRow: Decodable {
+    var blockSize: Int
+    var pages: Int
+    var blocksUsed: Int
+    var blocksFree: Int
+    var fragmentation: Double
+}
+
+struct ClientRow: Decodable {
+    var id: UInt32
+    var pid: Int32
+    var uid: UInt32
+    var name: String
+    var mode: String
+    var bytesHeld: Int
+    var blocksHeld: Int
+    var quotaBytes: Int
+    var pageAllowance: Int
+    var connectedSeconds: Double
+}
+
+func clientsTable(_ rows: [ClientRow]) -> String {
+    table(
+        ["ID", "PID", "UID", "NAME", "MODE", "HELD", "BLOCKS", "LEASED PAGES", "QUOTA", "CONNECTED"],
+        rows.map {
+            ["\($0.id)", "\($0.pid)", "\($0.uid)", $0.name, $0.mode, bytes($0.bytesHeld), "\($0.blocksHeld)",
+             "\($0.pageAllowance)", bytes($0.quotaBytes), duration($0.connectedSeconds)]
+        })
+}
+
+struct VerifyDocument: Decodable {
+    var clean: Bool
+    var violations: [String]
+    var summary: String
+}
+
+struct ConfigDocument: Decodable {
+    struct Setting: Decodable {
+        var key: String
+        var value: String
+    }
+    var settings: [Setting]
+}
+
+struct DisconnectDocument: Decodable {
+    var disconnected: ClientRow
+}
+
+// MARK: Subcommands
+
+extension DivvyCtl {
+    struct Status: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Version, uptime, region size/backing/huge pages, clients, bytes used/free.")
+        @OptionGroup var connection: Connection
+        @Flag(help: "Print the daemon's JSON document.") var json = false
+
+        func run() throws {
+            let (status, body) = try connection.document(.status, as: StatusDocument.self)
+            if json { printJSON(body) } else { print(status.text) }
+        }
+    }
+
+    struct Classes: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Per size class: pages, blocks used/free, fragmentation.")
+        @OptionGroup var connection: Connection
+        @Flag(help: "Print the daemon's JSON document.") var json = false
+        @Flag(help: "Show classes with no pages too.") var all = false
+
+        func run() throws {
+            let (rows, body) = try connection.document(.classes, as: [ClassRow].self)
+            if json { return printJSON(body) }
+            print(table(
+                ["CLASS", "PAGES", "USED", "FREE", "FRAGMENTATION"],
+                rows.filter { all || $0.pages > 0 }.map {
+                    [bytes($0.blockSize), "\($0.pages)", "\($0.blocksUsed)", "\($0.blocksFree)",
+                     String(format: "%.1f%%", $0.fragmentation * 100)]
+                }))
+        }
+    }
+
+    struct Clients: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Connected clients: id, pid, uid, name, mode, bytes held, quota.")
+        @OptionGroup var connection: Connection
+        @Flag(help: "Print the daemon's JSON document.") var json = false
+
+        func run() throws {
+            let (rows, body) = try connection.document(.clients, as: [ClientRow].self)
+            if json { printJSON(body) } else { print(clientsTable(rows)) }
+        }
+    }
+
+    struct Verify: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Run the heap audit and print its report; exit status 3 on any violation.",
+            discussion: "Exact while no direct client is mid-operation; run it when the heap is quiet.")
+        @OptionGroup var connection: Connection
+        @Flag(help: "Print the daemon's JSON document.") var json = false
+
+        func run() throws {
+            let (report, body) = try connection.document(.verify, as: VerifyDocument.self)
+            if json { printJSON(body) } else { print(report.summary) }
+            if !report.clean { throw ExitCode(3) }
+        }
+    }
+
+    struct Top: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "A live view of status and clients, refreshed in place until Ctrl-C.")
+        @OptionGroup var connection: Connection
+        @Option(help: "Seconds between refreshes.") var interval: Double = 1
+        @Option(help: "Stop after this many refreshes (default: until Ctrl-C).") var iterations: Int?
+
+        func run() throws {
+            var count = 0
+            while iterations.map({ count < $0 }) ?? true {
+                let (status, _) = try connection.document(.status, as: StatusDocument.self)
+                let (clients, _) = try connection.document(.clients, as: [ClientRow].self)
+                // Clear the screen and home the cursor (ANSI), then draw.
+                print("\u{1B}[H\u{1B}[2J" + status.text + "\n\n" + clientsTable(clients))
+                fflush(nil)
+                count += 1
+                if iterations.map({ count >= $0 }) ?? false { break }
+                usleep(useconds_t(max(0.05, interval) * 1_000_000))
+            }
+        }
+    }
+
+    struct Metrics: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "The daemon's metrics, Prometheus text format.")
+        @OptionGroup var connection: Connection
+
+        func run() throws {
+            let reply = try connection.admin(.metrics)
+            print(String(decoding: reply.body, as: UTF8.self), terminator: "")
+        }
+    }
+
+    struct Disconnect: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Forcibly end a client's connection and reclaim its memory.")
+        @OptionGroup var connection: Connection
+        @Argument(help: "The client id (see `divvyctl clients`).") var client: UInt32
+        @Flag(help: "Print the daemon's JSON document.") var json = false
+
+        func run() throws {
+            let (document, body) = try connection.document(.disconnect, as: DisconnectDocument.self, argument: client)
+            if json {
+                printJSON(body)
+            } else {
+                let row = document.disconnected
+                print("disconnected client \(row.id) (\(row.name), pid \(row.pid)); reclaimed \(bytes(row.bytesHeld)) "
+                    + "in \(row.blocksHeld) mediated blocks and \(row.pageAllowance) leased pages")
+            }
+        }
+    }
+
+    struct Config: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "The running configuration, as config-file lines.")
+        @OptionGroup var connection: Connection
+        @Flag(help: "Print the daemon's JSON document.") var json = false
+
+        func run() throws {
+            let (config, body) = try connection.document(.config, as: ConfigDocument.self)
+            if json { return printJSON(body) }
+            for setting in config.settings { print("\(setting.key) = \(setting.value)") }
+        }
+    }
+}

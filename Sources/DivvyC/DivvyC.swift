@@ -38,9 +38,14 @@ func fail(_ code: divvy_error, _ message: String) -> Int32 {
     return Int32(code.rawValue)
 }
 
-/// Stores the error's message as the calling thread's last error and returns its code.
+/// Stores the error's message as the calling thread's last error and returns its code. Protocol errors keep their
+/// spec name in front (`staleHandle: …`); client-side messages say what happened on their own.
 func fail(_ error: DivvyClientError) -> Int32 {
-    setLastError(error.description)
+    if let code = error.protocolCode {
+        setLastError("\(code): \(error.message)")
+    } else {
+        setLastError(error.message)
+    }
     return divvyErrorCode(error)
 }
 

@@ -11,6 +11,11 @@
 //         pattern, writes a reply pattern, frees its holdings and passes back a block of its own; the parent checks
 //         the reply, frees everything, checks bad inputs and error codes, runs threads with one client each, and
 //         checks that its stats show nothing held. Exit 0 only if every check passed.
+//     divvy-c-example quota [--socket PATH] [--mode M]
+//         Against a daemon with a small quota: allocates until DIVVY_EQUOTA_EXCEEDED, checks that refusals change
+//         nothing, frees, allocates again.
+//     divvy-c-example expect-connect CODE [--socket PATH] [--mode M]
+//         Expects divvy_connect to return CODE (a number; 0 = success, then prints the granted mode).
 //     divvy-c-example no-daemon PATH
 //         Expects DIVVY_ENO_DAEMON from divvy_connect at PATH (nothing listens there).
 //     divvy-c-example daemon-gone [--socket PATH] [--mode M]
@@ -717,6 +722,86 @@ static int run_daemon_gone(const char *socket_path, int mode) {
     return failures == 0 ? 0 : 1;
 }
 
+// Connects in `mode` and expects `expected` (a divvy_error number; 0: success, then prints the granted mode).
+static int run_expect_connect(const char *socket_path, int mode, int expected) {
+    divvy_client *client = NULL;
+    int code = divvy_connect(socket_path, "c-example-connect", mode, &client);
+    CHECK(code == expected, "divvy_connect(%s): %d (%s; %s), expected %d (%s)", mode_name(mode), code,
+          divvy_strerror(code), divvy_last_error_message(), expected, divvy_strerror(expected));
+    if (code == DIVVY_OK) {
+        int granted = -1;
+        EXPECT(divvy_client_info(client, &granted, NULL), DIVVY_OK);
+        say("connected: %s", mode_name(granted));
+        divvy_close(client);
+    } else {
+        CHECK(client == NULL, "a failed divvy_connect sets *out to NULL");
+        say("refused: %s: %s", divvy_strerror(code), divvy_last_error_message());
+    }
+    say(failures == 0 ? "OK" : "FAILED");
+    return failures == 0 ? 0 : 1;
+}
+
+// Against a daemon with a small quota: allocates 1000-byte blocks until DIVVY_EQUOTA_EXCEEDED, checks that the refusal
+// changed nothing and that a batch over the quota allocates none, frees everything and allocates again.
+#define QUOTA_MAX_BLOCKS 4096
+// A small size class: direct clients get whole pages under the quota, and blocks of a small class fill them.
+#define QUOTA_BLOCK 1000
+static int run_quota(const char *socket_path, int mode) {
+    divvy_client *client = NULL;
+    int code = divvy_connect(socket_path, "c-example-quota", mode, &client);
+    if (code != DIVVY_OK) {
+        fail("divvy_connect: %s (%s)", divvy_strerror(code), divvy_last_error_message());
+        return 1;
+    }
+    int granted = -1;
+    EXPECT(divvy_client_info(client, &granted, NULL), DIVVY_OK);
+    static uint64_t handles[QUOTA_MAX_BLOCKS];
+    size_t count = 0;
+    while (count < QUOTA_MAX_BLOCKS) {
+        void *pointer = NULL;
+        code = divvy_alloc(client, QUOTA_BLOCK, &handles[count], &pointer);
+        if (code != DIVVY_OK) break;
+        write_pattern(pointer, QUOTA_BLOCK, count);
+        count++;
+    }
+    CHECK(code == DIVVY_EQUOTA_EXCEEDED, "allocating until refused ended with %d (%s; %s)", code,
+          divvy_strerror(code), divvy_last_error_message());
+    CHECK(count > 0 && count < QUOTA_MAX_BLOCKS, "%zu blocks fit in the quota", count);
+    CHECK(strstr(divvy_last_error_message(), "quotaExceeded") != NULL, "the message: '%s'",
+          divvy_last_error_message());
+    struct divvy_stats before, after;
+    EXPECT(divvy_stats(client, &before), DIVVY_OK);
+    uint64_t extra = 0;
+    EXPECT(divvy_alloc(client, QUOTA_BLOCK, &extra, NULL), DIVVY_EQUOTA_EXCEEDED);
+    uint64_t batch[8];
+    EXPECT(divvy_alloc_batch(client, QUOTA_BLOCK, 8, batch), DIVVY_EQUOTA_EXCEEDED);
+    EXPECT(divvy_stats(client, &after), DIVVY_OK);
+    CHECK(after.bytes_held == before.bytes_held && after.blocks_held == before.blocks_held &&
+              after.heap_bytes_used == before.heap_bytes_used,
+          "the refusals changed the holdings (%" PRIu64 " → %" PRIu64 " bytes in use)", before.heap_bytes_used,
+          after.heap_bytes_used);
+    for (size_t i = 0; i < count; i++) {
+        void *pointer = NULL;
+        EXPECT(divvy_pointer(client, handles[i], &pointer), DIVVY_OK);
+        if (pointer != NULL) CHECK(check_pattern(pointer, QUOTA_BLOCK, i) == SIZE_MAX, "block %zu was overwritten", i);
+        EXPECT(divvy_free(client, handles[i], NULL), DIVVY_OK);
+    }
+    expect_nothing_held(client, "after freeing");
+    // The room is back: the same number of blocks fits again, here as batches of at most 8.
+    size_t again = 0;
+    while (again < count) {
+        size_t chunk = count - again < 8 ? count - again : 8;
+        EXPECT(divvy_alloc_batch(client, QUOTA_BLOCK, chunk, batch), DIVVY_OK);
+        EXPECT(divvy_free_batch(client, batch, chunk, NULL, NULL), DIVVY_OK);
+        again += chunk;
+    }
+    say("quota: %zu blocks of %d bytes fit (%s), then DIVVY_EQUOTA_EXCEEDED; nothing changed by the refusals",
+        count, QUOTA_BLOCK, mode_name(granted));
+    divvy_close(client);
+    say(failures == 0 ? "OK" : "FAILED");
+    return failures == 0 ? 0 : 1;
+}
+
 int main(int argc, char **argv) {
     // A child that dies must not kill the parent with SIGPIPE; write errors are checked instead.
     signal(SIGPIPE, SIG_IGN);
@@ -729,10 +814,14 @@ int main(int argc, char **argv) {
     const char *socket_path = NULL;
     int mode = DIVVY_MODE_ANY;
     int child_mode = -1;
-    int daemon_gone = 0;
+    const char *scenario = "all";
+    int expected = 0;
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "daemon-gone") == 0) {
-            daemon_gone = 1;
+        if (strcmp(argv[i], "daemon-gone") == 0 || strcmp(argv[i], "quota") == 0) {
+            scenario = argv[i];
+        } else if (strcmp(argv[i], "expect-connect") == 0 && i + 1 < argc) {
+            scenario = argv[i];
+            expected = atoi(argv[++i]);
         } else if (strcmp(argv[i], "--socket") == 0 && i + 1 < argc) {
             socket_path = argv[++i];
         } else if (strcmp(argv[i], "--mode") == 0 && i + 1 < argc) {
@@ -742,9 +831,10 @@ int main(int argc, char **argv) {
         } else {
             fprintf(stderr,
                     "usage: %s [--socket PATH] [--mode any|direct|mediated] [--child-mode any|direct|mediated]\n"
-                    "       %s daemon-gone [--socket PATH] [--mode M]\n"
+                    "       %s daemon-gone|quota [--socket PATH] [--mode M]\n"
+                    "       %s expect-connect CODE [--socket PATH] [--mode M]\n"
                     "       %s no-daemon PATH\n",
-                    argv[0], argv[0], argv[0]);
+                    argv[0], argv[0], argv[0], argv[0]);
             return 2;
         }
     }
@@ -753,6 +843,8 @@ int main(int argc, char **argv) {
         fprintf(stderr, "%s: pass --socket PATH or set DIVVY_SOCKET (the child process needs the path)\n", argv[0]);
         return 2;
     }
-    if (daemon_gone) return run_daemon_gone(socket_path, mode);
+    if (strcmp(scenario, "daemon-gone") == 0) return run_daemon_gone(socket_path, mode);
+    if (strcmp(scenario, "quota") == 0) return run_quota(socket_path, mode);
+    if (strcmp(scenario, "expect-connect") == 0) return run_expect_connect(socket_path, mode, expected);
     return run_all(socket_path, mode, child_mode < 0 ? mode : child_mode);
 }

@@ -119,6 +119,63 @@ final class CClientTests: XCTestCase {
         }
     }
 
+    func testQuotaExceededIsReportedAndChangesNothingInBothModes() throws {
+        let program = try Self.program.get()
+        let daemon = try DaemonProcessTests.Daemon(["--quota", "64K"])
+        for mode in ["direct", "mediated"] {
+            let (exit, output) = try Self.run(program, ["quota", "--socket", daemon.socketPath, "--mode", mode])
+            XCTAssertEqual(exit.status, 0, "\(mode):\n\(output)")
+            // 64 KiB of 1000-byte blocks (1024-byte class): 64, whichever side enforces the quota.
+            XCTAssertTrue(output.contains("quota: 64 blocks of 1000 bytes fit (\(mode))"), output)
+            let (verify, _) = try daemon.quiescentAudit(expectedClients: 0)
+            XCTAssertEqual(verify["clean"] as? Bool, true, "\(mode): \(verify)")
+            XCTAssertEqual(verify["allocatedBlocks"] as? Int, 0, "\(mode): \(verify)")
+        }
+    }
+
+    /// A divvyd with `extra` flags, started without the probing client (a policy may refuse it): waits for the log
+    /// line divvyd writes once its socket listens.
+    private func startDaemon(_ extra: [String]) throws -> (ChildProcess, socketPath: String, directory: String) {
+        let directory = try temporarySocketDirectory()
+        let socketPath = directory + "/divvyd.sock"
+        let process = try ChildProcess(
+            "divvyd", ["--socket", socketPath, "--data-size", "8M", "--page-size", "16K"] + extra)
+        let deadline = Date().addingTimeInterval(20)
+        while !process.standardError.contains("divvyd ready") {
+            if let exit = process.wait(timeout: 0.05) {
+                throw NSError(domain: "divvyd exited (\(exit)): \(process.standardError)", code: 1)
+            }
+            if Date() > deadline { throw NSError(domain: "divvyd did not start: \(process.standardError)", code: 1) }
+        }
+        return (process, socketPath, directory)
+    }
+
+    func testPolicyRefusalsGiveTheirCodes() throws {
+        let program = try Self.program.get()
+        let other = String(getuid() &+ 1)
+        // Direct access for another uid only: DIRECT is refused with DIVVY_EWRONG_MODE, ANY is granted mediated.
+        let (mediatedOnly, socket, directory) = try startDaemon(["--set", "direct-uids=\(other)"])
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        var (exit, output) = try Self.run(program, ["expect-connect", "7", "--socket", socket, "--mode", "direct"])
+        XCTAssertEqual(exit.status, 0, output)
+        XCTAssertTrue(output.contains("direct-uids"), "the message says what to do: \(output)")
+        (exit, output) = try Self.run(program, ["expect-connect", "0", "--socket", socket, "--mode", "any"])
+        XCTAssertEqual(exit.status, 0, output)
+        XCTAssertTrue(output.contains("connected: mediated"), output)
+        mediatedOnly.signal(SIGTERM)
+        XCTAssertEqual(mediatedOnly.wait(timeout: 20)?.status, 0)
+        // Another uid only: every connection is refused with DIVVY_ENOT_AUTHORIZED.
+        let (closed, closedSocket, closedDirectory) = try startDaemon(["--set", "allow-uids=\(other)"])
+        defer { try? FileManager.default.removeItem(atPath: closedDirectory) }
+        for mode in ["any", "mediated"] {
+            (exit, output) = try Self.run(program, ["expect-connect", "5", "--socket", closedSocket, "--mode", mode])
+            XCTAssertEqual(exit.status, 0, "\(mode): \(output)")
+            XCTAssertTrue(output.contains("notAuthorized: uid \(getuid())"), output)
+        }
+        closed.signal(SIGTERM)
+        XCTAssertEqual(closed.wait(timeout: 20)?.status, 0)
+    }
+
     func testHeaderIsCleanC99AndCxx() throws {
         let directory = try temporarySocketDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }

@@ -158,7 +158,13 @@ let package = Package(
         // The C client ABI: the header, the error strings and the thread-local last-error message (C) ...
         .target(name: "CDivvyC"),
         // ... and the `@_cdecl` functions over DivvyClient (Swift). Product `divvy` (libdivvy.so).
-        .target(name: "DivvyC", dependencies: ["CDivvyC", "DivvyClient", "DivvyProtocol"]),
+        // libdivvy.map: the library exports exactly divvy.h's functions (the Swift and C shim symbols stay local).
+        .target(
+            name: "DivvyC", dependencies: ["CDivvyC", "DivvyClient", "DivvyProtocol"], exclude: ["libdivvy.map"],
+            linkerSettings: [
+                .unsafeFlags(["-Xlinker", "--version-script=\(Context.packageDirectory)/Sources/DivvyC/libdivvy.map"])
+            ]
+        ),
         // A client process for the end-to-end tests: runs scripted client operations against a daemon.
         .executableTarget(
             name: "divvy-client-helper", dependencies: ["DivvyClient"], path: "Sources/DivvyClientHelper"),

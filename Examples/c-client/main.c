@@ -150,6 +150,14 @@ static void check_arguments_without_a_client(const char *socket_path) {
           divvy_last_error_message());
     EXPECT(divvy_connect(socket_path, "bad", 7, &client), DIVVY_EINVAL);
     CHECK(client == NULL, "a failed divvy_connect sets *out to NULL");
+    EXPECT(divvy_connect("", "bad", DIVVY_MODE_ANY, &client), DIVVY_EINVAL);
+    char long_path[200];
+    memset(long_path, 'a', sizeof long_path - 1);
+    long_path[0] = '/';
+    long_path[sizeof long_path - 1] = '\0';
+    EXPECT(divvy_connect(long_path, "bad", DIVVY_MODE_ANY, &client), DIVVY_EINVAL);
+    CHECK(strstr(divvy_last_error_message(), "199 bytes") != NULL, "long path message: '%s'",
+          divvy_last_error_message());
     EXPECT(divvy_connect(socket_path, "bad", -1, &client), DIVVY_EINVAL);
     CHECK(strstr(divvy_last_error_message(), "unknown mode -1") != NULL, "bad mode message: '%s'",
           divvy_last_error_message());

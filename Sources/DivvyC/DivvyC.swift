@@ -15,6 +15,10 @@ import CDivvyC
 import DivvyClient
 import DivvyProtocol
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 // MARK: Errors
 
 /// The `divvy_error` code of a client error: the protocol code (same number) when there is one, else a
@@ -95,6 +99,14 @@ public func divvyConnect(
         return fail(
             DIVVY_EINVAL,
             "divvy_connect: unknown mode \(mode) (use DIVVY_MODE_ANY, DIVVY_MODE_DIRECT or DIVVY_MODE_MEDIATED)")
+    }
+    if let socketPath {
+        // `sun_path` holds 108 bytes with the terminator.
+        let length = strlen(socketPath)
+        guard length >= 1, length <= 107 else {
+            return fail(
+                DIVVY_EINVAL, "divvy_connect: the socket path is \(length) bytes; a Unix socket path is 1…107 bytes")
+        }
     }
     let options = DivvyClient.Options(
         socketPath: socketPath.map { String(cString: $0) }, name: name.map { String(cString: $0) } ?? "c-client",

@@ -176,7 +176,8 @@ typedef struct divvy_share_info {
  *   mode         a divvy_mode.
  *   out          receives the new client (NULL on failure). Required.
  *
- * Returns DIVVY_OK; DIVVY_EINVAL (out NULL, unknown mode); DIVVY_ENO_DAEMON; DIVVY_ENOT_AUTHORIZED,
+ * Returns DIVVY_OK; DIVVY_EINVAL (out NULL, unknown mode, a socket path of 0 or more than 107 bytes);
+ * DIVVY_ENO_DAEMON; DIVVY_ENOT_AUTHORIZED,
  * DIVVY_EWRONG_MODE, DIVVY_EUNSUPPORTED_VERSION, DIVVY_ETOO_MANY_CLIENTS (the daemon refused);
  * DIVVY_ETIMED_OUT; DIVVY_ESYSTEM; DIVVY_EPROTOCOL.
  * Ownership: the caller owns *out and must pass it to divvy_close exactly once.

@@ -485,7 +485,7 @@ static int is_one_of(int code, int a, int b) {
     return code == a || code == b;
 }
 
-static void check_errors(divvy_client *client) {
+static void check_errors(divvy_client *client, int granted) {
     struct divvy_stats before, after;
     EXPECT(divvy_stats(client, &before), DIVVY_OK);
     uint64_t handle = 0xDEAD;
@@ -520,8 +520,18 @@ static void check_errors(divvy_client *client) {
 
     // A freed block: freeing or adopting it again is refused, and nothing changes.
     uint64_t freed = 0;
-    EXPECT(divvy_alloc(client, 128, &freed, NULL), DIVVY_OK);
+    void *freed_pointer = NULL;
+    EXPECT(divvy_alloc(client, 128, &freed, &freed_pointer), DIVVY_OK);
     EXPECT(divvy_free(client, freed, NULL), DIVVY_OK);
+    if (granted == DIVVY_MODE_DIRECT) {
+        // Direct clients check translations against the heap: a freed block has no address and no handle.
+        code = divvy_pointer(client, freed, &pointer);
+        CHECK(code == DIVVY_ESTALE_HANDLE, "direct: divvy_pointer of a freed block: %d (%s)", code,
+              divvy_strerror(code));
+        code = divvy_handle_for_pointer(client, freed_pointer, &handle);
+        CHECK(code == DIVVY_ESTALE_HANDLE, "direct: divvy_handle_for_pointer of a freed block: %d (%s)", code,
+              divvy_strerror(code));
+    }
     code = divvy_free(client, freed, NULL);
     CHECK(is_one_of(code, DIVVY_EDOUBLE_FREE, DIVVY_ESTALE_HANDLE), "double free: %d (%s: %s)", code,
           divvy_strerror(code), divvy_last_error_message());
@@ -533,7 +543,20 @@ static void check_errors(divvy_client *client) {
           divvy_strerror(code));
     // A batch free with one good and one freed handle: the good one is freed, the other reported.
     uint64_t live = 0;
-    EXPECT(divvy_alloc(client, 128, &live, NULL), DIVVY_OK);
+    void *live_pointer = NULL;
+    EXPECT(divvy_alloc(client, 128, &live, &live_pointer), DIVVY_OK);
+    if (live_pointer != NULL) {
+        // An address inside a block is not a block start: direct clients say so; mediated clients translate the
+        // offset only (divvy.h).
+        code = divvy_handle_for_pointer(client, (char *)live_pointer + 16, &handle);
+        if (granted == DIVVY_MODE_DIRECT) {
+            CHECK(code == DIVVY_EMISALIGNED_HANDLE, "direct: divvy_handle_for_pointer inside a block: %d (%s)", code,
+                  divvy_strerror(code));
+        } else {
+            CHECK(code == DIVVY_OK && handle == (live & 0xFFFFFFFFu) + 1,
+                  "mediated: divvy_handle_for_pointer inside a block: %d, 0x%" PRIx64, code, handle);
+        }
+    }
     uint64_t mixed[2] = {live, freed};
     int results[2] = {-1, -1};
     int released[2] = {-1, -1};
@@ -654,7 +677,7 @@ static int run_all(const char *socket_path, int mode, int child_mode) {
     say("connected: client %u, %s", id, mode_name(granted));
 
     run_handover(client, socket_path, child_mode, granted);
-    check_errors(client);
+    check_errors(client, granted);
     run_threads(socket_path, mode);
 
     // Reconnecting drops what the old connection held.

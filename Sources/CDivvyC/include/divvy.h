@@ -300,10 +300,13 @@ int divvy_pointer(divvy_client *client, uint64_t handle, void **pointer);
 
 /*
  * The handle of the block that starts at `pointer` into *handle. Direct clients get the exact handle (with its
- * generation); mediated clients get the offset part only (generation 0, which the daemon treats as stale for
- * reused blocks): prefer keeping handles. No daemon round trip.
- * Returns DIVVY_OK; DIVVY_EINVAL (client, pointer or handle NULL); DIVVY_EINVALID_HANDLE (not in the data area),
- * DIVVY_EMISALIGNED_HANDLE (not the start of a block; direct clients); DIVVY_EDAEMON_GONE.
+ * generation) of an allocated block, checked against the heap. Mediated clients, which do not map the heap's
+ * metadata, only check that the address lies in the data area and get the offset part (in 16-byte units,
+ * generation 0, which the daemon treats as stale once the block was reused): prefer keeping handles.
+ * No daemon round trip.
+ * Returns DIVVY_OK; DIVVY_EINVAL (client, pointer or handle NULL); DIVVY_EINVALID_HANDLE (not in the data area);
+ * direct clients: DIVVY_EMISALIGNED_HANDLE (not the start of a block), DIVVY_ESTALE_HANDLE (no allocated block
+ * there); DIVVY_EDAEMON_GONE (disconnected).
  */
 int divvy_handle_for_pointer(divvy_client *client, const void *pointer, uint64_t *handle);
 

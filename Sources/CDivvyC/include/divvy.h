@@ -17,7 +17,10 @@
  *   divvy_last_error_message(). Output parameters are written only on success unless stated otherwise.
  *   Nothing here aborts the process on bad input: NULL where a pointer is required gives DIVVY_EINVAL, a stale
  *   or foreign handle gives the daemon's code (DIVVY_ESTALE_HANDLE, DIVVY_ENOT_HOLDER, ...), and a daemon that
- *   died gives DIVVY_EDAEMON_GONE on the next call (divvy_reconnect to go on).
+ *   died gives DIVVY_EDAEMON_GONE on the next call that needs it (divvy_reconnect to go on; a direct client
+ *   allocates and frees in shared memory without the daemon until its page lease runs out). As in any C API,
+ *   pointers that are not NULL must be valid: a closed client, a string without its terminator or an array
+ *   shorter than its count is undefined behaviour.
  *
  * Threads
  *   A divvy_client is not thread-safe: use one client per thread (or serialise every call on a client with your
@@ -253,8 +256,8 @@ int divvy_alloc_batch(divvy_client *client, size_t size, size_t count, uint64_t 
  *             (no holder left), else 0.
  *
  * Returns DIVVY_OK when every handle was freed; otherwise the first failing handle's code (the others may still
- * have been freed: see results), or the request-level code; DIVVY_EINVAL (client or handles NULL);
- * DIVVY_EBATCH_TOO_LARGE (count 0 or above DIVVY_MAX_BATCH; nothing freed).
+ * have been freed: see results), or the request-level code; DIVVY_EINVAL (client or handles NULL) and
+ * DIVVY_EBATCH_TOO_LARGE (count 0 or above DIVVY_MAX_BATCH), with nothing freed and nothing written.
  */
 int divvy_free_batch(divvy_client *client, const uint64_t *handles, size_t count, int *results, int *released);
 

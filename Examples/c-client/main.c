@@ -141,7 +141,7 @@ static int expect_nothing_held(divvy_client *client, const char *who) {
     return stats.blocks_held == 0 && stats.bytes_held == 0;
 }
 
-// --- Bad input, without a daemon --------------------------------------------------------------------------------------
+// --- Bad input, without a daemon -------------------------------------------------------------------------------------
 
 static void check_arguments_without_a_client(const char *socket_path) {
     divvy_client *client = (divvy_client *)(uintptr_t)1;
@@ -194,7 +194,8 @@ static void check_arguments_without_a_client(const char *socket_path) {
         DIVVY_EFRAME_TOO_LARGE, DIVVY_ENOT_AUTHORIZED, DIVVY_EHANDSHAKE_REQUIRED, DIVVY_EWRONG_MODE,
         DIVVY_EQUOTA_EXCEEDED, DIVVY_EHEAP_FULL, DIVVY_EUNSUPPORTED_SIZE, DIVVY_EINVALID_HANDLE,
         DIVVY_EMISALIGNED_HANDLE, DIVVY_ESTALE_HANDLE, DIVVY_EDOUBLE_FREE, DIVVY_ENOT_HOLDER, DIVVY_EBATCH_TOO_LARGE,
-        DIVVY_EADMIN_REQUIRED, DIVVY_ENO_SUCH_CLIENT, DIVVY_ETOO_MANY_CLIENTS, DIVVY_ESHUTTING_DOWN, DIVVY_EINTERNAL,
+        DIVVY_EADMIN_REQUIRED, DIVVY_ENO_SUCH_CLIENT, DIVVY_ETOO_MANY_CLIENTS, DIVVY_ESHUTTING_DOWN,
+        DIVVY_EINTERNAL_ERROR,
         DIVVY_EINVALID_PARTICIPANT, DIVVY_ENO_DAEMON, DIVVY_EDAEMON_GONE, DIVVY_ETIMED_OUT, DIVVY_ESYSTEM,
         DIVVY_EINVAL, DIVVY_EPROTOCOL,
     };
@@ -479,7 +480,7 @@ static void run_handover(divvy_client *client, const char *socket_path, int chil
     say("hand-over: %d + %d blocks passed to a %s child and back, all freed", SINGLES, BATCH, mode_name(child_mode));
 }
 
-// --- Errors from the daemon and the library with a live client --------------------------------------------------------
+// --- Errors from the daemon and the library with a live client -------------------------------------------------------
 
 static int is_one_of(int code, int a, int b) {
     return code == a || code == b;
@@ -574,7 +575,7 @@ static void check_errors(divvy_client *client, int granted) {
     say("errors: bad sizes, counts, handles and pointers are refused with their codes; nothing changed");
 }
 
-// --- Threads: one client each, blocks passed between threads ----------------------------------------------------------
+// --- Threads: one client each, blocks passed between threads ---------------------------------------------------------
 
 #define THREADS 4
 #define PER_THREAD 50
@@ -655,7 +656,7 @@ static void run_threads(const char *socket_path, int mode) {
     say("threads: %d clients in %d threads passed %d blocks each around", THREADS, THREADS, PER_THREAD);
 }
 
-// --- Scenarios --------------------------------------------------------------------------------------------------------
+// --- Scenarios -------------------------------------------------------------------------------------------------------
 
 static int run_all(const char *socket_path, int mode, int child_mode) {
     check_arguments_without_a_client(socket_path);

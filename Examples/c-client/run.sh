@@ -54,7 +54,8 @@ status=0
 for parent in direct mediated; do
     for child in direct mediated; do
         echo "c-client: $parent parent, $child child"
-        if ! "$work/divvy-c-example" --socket "$socket" --mode "$parent" --child-mode "$child" >"$work/run.log" 2>&1; then
+        if ! "$work/divvy-c-example" --socket "$socket" --mode "$parent" --child-mode "$child" \
+            >"$work/run.log" 2>&1; then
             status=1
         fi
         sed 's/^/    /' "$work/run.log"

@@ -51,7 +51,7 @@ const char *divvy_strerror(int code) {
     case DIVVY_ENO_SUCH_CLIENT: return "no such client";
     case DIVVY_ETOO_MANY_CLIENTS: return "too many clients: the daemon serves as many as it may";
     case DIVVY_ESHUTTING_DOWN: return "the daemon is shutting down";
-    case DIVVY_EINTERNAL: return "internal error in the daemon (the request had no effect)";
+    case DIVVY_EINTERNAL_ERROR: return "internal error in the daemon (the request had no effect)";
     case DIVVY_EINVALID_PARTICIPANT: return "invalid participant (direct mode)";
     case DIVVY_ENO_DAEMON: return "no daemon: nothing listens at the socket path (start divvyd or set DIVVY_SOCKET)";
     case DIVVY_EDAEMON_GONE: return "the daemon is gone: call divvy_reconnect";

@@ -32,7 +32,7 @@ func divvyErrorCode(_ error: DivvyClientError) -> Int32 {
     case .system: return Int32(DIVVY_ESYSTEM.rawValue)
     case .protocolViolation: return Int32(DIVVY_EPROTOCOL.rawValue)
     // `protocolCode` covers both (a heap error maps to a protocol code; unknown heap errors to internalError).
-    case .refused, .heap: return Int32(DIVVY_EINTERNAL.rawValue)
+    case .refused, .heap: return Int32(DIVVY_EINTERNAL_ERROR.rawValue)
     }
 }
 

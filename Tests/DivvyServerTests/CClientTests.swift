@@ -1,4 +1,5 @@
 import DivvyClient
+import DivvyProtocol
 import DivvyTestSupport
 import Foundation
 import XCTest
@@ -21,7 +22,10 @@ final class CClientTests: XCTestCase {
     static func compiler(_ names: [String]) -> String? {
         let path = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
         for name in names {
-            if name.hasPrefix("/") { if FileManager.default.isExecutableFile(atPath: name) { return name } else { continue } }
+            if name.hasPrefix("/") {
+                if FileManager.default.isExecutableFile(atPath: name) { return name }
+                continue
+            }
             for directory in path.split(separator: ":") {
                 let candidate = "\(directory)/\(name)"
                 if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
@@ -176,6 +180,42 @@ final class CClientTests: XCTestCase {
         XCTAssertEqual(closed.wait(timeout: 20)?.status, 0)
     }
 
+    /// The header's codes 1…99 are the protocol's, by name and number: a code added to `ErrorCode` must be added to
+    /// divvy.h (and divvy_strerror) too.
+    func testErrorCodesMirrorTheProtocol() throws {
+        let header = try String(contentsOfFile: Self.includeDirectory + "/divvy.h", encoding: .utf8)
+        var constants: [String: Int] = [:]
+        for line in header.split(separator: "\n") {
+            let trimmed = line.trimmingCharacters(in: .whitespaces)
+            guard trimmed.hasPrefix("DIVVY_E"), let equals = trimmed.firstIndex(of: "=") else { continue }
+            let name = trimmed[..<equals].trimmingCharacters(in: .whitespaces)
+            let value = trimmed[trimmed.index(after: equals)...]
+                .trimmingCharacters(in: CharacterSet(charactersIn: " ,"))
+            constants[name] = Int(value)
+        }
+        for code in ErrorCode.allKnown {
+            let spec = try XCTUnwrap(code.name)
+            // staleHandle → DIVVY_ESTALE_HANDLE
+            var snake = ""
+            for character in spec {
+                if character.isUppercase { snake += "_" }
+                snake += character.uppercased()
+            }
+            XCTAssertEqual(
+                constants["DIVVY_E" + snake], Int(code.rawValue), "divvy.h lacks DIVVY_E\(snake) = \(code.rawValue)")
+        }
+        let protocolCodes = constants.values.filter { $0 < 100 }
+        XCTAssertEqual(protocolCodes.count, ErrorCode.allKnown.count, "divvy.h has protocol codes the protocol lacks")
+        let clientCodes = constants.filter { $0.value >= 100 }
+        XCTAssertEqual(
+            Set(clientCodes.keys),
+            [
+                "DIVVY_ENO_DAEMON", "DIVVY_EDAEMON_GONE", "DIVVY_ETIMED_OUT", "DIVVY_ESYSTEM", "DIVVY_EINVAL",
+                "DIVVY_EPROTOCOL",
+            ])
+        XCTAssertEqual(Set(clientCodes.values).count, clientCodes.count, "client-side codes are distinct")
+    }
+
     func testHeaderIsCleanC99AndCxx() throws {
         let directory = try temporarySocketDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }
@@ -197,7 +237,11 @@ final class CClientTests: XCTestCase {
         let cc = try XCTUnwrap(Self.compiler(["cc", "gcc", "clang"]))
         for standard in ["-std=c99", "-std=c11"] {
             let (exit, log) = try Self.run(
-                cc, [standard, "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-fsyntax-only", "-I", Self.includeDirectory, source])
+                cc,
+                [
+                    standard, "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-fsyntax-only", "-I", Self.includeDirectory,
+                    source,
+                ])
             XCTAssertEqual(exit.status, 0, "\(standard): \(log)")
         }
         // C++: extern "C" linkage and no C-only constructs in the header.

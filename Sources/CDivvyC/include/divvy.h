@@ -115,7 +115,7 @@ typedef enum divvy_error {
     /* The daemon is shutting down and takes no new work. */
     DIVVY_ESHUTTING_DOWN = 20,
     /* The daemon failed in a way that is not the client's fault; the request had no effect. */
-    DIVVY_EINTERNAL = 21,
+    DIVVY_EINTERNAL_ERROR = 21,
     /* A direct-mode participant problem (a bug in this library or a daemon mismatch). */
     DIVVY_EINVALID_PARTICIPANT = 22,
 

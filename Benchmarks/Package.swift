@@ -55,5 +55,17 @@ let package = Package(
             ],
             path: "Sources/ShmTwoProcess"
         ),
+        // divvyd's figures (mediated round trips vs a bare socket ping-pong, batches, direct pairs vs malloc,
+        // throughput with 1/8/64 client processes), each with its baseline in the same run.
+        // `swift run -c release daemon-bench`.
+        .executableTarget(
+            name: "daemon-bench",
+            dependencies: [
+                .product(name: "DivvyServer", package: divvyPackage),
+                .product(name: "DivvyClient", package: divvyPackage),
+                "CBenchSupport",
+            ],
+            path: "Sources/DaemonBench"
+        ),
     ]
 )

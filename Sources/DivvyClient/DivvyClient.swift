@@ -84,9 +84,18 @@ public final class DivvyClient {
     private var nextRequestID: UInt64 = 1
     private var sendBuffer: [UInt8] = []
     private let receiveBuffer: UnsafeMutableRawBufferPointer
-    // Direct mode.
-    private var heap: SharedHeap?
-    private var participant: SharedHeap.Participant?
+    // Direct mode. The strong references keep the heap and participant alive; the hot paths call through
+    // unmanaged copies (`_withUnsafeGuaranteedRef`), which cost no reference counting: a retain/release pair is two
+    // locked instructions, more than a shared-memory allocation itself.
+    private var heap: SharedHeap? {
+        didSet { fastHeap = heap.map { Unmanaged.passUnretained($0) } }
+    }
+    private var participant: SharedHeap.Participant? {
+        didSet { fastParticipant = participant.map { Unmanaged.passUnretained($0) } }
+    }
+    // Invariant: the same objects as `heap` / `participant`, which keep them alive while these are non-nil.
+    private var fastHeap: Unmanaged<SharedHeap>?
+    private var fastParticipant: Unmanaged<SharedHeap.Participant>?
     // Mediated mode.
     private var dataArea: SharedMapping?
 
@@ -236,15 +245,23 @@ public final class DivvyClient {
 
     /// Allocates a block and returns its raw handle (the caller frees it with `free(_:)`).
     public func allocateHandle(_ size: Int) throws(DivvyClientError) -> (handle: SharedHandle, blockSize: Int) {
-        if let participant, let heap {
+        if let participant = fastParticipant, let heap = fastHeap {
             while true {
-                do throws(SharedHeapError) {
-                    let handle = try participant.allocate(size)
-                    return (handle, try heap.blockSize(of: handle))
-                } catch where error.code == .pageAllowanceExhausted {
-                    try leaseMore()
-                } catch {
-                    throw DivvyClientError(.heap(error), error.message)
+                // Safe: `self.participant` / `self.heap` keep both alive for the duration of the call.
+                let result = participant._withUnsafeGuaranteedRef { participant in
+                    heap._withUnsafeGuaranteedRef { heap -> Result<(SharedHandle, Int), SharedHeapError> in
+                        do throws(SharedHeapError) {
+                            let handle = try participant.allocate(size)
+                            return .success((handle, try heap.blockSize(of: handle)))
+                        } catch {
+                            return .failure(error)
+                        }
+                    }
+                }
+                switch result {
+                case .success(let allocated): return allocated
+                case .failure(let error) where error.code == .pageAllowanceExhausted: try leaseMore()
+                case .failure(let error): throw DivvyClientError(.heap(error), error.message)
                 }
             }
         }
@@ -267,11 +284,18 @@ public final class DivvyClient {
     ///   `misalignedHandle`; nothing changes then.
     @discardableResult
     public func free(_ handle: SharedHandle) throws(DivvyClientError) -> Bool {
-        if let participant {
-            do throws(SharedHeapError) {
-                return try participant.free(handle)
-            } catch {
-                throw DivvyClientError(.heap(error), error.message)
+        if let participant = fastParticipant {
+            // Safe: `self.participant` keeps it alive for the duration of the call.
+            let result = participant._withUnsafeGuaranteedRef { participant -> Result<Bool, SharedHeapError> in
+                do throws(SharedHeapError) {
+                    return .success(try participant.free(handle))
+                } catch {
+                    return .failure(error)
+                }
+            }
+            switch result {
+            case .success(let released): return released
+            case .failure(let error): throw DivvyClientError(.heap(error), error.message)
             }
         }
         switch try request(.free(handle: handle.rawValue)).message {
@@ -358,11 +382,18 @@ public final class DivvyClient {
     /// Direct clients check the handle against the heap (stale handles throw). Mediated clients, which do not map
     /// the metadata, can only check that the offset lies in the data area.
     public func pointer(for handle: SharedHandle) throws(DivvyClientError) -> UnsafeMutableRawPointer {
-        if let heap {
-            do throws(SharedHeapError) {
-                return try heap.pointer(for: handle)
-            } catch {
-                throw DivvyClientError(.heap(error), error.message)
+        if let heap = fastHeap {
+            // Safe: `self.heap` keeps it alive for the duration of the call.
+            let result = heap._withUnsafeGuaranteedRef { heap -> Result<UnsafeMutableRawPointer, SharedHeapError> in
+                do throws(SharedHeapError) {
+                    return .success(try heap.pointer(for: handle))
+                } catch {
+                    return .failure(error)
+                }
+            }
+            switch result {
+            case .success(let pointer): return pointer
+            case .failure(let error): throw DivvyClientError(.heap(error), error.message)
             }
         }
         guard let dataArea else { throw DivvyClientError(.daemonGone, "the client is not connected") }

@@ -62,7 +62,11 @@ public final class DivvyServer: @unchecked Sendable {
     private var participant: SharedHeap.Participant?
     private var sessions: [UInt32: Session] = [:]
     private var nextClientID: UInt32 = 1
-    private var mediatedHolders: [UInt64: Int] = [:]
+    /// Mediated holdings beyond the first, per handle. The daemon's participant holds a mediated block once (one
+    /// bit in the block's word), whichever sessions hold it; that bit stands for the first mediated holding, and
+    /// any further ones (another client adopting the block, or the same one adopting it again) are counted here.
+    /// Usually empty, so allocating and freeing touch only the session's own table.
+    private var extraMediatedHoldings: [UInt64: Int] = [:]
     private var directOwners: [Int: UInt32] = [:]
     private var pendingRecoveries: Set<Int> = []
     /// Direct participants whose connection ended while their process may still run, by poller token: recovered
@@ -71,6 +75,8 @@ public final class DivvyServer: @unchecked Sendable {
     private var exitWatches: [UInt64: (participant: Int, pid: Int32, fd: Int32)] = [:]
     private static let exitWatchBase: UInt64 = 1 << 40
     private var counters = ServerCounters()
+    /// The heap's block sizes, ascending (read once: `heap.sizeClasses` builds an array).
+    private let classSizes: [Int]
     private let metrics = ServerMetrics()
     private let receiveBuffer: UnsafeMutableRawBufferPointer
     private var sendBuffer: [UInt8] = []
@@ -134,6 +140,7 @@ public final class DivvyServer: @unchecked Sendable {
         self.region = region
         do throws(SharedHeapError) {
             heap = try SharedHeap.create(in: region, configuration: heapConfiguration)
+            classSizes = heap.sizeClasses
         } catch {
             if configuration.regionName != nil { try? region.remove() }
             throw ServerError(.invalidConfiguration, "could not format the heap: \(error)")
@@ -678,13 +685,18 @@ public final class DivvyServer: @unchecked Sendable {
     }
 
     private func classSize(for size: UInt64) throws(ServiceError) -> Int {
-        guard size > 0, size <= UInt64(heap.largestBlockSize),
-            let blockSize = heap.sizeClasses.first(where: { $0 >= Int(size) })
-        else {
+        guard size > 0, let last = classSizes.last, size <= UInt64(last) else {
             throw ServiceError(
                 .unsupportedSize, "cannot allocate \(size) bytes: sizes 1…\(heap.largestBlockSize) are supported")
         }
-        return blockSize
+        // Binary search: the first class at least `size` (the classes ascend).
+        var low = 0
+        var high = classSizes.count - 1
+        while low < high {
+            let middle = (low + high) / 2
+            if UInt64(classSizes[middle]) >= size { high = middle } else { low = middle + 1 }
+        }
+        return classSizes[low]
     }
 
     private func checkQuota(_ session: Session, adding bytes: Int) throws(ServiceError) {
@@ -698,9 +710,29 @@ public final class DivvyServer: @unchecked Sendable {
     }
 
     private func record(_ session: Session, _ handle: UInt64, _ blockSize: Int) {
-        session.holdings[handle, default: 0] += 1
+        if let holding = session.holdings[handle] {
+            session.holdings[handle] = Session.Holding(count: holding.count + 1, blockSize: holding.blockSize)
+        } else {
+            session.holdings[handle] = Session.Holding(count: 1, blockSize: UInt32(blockSize))
+        }
+        session.blocksHeld += 1
         session.bytesHeld += blockSize
-        mediatedHolders[handle, default: 0] += 1
+    }
+
+    /// Drops one mediated holding of `raw` at the heap level: an extra holding just goes; the last one is the
+    /// daemon's participant's free. True when that released the block.
+    private func dropMediatedHolding(_ raw: UInt64) throws(SharedHeapError) -> Bool {
+        if let extra = extraMediatedHoldings[raw] {
+            extraMediatedHoldings[raw] = extra == 1 ? nil : extra - 1
+            return false
+        }
+        return try daemonParticipant.free(SharedHeapHandle(rawValue: raw))
+    }
+
+    /// Whether the daemon's participant holds the block (for some mediated client).
+    private func daemonHolds(_ handle: SharedHeapHandle) -> Bool {
+        guard let index = participant?.index, let holders = try? heap.holders(of: handle) else { return false }
+        return holders.contains(index)
     }
 
     private func allocate(_ session: Session, size: UInt64) throws(ServiceError) -> (UInt64, Int) {
@@ -740,29 +772,22 @@ public final class DivvyServer: @unchecked Sendable {
 
     /// Drops one of the session's holdings of `handle`; true when the block went back to the heap.
     private func free(_ session: Session, _ raw: UInt64) throws(ServiceError) -> Bool {
-        let handle = SharedHeapHandle(rawValue: raw)
-        guard let count = session.holdings[raw] else {
-            throw diagnoseForeign(handle)
+        guard let holding = session.holdings[raw] else {
+            throw diagnoseForeign(SharedHeapHandle(rawValue: raw))
         }
-        let blockSize: Int
+        let released: Bool
         do throws(SharedHeapError) {
-            blockSize = try heap.blockSize(of: handle)
+            released = try dropMediatedHolding(raw)
         } catch {
             throw ServiceError(error)
         }
-        var released = false
-        if mediatedHolders[raw] == 1 {
-            do throws(SharedHeapError) {
-                released = try daemonParticipant.free(handle)
-            } catch {
-                throw ServiceError(error)
-            }
-            mediatedHolders[raw] = nil
+        if holding.count == 1 {
+            session.holdings[raw] = nil
         } else {
-            mediatedHolders[raw, default: 1] -= 1
+            session.holdings[raw] = Session.Holding(count: holding.count - 1, blockSize: holding.blockSize)
         }
-        if count == 1 { session.holdings[raw] = nil } else { session.holdings[raw] = count - 1 }
-        session.bytesHeld -= blockSize
+        session.blocksHeld -= 1
+        session.bytesHeld -= Int(holding.blockSize)
         counters.frees += 1
         metrics.frees.increment()
         return released
@@ -777,7 +802,9 @@ public final class DivvyServer: @unchecked Sendable {
             _ = try heap.pointer(for: handle)
             return ServiceError(.notHolder, "this client does not hold \(handle); adopt it first")
         } catch {
-            guard error.code == .staleHandle, mediatedHolders[handle.rawValue] == nil else { return ServiceError(error) }
+            // Not allocated, so the daemon's participant cannot be holding it for anyone: asking it to free the
+            // handle changes nothing and names the problem (double free vs stale).
+            guard error.code == .staleHandle else { return ServiceError(error) }
             do throws(SharedHeapError) {
                 _ = try daemonParticipant.free(handle)
                 return ServiceError(.internalError, "freeing \(handle) should have failed")
@@ -796,7 +823,9 @@ public final class DivvyServer: @unchecked Sendable {
             throw ServiceError(error)
         }
         try checkQuota(session, adding: blockSize)
-        if mediatedHolders[raw] == nil {
+        if daemonHolds(handle) {
+            extraMediatedHoldings[raw, default: 0] += 1
+        } else {
             do throws(SharedHeapError) {
                 try daemonParticipant.adopt(handle)
             } catch {
@@ -824,10 +853,11 @@ public final class DivvyServer: @unchecked Sendable {
         }
         let daemonIndex = daemonParticipant.index
         let directHolders = holders.filter { $0 != daemonIndex }.count
+        let mediatedHolders = holders.contains(daemonIndex) ? 1 + (extraMediatedHoldings[raw] ?? 0) : 0
         let blockSize = (try? heap.blockSize(of: handle)) ?? 0
         return SharedInfo(
             handle: raw, offset: UInt64(handle.dataOffset), blockSize: UInt64(blockSize),
-            holders: UInt32(directHolders + (mediatedHolders[raw] ?? 0)))
+            holders: UInt32(directHolders + mediatedHolders))
     }
 
     private func stats(for session: Session) -> ClientStats {
@@ -852,18 +882,14 @@ public final class DivvyServer: @unchecked Sendable {
             _ = close(descriptor)
         }
         var released = 0
-        for (raw, count) in session.holdings {
-            let remaining = (mediatedHolders[raw] ?? count) - count
-            if remaining > 0 {
-                mediatedHolders[raw] = remaining
-                continue
-            }
-            mediatedHolders[raw] = nil
-            do throws(SharedHeapError) {
-                if try daemonParticipant.free(SharedHeapHandle(rawValue: raw)) { released += 1 }
-            } catch {
-                logger.error("could not drop a holding of a departed client", metadata: [
-                    "client": "\(id)", "handle": "\(SharedHeapHandle(rawValue: raw))", "error": "\(error)"])
+        for (raw, holding) in session.holdings {
+            for _ in 0..<holding.count {
+                do throws(SharedHeapError) {
+                    if try dropMediatedHolding(raw) { released += 1 }
+                } catch {
+                    logger.error("could not drop a holding of a departed client", metadata: [
+                        "client": "\(id)", "handle": "\(SharedHeapHandle(rawValue: raw))", "error": "\(error)"])
+                }
             }
         }
         var metadata: Logger.Metadata = [

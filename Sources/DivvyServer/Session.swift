@@ -12,8 +12,17 @@ final class Session {
     var machine: SessionStateMachine
     /// The name the client gave in hello.
     var name = ""
-    /// Mediated holdings: handle → how many times this client holds it (allocations + adoptions).
-    var holdings: [UInt64: Int] = [:]
+    /// One handle's mediated holdings by this client.
+    struct Holding {
+        /// How many times this client holds the block (allocations + adoptions).
+        var count: UInt32
+        /// The block's size (its class), so a free needs no heap lookup for the byte count.
+        var blockSize: UInt32
+    }
+    /// Mediated holdings: handle → holding.
+    var holdings: [UInt64: Holding] = [:]
+    /// Blocks held through the daemon (the sum of the holdings' counts).
+    var blocksHeld = 0
     /// Bytes of blocks in `holdings` (with multiplicity).
     var bytesHeld = 0
     /// The heap participant this (direct) client joined, once `join` succeeded.
@@ -36,7 +45,4 @@ final class Session {
     }
 
     var mode: ClientMode? { machine.mode }
-
-    /// Blocks held through the daemon (with multiplicity).
-    var blocksHeld: Int { holdings.values.reduce(0, +) }
 }

@@ -35,4 +35,28 @@ final class SharedHeapHeldTableTests: XCTestCase {
             }
         }
     }
+
+    /// `locate`'s division-free slot computation against division, for every 16-byte multiple up to 64 KiB and the
+    /// large sizes, at random offsets and at block boundaries up to 1 GiB.
+    func testClassInfoDivisionMatchesDivision() {
+        let seed = SeededGenerator.testSeed()
+        var random = SeededGenerator(seed: seed)
+        var sizes = Array(stride(from: 16, through: 65536, by: 16))
+        sizes += [10240, 98304, 524288, 1 << 20, 3 << 20, 1 << 30, (1 << 30) - 16]
+        for size in sizes {
+            let info = SharedHeap.ClassInfo(size: size, pageBytes: 1 << 30)
+            var offsets: [Int] = [0, size - 1, size, size + 1, (1 << 30) - 1, (1 << 30) - size]
+            for _ in 0..<200 {
+                let n = Int(random.next() % (1 << 30))
+                offsets += [n, n / size * size, max(0, n / size * size - 1)]
+            }
+            for n in offsets where n >= 0 && n < 1 << 30 {
+                let slot = Int((UInt64(n) &* info.magic) >> info.shift)
+                if slot != n / size {
+                    XCTFail("seed \(seed): size \(size), offset \(n): \(slot) != \(n / size)")
+                    return
+                }
+            }
+        }
+    }
 }

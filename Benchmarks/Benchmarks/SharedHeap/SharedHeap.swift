@@ -5,7 +5,7 @@ import DivvyShm
 // DivvyShm's SharedHeap, one participant in one process: allocate+free pairs and bursts of 1000, against glibc
 // malloc+free of the same sizes measured in the same run. Same conventions as Allocators.swift: every sample runs
 // `rounds × batch` = 100,000 operations; the heap is built and warmed (one untimed burst) before
-// `benchmark.startMeasurement()`; ratios.sh divides by 100,000 and prints ratios to the glibc baseline whose name
+// `benchmark.startMeasurement()` and torn down after `benchmark.stopMeasurement()`; ratios.sh divides by 100,000 and prints ratios to the glibc baseline whose name
 // ends in the same "(workload)". shm-vs-boost.sh puts these next to Boost.Interprocess.
 
 /// Operations per burst (and per round of pairs).
@@ -84,6 +84,7 @@ let benchmarks: @Sendable () -> Void = {
                 try me.free(handle)
             }
         }
+        benchmark.stopMeasurement()  // Not the teardown (leave, unmapping 64 MiB): milliseconds.
     }
     Benchmark("SharedHeap participant pair (mixed 16 B–1 KiB)") { benchmark in
         let me = try makeParticipant()
@@ -96,6 +97,7 @@ let benchmarks: @Sendable () -> Void = {
                 try me.free(handle)
             }
         }
+        benchmark.stopMeasurement()  // Not the teardown (leave, unmapping 64 MiB): milliseconds.
     }
     Benchmark("SharedHeap participant burst (64 B)") { benchmark in
         let me = try makeParticipant()
@@ -106,6 +108,7 @@ let benchmarks: @Sendable () -> Void = {
             for i in 0..<batch { handles[i] = try me.allocate(64) }
             for i in 0..<batch { try me.free(handles[i]) }
         }
+        benchmark.stopMeasurement()
         blackHole(handles.baseAddress)
     }
     Benchmark("SharedHeap participant burst (mixed 16 B–1 KiB)") { benchmark in
@@ -118,6 +121,7 @@ let benchmarks: @Sendable () -> Void = {
             for i in 0..<batch { handles[i] = try me.allocate(sizes[i]) }
             for i in 0..<batch { try me.free(handles[i]) }
         }
+        benchmark.stopMeasurement()
         blackHole(handles.baseAddress)
     }
     // Handle → pointer translation (what a reader does before touching a block): checks range, epoch, generation.
@@ -129,5 +133,6 @@ let benchmarks: @Sendable () -> Void = {
         for _ in 0..<rounds {
             for i in 0..<batch { blackHole(try heap.pointer(for: handles[i])) }
         }
+        benchmark.stopMeasurement()
     }
 }

@@ -147,6 +147,23 @@ func run(blocks: Int, sizes: [Int], label: String) throws {
         + "B adopt+free (remote) \(rate(elapsedB))")
 }
 
+if arguments.first == "single" {
+    // One process, allocate+free pairs of 64 B (for profiling: perf record .build/release/shm-two-process single).
+    let count = arguments.count > 1 ? Int(arguments[1])! : 50_000_000
+    do {
+        let dataSize = 64 << 20
+        let metadata = SharedHeap.requiredMetadataSize(dataSize: dataSize)
+        let region = try SharedRegion.createAnonymous(.init(dataSize: dataSize, metadataSize: (metadata + 4095) / 4096 * 4096))
+        let me = try SharedHeap.create(in: region).join(name: "single")
+        let start = now()
+        for _ in 0..<count { try me.free(try me.allocate(64)) }
+        print("one process, 64 B pairs: \(Double(now() - start) / Double(count)) ns/pair")
+    } catch {
+        fail("\(error)")
+    }
+    exit(0)
+}
+
 let blocks = arguments.first.flatMap { Int($0) } ?? 2_000_000
 let which = arguments.count > 1 ? arguments[1] : "both"
 do {

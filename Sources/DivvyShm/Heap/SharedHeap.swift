@@ -86,6 +86,27 @@ public final class SharedHeap: @unchecked Sendable {
     @usableFromInline internal let spanPool: UnsafeLockFreeIndexStack?
     /// Process-local: the class of each request size up to the largest small class, by `(size + 15) / 16`.
     @usableFromInline internal let classLookup: UnsafeMutablePointer<UInt8>
+    /// Process-local, one per class: block size, slots per page of its tier, and a division-free way to turn an
+    /// offset within a page into a slot (`locate` is on every free's path; a 64-bit division costs 30+ cycles).
+    @usableFromInline internal let classInfo: UnsafeMutablePointer<ClassInfo>
+
+    @usableFromInline
+    internal struct ClassInfo {
+        @usableFromInline var size: Int
+        @usableFromInline var slots: Int
+        /// `slot = (within × magic) >> shift` equals `within / size` for every `within < 2^30` (Granlund and
+        /// Montgomery, "Division by invariant integers using multiplication", theorem 4.2, with N = 30,
+        /// ℓ = ⌈log2 size⌉, magic = ⌈2^(N+ℓ) / size⌉ < 2^31.1; the product stays below 2^62).
+        @usableFromInline var magic: UInt64
+        @usableFromInline var shift: UInt64
+        init(size: Int, pageBytes: Int) {
+            self.size = size
+            slots = pageBytes / size
+            let l = UInt64(Int.bitWidth - (size - 1).leadingZeroBitCount)
+            shift = 30 + l
+            magic = ((1 << shift) + UInt64(size) - 1) / UInt64(size)
+        }
+    }
 
     /// `"DVHEAP01"`, little endian.
     internal static let magic: UInt64 = 0x3130_5041_4548_5644
@@ -100,6 +121,11 @@ public final class SharedHeap: @unchecked Sendable {
         self.data = data
         self.pool = pool
         self.spanPool = spanPool
+        classInfo = .allocate(capacity: layout.classSizes.count)
+        for (index, size) in layout.classSizes.enumerated() {
+            (classInfo + index).initialize(to: ClassInfo(
+                size: size, pageBytes: layout.isLarge(index) ? max(layout.spanPageSize, size) : layout.pageSize))
+        }
         let limit = layout.classSizes[layout.smallClassCount - 1] / 16
         classLookup = .allocate(capacity: limit + 1)
         var sizeClass = 0
@@ -111,6 +137,7 @@ public final class SharedHeap: @unchecked Sendable {
 
     deinit {
         classLookup.deallocate()
+        classInfo.deallocate()
     }
 
     // MARK: Create and attach
@@ -400,58 +427,58 @@ public final class SharedHeap: @unchecked Sendable {
 
     // MARK: Metadata accessors
 
-    @inlinable
+    @inlinable @inline(__always)
     internal func word64(_ offset: Int) -> UnsafeAtomic<UInt64> {
         UnsafeAtomic<UInt64>(at: (meta + offset).assumingMemoryBound(to: UnsafeAtomic<UInt64>.Storage.self))
     }
 
-    @inlinable
+    @inlinable @inline(__always)
     internal func word32(_ offset: Int) -> UnsafeAtomic<UInt32> {
         UnsafeAtomic<UInt32>(at: (meta + offset).assumingMemoryBound(to: UnsafeAtomic<UInt32>.Storage.self))
     }
 
-    @inlinable internal func pageDescriptor(_ page: Int) -> Int { layout.pagesOffset + page * SharedHeapLayout.pageStride }
+    @inlinable @inline(__always) internal func pageDescriptor(_ page: Int) -> Int { layout.pagesOffset + page * SharedHeapLayout.pageStride }
     /// Page state word (see `PageWord`).
-    @inlinable internal func pageState(_ page: Int) -> UnsafeAtomic<UInt64> { word64(pageDescriptor(page)) }
+    @inlinable @inline(__always) internal func pageState(_ page: Int) -> UnsafeAtomic<UInt64> { word64(pageDescriptor(page)) }
     /// Remote-free stack head: the top slot (low 32 bits), `endOfSlots` when empty.
-    @inlinable internal func remoteHead(_ page: Int) -> UnsafeAtomic<UInt64> { word64(pageDescriptor(page) + 8) }
+    @inlinable @inline(__always) internal func remoteHead(_ page: Int) -> UnsafeAtomic<UInt64> { word64(pageDescriptor(page) + 8) }
     /// Local free-list head (owner only).
-    @inlinable internal func localHead(_ page: Int) -> UnsafeAtomic<UInt32> { word32(pageDescriptor(page) + 16) }
+    @inlinable @inline(__always) internal func localHead(_ page: Int) -> UnsafeAtomic<UInt32> { word32(pageDescriptor(page) + 16) }
     /// Local free-list length (owner only).
-    @inlinable internal func localCount(_ page: Int) -> UnsafeAtomic<UInt32> { word32(pageDescriptor(page) + 20) }
+    @inlinable @inline(__always) internal func localCount(_ page: Int) -> UnsafeAtomic<UInt32> { word32(pageDescriptor(page) + 20) }
     /// Slots carved so far in this epoch (owner only): slots at or above it were never handed out.
-    @inlinable internal func carved(_ page: Int) -> UnsafeAtomic<UInt32> { word32(pageDescriptor(page) + 24) }
+    @inlinable @inline(__always) internal func carved(_ page: Int) -> UnsafeAtomic<UInt32> { word32(pageDescriptor(page) + 24) }
     /// Blocks handed out and not yet back on the local list (owner only): allocated + freeing + remote stack.
-    @inlinable internal func live(_ page: Int) -> UnsafeAtomic<UInt32> { word32(pageDescriptor(page) + 28) }
+    @inlinable @inline(__always) internal func live(_ page: Int) -> UnsafeAtomic<UInt32> { word32(pageDescriptor(page) + 28) }
     /// Slots in the page for its class (written when the page leaves the pool).
-    @inlinable internal func slotCount(_ page: Int) -> UnsafeAtomic<UInt32> { word32(pageDescriptor(page) + 32) }
+    @inlinable @inline(__always) internal func slotCount(_ page: Int) -> UnsafeAtomic<UInt32> { word32(pageDescriptor(page) + 32) }
     /// Recovery's *suspect* handle for the page (0 = none): a block whose freer died between committing *freeing*
     /// and pushing it; the page's consumer resolves it at its next `collect`.
     @inlinable internal func suspect(_ page: Int) -> UnsafeAtomic<UInt64> { word64(pageDescriptor(page) + 40) }
     /// The chain `collect` is moving (first slot + 1, 0 = none): owner only, read by recovery after a death.
     @inlinable internal func collecting(_ page: Int) -> UnsafeAtomic<UInt32> { word32(pageDescriptor(page) + 48) }
 
-    @inlinable internal func blockWord(_ page: Int, _ slot: Int) -> UnsafeAtomic<UInt64> {
+    @inlinable @inline(__always) internal func blockWord(_ page: Int, _ slot: Int) -> UnsafeAtomic<UInt64> {
         word64(layout.blockWordsOffset &+ (layout.slotBase(page) &+ slot) &* 8)
     }
-    @inlinable internal func link(_ page: Int, _ slot: Int) -> UnsafeAtomic<UInt32> {
+    @inlinable @inline(__always) internal func link(_ page: Int, _ slot: Int) -> UnsafeAtomic<UInt32> {
         word32(layout.linksOffset &+ (layout.slotBase(page) &+ slot) &* 4)
     }
 
-    @inlinable internal func participantOffset(_ p: Int) -> Int {
+    @inlinable @inline(__always) internal func participantOffset(_ p: Int) -> Int {
         layout.participantsOffset + p * SharedHeapLayout.participantStride
     }
     /// Participant state word (see `ParticipantWord`).
     @inlinable internal func participantState(_ p: Int) -> UnsafeAtomic<UInt64> { word64(participantOffset(p)) }
     /// The handle of the operation the participant is in the middle of, 0 when none.
-    @inlinable internal func pending(_ p: Int) -> UnsafeAtomic<UInt64> { word64(participantOffset(p) + 8) }
+    @inlinable @inline(__always) internal func pending(_ p: Int) -> UnsafeAtomic<UInt64> { word64(participantOffset(p) + 8) }
     /// The page the participant is moving between the pool and its ownership (see `PageInHand`), 0 when none.
     @inlinable internal func pageInHand(_ p: Int) -> UnsafeAtomic<UInt64> { word64(participantOffset(p) + 48) }
     /// The most pages the participant may own at once (`unlimitedPages` = no limit).
     @inlinable internal func pageAllowance(_ p: Int) -> UnsafeAtomic<UInt32> { word32(participantOffset(p) + 56) }
     /// How many pages the participant owns (written by it, or by its recoverer).
     @inlinable internal func ownedPageCount(_ p: Int) -> UnsafeAtomic<UInt32> { word32(participantOffset(p) + 60) }
-    @inlinable internal func held(_ p: Int, _ index: Int) -> UnsafeAtomic<UInt64> {
+    @inlinable @inline(__always) internal func held(_ p: Int, _ index: Int) -> UnsafeAtomic<UInt64> {
         word64(layout.heldOffset + (p * layout.heldCapacity + index) * 8)
     }
 
@@ -473,33 +500,52 @@ public final class SharedHeap: @unchecked Sendable {
     }
 
     /// Checks a handle's offset (range, alignment to its page's class) without looking at the block word.
-    @inlinable
+    @inlinable @inline(__always)
     internal func locate(_ handle: SharedHeapHandle, checkEpoch: Bool = true) throws(SharedHeapError) -> Location {
         let offset = Int(handle.rawValue & 0xFFFF_FFFF) &* 16
         guard handle.rawValue != 0, let (page, within) = layout.page(atDataOffset: offset) else {
-            throw SharedHeapError(
-                .outOfRange, "handle \(handle) points at data offset \(offset), outside the heap's "
-                    + "\(layout.dataBytes) bytes of pages")
+            throw outOfRangeError(handle)
         }
         let pageWord = pageState(page).load(ordering: .acquiring)
         // A handle from an earlier use of the page (another epoch, maybe another class) is stale, whatever its
         // offset means under the page's current class.
         guard !checkEpoch || PageWord.epoch(pageWord) == handle.generation >> 16 else {
-            throw SharedHeapError(
-                .staleHandle, "handle \(handle) is stale: page \(page) has been reused since (epoch "
-                    + "\(PageWord.epoch(pageWord)), the handle's is \(handle.generation >> 16))")
+            throw staleEpochError(handle, page: page, pageWord: pageWord)
         }
         let sizeClass = min(PageWord.sizeClass(pageWord), layout.classSizes.count - 1)
-        let blockSize = layout.classSizes[sizeClass]
-        let pageBytes = layout.pageBytes(page)
+        let info = classInfo[sizeClass]
+        let blockSize = info.size
+        // Safe: within < 2^30 (a page is at most 1 GiB), so the product fits (see `ClassInfo`).
+        let slot = Int(truncatingIfNeeded: (UInt64(truncatingIfNeeded: within) &* info.magic) &>> info.shift)
         // A class of the other tier (a page never handed out, or metadata overwritten) gets a slot bound of 0.
-        let slots = layout.isLarge(sizeClass) == layout.isSpan(page) ? pageBytes / blockSize : 0
-        guard within % blockSize == 0, within / blockSize < slots else {
-            throw SharedHeapError(
-                .misaligned, "handle \(handle) points at data offset \(offset), which is not the start of a "
-                    + "\(blockSize)-byte block of page \(page)")
+        let slots = layout.isLarge(sizeClass) == layout.isSpan(page) ? info.slots : 0
+        guard slot &* blockSize == within, slot < slots else {
+            throw misalignedError(handle, page: page, blockSize: blockSize)
         }
-        return Location(page: page, slot: within / blockSize, generation: handle.generation, blockSize: blockSize)
+        return Location(page: page, slot: slot, generation: handle.generation, blockSize: blockSize)
+    }
+
+    // The errors of `locate`, out of line: bad input is not a hot path, and string building would keep `locate`
+    // from being inlined.
+    @usableFromInline @inline(never)
+    internal func outOfRangeError(_ handle: SharedHeapHandle) -> SharedHeapError {
+        SharedHeapError(
+            .outOfRange, "handle \(handle) points at data offset \(handle.dataOffset), outside the heap's "
+                + "\(layout.dataBytes) bytes of pages")
+    }
+
+    @usableFromInline @inline(never)
+    internal func staleEpochError(_ handle: SharedHeapHandle, page: Int, pageWord: UInt64) -> SharedHeapError {
+        SharedHeapError(
+            .staleHandle, "handle \(handle) is stale: page \(page) has been reused since (epoch "
+                + "\(PageWord.epoch(pageWord)), the handle's is \(handle.generation >> 16))")
+    }
+
+    @usableFromInline @inline(never)
+    internal func misalignedError(_ handle: SharedHeapHandle, page: Int, blockSize: Int) -> SharedHeapError {
+        SharedHeapError(
+            .misaligned, "handle \(handle) points at data offset \(handle.dataOffset), which is not the start of "
+                + "a \(blockSize)-byte block of page \(page)")
     }
 
     /// The handle's block start in this mapping, after checking that the handle names an allocated block.
@@ -547,7 +593,7 @@ public final class SharedHeap: @unchecked Sendable {
         return SharedHeapHandle(rawValue: UInt64(offset / 16) | (UInt64(BlockWord.generation(word)) << 32))
     }
 
-    @usableFromInline
+    @usableFromInline @inline(never)
     internal func staleError(_ handle: SharedHeapHandle, _ word: UInt64) -> SharedHeapError {
         if BlockWord.generation(word) != handle.generation {
             return SharedHeapError(
@@ -800,7 +846,7 @@ public final class SharedHeap: @unchecked Sendable {
     }
 
     /// Owner only: puts a free slot on the local list.
-    @inlinable
+    @inlinable @inline(__always)
     internal func pushLocal(_ page: Int, _ slot: Int) {
         // Ordering: relaxed everywhere; these fields are the owner's, read by others only for diagnostics.
         link(page, slot).store(localHead(page).load(ordering: .relaxed), ordering: .relaxed)
@@ -810,7 +856,7 @@ public final class SharedHeap: @unchecked Sendable {
 
     /// Owner only: takes a slot from the local list, or carves a new one; nil when the page is full.
     /// Returns the slot and whether it was carved fresh in this epoch.
-    @inlinable
+    @inlinable @inline(__always)
     internal func popLocal(_ page: Int) -> (slot: Int, fresh: Bool)? {
         let head = localHead(page).load(ordering: .relaxed)
         if head != endOfSlots {

@@ -42,10 +42,10 @@ internal struct SharedHeapHeldTable {
         free.deallocate()
     }
 
-    @inlinable func bucket(_ key: UInt64) -> Int { Int(truncatingIfNeeded: (key &* 0x9E37_79B9_7F4A_7C15) >> shift) }
+    @inlinable @inline(__always) func bucket(_ key: UInt64) -> Int { Int(truncatingIfNeeded: (key &* 0x9E37_79B9_7F4A_7C15) >> shift) }
 
     /// The held-list entry of `key`, or nil.
-    @inlinable func find(_ key: UInt64) -> Int? {
+    @inlinable @inline(__always) func find(_ key: UInt64) -> Int? {
         var i = bucket(key)
         while true {
             let k = keys[i]
@@ -56,7 +56,7 @@ internal struct SharedHeapHeldTable {
     }
 
     /// Records `key` at `entry` (the key must be absent).
-    @inlinable mutating func insert(_ key: UInt64, _ entry: Int) {
+    @inlinable @inline(__always) mutating func insert(_ key: UInt64, _ entry: Int) {
         var i = bucket(key)
         while keys[i] != 0 { i = (i &+ 1) & mask }
         keys[i] = key
@@ -65,7 +65,7 @@ internal struct SharedHeapHeldTable {
     }
 
     /// Removes `key` (which must be present) and returns its entry.
-    @inlinable @discardableResult mutating func remove(_ key: UInt64) -> Int {
+    @inlinable @inline(__always) @discardableResult mutating func remove(_ key: UInt64) -> Int {
         var i = bucket(key)
         while keys[i] != key { i = (i &+ 1) & mask }
         let entry = Int(values[i])
@@ -91,14 +91,14 @@ internal struct SharedHeapHeldTable {
     }
 
     /// Takes an empty held-list entry; nil when the list is full.
-    @inlinable mutating func takeEntry() -> Int? {
+    @inlinable @inline(__always) mutating func takeEntry() -> Int? {
         guard freeCount > 0 else { return nil }
         freeCount &-= 1
         return Int(free[freeCount])
     }
 
     /// Gives an entry back.
-    @inlinable mutating func returnEntry(_ entry: Int) {
+    @inlinable @inline(__always) mutating func returnEntry(_ entry: Int) {
         free[freeCount] = Int32(truncatingIfNeeded: entry)
         freeCount &+= 1
     }

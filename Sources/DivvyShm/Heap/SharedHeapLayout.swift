@@ -210,21 +210,21 @@ internal struct SharedHeapLayout: Hashable, Sendable {
     }
 
     /// Is `page` a span page?
-    @inlinable func isSpan(_ page: Int) -> Bool { page >= smallPageCount }
+    @inlinable @inline(__always) func isSpan(_ page: Int) -> Bool { page >= smallPageCount }
     /// Is `sizeClass` a large class (span pages)?
-    @inlinable func isLarge(_ sizeClass: Int) -> Bool { sizeClass >= smallClassCount }
+    @inlinable @inline(__always) func isLarge(_ sizeClass: Int) -> Bool { sizeClass >= smallClassCount }
     /// The page's size in bytes.
-    @inlinable func pageBytes(_ page: Int) -> Int { page < smallPageCount ? pageSize : spanPageSize }
+    @inlinable @inline(__always) func pageBytes(_ page: Int) -> Int { page < smallPageCount ? pageSize : spanPageSize }
     /// The page's start, from the start of the data area.
-    @inlinable func pageBase(_ page: Int) -> Int {
+    @inlinable @inline(__always) func pageBase(_ page: Int) -> Int {
         page < smallPageCount ? page &<< pageShift : spanDataOffset &+ ((page &- smallPageCount) &<< spanPageShift)
     }
     /// The index of the page's slot 0 among block words and links.
-    @inlinable func slotBase(_ page: Int) -> Int {
+    @inlinable @inline(__always) func slotBase(_ page: Int) -> Int {
         page < smallPageCount ? page &* maxSlots : spanSlotBase &+ (page &- smallPageCount) &* spanMaxSlots
     }
     /// The page holding data offset `offset` and the offset within it; nil beyond the pages.
-    @inlinable func page(atDataOffset offset: Int) -> (page: Int, within: Int)? {
+    @inlinable @inline(__always) func page(atDataOffset offset: Int) -> (page: Int, within: Int)? {
         if offset < spanDataOffset { return (offset &>> pageShift, offset & (pageSize &- 1)) }
         guard offset < dataBytes else { return nil }
         let span = offset &- spanDataOffset

@@ -20,32 +20,56 @@ extension SharedHeap {
         public let heap: SharedHeap
         /// The slot in the participant table, also its bit in block words' holder masks.
         public let index: Int
-        private var left = false
+        /// The hot mutable state lives behind pointers (as in `Slab`): class stored properties mutated on every
+        /// operation would cost a dynamic exclusivity check each (`swift_beginAccess`, a TLS lookup).
+        private let hot: UnsafeMutablePointer<Hot>
+        private struct Hot {
+            var left = false
+            /// The number of `pageSize` units of the pages in `ownedPages` (mirrored in the shared owned-pages word).
+            var ownedPageTotal = 0
+        }
+        /// Where each held handle sits in the shared held list (a process-local index of it).
+        private let heldStorage: UnsafeMutablePointer<SharedHeapHeldTable>
+        /// The page each class allocates from, or -1 (one entry per class).
+        private let currentPage: UnsafeMutablePointer<Int>
+        private var left: Bool {
+            get { hot.pointee.left }
+            set { hot.pointee.left = newValue }
+        }
+        private var ownedPageTotal: Int {
+            get { hot.pointee.ownedPageTotal }
+            set { hot.pointee.ownedPageTotal = newValue }
+        }
+        private var held: SharedHeapHeldTable {
+            unsafeAddress { UnsafePointer(heldStorage) }
+            unsafeMutableAddress { heldStorage }
+        }
         #if DIVVY_INTERNAL_CHECKS
         /// Test hook: the operation and step after which this participant "dies" (stops, marks itself left
         /// without leaving, and throws `.participantLeft`): what a SIGKILL at that point leaves behind.
         internal var _dieAfter: (operation: String, step: Int)?
         #endif
-        /// Where each held handle sits in the shared held list (a process-local index of it).
-        private var held: SharedHeapHeldTable
-        /// Pages this participant owns, per size class.
+        /// Pages this participant owns, per size class (touched only when a class's current page is full).
         private var ownedPages: [[Int]]
-        /// The number of pages in `ownedPages` (mirrored in the shared owned-pages word).
-        private var ownedPageTotal = 0
-        /// The page each class allocates from, or -1.
-        private var currentPage: [Int]
 
         internal init(heap: SharedHeap, index: Int) {
             self.heap = heap
             self.index = index
-            held = SharedHeapHeldTable(capacity: heap.layout.heldCapacity)
+            hot = .allocate(capacity: 1)
+            hot.initialize(to: Hot())
+            heldStorage = .allocate(capacity: 1)
+            heldStorage.initialize(to: SharedHeapHeldTable(capacity: heap.layout.heldCapacity))
             ownedPages = Array(repeating: [], count: heap.layout.classSizes.count)
-            currentPage = Array(repeating: -1, count: heap.layout.classSizes.count)
+            currentPage = .allocate(capacity: heap.layout.classSizes.count)
+            currentPage.initialize(repeating: -1, count: heap.layout.classSizes.count)
         }
 
         deinit {
             if !left { leave() }
-            held.deallocate()
+            heldStorage.pointee.deallocate()
+            heldStorage.deallocate()
+            hot.deallocate()
+            currentPage.deallocate()
         }
 
         /// How many blocks this participant holds.
@@ -89,8 +113,14 @@ extension SharedHeap {
             return count
         }
 
+        @inline(__always)
         private func checkJoined() throws(SharedHeapError) {
-            if left { throw SharedHeapError(.participantLeft, "participant \(index) has left the heap") }
+            if left { throw leftError() }
+        }
+
+        @inline(never)
+        private func leftError() -> SharedHeapError {
+            SharedHeapError(.participantLeft, "participant \(index) has left the heap")
         }
 
         private func takeHeldSlot(for handle: SharedHeapHandle) throws(SharedHeapError) -> Int {
@@ -114,13 +144,16 @@ extension SharedHeap {
         /// - Complexity: O(1) amortized; O(pages) when the pool is empty and orphan pages are searched.
         public func allocate(_ size: Int) throws(SharedHeapError) -> SharedHeapHandle {
             try checkJoined()
-            guard size > 0, let sizeClass = heap.sizeClass(for: size) else {
-                throw SharedHeapError(
-                    .unsupportedSize, "cannot allocate \(size) bytes: sizes 1…\(heap.largestBlockSize) are "
-                        + "supported (configure larger span pages and large classes for more)")
-            }
+            guard size > 0, let sizeClass = heap.sizeClass(for: size) else { throw unsupportedSizeError(size) }
             if held.freeCount == 0 { _ = try takeHeldSlot(for: SharedHeapHandle(rawValue: 0)) }
-            let (page, slot, fresh) = try takeSlot(sizeClass)
+            // The fast path inline: a free slot in the class's current page; else the slow path (collect, new page).
+            let current = currentPage[sizeClass]
+            let (page, slot, fresh): (Int, Int, Bool)
+            if current >= 0, let (s, f) = heap.popLocal(current) {
+                (page, slot, fresh) = (current, s, f)
+            } else {
+                (page, slot, fresh) = try takeSlot(sizeClass)
+            }
             try crashPoint("allocate", 1)
             // Safe: checked above that an entry is free, and nothing took one since.
             let heldSlot = held.takeEntry()!
@@ -151,6 +184,7 @@ extension SharedHeap {
         }
 
         /// A free slot of `sizeClass` in one of our pages, taking a new page when needed.
+        @inline(never)
         private func takeSlot(_ sizeClass: Int) throws(SharedHeapError) -> (page: Int, slot: Int, fresh: Bool) {
             let current = currentPage[sizeClass]
             if current >= 0 {
@@ -320,17 +354,7 @@ extension SharedHeap {
             let word = heap.blockWord(location.page, location.slot)
             // Ordering: acquiring (see the compare-and-exchange).
             var observed = word.load(ordering: .acquiring)
-            guard let heldSlot = held.find(handle.rawValue) else {
-                if BlockWord.generation(observed) != handle.generation {
-                    throw heap.staleError(handle, observed)
-                }
-                if BlockWord.state(observed) != BlockWord.allocated {
-                    throw SharedHeapError(.doubleFree, "double free of \(handle): the block is already free")
-                }
-                throw SharedHeapError(
-                    .notHeld, "participant \(index) does not hold \(handle) (held by participants with mask "
-                        + "0x\(String(BlockWord.holders(observed), radix: 16))); adopt it first")
-            }
+            guard let heldSlot = held.find(handle.rawValue) else { throw notHeldError(handle, observed) }
             let pageWord = heap.pageState(location.page).load(ordering: .relaxed)
             // Only we change the state word of a page we own, so this read is stable.
             let ownPage = PageWord.kind(pageWord) == PageWord.owned && PageWord.owner(pageWord) == index
@@ -344,10 +368,7 @@ extension SharedHeap {
                     // Our held list says we hold it, the block word disagrees: someone wrote the metadata behind
                     // the heap's back. Change nothing and say so.
                     heap.pending(index).store(0, ordering: .releasing)
-                    throw SharedHeapError(
-                        .corruptMetadata, "participant \(index) holds \(handle) but the block's word "
-                            + "(0x\(String(observed, radix: 16))) does not record it: the heap's metadata was "
-                            + "overwritten; run verify()")
+                    throw corruptHoldingError(handle, observed)
                 }
                 let holders = BlockWord.holders(observed) & ~bit
                 released = holders == 0
@@ -386,6 +407,33 @@ extension SharedHeap {
             return released
         }
 
+        @inline(never)
+        private func unsupportedSizeError(_ size: Int) -> SharedHeapError {
+            SharedHeapError(
+                .unsupportedSize, "cannot allocate \(size) bytes: sizes 1…\(heap.largestBlockSize) are "
+                    + "supported (configure larger span pages and large classes for more)")
+        }
+
+        /// Why a free of a handle this participant does not list fails (out of line: not a hot path).
+        @inline(never)
+        private func notHeldError(_ handle: SharedHeapHandle, _ observed: UInt64) -> SharedHeapError {
+            if BlockWord.generation(observed) != handle.generation { return heap.staleError(handle, observed) }
+            if BlockWord.state(observed) != BlockWord.allocated {
+                return SharedHeapError(.doubleFree, "double free of \(handle): the block is already free")
+            }
+            return SharedHeapError(
+                .notHeld, "participant \(index) does not hold \(handle) (held by participants with mask "
+                    + "0x\(String(BlockWord.holders(observed), radix: 16))); adopt it first")
+        }
+
+        @inline(never)
+        private func corruptHoldingError(_ handle: SharedHeapHandle, _ observed: UInt64) -> SharedHeapError {
+            SharedHeapError(
+                .corruptMetadata, "participant \(index) holds \(handle) but the block's word "
+                    + "(0x\(String(observed, radix: 16))) does not record it: the heap's metadata was "
+                    + "overwritten; run verify()")
+        }
+
         // MARK: Leave
 
         /// Frees every block this participant holds, gives its empty pages back to the pool, makes the others
@@ -411,7 +459,7 @@ extension SharedHeap {
                 }
             }
             ownedPages = ownedPages.map { _ in [] }
-            currentPage = currentPage.map { _ in -1 }
+            currentPage.update(repeating: -1, count: heap.layout.classSizes.count)
             ownedPageTotal = 0
             left = true
             // Ordering: relaxed; published by the releasing store of the slot below.

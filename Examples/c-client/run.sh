@@ -11,7 +11,20 @@ set -eu
 
 root=$(cd "$(dirname "$0")/../.." && pwd)
 build=${DIVVY_BUILD_DIR:-$root/.build/debug}
-cc=${CC:-cc}
+# The C compiler: $CC, else cc, else the Swift toolchain's clang (a machine with only the toolchain has no cc).
+cc=${CC:-}
+if [ -z "$cc" ]; then
+    for candidate in cc gcc clang; do
+        if command -v "$candidate" >/dev/null 2>&1; then
+            cc=$candidate
+            break
+        fi
+    done
+fi
+if [ -z "$cc" ]; then
+    echo "run.sh: no C compiler (cc, gcc or clang; or set CC)" >&2
+    exit 2
+fi
 
 for file in "$build/libdivvy.so" "$build/divvyd"; do
     if [ ! -e "$file" ]; then

@@ -313,10 +313,11 @@ final class CClientTests: XCTestCase {
         XCTAssertTrue(flags.contains("-L\(prefix)/lib") && flags.contains("-ldivvy"), flags)
         // A program built with only the installed files and pkg-config's flags runs against a real daemon.
         let program = prefix + "/divvy-c-example"
+        let cc = try XCTUnwrap(Self.compiler(["cc", "gcc", "clang"]), "no C compiler")
         let (built, buildLog) = try Self.run(
             "/bin/sh",
             [
-                "-c", "cc -std=c11 \"$1\" $(pkg-config --cflags --libs divvy) -lpthread -o \"$2\"", "sh",
+                "-c", "\"$1\" -std=c11 \"$2\" $(pkg-config --cflags --libs divvy) -lpthread -o \"$3\"", "sh", cc,
                 Self.packageRoot + "/Examples/c-client/main.c", program,
             ], environment: environment)
         XCTAssertEqual(built.status, 0, buildLog)

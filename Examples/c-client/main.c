@@ -11,9 +11,9 @@
 //         pattern, writes a reply pattern, frees its holdings and passes back a block of its own; the parent checks
 //         the reply, frees everything, checks bad inputs and error codes, runs threads with one client each, and
 //         checks that its stats show nothing held. Exit 0 only if every check passed.
-//     divvy-c-example quota [--socket PATH] [--mode M]
-//         Against a daemon with a small quota: allocates until DIVVY_EQUOTA_EXCEEDED, checks that refusals change
-//         nothing, frees, allocates again.
+//     divvy-c-example quota|heap-full [--socket PATH] [--mode M]
+//         Against a daemon with a small quota (or a small heap and a large quota): allocates until
+//         DIVVY_EQUOTA_EXCEEDED (DIVVY_EHEAP_FULL), checks that refusals change nothing, frees, allocates again.
 //     divvy-c-example expect-connect CODE [--socket PATH] [--mode M]
 //         Expects divvy_connect to return CODE (a number; 0 = success, then prints the granted mode).
 //     divvy-c-example no-daemon PATH
@@ -244,6 +244,11 @@ static int run_child(const char *socket_path, int mode) {
             count < MAX_PASSED) {
             blocks[count++] = block;
         }
+    }
+    // Blocks the child does not hold yet: freeing or sharing them is refused, and changes nothing.
+    if (count > 0) {
+        EXPECT(divvy_free(client, blocks[0].handle, NULL), DIVVY_ENOT_HOLDER);
+        EXPECT(divvy_share(client, blocks[0].handle, NULL), DIVVY_ENOT_HOLDER);
     }
     // Adopt every block, check the parent's pattern, write the reply pattern (seed + 1000).
     for (size_t i = 0; i < count; i++) {
@@ -749,6 +754,14 @@ static int run_daemon_gone(const char *socket_path, int mode) {
           divvy_last_error_message());
     code = divvy_alloc(client, 64, &handle, &pointer);
     CHECK(code == DIVVY_EDAEMON_GONE, "alloc on the disconnected client: %d (%s)", code, divvy_strerror(code));
+    // A request-level failure of a batch free reaches every handle's result.
+    uint64_t handles[3] = {handle, handle + 1, handle + 2};
+    int results[3] = {-1, -1, -1};
+    int released[3] = {-1, -1, -1};
+    code = divvy_free_batch(client, handles, 3, results, released);
+    CHECK(code == DIVVY_EDAEMON_GONE && results[0] == code && results[1] == code && results[2] == code &&
+              released[0] == 0 && released[1] == 0 && released[2] == 0,
+          "free_batch on the disconnected client: %d, results %d %d %d", code, results[0], results[1], results[2]);
     EXPECT(divvy_close(client), DIVVY_OK);
     say(failures == 0 ? "OK" : "FAILED");
     return failures == 0 ? 0 : 1;
@@ -773,12 +786,13 @@ static int run_expect_connect(const char *socket_path, int mode, int expected) {
     return failures == 0 ? 0 : 1;
 }
 
-// Against a daemon with a small quota: allocates 1000-byte blocks until DIVVY_EQUOTA_EXCEEDED, checks that the refusal
-// changed nothing and that a batch over the quota allocates none, frees everything and allocates again.
+// Against a daemon with a small quota (expected DIVVY_EQUOTA_EXCEEDED) or a small heap (DIVVY_EHEAP_FULL): allocates
+// 1000-byte blocks until `expected`, checks that the refusal changed nothing and that a batch beyond the limit
+// allocates none, frees everything and allocates as many again.
 #define QUOTA_MAX_BLOCKS 4096
 // A small size class: direct clients get whole pages under the quota, and blocks of a small class fill them.
 #define QUOTA_BLOCK 1000
-static int run_quota(const char *socket_path, int mode) {
+static int run_fill(const char *socket_path, int mode, int expected, const char *spec_name) {
     divvy_client *client = NULL;
     int code = divvy_connect(socket_path, "c-example-quota", mode, &client);
     if (code != DIVVY_OK) {
@@ -796,17 +810,16 @@ static int run_quota(const char *socket_path, int mode) {
         write_pattern(pointer, QUOTA_BLOCK, count);
         count++;
     }
-    CHECK(code == DIVVY_EQUOTA_EXCEEDED, "allocating until refused ended with %d (%s; %s)", code,
-          divvy_strerror(code), divvy_last_error_message());
+    CHECK(code == expected, "allocating until refused ended with %d (%s; %s), expected %d", code,
+          divvy_strerror(code), divvy_last_error_message(), expected);
     CHECK(count > 0 && count < QUOTA_MAX_BLOCKS, "%zu blocks fit in the quota", count);
-    CHECK(strstr(divvy_last_error_message(), "quotaExceeded") != NULL, "the message: '%s'",
-          divvy_last_error_message());
+    CHECK(strstr(divvy_last_error_message(), spec_name) != NULL, "the message: '%s'", divvy_last_error_message());
     struct divvy_stats before, after;
     EXPECT(divvy_stats(client, &before), DIVVY_OK);
     uint64_t extra = 0;
-    EXPECT(divvy_alloc(client, QUOTA_BLOCK, &extra, NULL), DIVVY_EQUOTA_EXCEEDED);
+    EXPECT(divvy_alloc(client, QUOTA_BLOCK, &extra, NULL), expected);
     uint64_t batch[8];
-    EXPECT(divvy_alloc_batch(client, QUOTA_BLOCK, 8, batch), DIVVY_EQUOTA_EXCEEDED);
+    EXPECT(divvy_alloc_batch(client, QUOTA_BLOCK, 8, batch), expected);
     EXPECT(divvy_stats(client, &after), DIVVY_OK);
     CHECK(after.bytes_held == before.bytes_held && after.blocks_held == before.blocks_held &&
               after.heap_bytes_used == before.heap_bytes_used,
@@ -827,8 +840,8 @@ static int run_quota(const char *socket_path, int mode) {
         EXPECT(divvy_free_batch(client, batch, chunk, NULL, NULL), DIVVY_OK);
         again += chunk;
     }
-    say("quota: %zu blocks of %d bytes fit (%s), then DIVVY_EQUOTA_EXCEEDED; nothing changed by the refusals",
-        count, QUOTA_BLOCK, mode_name(granted));
+    say("fill: %zu blocks of %d bytes fit (%s), then %s; nothing changed by the refusals", count, QUOTA_BLOCK,
+        mode_name(granted), spec_name);
     divvy_close(client);
     say(failures == 0 ? "OK" : "FAILED");
     return failures == 0 ? 0 : 1;
@@ -849,7 +862,7 @@ int main(int argc, char **argv) {
     const char *scenario = "all";
     int expected = 0;
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "daemon-gone") == 0 || strcmp(argv[i], "quota") == 0) {
+        if (strcmp(argv[i], "daemon-gone") == 0 || strcmp(argv[i], "quota") == 0 || strcmp(argv[i], "heap-full") == 0) {
             scenario = argv[i];
         } else if (strcmp(argv[i], "expect-connect") == 0 && i + 1 < argc) {
             scenario = argv[i];
@@ -863,7 +876,7 @@ int main(int argc, char **argv) {
         } else {
             fprintf(stderr,
                     "usage: %s [--socket PATH] [--mode any|direct|mediated] [--child-mode any|direct|mediated]\n"
-                    "       %s daemon-gone|quota [--socket PATH] [--mode M]\n"
+                    "       %s daemon-gone|quota|heap-full [--socket PATH] [--mode M]\n"
                     "       %s expect-connect CODE [--socket PATH] [--mode M]\n"
                     "       %s no-daemon PATH\n",
                     argv[0], argv[0], argv[0], argv[0]);
@@ -876,7 +889,8 @@ int main(int argc, char **argv) {
         return 2;
     }
     if (strcmp(scenario, "daemon-gone") == 0) return run_daemon_gone(socket_path, mode);
-    if (strcmp(scenario, "quota") == 0) return run_quota(socket_path, mode);
+    if (strcmp(scenario, "quota") == 0) return run_fill(socket_path, mode, DIVVY_EQUOTA_EXCEEDED, "quotaExceeded");
+    if (strcmp(scenario, "heap-full") == 0) return run_fill(socket_path, mode, DIVVY_EHEAP_FULL, "heapFull");
     if (strcmp(scenario, "expect-connect") == 0) return run_expect_connect(socket_path, mode, expected);
     return run_all(socket_path, mode, child_mode < 0 ? mode : child_mode);
 }

@@ -130,7 +130,21 @@ final class CClientTests: XCTestCase {
             let (exit, output) = try Self.run(program, ["quota", "--socket", daemon.socketPath, "--mode", mode])
             XCTAssertEqual(exit.status, 0, "\(mode):\n\(output)")
             // 64 KiB of 1000-byte blocks (1024-byte class): 64, whichever side enforces the quota.
-            XCTAssertTrue(output.contains("quota: 64 blocks of 1000 bytes fit (\(mode))"), output)
+            XCTAssertTrue(output.contains("fill: 64 blocks of 1000 bytes fit (\(mode)), then quotaExceeded"), output)
+            let (verify, _) = try daemon.quiescentAudit(expectedClients: 0)
+            XCTAssertEqual(verify["clean"] as? Bool, true, "\(mode): \(verify)")
+            XCTAssertEqual(verify["allocatedBlocks"] as? Int, 0, "\(mode): \(verify)")
+        }
+    }
+
+    func testHeapFullIsReportedAndChangesNothingInBothModes() throws {
+        let program = try Self.program.get()
+        // 1 MiB of data and a quota above it: the heap runs out first.
+        let daemon = try DaemonProcessTests.Daemon(["--data-size", "1M", "--quota", "1G"])
+        for mode in ["direct", "mediated"] {
+            let (exit, output) = try Self.run(program, ["heap-full", "--socket", daemon.socketPath, "--mode", mode])
+            XCTAssertEqual(exit.status, 0, "\(mode):\n\(output)")
+            XCTAssertTrue(output.contains("fit (\(mode)), then heapFull"), output)
             let (verify, _) = try daemon.quiescentAudit(expectedClients: 0)
             XCTAssertEqual(verify["clean"] as? Bool, true, "\(mode): \(verify)")
             XCTAssertEqual(verify["allocatedBlocks"] as? Int, 0, "\(mode): \(verify)")

@@ -190,17 +190,15 @@ public func divvyFree(_ pointer: OpaquePointer?, _ handle: UInt64, _ released: U
     }
 }
 
-/// Checks a batch count the way the daemon does (1…`maxBatchCount`), so both modes answer alike.
-func checkedBatchCount(_ count: UInt, _ function: StaticString) -> Result<Int, DivvyBatchCountError> {
+/// A batch count checked the way the daemon checks it (1…`maxBatchCount`), so both modes answer alike; nil (with
+/// the message stored) when it is out of range.
+func checkedBatchCount(_ count: UInt, _ function: StaticString) -> Int? {
     guard count >= 1, count <= UInt(ProtocolLimits.maxBatchCount) else {
         setLastError("\(function): count \(count) is not in 1...\(ProtocolLimits.maxBatchCount) (DIVVY_MAX_BATCH)")
-        return .failure(DivvyBatchCountError())
+        return nil
     }
-    return .success(Int(count))
+    return Int(count)
 }
-
-/// A batch count outside 1…`DIVVY_MAX_BATCH` (the message is already stored).
-struct DivvyBatchCountError: Error {}
 
 /// `divvy_alloc_batch`: see divvy.h.
 @_cdecl("divvy_alloc_batch")
@@ -209,7 +207,7 @@ public func divvyAllocBatch(
 ) -> Int32 {
     withClient(pointer, "divvy_alloc_batch") { client throws(DivvyClientError) in
         guard let handles else { return fail(DIVVY_EINVAL, "divvy_alloc_batch: handles is NULL") }
-        guard case .success(let count) = checkedBatchCount(count, "divvy_alloc_batch") else {
+        guard let count = checkedBatchCount(count, "divvy_alloc_batch") else {
             return Int32(DIVVY_EBATCH_TOO_LARGE.rawValue)
         }
         guard let size = checkedInt(size) else {
@@ -238,7 +236,7 @@ public func divvyFreeBatch(
 ) -> Int32 {
     withClient(pointer, "divvy_free_batch") { client in
         guard let handles else { return fail(DIVVY_EINVAL, "divvy_free_batch: handles is NULL") }
-        guard case .success(let count) = checkedBatchCount(count, "divvy_free_batch") else {
+        guard let count = checkedBatchCount(count, "divvy_free_batch") else {
             return Int32(DIVVY_EBATCH_TOO_LARGE.rawValue)
         }
         // Safe: `handles` has `count` elements (the caller's contract).

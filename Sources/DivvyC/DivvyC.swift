@@ -53,6 +53,7 @@ func fail(_ error: DivvyClientError) -> Int32 {
     return divvyErrorCode(error)
 }
 
+/// Copies `message` into the calling thread's last-error buffer (cut to its capacity at a UTF-8 boundary).
 func setLastError(_ message: String) {
     var message = message
     message.withUTF8 { bytes in
@@ -60,6 +61,7 @@ func setLastError(_ message: String) {
     }
 }
 
+/// `DIVVY_OK` as the functions return it.
 let ok = Int32(DIVVY_OK.rawValue)
 
 /// Runs `body` with the client behind `pointer`, or fails with `DIVVY_EINVAL` when it is NULL.

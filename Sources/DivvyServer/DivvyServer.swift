@@ -576,13 +576,23 @@ public final class DivvyServer: @unchecked Sendable {
             let (handle, blockSize) = try allocate(session, size: size)
             return .allocated(handle: handle, blockSize: UInt64(blockSize))
         case .allocateBatch(let size, let count): return try allocateBatch(session, size: size, count: Int(count))
-        case .free(let handle): return .freed(released: try free(session, handle))
+        case .free(let handle):
+            let released = try free(session, handle)
+            counters.frees += 1
+            metrics.frees.increment()
+            return .freed(released: released)
         case .freeBatch(let handles):
             var statuses: [FreedStatus] = []
             statuses.reserveCapacity(handles.count)
+            var freed = 0
+            defer {
+                counters.frees += freed
+                metrics.frees.increment(by: freed)
+            }
             for handle in handles {
                 do throws(ServiceError) {
                     statuses.append(try free(session, handle) ? .released : .stillHeld)
+                    freed += 1
                 } catch {
                     counters.countError(error.code)
                     metrics.failure(error.code)
@@ -722,7 +732,7 @@ public final class DivvyServer: @unchecked Sendable {
     /// Drops one mediated holding of `raw` at the heap level: an extra holding just goes; the last one is the
     /// daemon's participant's free. True when that released the block.
     private func dropMediatedHolding(_ raw: UInt64) throws(SharedHeapError) -> Bool {
-        if let extra = extraMediatedHoldings[raw] {
+        if !extraMediatedHoldings.isEmpty, let extra = extraMediatedHoldings[raw] {
             extraMediatedHoldings[raw] = extra == 1 ? nil : extra - 1
             return false
         }
@@ -788,8 +798,6 @@ public final class DivvyServer: @unchecked Sendable {
         }
         session.blocksHeld -= 1
         session.bytesHeld -= Int(holding.blockSize)
-        counters.frees += 1
-        metrics.frees.increment()
         return released
     }
 
@@ -882,7 +890,7 @@ public final class DivvyServer: @unchecked Sendable {
             _ = close(descriptor)
         }
         var released = 0
-        for (raw, holding) in session.holdings {
+        for (raw, holding) in session.holdings.entries {
             for _ in 0..<holding.count {
                 do throws(SharedHeapError) {
                     if try dropMediatedHolding(raw) { released += 1 }

@@ -20,7 +20,7 @@ final class Session {
         var blockSize: UInt32
     }
     /// Mediated holdings: handle → holding.
-    var holdings: [UInt64: Holding] = [:]
+    var holdings = HandleTable<Holding>()
     /// Blocks held through the daemon (the sum of the holdings' counts).
     var blocksHeld = 0
     /// Bytes of blocks in `holdings` (with multiplicity).

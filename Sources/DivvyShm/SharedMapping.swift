@@ -1,3 +1,4 @@
+import Divvy
 import SystemPackage
 
 #if canImport(Glibc)
@@ -44,31 +45,32 @@ public final class SharedMapping: @unchecked Sendable {
         self.access = access
     }
 
-    /// Maps `length` bytes of `fd` from `regionOffset`, shared.
+    /// Maps `length` bytes of `fd` from `regionOffset`, shared, through `OSAllocator.mapShared` (the OS
+    /// allocator's mapping layer).
     internal static func map(
         fd: Int32, regionOffset: Int, length: Int, access: Access, describing what: String
     ) throws(SharedRegionError) -> SharedMapping {
-        let protection = access == .readWrite ? PROT_READ | PROT_WRITE : PROT_READ
-        switch systemMmapShared(fd, offset: regionOffset, length: length, protection: protection) {
-        case .success(let base):
-            return SharedMapping(base: base, regionOffset: regionOffset, length: length, access: access)
-        case .failure(let error):
-            let code: SharedRegionError.Code = error == .noMemory ? .insufficientSpace : .systemCallFailed
+        do {
+            let mapping = try OSAllocator.mapShared(
+                fileDescriptor: fd, offset: regionOffset, length: length,
+                access: access == .readWrite ? .readWrite : .readOnly)
+            return SharedMapping(base: mapping.block.start, regionOffset: regionOffset, length: length, access: access)
+        } catch {
+            let cause = Errno(rawValue: error.systemError)
+            let noMemory = error.code == .outOfMemory
             throw SharedRegionError(
-                code,
+                noMemory ? .insufficientSpace : .systemCallFailed,
                 "could not map \(formatByteCount(length)) of \(what) at offset \(regionOffset)"
-                    + (error == .noMemory
+                    + (noMemory
                         ? "; the address space, the memory map count, or the huge page pool is exhausted"
                         : ""),
-                cause: error)
+                cause: error.systemError == 0 ? nil : cause)
         }
     }
 
     deinit {
-        // munmap fails only for arguments we never produce (EINVAL); a failure here is a corrupted invariant.
-        guard case .success = systemMunmap(base, length: length) else {
-            fatalError("munmap of a region mapping at \(base) (\(length) bytes) failed")
-        }
+        // Traps only for a range that is not ours (munmap fails only with EINVAL): a corrupted invariant.
+        OSAllocator.unmapShared(OSMapping(block: UnsafeBlock(start: base, size: length), kind: .base))
     }
 
     /// The region offsets this mapping covers, `regionOffset ..< regionOffset + length`.

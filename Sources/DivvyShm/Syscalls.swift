@@ -22,10 +22,6 @@ internal func valueOrErrno<I: FixedWidthInteger>(_ body: () -> I) -> Result<I, E
     }
 }
 
-/// `MAP_FAILED`, which glibc defines as a cast macro.
-@inline(__always)
-internal var mapFailed: UnsafeMutableRawPointer { UnsafeMutableRawPointer(bitPattern: -1)! }
-
 /// shm_open(3). Glibc sets `FD_CLOEXEC` on the descriptor.
 internal func systemShmOpen(_ name: String, flags: Int32, mode: mode_t) -> Result<Int32, Errno> {
     valueOrErrno { shm_open(name, flags, mode) }
@@ -82,23 +78,7 @@ internal func systemStatvfs(_ path: String) -> Result<(available: Int, total: In
     }
 }
 
-/// mmap(2) of `length` bytes of `fd` from `offset`, `MAP_SHARED`.
-internal func systemMmapShared(
-    _ fd: Int32, offset: Int, length: Int, protection: Int32
-) -> Result<UnsafeMutableRawPointer, Errno> {
-    while true {
-        let address = mmap(nil, length, protection, MAP_SHARED, fd, off_t(offset))
-        if let address, address != mapFailed { return .success(address) }
-        let error = Errno(rawValue: errno)
-        if error == .interrupted { continue }
-        return .failure(error)
-    }
-}
-
-/// munmap(2).
-internal func systemMunmap(_ address: UnsafeMutableRawPointer, length: Int) -> Result<Void, Errno> {
-    valueOrErrno { munmap(address, length) }.map { _ in () }
-}
+// mmap(MAP_SHARED) and munmap go through Divvy's OSAllocator.mapShared / unmapShared.
 
 /// madvise(2).
 internal func systemMadvise(_ address: UnsafeMutableRawPointer, length: Int, advice: Int32) -> Result<Void, Errno> {

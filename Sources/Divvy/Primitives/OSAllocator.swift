@@ -609,3 +609,75 @@ extension String {
         return String(scalars[start..<end])
     }
 }
+
+// MARK: - Shared file mappings
+
+extension OSAllocator {
+    /// How a shared mapping may be accessed.
+    public enum SharedAccess: Hashable, Sendable {
+        /// `PROT_READ | PROT_WRITE` (the descriptor must be open for writing).
+        case readWrite
+        /// `PROT_READ`: a write through the mapping kills the process with SIGSEGV.
+        case readOnly
+    }
+
+    /// Maps `length` bytes of the file behind `fileDescriptor` (a POSIX shared-memory object, a memfd, a file on
+    /// hugetlbfs) from `offset`, `MAP_SHARED`: the mapping layer of shared regions (DivvyShm's `SharedMapping`).
+    ///
+    /// Which pages back a file is the file's property, not the mapping's, so `pages` says what the caller knows of
+    /// the file and asks for what a mapping can add:
+    /// - `.base`: nothing more.
+    /// - `.transparent`: `madvise(MADV_HUGEPAGE)` on the mapping (advice for shmem under `shmem_enabled =
+    ///   advise`); when the kernel refuses it the result's `kind` is `.base` and nothing fails.
+    /// - `.explicit2MiB` / `.explicit1GiB`: the file is on hugetlbfs; `offset` and `length` must be multiples of
+    ///   that page size.
+    ///
+    /// Unmap with `OSAllocator.unmapShared(_:)`.
+    ///
+    /// - Throws: `.invalidLayout` (length not positive, offset negative or not a multiple of the page size of
+    ///   `pages`); `.outOfMemory` (ENOMEM: address space, map count, or huge page pool exhausted);
+    ///   `.systemCallFailed` otherwise (EACCES for a descriptor that does not allow `access`, EBADF, ENODEV, …),
+    ///   with errno in `systemError`. Nothing is mapped then.
+    /// - Complexity: one or two system calls.
+    public static func mapShared(
+        fileDescriptor: Int32, offset: Int, length: Int, access: SharedAccess, pages: PageKind = .base
+    ) throws(AllocationError) -> OSMapping {
+        let granule = pages == .explicit2MiB || pages == .explicit1GiB ? pages.pageSize : OSAllocator.pageSize
+        guard length > 0, offset >= 0, offset % granule == 0 else {
+            throw AllocationError(
+                .invalidLayout,
+                "a shared mapping needs a positive length and an offset that is a non-negative multiple of the page size",
+                size: length, alignment: granule)
+        }
+        if granule > OSAllocator.pageSize, length % granule != 0 {
+            throw AllocationError(
+                .invalidLayout, "a hugetlbfs mapping's length must be a multiple of its huge page size",
+                size: length, alignment: granule)
+        }
+        let protection = access == .readWrite ? MapFlags.readWrite : PROT_READ
+        let start: UnsafeMutableRawPointer
+        switch pointerOrErrno({ mmap(nil, length, protection, MAP_SHARED, fileDescriptor, off_t(offset)) }) {
+        case .success(let mapped): start = mapped
+        case .failure(let error):
+            throw AllocationError(
+                error == .noMemory ? .outOfMemory : .systemCallFailed, "mmap(MAP_SHARED) of a file failed",
+                size: length, alignment: granule, systemError: error.rawValue)
+        }
+        var kind = pages
+        if pages == .transparent,
+            case .failure = systemMadvise(start, length: length, advice: MapFlags.adviseHugePage)
+        {
+            kind = .base  // Advice only: the file keeps base pages.
+        }
+        return OSMapping(block: UnsafeBlock(start: start, size: length), kind: kind)
+    }
+
+    /// Unmaps a mapping from `mapShared`. Other mappings of the file, and the file, are unaffected.
+    ///
+    /// Traps if the kernel rejects the range (it is not a mapping from `mapShared`).
+    public static func unmapShared(_ mapping: OSMapping) {
+        if case .failure(let error) = systemMunmap(mapping.block.start, length: mapping.block.size) {
+            preconditionFailure("OSAllocator: munmap of a shared mapping (\(mapping.block)) failed: \(error)")
+        }
+    }
+}

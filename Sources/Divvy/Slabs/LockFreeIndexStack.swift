@@ -424,6 +424,70 @@ public struct UnsafeLockFreeIndexStack: @unchecked Sendable {
         return current
     }
 
+    // MARK: Walking (read-only, for audits and recovery)
+
+    /// What `walkFreeList()` found.
+    public struct FreeListWalk: Hashable, Sendable {
+        /// The listed (free) indices, top first, as far as the walk got.
+        public var indices: [UInt32]
+        /// Nil when the walk reached the end of the list; otherwise the index where it stopped: out of range
+        /// (`isOutOfRange`), or listed a second time (a cycle).
+        public var brokenAt: UInt32?
+        /// Whether `brokenAt` is out of range (else it closes a cycle).
+        public var isOutOfRange: Bool
+        /// True when the head word (top index and ABA tag) read after the walk equals the one read before it and
+        /// the walk was not broken: no pop or push completed in between (each bumps the tag, and a pop marks its
+        /// slot only after its exchange of the head), so `indices` is exactly the free list at one instant.
+        public var isExact: Bool
+
+        /// Creates a walk record.
+        public init(indices: [UInt32], brokenAt: UInt32?, isOutOfRange: Bool, isExact: Bool) {
+            self.indices = indices
+            self.brokenAt = brokenAt
+            self.isOutOfRange = isOutOfRange
+            self.isExact = isExact
+        }
+    }
+
+    /// Walks the free list from the head without changing anything, for audits and for recovery code that must
+    /// know exactly which indices are listed (see `FreeListWalk.isExact`). Safe to call while other threads and
+    /// processes pop and push; a walk that overlapped them says so (`isExact` false), a list broken by memory
+    /// corruption stops the walk at the bad link.
+    ///
+    /// - Complexity: O(listed indices), at most `capacity` steps; allocates the result.
+    public func walkFreeList() -> FreeListWalk {
+        // Ordering: sequentially consistent for the head and the links, so that a recoverer's snapshot, its
+        // waits and its later pushes are ordered with every other thread's pops and pushes.
+        let before = head.load(ordering: .sequentiallyConsistent)
+        var indices: [UInt32] = []
+        var seen = [Bool](repeating: false, count: capacity)
+        var current = Self.index(of: before)
+        while current != Self.endOfList {
+            guard current < _capacity else {
+                return FreeListWalk(indices: indices, brokenAt: current, isOutOfRange: true, isExact: false)
+            }
+            guard !seen[Int(current)] else {
+                return FreeListWalk(indices: indices, brokenAt: current, isOutOfRange: false, isExact: false)
+            }
+            seen[Int(current)] = true
+            indices.append(current)
+            current = link(current).load(ordering: .sequentiallyConsistent)
+        }
+        let after = head.load(ordering: .sequentiallyConsistent)
+        return FreeListWalk(indices: indices, brokenAt: nil, isOutOfRange: false, isExact: after == before)
+    }
+
+    /// Marks `index` in use without touching the list: for a recoverer that has established (with an exact walk
+    /// and its own records) that the index is neither listed nor held, because a thread died between the two
+    /// steps of a pop or a push; the next `push` of the index then succeeds. Never call it on a listed index.
+    ///
+    /// - Precondition: `index < capacity`.
+    public func markInUseForRecovery(_ index: UInt32) {
+        precondition(index < _capacity, "UnsafeLockFreeIndexStack.markInUseForRecovery: index \(index) out of range")
+        // Ordering: sequentially consistent, like the recoverer's walks and pushes around it.
+        link(index).store(Self.inUseMarker, ordering: .sequentiallyConsistent)
+    }
+
     // MARK: Inspection
 
     /// The top index and ABA tag of the head, as one atomic snapshot (for tests and diagnostics).

@@ -2,8 +2,8 @@
 /// of empty entries. Replaces a `Dictionary` and an `Array` on the allocate/free hot path (hashing with SipHash
 /// and copy-on-write checks cost more than the rest of a pair).
 ///
-/// Open addressing with linear probing over a power-of-two table at most half full, keys hashed by one
-/// multiplication (Fibonacci hashing); deletion shifts the following run back, so there are no tombstones and a
+/// Open addressing with linear probing over a power-of-two table at most half full, keys (raw handles) hashed by
+/// one multiplication of their offset half (Fibonacci hashing); deletion shifts the following run back, so there are no tombstones and a
 /// lookup stops at the first empty bucket. Key 0 marks an empty bucket (0 is never a valid handle).
 ///
 /// Process-local and single-threaded, like the participant that owns it.
@@ -42,7 +42,13 @@ internal struct SharedHeapHeldTable {
         free.deallocate()
     }
 
-    @inlinable @inline(__always) func bucket(_ key: UInt64) -> Int { Int(truncatingIfNeeded: (key &* 0x9E37_79B9_7F4A_7C15) >> shift) }
+    /// The home bucket of a handle: a hash of its *offset* half only. A participant holds at most one handle per
+    /// block (one generation is live at a time), so this loses nothing, and a block freed and allocated again
+    /// lands in the same, cache-warm bucket (hashing the generation too sent every allocate+free pair to a
+    /// random bucket: a cache miss per operation in a 64 KiB table).
+    @inlinable @inline(__always) func bucket(_ key: UInt64) -> Int {
+        Int(truncatingIfNeeded: ((key & 0xFFFF_FFFF) &* 0x9E37_79B9_7F4A_7C15) >> shift)
+    }
 
     /// The held-list entry of `key`, or nil.
     @inlinable @inline(__always) func find(_ key: UInt64) -> Int? {

@@ -377,21 +377,10 @@ extension SharedHeap {
     /// - Throws: `.recoveryIncomplete` when a live participant kept a page in hand for a whole second, or the
     ///   pool changed under every snapshot attempt.
     internal func restorePoolPages(except p: Int) throws(SharedHeapError) -> Int {
-        // The tiers' pools: (pool memory, first page, pages). Everything below is per tier, except the wait.
-        var tiers = [(base: meta + layout.poolOffset, first: 0, count: layout.smallPageCount)]
-        if layout.spanPageCount > 0 {
-            tiers.append((base: meta + layout.spanPoolOffset, first: layout.smallPageCount, count: layout.spanPageCount))
-        }
-        func head(_ tier: Int) -> UnsafeAtomic<UInt64> {
-            UnsafeAtomic<UInt64>(at: tiers[tier].base.assumingMemoryBound(to: UnsafeAtomic<UInt64>.Storage.self))
-        }
-        func poolLink(_ tier: Int, _ index: Int) -> UnsafeAtomic<UInt32> {
-            UnsafeAtomic<UInt32>(
-                at: (tiers[tier].base + 128 + 4 * index).assumingMemoryBound(to: UnsafeAtomic<UInt32>.Storage.self))
-        }
-        func snapshot(_ tier: Int) throws(SharedHeapError) -> [Bool] {
-            try exactPoolSnapshot(head: head(tier), count: tiers[tier].count) { poolLink(tier, $0) }
-        }
+        // The tiers' pools: (stack, first page, pages). Everything below is per tier, except the wait.
+        var tiers = [(stack: pool, first: 0, count: layout.smallPageCount)]
+        if let spanPool { tiers.append((stack: spanPool, first: layout.smallPageCount, count: layout.spanPageCount)) }
+        func snapshot(_ tier: Int) throws(SharedHeapError) -> [Bool] { try exactPoolSnapshot(tiers[tier].stack) }
         // (1) An exact snapshot of each pool.
         var inPool: [[Bool]] = []
         for tier in tiers.indices { inPool.append(try snapshot(tier)) }
@@ -414,7 +403,6 @@ extension SharedHeap {
             }
         }
         var pushed = 0
-        let inUse: UInt32 = 0xFFFF_FFFE
         for tier in tiers.indices {
             let first = tiers[tier].first
             // (3) Pooled, not listed, popped: push.
@@ -424,7 +412,7 @@ extension SharedHeap {
                 guard PageWord.kind(pageState(page).load(ordering: .sequentiallyConsistent)) == PageWord.pooled else {
                     continue
                 }
-                if poolLink(tier, index).load(ordering: .sequentiallyConsistent) == inUse {
+                if tiers[tier].stack.isInUse(UInt32(index)) {
                     if (try? pushPooled(page)) != nil { pushed += 1 }
                 } else {
                     unmarked.append(index)
@@ -446,29 +434,22 @@ extension SharedHeap {
                     PageWord.kind(pageState(first + index).load(ordering: .sequentiallyConsistent)) == PageWord.pooled,
                     othersQuiet()
                 else { continue }
-                poolLink(tier, index).store(inUse, ordering: .sequentiallyConsistent)
+                tiers[tier].stack.markInUseForRecovery(UInt32(index))
                 if (try? pushPooled(first + index)) != nil { pushed += 1 }
             }
         }
         return pushed
     }
 
-    private func exactPoolSnapshot(
-        head: UnsafeAtomic<UInt64>, count: Int, link: (Int) -> UnsafeAtomic<UInt32>
-    ) throws(SharedHeapError) -> [Bool] {
+    /// The pool's listed pages (by index in the pool) at one instant: walks until a walk is exact.
+    private func exactPoolSnapshot(_ stack: UnsafeLockFreeIndexStack) throws(SharedHeapError) -> [Bool] {
         for _ in 0..<10_000 {
-            // Ordering: sequentially consistent, for the head and the links: the snapshot, the waits and the
-            // pushes that follow it must be ordered with the other participants' pool operations.
-            let before = head.load(ordering: .sequentiallyConsistent)
-            var inPool = [Bool](repeating: false, count: count)
-            var index = UInt32(truncatingIfNeeded: before)
-            var consistent = true
-            while index != endOfSlots {
-                guard Int(index) < count, !inPool[Int(index)] else { consistent = false; break }
-                inPool[Int(index)] = true
-                index = link(Int(index)).load(ordering: .sequentiallyConsistent)
+            let walk = stack.walkFreeList()
+            if walk.isExact {
+                var inPool = [Bool](repeating: false, count: stack.capacity)
+                for index in walk.indices { inPool[Int(index)] = true }
+                return inPool
             }
-            if consistent, head.load(ordering: .sequentiallyConsistent) == before { return inPool }
             sched_yield()
         }
         throw SharedHeapError(.recoveryIncomplete, "the page pool kept changing; call recover again later")

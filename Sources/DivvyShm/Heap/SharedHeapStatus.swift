@@ -80,7 +80,9 @@ public struct SharedHeapUsage: Hashable, Sendable, CustomStringConvertible {
 
 extension SharedHeap {
     /// Sets how many pages participant `participant` may own at once (nil = no limit): a quota for a daemon's
-    /// clients. Callable from any process that maps the heap, while the participant runs.
+    /// clients. Callable from any process that maps the heap, while the participant runs. Pages are counted in
+    /// units of `pageSize`: a span page (large blocks) counts `spanPageSize / pageSize`, so the allowance bounds
+    /// bytes (`pages × pageSize`) whatever the tier.
     ///
     /// The allowance limits *new* pages only: a participant already owning more keeps them (nothing is taken
     /// away); its next allocation that needs a new page throws `.pageAllowanceExhausted` until it owns fewer pages

@@ -106,23 +106,15 @@ extension SharedHeap {
         // Page pools (one per tier; `pooled` is indexed by page number).
         var pooled = [Bool](repeating: false, count: l.pageCount)
         var steps = 0
-        var pools = [(base: meta + l.poolOffset, first: 0, count: l.smallPageCount, name: "page pool")]
-        if l.spanPageCount > 0 {
-            pools.append((base: meta + l.spanPoolOffset, first: l.smallPageCount, count: l.spanPageCount,
-                          name: "span page pool"))
-        }
+        var pools = [(stack: pool, first: 0, name: "page pool")]
+        if let spanPool { pools.append((stack: spanPool, first: l.smallPageCount, name: "span page pool")) }
         for tier in pools {
-            var top = UInt32(truncatingIfNeeded: UnsafeAtomic<UInt64>(
-                at: tier.base.assumingMemoryBound(to: UnsafeAtomic<UInt64>.Storage.self)).load(ordering: .acquiring))
-            while top != 0xFFFF_FFFF {
-                guard Int(top) < tier.count else { violation("\(tier.name) lists page \(top), out of range"); break }
-                let page = tier.first + Int(top)
-                guard !pooled[page] else { violation("\(tier.name)'s list has a cycle at page \(page)"); break }
-                pooled[page] = true
-                steps += 1
-                top = UnsafeAtomic<UInt32>(
-                    at: (tier.base + 128 + 4 * Int(top)).assumingMemoryBound(to: UnsafeAtomic<UInt32>.Storage.self)
-                ).load(ordering: .acquiring)
+            let walk = tier.stack.walkFreeList()
+            for index in walk.indices { pooled[tier.first + Int(index)] = true }
+            steps += walk.indices.count
+            if let bad = walk.brokenAt {
+                violation(walk.isOutOfRange ? "\(tier.name) lists page \(bad), out of range"
+                    : "\(tier.name)'s list has a cycle at page \(tier.first + Int(bad))")
             }
         }
 

@@ -21,6 +21,8 @@ let package = Package(
         .executable(name: "divvyctl", targets: ["divvyctl"]),
         // `LD_PRELOAD=.build/<config>/libDivvyMalloc.so program`: a Divvy composition as the process's malloc.
         .library(name: "DivvyMalloc", type: .dynamic, targets: ["DivvyMalloc"]),
+        // The C client ABI: `libdivvy.so` + `divvy.h` (Sources/CDivvyC/include); C programs link with `-ldivvy`.
+        .library(name: "divvy", type: .dynamic, targets: ["DivvyC"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
@@ -152,6 +154,16 @@ let package = Package(
                 .product(name: "SystemPackage", package: "swift-system"),
             ],
             swiftSettings: [.enableExperimentalFeature("Lifetimes")]
+        ),
+        // The C client ABI: the header, the error strings and the thread-local last-error message (C) ...
+        .target(name: "CDivvyC"),
+        // ... and the `@_cdecl` functions over DivvyClient (Swift). Product `divvy` (libdivvy.so).
+        // libdivvy.map: the library exports exactly divvy.h's functions (the Swift and C shim symbols stay local).
+        .target(
+            name: "DivvyC", dependencies: ["CDivvyC", "DivvyClient", "DivvyProtocol"], exclude: ["libdivvy.map"],
+            linkerSettings: [
+                .unsafeFlags(["-Xlinker", "--version-script=\(Context.packageDirectory)/Sources/DivvyC/libdivvy.map"])
+            ]
         ),
         // A client process for the end-to-end tests: runs scripted client operations against a daemon.
         .executableTarget(

@@ -396,11 +396,9 @@ static void run_handover(divvy_client *client, const char *socket_path, int chil
     }
     struct divvy_stats stats;
     EXPECT(divvy_stats(client, &stats), DIVVY_OK);
-    if (granted == DIVVY_MODE_MEDIATED) {
-        CHECK(stats.blocks_held == SINGLES + BATCH, "stats: %" PRIu64 " blocks held, expected %d",
-              stats.blocks_held, SINGLES + BATCH);
-        CHECK(stats.bytes_held >= total + BATCH * BATCH_SIZE, "stats: %" PRIu64 " bytes held", stats.bytes_held);
-    }
+    CHECK(stats.blocks_held == SINGLES + BATCH, "stats: %" PRIu64 " blocks held, expected %d",
+          stats.blocks_held, SINGLES + BATCH);
+    CHECK(stats.bytes_held >= total + BATCH * BATCH_SIZE, "stats: %" PRIu64 " bytes held", stats.bytes_held);
     CHECK(stats.heap_bytes_used >= total + BATCH * BATCH_SIZE, "stats: the heap uses %" PRIu64 " bytes, fewer than "
           "this client's blocks", stats.heap_bytes_used);
     CHECK(stats.clients >= 1 && stats.quota_bytes >= stats.bytes_held, "stats: clients %u quota %" PRIu64,

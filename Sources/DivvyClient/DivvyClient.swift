@@ -426,11 +426,23 @@ public final class DivvyClient {
     // MARK: Daemon calls
 
     /// This client's usage and the heap's, from the daemon.
+    ///
+    /// A direct client's own holdings live in shared memory, not in the daemon's records: the reply's
+    /// `bytesHeld` and `blocksHeld` (what the client holds through the daemon) are completed here with the
+    /// blocks its participant holds. O(blocks held).
     public func stats() throws(DivvyClientError) -> ClientStats {
+        var stats: ClientStats
         switch try request(.stats).message {
-        case .statsReply(let stats): return stats
+        case .statsReply(let reply): stats = reply
         case let other: throw unexpected(other, for: .stats)
         }
+        if let participant, let heap {
+            for handle in participant.heldHandles {
+                stats.blocksHeld += 1
+                stats.bytesHeld += UInt64((try? heap.blockSize(of: handle)) ?? 0)
+            }
+        }
+        return stats
     }
 
     /// A round trip carrying `payload` (echoed back).

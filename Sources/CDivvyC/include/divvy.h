@@ -137,11 +137,10 @@ typedef enum divvy_error {
 
 /* This client's usage and the heap's totals (divvy_stats). A struct tag only: `divvy_stats` is also the function. */
 struct divvy_stats {
-    /* Bytes this client holds through the daemon (sum of its blocks' sizes). Mediated clients only for now: a
-       direct client's blocks live in shared memory and the daemon does not count them here (0); heap_bytes_used
-       includes them. */
+    /* Bytes this client holds (sum of its blocks' sizes): through the daemon, plus, for a direct client, the
+       blocks its heap participant holds in shared memory (counted by the library when divvy_stats is called). */
     uint64_t bytes_held;
-    /* Blocks this client holds through the daemon (mediated clients; see bytes_held). */
+    /* Blocks this client holds (see bytes_held). */
     uint64_t blocks_held;
     /* The most bytes this client may hold. */
     uint64_t quota_bytes;

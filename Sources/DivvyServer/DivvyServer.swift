@@ -596,9 +596,13 @@ public final class DivvyServer: @unchecked Sendable {
                 counters.frees += freed
                 metrics.frees.increment(by: freed)
             }
+            // The table is moved out of the session for the loop (see allocateBatch).
+            var holdings = session.holdings
+            session.holdings = HandleTable()
+            defer { session.holdings = holdings }
             for handle in handles {
                 do throws(ServiceError) {
-                    statuses.append(try free(session, handle) ? .released : .stillHeld)
+                    statuses.append(try free(session, handle, in: &holdings) ? .released : .stillHeld)
                     freed += 1
                 } catch {
                     counters.countError(error.code)
@@ -801,7 +805,15 @@ public final class DivvyServer: @unchecked Sendable {
                 throw ServiceError(error)
             }
         }
-        for handle in handles { record(session, handle, blockSize) }
+        // Fresh handles cannot be in the table yet. The table is moved out of the session for the loop, so it is
+        // uniquely referenced (no copy) and mutated without a dynamic exclusivity check per block.
+        var holdings = session.holdings
+        session.holdings = HandleTable()
+        let holding = Session.Holding(count: 1, blockSize: UInt32(blockSize))
+        for handle in handles { holdings.insertNew(handle, holding) }
+        session.holdings = holdings
+        session.blocksHeld += count
+        session.bytesHeld += blockSize * count
         counters.allocations += count
         metrics.allocations.increment(by: count)
         return .allocatedBatch(blockSize: UInt64(blockSize), handles: handles)
@@ -809,7 +821,14 @@ public final class DivvyServer: @unchecked Sendable {
 
     /// Drops one of the session's holdings of `handle`; true when the block went back to the heap.
     private func free(_ session: Session, _ raw: UInt64) throws(ServiceError) -> Bool {
-        guard let holding = session.holdings[raw] else {
+        try free(session, raw, in: &session.holdings)
+    }
+
+    /// `free(_:_:)` with the session's holdings table passed in (a batch moves it out of the session).
+    private func free(_ session: Session, _ raw: UInt64, in holdings: inout HandleTable<Session.Holding>)
+        throws(ServiceError) -> Bool
+    {
+        guard let holding = holdings[raw] else {
             throw diagnoseForeign(SharedHeapHandle(rawValue: raw))
         }
         let released: Bool
@@ -819,9 +838,9 @@ public final class DivvyServer: @unchecked Sendable {
             throw ServiceError(error)
         }
         if holding.count == 1 {
-            session.holdings[raw] = nil
+            holdings[raw] = nil
         } else {
-            session.holdings[raw] = Session.Holding(count: holding.count - 1, blockSize: holding.blockSize)
+            holdings[raw] = Session.Holding(count: holding.count - 1, blockSize: holding.blockSize)
         }
         session.blocksHeld -= 1
         session.bytesHeld -= Int(holding.blockSize)

@@ -41,6 +41,14 @@ struct HandleTable<Value> {
         }
     }
 
+    /// Inserts a key known to be absent (a freshly allocated handle): no lookup first.
+    mutating func insertNew(_ key: UInt64, _ value: Value) {
+        #if DIVVY_INTERNAL_CHECKS
+        precondition(self[key] == nil, "insertNew of a key already present")
+        #endif
+        insert(key, value)
+    }
+
     private mutating func insert(_ key: UInt64, _ value: Value) {
         if (count + 1) * 4 > keys.count * 3 { grow() }
         var index = bucket(key)

@@ -83,6 +83,10 @@ public final class DivvyServer: @unchecked Sendable {
     /// The heap's block sizes, ascending (read once: `heap.sizeClasses` builds an array).
     private let classSizes: [Int]
     private let metrics = ServerMetrics()
+    private var metricsListener: MetricsListener?
+
+    /// The port of the optional metrics HTTP listener (`metrics-listen`), or nil when it is off.
+    public var metricsPort: UInt16? { metricsListener?.port }
     private let receiveBuffer: UnsafeMutableRawBufferPointer
     private var sendBuffer: [UInt8] = []
     private var shutdownDeadline: Double?
@@ -186,6 +190,15 @@ public final class DivvyServer: @unchecked Sendable {
             throw ServerError(.socket, "could not listen on \(configuration.socketPath): \(error)")
         }
         receiveBuffer = .allocate(byteCount: ProtocolLimits.maxFrameSize + 1, alignment: 16)
+        if let listen = configuration.metricsListen, let (host, port) = ServerConfiguration.hostAndPort(listen) {
+            let registry = metrics.registry
+            do throws(ServerError) {
+                metricsListener = try MetricsListener(host: host, port: port) { registry.emitToString() }
+            } catch {
+                if configuration.regionName != nil { try? region.remove() }
+                throw error
+            }
+        }
         logger.info(
             "divvyd ready",
             metadata: [
@@ -253,6 +266,7 @@ public final class DivvyServer: @unchecked Sendable {
             if try progressShutdown(now: now) { break }
             publishCounters()
         }
+        metricsListener?.stop()
         participant?.leave()
         participant = nil
         if configuration.regionName != nil {

@@ -49,6 +49,9 @@ public struct ServerConfiguration: Hashable, Sendable {
     public var initialLeasePages: Int
     /// How long a graceful shutdown waits for clients to say goodbye before reclaiming their memory. Default 2 s.
     public var shutdownGraceMilliseconds: Int
+    /// `host:port` (IPv4) of an HTTP listener serving `GET /metrics` for Prometheus, or nil (the default: off;
+    /// `divvyctl metrics` works without it). Port 0 picks a free port.
+    public var metricsListen: String?
 
     /// The defaults (see each property).
     public init() {
@@ -68,6 +71,7 @@ public struct ServerConfiguration: Hashable, Sendable {
         maxClients = 1024
         initialLeasePages = 16
         shutdownGraceMilliseconds = 2000
+        metricsListen = nil
     }
 
     /// An error in a config file or flag value: the line and what is wrong.
@@ -85,6 +89,7 @@ public struct ServerConfiguration: Hashable, Sendable {
         "socket", "socket-mode", "region-name", "region-prefix", "data-size", "page-size", "size-classes",
         "held-capacity", "huge-pages", "commit", "prefault", "allow-uids", "allow-gids", "direct-uids",
         "direct-gids", "admin-uids", "admin-gids", "quota", "max-clients", "initial-lease-pages", "shutdown-grace-ms",
+        "metrics-listen",
     ]
 
     /// Applies a config file's text: one `key = value` per line, `#` comments, blank lines ignored. Keys are
@@ -154,6 +159,15 @@ public struct ServerConfiguration: Hashable, Sendable {
         case "max-clients": maxClients = try Self.count(value, key)
         case "initial-lease-pages": initialLeasePages = try Self.count(value, key)
         case "shutdown-grace-ms": shutdownGraceMilliseconds = try Self.count(value, key)
+        case "metrics-listen":
+            if value.isEmpty || value == "off" {
+                metricsListen = nil
+            } else {
+                guard Self.hostAndPort(value) != nil else {
+                    throw ParseError("metrics-listen must be host:port like 127.0.0.1:9464 (or off), not '\(value)'")
+                }
+                metricsListen = value
+            }
         default:
             throw ParseError("unknown setting '\(key)'; known: \(Self.keys.joined(separator: ", "))")
         }
@@ -196,10 +210,20 @@ public struct ServerConfiguration: Hashable, Sendable {
             ("quota", quotaBytes.map(String.init) ?? "default"), ("max-clients", String(maxClients)),
             ("initial-lease-pages", String(initialLeasePages)),
             ("shutdown-grace-ms", String(shutdownGraceMilliseconds)),
+            ("metrics-listen", metricsListen ?? "off"),
         ]
     }
 
     // MARK: Value parsers
+
+    /// `host:port` split, or nil.
+    static func hostAndPort(_ text: String) -> (host: String, port: UInt16)? {
+        guard let colon = text.lastIndex(of: ":"), let port = UInt16(text[text.index(after: colon)...]) else {
+            return nil
+        }
+        let host = String(text[..<colon])
+        return host.isEmpty ? nil : (host, port)
+    }
 
     static func size(_ text: String, _ key: String) throws(ParseError) -> Int {
         var digits = Substring(text)

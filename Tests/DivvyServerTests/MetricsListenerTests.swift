@@ -1,0 +1,74 @@
+import DivvyServer
+import Foundation
+import XCTest
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The optional HTTP metrics listener (`metrics-listen`).
+final class MetricsListenerTests: XCTestCase {
+    /// One HTTP request to 127.0.0.1:port; the whole response.
+    private func get(_ path: String, port: UInt16) throws -> String {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = port.bigEndian
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard connected == 0 else { throw NSError(domain: "connect failed", code: Int(errno)) }
+        let request = Array("GET \(path) HTTP/1.1\r\nHost: localhost\r\n\r\n".utf8)
+        _ = request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
+        var response: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let count = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if count <= 0 { break }
+            response += buffer[..<count]
+        }
+        return String(decoding: response, as: UTF8.self)
+    }
+
+    func testOffByDefault() throws {
+        let daemon = try TestDaemon()
+        XCTAssertNil(daemon.server.metricsPort)
+        XCTAssertNil(ServerConfiguration().metricsListen)
+    }
+
+    func testServesThePrometheusExpositionOnLoopback() throws {
+        let daemon = try TestDaemon { $0.metricsListen = "127.0.0.1:0" }
+        let port = try XCTUnwrap(daemon.server.metricsPort)
+        let client = try daemon.client(.mediated)
+        _ = try client.allocateBatch(size: 64, count: 3)
+        try client.ping()
+        // Gauges refresh on the loop's tick (≈ 200 ms); counters at once.
+        var response = ""
+        for _ in 0..<50 {
+            response = try get("/metrics", port: port)
+            if response.contains("divvy_clients 1.0") { break }
+            usleep(50_000)
+        }
+        XCTAssertTrue(response.hasPrefix("HTTP/1.1 200 OK\r\n"), response)
+        XCTAssertTrue(response.contains("Content-Type: text/plain; version=0.0.4"), response)
+        XCTAssertTrue(response.contains("divvy_alloc_total 3\n"), response)
+        XCTAssertTrue(response.contains("divvy_clients 1.0"), response)
+        let missing = try get("/other", port: port)
+        XCTAssertTrue(missing.hasPrefix("HTTP/1.1 404"), missing)
+        client.close()
+        daemon.stop()
+        XCTAssertThrowsError(try get("/metrics", port: port), "the listener stops with the daemon")
+    }
+
+    func testBadAddressesAreRefused() {
+        var configuration = ServerConfiguration()
+        XCTAssertThrowsError(try configuration.set("metrics-listen", "9464"))
+        XCTAssertThrowsError(try configuration.set("metrics-listen", "localhost:99999"))
+        XCTAssertNoThrow(try configuration.set("metrics-listen", "off"))
+        XCTAssertThrowsError(try TestDaemon { $0.metricsListen = "not-an-ip:9464" }) { error in
+            XCTAssertTrue("\(error)".contains("not an IPv4 address"), "\(error)")
+        }
+    }
+}

@@ -131,9 +131,10 @@ public final class SystemdNotifier: @unchecked Sendable {
         let type = Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
         let fd = Glibc.socket(AF_UNIX, type, 0)
         guard fd >= 0 else {
+            let error = errno
             logger?.warning(
                 "cannot create the sd_notify socket; systemd will not hear from divvyd",
-                metadata: ["errno": "\(errno)", "error": "\(String(cString: strerror(errno)))"])
+                metadata: ["error": "\(String(cString: strerror(error))) (errno \(error))"])
             return nil
         }
         // Bounds the wait of the notifications systemd acts on (see `notify(_:)`); the others never wait.

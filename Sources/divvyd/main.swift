@@ -92,18 +92,57 @@ struct Divvyd: AsyncParsableCommand {
         }
         let logger = Logger(label: "divvyd")
 
+        // Under systemd (see deploy/): sd_notify for Type=notify, the watchdog, and socket activation. Both read
+        // (and unset) their variables now, before the server's threads start; outside systemd both are nil.
+        let notifier = SystemdNotifier.fromProcessEnvironment(logger: logger)
+        func fail(_ message: String) -> ExitCode {
+            FileHandle.standardError.write(Data("divvyd: \(message)\n".utf8))
+            notifier?.notify("STATUS=divvyd failed: \(message.split(whereSeparator: \.isNewline).joined(separator: " "))")
+            return ExitCode(1)
+        }
+        let listener: SocketActivation.Socket?
+        do {
+            listener = try SocketActivation.fromProcessEnvironment()?.onlyListener()
+        } catch {
+            throw fail("socket activation: \(error)")
+        }
+        if let listener, let path = SocketActivation.boundPath(of: listener.descriptor),
+            path != configuration.socketPath
+        {
+            // The service manager owns the socket: its path is the one clients use, whatever the config says.
+            logger.notice(
+                "serving the socket-activated listener instead of the configured socket",
+                metadata: ["listener": "\(path)", "configured": "\(configuration.socketPath)"])
+            configuration.socketPath = path
+        }
+        if notifier != nil || listener != nil {
+            logger.info(
+                "service manager integration",
+                metadata: [
+                    "notify_socket": "\(notifier.map { "\($0.destination)" } ?? "none")",
+                    "watchdog": "\(notifier?.watchdogInterval.map { "\($0)" } ?? "off")",
+                    "socket_activated": "\(listener.map { "fd \($0.descriptor) '\($0.name)'" } ?? "no")",
+                ])
+        }
+
         let server: DivvyServer
         do {
-            server = try DivvyServer(configuration: configuration, logger: logger)
+            server = try DivvyServer(
+                configuration: configuration, logger: logger, listenerDescriptor: listener?.descriptor,
+                hooks: notifier?.serverHooks() ?? ServerHooks())
         } catch {
-            FileHandle.standardError.write(Data("divvyd: \(error)\n".utf8))
-            throw ExitCode(1)
+            throw fail("\(error)")
         }
         let group = ServiceGroup(
             configuration: .init(
                 services: [.init(service: DivvyServerService(server: server))],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
-        try await group.run()
+        do {
+            try await group.run()
+        } catch {
+            notifier?.notify("STATUS=divvyd failed: \(error)")
+            throw error
+        }
     }
 }

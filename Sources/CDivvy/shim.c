@@ -111,6 +111,16 @@ int divvy_peer_credentials(int socket, int32_t *pid, uint32_t *uid, uint32_t *gi
     return 0;
 }
 
+#ifndef SO_PEERGROUPS
+#define SO_PEERGROUPS 59 // include/uapi/asm-generic/socket.h; older headers lack it
+#endif
+int divvy_peer_groups(int socket, uint32_t *groups, int capacity) {
+    socklen_t size = (socklen_t)(sizeof(uint32_t) * (size_t)(capacity > 0 ? capacity : 0));
+    if (getsockopt(socket, SOL_SOCKET, SO_PEERGROUPS, groups, &size) == 0) return (int)(size / sizeof(uint32_t));
+    if (errno == ERANGE) return (int)(size / sizeof(uint32_t));
+    return -1;
+}
+
 int divvy_epoll_ctl(int epoll, int operation, int descriptor, uint32_t events, uint64_t data) {
     struct epoll_event event = { .events = events, .data = { .u64 = data } };
     return epoll_ctl(epoll, operation, descriptor, &event);

@@ -7,7 +7,8 @@ import Glibc
 /// Who may connect to the daemon, who gets direct (shared-memory) access, and who may run admin operations —
 /// decided from the peer's kernel-recorded credentials (`SO_PEERCRED`), which a client cannot forge.
 ///
-/// A peer matches a rule when its uid is in the rule's uid set or its gid is in the rule's gid set; nobody is
+/// A peer matches a rule when its uid is in the rule's uid set, or its gid or one of its supplementary groups
+/// (`SO_PEERGROUPS`) is in the rule's gid set; nobody is
 /// special-cased (so a policy can exclude even root). The defaults admit the daemon's own uid and root for
 /// everything.
 public struct AccessPolicy: Hashable, Sendable {
@@ -49,7 +50,7 @@ public struct AccessPolicy: Hashable, Sendable {
     }
 
     private static func matches(_ peer: PeerCredentials, _ uids: Set<UInt32>, _ gids: Set<UInt32>) -> Bool {
-        uids.contains(peer.uid) || gids.contains(peer.gid)
+        uids.contains(peer.uid) || gids.contains(peer.gid) || peer.groups.contains { gids.contains($0) }
     }
 
     /// Whether `peer` may connect at all.

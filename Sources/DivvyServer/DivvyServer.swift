@@ -203,7 +203,8 @@ public final class DivvyServer: @unchecked Sendable {
             "divvyd ready",
             metadata: [
                 "socket": "\(configuration.socketPath)", "region": "\(region.objectName ?? "anonymous memfd")",
-                "data_bytes": "\(region.geometry.dataSize)", "pages": "\(heap.pageCount)x\(heap.pageSize)",
+                "data_bytes": "\(region.geometry.dataSize)",
+                "pages": "\(heap.smallPageCount)x\(heap.pageSize) + \(heap.spanPageCount)x\(heap.spanPageSize)",
                 "page_kind": "\(region.pageKind)",
             ])
     }

@@ -13,15 +13,18 @@ public struct PeerCredentials: Hashable, Sendable, CustomStringConvertible {
     public var uid: UInt32
     /// The peer's effective group id.
     public var gid: UInt32
+    /// The peer's supplementary groups (`SO_PEERGROUPS`), as recorded at connect time.
+    public var groups: [UInt32]
 
     /// Creates credentials.
-    public init(pid: Int32, uid: UInt32, gid: UInt32) {
+    public init(pid: Int32, uid: UInt32, gid: UInt32, groups: [UInt32] = []) {
         self.pid = pid
         self.uid = uid
         self.gid = gid
+        self.groups = groups
     }
 
-    /// `pid 12 uid 1000 gid 1000`.
+    /// `pid 12 uid 1000 gid 1000` (supplementary groups not shown).
     public var description: String { "pid \(pid) uid \(uid) gid \(gid)" }
 }
 
@@ -221,7 +224,14 @@ public final class SeqpacketSocket {
         guard divvy_peer_credentials(fileDescriptor, &pid, &uid, &gid) == 0 else {
             throw TransportError(.systemCallFailed, "getsockopt(SO_PEERCRED) failed", errno: divvy_errno())
         }
-        return PeerCredentials(pid: pid, uid: uid, gid: gid)
+        // Supplementary groups: a member of the daemon's group through a secondary membership must match a gid rule.
+        var groups = [UInt32](repeating: 0, count: 64)
+        var count = divvy_peer_groups(fileDescriptor, &groups, Int32(groups.count))
+        if count > Int32(groups.count) {
+            groups = [UInt32](repeating: 0, count: Int(count))
+            count = divvy_peer_groups(fileDescriptor, &groups, Int32(groups.count))
+        }
+        return PeerCredentials(pid: pid, uid: uid, gid: gid, groups: Array(groups.prefix(max(0, Int(count)))))
     }
 
     /// Sets a receive timeout (`SO_RCVTIMEO`); nil blocks forever.

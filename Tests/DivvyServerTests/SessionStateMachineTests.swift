@@ -140,5 +140,8 @@ final class ServerConfigurationTests: XCTestCase {
         XCTAssertFalse(policy.allowsDirect(PeerCredentials(pid: 1, uid: 7, gid: 50)))
         XCTAssertFalse(policy.allowsAdmin(PeerCredentials(pid: 1, uid: 7, gid: 10)), "admin needs admission too")
         XCTAssertTrue(AccessPolicy().admits(PeerCredentials(pid: 1, uid: getuid(), gid: 12345)))
+        // Supplementary groups count for gid rules.
+        XCTAssertTrue(policy.admits(PeerCredentials(pid: 1, uid: 7, gid: 1, groups: [3, 50])))
+        XCTAssertFalse(policy.admits(PeerCredentials(pid: 1, uid: 7, gid: 1, groups: [3, 4])))
     }
 }

@@ -77,6 +77,10 @@ long divvy_recv_with_fd(int socket, void *buffer, size_t length, int *descriptor
 /// getsockopt(SO_PEERCRED): the peer's pid, uid and gid (struct ucred needs _GNU_SOURCE). Returns 0, or -1.
 int divvy_peer_credentials(int socket, int32_t *pid, uint32_t *uid, uint32_t *gid);
 
+/// getsockopt(SO_PEERGROUPS) (Linux 4.13): the peer's supplementary groups, at most `capacity`. Returns how many
+/// there are (which may exceed `capacity`: call again with more room), or -1 with errno set.
+int divvy_peer_groups(int socket, uint32_t *groups, int capacity);
+
 /// epoll_ctl(2) without the packed `struct epoll_event` (packed on x86_64; Swift imports it awkwardly).
 int divvy_epoll_ctl(int epoll, int operation, int descriptor, uint32_t events, uint64_t data);
 /// epoll_wait(2) writing each ready event's data and event mask into two parallel arrays. Returns the count,

@@ -1,0 +1,61 @@
+import DivvyTransport
+import Foundation
+import XCTest
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+final class TransportTests: XCTestCase {
+    func testPeerCredentialsIncludeSupplementaryGroups() throws {
+        let (a, b) = try SeqpacketSocket.pair()
+        let credentials = try b.peerCredentials()
+        XCTAssertEqual(credentials.pid, getpid())
+        XCTAssertEqual(credentials.uid, geteuid())
+        XCTAssertEqual(credentials.gid, getegid())
+        var groups = [gid_t](repeating: 0, count: 256)
+        let count = getgroups(Int32(groups.count), &groups)
+        XCTAssertEqual(Set(credentials.groups), Set(groups.prefix(Int(max(0, count)))))
+        withExtendedLifetime(a) {}
+    }
+
+    func testDescriptorPassingAndDatagramBoundaries() throws {
+        let (a, b) = try SeqpacketSocket.pair()
+        let fd = open("/dev/null", O_RDONLY)
+        defer { close(fd) }
+        XCTAssertEqual(try a.send([1, 2, 3], descriptor: fd), .sent)
+        XCTAssertEqual(try a.send([4, 5]), .sent)
+        var buffer = [UInt8](repeating: 0, count: 16)
+        let first = try buffer.withUnsafeMutableBytes { try b.receive(into: $0) }
+        guard case .datagram(3, let passed?, false) = first else { return XCTFail("\(first)") }
+        XCTAssertNotEqual(passed, fd, "a new descriptor for the same file")
+        XCTAssertEqual(fcntl(passed, F_GETFD) & FD_CLOEXEC, FD_CLOEXEC, "received close-on-exec")
+        close(passed)
+        let second = try buffer.withUnsafeMutableBytes { try b.receive(into: $0) }
+        XCTAssertEqual(second, .datagram(count: 2, descriptor: nil, truncated: false))
+        XCTAssertEqual(Array(buffer.prefix(2)), [4, 5])
+        a.close()
+        XCTAssertEqual(try buffer.withUnsafeMutableBytes { try b.receive(into: $0) }, .endOfFile)
+    }
+
+    func testListenRefusesALiveListenerAndReplacesAStaleSocketFile() throws {
+        let directory = try temporarySocketDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let path = directory + "/s.sock"
+        var listener: SeqpacketSocket? = try SeqpacketSocket.listen(path: path)
+        XCTAssertThrowsError(try SeqpacketSocket.listen(path: path)) { error in
+            XCTAssertEqual((error as? TransportError)?.code, .addressInUse)
+        }
+        listener?.close()
+        listener = nil
+        XCTAssertTrue(FileManager.default.fileExists(atPath: path), "a stale socket file stays behind")
+        XCTAssertNoThrow(try SeqpacketSocket.listen(path: path), "a stale socket file is replaced")
+        XCTAssertThrowsError(try SeqpacketSocket.listen(path: String(repeating: "x", count: 200))) { error in
+            XCTAssertEqual((error as? TransportError)?.code, .pathTooLong)
+        }
+        FileManager.default.createFile(atPath: directory + "/file", contents: Data())
+        XCTAssertThrowsError(try SeqpacketSocket.listen(path: directory + "/file")) { error in
+            XCTAssertTrue("\(error)".contains("is not a socket"), "\(error)")
+        }
+    }
+}

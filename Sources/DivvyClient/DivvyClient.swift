@@ -160,19 +160,23 @@ public final class DivvyClient {
         quotaBytes = Int(welcome.quotaBytes)
         sizeClasses = welcome.sizeClasses.map { Int($0) }
 
-        let (reply, descriptor) = try requestWithDescriptor(.mapRegion)
-        guard case .region(let grant) = reply.message else {
-            if let descriptor { _ = Glibc.close(descriptor) }
-            throw unexpected(reply.message, for: .mapRegion)
+        let (reply, descriptors) = try requestWithDescriptors(.mapRegion)
+        defer { for descriptor in descriptors { _ = Glibc.close(descriptor) } }
+        guard case .region(let grant) = reply.message else { throw unexpected(reply.message, for: .mapRegion) }
+        guard grant.access == 1 else {
+            throw DivvyClientError(
+                .protocolViolation, "the daemon granted region access \(grant.access), which this client does not know")
         }
-        guard let descriptor else {
-            throw DivvyClientError(.protocolViolation, "the daemon's region reply carried no file descriptor")
-        }
-        defer { _ = Glibc.close(descriptor) }
         if welcome.mode == .direct {
+            // The region file, then (when the daemon keeps the data apart) the data object to map over its data area.
+            guard let regionDescriptor = descriptors.first else {
+                throw DivvyClientError(.protocolViolation, "the daemon's region reply carried no file descriptor")
+            }
             let region: SharedRegion
             do throws(SharedRegionError) {
-                region = try SharedRegion.open(fileDescriptor: FileDescriptor(rawValue: descriptor))
+                region = try SharedRegion.open(
+                    fileDescriptor: FileDescriptor(rawValue: regionDescriptor),
+                    dataFileDescriptor: descriptors.count > 1 ? FileDescriptor(rawValue: descriptors[1]) : nil)
             } catch {
                 throw DivvyClientError(.system, "cannot map the daemon's region: \(error)")
             }
@@ -191,6 +195,12 @@ public final class DivvyClient {
             case let other: throw unexpected(other, for: .join)
             }
         } else {
+            // Mediated: one descriptor, the data object (or, from a daemon without one, the region file, whose
+            // data area starts at the grant's offset).
+            guard descriptors.count == 1, let descriptor = descriptors.first else {
+                throw DivvyClientError(
+                    .protocolViolation, "the daemon's region reply carried \(descriptors.count) descriptors, not 1")
+            }
             let kind: OSAllocator.PageKind =
                 switch welcome.pageKind {
                 case .base: .base
@@ -201,10 +211,15 @@ public final class DivvyClient {
             let geometry = SharedRegionGeometry(
                 totalSize: Int(welcome.regionSize), pageSize: kind == .transparent ? 4096 : kind.pageSize,
                 headerSize: Int(welcome.metadataOffset), metadataOffset: Int(welcome.metadataOffset),
-                metadataSize: Int(welcome.metadataSize), dataOffset: Int(grant.offset), dataSize: Int(grant.length))
+                metadataSize: Int(welcome.metadataSize), dataOffset: Int(welcome.dataOffset),
+                dataSize: Int(grant.length))
             do throws(SharedRegionError) {
-                dataArea = try SharedRegion.mapDataArea(
-                    of: FileDescriptor(rawValue: descriptor), geometry: geometry, access: .readWrite)
+                dataArea =
+                    grant.offset == 0
+                    ? try SharedRegion.mapDataObject(
+                        FileDescriptor(rawValue: descriptor), geometry: geometry, access: .readWrite)
+                    : try SharedRegion.mapDataArea(
+                        of: FileDescriptor(rawValue: descriptor), geometry: geometry, access: .readWrite)
             } catch {
                 throw DivvyClientError(.system, "cannot map the daemon's data area: \(error)")
             }
@@ -471,12 +486,12 @@ public final class DivvyClient {
     /// Sends a request and waits for its reply (an error reply is thrown as `.refused`).
     @discardableResult
     public func request(_ message: Message) throws(DivvyClientError) -> Frame {
-        let (frame, descriptor) = try requestWithDescriptor(message)
-        if let descriptor { _ = Glibc.close(descriptor) }
+        let (frame, descriptors) = try requestWithDescriptors(message)
+        for descriptor in descriptors { _ = Glibc.close(descriptor) }
         return frame
     }
 
-    private func requestWithDescriptor(_ message: Message) throws(DivvyClientError) -> (Frame, Int32?) {
+    private func requestWithDescriptors(_ message: Message) throws(DivvyClientError) -> (Frame, [Int32]) {
         guard let socket else {
             throw DivvyClientError(.daemonGone, "not connected to the daemon; call reconnect()")
         }
@@ -500,13 +515,14 @@ public final class DivvyClient {
         }
         while true {
             var result: SeqpacketSocket.ReceiveResult
+            var descriptors: [Int32] = []
             do throws(TransportError) {
                 do throws(TransportError) {
-                    result = try socket.receive(into: receiveBuffer)
+                    result = try socket.receive(into: receiveBuffer, descriptors: &descriptors, capacity: 2)
                 } catch where error.code == .closed {
                     // ECONNRESET is reported before datagrams still queued (a refusal sent just before the daemon
                     // closed): read once more to get them.
-                    result = try socket.receive(into: receiveBuffer)
+                    result = try socket.receive(into: receiveBuffer, descriptors: &descriptors, capacity: 2)
                 }
             } catch {
                 if error.code == .timedOut {
@@ -519,28 +535,31 @@ public final class DivvyClient {
             case .endOfFile, .wouldBlock:
                 self.socket = nil
                 throw DivvyClientError(.daemonGone, "the daemon at \(socketPath) closed the connection; call reconnect()")
-            case .datagram(let count, let descriptor, _):
+            case .datagram(let count, _, _):
+                func closeDescriptors() { for descriptor in descriptors { _ = Glibc.close(descriptor) } }
                 let frame: Frame
                 do throws(ProtocolError) {
                     frame = try Frame.decode(UnsafeRawBufferPointer(rebasing: receiveBuffer[0..<count]))
                 } catch {
-                    if let descriptor { _ = Glibc.close(descriptor) }
+                    closeDescriptors()
                     throw DivvyClientError(.protocolViolation, "the daemon sent an invalid frame: \(error)")
                 }
                 if case .shutdown(let reason) = frame.message {
                     // Unsolicited: the daemon is going away. Further requests will find it gone.
+                    closeDescriptors()
                     shutdownReason = reason
                     continue
                 }
                 if case .error(let reply) = frame.message {
+                    closeDescriptors()
                     if reply.code.closesConnection { self.socket = nil }
                     throw DivvyClientError(.refused(reply.code), reply.message)
                 }
                 guard frame.requestID == id else {
-                    if let descriptor { _ = Glibc.close(descriptor) }
+                    closeDescriptors()
                     continue  // A late reply to an earlier request that timed out.
                 }
-                return (frame, descriptor)
+                return (frame, descriptors)
             }
         }
     }

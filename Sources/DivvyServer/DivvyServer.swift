@@ -129,7 +129,9 @@ public final class DivvyServer: @unchecked Sendable {
         let regionConfiguration = SharedRegion.Configuration(
             dataSize: configuration.dataSize, metadataSize: metadataSize, namePrefix: configuration.regionNamePrefix,
             hugePages: configuration.hugePages, commitment: configuration.commitment,
-            prefault: configuration.prefault, ifExists: .fail)
+            prefault: configuration.prefault, ifExists: .fail,
+            // The data in an object of its own: mediated clients receive only that descriptor.
+            separateDataObject: true)
         let region: SharedRegion
         do throws(SharedRegionError) {
             if let name = configuration.regionName {
@@ -477,18 +479,21 @@ public final class DivvyServer: @unchecked Sendable {
         }
     }
 
-    private func send(_ session: Session, requestID: UInt64, _ message: Message, descriptor: Int32? = nil) {
+    private func send(_ session: Session, requestID: UInt64, _ message: Message, descriptors: [Int32] = []) {
         sendBuffer.removeAll(keepingCapacity: true)
         Frame(requestID: requestID, message: message).encode(into: &sendBuffer)
         guard session.outbox.isEmpty else {
-            session.outbox.append((sendBuffer, descriptor))
+            session.outbox.append((sendBuffer, descriptors))
             return
         }
         do throws(TransportError) {
-            switch try session.socket.send(sendBuffer, descriptor: descriptor) {
+            let sent =
+                descriptors.isEmpty
+                ? try session.socket.send(sendBuffer) : try session.socket.send(sendBuffer, descriptors: descriptors)
+            switch sent {
             case .sent: return
             case .wouldBlock:
-                session.outbox.append((sendBuffer, descriptor))
+                session.outbox.append((sendBuffer, descriptors))
                 try? poller.modify(session.socket.fileDescriptor, events: [.writable, .peerClosed], token: UInt64(session.id))
             }
         } catch {
@@ -498,9 +503,11 @@ public final class DivvyServer: @unchecked Sendable {
     }
 
     private func flush(_ session: Session) {
-        while let (bytes, descriptor) = session.outbox.first {
+        while let (bytes, descriptors) = session.outbox.first {
             do throws(TransportError) {
-                guard try session.socket.send(bytes, descriptor: descriptor) == .sent else { return }
+                let sent =
+                    descriptors.isEmpty ? try session.socket.send(bytes) : try session.socket.send(bytes, descriptors: descriptors)
+                guard sent == .sent else { return }
             } catch {
                 disconnect(session.id, reason: "send failed: \(error)")
                 return
@@ -538,7 +545,14 @@ public final class DivvyServer: @unchecked Sendable {
             return
         }
         if case .region = reply {
-            send(session, requestID: id, reply, descriptor: region.fileDescriptor.rawValue)
+            // Direct clients get the region and its data object (mapped over the data area); mediated clients
+            // get the data object alone, so the metadata is out of their reach.
+            let data = region.dataFileDescriptor?.rawValue
+            let descriptors =
+                session.mode == .direct
+                ? [region.fileDescriptor.rawValue] + (data.map { [$0] } ?? [])
+                : [data ?? region.fileDescriptor.rawValue]
+            send(session, requestID: id, reply, descriptors: descriptors)
         } else {
             send(session, requestID: id, reply)
         }
@@ -587,10 +601,12 @@ public final class DivvyServer: @unchecked Sendable {
         switch message {
         case .mapRegion:
             let geometry = region.geometry
+            // Mediated: the data object from its start (see `handle` for the descriptors).
             return session.mode == .direct
                 ? .region(RegionGrant(access: 1, offset: 0, length: UInt64(geometry.totalSize)))
                 : .region(RegionGrant(
-                    access: 1, offset: UInt64(geometry.dataOffset), length: UInt64(geometry.dataSize)))
+                    access: 1, offset: region.dataFileDescriptor == nil ? UInt64(geometry.dataOffset) : 0,
+                    length: UInt64(geometry.dataSize)))
         case .join(let participant): return try join(session, Int(participant))
         case .lease(let pages): return try lease(session, more: Int(pages))
         case .returnPages(let pages): return try returnPages(session, Int(pages))
@@ -947,9 +963,6 @@ public final class DivvyServer: @unchecked Sendable {
         guard let session = sessions.removeValue(forKey: id) else { return }
         poller.remove(session.socket.fileDescriptor)
         session.socket.close()
-        for descriptor in session.outbox.compactMap(\.descriptor) where descriptor != region.fileDescriptor.rawValue {
-            _ = close(descriptor)
-        }
         var released = 0
         for (raw, holding) in session.holdings.entries {
             for _ in 0..<holding.count {

@@ -30,7 +30,8 @@ final class Session {
     /// Pages the direct client may own (its lease).
     var pageAllowance = 0
     /// Frames the socket could not take yet (the client is slow to read); no request is read meanwhile.
-    var outbox: [(bytes: [UInt8], descriptor: Int32?)] = []
+    /// The descriptors travelling with a frame are the region's own (never closed here).
+    var outbox: [(bytes: [UInt8], descriptors: [Int32])] = []
     /// Close once the outbox is flushed (after farewell or a closing error).
     var closeAfterFlush = false
     /// Requests handled, for `divvyctl clients`.

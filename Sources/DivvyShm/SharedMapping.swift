@@ -48,11 +48,11 @@ public final class SharedMapping: @unchecked Sendable {
     /// Maps `length` bytes of `fd` from `regionOffset`, shared, through `OSAllocator.mapShared` (the OS
     /// allocator's mapping layer).
     internal static func map(
-        fd: Int32, regionOffset: Int, length: Int, access: Access, describing what: String
+        fd: Int32, fileOffset: Int? = nil, regionOffset: Int, length: Int, access: Access, describing what: String
     ) throws(SharedRegionError) -> SharedMapping {
         do {
             let mapping = try OSAllocator.mapShared(
-                fileDescriptor: fd, offset: regionOffset, length: length,
+                fileDescriptor: fd, offset: fileOffset ?? regionOffset, length: length,
                 access: access == .readWrite ? .readWrite : .readOnly)
             return SharedMapping(base: mapping.block.start, regionOffset: regionOffset, length: length, access: access)
         } catch {

@@ -111,12 +111,18 @@ public final class SharedRegion: @unchecked Sendable {
         public var prefault: Bool
         /// What to do when the name is taken. Default `.fail`.
         public var ifExists: ExistingName
+        /// Keep the data area in a second object (an anonymous memfd) mapped over the region's data range, so that
+        /// the data can be handed to a process (`dataFileDescriptor`) without handing it the metadata: a process
+        /// holding only that descriptor cannot reach the header or metadata at all. The region's own object then
+        /// commits only the header and metadata. Default false.
+        public var separateDataObject: Bool
 
         /// Creates a configuration; see the properties for each parameter.
         public init(
             dataSize: Int, metadataSize: Int = 60 << 10, namePrefix: String = "divvy-",
             mode: FilePermissions = [.ownerReadWrite], hugePages: HugePages = .automatic, fallback: Bool = true,
-            commitment: Commitment = .full, prefault: Bool = false, ifExists: ExistingName = .fail
+            commitment: Commitment = .full, prefault: Bool = false, ifExists: ExistingName = .fail,
+            separateDataObject: Bool = false
         ) {
             self.dataSize = dataSize
             self.metadataSize = metadataSize
@@ -127,6 +133,7 @@ public final class SharedRegion: @unchecked Sendable {
             self.commitment = commitment
             self.prefault = prefault
             self.ifExists = ifExists
+            self.separateDataObject = separateDataObject
         }
     }
 
@@ -135,6 +142,10 @@ public final class SharedRegion: @unchecked Sendable {
     /// The region's descriptor, owned by the region (closed in `deinit`). Pass it to other processes (inherit it,
     /// or send it with SCM_RIGHTS) to share an anonymous region; do not close it.
     public let fileDescriptor: FileDescriptor
+    /// The descriptor of the separate data object (owned by the region, closed in `deinit`), when the region
+    /// has one (`header.hasSeparateData`): pass it — alone — to a process that may see the data but not the
+    /// metadata (it maps it with `mapDataObject(_:geometry:access:)`).
+    public let dataFileDescriptor: FileDescriptor?
     /// The header, as written at creation or read at open.
     public let header: SharedRegionHeader
     /// The whole region, mapped in this process.
@@ -147,15 +158,19 @@ public final class SharedRegion: @unchecked Sendable {
     /// How the region was mapped in this process.
     public var access: SharedMapping.Access { mapping.access }
 
-    private init(objectName: String?, fd: Int32, header: SharedRegionHeader, mapping: SharedMapping) {
+    private init(
+        objectName: String?, fd: Int32, dataFD: Int32? = nil, header: SharedRegionHeader, mapping: SharedMapping
+    ) {
         self.objectName = objectName
         self.fileDescriptor = FileDescriptor(rawValue: fd)
+        self.dataFileDescriptor = dataFD.map { FileDescriptor(rawValue: $0) }
         self.header = header
         self.mapping = mapping
     }
 
     deinit {
         systemClose(fileDescriptor.rawValue)
+        if let dataFileDescriptor { systemClose(dataFileDescriptor.rawValue) }
     }
 
     /// `"region '/divvy-cache'"` or `"anonymous region (fd 7)"`, for messages.
@@ -223,14 +238,22 @@ public final class SharedRegion: @unchecked Sendable {
         let (kind, geometry) = try choosePages(configuration, named: objectName != nil, describing: what)
         // What must be backed now: everything, or (lazy) the header and metadata area. Hugetlb is reserved at mmap.
         let committed = configuration.commitment == .full ? geometry.totalSize : geometry.dataOffset
+        let separate = configuration.separateDataObject
+        // With a separate data object the region's own object backs only the header and metadata.
+        let committedHere = separate ? geometry.dataOffset : committed
         let hugeTLB = kind == .explicit2MiB || kind == .explicit1GiB
         if !hugeTLB {
-            try Backing.checkTmpfsSpace(committed, named: objectName != nil, describing: what)
+            try Backing.checkTmpfsSpace(committedHere, named: objectName != nil, describing: what)
+            if separate {
+                try Backing.checkTmpfsSpace(committed - committedHere, named: false, describing: what + " (data)")
+            }
         }
 
         let fd = try createObject(objectName, configuration, kind: kind, describing: what)
+        var dataFD: Int32?
         // From here on, a failure must leave nothing behind.
         func discard() {
+            if let dataFD { systemClose(dataFD) }
             // Unlink only if the name still refers to our object: a concurrent `.replace` may have put its own there.
             if let objectName, case .success(let ours) = systemFstat(fd),
                 case .success(let named) = systemStat(Backing.shmDirectory + objectName),
@@ -252,8 +275,9 @@ public final class SharedRegion: @unchecked Sendable {
             // Transparent huge pages are committed below, by populating the advised mapping: fallocate has no
             // mapping to consult, so under shmem_enabled=advise it would allocate base pages, which then can never
             // be mapped huge. Lazy hugetlb needs nothing: mmap reserves the pages.
-            let allocateNow = kind == .transparent || (hugeTLB && configuration.commitment == .lazy) ? 0 : committed
-            try commitPages(fd, offset: 0, length: allocateNow, named: objectName != nil, describing: what)
+            let lazyNow = kind == .transparent || (hugeTLB && configuration.commitment == .lazy)
+            try commitPages(
+                fd, offset: 0, length: lazyNow ? 0 : committedHere, named: objectName != nil, describing: what)
             if objectName == nil && !hugeTLB {
                 // Seal the size so that no holder of the descriptor can truncate the region under a mapping
                 // (which would SIGBUS every process), nor grow it past what was checked.
@@ -264,22 +288,58 @@ public final class SharedRegion: @unchecked Sendable {
             }
             let mapping = try SharedMapping.map(
                 fd: fd, regionOffset: 0, length: geometry.totalSize, access: .readWrite, describing: what)
+            if separate {
+                let data = try createObject(nil, configuration, kind: kind, describing: what + " (data)")
+                dataFD = data
+                if case .failure(let error) = systemFtruncate(data, length: geometry.dataSize) {
+                    throw SharedRegionError(
+                        error == .noSpace || error == .fileTooLarge ? .insufficientSpace : .systemCallFailed,
+                        "could not size the data object of \(what) with ftruncate", cause: error)
+                }
+                try commitPages(
+                    data, offset: 0, length: lazyNow ? 0 : committed - committedHere, named: false,
+                    describing: what + " (data)")
+                if !hugeTLB {
+                    let seals = RegionFlags.sealShrink | RegionFlags.sealGrow | RegionFlags.sealSeal
+                    if case .failure(let error) = systemFcntl(data, RegionFlags.addSeals, seals) {
+                        throw SharedRegionError(.systemCallFailed, "could not seal the data of \(what)", cause: error)
+                    }
+                }
+                try overlayData(data, on: mapping, geometry: geometry, describing: what)
+            }
             try prepare(
                 mapping, kind: kind, prefaultLength: configuration.prefault || kind == .transparent ? committed : 0,
                 describing: what)
             let header = SharedRegionHeader(
                 geometry: geometry, pageKind: kind, isLazy: configuration.commitment == .lazy,
-                isAnonymous: objectName == nil, creatorPID: currentProcessID(), creationTime: realtimeNanoseconds(),
+                isAnonymous: objectName == nil, hasSeparateData: separate, creatorPID: currentProcessID(), creationTime: realtimeNanoseconds(),
                 nonce: UInt64.random(in: 1...UInt64.max))
             #if DIVVY_INTERNAL_CHECKS
             precondition(geometry.inconsistency(fileSize: geometry.totalSize) == nil, "bad geometry \(geometry)")
             #endif
             header.write(to: mapping.base)
             SharedRegionHeader.publishReady(at: mapping.base)
-            return SharedRegion(objectName: objectName, fd: fd, header: header, mapping: mapping)
+            return SharedRegion(objectName: objectName, fd: fd, dataFD: dataFD, header: header, mapping: mapping)
         } catch {
             discard()
             throw error
+        }
+    }
+
+    /// Maps the separate data object over the data range of a region mapping (`MAP_FIXED`): from then on the
+    /// mapping's data offsets are the data object's bytes.
+    private static func overlayData(
+        _ dataFD: Int32, on mapping: SharedMapping, geometry: SharedRegionGeometry, describing what: String
+    ) throws(SharedRegionError) {
+        // Safe: the range lies inside `mapping` (dataRange is within totalSize), which owns it and unmaps all of it
+        // in its deinit; MAP_FIXED replaces exactly those pages.
+        let address = mapping.base + geometry.dataOffset
+        let protection = mapping.access == .readWrite ? PROT_READ | PROT_WRITE : PROT_READ
+        let result = mmap(address, geometry.dataSize, protection, MAP_SHARED | MAP_FIXED, dataFD, 0)
+        guard let result, result != MAP_FAILED, result == address else {
+            throw SharedRegionError(
+                .systemCallFailed, "could not map the data object of \(what) over its data area",
+                cause: Errno(rawValue: errno))
         }
     }
 
@@ -502,7 +562,8 @@ public final class SharedRegion: @unchecked Sendable {
     /// - Throws: `.systemCallFailed` for a descriptor that cannot be duplicated or is not a file, and the header
     ///   errors of `open(name:namePrefix:access:prefault:)`.
     public static func open(
-        fileDescriptor: FileDescriptor, access: SharedMapping.Access = .readWrite, prefault: Bool = false
+        fileDescriptor: FileDescriptor, dataFileDescriptor: FileDescriptor? = nil,
+        access: SharedMapping.Access = .readWrite, prefault: Bool = false
     ) throws(SharedRegionError) -> SharedRegion {
         let what = "region behind fd \(fileDescriptor.rawValue)"
         let fd: Int32
@@ -512,11 +573,22 @@ public final class SharedRegion: @unchecked Sendable {
             throw SharedRegionError(
                 .systemCallFailed, "could not duplicate fd \(fileDescriptor.rawValue)", cause: error)
         }
-        return try open(objectName: nil, fd: fd, access: access, prefault: prefault, describing: what)
+        var dataFD: Int32?
+        if let dataFileDescriptor {
+            switch systemFcntl(dataFileDescriptor.rawValue, F_DUPFD_CLOEXEC, 0) {
+            case .success(let duplicate): dataFD = duplicate
+            case .failure(let error):
+                systemClose(fd)
+                throw SharedRegionError(
+                    .systemCallFailed, "could not duplicate fd \(dataFileDescriptor.rawValue)", cause: error)
+            }
+        }
+        return try open(objectName: nil, fd: fd, dataFD: dataFD, access: access, prefault: prefault, describing: what)
     }
 
     private static func open(
-        objectName: String?, fd: Int32, access: SharedMapping.Access, prefault: Bool, describing what: String
+        objectName: String?, fd: Int32, dataFD: Int32? = nil, access: SharedMapping.Access, prefault: Bool,
+        describing what: String
     ) throws(SharedRegionError) -> SharedRegion {
         do throws(SharedRegionError) {
             let size = try objectSize(fd, describing: what)
@@ -533,11 +605,31 @@ public final class SharedRegion: @unchecked Sendable {
             }
             let mapping = try SharedMapping.map(fd: fd, regionOffset: 0, length: size, access: access, describing: what)
             let header = try SharedRegionHeader.read(at: mapping.base, fileSize: size, describing: what)
+            if header.hasSeparateData {
+                guard let dataFD else {
+                    throw SharedRegionError(
+                        .invalidConfiguration,
+                        "\(what) keeps its data in a separate object, and no descriptor for it was given: open it "
+                            + "with open(fileDescriptor:dataFileDescriptor:) (its creator hands both out)")
+                }
+                let dataSize = try objectSize(dataFD, describing: what + " (data)")
+                guard dataSize == header.geometry.dataSize else {
+                    throw SharedRegionError(
+                        .geometryMismatch,
+                        "the data object given for \(what) has \(dataSize) bytes; its header says "
+                            + "\(header.geometry.dataSize): pass the data descriptor of this region")
+                }
+                try overlayData(dataFD, on: mapping, geometry: header.geometry, describing: what)
+            } else if dataFD != nil {
+                throw SharedRegionError(
+                    .invalidConfiguration, "\(what) has no separate data object, but a data descriptor was given")
+            }
             let committed = header.isLazy ? header.geometry.dataOffset : header.geometry.totalSize
             try prepare(mapping, kind: header.pageKind, prefaultLength: prefault ? committed : 0, describing: what)
-            return SharedRegion(objectName: objectName, fd: fd, header: header, mapping: mapping)
+            return SharedRegion(objectName: objectName, fd: fd, dataFD: dataFD, header: header, mapping: mapping)
         } catch {
             systemClose(fd)
+            if let dataFD { systemClose(dataFD) }
             throw error
         }
     }
@@ -592,7 +684,30 @@ public final class SharedRegion: @unchecked Sendable {
     ///
     /// - Throws: `.permissionDenied` for a read-write mapping of a region opened read-only; `.systemCallFailed`.
     public func mapDataArea(access: SharedMapping.Access = .readWrite) throws(SharedRegionError) -> SharedMapping {
-        try Self.mapDataArea(of: fileDescriptor, geometry: geometry, access: access)
+        if let dataFileDescriptor {
+            return try Self.mapDataObject(dataFileDescriptor, geometry: geometry, access: access)
+        }
+        return try Self.mapDataArea(of: fileDescriptor, geometry: geometry, access: access)
+    }
+
+    /// Maps a region's separate data object (`dataFileDescriptor`, received from the region's owner with the
+    /// geometry) as the region's data area: offsets translate as in the region (`regionOffset` is
+    /// `geometry.dataOffset`). A process holding only this descriptor can reach the data and nothing else.
+    ///
+    /// - Throws: `.geometryMismatch` when the object does not have `geometry.dataSize` bytes; `.permissionDenied`;
+    ///   `.systemCallFailed`.
+    public static func mapDataObject(
+        _ fileDescriptor: FileDescriptor, geometry: SharedRegionGeometry, access: SharedMapping.Access = .readWrite
+    ) throws(SharedRegionError) -> SharedMapping {
+        let what = "data object behind fd \(fileDescriptor.rawValue)"
+        let size = try objectSize(fileDescriptor.rawValue, describing: what)
+        guard size == geometry.dataSize, geometry.dataSize > 0 else {
+            throw SharedRegionError(
+                .geometryMismatch, "the \(what) has \(size) bytes; the region's data area has \(geometry.dataSize)")
+        }
+        return try SharedMapping.map(
+            fd: fileDescriptor.rawValue, fileOffset: 0, regionOffset: geometry.dataOffset, length: size,
+            access: access, describing: what)
     }
 
     /// Maps the data area of the region behind `fileDescriptor`, given its geometry (from the region's owner, e.g.
@@ -654,6 +769,19 @@ public final class SharedRegion: @unchecked Sendable {
             }
             return
         }
+        if let dataFileDescriptor {
+            // The part in the data range lives in the data object, at offsets relative to the data area.
+            let dataStart = geometry.dataOffset
+            let before = max(0, min(offset + length, dataStart) - offset)
+            try Self.commitPages(
+                fileDescriptor.rawValue, offset: offset, length: before, named: objectName != nil,
+                describing: describing)
+            let inData = length - before
+            try Self.commitPages(
+                dataFileDescriptor.rawValue, offset: offset + before - dataStart, length: inData, named: false,
+                describing: describing + " (data)")
+            return
+        }
         try Self.commitPages(
             fileDescriptor.rawValue, offset: offset, length: length, named: objectName != nil, describing: describing)
     }
@@ -663,10 +791,14 @@ public final class SharedRegion: @unchecked Sendable {
     ///
     /// - Throws: `.systemCallFailed` when fstat fails.
     public func allocatedBytes() throws(SharedRegionError) -> Int {
-        switch systemFstat(fileDescriptor.rawValue) {
-        case .success(let info): return Int(info.st_blocks) * 512
-        case .failure(let error):
-            throw SharedRegionError(.systemCallFailed, "fstat of \(describing) failed", cause: error)
+        var total = 0
+        for fd in [fileDescriptor.rawValue] + (dataFileDescriptor.map { [$0.rawValue] } ?? []) {
+            switch systemFstat(fd) {
+            case .success(let info): total += Int(info.st_blocks) * 512
+            case .failure(let error):
+                throw SharedRegionError(.systemCallFailed, "fstat of \(describing) failed", cause: error)
+            }
         }
+        return total
     }
 }

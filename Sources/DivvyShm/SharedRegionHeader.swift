@@ -112,7 +112,7 @@ public struct SharedRegionGeometry: Hashable, Sendable, CustomStringConvertible 
 /// | 40 | 8 | metadataSize | usable bytes of the metadata area |
 /// | 48 | 8 | dataOffset | start of the data area (multiple of `pageSize`) |
 /// | 56 | 8 | dataSize | size of the data area (ends at `totalSize`) |
-/// | 64 | 4 | flags | bits 0–3 page kind (0 base, 1 transparent, 2 2 MiB, 3 1 GiB); 4 lazy; 5 anonymous |
+/// | 64 | 4 | flags | bits 0–3 page kind (0 base, 1 transparent, 2 2 MiB, 3 1 GiB); 4 lazy; 5 anonymous; 6 data in a separate object |
 /// | 68 | 4 | creatorPID | process id of the creator |
 /// | 72 | 8 | creationTime | CLOCK_REALTIME at creation, nanoseconds since 1970 |
 /// | 80 | 8 | nonce | random, tells apart two regions created under one name |
@@ -140,6 +140,9 @@ public struct SharedRegionHeader: Hashable, Sendable {
     public let isLazy: Bool
     /// True for an anonymous (memfd) region.
     public let isAnonymous: Bool
+    /// Whether the data area lives in a second object (an anonymous memfd), mapped over the region's data range:
+    /// the region's own object then holds only the header and metadata (see `Configuration.separateDataObject`).
+    public let hasSeparateData: Bool
     /// The creator's process id.
     public let creatorPID: Int32
     /// When the region was created: CLOCK_REALTIME in nanoseconds since 1970.
@@ -150,14 +153,15 @@ public struct SharedRegionHeader: Hashable, Sendable {
     /// Creates a header value (the region writes it; tests build corrupt ones).
     public init(
         layoutVersion: UInt32 = SharedRegionHeader.currentLayoutVersion, geometry: SharedRegionGeometry,
-        pageKind: OSAllocator.PageKind, isLazy: Bool, isAnonymous: Bool, creatorPID: Int32, creationTime: UInt64,
-        nonce: UInt64
+        pageKind: OSAllocator.PageKind, isLazy: Bool, isAnonymous: Bool, hasSeparateData: Bool = false,
+        creatorPID: Int32, creationTime: UInt64, nonce: UInt64
     ) {
         self.layoutVersion = layoutVersion
         self.geometry = geometry
         self.pageKind = pageKind
         self.isLazy = isLazy
         self.isAnonymous = isAnonymous
+        self.hasSeparateData = hasSeparateData
         self.creatorPID = creatorPID
         self.creationTime = creationTime
         self.nonce = nonce
@@ -190,7 +194,8 @@ internal enum HeaderField {
     static let flagKindMask: UInt32 = 0xF
     static let flagLazy: UInt32 = 1 << 4
     static let flagAnonymous: UInt32 = 1 << 5
-    static let knownFlags: UInt32 = flagKindMask | flagLazy | flagAnonymous
+    static let flagSeparateData: UInt32 = 1 << 6
+    static let knownFlags: UInt32 = flagKindMask | flagLazy | flagAnonymous | flagSeparateData
 }
 
 extension SharedRegionHeader {
@@ -199,6 +204,7 @@ extension SharedRegionHeader {
         var flags = Self.kindCode(pageKind)
         if isLazy { flags |= HeaderField.flagLazy }
         if isAnonymous { flags |= HeaderField.flagAnonymous }
+        if hasSeparateData { flags |= HeaderField.flagSeparateData }
         return flags
     }
 
@@ -347,6 +353,7 @@ extension SharedRegionHeader {
         return SharedRegionHeader(
             layoutVersion: version, geometry: geometry, pageKind: kind,
             isLazy: flags & HeaderField.flagLazy != 0, isAnonymous: flags & HeaderField.flagAnonymous != 0,
+            hasSeparateData: flags & HeaderField.flagSeparateData != 0,
             creatorPID: load(HeaderField.creatorPID, as: Int32.self),
             creationTime: load(HeaderField.creationTime, as: UInt64.self),
             nonce: load(HeaderField.nonce, as: UInt64.self))

@@ -276,6 +276,61 @@ public final class SeqpacketSocket {
         }
     }
 
+    /// Sends one datagram carrying several descriptors (at most 8) in one `SCM_RIGHTS` message.
+    ///
+    /// - Throws: as `send(_:descriptor:)`.
+    public func send(_ bytes: [UInt8], descriptors: [Int32]) throws(TransportError) -> SendResult {
+        let result = bytes.withUnsafeBytes { raw in
+            descriptors.withUnsafeBufferPointer { fds in
+                retryingEINTR {
+                    divvy_send_with_fds(
+                        fileDescriptor, raw.baseAddress, raw.count, fds.baseAddress, Int32(fds.count),
+                        Int32(MSG_NOSIGNAL))
+                }
+            }
+        }
+        switch result {
+        case .success: return .sent
+        case .failure(let error) where error.value == EAGAIN || error.value == EWOULDBLOCK: return .wouldBlock
+        case .failure(let error) where error.value == EPIPE || error.value == ECONNRESET:
+            throw TransportError(.closed, "the peer closed the connection", errno: error.value)
+        case .failure(let error):
+            throw TransportError(.systemCallFailed, "sendmsg failed", errno: error.value)
+        }
+    }
+
+    /// Receives one datagram with up to `capacity` (≤ 8) passed descriptors (the caller owns them; any beyond
+    /// `capacity` are closed). The result's `descriptor` is the first of them.
+    ///
+    /// - Throws: as `receive(into:)`.
+    public func receive(
+        into buffer: UnsafeMutableRawBufferPointer, descriptors: inout [Int32], capacity: Int = 8
+    ) throws(TransportError) -> ReceiveResult {
+        var fds = [Int32](repeating: -1, count: min(8, max(0, capacity)))
+        var count: Int32 = 0
+        var truncated: Int32 = 0
+        let result = fds.withUnsafeMutableBufferPointer { fds in
+            retryingEINTR {
+                divvy_recv_with_fds(
+                    fileDescriptor, buffer.baseAddress, buffer.count, fds.baseAddress, Int32(fds.count), &count,
+                    &truncated, 0)
+            }
+        }
+        descriptors = Array(fds.prefix(Int(count)))
+        switch result {
+        case .success(0) where buffer.count > 0 && count == 0: return .endOfFile
+        case .success(let received):
+            return .datagram(count: received, descriptor: descriptors.first, truncated: truncated != 0)
+        case .failure(let error) where error.value == EAGAIN || error.value == EWOULDBLOCK:
+            if isBlocking { throw TransportError(.timedOut, "no reply from the peer in time", errno: error.value) }
+            return .wouldBlock
+        case .failure(let error) where error.value == ECONNRESET:
+            throw TransportError(.closed, "the peer reset the connection", errno: error.value)
+        case .failure(let error):
+            throw TransportError(.systemCallFailed, "recvmsg failed", errno: error.value)
+        }
+    }
+
     /// Sends one datagram from an array (see `send(_:descriptor:)`).
     public func send(_ bytes: [UInt8], descriptor: Int32? = nil) throws(TransportError) -> SendResult {
         let result = bytes.withUnsafeBytes { raw in

@@ -245,3 +245,49 @@ final class BadInputTests: XCTestCase {
         try client.free(b)
     }
 }
+
+/// What the daemon hands each kind of client when it maps the region.
+final class RegionIsolationTests: XCTestCase {
+    private func mapRegion(_ daemon: TestDaemon, _ mode: ClientMode) throws -> (Welcome, RegionGrant, [Int32]) {
+        let connection = try RawConnection(daemon.socketPath)
+        let welcome = try connection.hello(mode)
+        try connection.send(.mapRegion)
+        var buffer = [UInt8](repeating: 0, count: 1024)
+        var descriptors: [Int32] = []
+        let result = try buffer.withUnsafeMutableBytes { raw in
+            try connection.socket.receive(into: raw, descriptors: &descriptors)
+        }
+        guard case .datagram(let count, _, _) = result,
+            case .region(let grant) = try Frame.decode(Array(buffer[..<count])).message
+        else { throw NSError(domain: "no region reply: \(result)", code: 1) }
+        return (welcome, grant, descriptors)
+    }
+
+    private func size(_ fd: Int32) -> Int {
+        var info = stat()
+        XCTAssertEqual(fstat(fd, &info), 0)
+        return Int(info.st_size)
+    }
+
+    func testMediatedClientsGetOnlyTheDataObject() throws {
+        let daemon = try TestDaemon()
+        let (welcome, grant, descriptors) = try mapRegion(daemon, .mediated)
+        defer { descriptors.forEach { close($0) } }
+        XCTAssertEqual(descriptors.count, 1)
+        XCTAssertEqual(grant.offset, 0)
+        XCTAssertEqual(grant.length, welcome.dataSize)
+        XCTAssertEqual(size(descriptors[0]), Int(welcome.dataSize), "the descriptor reaches the data and nothing else")
+        XCTAssertLessThan(Int(welcome.dataSize), Int(welcome.regionSize))
+    }
+
+    func testDirectClientsGetTheRegionAndItsDataObject() throws {
+        let daemon = try TestDaemon()
+        let (welcome, grant, descriptors) = try mapRegion(daemon, .direct)
+        defer { descriptors.forEach { close($0) } }
+        XCTAssertEqual(descriptors.count, 2)
+        XCTAssertEqual(grant.offset, 0)
+        XCTAssertEqual(grant.length, welcome.regionSize)
+        XCTAssertEqual(size(descriptors[0]), Int(welcome.regionSize))
+        XCTAssertEqual(size(descriptors[1]), Int(welcome.dataSize))
+    }
+}

@@ -120,15 +120,22 @@ final class DivvyCtlTests: XCTestCase {
         let client = try DivvyClient(.init(socketPath: daemon.socketPath, name: "victim", mode: .mediated))
         let handles = try client.allocateBatch(size: 64, count: 20)
         XCTAssertEqual(try divvyctl(["verify"], socket: daemon.socketPath).status, 0)
-        // Scribble over the heap's metadata behind its back (as a buggy or hostile process could).
-        let region = try SharedRegion.open(name: name)
-        let heap = try SharedHeap.attach(to: region)
-        let victim = try heap.pointer(for: handles[3])
-        _ = victim
-        let metadata = try region.mapping.unsafePointer(
-            forOffset: region.geometry.metadataOffset, length: region.geometry.metadataSize)
-        let stride = region.geometry.metadataSize / 64
+        // Scribble over the heap's metadata behind its back (as a buggy or hostile process with access to the
+        // region's object could): map the named object's metadata area directly.
+        let status = try XCTUnwrap(
+            json(try divvyctl(["status", "--json"], socket: daemon.socketPath).output) as? [String: Any])
+        let metadataSize = try XCTUnwrap((status["region"] as? [String: Any])?["metadataBytes"] as? Int)
+        let fd = shm_open("/divvy-\(name)", O_RDWR, 0)
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        defer { close(fd) }
+        let length = SharedRegionHeader.reservedSize + metadataSize
+        let base = try XCTUnwrap(mmap(nil, length, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0))
+        XCTAssertNotEqual(base, MAP_FAILED)
+        defer { munmap(base, length) }
+        let metadata = base + SharedRegionHeader.reservedSize
+        let stride = metadataSize / 64
         for index in 1..<63 { (metadata + index * stride).storeBytes(of: 0x5555_5555_5555_5555, as: UInt64.self) }
+        _ = handles
         let result = try divvyctl(["verify"], socket: daemon.socketPath)
         XCTAssertEqual(result.status, 3, "violations give exit status 3: \(result.output)")
         XCTAssertTrue(result.output.contains("violation"), result.output)

@@ -74,6 +74,15 @@ long divvy_send_with_fd(int socket, const void *buffer, size_t length, int descr
 /// set. `*truncated` is 1 when the datagram or its ancillary data did not fit.
 long divvy_recv_with_fd(int socket, void *buffer, size_t length, int *descriptor, int *truncated, int flags);
 
+/// sendmsg(2) of one datagram carrying `count` descriptors (at most 8) as one SCM_RIGHTS message.
+long divvy_send_with_fds(int socket, const void *buffer, size_t length, const int *descriptors, int count, int flags);
+
+/// recvmsg(2) of one datagram, taking up to `capacity` (at most 8) SCM_RIGHTS descriptors into `descriptors`
+/// (received close-on-exec; any beyond `capacity` are closed); `*count` is how many were taken. Returns bytes
+/// received, 0 on EOF, or -1 with errno set.
+long divvy_recv_with_fds(int socket, void *buffer, size_t length, int *descriptors, int capacity, int *count,
+                         int *truncated, int flags);
+
 /// getsockopt(SO_PEERCRED): the peer's pid, uid and gid (struct ucred needs _GNU_SOURCE). Returns 0, or -1.
 int divvy_peer_credentials(int socket, int32_t *pid, uint32_t *uid, uint32_t *gid);
 

@@ -19,6 +19,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -197,6 +198,17 @@ static __attribute__((noinline)) void *divvy_nested_alloc(size_t size, size_t al
 
 DIVVY_EXPORT unsigned long divvy_malloc_reentries(void) {
     return atomic_load_explicit(&divvy_reentries, memory_order_relaxed);
+}
+
+// Makes one malloc/free pair as if from inside the heap (depth 1), so a test can check that the re-entry counter
+// counts (it must go up by exactly 1: the nested malloc is counted, the arena block's free is not).
+DIVVY_EXPORT void divvy_malloc_test_reenter(void) {
+    divvy_thread_t *thread = &divvy_thread;
+    int depth = thread->depth;
+    thread->depth = 1;
+    void *pointer = malloc(16);
+    thread->depth = depth;
+    free(pointer);
 }
 
 DIVVY_EXPORT long divvy_malloc_stat(int which) {

@@ -7,7 +7,7 @@
 // checked before it is freed or resized; any mismatch is counted and reported. The output depends only on the seed.
 //
 // Two more modes (an argument selects one):
-//   fork         threads churn (with cross-thread frees) while the main thread forks 20 times; each child frees
+//   fork         threads churn (with cross-thread frees) while the main thread forks 12 times; each child frees
 //                blocks the parent's threads allocated, runs threads of its own that allocate and free heavily,
 //                and must exit 0 within 30 s (a lock inherited held, or a corrupted heap, fails it).
 //   thread-exit  generations of short-lived threads allocate blocks, hand some to a long-lived consumer and exit
@@ -281,7 +281,7 @@ static void *child_worker(void *argument) {
     uint64_t state = 0x2545F4914F6CDD1DULL + (uint64_t)share->from;
     block_t live[128];
     int count = 0;
-    for (int round = 0; round < 20000; round++) {
+    for (int round = 0; round < 5000; round++) {
         uint64_t roll = next_random(&state) % 100;
         if (count > 0 && (count == 128 || roll < 45)) {
             int index = (int)(next_random(&state) % (uint64_t)count);
@@ -339,7 +339,7 @@ static int fork_child(block_t *inherited, int inherited_count) {
 }
 
 static int fork_main(void) {
-    enum { FORKS = 20, KEPT = 256 };
+    enum { FORKS = 12, KEPT = 256 };
     pthread_t threads[THREADS];
     for (int i = 0; i < THREADS; i++) pthread_create(&threads[i], NULL, churn, (void *)(intptr_t)i);
     block_t kept[KEPT];

@@ -20,6 +20,9 @@ size_t divvy_malloc_bootstrap_bytes(void);
 /// malloc or free). Served by the arena and counted; it must stay 0 after start-up. For tests and diagnostics.
 unsigned long divvy_malloc_reentries(void);
 
+/// Makes one nested malloc as if from inside the heap, to prove in tests that `divvy_malloc_reentries` counts.
+void divvy_malloc_test_reenter(void);
+
 /// Heap statistics for tests: 0 abandoned pages now, 1 abandoned pages adopted so far, 2 segments in use,
 /// 3 live thread heaps, 4 thread exits seen.
 long divvy_malloc_stat(int which);

@@ -17,6 +17,8 @@ import Divvy
 ///     64    ranges[16]: (base, segments)
 ///     512   pools[3]: empty pages by kind, linked through `next`
 ///     544   carving[3]: the segment new pages of each kind are cut from; 576 nextPage[3]
+///     608   hugeCache: freed huge runs kept mapped for reuse (linked through `SegmentRef.cacheNext`);
+///     616   hugeCacheSegments: their total length
 ///     1024  abandoned[61]: pages with live blocks whose thread exited, by class, linked through `next`
 ///     2048  stats: 2048 abandoned pages now, 2056 pages adopted, 2064 segments in use, 2072 heaps live
 ///     4096  bitmaps[16]: one bit per segment of each range (set = in use), 2048 bytes each
@@ -259,35 +261,80 @@ struct GlobalRef {
         guard size <= Int.max - offset - M.segmentSize else { return nil }
         let count = (offset + size + M.segmentSize - 1) >> M.segmentShift
         divvy_malloc_lock()
-        let run = allocateSegments(count)
+        var run = takeCachedRun(count)
+        let dirty = run != nil
+        if run == nil { run = allocateSegments(count) }
         divvy_malloc_unlock()
         guard let segment = run else { return nil }
+        if !dirty { segment.segments = count }
         segment.pageShift = M.hugePageShift
         segment.kind = Int(M.hugeKind)
-        segment.segments = count
         segment.global = self
+        segment.dirty = dirty
+        let total = segment.segments
         let page = segment.page(0)
         page.remoteFree.store(0, ordering: .relaxed)
         page.owner.store(0, ordering: .relaxed)
         page.kind = M.hugeKind
         page.start = segment.raw + offset
-        page.areaSize = (count << M.segmentShift) - offset
+        page.areaSize = (total << M.segmentShift) - offset
         page.blockSize = page.areaSize
         page.hasAligned = false
         page.used = 1
         return page.start
     }
 
-    /// Gives a huge block's run back: its memory is returned to the kernel at once.
+    /// Freed huge runs kept mapped, at most this many segments in all (64 MiB): a program that allocates and frees
+    /// multi-megabyte buffers in a loop reuses them instead of faulting fresh pages in each time.
+    static var hugeCacheLimit: Int { 16 }
+
+    private var hugeCache: SegmentRef? {
+        get { pointer(608).map { SegmentRef($0) } }
+        nonmutating set { setPointer(608, newValue?.raw) }
+    }
+    private var hugeCacheSegments: Int {
+        get { word(616) }
+        nonmutating set { setWord(616, newValue) }
+    }
+
+    /// A cached run of at least `count` segments and at most twice that (caller holds the lock).
+    private func takeCachedRun(_ count: Int) -> SegmentRef? {
+        var previous: SegmentRef? = nil
+        var cursor = hugeCache
+        while let run = cursor {
+            if run.segments >= count, run.segments <= 2 * count {
+                if let previous { previous.cacheNext = run.cacheNext } else { hugeCache = run.cacheNext }
+                hugeCacheSegments -= run.segments
+                return run
+            }
+            previous = run
+            cursor = run.cacheNext
+        }
+        return nil
+    }
+
+    /// Gives a huge block's run back: into the cache of freed runs while it has room, else to the kernel at once.
     func hugeFree(_ page: PageRef) {
         let segment = page.segment
         let count = segment.segments
+        divvy_malloc_lock()
+        if hugeCacheSegments + count <= GlobalRef.hugeCacheLimit {
+            segment.cacheNext = hugeCache
+            hugeCache = segment
+            hugeCacheSegments += count
+            divvy_malloc_unlock()
+            return
+        }
+        divvy_malloc_unlock()
         // Safe: the run is ours and nobody else uses it; MADV_DONTNEED makes it zero-filled for its next user.
         _ = madvise(segment.raw, count << M.segmentShift, MADV_DONTNEED)
         divvy_malloc_lock()
         releaseSegments(segment, count: count)
         divvy_malloc_unlock()
     }
+
+    /// Whether a huge block's memory may hold old data (calloc must zero it then).
+    func hugeIsDirty(_ page: PageRef) -> Bool { page.segment.dirty }
 
     /// Grows a huge block in place to hold `size` bytes after `start`, if the segments after its run are free.
     func hugeGrow(_ page: PageRef, to size: Int) -> Bool {

@@ -101,6 +101,8 @@ func setNextBlock(_ block: UnsafeMutableRawPointer, _ next: UnsafeMutableRawPoin
 ///     8  kind       Int
 ///     16 segments   Int   (huge: the run's length in segments)
 ///     24 global     pointer to the process's `GlobalRef` memory
+///     32 dirty      huge runs: reused from the cache of freed runs (not zero-filled)
+///     40 cacheNext  huge runs in that cache: the next one
 struct SegmentRef {
     let raw: UnsafeMutableRawPointer
 
@@ -129,6 +131,16 @@ struct SegmentRef {
     var global: GlobalRef {
         @inline(__always) get { GlobalRef(raw.load(fromByteOffset: 24, as: UnsafeMutableRawPointer.self)) }
         nonmutating set { raw.storeBytes(of: newValue.raw, toByteOffset: 24, as: UnsafeMutableRawPointer.self) }
+    }
+    /// Huge runs: whether the run may hold old data (it came from the cache of freed runs), so calloc must zero it.
+    var dirty: Bool {
+        get { raw.load(fromByteOffset: 32, as: Int.self) != 0 }
+        nonmutating set { raw.storeBytes(of: newValue ? 1 : 0, toByteOffset: 32, as: Int.self) }
+    }
+    /// Huge runs in the cache of freed runs: the next one.
+    var cacheNext: SegmentRef? {
+        get { raw.load(fromByteOffset: 40, as: UnsafeMutableRawPointer?.self).map { SegmentRef($0) } }
+        nonmutating set { raw.storeBytes(of: newValue?.raw, toByteOffset: 40, as: UnsafeMutableRawPointer?.self) }
     }
 
     @inline(__always)

@@ -54,8 +54,8 @@ static _Alignas(4096) unsigned char divvy_arena[DIVVY_ARENA_SIZE];
 static _Atomic size_t divvy_arena_used;
 
 static inline int divvy_in_arena(const void *pointer) {
-    const unsigned char *byte = pointer;
-    return byte >= divvy_arena && byte < divvy_arena + DIVVY_ARENA_SIZE;
+    // One compare: addresses below the arena wrap around to huge offsets.
+    return (uintptr_t)pointer - (uintptr_t)divvy_arena < DIVVY_ARENA_SIZE;
 }
 
 // A block: [size_t size][pad to 16] payload. The size sits in the 8 bytes before the payload.

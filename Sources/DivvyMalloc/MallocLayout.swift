@@ -9,7 +9,7 @@
 // ## Segments and pages (after mimalloc)
 //
 // All memory comes from one large address-space reservation (`MAP_NORESERVE`, 64 GiB, more reserved when it runs
-// out), cut into 4 MiB *segments*, each aligned to 4 MiB. A segment starts with an 8 KiB metadata area: a header and
+// out), cut into 4 MiB *segments*, each aligned to 4 MiB. A segment starts with a 16 KiB metadata area: a header and
 // one descriptor per page. So the page that owns any block is found from the block's address alone, in a few
 // instructions and without any lock or table:
 //
@@ -27,9 +27,9 @@ enum M {
     @inline(__always) static var segmentSize: Int { 1 << 22 }
     @inline(__always) static var segmentMask: UInt { ~UInt((1 << 22) - 1) }
     /// Segment header plus page descriptors; page 0's blocks start here.
-    @inline(__always) static var metadataSize: Int { 8192 }
+    @inline(__always) static var metadataSize: Int { 16384 }
     @inline(__always) static var descriptorOffset: Int { 64 }
-    @inline(__always) static var descriptorSize: Int { 96 }
+    @inline(__always) static var descriptorSize: Int { 192 }
     /// Size classes: 0…8 are 16-byte steps (class 0 serves `malloc(0)`), then four classes per power of two up to
     /// 1 MiB (class 60).
     @inline(__always) static var classCount: Int { 61 }
@@ -158,80 +158,84 @@ struct SegmentRef {
     }
 }
 
-/// A page descriptor (96 bytes in its segment's metadata).
+/// A page descriptor (192 bytes in its segment's metadata: three cache lines, so the owner's writes, other threads'
+/// remote frees and everyone's reads of the fixed fields never share a line).
 ///
-///     0  remoteFree  atomic Int: a stack of blocks freed by other threads (any thread pushes, the owner takes all)
-///     8  owner       atomic Int: the owning thread heap's address, 0 when the page is in a pool, abandoned or huge
-///     16 free        the owner's free list
-///     24 used        Int32: blocks handed out and not yet freed back to `free` (remote frees count until collected)
-///     28 capacity    Int32: blocks that fit in the page
-///     32 blockSize   Int
-///     40 next, 48 prev: links in the owner's queue for the class (or a pool / abandoned list: next only)
-///     56 start       the first block
-///     64 carved      Int32: blocks carved so far (blocks past it were never touched)
-///     68 sizeClass, 69 kind, 70 hasAligned (an interior pointer was handed out: frees must round down)
-///     72 areaSize    bytes from `start` to the page's end
+///     line 0, read by every free, written only when the page changes hands:
+///     0   owner       atomic Int: the owning thread heap's address, 0 when the page is in a pool, abandoned or huge
+///     8   blockSize   Int
+///     16  start       the first block
+///     24  areaSize    bytes from `start` to the page's end
+///     32  sizeClass, 33 kind, 34 hasAligned (an interior pointer was handed out: frees must round down)
+///     line 1, the owner's:
+///     64  free        the owner's free list
+///     72  used        Int32: blocks handed out and not yet freed back to `free` (remote frees count until collected)
+///     76  capacity    Int32: blocks that fit in the page
+///     80  carved      Int32: blocks carved so far (blocks past it were never touched)
+///     88  next, 96 prev: links in the owner's queue for the class (or a pool / abandoned list: next only)
+///     line 2, other threads':
+///     128 remoteFree  atomic Int: a stack of blocks freed by other threads (any thread pushes, the owner takes all)
 struct PageRef: Equatable {
     let raw: UnsafeMutableRawPointer
 
     @inline(__always) init(_ raw: UnsafeMutableRawPointer) { self.raw = raw }
 
-    @inline(__always) var remoteFree: UnsafeAtomic<Int> { atomicWord(raw) }
-    @inline(__always) var owner: UnsafeAtomic<Int> { atomicWord(raw + 8) }
+    @inline(__always) var owner: UnsafeAtomic<Int> { atomicWord(raw) }
+    @inline(__always) var remoteFree: UnsafeAtomic<Int> { atomicWord(raw + 128) }
 
     var free: UnsafeMutableRawPointer? {
-        @inline(__always) get { raw.load(fromByteOffset: 16, as: UnsafeMutableRawPointer?.self) }
+        @inline(__always) get { raw.load(fromByteOffset: 64, as: UnsafeMutableRawPointer?.self) }
         @inline(__always) nonmutating set {
-            raw.storeBytes(of: newValue, toByteOffset: 16, as: UnsafeMutableRawPointer?.self)
+            raw.storeBytes(of: newValue, toByteOffset: 64, as: UnsafeMutableRawPointer?.self)
         }
     }
     var used: Int32 {
-        @inline(__always) get { raw.load(fromByteOffset: 24, as: Int32.self) }
-        @inline(__always) nonmutating set { raw.storeBytes(of: newValue, toByteOffset: 24, as: Int32.self) }
+        @inline(__always) get { raw.load(fromByteOffset: 72, as: Int32.self) }
+        @inline(__always) nonmutating set { raw.storeBytes(of: newValue, toByteOffset: 72, as: Int32.self) }
     }
     var capacity: Int32 {
-        @inline(__always) get { raw.load(fromByteOffset: 28, as: Int32.self) }
-        nonmutating set { raw.storeBytes(of: newValue, toByteOffset: 28, as: Int32.self) }
+        @inline(__always) get { raw.load(fromByteOffset: 76, as: Int32.self) }
+        nonmutating set { raw.storeBytes(of: newValue, toByteOffset: 76, as: Int32.self) }
     }
     var blockSize: Int {
-        @inline(__always) get { raw.load(fromByteOffset: 32, as: Int.self) }
-        nonmutating set { raw.storeBytes(of: newValue, toByteOffset: 32, as: Int.self) }
+        @inline(__always) get { raw.load(fromByteOffset: 8, as: Int.self) }
+        nonmutating set { raw.storeBytes(of: newValue, toByteOffset: 8, as: Int.self) }
     }
     var next: PageRef? {
-        @inline(__always) get { raw.load(fromByteOffset: 40, as: UnsafeMutableRawPointer?.self).map(PageRef.init) }
+        @inline(__always) get { raw.load(fromByteOffset: 88, as: UnsafeMutableRawPointer?.self).map(PageRef.init) }
         @inline(__always) nonmutating set {
-            raw.storeBytes(of: newValue?.raw, toByteOffset: 40, as: UnsafeMutableRawPointer?.self)
+            raw.storeBytes(of: newValue?.raw, toByteOffset: 88, as: UnsafeMutableRawPointer?.self)
         }
     }
     var prev: PageRef? {
-        @inline(__always) get { raw.load(fromByteOffset: 48, as: UnsafeMutableRawPointer?.self).map(PageRef.init) }
+        @inline(__always) get { raw.load(fromByteOffset: 96, as: UnsafeMutableRawPointer?.self).map(PageRef.init) }
         @inline(__always) nonmutating set {
-            raw.storeBytes(of: newValue?.raw, toByteOffset: 48, as: UnsafeMutableRawPointer?.self)
+            raw.storeBytes(of: newValue?.raw, toByteOffset: 96, as: UnsafeMutableRawPointer?.self)
         }
     }
     var start: UnsafeMutableRawPointer {
-        @inline(__always) get { raw.load(fromByteOffset: 56, as: UnsafeMutableRawPointer.self) }
-        nonmutating set { raw.storeBytes(of: newValue, toByteOffset: 56, as: UnsafeMutableRawPointer.self) }
+        @inline(__always) get { raw.load(fromByteOffset: 16, as: UnsafeMutableRawPointer.self) }
+        nonmutating set { raw.storeBytes(of: newValue, toByteOffset: 16, as: UnsafeMutableRawPointer.self) }
     }
     var carved: Int32 {
-        @inline(__always) get { raw.load(fromByteOffset: 64, as: Int32.self) }
-        nonmutating set { raw.storeBytes(of: newValue, toByteOffset: 64, as: Int32.self) }
+        @inline(__always) get { raw.load(fromByteOffset: 80, as: Int32.self) }
+        nonmutating set { raw.storeBytes(of: newValue, toByteOffset: 80, as: Int32.self) }
     }
     var sizeClass: Int {
-        @inline(__always) get { Int(raw.load(fromByteOffset: 68, as: UInt8.self)) }
-        nonmutating set { raw.storeBytes(of: UInt8(truncatingIfNeeded: newValue), toByteOffset: 68, as: UInt8.self) }
+        @inline(__always) get { Int(raw.load(fromByteOffset: 32, as: UInt8.self)) }
+        nonmutating set { raw.storeBytes(of: UInt8(truncatingIfNeeded: newValue), toByteOffset: 32, as: UInt8.self) }
     }
     var kind: UInt8 {
-        @inline(__always) get { raw.load(fromByteOffset: 69, as: UInt8.self) }
-        nonmutating set { raw.storeBytes(of: newValue, toByteOffset: 69, as: UInt8.self) }
+        @inline(__always) get { raw.load(fromByteOffset: 33, as: UInt8.self) }
+        nonmutating set { raw.storeBytes(of: newValue, toByteOffset: 33, as: UInt8.self) }
     }
     var hasAligned: Bool {
-        @inline(__always) get { raw.load(fromByteOffset: 70, as: UInt8.self) != 0 }
-        nonmutating set { raw.storeBytes(of: newValue ? 1 : 0, toByteOffset: 70, as: UInt8.self) }
+        @inline(__always) get { raw.load(fromByteOffset: 34, as: UInt8.self) != 0 }
+        nonmutating set { raw.storeBytes(of: newValue ? 1 : 0, toByteOffset: 34, as: UInt8.self) }
     }
     var areaSize: Int {
-        @inline(__always) get { raw.load(fromByteOffset: 72, as: Int.self) }
-        nonmutating set { raw.storeBytes(of: newValue, toByteOffset: 72, as: Int.self) }
+        @inline(__always) get { raw.load(fromByteOffset: 24, as: Int.self) }
+        nonmutating set { raw.storeBytes(of: newValue, toByteOffset: 24, as: Int.self) }
     }
 
     /// The segment holding this descriptor.

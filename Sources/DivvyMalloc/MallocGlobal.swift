@@ -75,6 +75,8 @@ struct GlobalRef {
     /// with allocations from the Swift runtime (if any) diverted to the bootstrap arena.
     static func create() -> GlobalRef? {
         guard let (base, segments) = reserveRange(atLeast: 2) else { return nil }
+        // Invariant: remote-free words keep block addresses in 48 bits (see `HeapRef.freeSlow`).
+        guard UInt(bitPattern: base) + UInt(segments << M.segmentShift) <= 1 << 48 else { return nil }
         let global = GlobalRef(base)
         // The reservation is fresh (zero-filled), so every field starts at zero/nil.
         global.raw.storeBytes(of: base, toByteOffset: 64, as: UnsafeMutableRawPointer.self)
@@ -112,7 +114,8 @@ struct GlobalRef {
             if let segment = allocateSegments(count, inRange: r) { return segment }
         }
         guard rangeCount < GlobalRef.maximumRanges, count <= GlobalRef.rangeSegments,
-            let (base, segments) = GlobalRef.reserveRange(atLeast: count)
+            let (base, segments) = GlobalRef.reserveRange(atLeast: count),
+            UInt(bitPattern: base) + UInt(segments << M.segmentShift) <= 1 << 48
         else { return nil }
         let r = rangeCount
         raw.storeBytes(of: base, toByteOffset: 64 + r * 16, as: UnsafeMutableRawPointer.self)

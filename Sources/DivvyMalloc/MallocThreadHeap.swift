@@ -100,20 +100,24 @@ extension HeapRef {
     }
 
     /// Moves the page's remote frees onto its free list.
+    ///
+    /// The remote-free word holds the stack's top block in its low 48 bits and the stack's length in its top 16
+    /// (see `freeSlow`), so taking the stack needs no walk over blocks another core just wrote: when the free list
+    /// is empty (always, on the allocation path) the stack simply becomes the free list.
     @inline(__always)
     func collect(_ page: PageRef) {
         guard page.remoteFree.load(ordering: .relaxed) != 0 else { return }
         // Acquiring: pairs with the releasing CAS of every remote free, so the links written into the blocks before
         // they were pushed are visible here.
-        let taken = page.remoteFree.exchange(0, ordering: .acquiring)
-        guard let first = UnsafeMutableRawPointer(bitPattern: taken) else { return }
-        var last = first
-        var count: Int32 = 1
-        while let next = nextBlock(last) {
-            last = next
-            count &+= 1
+        let taken = UInt(bitPattern: page.remoteFree.exchange(0, ordering: .acquiring))
+        guard let first = UnsafeMutableRawPointer(bitPattern: taken & remoteAddressMask) else { return }
+        // Safe: the count is at most the page's capacity (4096), so it fits Int32.
+        let count = Int32(truncatingIfNeeded: taken &>> 48)
+        if let free = page.free {
+            var last = first
+            while let next = nextBlock(last) { last = next }
+            setNextBlock(last, free)
         }
-        setNextBlock(last, page.free)
         page.free = first
         // Safe: every collected block was handed out and counted in `used`.
         page.used &-= count
@@ -242,14 +246,19 @@ extension HeapRef {
             if page.used == 0 { pageEmptied(page) }
             return
         }
-        // Another thread's page (or an abandoned one): push onto its remote-free stack.
+        // Another thread's page (or an abandoned one): push onto its remote-free stack. The word is the top
+        // block's address (below 2^48: user-space addresses on x86_64 and arm64 with 4-level page tables, and the
+        // heap's reservations are made without address hints) plus the stack's length in the top 16 bits (a page
+        // holds at most 4096 blocks).
         let remote = page.remoteFree
         var head = remote.load(ordering: .relaxed)
         while true {
-            setNextBlock(block, UnsafeMutableRawPointer(bitPattern: head))
+            let word = UInt(bitPattern: head)
+            setNextBlock(block, UnsafeMutableRawPointer(bitPattern: word & remoteAddressMask))
+            let pushed = UInt(bitPattern: block) | ((word &>> 48) &+ 1) &<< 48
             // Releasing: the link just written is visible to the owner that takes the stack (acquiring exchange).
             let (exchanged, original) = remote.weakCompareExchange(
-                expected: head, desired: Int(bitPattern: block), successOrdering: .releasing,
+                expected: head, desired: Int(bitPattern: pushed), successOrdering: .releasing,
                 failureOrdering: .relaxed)
             if exchanged { return }
             head = original
@@ -385,6 +394,10 @@ extension HeapRef {
         global.destroyHeap(self)
     }
 }
+
+/// The address bits of a page's remote-free word (the top 16 bits count the stack).
+@inline(__always)
+var remoteAddressMask: UInt { (1 << 48) - 1 }
 
 /// `malloc_usable_size(pointer)` (not nil): the bytes from `pointer` to the end of its block.
 func usableSize(_ pointer: UnsafeMutableRawPointer) -> Int {

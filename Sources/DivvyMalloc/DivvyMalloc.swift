@@ -43,11 +43,13 @@ public func divvyMallocSwiftHeapAbandon(_ heap: UnsafeMutableRawPointer) {
 }
 
 @_cdecl("divvy_malloc_swift_malloc")
+@inline(__always)
 public func divvyMallocSwiftMalloc(_ heap: UnsafeMutableRawPointer, _ size: Int) -> UnsafeMutableRawPointer? {
     HeapRef(heap).malloc(size)
 }
 
 @_cdecl("divvy_malloc_swift_free")
+@inline(__always)
 public func divvyMallocSwiftFree(_ heap: UnsafeMutableRawPointer, _ pointer: UnsafeMutableRawPointer) {
     HeapRef(heap).free(pointer)
 }

@@ -173,6 +173,7 @@ struct SegmentRef {
 ///     76  capacity    Int32: blocks that fit in the page
 ///     80  carved      Int32: blocks carved so far (blocks past it were never touched)
 ///     88  next, 96 prev: links in the owner's queue for the class (or a pool / abandoned list: next only)
+///     104 localFree   blocks the owner freed, moved to `free` when it runs dry
 ///     line 2, other threads':
 ///     128 remoteFree  atomic Int: a stack of blocks freed by other threads (any thread pushes, the owner takes all)
 struct PageRef: Equatable {
@@ -187,6 +188,14 @@ struct PageRef: Equatable {
         @inline(__always) get { raw.load(fromByteOffset: 64, as: UnsafeMutableRawPointer?.self) }
         @inline(__always) nonmutating set {
             raw.storeBytes(of: newValue, toByteOffset: 64, as: UnsafeMutableRawPointer?.self)
+        }
+    }
+    /// Blocks the owner freed since `free` last ran dry (mimalloc's free-list sharding: `malloc` pops `free`
+    /// while `free()` pushes here, so a malloc/free pair does not wait on its own store to one list head).
+    var localFree: UnsafeMutableRawPointer? {
+        @inline(__always) get { raw.load(fromByteOffset: 104, as: UnsafeMutableRawPointer?.self) }
+        @inline(__always) nonmutating set {
+            raw.storeBytes(of: newValue, toByteOffset: 104, as: UnsafeMutableRawPointer?.self)
         }
     }
     var used: Int32 {

@@ -83,11 +83,21 @@ extension HeapRef {
         }
     }
 
-    /// A block from `page`: its free list, else its remote frees, else newly carved blocks; nil when it is full.
+    /// A block from `page`: its free list, else its remote and local frees, else newly carved blocks; nil when it
+    /// is full.
     @inline(__always)
     func take(from page: PageRef) -> UnsafeMutableRawPointer? {
         if page.free == nil {
             collect(page)
+            if let local = page.localFree {
+                page.localFree = nil
+                if let free = page.free {
+                    var last = local
+                    while let next = nextBlock(last) { last = next }
+                    setNextBlock(last, free)
+                }
+                page.free = local
+            }
             if page.free == nil {
                 guard page.carved < page.capacity else { return nil }
                 carve(page)
@@ -177,6 +187,7 @@ extension HeapRef {
         page.blockSize = size
         page.sizeClass = cls
         page.free = nil
+        page.localFree = nil
         page.used = 0
         page.carved = 0
         page.capacity = Int32(truncatingIfNeeded: page.areaSize / size)
@@ -223,8 +234,8 @@ extension HeapRef {
         // Relaxed: a thread reads its own heap's address in `owner` only if it stored it (or the page was handed to
         // it under the lock after the previous owner's last store), so a stale value can only mean "not mine".
         if page.owner.load(ordering: .relaxed) == Int(bitPattern: raw), !page.hasAligned {
-            setNextBlock(pointer, page.free)
-            page.free = pointer
+            setNextBlock(pointer, page.localFree)
+            page.localFree = pointer
             page.used &-= 1
             if page.used == 0 { pageEmptied(page) }
             return
@@ -240,8 +251,8 @@ extension HeapRef {
         }
         let block = page.blockStart(pointer)
         if page.owner.load(ordering: .relaxed) == Int(bitPattern: raw) {
-            setNextBlock(block, page.free)
-            page.free = block
+            setNextBlock(block, page.localFree)
+            page.localFree = block
             page.used &-= 1
             if page.used == 0 { pageEmptied(page) }
             return

@@ -172,7 +172,7 @@ extension HeapRef {
             // store after the exiting owner's last accesses.
             page.next = nil
             page.prev = nil
-            page.owner.store(Int(bitPattern: raw), ordering: .relaxed)
+            page.owner.store(Int(bitPattern: raw) | (page.hasAligned ? 1 : 0), ordering: .relaxed)
             return page
         }
         guard let page = global.popPool(kind) ?? global.newPage(kind) else { return nil }
@@ -233,7 +233,9 @@ extension HeapRef {
         let page = SegmentRef.page(of: pointer)
         // Relaxed: a thread reads its own heap's address in `owner` only if it stored it (or the page was handed to
         // it under the lock after the previous owner's last store), so a stale value can only mean "not mine".
-        if page.owner.load(ordering: .relaxed) == Int(bitPattern: raw), !page.hasAligned {
+        // A page that handed out aligned (interior) pointers has bit 0 of its owner word set: its frees must round
+        // down to the block, so they miss this comparison and take `freeSlow` (one load and one compare here).
+        if page.owner.load(ordering: .relaxed) == Int(bitPattern: raw) {
             setNextBlock(pointer, page.localFree)
             page.localFree = pointer
             page.used &-= 1
@@ -250,7 +252,7 @@ extension HeapRef {
             return
         }
         let block = page.blockStart(pointer)
-        if page.owner.load(ordering: .relaxed) == Int(bitPattern: raw) {
+        if page.owner.load(ordering: .relaxed) & ~1 == Int(bitPattern: raw) {
             setNextBlock(block, page.localFree)
             page.localFree = block
             page.used &-= 1
@@ -358,8 +360,13 @@ extension HeapRef {
             let address = UInt(bitPattern: block)
             let aligned = (address + UInt(alignment - 1)) & ~UInt(alignment - 1)
             if aligned != address {
-                // Safe: the block came from this heap, so its page is ours (set before the pointer escapes).
-                SegmentRef.page(of: block).hasAligned = true
+                // Safe: the block came from this heap, so its page is ours (set before the pointer escapes). Bit 0
+                // of the owner word sends this page's local frees to `freeSlow`, which rounds them down.
+                let page = SegmentRef.page(of: block)
+                if !page.hasAligned {
+                    page.hasAligned = true
+                    page.owner.store(Int(bitPattern: raw) | 1, ordering: .relaxed)
+                }
             }
             return UnsafeMutableRawPointer(bitPattern: aligned)
         }

@@ -60,7 +60,8 @@ median() { sort -n | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] :
 echo
 echo "Median of $reps runs; time and peak RSS as ratios to glibc (lower is better); $(nproc) CPUs, $(uname -r)."
 echo
-echo "| workload | glibc time | jemalloc | mimalloc | Divvy | Divvy / mimalloc | glibc peak RSS | jemalloc | mimalloc | Divvy |"
+printf '%s%s\n' "| workload | glibc time | jemalloc | mimalloc | Divvy | Divvy / mimalloc " \
+    "| glibc peak RSS | jemalloc | mimalloc | Divvy |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 for w in "${workloads[@]}"; do
     declare -A ms rss

@@ -442,7 +442,9 @@ static void *consumer(void *argument) {
     unsigned long long errors = 0, checksum = 0, freed = 0;
     pthread_mutex_lock(&exit_queue.lock);
     for (;;) {
-        while (exit_queue.count == 0 && exit_queue.producers_left > 0) pthread_cond_wait(&exit_queue.ready, &exit_queue.lock);
+        while (exit_queue.count == 0 && exit_queue.producers_left > 0) {
+            pthread_cond_wait(&exit_queue.ready, &exit_queue.lock);
+        }
         if (exit_queue.count == 0) break;
         block_t b = exit_queue.items[exit_queue.head];
         exit_queue.head = (exit_queue.head + 1) % QUEUE;

@@ -75,7 +75,9 @@ final class DivvyMallocHeapTests: XCTestCase {
     }
 
     static func fill(_ block: Live, from start: Int = 0) {
-        for i in start..<block.size { block.pointer.storeBytes(of: block.tag &+ UInt8(truncatingIfNeeded: i), toByteOffset: i, as: UInt8.self) }
+        for i in start..<block.size {
+            block.pointer.storeBytes(of: block.tag &+ UInt8(truncatingIfNeeded: i), toByteOffset: i, as: UInt8.self)
+        }
     }
 
     /// The first offset whose byte is wrong, or nil.
@@ -233,7 +235,11 @@ final class DivvyMallocHeapTests: XCTestCase {
                 }
                 let block = Live(pointer: pointer, size: size, alignment: 16, tag: UInt8(truncatingIfNeeded: step))
                 DivvyMallocHeapTests.fill(block)
-                if step % 4 == 0 { own.append(block) } else { mailboxes[(id + 1) % threads].withLock { $0.append(block) } }
+                if step % 4 == 0 {
+                    own.append(block)
+                } else {
+                    mailboxes[(id + 1) % threads].withLock { $0.append(block) }
+                }
                 if step % 64 == 0 {
                     let mail = mailboxes[id].withLock { box -> [Live] in
                         defer { box.removeAll() }

@@ -113,8 +113,8 @@ static _Atomic unsigned long divvy_thread_exits;
 // and crashed every program at startup. Volatile accesses may be neither folded nor removed.
 static volatile _Atomic int divvy_ready;
 
-void divvy_malloc_lock(void) { pthread_mutex_lock(&divvy_lock); }
-void divvy_malloc_unlock(void) { pthread_mutex_unlock(&divvy_lock); }
+DIVVY_INTERNAL void divvy_malloc_lock(void) { pthread_mutex_lock(&divvy_lock); }
+DIVVY_INTERNAL void divvy_malloc_unlock(void) { pthread_mutex_unlock(&divvy_lock); }
 
 static void divvy_prefork(void) {
     pthread_mutex_lock(&divvy_init_lock);

@@ -28,7 +28,7 @@ void divvy_malloc_test_reenter(void);
 long divvy_malloc_stat(int which);
 
 /// Takes / releases the heap's global lock (recursive; held across fork by the atfork handlers). For the Swift
-/// heap's slow paths only.
+/// heap's slow paths only (hidden: not exported from libDivvyMalloc.so).
 void divvy_malloc_lock(void);
 void divvy_malloc_unlock(void);
 

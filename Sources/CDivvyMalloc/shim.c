@@ -1,14 +1,17 @@
 // libDivvyMalloc.so's C allocation ABI. See include/CDivvyMalloc.h and Sources/DivvyMalloc/DivvyMalloc.swift.
 //
 // Every exported function is a thin gate in front of the Swift heap:
-//   1. Re-entry: the Swift heap may itself call malloc (the Swift runtime allocates class instances and metadata
-//      when a pool builds a slab for a new size class). A thread-local depth counter marks "inside the heap"; a
-//      malloc made at depth > 0 is served from a static bump arena instead, which never frees. The arena also
+//   1. The thread's heap: a thread-local pointer (initial-exec TLS, one %fs-relative load; no __tls_get_addr, which
+//      may call malloc; the library is meant to be LD_PRELOADed, so its TLS is in the static block). It starts as a
+//      placeholder that owns nothing; a thread's first allocation creates its heap and registers it with a pthread
+//      key, whose destructor hands the heap's pages back when the thread exits.
+//   2. Re-entry: a thread-local depth marks "inside the heap". The heap never calls malloc (see DivvyMalloc.swift),
+//      but if anything it calls ever did, the nested call would corrupt the thread's heap mid-update; so a malloc
+//      at depth > 0 is served from a static bump arena instead (which never frees) and counted. The arena also
 //      serves everything before the library's constructor has run (ld.so and libc start-up).
-//   2. Thread safety: the default composition is single-threaded (a Pool), so one process-wide recursive mutex
-//      serialises it. pthread_atfork holds the mutex across fork(), so a child never inherits it locked.
-// Thread-locals use the initial-exec TLS model: no __tls_get_addr, which may call malloc (the library is meant to
-// be LD_PRELOADed, so its TLS is in the static block).
+//   3. Locks: the heap's slow paths (new pages, huge blocks, thread start/exit) take one process-wide recursive
+//      mutex, `divvy_lock`. pthread_atfork holds it (and the init lock) across fork(), so a child never inherits a
+//      lock held by a thread that no longer exists. The fast paths take no lock.
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -16,25 +19,30 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "CDivvyMalloc.h"
 
 #define DIVVY_EXPORT __attribute__((visibility("default")))
+// The Swift functions are public Swift symbols (default visibility). Declaring them hidden here makes the linker
+// bind our calls directly (the most constraining visibility wins), instead of through the PLT.
+#define DIVVY_INTERNAL __attribute__((visibility("hidden")))
+#define DIVVY_LIKELY(x) __builtin_expect(!!(x), 1)
+#define DIVVY_UNLIKELY(x) __builtin_expect(!!(x), 0)
 
 // Implemented in Swift (DivvyMalloc.swift), with @_cdecl.
-extern void *divvy_malloc_swift_create(void);
-extern void *divvy_malloc_swift_malloc(void *heap, size_t size);
-extern void divvy_malloc_swift_free(void *heap, void *pointer);
-extern void *divvy_malloc_swift_calloc(void *heap, size_t count, size_t size);
-extern void *divvy_malloc_swift_realloc(void *heap, void *pointer, size_t size);
-extern int divvy_malloc_swift_posix_memalign(void *heap, void **out, size_t alignment, size_t size);
-extern void *divvy_malloc_swift_memalign(void *heap, size_t alignment, size_t size);
-extern void *divvy_malloc_swift_aligned_alloc(void *heap, size_t alignment, size_t size);
-extern void *divvy_malloc_swift_valloc(void *heap, size_t size);
-extern void *divvy_malloc_swift_pvalloc(void *heap, size_t size);
-extern size_t divvy_malloc_swift_usable_size(void *heap, void *pointer);
+extern DIVVY_INTERNAL void *divvy_malloc_swift_global_create(void);
+extern DIVVY_INTERNAL void *divvy_malloc_swift_heap_create(void *global);
+extern DIVVY_INTERNAL void divvy_malloc_swift_heap_abandon(void *heap);
+extern DIVVY_INTERNAL void *divvy_malloc_swift_malloc(void *heap, size_t size);
+extern DIVVY_INTERNAL void divvy_malloc_swift_free(void *heap, void *pointer);
+extern DIVVY_INTERNAL void *divvy_malloc_swift_calloc(void *heap, size_t bytes);
+extern DIVVY_INTERNAL void *divvy_malloc_swift_realloc(void *heap, void *pointer, size_t size);
+extern DIVVY_INTERNAL void *divvy_malloc_swift_aligned(void *heap, size_t alignment, size_t size);
+extern DIVVY_INTERNAL size_t divvy_malloc_swift_usable_size(void *pointer);
+extern DIVVY_INTERNAL long divvy_malloc_swift_stat(void *global, long which);
 
 #define DIVVY_TLS __thread __attribute__((tls_model("initial-exec")))
 
@@ -46,8 +54,8 @@ static _Alignas(4096) unsigned char divvy_arena[DIVVY_ARENA_SIZE];
 static _Atomic size_t divvy_arena_used;
 
 static inline int divvy_in_arena(const void *pointer) {
-    const unsigned char *byte = pointer;
-    return byte >= divvy_arena && byte < divvy_arena + DIVVY_ARENA_SIZE;
+    // One compare: addresses below the arena wrap around to huge offsets.
+    return (uintptr_t)pointer - (uintptr_t)divvy_arena < DIVVY_ARENA_SIZE;
 }
 
 // A block: [size_t size][pad to 16] payload. The size sits in the 8 bytes before the payload.
@@ -72,30 +80,73 @@ DIVVY_EXPORT size_t divvy_malloc_bootstrap_bytes(void) {
 
 // MARK: State
 
-static DIVVY_TLS int divvy_depth;
+// What a thread's heap pointer is before its first allocation and after its exit: an address no page is ever
+// owned by, so every free the thread makes then takes the remote path.
+static _Alignas(64) unsigned char divvy_no_heap[64];
+#define DIVVY_NO_HEAP ((void *)divvy_no_heap)
+
+// Depth values: 0 outside the heap, 1 inside a malloc-family call (a nested call there is a re-entry: counted),
+// 2 inside set-up code that may legitimately call malloc (pthread_setspecific, pthread_atfork, the Swift runtime's
+// first use in a debug build).
+typedef struct {
+    void *heap;
+    int depth;
+} divvy_thread_t;
+
+static DIVVY_TLS divvy_thread_t divvy_thread = {divvy_no_heap, 0};
+
 static pthread_mutex_t divvy_lock = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
 static pthread_mutex_t divvy_init_lock = PTHREAD_MUTEX_INITIALIZER;
-static void *_Atomic divvy_heap;
+static void *_Atomic divvy_global;
+static pthread_key_t divvy_key;
+static _Atomic unsigned long divvy_reentries;
+static _Atomic unsigned long divvy_thread_exits;
+
 // Set by the library's constructor, which runs after its dependencies' (libswiftCore, libstdc++, …) initialisers:
 // until then the Swift runtime may not be usable, so every allocation comes from the arena.
 //
 // `volatile` is what keeps this flag real. Without it, LLVM's GlobalOpt (at -O, so only in release builds)
 // evaluates the constructor at compile time, on the assumption that a module's constructors run before any of its
-// other code: it deletes the constructor, folds the flag to 1 from the start and the check in divvy_heap_slow to
+// other code: it deletes the constructor, folds the flag to 1 from the start and the check in divvy_attach to
 // true. A preloaded malloc breaks that assumption (ld.so and the dependencies' initialisers call malloc before our
 // constructor), so the release library built the Swift heap inside libstdc++'s initialiser, before libswiftCore's,
 // and crashed every program at startup. Volatile accesses may be neither folded nor removed.
 static volatile _Atomic int divvy_ready;
 
-static void divvy_prefork(void) { pthread_mutex_lock(&divvy_lock); }
-static void divvy_postfork_parent(void) { pthread_mutex_unlock(&divvy_lock); }
+DIVVY_INTERNAL void divvy_malloc_lock(void) { pthread_mutex_lock(&divvy_lock); }
+DIVVY_INTERNAL void divvy_malloc_unlock(void) { pthread_mutex_unlock(&divvy_lock); }
+
+static void divvy_prefork(void) {
+    pthread_mutex_lock(&divvy_init_lock);
+    pthread_mutex_lock(&divvy_lock);
+}
+static void divvy_postfork_parent(void) {
+    pthread_mutex_unlock(&divvy_lock);
+    pthread_mutex_unlock(&divvy_init_lock);
+}
 // The child's only thread has a new thread id, so it cannot unlock a recursive mutex the parent's thread owns
-// (EPERM): it starts over with a fresh one, as glibc's malloc does with its arenas' locks.
+// (EPERM): it starts over with fresh ones, as glibc's malloc does with its arenas' locks. The heaps of the parent's
+// other threads stay behind, owned by threads that do not exist in the child: blocks they handed out are still
+// valid, and freeing them takes the remote path (the memory is simply not reused in the child).
 static void divvy_postfork_child(void) {
     pthread_mutex_t fresh = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
     memcpy(&divvy_lock, &fresh, sizeof fresh);
     pthread_mutex_t fresh_init = PTHREAD_MUTEX_INITIALIZER;
     memcpy(&divvy_init_lock, &fresh_init, sizeof fresh_init);
+}
+
+// The pthread key destructor: the thread is exiting. Its pages go back (empty ones to the pool, the others are
+// abandoned for adoption). A destructor running after this one may still call malloc: the thread then gets a new
+// heap and the key is set again, so this runs again (glibc repeats destructors up to PTHREAD_DESTRUCTOR_ITERATIONS).
+static void divvy_thread_exit(void *heap) {
+    divvy_thread_t *thread = &divvy_thread;
+    if (heap == NULL || heap == DIVVY_NO_HEAP) return;
+    int depth = thread->depth;
+    thread->depth = 2;
+    thread->heap = DIVVY_NO_HEAP;
+    divvy_malloc_swift_heap_abandon(heap);
+    thread->depth = depth;
+    atomic_fetch_add_explicit(&divvy_thread_exits, 1, memory_order_relaxed);
 }
 
 // Until this runs, ld.so, libc and the Swift runtime are still starting: serve them from the arena. See divvy_ready
@@ -104,66 +155,121 @@ __attribute__((constructor)) static void divvy_malloc_constructor(void) {
     atomic_store_explicit(&divvy_ready, 1, memory_order_release);
 }
 
-static __attribute__((noinline)) void *divvy_heap_slow(void) {
-    if (!atomic_load_explicit(&divvy_ready, memory_order_acquire)) return NULL;
+static void *divvy_global_slow(void) {
     pthread_mutex_lock(&divvy_init_lock);
-    void *heap = atomic_load_explicit(&divvy_heap, memory_order_acquire);
-    if (heap == NULL) {
-        divvy_depth++;
-        heap = divvy_malloc_swift_create();
-        pthread_atfork(divvy_prefork, divvy_postfork_parent, divvy_postfork_child);
-        divvy_depth--;
-        // Release: the heap object's fields are visible to every thread that acquires the pointer.
-        atomic_store_explicit(&divvy_heap, heap, memory_order_release);
+    void *global = atomic_load_explicit(&divvy_global, memory_order_acquire);
+    if (global == NULL) {
+        global = divvy_malloc_swift_global_create();
+        if (global != NULL) {
+            pthread_key_create(&divvy_key, divvy_thread_exit);
+            pthread_atfork(divvy_prefork, divvy_postfork_parent, divvy_postfork_child);
+            // Release: the global state is visible to every thread that acquires the pointer.
+            atomic_store_explicit(&divvy_global, global, memory_order_release);
+        }
     }
     pthread_mutex_unlock(&divvy_init_lock);
+    return global;
+}
+
+// The calling thread's first allocation (or its first after its heap was handed back): creates its heap. NULL while
+// allocations must come from the arena (before the constructor, or when no memory can be reserved).
+static __attribute__((noinline)) void *divvy_attach(void) {
+    if (!atomic_load_explicit(&divvy_ready, memory_order_acquire)) return NULL;
+    divvy_thread_t *thread = &divvy_thread;
+    thread->depth = 2;
+    // Acquire: pairs with the release store in divvy_global_slow.
+    void *global = atomic_load_explicit(&divvy_global, memory_order_acquire);
+    if (global == NULL) global = divvy_global_slow();
+    void *heap = global != NULL ? divvy_malloc_swift_heap_create(global) : NULL;
+    if (heap != NULL) {
+        thread->heap = heap;
+        pthread_setspecific(divvy_key, heap);
+    }
+    thread->depth = 0;
     return heap;
 }
 
-// The heap, or NULL while allocations must come from the arena (re-entry, or before the constructor).
-static inline void *divvy_heap_or_null(void) {
-    if (divvy_depth != 0) return NULL;
-    // Acquire: pairs with the release store in divvy_heap_slow.
-    void *heap = atomic_load_explicit(&divvy_heap, memory_order_acquire);
-    return heap != NULL ? heap : divvy_heap_slow();
+// A call made while the thread is inside the heap (depth > 0): served by the arena; counted when it is a re-entry
+// from a malloc-family call rather than from set-up code.
+static __attribute__((noinline)) void *divvy_nested_alloc(size_t size, size_t alignment) {
+    if (divvy_thread.depth == 1) atomic_fetch_add_explicit(&divvy_reentries, 1, memory_order_relaxed);
+    return divvy_arena_alloc(size, alignment);
 }
 
-#define DIVVY_ENTER() do { divvy_depth++; pthread_mutex_lock(&divvy_lock); } while (0)
-#define DIVVY_LEAVE() do { pthread_mutex_unlock(&divvy_lock); divvy_depth--; } while (0)
+DIVVY_EXPORT unsigned long divvy_malloc_reentries(void) {
+    return atomic_load_explicit(&divvy_reentries, memory_order_relaxed);
+}
+
+// Makes one malloc/free pair as if from inside the heap (depth 1), so a test can check that the re-entry counter
+// counts (it must go up by exactly 1: the nested malloc is counted, the arena block's free is not).
+DIVVY_EXPORT void divvy_malloc_test_reenter(void) {
+    divvy_thread_t *thread = &divvy_thread;
+    int depth = thread->depth;
+    thread->depth = 1;
+    void *pointer = malloc(16);
+    thread->depth = depth;
+    free(pointer);
+}
+
+DIVVY_EXPORT long divvy_malloc_stat(int which) {
+    void *global = atomic_load_explicit(&divvy_global, memory_order_acquire);
+    if (which == 4) return (long)atomic_load_explicit(&divvy_thread_exits, memory_order_relaxed);
+    if (global == NULL) return 0;
+    pthread_mutex_lock(&divvy_lock);
+    long value = divvy_malloc_swift_stat(global, which);
+    pthread_mutex_unlock(&divvy_lock);
+    return value;
+}
+
+// The thread's heap, creating it on first use; NULL when the arena must serve (check depth first).
+static inline void *divvy_heap(divvy_thread_t *thread) {
+    void *heap = thread->heap;
+    if (DIVVY_UNLIKELY(heap == DIVVY_NO_HEAP)) heap = divvy_attach();
+    return heap;
+}
 
 // MARK: The C allocation ABI
 
 DIVVY_EXPORT void *malloc(size_t size) {
-    void *heap = divvy_heap_or_null();
-    if (heap == NULL) return divvy_arena_alloc(size, 16);
-    DIVVY_ENTER();
+    divvy_thread_t *thread = &divvy_thread;
+    if (DIVVY_UNLIKELY(thread->depth != 0)) return divvy_nested_alloc(size, 16);
+    void *heap = divvy_heap(thread);
+    if (DIVVY_UNLIKELY(heap == NULL)) return divvy_arena_alloc(size, 16);
+    thread->depth = 1;
     void *pointer = divvy_malloc_swift_malloc(heap, size);
-    DIVVY_LEAVE();
+    thread->depth = 0;
+    if (DIVVY_UNLIKELY(pointer == NULL)) errno = ENOMEM;
     return pointer;
 }
 
 DIVVY_EXPORT void free(void *pointer) {
     if (pointer == NULL || divvy_in_arena(pointer)) return;
-    // A block not from the arena came from the heap, so the heap exists (even at depth > 0: the lock is recursive).
-    void *heap = atomic_load_explicit(&divvy_heap, memory_order_acquire);
-    if (heap == NULL) return;  // not ours and no heap yet: nothing to give it back to
-    DIVVY_ENTER();
-    divvy_malloc_swift_free(heap, pointer);
-    DIVVY_LEAVE();
+    divvy_thread_t *thread = &divvy_thread;
+    if (DIVVY_UNLIKELY(thread->depth != 0)) {
+        // A free from inside the heap would modify it mid-update: leak the block instead, and count a re-entry.
+        if (thread->depth == 1) atomic_fetch_add_explicit(&divvy_reentries, 1, memory_order_relaxed);
+        return;
+    }
+    // A thread without a heap frees through the placeholder, which owns nothing: the remote path.
+    thread->depth = 1;
+    divvy_malloc_swift_free(thread->heap, pointer);
+    thread->depth = 0;
 }
 
 DIVVY_EXPORT void *calloc(size_t count, size_t size) {
-    void *heap = divvy_heap_or_null();
-    if (heap == NULL) {
-        size_t bytes;
-        if (__builtin_mul_overflow(count, size, &bytes)) { errno = ENOMEM; return NULL; }
-        void *pointer = divvy_arena_alloc(bytes, 16);
+    size_t bytes;
+    if (__builtin_mul_overflow(count, size, &bytes)) { errno = ENOMEM; return NULL; }
+    divvy_thread_t *thread = &divvy_thread;
+    void *heap = thread->depth != 0 ? NULL : divvy_heap(thread);
+    if (DIVVY_UNLIKELY(heap == NULL)) {
+        void *pointer = thread->depth != 0 ? divvy_nested_alloc(bytes, 16) : divvy_arena_alloc(bytes, 16);
         if (pointer != NULL) memset(pointer, 0, bytes);
         return pointer;
     }
-    DIVVY_ENTER();
-    void *pointer = divvy_malloc_swift_calloc(heap, count, size);
-    DIVVY_LEAVE();
+    thread->depth = 1;
+    void *pointer = divvy_malloc_swift_calloc(heap, bytes);
+    thread->depth = 0;
+    if (DIVVY_UNLIKELY(pointer == NULL)) errno = ENOMEM;
     return pointer;
 }
 
@@ -178,15 +284,27 @@ DIVVY_EXPORT void *realloc(void *pointer, size_t size) {
         memcpy(moved, pointer, old < size ? old : size);
         return moved;
     }
-    void *heap = divvy_heap_or_null();
-    if (heap == NULL) {
-        if (pointer == NULL) return divvy_arena_alloc(size, 16);
-        heap = atomic_load_explicit(&divvy_heap, memory_order_acquire);
-        if (heap == NULL) { errno = ENOMEM; return NULL; }
+    if (pointer == NULL) return malloc(size);
+    if (size == 0) {
+        free(pointer);
+        return NULL;
     }
-    DIVVY_ENTER();
+    divvy_thread_t *thread = &divvy_thread;
+    if (DIVVY_UNLIKELY(thread->depth != 0)) {
+        // Re-entry: never touch the heap; copy into the arena (the old block leaks).
+        void *moved = divvy_nested_alloc(size, 16);
+        if (moved != NULL) {
+            size_t old = divvy_malloc_swift_usable_size(pointer);
+            memcpy(moved, pointer, old < size ? old : size);
+        }
+        return moved;
+    }
+    void *heap = divvy_heap(thread);
+    if (DIVVY_UNLIKELY(heap == NULL)) { errno = ENOMEM; return NULL; }
+    thread->depth = 1;
     void *moved = divvy_malloc_swift_realloc(heap, pointer, size);
-    DIVVY_LEAVE();
+    thread->depth = 0;
+    if (DIVVY_UNLIKELY(moved == NULL)) errno = ENOMEM;
     return moved;
 }
 
@@ -196,77 +314,62 @@ DIVVY_EXPORT void *reallocarray(void *pointer, size_t count, size_t size) {
     return realloc(pointer, bytes);
 }
 
+// `size` bytes aligned to `alignment` (a power of two); NULL (errno untouched) on failure.
+static void *divvy_aligned(size_t alignment, size_t size) {
+    divvy_thread_t *thread = &divvy_thread;
+    if (DIVVY_UNLIKELY(thread->depth != 0)) return divvy_nested_alloc(size, alignment);
+    void *heap = divvy_heap(thread);
+    if (DIVVY_UNLIKELY(heap == NULL)) return divvy_arena_alloc(size, alignment);
+    thread->depth = 1;
+    void *pointer = divvy_malloc_swift_aligned(heap, alignment, size);
+    thread->depth = 0;
+    return pointer;
+}
+
 DIVVY_EXPORT int posix_memalign(void **out, size_t alignment, size_t size) {
-    void *heap = divvy_heap_or_null();
-    if (heap == NULL) {
-        if (alignment == 0 || (alignment & (alignment - 1)) != 0 || alignment % sizeof(void *) != 0) return EINVAL;
-        int saved = errno;
-        void *pointer = divvy_arena_alloc(size, alignment);
-        errno = saved;
-        if (pointer == NULL) return ENOMEM;
-        *out = pointer;
-        return 0;
-    }
-    DIVVY_ENTER();
-    int result = divvy_malloc_swift_posix_memalign(heap, out, alignment, size);
-    DIVVY_LEAVE();
-    return result;
+    if (alignment == 0 || (alignment & (alignment - 1)) != 0 || alignment % sizeof(void *) != 0) return EINVAL;
+    int saved = errno;
+    void *pointer = divvy_aligned(alignment, size);
+    errno = saved;
+    if (pointer == NULL) return ENOMEM;
+    *out = pointer;
+    return 0;
 }
 
 DIVVY_EXPORT void *aligned_alloc(size_t alignment, size_t size) {
-    void *heap = divvy_heap_or_null();
-    if (heap == NULL) {
-        if (alignment == 0 || (alignment & (alignment - 1)) != 0) { errno = EINVAL; return NULL; }
-        return divvy_arena_alloc(size, alignment);
-    }
-    DIVVY_ENTER();
-    void *pointer = divvy_malloc_swift_aligned_alloc(heap, alignment, size);
-    DIVVY_LEAVE();
+    if (alignment == 0 || (alignment & (alignment - 1)) != 0) { errno = EINVAL; return NULL; }
+    void *pointer = divvy_aligned(alignment, size);
+    if (pointer == NULL) errno = ENOMEM;
     return pointer;
 }
 
 DIVVY_EXPORT void *memalign(size_t alignment, size_t size) {
-    void *heap = divvy_heap_or_null();
-    if (heap == NULL) {
-        size_t rounded = 16;
-        while (rounded < alignment && rounded != 0) rounded <<= 1;
-        if (rounded == 0) { errno = EINVAL; return NULL; }
-        return divvy_arena_alloc(size, rounded);
-    }
-    DIVVY_ENTER();
-    void *pointer = divvy_malloc_swift_memalign(heap, alignment, size);
-    DIVVY_LEAVE();
+    // glibc rounds a non-power-of-two alignment up.
+    size_t rounded = 1;
+    while (rounded < alignment && rounded != 0) rounded <<= 1;
+    if (rounded == 0) { errno = EINVAL; return NULL; }
+    void *pointer = divvy_aligned(rounded, size);
+    if (pointer == NULL) errno = ENOMEM;
     return pointer;
 }
 
 DIVVY_EXPORT void *valloc(size_t size) {
-    void *heap = divvy_heap_or_null();
-    if (heap == NULL) return divvy_arena_alloc(size, (size_t)sysconf(_SC_PAGESIZE));
-    DIVVY_ENTER();
-    void *pointer = divvy_malloc_swift_valloc(heap, size);
-    DIVVY_LEAVE();
+    void *pointer = divvy_aligned((size_t)sysconf(_SC_PAGESIZE), size);
+    if (pointer == NULL) errno = ENOMEM;
     return pointer;
 }
 
 DIVVY_EXPORT void *pvalloc(size_t size) {
-    void *heap = divvy_heap_or_null();
-    if (heap == NULL) {
-        size_t page = (size_t)sysconf(_SC_PAGESIZE);
-        return divvy_arena_alloc(((size ? size : 1) + page - 1) & ~(page - 1), page);
-    }
-    DIVVY_ENTER();
-    void *pointer = divvy_malloc_swift_pvalloc(heap, size);
-    DIVVY_LEAVE();
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t rounded;
+    if (__builtin_add_overflow(size ? size : 1, page - 1, &rounded)) { errno = ENOMEM; return NULL; }
+    void *pointer = divvy_aligned(page, rounded & ~(page - 1));
+    if (pointer == NULL) errno = ENOMEM;
     return pointer;
 }
 
 DIVVY_EXPORT size_t malloc_usable_size(void *pointer) {
     if (pointer == NULL) return 0;
     if (divvy_in_arena(pointer)) return divvy_arena_size(pointer);
-    void *heap = atomic_load_explicit(&divvy_heap, memory_order_acquire);
-    if (heap == NULL) return 0;
-    DIVVY_ENTER();
-    size_t size = divvy_malloc_swift_usable_size(heap, pointer);
-    DIVVY_LEAVE();
-    return size;
+    return divvy_malloc_swift_usable_size(pointer);
 }

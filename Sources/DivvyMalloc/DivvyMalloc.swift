@@ -1,110 +1,93 @@
-// libDivvyMalloc.so: a Divvy composition as the process's malloc (`LD_PRELOAD=…/libDivvyMalloc.so program`).
+// libDivvyMalloc.so: a Divvy heap as the process's malloc (`LD_PRELOAD=…/libDivvyMalloc.so program`).
 //
-// The exported symbols (`malloc`, `free`, …) are C, in `Sources/CDivvyMalloc/shim.c`: they keep a thread-local
-// re-entry depth, serialise the heap with one process-wide lock (held across fork), and serve allocations made
-// while the heap is being built from a static arena. They call the functions below, which hand each call to a
-// `CAllocationAdapter` over the default composition.
+// The exported symbols (`malloc`, `free`, …) are C, in `Sources/CDivvyMalloc/shim.c`: they find the calling
+// thread's heap in a C thread-local (initial-exec TLS: one load from %fs), check arguments and set errno, and call
+// the functions below. The heap itself is Swift:
 //
-// The default composition: `Segregator(threshold: 32 KiB, small: Pool(OSAllocator()), large: OSAllocator())`:
-// size classes of slabs refilled from the OS for small blocks, one `mmap` per large block. It is single-threaded,
-// hence the lock; per-thread `ConcurrentSlab.Local`s with remote frees are the planned replacement (issue 6).
+// - `MallocLayout.swift`: 4 MiB segments of 64 KiB / 1 MiB / 4 MiB pages; a block's page is found from its address.
+// - `MallocThreadHeap.swift`: per-thread heaps (the local sides): small/medium/large size classes allocated and
+//   freed without any lock or atomic; frees from other threads through each page's lock-free remote-free stack;
+//   thread exit returns empty pages and abandons the others for adoption.
+// - `MallocGlobal.swift`: the slow, locked parts: the address-space reservation (mapped with `OSAllocator`), page
+//   pools, abandoned pages, huge blocks (runs of whole segments), heap structures.
 //
-// Nothing here allocates on the hot path: `DivvyMallocHeap` is created once (through the arena), reached through an
-// unmanaged pointer without retain/release, and the adapter's paths are allocation-free (see `CAllocationAdapter`).
-// A pool's first use of a size class builds a `Slab` object; that nested malloc lands in the arena.
+// ## Why nothing here re-enters malloc
+//
+// Every path below works on raw memory the heap mapped itself, through one-pointer structs (`HeapRef`, `PageRef`,
+// `SegmentRef`, `GlobalRef`) whose properties are loads and stores at fixed offsets: no class instances (so no
+// allocation, retain or release), no arrays, strings, existentials or escaping closures, no lazy globals (constants
+// are computed properties), no Swift-runtime calls. Atomics are swift-atomics' `UnsafeAtomic` over words in that
+// memory. The shim enforces the rest: while a thread is inside these functions its re-entry depth is non-zero, and a
+// malloc made then is served by the static bootstrap arena and *counted* (`divvy_malloc_reentries()`);
+// `DivvyMallocPreloadTests.testTheHotPathNeverReentersMalloc` runs a workload under the preload and fails if the
+// count moves. (In a debug build the Swift runtime may allocate metadata the first time a generic type is used;
+// that happens once, during warm-up, and is served by the arena.)
 import CDivvyMalloc
-import Divvy
 
-/// The composition libDivvyMalloc serves.
-public typealias DivvyMallocComposition = Segregator<Pool<OSAllocator>, OSAllocator>
-
-/// The one heap of the process: the adapter over the default composition.
-public final class DivvyMallocHeap {
-    /// The C functions, served by the composition.
-    public let adapter: CAllocationAdapter<DivvyMallocComposition>
-
-    /// Builds the default composition.
-    ///
-    /// - Throws: the pool's configuration error (cannot happen with the constants used).
-    public init() throws(AllocationError) {
-        let os = OSAllocator()
-        adapter = CAllocationAdapter(Segregator(threshold: 32 << 10, small: try Pool(os), large: os))
-    }
+/// Creates the process-wide state (called once, by the shim). Nil when no address space can be reserved.
+@_cdecl("divvy_malloc_swift_global_create")
+public func divvyMallocSwiftGlobalCreate() -> UnsafeMutableRawPointer? {
+    GlobalRef.create()?.raw
 }
 
-@inline(__always)
-private func withHeap<R>(_ heap: UnsafeMutableRawPointer, _ body: (DivvyMallocHeap) -> R) -> R {
-    // Safe: the heap was retained once by `divvy_malloc_swift_create` and is never released (it lives as long as
-    // the process), so no retain/release is needed here.
-    Unmanaged<DivvyMallocHeap>.fromOpaque(heap)._withUnsafeGuaranteedRef(body)
+/// A heap for the calling thread (called by the shim on a thread's first allocation).
+@_cdecl("divvy_malloc_swift_heap_create")
+public func divvyMallocSwiftHeapCreate(_ global: UnsafeMutableRawPointer) -> UnsafeMutableRawPointer? {
+    GlobalRef(global).createHeap()?.raw
 }
 
-@_cdecl("divvy_malloc_swift_create")
-public func divvyMallocSwiftCreate() -> UnsafeMutableRawPointer {
-    guard let heap = try? DivvyMallocHeap() else {
-        // Unreachable with the constant configuration; nothing can be reported from inside malloc anyway.
-        fatalError("DivvyMalloc: cannot build the default composition")
-    }
-    return Unmanaged.passRetained(heap).toOpaque()
+/// The thread owning `heap` is exiting (the shim's pthread key destructor).
+@_cdecl("divvy_malloc_swift_heap_abandon")
+public func divvyMallocSwiftHeapAbandon(_ heap: UnsafeMutableRawPointer) {
+    HeapRef(heap).abandon()
 }
 
 @_cdecl("divvy_malloc_swift_malloc")
+@inline(__always)
 public func divvyMallocSwiftMalloc(_ heap: UnsafeMutableRawPointer, _ size: Int) -> UnsafeMutableRawPointer? {
-    withHeap(heap) { $0.adapter.malloc(size) }
+    HeapRef(heap).malloc(size)
 }
 
 @_cdecl("divvy_malloc_swift_free")
-public func divvyMallocSwiftFree(_ heap: UnsafeMutableRawPointer, _ pointer: UnsafeMutableRawPointer?) {
-    withHeap(heap) { $0.adapter.free(pointer) }
+@inline(__always)
+public func divvyMallocSwiftFree(_ heap: UnsafeMutableRawPointer, _ pointer: UnsafeMutableRawPointer) {
+    HeapRef(heap).free(pointer)
 }
 
 @_cdecl("divvy_malloc_swift_calloc")
-public func divvyMallocSwiftCalloc(_ heap: UnsafeMutableRawPointer, _ count: Int, _ size: Int)
-    -> UnsafeMutableRawPointer?
-{
-    withHeap(heap) { $0.adapter.calloc(count, size) }
+public func divvyMallocSwiftCalloc(_ heap: UnsafeMutableRawPointer, _ bytes: Int) -> UnsafeMutableRawPointer? {
+    HeapRef(heap).calloc(bytes)
 }
 
 @_cdecl("divvy_malloc_swift_realloc")
 public func divvyMallocSwiftRealloc(
     _ heap: UnsafeMutableRawPointer, _ pointer: UnsafeMutableRawPointer?, _ size: Int
 ) -> UnsafeMutableRawPointer? {
-    withHeap(heap) { $0.adapter.realloc(pointer, size) }
+    HeapRef(heap).realloc(pointer, size)
 }
 
-@_cdecl("divvy_malloc_swift_posix_memalign")
-public func divvyMallocSwiftPosixMemalign(
-    _ heap: UnsafeMutableRawPointer, _ out: UnsafeMutablePointer<UnsafeMutableRawPointer?>, _ alignment: Int,
-    _ size: Int
-) -> Int32 {
-    withHeap(heap) { $0.adapter.posixMemalign(out, alignment: alignment, size: size) }
-}
-
-@_cdecl("divvy_malloc_swift_memalign")
-public func divvyMallocSwiftMemalign(_ heap: UnsafeMutableRawPointer, _ alignment: Int, _ size: Int)
+/// `size` bytes aligned to `alignment`, a power of two (the shim validates and rounds).
+@_cdecl("divvy_malloc_swift_aligned")
+public func divvyMallocSwiftAligned(_ heap: UnsafeMutableRawPointer, _ alignment: Int, _ size: Int)
     -> UnsafeMutableRawPointer?
 {
-    withHeap(heap) { $0.adapter.memalign(alignment: alignment, size: size) }
-}
-
-@_cdecl("divvy_malloc_swift_aligned_alloc")
-public func divvyMallocSwiftAlignedAlloc(_ heap: UnsafeMutableRawPointer, _ alignment: Int, _ size: Int)
-    -> UnsafeMutableRawPointer?
-{
-    withHeap(heap) { $0.adapter.alignedAlloc(alignment: alignment, size: size) }
-}
-
-@_cdecl("divvy_malloc_swift_valloc")
-public func divvyMallocSwiftValloc(_ heap: UnsafeMutableRawPointer, _ size: Int) -> UnsafeMutableRawPointer? {
-    withHeap(heap) { $0.adapter.valloc(size) }
-}
-
-@_cdecl("divvy_malloc_swift_pvalloc")
-public func divvyMallocSwiftPvalloc(_ heap: UnsafeMutableRawPointer, _ size: Int) -> UnsafeMutableRawPointer? {
-    withHeap(heap) { $0.adapter.pvalloc(size) }
+    HeapRef(heap).alignedAllocate(alignment: alignment, size: size)
 }
 
 @_cdecl("divvy_malloc_swift_usable_size")
-public func divvyMallocSwiftUsableSize(_ heap: UnsafeMutableRawPointer, _ pointer: UnsafeMutableRawPointer?) -> Int {
-    withHeap(heap) { $0.adapter.mallocUsableSize(pointer) }
+public func divvyMallocSwiftUsableSize(_ pointer: UnsafeMutableRawPointer) -> Int {
+    usableSize(pointer)
+}
+
+/// Statistics for tests: 0 abandoned pages now, 1 pages adopted so far, 2 segments in use, 3 live thread heaps.
+@_cdecl("divvy_malloc_swift_stat")
+public func divvyMallocSwiftStat(_ global: UnsafeMutableRawPointer, _ which: Int) -> Int {
+    let global = GlobalRef(global)
+    switch which {
+    case 0: return global.abandonedPages
+    case 1: return global.adoptedPages
+    case 2: return global.segmentsInUse
+    case 3: return global.liveHeaps
+    default: return -1
+    }
 }

@@ -303,4 +303,96 @@ final class DivvyMallocPreloadTests: XCTestCase {
         XCTAssertEqual(divvy.count, 41)
         XCTAssertEqual(divvy, try commitTree(preload: nil))
     }
+
+    /// The stress program's path, built next to this test binary (a dependency of the test target).
+    var stressProgram: String {
+        get throws { try productsDirectory.appendingPathComponent("DivvyMallocStress").path }
+    }
+
+    /// `fork()` while four threads allocate and free (with cross-thread frees): each of 12 children frees blocks
+    /// the parent's other threads allocated, starts threads of its own that allocate and free heavily, and must
+    /// exit 0 within 30 s. A lock inherited in the locked state would hang the child (SIGALRM), a heap left
+    /// inconsistent would crash it or corrupt contents.
+    func testForkWhileThreadsAllocateLeavesTheChildAWorkingAllocator() throws {
+        let lib = try library()
+        let plain = try run([try stressProgram, "fork"], preload: nil)
+        let divvy = try run([try stressProgram, "fork"], preload: lib)
+        XCTAssertEqual(plain.status, 0, plain.stdout + plain.stderr)
+        XCTAssertEqual(divvy.status, 0, divvy.stdout + divvy.stderr)
+        XCTAssertEqual(divvy.stdout, "forks 12 failed children 0 errors 0\n", divvy.stderr)
+        XCTAssertEqual(divvy.stdout, plain.stdout)
+    }
+
+    /// Forty short-lived threads allocate, hand blocks to a consumer and exit while it still holds them: their
+    /// pages are handed back at thread exit (empty ones pooled, the others abandoned), the consumer's frees into
+    /// abandoned pages stay correct, and later threads adopt the abandoned pages.
+    func testThreadExitHandsPagesBackAndOtherThreadsAdoptThem() throws {
+        let lib = try library()
+        let plain = try run([try stressProgram, "thread-exit"], preload: nil)
+        let divvy = try run([try stressProgram, "thread-exit"], preload: lib)
+        XCTAssertEqual(plain.status, 0, plain.stdout + plain.stderr)
+        XCTAssertEqual(divvy.status, 0, divvy.stdout + divvy.stderr)
+        XCTAssertEqual(divvy.stdout, "thread exits 40 handed over 12000 errors 0\n", divvy.stderr)
+        XCTAssertEqual(divvy.stdout, plain.stdout)
+        // "divvy: abandoned A adopted B segments S heaps H exits E" (the library's statistics, printed only when
+        // the program finds `divvy_malloc_stat`).
+        let line = divvy.stderr.split(separator: "\n").first { $0.hasPrefix("divvy: abandoned") } ?? ""
+        let numbers = line.split(separator: " ").compactMap { Int($0) }
+        XCTAssertEqual(numbers.count, 5, divvy.stderr)
+        guard numbers.count == 5 else { return }
+        XCTAssertGreaterThanOrEqual(numbers[4], 40, "every allocating thread's exit handed its heap back: \(line)")
+        XCTAssertEqual(numbers[3], 1, "only the main thread still has a heap: \(line)")
+        XCTAssertGreaterThan(numbers[1], 0, "later threads adopted abandoned pages: \(line)")
+        XCTAssertFalse(plain.stderr.contains("divvy:"))
+    }
+
+    /// The re-entry guard counts every malloc-family call made while the calling thread is already inside one
+    /// (`divvy_malloc_reentries()`): a hot path that started allocating (a class instance, an array, a string, an
+    /// existential box, a lazy global) would move the count. After a warm-up (a debug build's Swift runtime may
+    /// instantiate generic metadata once), a workload of every function, sizes from 0 to 8 MiB, threads and
+    /// cross-thread frees must leave it unchanged. `divvy_malloc_test_reenter()` makes one nested call on purpose,
+    /// so the test also proves the counter counts.
+    func testTheHotPathNeverReentersMalloc() throws {
+        let lib = try library()
+        guard FileManager.default.isExecutableFile(atPath: python) else { throw XCTSkip("no python3") }
+        let script = """
+            import ctypes, threading
+            libc = ctypes.CDLL(None)
+            for name in ("malloc", "calloc", "realloc", "memalign", "aligned_alloc"):
+                getattr(libc, name).restype = ctypes.c_void_p
+            libc.divvy_malloc_reentries.restype = ctypes.c_ulong
+            sizes = [0, 1, 24, 100, 500, 3000, 20000, 40000, 200000, 900000, 3000000, 8000000]
+            handed = []
+            lock = threading.Lock()
+            def work(rounds):
+                for r in range(rounds):
+                    for s in sizes:
+                        p = libc.malloc(s)
+                        p = libc.realloc(ctypes.c_void_p(p), s * 2 + 1)
+                        libc.malloc_usable_size(ctypes.c_void_p(p))
+                        with lock: handed.append(p)
+                        q = libc.calloc(3, s)
+                        libc.free(ctypes.c_void_p(q))
+                        for a in (64, 4096, 1 << 20):
+                            m = libc.memalign(a, s)
+                            libc.free(ctypes.c_void_p(m))
+                        out = ctypes.c_void_p()
+                        libc.posix_memalign(ctypes.byref(out), 256, s)
+                        libc.free(out)
+                    with lock:
+                        for p in handed: libc.free(ctypes.c_void_p(p))
+                        handed.clear()
+            work(3)
+            before = libc.divvy_malloc_reentries()
+            threads = [threading.Thread(target=work, args=(40,)) for _ in range(3)]
+            for t in threads: t.start()
+            work(40)
+            for t in threads: t.join()
+            after = libc.divvy_malloc_reentries()
+            libc.divvy_malloc_test_reenter()
+            print(after - before, libc.divvy_malloc_reentries() - after)
+            """
+        let result = try run([python, "-c", script], preload: lib)
+        XCTAssertEqual(result.stdout, "0 1\n", result.stderr)
+    }
 }

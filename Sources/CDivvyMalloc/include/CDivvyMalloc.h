@@ -1,7 +1,8 @@
 // CDivvyMalloc: the C allocation ABI of libDivvyMalloc.so. Only what Swift cannot express lives here: the exported
-// malloc-family symbols, a thread-local re-entry depth, the process-wide lock and its fork handlers, and a static
-// bootstrap arena for allocations made while the heap itself is being built. The allocator is Swift
-// (`DivvyMalloc.swift`, over `CAllocationAdapter`). Every symbol of our own is prefixed `divvy_malloc_`.
+// malloc-family symbols, the thread-local heap pointer and re-entry depth, the process-wide lock of the heap's slow
+// paths and its fork handlers, the pthread key whose destructor hands a thread's pages back, and a static bootstrap
+// arena for allocations made before the heap is ready. The allocator is Swift (`Sources/DivvyMalloc`). Every symbol
+// of our own is prefixed `divvy_malloc_`.
 #ifndef CDIVVY_MALLOC_H
 #define CDIVVY_MALLOC_H
 
@@ -11,9 +12,25 @@
 extern "C" {
 #endif
 
-/// Bytes of the static bootstrap arena handed out so far (allocations made before the heap was ready, or by the
-/// heap itself while it builds objects). For tests and diagnostics.
+/// Bytes of the static bootstrap arena handed out so far (allocations made before the heap was ready, or while a
+/// thread was inside the heap). For tests and diagnostics.
 size_t divvy_malloc_bootstrap_bytes(void);
+
+/// Malloc-family calls made while the calling thread was already inside one (a re-entry: the heap's code called
+/// malloc or free). Served by the arena and counted; it must stay 0 after start-up. For tests and diagnostics.
+unsigned long divvy_malloc_reentries(void);
+
+/// Makes one nested malloc as if from inside the heap, to prove in tests that `divvy_malloc_reentries` counts.
+void divvy_malloc_test_reenter(void);
+
+/// Heap statistics for tests: 0 abandoned pages now, 1 abandoned pages adopted so far, 2 segments in use,
+/// 3 live thread heaps, 4 thread exits seen.
+long divvy_malloc_stat(int which);
+
+/// Takes / releases the heap's global lock (recursive; held across fork by the atfork handlers). For the Swift
+/// heap's slow paths only (hidden: not exported from libDivvyMalloc.so).
+void divvy_malloc_lock(void);
+void divvy_malloc_unlock(void);
 
 #ifdef __cplusplus
 }

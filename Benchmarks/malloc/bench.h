@@ -1,0 +1,36 @@
+// Shared helpers of the malloc workloads: a fast seeded generator and the report line run.sh reads.
+// Each workload prints one line: `<name> <milliseconds> <peak RSS KiB> <checksum>`. Time is measured inside the
+// program (monotonic clock around the workload only); peak RSS is getrusage's ru_maxrss for the whole process.
+#ifndef DIVVY_MALLOC_BENCH_H
+#define DIVVY_MALLOC_BENCH_H
+#define _GNU_SOURCE
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+static inline uint64_t bench_next(uint64_t *state) {
+    // xorshift64*: cheap next to the allocator calls it drives.
+    uint64_t x = *state;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *state = x;
+    return x * 0x2545F4914F6CDD1DULL;
+}
+
+static inline double bench_now_ms(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
+}
+
+static inline void bench_report(const char *name, double start_ms, unsigned long long checksum) {
+    double elapsed = bench_now_ms() - start_ms;
+    struct rusage usage;
+    getrusage(RUSAGE_SELF, &usage);
+    printf("%s %.1f %ld %llu\n", name, elapsed, usage.ru_maxrss, checksum);
+}
+#endif

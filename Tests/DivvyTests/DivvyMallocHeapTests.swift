@@ -1,0 +1,274 @@
+import DivvyTestSupport
+import Foundation
+import XCTest
+
+#if canImport(Glibc)
+    import Glibc
+#endif
+
+/// libDivvyMalloc's heap tested in-process: the library is `dlopen`ed (not preloaded) and its malloc family is called
+/// through `dlsym`, so the test process keeps glibc's malloc for itself and the checks see exactly what the heap
+/// returns. A randomized model (seeded: set `DIVVY_TEST_SEED` to replay) drives every function over sizes from 0 to
+/// 3 MiB (small, medium, large classes and huge runs) and alignments up to 2 MiB, and checks alignment, usable sizes,
+/// zeroing, contents across `realloc`, and (through fill patterns checked at every free) that no two live blocks
+/// overlap. A multi-threaded test hands blocks between threads so most frees are remote, and accounts every block.
+///
+/// Skipped under sanitizers (they own malloc; the preload tests skip then too).
+final class DivvyMallocHeapTests: XCTestCase {
+    typealias Malloc = @convention(c) (Int) -> UnsafeMutableRawPointer?
+    typealias Free = @convention(c) (UnsafeMutableRawPointer?) -> Void
+    typealias Calloc = @convention(c) (Int, Int) -> UnsafeMutableRawPointer?
+    typealias Realloc = @convention(c) (UnsafeMutableRawPointer?, Int) -> UnsafeMutableRawPointer?
+    typealias PosixMemalign = @convention(c) (UnsafeMutablePointer<UnsafeMutableRawPointer?>, Int, Int) -> Int32
+    typealias Memalign = @convention(c) (Int, Int) -> UnsafeMutableRawPointer?
+    typealias UsableSize = @convention(c) (UnsafeMutableRawPointer?) -> Int
+    typealias Stat = @convention(c) (Int32) -> Int
+
+    struct Heap: @unchecked Sendable {
+        let malloc: Malloc
+        let free: Free
+        let calloc: Calloc
+        let realloc: Realloc
+        let posixMemalign: PosixMemalign
+        let memalign: Memalign
+        let usableSize: UsableSize
+        let stat: Stat
+    }
+
+    /// The library next to this test binary, opened once for the whole process.
+    nonisolated(unsafe) static var loaded: Heap?
+
+    func heap() throws -> Heap {
+        if dlsym(UnsafeMutableRawPointer(bitPattern: 0), "__tsan_init") != nil
+            || dlsym(UnsafeMutableRawPointer(bitPattern: 0), "__asan_init") != nil
+        {
+            throw XCTSkip("a sanitizer owns malloc in this build")
+        }
+        if let heap = DivvyMallocHeapTests.loaded { return heap }
+        let binary = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
+        let path = URL(fileURLWithPath: binary).deletingLastPathComponent().appendingPathComponent("libDivvyMalloc.so")
+            .path
+        guard let handle = dlopen(path, RTLD_NOW | RTLD_LOCAL) else {
+            XCTFail("cannot open \(path): build it with `swift build --build-tests` first")
+            throw XCTSkip("libDivvyMalloc.so not built")
+        }
+        func symbol<T>(_ name: String, as type: T.Type) throws -> T {
+            guard let address = dlsym(handle, name) else { throw XCTSkip("\(name) missing from \(path)") }
+            return unsafeBitCast(address, to: type)
+        }
+        let heap = Heap(
+            malloc: try symbol("malloc", as: Malloc.self), free: try symbol("free", as: Free.self),
+            calloc: try symbol("calloc", as: Calloc.self), realloc: try symbol("realloc", as: Realloc.self),
+            posixMemalign: try symbol("posix_memalign", as: PosixMemalign.self),
+            memalign: try symbol("memalign", as: Memalign.self),
+            usableSize: try symbol("malloc_usable_size", as: UsableSize.self),
+            stat: try symbol("divvy_malloc_stat", as: Stat.self))
+        DivvyMallocHeapTests.loaded = heap
+        return heap
+    }
+
+    struct Live {
+        var pointer: UnsafeMutableRawPointer
+        var size: Int
+        var alignment: Int
+        var tag: UInt8
+    }
+
+    static func fill(_ block: Live, from start: Int = 0) {
+        for i in start..<block.size {
+            block.pointer.storeBytes(of: block.tag &+ UInt8(truncatingIfNeeded: i), toByteOffset: i, as: UInt8.self)
+        }
+    }
+
+    /// The first offset whose byte is wrong, or nil.
+    static func firstMismatch(_ block: Live, count: Int) -> Int? {
+        for i in 0..<count
+        where block.pointer.load(fromByteOffset: i, as: UInt8.self) != block.tag &+ UInt8(truncatingIfNeeded: i) {
+            return i
+        }
+        return nil
+    }
+
+    static func randomSize(_ random: inout SeededGenerator) -> Int {
+        switch Int.random(in: 0..<100, using: &random) {
+        case 0..<60: return Int.random(in: 0...1024, using: &random)
+        case 60..<85: return Int.random(in: 1025...(128 << 10), using: &random)
+        case 85..<97: return Int.random(in: (128 << 10)...(1 << 20), using: &random)
+        default: return Int.random(in: (1 << 20)...(3 << 20), using: &random)
+        }
+    }
+
+    func testRandomizedModelOfEveryFunction() throws {
+        let heap = try heap()
+        let seed = SeededGenerator.testSeed()
+        var random = SeededGenerator(seed: seed)
+        var live: [Live] = []
+        let context = "seed \(seed) (DIVVY_TEST_SEED=\(seed) replays it)"
+        for step in 0..<6000 {
+            let roll = Int.random(in: 0..<100, using: &random)
+            if roll < 45 || live.isEmpty {
+                let size = DivvyMallocHeapTests.randomSize(&random)
+                var alignment = 16
+                var pointer: UnsafeMutableRawPointer?
+                var zeroed = false
+                switch Int.random(in: 0..<4, using: &random) {
+                case 0: pointer = heap.malloc(size)
+                case 1:
+                    pointer = heap.calloc(1, size)
+                    zeroed = true
+                case 2:
+                    alignment = 1 << Int.random(in: 3...21, using: &random)
+                    var out: UnsafeMutableRawPointer?
+                    XCTAssertEqual(heap.posixMemalign(&out, alignment, size), 0, "step \(step), \(context)")
+                    pointer = out
+                default:
+                    alignment = 1 << Int.random(in: 0...16, using: &random)
+                    pointer = heap.memalign(alignment, size)
+                }
+                guard let pointer else {
+                    XCTFail("allocation of \(size) bytes aligned to \(alignment) failed at step \(step), \(context)")
+                    return
+                }
+                XCTAssertEqual(Int(bitPattern: pointer) % max(alignment, 16), 0, "step \(step), \(context)")
+                XCTAssertGreaterThanOrEqual(heap.usableSize(pointer), size, "step \(step), \(context)")
+                if zeroed {
+                    for i in 0..<size where pointer.load(fromByteOffset: i, as: UInt8.self) != 0 {
+                        XCTFail("calloc byte \(i) of \(size) is not zero at step \(step), \(context)")
+                        break
+                    }
+                }
+                let block = Live(
+                    pointer: pointer, size: size, alignment: alignment, tag: UInt8.random(in: 0...255, using: &random))
+                DivvyMallocHeapTests.fill(block)
+                live.append(block)
+            } else if roll < 75 {
+                let index = Int.random(in: 0..<live.count, using: &random)
+                let block = live.remove(at: index)
+                if let offset = DivvyMallocHeapTests.firstMismatch(block, count: block.size) {
+                    XCTFail("block of \(block.size) bytes changed at offset \(offset) before step \(step), \(context)")
+                    return
+                }
+                heap.free(block.pointer)
+            } else {
+                let index = Int.random(in: 0..<live.count, using: &random)
+                var block = live[index]
+                let size = Int.random(in: 0..<4, using: &random) == 0
+                    ? DivvyMallocHeapTests.randomSize(&random) : block.size + Int.random(in: 1...300, using: &random)
+                guard size > 0, let moved = heap.realloc(block.pointer, size) else {
+                    XCTAssertTrue(size == 0, "realloc to \(size) failed at step \(step), \(context)")
+                    if size == 0 { live.remove(at: index) }  // realloc(p, 0) freed it
+                    continue
+                }
+                block.pointer = moved
+                block.alignment = 16
+                XCTAssertEqual(Int(bitPattern: moved) % 16, 0, "step \(step), \(context)")
+                XCTAssertGreaterThanOrEqual(heap.usableSize(moved), size, "step \(step), \(context)")
+                if let offset = DivvyMallocHeapTests.firstMismatch(block, count: min(size, block.size)) {
+                    XCTFail("realloc lost byte \(offset) (\(block.size) → \(size) bytes) at step \(step), \(context)")
+                    return
+                }
+                let old = block.size
+                block.size = size
+                if size > old { DivvyMallocHeapTests.fill(block, from: old) }
+                live[index] = block
+            }
+        }
+        for block in live {
+            XCTAssertNil(DivvyMallocHeapTests.firstMismatch(block, count: block.size), context)
+            heap.free(block.pointer)
+        }
+    }
+
+    func testZeroSizesAndLimits() throws {
+        let heap = try heap()
+        // malloc(0) is a unique, freeable pointer with usable room.
+        let a = try XCTUnwrap(heap.malloc(0))
+        let b = try XCTUnwrap(heap.malloc(0))
+        XCTAssertNotEqual(a, b)
+        XCTAssertGreaterThanOrEqual(heap.usableSize(a), 1)
+        heap.free(a)
+        heap.free(b)
+        heap.free(nil)
+        XCTAssertEqual(heap.usableSize(nil), 0)
+        // Failures set errno and return nil; nothing else changes.
+        errno = 0
+        XCTAssertNil(heap.malloc(-1))  // a size_t above Int.max
+        XCTAssertEqual(errno, ENOMEM)
+        errno = 0
+        XCTAssertNil(heap.calloc(Int.max / 2, 3))
+        XCTAssertEqual(errno, ENOMEM)
+        var out: UnsafeMutableRawPointer? = UnsafeMutableRawPointer(bitPattern: 0x10)
+        XCTAssertEqual(heap.posixMemalign(&out, 24, 8), EINVAL)
+        XCTAssertEqual(out, UnsafeMutableRawPointer(bitPattern: 0x10))
+        // Alignments past 2 MiB are refused (ENOMEM), not mis-served.
+        XCTAssertEqual(heap.posixMemalign(&out, 4 << 20, 8), ENOMEM)
+        XCTAssertEqual(out, UnsafeMutableRawPointer(bitPattern: 0x10))
+        // A huge block grows in place or moves with its contents; shrinking it to a small size moves it to a class.
+        let huge = try XCTUnwrap(heap.malloc(3 << 20))
+        huge.storeBytes(of: 0xABCD, toByteOffset: (3 << 20) - 8, as: UInt64.self)
+        let bigger = try XCTUnwrap(heap.realloc(huge, 9 << 20))
+        XCTAssertEqual(bigger.load(fromByteOffset: (3 << 20) - 8, as: UInt64.self), 0xABCD)
+        let small = try XCTUnwrap(heap.realloc(bigger, 100))
+        XCTAssertLessThan(heap.usableSize(small), 4096)
+        heap.free(small)
+    }
+
+    /// Four threads allocate; most blocks are freed by another thread (remote frees onto the owner's pages). Every
+    /// block is checked and freed exactly once; threads exit with live blocks handed to others (abandoned pages).
+    func testCrossThreadFreesAccountEveryBlockOnce() throws {
+        let heap = try heap()
+        let seed = SeededGenerator.testSeed()
+        let threads = 4
+        let perThread = 20_000
+        let mailboxes = (0..<threads).map { _ in Locked<[Live]>([]) }
+        let freed = Locked<Int>(0)
+        let failures = Locked<[String]>([])
+        DispatchQueue.concurrentPerform(iterations: threads) { id in
+            var random = SeededGenerator(seed: seed &+ UInt64(id))
+            var own: [Live] = []
+            var count = 0
+            for step in 0..<perThread {
+                let size = Int.random(in: 0...2048, using: &random)
+                guard let pointer = heap.malloc(size) else {
+                    failures.withLock { $0.append("malloc(\(size)) failed in thread \(id) at step \(step)") }
+                    return
+                }
+                let block = Live(pointer: pointer, size: size, alignment: 16, tag: UInt8(truncatingIfNeeded: step))
+                DivvyMallocHeapTests.fill(block)
+                if step % 4 == 0 {
+                    own.append(block)
+                } else {
+                    mailboxes[(id + 1) % threads].withLock { $0.append(block) }
+                }
+                if step % 64 == 0 {
+                    let mail = mailboxes[id].withLock { box -> [Live] in
+                        defer { box.removeAll() }
+                        return box
+                    }
+                    for block in mail + own {
+                        if let offset = DivvyMallocHeapTests.firstMismatch(block, count: block.size) {
+                            failures.withLock { $0.append("block changed at \(offset) (thread \(id))") }
+                        }
+                        heap.free(block.pointer)
+                        count += 1
+                    }
+                    own.removeAll()
+                }
+            }
+            for block in own {
+                heap.free(block.pointer)
+                count += 1
+            }
+            freed.withLock { $0 += count }
+        }
+        for box in mailboxes {
+            for block in box.withLock({ $0 }) {
+                XCTAssertNil(DivvyMallocHeapTests.firstMismatch(block, count: block.size))
+                heap.free(block.pointer)
+                freed.withLock { $0 += 1 }
+            }
+        }
+        XCTAssertEqual(failures.withLock { $0 }, [], "seed \(seed)")
+        XCTAssertEqual(freed.withLock { $0 }, threads * perThread, "seed \(seed)")
+    }
+}

@@ -65,42 +65,6 @@ void divvy_set_errno(int value) { errno = value; }
 #include <sys/socket.h>
 #include <sys/uio.h>
 
-long divvy_send_with_fd(int socket, const void *buffer, size_t length, int descriptor, int flags) {
-    struct iovec io = { .iov_base = (void *)buffer, .iov_len = length };
-    union { char bytes[CMSG_SPACE(sizeof(int))]; struct cmsghdr align; } control;
-    memset(&control, 0, sizeof control);
-    struct msghdr message = { .msg_iov = &io, .msg_iovlen = 1,
-                              .msg_control = control.bytes, .msg_controllen = sizeof control.bytes };
-    struct cmsghdr *header = CMSG_FIRSTHDR(&message);
-    header->cmsg_level = SOL_SOCKET;
-    header->cmsg_type = SCM_RIGHTS;
-    header->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(header), &descriptor, sizeof(int));
-    return (long)sendmsg(socket, &message, flags);
-}
-
-long divvy_recv_with_fd(int socket, void *buffer, size_t length, int *descriptor, int *truncated, int flags) {
-    struct iovec io = { .iov_base = buffer, .iov_len = length };
-    union { char bytes[CMSG_SPACE(sizeof(int) * 8)]; struct cmsghdr align; } control;
-    struct msghdr message = { .msg_iov = &io, .msg_iovlen = 1,
-                              .msg_control = control.bytes, .msg_controllen = sizeof control.bytes };
-    *descriptor = -1;
-    *truncated = 0;
-    ssize_t received = recvmsg(socket, &message, flags | MSG_CMSG_CLOEXEC);
-    if (received < 0) return -1;
-    for (struct cmsghdr *header = CMSG_FIRSTHDR(&message); header; header = CMSG_NXTHDR(&message, header)) {
-        if (header->cmsg_level != SOL_SOCKET || header->cmsg_type != SCM_RIGHTS) continue;
-        size_t count = (header->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        for (size_t i = 0; i < count; i++) {
-            int fd;
-            memcpy(&fd, CMSG_DATA(header) + i * sizeof(int), sizeof(int));
-            if (*descriptor == -1) *descriptor = fd; else close(fd);
-        }
-    }
-    if (message.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) *truncated = 1;
-    return (long)received;
-}
-
 long divvy_send_with_fds(int socket, const void *buffer, size_t length, const int *descriptors, int count, int flags) {
     if (count < 0 || count > 8) { errno = EINVAL; return -1; }
     struct iovec io = { .iov_base = (void *)buffer, .iov_len = length };
@@ -140,6 +104,17 @@ long divvy_recv_with_fds(int socket, void *buffer, size_t length, int *descripto
     }
     if (message.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) *truncated = 1;
     return (long)received;
+}
+
+long divvy_send_with_fd(int socket, const void *buffer, size_t length, int descriptor, int flags) {
+    return divvy_send_with_fds(socket, buffer, length, &descriptor, 1, flags);
+}
+
+long divvy_recv_with_fd(int socket, void *buffer, size_t length, int *descriptor, int *truncated, int flags) {
+    int count = 0;
+    long received = divvy_recv_with_fds(socket, buffer, length, descriptor, 1, &count, truncated, flags);
+    if (count == 0) *descriptor = -1;
+    return received;
 }
 
 int divvy_peer_credentials(int socket, int32_t *pid, uint32_t *uid, uint32_t *gid) {

@@ -266,6 +266,11 @@ public final class SeqpacketSocket {
         } else {
             result = retryingEINTR { Glibc.send(fileDescriptor, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL)) }
         }
+        return try Self.sendOutcome(result)
+    }
+
+    /// A send's result as the caller sees it (shared by the send variants).
+    private static func sendOutcome(_ result: Result<Int, Errno32>) throws(TransportError) -> SendResult {
         switch result {
         case .success: return .sent
         case .failure(let error) where error.value == EAGAIN || error.value == EWOULDBLOCK: return .wouldBlock
@@ -289,14 +294,7 @@ public final class SeqpacketSocket {
                 }
             }
         }
-        switch result {
-        case .success: return .sent
-        case .failure(let error) where error.value == EAGAIN || error.value == EWOULDBLOCK: return .wouldBlock
-        case .failure(let error) where error.value == EPIPE || error.value == ECONNRESET:
-            throw TransportError(.closed, "the peer closed the connection", errno: error.value)
-        case .failure(let error):
-            throw TransportError(.systemCallFailed, "sendmsg failed", errno: error.value)
-        }
+        return try Self.sendOutcome(result)
     }
 
     /// Receives one datagram with up to `capacity` (≤ 8) passed descriptors (the caller owns them; any beyond
@@ -317,18 +315,7 @@ public final class SeqpacketSocket {
             }
         }
         descriptors = Array(fds.prefix(Int(count)))
-        switch result {
-        case .success(0) where buffer.count > 0 && count == 0: return .endOfFile
-        case .success(let received):
-            return .datagram(count: received, descriptor: descriptors.first, truncated: truncated != 0)
-        case .failure(let error) where error.value == EAGAIN || error.value == EWOULDBLOCK:
-            if isBlocking { throw TransportError(.timedOut, "no reply from the peer in time", errno: error.value) }
-            return .wouldBlock
-        case .failure(let error) where error.value == ECONNRESET:
-            throw TransportError(.closed, "the peer reset the connection", errno: error.value)
-        case .failure(let error):
-            throw TransportError(.systemCallFailed, "recvmsg failed", errno: error.value)
-        }
+        return try receiveOutcome(result, descriptor: descriptors.first, truncated: truncated != 0, wanted: buffer.count)
     }
 
     /// Sends one datagram from an array (see `send(_:descriptor:)`).
@@ -359,10 +346,17 @@ public final class SeqpacketSocket {
         let result = retryingEINTR {
             divvy_recv_with_fd(fileDescriptor, buffer.baseAddress, buffer.count, &descriptor, &truncated, 0)
         }
+        return try receiveOutcome(
+            result, descriptor: descriptor >= 0 ? descriptor : nil, truncated: truncated != 0, wanted: buffer.count)
+    }
+
+    /// A receive's result as the caller sees it (shared by the receive variants).
+    private func receiveOutcome(
+        _ result: Result<Int, Errno32>, descriptor: Int32?, truncated: Bool, wanted: Int
+    ) throws(TransportError) -> ReceiveResult {
         switch result {
-        case .success(0) where buffer.count > 0 && descriptor < 0: return .endOfFile
-        case .success(let count):
-            return .datagram(count: count, descriptor: descriptor >= 0 ? descriptor : nil, truncated: truncated != 0)
+        case .success(0) where wanted > 0 && descriptor == nil: return .endOfFile
+        case .success(let count): return .datagram(count: count, descriptor: descriptor, truncated: truncated)
         case .failure(let error) where error.value == EAGAIN || error.value == EWOULDBLOCK:
             if isBlocking {
                 throw TransportError(.timedOut, "no reply from the peer in time", errno: error.value)

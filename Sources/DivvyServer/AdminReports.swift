@@ -2,102 +2,19 @@ import DivvyProtocol
 import DivvyShm
 import Foundation
 
-/// The admin replies' JSON documents. Their shapes are part of the daemon's interface (`divvyctl --json` prints
-/// them as they come): fields are only ever added. See README "divvyctl" for the documented shapes.
+/// Builds the admin replies' JSON documents (`AdminDocument`, shared with `divvyctl`) from the daemon's state.
 struct AdminReports {
     let server: DivvyServer
 
     /// The daemon's version.
     static let version = DivvyServer.version
 
-    /// `status`.
-    struct Status: Codable, Hashable {
-        struct Region: Codable, Hashable {
-            var name: String?
-            var backing: String
-            var totalBytes: Int
-            var metadataBytes: Int
-            var dataBytes: Int
-            var pageKind: String
-            var lazy: Bool
-        }
-        struct Heap: Codable, Hashable {
-            var pageSize: Int
-            var pages: Int
-            var spanPageSize: Int
-            var spanPages: Int
-            var freeSpanPages: Int
-            var freePages: Int
-            var ownedPages: Int
-            var orphanPages: Int
-            var bytesUsed: Int
-            var bytesFree: Int
-        }
-        var version: String
-        var protocolVersion: Int
-        var pid: Int
-        var uptimeSeconds: Double
-        var socket: String
-        var region: Region
-        var heap: Heap
-        var clients: Int
-    }
-
-    /// One row of `classes`.
-    struct SizeClassRow: Codable, Hashable {
-        var blockSize: Int
-        var pages: Int
-        var blocksUsed: Int
-        var blocksFree: Int
-        /// The share of the class's carved capacity not in use (0…1): internal fragmentation of its pages.
-        var fragmentation: Double
-    }
-
-    /// One row of `clients`.
-    struct ClientRow: Codable, Hashable {
-        var id: UInt32
-        var pid: Int32
-        var uid: UInt32
-        var gid: UInt32
-        var name: String
-        var mode: String
-        var bytesHeld: Int
-        var blocksHeld: Int
-        var quotaBytes: Int
-        var pageAllowance: Int
-        var participant: Int?
-        var connectedSeconds: Double
-        var requests: Int
-    }
-
-    /// `verify`.
-    struct Verify: Codable, Hashable {
-        var clean: Bool
-        var violations: [String]
-        var summary: String
-        var pooledPages: Int
-        var ownedPages: Int
-        var orphanPages: Int
-        var allocatedBlocks: Int
-        var holdings: Int
-        var liveParticipants: Int
-        var deadParticipants: Int
-        var operationsInFlight: Int
-    }
-
-    /// `config`.
-    struct Config: Codable, Hashable {
-        struct Setting: Codable, Hashable {
-            var key: String
-            var value: String
-        }
-        var settings: [Setting]
-    }
-
-    /// `disconnect`.
-    struct Disconnected: Codable, Hashable {
-        var disconnected: ClientRow
-    }
+    typealias Status = AdminDocument.Status
+    typealias SizeClassRow = AdminDocument.SizeClass
+    typealias ClientRow = AdminDocument.Client
+    typealias Verify = AdminDocument.Verify
+    typealias Config = AdminDocument.Config
+    typealias Disconnected = AdminDocument.Disconnected
 
     func json<T: Encodable>(_ operation: AdminOperation, _ value: T) -> Message {
         let encoder = JSONEncoder()

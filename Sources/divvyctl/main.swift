@@ -112,35 +112,10 @@ func table(_ header: [String], _ rows: [[String]]) -> String {
     return ([line(header)] + rows.map(line)).joined(separator: "\n")
 }
 
-// MARK: Documents (the daemon's JSON shapes)
+// MARK: Documents (the daemon's JSON shapes: `AdminDocument`, shared with the daemon)
 
-struct StatusDocument: Decodable {
-    struct Region: Decodable {
-        var name: String?
-        var backing: String
-        var totalBytes: Int
-        var dataBytes: Int
-        var pageKind: String
-        var lazy: Bool
-    }
-    struct Heap: Decodable {
-        var pageSize: Int
-        var pages: Int
-        var spanPageSize: Int
-        var spanPages: Int
-        var freePages: Int
-        var bytesUsed: Int
-        var bytesFree: Int
-    }
-    var version: String
-    var protocolVersion: Int
-    var pid: Int
-    var uptimeSeconds: Double
-    var socket: String
-    var region: Region
-    var heap: Heap
-    var clients: Int
-
+extension AdminDocument.Status {
+    /// The human form of `divvyctl status`.
     var text: String {
         """
         divvyd \(version) (protocol \(protocolVersion)), pid \(pid), up \(duration(uptimeSeconds))
@@ -155,52 +130,13 @@ struct StatusDocument: Decodable {
     }
 }
 
-struct ClassRow: Decodable {
-    var blockSize: Int
-    var pages: Int
-    var blocksUsed: Int
-    var blocksFree: Int
-    var fragmentation: Double
-}
-
-struct ClientRow: Decodable {
-    var id: UInt32
-    var pid: Int32
-    var uid: UInt32
-    var name: String
-    var mode: String
-    var bytesHeld: Int
-    var blocksHeld: Int
-    var quotaBytes: Int
-    var pageAllowance: Int
-    var connectedSeconds: Double
-}
-
-func clientsTable(_ rows: [ClientRow]) -> String {
+func clientsTable(_ rows: [AdminDocument.Client]) -> String {
     table(
         ["ID", "PID", "UID", "NAME", "MODE", "HELD", "BLOCKS", "LEASED PAGES", "QUOTA", "CONNECTED"],
         rows.map {
             ["\($0.id)", "\($0.pid)", "\($0.uid)", $0.name, $0.mode, bytes($0.bytesHeld), "\($0.blocksHeld)",
              "\($0.pageAllowance)", bytes($0.quotaBytes), duration($0.connectedSeconds)]
         })
-}
-
-struct VerifyDocument: Decodable {
-    var clean: Bool
-    var violations: [String]
-    var summary: String
-}
-
-struct ConfigDocument: Decodable {
-    struct Setting: Decodable {
-        var key: String
-        var value: String
-    }
-    var settings: [Setting]
-}
-
-struct DisconnectDocument: Decodable {
-    var disconnected: ClientRow
 }
 
 // MARK: Subcommands
@@ -213,7 +149,7 @@ extension DivvyCtl {
         @Flag(help: "Print the daemon's JSON document.") var json = false
 
         func run() throws {
-            let (status, body) = try connection.document(.status, as: StatusDocument.self)
+            let (status, body) = try connection.document(.status, as: AdminDocument.Status.self)
             if json { printJSON(body) } else { print(status.text) }
         }
     }
@@ -226,7 +162,7 @@ extension DivvyCtl {
         @Flag(help: "Show classes with no pages too.") var all = false
 
         func run() throws {
-            let (rows, body) = try connection.document(.classes, as: [ClassRow].self)
+            let (rows, body) = try connection.document(.classes, as: [AdminDocument.SizeClass].self)
             if json { return printJSON(body) }
             print(table(
                 ["CLASS", "PAGES", "USED", "FREE", "FRAGMENTATION"],
@@ -244,7 +180,7 @@ extension DivvyCtl {
         @Flag(help: "Print the daemon's JSON document.") var json = false
 
         func run() throws {
-            let (rows, body) = try connection.document(.clients, as: [ClientRow].self)
+            let (rows, body) = try connection.document(.clients, as: [AdminDocument.Client].self)
             if json { printJSON(body) } else { print(clientsTable(rows)) }
         }
     }
@@ -257,7 +193,7 @@ extension DivvyCtl {
         @Flag(help: "Print the daemon's JSON document.") var json = false
 
         func run() throws {
-            let (report, body) = try connection.document(.verify, as: VerifyDocument.self)
+            let (report, body) = try connection.document(.verify, as: AdminDocument.Verify.self)
             if json { printJSON(body) } else { print(report.summary) }
             if !report.clean { throw ExitCode(3) }
         }
@@ -273,8 +209,8 @@ extension DivvyCtl {
         func run() throws {
             var count = 0
             while iterations.map({ count < $0 }) ?? true {
-                let (status, _) = try connection.document(.status, as: StatusDocument.self)
-                let (clients, _) = try connection.document(.clients, as: [ClientRow].self)
+                let (status, _) = try connection.document(.status, as: AdminDocument.Status.self)
+                let (clients, _) = try connection.document(.clients, as: [AdminDocument.Client].self)
                 // Clear the screen and home the cursor (ANSI), then draw.
                 print("\u{1B}[H\u{1B}[2J" + status.text + "\n\n" + clientsTable(clients))
                 fflush(nil)
@@ -303,7 +239,7 @@ extension DivvyCtl {
         @Flag(help: "Print the daemon's JSON document.") var json = false
 
         func run() throws {
-            let (document, body) = try connection.document(.disconnect, as: DisconnectDocument.self, argument: client)
+            let (document, body) = try connection.document(.disconnect, as: AdminDocument.Disconnected.self, argument: client)
             if json {
                 printJSON(body)
             } else {
@@ -321,7 +257,7 @@ extension DivvyCtl {
         @Flag(help: "Print the daemon's JSON document.") var json = false
 
         func run() throws {
-            let (config, body) = try connection.document(.config, as: ConfigDocument.self)
+            let (config, body) = try connection.document(.config, as: AdminDocument.Config.self)
             if json { return printJSON(body) }
             for setting in config.settings { print("\(setting.key) = \(setting.value)") }
         }

@@ -179,6 +179,33 @@ final class DivvyMallocHeapTests: XCTestCase {
         }
     }
 
+    /// A buffer grown by appending (a string builder, a dynamic array) must move O(log n) times, not once per size
+    /// class: each move gives it room to double, and the next small growth must stay in place rather than "shrink"
+    /// it back to a tight block. From 100 bytes to 1 MiB by 100-byte steps: at most 2 moves per doubling.
+    func testReallocGrowthByAppendingMovesLogarithmicallyOften() throws {
+        let heap = try heap()
+        var pointer: UnsafeMutableRawPointer? = nil
+        var size = 0
+        var moves = 0
+        while size < 1 << 20 {
+            let grown = try XCTUnwrap(heap.realloc(pointer, size + 100))
+            grown.storeBytes(of: UInt8(truncatingIfNeeded: size / 100), toByteOffset: size, as: UInt8.self)
+            if grown != pointer { moves += 1 }
+            pointer = grown
+            size += 100
+        }
+        // log2(1 MiB / 100) ≈ 13.4 doublings.
+        XCTAssertLessThanOrEqual(moves, 28, "a growth chain to 1 MiB moved \(moves) times")
+        for offset in stride(from: 0, to: size, by: 100) {
+            XCTAssertEqual(pointer!.load(fromByteOffset: offset, as: UInt8.self), UInt8(truncatingIfNeeded: offset / 100))
+        }
+        // A block that really shrinks (below a quarter of its room) moves to a tighter class.
+        let small = try XCTUnwrap(heap.realloc(pointer, 1000))
+        XCTAssertLessThan(heap.usableSize(small), 4096)
+        XCTAssertEqual(small.load(fromByteOffset: 900, as: UInt8.self), 9)
+        heap.free(small)
+    }
+
     func testZeroSizesAndLimits() throws {
         let heap = try heap()
         // malloc(0) is a unique, freeable pointer with usable room.

@@ -1,6 +1,9 @@
 // libDivvyMalloc.so's C allocation ABI. See include/CDivvyMalloc.h and Sources/DivvyMalloc/DivvyMalloc.swift.
 //
-// Every exported function is a thin gate in front of the Swift heap:
+// The C semantics of every function (size 0, alignment validation and rounding, calloc and reallocarray overflow,
+// realloc(p, 0), pvalloc's pages, errno, posix_memalign's return codes) are CAllocationAdapter's, in Swift
+// (Sources/Divvy/Global), applied to the per-thread heap through ThreadHeapStrategy. This file keeps only what C must
+// do, and each exported function is a thin gate in front of the adapter:
 //   1. The thread's heap: a thread-local pointer (initial-exec TLS, one %fs-relative load; no __tls_get_addr, which
 //      may call malloc; the library is meant to be LD_PRELOADed, so its TLS is in the static block). It starts as a
 //      placeholder that owns nothing; a thread's first allocation creates its heap and registers it with a pthread
@@ -8,7 +11,9 @@
 //   2. Re-entry: a thread-local depth marks "inside the heap". The heap never calls malloc (see DivvyMalloc.swift),
 //      but if anything it calls ever did, the nested call would corrupt the thread's heap mid-update; so a malloc
 //      at depth > 0 is served from a static bump arena instead (which never frees) and counted. The arena also
-//      serves everything before the library's constructor has run (ld.so and libc start-up).
+//      serves everything before the library's constructor has run (ld.so and libc start-up), and keeps only the
+//      checks it needs to stay in bounds (calloc's product, pvalloc's pages). The first heap created runs every
+//      Swift entry point once as set-up code (depth 2), so a debug build's first-use metadata is not a re-entry.
 //   3. Locks: the heap's slow paths (new pages, huge blocks, thread start/exit) take one process-wide recursive
 //      mutex, `divvy_lock`. pthread_atfork holds it (and the init lock) across fork(), so a child never inherits a
 //      lock held by a thread that no longer exists. The fast paths take no lock.
@@ -36,12 +41,19 @@
 extern DIVVY_INTERNAL void *divvy_malloc_swift_global_create(void);
 extern DIVVY_INTERNAL void *divvy_malloc_swift_heap_create(void *global);
 extern DIVVY_INTERNAL void divvy_malloc_swift_heap_abandon(void *heap);
+extern DIVVY_INTERNAL void divvy_malloc_swift_warm_up(void *heap);
+// CAllocationAdapter's C functions over `heap` (the calling thread's): every C rule and errno are theirs.
 extern DIVVY_INTERNAL void *divvy_malloc_swift_malloc(void *heap, size_t size);
 extern DIVVY_INTERNAL void divvy_malloc_swift_free(void *heap, void *pointer);
-extern DIVVY_INTERNAL void *divvy_malloc_swift_calloc(void *heap, size_t bytes);
+extern DIVVY_INTERNAL void *divvy_malloc_swift_calloc(void *heap, size_t count, size_t size);
 extern DIVVY_INTERNAL void *divvy_malloc_swift_realloc(void *heap, void *pointer, size_t size);
-extern DIVVY_INTERNAL void *divvy_malloc_swift_aligned(void *heap, size_t alignment, size_t size);
-extern DIVVY_INTERNAL size_t divvy_malloc_swift_usable_size(void *pointer);
+extern DIVVY_INTERNAL void *divvy_malloc_swift_reallocarray(void *heap, void *pointer, size_t count, size_t size);
+extern DIVVY_INTERNAL int divvy_malloc_swift_posix_memalign(void *heap, void **out, size_t alignment, size_t size);
+extern DIVVY_INTERNAL void *divvy_malloc_swift_aligned_alloc(void *heap, size_t alignment, size_t size);
+extern DIVVY_INTERNAL void *divvy_malloc_swift_memalign(void *heap, size_t alignment, size_t size);
+extern DIVVY_INTERNAL void *divvy_malloc_swift_valloc(void *heap, size_t size);
+extern DIVVY_INTERNAL void *divvy_malloc_swift_pvalloc(void *heap, size_t size);
+extern DIVVY_INTERNAL size_t divvy_malloc_swift_usable_size(void *heap, void *pointer);
 extern DIVVY_INTERNAL long divvy_malloc_swift_stat(void *global, long which);
 
 #define DIVVY_TLS __thread __attribute__((tls_model("initial-exec")))
@@ -58,16 +70,19 @@ static inline int divvy_in_arena(const void *pointer) {
     return (uintptr_t)pointer - (uintptr_t)divvy_arena < DIVVY_ARENA_SIZE;
 }
 
-// A block: [size_t size][pad to 16] payload. The size sits in the 8 bytes before the payload.
+// A block: [size_t size][pad to 16] payload. The size sits in the 8 bytes before the payload. Any alignment is
+// rounded up to a power of two (the arena needs nothing more to stay in bounds; the C rules about alignments are the
+// adapter's, for heap blocks). NULL when it does not fit; errno is the caller's to set.
 static void *divvy_arena_alloc(size_t size, size_t alignment) {
-    if (alignment < 16) alignment = 16;
-    if (size > DIVVY_ARENA_SIZE || alignment > DIVVY_ARENA_SIZE) { errno = ENOMEM; return NULL; }
-    size_t need = size + alignment + 16;
+    size_t rounded = 16;
+    while (rounded < alignment && rounded <= DIVVY_ARENA_SIZE) rounded <<= 1;
+    if (size > DIVVY_ARENA_SIZE || rounded > DIVVY_ARENA_SIZE) return NULL;
+    size_t need = size + rounded + 16;
     // Relaxed: the offset only partitions the arena; each thread then writes its own part.
     size_t start = atomic_fetch_add_explicit(&divvy_arena_used, need, memory_order_relaxed);
-    if (start > DIVVY_ARENA_SIZE - need) { errno = ENOMEM; return NULL; }
+    if (start > DIVVY_ARENA_SIZE - need) return NULL;
     uintptr_t base = (uintptr_t)(divvy_arena + start) + 16;
-    uintptr_t payload = (base + alignment - 1) & ~(uintptr_t)(alignment - 1);
+    uintptr_t payload = (base + rounded - 1) & ~(uintptr_t)(rounded - 1);
     ((size_t *)payload)[-1] = size;
     return (void *)payload;
 }
@@ -101,6 +116,8 @@ static void *_Atomic divvy_global;
 static pthread_key_t divvy_key;
 static _Atomic unsigned long divvy_reentries;
 static _Atomic unsigned long divvy_thread_exits;
+// Whether divvy_malloc_swift_warm_up has run (once per process, under divvy_init_lock).
+static _Atomic int divvy_warmed_up;
 
 // Set by the library's constructor, which runs after its dependencies' (libswiftCore, libstdc++, …) initialisers:
 // until then the Swift runtime may not be usable, so every allocation comes from the arena.
@@ -171,6 +188,20 @@ static void *divvy_global_slow(void) {
     return global;
 }
 
+// Runs every Swift entry point once, at depth 2 (set-up), so whatever the Swift runtime allocates on first use (a
+// debug build's generic metadata) is a set-up allocation, not a re-entry counted inside malloc. Once per process;
+// other threads attaching meanwhile wait on the init lock rather than race into the adapter's first use.
+static __attribute__((noinline)) void divvy_warm_up(void *heap) {
+    pthread_mutex_lock(&divvy_init_lock);
+    if (!atomic_load_explicit(&divvy_warmed_up, memory_order_relaxed)) {
+        int saved = errno;  // the warm-up exercises the failure paths too, which set errno
+        divvy_malloc_swift_warm_up(heap);
+        errno = saved;
+        atomic_store_explicit(&divvy_warmed_up, 1, memory_order_release);
+    }
+    pthread_mutex_unlock(&divvy_init_lock);
+}
+
 // The calling thread's first allocation (or its first after its heap was handed back): creates its heap. NULL while
 // allocations must come from the arena (before the constructor, or when no memory can be reserved).
 static __attribute__((noinline)) void *divvy_attach(void) {
@@ -184,16 +215,25 @@ static __attribute__((noinline)) void *divvy_attach(void) {
     if (heap != NULL) {
         thread->heap = heap;
         pthread_setspecific(divvy_key, heap);
+        // Acquire: pairs with the release store in divvy_warm_up (the runtime's first-use work is visible).
+        if (!atomic_load_explicit(&divvy_warmed_up, memory_order_acquire)) divvy_warm_up(heap);
     }
     thread->depth = 0;
     return heap;
 }
 
-// A call made while the thread is inside the heap (depth > 0): served by the arena; counted when it is a re-entry
-// from a malloc-family call rather than from set-up code.
-static __attribute__((noinline)) void *divvy_nested_alloc(size_t size, size_t alignment) {
+// A call the heap cannot serve, from the arena: the thread is inside the heap already (depth > 0; counted when it is
+// a re-entry from a malloc-family call rather than from set-up code), or has no heap (before the constructor, or no
+// memory for one). NULL when the arena is full; errno is the caller's to set.
+static __attribute__((noinline)) void *divvy_fallback(size_t size, size_t alignment) {
     if (divvy_thread.depth == 1) atomic_fetch_add_explicit(&divvy_reentries, 1, memory_order_relaxed);
     return divvy_arena_alloc(size, alignment);
+}
+
+static __attribute__((noinline)) void *divvy_fallback_or_enomem(size_t size, size_t alignment) {
+    void *pointer = divvy_fallback(size, alignment);
+    if (pointer == NULL) errno = ENOMEM;
+    return pointer;
 }
 
 DIVVY_EXPORT unsigned long divvy_malloc_reentries(void) {
@@ -221,28 +261,32 @@ DIVVY_EXPORT long divvy_malloc_stat(int which) {
     return value;
 }
 
-// The thread's heap, creating it on first use; NULL when the arena must serve (check depth first).
-static inline void *divvy_heap(divvy_thread_t *thread) {
+// The gate every allocating function passes: the thread's heap (created on its first call), with the depth set to 1
+// for the call; or NULL, depth untouched, when the arena must serve (see divvy_fallback).
+static inline void *divvy_enter(divvy_thread_t *thread) {
+    if (DIVVY_UNLIKELY(thread->depth != 0)) return NULL;
     void *heap = thread->heap;
     if (DIVVY_UNLIKELY(heap == DIVVY_NO_HEAP)) heap = divvy_attach();
+    if (DIVVY_LIKELY(heap != NULL)) thread->depth = 1;
     return heap;
 }
 
 // MARK: The C allocation ABI
+//
+// Each function: pass the gate, call CAllocationAdapter's function over the thread's heap (which applies every C rule
+// and sets errno), leave. The arena's side (the gate said no) is the only C semantics written here.
 
 DIVVY_EXPORT void *malloc(size_t size) {
     divvy_thread_t *thread = &divvy_thread;
-    if (DIVVY_UNLIKELY(thread->depth != 0)) return divvy_nested_alloc(size, 16);
-    void *heap = divvy_heap(thread);
-    if (DIVVY_UNLIKELY(heap == NULL)) return divvy_arena_alloc(size, 16);
-    thread->depth = 1;
+    void *heap = divvy_enter(thread);
+    if (DIVVY_UNLIKELY(heap == NULL)) return divvy_fallback_or_enomem(size, 16);
     void *pointer = divvy_malloc_swift_malloc(heap, size);
     thread->depth = 0;
-    if (DIVVY_UNLIKELY(pointer == NULL)) errno = ENOMEM;
     return pointer;
 }
 
 DIVVY_EXPORT void free(void *pointer) {
+    // NULL and arena blocks (never freed) return before the thread's state is touched.
     if (pointer == NULL || divvy_in_arena(pointer)) return;
     divvy_thread_t *thread = &divvy_thread;
     if (DIVVY_UNLIKELY(thread->depth != 0)) {
@@ -256,120 +300,132 @@ DIVVY_EXPORT void free(void *pointer) {
     thread->depth = 0;
 }
 
-DIVVY_EXPORT void *calloc(size_t count, size_t size) {
+static __attribute__((noinline)) void *divvy_fallback_calloc(size_t count, size_t size) {
     size_t bytes;
     if (__builtin_mul_overflow(count, size, &bytes)) { errno = ENOMEM; return NULL; }
-    divvy_thread_t *thread = &divvy_thread;
-    void *heap = thread->depth != 0 ? NULL : divvy_heap(thread);
-    if (DIVVY_UNLIKELY(heap == NULL)) {
-        void *pointer = thread->depth != 0 ? divvy_nested_alloc(bytes, 16) : divvy_arena_alloc(bytes, 16);
-        if (pointer != NULL) memset(pointer, 0, bytes);
-        return pointer;
-    }
-    thread->depth = 1;
-    void *pointer = divvy_malloc_swift_calloc(heap, bytes);
-    thread->depth = 0;
-    if (DIVVY_UNLIKELY(pointer == NULL)) errno = ENOMEM;
+    void *pointer = divvy_fallback_or_enomem(bytes, 16);
+    if (pointer != NULL) memset(pointer, 0, bytes);
     return pointer;
 }
 
-DIVVY_EXPORT void *realloc(void *pointer, size_t size) {
-    if (pointer != NULL && divvy_in_arena(pointer)) {
-        // Arena blocks never move back: copy into a fresh block (from the heap when it is ready). realloc(p, 0)
-        // frees (a no-op for the arena) and returns NULL, as for heap blocks.
-        if (size == 0) return NULL;
-        void *moved = malloc(size);
-        if (moved == NULL) return NULL;
-        size_t old = divvy_arena_size(pointer);
-        memcpy(moved, pointer, old < size ? old : size);
-        return moved;
-    }
-    if (pointer == NULL) return malloc(size);
+DIVVY_EXPORT void *calloc(size_t count, size_t size) {
+    divvy_thread_t *thread = &divvy_thread;
+    void *heap = divvy_enter(thread);
+    if (DIVVY_UNLIKELY(heap == NULL)) return divvy_fallback_calloc(count, size);
+    void *pointer = divvy_malloc_swift_calloc(heap, count, size);
+    thread->depth = 0;
+    return pointer;
+}
+
+// An arena block never moves back to the heap: realloc copies it into a fresh block (from the heap when it is ready).
+// realloc(p, 0) frees it (a no-op for the arena) and returns NULL, as for heap blocks.
+static __attribute__((noinline)) void *divvy_arena_realloc(void *pointer, size_t size) {
+    if (size == 0) return NULL;
+    void *moved = malloc(size);
+    if (moved == NULL) return NULL;
+    size_t old = divvy_arena_size(pointer);
+    memcpy(moved, pointer, old < size ? old : size);
+    return moved;
+}
+
+// realloc of a heap block (or NULL) when the gate said no: the copy goes to the arena. Inside the heap the old block
+// must not be touched, so it leaks; a thread without a heap frees it (the remote path).
+static __attribute__((noinline)) void *divvy_fallback_realloc(void *pointer, size_t size) {
+    if (pointer == NULL) return divvy_fallback_or_enomem(size, 16);
     if (size == 0) {
         free(pointer);
         return NULL;
     }
+    void *moved = divvy_fallback_or_enomem(size, 16);
+    if (moved == NULL) return NULL;
+    size_t old = divvy_malloc_swift_usable_size(divvy_thread.heap, pointer);
+    memcpy(moved, pointer, old < size ? old : size);
+    if (divvy_thread.depth == 0) free(pointer);
+    return moved;
+}
+
+DIVVY_EXPORT void *realloc(void *pointer, size_t size) {
+    if (DIVVY_UNLIKELY(divvy_in_arena(pointer))) return divvy_arena_realloc(pointer, size);
     divvy_thread_t *thread = &divvy_thread;
-    if (DIVVY_UNLIKELY(thread->depth != 0)) {
-        // Re-entry: never touch the heap; copy into the arena (the old block leaks).
-        void *moved = divvy_nested_alloc(size, 16);
-        if (moved != NULL) {
-            size_t old = divvy_malloc_swift_usable_size(pointer);
-            memcpy(moved, pointer, old < size ? old : size);
-        }
-        return moved;
-    }
-    void *heap = divvy_heap(thread);
-    if (DIVVY_UNLIKELY(heap == NULL)) { errno = ENOMEM; return NULL; }
-    thread->depth = 1;
+    void *heap = divvy_enter(thread);
+    if (DIVVY_UNLIKELY(heap == NULL)) return divvy_fallback_realloc(pointer, size);
     void *moved = divvy_malloc_swift_realloc(heap, pointer, size);
     thread->depth = 0;
-    if (DIVVY_UNLIKELY(moved == NULL)) errno = ENOMEM;
     return moved;
 }
 
 DIVVY_EXPORT void *reallocarray(void *pointer, size_t count, size_t size) {
-    size_t bytes;
-    if (__builtin_mul_overflow(count, size, &bytes)) { errno = ENOMEM; return NULL; }
-    return realloc(pointer, bytes);
+    divvy_thread_t *thread = &divvy_thread;
+    void *heap = divvy_in_arena(pointer) ? NULL : divvy_enter(thread);
+    if (DIVVY_UNLIKELY(heap == NULL)) {
+        size_t bytes;
+        if (__builtin_mul_overflow(count, size, &bytes)) { errno = ENOMEM; return NULL; }
+        return realloc(pointer, bytes);
+    }
+    void *moved = divvy_malloc_swift_reallocarray(heap, pointer, count, size);
+    thread->depth = 0;
+    return moved;
 }
 
-// `size` bytes aligned to `alignment` (a power of two); NULL (errno untouched) on failure.
-static void *divvy_aligned(size_t alignment, size_t size) {
+DIVVY_EXPORT int posix_memalign(void **out, size_t alignment, size_t size) {
     divvy_thread_t *thread = &divvy_thread;
-    if (DIVVY_UNLIKELY(thread->depth != 0)) return divvy_nested_alloc(size, alignment);
-    void *heap = divvy_heap(thread);
-    if (DIVVY_UNLIKELY(heap == NULL)) return divvy_arena_alloc(size, alignment);
-    thread->depth = 1;
-    void *pointer = divvy_malloc_swift_aligned(heap, alignment, size);
+    void *heap = divvy_enter(thread);
+    if (DIVVY_UNLIKELY(heap == NULL)) {
+        void *pointer = divvy_fallback(size, alignment);
+        if (pointer == NULL) return ENOMEM;
+        *out = pointer;
+        return 0;
+    }
+    int result = divvy_malloc_swift_posix_memalign(heap, out, alignment, size);
+    thread->depth = 0;
+    return result;
+}
+
+DIVVY_EXPORT void *aligned_alloc(size_t alignment, size_t size) {
+    divvy_thread_t *thread = &divvy_thread;
+    void *heap = divvy_enter(thread);
+    if (DIVVY_UNLIKELY(heap == NULL)) return divvy_fallback_or_enomem(size, alignment);
+    void *pointer = divvy_malloc_swift_aligned_alloc(heap, alignment, size);
     thread->depth = 0;
     return pointer;
 }
 
-DIVVY_EXPORT int posix_memalign(void **out, size_t alignment, size_t size) {
-    if (alignment == 0 || (alignment & (alignment - 1)) != 0 || alignment % sizeof(void *) != 0) return EINVAL;
-    int saved = errno;
-    void *pointer = divvy_aligned(alignment, size);
-    errno = saved;
-    if (pointer == NULL) return ENOMEM;
-    *out = pointer;
-    return 0;
-}
-
-DIVVY_EXPORT void *aligned_alloc(size_t alignment, size_t size) {
-    if (alignment == 0 || (alignment & (alignment - 1)) != 0) { errno = EINVAL; return NULL; }
-    void *pointer = divvy_aligned(alignment, size);
-    if (pointer == NULL) errno = ENOMEM;
-    return pointer;
-}
-
 DIVVY_EXPORT void *memalign(size_t alignment, size_t size) {
-    // glibc rounds a non-power-of-two alignment up.
-    size_t rounded = 1;
-    while (rounded < alignment && rounded != 0) rounded <<= 1;
-    if (rounded == 0) { errno = EINVAL; return NULL; }
-    void *pointer = divvy_aligned(rounded, size);
-    if (pointer == NULL) errno = ENOMEM;
+    divvy_thread_t *thread = &divvy_thread;
+    void *heap = divvy_enter(thread);
+    if (DIVVY_UNLIKELY(heap == NULL)) return divvy_fallback_or_enomem(size, alignment);
+    void *pointer = divvy_malloc_swift_memalign(heap, alignment, size);
+    thread->depth = 0;
     return pointer;
 }
 
 DIVVY_EXPORT void *valloc(size_t size) {
-    void *pointer = divvy_aligned((size_t)sysconf(_SC_PAGESIZE), size);
-    if (pointer == NULL) errno = ENOMEM;
+    divvy_thread_t *thread = &divvy_thread;
+    void *heap = divvy_enter(thread);
+    if (DIVVY_UNLIKELY(heap == NULL)) return divvy_fallback_or_enomem(size, (size_t)sysconf(_SC_PAGESIZE));
+    void *pointer = divvy_malloc_swift_valloc(heap, size);
+    thread->depth = 0;
     return pointer;
 }
 
 DIVVY_EXPORT void *pvalloc(size_t size) {
-    size_t page = (size_t)sysconf(_SC_PAGESIZE);
-    size_t rounded;
-    if (__builtin_add_overflow(size ? size : 1, page - 1, &rounded)) { errno = ENOMEM; return NULL; }
-    void *pointer = divvy_aligned(page, rounded & ~(page - 1));
-    if (pointer == NULL) errno = ENOMEM;
+    divvy_thread_t *thread = &divvy_thread;
+    void *heap = divvy_enter(thread);
+    if (DIVVY_UNLIKELY(heap == NULL)) {
+        // The caller may use every byte of the pages: the arena block must span them.
+        size_t page = (size_t)sysconf(_SC_PAGESIZE);
+        size_t rounded;
+        if (__builtin_add_overflow(size ? size : 1, page - 1, &rounded)) { errno = ENOMEM; return NULL; }
+        return divvy_fallback_or_enomem(rounded & ~(page - 1), page);
+    }
+    void *pointer = divvy_malloc_swift_pvalloc(heap, size);
+    thread->depth = 0;
     return pointer;
 }
 
 DIVVY_EXPORT size_t malloc_usable_size(void *pointer) {
-    if (pointer == NULL) return 0;
     if (divvy_in_arena(pointer)) return divvy_arena_size(pointer);
-    return divvy_malloc_swift_usable_size(pointer);
+    // NULL may come before the Swift runtime is up, when nothing but C may answer.
+    if (pointer == NULL) return 0;
+    return divvy_malloc_swift_usable_size(divvy_thread.heap, pointer);
 }

@@ -23,6 +23,7 @@
 // count moves. (In a debug build the Swift runtime may allocate metadata the first time a generic type is used;
 // that happens once, during warm-up, and is served by the arena.)
 import CDivvyMalloc
+import Divvy
 
 /// Creates the process-wide state (called once, by the shim). Nil when no address space can be reserved.
 @_cdecl("divvy_malloc_swift_global_create")
@@ -42,41 +43,123 @@ public func divvyMallocSwiftHeapAbandon(_ heap: UnsafeMutableRawPointer) {
     HeapRef(heap).abandon()
 }
 
+// MARK: The C allocation functions: CAllocationAdapter over the calling thread's heap
+
+/// `malloc(size)` from the calling thread's heap.
 @_cdecl("divvy_malloc_swift_malloc")
 @inline(__always)
 public func divvyMallocSwiftMalloc(_ heap: UnsafeMutableRawPointer, _ size: Int) -> UnsafeMutableRawPointer? {
-    HeapRef(heap).malloc(size)
+    CAllocationAdapter(heap: heap).malloc(size)
 }
 
+/// `free(pointer)`, not NULL (the shim returns early for NULL and for arena blocks).
 @_cdecl("divvy_malloc_swift_free")
 @inline(__always)
 public func divvyMallocSwiftFree(_ heap: UnsafeMutableRawPointer, _ pointer: UnsafeMutableRawPointer) {
-    HeapRef(heap).free(pointer)
+    CAllocationAdapter(heap: heap).free(pointer)
 }
 
+/// `calloc(count, size)`.
 @_cdecl("divvy_malloc_swift_calloc")
-public func divvyMallocSwiftCalloc(_ heap: UnsafeMutableRawPointer, _ bytes: Int) -> UnsafeMutableRawPointer? {
-    HeapRef(heap).calloc(bytes)
+public func divvyMallocSwiftCalloc(_ heap: UnsafeMutableRawPointer, _ count: Int, _ size: Int)
+    -> UnsafeMutableRawPointer?
+{
+    CAllocationAdapter(heap: heap).calloc(count, size)
 }
 
+/// `realloc(pointer, size)` of a heap block (or NULL).
 @_cdecl("divvy_malloc_swift_realloc")
 public func divvyMallocSwiftRealloc(
     _ heap: UnsafeMutableRawPointer, _ pointer: UnsafeMutableRawPointer?, _ size: Int
 ) -> UnsafeMutableRawPointer? {
-    HeapRef(heap).realloc(pointer, size)
+    CAllocationAdapter(heap: heap).realloc(pointer, size)
 }
 
-/// `size` bytes aligned to `alignment`, a power of two (the shim validates and rounds).
-@_cdecl("divvy_malloc_swift_aligned")
-public func divvyMallocSwiftAligned(_ heap: UnsafeMutableRawPointer, _ alignment: Int, _ size: Int)
+/// `reallocarray(pointer, count, size)` of a heap block (or NULL).
+@_cdecl("divvy_malloc_swift_reallocarray")
+public func divvyMallocSwiftReallocarray(
+    _ heap: UnsafeMutableRawPointer, _ pointer: UnsafeMutableRawPointer?, _ count: Int, _ size: Int
+) -> UnsafeMutableRawPointer? {
+    CAllocationAdapter(heap: heap).reallocarray(pointer, count, size)
+}
+
+/// `posix_memalign(out, alignment, size)`.
+@_cdecl("divvy_malloc_swift_posix_memalign")
+public func divvyMallocSwiftPosixMemalign(
+    _ heap: UnsafeMutableRawPointer, _ out: UnsafeMutablePointer<UnsafeMutableRawPointer?>, _ alignment: Int,
+    _ size: Int
+) -> Int32 {
+    CAllocationAdapter(heap: heap).posixMemalign(out, alignment: alignment, size: size)
+}
+
+/// `aligned_alloc(alignment, size)`.
+@_cdecl("divvy_malloc_swift_aligned_alloc")
+public func divvyMallocSwiftAlignedAlloc(_ heap: UnsafeMutableRawPointer, _ alignment: Int, _ size: Int)
     -> UnsafeMutableRawPointer?
 {
-    HeapRef(heap).alignedAllocate(alignment: alignment, size: size)
+    CAllocationAdapter(heap: heap).alignedAlloc(alignment: alignment, size: size)
 }
 
+/// `memalign(alignment, size)`.
+@_cdecl("divvy_malloc_swift_memalign")
+public func divvyMallocSwiftMemalign(_ heap: UnsafeMutableRawPointer, _ alignment: Int, _ size: Int)
+    -> UnsafeMutableRawPointer?
+{
+    CAllocationAdapter(heap: heap).memalign(alignment: alignment, size: size)
+}
+
+/// `valloc(size)`.
+@_cdecl("divvy_malloc_swift_valloc")
+public func divvyMallocSwiftValloc(_ heap: UnsafeMutableRawPointer, _ size: Int) -> UnsafeMutableRawPointer? {
+    CAllocationAdapter(heap: heap).valloc(size)
+}
+
+/// `pvalloc(size)`.
+@_cdecl("divvy_malloc_swift_pvalloc")
+public func divvyMallocSwiftPvalloc(_ heap: UnsafeMutableRawPointer, _ size: Int) -> UnsafeMutableRawPointer? {
+    CAllocationAdapter(heap: heap).pvalloc(size)
+}
+
+/// `malloc_usable_size(pointer)` of a heap block (or NULL). `heap` may be the placeholder: it is not used.
 @_cdecl("divvy_malloc_swift_usable_size")
-public func divvyMallocSwiftUsableSize(_ pointer: UnsafeMutableRawPointer) -> Int {
-    usableSize(pointer)
+public func divvyMallocSwiftUsableSize(_ heap: UnsafeMutableRawPointer, _ pointer: UnsafeMutableRawPointer?) -> Int {
+    CAllocationAdapter(heap: heap).mallocUsableSize(pointer)
+}
+
+/// Runs every function above once, successes and failures, on the heap just created for the calling thread (the
+/// shim calls it once per process from set-up code, where the depth allows allocations).
+///
+/// In a debug build the adapter is not specialized: its generic code asks the Swift runtime for the metadata of
+/// `CAllocationAdapter<ThreadHeapStrategy>` (and whatever else a path touches) on first use, and the runtime
+/// allocates it with malloc. Inside a malloc-family call that nested malloc would be counted as a re-entry; here it is
+/// a set-up allocation served by the arena. A release build specializes everything, and this only costs a few calls.
+@_cdecl("divvy_malloc_swift_warm_up")
+public func divvyMallocSwiftWarmUp(_ heap: UnsafeMutableRawPointer) {
+    let adapter = CAllocationAdapter(heap: heap)
+    adapter.free(adapter.malloc(24))
+    adapter.free(adapter.calloc(3, 8))
+    adapter.free(adapter.reallocarray(adapter.realloc(adapter.malloc(8), 5000), 2, 4000))
+    _ = adapter.realloc(adapter.malloc(1), 0)
+    var out: UnsafeMutableRawPointer? = nil
+    if adapter.posixMemalign(&out, alignment: 64, size: 10) == 0 {
+        _ = adapter.mallocUsableSize(out)
+        adapter.free(out)
+    }
+    adapter.free(adapter.alignedAlloc(alignment: 256, size: 10))
+    adapter.free(adapter.memalign(alignment: 100, size: 10))
+    adapter.free(adapter.valloc(10))
+    adapter.free(adapter.pvalloc(0))
+    // The failure paths (they set errno; the shim restores it).
+    _ = adapter.malloc(-1)
+    _ = adapter.calloc(Int.max, 2)
+    _ = adapter.reallocarray(nil, Int.max, 2)
+    _ = adapter.posixMemalign(&out, alignment: 24, size: 8)
+    _ = adapter.posixMemalign(&out, alignment: 1 << 30, size: 8)
+    _ = adapter.alignedAlloc(alignment: 3, size: 8)
+    _ = adapter.memalign(alignment: Int.min + 1, size: 8)
+    _ = adapter.pvalloc(Int.max)
+    _ = adapter.mallocUsableSize(nil)
+    adapter.free(nil)
 }
 
 /// Statistics for tests: 0 abandoned pages now, 1 pages adopted so far, 2 segments in use, 3 live thread heaps.

@@ -12,7 +12,7 @@ final class GlobalAllocatorAdapterTests: XCTestCase {
     typealias Heap = Segregator<Pool<OSAllocator>, OSAllocator>
 
     /// The realistic composition: size classes for small blocks, the OS for the rest.
-    func makeHeap(threshold: Int = 32 << 10) throws -> CAllocationAdapter<Heap> {
+    func makeHeap(threshold: Int = 32 << 10) throws -> CAllocationAdapter<HeaderStrategy<Heap>> {
         CAllocationAdapter(Segregator(threshold: threshold, small: try Pool(OSAllocator()), large: OSAllocator()))
     }
 
@@ -59,7 +59,7 @@ extension GlobalAllocatorAdapterTests {
                 UnsafeRawBufferPointer(start: p, count: size).allSatisfy { $0 == tag }, "size \(size) overwritten")
             heap.free(p)
         }
-        XCTAssertEqual(heap.base.small.smallLiveBlocks, 0)
+        XCTAssertEqual(heap.strategy.base.small.smallLiveBlocks, 0)
     }
 
     func testFreeNilIsANoOpAndFreeReturnsEveryBlockToTheBase() throws {
@@ -208,7 +208,7 @@ extension GlobalAllocatorAdapterTests {
     func testUncheckedAdapterServesTheSameFunctions() throws {
         let quota = LimitAllocator(try Pool(OSAllocator()), limit: 1 << 20)
         let heap = CAllocationAdapter(quota, checksFrees: false)
-        XCTAssertFalse(heap.checksFrees)
+        XCTAssertFalse(heap.strategy.checksFrees)
         var p = heap.malloc(10)!
         memset(p, 7, 10)
         p = heap.realloc(p, 5000)!
@@ -339,7 +339,7 @@ extension GlobalAllocatorAdapterTests {
         XCTAssertGreaterThan(addresses.count, 10, "the chain moved between classes")
         XCTAssertLessThan(addresses.count, steps.count, "sizes within one class keep the block in place")
         heap.free(p)
-        XCTAssertEqual(heap.base.small.smallLiveBlocks, 0)
+        XCTAssertEqual(heap.strategy.base.small.smallLiveBlocks, 0)
     }
 
     func testReallocWithinAClassKeepsTheBlock() throws {
@@ -351,7 +351,7 @@ extension GlobalAllocatorAdapterTests {
         let q = heap.realloc(p, 113)!
         XCTAssertNotEqual(q, p, "113 + 16 needs the 160-byte class")
         heap.free(q)
-        XCTAssertEqual(heap.base.small.smallLiveBlocks, 0)
+        XCTAssertEqual(heap.strategy.base.small.smallLiveBlocks, 0)
     }
 
     func testReallocKeepsTheAlignmentOfAnAlignedBlock() throws {
@@ -399,7 +399,7 @@ extension GlobalAllocatorAdapterTests {
         split.free(r)
         heap.free(p)
         XCTAssertEqual(quota.usedBytes, 0)
-        XCTAssertEqual(split.base.small.smallLiveBlocks, 0)
+        XCTAssertEqual(split.strategy.base.small.smallLiveBlocks, 0)
     }
 
     func testReallocarrayChecksOverflowAndLeavesTheBlockIntact() throws {
@@ -420,7 +420,7 @@ extension GlobalAllocatorAdapterTests {
         errno = 0
         XCTAssertNil(heap.reallocarray(q, 0, 8), "a zero product frees, like realloc(p, 0)")
         XCTAssertEqual(errno, 0)
-        XCTAssertEqual(heap.base.small.smallLiveBlocks, 0)
+        XCTAssertEqual(heap.strategy.base.small.smallLiveBlocks, 0)
     }
 }
 
@@ -446,7 +446,7 @@ extension GlobalAllocatorAdapterTests {
         }
         XCTAssertEqual(Set(live).count, live.count)
         for p in live { heap.free(p) }
-        XCTAssertEqual(heap.base.small.smallLiveBlocks, 0)
+        XCTAssertEqual(heap.strategy.base.small.smallLiveBlocks, 0)
     }
 
     func testPosixMemalignRejectsBadAlignmentsWithEINVALAndLeavesEverythingUntouched() throws {
@@ -490,7 +490,7 @@ extension GlobalAllocatorAdapterTests {
                 heap.free(m)
             }
         }
-        XCTAssertEqual(heap.base.small.smallLiveBlocks, 0)
+        XCTAssertEqual(heap.strategy.base.small.smallLiveBlocks, 0)
     }
 
     func testAlignedAllocNeedsAPowerOfTwoAndMemalignRoundsUp() throws {
@@ -544,7 +544,7 @@ extension GlobalAllocatorAdapterTests {
             XCTAssertNil(heap.valloc(size))
             XCTAssertEqual(errno, ENOMEM)
         }
-        XCTAssertEqual(heap.base.small.smallLiveBlocks, 0)
+        XCTAssertEqual(heap.strategy.base.small.smallLiveBlocks, 0)
     }
 }
 

@@ -593,28 +593,44 @@ extension GlobalAllocatorAdapterTests {
 extension GlobalAllocatorAdapterTests {
     func testRandomizedModelOverAPoolAndTheOS() throws {
         let seed = SeededGenerator.testSeed()
-        try runModel(seed: seed, steps: 6_000, quota: nil)
+        try runHeaderModel(seed: seed, steps: 6_000, quota: nil)
     }
 
     func testRandomizedModelUnderAQuotaFailsCleanly() throws {
         let seed = SeededGenerator.testSeed()
-        try runModel(seed: seed, steps: 6_000, quota: 400_000)
+        try runHeaderModel(seed: seed, steps: 6_000, quota: 400_000)
     }
 
-    /// Thousands of random malloc/calloc/realloc/reallocarray/posix_memalign/memalign/aligned_alloc/valloc/free
-    /// against a model of what every live block must hold. With a quota, failures are expected: each must set
-    /// errno (or return ENOMEM) and leave every block as it was.
-    private func runModel(seed: UInt64, steps: Int, quota: Int?) throws {
-        struct Live {
-            var pointer: UnsafeMutableRawPointer
-            var size: Int
-            var alignment: Int
-            var tag: UInt8
-        }
+    /// The model over `HeaderStrategy` (a pool and the OS, under an optional quota): headers, checked frees, kept
+    /// alignments, and every byte back at the end.
+    private func runHeaderModel(seed: UInt64, steps: Int, quota: Int?) throws {
         let limit = LimitAllocator(
             Segregator(threshold: 16 << 10, small: try Pool(OSAllocator()), large: OSAllocator()),
             limit: quota ?? Int.max)
         let heap = CAllocationAdapter(limit)
+        let failures = try runModel(
+            heap, seed: seed, steps: steps, failuresExpected: quota != nil, headerRoom: 16, keepsAlignment: true,
+            requestedSize: { heap.requestedSize($0) }, checkedFree: { try heap.checkedFree($0) })
+        let context = "[seed \(seed); replay with DIVVY_TEST_SEED=\(seed)]"
+        XCTAssertEqual(limit.usedBytes, 0, "every byte went back \(context)")
+        XCTAssertEqual(limit.base.small.smallLiveBlocks, 0, context)
+        if quota != nil { XCTAssertGreaterThan(failures, 0, "the quota was never hit \(context)") }
+    }
+
+    /// Thousands of random malloc/calloc/realloc/reallocarray/posix_memalign/memalign/aligned_alloc/valloc/free
+    /// against a model of what every live block must hold. When failures are expected, each must set errno (or
+    /// return ENOMEM) and leave every block as it was. Returns how many calls failed.
+    ///
+    /// - Parameters:
+    ///   - headerRoom: bytes in front of each pointer that belong to its block (checked for overlaps too).
+    ///   - keepsAlignment: whether `realloc` keeps an aligned block aligned (the strategy's choice).
+    ///   - requestedSize, checkedFree: the header strategy's extras, when it has them.
+    private func runModel<Strategy: CAllocationStrategy>(
+        _ heap: CAllocationAdapter<Strategy>, seed: UInt64, steps: Int, failuresExpected: Bool, headerRoom: Int,
+        keepsAlignment: Bool, requestedSize: ((UnsafeMutableRawPointer) -> Int)? = nil,
+        checkedFree: ((UnsafeMutableRawPointer) throws -> Void)? = nil
+    ) throws -> Int {
+        typealias Live = ModelBlock
         var random = SeededGenerator(seed: seed)
         var live: [Live] = []
         var failures = 0
@@ -646,19 +662,21 @@ extension GlobalAllocatorAdapterTests {
         }
         func place(_ pointer: UnsafeMutableRawPointer, size: Int, alignment: Int, ignoring: Int? = nil) {
             if UInt(bitPattern: pointer) % UInt(alignment) != 0 { fail("\(pointer) not aligned to \(alignment)") }
-            if heap.requestedSize(pointer) != size { fail("\(pointer): header says \(heap.requestedSize(pointer))") }
+            if let requestedSize, requestedSize(pointer) != size {
+                fail("\(pointer): header says \(requestedSize(pointer))")
+            }
             let usable = heap.mallocUsableSize(pointer)
             if usable < size { fail("\(pointer): usable \(usable) < \(size)") }
-            let lo = UInt(bitPattern: pointer) - 16
+            let lo = UInt(bitPattern: pointer) - UInt(headerRoom)
             let hi = UInt(bitPattern: pointer) + UInt(Swift.max(usable, 1))
             for (index, other) in live.enumerated() where index != ignoring {
-                let olo = UInt(bitPattern: other.pointer) - 16
+                let olo = UInt(bitPattern: other.pointer) - UInt(headerRoom)
                 let ohi = UInt(bitPattern: other.pointer) + UInt(Swift.max(other.size, 1))
                 if lo < ohi && olo < hi { fail("\(pointer)+\(size) overlaps live \(other.pointer)+\(other.size)") }
             }
         }
         func expectFailure(_ what: String) {
-            if quota == nil { fail("\(what) failed without a quota (errno \(errno))") }
+            if !failuresExpected { fail("\(what) failed unexpectedly (errno \(errno))") }
             if errno != ENOMEM { fail("\(what) failed with errno \(errno), not ENOMEM") }
             failures += 1
         }
@@ -683,7 +701,7 @@ extension GlobalAllocatorAdapterTests {
                 verify(entry, count: entry.size, "before free (step \(step))")
                 live.swapAt(index, live.count - 1)
                 live.removeLast()
-                if roll % 2 == 0 { heap.free(entry.pointer) } else { try heap.checkedFree(entry.pointer) }
+                if roll % 2 == 0 || checkedFree == nil { heap.free(entry.pointer) } else { try checkedFree?(entry.pointer) }
             } else if !live.isEmpty && roll >= 80 {
                 let index = Int.random(in: 0..<live.count, using: &random)
                 var entry = live[index]
@@ -700,11 +718,14 @@ extension GlobalAllocatorAdapterTests {
                 guard let moved else {
                     expectFailure("realloc(\(entry.size) → \(newSize))")
                     verify(entry, count: entry.size, "after a failed realloc")
-                    if heap.requestedSize(entry.pointer) != entry.size { fail("failed realloc changed the header") }
+                    if let requestedSize, requestedSize(entry.pointer) != entry.size {
+                        fail("failed realloc changed the header")
+                    }
                     continue
                 }
                 entry.pointer = moved
                 verify(entry, count: Swift.min(entry.size, newSize), "realloc \(entry.size) → \(newSize)")
+                if !keepsAlignment { entry.alignment = 16 }
                 place(moved, size: newSize, alignment: entry.alignment, ignoring: index)
                 let oldSize = entry.size
                 entry.size = newSize
@@ -753,9 +774,204 @@ extension GlobalAllocatorAdapterTests {
             verify(entry, count: entry.size, "at the end")
             heap.free(entry.pointer)
         }
-        XCTAssertEqual(limit.usedBytes, 0, "every byte went back \(context)")
-        XCTAssertEqual(limit.base.small.smallLiveBlocks, 0, context)
-        if quota != nil { XCTAssertGreaterThan(failures, 0, "the quota was never hit \(context)") }
+        return failures
+    }
+}
+
+/// A live block in `runModel`: where, how large, its alignment, and the tag its bytes are filled from.
+private struct ModelBlock {
+    var pointer: UnsafeMutableRawPointer
+    var size: Int
+    var alignment: Int
+    var tag: UInt8
+}
+
+// MARK: - A header-less strategy
+
+/// glibc's `malloc_usable_size` (declared in <malloc.h>, which the Glibc module does not import).
+private let glibcUsableSize: @convention(c) (UnsafeMutableRawPointer?) -> Int = unsafeBitCast(
+    dlsym(UnsafeMutableRawPointer(bitPattern: 0), "malloc_usable_size"),
+    to: (@convention(c) (UnsafeMutableRawPointer?) -> Int).self)
+
+/// A strategy without headers: glibc's own heap, which finds its chunks from their addresses itself. It checks the
+/// contract the adapter promises its strategies (sizes `0...Int.max`, alignments powers of two from 16 to
+/// `maximumAlignment`), records what it was asked, and can be told to fail (setting
+/// `errno` to a junk value, as a failing system call might). It leaves `allocateZeroed` and `reallocate` to the
+/// protocol's default implementations, so they are tested too.
+struct GlibcStrategy: CAllocationStrategy {
+    final class Log: @unchecked Sendable {
+        var allocations: [(size: Int, alignment: Int)] = []
+        var deallocations = 0
+        var violations: [String] = []
+        /// Fail every n-th allocation (0: never).
+        var failEvery = 0
+        var calls = 0
+    }
+    let log = Log()
+    let maximumAlignment: Int
+
+    init(maximumAlignment: Int = 1 << 20) { self.maximumAlignment = maximumAlignment }
+
+    func allocate(size: Int, alignment: Int) -> UnsafeMutableRawPointer? {
+        log.allocations.append((size, alignment))
+        if size < 0 { log.violations.append("allocate(size: \(size))") }
+        if alignment.nonzeroBitCount != 1 || alignment < 16 || alignment > maximumAlignment {
+            log.violations.append("allocate(alignment: \(alignment))")
+        }
+        log.calls += 1
+        if log.failEvery > 0 && log.calls % log.failEvery == 0 {
+            errno = 12_345
+            return nil
+        }
+        return alignment == 16 ? Glibc.malloc(size) : aligned_alloc(alignment, size)
+    }
+
+    func deallocate(_ pointer: UnsafeMutableRawPointer) {
+        log.deallocations += 1
+        Glibc.free(pointer)
+    }
+
+    func usableSize(of pointer: UnsafeMutableRawPointer) -> Int {
+        glibcUsableSize(pointer)
+    }
+}
+
+extension GlobalAllocatorAdapterTests {
+    func testAHeaderlessStrategyGetsEveryCRuleFromTheAdapter() throws {
+        let strategy = GlibcStrategy(maximumAlignment: 1 << 16)
+        let heap = CAllocationAdapter(strategy)
+        XCTAssertEqual(heap.maximumAlignment, 1 << 16)
+        // malloc(0): a unique pointer, freed like any other; free(nil) never reaches the strategy.
+        let zeros = (0..<10).map { _ in heap.malloc(0)! }
+        XCTAssertEqual(Set(zeros).count, 10)
+        zeros.forEach(heap.free)
+        heap.free(nil)
+        XCTAssertEqual(strategy.log.deallocations, 10)
+        XCTAssertEqual(heap.mallocUsableSize(nil), 0)
+        // Sizes above Int.max (negative) and overflowing products fail with ENOMEM before the strategy is asked.
+        strategy.log.allocations.removeAll()
+        for call in [{ heap.malloc(-1) }, { heap.calloc(Int.max, 2) }, { heap.calloc(-1, 1) },
+            { heap.reallocarray(nil, 1 << 40, 1 << 40) }, { heap.valloc(-5) }, { heap.pvalloc(Int.max) },
+            { heap.memalign(alignment: 64, size: -1) }]
+        {
+            errno = 0
+            XCTAssertNil(call())
+            XCTAssertEqual(errno, ENOMEM)
+        }
+        // Bad alignments: EINVAL (aligned_alloc, memalign above 2^63) or ENOMEM (stricter than the strategy serves).
+        for alignment in [0, 3, 24, -16] {
+            errno = 0
+            XCTAssertNil(heap.alignedAlloc(alignment: alignment, size: 8))
+            XCTAssertEqual(errno, EINVAL, "aligned_alloc(\(alignment))")
+        }
+        errno = 0
+        XCTAssertNil(heap.memalign(alignment: Int.min + 1, size: 8))
+        XCTAssertEqual(errno, EINVAL)
+        errno = 0
+        XCTAssertNil(heap.memalign(alignment: 1 << 17, size: 8))
+        XCTAssertEqual(errno, ENOMEM, "above the strategy's maximumAlignment")
+        XCTAssertTrue(strategy.log.allocations.isEmpty, "\(strategy.log.allocations)")
+        // Alignments reach the strategy validated: below 16 raised to 16, memalign's rounded up, pages for valloc.
+        let page = self.page
+        for (call, expected) in [
+            ({ heap.memalign(alignment: 1, size: 8) }, 16), ({ heap.memalign(alignment: 100, size: 8) }, 128),
+            ({ heap.alignedAlloc(alignment: 8, size: 8) }, 16), ({ heap.alignedAlloc(alignment: 4096, size: 8) }, 4096),
+            ({ heap.valloc(8) }, page), ({ heap.pvalloc(0) }, page), ({ heap.malloc(8) }, 16),
+        ] as [(() -> UnsafeMutableRawPointer?, Int)] {
+            let p = try XCTUnwrap(call())
+            XCTAssertEqual(strategy.log.allocations.last?.alignment, expected)
+            XCTAssertEqual(Int(bitPattern: p) % expected, 0)
+            heap.free(p)
+        }
+        // pvalloc rounds the size to whole pages (one page for 0); valloc does not.
+        _ = heap.pvalloc(0).map(heap.free)
+        XCTAssertEqual(strategy.log.allocations.last?.size, page)
+        _ = heap.pvalloc(page + 1).map(heap.free)
+        XCTAssertEqual(strategy.log.allocations.last?.size, 2 * page)
+        _ = heap.valloc(page + 1).map(heap.free)
+        XCTAssertEqual(strategy.log.allocations.last?.size, page + 1)
+        // posix_memalign: codes, not errno; output untouched on failure, even when the strategy clobbers errno.
+        let sentinel = UnsafeMutableRawPointer(bitPattern: 0xDEAD_BEE0)!
+        var out: UnsafeMutableRawPointer? = sentinel
+        errno = 777
+        XCTAssertEqual(heap.posixMemalign(&out, alignment: 24, size: 8), EINVAL)
+        XCTAssertEqual(heap.posixMemalign(&out, alignment: 4, size: 8), EINVAL)
+        XCTAssertEqual(heap.posixMemalign(&out, alignment: 1 << 17, size: 8), ENOMEM)
+        strategy.log.failEvery = 1
+        XCTAssertEqual(heap.posixMemalign(&out, alignment: 64, size: 8), ENOMEM)
+        XCTAssertEqual(out, sentinel)
+        XCTAssertEqual(errno, 777, "posix_memalign restores errno the strategy clobbered")
+        strategy.log.failEvery = 0
+        XCTAssertEqual(heap.posixMemalign(&out, alignment: 64, size: 8), 0)
+        XCTAssertEqual(errno, 777)
+        XCTAssertEqual(Int(bitPattern: out!) % 64, 0)
+        heap.free(out)
+        // Any other failure of the strategy is ENOMEM in errno, whatever it left there.
+        strategy.log.failEvery = 1
+        for call in [{ heap.malloc(8) }, { heap.calloc(2, 8) }, { heap.alignedAlloc(alignment: 64, size: 8) }] {
+            errno = 0
+            XCTAssertNil(call())
+            XCTAssertEqual(errno, ENOMEM)
+        }
+        strategy.log.failEvery = 0
+        XCTAssertEqual(strategy.log.violations, [])
+    }
+
+    func testReallocOverAHeaderlessStrategy() throws {
+        let strategy = GlibcStrategy()
+        let heap = CAllocationAdapter(strategy)
+        // realloc(nil, n) allocates; realloc(p, 0) frees and returns nil with errno untouched.
+        let p = try XCTUnwrap(heap.realloc(nil, 40))
+        XCTAssertEqual(strategy.log.allocations.count, 1)
+        errno = 0
+        XCTAssertNil(heap.realloc(p, 0))
+        XCTAssertEqual(errno, 0)
+        XCTAssertEqual(strategy.log.deallocations, 1)
+        // The default reallocate: in place while the usable size covers the request, else moved with its bytes.
+        var q = try XCTUnwrap(heap.malloc(100))
+        for i in 0..<100 { q.storeBytes(of: UInt8(i), toByteOffset: i, as: UInt8.self) }
+        let usable = heap.mallocUsableSize(q)
+        XCTAssertEqual(heap.realloc(q, usable), q)
+        XCTAssertEqual(heap.realloc(q, 10), q, "the default never moves to shrink")
+        q = try XCTUnwrap(heap.realloc(q, 10_000))
+        XCTAssertTrue((0..<100).allSatisfy { q.load(fromByteOffset: $0, as: UInt8.self) == UInt8($0) })
+        // A failed move leaves the block as it was, with ENOMEM.
+        strategy.log.failEvery = 1
+        errno = 0
+        XCTAssertNil(heap.realloc(q, 1 << 20))
+        XCTAssertEqual(errno, ENOMEM)
+        XCTAssertNil(heap.reallocarray(q, 1 << 10, 1 << 10))
+        XCTAssertNil(heap.realloc(q, -1), "a size_t above Int.max")
+        strategy.log.failEvery = 0
+        XCTAssertTrue((0..<100).allSatisfy { q.load(fromByteOffset: $0, as: UInt8.self) == UInt8($0) })
+        heap.free(q)
+        // The default allocateZeroed zeroes a dirty reused block.
+        for size in [24, 100, 5000] {
+            let dirty = try XCTUnwrap(heap.malloc(size))
+            memset(dirty, 0xAB, heap.mallocUsableSize(dirty))
+            heap.free(dirty)
+            let clean = try XCTUnwrap(heap.calloc(1, size))
+            XCTAssertTrue(UnsafeRawBufferPointer(start: clean, count: size).allSatisfy { $0 == 0 }, "size \(size)")
+            heap.free(clean)
+        }
+        XCTAssertEqual(strategy.log.violations, [])
+    }
+
+    func testRandomizedModelOverAHeaderlessStrategy() throws {
+        let seed = SeededGenerator.testSeed()
+        let strategy = GlibcStrategy()
+        _ = try runModel(
+            CAllocationAdapter(strategy), seed: seed, steps: 6_000, failuresExpected: false, headerRoom: 0,
+            keepsAlignment: false)
+        let failing = GlibcStrategy()
+        failing.log.failEvery = 7
+        let failures = try runModel(
+            CAllocationAdapter(failing), seed: seed, steps: 6_000, failuresExpected: true, headerRoom: 0,
+            keepsAlignment: false)
+        XCTAssertGreaterThan(failures, 100, "seed \(seed)")
+        XCTAssertEqual(strategy.log.violations + failing.log.violations, [], "seed \(seed)")
+        XCTAssertEqual(
+            failing.log.deallocations, failing.log.allocations.count - failures, "every block freed once, seed \(seed)")
     }
 }
 

@@ -299,3 +299,135 @@ final class DivvyMallocHeapTests: XCTestCase {
         XCTAssertEqual(freed.withLock { $0 }, threads * perThread, "seed \(seed)")
     }
 }
+
+// MARK: - The C rules are CAllocationAdapter's
+
+extension DivvyMallocHeapTests {
+    /// A function of the library `heap()` opened (for the ones `Heap` does not hold).
+    func librarySymbol<T>(_ name: String, as type: T.Type) throws -> T {
+        _ = try heap()
+        let binary = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
+        let path = URL(fileURLWithPath: binary).deletingLastPathComponent().appendingPathComponent("libDivvyMalloc.so")
+            .path
+        // RTLD_NOLOAD: the handle of the copy already open (it stays open: `heap()` keeps its reference).
+        guard let handle = dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD) else { throw XCTSkip("\(path) not open") }
+        defer { dlclose(handle) }
+        guard let address = dlsym(handle, name) else { throw XCTSkip("\(name) missing from \(path)") }
+        return unsafeBitCast(address, to: type)
+    }
+
+    /// libDivvyMalloc's functions are `CAllocationAdapter`'s over the per-thread heap: the C shim only gates and the
+    /// heap knows none of these rules (it takes valid alignments and sizes), so every rule observed here comes from
+    /// the adapter. A library whose entry points stopped going through it (or a shim that lost a rule it used to
+    /// duplicate) fails here.
+    func testTheCRulesComeFromTheAdapter() throws {
+        typealias Aligned = @convention(c) (Int, Int) -> UnsafeMutableRawPointer?
+        typealias Sized = @convention(c) (Int) -> UnsafeMutableRawPointer?
+        typealias Reallocarray = @convention(c) (UnsafeMutableRawPointer?, Int, Int) -> UnsafeMutableRawPointer?
+        let heap = try heap()
+        let alignedAlloc = try librarySymbol("aligned_alloc", as: Aligned.self)
+        let valloc = try librarySymbol("valloc", as: Sized.self)
+        let pvalloc = try librarySymbol("pvalloc", as: Sized.self)
+        let reallocarray = try librarySymbol("reallocarray", as: Reallocarray.self)
+        let page = Int(sysconf(Int32(_SC_PAGESIZE)))
+
+        // aligned_alloc: a power of two or EINVAL (C17); stricter than 2 MiB is ENOMEM; below 16 is served at 16.
+        for alignment in [0, 3, 24, 48, 100, -64] {
+            errno = 0
+            XCTAssertNil(alignedAlloc(alignment, 10), "aligned_alloc(\(alignment))")
+            XCTAssertEqual(errno, EINVAL, "aligned_alloc(\(alignment))")
+        }
+        errno = 0
+        XCTAssertNil(alignedAlloc(4 << 20, 10))
+        XCTAssertEqual(errno, ENOMEM)
+        for alignment in [1, 8, 16, 4096, 1 << 20] {
+            let p = try XCTUnwrap(alignedAlloc(alignment, 10))
+            XCTAssertEqual(Int(bitPattern: p) % max(alignment, 16), 0, "aligned_alloc(\(alignment))")
+            heap.free(p)
+        }
+        // memalign rounds a non-power-of-two up (glibc); only alignments above 2^63 are EINVAL.
+        for (alignment, rounded) in [(0, 16), (3, 16), (24, 32), (100, 128), (5000, 8192), (40_000, 65_536)] {
+            let p = try XCTUnwrap(heap.memalign(alignment, 10))
+            XCTAssertEqual(Int(bitPattern: p) % rounded, 0, "memalign(\(alignment)) aligns to \(rounded)")
+            heap.free(p)
+        }
+        errno = 0
+        XCTAssertNil(heap.memalign(Int.min + 1, 10))
+        XCTAssertEqual(errno, EINVAL)
+        // valloc aligns to the page; pvalloc also rounds the size to whole pages, and pvalloc(0) is one page.
+        for size in [0, 1, page - 1, page + 1] {
+            let v = try XCTUnwrap(valloc(size))
+            let p = try XCTUnwrap(pvalloc(size))
+            let pages = max(1, (size + page - 1) / page) * page
+            XCTAssertEqual(Int(bitPattern: v) % page, 0)
+            XCTAssertEqual(Int(bitPattern: p) % page, 0)
+            XCTAssertGreaterThanOrEqual(heap.usableSize(p), pages, "pvalloc(\(size))")
+            memset(p, 0x5A, pages)
+            heap.free(v)
+            heap.free(p)
+        }
+        errno = 0
+        XCTAssertNil(pvalloc(Int.max))
+        XCTAssertEqual(errno, ENOMEM, "pvalloc's rounding overflows")
+        // posix_memalign returns its codes and never touches errno (success or failure).
+        var out: UnsafeMutableRawPointer? = nil
+        errno = 777
+        XCTAssertEqual(heap.posixMemalign(&out, 64, 100), 0)
+        XCTAssertEqual(errno, 777)
+        XCTAssertEqual(Int(bitPattern: out) % 64, 0)
+        heap.free(out)
+        let sentinel = UnsafeMutableRawPointer(bitPattern: 0x40)
+        for (alignment, code) in [(0, EINVAL), (4, EINVAL), (48, EINVAL), (8 << 20, ENOMEM)] {
+            out = sentinel
+            XCTAssertEqual(heap.posixMemalign(&out, alignment, 100), code, "posix_memalign(\(alignment))")
+            XCTAssertEqual(out, sentinel)
+            XCTAssertEqual(errno, 777)
+        }
+        // realloc(NULL, n) is malloc; realloc(p, 0) frees and returns NULL, errno untouched.
+        let r = try XCTUnwrap(heap.realloc(nil, 100))
+        memset(r, 0x11, 100)
+        XCTAssertNil(heap.realloc(r, 0))
+        XCTAssertEqual(errno, 777)
+        // reallocarray: overflow is ENOMEM with the block intact; a zero product frees.
+        let a = try XCTUnwrap(reallocarray(nil, 10, 8))
+        memset(a, 0x22, 80)
+        for (count, size) in [(Int.max, 2), (1 << 40, 1 << 40), (-1, 8)] {
+            errno = 0
+            XCTAssertNil(reallocarray(a, count, size), "reallocarray(p, \(count), \(size))")
+            XCTAssertEqual(errno, ENOMEM)
+        }
+        XCTAssertTrue(UnsafeRawBufferPointer(start: a, count: 80).allSatisfy { $0 == 0x22 })
+        let grown = try XCTUnwrap(reallocarray(a, 100, 8))
+        XCTAssertTrue(UnsafeRawBufferPointer(start: grown, count: 80).allSatisfy { $0 == 0x22 })
+        errno = 0
+        XCTAssertNil(reallocarray(grown, 0, 8))
+        XCTAssertEqual(errno, 0)
+        // calloc: a zero product is a unique pointer; overflow either way round is ENOMEM; a reused block is zeroed.
+        let z1 = try XCTUnwrap(heap.calloc(0, 8))
+        let z2 = try XCTUnwrap(heap.calloc(8, 0))
+        XCTAssertNotEqual(z1, z2)
+        heap.free(z1)
+        heap.free(z2)
+        for (count, size) in [(Int.max, 2), (2, Int.max), (1 << 32, 1 << 32), (-1, 1)] {
+            errno = 0
+            XCTAssertNil(heap.calloc(count, size), "calloc(\(count), \(size))")
+            XCTAssertEqual(errno, ENOMEM)
+        }
+        let dirty = try XCTUnwrap(heap.malloc(200))
+        memset(dirty, 0xEE, 200)
+        heap.free(dirty)
+        let clean = try XCTUnwrap(heap.calloc(1, 200))
+        XCTAssertTrue(UnsafeRawBufferPointer(start: clean, count: 200).allSatisfy { $0 == 0 })
+        heap.free(clean)
+        // Sizes above SIZE_MAX / 2 (negative Ints) fail before the heap is asked.
+        for size in [-1, Int.min] {
+            errno = 0
+            XCTAssertNil(heap.malloc(size))
+            XCTAssertEqual(errno, ENOMEM)
+            errno = 0
+            XCTAssertNil(alignedAlloc(64, size))
+            XCTAssertEqual(errno, ENOMEM)
+        }
+        XCTAssertEqual(heap.usableSize(nil), 0)
+    }
+}

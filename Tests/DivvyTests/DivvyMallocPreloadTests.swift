@@ -395,4 +395,48 @@ final class DivvyMallocPreloadTests: XCTestCase {
         let result = try run([python, "-c", script], preload: lib)
         XCTAssertEqual(result.stdout, "0 1\n", result.stderr)
     }
+
+    /// No call re-enters malloc at all, from the process's first allocation on: the library runs its Swift entry
+    /// points once as set-up code when the first heap is created, so even a debug build (whose unspecialized
+    /// `CAllocationAdapter` asks the Swift runtime for generic metadata on first use, which allocates) makes no nested
+    /// call inside a malloc-family function. The count is read before the program's first explicit call and again
+    /// after every function has run once on two threads, with no warm-up excluded.
+    func testNoCallReentersMallocFromTheFirstOne() throws {
+        let lib = try library()
+        guard FileManager.default.isExecutableFile(atPath: python) else { throw XCTSkip("no python3") }
+        let script = """
+            import ctypes, threading
+            libc = ctypes.CDLL(None)
+            for name in ("malloc", "calloc", "realloc", "reallocarray", "memalign", "aligned_alloc", "valloc",
+                         "pvalloc"):
+                getattr(libc, name).restype = ctypes.c_void_p
+            libc.divvy_malloc_reentries.restype = ctypes.c_ulong
+            start = libc.divvy_malloc_reentries()
+            def work():
+                for s in [0, 1, 24, 100, 3000, 40000, 200000, 3000000]:
+                    p = libc.malloc(s)
+                    p = libc.realloc(ctypes.c_void_p(p), s * 2 + 1)
+                    p = libc.reallocarray(ctypes.c_void_p(p), 3, s + 1)
+                    libc.malloc_usable_size(ctypes.c_void_p(p))
+                    libc.free(ctypes.c_void_p(p))
+                    libc.free(ctypes.c_void_p(libc.calloc(3, s)))
+                    for a in (64, 4096, 1 << 20):
+                        libc.free(ctypes.c_void_p(libc.memalign(a, s)))
+                        libc.free(ctypes.c_void_p(libc.aligned_alloc(a, s)))
+                    libc.free(ctypes.c_void_p(libc.valloc(s)))
+                    libc.free(ctypes.c_void_p(libc.pvalloc(s)))
+                    out = ctypes.c_void_p()
+                    libc.posix_memalign(ctypes.byref(out), 256, s)
+                    libc.free(out)
+                    libc.aligned_alloc(24, s)
+                    libc.calloc(1 << 62, 8)
+            work()
+            t = threading.Thread(target=work)
+            t.start()
+            t.join()
+            print(start, libc.divvy_malloc_reentries())
+            """
+        let result = try run([python, "-c", script], preload: lib)
+        XCTAssertEqual(result.stdout, "0 0\n", result.stderr)
+    }
 }

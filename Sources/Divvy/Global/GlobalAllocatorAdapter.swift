@@ -128,6 +128,7 @@ extension CAllocationAdapter {
     /// - Returns: the memory, or nil with `errno = ENOMEM`. `malloc(0)` returns a unique pointer to free later.
     /// - Complexity: the strategy's `allocate`.
     @inlinable
+    @inline(__always)  // the hot pair: inlined into the exported function, not called from it
     public func malloc(_ size: Int) -> UnsafeMutableRawPointer? {
         guard size >= 0, let pointer = strategy.allocate(size: size, alignment: Self.minimumAlignment) else {
             return _fail(ENOMEM)
@@ -141,6 +142,7 @@ extension CAllocationAdapter {
     ///   pointer does is the strategy's (`HeaderStrategy` with `checksFrees` traps with `"double free"` or
     ///   `"invalid pointer"`).
     @inlinable
+    @inline(__always)  // the hot pair: inlined into the exported function, not called from it
     public func free(_ pointer: UnsafeMutableRawPointer?) {
         guard let pointer else { return }
         strategy.deallocate(pointer)

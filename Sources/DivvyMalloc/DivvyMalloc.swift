@@ -1,8 +1,14 @@
 // libDivvyMalloc.so: a Divvy heap as the process's malloc (`LD_PRELOAD=…/libDivvyMalloc.so program`).
 //
-// The exported symbols (`malloc`, `free`, …) are C, in `Sources/CDivvyMalloc/shim.c`: they find the calling
-// thread's heap in a C thread-local (initial-exec TLS: one load from %fs), check arguments and set errno, and call
-// the functions below. The heap itself is Swift:
+// The library is `CAllocationAdapter` (Sources/Divvy/Global) over the per-thread heap, composed here: each C function
+// below is one line, `CAllocationAdapter(heap: heap).malloc(size)` and so on, where the adapter applies every C rule
+// (size 0, alignment validation and rounding, calloc/reallocarray overflow, realloc(p, 0), pvalloc's pages, errno,
+// posix_memalign's codes) and `ThreadHeapStrategy` (MallocStrategy.swift) maps allocate / deallocate / usable size /
+// reallocate onto the heap's own calls. Specialized and inlined, malloc and free are the heap's fast paths plus a
+// sign check. The exported symbols (`malloc`, `free`, …) are C, in `Sources/CDivvyMalloc/shim.c`, and only gate:
+// they find the calling thread's heap in a C thread-local (initial-exec TLS: one load from %fs), mark the thread as
+// inside the heap, and call these functions; the bootstrap arena serves whatever comes before the heap is ready or
+// from inside it. The heap itself is Swift:
 //
 // - `MallocLayout.swift`: 4 MiB segments of 64 KiB / 1 MiB / 4 MiB pages; a block's page is found from its address.
 // - `MallocThreadHeap.swift`: per-thread heaps (the local sides): small/medium/large size classes allocated and
@@ -20,8 +26,10 @@
 // memory. The shim enforces the rest: while a thread is inside these functions its re-entry depth is non-zero, and a
 // malloc made then is served by the static bootstrap arena and *counted* (`divvy_malloc_reentries()`);
 // `DivvyMallocPreloadTests.testTheHotPathNeverReentersMalloc` runs a workload under the preload and fails if the
-// count moves. (In a debug build the Swift runtime may allocate metadata the first time a generic type is used;
-// that happens once, during warm-up, and is served by the arena.)
+// count moves. In a debug build nothing is specialized, and the Swift runtime allocates metadata the first time a
+// generic type (`CAllocationAdapter<ThreadHeapStrategy>`) is used: `divvyMallocSwiftWarmUp` runs every entry point
+// once when the first heap is created, at the shim's set-up depth, so that happens before any real call and is not a
+// re-entry (`testNoCallReentersMallocFromTheFirstOne` checks the count is 0 from a process's first call on).
 import CDivvyMalloc
 import Divvy
 

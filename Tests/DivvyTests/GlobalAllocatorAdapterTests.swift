@@ -701,7 +701,7 @@ extension GlobalAllocatorAdapterTests {
                 verify(entry, count: entry.size, "before free (step \(step))")
                 live.swapAt(index, live.count - 1)
                 live.removeLast()
-                if roll % 2 == 0 || checkedFree == nil { heap.free(entry.pointer) } else { try checkedFree?(entry.pointer) }
+                if roll % 2 == 1, let checkedFree { try checkedFree(entry.pointer) } else { heap.free(entry.pointer) }
             } else if !live.isEmpty && roll >= 80 {
                 let index = Int.random(in: 0..<live.count, using: &random)
                 var entry = live[index]

@@ -36,7 +36,7 @@ import Musl
 ///         alignment == 16 ? Glibc.malloc(size) : aligned_alloc(alignment, size)
 ///     }
 ///     func deallocate(_ pointer: UnsafeMutableRawPointer) { Glibc.free(pointer) }
-///     func usableSize(of pointer: UnsafeMutableRawPointer) -> Int { malloc_usable_size(pointer) }
+///     func usableSize(of pointer: UnsafeMutableRawPointer) -> Int { malloc_usable_size(pointer) }  // <malloc.h>
 /// }
 /// let heap = CAllocationAdapter(GlibcStrategy())   // every C rule (calloc overflow, memalign rounding, …) included
 /// ```

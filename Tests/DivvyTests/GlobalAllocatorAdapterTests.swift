@@ -241,6 +241,41 @@ extension GlobalAllocatorAdapterTests {
     }
 }
 
+// MARK: - HeaderStrategy on its own
+
+extension GlobalAllocatorAdapterTests {
+    func testHeaderStrategyServesItsContractWithoutTheAdapter() throws {
+        let quota = LimitAllocator(try Pool(OSAllocator()), limit: 1 << 20)
+        let strategy = HeaderStrategy(quota)
+        XCTAssertEqual(strategy.maximumAlignment, 1 << 40)
+        XCTAssertEqual(HeaderStrategy<SystemAllocator>.headerSize, 16)
+        // An alignment below 16 from a direct caller still leaves room for the header.
+        let p = try XCTUnwrap(strategy.allocate(size: 10, alignment: 8))
+        XCTAssertEqual(UInt(bitPattern: p) % 16, 0)
+        XCTAssertEqual(strategy.requestedSize(of: p), 10)
+        XCTAssertGreaterThanOrEqual(strategy.usableSize(of: p), 10)
+        let a = try XCTUnwrap(strategy.allocate(size: 100, alignment: 4096))
+        XCTAssertEqual(UInt(bitPattern: a) % 4096, 0)
+        memset(a, 0x3C, 100)
+        // reallocate keeps the alignment and the bytes; allocateZeroed zeroes.
+        let b = try XCTUnwrap(strategy.reallocate(a, toSize: 9000))
+        XCTAssertEqual(UInt(bitPattern: b) % 4096, 0)
+        XCTAssertTrue(UnsafeRawBufferPointer(start: b, count: 100).allSatisfy { $0 == 0x3C })
+        let z = try XCTUnwrap(strategy.allocateZeroed(size: 300, alignment: 16))
+        XCTAssertTrue(UnsafeRawBufferPointer(start: z, count: 300).allSatisfy { $0 == 0 })
+        for block in [p, b, z] { strategy.deallocate(block) }
+        assertAllocationError(.doubleFree) { try strategy.checkedDeallocate(p) }
+        XCTAssertEqual(quota.usedBytes, 0)
+        // The adapter over an explicit strategy is the convenience initializer's.
+        let adapter = CAllocationAdapter(HeaderStrategy(quota, checksFrees: false))
+        let c = try XCTUnwrap(adapter.malloc(5))
+        XCTAssertEqual(adapter.requestedSize(c), 5)
+        XCTAssertFalse(adapter.strategy.checksFrees)
+        adapter.free(c)
+        XCTAssertEqual(quota.usedBytes, 0)
+    }
+}
+
 // MARK: - calloc
 
 extension GlobalAllocatorAdapterTests {

@@ -69,13 +69,14 @@ public struct HeaderStrategy<Base: Allocator>: CAllocationStrategy {
     @inlinable
     public var maximumAlignment: Int { 1 << _Header.maximumShift }
 
-    /// Asks `base` for `(pad + max(size, 1), pad)` with `pad = alignment` and writes the header.
+    /// Asks `base` for `(pad + max(size, 1), pad)` with `pad = max(alignment, 16)` and writes the header.
     ///
     /// - Returns: the caller's pointer, or nil when `base` throws or `size` is too large to lay out.
     /// - Complexity: the base allocator's `allocate`, plus a 16-byte header store.
     @inlinable
     public func allocate(size: Int, alignment: Int) -> UnsafeMutableRawPointer? {
-        let shift = alignment.trailingZeroBitCount
+        // The header needs 16 bytes of padding, whatever a direct caller asks for (the adapter asks for >= 16).
+        let shift = Swift.max(alignment.trailingZeroBitCount, _Header.minimumShift)
         guard let layout = _Header.layout(size: size, shift: shift) else { return nil }
         let block: UnsafeBlock
         do {

@@ -46,6 +46,11 @@ enum M {
     @inline(__always) static var pageCacheLimit: Int { 4 }
     /// Full pages the allocation slow path looks at (collecting their remote frees) before taking a new page.
     @inline(__always) static var scanLimit: Int { 8 }
+    /// The first class served by *single-block pages* (blocks over 16 KiB): each such block has a medium (1 MiB) or
+    /// large (4 MiB) page to itself, so `realloc` grows it in place up to the end of the page, the way glibc grows
+    /// a chunk into its heap's free top. Only the bytes written are ever committed; the cost is address space and
+    /// one page-table page per 2 MiB, which is small next to blocks of this size.
+    @inline(__always) static var firstSingleBlockClass: Int { 37 }
 
     @inline(__always)
     static func pageShift(ofKind kind: Int) -> Int {
@@ -166,7 +171,8 @@ struct SegmentRef {
 ///     8   blockSize   Int
 ///     16  start       the first block
 ///     24  areaSize    bytes from `start` to the page's end
-///     32  sizeClass, 33 kind, 34 hasAligned (an interior pointer was handed out: frees must round down)
+///     32  sizeClass, 33 kind, 34 hasAligned (an interior pointer was handed out: frees must round down),
+///     35  singleBlock (the page holds one block, which may grow in place to the page's end)
 ///     line 1, the owner's:
 ///     64  free        the owner's free list
 ///     72  used        Int32: blocks handed out and not yet freed back to `free` (remote frees count until collected)
@@ -241,6 +247,13 @@ struct PageRef: Equatable {
     var hasAligned: Bool {
         @inline(__always) get { raw.load(fromByteOffset: 34, as: UInt8.self) != 0 }
         nonmutating set { raw.storeBytes(of: newValue ? 1 : 0, toByteOffset: 34, as: UInt8.self) }
+    }
+    /// The page holds one block (a class from `M.firstSingleBlockClass` on): `blockSize` is that block's current
+    /// usable size and may grow in place up to `areaSize`. Such a page is in no class queue: it is either empty
+    /// (in a cache or pool) or handed out whole.
+    var singleBlock: Bool {
+        @inline(__always) get { raw.load(fromByteOffset: 35, as: UInt8.self) != 0 }
+        nonmutating set { raw.storeBytes(of: newValue ? 1 : 0, toByteOffset: 35, as: UInt8.self) }
     }
     var areaSize: Int {
         @inline(__always) get { raw.load(fromByteOffset: 24, as: Int.self) }

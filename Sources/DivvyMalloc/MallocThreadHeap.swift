@@ -24,16 +24,16 @@ extension HeapRef {
     /// `malloc(size)`; nil when out of memory (or for a `size_t` above `Int.max`).
     @inline(__always)
     func malloc(_ size: Int) -> UnsafeMutableRawPointer? {
+        // The fast path is C (CDivvyMallocFastPath.h), shared with the exported `malloc`; Swift inlines it.
+        if let block = divvy_malloc_fast_malloc(raw, size) { return block }
+        return mallocFull(size)
+    }
+
+    /// `malloc` when the fast path declined: a small class whose current page has no free block, or a larger size.
+    @inline(never)
+    func mallocFull(_ size: Int) -> UnsafeMutableRawPointer? {
         // Invariant: a negative size (a size_t above Int.max) is a huge UInt and takes the large path, which fails.
-        if UInt(bitPattern: size) <= 1024 {
-            let cls = sizeClass(of: size)
-            if let page = head(cls), let block = page.free {
-                page.free = nextBlock(block)
-                page.used &+= 1
-                return block
-            }
-            return mallocSlow(cls)
-        }
+        if UInt(bitPattern: size) <= UInt(DIVVY_MALLOC_FAST_MAX) { return mallocSlow(sizeClass(of: size)) }
         return mallocLarge(size)
     }
 
@@ -262,6 +262,15 @@ extension HeapRef {
     /// free takes the remote path.
     @inline(__always)
     func free(_ pointer: UnsafeMutableRawPointer) {
+        // The fast path is C (CDivvyMallocFastPath.h), shared with the exported `free`: an own block whose page
+        // keeps other blocks. It changes nothing when it declines.
+        if divvy_malloc_fast_free(raw, pointer) != 0 { return }
+        freeFull(pointer)
+    }
+
+    /// `free` when the fast path declined: the page's last block, another thread's page, an aligned or huge block.
+    @inline(never)
+    func freeFull(_ pointer: UnsafeMutableRawPointer) {
         let page = SegmentRef.page(of: pointer)
         // Relaxed: a thread reads its own heap's address in `owner` only if it stored it (or the page was handed to
         // it under the lock after the previous owner's last store), so a stale value can only mean "not mine".

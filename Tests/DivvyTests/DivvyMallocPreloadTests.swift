@@ -278,16 +278,20 @@ final class DivvyMallocPreloadTests: XCTestCase {
         XCTAssertEqual(verdict(divvy.stdout), verdict(plain.stdout))
     }
 
-    func testGitCommitOfAThousandFilesIsIdentical() throws {
+    func testGitCommitOfThreeThousandFilesIsIdentical() throws {
         let lib = try library()
         guard FileManager.default.isExecutableFile(atPath: "/usr/bin/git") else { throw XCTSkip("no git") }
         func commitTree(preload: String?) throws -> String {
             let directory = FileManager.default.temporaryDirectory.appendingPathComponent("divvy-git-\(UUID())").path
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             defer { try? FileManager.default.removeItem(atPath: directory) }
-            for i in 0..<1000 {
+            // A few thousand files in 30 directories (git builds its index and trees with many small allocations).
+            for d in 0..<30 {
+                try FileManager.default.createDirectory(atPath: directory + "/d\(d)", withIntermediateDirectories: true)
+            }
+            for i in 0..<3000 {
                 try Data("file \(i)\n\(String(repeating: "y", count: i % 500))\n".utf8)
-                    .write(to: URL(fileURLWithPath: directory + "/f\(i).txt"))
+                    .write(to: URL(fileURLWithPath: directory + "/d\(i % 30)/f\(i).txt"))
             }
             let env = ["GIT_CONFIG_NOSYSTEM": "1", "HOME": directory]
             for command in [

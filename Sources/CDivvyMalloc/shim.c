@@ -65,7 +65,7 @@ extern DIVVY_INTERNAL long divvy_malloc_swift_stat(void *global, long which);
 static _Alignas(4096) unsigned char divvy_arena[DIVVY_ARENA_SIZE];
 static _Atomic size_t divvy_arena_used;
 
-static inline int divvy_in_arena(const void *pointer) {
+static inline __attribute__((always_inline)) int divvy_in_arena(const void *pointer) {
     // One compare: addresses below the arena wrap around to huge offsets.
     return (uintptr_t)pointer - (uintptr_t)divvy_arena < DIVVY_ARENA_SIZE;
 }
@@ -97,7 +97,8 @@ DIVVY_EXPORT size_t divvy_malloc_bootstrap_bytes(void) {
 
 // What a thread's heap pointer is before its first allocation and after its exit: an address no page is ever
 // owned by, so every free the thread makes then takes the remote path.
-static _Alignas(64) unsigned char divvy_no_heap[64];
+// It is as large as a heap (HeapRef.size), all zero, so the malloc fast path finds no page in it and declines.
+static _Alignas(64) unsigned char divvy_no_heap[2048];
 #define DIVVY_NO_HEAP ((void *)divvy_no_heap)
 
 // Depth values: 0 outside the heap, 1 inside a malloc-family call (a nested call there is a re-entry: counted),
@@ -273,10 +274,32 @@ static inline void *divvy_enter(divvy_thread_t *thread) {
 
 // MARK: The C allocation ABI
 //
-// Each function: pass the gate, call CAllocationAdapter's function over the thread's heap (which applies every C rule
-// and sets errno), leave. The arena's side (the gate said no) is the only C semantics written here.
+// malloc and free first try the heap's fast paths (CDivvyMallocFastPath.h): no call, no lock, no re-entry
+// possible, and nothing changed when they decline (they serve only a successful small malloc and an owner's free, so
+// no C rule is involved). Everything else takes the full path: pass the gate, call CAllocationAdapter's function over
+// the thread's heap (which applies every C rule and sets errno), leave. The arena's side (the gate said no) is the
+// only C semantics written here.
+static __attribute__((noinline)) void *divvy_malloc_full(size_t size);
+static __attribute__((noinline)) void divvy_free_full(void *pointer);
 
 DIVVY_EXPORT void *malloc(size_t size) {
+    divvy_thread_t *thread = &divvy_thread;
+    if (DIVVY_LIKELY(thread->depth == 0)) {
+        void *block = divvy_malloc_fast_malloc(thread->heap, size);
+        if (DIVVY_LIKELY(block != NULL)) return block;
+    }
+    return divvy_malloc_full(size);
+}
+
+DIVVY_EXPORT void free(void *pointer) {
+    divvy_thread_t *thread = &divvy_thread;
+    if (DIVVY_LIKELY(pointer != NULL && !divvy_in_arena(pointer) && thread->depth == 0)
+        && divvy_malloc_fast_free(thread->heap, pointer))
+        return;
+    divvy_free_full(pointer);
+}
+
+static void *divvy_malloc_full(size_t size) {
     divvy_thread_t *thread = &divvy_thread;
     void *heap = divvy_enter(thread);
     if (DIVVY_UNLIKELY(heap == NULL)) return divvy_fallback_or_enomem(size, 16);
@@ -285,7 +308,7 @@ DIVVY_EXPORT void *malloc(size_t size) {
     return pointer;
 }
 
-DIVVY_EXPORT void free(void *pointer) {
+static void divvy_free_full(void *pointer) {
     // NULL and arena blocks (never freed) return before the thread's state is touched.
     if (pointer == NULL || divvy_in_arena(pointer)) return;
     divvy_thread_t *thread = &divvy_thread;

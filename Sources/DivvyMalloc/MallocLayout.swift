@@ -20,16 +20,17 @@
 // Page 0 starts after the metadata. A *huge* block (over 1 MiB) is a run of whole segments whose header says
 // `pageShift = 40`, so every address in its first segment maps to descriptor 0.
 import Atomics
+import CDivvyMalloc
 
 /// Constants of the layout (computed properties, so no lazy global and no runtime initialisation).
 enum M {
-    @inline(__always) static var segmentShift: Int { 22 }
-    @inline(__always) static var segmentSize: Int { 1 << 22 }
-    @inline(__always) static var segmentMask: UInt { ~UInt((1 << 22) - 1) }
+    @inline(__always) static var segmentShift: Int { DIVVY_MALLOC_SEGMENT_SHIFT }
+    @inline(__always) static var segmentSize: Int { 1 << segmentShift }
+    @inline(__always) static var segmentMask: UInt { ~UInt(segmentSize - 1) }
     /// Segment header plus page descriptors; page 0's blocks start here.
     @inline(__always) static var metadataSize: Int { 16384 }
-    @inline(__always) static var descriptorOffset: Int { 64 }
-    @inline(__always) static var descriptorSize: Int { 192 }
+    @inline(__always) static var descriptorOffset: Int { DIVVY_MALLOC_DESCRIPTOR_OFFSET }
+    @inline(__always) static var descriptorSize: Int { DIVVY_MALLOC_DESCRIPTOR_SIZE }
     /// Size classes: 0…8 are 16-byte steps (class 0 serves `malloc(0)`), then four classes per power of two up to
     /// 1 MiB (class 60).
     @inline(__always) static var classCount: Int { 61 }
@@ -44,8 +45,15 @@ enum M {
     @inline(__always) static var carveBytes: Int { 16 << 10 }
     /// Empty pages a thread keeps for itself (per kind) before giving them back to the global pool.
     @inline(__always) static var pageCacheLimit: Int { 4 }
+    /// The largest class reachable through a heap's direct table (1024-byte blocks; `DIVVY_MALLOC_FAST_MAX`).
+    @inline(__always) static var lastDirectClass: Int { 20 }
     /// Full pages the allocation slow path looks at (collecting their remote frees) before taking a new page.
     @inline(__always) static var scanLimit: Int { 8 }
+    /// The first class served by *single-block pages* (blocks over 16 KiB): each such block has a medium (1 MiB) or
+    /// large (4 MiB) page to itself, so `realloc` grows it in place up to the end of the page, the way glibc grows
+    /// a chunk into its heap's free top. Only the bytes written are ever committed; the cost is address space and
+    /// one page-table page per 2 MiB, which is small next to blocks of this size.
+    @inline(__always) static var firstSingleBlockClass: Int { 37 }
 
     @inline(__always)
     static func pageShift(ofKind kind: Int) -> Int {
@@ -53,14 +61,10 @@ enum M {
     }
 }
 
-/// The size class serving `size` bytes (0 ≤ size ≤ 1 MiB).
+/// The size class serving `size` bytes (0 ≤ size ≤ 1 MiB); written once, in C, for the fast paths too.
 @inline(__always)
 func sizeClass(of size: Int) -> Int {
-    if size <= 128 { return (size &+ 15) &>> 4 }
-    // Safe: 128 < size <= 1 MiB, so bits is 8…20 and the shifts are in range.
-    let bits = Int.bitWidth &- (size &- 1).leadingZeroBitCount  // 2^(bits-1) < size <= 2^bits
-    let quarter = ((size &- 1) &>> (bits &- 3)) & 3
-    return 9 &+ (bits &- 8) &* 4 &+ quarter
+    divvy_malloc_size_class(size)
 }
 
 /// The block size of a class (the inverse of `sizeClass(of:)`).
@@ -153,7 +157,7 @@ struct SegmentRef {
     static func page(of address: UnsafeMutableRawPointer) -> PageRef {
         let segment = SegmentRef(containing: address)
         // Safe: address − segment < 4 MiB, and a page shift of 16…40 gives an index below the page count.
-        let index = (UInt(bitPattern: address) &- UInt(bitPattern: segment.raw)) &>> UInt(segment.pageShift)
+        let index = (UInt(bitPattern: address) &- UInt(bitPattern: segment.raw)) &>> UInt(segment.pageShift & 63)
         return segment.page(Int(bitPattern: index))
     }
 }
@@ -166,7 +170,8 @@ struct SegmentRef {
 ///     8   blockSize   Int
 ///     16  start       the first block
 ///     24  areaSize    bytes from `start` to the page's end
-///     32  sizeClass, 33 kind, 34 hasAligned (an interior pointer was handed out: frees must round down)
+///     32  sizeClass, 33 kind, 34 hasAligned (an interior pointer was handed out: frees must round down),
+///     35  singleBlock (the page holds one block, which may grow in place to the page's end)
 ///     line 1, the owner's:
 ///     64  free        the owner's free list
 ///     72  used        Int32: blocks handed out and not yet freed back to `free` (remote frees count until collected)
@@ -181,26 +186,30 @@ struct PageRef: Equatable {
 
     @inline(__always) init(_ raw: UnsafeMutableRawPointer) { self.raw = raw }
 
-    @inline(__always) var owner: UnsafeAtomic<Int> { atomicWord(raw) }
+    @inline(__always) var owner: UnsafeAtomic<Int> { atomicWord(raw + DIVVY_MALLOC_PAGE_OWNER) }
     @inline(__always) var remoteFree: UnsafeAtomic<Int> { atomicWord(raw + 128) }
 
     var free: UnsafeMutableRawPointer? {
-        @inline(__always) get { raw.load(fromByteOffset: 64, as: UnsafeMutableRawPointer?.self) }
+        @inline(__always) get { raw.load(fromByteOffset: DIVVY_MALLOC_PAGE_FREE, as: UnsafeMutableRawPointer?.self) }
         @inline(__always) nonmutating set {
-            raw.storeBytes(of: newValue, toByteOffset: 64, as: UnsafeMutableRawPointer?.self)
+            raw.storeBytes(of: newValue, toByteOffset: DIVVY_MALLOC_PAGE_FREE, as: UnsafeMutableRawPointer?.self)
         }
     }
     /// Blocks the owner freed since `free` last ran dry (mimalloc's free-list sharding: `malloc` pops `free`
     /// while `free()` pushes here, so a malloc/free pair does not wait on its own store to one list head).
     var localFree: UnsafeMutableRawPointer? {
-        @inline(__always) get { raw.load(fromByteOffset: 104, as: UnsafeMutableRawPointer?.self) }
+        @inline(__always) get {
+            raw.load(fromByteOffset: DIVVY_MALLOC_PAGE_LOCAL_FREE, as: UnsafeMutableRawPointer?.self)
+        }
         @inline(__always) nonmutating set {
-            raw.storeBytes(of: newValue, toByteOffset: 104, as: UnsafeMutableRawPointer?.self)
+            raw.storeBytes(of: newValue, toByteOffset: DIVVY_MALLOC_PAGE_LOCAL_FREE, as: UnsafeMutableRawPointer?.self)
         }
     }
     var used: Int32 {
-        @inline(__always) get { raw.load(fromByteOffset: 72, as: Int32.self) }
-        @inline(__always) nonmutating set { raw.storeBytes(of: newValue, toByteOffset: 72, as: Int32.self) }
+        @inline(__always) get { raw.load(fromByteOffset: DIVVY_MALLOC_PAGE_USED, as: Int32.self) }
+        @inline(__always) nonmutating set {
+            raw.storeBytes(of: newValue, toByteOffset: DIVVY_MALLOC_PAGE_USED, as: Int32.self)
+        }
     }
     var capacity: Int32 {
         @inline(__always) get { raw.load(fromByteOffset: 76, as: Int32.self) }
@@ -242,6 +251,13 @@ struct PageRef: Equatable {
         @inline(__always) get { raw.load(fromByteOffset: 34, as: UInt8.self) != 0 }
         nonmutating set { raw.storeBytes(of: newValue ? 1 : 0, toByteOffset: 34, as: UInt8.self) }
     }
+    /// The page holds one block (a class from `M.firstSingleBlockClass` on): `blockSize` is that block's current
+    /// usable size and may grow in place up to `areaSize`. Such a page is in no class queue: it is either empty
+    /// (in a cache or pool) or handed out whole.
+    var singleBlock: Bool {
+        @inline(__always) get { raw.load(fromByteOffset: 35, as: UInt8.self) != 0 }
+        nonmutating set { raw.storeBytes(of: newValue ? 1 : 0, toByteOffset: 35, as: UInt8.self) }
+    }
     var areaSize: Int {
         @inline(__always) get { raw.load(fromByteOffset: 24, as: Int.self) }
         nonmutating set { raw.storeBytes(of: newValue, toByteOffset: 24, as: Int.self) }
@@ -268,12 +284,15 @@ struct PageRef: Equatable {
 ///     1032  cacheCounts[3] (Int32 each, 4 bytes apart)
 ///     1048  caches[3]      empty pages kept for this thread, linked through `next`
 ///     1072  freeNext       link in the global list of free heap structures
+///     1088  direct[65]     the current page for each 16-byte size step up to 1024 bytes (`(size + 15) >> 4`): the
+///                          head of that size's class, so the malloc fast path needs no class computation (kept in
+///                          step with `heads` by `setHead`)
 struct HeapRef: Equatable {
     let raw: UnsafeMutableRawPointer
 
     @inline(__always) init(_ raw: UnsafeMutableRawPointer) { self.raw = raw }
 
-    @inline(__always) static var size: Int { 1152 }
+    @inline(__always) static var size: Int { 1664 }
 
     @inline(__always)
     func head(_ cls: Int) -> PageRef? {
@@ -282,6 +301,16 @@ struct HeapRef: Equatable {
     @inline(__always)
     func setHead(_ cls: Int, _ page: PageRef?) {
         raw.storeBytes(of: page?.raw, toByteOffset: cls &* 8, as: UnsafeMutableRawPointer?.self)
+        guard cls <= M.lastDirectClass else { return }
+        // The size steps this class serves: (previous class's block size, this class's block size], in 16s.
+        let first = cls <= 8 ? cls : blockSize(ofClass: cls &- 1) / 16 &+ 1
+        let last = cls <= 8 ? cls : blockSize(ofClass: cls) / 16
+        // Invariant: class 20's blocks are 1024 bytes, so `last` ≤ 64 and every store stays in the 65-entry table.
+        assert(last <= DIVVY_MALLOC_FAST_MAX / 16, "direct table overrun")
+        for step in first...last {
+            raw.storeBytes(
+                of: page?.raw, toByteOffset: DIVVY_MALLOC_HEAP_DIRECT &+ step &* 8, as: UnsafeMutableRawPointer?.self)
+        }
     }
     @inline(__always)
     func tail(_ cls: Int) -> PageRef? {

@@ -5,6 +5,10 @@
 // owner takes the whole stack with one exchange when its free list runs dry (ABA-free: single consumer, whole-list
 // take). Whether a free is local is decided by comparing the page's `owner` word with the caller's heap.
 //
+// Blocks over 16 KiB are not carved from shared pages: each gets an empty medium (1 MiB) or large (4 MiB) page to
+// itself (`mallocSingle`), so `realloc` grows it in place to the end of that page instead of copying it. Such a page
+// is in no queue; freeing its block empties it, and it goes straight back to a cache or pool (by any thread).
+//
 // The fast paths (`malloc`, `free` of a block the thread owns) are a size-class computation, two or three loads and
 // two stores. Everything else is `@inline(never)` so the fast paths stay small.
 import Atomics
@@ -20,16 +24,16 @@ extension HeapRef {
     /// `malloc(size)`; nil when out of memory (or for a `size_t` above `Int.max`).
     @inline(__always)
     func malloc(_ size: Int) -> UnsafeMutableRawPointer? {
+        // The fast path is C (CDivvyMallocFastPath.h), shared with the exported `malloc`; Swift inlines it.
+        if let block = divvy_malloc_fast_malloc(raw, size) { return block }
+        return mallocFull(size)
+    }
+
+    /// `malloc` when the fast path declined: a small class whose current page has no free block, or a larger size.
+    @inline(never)
+    func mallocFull(_ size: Int) -> UnsafeMutableRawPointer? {
         // Invariant: a negative size (a size_t above Int.max) is a huge UInt and takes the large path, which fails.
-        if UInt(bitPattern: size) <= 1024 {
-            let cls = sizeClass(of: size)
-            if let page = head(cls), let block = page.free {
-                page.free = nextBlock(block)
-                page.used &+= 1
-                return block
-            }
-            return mallocSlow(cls)
-        }
+        if UInt(bitPattern: size) <= UInt(DIVVY_MALLOC_FAST_MAX) { return mallocSlow(sizeClass(of: size)) }
         return mallocLarge(size)
     }
 
@@ -39,12 +43,25 @@ extension HeapRef {
             return global.hugeAllocate(size: size, alignment: 16)
         }
         let cls = sizeClass(of: size)
+        if cls >= M.firstSingleBlockClass { return mallocSingle(cls) }
         if let page = head(cls), let block = page.free {
             page.free = nextBlock(block)
             page.used &+= 1
             return block
         }
         return mallocSlow(cls)
+    }
+
+    /// A block over 16 KiB: an empty medium or large page of its own (see `M.firstSingleBlockClass`).
+    @inline(never)
+    func mallocSingle(_ cls: Int) -> UnsafeMutableRawPointer? {
+        guard let page = acquireEmptyPage(pageKind(ofClass: cls)) else { return nil }
+        initialize(page, cls)
+        page.singleBlock = true
+        page.capacity = 1
+        page.carved = 1
+        page.used = 1
+        return page.start
     }
 
     /// The current page of `cls` has no free block: collect its remote frees, carve more of it, try a few other
@@ -180,6 +197,20 @@ extension HeapRef {
         return page
     }
 
+    /// An empty page of `kind` (not yet initialised): one this thread kept, else from the global pool, else new.
+    @inline(never)
+    func acquireEmptyPage(_ kind: Int) -> PageRef? {
+        if let page = cache(kind) {
+            setCache(kind, page.next)
+            setCacheCount(kind, cacheCount(kind) - 1)
+            return page
+        }
+        let global = self.global
+        divvy_malloc_lock()
+        defer { divvy_malloc_unlock() }
+        return global.popPool(kind) ?? global.newPage(kind)
+    }
+
     /// Makes an empty page serve `cls` for this heap.
     @inline(never)
     func initialize(_ page: PageRef, _ cls: Int) {
@@ -192,6 +223,7 @@ extension HeapRef {
         page.carved = 0
         page.capacity = Int32(truncatingIfNeeded: page.areaSize / size)
         page.hasAligned = false
+        page.singleBlock = false
         page.next = nil
         page.prev = nil
         // Invariant: an empty page has no remote frees (every block was collected before it was retired).
@@ -230,6 +262,15 @@ extension HeapRef {
     /// free takes the remote path.
     @inline(__always)
     func free(_ pointer: UnsafeMutableRawPointer) {
+        // The fast path is C (CDivvyMallocFastPath.h), shared with the exported `free`: an own block whose page
+        // keeps other blocks. It changes nothing when it declines.
+        if divvy_malloc_fast_free(raw, pointer) != 0 { return }
+        freeFull(pointer)
+    }
+
+    /// `free` when the fast path declined: the page's last block, another thread's page, an aligned or huge block.
+    @inline(never)
+    func freeFull(_ pointer: UnsafeMutableRawPointer) {
         let page = SegmentRef.page(of: pointer)
         // Relaxed: a thread reads its own heap's address in `owner` only if it stored it (or the page was handed to
         // it under the lock after the previous owner's last store), so a stale value can only mean "not mine".
@@ -253,10 +294,22 @@ extension HeapRef {
         }
         let block = page.blockStart(pointer)
         if page.owner.load(ordering: .relaxed) & ~1 == Int(bitPattern: raw) {
+            // Single-block pages land here too when their block was aligned; `pageEmptied` retires them.
             setNextBlock(block, page.localFree)
             page.localFree = block
             page.used &-= 1
             if page.used == 0 { pageEmptied(page) }
+            return
+        }
+        if page.singleBlock {
+            // Another thread's single-block page: its only block is freed, so the page is empty and referenced by
+            // nobody (the owner keeps such pages in no queue): give it straight to the global pool.
+            // `page.segment.global`, not `global`: `self` may be the shim's placeholder, which has no heap fields.
+            let global = page.segment.global
+            divvy_malloc_lock()
+            page.owner.store(0, ordering: .relaxed)
+            global.pushPool(page)
+            divvy_malloc_unlock()
             return
         }
         // Another thread's page (or an abandoned one): push onto its remote-free stack. The word is the top
@@ -283,6 +336,10 @@ extension HeapRef {
     /// or to the global pool.
     @inline(never)
     func pageEmptied(_ page: PageRef) {
+        if page.singleBlock {
+            retire(page)
+            return
+        }
         let cls = page.sizeClass
         guard head(cls) != page else { return }
         unlink(cls, page)
@@ -315,8 +372,9 @@ extension HeapRef {
     }
 
     /// `realloc(pointer, size)` for size > 0: in place when the block has room (and would not waste more than
-    /// three quarters of it), else allocate (twice the size when growing, up to 1 MiB), copy, free. Huge blocks grow
-    /// in place when the segments after them are free.
+    /// three quarters of it), else allocate (twice the size when growing, up to 1 MiB), copy, free. A block over
+    /// 16 KiB grows in place to the end of its single-block page; huge blocks grow in place when the segments after
+    /// them are free.
     func realloc(_ pointer: UnsafeMutableRawPointer?, _ size: Int) -> UnsafeMutableRawPointer? {
         guard let pointer else { return malloc(size) }
         guard size >= 0 else { return nil }
@@ -326,6 +384,21 @@ extension HeapRef {
             usable = page.start + page.areaSize - pointer
             if size <= usable, size > M.largestClassSize { return pointer }
             if size > usable, page.segment.global.hugeGrow(page, to: size + (pointer - page.start)) {
+                return pointer
+            }
+        } else if page.singleBlock {
+            // The block has its page to itself: grow or shrink in place up to the page's end, unless it shrinks
+            // to a small size (then it moves to a small class and the page is freed for another big block).
+            let offset = pointer - page.start
+            usable = page.blockSize - offset
+            if size <= page.areaSize - offset, size > 4096 || size >= usable / 4 {
+                let needed = offset + size
+                if needed > page.blockSize {
+                    // Safe: needed <= areaSize; the usable size grows by size class (or by 64 KiB past 1 MiB).
+                    page.blockSize = needed <= M.largestClassSize
+                        ? blockSize(ofClass: sizeClass(of: needed))
+                        : Swift.min((needed + 0xFFFF) & ~0xFFFF, page.areaSize)
+                }
                 return pointer
             }
         } else {

@@ -184,8 +184,9 @@ final class DivvyMallocHeapTests: XCTestCase {
     /// it back to a tight block. From 100 bytes to 1 MiB by 100-byte steps: at most 2 moves per doubling.
     func testReallocGrowthByAppendingMovesLogarithmicallyOften() throws {
         let heap = try heap()
-        var pointer: UnsafeMutableRawPointer? = nil
-        var size = 0
+        var pointer = try XCTUnwrap(heap.malloc(100))
+        pointer.storeBytes(of: 0, as: UInt8.self)
+        var size = 100
         var moves = 0
         while size < 1 << 20 {
             let grown = try XCTUnwrap(heap.realloc(pointer, size + 100))
@@ -197,13 +198,76 @@ final class DivvyMallocHeapTests: XCTestCase {
         // log2(1 MiB / 100) ≈ 13.4 doublings.
         XCTAssertLessThanOrEqual(moves, 28, "a growth chain to 1 MiB moved \(moves) times")
         for offset in stride(from: 0, to: size, by: 100) {
-            XCTAssertEqual(pointer!.load(fromByteOffset: offset, as: UInt8.self), UInt8(truncatingIfNeeded: offset / 100))
+            XCTAssertEqual(pointer.load(fromByteOffset: offset, as: UInt8.self), UInt8(truncatingIfNeeded: offset / 100))
         }
         // A block that really shrinks (below a quarter of its room) moves to a tighter class.
         let small = try XCTUnwrap(heap.realloc(pointer, 1000))
         XCTAssertLessThan(heap.usableSize(small), 4096)
         XCTAssertEqual(small.load(fromByteOffset: 900, as: UInt8.self), 9)
         heap.free(small)
+    }
+
+    /// A block over 16 KiB has a page to itself and grows in place to the page's end (as glibc grows a chunk into
+    /// its free top): from 20 KiB to 900 KiB it never moves, its usable size follows, and its contents stay.
+    func testBlocksOver16KiBGrowInPlace() throws {
+        let heap = try heap()
+        let block = try XCTUnwrap(heap.malloc(20_000))
+        block.storeBytes(of: 0xAB, toByteOffset: 19_999, as: UInt8.self)
+        for size in stride(from: 24_000, through: 900_000, by: 4000) {
+            let grown = try XCTUnwrap(heap.realloc(block, size))
+            XCTAssertEqual(grown, block, "a single-block page's block moved when grown to \(size) bytes")
+            XCTAssertGreaterThanOrEqual(heap.usableSize(grown), size)
+            grown.storeBytes(of: UInt8(truncatingIfNeeded: size / 4000), toByteOffset: size - 1, as: UInt8.self)
+        }
+        XCTAssertEqual(block.load(fromByteOffset: 19_999, as: UInt8.self), 0xAB)
+        XCTAssertEqual(block.load(fromByteOffset: 899_999, as: UInt8.self), UInt8(truncatingIfNeeded: 225))
+        // Shrinking a little stays in place; growing past the page moves it (here to a huge run) with its bytes.
+        XCTAssertEqual(heap.realloc(block, 800_000), block)
+        let moved = try XCTUnwrap(heap.realloc(block, 5 << 20))
+        XCTAssertNotEqual(moved, block)
+        XCTAssertEqual(moved.load(fromByteOffset: 19_999, as: UInt8.self), 0xAB)
+        heap.free(moved)
+    }
+
+    /// Blocks over 16 KiB freed by another thread give their whole page back at once (there is no owner queue to
+    /// collect them from): rounds of 64 such blocks allocated by one thread and freed by another must reuse the
+    /// same pages, so the heap's segment count stays flat instead of growing every round.
+    func testSingleBlockPagesFreedByOtherThreadsAreReused() throws {
+        let heap = try heap()
+        let seed = SeededGenerator.testSeed()
+        var random = SeededGenerator(seed: seed)
+        var segmentsAfterFirstRound = 0
+        for round in 0..<40 {
+            let sizes = (0..<64).map { _ in Int.random(in: (16 << 10 + 1)...(600 << 10), using: &random) }
+            var blocks: [(UnsafeMutableRawPointer, Int)] = []
+            for size in sizes {
+                let pointer = try XCTUnwrap(heap.malloc(size))
+                pointer.storeBytes(of: UInt8(truncatingIfNeeded: size), as: UInt8.self)
+                pointer.storeBytes(of: UInt8(truncatingIfNeeded: size &>> 8), toByteOffset: size - 1, as: UInt8.self)
+                blocks.append((pointer, size))
+            }
+            let handOff = blocks.map { (UInt(bitPattern: $0.0), $0.1) }
+            let failures = Locked<[String]>([])
+            let done = DispatchSemaphore(value: 0)
+            // A fresh thread each round: it has no heap of its own yet, so every free is a foreign one.
+            Thread {
+                for (address, size) in handOff {
+                    let pointer = UnsafeMutableRawPointer(bitPattern: address)!
+                    if pointer.load(as: UInt8.self) != UInt8(truncatingIfNeeded: size)
+                        || pointer.load(fromByteOffset: size - 1, as: UInt8.self) != UInt8(truncatingIfNeeded: size &>> 8)
+                    {
+                        failures.withLock { $0.append("block of \(size) bytes changed (seed \(seed))") }
+                    }
+                    heap.free(pointer)
+                }
+                done.signal()
+            }.start()
+            done.wait()
+            XCTAssertEqual(failures.withLock { $0 }, [])
+            if round == 0 { segmentsAfterFirstRound = heap.stat(2) }
+        }
+        // Every round needs at most 64 pages; leaked pages would add about 16 segments a round (40 rounds: 600+).
+        XCTAssertLessThanOrEqual(heap.stat(2), segmentsAfterFirstRound + 20, "seed \(seed)")
     }
 
     func testZeroSizesAndLimits() throws {

@@ -278,16 +278,20 @@ final class DivvyMallocPreloadTests: XCTestCase {
         XCTAssertEqual(verdict(divvy.stdout), verdict(plain.stdout))
     }
 
-    func testGitCommitOfAThousandFilesIsIdentical() throws {
+    func testGitCommitOfThreeThousandFilesIsIdentical() throws {
         let lib = try library()
         guard FileManager.default.isExecutableFile(atPath: "/usr/bin/git") else { throw XCTSkip("no git") }
         func commitTree(preload: String?) throws -> String {
             let directory = FileManager.default.temporaryDirectory.appendingPathComponent("divvy-git-\(UUID())").path
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             defer { try? FileManager.default.removeItem(atPath: directory) }
-            for i in 0..<1000 {
+            // A few thousand files in 30 directories (git builds its index and trees with many small allocations).
+            for d in 0..<30 {
+                try FileManager.default.createDirectory(atPath: directory + "/d\(d)", withIntermediateDirectories: true)
+            }
+            for i in 0..<3000 {
                 try Data("file \(i)\n\(String(repeating: "y", count: i % 500))\n".utf8)
-                    .write(to: URL(fileURLWithPath: directory + "/f\(i).txt"))
+                    .write(to: URL(fileURLWithPath: directory + "/d\(i % 30)/f\(i).txt"))
             }
             let env = ["GIT_CONFIG_NOSYSTEM": "1", "HOME": directory]
             for command in [
@@ -438,5 +442,39 @@ final class DivvyMallocPreloadTests: XCTestCase {
             """
         let result = try run([python, "-c", script], preload: lib)
         XCTAssertEqual(result.stdout, "0 0\n", result.stderr)
+    }
+
+    /// The exported `malloc` and `free` run their fast paths (CDivvyMallocFastPath.h) at re-entry depth 0, which is
+    /// safe only because those paths call nothing: a call added there could re-enter malloc unnoticed by the depth
+    /// counter. So the machine code of both symbols, in the library under test, may call (or tail-jump to) only
+    /// their full paths, which raise the depth before doing anything else.
+    func testTheFastPathsCallNothingButTheFullPaths() throws {
+        let lib = try library()
+        let objdump = ["/usr/bin/objdump", "/bin/objdump"].first { FileManager.default.isExecutableFile(atPath: $0) }
+        guard let objdump else { return XCTFail("objdump is missing (Debian package binutils)") }
+        let listing = try run([objdump, "-d", "--no-show-raw-insn", lib], preload: nil)
+        XCTAssertEqual(listing.status, 0, listing.stderr)
+        for (symbol, fullPath) in [("malloc", "divvy_malloc_full"), ("free", "divvy_free_full")] {
+            let lines = listing.stdout.split(separator: "\n", omittingEmptySubsequences: false)
+            guard let start = lines.firstIndex(where: { $0.hasSuffix("<\(symbol)>:") }) else {
+                XCTFail("\(symbol) not found in the disassembly of \(lib)")
+                continue
+            }
+            let body = lines[(start + 1)...].prefix { !$0.isEmpty }
+            XCTAssertFalse(body.isEmpty, symbol)
+            var reachesFullPath = false
+            for line in body {
+                // "  addr:\tmnemonic operands": every call, and every jump (conditional or not) that leaves the
+                // function, must go to the full path.
+                let fields = line.split(separator: "\t")
+                guard fields.count >= 2, let mnemonic = fields[1].split(separator: " ").first,
+                    mnemonic.hasPrefix("j") || mnemonic.hasPrefix("call")
+                else { continue }
+                if line.contains("<\(symbol)+") { continue }
+                XCTAssertTrue(line.contains("<\(fullPath)>"), "\(symbol) leaves its fast path through: \(line)")
+                reachesFullPath = true
+            }
+            XCTAssertTrue(reachesFullPath, "\(symbol) never reaches \(fullPath): did the disassembly change shape?")
+        }
     }
 }

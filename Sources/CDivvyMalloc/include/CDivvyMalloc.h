@@ -8,6 +8,8 @@
 
 #include <stddef.h>
 
+#include "CDivvyMallocFastPath.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif

@@ -4,11 +4,13 @@
 // below is one line, `CAllocationAdapter(heap: heap).malloc(size)` and so on, where the adapter applies every C rule
 // (size 0, alignment validation and rounding, calloc/reallocarray overflow, realloc(p, 0), pvalloc's pages, errno,
 // posix_memalign's codes) and `ThreadHeapStrategy` (MallocStrategy.swift) maps allocate / deallocate / usable size /
-// reallocate onto the heap's own calls. Specialized and inlined, malloc and free are the heap's fast paths plus a
+// reallocate onto the heap's own calls. Specialized and inlined, malloc and free are the heap's own paths plus a
 // sign check. The exported symbols (`malloc`, `free`, …) are C, in `Sources/CDivvyMalloc/shim.c`, and only gate:
-// they find the calling thread's heap in a C thread-local (initial-exec TLS: one load from %fs), mark the thread as
-// inside the heap, and call these functions; the bootstrap arena serves whatever comes before the heap is ready or
-// from inside it. The heap itself is Swift:
+// `malloc` and `free` first try the heap's call-free fast paths (CDivvyMallocFastPath.h, which serve no C rule: a
+// small malloc from a non-empty list, an owner's free); otherwise every function finds the calling thread's heap in a
+// C thread-local (initial-exec TLS: one load from %fs), marks the thread as inside the heap, and calls these
+// functions; the bootstrap arena serves whatever comes before the heap is ready or from inside it. The heap itself
+// is Swift:
 //
 // - `MallocLayout.swift`: 4 MiB segments of 64 KiB / 1 MiB / 4 MiB pages; a block's page is found from its address.
 // - `MallocThreadHeap.swift`: per-thread heaps (the local sides): small/medium/large size classes allocated and

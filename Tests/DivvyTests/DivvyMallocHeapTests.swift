@@ -198,7 +198,8 @@ final class DivvyMallocHeapTests: XCTestCase {
         // log2(1 MiB / 100) ≈ 13.4 doublings.
         XCTAssertLessThanOrEqual(moves, 28, "a growth chain to 1 MiB moved \(moves) times")
         for offset in stride(from: 0, to: size, by: 100) {
-            XCTAssertEqual(pointer.load(fromByteOffset: offset, as: UInt8.self), UInt8(truncatingIfNeeded: offset / 100))
+            XCTAssertEqual(
+                pointer.load(fromByteOffset: offset, as: UInt8.self), UInt8(truncatingIfNeeded: offset / 100))
         }
         // A block that really shrinks (below a quarter of its room) moves to a tighter class.
         let small = try XCTUnwrap(heap.realloc(pointer, 1000))
@@ -253,8 +254,9 @@ final class DivvyMallocHeapTests: XCTestCase {
             Thread {
                 for (address, size) in handOff {
                     let pointer = UnsafeMutableRawPointer(bitPattern: address)!
+                    let last = pointer.load(fromByteOffset: size - 1, as: UInt8.self)
                     if pointer.load(as: UInt8.self) != UInt8(truncatingIfNeeded: size)
-                        || pointer.load(fromByteOffset: size - 1, as: UInt8.self) != UInt8(truncatingIfNeeded: size &>> 8)
+                        || last != UInt8(truncatingIfNeeded: size &>> 8)
                     {
                         failures.withLock { $0.append("block of \(size) bytes changed (seed \(seed))") }
                     }

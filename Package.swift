@@ -51,7 +51,15 @@ let package = Package(
         ),
         // The malloc shim: C exports (re-entry guard, lock, bootstrap arena) over a Swift heap.
         .target(name: "CDivvyMalloc"),
-        .target(name: "DivvyMalloc", dependencies: ["Divvy", "CDivvyMalloc"]),
+        // libDivvyMalloc.map: the library exports the malloc family and its diagnostics only.
+        .target(
+            name: "DivvyMalloc", dependencies: ["Divvy", "CDivvyMalloc"], exclude: ["libDivvyMalloc.map"],
+            linkerSettings: [
+                .unsafeFlags([
+                    "-Xlinker", "--version-script=\(Context.packageDirectory)/Sources/DivvyMalloc/libDivvyMalloc.map",
+                ])
+            ]
+        ),
         // A multi-threaded C workout of the malloc family that the preload tests run with and without the library.
         .executableTarget(name: "DivvyMallocStress", linkerSettings: [.linkedLibrary("pthread")]),
         // The demo is written the way users are meant to write code: the compiler rejects any

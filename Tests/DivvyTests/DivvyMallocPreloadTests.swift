@@ -477,4 +477,28 @@ final class DivvyMallocPreloadTests: XCTestCase {
             XCTAssertTrue(reachesFullPath, "\(symbol) never reaches \(fullPath): did the disassembly change shape?")
         }
     }
+
+    /// The library exports the malloc family and its diagnostics, nothing else (`libDivvyMalloc.map`): a preloaded
+    /// library exporting its Swift modules or C shims would interpose on a program carrying its own copy of them.
+    func testTheLibraryExportsOnlyTheMallocFamilyAndItsDiagnostics() throws {
+        let lib = try library()
+        let nm = ["/usr/bin/nm", "/bin/nm", "/opt/swift/usr/bin/llvm-nm"].first {
+            FileManager.default.isExecutableFile(atPath: $0)
+        }
+        guard let nm else { return XCTFail("nm is missing (Debian package binutils)") }
+        let listing = try run([nm, "-D", "--defined-only", lib], preload: nil)
+        XCTAssertEqual(listing.status, 0, listing.stderr)
+        // "address type name": an upper-case type is a global symbol (lower-case ones are local, not interposable).
+        let exported = listing.stdout.split(separator: "\n").compactMap { line -> String? in
+            let fields = line.split(separator: " ")
+            guard fields.count == 3, let type = fields[1].first, type.isUppercase else { return nil }
+            return String(fields[2])
+        }
+        let expected = [
+            "aligned_alloc", "calloc", "free", "malloc", "malloc_usable_size", "memalign", "posix_memalign", "pvalloc",
+            "realloc", "reallocarray", "valloc", "divvy_malloc_bootstrap_bytes", "divvy_malloc_reentries",
+            "divvy_malloc_stat", "divvy_malloc_test_reenter",
+        ]
+        XCTAssertEqual(exported.sorted(), expected.sorted(), "\(lib)'s exports (update libDivvyMalloc.map)")
+    }
 }

@@ -11,6 +11,9 @@
 //                            PROGRESS every 100 ops; for SIGKILL tests.
 //   fill SIZE                allocate until refused; print FILLED <n> <error code>, then wait for EOF.
 //   stats                    print STATS <bytesHeld> <blocksHeld> <quota>.
+//   drop SIZE COUNT SEED     allocate COUNT blocks, then close every socket of the process without a goodbye (as a
+//                            client whose connection breaks while it keeps running), print DROPPED <n sockets>,
+//                            and keep running until EOF on stdin; then exit without leaving the heap.
 import DivvyClient
 import DivvyProtocol
 
@@ -146,6 +149,33 @@ func run(_ client: DivvyClient, _ command: String, _ rest: [String]) throws {
         }
         while readLine() != nil {}
         client.close()
+    case "drop":
+        guard rest.count == 3, let size = Int(rest[0]), let count = Int(rest[1]), let seed = UInt64(rest[2]) else {
+            fail("drop SIZE COUNT SEED")
+        }
+        for index in 0..<count {
+            let (handle, _) = try client.allocateHandle(size)
+            try fill(client, handle, size, seed, index)
+        }
+        // The client's socket: the descriptor connected to the daemon's socket path (a test runner's own sockets may
+        // have been inherited too; they stay open).
+        var closed = 0
+        for fd in Int32(3)..<256 {
+            var address = sockaddr_un()
+            var length = socklen_t(MemoryLayout<sockaddr_un>.size)
+            let status = withUnsafeMutablePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &length) }
+            }
+            let peer = withUnsafeBytes(of: address.sun_path) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if status == 0, peer == arguments[1] {
+                Glibc.close(fd)
+                closed += 1
+            }
+        }
+        say("DROPPED \(closed)")
+        while readLine() != nil {}
+        // No close(): the client never leaves the heap; the daemon must recover it once this process is gone.
+        exit(0)
     case "stats":
         let stats = try client.stats()
         say("STATS \(stats.bytesHeld) \(stats.blocksHeld) \(stats.quotaBytes)")

@@ -103,6 +103,37 @@ final class DaemonProcessTests: XCTestCase {
         XCTAssertEqual((status["heap"] as? [String: Any])?["bytesUsed"] as? Int, 0)
     }
 
+    /// A direct client whose connection breaks while its process keeps running could still be writing into the
+    /// heap, so the daemon must not recover its participant then — only once the process has exited (it watches the
+    /// process's pidfd). The helper allocates, closes its socket without a goodbye and stays alive; then it exits.
+    func testADirectClientThatDropsItsSocketIsRecoveredOnlyOnceItsProcessExits() throws {
+        let daemon = try Daemon()
+        let dropper = try helper(daemon, "direct", ["drop", "256", "20", "7"])
+        var skipped: [String] = []
+        XCTAssertEqual(dropper.readLine(startingWith: "DROPPED", skipped: &skipped), "DROPPED 1", "\(skipped)")
+        // The daemon has seen the connection end (only the asking admin is connected) ...
+        let (seen, status) = try daemon.quiescentAudit(expectedClients: 0)
+        XCTAssertEqual(status["clients"] as? Int, 1, "\(status)")
+        XCTAssertEqual(seen["liveParticipants"] as? Int, 2, "the daemon's own and the dropped client's: \(seen)")
+        // ... but the process lives, so its participant and its 20 blocks stay, however long we wait.
+        usleep(500_000)
+        let (waited, _) = try daemon.quiescentAudit(expectedClients: 0)
+        XCTAssertEqual(waited["allocatedBlocks"] as? Int, 20, "recovered while the process could still write: \(waited)")
+        XCTAssertEqual(waited["liveParticipants"] as? Int, 2, "\(waited)")
+        dropper.closeStdin()
+        XCTAssertEqual(dropper.wait().status, 0)
+        // Once it has exited, the participant is recovered: nothing held, one participant left, a clean heap.
+        let deadline = Date().addingTimeInterval(10)
+        var after = try daemon.quiescentAudit(expectedClients: 0).verify
+        while after["allocatedBlocks"] as? Int != 0, Date() < deadline {
+            usleep(20_000)
+            after = try daemon.quiescentAudit(expectedClients: 0).verify
+        }
+        XCTAssertEqual(after["allocatedBlocks"] as? Int, 0, "\(after)")
+        XCTAssertEqual(after["liveParticipants"] as? Int, 1, "\(after)")
+        XCTAssertEqual(after["clean"] as? Bool, true, "\(after)")
+    }
+
     func testSeveralClientProcessesChurnConcurrently() throws {
         let daemon = try Daemon()
         let base = SeededGenerator.testSeed()

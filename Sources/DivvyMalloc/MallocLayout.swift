@@ -45,6 +45,8 @@ enum M {
     @inline(__always) static var carveBytes: Int { 16 << 10 }
     /// Empty pages a thread keeps for itself (per kind) before giving them back to the global pool.
     @inline(__always) static var pageCacheLimit: Int { 4 }
+    /// What an empty page keeps committed when it goes to the global pool (the rest is given back to the kernel).
+    @inline(__always) static var poolResidentBytes: Int { 64 << 10 }
     /// The largest class reachable through a heap's direct table (1024-byte blocks; `DIVVY_MALLOC_FAST_MAX`).
     @inline(__always) static var lastDirectClass: Int { 20 }
     /// Full pages the allocation slow path looks at (collecting their remote frees) before taking a new page.
@@ -170,6 +172,7 @@ struct SegmentRef {
 ///     8   blockSize   Int
 ///     16  start       the first block
 ///     24  areaSize    bytes from `start` to the page's end
+///     40  extent      bytes from `start` handed out since the page was fresh or last trimmed (what may be resident)
 ///     32  sizeClass, 33 kind, 34 hasAligned (an interior pointer was handed out: frees must round down),
 ///     35  singleBlock (the page holds one block, which may grow in place to the page's end)
 ///     line 1, the owner's:
@@ -257,6 +260,13 @@ struct PageRef: Equatable {
     var singleBlock: Bool {
         @inline(__always) get { raw.load(fromByteOffset: 35, as: UInt8.self) != 0 }
         nonmutating set { raw.storeBytes(of: newValue ? 1 : 0, toByteOffset: 35, as: UInt8.self) }
+    }
+    /// How far into the page blocks have reached since it was fresh or last trimmed: the bytes that may be resident.
+    /// Raised when blocks are carved and when a single-block page's block grows; `trimForPool` gives back what lies
+    /// past `M.poolResidentBytes`.
+    var extent: Int {
+        get { raw.load(fromByteOffset: 40, as: Int.self) }
+        nonmutating set { raw.storeBytes(of: newValue, toByteOffset: 40, as: Int.self) }
     }
     var areaSize: Int {
         @inline(__always) get { raw.load(fromByteOffset: 24, as: Int.self) }

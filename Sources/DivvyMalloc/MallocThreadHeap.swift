@@ -57,6 +57,7 @@ extension HeapRef {
     func mallocSingle(_ cls: Int) -> UnsafeMutableRawPointer? {
         guard let page = acquireEmptyPage(pageKind(ofClass: cls)) else { return nil }
         initialize(page, cls)
+        page.extent = Swift.max(page.extent, page.blockSize)
         page.singleBlock = true
         page.capacity = 1
         page.carved = 1
@@ -168,6 +169,7 @@ extension HeapRef {
         setNextBlock(block, page.free)
         page.free = first
         page.carved &+= Int32(count)
+        page.extent = Swift.max(page.extent, Int(page.carved) &* size)
     }
 
     /// A page for `cls`: an empty one this thread kept, an abandoned one of the class, one from the global pool,
@@ -306,6 +308,7 @@ extension HeapRef {
             // nobody (the owner keeps such pages in no queue): give it straight to the global pool.
             // `page.segment.global`, not `global`: `self` may be the shim's placeholder, which has no heap fields.
             let global = page.segment.global
+            trimForPool(page)
             divvy_malloc_lock()
             page.owner.store(0, ordering: .relaxed)
             global.pushPool(page)
@@ -354,10 +357,26 @@ extension HeapRef {
             setCache(kind, page)
             setCacheCount(kind, cacheCount(kind) + 1)
         } else {
+            trimForPool(page)
             divvy_malloc_lock()
             global.pushPool(page)
             divvy_malloc_unlock()
         }
+    }
+
+    /// An empty page about to go to the global pool keeps its first `M.poolResidentBytes` committed and gives the
+    /// rest of what its blocks reached back to the kernel (`MADV_DONTNEED`; zero-filled when touched again), so
+    /// memory a burst of large blocks used does not stay resident once they are freed. Pages a thread keeps in its
+    /// own cache are not trimmed: that is the memory it is about to reuse. Called without the lock.
+    func trimForPool(_ page: PageRef) {
+        let keep = M.poolResidentBytes
+        let extent = Swift.min(page.extent, page.areaSize)
+        guard extent > keep else { return }
+        // Safe: `start` is 4 KiB-aligned and `areaSize` a multiple of 4 KiB, so the range is whole pages inside
+        // the page's area; nobody else touches an empty page.
+        let end = Swift.min((extent + 4095) & ~4095, page.areaSize)
+        _ = madvise(page.start + keep, end - keep, MADV_DONTNEED)
+        page.extent = keep
     }
 
     // MARK: The other C functions
@@ -398,6 +417,7 @@ extension HeapRef {
                     page.blockSize = needed <= M.largestClassSize
                         ? blockSize(ofClass: sizeClass(of: needed))
                         : Swift.min((needed + 0xFFFF) & ~0xFFFF, page.areaSize)
+                    page.extent = Swift.max(page.extent, page.blockSize)
                 }
                 return pointer
             }
@@ -463,6 +483,7 @@ extension HeapRef {
                 collect(page)
                 page.next = nil
                 page.prev = nil
+                if page.used == 0 { trimForPool(page) }
                 divvy_malloc_lock()
                 page.owner.store(0, ordering: .relaxed)
                 if page.used == 0 {
@@ -479,6 +500,7 @@ extension HeapRef {
             var cursor = cache(kind)
             while let page = cursor {
                 cursor = page.next
+                trimForPool(page)
                 divvy_malloc_lock()
                 global.pushPool(page)
                 divvy_malloc_unlock()

@@ -15,7 +15,8 @@
 // - `MallocLayout.swift`: 4 MiB segments of 64 KiB / 1 MiB / 4 MiB pages; a block's page is found from its address.
 // - `MallocThreadHeap.swift`: per-thread heaps (the local sides): small/medium/large size classes allocated and
 //   freed without any lock or atomic; frees from other threads through each page's lock-free remote-free stack;
-//   thread exit returns empty pages and abandons the others for adoption.
+//   blocks over 16 KiB in a page of their own, which `realloc` grows in place; thread exit returns empty pages and
+//   abandons the others for adoption.
 // - `MallocGlobal.swift`: the slow, locked parts: the address-space reservation (mapped with `OSAllocator`), page
 //   pools, abandoned pages, huge blocks (runs of whole segments), heap structures.
 //
@@ -31,7 +32,9 @@
 // count moves. In a debug build nothing is specialized, and the Swift runtime allocates metadata the first time a
 // generic type (`CAllocationAdapter<ThreadHeapStrategy>`) is used: `divvyMallocSwiftWarmUp` runs every entry point
 // once when the first heap is created, at the shim's set-up depth, so that happens before any real call and is not a
-// re-entry (`testNoCallReentersMallocFromTheFirstOne` checks the count is 0 from a process's first call on).
+// re-entry (`testNoCallReentersMallocFromTheFirstOne` checks the count is 0 from a process's first call on). The two
+// C fast paths run before the depth is raised, which is safe because they call nothing at all:
+// `testTheFastPathsCallNothingButTheFullPaths` reads the exported malloc's and free's machine code to make sure.
 import CDivvyMalloc
 import Divvy
 

@@ -79,7 +79,6 @@ public final class DivvyServer: @unchecked Sendable {
     /// still runs would race with that process's own operations on the heap.
     private var exitWatches: [UInt64: (participant: Int, pid: Int32, fd: Int32)] = [:]
     private static let exitWatchBase: UInt64 = 1 << 40
-    private var counters = ServerCounters()
     /// The heap's block sizes, ascending (read once: `heap.sizeClasses` builds an array).
     private let classSizes: [Int]
     private let metrics = ServerMetrics()
@@ -301,7 +300,7 @@ public final class DivvyServer: @unchecked Sendable {
 
     private func publishCounters() {
         control.lock()
-        countersSnapshot = counters
+        countersSnapshot = metrics.counters
         countersSnapshot.clients = sessions.count
         control.unlock()
     }
@@ -363,8 +362,7 @@ public final class DivvyServer: @unchecked Sendable {
         }
         let policy = configuration.policy
         guard policy.admits(peer) else {
-            counters.refusedConnections += 1
-            metrics.refusedConnections.increment()
+            metrics.count(.refusedConnection)
             logger.warning(
                 "connection refused by policy",
                 metadata: ["pid": "\(peer.pid)", "uid": "\(peer.uid)", "gid": "\(peer.gid)"])
@@ -372,8 +370,7 @@ public final class DivvyServer: @unchecked Sendable {
             return
         }
         guard sessions.count < configuration.maxClients, shutdownDeadline == nil else {
-            counters.refusedConnections += 1
-            metrics.refusedConnections.increment()
+            metrics.count(.refusedConnection)
             let message = shutdownDeadline != nil
                 ? "the daemon is shutting down" : "the daemon serves \(sessions.count) clients already (max-clients)"
             logger.warning("connection refused", metadata: ["pid": "\(peer.pid)", "reason": "\(message)"])
@@ -392,8 +389,7 @@ public final class DivvyServer: @unchecked Sendable {
             return
         }
         sessions[id] = session
-        counters.connections += 1
-        metrics.connections.increment()
+        metrics.count(.connection)
         logger.info(
             "client connected",
             metadata: ["client": "\(id)", "pid": "\(peer.pid)", "uid": "\(peer.uid)", "gid": "\(peer.gid)"])
@@ -464,7 +460,6 @@ public final class DivvyServer: @unchecked Sendable {
     private func reject(
         _ session: Session, requestID: UInt64, type: MessageType, _ code: ErrorCode, _ message: String
     ) {
-        counters.countError(code)
         metrics.failure(code)
         if code.closesConnection {
             logger.warning(
@@ -616,16 +611,14 @@ public final class DivvyServer: @unchecked Sendable {
         case .allocateBatch(let size, let count): return try allocateBatch(session, size: size, count: Int(count))
         case .free(let handle):
             let released = try free(session, handle)
-            counters.frees += 1
-            metrics.frees.increment()
+            metrics.count(.free)
             return .freed(released: released)
         case .freeBatch(let handles):
             var statuses: [FreedStatus] = []
             statuses.reserveCapacity(handles.count)
             var freed = 0
             defer {
-                counters.frees += freed
-                metrics.frees.increment(by: freed)
+                metrics.count(.free, by: freed)
             }
             // The table is moved out of the session for the loop (see allocateBatch).
             var holdings = session.holdings
@@ -636,7 +629,6 @@ public final class DivvyServer: @unchecked Sendable {
                     statuses.append(try free(session, handle, in: &holdings) ? .released : .stillHeld)
                     freed += 1
                 } catch {
-                    counters.countError(error.code)
                     metrics.failure(error.code)
                     statuses.append(FreedStatus(error: error.code))
                 }
@@ -678,8 +670,7 @@ public final class DivvyServer: @unchecked Sendable {
         directOwners[p] = session.id
         session.participant = p
         session.pageAllowance = pages
-        counters.leases += 1
-        metrics.leases.increment()
+        metrics.count(.lease)
         logger.info("direct client joined", metadata: ["client": "\(session.id)", "participant": "\(p)",
                                                        "pages": "\(pages)"])
         return .joined(pageAllowance: UInt32(pages))
@@ -711,8 +702,7 @@ public final class DivvyServer: @unchecked Sendable {
             throw ServiceError(error)
         }
         session.pageAllowance = wanted
-        counters.leases += 1
-        metrics.leases.increment()
+        metrics.count(.lease)
         return .leased(pageAllowance: UInt32(wanted))
     }
 
@@ -817,8 +807,7 @@ public final class DivvyServer: @unchecked Sendable {
             throw ServiceError(error)
         }
         record(session, handle.rawValue, blockSize)
-        counters.allocations += 1
-        metrics.allocations.increment()
+        metrics.count(.allocation)
         return (handle.rawValue, blockSize)
     }
 
@@ -845,8 +834,7 @@ public final class DivvyServer: @unchecked Sendable {
         session.holdings = holdings
         session.blocksHeld += count
         session.bytesHeld += blockSize * count
-        counters.allocations += count
-        metrics.allocations.increment(by: count)
+        metrics.count(.allocation, by: count)
         return .allocatedBatch(blockSize: UInt64(blockSize), handles: handles)
     }
 
@@ -918,8 +906,7 @@ public final class DivvyServer: @unchecked Sendable {
             }
         }
         record(session, raw, blockSize)
-        counters.adoptions += 1
-        metrics.adoptions.increment()
+        metrics.count(.adoption)
         return blockSize
     }
 
@@ -985,7 +972,7 @@ public final class DivvyServer: @unchecked Sendable {
                 metadata["recovery"] = "\(recoverWhenExited(p, pid: session.peer.pid))"
             }
         }
-        counters.disconnections += 1
+        metrics.count(.disconnection)
         logger.info("client disconnected", metadata: metadata)
     }
 
@@ -1040,8 +1027,7 @@ public final class DivvyServer: @unchecked Sendable {
         do throws(SharedHeapError) {
             let report = try heap.recover(participant: p)
             pendingRecoveries.remove(p)
-            counters.recoveries += 1
-            metrics.recoveries.increment()
+            metrics.count(.recovery)
             return report.description
         } catch {
             if error.code == .recoveryIncomplete { pendingRecoveries.insert(p) }

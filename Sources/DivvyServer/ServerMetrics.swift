@@ -8,18 +8,29 @@ import Prometheus
 /// the Prometheus text exposition whatever metrics backend the host process bootstrapped. Dots become underscores
 /// in Prometheus names (`divvy_alloc_total`).
 ///
+/// Every event is counted once, through `count(_:by:)` or `failure(_:)`, which feeds both the swift-metrics counters
+/// and the plain `ServerCounters` that `DivvyServer.snapshotCounters()` publishes.
+///
 /// Event-loop thread only (the swift-metrics handles themselves are thread-safe).
 final class ServerMetrics {
     let registry = PrometheusCollectorRegistry()
     private let factory: PrometheusMetricsFactory
 
-    let allocations: CoreMetrics.Counter
-    let frees: CoreMetrics.Counter
-    let adoptions: CoreMetrics.Counter
-    let leases: CoreMetrics.Counter
-    let recoveries: CoreMetrics.Counter
-    let connections: CoreMetrics.Counter
-    let refusedConnections: CoreMetrics.Counter
+    /// The same counts as plain values (`disconnections` has no Prometheus counter: `clients` is the gauge).
+    private(set) var counters = ServerCounters()
+
+    /// What the daemon counts.
+    enum Event {
+        case connection, refusedConnection, disconnection, allocation, free, adoption, lease, recovery
+    }
+
+    private let allocations: CoreMetrics.Counter
+    private let frees: CoreMetrics.Counter
+    private let adoptions: CoreMetrics.Counter
+    private let leases: CoreMetrics.Counter
+    private let recoveries: CoreMetrics.Counter
+    private let connections: CoreMetrics.Counter
+    private let refusedConnections: CoreMetrics.Counter
     let clients: CoreMetrics.Gauge
     let freePages: CoreMetrics.Gauge
     let leasedPages: CoreMetrics.Gauge
@@ -46,8 +57,38 @@ final class ServerMetrics {
         leasedPages = CoreMetrics.Gauge(label: "divvy.leased.pages", factory: factory)
     }
 
+    /// Counts `amount` occurrences of `event`.
+    func count(_ event: Event, by amount: Int = 1) {
+        switch event {
+        case .connection:
+            counters.connections += amount
+            connections.increment(by: amount)
+        case .refusedConnection:
+            counters.refusedConnections += amount
+            refusedConnections.increment(by: amount)
+        case .disconnection:
+            counters.disconnections += amount
+        case .allocation:
+            counters.allocations += amount
+            allocations.increment(by: amount)
+        case .free:
+            counters.frees += amount
+            frees.increment(by: amount)
+        case .adoption:
+            counters.adoptions += amount
+            adoptions.increment(by: amount)
+        case .lease:
+            counters.leases += amount
+            leases.increment(by: amount)
+        case .recovery:
+            counters.recoveries += amount
+            recoveries.increment(by: amount)
+        }
+    }
+
     /// Counts a refused request or failed operation by its error code (`divvy.failures.total{reason=…}`).
     func failure(_ code: ErrorCode) {
+        counters.countError(code)
         if let counter = failures[code] {
             counter.increment()
             return

@@ -175,6 +175,51 @@ final class ClientServerTests: XCTestCase {
         try client.free(handle)
     }
 
+    /// Every event is counted once, into both the plain counters (`snapshotCounters()`) and the Prometheus
+    /// exposition (`divvyctl metrics`): after mixed traffic on both paths, each pair agrees.
+    func testCountersAndPrometheusMetricsAgree() throws {
+        let daemon = try TestDaemon()
+        let mediated = try daemon.client(.mediated, name: "mediated")
+        let direct = try daemon.client(.direct, name: "direct")
+        var handles: [SharedHandle] = []
+        for size in [24, 100, 700, 3000] { handles.append(try mediated.allocate(size).intoHandle()) }
+        handles += try mediated.allocateBatch(size: 64, count: 3)
+        for _ in 0..<40 { _ = try direct.allocate(512).intoHandle() }
+        let shared = try direct.allocate(200).intoHandle()
+        handles.append(try mediated.adopt(shared).intoHandle())
+        for handle in handles { _ = try mediated.free(handle) }
+        assertClientError(.noSuchClient) { try mediated.admin(.disconnect, argument: 999) }
+        direct.close()
+
+        func value(_ name: String, in exposition: String) -> Int? {
+            exposition.split(separator: "\n").first { $0.hasPrefix(name + " ") }
+                .flatMap { Double($0.split(separator: " ")[1]) }.map { Int($0) }
+        }
+        // The snapshot is published at the end of each loop iteration: ask until it has caught up.
+        let deadline = Date().addingTimeInterval(5)
+        var mismatches: [String] = []
+        repeat {
+            let exposition = String(decoding: try mediated.admin(.metrics).body, as: UTF8.self)
+            usleep(20_000)
+            let counters = daemon.server.snapshotCounters()
+            let pairs: [(String, Int)] = [
+                ("divvy_alloc_total", counters.allocations), ("divvy_free_total", counters.frees),
+                ("divvy_adopt_total", counters.adoptions), ("divvy_leases_total", counters.leases),
+                ("divvy_recoveries_total", counters.recoveries), ("divvy_connections_total", counters.connections),
+                ("divvy_connections_refused_total", counters.refusedConnections),
+                ("divvy_failures_total{reason=\"noSuchClient\"}", counters.errors["noSuchClient"] ?? 0),
+            ]
+            mismatches = pairs.compactMap { name, count in
+                value(name, in: exposition) == count ? nil : "\(name): \(value(name, in: exposition) ?? -1) vs \(count)"
+            }
+            if counters.allocations < 7 || counters.leases == 0 || counters.adoptions != 1 {
+                mismatches.append("not all traffic counted yet: \(counters)")
+            }
+        } while !mismatches.isEmpty && Date() < deadline
+        XCTAssertEqual(mismatches, [])
+        mediated.close()
+    }
+
     func testAdminDisconnectReclaimsAClient() throws {
         let daemon = try TestDaemon()
         let admin = try daemon.client(.mediated, name: "admin")

@@ -177,9 +177,7 @@ extension HeapRef {
     @inline(never)
     func acquirePage(_ cls: Int) -> PageRef? {
         let kind = pageKind(ofClass: cls)
-        if let page = cache(kind) {
-            setCache(kind, page.next)
-            setCacheCount(kind, cacheCount(kind) - 1)
+        if let page = takeCached(kind) {
             initialize(page, cls)
             return page
         }
@@ -202,15 +200,20 @@ extension HeapRef {
     /// An empty page of `kind` (not yet initialised): one this thread kept, else from the global pool, else new.
     @inline(never)
     func acquireEmptyPage(_ kind: Int) -> PageRef? {
-        if let page = cache(kind) {
-            setCache(kind, page.next)
-            setCacheCount(kind, cacheCount(kind) - 1)
-            return page
-        }
+        if let page = takeCached(kind) { return page }
         let global = self.global
         divvy_malloc_lock()
         defer { divvy_malloc_unlock() }
         return global.popPool(kind) ?? global.newPage(kind)
+    }
+
+    /// An empty page of `kind` this thread kept for itself, if any.
+    @inline(__always)
+    func takeCached(_ kind: Int) -> PageRef? {
+        guard let page = cache(kind) else { return nil }
+        setCache(kind, page.next)
+        setCacheCount(kind, cacheCount(kind) - 1)
+        return page
     }
 
     /// Makes an empty page serve `cls` for this heap.
@@ -307,12 +310,7 @@ extension HeapRef {
             // Another thread's single-block page: its only block is freed, so the page is empty and referenced by
             // nobody (the owner keeps such pages in no queue): give it straight to the global pool.
             // `page.segment.global`, not `global`: `self` may be the shim's placeholder, which has no heap fields.
-            let global = page.segment.global
-            trimForPool(page)
-            divvy_malloc_lock()
-            page.owner.store(0, ordering: .relaxed)
-            global.pushPool(page)
-            divvy_malloc_unlock()
+            returnToPool(page, page.segment.global)
             return
         }
         // Another thread's page (or an abandoned one): push onto its remote-free stack. The word is the top
@@ -357,11 +355,17 @@ extension HeapRef {
             setCache(kind, page)
             setCacheCount(kind, cacheCount(kind) + 1)
         } else {
-            trimForPool(page)
-            divvy_malloc_lock()
-            global.pushPool(page)
-            divvy_malloc_unlock()
+            returnToPool(page, global)
         }
+    }
+
+    /// Gives an empty page (owned by nobody any more) to the global pool, trimmed first, outside the lock.
+    func returnToPool(_ page: PageRef, _ global: GlobalRef) {
+        trimForPool(page)
+        divvy_malloc_lock()
+        page.owner.store(0, ordering: .relaxed)
+        global.pushPool(page)
+        divvy_malloc_unlock()
     }
 
     /// An empty page about to go to the global pool keeps its first `M.poolResidentBytes` committed and gives the
@@ -500,10 +504,7 @@ extension HeapRef {
             var cursor = cache(kind)
             while let page = cursor {
                 cursor = page.next
-                trimForPool(page)
-                divvy_malloc_lock()
-                global.pushPool(page)
-                divvy_malloc_unlock()
+                returnToPool(page, global)
             }
             setCache(kind, nil)
             setCacheCount(kind, 0)

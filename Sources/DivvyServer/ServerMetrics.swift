@@ -59,30 +59,22 @@ final class ServerMetrics {
 
     /// Counts `amount` occurrences of `event`.
     func count(_ event: Event, by amount: Int = 1) {
+        let (field, counter) = handles(event)
+        counters[keyPath: field] += amount
+        counter?.increment(by: amount)
+    }
+
+    /// Where `event` is counted: its plain counter, and its Prometheus counter if it has one.
+    private func handles(_ event: Event) -> (WritableKeyPath<ServerCounters, Int>, CoreMetrics.Counter?) {
         switch event {
-        case .connection:
-            counters.connections += amount
-            connections.increment(by: amount)
-        case .refusedConnection:
-            counters.refusedConnections += amount
-            refusedConnections.increment(by: amount)
-        case .disconnection:
-            counters.disconnections += amount
-        case .allocation:
-            counters.allocations += amount
-            allocations.increment(by: amount)
-        case .free:
-            counters.frees += amount
-            frees.increment(by: amount)
-        case .adoption:
-            counters.adoptions += amount
-            adoptions.increment(by: amount)
-        case .lease:
-            counters.leases += amount
-            leases.increment(by: amount)
-        case .recovery:
-            counters.recoveries += amount
-            recoveries.increment(by: amount)
+        case .connection: (\.connections, connections)
+        case .refusedConnection: (\.refusedConnections, refusedConnections)
+        case .disconnection: (\.disconnections, nil)
+        case .allocation: (\.allocations, allocations)
+        case .free: (\.frees, frees)
+        case .adoption: (\.adoptions, adoptions)
+        case .lease: (\.leases, leases)
+        case .recovery: (\.recoveries, recoveries)
         }
     }
 

@@ -1,3 +1,4 @@
+import Divvy
 import DivvyProtocol
 import DivvyShm
 import Foundation
@@ -78,6 +79,6 @@ struct AdminReports {
 }
 
 extension DivvyServer {
-    /// The daemon's version string.
-    public static let version = "0.1.0"
+    /// The daemon's version string (Divvy's release, `DivvyVersion.string`).
+    public static var version: String { DivvyVersion.string }
 }

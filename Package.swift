@@ -8,6 +8,11 @@
 //   Divvy   — allocator protocols, primitives, slabs, arenas, pools, combinators, safe owners.
 import PackageDescription
 
+/// A product of the daemon's stack: a dependency only while the `Server` trait is on (see `traits` below).
+func server(_ product: String, _ package: String) -> Target.Dependency {
+    .product(name: product, package: package, condition: .when(traits: ["Server"]))
+}
+
 let package = Package(
     name: "Divvy",
     products: [
@@ -23,6 +28,18 @@ let package = Package(
         .library(name: "DivvyMalloc", type: .dynamic, targets: ["DivvyMalloc"]),
         // The C client ABI: `libdivvy.so` + `divvy.h` (Sources/CDivvyC/include); C programs link with `-ldivvy`.
         .library(name: "divvy", type: .dynamic, targets: ["DivvyC"]),
+    ],
+    // The `Server` trait (on by default) brings the daemon's stack: logging, service lifecycle, metrics, Prometheus
+    // and argument parsing. A program that only needs the allocators or the client turns it off and fetches
+    // swift-atomics and swift-system alone:
+    //     .package(url: "…/divvy", from: "0.2.0", traits: [])
+    // SwiftPM leaves out a dependency whose every use is guarded by a disabled trait (docs/packaging.md).
+    traits: [
+        .trait(
+            name: "Server",
+            description: "The daemon, divvyctl and their dependencies (swift-log, swift-metrics, swift-prometheus, "
+                + "swift-service-lifecycle, swift-argument-parser)."),
+        .default(enabledTraits: ["Server"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-atomics", from: "1.3.0"),
@@ -130,10 +147,10 @@ let package = Package(
             name: "DivvyServer",
             dependencies: [
                 "CDivvy", "DivvyShm", "DivvyProtocol", "DivvyTransport",
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
-                .product(name: "Metrics", package: "swift-metrics"),
-                .product(name: "Prometheus", package: "swift-prometheus"),
+                server("Logging", "swift-log"),
+                server("ServiceLifecycle", "swift-service-lifecycle"),
+                server("Metrics", "swift-metrics"),
+                server("Prometheus", "swift-prometheus"),
             ]
         ),
         // The daemon executable: parses flags and the config file, bootstraps logging, runs the server.
@@ -141,9 +158,9 @@ let package = Package(
             name: "divvyd",
             dependencies: [
                 "DivvyServer",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                server("ArgumentParser", "swift-argument-parser"),
+                server("Logging", "swift-log"),
+                server("ServiceLifecycle", "swift-service-lifecycle"),
             ]
         ),
         // The admin CLI: talks to divvyd through the client library's admin calls (never links the server).
@@ -151,7 +168,7 @@ let package = Package(
             name: "divvyctl",
             dependencies: [
                 "DivvyClient", "DivvyProtocol",
-                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                server("ArgumentParser", "swift-argument-parser"),
             ]
         ),
         // The Swift client library: connect, map the region, direct (shared-memory) and mediated (socket) paths.
@@ -168,9 +185,14 @@ let package = Package(
         // ... and the `@_cdecl` functions over DivvyClient (Swift). Product `divvy` (libdivvy.so).
         // libdivvy.map: the library exports exactly divvy.h's functions (the Swift and C shim symbols stay local).
         .target(
-            name: "DivvyC", dependencies: ["CDivvyC", "DivvyClient", "DivvyProtocol"], exclude: ["libdivvy.map"],
+            name: "DivvyC", dependencies: ["CDivvyC", "Divvy", "DivvyClient", "DivvyProtocol"],
+            exclude: ["libdivvy.map"],
             linkerSettings: [
-                .unsafeFlags(["-Xlinker", "--version-script=\(Context.packageDirectory)/Sources/DivvyC/libdivvy.map"])
+                // SONAME libdivvy.so.0: programs record the ABI they were linked against, not the bare name.
+                .unsafeFlags([
+                    "-Xlinker", "--version-script=\(Context.packageDirectory)/Sources/DivvyC/libdivvy.map",
+                    "-Xlinker", "-soname=libdivvy.so.0",
+                ])
             ]
         ),
         // A client process for the end-to-end tests: runs scripted client operations against a daemon.
@@ -181,7 +203,7 @@ let package = Package(
             dependencies: [
                 "DivvyServer", "DivvyClient", "DivvyTransport", "DivvyTestSupport", "divvyd", "divvyctl",
                 "divvy-client-helper",
-                .product(name: "Logging", package: "swift-log"),
+                server("Logging", "swift-log"),
             ]
         ),
     ]

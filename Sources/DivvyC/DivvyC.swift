@@ -12,6 +12,7 @@
 // `divvy_close`. Calls borrow it without retain/release (`_withUnsafeGuaranteedRef`): the caller owns the
 // reference for as long as it uses the pointer (the header's ownership rule).
 import CDivvyC
+import Divvy
 import DivvyClient
 import DivvyProtocol
 
@@ -365,4 +366,27 @@ public func divvyPing(_ pointer: OpaquePointer?) -> Int32 {
         try client.ping()
         return ok
     }
+}
+
+// MARK: Version
+
+/// `divvy_version()`'s string: `DivvyVersion.string` copied once into C storage that lives as long as the library
+/// (globals are initialised once, thread-safely, on first use).
+// Safe: written once by the global's initialiser, then only read (C callers must not write through it).
+nonisolated(unsafe) private let versionCString: UnsafeMutablePointer<CChar> = {
+    // Safe: strdup copies the string's UTF-8 and its terminator; the copy is never freed (static storage).
+    guard let copy = strdup(DivvyVersion.string) else { fatalError("divvy_version: out of memory at first call") }
+    return copy
+}()
+
+/// `const char *divvy_version(void)`: the library's release, "MAJOR.MINOR.PATCH".
+@_cdecl("divvy_version")
+public func divvyVersion() -> UnsafePointer<CChar> {
+    UnsafePointer(versionCString)
+}
+
+/// `unsigned divvy_version_number(void)`: MAJOR * 10000 + MINOR * 100 + PATCH.
+@_cdecl("divvy_version_number")
+public func divvyVersionNumber() -> UInt32 {
+    UInt32(DivvyVersion.number)
 }

@@ -1,3 +1,4 @@
+import Divvy
 import DivvyClient
 import DivvyProtocol
 import DivvyTestSupport
@@ -45,12 +46,24 @@ final class CClientTests: XCTestCase {
         return (exit, (lines + [process.standardError]).joined(separator: "\n"))
     }
 
-    /// The example program, compiled once per test run (warnings are errors: the header must be clean).
-    static let program: Result<String, Error> = Result {
+    /// The built library under the names an installed one has: `libdivvy.so.0` (its SONAME, which programs record
+    /// and the loader looks for) and `libdivvy.so` (what `-ldivvy` finds), as symbolic links in a fresh directory.
+    static func libraryDirectory() throws -> String {
         let library = productsDirectory + "/libdivvy.so"
         guard FileManager.default.fileExists(atPath: library) else {
             throw NSError(domain: "\(library) is missing: build with `swift build --build-tests`", code: 1)
         }
+        let directory = try temporarySocketDirectory() + "/lib"
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: false)
+        for name in ["libdivvy.so.0", "libdivvy.so"] {
+            try FileManager.default.createSymbolicLink(atPath: directory + "/" + name, withDestinationPath: library)
+        }
+        return directory
+    }
+
+    /// The example program, compiled once per test run (warnings are errors: the header must be clean).
+    static let program: Result<String, Error> = Result {
+        let libraries = try libraryDirectory()
         let cc = try XCTUnwrap(
             compiler([ProcessInfo.processInfo.environment["CC"] ?? "cc", "cc", "gcc", "clang"]), "no C compiler")
         let directory = try temporarySocketDirectory()
@@ -59,8 +72,8 @@ final class CClientTests: XCTestCase {
             cc,
             [
                 "-std=c11", "-Wall", "-Wextra", "-Wpedantic", "-Werror", "-I", includeDirectory,
-                packageRoot + "/Examples/c-client/main.c", "-L", productsDirectory, "-ldivvy",
-                "-Wl,-rpath," + productsDirectory, "-lpthread", "-o", output,
+                packageRoot + "/Examples/c-client/main.c", "-L", libraries, "-ldivvy",
+                "-Wl,-rpath," + libraries, "-lpthread", "-o", output,
             ])
         guard exit.status == 0 else { throw NSError(domain: "cc failed (\(exit)): \(log)", code: 1) }
         return output
@@ -277,25 +290,66 @@ final class CClientTests: XCTestCase {
         // Every `name(` declared at the start of a line after a return type, in the header.
         let declared = Set(
             header.split(separator: "\n").compactMap { line -> String? in
-                guard line.hasPrefix("int divvy_") || line.hasPrefix("const char *divvy_") else { return nil }
-                let name = line.drop(while: { $0 != "d" }).prefix(while: { $0 != "(" })
-                return String(name)
+                guard ["int divvy_", "const char *divvy_", "unsigned divvy_"].contains(where: line.hasPrefix) else {
+                    return nil
+                }
+                guard let start = line.range(of: "divvy_")?.lowerBound else { return nil }
+                return String(line[start...].prefix(while: { $0 != "(" }))
             })
-        XCTAssertGreaterThanOrEqual(declared.count, 16, "\(declared)")
+        XCTAssertGreaterThanOrEqual(declared.count, 18, "\(declared)")
         // The library's dynamic symbol table (what a C program's dynamic linker resolves against).
         let nm = try XCTUnwrap(Self.compiler(["nm", "llvm-nm", "/opt/swift/usr/bin/llvm-nm"]), "no nm")
         let (exit, symbols) = try Self.run(nm, ["-D", "--defined-only", library])
         XCTAssertEqual(exit.status, 0, symbols)
-        // Global symbols (upper-case kinds); local ones (lower-case) are invisible to programs.
+        // Global symbols (upper-case kinds); local ones (lower-case) are invisible to programs. Each carries the
+        // default symbol version (`name@@DIVVY_0`); the version node itself is an absolute symbol (kind A).
+        var versions = Set<String>()
         let exported = Set(
             symbols.split(separator: "\n").compactMap { line -> String? in
                 let fields = line.split(separator: " ")
-                guard fields.count == 3, let kind = fields[1].first, kind.isUppercase else { return nil }
-                return String(fields[2])
+                guard fields.count == 3, let kind = fields[1].first, kind.isUppercase, kind != "A" else { return nil }
+                let parts = fields[2].split(separator: "@", omittingEmptySubsequences: true)
+                versions.insert(parts.count == 2 ? String(parts[1]) : "(none)")
+                return String(parts[0])
             })
+        XCTAssertEqual(versions, ["DIVVY_0"], "every exported function carries the symbol version DIVVY_0")
         // Exactly the header's functions (Sources/DivvyC/libdivvy.map): nothing of the Swift library or the C shims
         // below it can clash with a program's own symbols.
         XCTAssertEqual(exported.sorted(), declared.sorted(), "libdivvy.so's exports vs divvy.h (update libdivvy.map)")
+    }
+
+    /// Programs record `libdivvy.so.0` (the SONAME), and `divvy_version()` reports the release from the one place it
+    /// is written (`DivvyVersion`).
+    func testSonameAndVersionCalls() throws {
+        let readelf = try XCTUnwrap(Self.compiler(["readelf", "llvm-readelf", "/opt/swift/usr/bin/llvm-readelf"]))
+        let (readExit, dynamic) = try Self.run(readelf, ["-d", Self.productsDirectory + "/libdivvy.so"])
+        XCTAssertEqual(readExit.status, 0, dynamic)
+        XCTAssertTrue(dynamic.contains("Library soname: [libdivvy.so.0]"), dynamic)
+
+        let libraries = try Self.libraryDirectory()
+        let directory = try temporarySocketDirectory()
+        let source = directory + "/version.c"
+        try """
+            #include <divvy.h>
+            #include <stdio.h>
+            int main(void) { printf("%s %u\\n", divvy_version(), divvy_version_number()); return 0; }
+            """.write(toFile: source, atomically: true, encoding: .utf8)
+        let cc = try XCTUnwrap(Self.compiler(["cc", "gcc", "clang"]), "no C compiler")
+        let program = directory + "/version"
+        let (built, log) = try Self.run(
+            cc,
+            [
+                "-std=c11", "-Wall", "-Werror", "-I", Self.includeDirectory, source, "-L", libraries, "-ldivvy",
+                "-Wl,-rpath," + libraries, "-o", program,
+            ])
+        XCTAssertEqual(built.status, 0, log)
+        let (needed, neededLog) = try Self.run(readelf, ["-d", program])
+        XCTAssertEqual(needed.status, 0)
+        XCTAssertTrue(neededLog.contains("Shared library: [libdivvy.so.0]"), neededLog)
+        let (exit, output) = try Self.run(program, [])
+        XCTAssertEqual(exit.status, 0, output)
+        XCTAssertEqual(
+            output.split(separator: "\n").first.map(String.init), "\(DivvyVersion.string) \(DivvyVersion.number)")
     }
 
     func testRunScriptBuildsAndRunsTheExample() throws {
@@ -315,7 +369,10 @@ final class CClientTests: XCTestCase {
         let (installed, log) = try Self.run(
             "/bin/sh", [Self.packageRoot + "/deploy/install-libdivvy.sh", prefix, Self.productsDirectory])
         XCTAssertEqual(installed.status, 0, log)
-        for file in ["lib/libdivvy.so", "include/divvy.h", "lib/pkgconfig/divvy.pc"] {
+        for file in [
+            "lib/libdivvy.so.\(DivvyVersion.string)", "lib/libdivvy.so.0", "lib/libdivvy.so", "include/divvy.h",
+            "lib/pkgconfig/divvy.pc",
+        ] {
             XCTAssertTrue(FileManager.default.fileExists(atPath: prefix + "/" + file), "\(file) installed")
         }
         XCTAssertFalse(FileManager.default.fileExists(atPath: prefix + "/include/divvy_c_internal.h"))
@@ -337,7 +394,12 @@ final class CClientTests: XCTestCase {
         XCTAssertEqual(built.status, 0, buildLog)
         let (linked, ldd) = try Self.run("/usr/bin/ldd", [program])
         XCTAssertEqual(linked.status, 0)
-        XCTAssertTrue(ldd.contains("\(prefix)/lib/libdivvy.so"), "the installed library is the one used: \(ldd)")
+        XCTAssertTrue(
+            ldd.contains("libdivvy.so.0 => \(prefix)/lib/libdivvy.so.0"), "the installed library is the one used: \(ldd)")
+        let (versionExit, version) = try Self.run(
+            "/bin/sh", ["-c", "pkg-config --modversion divvy"], environment: environment)
+        XCTAssertEqual(versionExit.status, 0, version)
+        XCTAssertEqual(version.split(separator: "\n").first.map(String.init), DivvyVersion.string)
         let daemon = try DaemonProcessTests.Daemon()
         let (exit, output) = try Self.run(program, ["--socket", daemon.socketPath, "--mode", "mediated"])
         XCTAssertEqual(exit.status, 0, output)

@@ -340,6 +340,21 @@ const char *divvy_strerror(int code);
  */
 const char *divvy_last_error_message(void);
 
+/* --- Version ---------------------------------------------------------------------------------------------------- */
+
+/*
+ * The release of the loaded library, "MAJOR.MINOR.PATCH" (e.g. "0.2.0"); the same string as `divvyd --version`.
+ * Never NULL; static storage; thread-safe. The library's SONAME is libdivvy.so.MAJOR (libdivvy.so.0 for 0.x), and
+ * its functions carry the symbol version DIVVY_0.
+ */
+const char *divvy_version(void);
+
+/*
+ * The same release as one number, MAJOR * 10000 + MINOR * 100 + PATCH (0.2.0 gives 200): for comparisons such as
+ * `divvy_version_number() >= 200`. Thread-safe.
+ */
+unsigned divvy_version_number(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,7 +1,7 @@
 // swift-tools-version: 6.2
 //
 // Divvy: composable allocators, a shared-memory heap and an allocator daemon.
-// Layers (see DESIGN.md in the project's shared notes and README.md): each target
+// Layers (see docs/design.md, "Layers"): each target
 // only imports the ones below it.
 //
 //   CDivvy  — C shim: only what Swift cannot express (variadic mremap, MAP_HUGE_* macros).

@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# Compiles every Swift snippet of the documentation, as pasted.
+#
+# Finds each ```swift fenced block in README.md, docs/**/*.md and Sources/**/*.docc/**/*.md and writes it verbatim
+# as the main.swift of its own executable target in one scratch package, which depends on this repository by path
+# (every target may import Divvy, DivvyShm, DivvyClient and DivvyProtocol), then builds that package once. A block is
+# skipped only when the line just before its fence is exactly
+#
+#     <!-- snippet: fragment -->
+#
+# (Package.swift lines, declarations shown for reference). On failure it prints where each failing block came from
+# (file:line of the error, in the Markdown file) with the compiler's messages, and exits 1.
+#
+# Usage: docs/check-snippets.sh [--list]
+#   --list        only list the blocks found (file:line, compiled or fragment), build nothing
+# Environment: DIVVY_SNIPPETS_DIR  the scratch package (default: .build-snippets in the repository; .gitignore has it).
+# The scratch package keeps its .build between runs, so later runs rebuild only the changed snippets.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+scratch=${DIVVY_SNIPPETS_DIR:-$root/.build-snippets}
+list_only=0
+for argument in "$@"; do
+    case "$argument" in
+    --list) list_only=1 ;;
+    -h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "check-snippets: unknown argument '$argument' (see --help)" >&2; exit 64 ;;
+    esac
+done
+
+cd "$root"
+# Every Markdown file that may hold snippets, in a stable order. `find` rather than globstar: bash 3 has none.
+files=()
+[ -f README.md ] && files+=(README.md)
+while IFS= read -r file; do files+=("$file"); done < <(
+    { [ -d docs ] && find docs -name '*.md' -type f; find Sources -path '*.docc/*' -name '*.md' -type f; } | LC_ALL=C sort
+)
+
+mkdir -p "$scratch"
+rm -rf "$scratch/Sources"
+mkdir -p "$scratch/Sources"
+map="$scratch/snippets.map"      # target <TAB> file <TAB> line of the block's first line of code
+: >"$map"
+rm -f "$scratch/.count"
+
+# Extract. A fence is "```swift" (any indentation, which is then removed from the block's lines) up to the next line
+# that is only "```" at the same or less indentation. The line before a skipped block's fence is the marker.
+for file in "${files[@]}"; do
+    awk -v file="$file" -v out="$scratch/Sources" -v map="$map" -v count_file="$scratch/.count" '
+        BEGIN { n = 0; if ((getline n < count_file) <= 0) n = 0; close(count_file); inside = 0; previous = "" }
+        function trim(s) { sub(/^[ \t]+/, "", s); sub(/[ \t\r]+$/, "", s); return s }
+        {
+            if (!inside) {
+                line = $0; sub(/\r$/, "", line)
+                if (match(line, /^[ \t]*```[ \t]*swift[ \t]*$/)) {
+                    indent = line; sub(/```.*$/, "", indent)
+                    if (trim(previous) == "<!-- snippet: fragment -->") {
+                        inside = 2
+                        printf "fragment\t%s\t%d\n", file, NR + 1 >> map
+                    } else {
+                        inside = 1; n++
+                        target = sprintf("snippet_%03d", n)
+                        dir = out "/" target
+                        system("mkdir -p \"" dir "\"")
+                        path = dir "/main.swift"
+                        printf "" > path
+                        printf "%s\t%s\t%d\n", target, file, NR + 1 >> map
+                    }
+                    previous = line
+                    next
+                }
+                previous = $0
+                next
+            }
+            line = $0; sub(/\r$/, "", line)
+            if (match(line, /^[ \t]*```[ \t]*$/)) {
+                if (inside == 1) close(path)
+                inside = 0; previous = line
+                next
+            }
+            if (inside == 1) {
+                if (indent != "" && substr(line, 1, length(indent)) == indent) line = substr(line, length(indent) + 1)
+                print line > path
+            }
+        }
+        END {
+            if (inside) { printf "check-snippets: %s: a ```swift block is never closed\n", file > "/dev/stderr"; exit 1 }
+            print n > count_file
+        }
+    ' "$file"
+done
+rm -f "$scratch/.count"
+
+compiled=$(awk -F'\t' '$1 != "fragment"' "$map" | wc -l | tr -d ' ')
+skipped=$(awk -F'\t' '$1 == "fragment"' "$map" | wc -l | tr -d ' ')
+
+if [ "$list_only" = 1 ]; then
+    awk -F'\t' '{ printf "%s:%d\t%s\n", $2, $3, ($1 == "fragment" ? "fragment (skipped)" : $1) }' "$map"
+    echo "snippets: $compiled found, $skipped fragments"
+    exit 0
+fi
+
+if [ "$compiled" = 0 ]; then
+    echo "snippets: 0 compiled, $skipped fragments skipped"
+    exit 0
+fi
+
+# The package: one executable target per snippet (less those already known to fail), each depending on the four
+# public library products.
+identity=$(basename "$root" | tr '[:upper:]' '[:lower:]')
+write_package() {
+    {
+        echo '// swift-tools-version: 6.2'
+        echo '// Generated by docs/check-snippets.sh: every ```swift block of the docs as its own executable. Do not edit.'
+        echo 'import PackageDescription'
+        echo
+        echo 'let products: [Target.Dependency] = ['
+        for product in Divvy DivvyShm DivvyClient DivvyProtocol; do
+            echo "    .product(name: \"$product\", package: \"$identity\"),"
+        done
+        echo ']'
+        echo
+        echo 'let package = Package('
+        echo '    name: "DivvySnippets",'
+        echo "    dependencies: [.package(path: \"$root\")],"
+        echo '    targets: ['
+        awk -F'\t' -v failed="$scratch/failed" '
+            BEGIN { while ((getline t < failed) > 0) skip[t] = 1 }
+            $1 != "fragment" && !($1 in skip) {
+                printf "        .executableTarget(name: \"%s\", dependencies: products),\n", $1
+            }
+        ' "$map"
+        echo '    ]'
+        echo ')'
+    } >"$scratch/Package.swift"
+}
+
+# Build once. SwiftPM stops at the first module that fails, so when some snippets fail, build again without them
+# (incrementally: only what was not built yet is compiled) until the rest builds, to report every failing snippet.
+log="$scratch/build.log"
+errors="$scratch/errors.log"
+: >"$scratch/failed"
+: >"$errors"
+while true; do
+    write_package
+    status=0
+    (cd "$scratch" && swift build >"$log" 2>&1) || status=$?
+    [ "$status" = 0 ] && break
+    newly=$(grep -o 'Sources/snippet_[0-9]*/main\.swift:[0-9]*:[0-9]*: error' "$log" | cut -d/ -f2 | sort -u || true)
+    if [ -z "$newly" ]; then
+        echo "check-snippets: the build failed outside the snippets; the end of $log:" >&2
+        tail -n 30 "$log" >&2
+        exit 1
+    fi
+    echo "$newly" >>"$scratch/failed"
+    cat "$log" >>"$errors"
+    # No snippet left to build: stop.
+    [ "$(awk -F'\t' '$1 != "fragment"' "$map" | wc -l)" -le "$(sort -u "$scratch/failed" | wc -l)" ] && break
+done
+
+if [ -s "$scratch/failed" ]; then
+    # Map "…/Sources/snippet_NNN/main.swift:L:C: error: …" back to the Markdown file and line, and print the
+    # compiler's message with its source excerpt.
+    awk -F'\t' -v logfile="$errors" '
+        FILENAME != logfile { origin_file[$1] = $2; origin_line[$1] = $3; next }
+        {
+            if (match($0, /Sources\/snippet_[0-9]+\/main\.swift:[0-9]+:[0-9]+: /)) {
+                spot = substr($0, RSTART, RLENGTH)
+                split(spot, parts, "/")
+                target = parts[2]
+                split(parts[3], position, ":")
+                where = origin_file[target] ":" (origin_line[target] + position[2] - 1) ":" position[3]
+                rest = substr($0, RSTART + RLENGTH)
+                if (seen[where rest]++) { showing = 0; next }     # the compiler repeats itself per build step
+                if (rest ~ /^error:/) failing[target] = 1
+                printf "%s: %s   [%s]\n", where, rest, target
+                showing = 1
+                next
+            }
+            if ($0 ~ /^\[[0-9]+\/[0-9]+\]/ || $0 ~ /^(Building|Compiling|Write|error: emit-module|error: compile)/) {
+                showing = 0; next
+            }
+            if (showing) print
+        }
+        END {
+            for (t in failing) count++
+            printf "\ncheck-snippets: %d snippet(s) failed to compile:\n", count
+            for (t in failing) printf "  %s:%d (%s)\n", origin_file[t], origin_line[t], t
+        }
+    ' "$map" "$errors" >&2
+    failed_count=$(sort -u "$scratch/failed" | wc -l | tr -d ' ')
+    echo "snippets: $((compiled - failed_count)) compiled, $failed_count FAILED, $skipped fragments skipped" >&2
+    exit 1
+fi
+
+echo "snippets: $compiled compiled, $skipped fragments skipped"

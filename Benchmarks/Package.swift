@@ -2,7 +2,7 @@
 //
 // Divvy's benchmarks, kept in their own package so the main build stays lean (as swift-nio does).
 // Run from this directory:  swift package benchmark           (all)
-//                           ./ratios.sh                        (all, as ratios to malloc+free; see README)
+//                           ./ratios.sh                        (all, as ratios to malloc+free; see docs/benchmarks.md)
 import PackageDescription
 
 import struct Foundation.URL
@@ -22,7 +22,7 @@ let package = Package(
     ],
     targets: [
         // glibc's own entry points (__libc_malloc/__libc_free), so the baseline bypasses the harness's malloc
-        // interposer; see Benchmarks/README section in the main README.
+        // interposer; see docs/benchmarks.md.
         .target(name: "CBenchSupport"),
         .executableTarget(
             name: "Allocators",

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the benchmarks once and prints a Markdown table of nanoseconds per operation (median of the samples) and
-# the ratio to the glibc malloc+free baseline measured in the same run. The README's tables come from this script.
+# the ratio to the glibc malloc+free baseline measured in the same run. The tables in docs/benchmarks.md come from this script.
 #
 #   ./ratios.sh                        # all benchmarks
 #   ./ratios.sh --filter 'Slab.*'      # any extra arguments go to `swift package benchmark`

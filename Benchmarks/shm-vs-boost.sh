@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # DivvyShm's SharedHeap against glibc (same run) and Boost.Interprocess managed_shared_memory (same sizes, same
-# counts), then the two-process handover throughput. Prints Markdown tables; the README's figures come from it.
+# counts), then the two-process handover throughput. Prints Markdown tables; docs/benchmarks.md's figures come from it.
 #
 #   ./shm-vs-boost.sh
 #

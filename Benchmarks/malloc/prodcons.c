@@ -1,5 +1,5 @@
 // Multi-thread producer/consumer with cross-thread frees: PAIRS pairs of threads (1 by default, so the two threads
-// fit the two CPUs of the machine the README's table comes from). The producer allocates messages (16–1024 bytes),
+// fit the two CPUs of the machine docs/benchmarks.md's table comes from). The producer allocates messages (16–1024 bytes),
 // writes them and passes them through a single-producer single-consumer ring; the consumer reads and frees them.
 // Every free is a free of another thread's block.
 #include "bench.h"

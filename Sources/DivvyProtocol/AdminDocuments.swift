@@ -1,6 +1,6 @@
 /// The JSON documents in the bodies of `adminReply` frames (format `json`), one type per admin operation. The
 /// daemon encodes them and `divvyctl` decodes them, so both sides share one declaration; their shapes are part of
-/// the daemon's interface (fields are only ever added) and are documented in the README ("divvyctl").
+/// the daemon's interface (fields are only ever added) and are documented in docs/daemon.md ("divvyctl").
 ///
 /// Plain `Codable` values: this module has no JSON coder of its own (no Foundation); callers bring one.
 public enum AdminDocument {

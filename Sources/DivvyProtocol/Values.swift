@@ -264,7 +264,7 @@ public struct AdminReply: Hashable, Sendable {
     public var operation: AdminOperation
     /// How `body` is encoded.
     public var format: AdminFormat
-    /// UTF-8 text or JSON (shapes documented in the README / divvyctl), at most
+    /// UTF-8 text or JSON (shapes documented in docs/daemon.md, "divvyctl"), at most
     /// `ProtocolLimits.maxAdminBodyLength` bytes.
     public var body: [UInt8]
 

@@ -212,6 +212,7 @@ public struct DivvyLogHandler: LogHandler {
         line.withUTF8 { bytes in
             var offset = 0
             while offset < bytes.count {
+                // Safe: the buffer is not empty here, so it has a base address; offset < count keeps it in bounds.
                 let written = Glibc.write(fileDescriptor, bytes.baseAddress! + offset, bytes.count - offset)
                 if written > 0 {
                     offset += written

@@ -142,7 +142,8 @@ done
 
 for tool in $tools; do
     script="$out/completions/bash/$tool"
-    if output=$(bash -c ". '$script' && complete -p $tool" 2>&1) && printf '%s' "$output" | grep -q "complete .* $tool\$"; then
+    if output=$(bash -c ". '$script' && complete -p $tool" 2>&1) \
+        && printf '%s' "$output" | grep -q "complete .* $tool\$"; then
         pass "bash completion for $tool loads ($output)"
     else
         fail "bash completion for $tool loads" "$output"
@@ -163,7 +164,8 @@ if [ -z "$missing" ]; then pass "bash completes divvyctl's subcommands"; else
 for shell in zsh fish; do
     if command -v "$shell" >/dev/null 2>&1; then
         for file in "$out/completions/$shell"/*; do
-            if output=$("$shell" -n "$file" 2>&1); then pass "$shell -n $file"; else fail "$shell -n $file" "$output"; fi
+            if output=$("$shell" -n "$file" 2>&1); then pass "$shell -n $file"; else
+                fail "$shell -n $file" "$output"; fi
         done
     else
         echo "skip $shell completions ($shell is not installed)"

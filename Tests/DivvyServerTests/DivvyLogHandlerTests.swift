@@ -23,12 +23,15 @@ final class DivvyLogHandlerTests: XCTestCase {
             unlink(path)
         }
         var text: String { (try? String(contentsOfFile: path, encoding: .utf8)) ?? "" }
-        var lines: [String] { text.split(separator: "\n", omittingEmptySubsequences: false).dropLast().map(String.init) }
+        var lines: [String] {
+            text.split(separator: "\n", omittingEmptySubsequences: false).dropLast().map(String.init)
+        }
     }
 
     private func logger(_ format: DivvyLogHandler.Format, _ sink: Sink, label: String = "test") -> Logger {
         Logger(label: label) { label in
-            DivvyLogHandler(label: label, format: format, fileDescriptor: sink.fd, logLevel: .trace, metadataProvider: nil)
+            DivvyLogHandler(
+                label: label, format: format, fileDescriptor: sink.fd, logLevel: .trace, metadataProvider: nil)
         }
     }
 
@@ -62,7 +65,8 @@ final class DivvyLogHandlerTests: XCTestCase {
         logger[metadataKey: "region"] = "anonymous memfd"
         logger.info("client connected", metadata: ["name": "", "client": "3"])
         let line = try XCTUnwrap(sink.lines.first)
-        let pattern = #"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d info divvyd: client connected client=3 name="" region="anonymous memfd"$"#
+        let pattern = #"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d "#
+            + #"info divvyd: client connected client=3 name="" region="anonymous memfd"$"#
         XCTAssertNotNil(line.range(of: pattern, options: .regularExpression), line)
         XCTAssertEqual(sink.lines.count, 1)
     }

@@ -63,7 +63,8 @@ final class OperationsTests: XCTestCase {
     func testAdminConnectionsAreLoggedAtDebug() throws {
         let daemon = try DaemonProcessTests.Daemon(environment: ["JOURNAL_STREAM": "1:1"])
         let socket = daemon.socketPath
-        for arguments in [["status"], ["--socket", socket, "clients"], ["top", "--iterations", "2", "--interval", "0.05"]] {
+        let commands = [["status"], ["--socket", socket, "clients"], ["top", "--iterations", "2", "--interval", "0.05"]]
+        for arguments in commands {
             let result = try run("divvyctl", arguments + (arguments.contains("--socket") ? [] : ["--socket", socket]))
             XCTAssertEqual(result.status, 0, result.error)
         }
@@ -72,13 +73,16 @@ final class OperationsTests: XCTestCase {
         worker.close()
         let lines = waitForLine(daemon.process) { $0.contains("client disconnected") && $0.contains("name=worker") }
 
-        XCTAssertFalse(lines.contains { $0.contains("divvyctl") }, "no divvyctl line at info:\n\(lines.joined(separator: "\n"))")
-        let timestamped = #"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d (info|notice|warning|error|critical) divvyd: "#
+        let log = lines.joined(separator: "\n")
+        XCTAssertFalse(lines.contains { $0.contains("divvyctl") }, "no divvyctl line at info:\n\(log)")
+        let timestamped =
+            #"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d (info|notice|warning|error|critical) divvyd: "#
         for line in lines {
             XCTAssertNotNil(line.range(of: timestamped, options: .regularExpression), line)
         }
-        XCTAssertTrue(lines.contains { $0.contains(" info divvyd: client connected ") && $0.contains("name=worker") })
-        XCTAssertTrue(lines.contains { $0.contains(" info divvyd: client disconnected ") && $0.contains("name=worker") })
+        for event in ["client connected", "client disconnected"] {
+            XCTAssertTrue(lines.contains { $0.contains(" info divvyd: \(event) ") && $0.contains("name=worker") }, log)
+        }
         XCTAssertTrue(lines.contains { $0.contains(" info divvyd: divvyd ready ") })
     }
 
@@ -111,7 +115,7 @@ final class OperationsTests: XCTestCase {
         let lines = daemon.standardError.split(separator: "\n").map(String.init)
         for line in lines {
             XCTAssertNotNil(line.range(of: #"^<[2-7]>[^<\d]"#, options: .regularExpression), line)
-            XCTAssertNil(line.range(of: #"\d{4}-\d\d-\d\dT\d\d:"#, options: .regularExpression), "no timestamp: \(line)")
+            XCTAssertNil(line.range(of: #"\d{4}-\d\d-\d\dT\d\d:"#, options: .regularExpression), "timestamp: \(line)")
         }
         XCTAssertTrue(lines.contains { $0.hasPrefix("<7>client connected ") && $0.contains("name=divvyctl") })
         XCTAssertTrue(lines.contains { $0.hasPrefix("<5>shutting down ") })

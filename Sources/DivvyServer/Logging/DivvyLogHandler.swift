@@ -77,7 +77,8 @@ public struct DivvyLogHandler: LogHandler {
     ///   - label: The logger's label.
     ///   - logLevel: The lowest level written.
     public static func standardError(label: String, logLevel: Logger.Level = .info) -> DivvyLogHandler {
-        let journal = isJournalStream(STDERR_FILENO, journalStream: getenv("JOURNAL_STREAM").map { String(cString: $0) })
+        let stream = getenv("JOURNAL_STREAM").map { String(cString: $0) }
+        let journal = isJournalStream(STDERR_FILENO, journalStream: stream)
         return DivvyLogHandler(label: label, format: journal ? .journal : .plain, logLevel: logLevel)
     }
 

@@ -390,9 +390,21 @@ public final class DivvyServer: @unchecked Sendable {
         }
         sessions[id] = session
         metrics.count(.connection)
-        logger.info(
-            "client connected",
+        // The info-level "client connected" line waits for hello: only then is it known whether this is divvyctl.
+        logger.debug(
+            "connection accepted",
             metadata: ["client": "\(id)", "pid": "\(peer.pid)", "uid": "\(peer.uid)", "gid": "\(peer.gid)"])
+    }
+
+    /// The name divvyctl gives in hello.
+    static let adminToolName = "divvyctl"
+
+    /// The level of a session's "client connected" and "client disconnected" lines: debug for divvyctl, info for
+    /// every other client. Each divvyctl command is one short connection (`divvyctl top` makes two a second), which
+    /// would otherwise bury the clients' own lines. A name is only a claim, so only a peer the policy lets
+    /// administer gets the quieter level: no ordinary client can hide its connections from the info log.
+    private func connectionLogLevel(_ session: Session) -> Logger.Level {
+        session.machine.mayAdminister && session.name == Self.adminToolName ? .debug : .info
     }
 
     /// Replies with an error to a connection that is not admitted, then closes it (best effort, never blocks).
@@ -571,10 +583,10 @@ public final class DivvyServer: @unchecked Sendable {
                 metadataSize: UInt64(geometry.metadataSize), dataOffset: UInt64(geometry.dataOffset),
                 dataSize: UInt64(geometry.dataSize), pageSize: UInt32(heap.pageSize),
                 pageKind: PageKind(region.pageKind), sizeClasses: heap.sizeClasses.map { UInt32($0) })
-            logger.info(
-                "client said hello",
+            logger.log(
+                level: connectionLogLevel(session), "client connected",
                 metadata: ["client": "\(session.id)", "name": "\(hello.name)", "mode": "\(mode)",
-                           "pid": "\(session.peer.pid)"])
+                           "pid": "\(session.peer.pid)", "uid": "\(session.peer.uid)", "gid": "\(session.peer.gid)"])
             send(session, requestID: requestID, .welcome(welcome))
         }
     }
@@ -973,7 +985,7 @@ public final class DivvyServer: @unchecked Sendable {
             }
         }
         metrics.count(.disconnection)
-        logger.info("client disconnected", metadata: metadata)
+        logger.log(level: connectionLogLevel(session), "client disconnected", metadata: metadata)
     }
 
     /// Recovers participant `p` of process `pid` once that process has exited: at once if it has, else when its

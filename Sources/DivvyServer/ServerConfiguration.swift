@@ -1,5 +1,6 @@
 import DivvyShm
 import DivvyTransport
+import Logging
 
 #if canImport(Glibc)
 import Glibc
@@ -52,6 +53,9 @@ public struct ServerConfiguration: Hashable, Sendable {
     /// `host:port` (IPv4) of an HTTP listener serving `GET /metrics` for Prometheus, or nil (the default: off;
     /// `divvyctl metrics` works without it). Port 0 picks a free port.
     public var metricsListen: String?
+    /// The lowest level divvyd logs (`log-level`, or `--log-level`). Default `.info`. The server itself logs through
+    /// the `Logger` it is given; `divvyd` gives its handler this level.
+    public var logLevel: Logger.Level
 
     /// The defaults (see each property).
     public init() {
@@ -72,6 +76,7 @@ public struct ServerConfiguration: Hashable, Sendable {
         initialLeasePages = 16
         shutdownGraceMilliseconds = 2000
         metricsListen = nil
+        logLevel = .info
     }
 
     /// An error in a config file or flag value: the line and what is wrong.
@@ -89,7 +94,7 @@ public struct ServerConfiguration: Hashable, Sendable {
         "socket", "socket-mode", "region-name", "region-prefix", "data-size", "page-size", "size-classes",
         "held-capacity", "huge-pages", "commit", "prefault", "allow-uids", "allow-gids", "direct-uids",
         "direct-gids", "admin-uids", "admin-gids", "quota", "max-clients", "initial-lease-pages", "shutdown-grace-ms",
-        "metrics-listen",
+        "metrics-listen", "log-level",
     ]
 
     /// Applies a config file's text: one `key = value` per line, `#` comments, blank lines ignored. Keys are
@@ -168,6 +173,13 @@ public struct ServerConfiguration: Hashable, Sendable {
                 }
                 metricsListen = value
             }
+        case "log-level":
+            guard let level = Logger.Level(rawValue: value.lowercased()) else {
+                throw ParseError(
+                    "log-level must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", ")), "
+                        + "not '\(value)'")
+            }
+            logLevel = level
         default:
             throw ParseError("unknown setting '\(key)'; known: \(Self.keys.joined(separator: ", "))")
         }
@@ -210,7 +222,7 @@ public struct ServerConfiguration: Hashable, Sendable {
             ("quota", quotaBytes.map(String.init) ?? "default"), ("max-clients", String(maxClients)),
             ("initial-lease-pages", String(initialLeasePages)),
             ("shutdown-grace-ms", String(shutdownGraceMilliseconds)),
-            ("metrics-listen", metricsListen ?? "off"),
+            ("metrics-listen", metricsListen ?? "off"), ("log-level", logLevel.rawValue),
         ]
     }
 

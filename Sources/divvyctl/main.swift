@@ -1,4 +1,5 @@
 import ArgumentParser
+import Divvy
 import DivvyClient
 import DivvyProtocol
 import Foundation
@@ -9,19 +10,30 @@ import Glibc
 
 /// `divvyctl`: inspect and administer a running divvyd over its socket (the protocol's admin messages).
 ///
-/// Exit status: 0 success; 1 the daemon could not be reached or refused; 2 bad usage; 3 `verify` found violations.
+/// Exit status: 0 success; 1 the daemon could not be reached or refused; 3 `verify` found violations; 64 bad usage
+/// (ArgumentParser's `EX_USAGE`).
 @main
 struct DivvyCtl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "divvyctl",
         abstract: "Inspect and administer a running divvyd.",
         discussion: """
-            Talks to divvyd over its socket (--socket, else $DIVVY_SOCKET, else the default path). Admin \
-            operations need an admin uid/gid in the daemon's policy. Every read command takes --json and then \
-            prints the daemon's JSON document unchanged (shapes documented in the README).
+            Talks to divvyd over its socket (--socket, else $DIVVY_SOCKET, else the default path). --socket may \
+            come before or after the subcommand. Admin operations need an admin uid/gid in the daemon's policy. \
+            Every read command takes --json and then prints the daemon's JSON document unchanged (shapes \
+            documented in the README).
+
+            Exit status: 0 success; 1 the daemon could not be reached or refused; 3 `verify` found violations; \
+            64 bad usage.
             """,
+        version: DivvyVersion.string,
         subcommands: [Status.self, Classes.self, Clients.self, Verify.self, Top.self, Metrics.self, Disconnect.self,
                       Config.self])
+
+    // The options every subcommand shares, accepted before the subcommand too (`divvyctl --socket X status`). The
+    // subcommands declare the same group: ArgumentParser decodes it once, wherever it appears on the line, and hands
+    // the parent's value to the subcommand (`OptionGroup.init(from:)` reuses a previously decoded group).
+    @OptionGroup var connection: Connection
 
     /// Runs the command; a `Failure` prints `divvyctl: message` on stderr and exits with status 1.
     static func main() {

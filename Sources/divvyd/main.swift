@@ -40,8 +40,13 @@ struct Divvyd: AsyncParsableCommand {
     @Option(name: .customLong("set"), help: "Any config key as key=value (repeatable).")
     var settings: [String] = []
 
-    @Option(name: .long, help: "Log level: trace, debug, info, notice, warning, error, critical.")
-    var logLevel: String = "info"
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "trace, debug, info, notice, warning, error or critical (default: the config's log-level, else info).",
+            valueName: "level"),
+        completion: .list(Logger.Level.allCases.map(\.rawValue)))
+    var logLevel: String?
 
     @Flag(name: .long, help: "Print the effective configuration and exit.")
     var printConfig = false
@@ -67,6 +72,7 @@ struct Divvyd: AsyncParsableCommand {
             if let dataSize { try configuration.set("data-size", dataSize) }
             if let pageSize { try configuration.set("page-size", pageSize) }
             if let quota { try configuration.set("quota", quota) }
+            if let logLevel { try configuration.set("log-level", logLevel) }
             for setting in settings {
                 guard let equals = setting.firstIndex(of: "=") else {
                     throw ServerConfiguration.ParseError("--set wants key=value, not '\(setting)'")
@@ -84,12 +90,9 @@ struct Divvyd: AsyncParsableCommand {
             return
         }
 
-        let level = Logger.Level(rawValue: logLevel) ?? .info
-        LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
-            handler.logLevel = level
-            return handler
-        }
+        // One line per record on stderr: `<N>`-prefixed for journald under systemd, timestamped elsewhere.
+        let level = configuration.logLevel
+        LoggingSystem.bootstrap { label in DivvyLogHandler.standardError(label: label, logLevel: level) }
         let logger = Logger(label: "divvyd")
 
         // Under systemd (see deploy/): sd_notify for Type=notify, the watchdog, and socket activation. Both read

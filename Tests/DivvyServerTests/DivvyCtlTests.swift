@@ -73,6 +73,29 @@ final class DivvyCtlTests: XCTestCase {
         client.close()
     }
 
+    func testSocketBeforeOrAfterTheSubcommandAndJSONOnlyAfterIt() throws {
+        let daemon = try DaemonProcessTests.Daemon()
+        let socket = daemon.socketPath
+        for arguments in [
+            ["--socket", socket, "status", "--json"], ["--socket=\(socket)", "status", "--json"],
+            ["status", "--socket", socket, "--json"], ["status", "--json", "--socket", socket],
+        ] {
+            let result = try divvyctl(arguments, socket: nil)
+            XCTAssertEqual(result.status, 0, "\(arguments): \(result.error)")
+            let status = try XCTUnwrap(json(result.output) as? [String: Any], "\(arguments)")
+            XCTAssertEqual(status["socket"] as? String, socket, "\(arguments)")
+        }
+        let disconnect = try divvyctl(["--socket", socket, "disconnect", "4242"], socket: nil)
+        XCTAssertEqual(disconnect.status, 1, "an unknown client, reported by the daemon: \(disconnect.error)")
+        XCTAssertTrue(disconnect.error.hasPrefix("divvyctl: "), disconnect.error)
+        // --json belongs to the subcommands that print documents.
+        let misplaced = try divvyctl(["--json", "status"], socket: socket)
+        XCTAssertEqual(misplaced.status, 64, misplaced.error)
+        XCTAssertTrue(misplaced.error.contains("Unknown option '--json'"), misplaced.error)
+        let help = try divvyctl(["--help"], socket: nil)
+        XCTAssertTrue(help.output.contains("USAGE: divvyctl [--socket <socket>] <subcommand>"), help.output)
+    }
+
     func testDisconnectReclaimsAClient() throws {
         let daemon = try DaemonProcessTests.Daemon()
         let victim = try ChildProcess("divvy-client-helper", [daemon.socketPath, "direct", "hold", "64", "5", "1"])

@@ -465,7 +465,7 @@ final class SystemdTests: XCTestCase {
         XCTAssertTrue(notify.wait { $0.filter { $0 == "WATCHDOG=1" }.count >= 3 }, "\(notify.lines)")
         XCTAssertFalse(
             FileManager.default.fileExists(atPath: directory + "/configured.sock"), "the configured path is not bound")
-        XCTAssertTrue(daemon.standardError.contains("socket_activated=fd 3 'divvyd.socket'"), daemon.standardError)
+        XCTAssertTrue(daemon.standardError.contains("socket_activated=\"fd 3 'divvyd.socket'\""), daemon.standardError)
 
         daemon.signal(SIGTERM)
         XCTAssertTrue(notify.wait { $0.contains("STOPPING=1") }, "\(notify.lines)")
@@ -507,7 +507,7 @@ final class SystemdTests: XCTestCase {
         _ = try client.ping()
         client.close()
         XCTAssertTrue(notify.wait { $0.contains { $0.hasPrefix("STATUS=") } })
-        XCTAssertFalse(daemon.standardError.contains("socket_activated=fd"), daemon.standardError)
+        XCTAssertFalse(daemon.standardError.contains("socket_activated=\"fd"), daemon.standardError)
         daemon.signal(SIGTERM)
         XCTAssertEqual(daemon.wait(timeout: 60), .init(status: 0, signal: nil), daemon.standardError)
         XCTAssertFalse(notify.lines.contains("WATCHDOG=1"), "no WATCHDOG_USEC, no pings: \(notify.lines)")
@@ -585,7 +585,7 @@ final class SystemdTests: XCTestCase {
         try client.socket.setReceiveTimeout(milliseconds: 120_000)
         XCTAssertEqual(try client.hello().clientID > 0, true, "the first connection starts divvyd, which serves it")
         XCTAssertTrue(notify.wait { $0.contains("READY=1") }, process.standardError)
-        XCTAssertTrue(process.standardError.contains("socket_activated=fd 3 'divvyd'"), process.standardError)
+        XCTAssertTrue(process.standardError.contains("socket_activated=\"fd 3 'divvyd'\""), process.standardError)
         process.signal(SIGTERM)  // divvyd has the tool's pid: it exec'd in place.
         XCTAssertTrue(notify.wait { $0.contains("STOPPING=1") }, "\(notify.lines)")
         XCTAssertEqual(process.wait(timeout: 60), .init(status: 0, signal: nil), process.standardError)

@@ -147,15 +147,15 @@ install -m 0644 "$root/deploy/divvyd.conf.example" "$pkg/etc/divvy/divvyd.conf"
 # Man pages and shell completions, generated from the argument parsers of the binaries just built.
 generated=$stage/generated
 "$root/deploy/generate-docs.sh" "$generated" "$products" >/dev/null
-for page in "$generated"/man/*.1; do
+for page in "$generated"/man1/*.1; do
     gzip -9n <"$page" >"$pkg/usr/share/man/man1/$(basename "$page").gz"
 done
 install -d "$pkg/usr/share/bash-completion/completions" "$pkg/usr/share/zsh/vendor-completions" \
     "$pkg/usr/share/fish/vendor_completions.d"
 for tool in divvyd divvyctl; do
-    install -m 0644 "$generated/completions/$tool.bash" "$pkg/usr/share/bash-completion/completions/$tool"
-    install -m 0644 "$generated/completions/_$tool" "$pkg/usr/share/zsh/vendor-completions/_$tool"
-    install -m 0644 "$generated/completions/$tool.fish" "$pkg/usr/share/fish/vendor_completions.d/$tool.fish"
+    install -m 0644 "$generated/completions/bash/$tool" "$pkg/usr/share/bash-completion/completions/$tool"
+    install -m 0644 "$generated/completions/zsh/_$tool" "$pkg/usr/share/zsh/vendor-completions/_$tool"
+    install -m 0644 "$generated/completions/fish/$tool.fish" "$pkg/usr/share/fish/vendor_completions.d/$tool.fish"
 done
 
 # Documentation (Debian policy: copyright and a compressed changelog).

@@ -52,24 +52,31 @@ class build_py_with_version(build_py):
 
 
 commands = {"build_py": build_py_with_version}
+options = {}
 
 if BUNDLED.exists():
+    from setuptools.dist import Distribution
+
     try:
         from setuptools.command.bdist_wheel import bdist_wheel  # setuptools >= 70.1
     except ImportError:
         from wheel.bdist_wheel import bdist_wheel  # the `wheel` package, older setuptools
 
-    class bdist_wheel_platform(bdist_wheel):
-        """Tags the wheel py3-none-<platform>: the bundled library is native, the Python code is not."""
+    class BinaryDistribution(Distribution):
+        """Carries a native library: built into the platform-specific tree (platlib), not purelib."""
 
-        def finalize_options(self):
-            super().finalize_options()
-            self.root_is_pure = False
+        def has_ext_modules(self):
+            return True
+
+    class bdist_wheel_platform(bdist_wheel):
+        """Tags the wheel py3-none-<platform>: the library is native, but it is loaded with ctypes, so any
+        Python 3 and any ABI will do."""
 
         def get_tag(self):
             _, _, platform = super().get_tag()
             return "py3", "none", platform
 
     commands["bdist_wheel"] = bdist_wheel_platform
+    options["distclass"] = BinaryDistribution
 
-setup(version=VERSION, cmdclass=commands)
+setup(version=VERSION, cmdclass=commands, **options)

@@ -45,6 +45,14 @@ def pytest_configure(config):
         raise pytest.UsageError(f"libdivvy not found ({LIBRARY or BIN_DIR / 'libdivvy.so'}): set DIVVY_LIBRARY")
 
 
+def _die_with_parent() -> None:
+    """Runs in the daemon's process before exec: SIGTERM it when pytest dies (a crash skips the teardowns)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 class Daemon:
     """A divvyd on a temporary socket; `stop()` sends SIGTERM and checks a clean exit and a clean heap audit."""
 
@@ -61,7 +69,9 @@ class Daemon:
         # The log is appended to by every start: only a "ready" line after this point counts.
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")
-        self.process = subprocess.Popen(self.args, stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            self.args, stdout=log, stderr=log, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
+        )
         log.close()
         deadline = time.monotonic() + 30
         while b"divvyd ready" not in self.log_path.read_bytes()[offset:]:

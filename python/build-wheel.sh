@@ -52,7 +52,8 @@ if ! "$python" -c 'import setuptools' 2>/dev/null; then
 fi
 if ! "$python" -c 'from setuptools.command.bdist_wheel import bdist_wheel' 2>/dev/null \
     && ! "$python" -c 'from wheel.bdist_wheel import bdist_wheel' 2>/dev/null; then
-    echo "build-wheel.sh: $python's setuptools ($("$python" -c 'import setuptools; print(setuptools.__version__)')) has" \
+    setuptools_version="$("$python" -c 'import setuptools; print(setuptools.__version__)')"
+    echo "build-wheel.sh: $python's setuptools ($setuptools_version) has" \
         "no bdist_wheel command; install the 'wheel' package (python3 -m pip install 'wheel<0.46') or" \
         "setuptools >= 70.1" >&2
     exit 69

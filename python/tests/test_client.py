@@ -418,3 +418,26 @@ def test_daemon_gone_then_reconnect(fresh_daemon):
     fresh.memoryview()[0] = 1
     assert client.stats().blocks_held == 1
     client.close()
+
+
+def test_works_without_numpy(daemon):
+    import subprocess
+    import sys
+
+    from conftest import PYTHON_DIR
+
+    code = f"""
+import sys
+sys.modules["numpy"] = None  # as if NumPy were not installed
+import divvy
+with divvy.Client({daemon.socket!r}) as client:
+    block = client.alloc(16)
+    block.memoryview()[:2] = b"ok"
+    try:
+        block.numpy()
+    except ImportError:
+        print(bytes(block.memoryview()[:2]).decode())
+"""
+    environment = dict(os.environ, PYTHONPATH=str(PYTHON_DIR / "src"))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment, timeout=60)
+    assert (result.returncode, result.stdout.strip()) == (0, "ok"), result.stderr

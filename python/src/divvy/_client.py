@@ -292,7 +292,8 @@ class Client:
             # Checked here as divvy_alloc_batch checks it, so the handle array is never smaller than what C writes.
             raise DivvyError(
                 ErrorCode.EBATCH_TOO_LARGE,
-                f"alloc_batch: count {count} is not in 1...{_native.MAX_BATCH} (DIVVY_MAX_BATCH); nothing was allocated",
+                f"alloc_batch: count {count} is not in 1...{_native.MAX_BATCH} (DIVVY_MAX_BATCH); "
+                "nothing was allocated",
             )
         handles = (ctypes.c_uint64 * count)()
         self._call("divvy_alloc_batch", size, count, handles)

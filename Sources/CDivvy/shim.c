@@ -170,3 +170,6 @@ int divvy_accept_nonblocking(int socket) { return accept4(socket, NULL, NULL, SO
 #define SYS_pidfd_open 434 // include/uapi/asm-generic/unistd.h; older headers lack it
 #endif
 int divvy_pidfd_open(int pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
+
+#include <pthread.h>
+int divvy_set_thread_name(const char *name) { return pthread_setname_np(pthread_self(), name); }

@@ -1,7 +1,15 @@
 import Divvy
 import DivvyProtocol
 import DivvyShm
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Builds the admin replies' JSON documents (`AdminDocument`, shared with `divvyctl`) from the daemon's state.
 struct AdminReports {

@@ -3,7 +3,11 @@ import Divvy
 import DivvyProtocol
 import DivvyShm
 import DivvyTransport
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import Logging
 
 #if canImport(Glibc)
@@ -52,7 +56,7 @@ public final class DivvyServer: @unchecked Sendable {
     private var lastStatus = ""
     private let listener: SeqpacketSocket
     private let poller: EventPoller
-    private let control = NSLock()
+    private let control = ProcessLock()
     // Guarded by `control`.
     private var shutdownReason: String?
     private var running = false
@@ -167,7 +171,8 @@ public final class DivvyServer: @unchecked Sendable {
         }
 
         // The socket.
-        let directory = (configuration.socketPath as NSString).deletingLastPathComponent
+        let path = configuration.socketPath
+        let directory = path.lastIndex(of: "/").map { String(path[..<$0]) } ?? ""
         if listenerDescriptor == nil, !directory.isEmpty, !FileManager.default.fileExists(atPath: directory) {
             do {
                 try FileManager.default.createDirectory(

@@ -1,4 +1,12 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+
+#if canImport(Glibc)
+import Glibc
+#endif
 import ServiceLifecycle
 
 /// Runs a `DivvyServer` as a swift-service-lifecycle `Service`: its event loop on a dedicated thread, and a
@@ -20,7 +28,7 @@ public struct DivvyServerService: Service {
         let server = self.server
         try await withGracefulShutdownHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                let thread = Thread {
+                DetachedThread.start(name: "divvyd-loop") {
                     do {
                         try server.run()
                         continuation.resume()
@@ -28,8 +36,6 @@ public struct DivvyServerService: Service {
                         continuation.resume(throwing: error)
                     }
                 }
-                thread.name = "divvyd-event-loop"
-                thread.start()
             }
         } onGracefulShutdown: {
             server.shutdown(reason: "divvyd received a shutdown signal")

@@ -1,4 +1,8 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 
 #if canImport(Glibc)
 import Glibc
@@ -13,8 +17,7 @@ final class MetricsListener: @unchecked Sendable {
     let port: UInt16
     private let fd: Int32
     private let exposition: @Sendable () -> String
-    private let thread: Thread
-    private let stopped = NSLock()
+    private let stopped = ProcessLock()
     private var isStopped = false
 
     /// Binds `host:port` (an IPv4 address) and starts serving on a thread.
@@ -50,11 +53,9 @@ final class MetricsListener: @unchecked Sendable {
         self.fd = fd
         self.exposition = exposition
         let listener = fd
-        thread = Thread {
+        DetachedThread.start(name: "divvyd-metrics") {
             MetricsListener.serve(listener, exposition)
         }
-        thread.name = "divvyd-metrics"
-        thread.start()
     }
 
     /// Stops accepting (the serving thread ends at its next accept).

@@ -2,7 +2,11 @@ import ArgumentParser
 import Divvy
 import DivvyClient
 import DivvyProtocol
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 
 #if canImport(Glibc)
 import Glibc
@@ -41,8 +45,8 @@ struct DivvyCtl: ParsableCommand {
             var command = try parseAsRoot()
             try command.run()
         } catch let failure as Failure {
-            FileHandle.standardError.write(Data("divvyctl: \(failure.message)\n".utf8))
-            Foundation.exit(1)
+            printError(failure.message)
+            Glibc.exit(1)
         } catch {
             exit(withError: error)
         }
@@ -96,6 +100,18 @@ func printJSON(_ body: [UInt8]) {
     print(String(decoding: body, as: UTF8.self))
 }
 
+/// `value` rounded to one decimal, as `%.1f` prints it (without Foundation's `String(format:)`); `value` ≥ 0.
+func oneDecimal(_ value: Double) -> String {
+    let tenths = Int((value * 10).rounded())
+    return "\(tenths / 10).\(tenths % 10)"
+}
+
+/// Writes `divvyctl: message` and a newline to standard error (one write(2)).
+func printError(_ message: String) {
+    let line = "divvyctl: \(message)\n"
+    _ = line.utf8CString.withUnsafeBufferPointer { write(2, $0.baseAddress, $0.count - 1) }
+}
+
 func bytes(_ count: Int) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"]
     var value = Double(count)
@@ -104,7 +120,7 @@ func bytes(_ count: Int) -> String {
         value /= 1024
         unit += 1
     }
-    return unit == 0 ? "\(count) B" : String(format: "%.1f %@", value, units[unit])
+    return unit == 0 ? "\(count) B" : "\(oneDecimal(value)) \(units[unit])"
 }
 
 func duration(_ seconds: Double) -> String {
@@ -119,7 +135,7 @@ func table(_ header: [String], _ rows: [[String]]) -> String {
         ([header[column]] + rows.map { $0[column] }).map(\.count).max() ?? 0
     }
     func line(_ cells: [String]) -> String {
-        zip(cells, widths).map { $0.padding(toLength: $1, withPad: " ", startingAt: 0) }.joined(separator: "  ")
+        zip(cells, widths).map { $0 + String(repeating: " ", count: max(0, $1 - $0.count)) }.joined(separator: "  ")
     }
     return ([line(header)] + rows.map(line)).joined(separator: "\n")
 }
@@ -180,7 +196,7 @@ extension DivvyCtl {
                 ["CLASS", "PAGES", "USED", "FREE", "FRAGMENTATION"],
                 rows.filter { all || $0.pages > 0 }.map {
                     [bytes($0.blockSize), "\($0.pages)", "\($0.blocksUsed)", "\($0.blocksFree)",
-                     String(format: "%.1f%%", $0.fragmentation * 100)]
+                     "\(oneDecimal($0.fragmentation * 100))%"]
                 }))
         }
     }

@@ -1,6 +1,14 @@
 import ArgumentParser
 import DivvyServer
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
+
+#if canImport(Glibc)
+import Glibc
+#endif
 import Logging
 import ServiceLifecycle
 
@@ -57,9 +65,9 @@ struct Divvyd: AsyncParsableCommand {
             if let config {
                 let text: String
                 do {
-                    text = try String(contentsOfFile: config, encoding: .utf8)
+                    text = try readFile(config)
                 } catch {
-                    throw ServerConfiguration.ParseError("cannot read config file \(config): \(error.localizedDescription)")
+                    throw ServerConfiguration.ParseError("cannot read config file \(config): \(error.message)")
                 }
                 do {
                     try configuration.apply(configText: text)
@@ -82,7 +90,7 @@ struct Divvyd: AsyncParsableCommand {
             }
             try configuration.validate()
         } catch let error as ServerConfiguration.ParseError {
-            FileHandle.standardError.write(Data("divvyd: \(error.message)\n".utf8))
+            printError(error.message)
             throw ExitCode(2)
         }
         if printConfig {
@@ -99,7 +107,7 @@ struct Divvyd: AsyncParsableCommand {
         // (and unset) their variables now, before the server's threads start; outside systemd both are nil.
         let notifier = SystemdNotifier.fromProcessEnvironment(logger: logger)
         func fail(_ message: String) -> ExitCode {
-            FileHandle.standardError.write(Data("divvyd: \(message)\n".utf8))
+            printError(message)
             notifier?.notify("STATUS=divvyd failed: \(message.split(whereSeparator: \.isNewline).joined(separator: " "))")
             return ExitCode(1)
         }
@@ -148,4 +156,35 @@ struct Divvyd: AsyncParsableCommand {
             throw error
         }
     }
+}
+
+/// Writes `divvyd: message` and a newline to standard error (one write(2); before logging is set up, and for
+/// failures that end the process).
+func printError(_ message: String) {
+    let line = "divvyd: \(message)\n"
+    _ = line.utf8CString.withUnsafeBufferPointer { write(2, $0.baseAddress, $0.count - 1) }
+}
+
+/// Why a file could not be read: strerror(3) of the failing call's errno.
+struct ReadError: Error {
+    var message: String
+}
+
+/// The whole file at `path` as UTF-8 text (open(2) and read(2), EINTR retried).
+func readFile(_ path: String) throws(ReadError) -> String {
+    let fd = open(path, O_RDONLY | O_CLOEXEC)
+    guard fd >= 0 else { throw ReadError(message: String(cString: strerror(errno))) }
+    defer { close(fd) }
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 65_536)
+    while true {
+        let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+        if count == 0 { break }
+        if count < 0 {
+            if errno == EINTR { continue }
+            throw ReadError(message: String(cString: strerror(errno)))
+        }
+        bytes += chunk[..<count]
+    }
+    return String(decoding: bytes, as: UTF8.self)
 }

@@ -111,6 +111,10 @@ int divvy_eventfd(void);
 /// pidfd_open(2) (Linux 5.3; glibc has no wrapper before 2.36): a descriptor that becomes readable when the
 /// process exits. Returns it, or -1 with errno set (ESRCH: no such process; ENOSYS: kernel too old).
 int divvy_pidfd_open(int pid);
+
+/// pthread_setname_np(3) on the calling thread (a _GNU_SOURCE function): `name` is at most 15 bytes. Returns 0 or
+/// an error number (ERANGE: too long).
+int divvy_set_thread_name(const char *name);
 /// accept4(2) with SOCK_CLOEXEC | SOCK_NONBLOCK (declared only under _GNU_SOURCE).
 int divvy_accept_nonblocking(int socket);
 

@@ -1,4 +1,8 @@
+#if canImport(FoundationEssentials)
+import FoundationEssentials
+#else
 import Foundation
+#endif
 import Logging
 
 #if canImport(Glibc)
@@ -115,7 +119,7 @@ public final class SystemdNotifier: @unchecked Sendable {
 
     private let socket: Int32
     private let logger: Logger?
-    private let lock = NSLock()
+    private let lock = ProcessLock()
     // Guarded by `lock`.
     private var lastPing: ContinuousClock.Instant?
     private var stoppingSent = false

@@ -208,3 +208,9 @@ let package = Package(
         ),
     ]
 )
+
+// Documentation (DocC catalogs in Sources/*/*.docc): `DIVVY_DOCS=1 swift package generate-documentation --target Divvy`
+// (docs/check-docc.sh runs all three). The plugin is added only when asked for, so library users never fetch it.
+if Context.environment["DIVVY_DOCS"] != nil {
+    package.dependencies.append(.package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"))
+}

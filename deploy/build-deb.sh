@@ -162,6 +162,8 @@ done
 install -m 0644 "$root/LICENSE" "$pkg/usr/share/doc/divvy/copyright"
 gzip -9n <"$root/CHANGELOG.md" >"$pkg/usr/share/doc/divvy/changelog.gz"
 install -m 0644 "$root/README.md" "$pkg/usr/share/doc/divvy/README.md"
+install -d "$pkg/usr/share/doc/divvy/docs"
+install -m 0644 "$root"/docs/*.md "$root/Protocol/PROTOCOL.md" "$pkg/usr/share/doc/divvy/docs/"
 install -m 0644 "$root/Examples/c-client/main.c" "$pkg/usr/share/doc/divvy/examples/c-client.c"
 install -m 0644 "$root/deploy/sysctl.d/60-divvy-hugepages.conf" "$pkg/usr/share/doc/divvy/examples/"
 

@@ -118,7 +118,7 @@ print(sum(len(str(i) * 10) for i in range(200000)))' >"$work/py-preload.txt" 2>&
     echo "test-deb: /bin/echo, sort and python3 run under LD_PRELOAD=libDivvyMalloc.so"
 
     for page in divvyd divvyctl; do
-        zcat "/usr/share/man/man1/$page.1.gz" | grep -q '^\.TH' || fail "man page $page.1 has no .TH"
+        zcat "/usr/share/man/man1/$page.1.gz" | grep -Eq '^\.(TH|Dt) ' || fail "man page $page.1 has no .TH or .Dt header"
         if command -v man >/dev/null 2>&1; then
             MANWIDTH=100 man -l "/usr/share/man/man1/$page.1.gz" 2>/dev/null | grep -q "$page" ||
                 fail "man -l $page.1 renders nothing"
@@ -185,7 +185,7 @@ unshare --mount --propagation private sh -eu -c '
 # --- remove and purge -------------------------------------------------------------------------------------------
 dpkg --root="$root" --force-script-chrootless --log=/dev/null -P divvy >"$work/dpkg.txt" 2>&1 ||
     { cat "$work/dpkg.txt" >&2; echo "test-deb: dpkg -P failed" >&2; exit 1; }
-left=$(cd "$root" && find usr etc -type f -o -type l | grep -i divvy || true)
+left=$(cd "$root" && find . -path ./var -prune -o \( -type f -o -type l \) -print | grep -v '^\./etc/\(passwd\|group\|shadow\|gshadow\)$' || true)
 [ -z "$left" ] || { echo "test-deb: files left after purge: $left" >&2; exit 1; }
 echo "test-deb: removed and purged cleanly"
 echo "test-deb: all checks passed"

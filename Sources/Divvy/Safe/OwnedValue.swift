@@ -4,7 +4,7 @@
 /// by `take()`, which moves the value out and frees the storage.
 ///
 /// ```swift
-/// let pool = Pool(backing: OSAllocator())
+/// let pool = try Pool(OSAllocator())
 /// var point = try OwnedValue(Point(x: 1, y: 2), in: pool)
 /// point.value.x += 1
 /// ```

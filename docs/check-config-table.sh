@@ -1,21 +1,23 @@
 #!/usr/bin/env bash
-# Checks that docs/daemon.md's configuration table has a row for every key of `ServerConfiguration.keys`
-# (Sources/DivvyServer/ServerConfiguration.swift), and no row for a key that does not exist. Exit 1 on a mismatch.
+# Checks that the configuration table (the one in Sources/DivvyClient/DivvyClient.docc/RunningDivvyd.md; other docs
+# link to it) has a row for every key of `ServerConfiguration.keys` (Sources/DivvyServer/ServerConfiguration.swift)
+# and no row for a key that does not exist. Exit 1 on a mismatch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+table=Sources/DivvyClient/DivvyClient.docc/RunningDivvyd.md
 source=Sources/DivvyServer/ServerConfiguration.swift
 # The array literal after `public static let keys = [`, up to the closing `]`.
 keys=$(awk '/static let keys = \[/ { inside = 1; next } inside && /^ *\]/ { exit } inside' "$source" |
     grep -o '"[a-z0-9-]*"' | tr -d '"' | sort)
 # The rows of the table whose header starts "| config key", up to the first line that is not a table row.
-rows=$(awk '/^\| config key/ { inside = 1; next } inside && !/^\|/ { exit } inside' docs/daemon.md |
+rows=$(awk '/^\| config key/ { inside = 1; next } inside && !/^\|/ { exit } inside' "$table" |
     grep -o '^| `[a-z0-9-]*` |' | sed 's/^| `\(.*\)` |$/\1/' | sort)
 [ -n "$keys" ] || { echo "check-config-table: found no keys in $source" >&2; exit 1; }
 missing=$(comm -23 <(echo "$keys") <(echo "$rows"))
 extra=$(comm -13 <(echo "$keys") <(echo "$rows"))
 if [ -n "$missing$extra" ]; then
-    [ -n "$missing" ] && echo "check-config-table: docs/daemon.md lacks a row for: $(echo $missing)" >&2
-    [ -n "$extra" ] && echo "check-config-table: docs/daemon.md has rows for unknown keys: $(echo $extra)" >&2
+    [ -n "$missing" ] && echo "check-config-table: $table lacks a row for: $(echo $missing)" >&2
+    [ -n "$extra" ] && echo "check-config-table: $table has rows for unknown keys: $(echo $extra)" >&2
     exit 1
 fi
 echo "config table: $(echo "$keys" | wc -l | tr -d ' ') keys documented"

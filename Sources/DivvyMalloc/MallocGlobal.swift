@@ -2,6 +2,7 @@
 // of empty pages, the lists of abandoned pages, and the thread heap structures. Everything here runs under the
 // shim's one global lock (`divvy_malloc_lock`), and only on slow paths: taking a new page (once per page of blocks),
 // huge blocks, thread start and exit. The small-size malloc/free paths never come here.
+import Atomics
 import CDivvyMalloc
 import Divvy
 
@@ -92,19 +93,47 @@ struct GlobalRef {
     /// Maps a reservation (read-write, `MAP_NORESERVE`: only touched pages are ever backed) of up to 64 GiB,
     /// aligned to a segment, with `OSAllocator`. Halves the request until the kernel agrees.
     private static func reserveRange(atLeast minimum: Int) -> (UnsafeMutableRawPointer, Int)? {
-        let os = OSAllocator(.init(commit: .reserveOnly))
+        #if !hasFeature(Embedded)
+            let os = OSAllocator(.init(commit: .reserveOnly))
+        #endif
         var segments = rangeSegments
         while segments >= minimum {
-            if let layout = try? Layout(size: segments << M.segmentShift, alignment: M.segmentSize),
-                let block = try? os.allocate(layout)
-            {
-                return (block.start, segments)
-            }
+            #if hasFeature(Embedded)
+                if let start = reserveAligned(segments << M.segmentShift) { return (start, segments) }
+            #else
+                if let layout = try? Layout(size: segments << M.segmentShift, alignment: M.segmentSize),
+                    let block = try? os.allocate(layout)
+                {
+                    return (block.start, segments)
+                }
+            #endif
             if segments == minimum { break }
             segments = Swift.max(segments / 4, minimum)
         }
         return nil
     }
+
+    #if hasFeature(Embedded)
+        /// What `OSAllocator(.init(commit: .reserveOnly)).allocate(Layout(size: bytes, alignment: segmentSize))`
+        /// does, for the no-runtime build (deploy/build-libdivvymalloc.sh), which does not compile `OSAllocator`: it
+        /// needs swift-system and lazily initialised globals read from /sys into arrays, none of which Embedded Swift
+        /// without allocations offers. Maps `bytes` plus one segment `MAP_NORESERVE` and unmaps the unaligned head
+        /// and tail (mmap(2), munmap(2)).
+        private static func reserveAligned(_ bytes: Int) -> UnsafeMutableRawPointer? {
+            let slop = M.segmentSize
+            let mapped = mmap(
+                nil, bytes + slop, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0)
+            // MAP_FAILED is `(void *)-1`, a macro Swift does not import.
+            guard let mapped, mapped != UnsafeMutableRawPointer(bitPattern: -1) else { return nil }
+            let address = UInt(bitPattern: mapped)
+            // Safe: slop is a power of two, and the aligned start leaves `bytes` inside the mapping.
+            let start = (address + UInt(slop - 1)) & ~UInt(slop - 1)
+            let head = Int(start - address)
+            if head > 0 { _ = munmap(mapped, head) }
+            if slop - head > 0 { _ = munmap(mapped + head + bytes, slop - head) }
+            return mapped + head
+        }
+    #endif
 
     // MARK: Segments (caller holds the lock)
 

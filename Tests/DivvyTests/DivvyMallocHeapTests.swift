@@ -13,6 +13,9 @@ import XCTest
 /// zeroing, contents across `realloc`, and (through fill patterns checked at every free) that no two live blocks
 /// overlap. A multi-threaded test hands blocks between threads so most frees are remote, and accounts every block.
 ///
+/// The library is the one next to this test binary, or `$DIVVY_MALLOC_LIBRARY` (the release build, or the no-runtime
+/// build from `deploy/build-libdivvymalloc.sh`), as for `DivvyMallocPreloadTests`.
+///
 /// Skipped under sanitizers (they own malloc; the preload tests skip then too).
 final class DivvyMallocHeapTests: XCTestCase {
     typealias Malloc = @convention(c) (Int) -> UnsafeMutableRawPointer?
@@ -35,8 +38,17 @@ final class DivvyMallocHeapTests: XCTestCase {
         let stat: Stat
     }
 
-    /// The library next to this test binary, opened once for the whole process.
+    /// The library under test, opened once for the whole process.
     nonisolated(unsafe) static var loaded: Heap?
+
+    /// `$DIVVY_MALLOC_LIBRARY` if set (as for `DivvyMallocPreloadTests`: the release or the no-runtime library),
+    /// otherwise `libDivvyMalloc.so` next to this test binary.
+    static func libraryPath() throws -> String {
+        if let path = ProcessInfo.processInfo.environment["DIVVY_MALLOC_LIBRARY"] { return path }
+        let binary = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
+        return URL(fileURLWithPath: binary).deletingLastPathComponent().appendingPathComponent("libDivvyMalloc.so")
+            .path
+    }
 
     func heap() throws -> Heap {
         if dlsym(UnsafeMutableRawPointer(bitPattern: 0), "__tsan_init") != nil
@@ -45,9 +57,7 @@ final class DivvyMallocHeapTests: XCTestCase {
             throw XCTSkip("a sanitizer owns malloc in this build")
         }
         if let heap = DivvyMallocHeapTests.loaded { return heap }
-        let binary = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
-        let path = URL(fileURLWithPath: binary).deletingLastPathComponent().appendingPathComponent("libDivvyMalloc.so")
-            .path
+        let path = try DivvyMallocHeapTests.libraryPath()
         guard let handle = dlopen(path, RTLD_NOW | RTLD_LOCAL) else {
             XCTFail("cannot open \(path): build it with `swift build --build-tests` first")
             throw XCTSkip("libDivvyMalloc.so not built")
@@ -397,9 +407,7 @@ extension DivvyMallocHeapTests {
     /// A function of the library `heap()` opened (for the ones `Heap` does not hold).
     func librarySymbol<T>(_ name: String, as type: T.Type) throws -> T {
         _ = try heap()
-        let binary = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")
-        let path = URL(fileURLWithPath: binary).deletingLastPathComponent().appendingPathComponent("libDivvyMalloc.so")
-            .path
+        let path = try DivvyMallocHeapTests.libraryPath()
         // RTLD_NOLOAD: the handle of the copy already open (it stays open: `heap()` keeps its reference).
         guard let handle = dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_NOLOAD) else { throw XCTSkip("\(path) not open") }
         defer { dlclose(handle) }

@@ -16,6 +16,14 @@ import XCTest
 ///
 /// Without that, `testEveryBuiltLibraryStartsPrograms` still runs a few programs with every configuration's library
 /// that exists in `.build`, and `testTheConstructorSurvivesOptimization` checks the optimizer hazard directly.
+///
+/// The no-runtime library (Embedded Swift, `deploy/build-libdivvymalloc.sh`; docs/malloc-no-runtime.md) is tested
+/// the same way, with `DIVVY_MALLOC_NO_RUNTIME=1` added so that `testTheNoRuntimeLibraryNeedsOnlyLibc` checks it
+/// really loads no Swift runtime:
+///
+///     deploy/build-libdivvymalloc.sh .build/malloc-embedded
+///     DIVVY_MALLOC_LIBRARY=$PWD/.build/malloc-embedded/libDivvyMalloc.so DIVVY_MALLOC_NO_RUNTIME=1 \
+///         swift test --filter 'DivvyMallocPreloadTests|DivvyMallocHeapTests'
 final class DivvyMallocPreloadTests: XCTestCase {
     /// This build's products directory (`.build/<triple>/<configuration>`).
     var productsDirectory: URL {
@@ -171,7 +179,9 @@ final class DivvyMallocPreloadTests: XCTestCase {
     }
 
     /// Allocations the heap makes while serving a call (re-entry) land in the bootstrap arena, so a hot path that
-    /// started allocating would show up as arena growth: after a warm-up, none is allowed.
+    /// started allocating would show up as arena growth: after a warm-up, none is allowed. The arena may be unused
+    /// until then (the no-runtime library has no dependency that allocates before its constructor runs), so one
+    /// deliberate nested call (`divvy_malloc_test_reenter`) shows that the measure moves.
     func testTheHeapDoesNotReenterMallocOnTheHotPath() throws {
         let lib = try library()
         guard FileManager.default.isExecutableFile(atPath: python) else { throw XCTSkip("no python3") }
@@ -200,10 +210,12 @@ final class DivvyMallocPreloadTests: XCTestCase {
             work(3)
             before = libc.divvy_malloc_bootstrap_bytes()
             work(300)
-            print(before > 0, libc.divvy_malloc_bootstrap_bytes() - before)
+            after = libc.divvy_malloc_bootstrap_bytes()
+            libc.divvy_malloc_test_reenter()
+            print(after - before, libc.divvy_malloc_bootstrap_bytes() > after)
             """
         let result = try run([python, "-c", script], preload: lib)
-        XCTAssertEqual(result.stdout, "True 0\n", result.stderr)
+        XCTAssertEqual(result.stdout, "0 True\n", result.stderr)
     }
 
     func testSortOfALargeFileIsIdentical() throws {
@@ -500,5 +512,53 @@ final class DivvyMallocPreloadTests: XCTestCase {
             "divvy_malloc_stat", "divvy_malloc_test_reenter",
         ]
         XCTAssertEqual(exported.sorted(), expected.sorted(), "\(lib)'s exports (update libDivvyMalloc.map)")
+    }
+
+    /// The no-runtime build (`DIVVY_MALLOC_NO_RUNTIME=1`, with `DIVVY_MALLOC_LIBRARY` naming the library that
+    /// `deploy/build-libdivvymalloc.sh` built) depends on libc alone: its dynamic section needs no Swift library (nor
+    /// libstdc++) and carries no RUNPATH into a toolchain, it imports no Swift runtime function and contains none of
+    /// the Swift heap's allocation entry points (Embedded Swift emits one only when something allocates), and a
+    /// program started under it maps no `libswift*`.
+    func testTheNoRuntimeLibraryNeedsOnlyLibc() throws {
+        guard ProcessInfo.processInfo.environment["DIVVY_MALLOC_NO_RUNTIME"] == "1" else {
+            throw XCTSkip(
+                "set DIVVY_MALLOC_NO_RUNTIME=1 and DIVVY_MALLOC_LIBRARY to the library deploy/build-libdivvymalloc.sh "
+                    + "built")
+        }
+        let lib = try library()
+        let tools = ["/usr/bin/readelf", "/usr/bin/nm"]
+        for tool in tools where !FileManager.default.isExecutableFile(atPath: tool) {
+            return XCTFail("\(tool) is missing (Debian package binutils)")
+        }
+        let dynamic = try run(["/usr/bin/readelf", "-d", "-W", lib], preload: nil)
+        XCTAssertEqual(dynamic.status, 0, dynamic.stderr)
+        // "0x0000000000000001 (NEEDED)             Shared library: [libc.so.6]"
+        let needed = dynamic.stdout.split(separator: "\n").filter { $0.contains("(NEEDED)") }.compactMap { line in
+            line.split(separator: "[").last.map { String($0.dropLast()) }
+        }
+        let allowed: Set = ["libc.so.6", "libm.so.6", "libpthread.so.0", "libdl.so.2", "ld-linux-x86-64.so.2"]
+        XCTAssertTrue(needed.contains("libc.so.6"), "\(lib) needs \(needed)")
+        XCTAssertEqual(needed.filter { !allowed.contains($0) }, [], "\(lib) needs more than libc")
+        XCTAssertFalse(
+            dynamic.stdout.contains("(RUNPATH)") || dynamic.stdout.contains("(RPATH)"),
+            "\(lib) has a library search path: \(dynamic.stdout)")
+
+        let undefined = try run(["/usr/bin/nm", "-D", "--undefined-only", lib], preload: nil)
+        XCTAssertEqual(undefined.status, 0, undefined.stderr)
+        let swiftImports = undefined.stdout.split(separator: "\n").filter { $0.contains("swift") }
+        XCTAssertEqual(swiftImports, [], "\(lib) imports Swift runtime functions")
+        let symbols = try run(["/usr/bin/nm", lib], preload: nil)
+        XCTAssertEqual(symbols.status, 0, symbols.stderr)
+        for allocator in ["swift_allocObject", "swift_slowAlloc", "swift_allocBox"] {
+            XCTAssertFalse(
+                symbols.stdout.split(separator: "\n").contains { $0.hasSuffix(" \(allocator)") },
+                "\(lib) contains \(allocator): something in it allocates from the Swift heap")
+        }
+
+        let maps = try run(["/bin/cat", "/proc/self/maps"], preload: lib)
+        XCTAssertEqual(maps.status, 0, maps.stderr)
+        XCTAssertTrue(maps.stdout.contains("libDivvyMalloc.so"), "the preload did not load")
+        XCTAssertFalse(maps.stdout.contains("libswift"), "a Swift runtime library was mapped: \(maps.stdout)")
+        XCTAssertFalse(maps.stdout.contains("libstdc++"), "libstdc++ was mapped: \(maps.stdout)")
     }
 }

@@ -89,7 +89,8 @@ for file in "$products/divvyd" "$products/divvyctl" "$products/libdivvy.so"; do
 done
 malloc_library=${DIVVY_MALLOC_LIBRARY:-}
 if [ -z "$malloc_library" ]; then
-    malloc_library=$("$root/deploy/build-libdivvymalloc.sh" --print-path "$build/divvymalloc")
+    # Embedded Swift: no Swift runtime at all in the programs it is preloaded into (docs/malloc-no-runtime.md).
+    malloc_library=$("$root/deploy/build-libdivvymalloc.sh" "$build/malloc-embedded" | tail -n 1)
 fi
 if [ ! -f "$malloc_library" ]; then
     echo "build-deb: no libDivvyMalloc.so at $malloc_library" >&2

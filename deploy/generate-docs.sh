@@ -105,13 +105,7 @@ echo "generated $out/man1/{divvyd,divvyctl}.1 and bash, zsh and fish completions
 [ "$check" = yes ] || exit 0
 
 # --- Checks ---------------------------------------------------------------------------------------------------
-failures=0
-pass() { echo "ok   $1"; }
-fail() {
-    echo "FAIL $1"
-    [ -z "${2:-}" ] || printf '%s\n' "$2" | sed 's/^/     /'
-    failures=$((failures + 1))
-}
+. "$here/check-lib.sh"
 if ! command -v groff >/dev/null 2>&1; then
     echo "generate-docs.sh: groff is missing: installing Debian's groff-base package"
     apt-get update -qq

@@ -29,13 +29,7 @@ fi
 
 root=$(mktemp -d)
 trap 'rm -rf "$root"' EXIT
-failures=0
-pass() { echo "ok   $1"; }
-fail() {
-    echo "FAIL $1"
-    [ -z "${2:-}" ] || printf '%s\n' "$2" | sed 's/^/     /'
-    failures=$((failures + 1))
-}
+. "$here/check-lib.sh"
 
 DESTDIR=$root "$here/install.sh" --binary "$binary" >/dev/null
 units=/usr/lib/systemd/system

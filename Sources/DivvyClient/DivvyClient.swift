@@ -16,12 +16,14 @@ public typealias SharedHandle = SharedHeapHandle
 ///
 /// ```swift
 /// let client = try DivvyClient(.init(name: "producer"))
-/// var block = try client.allocate(4096)          // a ~Copyable owner of the block
-/// var bytes = block.mutableBytes
-/// bytes.storeBytes(of: 42, toByteOffset: 0, as: UInt64.self)
-/// let handle = block.handle                      // send it to another process, which adopts it;
-/// // ... wait until the consumer says it adopted the handle (freeing first would leave it a stale handle) ...
-/// try block.free()                               // or let it go out of scope: dropping frees it
+/// do {
+///     var block = try client.allocate(4096)      // a ~Copyable owner of the block
+///     var bytes = block.mutableBytes
+///     bytes.storeBytes(of: 42, toByteOffset: 0, as: UInt64.self)
+///     let handle = block.handle                  // send it to another process, which adopts it;
+///     // ... wait until the consumer says it adopted the handle (freeing first would leave it a stale handle) ...
+///     try block.free()                           // or let it go out of scope: dropping frees it
+/// }
 /// ```
 ///
 /// The whole hand-over, with who holds the block at each step: the DivvyClient catalog's "Sharing blocks between

@@ -21,6 +21,8 @@ import Glibc
 /// closes its socket), the daemon reclaims everything only it held, at once.
 ///
 /// ```swift
+/// import Logging
+///
 /// let server = try DivvyServer(configuration: .init(), logger: Logger(label: "divvyd"))
 /// try server.run()              // blocks until `shutdown(reason:)` is called from another thread
 /// ```

@@ -5,6 +5,7 @@
 /// on this and do not check again on their hot paths.
 ///
 /// ```swift
+/// struct Node { var value: Int; var next: UnsafeMutableRawPointer? }
 /// let node = Layout.of(Node.self)
 /// let page = try Layout(size: 4096, alignment: 4096)
 /// ```

@@ -27,16 +27,21 @@ import Musl
 /// escaping closures), and should be `@inlinable` (or in the same module as the `@_cdecl` functions) so the adapter
 /// specializes and inlines away.
 ///
-/// A minimal strategy over glibc's own heap (a header-less one: glibc finds its chunks itself):
+/// A minimal strategy over glibc's own heap (a header-less one: glibc finds its chunks itself). Swift's `Glibc` module
+/// leaves out `<malloc.h>`, so `malloc_usable_size` comes from a C target of the program's own that includes it:
 ///
+/// <!-- snippet: fragment -->
 /// ```swift
+/// import Glibc
+/// import CMalloc   // your C target: a header with `#include <malloc.h>`
+///
 /// struct GlibcStrategy: CAllocationStrategy {
 ///     var maximumAlignment: Int { 1 << 30 }
 ///     func allocate(size: Int, alignment: Int) -> UnsafeMutableRawPointer? {
 ///         alignment == 16 ? Glibc.malloc(size) : aligned_alloc(alignment, size)
 ///     }
 ///     func deallocate(_ pointer: UnsafeMutableRawPointer) { Glibc.free(pointer) }
-///     func usableSize(of pointer: UnsafeMutableRawPointer) -> Int { malloc_usable_size(pointer) }  // <malloc.h>
+///     func usableSize(of pointer: UnsafeMutableRawPointer) -> Int { malloc_usable_size(pointer) }
 /// }
 /// let heap = CAllocationAdapter(GlibcStrategy())   // every C rule (calloc overflow, memalign rounding, …) included
 /// ```

@@ -21,9 +21,10 @@ import Musl
 ///
 /// ```swift
 /// let heap = CAllocationAdapter(Segregator(threshold: 32 << 10, small: try Pool(OSAllocator()), large: OSAllocator()))
-/// guard let p = heap.malloc(100) else { /* errno == ENOMEM */ }
-/// let q = heap.realloc(p, 1000)          // contents kept; on failure nil, ENOMEM, and `p` still valid
-/// heap.free(q)
+/// if let p = heap.malloc(100) {           // nil and errno == ENOMEM when out of memory
+///     let q = heap.realloc(p, 1000) ?? p  // contents kept; on failure nil, ENOMEM, and `p` still valid
+///     heap.free(q)
+/// }
 /// ```
 ///
 /// A memory layout that finds blocks from their addresses (segments and pages, as the per-thread heap does) needs no

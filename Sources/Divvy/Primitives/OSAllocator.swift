@@ -15,8 +15,9 @@ import Musl
 ///
 /// ```swift
 /// let os = OSAllocator()
-/// let block = try os.allocate(Layout(size: 1 << 20, alignment: 4096))
-/// os.deallocate(block, layout: Layout(size: 1 << 20, alignment: 4096))
+/// let layout = try Layout(size: 1 << 20, alignment: 4096)
+/// let block = try os.allocate(layout)
+/// os.deallocate(block, layout: layout)
 ///
 /// // Reserve 64 GiB of address space; only the pages you touch are ever backed.
 /// let lazy = OSAllocator(.init(commit: .reserveOnly))

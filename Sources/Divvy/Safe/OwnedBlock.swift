@@ -7,10 +7,12 @@
 ///
 /// ```swift
 /// let slab = try SlabBuilder(size: 64).finishUnsynchronized(OSAllocator())
-/// var message = try OwnedBlock(byteCount: 64, in: slab)
-/// var bytes = message.mutableBytes
-/// bytes.storeBytes(of: 42, toByteOffset: 0, as: UInt64.self)
-/// let answer = message.bytes.unsafeLoad(fromByteOffset: 0, as: UInt64.self)   // 42
+/// do {
+///     var message = try OwnedBlock(byteCount: 64, in: slab)
+///     var bytes = message.mutableBytes
+///     bytes.storeBytes(of: 42, toByteOffset: 0, as: UInt64.self)
+///     let answer = message.bytes.unsafeLoad(fromByteOffset: 0, as: UInt64.self)   // 42
+/// }                                   // `message` is destroyed here: its block goes back to the slab
 /// ```
 ///
 /// The owner keeps its allocator alive: stateful allocators are classes, and the owner holds a reference.

@@ -4,9 +4,12 @@
 /// by `take()`, which moves the value out and frees the storage.
 ///
 /// ```swift
+/// struct Point { var x, y: Double }
 /// let pool = try Pool(OSAllocator())
-/// var point = try OwnedValue(Point(x: 1, y: 2), in: pool)
-/// point.value.x += 1
+/// do {
+///     var point = try OwnedValue(Point(x: 1, y: 2), in: pool)
+///     point.value.x += 1
+/// }                                   // `point` is destroyed here: its block goes back to the pool
 /// ```
 @frozen
 public struct OwnedValue<Value: ~Copyable, A: Allocator>: ~Copyable {

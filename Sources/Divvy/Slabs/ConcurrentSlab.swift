@@ -5,6 +5,7 @@ import Atomics
 /// Build one with `SlabBuilder(layout).finish(backing)`, which returns the pair:
 ///
 /// ```swift
+/// struct Node { var value: Int; var next: UnsafeMutableRawPointer? }
 /// let (local, shared) = try SlabBuilder(Layout.of(Node.self)).limit(64 << 20).finish(SystemAllocator())
 /// let block = try local.allocate(Layout.of(Node.self))   // on the owning thread
 /// // … hand `block` to another thread; there:

@@ -6,6 +6,7 @@ extension SlabBuilder {
     /// `backing` aligned to the page size, and cut into pages. Each page starts with a 128-byte header.
     ///
     /// ```swift
+    /// struct Node { var value: Int; var next: UnsafeMutableRawPointer? }
     /// let (local, shared) = try SlabBuilder(Layout.of(Node.self)).limit(64 << 20).finish(SystemAllocator())
     /// ```
     ///

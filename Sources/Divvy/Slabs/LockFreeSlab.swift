@@ -6,6 +6,7 @@
 /// list holds no pointers — the same design can live in shared memory.
 ///
 /// ```swift
+/// struct Node { var value: Int; var next: UnsafeMutableRawPointer? }
 /// let slab = try LockFreeSlab(layout: Layout.of(Node.self), capacity: 4096, backing: SystemAllocator())
 /// let block = try slab.allocate(Layout.of(Node.self))   // any thread
 /// slab.deallocate(block, layout: Layout.of(Node.self))  // any thread, not necessarily the allocating one

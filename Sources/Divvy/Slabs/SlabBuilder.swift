@@ -1,6 +1,7 @@
 /// Configures a slab (fixed-size blocks of one layout) and builds it over a backing allocator.
 ///
 /// ```swift
+/// struct Node { var value: Int; var next: UnsafeMutableRawPointer? }
 /// let slab = try SlabBuilder(Layout.of(Node.self))
 ///     .limit(64 << 20)
 ///     .growthPolicy(.pow2())

@@ -18,10 +18,11 @@ import Glibc
 /// it restarts: the socket stays open in systemd, connections wait in its backlog.
 ///
 /// ```swift
-/// if let activation = try SocketActivation.fromProcessEnvironment() {
-///     let listener = try activation.onlyListener()          // divvyd serves one socket
-///     server = try DivvyServer(configuration: c, logger: l, listenerDescriptor: listener.descriptor)
-/// }
+/// import Logging
+///
+/// let logger = Logger(label: "divvyd")
+/// let listener = try SocketActivation.fromProcessEnvironment()?.onlyListener()   // nil: not socket-activated
+/// let server = try DivvyServer(configuration: .init(), logger: logger, listenerDescriptor: listener?.descriptor)
 /// ```
 public struct SocketActivation: Hashable, Sendable {
     /// The first passed descriptor (`SD_LISTEN_FDS_START`).

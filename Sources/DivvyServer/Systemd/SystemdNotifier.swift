@@ -19,8 +19,12 @@ import Glibc
 /// `DivvyServer`'s hooks.
 ///
 /// ```swift
+/// import Logging
+///
+/// let logger = Logger(label: "divvyd")
 /// let notifier = SystemdNotifier.fromProcessEnvironment(logger: logger)   // nil: not under systemd
 /// let hooks = notifier?.serverHooks() ?? ServerHooks()
+/// let server = try DivvyServer(configuration: .init(), logger: logger, hooks: hooks)
 /// ```
 ///
 /// ## Never in the way

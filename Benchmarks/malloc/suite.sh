@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The malloc workload suite: eleven workloads (the seven kinds the standard allocator suites use, plus run.sh's
-# four), each run under glibc, jemalloc, mimalloc, tcmalloc and libDivvyMalloc (LD_PRELOAD) in the same run,
+# The malloc workload suite: eleven workloads (seven new ones of the kinds the standard allocator suites use, and
+# run.sh's four), each run under glibc, jemalloc, mimalloc, tcmalloc and libDivvyMalloc (LD_PRELOAD) in one run,
 # REPS times interleaved. Prints a Markdown table of median wall time and peak RSS as ratios to glibc, Divvy's
-# ratios to mimalloc, and ✓/✗ against libDivvyMalloc v2's targets; then a table of page faults and system time.
+# ratios to mimalloc, and ✓/✗ against libDivvyMalloc v2's targets; then the same time targets against CPU time
+# (user + system), with page faults and system time per allocator.
 #
 #   Benchmarks/malloc/suite.sh                      # 3 repetitions of every workload
 #   Benchmarks/malloc/suite.sh --reps 5 --only large,handoff
@@ -154,6 +155,7 @@ awk -v order="$order" '
         samples[$1 SUBSEP $2 SUBSEP "rss"] = samples[$1 SUBSEP $2 SUBSEP "rss"] " " $4
         samples[$1 SUBSEP $2 SUBSEP "flt"] = samples[$1 SUBSEP $2 SUBSEP "flt"] " " $5
         samples[$1 SUBSEP $2 SUBSEP "sys"] = samples[$1 SUBSEP $2 SUBSEP "sys"] " " $8
+        samples[$1 SUBSEP $2 SUBSEP "cpu"] = samples[$1 SUBSEP $2 SUBSEP "cpu"] " " ($7 + $8)
         if ($9 != 0) bad[$1] = bad[$1] " " $2 " exited " $9
         if (!(($1, "sum") in first)) first[$1, "sum"] = $10
         else if (first[$1, "sum"] != $10) bad[$1] = bad[$1] " " $2 " checksum " $10 " != " first[$1, "sum"]
@@ -175,13 +177,15 @@ awk -v order="$order" '
                 rss["divvy"] / gr, drm, rss["divvy"] / low, mark(rss["divvy"] <= 1.2 * low)
         }
         print ""
-        print "Page faults (minor, median) and system time (median ms) per run:"
+        print "CPU time (user + system) is steadier than wall time when other work shares the CPUs; the same targets" \
+            " against it, with minor page faults and system time (medians per run):"
         print ""
-        print "| workload | faults glibc | jemalloc | mimalloc | tcmalloc | Divvy | sys glibc | jemalloc | mimalloc | tcmalloc | Divvy |"
-        print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        print "| workload | CPU glibc | Divvy / glibc | Divvy / mimalloc | faults glibc | jemalloc | mimalloc | tcmalloc | Divvy | sys glibc | jemalloc | mimalloc | tcmalloc | Divvy |"
+        print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         for (i = 1; i <= n; i++) {
             w = names[i]
-            line = "| " w
+            g = median(w SUBSEP "glibc" SUBSEP "cpu"); m = median(w SUBSEP "mimalloc" SUBSEP "cpu"); d = median(w SUBSEP "divvy" SUBSEP "cpu")
+            line = sprintf("| %s | %.0f ms | %.2f× %s | %.2f× %s", w, g, d / g, mark(d < g), d / m, mark(d <= 1.10 * m))
             for (k = 1; k <= 5; k++) line = line sprintf(" | %d", median(w SUBSEP as[k] SUBSEP "flt"))
             for (k = 1; k <= 5; k++) line = line sprintf(" | %d ms", median(w SUBSEP as[k] SUBSEP "sys"))
             print line " |"

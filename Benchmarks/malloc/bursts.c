@@ -1,11 +1,12 @@
 // Many threads in bursts. Models thread-per-task programs: a build tool's job pool, a test runner, a fork-join batch
 // job. Rounds of 12 threads that are created, work, and are joined; each runs a few bursts: allocate 1000–3000
-// blocks (mostly 16–256 B, one in eight up to 2 KiB, one in 128 up to 32 KiB), write them, then free them all (every
-// other one first, then the rest backwards). A few blocks of every burst go into a shared pool, replacing blocks
-// there that an earlier thread, often one that has exited since, allocated; that thread's memory stays in use.
+// blocks (mostly 16–256 B, one in eight up to 2 KiB, one in 128 a work buffer of up to 256 KiB), write them, then
+// free them all (every other one first, then the rest backwards). A few blocks of every burst go into a shared pool,
+// replacing blocks there that an earlier thread, often one that has exited since, allocated; that thread's memory
+// stays in use.
 // Stresses: the allocator's per-thread start-up and exit (creating a heap, handing back pages, abandoning pages that
-// still hold live blocks and adopting them later), allocating bursts from fresh pages, freeing blocks whose owner
-// has exited, and contention between more threads than CPUs.
+// still hold live blocks and adopting them later), allocating bursts from fresh pages, short-lived mid-size buffers,
+// freeing blocks whose owner has exited, and contention between more threads than CPUs.
 #include "bench.h"
 #include <pthread.h>
 
@@ -15,7 +16,7 @@ static unsigned char *pool[POOL];
 static pthread_mutex_t pool_lock = PTHREAD_MUTEX_INITIALIZER;
 
 static size_t burst_size(uint64_t r) {
-    if ((r & 127) == 0) return 2048 + (size_t)((r >> 16) % (30u << 10));
+    if ((r & 127) == 0) return 2048 + (size_t)((r >> 16) % (254u << 10));
     if ((r & 7) == 0) return 256 + (size_t)((r >> 16) % 1793);
     return 16 + (size_t)((r >> 16) % 241);
 }

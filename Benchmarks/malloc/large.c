@@ -31,7 +31,8 @@ int main(int argc, char **argv) {
         memset(p, (int)(step & 0xFF), size);
         if ((r >> 8) % 4 == 0) {
             uint64_t s = bench_next(&state);
-            size_t resized = s % 2 == 0 ? size + (size_t)((s >> 8) % (size / 2)) : size / 2 + (size_t)((s >> 8) % (size / 2));
+            size_t change = (size_t)((s >> 8) % (size / 2));
+            size_t resized = s % 2 == 0 ? size + change : size / 2 + change;
             p = realloc(p, resized);
             if (resized > size) memset(p + size, (int)((step + 1) & 0xFF), resized - size);
             size = resized;

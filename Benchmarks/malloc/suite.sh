@@ -136,9 +136,12 @@ done
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
 echo
-echo "Measured $started on $(nproc) CPUs, $(uname -r), glibc $(ldd --version | head -n 1 | awk '{ print $NF }')," \
-    "jemalloc $(dpkg-query -W -f '${Version}' libjemalloc2), mimalloc $(dpkg-query -W -f '${Version}' libmimalloc2.0)," \
-    "tcmalloc $(dpkg-query -W -f '${Version}' libtcmalloc-minimal4); load average $load_before before, $load_after after."
+glibc_version=$(ldd --version | head -n 1 | awk '{ print $NF }')
+echo "Measured $started on $(nproc) CPUs, $(uname -r), glibc $glibc_version," \
+    "jemalloc $(dpkg-query -W -f '${Version}' libjemalloc2)," \
+    "mimalloc $(dpkg-query -W -f '${Version}' libmimalloc2.0)," \
+    "tcmalloc $(dpkg-query -W -f '${Version}' libtcmalloc-minimal4);" \
+    "load average $load_before before, $load_after after."
 echo "Median of $reps runs. Time is the whole process's wall time; time and peak RSS as ratios to glibc (lower is" \
     "better). Targets for Divvy: time < 1.00× glibc, ≤ 1.10× mimalloc; peak RSS ≤ 1.2× the lower of glibc and mimalloc."
 echo
@@ -146,16 +149,15 @@ order=$(for spec in "${workloads[@]}"; do printf '%s ' "${spec%% *}"; done)
 awk -v order="$order" '
     function median(key,   n, i, j, t, v) {
         n = split(samples[key], v, " ")
-        for (i = 2; i <= n; i++) for (j = i; j > 1 && v[j - 1] + 0 > v[j] + 0; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
+        for (i = 2; i <= n; i++)
+            for (j = i; j > 1 && v[j - 1] + 0 > v[j] + 0; j--) { t = v[j]; v[j] = v[j - 1]; v[j - 1] = t }
         return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
     }
+    function med(w, a, field) { return median(w SUBSEP a SUBSEP field) }
+    function add(field, value) { samples[$1 SUBSEP $2 SUBSEP field] = samples[$1 SUBSEP $2 SUBSEP field] " " value }
     function mark(ok) { return ok ? "✓" : "✗" }
     {
-        samples[$1 SUBSEP $2 SUBSEP "ms"] = samples[$1 SUBSEP $2 SUBSEP "ms"] " " $3
-        samples[$1 SUBSEP $2 SUBSEP "rss"] = samples[$1 SUBSEP $2 SUBSEP "rss"] " " $4
-        samples[$1 SUBSEP $2 SUBSEP "flt"] = samples[$1 SUBSEP $2 SUBSEP "flt"] " " $5
-        samples[$1 SUBSEP $2 SUBSEP "sys"] = samples[$1 SUBSEP $2 SUBSEP "sys"] " " $8
-        samples[$1 SUBSEP $2 SUBSEP "cpu"] = samples[$1 SUBSEP $2 SUBSEP "cpu"] " " ($7 + $8)
+        add("ms", $3); add("rss", $4); add("flt", $5); add("sys", $8); add("cpu", $7 + $8)
         if ($9 != 0) bad[$1] = bad[$1] " " $2 " exited " $9
         if (!(($1, "sum") in first)) first[$1, "sum"] = $10
         else if (first[$1, "sum"] != $10) bad[$1] = bad[$1] " " $2 " checksum " $10 " != " first[$1, "sum"]
@@ -163,31 +165,37 @@ awk -v order="$order" '
     END {
         n = split(order, names, " ")
         split("glibc jemalloc mimalloc tcmalloc divvy", as, " ")
-        print "| workload | glibc time | jemalloc | mimalloc | tcmalloc | Divvy | Divvy / mimalloc | glibc peak RSS | jemalloc | mimalloc | tcmalloc | Divvy | Divvy / mimalloc | Divvy / min(glibc, mimalloc) RSS |"
+        print "| workload | glibc time | jemalloc | mimalloc | tcmalloc | Divvy | Divvy / mimalloc " \
+            "| glibc peak RSS | jemalloc | mimalloc | tcmalloc | Divvy | Divvy / mimalloc " \
+            "| Divvy / min(glibc, mimalloc) RSS |"
         print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         for (i = 1; i <= n; i++) {
             w = names[i]
-            for (k = 1; k <= 5; k++) { ms[as[k]] = median(w SUBSEP as[k] SUBSEP "ms"); rss[as[k]] = median(w SUBSEP as[k] SUBSEP "rss") }
+            for (k = 1; k <= 5; k++) { ms[as[k]] = med(w, as[k], "ms"); rss[as[k]] = med(w, as[k], "rss") }
             g = ms["glibc"]; gr = rss["glibc"]
             dm = ms["divvy"] / ms["mimalloc"]; drm = rss["divvy"] / rss["mimalloc"]
             low = rss["glibc"] < rss["mimalloc"] ? rss["glibc"] : rss["mimalloc"]
-            printf "| %s | %.0f ms | %.2f× | %.2f× | %.2f× | **%.2f×** %s | **%.2f×** %s | %.1f MiB | %.2f× | %.2f× | %.2f× | **%.2f×** | %.2f× | **%.2f×** %s |\n",
-                w, g, ms["jemalloc"] / g, ms["mimalloc"] / g, ms["tcmalloc"] / g, ms["divvy"] / g, mark(ms["divvy"] < g),
-                dm, mark(dm <= 1.10), gr / 1024, rss["jemalloc"] / gr, rss["mimalloc"] / gr, rss["tcmalloc"] / gr,
-                rss["divvy"] / gr, drm, rss["divvy"] / low, mark(rss["divvy"] <= 1.2 * low)
+            printf "| %s | %.0f ms | %.2f× | %.2f× | %.2f× | **%.2f×** %s | **%.2f×** %s ", w, g,
+                ms["jemalloc"] / g, ms["mimalloc"] / g, ms["tcmalloc"] / g, ms["divvy"] / g, mark(ms["divvy"] < g),
+                dm, mark(dm <= 1.10)
+            printf "| %.1f MiB | %.2f× | %.2f× | %.2f× | **%.2f×** | %.2f× | **%.2f×** %s |\n", gr / 1024,
+                rss["jemalloc"] / gr, rss["mimalloc"] / gr, rss["tcmalloc"] / gr, rss["divvy"] / gr, drm,
+                rss["divvy"] / low, mark(rss["divvy"] <= 1.2 * low)
         }
         print ""
         print "CPU time (user + system) is steadier than wall time when other work shares the CPUs; the same targets" \
             " against it, with minor page faults and system time (medians per run):"
         print ""
-        print "| workload | CPU glibc | Divvy / glibc | Divvy / mimalloc | faults glibc | jemalloc | mimalloc | tcmalloc | Divvy | sys glibc | jemalloc | mimalloc | tcmalloc | Divvy |"
+        print "| workload | CPU glibc | Divvy / glibc | Divvy / mimalloc " \
+            "| faults glibc | jemalloc | mimalloc | tcmalloc | Divvy " \
+            "| sys glibc | jemalloc | mimalloc | tcmalloc | Divvy |"
         print "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         for (i = 1; i <= n; i++) {
             w = names[i]
-            g = median(w SUBSEP "glibc" SUBSEP "cpu"); m = median(w SUBSEP "mimalloc" SUBSEP "cpu"); d = median(w SUBSEP "divvy" SUBSEP "cpu")
+            g = med(w, "glibc", "cpu"); m = med(w, "mimalloc", "cpu"); d = med(w, "divvy", "cpu")
             line = sprintf("| %s | %.0f ms | %.2f× %s | %.2f× %s", w, g, d / g, mark(d < g), d / m, mark(d <= 1.10 * m))
-            for (k = 1; k <= 5; k++) line = line sprintf(" | %d", median(w SUBSEP as[k] SUBSEP "flt"))
-            for (k = 1; k <= 5; k++) line = line sprintf(" | %d ms", median(w SUBSEP as[k] SUBSEP "sys"))
+            for (k = 1; k <= 5; k++) line = line sprintf(" | %d", med(w, as[k], "flt"))
+            for (k = 1; k <= 5; k++) line = line sprintf(" | %d ms", med(w, as[k], "sys"))
             print line " |"
         }
         status = 0

@@ -27,6 +27,14 @@ static inline double bench_now_ms(void) {
     return (double)t.tv_sec * 1e3 + (double)t.tv_nsec / 1e6;
 }
 
+// The optional first argument scales a workload's amount of work (a count whose meaning each workload states);
+// without it, the workload's default, so `run.sh` figures stay comparable with earlier ones.
+static inline long bench_count(int argc, char **argv, long fallback) {
+    if (argc < 2) return fallback;
+    long value = strtol(argv[1], NULL, 10);
+    return value > 0 ? value : fallback;
+}
+
 static inline void bench_report(const char *name, double start_ms, unsigned long long checksum) {
     double elapsed = bench_now_ms() - start_ms;
     struct rusage usage;

@@ -6,7 +6,8 @@
 #include <pthread.h>
 #include <stdatomic.h>
 
-enum { PAIRS = 1, MESSAGES = 8000000, RING = 1024 };
+enum { PAIRS = 1, RING = 1024 };
+static unsigned long MESSAGES = 8000000;  // argument: messages per pair
 
 typedef struct {
     _Alignas(64) _Atomic unsigned long head;  // written by the producer
@@ -50,7 +51,8 @@ static void *consumer(void *argument) {
     return NULL;
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    MESSAGES = (unsigned long)bench_count(argc, argv, (long)MESSAGES);
     pthread_t threads[2 * PAIRS];
     double start = bench_now_ms();
     for (int i = 0; i < PAIRS; i++) {

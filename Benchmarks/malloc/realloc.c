@@ -3,8 +3,9 @@
 // 32 up to 1 MiB).
 #include "bench.h"
 
-int main(void) {
-    enum { BUFFERS = 512, APPENDS = 4000000 };
+int main(int argc, char **argv) {
+    enum { BUFFERS = 512 };
+    const long APPENDS = bench_count(argc, argv, 4000000);  // argument: appends
     static unsigned char *buffers[BUFFERS];
     static size_t sizes[BUFFERS], targets[BUFFERS];
     uint64_t state = 0x5DEECE66DULL;

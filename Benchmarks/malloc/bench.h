@@ -4,6 +4,7 @@
 #ifndef DIVVY_MALLOC_BENCH_H
 #define DIVVY_MALLOC_BENCH_H
 #define _GNU_SOURCE
+#include <pthread.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,6 +34,20 @@ static inline long bench_count(int argc, char **argv, long fallback) {
     if (argc < 2) return fallback;
     long value = strtol(argv[1], NULL, 10);
     return value > 0 ? value : fallback;
+}
+
+// Runs `count` threads of `worker`, the i-th with argument `first + i`, joins them all and returns the sum of their
+// results (each worker returns its part of the checksum as a pointer-sized integer). At most 64 threads.
+static inline unsigned long long bench_run_threads(int count, void *(*worker)(void *), uintptr_t first) {
+    pthread_t threads[64];
+    for (int i = 0; i < count; i++) pthread_create(&threads[i], NULL, worker, (void *)(first + (uintptr_t)i));
+    unsigned long long sum = 0;
+    for (int i = 0; i < count; i++) {
+        void *result;
+        pthread_join(threads[i], &result);
+        sum += (uintptr_t)result;
+    }
+    return sum;
 }
 
 static inline void bench_report(const char *name, double start_ms, unsigned long long checksum) {

@@ -69,14 +69,7 @@ int main(int argc, char **argv) {
     unsigned long long checksum = 0;
     double start = bench_now_ms();
     for (long round = 0; round < ROUNDS; round++) {
-        pthread_t threads[THREADS];
-        for (int i = 0; i < THREADS; i++)
-            pthread_create(&threads[i], NULL, worker, (void *)(uintptr_t)(round * THREADS + i + 1));
-        for (int i = 0; i < THREADS; i++) {
-            void *result;
-            pthread_join(threads[i], &result);
-            checksum += (uintptr_t)result;
-        }
+        checksum += bench_run_threads(THREADS, worker, (uintptr_t)(round * THREADS + 1));
     }
     for (int i = 0; i < POOL; i++) {
         if (pool[i] != NULL) checksum += pool[i][0];

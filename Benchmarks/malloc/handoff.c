@@ -137,16 +137,9 @@ static void *worker(void *argument) {
 
 int main(int argc, char **argv) {
     STEPS = bench_count(argc, argv, STEPS);
-    pthread_t threads[THREADS];
     for (int i = 0; i < THREADS; i++) pthread_mutex_init(&queues[i].lock, NULL);
     double start = bench_now_ms();
-    for (int i = 0; i < THREADS; i++) pthread_create(&threads[i], NULL, worker, (void *)(uintptr_t)i);
-    unsigned long long checksum = 0;
-    for (int i = 0; i < THREADS; i++) {
-        void *result;
-        pthread_join(threads[i], &result);
-        checksum += (uintptr_t)result;
-    }
+    unsigned long long checksum = bench_run_threads(THREADS, worker, 0);
     bench_report("handoff", start, checksum);
     return 0;
 }

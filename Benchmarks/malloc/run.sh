@@ -21,17 +21,8 @@ rm -f "$out"/*.result
 echo "building the workloads (cc -O2) in $out" >&2
 for w in "${workloads[@]}"; do cc -O2 -o "$out/$w" "$here/$w.c" -lpthread; done
 
-missing=()
-for package in libjemalloc2 libmimalloc2.0; do dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package"); done
-if [ ${#missing[@]} -gt 0 ]; then
-    sudo=""
-    [ "$(id -u)" -ne 0 ] && sudo=sudo
-    echo "installing ${missing[*]}" >&2
-    export DEBIAN_FRONTEND=noninteractive
-    $sudo apt-get install -y -qq "${missing[@]}" >&2 \
-        || { $sudo apt-get update -qq >&2 && $sudo apt-get install -y -qq "${missing[@]}" >&2; }
-fi
-libdir=/usr/lib/$(gcc -print-multiarch 2>/dev/null || echo x86_64-linux-gnu)
+. "$here/allocators.sh"
+install_allocators libjemalloc2 libmimalloc2.0
 
 echo "building libDivvyMalloc (release)" >&2
 (cd "$root" && swift build -c release --product DivvyMalloc >&2)

@@ -56,15 +56,8 @@ static void *worker(void *argument) {
 
 int main(int argc, char **argv) {
     REQUESTS = (int)bench_count(argc, argv, REQUESTS);
-    pthread_t threads[THREADS];
     double start = bench_now_ms();
-    for (int i = 0; i < THREADS; i++) pthread_create(&threads[i], NULL, worker, (void *)(uintptr_t)i);
-    unsigned long long checksum = 0;
-    for (int i = 0; i < THREADS; i++) {
-        void *result;
-        pthread_join(threads[i], &result);
-        checksum += (uintptr_t)result;
-    }
+    unsigned long long checksum = bench_run_threads(THREADS, worker, 0);
     // Entries still cached count too, so the checksum covers every entry once whichever thread evicted it.
     for (int i = 0; i < CACHE; i++) {
         if (cache[i] != NULL) checksum += cache[i][0];

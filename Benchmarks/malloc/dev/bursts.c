@@ -3,7 +3,7 @@
 // one in a hundred of either a hundred times larger (up to 10 MiB), free two thirds of the rest at random, swap
 // blocks with other threads through a shared array (so many frees are remote), grow their pointer array with
 // realloc, and free everything when they end; the next round's threads start from what the last left behind.
-// Arguments: threads (default 16), rounds (default 10), scale (default 25).
+// Arguments: threads (default 8), rounds (default 6), scale (default 6).
 #include <pthread.h>
 #include <stdatomic.h>
 
@@ -11,7 +11,7 @@
 
 enum { TRANSFERS = 1000 };
 static _Atomic(void *) transfer[TRANSFERS];
-static long scale = 25;
+static long scale = 6;
 static const uint64_t cookie = 0xbf58476d1ce4e5b9ULL;
 
 static void *alloc_items(size_t items, uint64_t *r) {
@@ -67,8 +67,8 @@ static void *stress(void *arg) {
 }
 
 int main(int argc, char **argv) {
-    int threads = argc > 1 ? atoi(argv[1]) : 16;
-    int rounds = argc > 2 ? atoi(argv[2]) : 10;
+    int threads = argc > 1 ? atoi(argv[1]) : 8;
+    int rounds = argc > 2 ? atoi(argv[2]) : 6;
     if (argc > 3) scale = atol(argv[3]);
     pthread_t *ids = malloc(sizeof(pthread_t) * (size_t)threads);
     double start = dev_now_ms();

@@ -1,12 +1,12 @@
 // Dev workload: large-block churn (the shape of mimalloc-bench's old malloc-large). 20 live buffers of 5–25 MiB;
 // each step frees one at random and allocates a new one of a random size, written in full. One step in eight grows
-// the new buffer with realloc by up to half (the new tail written too).  Argument: steps (default 2000).
+// the new buffer with realloc by up to half (the new tail written too).  Argument: steps (default 300).
 #include "devbench.h"
 
 enum { SLOTS = 20 };
 
 int main(int argc, char **argv) {
-    long steps = argc > 1 ? atol(argv[1]) : 2000;
+    long steps = argc > 1 ? atol(argv[1]) : 300;
     static unsigned char *slots[SLOTS];
     static size_t sizes[SLOTS];
     uint64_t state = 42;

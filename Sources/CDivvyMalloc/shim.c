@@ -26,6 +26,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "CDivvyMalloc.h"
@@ -133,6 +135,44 @@ static volatile _Atomic int divvy_ready;
 
 DIVVY_INTERNAL void divvy_malloc_lock(void) { pthread_mutex_lock(&divvy_lock); }
 DIVVY_INTERNAL void divvy_malloc_unlock(void) { pthread_mutex_unlock(&divvy_lock); }
+
+// MARK: Retention helpers (MallocRetention.swift): what Swift cannot call (a variadic, a macro clock) or cannot parse
+// without allocating (the environment).
+
+DIVVY_INTERNAL long divvy_malloc_coarse_ms(void) {
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &now);
+    return (long)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+}
+
+DIVVY_INTERNAL void *divvy_malloc_move_pages(void *old, size_t size, void *target) {
+    void *moved = mremap(old, size, size, MREMAP_MAYMOVE | MREMAP_FIXED, target);
+    return moved == MAP_FAILED ? NULL : moved;
+}
+
+// A decimal with an optional K/M/G suffix; -1 when `text` is not one.
+static long divvy_parse_size(const char *text) {
+    if (text == NULL || *text < '0' || *text > '9') return -1;
+    long value = 0;
+    for (; *text >= '0' && *text <= '9'; text++) {
+        if (value > (1L << 50)) return -1;
+        value = value * 10 + (*text - '0');
+    }
+    switch (*text) {
+    case 'k': case 'K': value <<= 10; text++; break;
+    case 'm': case 'M': value <<= 20; text++; break;
+    case 'g': case 'G': value <<= 30; text++; break;
+    default: break;
+    }
+    return *text == '\0' ? value : -1;
+}
+
+DIVVY_INTERNAL void divvy_malloc_retention_knobs(long *floor_bytes, long *percent, long *decay_ms) {
+    long value;
+    *floor_bytes = (value = divvy_parse_size(getenv("DIVVY_MALLOC_RETAIN"))) >= 0 ? value : 128L << 20;
+    *percent = (value = divvy_parse_size(getenv("DIVVY_MALLOC_RETAIN_PERCENT"))) >= 0 && value <= 1000 ? value : 0;
+    *decay_ms = (value = divvy_parse_size(getenv("DIVVY_MALLOC_DECAY_MS"))) >= 0 ? value : 1000;
+}
 
 static void divvy_prefork(void) {
     pthread_mutex_lock(&divvy_init_lock);

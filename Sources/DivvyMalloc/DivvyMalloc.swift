@@ -175,7 +175,9 @@ public func divvyMallocSwiftWarmUp(_ heap: UnsafeMutableRawPointer) {
     adapter.free(nil)
 }
 
-/// Statistics for tests: 0 abandoned pages now, 1 pages adopted so far, 2 segments in use, 3 live thread heaps.
+/// Statistics for tests: 0 abandoned pages now, 1 pages adopted so far, 2 segments in use, 3 live thread heaps,
+/// 5 bytes retained (freed but resident), 6 bytes purged by the retention policy so far, 7 huge blocks moved by
+/// mremap so far (4 is the shim's: thread exits).
 @_cdecl("divvy_malloc_swift_stat")
 public func divvyMallocSwiftStat(_ global: UnsafeMutableRawPointer, _ which: Int) -> Int {
     let global = GlobalRef(global)
@@ -184,6 +186,9 @@ public func divvyMallocSwiftStat(_ global: UnsafeMutableRawPointer, _ which: Int
     case 1: return global.adoptedPages
     case 2: return global.segmentsInUse
     case 3: return global.liveHeaps
+    case 5: return global.retainedBytes
+    case 6: return global.purgedBytes
+    case 7: return global.movedBlocks
     default: return -1
     }
 }

@@ -18,12 +18,12 @@ import Divvy
 ///     64    ranges[16]: (base, segments)
 ///     512   pools[3]: empty pages by kind, linked through `next`
 ///     544   carving[3]: the segment new pages of each kind are cut from; 576 nextPage[3]
-///     608   hugeCache: freed huge runs kept mapped for reuse (linked through `SegmentRef.cacheNext`);
-///     616   hugeCacheSegments: their total length
+///     768   retention (MallocRetention.swift): per-range bounds, retained totals, knobs, epoch, pool tails
 ///     1024  abandoned[61]: pages with live blocks whose thread exited, by class, linked through `next`
 ///     2048  stats: 2048 abandoned pages now, 2056 pages adopted, 2064 segments in use, 2072 heaps live
 ///     4096  bitmaps[16]: one bit per segment of each range (set = in use), 2048 bytes each
-///     65536 thread heap structures
+///     65536 retained bitmaps[16] (MallocRetention.swift): one bit per segment (set = free but still resident)
+///     98304 thread heap structures (`heapStructuresOffset`)
 struct GlobalRef {
     let raw: UnsafeMutableRawPointer
 
@@ -33,12 +33,12 @@ struct GlobalRef {
     /// Segments per range at most: 64 GiB (the bitmap holds 16384 bits).
     static var rangeSegments: Int { 16384 }
 
-    private func word(_ offset: Int) -> Int { raw.load(fromByteOffset: offset, as: Int.self) }
-    private func setWord(_ offset: Int, _ value: Int) { raw.storeBytes(of: value, toByteOffset: offset, as: Int.self) }
-    private func pointer(_ offset: Int) -> UnsafeMutableRawPointer? {
+    func word(_ offset: Int) -> Int { raw.load(fromByteOffset: offset, as: Int.self) }
+    func setWord(_ offset: Int, _ value: Int) { raw.storeBytes(of: value, toByteOffset: offset, as: Int.self) }
+    func pointer(_ offset: Int) -> UnsafeMutableRawPointer? {
         raw.load(fromByteOffset: offset, as: UnsafeMutableRawPointer?.self)
     }
-    private func setPointer(_ offset: Int, _ value: UnsafeMutableRawPointer?) {
+    func setPointer(_ offset: Int, _ value: UnsafeMutableRawPointer?) {
         raw.storeBytes(of: value, toByteOffset: offset, as: UnsafeMutableRawPointer?.self)
     }
 
@@ -85,8 +85,9 @@ struct GlobalRef {
         global.rangeCount = 1
         global.bitmap(0)[0] = 1  // segment 0 is this metadata
         global.segmentsInUse = 1
-        global.setPointer(8, base + 65536)
+        global.setPointer(8, base + GlobalRef.heapStructuresOffset)
         global.setPointer(16, base + M.segmentSize)
+        global.initializeRetention()
         return global
     }
 
@@ -138,9 +139,18 @@ struct GlobalRef {
     // MARK: Segments (caller holds the lock)
 
     /// Marks a run of `count` free segments in use and returns its first; reserves another range when none fits.
+    /// Retained segments are preferred (see MallocRetention.swift); a segment that held data has its metadata area
+    /// zeroed, as a fresh one has (page descriptors start at zero).
     func allocateSegments(_ count: Int) -> SegmentRef? {
+        guard let (segment, retained) = takeSegmentsAnywhere(count, preferRetained: true) else { return nil }
+        if retained > 0 { memset(segment.raw, 0, M.metadataSize) }
+        return segment
+    }
+
+    /// `takeSegments(_:inRange:preferRetained:)` over every range, reserving another range when none fits.
+    func takeSegmentsAnywhere(_ count: Int, preferRetained: Bool) -> (SegmentRef, retained: Int)? {
         for r in 0..<rangeCount {
-            if let segment = allocateSegments(count, inRange: r) { return segment }
+            if let found = takeSegments(count, inRange: r, preferRetained: preferRetained) { return found }
         }
         guard rangeCount < GlobalRef.maximumRanges, count <= GlobalRef.rangeSegments,
             let (base, segments) = GlobalRef.reserveRange(atLeast: count),
@@ -150,42 +160,12 @@ struct GlobalRef {
         raw.storeBytes(of: base, toByteOffset: 64 + r * 16, as: UnsafeMutableRawPointer.self)
         setWord(72 + r * 16, segments)
         bitmap(r).initialize(repeating: 0, count: GlobalRef.rangeSegments / 64)
+        retainedBitmap(r).initialize(repeating: 0, count: GlobalRef.rangeSegments / 64)
         rangeCount = r + 1
-        return allocateSegments(count, inRange: r)
+        return takeSegments(count, inRange: r, preferRetained: preferRetained)
     }
 
-    private func allocateSegments(_ count: Int, inRange r: Int) -> SegmentRef? {
-        let bits = bitmap(r)
-        let total = rangeSegmentCount(r)
-        var index = 0
-        var runStart = 0
-        var runLength = 0
-        while index < total {
-            let word = bits[index >> 6]
-            if word == ~0 {
-                index = (index | 63) + 1
-                runStart = index
-                runLength = 0
-                continue
-            }
-            if word & (1 << UInt64(index & 63)) != 0 {
-                index += 1
-                runStart = index
-                runLength = 0
-                continue
-            }
-            index += 1
-            runLength += 1
-            if runLength == count {
-                setBits(r, from: runStart, count: count, to: true)
-                segmentsInUse += count
-                return SegmentRef(rangeBase(r) + (runStart << M.segmentShift))
-            }
-        }
-        return nil
-    }
-
-    private func setBits(_ r: Int, from start: Int, count: Int, to value: Bool) {
+    func setBits(_ r: Int, from start: Int, count: Int, to value: Bool) {
         let bits = bitmap(r)
         for i in start..<(start + count) {
             if value {
@@ -197,7 +177,7 @@ struct GlobalRef {
     }
 
     /// The range and index of `segment`.
-    private func locate(_ segment: SegmentRef) -> (range: Int, index: Int)? {
+    func locate(_ segment: SegmentRef) -> (range: Int, index: Int)? {
         let address = UInt(bitPattern: segment.raw)
         for r in 0..<rangeCount {
             let base = UInt(bitPattern: rangeBase(r))
@@ -208,7 +188,8 @@ struct GlobalRef {
         return nil
     }
 
-    /// Returns a run of segments (already emptied with `MADV_DONTNEED`, so it is zero-filled when reused).
+    /// Returns a run of segments whose memory is already clean (zero-filled when reused); resident ones go through
+    /// `retainSegments` instead.
     func releaseSegments(_ segment: SegmentRef, count: Int) {
         guard let (r, index) = locate(segment) else { return }
         setBits(r, from: index, count: count, to: false)
@@ -223,23 +204,36 @@ struct GlobalRef {
             return false
         }
         setBits(r, from: index + count, count: newCount - count, to: true)
+        claimRetained(r, from: index + count, count: newCount - count)
         segmentsInUse += newCount - count
         return true
     }
 
     // MARK: Pages (caller holds the lock)
 
+    /// The most recently pooled empty page of `kind` (pools are doubly linked through `next` and `prev`: the head
+    /// is the warmest page, the tail the one retention purges first).
     func popPool(_ kind: Int) -> PageRef? {
         guard let page = pointer(512 + kind * 8).map(PageRef.init) else { return nil }
         setPointer(512 + kind * 8, page.next?.raw)
+        if let next = page.next { next.prev = nil } else { setPoolTail(kind, nil) }
+        page.next = nil
+        reusePoolPage(extra: poolExtraBytes(page))
         return page
     }
 
+    /// Gives an empty page to its pool, with whatever it touched still resident: retention decides what goes back
+    /// to the kernel, and when (MallocRetention.swift).
     func pushPool(_ page: PageRef) {
         let kind = Int(page.kind)
         page.next = pointer(512 + kind * 8).map(PageRef.init)
+        page.prev = nil
+        if let head = page.next { head.prev = page } else { setPoolTail(kind, page) }
         setPointer(512 + kind * 8, page.raw)
+        retainPoolPage(extra: poolExtraBytes(page))
     }
+
+    func setPoolHead(_ kind: Int, _ page: PageRef?) { setPointer(512 + kind * 8, page?.raw) }
 
     func popAbandoned(_ cls: Int) -> PageRef? {
         guard let page = pointer(1024 + cls * 8).map(PageRef.init) else { return nil }
@@ -293,12 +287,13 @@ struct GlobalRef {
         guard size <= Int.max - offset - M.segmentSize else { return nil }
         let count = (offset + size + M.segmentSize - 1) >> M.segmentShift
         divvy_malloc_lock()
-        var run = takeCachedRun(count)
-        let dirty = run != nil
-        if run == nil { run = allocateSegments(count) }
+        let taken = takeSegmentsAnywhere(count, preferRetained: true)
+        tickRetention()
         divvy_malloc_unlock()
-        guard let segment = run else { return nil }
-        if !dirty { segment.segments = count }
+        guard let (segment, retained) = taken else { return nil }
+        let dirty = retained > 0
+        // Every field is set: a retained segment's header holds whatever its last user wrote there.
+        segment.segments = count
         segment.pageShift = M.hugePageShift
         segment.kind = Int(M.hugeKind)
         segment.global = self
@@ -312,56 +307,18 @@ struct GlobalRef {
         page.areaSize = (total << M.segmentShift) - offset
         page.blockSize = page.areaSize
         page.hasAligned = false
+        page.singleBlock = false
+        page.extent = 0
         page.used = 1
         return page.start
     }
 
-    /// Freed huge runs kept mapped, at most this many segments in all (64 MiB): a program that allocates and frees
-    /// multi-megabyte buffers in a loop reuses them instead of faulting fresh pages in each time.
-    static var hugeCacheLimit: Int { 16 }
-
-    private var hugeCache: SegmentRef? {
-        get { pointer(608).map { SegmentRef($0) } }
-        nonmutating set { setPointer(608, newValue?.raw) }
-    }
-    private var hugeCacheSegments: Int {
-        get { word(616) }
-        nonmutating set { setWord(616, newValue) }
-    }
-
-    /// A cached run of at least `count` segments and at most twice that (caller holds the lock).
-    private func takeCachedRun(_ count: Int) -> SegmentRef? {
-        var previous: SegmentRef? = nil
-        var cursor = hugeCache
-        while let run = cursor {
-            if run.segments >= count, run.segments <= 2 * count {
-                if let previous { previous.cacheNext = run.cacheNext } else { hugeCache = run.cacheNext }
-                hugeCacheSegments -= run.segments
-                return run
-            }
-            previous = run
-            cursor = run.cacheNext
-        }
-        return nil
-    }
-
-    /// Gives a huge block's run back: into the cache of freed runs while it has room, else to the kernel at once.
+    /// Gives a huge block's run back: its segments become free and stay resident (retained) until the retention
+    /// policy purges them (MallocRetention.swift).
     func hugeFree(_ page: PageRef) {
         let segment = page.segment
-        let count = segment.segments
         divvy_malloc_lock()
-        if hugeCacheSegments + count <= GlobalRef.hugeCacheLimit {
-            segment.cacheNext = hugeCache
-            hugeCache = segment
-            hugeCacheSegments += count
-            divvy_malloc_unlock()
-            return
-        }
-        divvy_malloc_unlock()
-        // Safe: the run is ours and nobody else uses it; MADV_DONTNEED makes it zero-filled for its next user.
-        _ = madvise(segment.raw, count << M.segmentShift, MADV_DONTNEED)
-        divvy_malloc_lock()
-        releaseSegments(segment, count: count)
+        retainSegments(segment, count: segment.segments)
         divvy_malloc_unlock()
     }
 

@@ -107,8 +107,8 @@ func setNextBlock(_ block: UnsafeMutableRawPointer, _ next: UnsafeMutableRawPoin
 ///     8  kind       Int
 ///     16 segments   Int   (huge: the run's length in segments)
 ///     24 global     pointer to the process's `GlobalRef` memory
-///     32 dirty      huge runs: reused from the cache of freed runs (not zero-filled)
-///     40 cacheNext  huge runs in that cache: the next one
+///     32 dirty      huge runs: some of its segments were retained (hold old data), so calloc must zero it
+///     40 cacheNext  retained runs being purged (MallocRetention.swift): the next one
 struct SegmentRef {
     let raw: UnsafeMutableRawPointer
 
@@ -138,12 +138,12 @@ struct SegmentRef {
         @inline(__always) get { GlobalRef(raw.load(fromByteOffset: 24, as: UnsafeMutableRawPointer.self)) }
         nonmutating set { raw.storeBytes(of: newValue.raw, toByteOffset: 24, as: UnsafeMutableRawPointer.self) }
     }
-    /// Huge runs: whether the run may hold old data (it came from the cache of freed runs), so calloc must zero it.
+    /// Huge runs: whether the run may hold old data (it took retained segments), so calloc must zero it.
     var dirty: Bool {
         get { raw.load(fromByteOffset: 32, as: Int.self) != 0 }
         nonmutating set { raw.storeBytes(of: newValue ? 1 : 0, toByteOffset: 32, as: Int.self) }
     }
-    /// Huge runs in the cache of freed runs: the next one.
+    /// Retained runs being purged: the next one (a list private to the purging thread).
     var cacheNext: SegmentRef? {
         get { raw.load(fromByteOffset: 40, as: UnsafeMutableRawPointer?.self).map { SegmentRef($0) } }
         nonmutating set { raw.storeBytes(of: newValue?.raw, toByteOffset: 40, as: UnsafeMutableRawPointer?.self) }
@@ -262,8 +262,8 @@ struct PageRef: Equatable {
         nonmutating set { raw.storeBytes(of: newValue ? 1 : 0, toByteOffset: 35, as: UInt8.self) }
     }
     /// How far into the page blocks have reached since it was fresh or last trimmed: the bytes that may be resident.
-    /// Raised when blocks are carved and when a single-block page's block grows; `trimForPool` gives back what lies
-    /// past `M.poolResidentBytes`.
+    /// Raised when blocks are carved and when a single-block page's block grows; retention's purge gives back what
+    /// lies past `M.poolResidentBytes` (MallocRetention.swift).
     var extent: Int {
         get { raw.load(fromByteOffset: 40, as: Int.self) }
         nonmutating set { raw.storeBytes(of: newValue, toByteOffset: 40, as: Int.self) }

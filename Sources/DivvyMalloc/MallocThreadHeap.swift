@@ -359,28 +359,13 @@ extension HeapRef {
         }
     }
 
-    /// Gives an empty page (owned by nobody any more) to the global pool, trimmed first, outside the lock.
+    /// Gives an empty page (owned by nobody any more) to the global pool; retention decides when what it touched
+    /// goes back to the kernel (MallocRetention.swift).
     func returnToPool(_ page: PageRef, _ global: GlobalRef) {
-        trimForPool(page)
         divvy_malloc_lock()
         page.owner.store(0, ordering: .relaxed)
         global.pushPool(page)
         divvy_malloc_unlock()
-    }
-
-    /// An empty page about to go to the global pool keeps its first `M.poolResidentBytes` committed and gives the
-    /// rest of what its blocks reached back to the kernel (`MADV_DONTNEED`; zero-filled when touched again), so
-    /// memory a burst of large blocks used does not stay resident once they are freed. Pages a thread keeps in its
-    /// own cache are not trimmed: that is the memory it is about to reuse. Called without the lock.
-    func trimForPool(_ page: PageRef) {
-        let keep = M.poolResidentBytes
-        let extent = Swift.min(page.extent, page.areaSize)
-        guard extent > keep else { return }
-        // Safe: `start` is 4 KiB-aligned and `areaSize` a multiple of 4 KiB, so the range is whole pages inside
-        // the page's area; nobody else touches an empty page.
-        let end = Swift.min((extent + 4095) & ~4095, page.areaSize)
-        _ = madvise(page.start + keep, end - keep, MADV_DONTNEED)
-        page.extent = keep
     }
 
     // MARK: The other C functions
@@ -397,7 +382,7 @@ extension HeapRef {
     /// `realloc(pointer, size)` for size > 0: in place when the block has room (and would not waste more than
     /// three quarters of it), else allocate (twice the size when growing, up to 1 MiB), copy, free. A block over
     /// 16 KiB grows in place to the end of its single-block page; huge blocks grow in place when the segments after
-    /// them are free.
+    /// them are free, else move with mremap (no copy), and shrink in place (MallocRetention.swift).
     func realloc(_ pointer: UnsafeMutableRawPointer?, _ size: Int) -> UnsafeMutableRawPointer? {
         guard let pointer else { return malloc(size) }
         guard size >= 0 else { return nil }
@@ -405,9 +390,18 @@ extension HeapRef {
         let usable: Int
         if page.kind == M.hugeKind {
             usable = page.start + page.areaSize - pointer
-            if size <= usable, size > M.largestClassSize { return pointer }
-            if size > usable, page.segment.global.hugeGrow(page, to: size + (pointer - page.start)) {
+            let global = page.segment.global
+            if size <= usable, size > M.largestClassSize {
+                // In place; a run that would be at least half empty gives its tail segments back (retained).
+                _ = global.hugeShrink(page, to: size + (pointer - page.start))
                 return pointer
+            }
+            if size > usable {
+                if global.hugeGrow(page, to: size + (pointer - page.start)) { return pointer }
+                // Move the pages instead of copying them (mremap), when a run is free for them. (The old
+                // descriptor is gone after the move: the offset is taken before.)
+                let offset = pointer - page.start
+                if let start = global.hugeMove(page, to: size + offset) { return start + offset }
             }
         } else if page.singleBlock {
             // The block has its page to itself: grow or shrink in place up to the page's end, unless it shrinks
@@ -487,7 +481,6 @@ extension HeapRef {
                 collect(page)
                 page.next = nil
                 page.prev = nil
-                if page.used == 0 { trimForPool(page) }
                 divvy_malloc_lock()
                 page.owner.store(0, ordering: .relaxed)
                 if page.used == 0 {

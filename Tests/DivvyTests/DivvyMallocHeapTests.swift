@@ -282,29 +282,136 @@ final class DivvyMallocHeapTests: XCTestCase {
         XCTAssertLessThanOrEqual(heap.stat(2), segmentsAfterFirstRound + 20, "seed \(seed)")
     }
 
-    /// Freed big blocks do not stay resident. 64 blocks of 900 KiB are written through and freed: a thread keeps a
-    /// few empty pages for reuse, and every other page is trimmed to its first 64 KiB on its way to the global pool,
-    /// so the process's resident size falls by most of the 56 MiB written.
-    func testFreedLargeBlocksAreGivenBackToTheKernel() throws {
+    /// The process's resident bytes (`/proc/self/statm`).
+    static func residentBytes() throws -> Int {
+        let statm = try String(contentsOfFile: "/proc/self/statm", encoding: .utf8).split(separator: " ")
+        return try XCTUnwrap(Int(statm[1])) * Int(sysconf(Int32(_SC_PAGESIZE)))
+    }
+
+    /// Minor page faults of the process so far.
+    static func minorFaults() -> Int {
+        var usage = rusage()
+        getrusage(RUSAGE_SELF.rawValue, &usage)
+        return usage.ru_minflt
+    }
+
+    /// The default retention budget (`DIVVY_MALLOC_RETAIN`, docs/malloc.md): what may stay resident after frees.
+    static var defaultBudget: Int { 128 << 20 }
+
+    /// Freed big blocks do not stay resident beyond the retention budget. 200 blocks of 900 KiB (single-block pages:
+    /// the page pools) and 40 huge blocks of 6 MiB (retained segments) are written through and freed: the process's
+    /// resident size falls by all but the budget (and a thread's few cached pages), and the heap's retained total
+    /// stays within the budget.
+    func testFreedLargeBlocksBeyondTheBudgetAreGivenBackToTheKernel() throws {
         let heap = try heap()
-        func residentBytes() throws -> Int {
-            let statm = try String(contentsOfFile: "/proc/self/statm", encoding: .utf8).split(separator: " ")
-            return try XCTUnwrap(Int(statm[1])) * Int(sysconf(Int32(_SC_PAGESIZE)))
+        for size in [900 << 10, 6 << 20] {
+            let count = size < 1 << 20 ? 200 : 40
+            var blocks: [UnsafeMutableRawPointer] = []
+            for _ in 0..<count {
+                let block = try XCTUnwrap(heap.malloc(size))
+                memset(block, 1, size)
+                blocks.append(block)
+            }
+            let before = try DivvyMallocHeapTests.residentBytes()
+            for block in blocks { heap.free(block) }
+            let after = try DivvyMallocHeapTests.residentBytes()
+            let written = count * size
+            XCTAssertGreaterThan(
+                before - after, written - DivvyMallocHeapTests.defaultBudget - (24 << 20),
+                "\(count) blocks of \(size) bytes: resident \(before >> 20) MiB before the frees, \(after >> 20) after")
+            XCTAssertLessThanOrEqual(heap.stat(5), DivvyMallocHeapTests.defaultBudget, "retained bytes")
+            // The retained and purged pages serve again (zero-filled where calloc needs it).
+            let again = try XCTUnwrap(heap.calloc(1, size))
+            XCTAssertEqual(again.load(fromByteOffset: size - 8, as: UInt64.self), 0)
+            XCTAssertEqual(again.load(fromByteOffset: size / 2, as: UInt64.self), 0)
+            heap.free(again)
         }
+    }
+
+    /// A freed huge block under the budget stays committed: freeing a 16 MiB block and allocating it again costs
+    /// (almost) no page faults. Trimming it on free would cost 4096 (one per 4 KiB page written again).
+    func testAFreedHugeBlockUnderTheBudgetIsReusedWithoutPageFaults() throws {
+        let heap = try heap()
+        let size = 16 << 20
+        let first = try XCTUnwrap(heap.malloc(size))
+        memset(first, 7, size)
+        let retainedBefore = heap.stat(5)
+        heap.free(first)
+        XCTAssertGreaterThanOrEqual(heap.stat(5) - retainedBefore, size, "the freed block is retained")
+        let faults = DivvyMallocHeapTests.minorFaults()
+        let second = try XCTUnwrap(heap.malloc(size))
+        memset(second, 8, size)
+        let taken = DivvyMallocHeapTests.minorFaults() - faults
+        XCTAssertLessThan(taken, 512, "reusing a freed 16 MiB block took \(taken) page faults")
+        // calloc of retained memory is zeroed.
+        heap.free(second)
+        let zeroed = try XCTUnwrap(heap.calloc(1, size))
+        XCTAssertTrue(UnsafeRawBufferPointer(start: zeroed, count: size).allSatisfy { $0 == 0 })
+        heap.free(zeroed)
+    }
+
+    /// Retained memory that nobody reuses goes back to the kernel after one to two epochs of
+    /// `DIVVY_MALLOC_DECAY_MS` (1 s), at the next slow path (here a huge malloc and free).
+    func testRetainedMemoryDecays() throws {
+        let heap = try heap()
         var blocks: [UnsafeMutableRawPointer] = []
-        for _ in 0..<64 {
-            let block = try XCTUnwrap(heap.malloc(900 << 10))
-            memset(block, 1, 900 << 10)
+        for _ in 0..<12 {
+            let block = try XCTUnwrap(heap.malloc(5 << 20))
+            memset(block, 3, 5 << 20)
             blocks.append(block)
         }
-        let before = try residentBytes()
         for block in blocks { heap.free(block) }
-        let after = try residentBytes()
-        XCTAssertGreaterThan(before - after, 40 << 20, "resident \(before >> 20) MiB before the frees, \(after >> 20) after")
-        // The trimmed pages serve again (zero-filled past their first 64 KiB).
-        let again = try XCTUnwrap(heap.calloc(1, 900 << 10))
-        XCTAssertEqual(again.load(fromByteOffset: (900 << 10) - 8, as: UInt64.self), 0)
-        heap.free(again)
+        let retained = heap.stat(5)
+        XCTAssertGreaterThanOrEqual(retained, 60 << 20, "twelve freed 5 MiB blocks are retained (budget 128 MiB)")
+        let before = try DivvyMallocHeapTests.residentBytes()
+        // Two full epochs, with a slow path in each, so the first one's low-water mark covers all of it.
+        for _ in 0..<3 {
+            usleep(1_100_000)
+            heap.free(try XCTUnwrap(heap.malloc(2 << 20)))
+        }
+        let after = try DivvyMallocHeapTests.residentBytes()
+        XCTAssertLessThan(heap.stat(5), 16 << 20, "retained \(heap.stat(5) >> 20) MiB after two idle epochs")
+        XCTAssertGreaterThan(before - after, 40 << 20, "resident \(before >> 20) MiB, then \(after >> 20) MiB")
+    }
+
+    /// A huge block that cannot grow in place (another block follows it) moves with mremap: its pages are moved,
+    /// not copied (the heap counts the moves), its contents stay, and the old run is free and clean again. A huge
+    /// block shrunk to under half of its run gives the tail back in place.
+    func testHugeBlocksGrowWithMremapAndShrinkInPlace() throws {
+        let heap = try heap()
+        let size = 16 << 20
+        let block = try XCTUnwrap(heap.malloc(size))
+        for offset in stride(from: 0, to: size, by: 4096) {
+            block.storeBytes(of: UInt32(truncatingIfNeeded: offset), toByteOffset: offset, as: UInt32.self)
+        }
+        // Whatever follows the run (a block allocated after it, or the next free run) must not be enough: take the
+        // segments after it until growing in place fails, by allocating blockers until one lands right after it.
+        var blockers: [UnsafeMutableRawPointer] = []
+        for _ in 0..<64 {
+            let blocker = try XCTUnwrap(heap.malloc(2 << 20))
+            blockers.append(blocker)
+            let end = Int(bitPattern: block) + heap.usableSize(block)
+            if Int(bitPattern: blocker) > Int(bitPattern: block), Int(bitPattern: blocker) < end + (8 << 20) { break }
+        }
+        let moves = heap.stat(7)
+        let grown = try XCTUnwrap(heap.realloc(block, 4 * size))
+        XCTAssertNotEqual(grown, block, "the block grew in place: nothing was in its way")
+        XCTAssertEqual(heap.stat(7), moves + 1, "a 16 MiB huge block was copied, not moved with mremap")
+        for offset in stride(from: 0, to: size, by: 4096)
+        where grown.load(fromByteOffset: offset, as: UInt32.self) != UInt32(truncatingIfNeeded: offset) {
+            XCTFail("byte \(offset) changed when the block moved")
+            break
+        }
+        memset(grown + size, 9, 3 * size)
+        XCTAssertGreaterThanOrEqual(heap.usableSize(grown), 4 * size)
+        // Shrinking to an eighth stays in place and frees the run's tail (retained, or purged past the budget).
+        let segments = heap.stat(2)
+        XCTAssertEqual(heap.realloc(grown, size / 2), grown)
+        XCTAssertLessThan(heap.usableSize(grown), size)
+        XCTAssertLessThanOrEqual(heap.stat(2), segments - 12, "segments in use after shrinking 64 MiB to 8 MiB")
+        XCTAssertEqual(grown.load(fromByteOffset: size / 2 - 4096, as: UInt32.self), UInt32(size / 2 - 4096))
+        heap.free(grown)
+        for blocker in blockers { heap.free(blocker) }
     }
 
     func testZeroSizesAndLimits() throws {

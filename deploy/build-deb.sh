@@ -72,13 +72,12 @@ libdir=/usr/lib/$triplet
 
 # --- build ------------------------------------------------------------------------------------------------------
 if [ "$skip_build" = no ]; then
-    echo "build-deb: swift build -c release (Swift runtime linked in) into $build"
-    (cd "$root" && swift build -c release --scratch-path "$build" --static-swift-stdlib -Xswiftc -static-stdlib \
-        --product divvyd)
-    (cd "$root" && swift build -c release --scratch-path "$build" --static-swift-stdlib -Xswiftc -static-stdlib \
-        --product divvyctl)
-    (cd "$root" && swift build -c release --scratch-path "$build" --static-swift-stdlib -Xswiftc -static-stdlib \
-        --product divvy)
+    # Progress goes to stderr: stdout is only the .deb's path (CI captures it).
+    echo "build-deb: swift build -c release (Swift runtime linked in) into $build" >&2
+    for product in divvyd divvyctl divvy; do
+        (cd "$root" && swift build -c release --scratch-path "$build" --static-swift-stdlib -Xswiftc -static-stdlib \
+            --product "$product") >&2
+    done
 fi
 products=$build/release
 for file in "$products/divvyd" "$products/divvyctl" "$products/libdivvy.so"; do

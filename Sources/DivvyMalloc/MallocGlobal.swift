@@ -320,7 +320,8 @@ struct GlobalRef {
     /// multi-megabyte buffers in a loop reuses them instead of faulting fresh pages in each time.
     static var hugeCacheLimit: Int { 16 }
 
-    private var hugeCache: SegmentRef? {
+    /// (Internal, not private: the hardened free and the statistics walk read it, under the lock.)
+    var hugeCache: SegmentRef? {
         get { pointer(608).map { SegmentRef($0) } }
         nonmutating set { setPointer(608, newValue?.raw) }
     }

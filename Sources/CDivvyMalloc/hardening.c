@@ -7,6 +7,7 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
+#include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <sys/random.h>
@@ -47,6 +48,11 @@ DIVVY_INTERNAL void divvy_malloc_read_switches(void) {
     divvy_malloc_options.statistics_at_exit = divvy_switch("DIVVY_MALLOC_STATS");
     divvy_malloc_options.checked = divvy_malloc_options.hardened || divvy_malloc_options.guard_pages;
     if (divvy_malloc_options.hardened) divvy_malloc_options.link_key = divvy_random_key();
+    // A copy of stderr for the statistics at exit, which may come after the program has closed fd 2.
+    if (divvy_malloc_options.statistics_at_exit) {
+        int copy = fcntl(STDERR_FILENO, F_DUPFD_CLOEXEC, 3);
+        divvy_malloc_options.statistics_fd = copy >= 0 ? copy : STDERR_FILENO;
+    }
 }
 
 static _Noreturn void divvy_abort_with(divvy_text_t *text) {

@@ -26,12 +26,10 @@ extern DIVVY_INTERNAL void *divvy_malloc_global_state(void);
 static void divvy_collect(divvy_malloc_statistics_t *all) {
     memset(all, 0, sizeof *all);
     all->size = sizeof *all;
-    void *global = divvy_malloc_global_state();
-    if (global != NULL) {
-        divvy_malloc_lock();
-        divvy_malloc_swift_statistics(global, all);
-        divvy_malloc_unlock();
-    }
+    // Before the first heap exists there is no global state: the walk then only fills in the block sizes.
+    divvy_malloc_lock();
+    divvy_malloc_swift_statistics(divvy_malloc_global_state(), all);
+    divvy_malloc_unlock();
     all->thread_exits = (size_t)divvy_malloc_stat(4);
     all->hardened = (size_t)divvy_malloc_options.hardened;
     all->guard_pages = (size_t)divvy_malloc_options.guard_pages;
@@ -51,15 +49,15 @@ DIVVY_EXPORT int divvy_malloc_statistics(divvy_malloc_statistics_t *statistics, 
 
 // MARK: malloc_stats: a table on stderr (write(2): usable at exit and from signal-free contexts, allocates nothing)
 
-static void divvy_line(divvy_text_t *text, const char *label, unsigned long long value, const char *unit) {
+static void divvy_line(divvy_text_t *text, int fd, const char *label, unsigned long long value, const char *unit) {
     divvy_text_add(text, label);
     divvy_text_add_column(text, value, 16);
     divvy_text_add(text, unit);
     divvy_text_add(text, "\n");
-    divvy_text_write(text, STDERR_FILENO);
+    divvy_text_write(text, fd);
 }
 
-DIVVY_EXPORT void malloc_stats(void) {
+static void divvy_print_statistics(int fd) {
     divvy_malloc_statistics_t s;
     divvy_collect(&s);
     divvy_text_t text = {.length = 0};
@@ -68,22 +66,22 @@ DIVVY_EXPORT void malloc_stats(void) {
     divvy_text_add(&text, s.hardened ? ", hardened" : "");
     divvy_text_add(&text, s.guard_pages ? ", guard pages" : "");
     divvy_text_add(&text, ")\n");
-    divvy_text_write(&text, STDERR_FILENO);
-    divvy_line(&text, "reserved      ", s.bytes_reserved, " bytes");
-    divvy_line(&text, "mapped        ", s.bytes_mapped, " bytes (segments of 4 MiB in use)");
-    divvy_line(&text, "in use        ", s.bytes_in_use, " bytes");
-    divvy_line(&text, "empty pages   ", s.bytes_in_empty_pages, " bytes");
-    divvy_line(&text, "huge in use   ", s.huge_bytes_in_use, " bytes");
-    divvy_line(&text, "huge cached   ", s.huge_bytes_cached, " bytes");
-    divvy_line(&text, "segments      ", s.segments_in_use, "");
-    divvy_line(&text, "pages in use  ", s.pages_in_use, "");
-    divvy_line(&text, "pages empty   ", s.pages_empty, "");
-    divvy_line(&text, "abandoned     ", s.pages_abandoned, " pages");
-    divvy_line(&text, "huge blocks   ", s.huge_blocks, "");
-    divvy_line(&text, "thread heaps  ", s.thread_heaps, "");
-    divvy_line(&text, "thread exits  ", s.thread_exits, "");
+    divvy_text_write(&text, fd);
+    divvy_line(&text, fd, "reserved      ", s.bytes_reserved, " bytes");
+    divvy_line(&text, fd, "mapped        ", s.bytes_mapped, " bytes (segments of 4 MiB in use)");
+    divvy_line(&text, fd, "in use        ", s.bytes_in_use, " bytes");
+    divvy_line(&text, fd, "empty pages   ", s.bytes_in_empty_pages, " bytes");
+    divvy_line(&text, fd, "huge in use   ", s.huge_bytes_in_use, " bytes");
+    divvy_line(&text, fd, "huge cached   ", s.huge_bytes_cached, " bytes");
+    divvy_line(&text, fd, "segments      ", s.segments_in_use, "");
+    divvy_line(&text, fd, "pages in use  ", s.pages_in_use, "");
+    divvy_line(&text, fd, "pages empty   ", s.pages_empty, "");
+    divvy_line(&text, fd, "abandoned     ", s.pages_abandoned, " pages");
+    divvy_line(&text, fd, "huge blocks   ", s.huge_blocks, "");
+    divvy_line(&text, fd, "thread heaps  ", s.thread_heaps, "");
+    divvy_line(&text, fd, "thread exits  ", s.thread_exits, "");
     divvy_text_add(&text, "class  block size  pages  blocks in use  capacity  bytes in use\n");
-    divvy_text_write(&text, STDERR_FILENO);
+    divvy_text_write(&text, fd);
     for (long i = 0; i < DIVVY_MALLOC_STATISTICS_CLASSES; i++) {
         const divvy_malloc_class_statistics_t *c = &s.classes[i];
         if (c->pages == 0) continue;
@@ -94,10 +92,10 @@ DIVVY_EXPORT void malloc_stats(void) {
         divvy_text_add_column(&text, c->blocks_capacity, 10);
         divvy_text_add_column(&text, c->bytes_in_use, 14);
         divvy_text_add(&text, "\n");
-        divvy_text_write(&text, STDERR_FILENO);
+        divvy_text_write(&text, fd);
     }
     divvy_text_add(&text, "heap            pages  bytes in use  refills  pages acquired  pages retired\n");
-    divvy_text_write(&text, STDERR_FILENO);
+    divvy_text_write(&text, fd);
     for (size_t i = 0; i < s.heaps_listed && i < DIVVY_MALLOC_STATISTICS_HEAPS; i++) {
         const divvy_malloc_heap_statistics_t *h = &s.heaps[i];
         divvy_text_t id = {.length = 0};
@@ -114,10 +112,12 @@ DIVVY_EXPORT void malloc_stats(void) {
         divvy_text_add_column(&text, h->pages_acquired, 16);
         divvy_text_add_column(&text, h->pages_retired, 15);
         divvy_text_add(&text, "\n");
-        divvy_text_write(&text, STDERR_FILENO);
+        divvy_text_write(&text, fd);
     }
-    if (s.pages_unlisted > 0) divvy_line(&text, "unlisted pages", s.pages_unlisted, "");
+    if (s.pages_unlisted > 0) divvy_line(&text, fd, "unlisted pages", s.pages_unlisted, "");
 }
+
+DIVVY_EXPORT void malloc_stats(void) { divvy_print_statistics(STDERR_FILENO); }
 
 // MARK: malloc_info: the same figures as XML (glibc's call; the format is libDivvyMalloc's, docs/malloc.md)
 
@@ -211,7 +211,8 @@ DIVVY_EXPORT int malloc_info(int options, FILE *stream) {
 }
 
 // DIVVY_MALLOC_STATS=1: the statistics when the process exits normally (exit(3) or a return from main). A destructor
-// runs from ld.so's exit handler, after the program's atexit handlers; nothing to register at start-up.
+// runs from ld.so's exit handler, after the program's atexit handlers; and some of those close stderr (coreutils'
+// close_stdout does), so the constructor keeps a copy of it for this (hardening.c: divvy_malloc_read_switches).
 __attribute__((destructor)) static void divvy_malloc_statistics_at_exit(void) {
-    if (divvy_malloc_options.statistics_at_exit) malloc_stats();
+    if (divvy_malloc_options.statistics_at_exit) divvy_print_statistics(divvy_malloc_options.statistics_fd);
 }

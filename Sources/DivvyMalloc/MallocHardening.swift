@@ -44,9 +44,11 @@ extension HeapRef {
 func isCarvedBlock(_ address: UInt, of page: PageRef) -> Bool {
     let start = UInt(bitPattern: page.start)
     let size = UInt(bitPattern: page.blockSize)
-    guard size > 0, address >= start else { return false }
+    let carved = UInt(UInt32(bitPattern: page.carved))
+    // The range first: most addresses that are not blocks fail it without a division.
+    guard size > 0, address >= start, address &- start < carved &* size else { return false }
     let offset = address &- start
-    return offset % size == 0 && offset / size < UInt(UInt32(bitPattern: page.carved))
+    return offset % size == 0
 }
 
 /// A link read in hardened mode (`nextBlock`), already decoded: nil (the end of the list), or a carved block of the
@@ -243,7 +245,9 @@ struct CheckedHeapStrategy: CAllocationStrategy {
     var maximumAlignment: Int { plain.maximumAlignment }
 
     func allocate(size: Int, alignment: Int) -> UnsafeMutableRawPointer? {
-        addGuard(plain.allocate(size: size, alignment: alignment))
+        guard let pointer = plain.allocate(size: size, alignment: alignment) else { return nil }
+        if divvy_malloc_link_key() != 0 { clearLink(pointer, alignment: alignment) }
+        return addGuard(pointer)
     }
 
     func allocateZeroed(size: Int, alignment: Int) -> UnsafeMutableRawPointer? {
@@ -264,11 +268,39 @@ struct CheckedHeapStrategy: CAllocationStrategy {
     func reallocate(_ pointer: UnsafeMutableRawPointer, toSize size: Int) -> UnsafeMutableRawPointer? {
         let page =
             divvy_malloc_link_key() != 0 ? checkLiveBlock(pointer, inRealloc: true) : SegmentRef.page(of: pointer)
+        guard divvy_malloc_guard_pages() != 0, let guardStart = guardPage(of: page) else {
+            return plain.reallocate(pointer, toSize: size)
+        }
+        // A block over 4 KiB that still fits its usable size stays where it is, the same size (`HeapRef.realloc`):
+        // its guard stays too, and the two mprotect calls are saved (a buffer grown by small appends does this).
+        if size > 4096, size <= page.start + page.blockSize - pointer {
+            let moved = plain.reallocate(pointer, toSize: size)
+            // Should the heap move it after all, its old page must not keep the guard.
+            if moved != pointer, moved != nil { _ = mprotect(guardStart, 4096, PROT_READ | PROT_WRITE) }
+            return addGuardIfMoved(moved, from: pointer)
+        }
         removeGuard(page)
         let moved = plain.reallocate(pointer, toSize: size)
         // In place or moved, the live block gets its guard back (the old one, when the realloc failed).
         _ = addGuard(moved ?? pointer)
         return moved
+    }
+
+    private func addGuardIfMoved(_ moved: UnsafeMutableRawPointer?, from pointer: UnsafeMutableRawPointer)
+        -> UnsafeMutableRawPointer?
+    {
+        moved == pointer ? moved : addGuard(moved)
+    }
+
+    /// Zeroes the link word of a block just handed out, so that freeing it before writing to it does not look like
+    /// a double free to `checkLiveBlock` (its old link would still decode to a block of the page, and send every
+    /// such free on a walk of the page's free lists).
+    @inline(__always)
+    private func clearLink(_ pointer: UnsafeMutableRawPointer, alignment: Int) {
+        guard alignment > 16 else { return pointer.storeBytes(of: 0, as: UInt.self) }
+        let page = SegmentRef.page(of: pointer)
+        guard page.kind != M.hugeKind else { return }
+        page.blockStart(pointer).storeBytes(of: 0, as: UInt.self)
     }
 }
 

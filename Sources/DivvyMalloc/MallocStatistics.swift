@@ -27,12 +27,13 @@ extension HeapRef {
     @inline(__always) func countPageRetired() { bump(1624) }
 }
 
-/// Fills `statistics` (zeroed by the caller, who holds the heap's lock).
+/// Fills `statistics` (zeroed by the caller, who holds the heap's lock; `global` is nil before the first heap).
 @_cdecl("divvy_malloc_swift_statistics")
 public func divvyMallocSwiftStatistics(
-    _ global: UnsafeMutableRawPointer, _ statistics: UnsafeMutablePointer<divvy_malloc_statistics_t>
+    _ global: UnsafeMutableRawPointer?, _ statistics: UnsafeMutablePointer<divvy_malloc_statistics_t>
 ) {
-    GlobalRef(global).collectStatistics(into: statistics)
+    for cls in 0..<M.classCount { classEntry(statistics, cls).pointee.block_size = blockSize(ofClass: cls) }
+    if let global { GlobalRef(global).collectStatistics(into: statistics) }
 }
 
 @inline(__always)
@@ -57,9 +58,6 @@ extension GlobalRef {
     /// (the lock only keeps pages and segments from changing hands), so under load the figures are a moment's
     /// approximation; in a quiet process they are exact.
     func collectStatistics(into s: UnsafeMutablePointer<divvy_malloc_statistics_t>) {
-        for cls in 0..<M.classCount {
-            classEntry(s, cls).pointee.block_size = blockSize(ofClass: cls)
-        }
         s.pointee.segments_in_use = segmentsInUse
         s.pointee.bytes_mapped = segmentsInUse << M.segmentShift
         s.pointee.thread_heaps = liveHeaps

@@ -135,8 +135,9 @@ typedef struct {
     int guard_pages;
     /// hardened || guard_pages: the exported functions call the checked entry points.
     int checked;
-    /// DIVVY_MALLOC_STATS: print malloc_stats() at exit.
+    /// DIVVY_MALLOC_STATS: print malloc_stats() at exit, to this copy of stderr.
     int statistics_at_exit;
+    int statistics_fd;
 } divvy_malloc_options_t;
 
 extern __attribute__((visibility("hidden"))) divvy_malloc_options_t divvy_malloc_options;

@@ -11,7 +11,7 @@
 #   2. Divvy: the part of the Divvy module the malloc shim uses: the allocator protocol and its value types
 #      (Sources/Divvy/Core) and the adapter with its strategy protocol (Sources/Divvy/Global).
 #   3. DivvyMalloc: the heap and the @_cdecl entry points (Sources/DivvyMalloc/*.swift).
-#   4. The C shims (Sources/CDivvyMalloc/shim.c, Sources/CDivvy/shim.c, swift-atomics' _AtomicsShims) with clang -O2.
+#   4. The C shims (Sources/CDivvyMalloc/*.c, Sources/CDivvy/shim.c, swift-atomics' _AtomicsShims) with clang -O2.
 # Then one link with Sources/DivvyMalloc/libDivvyMalloc.map: exports are the malloc family and its diagnostics only.
 #
 # Embedded Swift has no Glibc overlay: a clang module named `Glibc` over the toolchain's SwiftGlibc.h stands in for
@@ -83,8 +83,9 @@ echo "build-libdivvymalloc: DivvyMalloc (the heap)" >&2
 echo "build-libdivvymalloc: C shims" >&2
 cflags="-O2 -fPIC -ffunction-sections -fdata-sections"
 # shellcheck disable=SC2086
-"$clang" $cflags -I "$root/Sources/CDivvyMalloc/include" -c -o "$work/CDivvyMalloc.o" \
-    "$root/Sources/CDivvyMalloc/shim.c"
+for c in "$root"/Sources/CDivvyMalloc/*.c; do
+    "$clang" $cflags -I "$root/Sources/CDivvyMalloc/include" -c -o "$work/CDivvyMalloc-$(basename "$c" .c).o" "$c"
+done
 # shellcheck disable=SC2086
 "$clang" $cflags -I "$root/Sources/CDivvy/include" -c -o "$work/CDivvy.o" "$root/Sources/CDivvy/shim.c"
 # shellcheck disable=SC2086

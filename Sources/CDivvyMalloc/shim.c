@@ -57,6 +57,30 @@ extern DIVVY_INTERNAL void *divvy_malloc_swift_valloc(void *heap, size_t size);
 extern DIVVY_INTERNAL void *divvy_malloc_swift_pvalloc(void *heap, size_t size);
 extern DIVVY_INTERNAL size_t divvy_malloc_swift_usable_size(void *heap, void *pointer);
 extern DIVVY_INTERNAL long divvy_malloc_swift_stat(void *global, long which);
+// The checked entry points (MallocHardening.swift): the same functions over CheckedHeapStrategy, which checks every
+// pointer freed or reallocated (DIVVY_MALLOC_HARDENED) and keeps guard pages (DIVVY_MALLOC_GUARD).
+extern DIVVY_INTERNAL void *divvy_malloc_swift_checked_malloc(void *heap, size_t size);
+extern DIVVY_INTERNAL void divvy_malloc_swift_checked_free(void *heap, void *pointer);
+extern DIVVY_INTERNAL void *divvy_malloc_swift_checked_calloc(void *heap, size_t count, size_t size);
+extern DIVVY_INTERNAL void *divvy_malloc_swift_checked_realloc(void *heap, void *pointer, size_t size);
+extern DIVVY_INTERNAL void *divvy_malloc_swift_checked_reallocarray(
+    void *heap, void *pointer, size_t count, size_t size);
+extern DIVVY_INTERNAL int divvy_malloc_swift_checked_posix_memalign(
+    void *heap, void **out, size_t alignment, size_t size);
+extern DIVVY_INTERNAL void *divvy_malloc_swift_checked_aligned_alloc(void *heap, size_t alignment, size_t size);
+extern DIVVY_INTERNAL void *divvy_malloc_swift_checked_memalign(void *heap, size_t alignment, size_t size);
+extern DIVVY_INTERNAL void *divvy_malloc_swift_checked_valloc(void *heap, size_t size);
+extern DIVVY_INTERNAL void *divvy_malloc_swift_checked_pvalloc(void *heap, size_t size);
+extern DIVVY_INTERNAL void divvy_malloc_swift_checked_warm_up(void *heap);
+// hardening.c
+extern DIVVY_INTERNAL void divvy_malloc_read_switches(void);
+
+// The Swift function `name` over the calling thread's heap: the checked one when DIVVY_MALLOC_HARDENED or
+// DIVVY_MALLOC_GUARD is on. The switch was read once, by the constructor; this predictable branch sits in the full
+// paths only (the fast paths in malloc and free never get here, and are disabled by data in hardened mode).
+#define DIVVY_SWIFT(name, ...)                                                                                        \
+    (DIVVY_UNLIKELY(divvy_malloc_options.checked) ? divvy_malloc_swift_checked_##name(__VA_ARGS__)                   \
+                                                  : divvy_malloc_swift_##name(__VA_ARGS__))
 
 #define DIVVY_TLS __thread __attribute__((tls_model("initial-exec")))
 
@@ -210,6 +234,9 @@ static void divvy_thread_exit(void *heap) {
 // Until this runs, ld.so, libc and the Swift runtime are still starting: serve them from the arena. See divvy_ready
 // for why the flag must stay volatile (DivvyMallocPreloadTests checks that this constructor survives -O2).
 __attribute__((constructor)) static void divvy_malloc_constructor(void) {
+    // The switches (DIVVY_MALLOC_HARDENED, _GUARD, _STATS), once, before any heap can exist: the heap's pages are
+    // laid out for the mode from the first one on.
+    divvy_malloc_read_switches();
     atomic_store_explicit(&divvy_ready, 1, memory_order_release);
 }
 
@@ -237,6 +264,7 @@ static __attribute__((noinline)) void divvy_warm_up(void *heap) {
     if (!atomic_load_explicit(&divvy_warmed_up, memory_order_relaxed)) {
         int saved = errno;  // the warm-up exercises the failure paths too, which set errno
         divvy_malloc_swift_warm_up(heap);
+        if (divvy_malloc_options.checked) divvy_malloc_swift_checked_warm_up(heap);
         errno = saved;
         atomic_store_explicit(&divvy_warmed_up, 1, memory_order_release);
     }
@@ -292,6 +320,11 @@ DIVVY_EXPORT void divvy_malloc_test_reenter(void) {
     free(pointer);
 }
 
+// The process-wide heap state, or NULL before the first heap (statistics.c).
+DIVVY_INTERNAL void *divvy_malloc_global_state(void) {
+    return atomic_load_explicit(&divvy_global, memory_order_acquire);
+}
+
 DIVVY_EXPORT long divvy_malloc_stat(int which) {
     void *global = atomic_load_explicit(&divvy_global, memory_order_acquire);
     if (which == 4) return (long)atomic_load_explicit(&divvy_thread_exits, memory_order_relaxed);
@@ -343,7 +376,7 @@ static void *divvy_malloc_full(size_t size) {
     divvy_thread_t *thread = &divvy_thread;
     void *heap = divvy_enter(thread);
     if (DIVVY_UNLIKELY(heap == NULL)) return divvy_fallback_or_enomem(size, 16);
-    void *pointer = divvy_malloc_swift_malloc(heap, size);
+    void *pointer = DIVVY_SWIFT(malloc, heap, size);
     thread->depth = 0;
     return pointer;
 }
@@ -359,7 +392,7 @@ static void divvy_free_full(void *pointer) {
     }
     // A thread without a heap frees through the placeholder, which owns nothing: the remote path.
     thread->depth = 1;
-    divvy_malloc_swift_free(thread->heap, pointer);
+    DIVVY_SWIFT(free, thread->heap, pointer);
     thread->depth = 0;
 }
 
@@ -375,7 +408,7 @@ DIVVY_EXPORT void *calloc(size_t count, size_t size) {
     divvy_thread_t *thread = &divvy_thread;
     void *heap = divvy_enter(thread);
     if (DIVVY_UNLIKELY(heap == NULL)) return divvy_fallback_calloc(count, size);
-    void *pointer = divvy_malloc_swift_calloc(heap, count, size);
+    void *pointer = DIVVY_SWIFT(calloc, heap, count, size);
     thread->depth = 0;
     return pointer;
 }
@@ -412,7 +445,7 @@ DIVVY_EXPORT void *realloc(void *pointer, size_t size) {
     divvy_thread_t *thread = &divvy_thread;
     void *heap = divvy_enter(thread);
     if (DIVVY_UNLIKELY(heap == NULL)) return divvy_fallback_realloc(pointer, size);
-    void *moved = divvy_malloc_swift_realloc(heap, pointer, size);
+    void *moved = DIVVY_SWIFT(realloc, heap, pointer, size);
     thread->depth = 0;
     return moved;
 }
@@ -425,7 +458,7 @@ DIVVY_EXPORT void *reallocarray(void *pointer, size_t count, size_t size) {
         if (__builtin_mul_overflow(count, size, &bytes)) { errno = ENOMEM; return NULL; }
         return realloc(pointer, bytes);
     }
-    void *moved = divvy_malloc_swift_reallocarray(heap, pointer, count, size);
+    void *moved = DIVVY_SWIFT(reallocarray, heap, pointer, count, size);
     thread->depth = 0;
     return moved;
 }
@@ -439,7 +472,7 @@ DIVVY_EXPORT int posix_memalign(void **out, size_t alignment, size_t size) {
         *out = pointer;
         return 0;
     }
-    int result = divvy_malloc_swift_posix_memalign(heap, out, alignment, size);
+    int result = DIVVY_SWIFT(posix_memalign, heap, out, alignment, size);
     thread->depth = 0;
     return result;
 }
@@ -448,7 +481,7 @@ DIVVY_EXPORT void *aligned_alloc(size_t alignment, size_t size) {
     divvy_thread_t *thread = &divvy_thread;
     void *heap = divvy_enter(thread);
     if (DIVVY_UNLIKELY(heap == NULL)) return divvy_fallback_or_enomem(size, alignment);
-    void *pointer = divvy_malloc_swift_aligned_alloc(heap, alignment, size);
+    void *pointer = DIVVY_SWIFT(aligned_alloc, heap, alignment, size);
     thread->depth = 0;
     return pointer;
 }
@@ -457,7 +490,7 @@ DIVVY_EXPORT void *memalign(size_t alignment, size_t size) {
     divvy_thread_t *thread = &divvy_thread;
     void *heap = divvy_enter(thread);
     if (DIVVY_UNLIKELY(heap == NULL)) return divvy_fallback_or_enomem(size, alignment);
-    void *pointer = divvy_malloc_swift_memalign(heap, alignment, size);
+    void *pointer = DIVVY_SWIFT(memalign, heap, alignment, size);
     thread->depth = 0;
     return pointer;
 }
@@ -466,7 +499,7 @@ DIVVY_EXPORT void *valloc(size_t size) {
     divvy_thread_t *thread = &divvy_thread;
     void *heap = divvy_enter(thread);
     if (DIVVY_UNLIKELY(heap == NULL)) return divvy_fallback_or_enomem(size, (size_t)sysconf(_SC_PAGESIZE));
-    void *pointer = divvy_malloc_swift_valloc(heap, size);
+    void *pointer = DIVVY_SWIFT(valloc, heap, size);
     thread->depth = 0;
     return pointer;
 }
@@ -481,7 +514,7 @@ DIVVY_EXPORT void *pvalloc(size_t size) {
         if (__builtin_add_overflow(size ? size : 1, page - 1, &rounded)) { errno = ENOMEM; return NULL; }
         return divvy_fallback_or_enomem(rounded & ~(page - 1), page);
     }
-    void *pointer = divvy_malloc_swift_pvalloc(heap, size);
+    void *pointer = DIVVY_SWIFT(pvalloc, heap, size);
     thread->depth = 0;
     return pointer;
 }

@@ -90,15 +90,20 @@ func atomicWord(_ address: UnsafeMutableRawPointer) -> UnsafeAtomic<Int> {
     UnsafeAtomic<Int>(at: address.assumingMemoryBound(to: UnsafeAtomic<Int>.Storage.self))
 }
 
-/// The next-block link stored in the first word of every free block.
+/// The next-block link stored in the first word of every free block. In hardened mode (DIVVY_MALLOC_HARDENED) links
+/// are stored XORed with a random key, and a link that decodes outside its page aborts (`checkedLink`,
+/// MallocHardening.swift); otherwise the key is 0 and the link is the address itself, as the C fast paths read it.
 @inline(__always)
 func nextBlock(_ block: UnsafeMutableRawPointer) -> UnsafeMutableRawPointer? {
-    block.load(as: UnsafeMutableRawPointer?.self)
+    let key = UInt(divvy_malloc_link_key())
+    let stored = block.load(as: UInt.self)
+    if _fastPath(key == 0) { return UnsafeMutableRawPointer(bitPattern: stored) }
+    return checkedLink(from: block, decoded: stored ^ key)
 }
 
 @inline(__always)
 func setNextBlock(_ block: UnsafeMutableRawPointer, _ next: UnsafeMutableRawPointer?) {
-    block.storeBytes(of: next, as: UnsafeMutableRawPointer?.self)
+    block.storeBytes(of: UInt(bitPattern: next) ^ UInt(divvy_malloc_link_key()), as: UInt.self)
 }
 
 /// A segment's header (the first 64 bytes of every segment).
@@ -297,6 +302,7 @@ struct PageRef: Equatable {
 ///     1088  direct[65]     the current page for each 16-byte size step up to 1024 bytes (`(size + 15) >> 4`): the
 ///                          head of that size's class, so the malloc fast path needs no class computation (kept in
 ///                          step with `heads` by `setHead`)
+///     1608  refills, 1616 pagesAcquired, 1624 pagesRetired: slow-path counters (MallocStatistics.swift)
 struct HeapRef: Equatable {
     let raw: UnsafeMutableRawPointer
 
@@ -311,7 +317,9 @@ struct HeapRef: Equatable {
     @inline(__always)
     func setHead(_ cls: Int, _ page: PageRef?) {
         raw.storeBytes(of: page?.raw, toByteOffset: cls &* 8, as: UnsafeMutableRawPointer?.self)
-        guard cls <= M.lastDirectClass else { return }
+        // Hardened mode leaves the direct table empty, so the C malloc fast path (which reads links raw) always
+        // declines and every allocation pops through `nextBlock`, which checks the link.
+        guard cls <= M.lastDirectClass, divvy_malloc_link_key() == 0 else { return }
         // The size steps this class serves: (previous class's block size, this class's block size], in 16s.
         let first = cls <= 8 ? cls : blockSize(ofClass: cls &- 1) / 16 &+ 1
         let last = cls <= 8 ? cls : blockSize(ofClass: cls) / 16

@@ -78,6 +78,8 @@ extension GlobalRef {
     }
     /// Bytes given back to the kernel by the policy so far, and huge blocks moved with mremap (statistics).
     var purgedBytes: Int { field(Offset.purgedBytes) }
+    /// Bytes of freed huge runs kept committed (segments that are free and retained).
+    var retainedSegmentBytes: Int { field(Offset.retainedSegments) << M.segmentShift }
     var movedBlocks: Int { field(Offset.movedBlocks) }
 
     /// The most that may stay retained now: the floor, or a share of the memory in use if that is more.

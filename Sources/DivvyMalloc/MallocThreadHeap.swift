@@ -69,6 +69,7 @@ extension HeapRef {
     /// pages of the class, or take a new page.
     @inline(never)
     func mallocSlow(_ cls: Int) -> UnsafeMutableRawPointer? {
+        countRefill()
         if let current = head(cls) {
             if let block = take(from: current) { return block }
             var candidate = current.next
@@ -179,6 +180,7 @@ extension HeapRef {
         let kind = pageKind(ofClass: cls)
         if let page = takeCached(kind) {
             initialize(page, cls)
+            countPageAcquired()
             return page
         }
         let global = self.global
@@ -189,17 +191,20 @@ extension HeapRef {
             // store after the exiting owner's last accesses.
             page.next = nil
             page.prev = nil
-            page.owner.store(Int(bitPattern: raw) | (page.hasAligned ? 1 : 0), ordering: .relaxed)
+            page.owner.store(ownerWord | (page.hasAligned ? 1 : 0), ordering: .relaxed)
+            countPageAcquired()
             return page
         }
         guard let page = global.popPool(kind) ?? global.newPage(kind) else { return nil }
         initialize(page, cls)
+        countPageAcquired()
         return page
     }
 
     /// An empty page of `kind` (not yet initialised): one this thread kept, else from the global pool, else new.
     @inline(never)
     func acquireEmptyPage(_ kind: Int) -> PageRef? {
+        countPageAcquired()
         if let page = takeCached(kind) { return page }
         let global = self.global
         divvy_malloc_lock()
@@ -232,7 +237,7 @@ extension HeapRef {
         page.next = nil
         page.prev = nil
         // Invariant: an empty page has no remote frees (every block was collected before it was retired).
-        page.owner.store(Int(bitPattern: raw), ordering: .relaxed)
+        page.owner.store(ownerWord, ordering: .relaxed)
     }
 
     // MARK: Page queues (one doubly linked list per class; the head is the current page)
@@ -348,6 +353,7 @@ extension HeapRef {
     }
 
     func retire(_ page: PageRef) {
+        countPageRetired()
         let kind = Int(page.kind)
         page.owner.store(0, ordering: .relaxed)
         if cacheCount(kind) < M.pageCacheLimit {

@@ -10,6 +10,8 @@
 //   fork         threads churn (with cross-thread frees) while the main thread forks 12 times; each child frees
 //                blocks the parent's threads allocated, runs threads of its own that allocate and free heavily,
 //                and must exit 0 within 30 s (a lock inherited held, or a corrupted heap, fails it).
+//   misuse KIND  one deliberate heap error (double free, invalid free, a write after free, an overflow: see
+//                misuse_main), for the hardened-mode tests; prints "survived" if nothing stopped it.
 //   thread-exit  generations of short-lived threads allocate blocks, hand some to a long-lived consumer and exit
 //                while it still holds (and frees) them; later generations allocate the same sizes again (adopting
 //                the pages the exited threads left behind). Under libDivvyMalloc the heap's statistics go to stderr.
@@ -486,7 +488,93 @@ static int thread_exit_main(void) {
     return errors_total == 0 ? 0 : 1;
 }
 
+// MARK: misuse: one deliberate heap error, for the hardened-mode tests
+
+// Progress on stdout with write(2): an abort must not lose it in a stdio buffer.
+static void say(const char *text) {
+    ssize_t ignored = write(STDOUT_FILENO, text, strlen(text));
+    (void)ignored;
+}
+
+static void *free_in_thread(void *pointer) {
+    free(pointer);
+    return NULL;
+}
+
+// Each kind commits one error, then says "survived" and exits 0 if nothing stopped it. Under
+// DIVVY_MALLOC_HARDENED=1 (or DIVVY_MALLOC_GUARD=1 for guard-overflow) libDivvyMalloc must stop it instead.
+static int misuse_main(const char *kind) {
+    // Volatile: the compiler must not reason about (or drop) the deliberate errors below.
+    unsigned char *volatile a = malloc(64);
+    unsigned char *volatile b = malloc(64);
+    a[0] = b[0] = 1;
+    say("ready\n");
+    if (strcmp(kind, "double-free") == 0) {
+        free(a);
+        free(a);
+    } else if (strcmp(kind, "double-free-remote") == 0) {
+        // Another thread frees it (onto the page's remote-free stack), then its owner frees it again.
+        pthread_t thread;
+        pthread_create(&thread, NULL, free_in_thread, a);
+        pthread_join(thread, NULL);
+        free(a);
+    } else if (strcmp(kind, "double-free-large") == 0) {
+        unsigned char *volatile large = malloc(100000);
+        free(large);
+        free(large);
+    } else if (strcmp(kind, "double-free-huge") == 0) {
+        unsigned char *volatile huge = malloc(8 << 20);
+        free(huge);
+        free(huge);
+    } else if (strcmp(kind, "realloc-freed") == 0) {
+        free(a);
+        a = realloc(a, 100);
+    } else if (strcmp(kind, "interior") == 0) {
+        free(a + 16);
+    } else if (strcmp(kind, "into-free-block") == 0) {
+        free(a);
+        free(a + 32);
+    } else if (strcmp(kind, "never-allocated") == 0) {
+        // A 64-byte-block boundary well past the blocks this page has handed out.
+        free(a + 64 * 300);
+    } else if (strcmp(kind, "metadata") == 0) {
+        // Inside the heap's memory, but in a segment's header, not in any block.
+        free((void *)(((uintptr_t)a & ~(((uintptr_t)4 << 20) - 1)) + 256));
+    } else if (strcmp(kind, "corrupt-link") == 0) {
+        // A write after free into a block on a free list, then allocations until that block is popped.
+        unsigned char *blocks[8];
+        for (int i = 0; i < 8; i++) blocks[i] = malloc(64);
+        free(blocks[3]);
+        *(volatile uintptr_t *)blocks[3] = 0x1000;
+        for (int i = 0; i < 100000; i++) {
+            void *p = malloc(64);
+            if (p == (void *)0x1000) {
+                say("wild pointer handed out\n");
+                break;
+            }
+        }
+    } else if (strcmp(kind, "guard-overflow") == 0) {
+        unsigned char *volatile large = malloc(40000);
+        size_t usable = malloc_usable_size(large);
+        large[usable - 1] = 1;
+        say("writing past the usable size\n");
+        large[usable] = 1;
+        free(large);
+    } else if (strcmp(kind, "probe-links") == 0) {
+        // How a free block's link is stored: the address of the next free block (plain) or not (encoded).
+        free(a);
+        free(b);
+        say(*(void *volatile *)b == (void *)a ? "links plain\n" : "links encoded\n");
+    } else {
+        fprintf(stderr, "unknown misuse %s\n", kind);
+        return 2;
+    }
+    say("survived\n");
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc > 2 && strcmp(argv[1], "misuse") == 0) return misuse_main(argv[2]);
     if (argc > 1 && strcmp(argv[1], "fork") == 0) return fork_main();
     if (argc > 1 && strcmp(argv[1], "thread-exit") == 0) return thread_exit_main();
     return stress_main();

@@ -508,8 +508,8 @@ final class DivvyMallocPreloadTests: XCTestCase {
         }
         let expected = [
             "aligned_alloc", "calloc", "free", "malloc", "malloc_usable_size", "memalign", "posix_memalign", "pvalloc",
-            "realloc", "reallocarray", "valloc", "divvy_malloc_bootstrap_bytes", "divvy_malloc_reentries",
-            "divvy_malloc_stat", "divvy_malloc_test_reenter",
+            "realloc", "reallocarray", "valloc", "malloc_stats", "malloc_info", "divvy_malloc_bootstrap_bytes",
+            "divvy_malloc_reentries", "divvy_malloc_stat", "divvy_malloc_statistics", "divvy_malloc_test_reenter",
         ]
         XCTAssertEqual(exported.sorted(), expected.sorted(), "\(lib)'s exports (update libDivvyMalloc.map)")
     }

@@ -320,6 +320,79 @@ final class DivvyMallocPreloadTests: XCTestCase {
         XCTAssertEqual(divvy, try commitTree(preload: nil))
     }
 
+    /// gcc (cc1's parser and optimiser allocate heavily) compiles a generated C file to the same object file, byte
+    /// for byte, with and without the preload; the program it links runs with the same output.
+    func testGccCompilesToTheSameObjectFile() throws {
+        let lib = try library()
+        guard let gcc = ["/usr/bin/gcc", "/usr/bin/cc"].first(where: FileManager.default.isExecutableFile) else {
+            throw XCTSkip("no gcc")
+        }
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("divvy-gcc-\(UUID())").path
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        // Many functions with string tables and switch statements: enough work for gcc's own allocator use at -O2.
+        var source = "#include <stdio.h>\n#include <string.h>\n"
+        for f in 0..<400 {
+            source += "static const char *t\(f)[] = {\"a\(f)\", \"bb\(f)\", \"ccc\(f)\"};\n"
+            source += "unsigned f\(f)(unsigned x) { switch (x % 5) { case 0: return x * \(f + 1) + strlen(t\(f)[x % 3]);"
+            source += " case 1: return x ^ \(f); case 2: return x << (\(f) % 7); default: return x + \(f); } }\n"
+        }
+        source += "int main(void) { unsigned s = 0;"
+        for f in 0..<400 { source += " s += f\(f)(\(f));" }
+        source += " printf(\"%u\\n\", s); return 0; }\n"
+        try source.write(toFile: directory + "/program.c", atomically: true, encoding: .utf8)
+        var objects: [Data] = []
+        var outputs: [String] = []
+        for (name, preload) in [("plain", nil), ("divvy", lib)] as [(String, String?)] {
+            let object = directory + "/\(name).o"
+            let compiled = try run([gcc, "-O2", "-c", "program.c", "-o", object], preload: preload, directory: directory)
+            XCTAssertEqual(compiled.status, 0, "\(name): \(compiled.stderr)")
+            objects.append(try Data(contentsOf: URL(fileURLWithPath: object)))
+            let linked = try run([gcc, object, "-o", directory + "/\(name)"], preload: preload, directory: directory)
+            XCTAssertEqual(linked.status, 0, "\(name): \(linked.stderr)")
+            outputs.append(try run([directory + "/\(name)"], preload: nil).stdout)
+        }
+        XCTAssertGreaterThan(objects[0].count, 10_000)
+        XCTAssertTrue(objects[0] == objects[1], "gcc's object file differs under the preload")
+        XCTAssertEqual(outputs[0], outputs[1])
+        XCTAssertFalse(outputs[0].isEmpty)
+    }
+
+    /// tar archives a tree of a few thousand files (deterministic options: sorted names, fixed times and owners) to
+    /// the same bytes with and without the preload, and extracts it back to the same contents under it.
+    func testTarArchivesAreIdentical() throws {
+        let lib = try library()
+        guard FileManager.default.isExecutableFile(atPath: "/usr/bin/tar") else { throw XCTSkip("no tar") }
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("divvy-tar-\(UUID())").path
+        try FileManager.default.createDirectory(atPath: directory + "/tree", withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        for d in 0..<20 {
+            try FileManager.default.createDirectory(atPath: directory + "/tree/d\(d)", withIntermediateDirectories: true)
+        }
+        for i in 0..<2000 {
+            try Data("entry \(i)\n\(String(repeating: "z", count: (i * 37) % 3000))\n".utf8)
+                .write(to: URL(fileURLWithPath: directory + "/tree/d\(i % 20)/f\(i).txt"))
+        }
+        let options = ["--sort=name", "--mtime=@0", "--owner=0", "--group=0", "--numeric-owner", "-cf"]
+        var archives: [Data] = []
+        for (name, preload) in [("plain", nil), ("divvy", lib)] as [(String, String?)] {
+            let archive = directory + "/\(name).tar"
+            let result = try run(["/usr/bin/tar"] + options + [archive, "tree"], preload: preload, directory: directory)
+            XCTAssertEqual(result.status, 0, "\(name): \(result.stderr)")
+            archives.append(try Data(contentsOf: URL(fileURLWithPath: archive)))
+        }
+        XCTAssertGreaterThan(archives[0].count, 1_000_000)
+        XCTAssertTrue(archives[0] == archives[1], "tar's archive differs under the preload")
+        try FileManager.default.createDirectory(atPath: directory + "/out", withIntermediateDirectories: true)
+        let extracted = try run(
+            ["/usr/bin/tar", "-xf", directory + "/divvy.tar", "-C", directory + "/out"], preload: lib)
+        XCTAssertEqual(extracted.status, 0, extracted.stderr)
+        let sample = "/tree/d7/f1987.txt"
+        XCTAssertEqual(
+            try Data(contentsOf: URL(fileURLWithPath: directory + "/out" + sample)),
+            try Data(contentsOf: URL(fileURLWithPath: directory + sample)))
+    }
+
     /// The stress program's path, built next to this test binary (a dependency of the test target).
     var stressProgram: String {
         get throws { try productsDirectory.appendingPathComponent("DivvyMallocStress").path }

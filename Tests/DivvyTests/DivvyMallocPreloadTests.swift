@@ -334,7 +334,8 @@ final class DivvyMallocPreloadTests: XCTestCase {
         var source = "#include <stdio.h>\n#include <string.h>\n"
         for f in 0..<400 {
             source += "static const char *t\(f)[] = {\"a\(f)\", \"bb\(f)\", \"ccc\(f)\"};\n"
-            source += "unsigned f\(f)(unsigned x) { switch (x % 5) { case 0: return x * \(f + 1) + strlen(t\(f)[x % 3]);"
+            source += "unsigned f\(f)(unsigned x) { switch (x % 5) {"
+            source += " case 0: return x * \(f + 1) + strlen(t\(f)[x % 3]);"
             source += " case 1: return x ^ \(f); case 2: return x << (\(f) % 7); default: return x + \(f); } }\n"
         }
         source += "int main(void) { unsigned s = 0;"
@@ -345,7 +346,8 @@ final class DivvyMallocPreloadTests: XCTestCase {
         var outputs: [String] = []
         for (name, preload) in [("plain", nil), ("divvy", lib)] as [(String, String?)] {
             let object = directory + "/\(name).o"
-            let compiled = try run([gcc, "-O2", "-c", "program.c", "-o", object], preload: preload, directory: directory)
+            let compiled = try run(
+                [gcc, "-O2", "-c", "program.c", "-o", object], preload: preload, directory: directory)
             XCTAssertEqual(compiled.status, 0, "\(name): \(compiled.stderr)")
             objects.append(try Data(contentsOf: URL(fileURLWithPath: object)))
             let linked = try run([gcc, object, "-o", directory + "/\(name)"], preload: preload, directory: directory)
@@ -367,7 +369,8 @@ final class DivvyMallocPreloadTests: XCTestCase {
         try FileManager.default.createDirectory(atPath: directory + "/tree", withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
         for d in 0..<20 {
-            try FileManager.default.createDirectory(atPath: directory + "/tree/d\(d)", withIntermediateDirectories: true)
+            try FileManager.default.createDirectory(
+                atPath: directory + "/tree/d\(d)", withIntermediateDirectories: true)
         }
         for i in 0..<2000 {
             try Data("entry \(i)\n\(String(repeating: "z", count: (i * 37) % 3000))\n".utf8)

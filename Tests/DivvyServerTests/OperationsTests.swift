@@ -34,6 +34,29 @@ final class OperationsTests: XCTestCase {
         }
     }
 
+    /// A config file that cannot be read is a usage error that names the file and the system's reason (read with
+    /// open/read, no Foundation error dump), and a file larger than one read is applied whole.
+    func testAnUnreadableConfigFileNamesTheFileAndTheReason() throws {
+        let missing = try run("divvyd", ["--config", "/nonexistent/divvyd.conf", "--print-config"])
+        XCTAssertEqual(missing.status, 2)
+        XCTAssertTrue(
+            missing.error.contains(
+                "divvyd: cannot read config file /nonexistent/divvyd.conf: No such file or directory"), missing.error)
+        let directory = try temporarySocketDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let folder = try run("divvyd", ["--config", directory, "--print-config"])
+        XCTAssertEqual(folder.status, 2)
+        XCTAssertTrue(
+            folder.error.contains("divvyd: cannot read config file \(directory): Is a directory"), folder.error)
+        // A file larger than one read(2) chunk is read whole.
+        let file = directory + "/divvyd.conf"
+        try (String(repeating: "# padding\n", count: 10_000) + "data-size = 48M\n")
+            .write(toFile: file, atomically: true, encoding: .utf8)
+        let large = try run("divvyd", ["--config", file, "--print-config"])
+        XCTAssertEqual(large.status, 0, large.error)
+        XCTAssertTrue(large.output.contains("data-size = 50331648"), large.output)  // 48M
+    }
+
     func testAnUnknownLogLevelIsAUsageError() throws {
         let levels = "trace, debug, info, notice, warning, error, critical"
         let flag = try run("divvyd", ["--log-level", "verbose", "--socket", "/tmp/divvy-nowhere/divvyd.sock"])

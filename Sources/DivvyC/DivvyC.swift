@@ -168,17 +168,10 @@ public func divvyAlloc(
         guard let size = checkedInt(size) else {
             return fail(DIVVY_EUNSUPPORTED_SIZE, "divvy_alloc: size \(size) is larger than any size class")
         }
-        let allocated = try client.allocateHandle(size).handle
-        if let address {
-            do throws(DivvyClientError) {
-                address.pointee = try client.pointer(for: allocated)
-            } catch {
-                // Cannot happen for a block just allocated; if it did, do not leak the block.
-                _ = try? client.free(allocated)
-                throw error
-            }
-        }
-        handle.pointee = allocated.rawValue
+        // One look-up: the allocation itself yields the address (no second check of a handle just made).
+        let allocated = try client.allocateBlock(size)
+        address?.pointee = allocated.address
+        handle.pointee = allocated.handle.rawValue
         return ok
     }
 }

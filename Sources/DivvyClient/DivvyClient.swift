@@ -261,23 +261,32 @@ public final class DivvyClient {
     ///
     /// - Throws: `.heap`/`.refused` with `unsupportedSize`, `quotaExceeded`, `heapFull`; `.daemonGone`.
     public func allocate(_ size: Int) throws(DivvyClientError) -> SharedBlock {
-        let (handle, blockSize) = try allocateHandle(size)
-        return try SharedBlock(client: self, handle: handle, size: blockSize, base: pointer(for: handle))
+        let (handle, blockSize, address) = try allocateBlock(size)
+        return SharedBlock(client: self, handle: handle, size: blockSize, base: address)
     }
 
     /// Allocates a block and returns its raw handle (the caller frees it with `free(_:)`).
     public func allocateHandle(_ size: Int) throws(DivvyClientError) -> (handle: SharedHandle, blockSize: Int) {
-        if let participant = fastParticipant, let heap = fastHeap {
+        let (handle, blockSize, _) = try allocateBlock(size)
+        return (handle, blockSize)
+    }
+
+    /// Allocates a block and returns its raw handle, its size and its address in this process (the caller frees
+    /// it with `free(_:)`). Direct clients get all three from the allocation itself, with no second look-up.
+    ///
+    /// - Throws: as `allocate(_:)`.
+    public func allocateBlock(
+        _ size: Int
+    ) throws(DivvyClientError) -> (handle: SharedHandle, blockSize: Int, address: UnsafeMutableRawPointer) {
+        if let participant = fastParticipant {
             while true {
-                // Safe: `self.participant` / `self.heap` keep both alive for the duration of the call.
-                let result = participant._withUnsafeGuaranteedRef { participant in
-                    heap._withUnsafeGuaranteedRef { heap -> Result<(SharedHandle, Int), SharedHeapError> in
-                        do throws(SharedHeapError) {
-                            let handle = try participant.allocate(size)
-                            return .success((handle, try heap.blockSize(of: handle)))
-                        } catch {
-                            return .failure(error)
-                        }
+                // Safe: `self.participant` keeps it alive for the duration of the call.
+                let result = participant._withUnsafeGuaranteedRef {
+                    participant -> Result<(SharedHandle, Int, UnsafeMutableRawPointer), SharedHeapError> in
+                    do throws(SharedHeapError) {
+                        return .success(try participant.allocateBlock(size))
+                    } catch {
+                        return .failure(error)
                     }
                 }
                 switch result {
@@ -288,7 +297,15 @@ public final class DivvyClient {
             }
         }
         switch try request(.allocate(size: UInt64(max(0, size)))).message {
-        case .allocated(let handle, let blockSize): return (SharedHandle(rawValue: handle), Int(blockSize))
+        case .allocated(let raw, let blockSize):
+            let handle = SharedHandle(rawValue: raw)
+            do throws(DivvyClientError) {
+                return (handle, Int(blockSize), try pointer(for: handle))
+            } catch {
+                // The daemon granted a block outside the data area we mapped: do not leak it.
+                _ = try? free(handle)
+                throw error
+            }
         case let other: throw unexpected(other, for: .allocate)
         }
     }

@@ -177,6 +177,23 @@ final class SharedHeapTests: ShmTestCase {
         XCTAssertEqual(report.pooledPages, heap.pageCount, "every page back in the pool after leave: \(report)")
     }
 
+    /// `allocateBlock` returns, without a second look-up, exactly what `blockSize(of:)` and `pointer(for:)` say of the
+    /// new handle, in both tiers, for fresh and reused slots.
+    func testAllocateBlockReturnsTheCheckedSizeAndAddress() throws {
+        let (_, heap) = try makeHeap()
+        let me = try heap.join(name: "one")
+        for size in [1, 16, 17, 100, 1000, 4096, heap.largestSmallBlockSize + 1, heap.largestBlockSize] {
+            for round in 0..<3 {
+                let (handle, blockSize, address) = try me.allocateBlock(size)
+                XCTAssertEqual(blockSize, try heap.blockSize(of: handle), "size \(size) round \(round)")
+                XCTAssertEqual(address, try heap.pointer(for: handle), "size \(size) round \(round)")
+                XCTAssertGreaterThanOrEqual(blockSize, size)
+                try me.free(handle)  // The next round reuses the slot (a new generation, the same address).
+            }
+        }
+        XCTAssertTrue(heap.verify().isClean)
+    }
+
     func testFreedBlocksAreReusedWithNewGeneration() throws {
         let (_, heap) = try makeHeap()
         let me = try heap.join(name: "one")

@@ -143,6 +143,20 @@ extension SharedHeap {
         ///   give back its own pages that hold no live block).
         /// - Complexity: O(1) amortized; O(pages) when the pool is empty and orphan pages are searched.
         public func allocate(_ size: Int) throws(SharedHeapError) -> SharedHeapHandle {
+            try allocateBlock(size).handle
+        }
+
+        /// Allocates like `allocate(_:)` and also returns what a caller needs next: the block's size (its class's)
+        /// and its address in this process's mapping. Nothing is looked up again: the handle was just made from
+        /// the page and slot the allocation took, so checking it (`SharedHeap.pointer(for:)`) would only repeat
+        /// the work.
+        ///
+        /// - Throws: as `allocate(_:)`.
+        /// - Complexity: as `allocate(_:)`.
+        @inline(__always)
+        public func allocateBlock(
+            _ size: Int
+        ) throws(SharedHeapError) -> (handle: SharedHeapHandle, blockSize: Int, address: UnsafeMutableRawPointer) {
             try checkJoined()
             guard size > 0, let sizeClass = heap.sizeClass(for: size) else { throw unsupportedSizeError(size) }
             if held.freeCount == 0 { _ = try takeHeldSlot(for: SharedHeapHandle(rawValue: 0)) }
@@ -180,7 +194,8 @@ extension SharedHeap {
             try crashPoint("allocate", 4)
             // Step 4.
             heap.pending(index).store(0, ordering: .releasing)
-            return handle
+            // Safe: the offset lies in the data pages (it came from `pageBase` and a slot below the page's count).
+            return (handle, blockSize, heap.data + Int(truncatingIfNeeded: unit &<< 4))
         }
 
         /// A free slot of `sizeClass` in one of our pages, taking a new page when needed.

@@ -48,6 +48,9 @@ public final class DivvyServer: @unchecked Sendable {
     public let heap: SharedHeap
     /// The path the daemon listens on.
     public let socketPath: String
+    /// The named region's owner lock (nil for an anonymous region): held from before the region is created until
+    /// the daemon has removed it, so a successor can tell a live daemon from a crashed one.
+    private let regionOwnerLock: SharedRegionOwnerLock?
     /// When the daemon started (seconds since the epoch).
     public let startTime: Double
 
@@ -138,27 +141,45 @@ public final class DivvyServer: @unchecked Sendable {
             // The data in an object of its own: mediated clients receive only that descriptor.
             separateDataObject: true)
         let region: SharedRegion
+        let ownerLock: SharedRegionOwnerLock?
         do throws(SharedRegionError) {
             if let name = configuration.regionName {
-                region = try SharedRegion.create(name: name, regionConfiguration)
+                // The owner lock first: while we hold it no other daemon serves the name, so an object that is
+                // already there was left by a daemon that died without removing it (a crash, SIGKILL, OOM).
+                let lock = try SharedRegionOwnerLock.acquire(
+                    name: name, namePrefix: configuration.regionNamePrefix, mode: regionConfiguration.mode)
+                ownerLock = lock
+                do throws(SharedRegionError) {
+                    region = try SharedRegion.create(name: name, regionConfiguration)
+                } catch where error.code == .alreadyExists {
+                    let note = "replacing a region left by a daemon that stopped without removing it (its clients' "
+                        + "blocks are not carried over)"
+                    logger.warning(
+                        "\(note)",
+                        metadata: ["region": "\(lock.lockObjectName.dropLast(5))"])
+                    var replacing = regionConfiguration
+                    replacing.ifExists = .replace
+                    region = try SharedRegion.create(name: name, replacing)
+                }
             } else {
+                ownerLock = nil
                 region = try SharedRegion.createAnonymous(regionConfiguration)
             }
         } catch {
-            var message = "could not create the shared-memory region: \(error)"
-            if error.code == .alreadyExists {
-                message += " (another divvyd may be using region '\(configuration.regionName ?? "")'; if none "
-                    + "runs, a previous one crashed: remove /dev/shm/\(configuration.regionNamePrefix)"
-                    + "\(configuration.regionName ?? "") and start again)"
-            }
-            throw ServerError(.region, message)
+            throw ServerError(.region, "could not create the shared-memory region: \(error)")
         }
         self.region = region
+        regionOwnerLock = ownerLock
+        /// Undoes the region on a failed start: removes its name and then the owner lock's.
+        func abandonRegion() {
+            if configuration.regionName != nil { try? region.remove() }
+            ownerLock?.release(removingName: true)
+        }
         do throws(SharedHeapError) {
             heap = try SharedHeap.create(in: region, configuration: heapConfiguration)
             classSizes = heap.sizeClasses
         } catch {
-            if configuration.regionName != nil { try? region.remove() }
+            abandonRegion()
             throw ServerError(.invalidConfiguration, "could not format the heap: \(error)")
         }
 
@@ -168,7 +189,7 @@ public final class DivvyServer: @unchecked Sendable {
             participant = joined
             daemonParticipantRef = Unmanaged.passUnretained(joined)  // (property observers do not run in init)
         } catch {
-            if configuration.regionName != nil { try? region.remove() }
+            abandonRegion()
             throw ServerError(.region, "the daemon could not join its own heap: \(error)")
         }
 
@@ -180,7 +201,7 @@ public final class DivvyServer: @unchecked Sendable {
                 try FileManager.default.createDirectory(
                     atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
             } catch {
-                if configuration.regionName != nil { try? region.remove() }
+                abandonRegion()
                 throw ServerError(.socket, "could not create the socket directory \(directory): \(error)")
             }
         }
@@ -194,7 +215,7 @@ public final class DivvyServer: @unchecked Sendable {
             poller = try EventPoller()
             try poller.add(listener.fileDescriptor, events: .readable, token: Self.listenerToken)
         } catch {
-            if configuration.regionName != nil { try? region.remove() }
+            abandonRegion()
             throw ServerError(.socket, "could not listen on \(configuration.socketPath): \(error)")
         }
         receiveBuffer = .allocate(byteCount: ProtocolLimits.maxFrameSize + 1, alignment: 16)
@@ -203,7 +224,7 @@ public final class DivvyServer: @unchecked Sendable {
             do throws(ServerError) {
                 metricsListener = try MetricsListener(host: host, port: port) { registry.emitToString() }
             } catch {
-                if configuration.regionName != nil { try? region.remove() }
+                abandonRegion()
                 throw error
             }
         }
@@ -285,6 +306,8 @@ public final class DivvyServer: @unchecked Sendable {
                 logger.error("could not remove the region", metadata: ["error": "\(error)"])
             }
         }
+        // Last: until the region's name is gone, a successor must see the name as served.
+        regionOwnerLock?.release(removingName: true)
         publishCounters()
         logger.info("divvyd stopped")
     }

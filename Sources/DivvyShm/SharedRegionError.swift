@@ -46,6 +46,8 @@ public struct SharedRegionError: Error, Hashable, Sendable, CustomStringConverti
         public static let outOfBounds = Code(13)
         /// Another system call failed; `cause` holds errno.
         public static let systemCallFailed = Code(14)
+        /// A named region's owner lock is held by a live process (another daemon serves that name).
+        public static let inUse = Code(15)
 
         /// The code's name, e.g. `"insufficientSpace"`.
         public var description: String {
@@ -64,6 +66,7 @@ public struct SharedRegionError: Error, Hashable, Sendable, CustomStringConverti
             case 12: "geometryMismatch"
             case 13: "outOfBounds"
             case 14: "systemCallFailed"
+            case 15: "inUse"
             default: "code\(rawValue)"
             }
         }

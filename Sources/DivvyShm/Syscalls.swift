@@ -64,6 +64,11 @@ internal func systemStat(_ path: String) -> Result<stat, Errno> {
     return valueOrErrno { stat(path, &info) }.map { _ in info }
 }
 
+/// flock(2).
+internal func systemFlock(_ fd: Int32, _ operation: Int32) -> Result<Void, Errno> {
+    valueOrErrno { flock(fd, operation) }.map { _ in () }
+}
+
 /// fcntl(2) with an int argument, through the C shim (fcntl is variadic).
 internal func systemFcntl(_ fd: Int32, _ command: Int32, _ argument: Int32 = 0) -> Result<Int32, Errno> {
     valueOrErrno { divvy_fcntl_int(fd, command, argument) }

@@ -50,6 +50,10 @@
 //                                      from 0), free random holdings, adopt handles the parent put in slots 16…31
 //                                      (with a stop slot also those in 3…15) and check their pattern (exit 1)
 //
+// Owner lock (SharedRegionTests):
+//   divvy-shm-helper hold-lock <name> <prefix>      take the region's owner lock, print "LOCKED", sleep until killed
+//                                                    (exit 4 when another process holds it)
+//
 // Exit status: 0 all good, 1 a check failed, 2 a region error (printed on stderr), 3 timeout, 4 the name was taken,
 // 64 usage.
 import Atomics
@@ -82,6 +86,21 @@ if let limit = getenv("DIVVY_HELPER_ADDRESS_SPACE_LIMIT").flatMap({ rlim_t(Strin
     guard setrlimit(__rlimit_resource_t(RLIMIT_AS.rawValue), &rlimit) == 0 else { fail(64, "setrlimit(RLIMIT_AS, \(limit)) failed") }
 }
 
+if arguments.first == "hold-lock" {
+    arguments.removeFirst()
+    let name = next()
+    let prefix = next()
+    do {
+        let lock = try SharedRegionOwnerLock.acquire(name: name, namePrefix: prefix)
+        // write(2), not print: stdout is a pipe, and print's buffer would only be flushed at exit.
+        _ = "LOCKED\n".withCString { write(1, $0, 7) }
+        withExtendedLifetime(lock) {
+            while true { sleep(60) }
+        }
+    } catch {
+        fail(error.code == .inUse ? 4 : 2, "\(error)")
+    }
+}
 if arguments.first == "heap" {
     arguments.removeFirst()
     runHeapHelper()

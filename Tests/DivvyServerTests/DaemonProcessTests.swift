@@ -11,8 +11,11 @@ final class DaemonProcessTests: XCTestCase {
         let process: ChildProcess
         let directory: String
         let socketPath: String
+        /// The `--region-name` the daemon was given, if any: its objects are removed when the test is done.
+        let regionName: String?
 
         init(_ extra: [String] = [], environment: [String: String] = [:], socketPath: String? = nil) throws {
+            regionName = extra.firstIndex(of: "--region-name").flatMap { extra.indices.contains($0 + 1) ? extra[$0 + 1] : nil }
             directory = try temporarySocketDirectory()
             self.socketPath = socketPath ?? directory + "/divvyd.sock"
             process = try ChildProcess(
@@ -39,6 +42,11 @@ final class DaemonProcessTests: XCTestCase {
             process.signal(SIGKILL)
             process.wait()
             try? FileManager.default.removeItem(atPath: directory)
+            // A killed daemon leaves its named region and owner lock behind: tests leave nothing in /dev/shm.
+            if let regionName {
+                shm_unlink("/divvy-\(regionName)")
+                shm_unlink("/divvy-\(regionName).lock")
+            }
         }
 
         func admin() throws -> DivvyClient {
@@ -207,7 +215,9 @@ final class DaemonProcessTests: XCTestCase {
         let sameRegion = try ChildProcess(
             "divvyd", ["--socket", otherDirectory + "/d.sock", "--data-size", "4M", "--region-name", name])
         XCTAssertEqual(sameRegion.wait(timeout: 20)?.status, 1)
-        XCTAssertTrue(sameRegion.standardError.contains("another divvyd may be using region"), sameRegion.standardError)
+        XCTAssertTrue(
+            sameRegion.standardError.contains("is served by another running process"), sameRegion.standardError)
+        XCTAssertTrue(sameRegion.standardError.contains("divvy-\(name).lock"), "names the lock: \(sameRegion.standardError)")
         // The first still serves.
         let client = try first.admin()
         try client.ping()
@@ -215,6 +225,44 @@ final class DaemonProcessTests: XCTestCase {
         first.process.signal(SIGTERM)
         XCTAssertEqual(first.process.wait(timeout: 20)?.status, 0)
         XCTAssertFalse(FileManager.default.fileExists(atPath: "/dev/shm/divvy-\(name)"), "a named region is removed on exit")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "/dev/shm/divvy-\(name).lock"), "and its owner lock")
+    }
+
+    /// A daemon killed with SIGKILL leaves its named region behind; the next start on the same name must not need
+    /// anyone to clean up (`Restart=on-failure` would never bring it back): the dead daemon's owner lock is gone, so
+    /// the new one replaces the object, says so, and serves.
+    func testADaemonKilledWithSigkillDoesNotBlockTheNextStart() throws {
+        let name = "test-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        var first: Daemon? = try Daemon(["--region-name", name])
+        let client = try XCTUnwrap(first).admin()
+        _ = try client.allocateHandle(64)
+        client.close()
+        let firstPID = try XCTUnwrap(first).process.pid
+        kill(firstPID, SIGKILL)
+        XCTAssertEqual(first?.process.wait(timeout: 20)?.signal, SIGKILL)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: "/dev/shm/divvy-\(name)"), "the killed daemon's region stays")
+        let second = try ChildProcess(
+            "divvyd", ["--socket", try XCTUnwrap(first).socketPath, "--data-size", "4M", "--region-name", name])
+        defer {
+            second.signal(SIGKILL)
+            second.wait()
+        }
+        let deadline = Date().addingTimeInterval(20)
+        var served: DivvyClient?
+        while served == nil, Date() < deadline, second.wait(timeout: 0.05) == nil {
+            served = try? DivvyClient(.init(socketPath: try XCTUnwrap(first).socketPath, name: "after", mode: .mediated))
+        }
+        let after = try XCTUnwrap(served, "the second daemon serves: \(second.standardError)")
+        _ = try after.allocateHandle(64)
+        after.close()
+        XCTAssertTrue(
+            second.standardError.contains("replacing a region left by a daemon that stopped without removing it"),
+            second.standardError)
+        second.signal(SIGTERM)
+        XCTAssertEqual(second.wait(timeout: 20)?.status, 0, second.standardError)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "/dev/shm/divvy-\(name)"), "removed on a clean exit")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "/dev/shm/divvy-\(name).lock"))
+        first = nil
     }
 
     func testRunsOnBuiltInDefaultsUnderXdgRuntimeDir() throws {

@@ -95,6 +95,37 @@ final class SharedRegionTests: ShmTestCase {
         XCTAssertTrue(shmObjects().isEmpty, "opening never creates")
     }
 
+    /// The owner lock tells a live holder (another process, or another open in this one) from a dead one: the
+    /// kernel drops it when its holder is SIGKILLed, and a clean release removes the lock object.
+    func testOwnerLockIsExclusiveAndDiesWithItsHolder() throws {
+        XCTAssertFalse(try SharedRegionOwnerLock.isHeld(name: "owned", namePrefix: prefix), "no lock object yet")
+        let holder = try HelperProcess.spawn(["hold-lock", "owned", prefix])
+        var line: [UInt8] = []
+        var byte: UInt8 = 0
+        while byte != UInt8(ascii: "\n"), read(holder.outputFD, &byte, 1) == 1 { line.append(byte) }
+        XCTAssertEqual(String(decoding: line, as: UTF8.self), "LOCKED\n")
+
+        XCTAssertTrue(try SharedRegionOwnerLock.isHeld(name: "owned", namePrefix: prefix))
+        let refused = assertRegionError(.inUse) { _ = try SharedRegionOwnerLock.acquire(name: "owned", namePrefix: prefix) }
+        XCTAssertTrue(refused?.message.contains("/dev/shm/\(prefix)owned.lock") ?? false, "names the lock: \(String(describing: refused))")
+        XCTAssertTrue(refused?.message.contains("choose another region name") ?? false, "says what to do")
+
+        kill(holder.pid, SIGKILL)
+        XCTAssertEqual(holder.wait().signal, SIGKILL)
+        XCTAssertTrue(exists("owned.lock"), "a killed holder leaves the lock object, but not the lock")
+        XCTAssertFalse(try SharedRegionOwnerLock.isHeld(name: "owned", namePrefix: prefix))
+
+        let lock = try SharedRegionOwnerLock.acquire(name: "owned", namePrefix: prefix)
+        XCTAssertTrue(try SharedRegionOwnerLock.isHeld(name: "owned", namePrefix: prefix))
+        assertRegionError(.inUse) { _ = try SharedRegionOwnerLock.acquire(name: "owned", namePrefix: prefix) }
+        lock.release(removingName: true)
+        lock.release(removingName: true)  // Idempotent.
+        XCTAssertFalse(exists("owned.lock"), "a clean release leaves nothing in /dev/shm")
+        XCTAssertFalse(try SharedRegionOwnerLock.isHeld(name: "owned", namePrefix: prefix))
+        withExtendedLifetime(try SharedRegionOwnerLock.acquire(name: "owned", namePrefix: prefix)) {}
+        assertRegionError(.invalidName) { _ = try SharedRegionOwnerLock.acquire(name: "a/b", namePrefix: prefix) }
+    }
+
     func testCreatingAnExistingNameFailsUnlessReplaceIsAsked() throws {
         let first = try SharedRegion.create(name: "taken", configuration())
         try first.mapping.withUnsafeMutableBytes(atOffset: first.geometry.dataOffset, length: 1) { $0[0] = 7 }

@@ -111,7 +111,8 @@ public enum AdminDocument {
         }
     }
 
-    /// One row of `clients` (and the body of `disconnect`).
+    /// One row of `clients` (and the body of `disconnect`). `clients` is paged: see `Protocol/PROTOCOL.md`,
+    /// "Admin paging".
     public struct Client: Codable, Hashable, Sendable {
         /// The client id the daemon gave the connection.
         public var id: UInt32
@@ -160,11 +161,15 @@ public enum AdminDocument {
         public var allocatedBlocks: Int, holdings: Int
         /// Participants alive and dead, and operations in flight.
         public var liveParticipants: Int, deadParticipants: Int, operationsInFlight: Int
+        /// Violations left out of `violations` so that the document fits one frame (the first ones are kept;
+        /// `summary` and `clean` count them all). Nil from a daemon that predates the field.
+        public var violationsOmitted: Int?
 
         /// Creates a value; see the properties.
         public init(
             clean: Bool, violations: [String], summary: String, pooledPages: Int, ownedPages: Int, orphanPages: Int,
-            allocatedBlocks: Int, holdings: Int, liveParticipants: Int, deadParticipants: Int, operationsInFlight: Int
+            allocatedBlocks: Int, holdings: Int, liveParticipants: Int, deadParticipants: Int, operationsInFlight: Int,
+            violationsOmitted: Int? = nil
         ) {
             self.clean = clean
             self.violations = violations
@@ -177,6 +182,7 @@ public enum AdminDocument {
             self.liveParticipants = liveParticipants
             self.deadParticipants = deadParticipants
             self.operationsInFlight = operationsInFlight
+            self.violationsOmitted = violationsOmitted
         }
     }
 

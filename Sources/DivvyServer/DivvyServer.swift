@@ -95,6 +95,9 @@ public final class DivvyServer: @unchecked Sendable {
     private let receiveBuffer: UnsafeMutableRawBufferPointer
     private var sendBuffer: [UInt8] = []
     private var shutdownDeadline: Double?
+    /// The largest admin body the daemon builds (`AdminPaging`); only tests change it, before `run()`, to provoke
+    /// an over-long reply.
+    var adminBodyLimit = ProtocolLimits.maxAdminBodyLength
 
     private static let listenerToken: UInt64 = 0
 
@@ -494,8 +497,11 @@ public final class DivvyServer: @unchecked Sendable {
     }
 
     private func send(_ session: Session, requestID: UInt64, _ message: Message, descriptors: [Int32] = []) {
-        sendBuffer.removeAll(keepingCapacity: true)
-        Frame(requestID: requestID, message: message).encode(into: &sendBuffer)
+        if let replaced = ReplyCheck.encode(message, requestID: requestID, into: &sendBuffer) {
+            metrics.failure(.internalError)
+            logger.error("a reply did not fit a frame; answered internalError", metadata: [
+                "client": "\(session.id)", "request": "\(requestID)", "error": "\(replaced)"])
+        }
         guard session.outbox.isEmpty else {
             session.outbox.append((sendBuffer, descriptors))
             return
@@ -1079,10 +1085,15 @@ public final class DivvyServer: @unchecked Sendable {
         case .status: return reports.json(operation, reports.status(clients: sessions.count))
         case .classes: return reports.json(operation, reports.classes())
         case .clients:
-            return reports.json(operation, sessions.values.sorted { $0.id < $1.id }.map { reports.client($0) })
+            // Paged: the argument is the id the page starts after (PROTOCOL.md, "Admin paging").
+            let page = AdminPaging.clientsPage(sessions.values, after: argument, limit: adminBodyLimit) {
+                reports.client($0)
+            }
+            return .adminReply(AdminReply(operation: operation, format: .json, body: page))
         case .verify:
             participant?.collectRemoteFrees()
-            return reports.json(operation, reports.verify())
+            let body = AdminPaging.verifyBody(reports.verify(), limit: adminBodyLimit)
+            return .adminReply(AdminReply(operation: operation, format: .json, body: body))
         case .config: return reports.json(operation, reports.config())
         case .metrics:
             reportStatus()

@@ -207,12 +207,31 @@ public enum AdminDocument {
         public init(settings: [Setting]) { self.settings = settings }
     }
 
-    /// `disconnect`: the client that was disconnected, as it was.
+    /// `disconnect`: the client that was disconnected, as it was, and how its process was stopped.
+    ///
+    /// A direct client writes shared memory itself, so the daemon kills its process (SIGKILL) before it ends the
+    /// session; when that fails the request fails (`internalError`) and nothing changes. The new fields are nil
+    /// from a daemon that predates them.
     public struct Disconnected: Codable, Hashable, Sendable {
         /// The client's row.
         public var disconnected: Client
+        /// Whether the daemon killed the client's process (direct clients); false for a mediated client, whose
+        /// memory the daemon alone touches.
+        public var killed: Bool?
+        /// How the kill reached the process: `pidfd` (the pidfd taken when the client connected: never a process
+        /// that reused the pid) or `pid` (a kernel without pidfds); nil when nothing was killed (or the process
+        /// had already exited).
+        public var killedThrough: String?
+        /// What happens to a direct client's heap participant and its leased pages (recovered when its process has
+        /// exited: "when process N exits", or the recovery's report); nil for a mediated client.
+        public var recovery: String?
 
         /// Creates a value.
-        public init(disconnected: Client) { self.disconnected = disconnected }
+        public init(disconnected: Client, killed: Bool? = nil, killedThrough: String? = nil, recovery: String? = nil) {
+            self.disconnected = disconnected
+            self.killed = killed
+            self.killedThrough = killedThrough
+            self.recovery = recovery
+        }
     }
 }

@@ -398,6 +398,9 @@ public final class DivvyServer: @unchecked Sendable {
             logger.error("could not watch a new connection", metadata: ["error": "\(error)"])
             return
         }
+        // Taken now, while the connection proves the process is alive: a later disconnect signals this process
+        // and no other (PeerProcess).
+        session.process = PeerProcess(socket: socket.fileDescriptor, pid: peer.pid)
         sessions[id] = session
         metrics.count(.connection)
         // The info-level "client connected" line waits for hello: only then is it known whether this is divvyctl.
@@ -971,8 +974,10 @@ public final class DivvyServer: @unchecked Sendable {
 
     /// Ends a session and reclaims everything it held: its mediated holdings are dropped (blocks only it held go
     /// back to the heap), and its direct participant, if any and still joined, is recovered.
-    private func disconnect(_ id: UInt32, reason: String) {
-        guard let session = sessions.removeValue(forKey: id) else { return }
+    /// - Returns: what happens to the direct participant (the recovery's outcome), or nil when there is none.
+    @discardableResult
+    private func disconnect(_ id: UInt32, reason: String) -> String? {
+        guard let session = sessions.removeValue(forKey: id) else { return nil }
         poller.remove(session.socket.fileDescriptor)
         session.socket.close()
         var released = 0
@@ -990,24 +995,31 @@ public final class DivvyServer: @unchecked Sendable {
             "client": "\(id)", "name": "\(session.name)", "reason": "\(reason)",
             "mediated_blocks_released": "\(released)",
         ]
+        var recovery: String?
         if let p = session.participant {
             directOwners[p] = nil
             if let status = heap.participantStatus(p), status.state != .free, status.pid == session.peer.pid {
+                let outcome = recoverWhenExited(p, pid: session.peer.pid, pidfd: session.process?.takeDescriptor())
                 metadata["participant"] = "\(p)"
-                metadata["recovery"] = "\(recoverWhenExited(p, pid: session.peer.pid))"
+                metadata["recovery"] = "\(outcome)"
+                recovery = outcome
             }
         }
+        session.process?.close()
         metrics.count(.disconnection)
         logger.log(level: connectionLogLevel(session), "client disconnected", metadata: metadata)
+        return recovery
     }
 
     /// Recovers participant `p` of process `pid` once that process has exited: at once if it has, else when its
-    /// pidfd turns readable (or, without pidfd support, when `tick()` sees it gone).
-    private func recoverWhenExited(_ p: Int, pid: Int32) -> String {
+    /// pidfd turns readable (or, without pidfd support, when `tick()` sees it gone). `pidfd` (taken when the
+    /// client connected; this function owns it) is used when given, else one is opened.
+    private func recoverWhenExited(_ p: Int, pid: Int32, pidfd: Int32? = nil) -> String {
         guard pid != getpid() else {
+            if let pidfd, pidfd >= 0 { _ = close(pidfd) }
             return "kept: the participant belongs to the daemon's own process"
         }
-        let fd = divvy_pidfd_open(pid)
+        let fd = pidfd.flatMap { $0 >= 0 ? $0 : nil } ?? divvy_pidfd_open(pid)
         if fd < 0 {
             if divvy_errno() == ESRCH || processHasExited(pid) { return recover(p) }
             // No pidfd (kernel < 5.3): `tick()` recovers it via deadParticipants() once the process is gone.
@@ -1103,18 +1115,36 @@ public final class DivvyServer: @unchecked Sendable {
                 throw ServiceError(.noSuchClient, "no client with id \(argument) is connected")
             }
             let summary = reports.client(target)
+            // A direct client writes heap metadata itself: its memory can be taken back safely only once it has
+            // stopped, so disconnecting it kills it first (recovery follows its exit); if it cannot be killed,
+            // nothing changes (AdminDisconnect.swift).
+            var killedThrough: PeerProcess.Route?
+            let direct = target.participant != nil && target.peer.pid != getpid()
+            if direct, let process = target.process {
+                switch process.signal(SIGKILL) {
+                case .sent(let route):
+                    killedThrough = route
+                    logger.notice(
+                        "killed a disconnected direct client",
+                        metadata: ["pid": "\(target.peer.pid)", "through": "\(route)"])
+                case .exited: break
+                case .failed(let errno, let route):
+                    let refusal = Self.disconnectRefused(summary, errno: errno, route: route)
+                    logger.error("could not kill a direct client to disconnect it; it stays connected", metadata: [
+                        "client": "\(argument)", "pid": "\(target.peer.pid)", "error": "\(refusal.message)"])
+                    throw refusal
+                }
+            }
             logger.notice("admin disconnects a client", metadata: ["client": "\(argument)", "by": "\(session.id)"])
             if target !== session {
                 send(target, requestID: 0, .shutdown(reason: "disconnected by an administrator"))
             }
-            // A direct client writes heap metadata itself: its memory can be taken back safely only once it has
-            // stopped, so disconnecting it kills it (recovery follows its exit).
-            if target.participant != nil, target.peer.pid != getpid() {
-                logger.notice("killing a disconnected direct client", metadata: ["pid": "\(target.peer.pid)"])
-                _ = kill(target.peer.pid, SIGKILL)
-            }
-            disconnect(argument, reason: "disconnected by client \(session.id)")
-            return reports.json(operation, AdminReports.Disconnected(disconnected: summary))
+            let recovery = disconnect(argument, reason: "disconnected by client \(session.id)")
+            return reports.json(
+                operation,
+                AdminReports.Disconnected(
+                    disconnected: summary, killed: killedThrough != nil, killedThrough: killedThrough?.rawValue,
+                    recovery: recovery))
         }
     }
 }

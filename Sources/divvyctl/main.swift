@@ -210,6 +210,22 @@ extension AdminDocument.Status {
     }
 }
 
+extension AdminDocument.Disconnected {
+    /// The human form of `divvyctl disconnect`.
+    var text: String {
+        let row = disconnected
+        var text = "disconnected client \(row.id) (\(row.name), pid \(row.pid)); released \(bytes(row.bytesHeld)) in "
+            + "\(row.blocksHeld) mediated blocks"
+        if killed == true {
+            text += "\nkilled pid \(row.pid) (SIGKILL \(killedThrough == "pidfd" ? "through a pidfd" : "by pid"))"
+        }
+        if let recovery {
+            text += "\nrecovery of its participant and \(row.pageAllowance) leased pages: \(recovery)"
+        }
+        return text
+    }
+}
+
 func clientsTable(_ rows: [AdminDocument.Client]) -> String {
     table(
         ["ID", "PID", "UID", "NAME", "MODE", "HELD", "BLOCKS", "LEASED PAGES", "QUOTA", "CONNECTED"],
@@ -313,7 +329,12 @@ extension DivvyCtl {
 
     struct Disconnect: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Forcibly end a client's connection and reclaim its memory.")
+            abstract: "Forcibly end a client's connection and reclaim its memory.",
+            discussion: """
+                A direct client is killed first (SIGKILL, through the pidfd divvyd took when it connected); its \
+                pages are recovered once it has exited. If divvyd may not kill it (it runs as another user and \
+                lacks CAP_KILL), nothing is done and this fails with exit status 1, saying what to do.
+                """)
         @OptionGroup var connection: Connection
         @Argument(help: "The client id (see `divvyctl clients`).") var client: UInt32
         @Flag(help: "Print the daemon's JSON document.") var json = false
@@ -323,9 +344,7 @@ extension DivvyCtl {
             if json {
                 printJSON(body)
             } else {
-                let row = document.disconnected
-                print("disconnected client \(row.id) (\(row.name), pid \(row.pid)); reclaimed \(bytes(row.bytesHeld)) "
-                    + "in \(row.blocksHeld) mediated blocks and \(row.pageAllowance) leased pages")
+                print(document.text)
             }
         }
     }

@@ -218,7 +218,7 @@ public enum AdminDocument {
         /// Whether the daemon killed the client's process (direct clients); false for a mediated client, whose
         /// memory the daemon alone touches.
         public var killed: Bool?
-        /// How the kill reached the process: `pidfd` (the pidfd taken when the client connected: never a process
+        /// How the kill reached the process: `pidfd` (a pidfd for the process that connected: never a process
         /// that reused the pid) or `pid` (a kernel without pidfds); nil when nothing was killed (or the process
         /// had already exited).
         public var killedThrough: String?

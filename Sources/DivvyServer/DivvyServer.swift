@@ -398,9 +398,6 @@ public final class DivvyServer: @unchecked Sendable {
             logger.error("could not watch a new connection", metadata: ["error": "\(error)"])
             return
         }
-        // Taken now, while the connection proves the process is alive: a later disconnect signals this process
-        // and no other (PeerProcess).
-        session.process = PeerProcess(socket: socket.fileDescriptor, pid: peer.pid)
         sessions[id] = session
         metrics.count(.connection)
         // The info-level "client connected" line waits for hello: only then is it known whether this is divvyctl.
@@ -697,6 +694,9 @@ public final class DivvyServer: @unchecked Sendable {
         }
         directOwners[p] = session.id
         session.participant = p
+        // The process an admin disconnect must kill before the participant can be recovered: the one that
+        // connected (SO_PEERPIDFD), never a later owner of its pid. Only direct clients need one (PeerProcess).
+        session.process = PeerProcess(socket: session.socket.fileDescriptor, pid: session.peer.pid)
         session.pageAllowance = pages
         metrics.count(.lease)
         logger.info("direct client joined", metadata: ["client": "\(session.id)", "participant": "\(p)",

@@ -4,17 +4,19 @@ import CDivvy
 import Glibc
 #endif
 
-/// A client's process, held by a pidfd taken when the client connected, so that an admin `disconnect` signals
-/// exactly that process and never one that later reused its pid (`pidfd_send_signal(2)`).
+/// A direct client's process, held by a pidfd, so that an admin `disconnect` signals exactly the process that
+/// connected and never one that later reused its pid (`pidfd_send_signal(2)`).
 ///
-/// The pidfd comes from the connection itself (`SO_PEERPIDFD`, Linux 6.5: the kernel takes it at `connect`), else
-/// from `pidfd_open(2)` on the `SO_PEERCRED` pid right after `accept` (Linux 5.3). Only on a kernel with neither
-/// does a signal go by pid (`kill(2)`), as before. Loop-thread only; owns the descriptor until `close()` or
-/// `takeDescriptor()`.
+/// The pidfd comes from the connection itself (`SO_PEERPIDFD`, Linux 6.5): it names the process the kernel
+/// recorded at `connect`, whenever it is asked for. Else it comes from `pidfd_open(2)` on the `SO_PEERCRED` pid
+/// (Linux 5.3). Only on a kernel with neither does a signal go by pid (`kill(2)`), as before. The daemon takes it
+/// when a client joins the heap, right after checking that the participant's recorded pid is alive and is the
+/// peer's: only direct clients are ever signalled, and a descriptor per mediated client would halve the clients
+/// a file-descriptor limit allows. Loop-thread only; owns the descriptor until `close()` or `takeDescriptor()`.
 final class PeerProcess {
     /// How a signal reached (or was meant to reach) the process.
     enum Route: String, Hashable, Sendable {
-        /// `pidfd_send_signal` on the pidfd taken at connect.
+        /// `pidfd_send_signal` on the pidfd of the process that connected.
         case pidfd
         /// `kill` on the pid (no pidfd support in this kernel).
         case pid
@@ -43,8 +45,8 @@ final class PeerProcess {
         var fd = divvy_peer_pidfd(socket)
         var error = fd < 0 ? divvy_errno() : 0
         if fd < 0 && error != ESRCH && pid > 0 {
-            // ENOPROTOOPT/EINVAL: a kernel before 6.5. pidfd_open races with pid reuse only if the client died
-            // between connect and now, which its open socket makes unlikely.
+            // ENOPROTOOPT/EINVAL: a kernel before 6.5. pidfd_open races with pid reuse only if the process that
+            // connected died and its pid was reused since its participant was seen alive, just now.
             fd = divvy_pidfd_open(pid)
             error = fd < 0 ? divvy_errno() : 0
         }

@@ -36,7 +36,7 @@ final class Session {
     var closeAfterFlush = false
     /// Requests handled, for `divvyctl clients`.
     var requests = 0
-    /// The client's process, by the pidfd taken when it connected (admin `disconnect` kills direct clients).
+    /// A direct client's process, by a pidfd taken when it joined (admin `disconnect` kills direct clients).
     var process: PeerProcess?
 
     init(id: UInt32, socket: SeqpacketSocket, peer: PeerCredentials, machine: SessionStateMachine, now: Double) {

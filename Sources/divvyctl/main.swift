@@ -331,7 +331,7 @@ extension DivvyCtl {
         static let configuration = CommandConfiguration(
             abstract: "Forcibly end a client's connection and reclaim its memory.",
             discussion: """
-                A direct client is killed first (SIGKILL, through the pidfd divvyd took when it connected); its \
+                A direct client is killed first (SIGKILL, through a pidfd for the process that connected); its \
                 pages are recovered once it has exited. If divvyd may not kill it (it runs as another user and \
                 lacks CAP_KILL), nothing is done and this fails with exit status 1, saying what to do.
                 """)

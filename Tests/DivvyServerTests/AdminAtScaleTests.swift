@@ -42,20 +42,11 @@ final class AdminAtScaleTests: XCTestCase {
         return (daemon, connections, ids)
     }
 
-    private func divvyctl(
-        _ arguments: [String], socket: String
-    ) throws -> (status: Int32?, output: String, error: String) {
-        let process = try ChildProcess("divvyctl", arguments + ["--socket", socket])
-        let output = process.remainingOutput().joined(separator: "\n")
-        let exit = process.wait()
-        return (exit.status, output, process.standardError)
-    }
-
     func testDivvyctlClientsListsEveryOneOfAThousandClientsWithLongNames() throws {
         let (daemon, connections, ids) = try Self.crowdedDaemon()
         defer { connections.forEach { $0.socket.close() } }
 
-        let json = try divvyctl(["clients", "--json"], socket: daemon.socketPath)
+        let json = try runDivvyctl(["clients", "--json"], socket: daemon.socketPath)
         XCTAssertEqual(json.status, 0, json.error)
         let rows = try XCTUnwrap(
             JSONSerialization.jsonObject(with: Data(json.output.utf8)) as? [[String: Any]],
@@ -73,7 +64,7 @@ final class AdminAtScaleTests: XCTestCase {
         let sortedIDs = rows.compactMap { $0["id"] as? Int }
         XCTAssertEqual(sortedIDs, sortedIDs.sorted(), "rows come in id order across pages")
 
-        let text = try divvyctl(["clients"], socket: daemon.socketPath)
+        let text = try runDivvyctl(["clients"], socket: daemon.socketPath)
         XCTAssertEqual(text.status, 0, text.error)
         let lines = text.output.split(separator: "\n")
         XCTAssertEqual(lines.count, 1 + ids.count + 1, "a header, then one line per client (and divvyctl's own)")

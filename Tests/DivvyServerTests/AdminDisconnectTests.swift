@@ -3,19 +3,9 @@ import DivvyTestSupport
 import Foundation
 import XCTest
 
-/// `divvyctl disconnect` of a direct client (issue 13, item 7): the daemon kills it through the pidfd it took when
-/// the client connected, and when it may not signal the client it says so and leaves the client and its memory
-/// alone.
+/// `divvyctl disconnect` of a direct client (issue 13, item 7): the daemon kills it through a pidfd for the process
+/// that connected, and when it may not signal the client it says so and leaves the client and its memory alone.
 final class AdminDisconnectTests: XCTestCase {
-    private func divvyctl(
-        _ arguments: [String], socket: String
-    ) throws -> (status: Int32?, output: String, error: String) {
-        let process = try ChildProcess("divvyctl", arguments + ["--socket", socket])
-        let output = process.remainingOutput().joined(separator: "\n")
-        let exit = process.wait()
-        return (exit.status, output, process.standardError)
-    }
-
     private func json(_ text: String) throws -> [String: Any] {
         try XCTUnwrap(JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any], text)
     }
@@ -32,17 +22,17 @@ final class AdminDisconnectTests: XCTestCase {
     func testDisconnectKillsADirectClientThroughItsPidfd() throws {
         let daemon = try DaemonProcessTests.Daemon()
         let (victim, id) = try directHolder(daemon.socketPath)
-        let result = try divvyctl(["disconnect", id, "--json"], socket: daemon.socketPath)
+        let result = try runDivvyctl(["disconnect", id, "--json"], socket: daemon.socketPath)
         XCTAssertEqual(result.status, 0, result.error)
         let document = try json(result.output)
         XCTAssertEqual((document["disconnected"] as? [String: Any])?["id"] as? Int, Int(id))
         XCTAssertEqual(document["killed"] as? Bool, true, "\(document)")
-        XCTAssertEqual(document["killedThrough"] as? String, "pidfd", "the pidfd taken at connect, not the pid")
+        XCTAssertEqual(document["killedThrough"] as? String, "pidfd", "a pidfd for the process that connected, not the pid")
         XCTAssertNotNil(document["recovery"] as? String, "\(document)")
         XCTAssertEqual(victim.wait().signal, SIGKILL)
 
         let (second, secondID) = try directHolder(daemon.socketPath)
-        let text = try divvyctl(["disconnect", secondID], socket: daemon.socketPath)
+        let text = try runDivvyctl(["disconnect", secondID], socket: daemon.socketPath)
         XCTAssertEqual(text.status, 0, text.error)
         XCTAssertTrue(text.output.contains("killed pid \(second.pid) (SIGKILL through a pidfd)"), text.output)
         XCTAssertEqual(second.wait().signal, SIGKILL)
@@ -79,10 +69,10 @@ final class AdminDisconnectTests: XCTestCase {
         XCTAssertTrue(listening, daemon.standardError)
 
         let (victim, id) = try directHolder(socket)  // runs as root: the daemon may not signal it
-        let before = try json(try divvyctl(["verify", "--json"], socket: socket).output)
+        let before = try json(try runDivvyctl(["verify", "--json"], socket: socket).output)
         XCTAssertEqual(before["allocatedBlocks"] as? Int, 5)
 
-        let result = try divvyctl(["disconnect", id], socket: socket)
+        let result = try runDivvyctl(["disconnect", id], socket: socket)
         XCTAssertEqual(result.status, 1, "a disconnect that did not happen is a failure: \(result.output)")
         XCTAssertFalse(result.output.contains("reclaimed"), result.output)
         XCTAssertTrue(result.error.contains("EPERM"), result.error)
@@ -91,10 +81,10 @@ final class AdminDisconnectTests: XCTestCase {
 
         XCTAssertNil(victim.wait(timeout: 0.2), "the client still runs")
         let clients = try XCTUnwrap(
-            JSONSerialization.jsonObject(with: Data(try divvyctl(["clients", "--json"], socket: socket).output.utf8))
+            JSONSerialization.jsonObject(with: Data(try runDivvyctl(["clients", "--json"], socket: socket).output.utf8))
                 as? [[String: Any]])
         XCTAssertTrue(clients.contains { $0["id"] as? Int == Int(id) }, "the client is still connected")
-        let after = try json(try divvyctl(["verify", "--json"], socket: socket).output)
+        let after = try json(try runDivvyctl(["verify", "--json"], socket: socket).output)
         XCTAssertEqual(after["allocatedBlocks"] as? Int, 5, "its blocks are untouched")
         XCTAssertEqual(after["ownedPages"] as? Int, before["ownedPages"] as? Int, "its pages are still its own")
         XCTAssertEqual(after["clean"] as? Bool, true, "\(after)")

@@ -160,3 +160,11 @@ func assertClientError<T>(
         XCTAssertEqual((error as? DivvyClientError)?.protocolCode, code, "\(error)", file: file, line: line)
     }
 }
+
+/// Runs the built `divvyctl` against the daemon at `socket`; returns its exit status, stdout and stderr.
+func runDivvyctl(_ arguments: [String], socket: String) throws -> (status: Int32?, output: String, error: String) {
+    let process = try ChildProcess("divvyctl", arguments + ["--socket", socket])
+    let output = process.remainingOutput().joined(separator: "\n")
+    let exit = process.wait()
+    return (exit.status, output, process.standardError)
+}

@@ -220,6 +220,12 @@ add("adminReply-json", "adminReply", 101, {"op": 1, "format": 0, "body": '{"clie
 add("adminReply-text", "adminReply", 107, {"op": 7, "format": 1, "body": "divvy.alloc.failures 0\n".encode().hex()},
     "metrics as text")
 add("adminReply-empty", "adminReply", 106, {"op": 6, "format": 1, "body": ""}, "disconnect, empty body")
+# Admin paging (PROTOCOL.md, "Admin paging"): the argument of `clients` is the id the page starts after; an empty
+# array ends the listing.
+add("admin-clients-after", "admin", 108, {"op": 3, "argument": 0xFFFFFFFE},
+    "admin op 3 (clients), the page after client 4294967294")
+add("adminReply-clients-last-page", "adminReply", 108, {"op": 3, "format": 0, "body": "[]".encode().hex()},
+    "clients: an empty page, the end of the listing")
 add("shutdown", "shutdown", 0, {"reason": "SIGTERM: daemon stopping"}, "unsolicited, request id 0")
 add("shutdown-empty", "shutdown", 0, {"reason": ""}, "empty reason")
 for code_name in ERROR_CODES:

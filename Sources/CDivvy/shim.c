@@ -170,6 +170,21 @@ int divvy_accept_nonblocking(int socket) { return accept4(socket, NULL, NULL, SO
 #define SYS_pidfd_open 434 // include/uapi/asm-generic/unistd.h; older headers lack it
 #endif
 int divvy_pidfd_open(int pid) { return (int)syscall(SYS_pidfd_open, pid, 0); }
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal 424 // include/uapi/asm-generic/unistd.h; older headers lack it
+#endif
+int divvy_pidfd_send_signal(int pidfd, int signal) {
+    return (int)syscall(SYS_pidfd_send_signal, pidfd, signal, NULL, 0);
+}
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77 // include/uapi/asm-generic/socket.h; older headers lack it
+#endif
+int divvy_peer_pidfd(int socket) {
+    int pidfd = -1;
+    socklen_t size = sizeof pidfd;
+    if (getsockopt(socket, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &size) != 0) return -1;
+    return pidfd;
+}
 
 #include <pthread.h>
 int divvy_set_thread_name(const char *name) { return pthread_setname_np(pthread_self(), name); }

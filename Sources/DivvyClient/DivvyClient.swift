@@ -494,6 +494,10 @@ public final class DivvyClient {
     }
 
     /// Runs an admin operation (`divvyctl`'s calls); needs an admin uid/gid in the daemon's policy.
+    ///
+    /// `argument` is the client id for `.disconnect`, and for `.clients` the id the page starts after: one reply
+    /// holds only the clients that fit a frame, so read the whole list by repeating the call with the last id
+    /// received until a page is empty (`Protocol/PROTOCOL.md`, "Admin paging").
     public func admin(_ operation: AdminOperation, argument: UInt32 = 0) throws(DivvyClientError) -> AdminReply {
         switch try request(.admin(operation, argument: argument)).message {
         case .adminReply(let reply): return reply

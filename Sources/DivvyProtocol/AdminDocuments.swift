@@ -111,7 +111,8 @@ public enum AdminDocument {
         }
     }
 
-    /// One row of `clients` (and the body of `disconnect`).
+    /// One row of `clients` (and the body of `disconnect`). `clients` is paged: see `Protocol/PROTOCOL.md`,
+    /// "Admin paging".
     public struct Client: Codable, Hashable, Sendable {
         /// The client id the daemon gave the connection.
         public var id: UInt32
@@ -160,11 +161,15 @@ public enum AdminDocument {
         public var allocatedBlocks: Int, holdings: Int
         /// Participants alive and dead, and operations in flight.
         public var liveParticipants: Int, deadParticipants: Int, operationsInFlight: Int
+        /// Violations left out of `violations` so that the document fits one frame (the first ones are kept;
+        /// `summary` and `clean` count them all). Nil from a daemon that predates the field.
+        public var violationsOmitted: Int?
 
         /// Creates a value; see the properties.
         public init(
             clean: Bool, violations: [String], summary: String, pooledPages: Int, ownedPages: Int, orphanPages: Int,
-            allocatedBlocks: Int, holdings: Int, liveParticipants: Int, deadParticipants: Int, operationsInFlight: Int
+            allocatedBlocks: Int, holdings: Int, liveParticipants: Int, deadParticipants: Int, operationsInFlight: Int,
+            violationsOmitted: Int? = nil
         ) {
             self.clean = clean
             self.violations = violations
@@ -177,6 +182,7 @@ public enum AdminDocument {
             self.liveParticipants = liveParticipants
             self.deadParticipants = deadParticipants
             self.operationsInFlight = operationsInFlight
+            self.violationsOmitted = violationsOmitted
         }
     }
 
@@ -201,12 +207,31 @@ public enum AdminDocument {
         public init(settings: [Setting]) { self.settings = settings }
     }
 
-    /// `disconnect`: the client that was disconnected, as it was.
+    /// `disconnect`: the client that was disconnected, as it was, and how its process was stopped.
+    ///
+    /// A direct client writes shared memory itself, so the daemon kills its process (SIGKILL) before it ends the
+    /// session; when that fails the request fails (`internalError`) and nothing changes. The new fields are nil
+    /// from a daemon that predates them.
     public struct Disconnected: Codable, Hashable, Sendable {
         /// The client's row.
         public var disconnected: Client
+        /// Whether the daemon killed the client's process (direct clients); false for a mediated client, whose
+        /// memory the daemon alone touches.
+        public var killed: Bool?
+        /// How the kill reached the process: `pidfd` (a pidfd for the process that connected: never a process
+        /// that reused the pid) or `pid` (a kernel without pidfds); nil when nothing was killed (or the process
+        /// had already exited).
+        public var killedThrough: String?
+        /// What happens to a direct client's heap participant and its leased pages (recovered when its process has
+        /// exited: "when process N exits", or the recovery's report); nil for a mediated client.
+        public var recovery: String?
 
         /// Creates a value.
-        public init(disconnected: Client) { self.disconnected = disconnected }
+        public init(disconnected: Client, killed: Bool? = nil, killedThrough: String? = nil, recovery: String? = nil) {
+            self.disconnected = disconnected
+            self.killed = killed
+            self.killedThrough = killedThrough
+            self.recovery = recovery
+        }
     }
 }

@@ -59,7 +59,8 @@ public enum Message: Hashable, Sendable {
     case goodbye
     /// 0x800E: goodbye acknowledged; the daemon closes the connection next.
     case farewell
-    /// 0x000F: an admin operation; `argument` is the client id for `disconnect`, else 0.
+    /// 0x000F: an admin operation; `argument` is the client id for `disconnect`, the id the page starts after for
+    /// `clients` (0: the first page; see `Protocol/PROTOCOL.md`, "Admin paging"), else 0.
     case admin(AdminOperation, argument: UInt32)
     /// 0x800F: an admin operation's result.
     case adminReply(AdminReply)

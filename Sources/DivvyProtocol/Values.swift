@@ -26,7 +26,7 @@ public enum AdminOperation: UInt8, Hashable, Sendable {
     case status = 1
     /// Per-size-class usage.
     case classes
-    /// Connected clients.
+    /// Connected clients, one page at a time: those whose id is above the argument (see `Message.admin`).
     case clients
     /// Runs the heap audit.
     case verify

@@ -26,10 +26,7 @@ struct AdminReports {
     typealias Disconnected = AdminDocument.Disconnected
 
     func json<T: Encodable>(_ operation: AdminOperation, _ value: T) -> Message {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
-        let body = (try? encoder.encode(value)).map { Array($0) } ?? Array("{}".utf8)
-        return .adminReply(AdminReply(operation: operation, format: .json, body: body))
+        .adminReply(AdminReply(operation: operation, format: .json, body: AdminPaging.encode(value)))
     }
 
     func status(clients: Int) -> Status {

@@ -98,6 +98,9 @@ public final class DivvyServer: @unchecked Sendable {
     private let receiveBuffer: UnsafeMutableRawBufferPointer
     private var sendBuffer: [UInt8] = []
     private var shutdownDeadline: Double?
+    /// The largest admin body the daemon builds (`AdminPaging`); only tests change it, before `run()`, to provoke
+    /// an over-long reply.
+    var adminBodyLimit = ProtocolLimits.maxAdminBodyLength
 
     private static let listenerToken: UInt64 = 0
 
@@ -517,8 +520,11 @@ public final class DivvyServer: @unchecked Sendable {
     }
 
     private func send(_ session: Session, requestID: UInt64, _ message: Message, descriptors: [Int32] = []) {
-        sendBuffer.removeAll(keepingCapacity: true)
-        Frame(requestID: requestID, message: message).encode(into: &sendBuffer)
+        if let replaced = ReplyCheck.encode(message, requestID: requestID, into: &sendBuffer) {
+            metrics.failure(.internalError)
+            logger.error("a reply did not fit a frame; answered internalError", metadata: [
+                "client": "\(session.id)", "request": "\(requestID)", "error": "\(replaced)"])
+        }
         guard session.outbox.isEmpty else {
             session.outbox.append((sendBuffer, descriptors))
             return
@@ -711,6 +717,9 @@ public final class DivvyServer: @unchecked Sendable {
         }
         directOwners[p] = session.id
         session.participant = p
+        // The process an admin disconnect must kill before the participant can be recovered: the one that
+        // connected (SO_PEERPIDFD), never a later owner of its pid. Only direct clients need one (PeerProcess).
+        session.process = PeerProcess(socket: session.socket.fileDescriptor, pid: session.peer.pid)
         session.pageAllowance = pages
         metrics.count(.lease)
         logger.info("direct client joined", metadata: ["client": "\(session.id)", "participant": "\(p)",
@@ -988,8 +997,10 @@ public final class DivvyServer: @unchecked Sendable {
 
     /// Ends a session and reclaims everything it held: its mediated holdings are dropped (blocks only it held go
     /// back to the heap), and its direct participant, if any and still joined, is recovered.
-    private func disconnect(_ id: UInt32, reason: String) {
-        guard let session = sessions.removeValue(forKey: id) else { return }
+    /// - Returns: what happens to the direct participant (the recovery's outcome), or nil when there is none.
+    @discardableResult
+    private func disconnect(_ id: UInt32, reason: String) -> String? {
+        guard let session = sessions.removeValue(forKey: id) else { return nil }
         poller.remove(session.socket.fileDescriptor)
         session.socket.close()
         var released = 0
@@ -1007,24 +1018,31 @@ public final class DivvyServer: @unchecked Sendable {
             "client": "\(id)", "name": "\(session.name)", "reason": "\(reason)",
             "mediated_blocks_released": "\(released)",
         ]
+        var recovery: String?
         if let p = session.participant {
             directOwners[p] = nil
             if let status = heap.participantStatus(p), status.state != .free, status.pid == session.peer.pid {
+                let outcome = recoverWhenExited(p, pid: session.peer.pid, pidfd: session.process?.takeDescriptor())
                 metadata["participant"] = "\(p)"
-                metadata["recovery"] = "\(recoverWhenExited(p, pid: session.peer.pid))"
+                metadata["recovery"] = "\(outcome)"
+                recovery = outcome
             }
         }
+        session.process?.close()
         metrics.count(.disconnection)
         logger.log(level: connectionLogLevel(session), "client disconnected", metadata: metadata)
+        return recovery
     }
 
     /// Recovers participant `p` of process `pid` once that process has exited: at once if it has, else when its
-    /// pidfd turns readable (or, without pidfd support, when `tick()` sees it gone).
-    private func recoverWhenExited(_ p: Int, pid: Int32) -> String {
+    /// pidfd turns readable (or, without pidfd support, when `tick()` sees it gone). `pidfd` (taken when the
+    /// client connected; this function owns it) is used when given, else one is opened.
+    private func recoverWhenExited(_ p: Int, pid: Int32, pidfd: Int32? = nil) -> String {
         guard pid != getpid() else {
+            if let pidfd, pidfd >= 0 { _ = close(pidfd) }
             return "kept: the participant belongs to the daemon's own process"
         }
-        let fd = divvy_pidfd_open(pid)
+        let fd = pidfd.flatMap { $0 >= 0 ? $0 : nil } ?? divvy_pidfd_open(pid)
         if fd < 0 {
             if divvy_errno() == ESRCH || processHasExited(pid) { return recover(p) }
             // No pidfd (kernel < 5.3): `tick()` recovers it via deadParticipants() once the process is gone.
@@ -1102,10 +1120,15 @@ public final class DivvyServer: @unchecked Sendable {
         case .status: return reports.json(operation, reports.status(clients: sessions.count))
         case .classes: return reports.json(operation, reports.classes())
         case .clients:
-            return reports.json(operation, sessions.values.sorted { $0.id < $1.id }.map { reports.client($0) })
+            // Paged: the argument is the id the page starts after (PROTOCOL.md, "Admin paging").
+            let page = AdminPaging.clientsPage(sessions.values, after: argument, limit: adminBodyLimit) {
+                reports.client($0)
+            }
+            return .adminReply(AdminReply(operation: operation, format: .json, body: page))
         case .verify:
             participant?.collectRemoteFrees()
-            return reports.json(operation, reports.verify())
+            let body = AdminPaging.verifyBody(reports.verify(), limit: adminBodyLimit)
+            return .adminReply(AdminReply(operation: operation, format: .json, body: body))
         case .config: return reports.json(operation, reports.config())
         case .metrics:
             reportStatus()
@@ -1115,18 +1138,36 @@ public final class DivvyServer: @unchecked Sendable {
                 throw ServiceError(.noSuchClient, "no client with id \(argument) is connected")
             }
             let summary = reports.client(target)
+            // A direct client writes heap metadata itself: its memory can be taken back safely only once it has
+            // stopped, so disconnecting it kills it first (recovery follows its exit); if it cannot be killed,
+            // nothing changes (AdminDisconnect.swift).
+            var killedThrough: PeerProcess.Route?
+            let direct = target.participant != nil && target.peer.pid != getpid()
+            if direct, let process = target.process {
+                switch process.signal(SIGKILL) {
+                case .sent(let route):
+                    killedThrough = route
+                    logger.notice(
+                        "killed a disconnected direct client",
+                        metadata: ["pid": "\(target.peer.pid)", "through": "\(route)"])
+                case .exited: break
+                case .failed(let errno, let route):
+                    let refusal = Self.disconnectRefused(summary, errno: errno, route: route)
+                    logger.error("could not kill a direct client to disconnect it; it stays connected", metadata: [
+                        "client": "\(argument)", "pid": "\(target.peer.pid)", "error": "\(refusal.message)"])
+                    throw refusal
+                }
+            }
             logger.notice("admin disconnects a client", metadata: ["client": "\(argument)", "by": "\(session.id)"])
             if target !== session {
                 send(target, requestID: 0, .shutdown(reason: "disconnected by an administrator"))
             }
-            // A direct client writes heap metadata itself: its memory can be taken back safely only once it has
-            // stopped, so disconnecting it kills it (recovery follows its exit).
-            if target.participant != nil, target.peer.pid != getpid() {
-                logger.notice("killing a disconnected direct client", metadata: ["pid": "\(target.peer.pid)"])
-                _ = kill(target.peer.pid, SIGKILL)
-            }
-            disconnect(argument, reason: "disconnected by client \(session.id)")
-            return reports.json(operation, AdminReports.Disconnected(disconnected: summary))
+            let recovery = disconnect(argument, reason: "disconnected by client \(session.id)")
+            return reports.json(
+                operation,
+                AdminReports.Disconnected(
+                    disconnected: summary, killed: killedThrough != nil, killedThrough: killedThrough?.rawValue,
+                    recovery: recovery))
         }
     }
 }

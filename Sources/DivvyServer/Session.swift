@@ -36,6 +36,8 @@ final class Session {
     var closeAfterFlush = false
     /// Requests handled, for `divvyctl clients`.
     var requests = 0
+    /// A direct client's process, by a pidfd taken when it joined (admin `disconnect` kills direct clients).
+    var process: PeerProcess?
 
     init(id: UInt32, socket: SeqpacketSocket, peer: PeerCredentials, machine: SessionStateMachine, now: Double) {
         self.id = id

@@ -25,7 +25,7 @@ struct DivvyCtl: ParsableCommand {
             Talks to divvyd over its socket (--socket, else $DIVVY_SOCKET, else the default path). --socket may \
             come before or after the subcommand. Admin operations need an admin uid/gid in the daemon's policy. \
             Every read command takes --json and then prints the daemon's JSON document unchanged (shapes \
-            documented in the README).
+            documented in the README); `clients --json` joins the daemon's pages into one array.
 
             Exit status: 0 success; 1 the daemon could not be reached or refused; 3 `verify` found violations; \
             64 bad usage.
@@ -58,8 +58,8 @@ struct Connection: ParsableArguments {
     @Option(name: .long, help: "The daemon's socket (default: $DIVVY_SOCKET, else the per-user default path).")
     var socket: String?
 
-    /// Runs an admin operation, turning every failure into a clear message and exit status 1.
-    func admin(_ operation: AdminOperation, argument: UInt32 = 0) throws -> AdminReply {
+    /// Connects to the daemon, runs `body` with the connection, and closes it; failing to connect is a `Failure`.
+    func withClient<T>(_ body: (DivvyClient) throws -> T) throws -> T {
         let client: DivvyClient
         do {
             client = try DivvyClient(.init(socketPath: socket, name: "divvyctl", mode: .mediated))
@@ -67,6 +67,16 @@ struct Connection: ParsableArguments {
             throw Failure(error.message)
         }
         defer { client.close() }
+        return try body(client)
+    }
+
+    /// Runs an admin operation, turning every failure into a clear message and exit status 1.
+    func admin(_ operation: AdminOperation, argument: UInt32 = 0) throws -> AdminReply {
+        try withClient { try Self.admin($0, operation, argument: argument) }
+    }
+
+    /// Runs an admin operation on `client`, turning every failure into a clear message.
+    static func admin(_ client: DivvyClient, _ operation: AdminOperation, argument: UInt32 = 0) throws -> AdminReply {
         do {
             return try client.admin(operation, argument: argument)
         } catch where error.protocolCode == .adminRequired {
@@ -140,6 +150,48 @@ func table(_ header: [String], _ rows: [[String]]) -> String {
     return ([line(header)] + rows.map(line)).joined(separator: "\n")
 }
 
+// MARK: Paged documents
+
+/// The whole `clients` list, read page by page over one connection (`Protocol/PROTOCOL.md`, "Admin paging").
+struct ClientList {
+    /// Every row, in id order.
+    var rows: [AdminDocument.Client]
+    /// The rows as one JSON array: the pages' arrays joined (each row's bytes exactly as the daemon sent them).
+    var json: [UInt8]
+}
+
+extension Connection {
+    /// Reads every page of `clients`: asks for the clients after the last id received until a page is empty.
+    ///
+    /// A daemon that predates paging ignores the argument and answers every request with the whole list: a page
+    /// with no row past the cursor ends the listing too, so this never loops.
+    func allClients() throws -> ClientList {
+        try withClient { client in
+            var rows: [AdminDocument.Client] = []
+            var json: [UInt8] = [UInt8(ascii: "[")]
+            var cursor: UInt32 = 0
+            while true {
+                let body = try Self.admin(client, .clients, argument: cursor).body
+                let page: [AdminDocument.Client]
+                do {
+                    page = try JSONDecoder().decode([AdminDocument.Client].self, from: Data(body))
+                } catch {
+                    throw Failure(
+                        "the daemon's clients reply (after client \(cursor)) is not the expected JSON: \(error)")
+                }
+                guard let last = page.last, page.allSatisfy({ $0.id > cursor }) else { break }
+                // Safe: the daemon's body is a JSON array, `[` … `]`; keep what is between the brackets.
+                if !rows.isEmpty { json.append(UInt8(ascii: ",")) }
+                json += body.dropFirst().dropLast()
+                rows += page
+                cursor = last.id
+            }
+            json.append(UInt8(ascii: "]"))
+            return ClientList(rows: rows, json: json)
+        }
+    }
+}
+
 // MARK: Documents (the daemon's JSON shapes: `AdminDocument`, shared with the daemon)
 
 extension AdminDocument.Status {
@@ -155,6 +207,22 @@ extension AdminDocument.Status {
         memory:  \(bytes(heap.bytesUsed)) used, \(bytes(heap.bytesFree)) free
         clients: \(clients)
         """
+    }
+}
+
+extension AdminDocument.Disconnected {
+    /// The human form of `divvyctl disconnect`.
+    var text: String {
+        let row = disconnected
+        var text = "disconnected client \(row.id) (\(row.name), pid \(row.pid)); released \(bytes(row.bytesHeld)) in "
+            + "\(row.blocksHeld) mediated blocks"
+        if killed == true {
+            text += "\nkilled pid \(row.pid) (SIGKILL \(killedThrough == "pidfd" ? "through a pidfd" : "by pid"))"
+        }
+        if let recovery {
+            text += "\nrecovery of its participant and \(row.pageAllowance) leased pages: \(recovery)"
+        }
+        return text
     }
 }
 
@@ -208,8 +276,8 @@ extension DivvyCtl {
         @Flag(help: "Print the daemon's JSON document.") var json = false
 
         func run() throws {
-            let (rows, body) = try connection.document(.clients, as: [AdminDocument.Client].self)
-            if json { printJSON(body) } else { print(clientsTable(rows)) }
+            let list = try connection.allClients()
+            if json { printJSON(list.json) } else { print(clientsTable(list.rows)) }
         }
     }
 
@@ -238,7 +306,7 @@ extension DivvyCtl {
             var count = 0
             while iterations.map({ count < $0 }) ?? true {
                 let (status, _) = try connection.document(.status, as: AdminDocument.Status.self)
-                let (clients, _) = try connection.document(.clients, as: [AdminDocument.Client].self)
+                let clients = try connection.allClients().rows
                 // Clear the screen and home the cursor (ANSI), then draw.
                 print("\u{1B}[H\u{1B}[2J" + status.text + "\n\n" + clientsTable(clients))
                 fflush(nil)
@@ -261,7 +329,12 @@ extension DivvyCtl {
 
     struct Disconnect: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Forcibly end a client's connection and reclaim its memory.")
+            abstract: "Forcibly end a client's connection and reclaim its memory.",
+            discussion: """
+                A direct client is killed first (SIGKILL, through a pidfd for the process that connected); its \
+                pages are recovered once it has exited. If divvyd may not kill it (it runs as another user and \
+                lacks CAP_KILL), nothing is done and this fails with exit status 1, saying what to do.
+                """)
         @OptionGroup var connection: Connection
         @Argument(help: "The client id (see `divvyctl clients`).") var client: UInt32
         @Flag(help: "Print the daemon's JSON document.") var json = false
@@ -271,9 +344,7 @@ extension DivvyCtl {
             if json {
                 printJSON(body)
             } else {
-                let row = document.disconnected
-                print("disconnected client \(row.id) (\(row.name), pid \(row.pid)); reclaimed \(bytes(row.bytesHeld)) "
-                    + "in \(row.blocksHeld) mediated blocks and \(row.pageAllowance) leased pages")
+                print(document.text)
             }
         }
     }

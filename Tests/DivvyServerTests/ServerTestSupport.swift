@@ -34,13 +34,18 @@ final class TestDaemon {
         return configuration
     }
 
-    init(_ configure: (inout ServerConfiguration) -> Void = { _ in }) throws {
+    /// - Parameter prepare: runs on the server before its loop starts (tests with `@testable` access set internal
+    ///   knobs here).
+    init(
+        _ configure: (inout ServerConfiguration) -> Void = { _ in }, prepare: (DivvyServer) -> Void = { _ in }
+    ) throws {
         directory = try temporarySocketDirectory()
         var configuration = Self.configuration(in: directory)
         configure(&configuration)
         socketPath = configuration.socketPath
         let logger = Logger(label: "divvyd-test", factory: { _ in SwiftLogNoOpLogHandler() })
         server = try DivvyServer(configuration: configuration, logger: logger)
+        prepare(server)
         let server = self.server
         let finished = self.finished
         let thread = Thread {
@@ -154,4 +159,12 @@ func assertClientError<T>(
     } catch {
         XCTAssertEqual((error as? DivvyClientError)?.protocolCode, code, "\(error)", file: file, line: line)
     }
+}
+
+/// Runs the built `divvyctl` against the daemon at `socket`; returns its exit status, stdout and stderr.
+func runDivvyctl(_ arguments: [String], socket: String) throws -> (status: Int32?, output: String, error: String) {
+    let process = try ChildProcess("divvyctl", arguments + ["--socket", socket])
+    let output = process.remainingOutput().joined(separator: "\n")
+    let exit = process.wait()
+    return (exit.status, output, process.standardError)
 }

@@ -111,6 +111,14 @@ int divvy_eventfd(void);
 /// pidfd_open(2) (Linux 5.3; glibc has no wrapper before 2.36): a descriptor that becomes readable when the
 /// process exits. Returns it, or -1 with errno set (ESRCH: no such process; ENOSYS: kernel too old).
 int divvy_pidfd_open(int pid);
+/// getsockopt(SO_PEERPIDFD) (Linux 6.5): a pidfd for the process that connected a Unix socket, taken by the
+/// kernel at connect time, so it cannot name a later process that reused the pid. Returns it (close-on-exec), or -1
+/// with errno set (ENOPROTOOPT: kernel too old; ESRCH: the peer has exited).
+int divvy_peer_pidfd(int socket);
+/// pidfd_send_signal(2) (Linux 5.1) with no siginfo and no flags: signals exactly the process the pidfd names, or
+/// fails with ESRCH once it has exited (never a process that reused its pid). Returns 0, or -1 with errno set
+/// (EPERM: not allowed to signal it; ENOSYS: kernel too old).
+int divvy_pidfd_send_signal(int pidfd, int signal);
 
 /// pthread_setname_np(3) on the calling thread (a _GNU_SOURCE function): `name` is at most 15 bytes. Returns 0 or
 /// an error number (ERANGE: too long).

@@ -79,6 +79,8 @@ public final class DivvyServer: @unchecked Sendable {
     /// Usually empty, so allocating and freeing touch only the session's own table.
     private var extraMediatedHoldings: [UInt64: Int] = [:]
     private var directOwners: [Int: UInt32] = [:]
+    /// Participant slots promised to direct clients welcomed but not yet joined.
+    private var directSlots = DirectSlotReservations()
     private var pendingRecoveries: Set<Int> = []
     /// Direct participants whose connection ended while their process may still run, by poller token: recovered
     /// when the process exits (its pidfd turns readable), never before — recovering a participant whose process
@@ -129,6 +131,7 @@ public final class DivvyServer: @unchecked Sendable {
         var heapConfiguration = SharedHeapConfiguration(pageSize: configuration.pageSize)
         if let classes = configuration.sizeClasses { heapConfiguration.sizeClasses = classes }
         heapConfiguration.heldCapacity = configuration.heldCapacity
+        heapConfiguration.participantCapacity = configuration.participantCapacity
         let metadataSize = SharedHeap.requiredMetadataSize(
             dataSize: configuration.dataSize, configuration: heapConfiguration)
         let regionConfiguration = SharedRegion.Configuration(
@@ -578,10 +581,14 @@ public final class DivvyServer: @unchecked Sendable {
     }
 
     private func welcome(_ session: Session, _ hello: Hello, requestID: UInt64) {
-        switch session.machine.hello(hello) {
+        if hello.mode != .mediated, session.machine.mayUseDirect { releaseLeftSlots() }
+        let slotAvailable = directSlots.available(freeSlots: heap.freeParticipantSlots)
+        switch session.machine.hello(hello, directSlotAvailable: slotAvailable) {
         case .reject(let code, let text):
             reject(session, requestID: requestID, type: .hello, code, text)
         case .welcome(let version, let mode):
+            // The slot this direct client will join is promised to it until it joins or goes.
+            if mode == .direct { session.holdsDirectReservation = directSlots.reserve() }
             session.name = hello.name
             let geometry = region.geometry
             let welcome = Welcome(
@@ -595,6 +602,20 @@ public final class DivvyServer: @unchecked Sendable {
                 metadata: ["client": "\(session.id)", "name": "\(hello.name)", "mode": "\(mode)",
                            "pid": "\(session.peer.pid)", "uid": "\(session.peer.uid)", "gid": "\(session.peer.gid)"])
             send(session, requestID: requestID, .welcome(welcome))
+        }
+    }
+
+    /// Frees the slots of direct clients that left the heap (`leave(releasingSlot: false)`) and whose goodbye is
+    /// still on its way: they hold nothing, and their sessions are done with the heap, so the slots can be
+    /// offered to the client saying hello now. The old session forgets its participant (its later disconnect
+    /// then has nothing to do).
+    private func releaseLeftSlots() {
+        for (p, id) in directOwners {
+            guard let owner = sessions[id], let status = heap.participantStatus(p), status.state == .leaving,
+                heap.releaseSlot(participant: p, pid: owner.peer.pid)
+            else { continue }
+            directOwners[p] = nil
+            owner.participant = nil
         }
     }
 
@@ -689,6 +710,7 @@ public final class DivvyServer: @unchecked Sendable {
         directOwners[p] = session.id
         session.participant = p
         session.pageAllowance = pages
+        if session.holdsDirectReservation { directSlots.release(&session.holdsDirectReservation) }
         metrics.count(.lease)
         logger.info("direct client joined", metadata: ["client": "\(session.id)", "participant": "\(p)",
                                                        "pages": "\(pages)"])
@@ -984,11 +1006,17 @@ public final class DivvyServer: @unchecked Sendable {
             "client": "\(id)", "name": "\(session.name)", "reason": "\(reason)",
             "mediated_blocks_released": "\(released)",
         ]
+        if session.holdsDirectReservation { directSlots.release(&session.holdsDirectReservation) }
         if let p = session.participant {
             directOwners[p] = nil
             if let status = heap.participantStatus(p), status.state != .free, status.pid == session.peer.pid {
                 metadata["participant"] = "\(p)"
-                metadata["recovery"] = "\(recoverWhenExited(p, pid: session.peer.pid))"
+                if status.state == .leaving, heap.releaseSlot(participant: p, pid: session.peer.pid) {
+                    // It left cleanly; only now that its session is over may the slot be offered again.
+                    metadata["recovery"] = "none needed: it left; slot released"
+                } else {
+                    metadata["recovery"] = "\(recoverWhenExited(p, pid: session.peer.pid))"
+                }
             }
         }
         metrics.count(.disconnection)
@@ -1006,6 +1034,12 @@ public final class DivvyServer: @unchecked Sendable {
             if divvy_errno() == ESRCH || processHasExited(pid) { return recover(p) }
             // No pidfd (kernel < 5.3): `tick()` recovers it via deadParticipants() once the process is gone.
             return "deferred until process \(pid) exits"
+        }
+        // The pid may have been reused before the pidfd was opened (the pidfd then names another process): the
+        // start time recorded at join tells, checked after opening so that no reuse can slip in between.
+        if !heap.participantProcessIsRunning(p) {
+            _ = close(fd)
+            return recover(p)
         }
         let token = Self.exitWatchBase + UInt64(p)
         if let previous = exitWatches.removeValue(forKey: token) { _ = close(previous.fd) }

@@ -611,9 +611,8 @@ public final class DivvyServer: @unchecked Sendable {
     /// then has nothing to do).
     private func releaseLeftSlots() {
         for (p, id) in directOwners {
-            guard let owner = sessions[id], let status = heap.participantStatus(p), status.state == .leaving,
-                heap.releaseSlot(participant: p, pid: owner.peer.pid)
-            else { continue }
+            // releaseSlot frees only a slot that is leaving and was left by that pid (one word read otherwise).
+            guard let owner = sessions[id], heap.releaseSlot(participant: p, pid: owner.peer.pid) else { continue }
             directOwners[p] = nil
             owner.participant = nil
         }

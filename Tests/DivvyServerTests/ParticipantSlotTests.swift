@@ -58,6 +58,44 @@ final class ParticipantSlotTests: XCTestCase {
         first.close()
     }
 
+    /// A direct client that has left the heap (its slot *leaving*) but whose goodbye the daemon has not processed
+    /// keeps its slot from other joiners; a `hello` that needs a slot frees it at once (the left session holds
+    /// nothing), and the late goodbye then leaves the new occupant alone.
+    func testALeftSlotIsFreedForTheNextHelloAndTheLateGoodbyeChangesNothing() throws {
+        let daemon = try TestDaemon { $0.participantCapacity = 3 }
+        let heap = daemon.server.heap
+        let other = try daemon.client(.direct, name: "other")
+        // The leaver, by hand: hello, join the heap in this process, report the slot.
+        let leaver = try RawConnection(daemon.socketPath)
+        XCTAssertEqual(try leaver.hello(.direct).mode, .direct)
+        let participant = try heap.join(name: "leaver")
+        guard case .joined = try leaver.roundTrip(.join(participant: UInt32(participant.index))).message else {
+            return XCTFail("join refused")
+        }
+        XCTAssertEqual(heap.freeParticipantSlots, 0)
+        _ = try participant.allocate(64)
+        participant.leave(releasingSlot: false)
+        XCTAssertEqual(heap.participantStatus(participant.index)?.state, .leaving)
+        XCTAssertThrowsError(try heap.join(name: "squatter"), "a leaving slot is not offered by join")
+        // No goodbye yet: the next direct hello frees the slot and gets it.
+        let next = try daemon.client(.direct, name: "next")
+        XCTAssertEqual(next.mode, .direct)
+        let (handle, _) = try next.allocateHandle(100)
+        XCTAssertEqual(heap.participantStatus(participant.index)?.state, .alive)
+        XCTAssertEqual(heap.participantStatus(participant.index)?.heldCount, 1, "the new occupant's block")
+        // The late goodbye: the left session's disconnect must not touch the new occupant (same pid here).
+        guard case .farewell = try leaver.roundTrip(.goodbye).message else { return XCTFail("no farewell") }
+        XCTAssertTrue(try leaver.isClosedByPeer())
+        try next.ping()
+        XCTAssertEqual(heap.participantStatus(participant.index)?.state, .alive)
+        XCTAssertTrue(try next.free(handle))
+        next.close()
+        other.close()
+        let audit = try daemon.audit()
+        XCTAssertTrue(audit.isClean, "\(audit)")
+        XCTAssertEqual(audit.liveParticipants, 1, "\(audit)")
+    }
+
     /// The status's `bytesUsed` and the stats' `heapBytesUsed` are the bytes of the blocks held, also after a
     /// direct client left blocks a mediated client held on its pages (orphan pages) and those were freed, and 0
     /// after every client has gone.

@@ -161,6 +161,45 @@ final class DaemonProcessTests: XCTestCase {
         XCTAssertEqual((status["heap"] as? [String: Any])?["bytesUsed"] as? Int, 0, "\(status)")
     }
 
+    /// `bytesUsed` is the bytes of the blocks held, also after a direct client that held blocks another client
+    /// adopted was SIGKILLed (its pages stay as orphans while the adopter's blocks live in them), and 0 once the
+    /// adopter has freed them and everyone has gone.
+    func testBytesUsedIsExactAfterAClientDies() throws {
+        let daemon = try Daemon()
+        let adopter = try DivvyClient(.init(socketPath: daemon.socketPath, name: "adopter", mode: .mediated))
+        func bytesUsed() throws -> Int {
+            let status = try XCTUnwrap(
+                JSONSerialization.jsonObject(with: Data(adopter.admin(.status).body)) as? [String: Any])
+            return try XCTUnwrap((status["heap"] as? [String: Any])?["bytesUsed"] as? Int, "\(status)")
+        }
+        let (victim, handles) = try holder(daemon, "direct", size: 700, count: 10, seed: 3)
+        var adopted: [(SharedHandle, Int)] = []
+        for text in handles.prefix(4) {
+            let handle = SharedHandle(rawValue: try XCTUnwrap(UInt64(text)))
+            adopted.append((handle, try adopter.adoptHandle(handle)))
+        }
+        let blockSize = adopted[0].1
+        XCTAssertEqual(try bytesUsed(), 10 * blockSize)
+        victim.signal(SIGKILL)
+        _ = victim.wait()
+        // Recovery runs once the daemon sees the process gone: then only the adopted blocks are held.
+        let deadline = Date().addingTimeInterval(10)
+        var used = try bytesUsed()
+        while used != 4 * blockSize, Date() < deadline {
+            usleep(20_000)
+            used = try bytesUsed()
+        }
+        XCTAssertEqual(used, 4 * blockSize, "only the adopted blocks are held")
+        for (handle, _) in adopted.prefix(3) { XCTAssertTrue(try adopter.free(handle)) }
+        XCTAssertEqual(try bytesUsed(), blockSize, "blocks freed onto orphan pages are not in use")
+        XCTAssertTrue(try adopter.free(adopted[3].0))
+        XCTAssertEqual(try bytesUsed(), 0)
+        adopter.close()
+        let (verify, status) = try daemon.quiescentAudit(expectedClients: 0)
+        XCTAssertEqual((status["heap"] as? [String: Any])?["bytesUsed"] as? Int, 0, "\(status)")
+        XCTAssertEqual(verify["allocatedBlocks"] as? Int, 0, "\(verify)")
+    }
+
     func testSeveralClientProcessesChurnConcurrently() throws {
         let daemon = try Daemon()
         let base = SeededGenerator.testSeed()

@@ -62,7 +62,7 @@ ERROR_CODES = [
     "malformedFrame", "unsupportedVersion", "unknownMessageType", "frameTooLarge", "notAuthorized",
     "handshakeRequired", "wrongMode", "quotaExceeded", "heapFull", "unsupportedSize", "invalidHandle",
     "misalignedHandle", "staleHandle", "doubleFree", "notHolder", "batchTooLarge", "adminRequired", "noSuchClient",
-    "tooManyClients", "shuttingDown", "internalError", "invalidParticipant",
+    "tooManyClients", "shuttingDown", "internalError", "invalidParticipant", "directUnavailable",
 ]
 CODE = {name: index + 1 for index, name in enumerate(ERROR_CODES)}
 

@@ -236,7 +236,10 @@ public final class DivvyClient {
     /// Ends the connection: a direct client leaves the heap (freeing what it holds), then says goodbye; the
     /// daemon reclaims whatever the connection still held. Idempotent.
     public func close() {
-        participant?.leave()
+        // The slot stays *leaving* (taken, holding nothing) until the daemon has processed the goodbye and frees
+        // it: were it freed here, another process could join into it and present it to the daemon before the
+        // daemon has seen this session end, and be refused.
+        participant?.leave(releasingSlot: socket == nil)
         participant = nil
         if socket != nil {
             _ = try? request(.goodbye)

@@ -9,6 +9,8 @@
 //                            sequence), free it; OK <n>.
 //   churn OPS SEED           random allocate / write / check / free (and batch calls in mediated mode), printing
 //                            PROGRESS every 100 ops; for SIGKILL tests.
+//   cycle SECONDS            for SECONDS, connect a new client (in MODE), allocate and free a block, close it; print
+//                            CYCLED <cycles> <failures> and the failures' codes (slot churn tests).
 //   fill SIZE                allocate until refused; print FILLED <n> <error code>, then wait for EOF.
 //   stats                    print STATS <bytesHeld> <blocksHeld> <quota>.
 //   drop SIZE COUNT SEED     allocate COUNT blocks, then close every socket of the process without a goodbye (as a
@@ -135,6 +137,31 @@ func run(_ client: DivvyClient, _ command: String, _ rest: [String]) throws {
         }
         say("OK \(ops)")
         client.close()
+    case "cycle":
+        guard let seconds = Double(rest.first ?? "") else { fail("cycle SECONDS") }
+        client.close()
+        func now() -> Double {
+            var time = timespec()
+            clock_gettime(CLOCK_MONOTONIC, &time)
+            return Double(time.tv_sec) + Double(time.tv_nsec) / 1e9
+        }
+        let end = now() + seconds
+        var cycles = 0
+        var failures: [String: Int] = [:]
+        while now() < end {
+            do throws(DivvyClientError) {
+                let next = try DivvyClient(.init(socketPath: arguments[1], name: "helper-cycle", mode: mode))
+                if mode == .direct, next.mode != .direct { fail("asked for direct, got \(next.mode)") }
+                let (handle, _) = try next.allocateHandle(64)
+                try next.free(handle)
+                next.close()
+            } catch {
+                failures["\(error.protocolCode.map { "\($0)" } ?? "\(error.code)")", default: 0] += 1
+            }
+            cycles += 1
+        }
+        let total = failures.values.reduce(0, +)
+        say("CYCLED \(cycles) \(total)" + failures.sorted { $0.key < $1.key }.map { " \($0.key)=\($0.value)" }.joined())
     case "fill":
         guard let size = Int(rest.first ?? "") else { fail("fill SIZE") }
         var count = 0

@@ -59,13 +59,17 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, CustomStringConve
     /// The participant slot in `join` is out of range, taken, or not joined by this client; or a direct-mode
     /// request (`lease`, `returnPages`) came before `join`.
     public static let invalidParticipant = ErrorCode(rawValue: 22)
+    /// Direct mode was asked for explicitly, and the policy allows it, but every participant slot of the heap is
+    /// taken (or promised to a direct client that has not joined yet). Mode `any` falls back to mediated instead.
+    /// The connection stays open: send `hello` again with mode `mediated` or `any`, or retry later.
+    public static let directUnavailable = ErrorCode(rawValue: 23)
 
     /// Every code this module knows, in code order.
     public static let allKnown: [ErrorCode] = [
         .malformedFrame, .unsupportedVersion, .unknownMessageType, .frameTooLarge, .notAuthorized,
         .handshakeRequired, .wrongMode, .quotaExceeded, .heapFull, .unsupportedSize, .invalidHandle,
         .misalignedHandle, .staleHandle, .doubleFree, .notHolder, .batchTooLarge, .adminRequired, .noSuchClient,
-        .tooManyClients, .shuttingDown, .internalError, .invalidParticipant,
+        .tooManyClients, .shuttingDown, .internalError, .invalidParticipant, .directUnavailable,
     ]
 
     /// Whether the daemon closes the connection after sending this error.
@@ -101,6 +105,7 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, CustomStringConve
         case 20: "shuttingDown"
         case 21: "internalError"
         case 22: "invalidParticipant"
+        case 23: "directUnavailable"
         default: nil
         }
     }

@@ -82,6 +82,8 @@ public final class DivvyServer: @unchecked Sendable {
     /// Usually empty, so allocating and freeing touch only the session's own table.
     private var extraMediatedHoldings: [UInt64: Int] = [:]
     private var directOwners: [Int: UInt32] = [:]
+    /// Participant slots promised to direct clients welcomed but not yet joined.
+    private var directSlots = DirectSlotReservations()
     private var pendingRecoveries: Set<Int> = []
     /// Direct participants whose connection ended while their process may still run, by poller token: recovered
     /// when the process exits (its pidfd turns readable), never before — recovering a participant whose process
@@ -135,6 +137,7 @@ public final class DivvyServer: @unchecked Sendable {
         var heapConfiguration = SharedHeapConfiguration(pageSize: configuration.pageSize)
         if let classes = configuration.sizeClasses { heapConfiguration.sizeClasses = classes }
         heapConfiguration.heldCapacity = configuration.heldCapacity
+        heapConfiguration.participantCapacity = configuration.participantCapacity
         let metadataSize = SharedHeap.requiredMetadataSize(
             dataSize: configuration.dataSize, configuration: heapConfiguration)
         let regionConfiguration = SharedRegion.Configuration(
@@ -607,10 +610,14 @@ public final class DivvyServer: @unchecked Sendable {
     }
 
     private func welcome(_ session: Session, _ hello: Hello, requestID: UInt64) {
-        switch session.machine.hello(hello) {
+        if hello.mode != .mediated, session.machine.mayUseDirect { releaseLeftSlots() }
+        let slotAvailable = directSlots.available(freeSlots: heap.freeParticipantSlots)
+        switch session.machine.hello(hello, directSlotAvailable: slotAvailable) {
         case .reject(let code, let text):
             reject(session, requestID: requestID, type: .hello, code, text)
         case .welcome(let version, let mode):
+            // The slot this direct client will join is promised to it until it joins or goes.
+            if mode == .direct { session.holdsDirectReservation = directSlots.reserve() }
             session.name = hello.name
             let geometry = region.geometry
             let welcome = Welcome(
@@ -624,6 +631,19 @@ public final class DivvyServer: @unchecked Sendable {
                 metadata: ["client": "\(session.id)", "name": "\(hello.name)", "mode": "\(mode)",
                            "pid": "\(session.peer.pid)", "uid": "\(session.peer.uid)", "gid": "\(session.peer.gid)"])
             send(session, requestID: requestID, .welcome(welcome))
+        }
+    }
+
+    /// Frees the slots of direct clients that left the heap (`leave(releasingSlot: false)`) and whose goodbye is
+    /// still on its way: they hold nothing, and their sessions are done with the heap, so the slots can be
+    /// offered to the client saying hello now. The old session forgets its participant (its later disconnect
+    /// then has nothing to do).
+    private func releaseLeftSlots() {
+        for (p, id) in directOwners {
+            // releaseSlot frees only a slot that is leaving and was left by that pid (one word read otherwise).
+            guard let owner = sessions[id], heap.releaseSlot(participant: p, pid: owner.peer.pid) else { continue }
+            directOwners[p] = nil
+            owner.participant = nil
         }
     }
 
@@ -721,6 +741,7 @@ public final class DivvyServer: @unchecked Sendable {
         // connected (SO_PEERPIDFD), never a later owner of its pid. Only direct clients need one (PeerProcess).
         session.process = PeerProcess(socket: session.socket.fileDescriptor, pid: session.peer.pid)
         session.pageAllowance = pages
+        if session.holdsDirectReservation { directSlots.release(&session.holdsDirectReservation) }
         metrics.count(.lease)
         logger.info("direct client joined", metadata: ["client": "\(session.id)", "participant": "\(p)",
                                                        "pages": "\(pages)"])
@@ -1019,11 +1040,18 @@ public final class DivvyServer: @unchecked Sendable {
             "mediated_blocks_released": "\(released)",
         ]
         var recovery: String?
+        if session.holdsDirectReservation { directSlots.release(&session.holdsDirectReservation) }
         if let p = session.participant {
             directOwners[p] = nil
             if let status = heap.participantStatus(p), status.state != .free, status.pid == session.peer.pid {
-                let outcome = recoverWhenExited(p, pid: session.peer.pid, pidfd: session.process?.takeDescriptor())
                 metadata["participant"] = "\(p)"
+                let outcome: String
+                if status.state == .leaving, heap.releaseSlot(participant: p, pid: session.peer.pid) {
+                    // It left cleanly; only now that its session is over may the slot be offered again.
+                    outcome = "none needed: it left; slot released"
+                } else {
+                    outcome = "\(recoverWhenExited(p, pid: session.peer.pid, pidfd: session.process?.takeDescriptor()))"
+                }
                 metadata["recovery"] = "\(outcome)"
                 recovery = outcome
             }
@@ -1047,6 +1075,12 @@ public final class DivvyServer: @unchecked Sendable {
             if divvy_errno() == ESRCH || processHasExited(pid) { return recover(p) }
             // No pidfd (kernel < 5.3): `tick()` recovers it via deadParticipants() once the process is gone.
             return "deferred until process \(pid) exits"
+        }
+        // The pid may have been reused before the pidfd was opened (the pidfd then names another process): the
+        // start time recorded at join tells, checked after opening so that no reuse can slip in between.
+        if !heap.participantProcessIsRunning(p) {
+            _ = close(fd)
+            return recover(p)
         }
         let token = Self.exitWatchBase + UInt64(p)
         if let previous = exitWatches.removeValue(forKey: token) { _ = close(previous.fd) }

@@ -30,6 +30,10 @@ public struct ServerConfiguration: Hashable, Sendable {
     /// Handles one participant may hold at once. The daemon's own participant holds every mediated client's
     /// blocks, so this bounds the blocks all mediated clients hold together. Default 65536.
     public var heldCapacity: Int
+    /// Participant slots in the heap (2…30): the daemon's own participant takes one, each connected direct
+    /// client one. When they are all taken, `any` clients are served mediated and `direct` ones refused with
+    /// `directUnavailable`. Default 30 (the heap's limit).
+    public var participantCapacity: Int
     /// Huge pages for the region. Default `.automatic`.
     public var hugePages: SharedRegion.HugePages
     /// Commit the whole region at start (`.full`, the default: never SIGBUS) or reserve lazily.
@@ -67,6 +71,7 @@ public struct ServerConfiguration: Hashable, Sendable {
         pageSize = 64 << 10
         sizeClasses = nil
         heldCapacity = 65536
+        participantCapacity = 30
         hugePages = .automatic
         commitment = .full
         prefault = false
@@ -92,8 +97,8 @@ public struct ServerConfiguration: Hashable, Sendable {
     /// The config file keys, in the order `render()` writes them.
     public static let keys = [
         "socket", "socket-mode", "region-name", "region-prefix", "data-size", "page-size", "size-classes",
-        "held-capacity", "huge-pages", "commit", "prefault", "allow-uids", "allow-gids", "direct-uids",
-        "direct-gids", "admin-uids", "admin-gids", "quota", "max-clients", "initial-lease-pages", "shutdown-grace-ms",
+        "held-capacity", "participant-capacity", "huge-pages", "commit", "prefault", "allow-uids", "allow-gids",
+        "direct-uids", "direct-gids", "admin-uids", "admin-gids", "quota", "max-clients", "initial-lease-pages", "shutdown-grace-ms",
         "metrics-listen", "log-level",
     ]
 
@@ -139,6 +144,7 @@ public struct ServerConfiguration: Hashable, Sendable {
                 try Self.size(item, key)
             }
         case "held-capacity": heldCapacity = try Self.count(value, key)
+        case "participant-capacity": participantCapacity = try Self.count(value, key)
         case "huge-pages":
             switch value {
             case "auto", "automatic": hugePages = .automatic
@@ -197,6 +203,10 @@ public struct ServerConfiguration: Hashable, Sendable {
         guard effectiveQuotaBytes > 0 else { throw ParseError("quota must be positive") }
         guard maxClients > 0 else { throw ParseError("max-clients must be positive") }
         guard heldCapacity > 0 else { throw ParseError("held-capacity must be positive") }
+        guard participantCapacity >= 2, participantCapacity <= 30 else {
+            throw ParseError(
+                "participant-capacity must be 2…30 (the daemon takes one slot), not \(participantCapacity)")
+        }
         guard socketMode <= 0o777 else { throw ParseError("socket-mode must be octal permission bits") }
     }
 
@@ -208,7 +218,7 @@ public struct ServerConfiguration: Hashable, Sendable {
             ("region-name", regionName ?? "anonymous"), ("region-prefix", regionNamePrefix),
             ("data-size", String(dataSize)), ("page-size", String(pageSize)),
             ("size-classes", sizeClasses.map { $0.map(String.init).joined(separator: ",") } ?? "default"),
-            ("held-capacity", String(heldCapacity)),
+            ("held-capacity", String(heldCapacity)), ("participant-capacity", String(participantCapacity)),
             ("huge-pages", { switch hugePages {
                 case .automatic: "auto"
                 case .none: "none"

@@ -27,6 +27,8 @@ final class Session {
     var bytesHeld = 0
     /// The heap participant this (direct) client joined, once `join` succeeded.
     var participant: Int?
+    /// Whether a participant slot is promised to this direct client (welcomed, not joined yet).
+    var holdsDirectReservation = false
     /// Pages the direct client may own (its lease).
     var pageAllowance = 0
     /// Frames the socket could not take yet (the client is slow to read); no request is read meanwhile.

@@ -51,8 +51,15 @@ public struct SessionStateMachine: Hashable, Sendable {
     }
 
     /// Handles `hello`: negotiates the version (the highest both speak) and the mode (`any` → direct when the
-    /// policy allows it, else mediated; `direct` without the right → `wrongMode`).
-    public mutating func hello(_ hello: Hello) -> HelloOutcome {
+    /// policy allows it and a participant slot is available, else mediated; `direct` without the right →
+    /// `wrongMode`; `direct` with the right but no slot → `directUnavailable`).
+    ///
+    /// - Parameters:
+    ///   - hello: the client's hello.
+    ///   - directSlotAvailable: whether the heap has a participant slot for one more direct client (free, and not
+    ///     promised to another direct client that has not joined yet). The caller reserves it when the outcome is
+    ///     a direct welcome.
+    public mutating func hello(_ hello: Hello, directSlotAvailable: Bool = true) -> HelloOutcome {
         guard case .awaitingHello = state else {
             return .reject(.handshakeRequired, "hello was already exchanged on this connection")
         }
@@ -74,9 +81,15 @@ public struct SessionStateMachine: Hashable, Sendable {
                     .wrongMode, "direct access is not granted to this user by the daemon's policy; "
                         + "connect in mediated mode (or ask the operator to add your uid/gid to direct-uids)")
             }
+            guard directSlotAvailable else {
+                return .reject(
+                    .directUnavailable, "every participant slot of the daemon's heap is taken by direct clients; "
+                        + "connect in mode any (it falls back to mediated) or mediated, retry when a direct client "
+                        + "has left, or ask the operator to raise participant-capacity")
+            }
             mode = .direct
         case .mediated: mode = .mediated
-        case .any: mode = mayUseDirect ? .direct : .mediated
+        case .any: mode = mayUseDirect && directSlotAvailable ? .direct : .mediated
         }
         state = .ready(version: highest, mode: mode)
         return .welcome(version: highest, mode: mode)

@@ -25,32 +25,31 @@ internal enum Backing {
 
     /// Throws `.insufficientSpace` when `bytes` of tmpfs pages cannot be committed: more than /dev/shm has free
     /// (named regions only; memfd objects live on the kernel's internal, unlimited tmpfs), or more than memory
-    /// can hold (an over-committed fallocate on tmpfs would drive the machine into the OOM killer).
+    /// — the host's, or the memory cgroup's — can hold (an over-committed fallocate on tmpfs would drive the
+    /// machine, or the cgroup, into the OOM killer).
     static func checkTmpfsSpace(
         _ bytes: Int, named: Bool, describing what: String
     ) throws(SharedRegionError) {
-        guard bytes > 0 else { return }
-        if named {
-            switch systemStatvfs(shmDirectory) {
-            case .success(let space) where space.available < bytes:
-                throw SharedRegionError(
-                    .insufficientSpace,
-                    "\(what) needs \(formatByteCount(bytes)) but \(shmDirectory) has "
-                        + "\(formatByteCount(space.available)) free; enlarge \(shmDirectory) "
-                        + "(mount -o remount,size=...), pass a smaller size, or ask for lazy commitment")
-            case .success: break
-            case .failure(let error):
-                throw SharedRegionError(
-                    .systemCallFailed, "statvfs(\(shmDirectory)) failed while sizing \(what); is /dev/shm mounted?",
-                    cause: error)
-            }
-        }
-        if let memory = availableMemory(), memory < bytes {
+        try checkShmSpace(bytes, named: named, describing: what)
+        try MemoryBudget.current().check(bytes, describing: what, lazyPossible: false)
+    }
+
+    /// Throws `.insufficientSpace` when a named region's `bytes` do not fit in /dev/shm's free space (anonymous
+    /// regions: nothing to check).
+    static func checkShmSpace(_ bytes: Int, named: Bool, describing what: String) throws(SharedRegionError) {
+        guard bytes > 0, named else { return }
+        switch systemStatvfs(shmDirectory) {
+        case .success(let space) where space.available < bytes:
             throw SharedRegionError(
                 .insufficientSpace,
-                "\(what) needs \(formatByteCount(bytes)) but the system has \(formatByteCount(memory)) of memory "
-                    + "available (MemAvailable + SwapFree); free memory, pass a smaller size, "
-                    + "or ask for lazy commitment")
+                "\(what) needs \(formatByteCount(bytes)) but \(shmDirectory) has "
+                    + "\(formatByteCount(space.available)) free; enlarge \(shmDirectory) "
+                    + "(mount -o remount,size=...), pass a smaller size, or ask for lazy commitment")
+        case .success: break
+        case .failure(let error):
+            throw SharedRegionError(
+                .systemCallFailed, "statvfs(\(shmDirectory)) failed while sizing \(what); is /dev/shm mounted?",
+                cause: error)
         }
     }
 

@@ -116,6 +116,8 @@ public final class SharedRegion: @unchecked Sendable {
         /// holding only that descriptor cannot reach the header or metadata at all. The region's own object then
         /// commits only the header and metadata. Default false.
         public var separateDataObject: Bool
+        /// Test hook: the memory budget to check against instead of the host's and the cgroup's now.
+        internal var _memoryBudget: MemoryBudget?
 
         /// Creates a configuration; see the properties for each parameter.
         public init(
@@ -243,10 +245,11 @@ public final class SharedRegion: @unchecked Sendable {
         let committedHere = separate ? geometry.dataOffset : committed
         let hugeTLB = kind == .explicit2MiB || kind == .explicit1GiB
         if !hugeTLB {
-            try Backing.checkTmpfsSpace(committedHere, named: objectName != nil, describing: what)
-            if separate {
-                try Backing.checkTmpfsSpace(committed - committedHere, named: false, describing: what + " (data)")
-            }
+            // /dev/shm holds only the region's own object; memory (host and cgroup) has to hold everything
+            // committed, in both objects, together.
+            try Backing.checkShmSpace(committedHere, named: objectName != nil, describing: what)
+            try (configuration._memoryBudget ?? MemoryBudget.current()).check(
+                committed, describing: what, lazyPossible: configuration.commitment == .full)
         }
 
         let fd = try createObject(objectName, configuration, kind: kind, describing: what)

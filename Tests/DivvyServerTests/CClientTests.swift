@@ -207,6 +207,29 @@ final class CClientTests: XCTestCase {
         XCTAssertEqual(closed.wait(timeout: 20)?.status, 0)
     }
 
+    /// Every participant slot taken (capacity 2: the daemon's and one direct client's): DIVVY_MODE_DIRECT is refused
+    /// with DIVVY_EDIRECT_UNAVAILABLE and a message saying what to do, DIVVY_MODE_ANY is connected mediated (it used
+    /// to fail with DIVVY_EINTERNAL_ERROR once the heap's participants were all taken).
+    func testFullParticipantSlotsGiveDirectUnavailableAndAnyFallsBackToMediated() throws {
+        let program = try Self.program.get()
+        let (daemon, socket, directory) = try startDaemon(["--set", "participant-capacity=2"])
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let holder = try DivvyClient(.init(socketPath: socket, name: "slot-holder", mode: .direct))
+        XCTAssertEqual(holder.mode, .direct)
+        var (exit, output) = try Self.run(program, ["expect-connect", "23", "--socket", socket, "--mode", "direct"])
+        XCTAssertEqual(exit.status, 0, output)
+        XCTAssertTrue(output.contains("participant-capacity"), "the message says what to do: \(output)")
+        (exit, output) = try Self.run(program, ["expect-connect", "0", "--socket", socket, "--mode", "any"])
+        XCTAssertEqual(exit.status, 0, output)
+        XCTAssertTrue(output.contains("connected: mediated"), output)
+        holder.close()
+        (exit, output) = try Self.run(program, ["expect-connect", "0", "--socket", socket, "--mode", "direct"])
+        XCTAssertEqual(exit.status, 0, output)
+        XCTAssertTrue(output.contains("connected: direct"), "the slot came free with the goodbye: \(output)")
+        daemon.signal(SIGTERM)
+        XCTAssertEqual(daemon.wait(timeout: 20)?.status, 0)
+    }
+
     /// The header's codes 1…99 are the protocol's, by name and number: a code added to `ErrorCode` must be added to
     /// divvy.h (and divvy_strerror) too.
     func testErrorCodesMirrorTheProtocol() throws {

@@ -142,6 +142,72 @@ final class DaemonProcessTests: XCTestCase {
         XCTAssertEqual(after["clean"] as? Bool, true, "\(after)")
     }
 
+    /// Participant slots change hands safely: 4 processes connect a direct client, allocate, free and close it in
+    /// a loop, so slots are left and taken again all the time; not one connection may fail (a slot freed before
+    /// the daemon processed its client's goodbye used to be refused as `invalidParticipant` to the next taker).
+    /// 3 s each; `DIVVY_SLOT_CHURN_SECONDS` sets another duration.
+    func testDirectClientsConnectingAndClosingInALoopNeverFail() throws {
+        // A small held list: joining and leaving walk it, and a debug build walks 65536 entries slowly.
+        let daemon = try Daemon(["--set", "held-capacity=256"])
+        let seconds = ProcessInfo.processInfo.environment["DIVVY_SLOT_CHURN_SECONDS"].flatMap(Double.init) ?? 3
+        let processes = try (0..<4).map { _ in try helper(daemon, "direct", ["cycle", "\(seconds)"]) }
+        var cycles = 0
+        for process in processes {
+            let output = process.remainingOutput()
+            XCTAssertEqual(process.wait(), .init(status: 0, signal: nil), "\(output)")
+            let line = output.first { $0.hasPrefix("CYCLED ") } ?? ""
+            let fields = line.split(separator: " ")
+            XCTAssertEqual(fields.count, 3, "no failure codes expected: \(output)")
+            XCTAssertEqual(fields.count > 2 ? Int(fields[2]) : nil, 0, "failed connections: \(output)")
+            cycles += fields.count > 1 ? Int(fields[1]) ?? 0 : 0
+        }
+        XCTAssertGreaterThan(cycles, 4, "the processes did cycle")
+        print("slot churn: \(cycles) connect/close cycles by 4 processes in \(seconds) s, 0 failures")
+        let (verify, status) = try daemon.quiescentAudit(expectedClients: 0)
+        XCTAssertEqual(verify["clean"] as? Bool, true, "\(verify)")
+        XCTAssertEqual(verify["liveParticipants"] as? Int, 1, "\(verify)")
+        XCTAssertEqual((status["heap"] as? [String: Any])?["bytesUsed"] as? Int, 0, "\(status)")
+    }
+
+    /// `bytesUsed` is the bytes of the blocks held, also after a direct client that held blocks another client
+    /// adopted was SIGKILLed (its pages stay as orphans while the adopter's blocks live in them), and 0 once the
+    /// adopter has freed them and everyone has gone.
+    func testBytesUsedIsExactAfterAClientDies() throws {
+        let daemon = try Daemon()
+        let adopter = try DivvyClient(.init(socketPath: daemon.socketPath, name: "adopter", mode: .mediated))
+        func bytesUsed() throws -> Int {
+            let status = try XCTUnwrap(
+                JSONSerialization.jsonObject(with: Data(adopter.admin(.status).body)) as? [String: Any])
+            return try XCTUnwrap((status["heap"] as? [String: Any])?["bytesUsed"] as? Int, "\(status)")
+        }
+        let (victim, handles) = try holder(daemon, "direct", size: 700, count: 10, seed: 3)
+        var adopted: [(SharedHandle, Int)] = []
+        for text in handles.prefix(4) {
+            let handle = SharedHandle(rawValue: try XCTUnwrap(UInt64(text)))
+            adopted.append((handle, try adopter.adoptHandle(handle)))
+        }
+        let blockSize = adopted[0].1
+        XCTAssertEqual(try bytesUsed(), 10 * blockSize)
+        victim.signal(SIGKILL)
+        _ = victim.wait()
+        // Recovery runs once the daemon sees the process gone: then only the adopted blocks are held.
+        let deadline = Date().addingTimeInterval(10)
+        var used = try bytesUsed()
+        while used != 4 * blockSize, Date() < deadline {
+            usleep(20_000)
+            used = try bytesUsed()
+        }
+        XCTAssertEqual(used, 4 * blockSize, "only the adopted blocks are held")
+        for (handle, _) in adopted.prefix(3) { XCTAssertTrue(try adopter.free(handle)) }
+        XCTAssertEqual(try bytesUsed(), blockSize, "blocks freed onto orphan pages are not in use")
+        XCTAssertTrue(try adopter.free(adopted[3].0))
+        XCTAssertEqual(try bytesUsed(), 0)
+        adopter.close()
+        let (verify, status) = try daemon.quiescentAudit(expectedClients: 0)
+        XCTAssertEqual((status["heap"] as? [String: Any])?["bytesUsed"] as? Int, 0, "\(status)")
+        XCTAssertEqual(verify["allocatedBlocks"] as? Int, 0, "\(verify)")
+    }
+
     func testSeveralClientProcessesChurnConcurrently() throws {
         let daemon = try Daemon()
         let base = SeededGenerator.testSeed()

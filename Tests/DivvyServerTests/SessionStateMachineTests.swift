@@ -33,6 +33,30 @@ final class SessionStateMachineTests: XCTestCase {
         XCTAssertEqual(demanding.hello(hello(.mediated)), .welcome(version: 1, mode: .mediated))
     }
 
+    /// No participant slot for one more direct client: `any` falls back to mediated; `direct` is refused with
+    /// `directUnavailable` and the handshake stays open (retry as mediated); `mediated` is unaffected.
+    func testModeNegotiationWhenTheDirectSideIsFull() {
+        var flexible = SessionStateMachine(mayUseDirect: true, mayAdminister: false)
+        XCTAssertEqual(flexible.hello(hello(.any), directSlotAvailable: false), .welcome(version: 1, mode: .mediated))
+        var demanding = SessionStateMachine(mayUseDirect: true, mayAdminister: false)
+        guard case .reject(.directUnavailable, let text) = demanding.hello(hello(.direct), directSlotAvailable: false)
+        else {
+            return XCTFail("direct with the right but no slot must be refused with directUnavailable")
+        }
+        XCTAssertTrue(text.contains("mediated") && text.contains("participant-capacity"), text)
+        XCTAssertEqual(demanding.state, .awaitingHello, "nothing changed: the client may say hello again")
+        XCTAssertFalse(ErrorCode.directUnavailable.closesConnection)
+        XCTAssertEqual(demanding.hello(hello(.any), directSlotAvailable: false), .welcome(version: 1, mode: .mediated))
+        var mediated = SessionStateMachine(mayUseDirect: true, mayAdminister: false)
+        XCTAssertEqual(
+            mediated.hello(hello(.mediated), directSlotAvailable: false), .welcome(version: 1, mode: .mediated))
+        // Without the right, the policy's refusal comes first.
+        var untrusted = SessionStateMachine(mayUseDirect: false, mayAdminister: false)
+        guard case .reject(.wrongMode, _) = untrusted.hello(hello(.direct), directSlotAvailable: false) else {
+            return XCTFail("direct without the right is wrongMode, whatever the slots")
+        }
+    }
+
     func testVersionNegotiationPicksTheHighestCommonVersionOrRefuses() {
         var wide = SessionStateMachine(mayUseDirect: false, mayAdminister: false)
         XCTAssertEqual(wide.hello(hello(.any, 1...9)), .welcome(version: 1, mode: .mediated))

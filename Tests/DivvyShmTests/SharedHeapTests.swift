@@ -339,9 +339,9 @@ final class SharedHeapTests: ShmTestCase {
         // A block held by a participant that is not alive.
         let state = heap.participantState(b.index)
         let savedState = state.load(ordering: .relaxed)
-        expectViolation("not alive", corrupt: { state.store(ParticipantWord.make(state: ParticipantWord.dead, pid: 1),
-                                                             ordering: .relaxed) },
-                        restore: { state.store(savedState, ordering: .relaxed) })
+        expectViolation("not alive", corrupt: {
+            state.store(ParticipantWord.make(state: ParticipantWord.dead, pid: 1, startTime: 0), ordering: .relaxed)
+        }, restore: { state.store(savedState, ordering: .relaxed) })
         // An operation left in flight.
         expectViolation("middle of an operation", corrupt: { heap.pending(a.index).store(handles[3].rawValue,
                                                                                         ordering: .relaxed) },

@@ -478,7 +478,9 @@ final class SharedRegionTests: ShmTestCase {
         let anonymous = assertRegionError(.insufficientSpace) {
             _ = try SharedRegion.createAnonymous(configuration(dataSize: memory + (4 << 30)))
         }
-        XCTAssertTrue(anonymous?.message.contains("of memory available") ?? false, "\(String(describing: anonymous))")
+        XCTAssertTrue(
+            anonymous?.message.contains("available (MemAvailable + SwapFree)") ?? false,
+            "\(String(describing: anonymous))")
     }
 
     func testAFailureAfterTheObjectExistsRemovesIt() throws {

@@ -60,10 +60,12 @@ typedef struct divvy_client divvy_client;
 
 /* Access modes for divvy_connect. */
 enum divvy_mode {
-    /* Direct when the daemon's policy allows it, mediated otherwise (the usual choice). */
+    /* Direct when the daemon's policy allows it and a heap participant slot is free, mediated otherwise (the usual
+       choice). */
     DIVVY_MODE_ANY = 0,
     /* The fast path: the whole region is mapped and blocks are allocated and freed in shared memory with no
-       system call. Refused (DIVVY_EWRONG_MODE) unless the daemon's policy grants direct access to this uid/gid. */
+       system call. Refused (DIVVY_EWRONG_MODE) unless the daemon's policy grants direct access to this uid/gid, and
+       (DIVVY_EDIRECT_UNAVAILABLE) while every participant slot of the daemon's heap is taken. */
     DIVVY_MODE_DIRECT = 1,
     /* Every allocate/free/adopt is a round trip to the daemon; only the data area is mapped. */
     DIVVY_MODE_MEDIATED = 2
@@ -118,6 +120,9 @@ typedef enum divvy_error {
     DIVVY_EINTERNAL_ERROR = 21,
     /* A direct-mode participant problem (a bug in this library or a daemon mismatch). */
     DIVVY_EINVALID_PARTICIPANT = 22,
+    /* DIVVY_MODE_DIRECT was asked for and is permitted, but every participant slot of the daemon's heap is taken.
+       Connect with DIVVY_MODE_ANY (served mediated then) or DIVVY_MODE_MEDIATED, or retry later. */
+    DIVVY_EDIRECT_UNAVAILABLE = 23,
 
     /* --- Client-side codes --------------------------------------------------------------------------------- */
     /* Nothing listens at the socket path: divvyd is not running there (start it, or set DIVVY_SOCKET). */
@@ -180,7 +185,8 @@ typedef struct divvy_share_info {
  *
  * Returns DIVVY_OK; DIVVY_EINVAL (out NULL, unknown mode, a socket path of 0 or more than 107 bytes);
  * DIVVY_ENO_DAEMON; DIVVY_ENOT_AUTHORIZED,
- * DIVVY_EWRONG_MODE, DIVVY_EUNSUPPORTED_VERSION, DIVVY_ETOO_MANY_CLIENTS (the daemon refused);
+ * DIVVY_EWRONG_MODE, DIVVY_EDIRECT_UNAVAILABLE, DIVVY_EUNSUPPORTED_VERSION, DIVVY_ETOO_MANY_CLIENTS (the daemon
+ * refused);
  * DIVVY_ETIMED_OUT; DIVVY_ESYSTEM; DIVVY_EPROTOCOL.
  * Ownership: the caller owns *out and must pass it to divvy_close exactly once.
  */

@@ -110,8 +110,9 @@ public final class SharedHeap: @unchecked Sendable {
 
     /// `"DVHEAP01"`, little endian.
     internal static let magic: UInt64 = 0x3130_5041_4548_5644
-    /// The layout version this code reads and writes.
-    public static let layoutVersion: UInt32 = 3
+    /// The layout version this code reads and writes. Version 4: participant state words carry the process's
+    /// start time beside its pid, and a *leaving* state.
+    public static let layoutVersion: UInt32 = 4
 
     private init(region: SharedRegion, layout: SharedHeapLayout, meta: UnsafeMutableRawPointer,
                  data: UnsafeMutableRawPointer, pool: UnsafeLockFreeIndexStack, spanPool: UnsafeLockFreeIndexStack?) {
@@ -608,6 +609,9 @@ public final class SharedHeap: @unchecked Sendable {
     /// Registers a participant (one per thread) and returns it.
     ///
     /// - Parameter name: a label for diagnostics (the first 32 UTF-8 bytes are stored).
+    /// Only a *free* slot is taken: never one whose participant awaits recovery (alive with its process gone, or
+    /// dead) nor one that is *leaving* (see `Participant.leave(releasingSlot:)`).
+    ///
     /// - Throws: `.participantTableFull` when every slot is taken; `.invalidConfiguration` for a read-only region.
     public func join(name: String) throws(SharedHeapError) -> Participant {
         guard region.access == .readWrite else {
@@ -615,7 +619,10 @@ public final class SharedHeap: @unchecked Sendable {
                 .invalidConfiguration, "the region is mapped read-only: a read-only process may verify() and read "
                     + "blocks, not join; open the region read-write")
         }
-        let me = ParticipantWord.make(state: ParticipantWord.alive, pid: getpid())
+        // Pid and start time in one word: liveness checks survive pid reuse (see `ProcessIdentity`).
+        let pid = getpid()
+        let me = ParticipantWord.make(
+            state: ParticipantWord.alive, pid: pid, startTime: ProcessIdentity.startTime(of: pid) ?? 0)
         for p in 0..<layout.participantCapacity {
             // Ordering: acquiring on success, so that everything the previous occupant of the slot wrote (its
             // emptied held list, cleared pending word) before freeing the slot with a releasing store is visible.
@@ -637,6 +644,39 @@ public final class SharedHeap: @unchecked Sendable {
         throw SharedHeapError(
             .participantTableFull, "all \(layout.participantCapacity) participant slots are taken; leave() unused "
                 + "participants")
+    }
+
+    /// How many participant slots are free now (a `join` would find one), out of `participantCapacity`.
+    ///
+    /// - Complexity: O(participant capacity).
+    public var freeParticipantSlots: Int {
+        // Ordering: relaxed; a count for admission decisions, stale as soon as it is read.
+        (0..<layout.participantCapacity).count {
+            ParticipantWord.state(participantState($0).load(ordering: .relaxed)) == ParticipantWord.free
+        }
+    }
+
+    /// Frees a slot whose participant left with `leave(releasingSlot: false)`, so that `join` may offer it again.
+    /// Whoever manages the slots (a daemon) calls it once it has finished with the participant's session.
+    ///
+    /// - Parameters:
+    ///   - p: the slot.
+    ///   - pid: the process that left it; a slot left by another process (or not leaving) is not touched.
+    /// - Returns: true when the slot was leaving (left by `pid`) and is now free.
+    /// - Complexity: O(1).
+    @discardableResult
+    public func releaseSlot(participant p: Int, pid: Int32) -> Bool {
+        guard p >= 0, p < layout.participantCapacity, region.access == .readWrite else { return false }
+        // Ordering: acquiring, pairs with leave's releasing store of the leaving word.
+        let word = participantState(p).load(ordering: .acquiring)
+        guard ParticipantWord.state(word) == ParticipantWord.leaving, ParticipantWord.pid(word) == pid else {
+            return false
+        }
+        // Ordering: releasing on success, pairs with the acquiring claim in `join`: the next occupant sees the
+        // emptied held list and cleared words that leave wrote before its leaving store.
+        return participantState(p).compareExchange(
+            expected: word, desired: ParticipantWord.free, successOrdering: .acquiringAndReleasing,
+            failureOrdering: .relaxed).exchanged
     }
 
     /// Traps with the audit's report unless `verify()` is clean. Compiled to nothing unless

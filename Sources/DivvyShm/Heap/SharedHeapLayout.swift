@@ -30,8 +30,9 @@ import Divvy
 /// count, 40 recovery's *suspect* handle (see `SharedHeap.recover(participant:)`), 48 the chain `collect` is moving
 /// (slot + 1, 0 = none; owner only), 52–63 reserved.
 ///
-/// Participant entry (64 bytes): 0 state word (`ParticipantWord`: free / alive(pid) / dead), 8 pending handle (the
-/// operation in flight, 0 = none), 16–47 name (UTF-8, zero padded), 48 page in hand (`PageInHand`), 56 page
+/// Participant entry (64 bytes): 0 state word (`ParticipantWord`: free / alive / dead / leaving, with the pid and
+/// the process's start time, since layout version 4), 8 pending handle (the operation in flight, 0 = none),
+/// 16–47 name (UTF-8, zero padded), 48 page in hand (`PageInHand`), 56 page
 /// allowance (`UInt32`, `unlimitedPages` = no limit; written by whoever manages quotas, e.g. a daemon), 60 owned
 /// pages (`UInt32`, in units of `pageSize`: a span page counts `spanPageSize / pageSize`; written only by the
 /// participant, or by its recoverer; read by anyone).
@@ -272,16 +273,29 @@ internal enum PageWord {
     }
 }
 
-/// Participant state word: state (bits 62–63: 0 free slot, 1 alive, 2 dead — set by `SharedHeap.recover(participant:)` while it works) | pid
-/// (bits 0–31).
+/// Participant state word: state (bits 62–63: 0 free slot, 1 alive, 2 dead — set by
+/// `SharedHeap.recover(participant:)` while it works —, 3 leaving: left with `leave(releasingSlot: false)`, holds
+/// nothing, waits for `SharedHeap.releaseSlot(participant:pid:)`) | pid (bits 0–21: Linux pids stay below
+/// `PID_MAX_LIMIT` = 2^22) | process start time (bits 22–61: field 22 of /proc/PID/stat in clock ticks since boot,
+/// low 40 bits — 348 years at 100 Hz; 0 = not known). Pid and start time together name one process even after
+/// the pid is reused, and they are committed with the state in one store, so a reader never pairs one
+/// occupant's pid with another's start time.
 @usableFromInline
 internal enum ParticipantWord {
     @usableFromInline static let free: UInt64 = 0
     @usableFromInline static let alive: UInt64 = 1
     @usableFromInline static let dead: UInt64 = 2
+    @usableFromInline static let leaving: UInt64 = 3
+    /// The start-time field's width.
+    static let startTimeMask: UInt64 = (1 << 40) - 1
     @inlinable static func state(_ word: UInt64) -> UInt64 { word >> 62 }
-    @inlinable static func pid(_ word: UInt64) -> Int32 { Int32(truncatingIfNeeded: word) }
-    @inlinable static func make(state: UInt64, pid: Int32) -> UInt64 { (state << 62) | UInt64(UInt32(bitPattern: pid)) }
+    @inlinable static func pid(_ word: UInt64) -> Int32 { Int32(truncatingIfNeeded: word & 0x3F_FFFF) }
+    static func startTime(_ word: UInt64) -> UInt64 { (word >> 22) & startTimeMask }
+    static func make(state: UInt64, pid: Int32, startTime: UInt64) -> UInt64 {
+        (state << 62) | ((startTime & startTimeMask) << 22) | (UInt64(UInt32(bitPattern: pid)) & 0x3F_FFFF)
+    }
+    /// The same occupant (pid and start time) in another state.
+    static func with(state: UInt64, _ word: UInt64) -> UInt64 { (state << 62) | (word & ~(3 << 62)) }
 }
 
 /// A participant's page-in-hand word: what page it is moving between the pool and its ownership (bits 0–31), and

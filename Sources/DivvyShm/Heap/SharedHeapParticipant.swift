@@ -454,7 +454,16 @@ extension SharedHeap {
         /// Frees every block this participant holds, gives its empty pages back to the pool, makes the others
         /// orphans (any participant of the same class takes them over when it needs room), and frees the
         /// participant slot. Idempotent; `deinit` calls it.
-        public func leave() {
+        public func leave() { leave(releasingSlot: true) }
+
+        /// Leaves the heap (as `leave()`); with `releasingSlot` false the slot is not freed but marked *leaving*:
+        /// it holds nothing and owns nothing, and no `join` takes it until `SharedHeap.releaseSlot(participant:pid:)`
+        /// frees it (or recovery does, once this process has exited).
+        ///
+        /// A client whose slot a daemon tracks leaves this way, so that the slot is offered again only once the
+        /// daemon has finished with the session: otherwise another process could take the slot and present it to
+        /// the daemon before the daemon has seen the first one go.
+        public func leave(releasingSlot: Bool) {
             guard !left else { return }
             for handle in held.allKeys {
                 _ = try? free(SharedHeapHandle(rawValue: handle))
@@ -480,8 +489,11 @@ extension SharedHeap {
             // Ordering: relaxed; published by the releasing store of the slot below.
             heap.ownedPageCount(index).store(0, ordering: .relaxed)
             heap.pageAllowance(index).store(unlimitedPages, ordering: .relaxed)
-            // Ordering: releasing, pairs with the acquiring claim in `join`.
-            heap.participantState(index).store(ParticipantWord.free, ordering: .releasing)
+            // Ordering: releasing, pairs with the acquiring claim in `join` (or in `releaseSlot`).
+            let word = heap.participantState(index).load(ordering: .relaxed)
+            heap.participantState(index).store(
+                releasingSlot ? ParticipantWord.free : ParticipantWord.with(state: ParticipantWord.leaving, word),
+                ordering: .releasing)
         }
     }
 }

@@ -37,22 +37,38 @@ public struct SharedHeapRecoveryReport: Hashable, Sendable, CustomStringConverti
 }
 
 extension SharedHeap {
-    /// Participants that need recovery: slots marked alive whose process no longer exists (`kill(pid, 0)` fails
-    /// with `ESRCH`), and slots marked dead (a recovery that stopped half-way, see `recover(participant:)`).
+    /// Participants that need recovery: slots marked alive (or leaving) whose process no longer exists, and slots
+    /// marked dead (a recovery that stopped half-way, see `recover(participant:)`).
     ///
-    /// A process id can be reused by an unrelated process; a daemon that knows its clients' deaths from their
-    /// sockets should prefer that knowledge and call `recover(participant:)` directly.
+    /// A process "no longer exists" when `kill(pid, 0)` fails with `ESRCH`, or when the process now running
+    /// under that pid started at another time than the one recorded at `join` (the pid was reused: see
+    /// `ProcessIdentity`). A daemon that knows its clients' deaths from their sockets may still prefer that
+    /// knowledge and call `recover(participant:)` directly.
     ///
     /// - Complexity: O(participant capacity) system calls.
     public func deadParticipants() -> [Int] {
         (0..<layout.participantCapacity).filter { p in
             let word = participantState(p).load(ordering: .acquiring)
             switch ParticipantWord.state(word) {
-            case ParticipantWord.alive: return kill(ParticipantWord.pid(word), 0) == -1 && errno == ESRCH
+            case ParticipantWord.alive, ParticipantWord.leaving:
+                return !ProcessIdentity.isAlive(
+                    pid: ParticipantWord.pid(word), startTime: ParticipantWord.startTime(word))
             case ParticipantWord.dead: return true
             default: return false
             }
         }
+    }
+
+    /// Whether the process that joined participant slot `p` still runs: its pid exists and, when its start time
+    /// was recorded, the process under that pid started at that time (not a later process that reuses the pid).
+    /// False for a free slot or no such slot.
+    ///
+    /// - Complexity: one `kill(2)` and one read of /proc/PID/stat.
+    public func participantProcessIsRunning(_ p: Int) -> Bool {
+        guard p >= 0, p < layout.participantCapacity else { return false }
+        let word = participantState(p).load(ordering: .acquiring)
+        guard ParticipantWord.state(word) != ParticipantWord.free else { return false }
+        return ProcessIdentity.isAlive(pid: ParticipantWord.pid(word), startTime: ParticipantWord.startTime(word))
     }
 
     /// Recovers a participant whose thread or process died at any instruction: undoes or finishes its in-flight
@@ -135,8 +151,17 @@ extension SharedHeap {
         // its pending word, held list and the fields of its pages (a death orders the rest).
         let word = participantState(p).load(ordering: .acquiring)
         switch ParticipantWord.state(word) {
+        case ParticipantWord.leaving:
+            // It left cleanly (holds nothing, owns nothing) and its process is gone: only the slot remains.
+            let (freed, _) = participantState(p).compareExchange(
+                expected: word, desired: ParticipantWord.free, successOrdering: .acquiringAndReleasing,
+                failureOrdering: .relaxed)
+            guard freed else {
+                throw SharedHeapError(.participantLeft, "participant \(p) changed state while being recovered")
+            }
+            return SharedHeapRecoveryReport(participant: p, pid: ParticipantWord.pid(word))
         case ParticipantWord.alive:
-            let dead = ParticipantWord.make(state: ParticipantWord.dead, pid: ParticipantWord.pid(word))
+            let dead = ParticipantWord.with(state: ParticipantWord.dead, word)
             let (marked, _) = participantState(p).compareExchange(
                 expected: word, desired: dead, successOrdering: .acquiringAndReleasing, failureOrdering: .relaxed)
             guard marked else {
@@ -388,7 +413,7 @@ extension SharedHeap {
         for q in 0..<layout.participantCapacity where q != p {
             let word = participantState(q).load(ordering: .sequentiallyConsistent)
             guard ParticipantWord.state(word) == ParticipantWord.alive,
-                !(kill(ParticipantWord.pid(word), 0) == -1 && errno == ESRCH)
+                ProcessIdentity.isAlive(pid: ParticipantWord.pid(word), startTime: ParticipantWord.startTime(word))
             else { continue }
             let first = pageInHand(q).load(ordering: .sequentiallyConsistent)
             var waited = 0

@@ -11,6 +11,9 @@ public struct SharedHeapParticipantStatus: Hashable, Sendable, CustomStringConve
         case alive
         /// A recovery started and has not finished (`SharedHeap.recover(participant:)` resumes it).
         case dead
+        /// The participant left with `leave(releasingSlot: false)`: it holds and owns nothing, and the slot waits
+        /// for `SharedHeap.releaseSlot(participant:pid:)` (or for recovery once its process has exited).
+        case leaving
     }
 
     /// The slot (also the participant's bit in block holder masks).
@@ -19,6 +22,9 @@ public struct SharedHeapParticipantStatus: Hashable, Sendable, CustomStringConve
     public var state: State
     /// The process id recorded at join (0 for a slot never used).
     public var pid: Int32
+    /// The start time of that process recorded at join, in clock ticks since boot (field 22 of /proc/PID/stat,
+    /// low 40 bits); 0 when unknown. With the pid it names the process even after the pid is reused.
+    public var processStartTime: UInt64 = 0
     /// The pages the participant owns (allocates from) now, in units of `SharedHeap.pageSize` (a span page counts
     /// `spanPageSize / pageSize`).
     public var ownedPages: Int
@@ -44,8 +50,8 @@ public struct SharedHeapUsage: Hashable, Sendable, CustomStringConvertible {
         public var pages: Int
         /// The size of the class's pages (`pageSize`, or `spanPageSize` for a large class).
         public var pageBytes: Int
-        /// Blocks handed out and not yet back on their page's local free list: allocated blocks, plus blocks
-        /// freed by another participant and not yet collected by the page's owner.
+        /// Blocks allocated now (held by at least one participant). A block freed by another participant counts
+        /// as free at once, even before the page's owner collects it.
         public var blocksInUse: Int
         /// The other blocks of the class's pages (on local free lists, or never handed out).
         public var blocksFree: Int
@@ -55,6 +61,9 @@ public struct SharedHeapUsage: Hashable, Sendable, CustomStringConvertible {
     public var totalPages = 0
     /// Pages (of both tiers) in the pools, owned by a participant, and orphaned (owner gone, blocks still live).
     public var freePages = 0, ownedPages = 0, orphanPages = 0
+    /// Owned or orphan pages with no block in use (an owner keeps an emptied current page for reuse; an orphan
+    /// whose blocks were all freed waits for an allocator to reclaim it). Part of `ownedPages + orphanPages`.
+    public var emptyPages = 0
     /// The small page size in bytes.
     public var pageSize = 0
     /// The span tier: its page size (0 when there is none), its pages, and how many of them are in its pool.
@@ -62,12 +71,13 @@ public struct SharedHeapUsage: Hashable, Sendable, CustomStringConvertible {
     /// Per size class, in the order of `SharedHeap.sizeClasses`.
     public var sizeClasses: [SizeClass] = []
 
-    /// Bytes in blocks in use, summed over the classes.
+    /// Bytes in blocks in use (allocated now), summed over the classes.
     public var bytesInUse: Int { sizeClasses.reduce(0) { $0 + $1.blocksInUse * $1.blockSize } }
 
     /// A multi-line table: pages, then one line per class that has pages.
     public var description: String {
-        var text = "pages: \(totalPages) total, \(freePages) free, \(ownedPages) owned, \(orphanPages) orphan "
+        var text = "pages: \(totalPages) total, \(freePages) free, \(ownedPages) owned, \(orphanPages) orphan, "
+            + "\(emptyPages) of those empty "
             + "(\(pageSize) bytes each"
             + (spanPages > 0 ? "; \(spanPages) of them span pages of \(spanPageSize) bytes, \(freeSpanPages) free" : "")
             + "); \(bytesInUse) bytes in use"
@@ -124,26 +134,30 @@ extension SharedHeap {
         let state: SharedHeapParticipantStatus.State = switch ParticipantWord.state(word) {
         case ParticipantWord.alive: .alive
         case ParticipantWord.dead: .dead
+        case ParticipantWord.leaving: .leaving
         default: .free
         }
         var heldCount = 0
         for index in 0..<layout.heldCapacity where held(p, index).load(ordering: .relaxed) != 0 { heldCount += 1 }
         let allowance = pageAllowance(p).load(ordering: .relaxed)
         return SharedHeapParticipantStatus(
-            index: p, state: state, pid: ParticipantWord.pid(word),
+            index: p, state: state, pid: ParticipantWord.pid(word), processStartTime: ParticipantWord.startTime(word),
             ownedPages: Int(ownedPageCount(p).load(ordering: .relaxed)),
             pageAllowance: allowance == unlimitedPages ? nil : Int(allowance), heldCount: heldCount)
     }
 
-    /// Counts pages by state and, per size class, pages and blocks in use or free, from the page descriptors'
-    /// counters; read-only.
+    /// Counts pages by state and, per size class, pages and blocks in use or free; read-only.
     ///
-    /// Under concurrent use the figures are approximate: each page's counters are read one at a time while their
-    /// owners change them (a page may be counted in a class while it is being claimed or released, and a block
-    /// in use includes one freed by another participant that its page's owner has not collected yet). Exact when
-    /// the heap is quiescent, up to those uncollected remote frees.
+    /// A block is *in use* when its block word says allocated: held by at least one participant. A block freed by
+    /// another participant onto a page's remote-free stack, and not yet collected by the page's owner (or never:
+    /// an orphan page has no owner to collect), is free, although the page's live counter still includes it: such
+    /// pages' block words are read one by one, other owned pages are taken from their live counter. So
+    /// `bytesInUse` equals the bytes of the blocks held at that moment, whatever died or left, up to operations
+    /// in flight while it reads (each page is read at its own instant). Pages that are owned or orphaned while
+    /// holding no block in use are counted in `emptyPages`.
     ///
-    /// - Complexity: O(pages + size classes); allocates only the result.
+    /// - Complexity: O(pages + size classes), plus O(carved slots) of each orphan page and each page with
+    ///   uncollected remote frees; allocates only the result.
     public func usage() -> SharedHeapUsage {
         var result = SharedHeapUsage()
         result.totalPages = layout.pageCount
@@ -158,7 +172,8 @@ extension SharedHeap {
         for page in 0..<layout.pageCount {
             // Ordering: relaxed throughout: a statistic (see above).
             let word = pageState(page).load(ordering: .relaxed)
-            switch PageWord.kind(word) {
+            let kind = PageWord.kind(word)
+            switch kind {
             case PageWord.pooled:
                 result.freePages += 1
                 if layout.isSpan(page) { result.freeSpanPages += 1 }
@@ -170,12 +185,33 @@ extension SharedHeap {
             let sizeClass = PageWord.sizeClass(word)
             guard sizeClass < layout.classSizes.count else { continue }
             let slots = layout.pageBytes(page) / layout.classSizes[sizeClass]
-            // Clamped: racing reads may see a live count from the page's previous use.
-            let inUse = min(slots, Int(live(page).load(ordering: .relaxed)))
+            let inUse: Int
+            let quiet = UInt32(truncatingIfNeeded: remoteHead(page).load(ordering: .relaxed)) == endOfSlots
+                && collecting(page).load(ordering: .relaxed) == 0 && suspect(page).load(ordering: .relaxed) == 0
+            if kind == PageWord.owned && quiet {
+                // Nothing freed remotely and waiting: the owner's live counter is the number of allocated blocks.
+                // Clamped: racing reads may see a live count from the page's previous use.
+                inUse = min(slots, Int(live(page).load(ordering: .relaxed)))
+            } else {
+                inUse = allocatedBlocks(page, slots: slots)
+            }
+            if inUse == 0 { result.emptyPages += 1 }
             result.sizeClasses[sizeClass].pages += 1
             result.sizeClasses[sizeClass].blocksInUse += inUse
             result.sizeClasses[sizeClass].blocksFree += slots - inUse
         }
         return result
+    }
+
+    /// The page's carved slots whose block word says allocated.
+    private func allocatedBlocks(_ page: Int, slots: Int) -> Int {
+        let carvedSlots = min(slots, Int(carved(page).load(ordering: .relaxed)))
+        var count = 0
+        for slot in 0..<carvedSlots where BlockWord.state(blockWord(page, slot).load(ordering: .relaxed))
+            == BlockWord.allocated
+        {
+            count += 1
+        }
+        return count
     }
 }

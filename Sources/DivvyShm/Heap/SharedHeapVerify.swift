@@ -75,13 +75,15 @@ extension SharedHeap {
             case ParticipantWord.alive:
                 report.liveParticipants += 1
                 alive[p] = true
-                let pid = ParticipantWord.pid(participantState(p).load(ordering: .relaxed))
-                if kill(pid, 0) == -1 && errno == ESRCH {
+                let word = participantState(p).load(ordering: .relaxed)
+                let pid = ParticipantWord.pid(word)
+                if !ProcessIdentity.isAlive(pid: pid, startTime: ParticipantWord.startTime(word)) {
                     report.participantsWithoutProcess += 1
                     violation("participant \(p) is alive but its process \(pid) is gone: it exited without "
                         + "leave() or was killed; its holdings and pages wait for recovery")
                 }
             case ParticipantWord.dead: report.deadParticipants += 1
+            case ParticipantWord.leaving: break
             default: violation("participant \(p) has an impossible state \(state)")
             }
             if pending(p).load(ordering: .acquiring) != 0 {
@@ -92,8 +94,8 @@ extension SharedHeap {
             for index in 0..<l.heldCapacity {
                 let raw = held(p, index).load(ordering: .acquiring)
                 guard raw != 0 else { continue }
-                if state == ParticipantWord.free {
-                    violation("free participant slot \(p) still lists \(SharedHeapHandle(rawValue: raw))")
+                if state == ParticipantWord.free || state == ParticipantWord.leaving {
+                    violation("free (or leaving) participant slot \(p) still lists \(SharedHeapHandle(rawValue: raw))")
                 }
                 if heldEntries[raw]?.contains(p) == true {
                     violation("participant \(p) lists \(SharedHeapHandle(rawValue: raw)) twice")
@@ -246,7 +248,8 @@ extension SharedHeap {
             let state = ParticipantWord.state(participantState(p).load(ordering: .relaxed))
             if state == ParticipantWord.alive, counted != pagesOwnedBy[p] {
                 violation("participant \(p) records \(counted) owned pages but owns \(pagesOwnedBy[p])")
-            } else if state == ParticipantWord.free, counted != 0 || pageAllowance(p).load(ordering: .relaxed) != unlimitedPages {
+            } else if state == ParticipantWord.free || state == ParticipantWord.leaving,
+                counted != 0 || pageAllowance(p).load(ordering: .relaxed) != unlimitedPages {
                 violation("free participant slot \(p) still records \(counted) owned pages or a page allowance")
             }
         }

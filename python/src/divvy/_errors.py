@@ -46,6 +46,7 @@ class ErrorCode(enum.IntEnum):
     ESHUTTING_DOWN = 20
     EINTERNAL_ERROR = 21
     EINVALID_PARTICIPANT = 22
+    EDIRECT_UNAVAILABLE = 23
     ENO_DAEMON = 100
     EDAEMON_GONE = 101
     ETIMED_OUT = 102
@@ -104,7 +105,9 @@ class DaemonGoneError(DivvyError):
 
 class NotPermittedError(DivvyError):
     """The daemon's policy refused this process (``DIVVY_ENOT_AUTHORIZED``) or the mode it asked for
-    (``DIVVY_EWRONG_MODE``, e.g. ``mode="direct"`` for a uid not in ``direct-uids``)."""
+    (``DIVVY_EWRONG_MODE``, e.g. ``mode="direct"`` for a uid not in ``direct-uids``), or ``mode="direct"`` found
+    every participant slot of the daemon's heap taken (``DIVVY_EDIRECT_UNAVAILABLE``: connect with ``mode="any"``,
+    served mediated then, or retry later)."""
 
 
 class OutOfSpaceError(DivvyError):
@@ -134,6 +137,7 @@ _CLASSES: dict[int, type[DivvyError]] = {
     ErrorCode.EDAEMON_GONE: DaemonGoneError,
     ErrorCode.ENOT_AUTHORIZED: NotPermittedError,
     ErrorCode.EWRONG_MODE: NotPermittedError,
+    ErrorCode.EDIRECT_UNAVAILABLE: NotPermittedError,
     ErrorCode.EQUOTA_EXCEEDED: OutOfSpaceError,
     ErrorCode.EHEAP_FULL: OutOfSpaceError,
     ErrorCode.EINVALID_HANDLE: HandleError,

@@ -162,8 +162,9 @@ func clientsTable(_ rows: [AdminDocument.Client]) -> String {
     table(
         ["ID", "PID", "UID", "NAME", "MODE", "HELD", "BLOCKS", "LEASED PAGES", "QUOTA", "CONNECTED"],
         rows.map {
-            ["\($0.id)", "\($0.pid)", "\($0.uid)", $0.name, $0.mode, bytes($0.bytesHeld), "\($0.blocksHeld)",
-             "\($0.pageAllowance)", bytes($0.quotaBytes), duration($0.connectedSeconds)]
+            // The name is the client's own choice: escaped (no newline or terminal escape reaches the screen).
+            ["\($0.id)", "\($0.pid)", "\($0.uid)", DisplayText.escaped($0.name), $0.mode, bytes($0.bytesHeld),
+             "\($0.blocksHeld)", "\($0.pageAllowance)", bytes($0.quotaBytes), duration($0.connectedSeconds)]
         })
 }
 
@@ -272,8 +273,8 @@ extension DivvyCtl {
                 printJSON(body)
             } else {
                 let row = document.disconnected
-                print("disconnected client \(row.id) (\(row.name), pid \(row.pid)); reclaimed \(bytes(row.bytesHeld)) "
-                    + "in \(row.blocksHeld) mediated blocks and \(row.pageAllowance) leased pages")
+                print("disconnected client \(row.id) (\(DisplayText.escaped(row.name)), pid \(row.pid)); reclaimed "
+                    + "\(bytes(row.bytesHeld)) in \(row.blocksHeld) mediated blocks and \(row.pageAllowance) leased pages")
             }
         }
     }

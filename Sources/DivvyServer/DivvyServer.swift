@@ -95,6 +95,17 @@ public final class DivvyServer: @unchecked Sendable {
     private let receiveBuffer: UnsafeMutableRawBufferPointer
     private var sendBuffer: [UInt8] = []
     private var shutdownDeadline: Double?
+    /// Connection slots: max-clients, the per-uid limit, the slots kept for admins.
+    private var admission: ConnectionAdmission
+    /// Connections that have not said hello yet, by deadline (`handshake-timeout-ms`).
+    private var handshakeDeadlines = HandshakeDeadlines()
+    /// An open descriptor given up when `accept` fails for lack of descriptors, so the connection at the head of
+    /// the queue can be taken and refused instead of staying queued (and readiness firing again at once).
+    private var spareDescriptor: Int32 = -1
+    /// When the listener is not polled (out of descriptors and no spare), until when.
+    private var listenerPausedUntil: ContinuousClock.Instant?
+    private var acceptFailures = BurstLogLimiter()
+    private var refusals = BurstLogLimiter()
 
     private static let listenerToken: UInt64 = 0
 
@@ -124,6 +135,11 @@ public final class DivvyServer: @unchecked Sendable {
         self.ownsSocketPath = listenerDescriptor == nil
         self.socketPath = configuration.socketPath
         self.startTime = Date().timeIntervalSince1970
+        self.admission = ConnectionAdmission(
+            .init(
+                maxClients: configuration.maxClients,
+                reservedAdminConnections: configuration.reservedAdminConnections,
+                maxConnectionsPerUID: configuration.effectiveMaxConnectionsPerUID))
 
         // The region and heap.
         var heapConfiguration = SharedHeapConfiguration(pageSize: configuration.pageSize)
@@ -198,6 +214,7 @@ public final class DivvyServer: @unchecked Sendable {
             throw ServerError(.socket, "could not listen on \(configuration.socketPath): \(error)")
         }
         receiveBuffer = .allocate(byteCount: ProtocolLimits.maxFrameSize + 1, alignment: 16)
+        spareDescriptor = open("/dev/null", O_RDONLY | O_CLOEXEC)
         if let listen = configuration.metricsListen, let (host, port) = ServerConfiguration.hostAndPort(listen) {
             let registry = metrics.registry
             do throws(ServerError) {
@@ -219,6 +236,7 @@ public final class DivvyServer: @unchecked Sendable {
 
     deinit {
         receiveBuffer.deallocate()
+        if spareDescriptor >= 0 { _ = close(spareDescriptor) }
     }
 
     /// Asks the loop to shut down gracefully: stop accepting, tell every client (`shutdown`), wait up to the grace
@@ -266,8 +284,11 @@ public final class DivvyServer: @unchecked Sendable {
                 }
             }
             let now = Date().timeIntervalSince1970
+            resumeListenerIfDue()
             if now - lastTick >= 0.2 || events.isEmpty {
                 lastTick = now
+                expireHandshakes()
+                reportAcceptFailures()
                 tick()
                 hooks.tick()
                 reportStatus()
@@ -345,17 +366,106 @@ public final class DivvyServer: @unchecked Sendable {
     // MARK: Accepting
 
     private func acceptAll() {
-        while true {
+        while listenerPausedUntil == nil {
             let socket: SeqpacketSocket?
             do throws(TransportError) {
                 socket = try listener.accept()
             } catch {
-                // EMFILE/ENFILE: the connection stays queued; the next readiness retries. Log once per burst.
-                logger.error("accept failed", metadata: ["error": "\(error)"])
-                return
+                guard acceptFailed(error) else { return }
+                continue
             }
             guard let socket else { return }
             admit(socket)
+        }
+    }
+
+    /// `accept` failed (EMFILE/ENFILE: out of descriptors). The connection stays queued and the listener stays
+    /// readable, so retrying at once would spin: give up the spare descriptor to take the connection and refuse
+    /// it, or, without a spare, stop polling the listener for a moment. The log line is rate-limited.
+    ///
+    /// - Returns: true when a queued connection was taken and refused (more may be queued: accept again).
+    private func acceptFailed(_ error: TransportError) -> Bool {
+        let now = ContinuousClock.now
+        if acceptFailures.failure(at: now) {
+            logger.error(
+                """
+                accept failed; refusing connections until descriptors are free (raise the open-files limit, \
+                LimitNOFILE=, or lower max-clients); further failures are counted
+                """,
+                metadata: ["error": "\(error)", "clients": "\(sessions.count)"])
+        }
+        metrics.count(.refusedConnection)
+        let outOfDescriptors = error.errno == EMFILE || error.errno == ENFILE
+        if outOfDescriptors, spareDescriptor >= 0 {
+            _ = close(spareDescriptor)
+            spareDescriptor = -1
+            // accept4 fails with EMFILE even when nothing is queued (it takes a descriptor first): only a connection
+            // actually taken means more may wait.
+            var shed = false
+            var failed = false
+            do throws(TransportError) {
+                if let socket = try listener.accept() {
+                    shed = true
+                    refuse(
+                        socket, .tooManyClients,
+                        "divvyd is out of file descriptors (\(sessions.count) clients): try again later; its "
+                            + "operator can raise the open-files limit (LimitNOFILE=) or lower max-clients")
+                }
+            } catch {
+                failed = true  // Not this process's limit (ENFILE): closing one descriptor did not help.
+            }
+            spareDescriptor = open("/dev/null", O_RDONLY | O_CLOEXEC)
+            if !failed, spareDescriptor >= 0 { return shed }
+        }
+        pauseListener(until: now + .milliseconds(200))
+        return false
+    }
+
+    private func pauseListener(until deadline: ContinuousClock.Instant) {
+        guard listenerPausedUntil == nil, shutdownDeadline == nil else { return }
+        poller.remove(listener.fileDescriptor)
+        listenerPausedUntil = deadline
+    }
+
+    private func resumeListenerIfDue() {
+        guard let until = listenerPausedUntil, ContinuousClock.now >= until else { return }
+        listenerPausedUntil = nil
+        guard shutdownDeadline == nil else { return }
+        if spareDescriptor < 0 { spareDescriptor = open("/dev/null", O_RDONLY | O_CLOEXEC) }
+        do throws(TransportError) {
+            try poller.add(listener.fileDescriptor, events: .readable, token: Self.listenerToken)
+        } catch {
+            pauseListener(until: ContinuousClock.now + .milliseconds(200))
+        }
+    }
+
+    /// The summary line of accept failures the rate limit held back.
+    private func reportAcceptFailures() {
+        if let count = acceptFailures.summary(at: .now) {
+            logger.error(
+                "accept failed \(count) more times since the last report (out of descriptors?)",
+                metadata: ["clients": "\(sessions.count)"])
+        }
+        if let count = refusals.summary(at: .now) {
+            logger.warning(
+                "\(count) more connections refused since the last report (connection limits)",
+                metadata: ["clients": "\(sessions.count)"])
+        }
+    }
+
+    /// Closes connections that did not say hello within `handshake-timeout-ms`, freeing their slots.
+    private func expireHandshakes() {
+        for id in handshakeDeadlines.expired(at: .now) {
+            guard let session = sessions[id], case .awaitingHello = session.machine.state, !session.closeAfterFlush
+            else { continue }
+            let message = "no hello within \(configuration.handshakeTimeoutMilliseconds) ms of connecting "
+                + "(handshake-timeout-ms); closing"
+            send(
+                session, requestID: 0,
+                .error(ErrorReply(code: .handshakeRequired, requestType: MessageType(rawValue: 0), message: message)))
+            session.machine.close()
+            session.closeAfterFlush = true
+            if session.outbox.isEmpty { disconnect(id, reason: "no hello within the handshake timeout") }
         }
     }
 
@@ -373,15 +483,25 @@ public final class DivvyServer: @unchecked Sendable {
             logger.warning(
                 "connection refused by policy",
                 metadata: ["pid": "\(peer.pid)", "uid": "\(peer.uid)", "gid": "\(peer.gid)"])
-            refuse(socket, .notAuthorized, "uid \(peer.uid) gid \(peer.gid) may not use this daemon (policy)")
+            refuse(
+                socket, .notAuthorized,
+                "uid \(peer.uid) gid \(peer.gid) may not use this daemon: its operator can add the uid to allow-uids "
+                    + "(or admin-uids), or one of its groups to allow-gids, in divvyd.conf")
             return
         }
-        guard sessions.count < configuration.maxClients, shutdownDeadline == nil else {
+        guard shutdownDeadline == nil else {
             metrics.count(.refusedConnection)
-            let message = shutdownDeadline != nil
-                ? "the daemon is shutting down" : "the daemon serves \(sessions.count) clients already (max-clients)"
-            logger.warning("connection refused", metadata: ["pid": "\(peer.pid)", "reason": "\(message)"])
-            refuse(socket, shutdownDeadline != nil ? .shuttingDown : .tooManyClients, message)
+            refuse(socket, .shuttingDown, "the daemon is shutting down")
+            return
+        }
+        if case .refuse(let code, let message) = admission.decide(uid: peer.uid, isAdmin: policy.allowsAdmin(peer)) {
+            metrics.count(.refusedConnection)
+            if refusals.failure(at: .now) {
+                logger.warning(
+                    "connection refused (further refusals within 10 s are counted, not logged)",
+                    metadata: ["pid": "\(peer.pid)", "uid": "\(peer.uid)", "reason": "\(message)"])
+            }
+            refuse(socket, code, message)
             return
         }
         var id = nextClientID
@@ -396,6 +516,9 @@ public final class DivvyServer: @unchecked Sendable {
             return
         }
         sessions[id] = session
+        admission.opened(uid: peer.uid)
+        handshakeDeadlines.add(
+            id, deadline: .now + .milliseconds(configuration.handshakeTimeoutMilliseconds))
         metrics.count(.connection)
         // The info-level "client connected" line waits for hello: only then is it known whether this is divvyctl.
         logger.debug(
@@ -441,34 +564,37 @@ public final class DivvyServer: @unchecked Sendable {
     }
 
     private func readOne(_ session: Session) {
-        let result: SeqpacketSocket.ReceiveResult
+        let receipt: SeqpacketSocket.RequestReceipt
         do throws(TransportError) {
-            result = try session.socket.receive(into: receiveBuffer)
+            receipt = try session.socket.receiveRequest(into: receiveBuffer)
         } catch {
             disconnect(session.id, reason: "receive failed: \(error)")
             return
         }
-        switch result {
+        switch receipt {
         case .wouldBlock:
             return
         case .endOfFile:
+            // Also a 0-byte datagram: SOCK_SEQPACKET reports it as end of file (PROTOCOL.md section 1).
             disconnect(session.id, reason: "client closed the connection")
-        case .datagram(let count, let descriptor, let truncated):
-            if let descriptor { _ = close(descriptor) }  // Clients never pass descriptors; do not leak one.
+        case .datagram(let count, _, let carriedDescriptors):
             session.requests += 1
+            // The buffer holds maxFrameSize + 1 bytes, so a longer datagram arrives cut to a length that is still
+            // too large, with its header intact: the decoder then applies section 5's checks in their order (a
+            // bad magic is malformedFrame with id 0 before the size is looked at).
             let bytes = UnsafeRawBufferPointer(rebasing: receiveBuffer[0..<count])
-            if truncated || count > ProtocolLimits.maxFrameSize {
-                let header = FrameHeader.parse(bytes)
-                reject(
-                    session, requestID: header?.requestID ?? 0, type: header?.type ?? MessageType(rawValue: 0),
-                    .frameTooLarge, "frames are at most \(ProtocolLimits.maxFrameSize) bytes")
-                return
-            }
             let frame: Frame
             do throws(ProtocolError) {
                 frame = try Frame.decode(bytes)
             } catch {
                 reject(session, requestID: error.requestID, type: error.requestType, error.code, error.message)
+                return
+            }
+            guard !carriedDescriptors else {
+                // receiveRequest closed them. Descriptors travel only on region replies (PROTOCOL.md section 1).
+                reject(
+                    session, requestID: frame.requestID, type: frame.message.type, .malformedFrame,
+                    "\(frame.message.type) carried file descriptors; only the daemon's region reply may carry any")
                 return
             }
             handle(frame, from: session)
@@ -540,6 +666,10 @@ public final class DivvyServer: @unchecked Sendable {
     private func handle(_ frame: Frame, from session: Session) {
         let message = frame.message
         let id = frame.requestID
+        if shutdownDeadline != nil, case .reject(let code, let text) = SessionStateMachine.duringShutdown(message) {
+            reject(session, requestID: id, type: message.type, code, text)
+            return
+        }
         if case .hello(let hello) = message {
             welcome(session, hello, requestID: id)
             return
@@ -573,7 +703,10 @@ public final class DivvyServer: @unchecked Sendable {
         if case .farewell = reply {
             session.machine.close()
             session.closeAfterFlush = true
-            if session.outbox.isEmpty { disconnect(session.id, reason: "goodbye") }
+        }
+        // After farewell, or an admin disconnect of the requester's own id: the reply, then the close.
+        if session.closeAfterFlush, session.outbox.isEmpty, sessions[session.id] === session {
+            disconnect(session.id, reason: "goodbye")
         }
     }
 
@@ -706,9 +839,11 @@ public final class DivvyServer: @unchecked Sendable {
     /// grant: the reply carries the new total); nothing at all left under the quota is `quotaExceeded`.
     private func lease(_ session: Session, more pages: Int) throws(ServiceError) -> Message {
         let p = try requireParticipant(session)
+        // Asking for no pages changes nothing: the answer is the allowance as it is (PROTOCOL.md, lease).
+        guard pages > 0 else { return .leased(pageAllowance: UInt32(session.pageAllowance)) }
         let quotaPages = (configuration.effectiveQuotaBytes - session.bytesHeld) / heap.pageSize
         let granted = min(pages, quotaPages - session.pageAllowance)
-        guard pages > 0, granted > 0 else {
+        guard granted > 0 else {
             throw ServiceError(
                 .quotaExceeded,
                 "client \(session.id) has leased \(session.pageAllowance) pages of \(heap.pageSize) bytes; its quota of "
@@ -890,6 +1025,7 @@ public final class DivvyServer: @unchecked Sendable {
     /// that is not allocated at all (so its free fails, reporting why) — a block it holds for another session is
     /// never passed to it here.
     private func diagnoseForeign(_ handle: SharedHeapHandle) -> ServiceError {
+        if handle.rawValue == 0 { return Self.handleZero }
         do throws(SharedHeapError) {
             _ = try heap.pointer(for: handle)
             return ServiceError(.notHolder, "this client does not hold \(handle); adopt it first")
@@ -906,7 +1042,12 @@ public final class DivvyServer: @unchecked Sendable {
         }
     }
 
+    /// Handle 0 is never issued (PROTOCOL.md section 8): say so rather than describe offset 0.
+    private static let handleZero = ServiceError(
+        .invalidHandle, "handle 0 is never a valid handle: use a handle that allocate, allocateBatch or shared returned")
+
     private func adopt(_ session: Session, _ raw: UInt64) throws(ServiceError) -> Int {
+        guard raw != 0 else { throw Self.handleZero }
         let handle = SharedHeapHandle(rawValue: raw)
         let blockSize: Int
         do throws(SharedHeapError) {
@@ -930,6 +1071,7 @@ public final class DivvyServer: @unchecked Sendable {
     }
 
     private func share(_ session: Session, _ raw: UInt64) throws(ServiceError) -> SharedInfo {
+        guard raw != 0 else { throw Self.handleZero }
         let handle = SharedHeapHandle(rawValue: raw)
         let holders: [Int]
         do throws(SharedHeapError) {
@@ -967,6 +1109,7 @@ public final class DivvyServer: @unchecked Sendable {
     /// back to the heap), and its direct participant, if any and still joined, is recovered.
     private func disconnect(_ id: UInt32, reason: String) {
         guard let session = sessions.removeValue(forKey: id) else { return }
+        admission.closed(uid: session.peer.uid)
         poller.remove(session.socket.fileDescriptor)
         session.socket.close()
         var released = 0
@@ -1092,10 +1235,15 @@ public final class DivvyServer: @unchecked Sendable {
                 throw ServiceError(.noSuchClient, "no client with id \(argument) is connected")
             }
             let summary = reports.client(target)
-            logger.notice("admin disconnects a client", metadata: ["client": "\(argument)", "by": "\(session.id)"])
-            if target !== session {
-                send(target, requestID: 0, .shutdown(reason: "disconnected by an administrator"))
+            if target === session {
+                // Its own id: answered, then closed as after goodbye (PROTOCOL.md, admin). No kill: the requester
+                // asked to leave, and a direct client's participant is recovered when its process exits.
+                session.machine.close()
+                session.closeAfterFlush = true
+                return reports.json(operation, AdminReports.Disconnected(disconnected: summary))
             }
+            logger.notice("admin disconnects a client", metadata: ["client": "\(argument)", "by": "\(session.id)"])
+            send(target, requestID: 0, .shutdown(reason: "disconnected by an administrator"))
             // A direct client writes heap metadata itself: its memory can be taken back safely only once it has
             // stopped, so disconnecting it kills it (recovery follows its exit).
             if target.participant != nil, target.peer.pid != getpid() {

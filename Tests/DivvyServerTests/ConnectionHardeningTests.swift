@@ -261,6 +261,48 @@ final class SpecConformanceTests: XCTestCase {
         XCTAssertEqual(try daemon.audit(), before)
     }
 
+    /// Every invalid golden vector sent to the daemon as one datagram gets the error the vector names (with its
+    /// request id and type), or the connection closes where the vector says so (`onSeqpacket`).
+    func testTheDaemonAnswersEveryInvalidVectorAsItSays() throws {
+        struct Vector: Decodable {
+            var name, hex, error, requestID: String
+            var code, requestType: UInt16
+            var appendZeros: Int?
+            var onSeqpacket: String?
+        }
+        struct File: Decodable { var vectors: [Vector] }
+        let url = URL(fileURLWithPath: #filePath).deletingLastPathComponent().appendingPathComponent(
+            "../../Protocol/vectors/invalid.json")
+        let vectors = try JSONDecoder().decode(File.self, from: Data(contentsOf: url)).vectors
+        XCTAssertGreaterThan(vectors.count, 50)
+        let before = try daemon.audit()
+        for vector in vectors {
+            var bytes: [UInt8] = []
+            var index = vector.hex.startIndex
+            while index < vector.hex.endIndex {
+                let next = vector.hex.index(index, offsetBy: 2)
+                bytes.append(UInt8(vector.hex[index..<next], radix: 16)!)
+                index = next
+            }
+            bytes += [UInt8](repeating: 0, count: vector.appendZeros ?? 0)
+            let connection = try helloed()
+            try connection.send(bytes)
+            if vector.onSeqpacket == "closes" {
+                XCTAssertTrue(try connection.isClosedByPeer(), vector.name)
+                continue
+            }
+            let reply = try connection.receive()
+            guard case .error(let error)? = reply?.message else {
+                XCTFail("\(vector.name): \(String(describing: reply))")
+                continue
+            }
+            XCTAssertEqual(error.code.rawValue, vector.code, "\(vector.name): \(error.message)")
+            XCTAssertEqual(reply?.requestID, UInt64(vector.requestID), vector.name)
+            XCTAssertEqual(error.requestType.rawValue, vector.requestType, vector.name)
+        }
+        XCTAssertEqual(try daemon.audit(), before)
+    }
+
     func testAnAdminDisconnectOfItsOwnIDIsAnsweredThenClosed() throws {
         let connection = try helloed()
         let welcome = try RawConnection(daemon.socketPath)

@@ -2,9 +2,10 @@
 /// refused".
 ///
 /// When the daemon runs out of descriptors (`EMFILE`/`ENFILE`) every queued connection makes `accept(2)` fail, and
-/// a peer over a connection limit can reconnect in a loop; a line per event would fill the disk at full CPU. The first failure of a burst is logged at once; later ones
-/// are only counted, and reported as one summary line (with the count) once `interval` has passed since the last
-/// line. Quiet for `interval`, the burst is over and the next failure is logged at once again.
+/// a peer over a connection limit can reconnect in a loop; a line per event would fill the disk at full CPU. The
+/// first failure of a burst is logged at once; later ones are only counted, and reported as one summary line (with
+/// the count) once `interval` has passed since the last line. Quiet for `interval`, the burst is over and the next
+/// failure is logged at once again.
 public struct BurstLogLimiter: Hashable, Sendable {
     /// The least time between two lines.
     public let interval: Duration

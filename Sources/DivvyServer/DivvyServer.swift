@@ -1044,7 +1044,8 @@ public final class DivvyServer: @unchecked Sendable {
 
     /// Handle 0 is never issued (PROTOCOL.md section 8): say so rather than describe offset 0.
     private static let handleZero = ServiceError(
-        .invalidHandle, "handle 0 is never a valid handle: use a handle that allocate, allocateBatch or shared returned")
+        .invalidHandle,
+        "handle 0 is never a valid handle: use a handle that allocate, allocateBatch or shared returned")
 
     private func adopt(_ session: Session, _ raw: UInt64) throws(ServiceError) -> Int {
         guard raw != 0 else { throw Self.handleZero }

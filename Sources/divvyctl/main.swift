@@ -274,7 +274,8 @@ extension DivvyCtl {
             } else {
                 let row = document.disconnected
                 print("disconnected client \(row.id) (\(DisplayText.escaped(row.name)), pid \(row.pid)); reclaimed "
-                    + "\(bytes(row.bytesHeld)) in \(row.blocksHeld) mediated blocks and \(row.pageAllowance) leased pages")
+                    + "\(bytes(row.bytesHeld)) in \(row.blocksHeld) mediated blocks and \(row.pageAllowance) "
+                    + "leased pages")
             }
         }
     }

@@ -847,7 +847,8 @@ public final class DivvyServer: @unchecked Sendable {
             throw ServiceError(
                 .quotaExceeded,
                 "client \(session.id) has leased \(session.pageAllowance) pages of \(heap.pageSize) bytes; its quota of "
-                    + "\(configuration.effectiveQuotaBytes) bytes allows no more: free blocks (and return pages) first")
+                    + "\(configuration.effectiveQuotaBytes) bytes allows no more: free blocks (and return pages) first, "
+                    + "or ask the operator to raise quota")
         }
         let wanted = session.pageAllowance + granted
         do throws(SharedHeapError) {
@@ -921,7 +922,8 @@ public final class DivvyServer: @unchecked Sendable {
             throw ServiceError(
                 .quotaExceeded,
                 "client \(session.id) holds \(session.bytesHeld) bytes (+\(leased) leased); \(bytes) more would pass "
-                    + "its quota of \(configuration.effectiveQuotaBytes) bytes: free some blocks first")
+                    + "its quota of \(configuration.effectiveQuotaBytes) bytes: free some blocks first, or ask the operator "
+                    + "to raise quota")
         }
     }
 

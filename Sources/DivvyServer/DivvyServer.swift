@@ -480,9 +480,11 @@ public final class DivvyServer: @unchecked Sendable {
         let policy = configuration.policy
         guard policy.admits(peer) else {
             metrics.count(.refusedConnection)
-            logger.warning(
-                "connection refused by policy",
-                metadata: ["pid": "\(peer.pid)", "uid": "\(peer.uid)", "gid": "\(peer.gid)"])
+            if refusals.failure(at: .now) {
+                logger.warning(
+                    "connection refused by policy (further refusals within 10 s are counted, not logged)",
+                    metadata: ["pid": "\(peer.pid)", "uid": "\(peer.uid)", "gid": "\(peer.gid)"])
+            }
             refuse(
                 socket, .notAuthorized,
                 "uid \(peer.uid) gid \(peer.gid) may not use this daemon: its operator can add the uid to allow-uids "
@@ -700,13 +702,25 @@ public final class DivvyServer: @unchecked Sendable {
         } else {
             send(session, requestID: id, reply)
         }
+        let leaving: Bool
         if case .farewell = reply {
             session.machine.close()
             session.closeAfterFlush = true
+            leaving = true
+        } else {
+            leaving = false
         }
-        // After farewell, or an admin disconnect of the requester's own id: the reply, then the close.
+        // After farewell, an admin disconnect of the requester's own id, or a failed send: the reply, then the close.
         if session.closeAfterFlush, session.outbox.isEmpty, sessions[session.id] === session {
-            disconnect(session.id, reason: "goodbye")
+            let reason: String
+            if leaving {
+                reason = "goodbye"
+            } else if case .adminReply = reply {
+                reason = "disconnected itself (admin disconnect of its own id)"
+            } else {
+                reason = "the reply could not be sent"
+            }
+            disconnect(session.id, reason: reason)
         }
     }
 

@@ -51,13 +51,13 @@ public final class DivvyServer: @unchecked Sendable {
     /// When the daemon started (seconds since the epoch).
     public let startTime: Double
 
-    private let logger: Logger
+    let logger: Logger
     private let hooks: ServerHooks
     /// False when the listener was inherited (socket activation): the path is not ours to unlink.
     private let ownsSocketPath: Bool
     private var lastStatus = ""
-    private let listener: SeqpacketSocket
-    private let poller: EventPoller
+    let listener: SeqpacketSocket
+    let poller: EventPoller
     private let control = ProcessLock()
     // Guarded by `control`.
     private var shutdownReason: String?
@@ -71,7 +71,7 @@ public final class DivvyServer: @unchecked Sendable {
     /// `participant` without reference counting, for the per-block paths (a retain/release pair costs more than
     /// the heap operation). Invariant: the same object as `participant`, which keeps it alive.
     private var daemonParticipantRef: Unmanaged<SharedHeap.Participant>?
-    private var sessions: [UInt32: Session] = [:]
+    var sessions: [UInt32: Session] = [:]
     private var nextClientID: UInt32 = 1
     /// Mediated holdings beyond the first, per handle. The daemon's participant holds a mediated block once (one
     /// bit in the block's word), whichever sessions hold it; that bit stands for the first mediated holding, and
@@ -87,27 +87,27 @@ public final class DivvyServer: @unchecked Sendable {
     private static let exitWatchBase: UInt64 = 1 << 40
     /// The heap's block sizes, ascending (read once: `heap.sizeClasses` builds an array).
     private let classSizes: [Int]
-    private let metrics = ServerMetrics()
+    let metrics = ServerMetrics()
     private var metricsListener: MetricsListener?
 
     /// The port of the optional metrics HTTP listener (`metrics-listen`), or nil when it is off.
     public var metricsPort: UInt16? { metricsListener?.port }
     private let receiveBuffer: UnsafeMutableRawBufferPointer
     private var sendBuffer: [UInt8] = []
-    private var shutdownDeadline: Double?
+    var shutdownDeadline: Double?
     /// Connection slots: max-clients, the per-uid limit, the slots kept for admins.
-    private var admission: ConnectionAdmission
+    var admission: ConnectionAdmission
     /// Connections that have not said hello yet, by deadline (`handshake-timeout-ms`).
-    private var handshakeDeadlines = HandshakeDeadlines()
+    var handshakeDeadlines = HandshakeDeadlines()
     /// An open descriptor given up when `accept` fails for lack of descriptors, so the connection at the head of
     /// the queue can be taken and refused instead of staying queued (and readiness firing again at once).
-    private var spareDescriptor: Int32 = -1
+    var spareDescriptor: Int32 = -1
     /// When the listener is not polled (out of descriptors and no spare), until when.
-    private var listenerPausedUntil: ContinuousClock.Instant?
-    private var acceptFailures = BurstLogLimiter()
-    private var refusals = BurstLogLimiter()
+    var listenerPausedUntil: ContinuousClock.Instant?
+    var acceptFailures = BurstLogLimiter()
+    var refusals = BurstLogLimiter()
 
-    private static let listenerToken: UInt64 = 0
+    static let listenerToken: UInt64 = 0
 
     /// Maps the region, formats the heap and binds the socket: once this returns the daemon is ready to accept
     /// (connections queue in the listen backlog until `run()` serves them).
@@ -379,96 +379,6 @@ public final class DivvyServer: @unchecked Sendable {
         }
     }
 
-    /// `accept` failed (EMFILE/ENFILE: out of descriptors). The connection stays queued and the listener stays
-    /// readable, so retrying at once would spin: give up the spare descriptor to take the connection and refuse
-    /// it, or, without a spare, stop polling the listener for a moment. The log line is rate-limited.
-    ///
-    /// - Returns: true when a queued connection was taken and refused (more may be queued: accept again).
-    private func acceptFailed(_ error: TransportError) -> Bool {
-        let now = ContinuousClock.now
-        if acceptFailures.failure(at: now) {
-            logger.error(
-                """
-                accept failed; refusing connections until descriptors are free (raise the open-files limit, \
-                LimitNOFILE=, or lower max-clients); further failures are counted
-                """,
-                metadata: ["error": "\(error)", "clients": "\(sessions.count)"])
-        }
-        metrics.count(.refusedConnection)
-        let outOfDescriptors = error.errno == EMFILE || error.errno == ENFILE
-        if outOfDescriptors, spareDescriptor >= 0 {
-            _ = close(spareDescriptor)
-            spareDescriptor = -1
-            // accept4 fails with EMFILE even when nothing is queued (it takes a descriptor first): only a connection
-            // actually taken means more may wait.
-            var shed = false
-            var failed = false
-            do throws(TransportError) {
-                if let socket = try listener.accept() {
-                    shed = true
-                    refuse(
-                        socket, .tooManyClients,
-                        "divvyd is out of file descriptors (\(sessions.count) clients): try again later; its "
-                            + "operator can raise the open-files limit (LimitNOFILE=) or lower max-clients")
-                }
-            } catch {
-                failed = true  // Not this process's limit (ENFILE): closing one descriptor did not help.
-            }
-            spareDescriptor = open("/dev/null", O_RDONLY | O_CLOEXEC)
-            if !failed, spareDescriptor >= 0 { return shed }
-        }
-        pauseListener(until: now + .milliseconds(200))
-        return false
-    }
-
-    private func pauseListener(until deadline: ContinuousClock.Instant) {
-        guard listenerPausedUntil == nil, shutdownDeadline == nil else { return }
-        poller.remove(listener.fileDescriptor)
-        listenerPausedUntil = deadline
-    }
-
-    private func resumeListenerIfDue() {
-        guard let until = listenerPausedUntil, ContinuousClock.now >= until else { return }
-        listenerPausedUntil = nil
-        guard shutdownDeadline == nil else { return }
-        if spareDescriptor < 0 { spareDescriptor = open("/dev/null", O_RDONLY | O_CLOEXEC) }
-        do throws(TransportError) {
-            try poller.add(listener.fileDescriptor, events: .readable, token: Self.listenerToken)
-        } catch {
-            pauseListener(until: ContinuousClock.now + .milliseconds(200))
-        }
-    }
-
-    /// The summary line of accept failures the rate limit held back.
-    private func reportAcceptFailures() {
-        if let count = acceptFailures.summary(at: .now) {
-            logger.error(
-                "accept failed \(count) more times since the last report (out of descriptors?)",
-                metadata: ["clients": "\(sessions.count)"])
-        }
-        if let count = refusals.summary(at: .now) {
-            logger.warning(
-                "\(count) more connections refused since the last report (connection limits)",
-                metadata: ["clients": "\(sessions.count)"])
-        }
-    }
-
-    /// Closes connections that did not say hello within `handshake-timeout-ms`, freeing their slots.
-    private func expireHandshakes() {
-        for id in handshakeDeadlines.expired(at: .now) {
-            guard let session = sessions[id], case .awaitingHello = session.machine.state, !session.closeAfterFlush
-            else { continue }
-            let message = "no hello within \(configuration.handshakeTimeoutMilliseconds) ms of connecting "
-                + "(handshake-timeout-ms); closing"
-            send(
-                session, requestID: 0,
-                .error(ErrorReply(code: .handshakeRequired, requestType: MessageType(rawValue: 0), message: message)))
-            session.machine.close()
-            session.closeAfterFlush = true
-            if session.outbox.isEmpty { disconnect(id, reason: "no hello within the handshake timeout") }
-        }
-    }
-
     private func admit(_ socket: SeqpacketSocket) {
         let peer: PeerCredentials
         do throws(TransportError) {
@@ -540,7 +450,7 @@ public final class DivvyServer: @unchecked Sendable {
     }
 
     /// Replies with an error to a connection that is not admitted, then closes it (best effort, never blocks).
-    private func refuse(_ socket: SeqpacketSocket, _ code: ErrorCode, _ message: String) {
+    func refuse(_ socket: SeqpacketSocket, _ code: ErrorCode, _ message: String) {
         let frame = Frame(
             requestID: 0,
             message: .error(ErrorReply(code: code, requestType: MessageType(rawValue: 0), message: message)))
@@ -621,7 +531,7 @@ public final class DivvyServer: @unchecked Sendable {
         }
     }
 
-    private func send(_ session: Session, requestID: UInt64, _ message: Message, descriptors: [Int32] = []) {
+    func send(_ session: Session, requestID: UInt64, _ message: Message, descriptors: [Int32] = []) {
         sendBuffer.removeAll(keepingCapacity: true)
         Frame(requestID: requestID, message: message).encode(into: &sendBuffer)
         guard session.outbox.isEmpty else {
@@ -1124,7 +1034,7 @@ public final class DivvyServer: @unchecked Sendable {
 
     /// Ends a session and reclaims everything it held: its mediated holdings are dropped (blocks only it held go
     /// back to the heap), and its direct participant, if any and still joined, is recovered.
-    private func disconnect(_ id: UInt32, reason: String) {
+    func disconnect(_ id: UInt32, reason: String) {
         guard let session = sessions.removeValue(forKey: id) else { return }
         admission.closed(uid: session.peer.uid)
         poller.remove(session.socket.fileDescriptor)

@@ -365,8 +365,10 @@ public final class DivvyServer: @unchecked Sendable {
 
     // MARK: Accepting
 
+    /// Accepts what is queued, at most 64 connections per readiness event: a connect flood cannot keep the loop
+    /// from its clients (the listener is level-triggered, so the rest are taken on the next round).
     private func acceptAll() {
-        while listenerPausedUntil == nil {
+        for _ in 0..<64 where listenerPausedUntil == nil {
             let socket: SeqpacketSocket?
             do throws(TransportError) {
                 socket = try listener.accept()

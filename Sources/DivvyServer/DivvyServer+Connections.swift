@@ -70,11 +70,22 @@ extension DivvyServer {
         }
     }
 
-    /// The summary line of accept failures the rate limit held back.
-    func reportAcceptFailures() {
+    /// The summary lines the rate limits held back (accept failures, handshake timeouts, protocol errors,
+    /// refusals), with counts.
+    func reportSuppressedLogLines() {
         if let count = acceptFailures.summary(at: .now) {
             logger.error(
                 "accept failed \(count) more times since the last report (out of descriptors?)",
+                metadata: ["clients": "\(sessions.count)"])
+        }
+        if let count = handshakeTimeouts.summary(at: .now) {
+            logger.notice(
+                "\(count) more connections closed for sending no hello within handshake-timeout-ms",
+                metadata: ["clients": "\(sessions.count)"])
+        }
+        if let count = protocolErrors.summary(at: .now) {
+            logger.warning(
+                "\(count) more clients closed after protocol errors since the last report",
                 metadata: ["clients": "\(sessions.count)"])
         }
         if let count = refusals.summary(at: .now) {
@@ -94,6 +105,14 @@ extension DivvyServer {
             send(
                 session, requestID: 0,
                 .error(ErrorReply(code: .handshakeRequired, requestType: MessageType(rawValue: 0), message: message)))
+            if handshakeTimeouts.failure(at: .now) {
+                logger.notice(
+                    """
+                    closing a connection that sent no hello within handshake-timeout-ms (further ones within 10 s \
+                    are counted, not logged)
+                    """,
+                    metadata: ["client": "\(id)", "pid": "\(session.peer.pid)", "uid": "\(session.peer.uid)"])
+            }
             session.machine.close()
             session.closeAfterFlush = true
             if session.outbox.isEmpty { disconnect(id, reason: "no hello within the handshake timeout") }

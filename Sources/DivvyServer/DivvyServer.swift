@@ -106,6 +106,8 @@ public final class DivvyServer: @unchecked Sendable {
     var listenerPausedUntil: ContinuousClock.Instant?
     var acceptFailures = BurstLogLimiter()
     var refusals = BurstLogLimiter()
+    var handshakeTimeouts = BurstLogLimiter()
+    var protocolErrors = BurstLogLimiter()
 
     static let listenerToken: UInt64 = 0
 
@@ -288,7 +290,7 @@ public final class DivvyServer: @unchecked Sendable {
             if now - lastTick >= 0.2 || events.isEmpty {
                 lastTick = now
                 expireHandshakes()
-                reportAcceptFailures()
+                reportSuppressedLogLines()
                 tick()
                 hooks.tick()
                 reportStatus()
@@ -520,9 +522,9 @@ public final class DivvyServer: @unchecked Sendable {
         _ session: Session, requestID: UInt64, type: MessageType, _ code: ErrorCode, _ message: String
     ) {
         metrics.failure(code)
-        if code.closesConnection {
+        if code.closesConnection, protocolErrors.failure(at: .now) {
             logger.warning(
-                "closing client after protocol error",
+                "closing client after protocol error (further ones within 10 s are counted, not logged)",
                 metadata: ["client": "\(session.id)", "code": "\(code)", "message": "\(message)"])
         }
         send(session, requestID: requestID, .error(ErrorReply(code: code, requestType: type, message: message)))
@@ -642,6 +644,7 @@ public final class DivvyServer: @unchecked Sendable {
             reject(session, requestID: requestID, type: .hello, code, text)
         case .welcome(let version, let mode):
             session.name = hello.name
+            session.welcomed = true
             let geometry = region.geometry
             let welcome = Welcome(
                 version: version, mode: mode, clientID: session.id, quotaBytes: UInt64(configuration.effectiveQuotaBytes),
@@ -1064,7 +1067,10 @@ public final class DivvyServer: @unchecked Sendable {
             }
         }
         metrics.count(.disconnection)
-        logger.log(level: connectionLogLevel(session), "client disconnected", metadata: metadata)
+        // A connection that was never welcomed logs at debug, like its "connection accepted": otherwise every
+        // connect-and-drop would write an info line (a log flood on demand).
+        logger.log(
+            level: session.welcomed ? connectionLogLevel(session) : .debug, "client disconnected", metadata: metadata)
     }
 
     /// Recovers participant `p` of process `pid` once that process has exited: at once if it has, else when its

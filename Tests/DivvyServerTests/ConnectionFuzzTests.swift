@@ -151,7 +151,7 @@ final class ConnectionFuzzTests: XCTestCase {
         let lines = log.split(separator: "\n")
         print("\(name): daemon log \(log.utf8.count) bytes, \(lines.count) lines, of which 'accept failed' (EMFILE) "
             + "\(lines.filter { $0.contains("accept failed") }.count)")
-        XCTAssertLessThan(log.utf8.count, 200 * rounds + (64 << 10), "seed \(seed): the log stays small")
+        XCTAssertLessThan(log.utf8.count, 100 * rounds + (64 << 10), "seed \(seed): the log stays small")
         XCTAssertLessThanOrEqual(
             log.split(separator: "\n").filter { $0.contains("accept failed") }.count, 2 + rounds / 20,
             "seed \(seed): accept failures are rate-limited")

@@ -134,6 +134,28 @@ final class ConnectionHardeningTests: XCTestCase {
         XCTAssertLessThan(log.utf8.count, 64 << 10, "the log stays small")
     }
 
+    /// Lines a peer can provoke per connection are not written per connection: connect-and-drop, protocol errors
+    /// and refusals each leave a bounded number of lines however many connections do it.
+    func testPeersCannotWriteALogLinePerConnection() throws {
+        let daemon = try DaemonProcessTests.Daemon(["--set", "max-connections-per-uid=1", "--set", "admin-uids="])
+        for _ in 0..<50 { try RawConnection(daemon.socketPath).socket.close() }
+        for _ in 0..<50 {
+            let connection = try RawConnection(daemon.socketPath)
+            try connection.send([0, 1, 2])  // malformedFrame: the daemon closes
+            _ = try? connection.receive()
+        }
+        let holder = try RawConnection(daemon.socketPath)  // the uid's one connection: the next ones are refused
+        for _ in 0..<50 { _ = try? RawConnection(daemon.socketPath).receive() }
+        try holder.hello()
+        XCTAssertEqual(try holder.roundTrip(.ping(payload: [1])).message, .pong(payload: [1]), "all handled")
+        let lines = daemon.process.standardError.split(separator: "\n")
+        XCTAssertLessThanOrEqual(lines.filter { $0.contains("closing client after protocol error") }.count, 2)
+        XCTAssertLessThanOrEqual(lines.filter { $0.contains("connection refused") }.count, 2)
+        XCTAssertEqual(
+            lines.filter { $0.contains("client disconnected") && $0.contains("name=\"\"") }.count, 0,
+            "connections never welcomed log their disconnect at debug:\n\(lines.suffix(20).joined(separator: "\n"))")
+    }
+
     private func waitUntilServing(_ socketPath: String, _ daemon: ChildProcess) throws {
         for _ in 0..<400 {
             if let client = try? DivvyClient(.init(socketPath: socketPath, name: "probe", mode: .mediated)) {

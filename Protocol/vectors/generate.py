@@ -244,7 +244,7 @@ add("error-message-at-limit", "error", 5, {"code": CODE["internalError"], "reque
 invalid = []
 
 
-def bad(name, data, error, comment, request_id=0, request_type=0, append_zeros=0):
+def bad(name, data, error, comment, request_id=0, request_type=0, append_zeros=0, on_seqpacket=None):
     entry = {
         "name": name,
         "hex": data.hex(),
@@ -256,6 +256,8 @@ def bad(name, data, error, comment, request_id=0, request_type=0, append_zeros=0
     }
     if append_zeros:
         entry["appendZeros"] = append_zeros
+    if on_seqpacket:
+        entry["onSeqpacket"] = on_seqpacket
     invalid.append(entry)
 
 
@@ -271,7 +273,10 @@ T = TYPE_CODES
 alloc = raw(T["allocate"], 77, struct.pack("<Q", 64))
 
 # Header-level failures, in decoding order.
-bad("empty", b"", "malformedFrame", "zero bytes: no header")
+bad("empty", b"", "malformedFrame",
+    "zero bytes: no header. A decoder given these bytes reports malformedFrame, but on SOCK_SEQPACKET a 0-byte "
+    "datagram reads as end of file: the daemon closes the connection without a reply (PROTOCOL.md section 1)",
+    on_seqpacket="closes")
 bad("short-header", alloc[:23], "malformedFrame", "23 bytes: one short of the header")
 bad("bad-magic", b"DVYQ" + alloc[4:], "malformedFrame", "magic 'DVYQ'; request id not trusted, reported as 0")
 bad("bad-magic-byte-order", struct.pack(">I", MAGIC) + alloc[4:], "malformedFrame", "magic in big-endian order")

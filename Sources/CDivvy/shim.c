@@ -102,7 +102,10 @@ long divvy_recv_with_fds(int socket, void *buffer, size_t length, int *descripto
             if (*count < capacity) descriptors[(*count)++] = fd; else close(fd);
         }
     }
-    if (message.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) *truncated = 1;
+    // Bit 1: the data was cut (MSG_TRUNC); bit 2: the control data was cut (MSG_CTRUNC: descriptors were lost,
+    // the kernel closed them).
+    if (message.msg_flags & MSG_TRUNC) *truncated |= 1;
+    if (message.msg_flags & MSG_CTRUNC) *truncated |= 2;
     return (long)received;
 }
 

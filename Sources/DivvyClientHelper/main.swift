@@ -16,6 +16,10 @@
 //   drop SIZE COUNT SEED     allocate COUNT blocks, then close every socket of the process without a goodbye (as a
 //                            client whose connection breaks while it keeps running), print DROPPED <n sockets>,
 //                            and keep running until EOF on stdin; then exit without leaving the heap.
+//   silent COUNT             (no hello: MODE is ignored) open COUNT connections and never send anything; print
+//                            SILENT <opened> <first refusal or "none">, then CLOSED <n> as the daemon closes them,
+//                            until all are closed or stdin reaches EOF. Run under another uid (setpriv) to act as
+//                            an ordinary peer flooding the daemon.
 import DivvyClient
 import DivvyProtocol
 
@@ -210,6 +214,73 @@ func run(_ client: DivvyClient, _ command: String, _ rest: [String]) throws {
     default:
         fail("unknown command \(command)")
     }
+}
+
+/// Opens a raw SOCK_SEQPACKET connection to `path` (no protocol), or returns -1.
+func rawConnection(_ path: String) -> Int32 {
+    let fd = socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue), 0)
+    guard fd >= 0 else { return -1 }
+    var address = sockaddr_un()
+    address.sun_family = sa_family_t(AF_UNIX)
+    withUnsafeMutableBytes(of: &address.sun_path) { raw in
+        let bytes = Array(path.utf8.prefix(raw.count - 1))
+        raw.copyBytes(from: bytes)
+        raw[bytes.count] = 0
+    }
+    let connected = withUnsafePointer(to: &address) { pointer in
+        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+            connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+        }
+    }
+    if connected != 0 {
+        close(fd)
+        return -1
+    }
+    return fd
+}
+
+if command == "silent" {
+    guard let count = rest.first.flatMap({ Int($0) }) else { fail("usage: silent COUNT") }
+    var open: [Int32] = []
+    var refusal = "none"
+    for _ in 0..<count {
+        let fd = rawConnection(arguments[1])
+        guard fd >= 0 else { fail("connect failed: errno \(errno)") }
+        // A refused connection gets an error frame and EOF at once; an admitted one has nothing to read.
+        var pollfd = Glibc.pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+        if poll(&pollfd, 1, 100) > 0 {
+            var buffer = [UInt8](repeating: 0, count: 65537)
+            let n = recv(fd, &buffer, buffer.count, 0)
+            if n >= 26, refusal == "none" { refusal = String(UInt16(buffer[24]) | UInt16(buffer[25]) << 8) }
+            close(fd)
+            continue
+        }
+        open.append(fd)
+    }
+    say("SILENT \(open.count) \(refusal)")
+    // Wait for the daemon to close each (handshake timeout): readable with EOF (after its error frame).
+    var closed = 0
+    var pending = open
+    while !pending.isEmpty {
+        var fds = pending.map { Glibc.pollfd(fd: $0, events: Int16(POLLIN), revents: 0) }
+        fds.append(Glibc.pollfd(fd: 0, events: Int16(POLLIN), revents: 0))
+        guard poll(&fds, nfds_t(fds.count), -1) > 0 else { continue }
+        if fds.last!.revents != 0 { exit(0) }  // stdin: EOF or a line, the test is done
+        var still: [Int32] = []
+        for entry in fds.dropLast() {
+            var buffer = [UInt8](repeating: 0, count: 65537)
+            if entry.revents != 0, recv(entry.fd, &buffer, buffer.count, 0) <= 0 {
+                close(entry.fd)
+                closed += 1
+                say("CLOSED \(closed)")
+            } else {
+                still.append(entry.fd)
+            }
+        }
+        pending = still
+    }
+    while readLine() != nil {}
+    exit(0)
 }
 
 do {

@@ -10,7 +10,8 @@ import Glibc
 /// A peer matches a rule when its uid is in the rule's uid set, or its gid or one of its supplementary groups
 /// (`SO_PEERGROUPS`) is in the rule's gid set; nobody is
 /// special-cased (so a policy can exclude even root). The defaults admit the daemon's own uid and root for
-/// everything.
+/// everything. Naming a peer as admin admits it too (`admin-uids` alone lets an operator run `divvyctl`); direct
+/// access still needs admission (`allow-uids`/`allow-gids`, or an admin rule).
 public struct AccessPolicy: Hashable, Sendable {
     /// Uids that may connect.
     public var allowedUIDs: Set<UInt32>
@@ -20,7 +21,7 @@ public struct AccessPolicy: Hashable, Sendable {
     public var directUIDs: Set<UInt32>
     /// Gids that get direct access.
     public var directGIDs: Set<UInt32>
-    /// Uids that may run admin operations (`divvyctl`).
+    /// Uids that may run admin operations (`divvyctl`); they may connect without being in `allowedUIDs`.
     public var adminUIDs: Set<UInt32>
     /// Gids that may run admin operations.
     public var adminGIDs: Set<UInt32>
@@ -53,16 +54,16 @@ public struct AccessPolicy: Hashable, Sendable {
         uids.contains(peer.uid) || gids.contains(peer.gid) || peer.groups.contains { gids.contains($0) }
     }
 
-    /// Whether `peer` may connect at all.
-    public func admits(_ peer: PeerCredentials) -> Bool { Self.matches(peer, allowedUIDs, allowedGIDs) }
+    /// Whether `peer` may connect at all: it matches the allow rules or the admin rules.
+    public func admits(_ peer: PeerCredentials) -> Bool {
+        Self.matches(peer, allowedUIDs, allowedGIDs) || Self.matches(peer, adminUIDs, adminGIDs)
+    }
 
     /// Whether `peer` may use direct (shared-memory) access.
     public func allowsDirect(_ peer: PeerCredentials) -> Bool {
         admits(peer) && Self.matches(peer, directUIDs, directGIDs)
     }
 
-    /// Whether `peer` may run admin operations.
-    public func allowsAdmin(_ peer: PeerCredentials) -> Bool {
-        admits(peer) && Self.matches(peer, adminUIDs, adminGIDs)
-    }
+    /// Whether `peer` may run admin operations (which admits it, see `admits`).
+    public func allowsAdmin(_ peer: PeerCredentials) -> Bool { Self.matches(peer, adminUIDs, adminGIDs) }
 }

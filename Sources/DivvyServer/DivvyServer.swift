@@ -54,13 +54,13 @@ public final class DivvyServer: @unchecked Sendable {
     /// When the daemon started (seconds since the epoch).
     public let startTime: Double
 
-    private let logger: Logger
+    let logger: Logger
     private let hooks: ServerHooks
     /// False when the listener was inherited (socket activation): the path is not ours to unlink.
     private let ownsSocketPath: Bool
     private var lastStatus = ""
-    private let listener: SeqpacketSocket
-    private let poller: EventPoller
+    let listener: SeqpacketSocket
+    let poller: EventPoller
     private let control = ProcessLock()
     // Guarded by `control`.
     private var shutdownReason: String?
@@ -74,7 +74,7 @@ public final class DivvyServer: @unchecked Sendable {
     /// `participant` without reference counting, for the per-block paths (a retain/release pair costs more than
     /// the heap operation). Invariant: the same object as `participant`, which keeps it alive.
     private var daemonParticipantRef: Unmanaged<SharedHeap.Participant>?
-    private var sessions: [UInt32: Session] = [:]
+    var sessions: [UInt32: Session] = [:]
     private var nextClientID: UInt32 = 1
     /// Mediated holdings beyond the first, per handle. The daemon's participant holds a mediated block once (one
     /// bit in the block's word), whichever sessions hold it; that bit stands for the first mediated holding, and
@@ -92,19 +92,32 @@ public final class DivvyServer: @unchecked Sendable {
     private static let exitWatchBase: UInt64 = 1 << 40
     /// The heap's block sizes, ascending (read once: `heap.sizeClasses` builds an array).
     private let classSizes: [Int]
-    private let metrics = ServerMetrics()
+    let metrics = ServerMetrics()
     private var metricsListener: MetricsListener?
 
     /// The port of the optional metrics HTTP listener (`metrics-listen`), or nil when it is off.
     public var metricsPort: UInt16? { metricsListener?.port }
     private let receiveBuffer: UnsafeMutableRawBufferPointer
     private var sendBuffer: [UInt8] = []
-    private var shutdownDeadline: Double?
+    var shutdownDeadline: Double?
     /// The largest admin body the daemon builds (`AdminPaging`); only tests change it, before `run()`, to provoke
     /// an over-long reply.
     var adminBodyLimit = ProtocolLimits.maxAdminBodyLength
+    /// Connection slots: max-clients, the per-uid limit, the slots kept for admins.
+    var admission: ConnectionAdmission
+    /// Connections that have not said hello yet, by deadline (`handshake-timeout-ms`).
+    var handshakeDeadlines = HandshakeDeadlines()
+    /// An open descriptor given up when `accept` fails for lack of descriptors, so the connection at the head of
+    /// the queue can be taken and refused instead of staying queued (and readiness firing again at once).
+    var spareDescriptor: Int32 = -1
+    /// When the listener is not polled (out of descriptors and no spare), until when.
+    var listenerPausedUntil: ContinuousClock.Instant?
+    var acceptFailures = BurstLogLimiter()
+    var refusals = BurstLogLimiter()
+    var handshakeTimeouts = BurstLogLimiter()
+    var protocolErrors = BurstLogLimiter()
 
-    private static let listenerToken: UInt64 = 0
+    static let listenerToken: UInt64 = 0
 
     /// Maps the region, formats the heap and binds the socket: once this returns the daemon is ready to accept
     /// (connections queue in the listen backlog until `run()` serves them).
@@ -132,6 +145,11 @@ public final class DivvyServer: @unchecked Sendable {
         self.ownsSocketPath = listenerDescriptor == nil
         self.socketPath = configuration.socketPath
         self.startTime = Date().timeIntervalSince1970
+        self.admission = ConnectionAdmission(
+            .init(
+                maxClients: configuration.maxClients,
+                reservedAdminConnections: configuration.reservedAdminConnections,
+                maxConnectionsPerUID: configuration.effectiveMaxConnectionsPerUID))
 
         // The region and heap.
         var heapConfiguration = SharedHeapConfiguration(pageSize: configuration.pageSize)
@@ -225,6 +243,7 @@ public final class DivvyServer: @unchecked Sendable {
             throw ServerError(.socket, "could not listen on \(configuration.socketPath): \(error)")
         }
         receiveBuffer = .allocate(byteCount: ProtocolLimits.maxFrameSize + 1, alignment: 16)
+        spareDescriptor = open("/dev/null", O_RDONLY | O_CLOEXEC)
         if let listen = configuration.metricsListen, let (host, port) = ServerConfiguration.hostAndPort(listen) {
             let registry = metrics.registry
             do throws(ServerError) {
@@ -246,6 +265,7 @@ public final class DivvyServer: @unchecked Sendable {
 
     deinit {
         receiveBuffer.deallocate()
+        if spareDescriptor >= 0 { _ = close(spareDescriptor) }
     }
 
     /// Asks the loop to shut down gracefully: stop accepting, tell every client (`shutdown`), wait up to the grace
@@ -293,8 +313,11 @@ public final class DivvyServer: @unchecked Sendable {
                 }
             }
             let now = Date().timeIntervalSince1970
+            resumeListenerIfDue()
             if now - lastTick >= 0.2 || events.isEmpty {
                 lastTick = now
+                expireHandshakes()
+                reportSuppressedLogLines()
                 tick()
                 hooks.tick()
                 reportStatus()
@@ -373,15 +396,16 @@ public final class DivvyServer: @unchecked Sendable {
 
     // MARK: Accepting
 
+    /// Accepts what is queued, at most 64 connections per readiness event: a connect flood cannot keep the loop
+    /// from its clients (the listener is level-triggered, so the rest are taken on the next round).
     private func acceptAll() {
-        while true {
+        for _ in 0..<64 where listenerPausedUntil == nil {
             let socket: SeqpacketSocket?
             do throws(TransportError) {
                 socket = try listener.accept()
             } catch {
-                // EMFILE/ENFILE: the connection stays queued; the next readiness retries. Log once per burst.
-                logger.error("accept failed", metadata: ["error": "\(error)"])
-                return
+                guard acceptFailed(error) else { return }
+                continue
             }
             guard let socket else { return }
             admit(socket)
@@ -399,18 +423,30 @@ public final class DivvyServer: @unchecked Sendable {
         let policy = configuration.policy
         guard policy.admits(peer) else {
             metrics.count(.refusedConnection)
-            logger.warning(
-                "connection refused by policy",
-                metadata: ["pid": "\(peer.pid)", "uid": "\(peer.uid)", "gid": "\(peer.gid)"])
-            refuse(socket, .notAuthorized, "uid \(peer.uid) gid \(peer.gid) may not use this daemon (policy)")
+            if refusals.failure(at: .now) {
+                logger.warning(
+                    "connection refused by policy (further refusals within 10 s are counted, not logged)",
+                    metadata: ["pid": "\(peer.pid)", "uid": "\(peer.uid)", "gid": "\(peer.gid)"])
+            }
+            refuse(
+                socket, .notAuthorized,
+                "uid \(peer.uid) gid \(peer.gid) may not use this daemon: its operator can add the uid to allow-uids "
+                    + "(or admin-uids), or one of its groups to allow-gids, in divvyd.conf")
             return
         }
-        guard sessions.count < configuration.maxClients, shutdownDeadline == nil else {
+        guard shutdownDeadline == nil else {
             metrics.count(.refusedConnection)
-            let message = shutdownDeadline != nil
-                ? "the daemon is shutting down" : "the daemon serves \(sessions.count) clients already (max-clients)"
-            logger.warning("connection refused", metadata: ["pid": "\(peer.pid)", "reason": "\(message)"])
-            refuse(socket, shutdownDeadline != nil ? .shuttingDown : .tooManyClients, message)
+            refuse(socket, .shuttingDown, "the daemon is shutting down")
+            return
+        }
+        if case .refuse(let code, let message) = admission.decide(uid: peer.uid, isAdmin: policy.allowsAdmin(peer)) {
+            metrics.count(.refusedConnection)
+            if refusals.failure(at: .now) {
+                logger.warning(
+                    "connection refused (further refusals within 10 s are counted, not logged)",
+                    metadata: ["pid": "\(peer.pid)", "uid": "\(peer.uid)", "reason": "\(message)"])
+            }
+            refuse(socket, code, message)
             return
         }
         var id = nextClientID
@@ -425,6 +461,9 @@ public final class DivvyServer: @unchecked Sendable {
             return
         }
         sessions[id] = session
+        admission.opened(uid: peer.uid)
+        handshakeDeadlines.add(
+            id, deadline: .now + .milliseconds(configuration.handshakeTimeoutMilliseconds))
         metrics.count(.connection)
         // The info-level "client connected" line waits for hello: only then is it known whether this is divvyctl.
         logger.debug(
@@ -444,7 +483,7 @@ public final class DivvyServer: @unchecked Sendable {
     }
 
     /// Replies with an error to a connection that is not admitted, then closes it (best effort, never blocks).
-    private func refuse(_ socket: SeqpacketSocket, _ code: ErrorCode, _ message: String) {
+    func refuse(_ socket: SeqpacketSocket, _ code: ErrorCode, _ message: String) {
         let frame = Frame(
             requestID: 0,
             message: .error(ErrorReply(code: code, requestType: MessageType(rawValue: 0), message: message)))
@@ -470,34 +509,37 @@ public final class DivvyServer: @unchecked Sendable {
     }
 
     private func readOne(_ session: Session) {
-        let result: SeqpacketSocket.ReceiveResult
+        let receipt: SeqpacketSocket.RequestReceipt
         do throws(TransportError) {
-            result = try session.socket.receive(into: receiveBuffer)
+            receipt = try session.socket.receiveRequest(into: receiveBuffer)
         } catch {
             disconnect(session.id, reason: "receive failed: \(error)")
             return
         }
-        switch result {
+        switch receipt {
         case .wouldBlock:
             return
         case .endOfFile:
+            // Also a 0-byte datagram: SOCK_SEQPACKET reports it as end of file (PROTOCOL.md section 1).
             disconnect(session.id, reason: "client closed the connection")
-        case .datagram(let count, let descriptor, let truncated):
-            if let descriptor { _ = close(descriptor) }  // Clients never pass descriptors; do not leak one.
+        case .datagram(let count, _, let carriedDescriptors):
             session.requests += 1
+            // The buffer holds maxFrameSize + 1 bytes, so a longer datagram arrives cut to a length that is still
+            // too large, with its header intact: the decoder then applies section 5's checks in their order (a
+            // bad magic is malformedFrame with id 0 before the size is looked at).
             let bytes = UnsafeRawBufferPointer(rebasing: receiveBuffer[0..<count])
-            if truncated || count > ProtocolLimits.maxFrameSize {
-                let header = FrameHeader.parse(bytes)
-                reject(
-                    session, requestID: header?.requestID ?? 0, type: header?.type ?? MessageType(rawValue: 0),
-                    .frameTooLarge, "frames are at most \(ProtocolLimits.maxFrameSize) bytes")
-                return
-            }
             let frame: Frame
             do throws(ProtocolError) {
                 frame = try Frame.decode(bytes)
             } catch {
                 reject(session, requestID: error.requestID, type: error.requestType, error.code, error.message)
+                return
+            }
+            guard !carriedDescriptors else {
+                // receiveRequest closed them. Descriptors travel only on region replies (PROTOCOL.md section 1).
+                reject(
+                    session, requestID: frame.requestID, type: frame.message.type, .malformedFrame,
+                    "\(frame.message.type) carried file descriptors; only the daemon's region reply may carry any")
                 return
             }
             handle(frame, from: session)
@@ -509,9 +551,9 @@ public final class DivvyServer: @unchecked Sendable {
         _ session: Session, requestID: UInt64, type: MessageType, _ code: ErrorCode, _ message: String
     ) {
         metrics.failure(code)
-        if code.closesConnection {
+        if code.closesConnection, protocolErrors.failure(at: .now) {
             logger.warning(
-                "closing client after protocol error",
+                "closing client after protocol error (further ones within 10 s are counted, not logged)",
                 metadata: ["client": "\(session.id)", "code": "\(code)", "message": "\(message)"])
         }
         send(session, requestID: requestID, .error(ErrorReply(code: code, requestType: type, message: message)))
@@ -522,7 +564,7 @@ public final class DivvyServer: @unchecked Sendable {
         }
     }
 
-    private func send(_ session: Session, requestID: UInt64, _ message: Message, descriptors: [Int32] = []) {
+    func send(_ session: Session, requestID: UInt64, _ message: Message, descriptors: [Int32] = []) {
         if let replaced = ReplyCheck.encode(message, requestID: requestID, into: &sendBuffer) {
             metrics.failure(.internalError)
             logger.error("a reply did not fit a frame; answered internalError", metadata: [
@@ -572,6 +614,10 @@ public final class DivvyServer: @unchecked Sendable {
     private func handle(_ frame: Frame, from session: Session) {
         let message = frame.message
         let id = frame.requestID
+        if shutdownDeadline != nil, case .reject(let code, let text) = SessionStateMachine.duringShutdown(message) {
+            reject(session, requestID: id, type: message.type, code, text)
+            return
+        }
         if case .hello(let hello) = message {
             welcome(session, hello, requestID: id)
             return
@@ -602,10 +648,25 @@ public final class DivvyServer: @unchecked Sendable {
         } else {
             send(session, requestID: id, reply)
         }
+        let leaving: Bool
         if case .farewell = reply {
             session.machine.close()
             session.closeAfterFlush = true
-            if session.outbox.isEmpty { disconnect(session.id, reason: "goodbye") }
+            leaving = true
+        } else {
+            leaving = false
+        }
+        // After farewell, an admin disconnect of the requester's own id, or a failed send: the reply, then the close.
+        if session.closeAfterFlush, session.outbox.isEmpty, sessions[session.id] === session {
+            let reason: String
+            if leaving {
+                reason = "goodbye"
+            } else if case .adminReply = reply {
+                reason = "disconnected itself (admin disconnect of its own id)"
+            } else {
+                reason = "the reply could not be sent"
+            }
+            disconnect(session.id, reason: reason)
         }
     }
 
@@ -619,6 +680,7 @@ public final class DivvyServer: @unchecked Sendable {
             // The slot this direct client will join is promised to it until it joins or goes.
             if mode == .direct { session.holdsDirectReservation = directSlots.reserve() }
             session.name = hello.name
+            session.welcomed = true
             let geometry = region.geometry
             let welcome = Welcome(
                 version: version, mode: mode, clientID: session.id, quotaBytes: UInt64(configuration.effectiveQuotaBytes),
@@ -759,13 +821,16 @@ public final class DivvyServer: @unchecked Sendable {
     /// grant: the reply carries the new total); nothing at all left under the quota is `quotaExceeded`.
     private func lease(_ session: Session, more pages: Int) throws(ServiceError) -> Message {
         let p = try requireParticipant(session)
+        // Asking for no pages changes nothing: the answer is the allowance as it is (PROTOCOL.md, lease).
+        guard pages > 0 else { return .leased(pageAllowance: UInt32(session.pageAllowance)) }
         let quotaPages = (configuration.effectiveQuotaBytes - session.bytesHeld) / heap.pageSize
         let granted = min(pages, quotaPages - session.pageAllowance)
-        guard pages > 0, granted > 0 else {
+        guard granted > 0 else {
             throw ServiceError(
                 .quotaExceeded,
                 "client \(session.id) has leased \(session.pageAllowance) pages of \(heap.pageSize) bytes; its quota of "
-                    + "\(configuration.effectiveQuotaBytes) bytes allows no more: free blocks (and return pages) first")
+                    + "\(configuration.effectiveQuotaBytes) bytes allows no more: free blocks (and return pages) first, "
+                    + "or ask the operator to raise quota")
         }
         let wanted = session.pageAllowance + granted
         do throws(SharedHeapError) {
@@ -839,7 +904,8 @@ public final class DivvyServer: @unchecked Sendable {
             throw ServiceError(
                 .quotaExceeded,
                 "client \(session.id) holds \(session.bytesHeld) bytes (+\(leased) leased); \(bytes) more would pass "
-                    + "its quota of \(configuration.effectiveQuotaBytes) bytes: free some blocks first")
+                    + "its quota of \(configuration.effectiveQuotaBytes) bytes: free some blocks first, or ask the operator "
+                    + "to raise quota")
         }
     }
 
@@ -943,6 +1009,7 @@ public final class DivvyServer: @unchecked Sendable {
     /// that is not allocated at all (so its free fails, reporting why) — a block it holds for another session is
     /// never passed to it here.
     private func diagnoseForeign(_ handle: SharedHeapHandle) -> ServiceError {
+        if handle.rawValue == 0 { return Self.handleZero }
         do throws(SharedHeapError) {
             _ = try heap.pointer(for: handle)
             return ServiceError(.notHolder, "this client does not hold \(handle); adopt it first")
@@ -959,7 +1026,13 @@ public final class DivvyServer: @unchecked Sendable {
         }
     }
 
+    /// Handle 0 is never issued (PROTOCOL.md section 8): say so rather than describe offset 0.
+    private static let handleZero = ServiceError(
+        .invalidHandle,
+        "handle 0 is never a valid handle: use a handle that allocate, allocateBatch or shared returned")
+
     private func adopt(_ session: Session, _ raw: UInt64) throws(ServiceError) -> Int {
+        guard raw != 0 else { throw Self.handleZero }
         let handle = SharedHeapHandle(rawValue: raw)
         let blockSize: Int
         do throws(SharedHeapError) {
@@ -983,6 +1056,7 @@ public final class DivvyServer: @unchecked Sendable {
     }
 
     private func share(_ session: Session, _ raw: UInt64) throws(ServiceError) -> SharedInfo {
+        guard raw != 0 else { throw Self.handleZero }
         let handle = SharedHeapHandle(rawValue: raw)
         let holders: [Int]
         do throws(SharedHeapError) {
@@ -1020,8 +1094,9 @@ public final class DivvyServer: @unchecked Sendable {
     /// back to the heap), and its direct participant, if any and still joined, is recovered.
     /// - Returns: what happens to the direct participant (the recovery's outcome), or nil when there is none.
     @discardableResult
-    private func disconnect(_ id: UInt32, reason: String) -> String? {
+    func disconnect(_ id: UInt32, reason: String) -> String? {
         guard let session = sessions.removeValue(forKey: id) else { return nil }
+        admission.closed(uid: session.peer.uid)
         poller.remove(session.socket.fileDescriptor)
         session.socket.close()
         var released = 0
@@ -1058,7 +1133,10 @@ public final class DivvyServer: @unchecked Sendable {
         }
         session.process?.close()
         metrics.count(.disconnection)
-        logger.log(level: connectionLogLevel(session), "client disconnected", metadata: metadata)
+        // A connection that was never welcomed logs at debug, like its "connection accepted": otherwise every
+        // connect-and-drop would write an info line (a log flood on demand).
+        logger.log(
+            level: session.welcomed ? connectionLogLevel(session) : .debug, "client disconnected", metadata: metadata)
         return recovery
     }
 
@@ -1172,6 +1250,13 @@ public final class DivvyServer: @unchecked Sendable {
                 throw ServiceError(.noSuchClient, "no client with id \(argument) is connected")
             }
             let summary = reports.client(target)
+            if target === session {
+                // Its own id: answered, then closed as after goodbye (PROTOCOL.md, admin). No kill: the requester
+                // asked to leave, and a direct client's participant is recovered when its process exits.
+                session.machine.close()
+                session.closeAfterFlush = true
+                return reports.json(operation, AdminReports.Disconnected(disconnected: summary))
+            }
             // A direct client writes heap metadata itself: its memory can be taken back safely only once it has
             // stopped, so disconnecting it kills it first (recovery follows its exit); if it cannot be killed,
             // nothing changes (AdminDisconnect.swift).
@@ -1193,9 +1278,7 @@ public final class DivvyServer: @unchecked Sendable {
                 }
             }
             logger.notice("admin disconnects a client", metadata: ["client": "\(argument)", "by": "\(session.id)"])
-            if target !== session {
-                send(target, requestID: 0, .shutdown(reason: "disconnected by an administrator"))
-            }
+            send(target, requestID: 0, .shutdown(reason: "disconnected by an administrator"))
             let recovery = disconnect(argument, reason: "disconnected by client \(session.id)")
             return reports.json(
                 operation,

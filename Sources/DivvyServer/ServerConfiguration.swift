@@ -50,6 +50,17 @@ public struct ServerConfiguration: Hashable, Sendable {
     public var effectiveQuotaBytes: Int { quotaBytes ?? max(1, dataSize / 4) }
     /// Connected clients at most (more are refused with `tooManyClients`). Default 1024.
     public var maxClients: Int
+    /// Connections beyond `maxClients` that only admin peers may use, so `divvyctl` works when ordinary peers
+    /// fill the daemon (`reserved-admin-connections`). Default 4.
+    public var reservedAdminConnections: Int
+    /// Connections one non-admin uid may hold at once (`max-connections-per-uid`); 0: no limit; nil (the default):
+    /// a quarter of `maxClients` (`effectiveMaxConnectionsPerUID`).
+    public var maxConnectionsPerUID: Int?
+    /// The per-uid limit in force: `maxConnectionsPerUID`, or a quarter of `maxClients` (at least 1).
+    public var effectiveMaxConnectionsPerUID: Int { maxConnectionsPerUID ?? max(1, maxClients / 4) }
+    /// How long a new connection may take to send `hello` before the daemon closes it
+    /// (`handshake-timeout-ms`). Default 5 s.
+    public var handshakeTimeoutMilliseconds: Int
     /// Pages granted to a direct client at join (more are leased on demand). Default 16.
     public var initialLeasePages: Int
     /// How long a graceful shutdown waits for clients to say goodbye before reclaiming their memory. Default 2 s.
@@ -78,6 +89,9 @@ public struct ServerConfiguration: Hashable, Sendable {
         policy = AccessPolicy()
         quotaBytes = nil
         maxClients = 1024
+        reservedAdminConnections = 4
+        maxConnectionsPerUID = nil
+        handshakeTimeoutMilliseconds = 5000
         initialLeasePages = 16
         shutdownGraceMilliseconds = 2000
         metricsListen = nil
@@ -98,8 +112,9 @@ public struct ServerConfiguration: Hashable, Sendable {
     public static let keys = [
         "socket", "socket-mode", "region-name", "region-prefix", "data-size", "page-size", "size-classes",
         "held-capacity", "participant-capacity", "huge-pages", "commit", "prefault", "allow-uids", "allow-gids",
-        "direct-uids", "direct-gids", "admin-uids", "admin-gids", "quota", "max-clients", "initial-lease-pages", "shutdown-grace-ms",
-        "metrics-listen", "log-level",
+        "direct-uids", "direct-gids", "admin-uids", "admin-gids", "quota", "max-clients", "initial-lease-pages",
+        "shutdown-grace-ms", "metrics-listen", "log-level", "reserved-admin-connections", "max-connections-per-uid",
+        "handshake-timeout-ms",
     ]
 
     /// Applies a config file's text: one `key = value` per line, `#` comments, blank lines ignored. Keys are
@@ -168,6 +183,10 @@ public struct ServerConfiguration: Hashable, Sendable {
         case "admin-gids": policy.adminGIDs = try Self.ids(value, key)
         case "quota": quotaBytes = value == "default" ? nil : try Self.size(value, key)
         case "max-clients": maxClients = try Self.count(value, key)
+        case "reserved-admin-connections": reservedAdminConnections = try Self.count(value, key)
+        case "max-connections-per-uid":
+            maxConnectionsPerUID = value == "auto" || value == "default" ? nil : try Self.count(value, key)
+        case "handshake-timeout-ms": handshakeTimeoutMilliseconds = try Self.count(value, key)
         case "initial-lease-pages": initialLeasePages = try Self.count(value, key)
         case "shutdown-grace-ms": shutdownGraceMilliseconds = try Self.count(value, key)
         case "metrics-listen":
@@ -202,6 +221,9 @@ public struct ServerConfiguration: Hashable, Sendable {
         guard dataSize >= pageSize else { throw ParseError("data-size \(dataSize) is smaller than one page") }
         guard effectiveQuotaBytes > 0 else { throw ParseError("quota must be positive") }
         guard maxClients > 0 else { throw ParseError("max-clients must be positive") }
+        guard handshakeTimeoutMilliseconds > 0 else {
+            throw ParseError("handshake-timeout-ms must be positive (a connection that never says hello holds a slot)")
+        }
         guard heldCapacity > 0 else { throw ParseError("held-capacity must be positive") }
         guard participantCapacity >= 2, participantCapacity <= 30 else {
             throw ParseError(
@@ -233,6 +255,9 @@ public struct ServerConfiguration: Hashable, Sendable {
             ("initial-lease-pages", String(initialLeasePages)),
             ("shutdown-grace-ms", String(shutdownGraceMilliseconds)),
             ("metrics-listen", metricsListen ?? "off"), ("log-level", logLevel.rawValue),
+            ("reserved-admin-connections", String(reservedAdminConnections)),
+            ("max-connections-per-uid", maxConnectionsPerUID.map(String.init) ?? "auto"),
+            ("handshake-timeout-ms", String(handshakeTimeoutMilliseconds)),
         ]
     }
 

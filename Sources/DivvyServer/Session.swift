@@ -12,6 +12,8 @@ final class Session {
     var machine: SessionStateMachine
     /// The name the client gave in hello.
     var name = ""
+    /// Whether the client was welcomed (its connection is logged at info level only then).
+    var welcomed = false
     /// One handle's mediated holdings by this client.
     struct Holding {
         /// How many times this client holds the block (allocations + adoptions).

@@ -114,7 +114,7 @@ public struct SessionStateMachine: Hashable, Sendable {
                 return mayAdminister
                     ? .handle
                     : .reject(.adminRequired, "admin operations are allowed only to the admin uids/gids in the "
-                        + "daemon's policy")
+                        + "daemon's policy: its operator can add this uid to admin-uids (or a group to admin-gids)")
             case .mapRegion, .allocate, .free, .allocateBatch, .freeBatch, .share, .adopt, .stats, .ping, .goodbye:
                 return .handle
             default:

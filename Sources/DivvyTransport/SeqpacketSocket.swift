@@ -350,6 +350,48 @@ public final class SeqpacketSocket {
             result, descriptor: descriptor >= 0 ? descriptor : nil, truncated: truncated != 0, wanted: buffer.count)
     }
 
+    /// The outcome of `receiveRequest(into:)`.
+    public enum RequestReceipt: Hashable, Sendable {
+        /// One datagram of `count` bytes (cut at the buffer's size when `dataTruncated`: `MSG_TRUNC`).
+        /// `carriedDescriptors` is true when descriptors came with it (all were closed) or its control data was
+        /// cut (`MSG_CTRUNC`: the kernel closed the descriptors that did not fit).
+        case datagram(count: Int, dataTruncated: Bool, carriedDescriptors: Bool)
+        /// Nothing to read now (non-blocking socket).
+        case wouldBlock
+        /// The peer closed the connection, or sent a 0-byte datagram (`SOCK_SEQPACKET` cannot tell them apart).
+        case endOfFile
+    }
+
+    /// Receives one datagram from a peer that must not pass descriptors (`recvmsg(2)`): every descriptor that
+    /// came with it is closed here, and the receipt says whether any came and which truncation the kernel
+    /// reported, so the caller can apply the protocol's checks in their order.
+    ///
+    /// - Throws: `.closed` on `ECONNRESET`, `.systemCallFailed`.
+    public func receiveRequest(into buffer: UnsafeMutableRawBufferPointer) throws(TransportError) -> RequestReceipt {
+        var fds = [Int32](repeating: -1, count: 8)
+        var count: Int32 = 0
+        var truncated: Int32 = 0
+        let result = fds.withUnsafeMutableBufferPointer { fds in
+            retryingEINTR {
+                divvy_recv_with_fds(
+                    fileDescriptor, buffer.baseAddress, buffer.count, fds.baseAddress, Int32(fds.count), &count,
+                    &truncated, 0)
+            }
+        }
+        for fd in fds.prefix(Int(count)) { systemClose(fd) }
+        let carried = count > 0 || truncated & 2 != 0
+        switch result {
+        case .success(0) where buffer.count > 0 && !carried: return .endOfFile
+        case .success(let received):
+            return .datagram(count: received, dataTruncated: truncated & 1 != 0, carriedDescriptors: carried)
+        case .failure(let error) where error.value == EAGAIN || error.value == EWOULDBLOCK: return .wouldBlock
+        case .failure(let error) where error.value == ECONNRESET:
+            throw TransportError(.closed, "the peer reset the connection", errno: error.value)
+        case .failure(let error):
+            throw TransportError(.systemCallFailed, "recvmsg failed", errno: error.value)
+        }
+    }
+
     /// A receive's result as the caller sees it (shared by the receive variants).
     private func receiveOutcome(
         _ result: Result<Int, Errno32>, descriptor: Int32?, truncated: Bool, wanted: Int

@@ -214,8 +214,8 @@ extension AdminDocument.Disconnected {
     /// The human form of `divvyctl disconnect`.
     var text: String {
         let row = disconnected
-        var text = "disconnected client \(row.id) (\(row.name), pid \(row.pid)); released \(bytes(row.bytesHeld)) in "
-            + "\(row.blocksHeld) mediated blocks"
+        var text = "disconnected client \(row.id) (\(DisplayText.escaped(row.name)), pid \(row.pid)); released "
+            + "\(bytes(row.bytesHeld)) in \(row.blocksHeld) mediated blocks"
         if killed == true {
             text += "\nkilled pid \(row.pid) (SIGKILL \(killedThrough == "pidfd" ? "through a pidfd" : "by pid"))"
         }
@@ -230,8 +230,9 @@ func clientsTable(_ rows: [AdminDocument.Client]) -> String {
     table(
         ["ID", "PID", "UID", "NAME", "MODE", "HELD", "BLOCKS", "LEASED PAGES", "QUOTA", "CONNECTED"],
         rows.map {
-            ["\($0.id)", "\($0.pid)", "\($0.uid)", $0.name, $0.mode, bytes($0.bytesHeld), "\($0.blocksHeld)",
-             "\($0.pageAllowance)", bytes($0.quotaBytes), duration($0.connectedSeconds)]
+            // The name is the client's own choice: escaped (no newline or terminal escape reaches the screen).
+            ["\($0.id)", "\($0.pid)", "\($0.uid)", DisplayText.escaped($0.name), $0.mode, bytes($0.bytesHeld),
+             "\($0.blocksHeld)", "\($0.pageAllowance)", bytes($0.quotaBytes), duration($0.connectedSeconds)]
         })
 }
 

@@ -79,6 +79,8 @@ final class VectorTests: XCTestCase {
         var requestType: UInt16
         var comment: String
         var appendZeros: Int?
+        /// What the daemon does with it on SOCK_SEQPACKET when that is not an error reply ("closes").
+        var onSeqpacket: String?
 
         var bytes: [UInt8] { [UInt8](hex: hex) + [UInt8](repeating: 0, count: appendZeros ?? 0) }
     }
@@ -244,6 +246,9 @@ final class VectorTests: XCTestCase {
             XCTAssertEqual(error.requestID, UInt64(vector.requestID), "\(vector.name): requestID")
             XCTAssertEqual(error.requestType.rawValue, vector.requestType, "\(vector.name): requestType")
             XCTAssertFalse(error.message.isEmpty, vector.name)
+            // A 0-byte datagram is end of file on SOCK_SEQPACKET: the vector says the daemon closes instead of
+            // replying, and no other vector does.
+            XCTAssertEqual(vector.onSeqpacket, vector.bytes.isEmpty ? "closes" : nil, vector.name)
             // The pointer entry point agrees.
             let pointerResult: Result<Frame, ProtocolError> = vector.bytes.withUnsafeBytes { raw in
                 Result { () throws(ProtocolError) -> Frame in try Frame.decode(raw) }

@@ -206,6 +206,11 @@ final class BadInputTests: XCTestCase {
         let client = try limited.client(.any)
         XCTAssertEqual(client.mode, .mediated, "no direct right: mediated")
         assertClientError(.adminRequired) { try client.admin(.status) }
+        do {
+            _ = try client.admin(.status)
+        } catch {
+            XCTAssertTrue("\(error)".contains("admin-uids"), "the refusal names the setting that allows it: \(error)")
+        }
         assertClientError(.adminRequired) { try client.admin(.disconnect, argument: client.clientID) }
         XCTAssertThrowsError(try limited.client(.direct)) { error in
             XCTAssertEqual((error as? DivvyClientError)?.protocolCode, .wrongMode, "\(error)")

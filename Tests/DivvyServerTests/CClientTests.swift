@@ -195,8 +195,10 @@ final class CClientTests: XCTestCase {
         XCTAssertTrue(output.contains("connected: mediated"), output)
         mediatedOnly.signal(SIGTERM)
         XCTAssertEqual(mediatedOnly.wait(timeout: 20)?.status, 0)
-        // Another uid only: every connection is refused with DIVVY_ENOT_AUTHORIZED.
-        let (closed, closedSocket, closedDirectory) = try startDaemon(["--set", "allow-uids=\(other)"])
+        // Another uid only (and no admins: an admin rule admits too): every connection is refused with
+        // DIVVY_ENOT_AUTHORIZED.
+        let (closed, closedSocket, closedDirectory) = try startDaemon(
+            ["--set", "allow-uids=\(other)", "--set", "admin-uids="])
         defer { try? FileManager.default.removeItem(atPath: closedDirectory) }
         for mode in ["any", "mediated"] {
             (exit, output) = try Self.run(program, ["expect-connect", "5", "--socket", closedSocket, "--mode", mode])

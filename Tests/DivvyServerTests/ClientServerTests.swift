@@ -300,7 +300,10 @@ final class ClientServerTests: XCTestCase {
     }
 
     func testTooManyClientsIsRefusedWithAnError() throws {
-        let daemon = try TestDaemon { $0.maxClients = 2 }
+        let daemon = try TestDaemon {
+            $0.maxClients = 2
+            $0.reservedAdminConnections = 0  // this uid administers: no slots beyond max-clients for it
+        }
         let first = try daemon.client(.mediated)
         let second = try daemon.client(.mediated)
         let third = try RawConnection(daemon.socketPath)

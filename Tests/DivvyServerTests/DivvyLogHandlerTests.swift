@@ -83,7 +83,7 @@ final class DivvyLogHandlerTests: XCTestCase {
             let line = try XCTUnwrap(lines.first)
             XCTAssertTrue(line.contains(#"hello from client\n<2>fake critical"#), line)
             XCTAssertTrue(line.contains(#"name="evil\r\n<0>also fake""#), line)
-            XCTAssertTrue(line.contains(#"path\nkey="a\x1b[31m\u2028b\x00c\\d\"e""#), line)
+            XCTAssertTrue(line.contains(#"path\nkey="a\x1b[31m\u{2028}b\x00c\\d\"e""#), line)
             if format == .journal { XCTAssertTrue(line.hasPrefix("<6>test: hello"), line) }
         }
     }

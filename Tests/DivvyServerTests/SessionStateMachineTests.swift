@@ -162,7 +162,10 @@ final class ServerConfigurationTests: XCTestCase {
         XCTAssertFalse(policy.admits(PeerCredentials(pid: 1, uid: 0, gid: 0)), "root is not special-cased")
         XCTAssertTrue(policy.allowsDirect(PeerCredentials(pid: 1, uid: 1000, gid: 1)))
         XCTAssertFalse(policy.allowsDirect(PeerCredentials(pid: 1, uid: 7, gid: 50)))
-        XCTAssertFalse(policy.allowsAdmin(PeerCredentials(pid: 1, uid: 7, gid: 10)), "admin needs admission too")
+        // admin-gids (or admin-uids) alone admits: an operator names admins without repeating them in allow-*.
+        XCTAssertTrue(policy.allowsAdmin(PeerCredentials(pid: 1, uid: 7, gid: 10)))
+        XCTAssertTrue(policy.admits(PeerCredentials(pid: 1, uid: 7, gid: 10)), "an admin rule admits")
+        XCTAssertFalse(policy.allowsDirect(PeerCredentials(pid: 1, uid: 7, gid: 10)))
         XCTAssertTrue(AccessPolicy().admits(PeerCredentials(pid: 1, uid: getuid(), gid: 12345)))
         // Supplementary groups count for gid rules.
         XCTAssertTrue(policy.admits(PeerCredentials(pid: 1, uid: 7, gid: 1, groups: [3, 50])))

@@ -38,6 +38,29 @@ final class TransportTests: XCTestCase {
         XCTAssertEqual(try buffer.withUnsafeMutableBytes { try b.receive(into: $0) }, .endOfFile)
     }
 
+    func testReceiveRequestTellsDataTruncationFromDescriptorsAndClosesThem() throws {
+        let (a, b) = try SeqpacketSocket.pair()
+        var buffer = [UInt8](repeating: 0, count: 8)
+        XCTAssertEqual(try a.send([UInt8](repeating: 7, count: 100)), .sent)
+        XCTAssertEqual(
+            try buffer.withUnsafeMutableBytes { try b.receiveRequest(into: $0) },
+            .datagram(count: 8, dataTruncated: true, carriedDescriptors: false))
+        let fd = open("/dev/null", O_RDONLY)
+        defer { close(fd) }
+        XCTAssertEqual(try a.send([1, 2], descriptors: [fd, fd, fd]), .sent)
+        XCTAssertEqual(
+            try buffer.withUnsafeMutableBytes { try b.receiveRequest(into: $0) },
+            .datagram(count: 2, dataTruncated: false, carriedDescriptors: true))
+        // The three received copies were closed: the next descriptor number is the lowest free one again.
+        let probe = open("/dev/null", O_RDONLY)
+        XCTAssertLessThanOrEqual(probe, fd + 1, "no received descriptor was kept")
+        close(probe)
+        XCTAssertEqual(try a.send([UInt8]()), .sent)
+        XCTAssertEqual(
+            try buffer.withUnsafeMutableBytes { try b.receiveRequest(into: $0) }, .endOfFile,
+            "a 0-byte datagram reads as end of file")
+    }
+
     func testListenRefusesALiveListenerAndReplacesAStaleSocketFile() throws {
         let directory = try temporarySocketDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }

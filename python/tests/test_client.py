@@ -54,7 +54,8 @@ def test_any_is_mediated_and_direct_refused_when_the_policy_grants_direct_to_oth
 def test_not_authorized():
     from conftest import Daemon
 
-    closed = Daemon("--set", f"allow-uids={os.getuid() + 1}", audit=False)
+    # No admins either: an admin rule admits by itself.
+    closed = Daemon("--set", f"allow-uids={os.getuid() + 1}", "--set", "admin-uids=", audit=False)
     try:
         with pytest.raises(divvy.NotPermittedError) as caught:
             divvy.Client(closed.socket, mode="mediated")

@@ -71,7 +71,8 @@ long divvy_send_with_fd(int socket, const void *buffer, size_t length, int descr
 
 /// recvmsg(2) of one datagram, taking at most one SCM_RIGHTS descriptor (received close-on-exec; any extra
 /// descriptors are closed). `*descriptor` is -1 when none came. Returns bytes received, 0 on EOF, or -1 with errno
-/// set. `*truncated` is 1 when the datagram or its ancillary data did not fit.
+/// set. `*truncated` has bit 1 set when the datagram did not fit (MSG_TRUNC) and bit 2 when its ancillary data did
+/// not (MSG_CTRUNC: the descriptors that did not fit were closed by the kernel).
 long divvy_recv_with_fd(int socket, void *buffer, size_t length, int *descriptor, int *truncated, int flags);
 
 /// sendmsg(2) of one datagram carrying `count` descriptors (at most 8) as one SCM_RIGHTS message.
@@ -79,7 +80,7 @@ long divvy_send_with_fds(int socket, const void *buffer, size_t length, const in
 
 /// recvmsg(2) of one datagram, taking up to `capacity` (at most 8) SCM_RIGHTS descriptors into `descriptors`
 /// (received close-on-exec; any beyond `capacity` are closed); `*count` is how many were taken. Returns bytes
-/// received, 0 on EOF, or -1 with errno set.
+/// received, 0 on EOF, or -1 with errno set. `*truncated` as for `divvy_recv_with_fd`.
 long divvy_recv_with_fds(int socket, void *buffer, size_t length, int *descriptors, int capacity, int *count,
                          int *truncated, int flags);
 

@@ -289,9 +289,10 @@ int divvy_share(divvy_client *client, uint64_t handle, divvy_share_info *info);
  * A direct client may hold a block once (adopting a block it holds gives DIVVY_ENOT_HOLDER); a mediated client
  * may hold it several times and frees once per holding.
  *
- * Returns DIVVY_OK; DIVVY_EINVAL (client NULL); DIVVY_ESTALE_HANDLE (freed meanwhile), DIVVY_EDOUBLE_FREE (the
- * block is free), DIVVY_EINVALID_HANDLE, DIVVY_EMISALIGNED_HANDLE, DIVVY_ENOT_HOLDER, DIVVY_EQUOTA_EXCEEDED;
- * DIVVY_EDAEMON_GONE. Ownership: the caller frees the handle with divvy_free.
+ * Returns DIVVY_OK; DIVVY_EINVAL (client NULL); DIVVY_ESTALE_HANDLE (the block was freed since the handle was
+ * issued, reused or not: adopting never reports DIVVY_EDOUBLE_FREE, which is about frees), DIVVY_EINVALID_HANDLE,
+ * DIVVY_EMISALIGNED_HANDLE, DIVVY_ENOT_HOLDER, DIVVY_EQUOTA_EXCEEDED; DIVVY_EDAEMON_GONE.
+ * Ownership: the caller frees the handle with divvy_free.
  */
 int divvy_adopt(divvy_client *client, uint64_t handle, void **pointer, size_t *size);
 

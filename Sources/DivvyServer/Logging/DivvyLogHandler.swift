@@ -1,3 +1,4 @@
+import DivvyProtocol
 import Logging
 
 #if canImport(Glibc)
@@ -162,29 +163,10 @@ public struct DivvyLogHandler: LogHandler {
         return line
     }
 
-    /// Appends `text` with every control character (C0, DEL, C1) and U+2028/U+2029 escaped, and `\` doubled, so the
-    /// result never contains a line break; when `quoting`, `"` is escaped too.
+    /// Appends `text` escaped by `DisplayText` (the escaping `divvyctl` uses too): no line break, control
+    /// character or bidirectional override survives; when `quoting`, `"` is escaped too.
     static func escape(_ text: String, into output: inout String, quoting: Bool) {
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\\": output += "\\\\"
-            case "\n": output += "\\n"
-            case "\r": output += "\\r"
-            case "\t": output += "\\t"
-            case "\"" where quoting: output += "\\\""
-            case "\u{00}"..."\u{1F}", "\u{7F}"..."\u{9F}":
-                output += "\\x" + hex(scalar.value, digits: 2)
-            case "\u{2028}", "\u{2029}":
-                output += "\\u" + hex(scalar.value, digits: 4)
-            default:
-                output.unicodeScalars.append(scalar)
-            }
-        }
-    }
-
-    private static func hex(_ value: UInt32, digits: Int) -> String {
-        let text = String(value, radix: 16)
-        return String(repeating: "0", count: max(0, digits - text.count)) + text
+        DisplayText.escape(text, into: &output, quoting: quoting)
     }
 
     /// Local time as ISO 8601 with milliseconds and the UTC offset, e.g. `2025-06-01T12:00:00.123+02:00`.

@@ -369,7 +369,7 @@ class Client:
         client may hold it several times, and each Block is one holding.
 
         Raises:
-            HandleError: ``DIVVY_ESTALE_HANDLE`` (freed meanwhile), ``DIVVY_EDOUBLE_FREE`` (the block is free),
+            HandleError: ``DIVVY_ESTALE_HANDLE`` (the block was freed since, reused or not),
                 ``DIVVY_EINVALID_HANDLE``, ``DIVVY_EMISALIGNED_HANDLE``, ``DIVVY_ENOT_HOLDER``; nothing changed.
             OutOfSpaceError: the block does not fit in this client's quota.
         """

@@ -67,5 +67,38 @@ let package = Package(
             ],
             path: "Sources/DaemonBench"
         ),
+        // Issue 11's figures for the shared heap (see docs/benchmarks.md, "Shared heap: issue 11 figures"); each takes
+        // `--boost FILE` (boost/run.sh's output) to put Boost.Interprocess beside it. shm-targets.sh runs all three.
+        // Metadata committed per data byte and per block, for 16 B, 64 B, 4 KiB and 1 MiB blocks.
+        .executableTarget(
+            name: "shm-metadata",
+            dependencies: [.product(name: "DivvyShm", package: divvyPackage)],
+            path: "Sources/ShmMetadata"
+        ),
+        // Mixed sizes with long churn: bytes requested (live) against data-area bytes in use, over time.
+        .executableTarget(
+            name: "shm-fragmentation",
+            dependencies: [.product(name: "DivvyShm", package: divvyPackage)],
+            path: "Sources/ShmFragmentation"
+        ),
+        // The C ABI of libdivvy (divvy.h, the real header) called from C: connect, n allocate+free pairs, close.
+        .target(
+            name: "CLibdivvyBench",
+            cSettings: [.unsafeFlags(["-I", "\(Context.packageDirectory)/../Sources/CDivvyC/include"])]
+        ),
+        // Direct-path pairs in one run, as ratios to glibc malloc+free: SharedHeap participant, DivvyClient direct,
+        // libdivvy divvy_alloc/divvy_free (through the C ABI, linked against the `divvy` product), and Boost.
+        .executableTarget(
+            name: "direct-ratios",
+            dependencies: [
+                .product(name: "DivvyShm", package: divvyPackage),
+                .product(name: "DivvyServer", package: divvyPackage),
+                .product(name: "DivvyClient", package: divvyPackage),
+                .product(name: "divvy", package: divvyPackage),
+                "CBenchSupport",
+                "CLibdivvyBench",
+            ],
+            path: "Sources/DirectRatios"
+        ),
     ]
 )

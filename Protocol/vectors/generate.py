@@ -63,6 +63,7 @@ ERROR_CODES = [
     "handshakeRequired", "wrongMode", "quotaExceeded", "heapFull", "unsupportedSize", "invalidHandle",
     "misalignedHandle", "staleHandle", "doubleFree", "notHolder", "batchTooLarge", "adminRequired", "noSuchClient",
     "tooManyClients", "shuttingDown", "internalError", "invalidParticipant", "directUnavailable",
+    "alreadyHolder",
 ]
 CODE = {name: index + 1 for index, name in enumerate(ERROR_CODES)}
 

@@ -105,6 +105,10 @@ public final class DivvyClient {
     private var fastParticipant: Unmanaged<SharedHeap.Participant>?
     // Mediated mode.
     private var dataArea: SharedMapping?
+    /// Mediated mode: the handles this connection holds through the daemon, by data offset, with how many holdings
+    /// of each (the daemon counts a re-adopt as another holding). What `handle(for:)` answers from: a mediated
+    /// client does not map the metadata, but it knows every block it holds, because each came through it.
+    private var mediatedHoldings: [Int: (handle: SharedHandle, count: Int)] = [:]
 
     /// Connects, says hello, and maps the region (all of it in direct mode, the data area in mediated mode).
     ///
@@ -247,6 +251,7 @@ public final class DivvyClient {
         socket = nil
         heap = nil
         dataArea = nil
+        mediatedHoldings.removeAll()
     }
 
     /// Closes (if needed) and connects again, with the same options. Blocks held through the old connection
@@ -303,7 +308,9 @@ public final class DivvyClient {
         case .allocated(let raw, let blockSize):
             let handle = SharedHandle(rawValue: raw)
             do throws(DivvyClientError) {
-                return (handle, Int(blockSize), try pointer(for: handle))
+                let address = try pointer(for: handle)
+                noteMediatedHolding(handle)
+                return (handle, Int(blockSize), address)
             } catch {
                 // The daemon granted a block outside the data area we mapped: do not leak it.
                 _ = try? free(handle)
@@ -341,7 +348,9 @@ public final class DivvyClient {
             }
         }
         switch try request(.free(handle: handle.rawValue)).message {
-        case .freed(let released): return released
+        case .freed(let released):
+            dropMediatedHolding(handle)
+            return released
         case let other: throw unexpected(other, for: .free)
         }
     }
@@ -366,7 +375,9 @@ public final class DivvyClient {
             }
         }
         switch try request(.adopt(handle: handle.rawValue)).message {
-        case .adopted(_, let size): return Int(size)
+        case .adopted(_, let size):
+            noteMediatedHolding(handle)
+            return Int(size)
         case let other: throw unexpected(other, for: .adopt)
         }
     }
@@ -395,7 +406,10 @@ public final class DivvyClient {
             return handles
         }
         switch try request(.allocateBatch(size: UInt64(max(0, size)), count: UInt32(clamping: count))).message {
-        case .allocatedBatch(_, let handles): return handles.map(SharedHandle.init(rawValue:))
+        case .allocatedBatch(_, let raw):
+            let handles = raw.map(SharedHandle.init(rawValue:))
+            for handle in handles { noteMediatedHolding(handle) }
+            return handles
         case let other: throw unexpected(other, for: .allocateBatch)
         }
     }
@@ -412,7 +426,9 @@ public final class DivvyClient {
             }
         }
         switch try request(.freeBatch(handles: handles.map(\.rawValue))).message {
-        case .freedBatch(let statuses): return statuses
+        case .freedBatch(let statuses):
+            for (handle, status) in zip(handles, statuses) where status.error == nil { dropMediatedHolding(handle) }
+            return statuses
         case let other: throw unexpected(other, for: .freeBatch)
         }
     }
@@ -446,8 +462,13 @@ public final class DivvyClient {
         }
     }
 
-    /// The handle of the block starting at `pointer` (direct clients: checked against the heap; mediated
-    /// clients: the offset only, generation 0 — prefer keeping handles).
+    /// The handle of the block starting at `pointer`, exact, with its generation. Direct clients check it against
+    /// the heap (any allocated block). Mediated clients answer from the blocks this connection holds (each came
+    /// through it: allocate, allocateBatch, adopt), with no round trip.
+    ///
+    /// - Throws: `.refused(.invalidHandle)` (not in the data area); direct: `.heap` with `misaligned` (not a block
+    ///   start) or `staleHandle` (no allocated block there); mediated: `.refused(.notHolder)` (this client holds
+    ///   no block there); `.daemonGone`.
     public func handle(for pointer: UnsafeRawPointer) throws(DivvyClientError) -> SharedHandle {
         if let heap {
             do throws(SharedHeapError) {
@@ -457,12 +478,37 @@ public final class DivvyClient {
             }
         }
         guard let dataArea else { throw DivvyClientError(.daemonGone, "the client is not connected") }
+        let offset: Int
         do throws(SharedRegionError) {
-            let offset = try dataArea.offset(of: pointer) - dataArea.regionOffset
-            return SharedHandle(rawValue: UInt64(offset / 16))
+            offset = try dataArea.offset(of: pointer) - dataArea.regionOffset
         } catch {
             throw DivvyClientError(.refused(.invalidHandle), "address is outside the data area: \(error)")
         }
+        guard let held = mediatedHoldings[offset] else {
+            throw DivvyClientError(
+                .refused(.notHolder),
+                "this client holds no block starting at data offset \(offset) (a mediated client knows the handles "
+                    + "of the blocks it allocated or adopted; use the handle you were given)")
+        }
+        return held.handle
+    }
+
+    /// Records one more mediated holding of `handle`.
+    private func noteMediatedHolding(_ handle: SharedHandle) {
+        let offset = handle.dataOffset
+        if let held = mediatedHoldings[offset], held.handle == handle {
+            mediatedHoldings[offset] = (handle, held.count + 1)
+        } else {
+            // A different handle at the same offset replaces a stale record (the daemon only grants live blocks).
+            mediatedHoldings[offset] = (handle, 1)
+        }
+    }
+
+    /// Forgets one mediated holding of `handle` (after the daemon accepted its free).
+    private func dropMediatedHolding(_ handle: SharedHandle) {
+        let offset = handle.dataOffset
+        guard let held = mediatedHoldings[offset], held.handle == handle else { return }
+        mediatedHoldings[offset] = held.count > 1 ? (handle, held.count - 1) : nil
     }
 
     // MARK: Daemon calls

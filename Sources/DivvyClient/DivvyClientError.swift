@@ -43,7 +43,8 @@ public struct DivvyClientError: Error, Hashable, Sendable, CustomStringConvertib
             case .misaligned: return .misalignedHandle
             case .staleHandle: return .staleHandle
             case .doubleFree: return .doubleFree
-            case .notHeld, .alreadyHeld: return .notHolder
+            case .notHeld: return .notHolder
+            case .alreadyHeld: return .alreadyHolder
             case .heapFull, .heldListFull: return .heapFull
             case .unsupportedSize: return .unsupportedSize
             case .pageAllowanceExhausted: return .quotaExceeded

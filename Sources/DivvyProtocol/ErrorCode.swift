@@ -63,6 +63,9 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, CustomStringConve
     /// taken (or promised to a direct client that has not joined yet). Mode `any` falls back to mediated instead.
     /// The connection stays open: send `hello` again with mode `mediated` or `any`, or retry later.
     public static let directUnavailable = ErrorCode(rawValue: 23)
+    /// `adopt` of a block this client already holds: a client holds a block once (its holding is freed by one
+    /// `free`), so a block's holders are clients, never repeated holdings. Nothing changed.
+    public static let alreadyHolder = ErrorCode(rawValue: 24)
 
     /// Every code this module knows, in code order.
     public static let allKnown: [ErrorCode] = [
@@ -70,6 +73,7 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, CustomStringConve
         .handshakeRequired, .wrongMode, .quotaExceeded, .heapFull, .unsupportedSize, .invalidHandle,
         .misalignedHandle, .staleHandle, .doubleFree, .notHolder, .batchTooLarge, .adminRequired, .noSuchClient,
         .tooManyClients, .shuttingDown, .internalError, .invalidParticipant, .directUnavailable,
+        .alreadyHolder,
     ]
 
     /// Whether the daemon closes the connection after sending this error.
@@ -106,6 +110,7 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, CustomStringConve
         case 21: "internalError"
         case 22: "invalidParticipant"
         case 23: "directUnavailable"
+        case 24: "alreadyHolder"
         default: nil
         }
     }

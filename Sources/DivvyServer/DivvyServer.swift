@@ -1040,6 +1040,13 @@ public final class DivvyServer: @unchecked Sendable {
         } catch {
             throw ServiceError(error)
         }
+        // One holding per client, as in direct mode (the heap refuses a participant's second holding): a block's
+        // holders are then clients, and one free drops a client's holding.
+        guard session.holdings[raw] == nil else {
+            throw ServiceError(
+                .alreadyHolder, "this client already holds \(handle); a client holds a block once: free it "
+                    + "before adopting it again")
+        }
         try checkQuota(session, adding: blockSize)
         if daemonHolds(handle) {
             extraMediatedHoldings[raw, default: 0] += 1
@@ -1301,7 +1308,7 @@ extension ErrorCode {
         case .heapFull: self = .heapFull
         case .unsupportedSize: self = .unsupportedSize
         case .heldListFull: self = .heapFull
-        case .alreadyHeld: self = .notHolder
+        case .alreadyHeld: self = .alreadyHolder
         case .pageAllowanceExhausted: self = .quotaExceeded
         default: self = .internalError
         }

@@ -232,7 +232,7 @@ final class FrameTests: XCTestCase {
         let closing = ErrorCode.allKnown.filter(\.closesConnection)
         XCTAssertEqual(
             closing, [.malformedFrame, .unsupportedVersion, .frameTooLarge, .notAuthorized, .tooManyClients])
-        XCTAssertEqual(ErrorCode.allKnown.map(\.rawValue), Array(1...23))
+        XCTAssertEqual(ErrorCode.allKnown.map(\.rawValue), Array(1...24))
         XCTAssertEqual(ErrorCode.invalidParticipant.description, "invalidParticipant")
         XCTAssertEqual(ErrorCode.directUnavailable.description, "directUnavailable")
         XCTAssertEqual(ErrorCode(rawValue: 999).description, "unknown(999)")

@@ -43,6 +43,53 @@ final class ClientServerTests: XCTestCase {
         XCTAssertEqual(report.allocatedBlocks, 0, "\(report)")
     }
 
+    /// `handle(for:)` gives back the exact handle in both modes, including the very first block (offset 0, which a
+    /// mediated client used to turn into handle 0), for allocated, batch-allocated and adopted blocks, and refuses
+    /// an address whose block the client no longer holds.
+    func testHandleForPointerIsExactInBothModes() throws {
+        let daemon = try TestDaemon()
+        for mode in [ClientMode.mediated, .direct] {
+            let client = try daemon.client(mode, name: "translator")
+            let other = try daemon.client(.mediated, name: "giver")
+            var handles = [try client.allocateHandle(64).handle, try client.allocateHandle(4096).handle]
+            handles += try client.allocateBatch(size: 200, count: 3)
+            let given = try other.allocateHandle(300).handle
+            _ = try client.adoptHandle(given)
+            handles.append(given)
+            for handle in handles {
+                let address = try client.pointer(for: handle)
+                XCTAssertEqual(try client.handle(for: address), handle, "\(mode) \(handle)")
+            }
+            if mode == .mediated {
+                XCTAssertTrue(handles.contains { $0.dataOffset == 0 }, "the first block of the heap is covered")
+                XCTAssertFalse(handles.contains { $0.rawValue == 0 })
+            }
+            // A client holds a block once: a second adopt is refused (same code in both modes), nothing changes.
+            XCTAssertThrowsError(try client.adoptHandle(given), "\(mode): adopt twice") {
+                XCTAssertEqual(($0 as? DivvyClientError)?.protocolCode, .alreadyHolder, "\($0)")
+            }
+            XCTAssertEqual(try client.share(given).holders, 2, "\(mode): the giver and this client")
+            let givenAddress = try client.pointer(for: given)
+            XCTAssertEqual(try client.handle(for: givenAddress), given)
+            XCTAssertFalse(try client.free(given))
+            let freed = handles[0]
+            let freedAddress = try client.pointer(for: freed)
+            XCTAssertTrue(try client.free(freed))
+            XCTAssertThrowsError(try client.handle(for: freedAddress), "\(mode): a freed block has no handle") {
+                let code = ($0 as? DivvyClientError)?.protocolCode
+                XCTAssertTrue(code == .notHolder || code == .staleHandle, "\($0)")
+            }
+            XCTAssertThrowsError(try client.handle(for: UnsafeRawPointer(bitPattern: 0x1000)!), "outside the data area")
+            _ = try client.freeBatch(Array(handles[1...4]))
+            XCTAssertTrue(try other.free(given))
+            client.close()
+            other.close()
+        }
+        let report = try daemon.audit()
+        XCTAssertTrue(report.isClean, "\(report)")
+        XCTAssertEqual(report.allocatedBlocks, 0, "\(report)")
+    }
+
     func testDroppingABlockFreesItAndIntoHandleKeepsIt() throws {
         let daemon = try TestDaemon()
         let client = try daemon.client(.mediated)

@@ -123,6 +123,8 @@ typedef enum divvy_error {
     /* DIVVY_MODE_DIRECT was asked for and is permitted, but every participant slot of the daemon's heap is taken.
        Connect with DIVVY_MODE_ANY (served mediated then) or DIVVY_MODE_MEDIATED, or retry later. */
     DIVVY_EDIRECT_UNAVAILABLE = 23,
+    /* divvy_adopt of a block this client already holds (a client holds a block once); nothing changed. */
+    DIVVY_EALREADY_HOLDER = 24,
 
     /* --- Client-side codes --------------------------------------------------------------------------------- */
     /* Nothing listens at the socket path: divvyd is not running there (start it, or set DIVVY_SOCKET). */
@@ -308,14 +310,14 @@ int divvy_adopt(divvy_client *client, uint64_t handle, void **pointer, size_t *s
 int divvy_pointer(divvy_client *client, uint64_t handle, void **pointer);
 
 /*
- * The handle of the block that starts at `pointer` into *handle. Direct clients get the exact handle (with its
- * generation) of an allocated block, checked against the heap. Mediated clients, which do not map the heap's
- * metadata, only check that the address lies in the data area and get the offset part (in 16-byte units,
- * generation 0, which the daemon treats as stale once the block was reused): prefer keeping handles.
- * No daemon round trip.
+ * The exact handle (with its generation) of the block that starts at `pointer` into *handle. Direct clients
+ * check it against the heap (any allocated block). Mediated clients, which do not map the heap's metadata,
+ * answer from the blocks this connection holds (each came through it: divvy_alloc, divvy_alloc_batch,
+ * divvy_adopt). No daemon round trip.
  * Returns DIVVY_OK; DIVVY_EINVAL (client, pointer or handle NULL); DIVVY_EINVALID_HANDLE (not in the data area);
  * direct clients: DIVVY_EMISALIGNED_HANDLE (not the start of a block), DIVVY_ESTALE_HANDLE (no allocated block
- * there); DIVVY_EDAEMON_GONE (disconnected).
+ * there); mediated clients: DIVVY_ENOT_HOLDER (this connection holds no block there); DIVVY_EDAEMON_GONE
+ * (disconnected).
  */
 int divvy_handle_for_pointer(divvy_client *client, const void *pointer, uint64_t *handle);
 

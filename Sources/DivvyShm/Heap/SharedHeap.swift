@@ -206,7 +206,7 @@ public final class SharedHeap: @unchecked Sendable {
     ///
     /// - Throws: `.invalidConfiguration` for an impossible configuration or a region too small for it (the message
     ///   gives the sizes needed and available).
-    /// - Complexity: O(pages) (plus zeroing the metadata area).
+    /// - Complexity: O(pages) (plus zeroing the metadata area; a lazy heap punches a hole instead).
     public static func create(
         in region: SharedRegion, configuration: SharedHeapConfiguration = .init()
     ) throws(SharedHeapError) -> SharedHeap {
@@ -682,7 +682,7 @@ public final class SharedHeap: @unchecked Sendable {
     /// dead) nor one that is *leaving* (see `Participant.leave(releasingSlot:)`).
     ///
     /// - Throws: `.participantTableFull` when every slot is taken; `.invalidConfiguration` for a read-only region;
-    ///   `.heapFull` when a lazy heap cannot commit the held list of the slot it would take.
+    ///   `.heapFull` when a lazy heap cannot commit the held list of any free slot (the backing store is full).
     public func join(name: String) throws(SharedHeapError) -> Participant {
         guard region.access == .readWrite else {
             throw SharedHeapError(
@@ -693,13 +693,17 @@ public final class SharedHeap: @unchecked Sendable {
         let pid = getpid()
         let me = ParticipantWord.make(
             state: ParticipantWord.alive, pid: pid, startTime: ProcessIdentity.startTime(of: pid) ?? 0)
+        var commitFailure: SharedHeapError?
         for p in 0..<layout.participantCapacity {
             // A lazy heap backs a slot's held list before the slot is first taken (idempotent, so a commit for a
-            // slot someone else takes first is no harm), and refuses to join when it cannot.
+            // slot someone else takes first is no harm); a slot whose list cannot be backed is passed over.
             if lazyCommit, ParticipantWord.state(participantState(p).load(ordering: .relaxed)) == ParticipantWord.free,
                 !heldListIsCommitted(p)
             {
-                try commitHeldList(p)
+                do throws(SharedHeapError) { try commitHeldList(p) } catch {
+                    commitFailure = error
+                    continue
+                }
             }
             // Ordering: acquiring on success, so that everything the previous occupant of the slot wrote (its
             // emptied held list, cleared pending word) before freeing the slot with a releasing store is visible.
@@ -718,6 +722,7 @@ public final class SharedHeap: @unchecked Sendable {
                 return Participant(heap: self, index: p)
             }
         }
+        if let commitFailure { throw commitFailure }
         throw SharedHeapError(
             .participantTableFull, "all \(layout.participantCapacity) participant slots are taken; leave() unused "
                 + "participants")

@@ -82,6 +82,28 @@ final class SharedHeapLazyTests: ShmTestCase {
         XCTAssertLessThan(used, 4096 + initial + heldList + 20 * perPage + 16 * 4096)
     }
 
+    /// A lazy heap is layout version 5, which `attach` reads as lazy (so every process commits before it uses);
+    /// a fully committed heap stays version 4.
+    func testLazyHeapsAreLayoutVersion5AndAttachersKnow() throws {
+        let (region, heap) = try makeLazyHeap(dataSize: 1 << 26)
+        let meta = try region.mapping.unsafePointer(forOffset: region.geometry.metadataOffset, length: 16)
+        XCTAssertEqual(meta.load(fromByteOffset: 8, as: UInt32.self), SharedHeap.lazyLayoutVersion)
+        let peer = try SharedHeap.attach(to: SharedRegion.open(name: "lazy", namePrefix: prefix))
+        XCTAssertTrue(peer.lazyCommit)
+        let other = try peer.join(name: "peer")
+        XCTAssertTrue(heap.heldListIsCommitted(other.index), "the mask is shared")
+        let handle = try other.allocate(64)
+        XCTAssertEqual(heap.verify().holdings, 1)
+        try other.free(handle)
+
+        let full = try SharedRegion.create(
+            name: "full", configuration(dataSize: 1 << 20, metadataSize: SharedHeap.requiredMetadataSize(dataSize: 1 << 20)))
+        let fullHeap = try SharedHeap.create(in: full)
+        XCTAssertFalse(fullHeap.lazyCommit)
+        let fullMeta = try full.mapping.unsafePointer(forOffset: full.geometry.metadataOffset, length: 16)
+        XCTAssertEqual(fullMeta.load(fromByteOffset: 8, as: UInt32.self), SharedHeap.layoutVersion)
+    }
+
     /// The daemon's shape: the data in a separate (anonymous) object. A claim commits the data page in that
     /// object and the page's metadata in the region's own.
     func testSeparateDataObjectIsCommittedOnClaim() throws {

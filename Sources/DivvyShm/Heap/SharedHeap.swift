@@ -92,7 +92,8 @@ public final class SharedHeap: @unchecked Sendable {
     @usableFromInline internal let classInfo: UnsafeMutablePointer<ClassInfo>
     /// Whether the heap commits its memory as it uses it (formatted in a lazily committed region): a page's data,
     /// block words and links when it first leaves the pool, a participant slot's held list when it is first
-    /// joined. Recorded in the heap header (offset 152), so every process that attaches knows.
+    /// joined. Recorded in the heap header (layout version `lazyLayoutVersion`), so every process that attaches
+    /// knows.
     @usableFromInline internal let lazyCommit: Bool
     /// Test hook: how many of the next lazy commits fail (as if /dev/shm were full), then decremented.
     internal let _failingCommits = ManagedAtomic<Int>(0)
@@ -117,10 +118,6 @@ public final class SharedHeap: @unchecked Sendable {
 
     /// `"DVHEAP01"`, little endian.
     internal static let magic: UInt64 = 0x3130_5041_4548_5644
-    /// Heap header offset of the flags word (`UInt32`; bit 0: lazy commit). Written before the magic, never
-    /// after; outside the checksum (layout version 4 heaps have zero there: not lazy).
-    internal static let flagsOffset = 152
-    internal static let flagLazy: UInt32 = 1
     /// Heap header offset of the committed-held-lists mask (`UInt32`, bit `p` for participant slot `p`): in a lazy
     /// heap, a slot's held list is backed once its bit is set (set by `join` after committing it, never cleared).
     /// Readers skip the held lists of other slots, which are holes reading as zeros: reading a hole of a shared
@@ -129,6 +126,11 @@ public final class SharedHeap: @unchecked Sendable {
     /// The layout version this code reads and writes. Version 4: participant state words carry the process's
     /// start time beside its pid, and a *leaving* state.
     public static let layoutVersion: UInt32 = 4
+    /// The layout version of a lazy heap (one formatted in a lazily committed region): version 4's layout, whose
+    /// metadata is committed as it is used, plus the committed-held-lists mask at header offset 156 that readers
+    /// must honour. A library that knows only version 4 refuses such a heap instead of reading (and so
+    /// allocating) metadata that is not committed, or joining without committing its held list.
+    public static let lazyLayoutVersion: UInt32 = 5
 
     private init(region: SharedRegion, layout: SharedHeapLayout, meta: UnsafeMutableRawPointer,
                  data: UnsafeMutableRawPointer, pool: UnsafeLockFreeIndexStack, spanPool: UnsafeLockFreeIndexStack?,
@@ -301,8 +303,7 @@ public final class SharedHeap: @unchecked Sendable {
             (meta + layout.participantsOffset + p * SharedHeapLayout.participantStride)
                 .storeBytes(of: unlimitedPages, toByteOffset: 56, as: UInt32.self)
         }
-        writeHeader(layout, at: meta)
-        meta.storeBytes(of: lazy ? flagLazy : 0, toByteOffset: flagsOffset, as: UInt32.self)
+        writeHeader(layout, version: lazy ? lazyLayoutVersion : layoutVersion, at: meta)
         // Ordering: releasing; pairs with the acquiring load in `attach`: whoever sees the magic sees everything.
         UnsafeAtomic<UInt64>(at: meta.assumingMemoryBound(to: UnsafeAtomic<UInt64>.Storage.self))
             .store(magic, ordering: .releasing)
@@ -330,8 +331,9 @@ public final class SharedHeap: @unchecked Sendable {
                 + "0x\(String(magic, radix: 16))); create one with SharedHeap.create(in:)")
         }
         let version = meta.load(fromByteOffset: 8, as: UInt32.self)
-        guard version == layoutVersion else {
-            throw corrupt("heap layout version \(version); this library reads version \(layoutVersion)")
+        guard version == layoutVersion || version == lazyLayoutVersion else {
+            throw corrupt("heap layout version \(version); this library reads versions \(layoutVersion) and "
+                + "\(lazyLayoutVersion) (lazy)")
         }
         guard let layout = readHeader(at: meta, limit: geometry.metadataSize) else {
             throw corrupt("the heap header's fields are impossible")
@@ -362,13 +364,13 @@ public final class SharedHeap: @unchecked Sendable {
                 throw corrupt("the span page pool's capacity is wrong")
             }
         }
-        let lazy = meta.load(fromByteOffset: flagsOffset, as: UInt32.self) & flagLazy != 0
+        let lazy = version == lazyLayoutVersion
         return SharedHeap(
             region: region, layout: layout, meta: meta, data: data, pool: pool, spanPool: spanPool, lazyCommit: lazy)
     }
 
-    private static func writeHeader(_ layout: SharedHeapLayout, at meta: UnsafeMutableRawPointer) {
-        meta.storeBytes(of: layoutVersion, toByteOffset: 8, as: UInt32.self)
+    private static func writeHeader(_ layout: SharedHeapLayout, version: UInt32, at meta: UnsafeMutableRawPointer) {
+        meta.storeBytes(of: version, toByteOffset: 8, as: UInt32.self)
         meta.storeBytes(of: UInt32(layout.pageSize), toByteOffset: 12, as: UInt32.self)
         meta.storeBytes(of: UInt32(layout.smallPageCount), toByteOffset: 16, as: UInt32.self)
         meta.storeBytes(of: UInt32(layout.classSizes.count), toByteOffset: 20, as: UInt32.self)

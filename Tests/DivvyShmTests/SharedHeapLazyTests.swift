@@ -12,7 +12,8 @@ import Glibc
 /// slot's held list when it is first joined. A commit that fails is `heapFull`, never a SIGBUS. Real memory
 /// throughout: committed bytes are the objects' `st_blocks`.
 final class SharedHeapLazyTests: ShmTestCase {
-    let small = SharedHeapConfiguration(pageSize: 4096, sizeClasses: [16, 64, 256], participantCapacity: 4, heldCapacity: 64)
+    let small = SharedHeapConfiguration(
+        pageSize: 4096, sizeClasses: [16, 64, 256], participantCapacity: 4, heldCapacity: 64)
 
     /// A named lazy region of `dataSize` with a heap, the region committing only the heap's initial metadata.
     func makeLazyHeap(
@@ -97,7 +98,8 @@ final class SharedHeapLazyTests: ShmTestCase {
         try other.free(handle)
 
         let full = try SharedRegion.create(
-            name: "full", configuration(dataSize: 1 << 20, metadataSize: SharedHeap.requiredMetadataSize(dataSize: 1 << 20)))
+            name: "full",
+            configuration(dataSize: 1 << 20, metadataSize: SharedHeap.requiredMetadataSize(dataSize: 1 << 20)))
         let fullHeap = try SharedHeap.create(in: full)
         XCTAssertFalse(fullHeap.lazyCommit)
         let fullMeta = try full.mapping.unsafePointer(forOffset: full.geometry.metadataOffset, length: 16)
@@ -131,7 +133,8 @@ final class SharedHeapLazyTests: ShmTestCase {
         XCTAssertThrowsError(try me.allocate(64)) { error in
             let error = error as? SharedHeapError
             XCTAssertEqual(error?.code, .heapFull)
-            XCTAssertTrue(error?.message.contains("could not commit memory for page") == true, "\(String(describing: error))")
+            XCTAssertTrue(
+                error?.message.contains("could not commit memory for page") == true, "\(String(describing: error))")
         }
         let audit = heap.verify()
         XCTAssertTrue(audit.isClean, "\(audit)")

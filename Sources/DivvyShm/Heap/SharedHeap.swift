@@ -203,11 +203,13 @@ public final class SharedHeap: @unchecked Sendable {
     /// time and memory in proportion to the page count, not the data size, and memory in use grows with the
     /// pages in use. A commit that fails (/dev/shm or memory exhausted) is a clean `heapFull` for the allocation
     /// (or `join`) that needed it, never a SIGBUS later. The metadata area is cleared by punching a hole over it
-    /// (`MADV_REMOVE`), not by writing zeros, which would commit it all; this also clears a reused region. No other process may use the metadata area until this returns; the magic number is stored
-    /// last (release), so `attach` either sees a complete heap or refuses.
+    /// (`MADV_REMOVE`), not by writing zeros, which would commit it all; this also clears a reused region.
+    ///
+    /// No other process may use the metadata area until this returns; the magic number is stored last (release),
+    /// so `attach` either sees a complete heap or refuses.
     ///
     /// - Throws: `.invalidConfiguration` for an impossible configuration or a region too small for it (the message
-    ///   gives the sizes needed and available).
+    ///   gives the sizes needed and available); `.heapFull` when a lazy heap cannot commit its initial metadata.
     /// - Complexity: O(pages) (plus zeroing the metadata area; a lazy heap punches a hole instead).
     public static func create(
         in region: SharedRegion, configuration: SharedHeapConfiguration = .init()
@@ -763,8 +765,10 @@ public final class SharedHeap: @unchecked Sendable {
         let g = region.geometry
         let slots = layout.isSpan(page) ? layout.spanMaxSlots : layout.maxSlots
         let first = layout.slotBase(page)
-        return region.commitInPlace(offset: g.metadataOffset + layout.blockWordsOffset + first * 8, length: slots * 8)
-            ?? region.commitInPlace(offset: g.metadataOffset + layout.linksOffset + first * 4, length: slots * 4)
+        let words = g.metadataOffset + layout.blockWordsOffset + first * 8
+        let links = g.metadataOffset + layout.linksOffset + first * 4
+        return region.commitInPlace(offset: words, length: slots * 8)
+            ?? region.commitInPlace(offset: links, length: slots * 4)
             ?? region.commitInPlace(offset: g.dataOffset + layout.pageBase(page), length: layout.pageBytes(page))
     }
 

@@ -15,7 +15,7 @@ import Divvy
 ///
 /// | part | at | size | contents |
 /// |---|---|---|---|
-/// | heap header | 0 | 256 | magic (stored last), version, page sizes, counts, the offsets below, checksum; at 156, in a lazy heap (version 5), the committed-held-lists mask (see `SharedHeap`) |
+/// | heap header | 0 | 256 | magic (stored last), version, page sizes, counts, the offsets below, checksum; 156: lazy heaps' held-list mask |
 /// | class table | 256 | 4 × classes | block size of each size class (multiples of 16; small classes first) |
 /// | participants | `participantsOffset` | 64 × participants | state word, pending-operation word, name |
 /// | page pool | `poolOffset` | `UnsafeLockFreeIndexStack.requiredBytes(smallPageCount)` | free small pages |

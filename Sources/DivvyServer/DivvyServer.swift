@@ -163,7 +163,10 @@ public final class DivvyServer: @unchecked Sendable {
             hugePages: configuration.hugePages, commitment: configuration.commitment,
             prefault: configuration.prefault, ifExists: .fail,
             // The data in an object of its own: mediated clients receive only that descriptor.
-            separateDataObject: true)
+            separateDataObject: true,
+            // Lazy: the heap commits a page's metadata when it claims the page; commit (and admit) only the rest.
+            lazyCommittedMetadataSize: SharedHeap.initialMetadataSize(
+                dataSize: configuration.dataSize, configuration: heapConfiguration))
         let region: SharedRegion
         let ownerLock: SharedRegionOwnerLock?
         do throws(SharedRegionError) {

@@ -30,8 +30,10 @@ import Musl
 /// needed and the space available if they cannot ("region '/divvy-x' needs 1 GiB but /dev/shm has 64 MiB free;
 /// …"). Nothing is left behind when creation fails. `Commitment.lazy` is the explicit opt-in to reservation: only
 /// the header and metadata area are committed, the data area is backed page by page as it is touched, so regions
-/// far larger than memory (64 GiB on a 24 GiB machine) can be created — and touching data when /dev/shm or memory
-/// is exhausted raises SIGBUS. `commit(offset:length:)` commits part of a lazy region later, with the same checks.
+/// far larger than memory (64 GiB on a 24 GiB machine) can be created — and touching an uncommitted page when
+/// /dev/shm or memory is exhausted raises SIGBUS. `commit(offset:length:)` commits part of a lazy region later,
+/// with the same checks; a `SharedHeap` in a lazy region commits each page (and its metadata) when it claims it,
+/// and turns a failure into `heapFull`, so its users never meet that SIGBUS.
 /// Anonymous regions are sealed against shrinking and growing (`F_SEAL_SHRINK | F_SEAL_GROW`, not possible for
 /// hugetlb), so no peer can truncate them under a mapping; a named region can be truncated by anyone allowed to
 /// open it for writing: give it a mode that admits only trusted users.
@@ -76,8 +78,11 @@ public final class SharedRegion: @unchecked Sendable {
         /// with `fallocate`; transparent huge pages by populating the advised mapping (`MADV_POPULATE_WRITE`),
         /// because pages that fallocate allocates without a mapping are never huge under `shmem_enabled=advise`.
         case full
-        /// Lazy reservation: only the header and metadata area are allocated; data pages are allocated when first
-        /// touched. Touching data when the backing store is full raises SIGBUS. Hugetlb regions are still reserved.
+        /// Lazy reservation: only the header and metadata area (or its first `lazyCommittedMetadataSize` bytes)
+        /// are allocated; data pages are allocated when first touched. Touching an uncommitted page when the
+        /// backing store is full raises SIGBUS, so whoever hands pages out commits them first: `SharedHeap` does
+        /// so for every page it claims, and answers `heapFull` when that fails. Hugetlb regions are still
+        /// reserved.
         case lazy
     }
 
@@ -116,6 +121,11 @@ public final class SharedRegion: @unchecked Sendable {
         /// holding only that descriptor cannot reach the header or metadata at all. The region's own object then
         /// commits only the header and metadata. Default false.
         public var separateDataObject: Bool
+        /// With `.lazy`: how many bytes at the start of the metadata area are committed at creation (and counted
+        /// by the admission check); nil, the default, commits the whole metadata area. A heap's creator passes
+        /// `SharedHeap.initialMetadataSize(dataSize:configuration:)`: the heap commits the rest (a page's block
+        /// words, a participant's held list) as it is used. Ignored with `.full`.
+        public var lazyCommittedMetadataSize: Int?
         /// Test hook: the memory budget to check against instead of the host's and the cgroup's now.
         internal var _memoryBudget: MemoryBudget?
 
@@ -124,7 +134,7 @@ public final class SharedRegion: @unchecked Sendable {
             dataSize: Int, metadataSize: Int = 60 << 10, namePrefix: String = "divvy-",
             mode: FilePermissions = [.ownerReadWrite], hugePages: HugePages = .automatic, fallback: Bool = true,
             commitment: Commitment = .full, prefault: Bool = false, ifExists: ExistingName = .fail,
-            separateDataObject: Bool = false
+            separateDataObject: Bool = false, lazyCommittedMetadataSize: Int? = nil
         ) {
             self.dataSize = dataSize
             self.metadataSize = metadataSize
@@ -136,6 +146,7 @@ public final class SharedRegion: @unchecked Sendable {
             self.prefault = prefault
             self.ifExists = ifExists
             self.separateDataObject = separateDataObject
+            self.lazyCommittedMetadataSize = lazyCommittedMetadataSize
         }
     }
 
@@ -238,11 +249,15 @@ public final class SharedRegion: @unchecked Sendable {
         let what = objectName.map { "region '\($0)'" } ?? "anonymous region"
         try validate(configuration, describing: what)
         let (kind, geometry) = try choosePages(configuration, named: objectName != nil, describing: what)
-        // What must be backed now: everything, or (lazy) the header and metadata area. Hugetlb is reserved at mmap.
-        let committed = configuration.commitment == .full ? geometry.totalSize : geometry.dataOffset
+        // What must be backed now: everything, or (lazy) the header and the metadata area, or as much of it as the
+        // configuration asks (a lazy heap commits the rest as it uses it). Hugetlb is reserved at mmap.
+        let committed = configuration.commitment == .full ? geometry.totalSize
+            : configuration.lazyCommittedMetadataSize.map {
+                min(geometry.dataOffset, geometry.metadataOffset + max(0, $0))
+            } ?? geometry.dataOffset
         let separate = configuration.separateDataObject
         // With a separate data object the region's own object backs only the header and metadata.
-        let committedHere = separate ? geometry.dataOffset : committed
+        let committedHere = separate ? min(committed, geometry.dataOffset) : committed
         let hugeTLB = kind == .explicit2MiB || kind == .explicit1GiB
         if !hugeTLB {
             // /dev/shm holds only the region's own object; memory (host and cgroup) has to hold everything
@@ -627,7 +642,9 @@ public final class SharedRegion: @unchecked Sendable {
                 throw SharedRegionError(
                     .invalidConfiguration, "\(what) has no separate data object, but a data descriptor was given")
             }
-            let committed = header.isLazy ? header.geometry.dataOffset : header.geometry.totalSize
+            // A lazy region's metadata may be committed only in part (a lazy heap commits it as it uses it), and
+            // populating would commit it all: prefault only the header then.
+            let committed = header.isLazy ? header.geometry.metadataOffset : header.geometry.totalSize
             try prepare(mapping, kind: header.pageKind, prefaultLength: prefault ? committed : 0, describing: what)
             return SharedRegion(objectName: objectName, fd: fd, dataFD: dataFD, header: header, mapping: mapping)
         } catch {
@@ -787,6 +804,63 @@ public final class SharedRegion: @unchecked Sendable {
         }
         try Self.commitPages(
             fileDescriptor.rawValue, offset: offset, length: length, named: objectName != nil, describing: describing)
+    }
+
+    /// Commits `[offset, offset + length)` (region offsets) for a lazy heap that starts using that part: a page
+    /// it claims (data, block words, links), a participant's held list. fallocate(2) on whichever object holds
+    /// the range (the region's own, or its separate data object); for transparent huge pages MADV_POPULATE_WRITE
+    /// through this mapping instead, so the pages can still be huge (see `create`); nothing for hugetlb pages,
+    /// which are reserved when mapped. Either call allocates the pages or fails with an error (ENOSPC when
+    /// /dev/shm is full, ENOMEM): a page that cannot be backed is reported here, never by a SIGBUS later.
+    ///
+    /// Unlike `commit(offset:length:)` it runs no admission check (it runs whenever a heap claims a page it never
+    /// used; the backing store's own limit is the check) and returns the error instead of throwing. Idempotent:
+    /// committed pages stay as they are. Needs a read-write region.
+    internal func commitInPlace(offset: Int, length: Int) -> Errno? {
+        guard length > 0 else { return nil }
+        switch pageKind {
+        case .explicit2MiB, .explicit1GiB:
+            return nil
+        case .transparent:
+            let start = offset & ~(OSAllocator.pageSize - 1)
+            let end = min(
+                geometry.totalSize, (offset + length + OSAllocator.pageSize - 1) & ~(OSAllocator.pageSize - 1))
+            if case .failure(let error) = systemMadvise(
+                mapping.base + start, length: end - start, advice: RegionFlags.advisePopulateWrite)
+            {
+                return error
+            }
+            return nil
+        case .base:
+            break
+        }
+        var pieces = [(fd: fileDescriptor.rawValue, offset: offset, length: length)]
+        if let dataFileDescriptor, offset + length > geometry.dataOffset {
+            // The part in the data range lives in the data object, at offsets relative to the data area.
+            let before = max(0, geometry.dataOffset - offset)
+            pieces = [(fileDescriptor.rawValue, offset, before),
+                      (dataFileDescriptor.rawValue, offset + before - geometry.dataOffset, length - before)]
+        }
+        for piece in pieces where piece.length > 0 {
+            if case .failure(let error) = systemFallocate(piece.fd, offset: piece.offset, length: piece.length) {
+                return error
+            }
+        }
+        return nil
+    }
+
+    /// Punches a hole over `[offset, offset + length)` (region offsets, page aligned; MADV_REMOVE through this
+    /// mapping): the pages read as zeros afterwards, in every process, and are no longer backed. A lazy heap's
+    /// `create` uses it to clear its metadata area without writing zeros (which would commit it all). Returns
+    /// the error when the kernel refuses (hugetlb, a read-only mapping).
+    internal func removePages(offset: Int, length: Int) -> Errno? {
+        guard length > 0 else { return nil }
+        if case .failure(let error) = systemMadvise(
+            mapping.base + offset, length: length, advice: RegionFlags.adviseRemove)
+        {
+            return error
+        }
+        return nil
     }
 
     /// Bytes of backing store the region uses now (fstat(2) `st_blocks * 512`): its committed and touched pages,

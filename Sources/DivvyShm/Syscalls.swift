@@ -141,4 +141,6 @@ internal enum RegionFlags {
     static let adviseHugePage = divvy_madv_hugepage()
     static let advisePopulateWrite = divvy_madv_populate_write()
     static let advisePopulateRead = divvy_madv_populate_read()
+    /// `MADV_REMOVE`: punch a hole through a shared mapping (the pages read as zeros and are no longer backed).
+    static let adviseRemove = Int32(MADV_REMOVE)
 }

@@ -50,6 +50,18 @@
 //                                      from 0), free random holdings, adopt handles the parent put in slots 16…31
 //                                      (with a stop slot also those in 3…15) and check their pattern (exit 1)
 //
+// Lazy commit (SharedHeapLazyTests):
+//   divvy-shm-helper lazy-fill <name> <prefix> <dataSize> <sizes>
+//                                      create a named lazily committed region of <dataSize> data bytes with a heap
+//                                      (SharedHeap.initialMetadataSize committed), join, and for each size in the
+//                                      comma-separated <sizes> allocate blocks and write every byte of each until
+//                                      heapFull; then free them all, check verify() is clean, allocate and write
+//                                      one block of each size that got any again (the first size must get some).
+//                                      Prints "heapFull size=S blocks=N" per size and
+//                                      "committed=B" (st_blocks of the object) on stdout. Run it with a small tmpfs
+//                                      on /dev/shm (a private mount namespace): it must end with heapFull, never
+//                                      SIGBUS. Exit 1 when any other error happens or no heapFull was seen.
+//
 // Owner lock (SharedRegionTests):
 //   divvy-shm-helper hold-lock <name> <prefix>      take the region's owner lock, print "LOCKED", sleep until killed
 //                                                    (exit 4 when another process holds it)
@@ -108,6 +120,10 @@ if arguments.first == "heap" {
 if arguments.first == "torture" {
     arguments.removeFirst()
     runTortureWorker()
+}
+if arguments.first == "lazy-fill" {
+    arguments.removeFirst()
+    runLazyFill()
 }
 
 do {
@@ -543,5 +559,74 @@ func runTortureWorker() -> Never {
         }
     } catch {
         fail(2, "torture: \(error)")
+    }
+}
+
+// MARK: Lazy commit
+
+/// `lazy-fill`: allocate and write until heapFull in a lazy heap (see the header comment).
+func runLazyFill() -> Never {
+    let (name, prefix, dataSize) = (next(), next(), nextInt())
+    let sizes = next().split(separator: ",").compactMap { Int($0) }
+    func say(_ line: String) { (line + "\n").withCString { _ = write(1, $0, strlen($0)) } }
+    let configuration = SharedHeapConfiguration(heldCapacity: 1 << 16)
+    let region: SharedRegion
+    let heap: SharedHeap
+    do {
+        region = try SharedRegion.create(
+            name: name,
+            .init(
+                dataSize: dataSize,
+                metadataSize: SharedHeap.requiredMetadataSize(dataSize: dataSize, configuration: configuration),
+                namePrefix: prefix, hugePages: .none, commitment: .lazy, ifExists: .replace,
+                lazyCommittedMetadataSize: SharedHeap.initialMetadataSize(
+                    dataSize: dataSize, configuration: configuration)))
+        heap = try SharedHeap.create(in: region, configuration: configuration)
+    } catch {
+        fail(2, "\(error)")
+    }
+    defer { try? region.remove() }
+    do {
+        let me = try heap.join(name: "lazy-fill")
+        var handles: [SharedHeapHandle] = []
+        var served: [Int] = []  // Sizes that got at least one block (their pages stay committed once freed).
+        for size in sizes {
+            var blocks = 0
+            while true {
+                var allocated: SharedHeapHandle?
+                do {
+                    allocated = try me.allocate(size)
+                } catch {
+                    guard error.code == .heapFull else { fail(1, "allocate(\(size)): \(error)") }
+                    say("heapFull size=\(size) blocks=\(blocks) message=\(error.message)")
+                }
+                guard let handle = allocated else { break }
+                // Every byte: a page the heap did not back would raise SIGBUS here.
+                try heap.pointer(for: handle).initializeMemory(
+                    as: UInt8.self, repeating: heapPattern(handle.rawValue), count: heap.blockSize(of: handle))
+                handles.append(handle)
+                blocks += 1
+            }
+            if blocks > 0 { served.append(size) }
+        }
+        guard !handles.isEmpty else { fail(1, "no block could be allocated at all") }
+        say("committed=\(try region.allocatedBytes())")
+        for handle in handles {
+            guard try heapCheck(heap, handle) else { fail(1, "block \(handle) lost its contents") }
+            try me.free(handle)
+        }
+        let report = heap.verify()
+        guard report.isClean else { fail(1, "verify after freeing everything: \(report)") }
+        for size in served {
+            let handle = try me.allocate(size)
+            try heap.pointer(for: handle).initializeMemory(
+                as: UInt8.self, repeating: 1, count: heap.blockSize(of: handle))
+            try me.free(handle)
+        }
+        me.leave()
+        say("done")
+        exit(0)
+    } catch {
+        fail(1, "\(error)")
     }
 }

@@ -16,14 +16,25 @@ final class SharedHeapRecoveryTests: ShmTestCase {
     let smallConfiguration = SharedHeapConfiguration(
         pageSize: 4096, sizeClasses: [16, 64, 256], participantCapacity: 4, heldCapacity: 64)
 
+    /// Make lazy heaps (a lazily committed region: commit on claim, held lists committed at join).
+    var lazyHeaps = false
+
     func makeHeap(
         _ name: String = "heap", dataSize: Int = 16 * 4096, configuration: SharedHeapConfiguration? = nil
     ) throws -> (SharedRegion, SharedHeap) {
         let configuration = configuration ?? smallConfiguration
         let metadata = SharedHeap.requiredMetadataSize(dataSize: dataSize, configuration: configuration)
         let region = try SharedRegion.create(
-            name: name, self.configuration(dataSize: dataSize, metadataSize: (metadata + 4095) / 4096 * 4096))
-        return (region, try SharedHeap.create(in: region, configuration: configuration))
+            name: name, self.configuration(dataSize: dataSize, metadataSize: (metadata + 4095) / 4096 * 4096) {
+                if self.lazyHeaps {
+                    $0.commitment = .lazy
+                    $0.lazyCommittedMetadataSize = SharedHeap.initialMetadataSize(
+                        dataSize: dataSize, configuration: configuration)
+                }
+            })
+        let heap = try SharedHeap.create(in: region, configuration: configuration)
+        XCTAssertEqual(heap.lazyCommit, lazyHeaps)
+        return (region, heap)
     }
 
     func pattern(_ handle: SharedHeapHandle) -> UInt8 { UInt8(truncatingIfNeeded: handle.rawValue % 251) | 1 }
@@ -187,7 +198,7 @@ final class SharedHeapRecoveryTests: ShmTestCase {
     /// A death in each step of a page move between the pool and a participant (the steps of `claimPooledPage`
     /// and `releasePage`, replayed by hand up to the death): recovery puts every page back, exactly once.
     func testDeathDuringPageMoves() throws {
-        for stage in 0..<6 {
+        for stage in 0..<7 {
             let context = "page move, death at stage \(stage)"
             let (_, heap) = try makeHeap("m\(stage)")
             let s = try heap.join(name: "survivor")
@@ -210,6 +221,11 @@ final class SharedHeapRecoveryTests: ShmTestCase {
             case 3:  // Release: recorded, state not yet pooled.
                 let page = heap.claimPooledPage(sizeClass: 1, for: p)!
                 heap.pageInHand(p).store(PageInHand.releasing | UInt64(page), ordering: .relaxed)
+            case 6:  // Claim: popped and recorded, a failed (lazy) commit pushed it back, record not cleared.
+                heap.pageInHand(p).store(PageInHand.claimingNoPage, ordering: .relaxed)
+                let page = heap.pool.pop()!
+                heap.pageInHand(p).store(PageInHand.claiming | UInt64(page), ordering: .relaxed)
+                try heap.pushPooled(Int(page))
             case 4:  // Release: state pooled, not pushed.
                 let page = heap.claimPooledPage(sizeClass: 1, for: p)!
                 heap.pageInHand(p).store(PageInHand.releasing | UInt64(page), ordering: .relaxed)
@@ -237,6 +253,19 @@ final class SharedHeapRecoveryTests: ShmTestCase {
             for page in pages { heap.releasePage(page, for: s.index) }
             XCTAssertTrue(heap.verify().isClean, "\(context): \(heap.verify())")
         }
+    }
+
+    /// The same deaths in lazy heaps: recovery reads only what is committed (the dead participant's held list was
+    /// committed when it joined; its pages when it claimed them), and every audit is clean.
+    func testDeathsInLazyHeap() throws {
+        lazyHeaps = true
+        defer { lazyHeaps = false }
+        for step in 1...4 { try checkDeath("allocate", step) }
+        for step in 1...3 { try checkDeath("adopt", step) }
+        for target in FreeTarget.allCases {
+            for step in 1...5 where target != .ownShared || step != 4 { try checkDeath("free", step, target: target) }
+        }
+        try testDeathDuringPageMoves()
     }
 
     /// A suspect on a page whose owner is alive waits for the owner's collect; verify counts it as on its way.
@@ -330,9 +359,18 @@ final class SharedHeapRecoveryTests: ShmTestCase {
         try runTorture(survivorProcess: true)
     }
 
-    func runTorture(survivorProcess: Bool) throws {
-        let name = survivorProcess ? "testCrashTortureWithLiveSurvivorProcess" : "testCrashTorture"
-        let trials = ProcessInfo.processInfo.environment["DIVVY_TORTURE_TRIALS"].flatMap { Int($0) } ?? 200
+    /// The crash torture in a lazy heap (a quarter of the trials): workers commit pages as they claim them, and
+    /// are killed anywhere, also between a page's commit and its claim.
+    func testCrashTortureInLazyHeap() throws {
+        lazyHeaps = true
+        defer { lazyHeaps = false }
+        try runTorture(survivorProcess: false, name: "testCrashTortureInLazyHeap", share: 4)
+    }
+
+    func runTorture(survivorProcess: Bool, name: String? = nil, share: Int = 1) throws {
+        let name = name ?? (survivorProcess ? "testCrashTortureWithLiveSurvivorProcess" : "testCrashTorture")
+        let trials = max(1, (ProcessInfo.processInfo.environment["DIVVY_TORTURE_TRIALS"].flatMap { Int($0) } ?? 200)
+            / share)
         let seed = ProcessInfo.processInfo.environment["DIVVY_TEST_SEED"].flatMap { UInt64($0) }
             ?? UInt64.random(in: 1...UInt64.max)
         print("SharedHeapRecoveryTests.\(name): \(trials) trials, DIVVY_TEST_SEED=\(seed)")

@@ -1,5 +1,6 @@
 import Atomics
 import Divvy
+import SystemPackage
 
 #if canImport(Glibc)
 import Glibc
@@ -89,6 +90,13 @@ public final class SharedHeap: @unchecked Sendable {
     /// Process-local, one per class: block size, slots per page of its tier, and a division-free way to turn an
     /// offset within a page into a slot (`locate` is on every free's path; a 64-bit division costs 30+ cycles).
     @usableFromInline internal let classInfo: UnsafeMutablePointer<ClassInfo>
+    /// Whether the heap commits its memory as it uses it (formatted in a lazily committed region): a page's data,
+    /// block words and links when it first leaves the pool, a participant slot's held list when it is first
+    /// joined. Recorded in the heap header (layout version `lazyLayoutVersion`), so every process that attaches
+    /// knows.
+    @usableFromInline internal let lazyCommit: Bool
+    /// Test hook: how many of the next lazy commits fail (as if /dev/shm were full), then decremented.
+    internal let _failingCommits = ManagedAtomic<Int>(0)
 
     @usableFromInline
     internal struct ClassInfo {
@@ -110,13 +118,25 @@ public final class SharedHeap: @unchecked Sendable {
 
     /// `"DVHEAP01"`, little endian.
     internal static let magic: UInt64 = 0x3130_5041_4548_5644
+    /// Heap header offset of the committed-held-lists mask (`UInt32`, bit `p` for participant slot `p`): in a lazy
+    /// heap, a slot's held list is backed once its bit is set (set by `join` after committing it, never cleared).
+    /// Readers skip the held lists of other slots, which are holes reading as zeros: reading a hole of a shared
+    /// mapping would allocate it (and could raise SIGBUS when the backing store is full).
+    internal static let heldCommittedOffset = 156
     /// The layout version this code reads and writes. Version 4: participant state words carry the process's
     /// start time beside its pid, and a *leaving* state.
     public static let layoutVersion: UInt32 = 4
+    /// The layout version of a lazy heap (one formatted in a lazily committed region): version 4's layout, whose
+    /// metadata is committed as it is used, plus the committed-held-lists mask at header offset 156 that readers
+    /// must honour. A library that knows only version 4 refuses such a heap instead of reading (and so
+    /// allocating) metadata that is not committed, or joining without committing its held list.
+    public static let lazyLayoutVersion: UInt32 = 5
 
     private init(region: SharedRegion, layout: SharedHeapLayout, meta: UnsafeMutableRawPointer,
-                 data: UnsafeMutableRawPointer, pool: UnsafeLockFreeIndexStack, spanPool: UnsafeLockFreeIndexStack?) {
+                 data: UnsafeMutableRawPointer, pool: UnsafeLockFreeIndexStack, spanPool: UnsafeLockFreeIndexStack?,
+                 lazyCommit: Bool) {
         self.region = region
+        self.lazyCommit = lazyCommit
         self.layout = layout
         self.meta = meta
         self.data = data
@@ -158,13 +178,39 @@ public final class SharedHeap: @unchecked Sendable {
         ).totalBytes
     }
 
+    /// The bytes at the start of the metadata area that a heap in a lazily committed region commits at creation
+    /// (header, class table, participant table, pools, page descriptors: 64 bytes and a pool entry per page, in
+    /// whole OS pages); the rest of `requiredMetadataSize` is committed as pages and participant slots are first
+    /// used. Pass it as the region's `lazyCommittedMetadataSize`, so that the region's admission check counts
+    /// only that.
+    public static func initialMetadataSize(dataSize: Int, configuration: SharedHeapConfiguration = .init()) -> Int {
+        let c = configuration
+        guard requiredMetadataSize(dataSize: dataSize, configuration: c) > 0 else { return 0 }
+        let tiers = c.tiers(dataSize: dataSize)
+        return SharedHeapLayout(
+            pageSize: c.pageSize, smallPageCount: max(1, tiers.smallPages), spanPageSize: c.spanPageSize,
+            spanPageCount: tiers.spanPages, classSizes: tiers.classes, smallClassCount: tiers.smallClasses,
+            participantCapacity: c.participantCapacity, heldCapacity: c.heldCapacity, dataOffset: 0
+        ).initialBytes
+    }
+
     /// Formats a heap in `region`'s metadata area: every page in the pool, every participant slot free, every
-    /// block word zero. No other process may use the metadata area until this returns; the magic number is stored
-    /// last (release), so `attach` either sees a complete heap or refuses.
+    /// block word zero.
+    ///
+    /// In a lazily committed region (`SharedRegion.Commitment.lazy`, not hugetlb) the heap is *lazy*: it commits
+    /// only `initialMetadataSize` now, and the rest as it is used — a page's data, block words and links when the
+    /// page first leaves the pool, a participant slot's held list when it is first joined — so creation takes
+    /// time and memory in proportion to the page count, not the data size, and memory in use grows with the
+    /// pages in use. A commit that fails (/dev/shm or memory exhausted) is a clean `heapFull` for the allocation
+    /// (or `join`) that needed it, never a SIGBUS later. The metadata area is cleared by punching a hole over it
+    /// (`MADV_REMOVE`), not by writing zeros, which would commit it all; this also clears a reused region.
+    ///
+    /// No other process may use the metadata area until this returns; the magic number is stored last (release),
+    /// so `attach` either sees a complete heap or refuses.
     ///
     /// - Throws: `.invalidConfiguration` for an impossible configuration or a region too small for it (the message
-    ///   gives the sizes needed and available).
-    /// - Complexity: O(pages) (plus zeroing the metadata area).
+    ///   gives the sizes needed and available); `.heapFull` when a lazy heap cannot commit its initial metadata.
+    /// - Complexity: O(pages) (plus zeroing the metadata area; a lazy heap punches a hole instead).
     public static func create(
         in region: SharedRegion, configuration: SharedHeapConfiguration = .init()
     ) throws(SharedHeapError) -> SharedHeap {
@@ -226,7 +272,24 @@ public final class SharedHeap: @unchecked Sendable {
         // Not yet visible to anyone: the magic is still zero (or whatever it was: clear it first).
         UnsafeAtomic<UInt64>(at: meta.assumingMemoryBound(to: UnsafeAtomic<UInt64>.Storage.self))
             .store(0, ordering: .relaxed)
-        (meta + 8).initializeMemory(as: UInt8.self, repeating: 0, count: layout.totalBytes - 8)
+        let lazy = region.header.isLazy && region.pageKind != .explicit2MiB && region.pageKind != .explicit1GiB
+        if lazy {
+            // Zeros without writing them: a hole over the whole metadata area (a fresh object is all hole already;
+            // a reused one loses its old contents and backing), then commit only the part used from the start.
+            let area = SharedHeapLayout.roundUp(layout.totalBytes, OSAllocator.pageSize)
+            if let error = region.removePages(offset: geometry.metadataOffset, length: area) {
+                throw invalid("could not clear the metadata area of \(region.describing) (MADV_REMOVE of "
+                    + "\(area) bytes failed: \(error))")
+            }
+            if let error = region.commitInPlace(offset: geometry.metadataOffset, length: layout.initialBytes) {
+                throw SharedHeapError(
+                    .heapFull, "could not commit the heap's first \(layout.initialBytes) bytes of metadata (page "
+                        + "descriptors and tables) in \(region.describing): \(error); free memory or /dev/shm "
+                        + "space, or create a smaller heap")
+            }
+        } else {
+            (meta + 8).initializeMemory(as: UInt8.self, repeating: 0, count: layout.totalBytes - 8)
+        }
         for (index, size) in layout.classSizes.enumerated() {
             (meta + layout.classTableOffset + 4 * index).storeBytes(of: UInt32(size), as: UInt32.self)
         }
@@ -242,11 +305,12 @@ public final class SharedHeap: @unchecked Sendable {
             (meta + layout.participantsOffset + p * SharedHeapLayout.participantStride)
                 .storeBytes(of: unlimitedPages, toByteOffset: 56, as: UInt32.self)
         }
-        writeHeader(layout, at: meta)
+        writeHeader(layout, version: lazy ? lazyLayoutVersion : layoutVersion, at: meta)
         // Ordering: releasing; pairs with the acquiring load in `attach`: whoever sees the magic sees everything.
         UnsafeAtomic<UInt64>(at: meta.assumingMemoryBound(to: UnsafeAtomic<UInt64>.Storage.self))
             .store(magic, ordering: .releasing)
-        return SharedHeap(region: region, layout: layout, meta: meta, data: data, pool: pool, spanPool: spanPool)
+        return SharedHeap(
+            region: region, layout: layout, meta: meta, data: data, pool: pool, spanPool: spanPool, lazyCommit: lazy)
     }
 
     /// Attaches to the heap `create(in:configuration:)` formatted in `region` (possibly in another process).
@@ -269,8 +333,9 @@ public final class SharedHeap: @unchecked Sendable {
                 + "0x\(String(magic, radix: 16))); create one with SharedHeap.create(in:)")
         }
         let version = meta.load(fromByteOffset: 8, as: UInt32.self)
-        guard version == layoutVersion else {
-            throw corrupt("heap layout version \(version); this library reads version \(layoutVersion)")
+        guard version == layoutVersion || version == lazyLayoutVersion else {
+            throw corrupt("heap layout version \(version); this library reads versions \(layoutVersion) and "
+                + "\(lazyLayoutVersion) (lazy)")
         }
         guard let layout = readHeader(at: meta, limit: geometry.metadataSize) else {
             throw corrupt("the heap header's fields are impossible")
@@ -301,11 +366,13 @@ public final class SharedHeap: @unchecked Sendable {
                 throw corrupt("the span page pool's capacity is wrong")
             }
         }
-        return SharedHeap(region: region, layout: layout, meta: meta, data: data, pool: pool, spanPool: spanPool)
+        let lazy = version == lazyLayoutVersion
+        return SharedHeap(
+            region: region, layout: layout, meta: meta, data: data, pool: pool, spanPool: spanPool, lazyCommit: lazy)
     }
 
-    private static func writeHeader(_ layout: SharedHeapLayout, at meta: UnsafeMutableRawPointer) {
-        meta.storeBytes(of: layoutVersion, toByteOffset: 8, as: UInt32.self)
+    private static func writeHeader(_ layout: SharedHeapLayout, version: UInt32, at meta: UnsafeMutableRawPointer) {
+        meta.storeBytes(of: version, toByteOffset: 8, as: UInt32.self)
         meta.storeBytes(of: UInt32(layout.pageSize), toByteOffset: 12, as: UInt32.self)
         meta.storeBytes(of: UInt32(layout.smallPageCount), toByteOffset: 16, as: UInt32.self)
         meta.storeBytes(of: UInt32(layout.classSizes.count), toByteOffset: 20, as: UInt32.self)
@@ -510,7 +577,9 @@ public final class SharedHeap: @unchecked Sendable {
         let pageWord = pageState(page).load(ordering: .acquiring)
         // A handle from an earlier use of the page (another epoch, maybe another class) is stale, whatever its
         // offset means under the page's current class.
-        guard !checkEpoch || PageWord.epoch(pageWord) == handle.generation >> 16 else {
+        // Epoch 0 is a page that never left the pool (no handle has it; in a lazy heap its metadata is a hole that
+        // must not be read): stale too.
+        guard !checkEpoch || (PageWord.epoch(pageWord) == handle.generation >> 16 && handle.generation > 0xFFFF) else {
             throw staleEpochError(handle, page: page, pageWord: pageWord)
         }
         let sizeClass = min(PageWord.sizeClass(pageWord), layout.classSizes.count - 1)
@@ -587,6 +656,10 @@ public final class SharedHeap: @unchecked Sendable {
         }
         let probe = SharedHeapHandle(rawValue: UInt64(offset / 16) | (1 << 32))
         let location = try locate(probe, checkEpoch: false)
+        guard PageWord.epoch(pageState(location.page).load(ordering: .relaxed)) != 0 else {
+            // A page never handed out (in a lazy heap its block words are not even backed).
+            throw SharedHeapError(.staleHandle, "no allocated block at data offset \(offset)")
+        }
         let word = blockWord(location.page, location.slot).load(ordering: .acquiring)
         guard BlockWord.state(word) == BlockWord.allocated else {
             throw SharedHeapError(.staleHandle, "no allocated block at data offset \(offset)")
@@ -612,7 +685,8 @@ public final class SharedHeap: @unchecked Sendable {
     /// Only a *free* slot is taken: never one whose participant awaits recovery (alive with its process gone, or
     /// dead) nor one that is *leaving* (see `Participant.leave(releasingSlot:)`).
     ///
-    /// - Throws: `.participantTableFull` when every slot is taken; `.invalidConfiguration` for a read-only region.
+    /// - Throws: `.participantTableFull` when every slot is taken; `.invalidConfiguration` for a read-only region;
+    ///   `.heapFull` when a lazy heap cannot commit the held list of any free slot (the backing store is full).
     public func join(name: String) throws(SharedHeapError) -> Participant {
         guard region.access == .readWrite else {
             throw SharedHeapError(
@@ -623,7 +697,18 @@ public final class SharedHeap: @unchecked Sendable {
         let pid = getpid()
         let me = ParticipantWord.make(
             state: ParticipantWord.alive, pid: pid, startTime: ProcessIdentity.startTime(of: pid) ?? 0)
+        var commitFailure: SharedHeapError?
         for p in 0..<layout.participantCapacity {
+            // A lazy heap backs a slot's held list before the slot is first taken (idempotent, so a commit for a
+            // slot someone else takes first is no harm); a slot whose list cannot be backed is passed over.
+            if lazyCommit, ParticipantWord.state(participantState(p).load(ordering: .relaxed)) == ParticipantWord.free,
+                !heldListIsCommitted(p)
+            {
+                do throws(SharedHeapError) { try commitHeldList(p) } catch {
+                    commitFailure = error
+                    continue
+                }
+            }
             // Ordering: acquiring on success, so that everything the previous occupant of the slot wrote (its
             // emptied held list, cleared pending word) before freeing the slot with a releasing store is visible.
             let (claimed, _) = participantState(p).compareExchange(
@@ -641,9 +726,50 @@ public final class SharedHeap: @unchecked Sendable {
                 return Participant(heap: self, index: p)
             }
         }
+        if let commitFailure { throw commitFailure }
         throw SharedHeapError(
             .participantTableFull, "all \(layout.participantCapacity) participant slots are taken; leave() unused "
                 + "participants")
+    }
+
+    /// Whether participant slot `p`'s held list is backed: always in a fully committed heap; in a lazy heap once
+    /// the slot was first joined. Readers skip a held list that is not (it is a hole: all zeros).
+    internal func heldListIsCommitted(_ p: Int) -> Bool {
+        // Ordering: acquiring, pairs with the releasing bit set in `commitHeldList`.
+        !lazyCommit || word32(Self.heldCommittedOffset).load(ordering: .acquiring) & (UInt32(1) << UInt32(p)) != 0
+    }
+
+    /// Lazy heaps: commits participant slot `p`'s held list, then records it in the header's mask.
+    internal func commitHeldList(_ p: Int) throws(SharedHeapError) {
+        let bytes = layout.heldCapacity * 8
+        let offset = region.geometry.metadataOffset + layout.heldOffset + p * bytes
+        if let error = lazyCommitFailure() ?? region.commitInPlace(offset: offset, length: bytes) {
+            throw SharedHeapError(
+                .heapFull, "could not commit the \(bytes)-byte held list of participant slot \(p) in "
+                    + "\(region.describing) (\(error)): the backing store (/dev/shm, or memory) is full; free "
+                    + "blocks or memory, then join again")
+        }
+        // Ordering: releasing, pairs with the acquiring load in `heldListIsCommitted`.
+        word32(Self.heldCommittedOffset).loadThenBitwiseOr(with: UInt32(1) << UInt32(p), ordering: .releasing)
+    }
+
+    /// The test hook's injected failure (ENOSPC), when one is due.
+    internal func lazyCommitFailure() -> Errno? {
+        guard _failingCommits.load(ordering: .relaxed) > 0 else { return nil }
+        return _failingCommits.loadThenWrappingDecrement(ordering: .relaxed) > 0 ? .noSpace : nil
+    }
+
+    /// Lazy heaps: commits a page's data, block words and links (idempotent); nil when done, else the error.
+    internal func commitPage(_ page: Int) -> Errno? {
+        if let injected = lazyCommitFailure() { return injected }
+        let g = region.geometry
+        let slots = layout.isSpan(page) ? layout.spanMaxSlots : layout.maxSlots
+        let first = layout.slotBase(page)
+        let words = g.metadataOffset + layout.blockWordsOffset + first * 8
+        let links = g.metadataOffset + layout.linksOffset + first * 4
+        return region.commitInPlace(offset: words, length: slots * 8)
+            ?? region.commitInPlace(offset: links, length: slots * 4)
+            ?? region.commitInPlace(offset: g.dataOffset + layout.pageBase(page), length: layout.pageBytes(page))
     }
 
     /// How many participant slots are free now (a `join` would find one), out of `participantCapacity`.
@@ -699,7 +825,20 @@ public final class SharedHeap: @unchecked Sendable {
     /// compare-and-exchange of its state word (pooled → owned), initializes the owner-only fields and only then
     /// clears the record. Recovery finds a page popped or half-initialized by a dead `p` in that word and puts it
     /// back. A popped page whose state is no longer pooled is a stale hint (see `releasePage`) and is dropped.
+    ///
+    /// In a lazy heap, a page that never left the pool before (epoch 0) is committed — data, block words, links —
+    /// after it is popped and before it is claimed: the claim (which makes the epoch non-zero) then proves the page
+    /// backed, so later claims skip the commit. A commit that fails (/dev/shm or memory full) pushes the page back
+    /// while it is still pooled — the state popped-not-claimed that the page-in-hand record already covers:
+    /// recovery of a death before the push finds the page pooled and unlisted and pushes it, after the push finds
+    /// it listed — and returns nil with the reason in `commitFailure`; the allocation then ends in `heapFull`.
     internal func claimPooledPage(sizeClass: Int, for p: Int) -> Int? {
+        var ignored: SharedHeapError?
+        return claimPooledPage(sizeClass: sizeClass, for: p, commitFailure: &ignored)
+    }
+
+    /// `claimPooledPage(sizeClass:for:)`, reporting a failed lazy commit in `commitFailure`.
+    internal func claimPooledPage(sizeClass: Int, for p: Int, commitFailure: inout SharedHeapError?) -> Int? {
         // Ordering: relaxed, for the page-in-hand word throughout: it is read only by a recoverer after `p`
         // died (its death orders everything before it).
         pageInHand(p).store(PageInHand.claimingNoPage, ordering: .relaxed)
@@ -711,6 +850,14 @@ public final class SharedHeap: @unchecked Sendable {
             pageInHand(p).store(PageInHand.claiming | UInt64(page), ordering: .relaxed)
             var old = pageState(page).load(ordering: .acquiring)
             guard PageWord.kind(old) == PageWord.pooled else { continue }  // A stale hint: someone owns it.
+            if lazyCommit, PageWord.epoch(old) == 0, let error = commitPage(page) {
+                try? pushPooled(page)  // Still pooled; .doubleFree cannot happen: we popped it.
+                commitFailure = SharedHeapError(
+                    .heapFull, "the heap could not commit memory for page \(page) (\(layout.pageBytes(page)) bytes "
+                        + "and its metadata) in \(region.describing): \(error); the backing store (/dev/shm, or "
+                        + "memory) is full: free blocks or memory")
+                return nil
+            }
             var epoch = (PageWord.epoch(old) &+ 1) & 0xFFFF
             if epoch == 0 { epoch = 1 }
             // Ordering: acquiring and releasing: we see the last owner's fields; readers that acquire the state

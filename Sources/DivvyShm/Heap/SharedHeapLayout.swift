@@ -15,7 +15,7 @@ import Divvy
 ///
 /// | part | at | size | contents |
 /// |---|---|---|---|
-/// | heap header | 0 | 256 | magic (stored last), version, page sizes, counts, the offsets below, checksum |
+/// | heap header | 0 | 256 | magic (stored last), version, page sizes, counts, the offsets below, checksum; 156: lazy heaps' held-list mask |
 /// | class table | 256 | 4 × classes | block size of each size class (multiples of 16; small classes first) |
 /// | participants | `participantsOffset` | 64 × participants | state word, pending-operation word, name |
 /// | page pool | `poolOffset` | `UnsafeLockFreeIndexStack.requiredBytes(smallPageCount)` | free small pages |
@@ -208,6 +208,14 @@ internal struct SharedHeapLayout: Hashable, Sendable {
         linksOffset = Self.roundUp(blockWordsOffset + 8 * totalSlots, 64)
         heldOffset = Self.roundUp(linksOffset + 4 * totalSlots, 64)
         totalBytes = Self.roundUp(heldOffset + 8 * participantCapacity * heldCapacity, 64)
+    }
+
+    /// Metadata bytes a lazy heap commits at creation: everything before the block words (header, class table,
+    /// participants, pools, page descriptors), in whole OS pages. The rest is committed as it is used: a page's
+    /// block words and links when the page first leaves the pool, a participant slot's held list when it is first
+    /// joined.
+    var initialBytes: Int {
+        min(Self.roundUp(blockWordsOffset, OSAllocator.pageSize), Self.roundUp(totalBytes, OSAllocator.pageSize))
     }
 
     /// Is `page` a span page?

@@ -219,7 +219,9 @@ extension SharedHeap {
             // A new page: from the pool, else an orphan of the class (which may turn out full: it stays ours, its
             // blocks come back to us as they are freed, and we look further).
             try checkPageAllowance(sizeClass)
-            if let page = heap.claimPooledPage(sizeClass: sizeClass, for: index) {
+            // A lazy heap's failed commit of a fresh page (the backing store is full): the reason for heapFull.
+            var commitFailure: SharedHeapError?
+            if let page = heap.claimPooledPage(sizeClass: sizeClass, for: index, commitFailure: &commitFailure) {
                 return takeFirstSlot(of: page, sizeClass)
             }
             while let orphan = heap.adoptOrphanPage(sizeClass: sizeClass, for: index) {
@@ -236,9 +238,10 @@ extension SharedHeap {
             // And orphan pages of other classes whose blocks have all been freed.
             _ = heap.reclaimOrphanPages(except: sizeClass, for: index)
             try checkPageAllowance(sizeClass)
-            if let page = heap.claimPooledPage(sizeClass: sizeClass, for: index) {
+            if let page = heap.claimPooledPage(sizeClass: sizeClass, for: index, commitFailure: &commitFailure) {
                 return takeFirstSlot(of: page, sizeClass)
             }
+            if let commitFailure { throw commitFailure }
             throw SharedHeapError(
                 .heapFull, "the heap is full: no free \(heap.layout.classSizes[sizeClass])-byte block and no "
                     + "free page among \(tierDescription(sizeClass))")

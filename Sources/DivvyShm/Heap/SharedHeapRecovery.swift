@@ -194,7 +194,8 @@ extension SharedHeap {
         // Step 3: holdings (the held list, and the pending handle: an allocate or adopt that committed before
         // writing its held-list entry).
         var handles: [UInt64] = []
-        for index in 0..<layout.heldCapacity {
+        let heldEntries = heldListIsCommitted(p) ? layout.heldCapacity : 0  // (Lazy: a slot never joined: none.)
+        for index in 0..<heldEntries {
             let raw = held(p, index).load(ordering: .acquiring)
             if raw != 0 { handles.append(raw) }
         }
@@ -246,7 +247,7 @@ extension SharedHeap {
         }
 
         // Step 5: the slot.
-        for index in 0..<layout.heldCapacity where held(p, index).load(ordering: .relaxed) != 0 {
+        for index in 0..<heldEntries where held(p, index).load(ordering: .relaxed) != 0 {
             held(p, index).store(0, ordering: .relaxed)
         }
         pending(p).store(0, ordering: .relaxed)

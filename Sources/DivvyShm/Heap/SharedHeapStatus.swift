@@ -138,7 +138,11 @@ extension SharedHeap {
         default: .free
         }
         var heldCount = 0
-        for index in 0..<layout.heldCapacity where held(p, index).load(ordering: .relaxed) != 0 { heldCount += 1 }
+        // (A lazy heap's slot never joined has no backed held list: nothing to count, and reading would back it.)
+        for index in 0..<(heldListIsCommitted(p) ? layout.heldCapacity : 0)
+        where held(p, index).load(ordering: .relaxed) != 0 {
+            heldCount += 1
+        }
         let allowance = pageAllowance(p).load(ordering: .relaxed)
         return SharedHeapParticipantStatus(
             index: p, state: state, pid: ParticipantWord.pid(word), processStartTime: ParticipantWord.startTime(word),

@@ -91,7 +91,8 @@ extension SharedHeap {
                 violation("participant \(p) is in the middle of an operation on "
                     + "\(SharedHeapHandle(rawValue: pending(p).load(ordering: .acquiring)))")
             }
-            for index in 0..<l.heldCapacity {
+            // A lazy heap's slot never joined has no backed held list (a hole: zeros); reading would back it.
+            for index in 0..<(heldListIsCommitted(p) ? l.heldCapacity : 0) {
                 let raw = held(p, index).load(ordering: .acquiring)
                 guard raw != 0 else { continue }
                 if state == ParticipantWord.free || state == ParticipantWord.leaving {

@@ -1,0 +1,56 @@
+import DivvyClient
+import DivvyProtocol
+import DivvyShm
+import DivvyTestSupport
+import Foundation
+import XCTest
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `divvyd --set commit=lazy` with a data area far larger than what it commits: the real executable starts, serves
+/// mediated and direct clients (whose page claims commit the pages they get), and has committed little.
+final class LazyDaemonTests: XCTestCase {
+    func testALazyDaemonWithA16GiBDataAreaServesAndCommitsLittle() throws {
+        let name = "test-lazy-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        // (--set overrides the small --data-size and --page-size the test daemon is given.)
+        let daemon = try DaemonProcessTests.Daemon(
+            ["--region-name", name, "--set", "data-size=16G", "--set", "page-size=64K", "--set", "commit=lazy"])
+        let object = "/dev/shm/divvy-\(name)"
+        func committed() throws -> Int {
+            var info = stat()
+            guard stat(object, &info) == 0 else { throw NSError(domain: "stat \(object) failed", code: Int(errno)) }
+            return Int(info.st_blocks) * 512
+        }
+        var configuration = SharedHeapConfiguration(pageSize: 64 << 10)
+        configuration.heldCapacity = 65536
+        let metadata = SharedHeap.requiredMetadataSize(dataSize: 16 << 30, configuration: configuration)
+        let initial = SharedHeap.initialMetadataSize(dataSize: 16 << 30, configuration: configuration)
+        XCTAssertGreaterThan(metadata, 8 << 30, "the v1 layout reserves gigabytes of metadata for 16 GiB")
+        let atStart = try committed()
+        // The header, tables and page descriptors, and the daemon participant's held list: tens of MiB, not 9 GiB.
+        XCTAssertLessThanOrEqual(atStart, initial + 4096 + 65536 * 8 + 4096, "committed at start")
+
+        for mode in [ClientMode.mediated, .direct] {
+            let client = try DivvyClient(.init(socketPath: daemon.socketPath, name: "lazy-\(mode)", mode: mode))
+            var handles: [SharedHandle] = []
+            for size in [64, 4096, 100_000] {
+                let (handle, blockSize) = try client.allocateHandle(size)
+                let pointer = try client.pointer(for: handle)
+                pointer.initializeMemory(as: UInt8.self, repeating: 0x5A, count: blockSize)
+                XCTAssertEqual(pointer.load(fromByteOffset: blockSize - 1, as: UInt8.self), 0x5A)
+                handles.append(handle)
+            }
+            for handle in handles { try client.free(handle) }
+            client.close()
+        }
+        let afterUse = try committed()
+        XCTAssertGreaterThan(afterUse, atStart, "claimed pages committed their metadata")
+        XCTAssertLessThan(afterUse, atStart + (16 << 20), "a few pages' metadata more, no more")
+        let (verify, _) = try daemon.quiescentAudit(expectedClients: 0)
+        XCTAssertEqual(verify["clean"] as? Bool, true, "\(verify)")
+        daemon.process.signal(SIGTERM)
+        XCTAssertEqual(daemon.process.wait(timeout: 20)?.status, 0, daemon.process.standardError)
+    }
+}

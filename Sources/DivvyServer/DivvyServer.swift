@@ -116,6 +116,12 @@ public final class DivvyServer: @unchecked Sendable {
     var refusals = BurstLogLimiter()
     var handshakeTimeouts = BurstLogLimiter()
     var protocolErrors = BurstLogLimiter()
+    /// Per-client block and large-block limits for mediated clients (`FairShare`).
+    let fairShare: FairShare
+    /// Watches the data object for punched holes while the region is fully committed (`HoleRepair`); nil otherwise.
+    var holeRepair: HoleRepair?
+    /// Whether the last hole repair failed (its error is logged once until a repair succeeds).
+    var holeRepairFailing = false
 
     static let listenerToken: UInt64 = 0
 
@@ -205,6 +211,15 @@ public final class DivvyServer: @unchecked Sendable {
         do throws(SharedHeapError) {
             heap = try SharedHeap.create(in: region, configuration: heapConfiguration)
             classSizes = heap.sizeClasses
+            let spanTierBytes = heap.spanPageCount * heap.spanPageSize
+            fairShare = FairShare(
+                maxBlocksPerClient: configuration.effectiveMaxBlocksPerClient,
+                heldCapacity: configuration.heldCapacity,
+                largestSmallBlock: heap.spanPageCount == 0 ? heap.largestBlockSize : heap.largestSmallBlockSize,
+                largeQuotaBytes: configuration.effectiveLargeQuotaBytes(
+                    spanTierBytes: spanTierBytes, spanPageSize: heap.spanPageSize),
+                spanTierBytes: spanTierBytes)
+            holeRepair = configuration.commitment == .full ? HoleRepair(region: region) : nil
         } catch {
             abandonRegion()
             throw ServerError(.invalidConfiguration, "could not format the heap: \(error)")
@@ -723,6 +738,9 @@ public final class DivvyServer: @unchecked Sendable {
         init(_ error: SharedHeapError) {
             self.init(ErrorCode(error.code), error.message)
         }
+        init(_ refusal: FairShare.Refusal) {
+            self.init(.quotaExceeded, refusal.message)
+        }
     }
 
     private func serve(_ message: Message, for session: Session) throws(ServiceError) -> Message {
@@ -920,6 +938,7 @@ public final class DivvyServer: @unchecked Sendable {
         }
         session.blocksHeld += 1
         session.bytesHeld += blockSize
+        if fairShare.isLarge(blockSize) { session.largeBytesHeld += blockSize }
     }
 
     /// Drops one mediated holding of `raw` at the heap level: an extra holding just goes; the last one is the
@@ -940,12 +959,13 @@ public final class DivvyServer: @unchecked Sendable {
 
     private func allocate(_ session: Session, size: UInt64) throws(ServiceError) -> (UInt64, Int) {
         let blockSize = try classSize(for: size)
+        try checkFairShare(session, adding: 1, of: blockSize)
         try checkQuota(session, adding: blockSize)
         let handle: SharedHeapHandle
         do throws(SharedHeapError) {
             handle = try daemonAllocate(Int(size))
         } catch {
-            throw ServiceError(error)
+            throw explainAllocationFailure(error, blockSize: blockSize)
         }
         record(session, handle.rawValue, blockSize)
         metrics.count(.allocation)
@@ -954,6 +974,7 @@ public final class DivvyServer: @unchecked Sendable {
 
     private func allocateBatch(_ session: Session, size: UInt64, count: Int) throws(ServiceError) -> Message {
         let blockSize = try classSize(for: size)
+        try checkFairShare(session, adding: count, of: blockSize)
         try checkQuota(session, adding: blockSize * count)
         var handles: [UInt64] = []
         handles.reserveCapacity(count)
@@ -963,7 +984,7 @@ public final class DivvyServer: @unchecked Sendable {
             } catch {
                 // All or nothing: give back what this batch took.
                 for handle in handles { _ = try? daemonParticipant.free(SharedHeapHandle(rawValue: handle)) }
-                throw ServiceError(error)
+                throw explainAllocationFailure(error, blockSize: blockSize)
             }
         }
         // Fresh handles cannot be in the table yet. The table is moved out of the session for the loop, so it is
@@ -975,6 +996,7 @@ public final class DivvyServer: @unchecked Sendable {
         session.holdings = holdings
         session.blocksHeld += count
         session.bytesHeld += blockSize * count
+        if fairShare.isLarge(blockSize) { session.largeBytesHeld += blockSize * count }
         metrics.count(.allocation, by: count)
         return .allocatedBatch(blockSize: UInt64(blockSize), handles: handles)
     }
@@ -1004,6 +1026,7 @@ public final class DivvyServer: @unchecked Sendable {
         }
         session.blocksHeld -= 1
         session.bytesHeld -= Int(holding.blockSize)
+        if fairShare.isLarge(Int(holding.blockSize)) { session.largeBytesHeld -= Int(holding.blockSize) }
         return released
     }
 
@@ -1050,6 +1073,7 @@ public final class DivvyServer: @unchecked Sendable {
                 .alreadyHolder, "this client already holds \(handle); a client holds a block once: free it "
                     + "before adopting it again")
         }
+        try checkFairShare(session, adding: 1, of: blockSize)
         try checkQuota(session, adding: blockSize)
         if daemonHolds(handle) {
             extraMediatedHoldings[raw, default: 0] += 1
@@ -1230,6 +1254,7 @@ public final class DivvyServer: @unchecked Sendable {
         }
         // Frees other processes made into the daemon's pages.
         participant?.collectRemoteFrees()
+        repairHoles()
     }
 
     // MARK: Admin

@@ -48,6 +48,27 @@ public struct ServerConfiguration: Hashable, Sendable {
 
     /// The quota in force: `quotaBytes`, or a quarter of the data area.
     public var effectiveQuotaBytes: Int { quotaBytes ?? max(1, dataSize / 4) }
+    /// Blocks one mediated client may hold through the daemon at once (`max-blocks-per-client`); nil (the default):
+    /// `heldCapacity / 16` (`effectiveMaxBlocksPerClient`). Every mediated block is held by the daemon's own heap
+    /// participant, whose held list (`heldCapacity`) all mediated clients share: without this limit one client
+    /// allocating tiny blocks fills it and every other mediated client gets `heapFull`.
+    public var maxBlocksPerClient: Int?
+    /// The block limit in force: `maxBlocksPerClient`, or `heldCapacity / 16` (at least 1): 4,096 with the default
+    /// held capacity — what one direct participant may hold by default (`SharedHeapConfiguration.heldCapacity`),
+    /// and at most 1/16 of the shared list, so one client leaves 15/16 of it to the others.
+    public var effectiveMaxBlocksPerClient: Int { maxBlocksPerClient ?? max(1, heldCapacity / 16) }
+    /// Bytes of large blocks (those served from the span tier: above `pageSize / 8`) one mediated client may hold
+    /// (`large-quota`), on top of `quotaBytes`; nil (the default): a quarter of the span tier, at least one span page
+    /// (`effectiveLargeQuotaBytes(spanTierBytes:spanPageSize:)`). The span tier is a quarter of the data area, the
+    /// same as the default quota: without this limit one client takes every large block.
+    public var largeQuotaBytes: Int?
+
+    /// The large-block limit in force for a span tier of `spanTierBytes` in pages of `spanPageSize`: `largeQuotaBytes`,
+    /// or a quarter of the tier (the same share of the tier as the default quota is of the data area), but at least
+    /// one span page so the largest class stays allocatable.
+    public func effectiveLargeQuotaBytes(spanTierBytes: Int, spanPageSize: Int) -> Int {
+        largeQuotaBytes ?? max(spanPageSize, spanTierBytes / 4)
+    }
     /// Connected clients at most (more are refused with `tooManyClients`). Default 1024.
     public var maxClients: Int
     /// Connections beyond `maxClients` that only admin peers may use, so `divvyctl` works when ordinary peers
@@ -88,6 +109,8 @@ public struct ServerConfiguration: Hashable, Sendable {
         prefault = false
         policy = AccessPolicy()
         quotaBytes = nil
+        maxBlocksPerClient = nil
+        largeQuotaBytes = nil
         maxClients = 1024
         reservedAdminConnections = 4
         maxConnectionsPerUID = nil
@@ -114,7 +137,7 @@ public struct ServerConfiguration: Hashable, Sendable {
         "held-capacity", "participant-capacity", "huge-pages", "commit", "prefault", "allow-uids", "allow-gids",
         "direct-uids", "direct-gids", "admin-uids", "admin-gids", "quota", "max-clients", "initial-lease-pages",
         "shutdown-grace-ms", "metrics-listen", "log-level", "reserved-admin-connections", "max-connections-per-uid",
-        "handshake-timeout-ms",
+        "handshake-timeout-ms", "max-blocks-per-client", "large-quota",
     ]
 
     /// Applies a config file's text: one `key = value` per line, `#` comments, blank lines ignored. Keys are
@@ -182,6 +205,10 @@ public struct ServerConfiguration: Hashable, Sendable {
         case "admin-uids": policy.adminUIDs = try Self.ids(value, key)
         case "admin-gids": policy.adminGIDs = try Self.ids(value, key)
         case "quota": quotaBytes = value == "default" ? nil : try Self.size(value, key)
+        case "max-blocks-per-client":
+            maxBlocksPerClient = value == "auto" || value == "default" ? nil : try Self.count(value, key)
+        case "large-quota":
+            largeQuotaBytes = value == "auto" || value == "default" ? nil : try Self.size(value, key)
         case "max-clients": maxClients = try Self.count(value, key)
         case "reserved-admin-connections": reservedAdminConnections = try Self.count(value, key)
         case "max-connections-per-uid":
@@ -225,6 +252,19 @@ public struct ServerConfiguration: Hashable, Sendable {
             throw ParseError("handshake-timeout-ms must be positive (a connection that never says hello holds a slot)")
         }
         guard heldCapacity > 0 else { throw ParseError("held-capacity must be positive") }
+        if let maxBlocksPerClient {
+            guard maxBlocksPerClient > 0 else {
+                throw ParseError("max-blocks-per-client must be positive (or auto: held-capacity / 16)")
+            }
+            guard maxBlocksPerClient < heldCapacity || heldCapacity == 1 else {
+                throw ParseError(
+                    "max-blocks-per-client (\(maxBlocksPerClient)) must be below held-capacity (\(heldCapacity)): "
+                        + "all mediated clients share the held list, so one client could otherwise fill it")
+            }
+        }
+        if let largeQuotaBytes, largeQuotaBytes <= 0 {
+            throw ParseError("large-quota must be positive (or auto: a quarter of the large-block tier)")
+        }
         guard participantCapacity >= 2, participantCapacity <= 30 else {
             throw ParseError(
                 "participant-capacity must be 2…30 (the daemon takes one slot), not \(participantCapacity)")
@@ -258,6 +298,8 @@ public struct ServerConfiguration: Hashable, Sendable {
             ("reserved-admin-connections", String(reservedAdminConnections)),
             ("max-connections-per-uid", maxConnectionsPerUID.map(String.init) ?? "auto"),
             ("handshake-timeout-ms", String(handshakeTimeoutMilliseconds)),
+            ("max-blocks-per-client", maxBlocksPerClient.map(String.init) ?? "auto"),
+            ("large-quota", largeQuotaBytes.map(String.init) ?? "auto"),
         ]
     }
 

@@ -18,6 +18,10 @@ public struct ServerCounters: Hashable, Sendable {
     public var leases = 0
     /// Participants recovered after a client's death or disconnect.
     public var recoveries = 0
+    /// Times holes punched in the data object were found and re-committed (`HoleRepair`).
+    public var holesRepaired = 0
+    /// Bytes of backing store those repairs re-committed.
+    public var bytesRecommitted = 0
     /// Error replies, by error code name.
     public var errors: [String: Int] = [:]
     /// Clients connected now (set when published).

@@ -22,6 +22,8 @@ final class ServerMetrics {
     /// What the daemon counts.
     enum Event {
         case connection, refusedConnection, disconnection, allocation, free, adoption, lease, recovery
+        /// Holes punched in the data object were re-committed (`HoleRepair`); `bytesRecommitted` counts the bytes.
+        case holeRepair, bytesRecommitted
     }
 
     private let allocations: CoreMetrics.Counter
@@ -31,6 +33,8 @@ final class ServerMetrics {
     private let recoveries: CoreMetrics.Counter
     private let connections: CoreMetrics.Counter
     private let refusedConnections: CoreMetrics.Counter
+    private let holesRepaired: CoreMetrics.Counter
+    private let bytesRecommitted: CoreMetrics.Counter
     let clients: CoreMetrics.Gauge
     let freePages: CoreMetrics.Gauge
     let leasedPages: CoreMetrics.Gauge
@@ -52,6 +56,8 @@ final class ServerMetrics {
         recoveries = CoreMetrics.Counter(label: "divvy.recoveries.total", factory: factory)
         connections = CoreMetrics.Counter(label: "divvy.connections.total", factory: factory)
         refusedConnections = CoreMetrics.Counter(label: "divvy.connections.refused.total", factory: factory)
+        holesRepaired = CoreMetrics.Counter(label: "divvy.region.holes_repaired.total", factory: factory)
+        bytesRecommitted = CoreMetrics.Counter(label: "divvy.region.recommitted_bytes.total", factory: factory)
         clients = CoreMetrics.Gauge(label: "divvy.clients", factory: factory)
         freePages = CoreMetrics.Gauge(label: "divvy.heap.pages.free", factory: factory)
         leasedPages = CoreMetrics.Gauge(label: "divvy.leased.pages", factory: factory)
@@ -75,6 +81,8 @@ final class ServerMetrics {
         case .adoption: (\.adoptions, adoptions)
         case .lease: (\.leases, leases)
         case .recovery: (\.recoveries, recoveries)
+        case .holeRepair: (\.holesRepaired, holesRepaired)
+        case .bytesRecommitted: (\.bytesRecommitted, bytesRecommitted)
         }
     }
 

@@ -27,6 +27,8 @@ final class Session {
     var blocksHeld = 0
     /// Bytes of blocks in `holdings` (with multiplicity).
     var bytesHeld = 0
+    /// Bytes of large (span-tier) blocks in `holdings`, with multiplicity (`large-quota`, `FairShare`).
+    var largeBytesHeld = 0
     /// The heap participant this (direct) client joined, once `join` succeeded.
     var participant: Int?
     /// Whether a participant slot is promised to this direct client (welcomed, not joined yet).

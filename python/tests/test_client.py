@@ -10,7 +10,7 @@ import weakref
 import pytest
 
 import divvy
-from conftest import LARGEST_CLASS, MODES, QUOTA
+from conftest import LARGE_QUOTA, LARGEST_CLASS, LARGEST_SMALL_CLASS, MODES, QUOTA
 from divvy import ErrorCode
 
 
@@ -255,13 +255,27 @@ def test_oversize_and_zero_allocations(daemon, mode):
 
 def test_quota_exceeded(daemon):
     with divvy.Client(daemon.socket, mode="mediated") as client:
-        blocks = [client.alloc(LARGEST_CLASS) for _ in range(QUOTA // LARGEST_CLASS)]
+        blocks = client.alloc_batch(LARGEST_SMALL_CLASS, QUOTA // LARGEST_SMALL_CLASS)
         before = snapshot(client)
         with pytest.raises(divvy.OutOfSpaceError) as caught:
-            client.alloc(LARGEST_CLASS)
+            client.alloc(LARGEST_SMALL_CLASS)
         assert caught.value.code == ErrorCode.EQUOTA_EXCEEDED
+        assert "quota" in str(caught.value)
         assert snapshot(client) == before
         client.free_batch(blocks)
+
+
+def test_large_quota_leaves_large_blocks_for_others(daemon):
+    with divvy.Client(daemon.socket, mode="mediated") as hog, divvy.Client(daemon.socket, mode="mediated") as other:
+        blocks = [hog.alloc(LARGEST_CLASS) for _ in range(LARGE_QUOTA // LARGEST_CLASS)]
+        before = snapshot(hog)
+        with pytest.raises(divvy.OutOfSpaceError) as caught:
+            hog.alloc(LARGEST_CLASS)
+        assert caught.value.code == ErrorCode.EQUOTA_EXCEEDED
+        assert "large-quota" in str(caught.value)
+        assert snapshot(hog) == before
+        other.alloc(LARGEST_CLASS).free()
+        hog.free_batch(blocks)
 
 
 # --- lifetimes ----------------------------------------------------------------------------------------------------

@@ -67,5 +67,17 @@ let package = Package(
             ],
             path: "Sources/DaemonBench"
         ),
+        // >>> noisy-neighbour (wt-i-noisy) >>>
+        // One client hammering divvyd (allocate storms, admin floods, 1,000 idle connections) vs another client's
+        // round trip (issue 13). `swift run -c release noisy-neighbour`; see docs/benchmarks.md, "Noisy neighbours".
+        .executableTarget(
+            name: "noisy-neighbour",
+            dependencies: [
+                .product(name: "DivvyServer", package: divvyPackage),
+                .product(name: "DivvyClient", package: divvyPackage),
+            ],
+            path: "Sources/NoisyNeighbour"
+        ),
+        // <<< noisy-neighbour (wt-i-noisy) <<<
     ]
 )

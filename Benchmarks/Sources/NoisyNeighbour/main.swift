@@ -5,15 +5,16 @@
 //
 // The daemon is the real server library on a thread of this process, as in daemon-bench (a temporary socket, a
 // 256 MiB memfd region), one daemon per configuration. The *victim* is a mediated client on this process's main
-// thread timing allocate(64) + free pairs (two round trips each) for a few seconds: p50 and p99 per pair. Each
-// scenario runs the victim alone first on a quiet daemon and then while *aggressor* processes (this executable re-run
-// as `noisy-neighbour aggressor MODE SOCKET [COUNT]`) hammer the same daemon:
+// thread timing allocate(64) + free pairs (two round trips each) for a few seconds: p50 and p99 per pair. On each
+// daemon the victim runs alone first (the quiet baseline), then once per scenario while *aggressor* processes (this
+// executable re-run as `noisy-neighbour aggressor MODE SOCKET [COUNT]`) hammer the same daemon — or, in the control
+// rows, a second daemon, to separate what sharing the machine's cores costs from what sharing the daemon costs:
 //
 // - storm: a mediated client doing allocate(64) + free as fast as it can;
 // - batch: a mediated client doing allocateBatch(64 × 1000) + freeBatch as fast as it can;
 // - admin: an admin client looping stats, `admin status` and every page of `admin clients`;
-// - silent COUNT: COUNT connections that never say hello, reopened as soon as the daemon closes them (handshake
-//   timeout) — refused ones are retried once a second;
+// - silent COUNT: COUNT connections that never say hello; a slot the daemon refused or closed (handshake timeout)
+//   is reopened about a second later;
 // - hello COUNT: COUNT mediated clients that said hello and then idle.
 //
 // When the benchmark runs as root, storm/batch/silent/hello aggressors drop to uid/gid 65534 (nobody) before
@@ -21,7 +22,8 @@
 // daemon's policy allows that uid as an ordinary (mediated, non-admin) client, and the socket is made 0666 so it
 // can connect. The victim and the admin aggressor stay root (admins under the default policy).
 //
-// An aggressor stops when its standard input closes and prints what it did.
+// An aggressor stops when its standard input closes and prints what it did. Under the table: the serial round trip
+// of one request of each kind the aggressors send (what one of them can make the victim wait for).
 import DivvyClient
 import DivvyProtocol
 import DivvyServer
@@ -123,7 +125,7 @@ func runAggressor(mode: String, socketPath: String, count: Int) throws {
         client.close()
     case "silent":
         becomeHostileUser()
-        // Slot i: an open socket, or nil (with the round at which to try again).
+        // Slot i: an open socket, or nil (with the round at which to try again: rounds are ≈ 120 ms).
         var sockets = [SeqpacketSocket?](repeating: nil, count: count)
         var retryRound = [Int](repeating: 0, count: count)
         var connects = 0
@@ -280,6 +282,27 @@ func victim(_ socketPath: String, seconds: Double) throws -> Latency {
     return Latency(p50: percentile(0.50), p99: percentile(0.99), pairs: samples.count)
 }
 
+/// Mean round trip of each kind of request the aggressors send, on a quiet daemon (µs): what one request of each
+/// kind can make the victim wait for, since the loop serves one request per connection per turn.
+func requestCosts(_ socketPath: String) throws -> String {
+    let client = try DivvyClient(.init(socketPath: socketPath, name: "costs", mode: .mediated))
+    defer { client.close() }
+    func mean(_ rounds: Int, _ body: () throws -> Void) rethrows -> String {
+        for _ in 0..<min(rounds, 50) { try body() }  // Warm.
+        let start = now()
+        for _ in 0..<rounds { try body() }
+        return String(format: "%.1f", Double(now() - start) / Double(rounds) / 1000)
+    }
+    let ping = try mean(2000) { try client.ping() }
+    let allocate = try mean(2000) { try client.free(try client.allocateHandle(64).handle) }
+    let batch = try mean(200) { _ = try client.freeBatch(try client.allocateBatch(size: 64, count: 1000)) }
+    let stats = try mean(2000) { _ = try client.stats() }
+    let status = try mean(2000) { _ = try client.admin(.status) }
+    let clients = try mean(200) { _ = try client.admin(.clients) }
+    return "ping \(ping) µs; allocate+free \(allocate) µs; allocateBatch+freeBatch of 1000 \(batch) µs; "
+        + "stats \(stats) µs; admin status \(status) µs; admin clients (first page) \(clients) µs"
+}
+
 // MARK: Aggressors
 
 final class Aggressor {
@@ -371,6 +394,7 @@ let setups = [
 ]
 
 var table: [String] = []
+var costs: [String] = []
 func log(_ text: String) { FileHandle.standardError.write(Data((text + "\n").utf8)) }
 func format(_ latency: Latency) -> String { String(format: "%.1f / %.1f µs", latency.p50, latency.p99) }
 
@@ -382,6 +406,7 @@ for setup in setups {
     let otherDaemon = setup.scenarios.contains { $0.elsewhere } ? try Daemon(other) : nil
     let quiet = try victim(daemon.socketPath, seconds: seconds)
     log("  quiet: \(format(quiet)) (\(quiet.pairs) pairs)")
+    costs.append("- \(setup.name), quiet: \(try requestCosts(daemon.socketPath))")
     table.append("| quiet baseline — \(setup.name) | \(format(quiet)) | 1.00 / 1.00 | |")
     for scenario in setup.scenarios {
         var running: [Aggressor] = []
@@ -391,6 +416,9 @@ for setup in setups {
         }
         usleep(200_000)
         let loaded = try victim(daemon.socketPath, seconds: seconds)
+        if scenario.aggressors.map(\.mode) == ["hello"] {
+            costs.append("- with \(scenario.name): \(try requestCosts(daemon.socketPath))")
+        }
         let summaries = running.map {
             ($0.ready.dropFirst("ready".count).trimmingCharacters(in: .whitespaces), $0.stop())
         }
@@ -413,3 +441,5 @@ for setup in setups {
 print("| scenario | victim allocate+free pair, p50 / p99 | ratio to quiet, p50 / p99 | target < 2× |")
 print("|:--|--:|--:|:--|")
 for line in table { print(line) }
+print("\nRound trips of one request of each kind (one client, serial):\n")
+for line in costs { print(line) }

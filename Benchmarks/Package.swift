@@ -100,5 +100,15 @@ let package = Package(
             ],
             path: "Sources/DirectRatios"
         ),
+        // One client hammering divvyd (allocate storms, admin floods, 1,000 idle connections) vs another client's
+        // round trip (issue 13). `swift run -c release noisy-neighbour`; see docs/benchmarks.md, "Noisy neighbours".
+        .executableTarget(
+            name: "noisy-neighbour",
+            dependencies: [
+                .product(name: "DivvyServer", package: divvyPackage),
+                .product(name: "DivvyClient", package: divvyPackage),
+            ],
+            path: "Sources/NoisyNeighbour"
+        ),
     ]
 )

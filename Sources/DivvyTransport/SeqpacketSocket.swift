@@ -304,17 +304,8 @@ public final class SeqpacketSocket {
     public func receive(
         into buffer: UnsafeMutableRawBufferPointer, descriptors: inout [Int32], capacity: Int = 8
     ) throws(TransportError) -> ReceiveResult {
-        var fds = [Int32](repeating: -1, count: min(8, max(0, capacity)))
-        var count: Int32 = 0
-        var truncated: Int32 = 0
-        let result = fds.withUnsafeMutableBufferPointer { fds in
-            retryingEINTR {
-                divvy_recv_with_fds(
-                    fileDescriptor, buffer.baseAddress, buffer.count, fds.baseAddress, Int32(fds.count), &count,
-                    &truncated, 0)
-            }
-        }
-        descriptors = Array(fds.prefix(Int(count)))
+        let (result, fds, truncated) = receiveWithDescriptors(into: buffer, capacity: min(8, max(0, capacity)))
+        descriptors = fds
         return try receiveOutcome(result, descriptor: descriptors.first, truncated: truncated != 0, wanted: buffer.count)
     }
 
@@ -368,18 +359,9 @@ public final class SeqpacketSocket {
     ///
     /// - Throws: `.closed` on `ECONNRESET`, `.systemCallFailed`.
     public func receiveRequest(into buffer: UnsafeMutableRawBufferPointer) throws(TransportError) -> RequestReceipt {
-        var fds = [Int32](repeating: -1, count: 8)
-        var count: Int32 = 0
-        var truncated: Int32 = 0
-        let result = fds.withUnsafeMutableBufferPointer { fds in
-            retryingEINTR {
-                divvy_recv_with_fds(
-                    fileDescriptor, buffer.baseAddress, buffer.count, fds.baseAddress, Int32(fds.count), &count,
-                    &truncated, 0)
-            }
-        }
-        for fd in fds.prefix(Int(count)) { systemClose(fd) }
-        let carried = count > 0 || truncated & 2 != 0
+        let (result, fds, truncated) = receiveWithDescriptors(into: buffer, capacity: 8)
+        for fd in fds { systemClose(fd) }
+        let carried = !fds.isEmpty || truncated & 2 != 0
         switch result {
         case .success(0) where buffer.count > 0 && !carried: return .endOfFile
         case .success(let received):
@@ -390,6 +372,24 @@ public final class SeqpacketSocket {
         case .failure(let error):
             throw TransportError(.systemCallFailed, "recvmsg failed", errno: error.value)
         }
+    }
+
+    /// recvmsg(2) through the shim with room for `capacity` descriptors: the result, the descriptors received (the
+    /// caller owns them) and the shim's truncation bits (1: `MSG_TRUNC`, 2: `MSG_CTRUNC`).
+    private func receiveWithDescriptors(
+        into buffer: UnsafeMutableRawBufferPointer, capacity: Int
+    ) -> (result: Result<Int, Errno32>, descriptors: [Int32], truncated: Int32) {
+        var fds = [Int32](repeating: -1, count: capacity)
+        var count: Int32 = 0
+        var truncated: Int32 = 0
+        let result = fds.withUnsafeMutableBufferPointer { fds in
+            retryingEINTR {
+                divvy_recv_with_fds(
+                    fileDescriptor, buffer.baseAddress, buffer.count, fds.baseAddress, Int32(fds.count), &count,
+                    &truncated, 0)
+            }
+        }
+        return (result, Array(fds.prefix(Int(count))), truncated)
     }
 
     /// A receive's result as the caller sees it (shared by the receive variants).

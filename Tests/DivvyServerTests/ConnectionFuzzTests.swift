@@ -18,26 +18,13 @@ import Glibc
 /// Bounded: 60 rounds by default (a few seconds). `DIVVY_FUZZ_CONNECTIONS=N` runs N rounds (a long run);
 /// `DIVVY_TEST_SEED=S` replays a seed.
 final class ConnectionFuzzTests: XCTestCase {
-    /// SplitMix64: small, seedable, good enough to pick attacks.
-    struct SplitMix {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-        mutating func below(_ bound: Int) -> Int { Int(next() % UInt64(bound)) }
-    }
-
     func testConnectionLevelAttacksLeaveTheDaemonServingOthers() throws {
         try XCTSkipUnless(FileManager.default.isExecutableFile(atPath: "/usr/bin/prlimit"), "needs prlimit")
         let environment = ProcessInfo.processInfo.environment
         let rounds = environment["DIVVY_FUZZ_CONNECTIONS"].flatMap { Int($0) } ?? 60
         let seed = environment["DIVVY_TEST_SEED"].flatMap { UInt64($0) } ?? UInt64.random(in: 1...UInt64.max)
         print("\(name): \(rounds) rounds, seed \(seed) (replay with DIVVY_TEST_SEED=\(seed))")
-        var random = SplitMix(state: seed)
+        var random = SeededGenerator(seed: seed)
 
         let directory = try temporarySocketDirectory()
         defer { try? FileManager.default.removeItem(atPath: directory) }

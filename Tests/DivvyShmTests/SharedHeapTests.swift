@@ -13,10 +13,6 @@ private func pattern(_ handle: SharedHeapHandle) -> UInt8 {
     UInt8(truncatingIfNeeded: (handle.rawValue &* 0x9E37_79B9_7F4A_7C15) >> 56)
 }
 
-extension SeededGenerator {
-    /// A random integer in `0..<bound`.
-    mutating func below(_ bound: Int) -> Int { Int(next() % UInt64(bound)) }
-}
 
 /// `adopt`, with the error returned (a `catch where` on a typed throw inside a nested function crashes the
 /// Swift 6.3.1 compiler's SILGen).

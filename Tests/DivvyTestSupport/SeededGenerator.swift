@@ -18,6 +18,9 @@ public struct SeededGenerator: RandomNumberGenerator, Sendable {
         return z ^ (z >> 31)
     }
 
+    /// A random integer in `0..<bound` (`bound` > 0; modulo bias is irrelevant for picking test cases).
+    public mutating func below(_ bound: Int) -> Int { Int(next() % UInt64(bound)) }
+
     /// The seed a randomized test should use: `DIVVY_TEST_SEED` if set, otherwise a fresh random one.
     public static func testSeed() -> UInt64 {
         if let text = getenvString("DIVVY_TEST_SEED"), let seed = UInt64(text) { return seed }

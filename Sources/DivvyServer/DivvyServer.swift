@@ -40,8 +40,9 @@ import Glibc
 /// back to the heap when its last mediated holder frees it (and no direct client holds it). Because the daemon
 /// is the only one that can touch these records, a mediated client cannot corrupt the heap through them.
 public final class DivvyServer: @unchecked Sendable {
-    /// The configuration the daemon runs with.
-    public let configuration: ServerConfiguration
+    /// The configuration the daemon runs with. A reload (`reload(_:)`) changes its reloadable settings on the loop
+    /// thread; read it there (or before `run()`).
+    public internal(set) var configuration: ServerConfiguration
     /// The shared-memory region.
     public let region: SharedRegion
     /// The heap in the region.
@@ -55,15 +56,17 @@ public final class DivvyServer: @unchecked Sendable {
     public let startTime: Double
 
     let logger: Logger
-    private let hooks: ServerHooks
+    let hooks: ServerHooks
     /// False when the listener was inherited (socket activation): the path is not ours to unlink.
     private let ownsSocketPath: Bool
     private var lastStatus = ""
     let listener: SeqpacketSocket
     let poller: EventPoller
-    private let control = ProcessLock()
+    let control = ProcessLock()
     // Guarded by `control`.
     private var shutdownReason: String?
+    /// A configuration `reload(_:)` handed over, for the loop to apply (`applyPendingReload()`).
+    var pendingReload: ServerConfiguration?
     private var running = false
     private var countersSnapshot = ServerCounters()
 
@@ -313,6 +316,7 @@ public final class DivvyServer: @unchecked Sendable {
                 }
             }
             let now = Date().timeIntervalSince1970
+            applyPendingReload()
             resumeListenerIfDue()
             if now - lastTick >= 0.2 || events.isEmpty {
                 lastTick = now

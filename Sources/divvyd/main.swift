@@ -11,6 +11,7 @@ import Glibc
 #endif
 import Logging
 import ServiceLifecycle
+import UnixSignals
 
 /// `divvyd`: the Divvy allocator daemon. Thin: parses flags and the config file, bootstraps logging, runs the
 /// server library's service.
@@ -60,35 +61,24 @@ struct Divvyd: AsyncParsableCommand {
     var printConfig = false
 
     mutating func run() async throws {
-        var configuration = ServerConfiguration()
+        // Kept so that SIGHUP reads the same file and re-applies the same flags (flags win, as at start).
+        var source = ConfigurationSource(configFile: config)
+        var configuration: ServerConfiguration
         do {
-            if let config {
-                let text: String
-                do {
-                    text = try readFile(config)
-                } catch {
-                    throw ServerConfiguration.ParseError("cannot read config file \(config): \(error.message)")
-                }
-                do {
-                    try configuration.apply(configText: text)
-                } catch {
-                    throw ServerConfiguration.ParseError("\(config): \(error.message)")
-                }
-            }
-            if let socket { try configuration.set("socket", socket) }
-            if let regionName { try configuration.set("region-name", regionName) }
-            if let dataSize { try configuration.set("data-size", dataSize) }
-            if let pageSize { try configuration.set("page-size", pageSize) }
-            if let quota { try configuration.set("quota", quota) }
-            if let logLevel { try configuration.set("log-level", logLevel) }
+            if let socket { source.overrides.append(.init("socket", socket)) }
+            if let regionName { source.overrides.append(.init("region-name", regionName)) }
+            if let dataSize { source.overrides.append(.init("data-size", dataSize)) }
+            if let pageSize { source.overrides.append(.init("page-size", pageSize)) }
+            if let quota { source.overrides.append(.init("quota", quota)) }
+            if let logLevel { source.overrides.append(.init("log-level", logLevel)) }
             for setting in settings {
                 guard let equals = setting.firstIndex(of: "=") else {
                     throw ServerConfiguration.ParseError("--set wants key=value, not '\(setting)'")
                 }
-                try configuration.set(
-                    String(setting[..<equals]), String(setting[setting.index(after: equals)...]))
+                source.overrides.append(
+                    .init(String(setting[..<equals]), String(setting[setting.index(after: equals)...])))
             }
-            try configuration.validate()
+            configuration = try source.load()
         } catch let error as ServerConfiguration.ParseError {
             printError(error.message)
             throw ExitCode(2)
@@ -99,8 +89,9 @@ struct Divvyd: AsyncParsableCommand {
         }
 
         // One line per record on stderr: `<N>`-prefixed for journald under systemd, timestamped elsewhere.
-        let level = configuration.logLevel
-        LoggingSystem.bootstrap { label in DivvyLogHandler.standardError(label: label, logLevel: level) }
+        // Every logger follows one level, which a configuration reload changes.
+        let levelControl = LogLevelControl(configuration.logLevel)
+        LoggingSystem.bootstrap { label in DivvyLogHandler.standardError(label: label, levelControl: levelControl) }
         let logger = Logger(label: "divvyd")
 
         // Under systemd (see deploy/): sd_notify for Type=notify, the watchdog, and socket activation. Both read
@@ -125,6 +116,7 @@ struct Divvyd: AsyncParsableCommand {
                 "serving the socket-activated listener instead of the configured socket",
                 metadata: ["listener": "\(path)", "configured": "\(configuration.socketPath)"])
             configuration.socketPath = path
+            source.overrides.append(.init("socket", path))
         }
         if notifier != nil || listener != nil {
             logger.info(
@@ -136,17 +128,27 @@ struct Divvyd: AsyncParsableCommand {
                 ])
         }
 
+        // Trap SIGHUP before the server serves: from here a SIGHUP waits for the reload service instead of
+        // killing the process (its default action).
+        let reloadSignals = await UnixSignalsSequence(trapping: .sighup)
+        var hooks = notifier?.serverHooks() ?? ServerHooks()
+        hooks.logLevelChanged = { levelControl.level = $0 }
         let server: DivvyServer
         do {
             server = try DivvyServer(
-                configuration: configuration, logger: logger, listenerDescriptor: listener?.descriptor,
-                hooks: notifier?.serverHooks() ?? ServerHooks())
+                configuration: configuration, logger: logger, listenerDescriptor: listener?.descriptor, hooks: hooks)
         } catch {
             throw fail("\(error)")
         }
+        let reloader = ConfigurationReloadService(
+            server: server, source: source, signals: reloadSignals, logger: logger)
         let group = ServiceGroup(
             configuration: .init(
-                services: [.init(service: DivvyServerService(server: server))],
+                services: [
+                    .init(service: DivvyServerService(server: server)),
+                    // Last, so the graceful shutdown (in reverse order) stops reloading before the server stops.
+                    .init(service: reloader, successTerminationBehavior: .ignore),
+                ],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
         do {
@@ -163,28 +165,4 @@ struct Divvyd: AsyncParsableCommand {
 func printError(_ message: String) {
     let line = "divvyd: \(message)\n"
     _ = line.utf8CString.withUnsafeBufferPointer { write(2, $0.baseAddress, $0.count - 1) }
-}
-
-/// Why a file could not be read: strerror(3) of the failing call's errno.
-struct ReadError: Error {
-    var message: String
-}
-
-/// The whole file at `path` as UTF-8 text (open(2) and read(2), EINTR retried).
-func readFile(_ path: String) throws(ReadError) -> String {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { throw ReadError(message: String(cString: strerror(errno))) }
-    defer { close(fd) }
-    var bytes: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 65_536)
-    while true {
-        let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        if count == 0 { break }
-        if count < 0 {
-            if errno == EINTR { continue }
-            throw ReadError(message: String(cString: strerror(errno)))
-        }
-        bytes += chunk[..<count]
-    }
-    return String(decoding: bytes, as: UTF8.self)
 }

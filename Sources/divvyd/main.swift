@@ -24,7 +24,9 @@ struct Divvyd: AsyncParsableCommand {
             Maps a shared-memory region, carves it with a lock-free heap, and serves clients over a Unix socket \
             (see Protocol/PROTOCOL.md). Runs on built-in defaults: a 256 MiB anonymous region and a socket under \
             $XDG_RUNTIME_DIR/divvy (or /run/divvy as root). Settings come from --config, then flags, then \
-            --set key=value (config-file keys: \(ServerConfiguration.keys.joined(separator: ", "))).
+            --set key=value (config-file keys: \(ServerConfiguration.keys.joined(separator: ", "))). SIGHUP reloads \
+            the config file (flags still win): the policy, quota, log level and connection limits change at once, \
+            other keys need a restart. SIGTERM or SIGINT shut down gracefully.
             """,
         version: DivvyServer.version)
 

@@ -307,6 +307,8 @@ public final class DivvyServer: @unchecked Sendable {
             } catch {
                 throw ServerError(.eventLoop, "epoll_wait failed: \(error)")
             }
+            // Before this batch: a connection made after `reload(_:)` returned is decided by the new configuration.
+            applyPendingReload()
             for event in events {
                 switch event.token {
                 case Self.listenerToken: acceptAll()
@@ -316,7 +318,6 @@ public final class DivvyServer: @unchecked Sendable {
                 }
             }
             let now = Date().timeIntervalSince1970
-            applyPendingReload()
             resumeListenerIfDue()
             if now - lastTick >= 0.2 || events.isEmpty {
                 lastTick = now

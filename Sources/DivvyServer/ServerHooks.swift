@@ -8,7 +8,8 @@ public struct ServerHooks: Sendable {
     public var ready: @Sendable () -> Void
     /// A one-line human status ("serving 3 clients, 12 MiB in use"), when it changes (at most once per tick).
     public var status: @Sendable (String) -> Void
-    /// Called about every 200 ms from the loop while it runs (a stuck loop stops calling it: watchdog pings).
+    /// Called about every 200 ms from the loop while it runs (a stuck loop stops calling it). divvyd beats a
+    /// `LoopHeartbeat` here, which its `WatchdogService` watches; `SystemdNotifier.serverHooks()` pings directly.
     public var tick: @Sendable () -> Void
     /// A graceful shutdown has begun.
     public var stopping: @Sendable () -> Void

@@ -135,6 +135,9 @@ struct Divvyd: AsyncParsableCommand {
         let reloadSignals = await UnixSignalsSequence(trapping: .sighup)
         var hooks = notifier?.serverHooks() ?? ServerHooks()
         hooks.logLevelChanged = { levelControl.level = $0 }
+        // The loop only beats; the watchdog service pings systemd while it does.
+        let heartbeat = LoopHeartbeat()
+        hooks.tick = { heartbeat.beat() }
         let server: DivvyServer
         do {
             server = try DivvyServer(
@@ -142,15 +145,24 @@ struct Divvyd: AsyncParsableCommand {
         } catch {
             throw fail("\(error)")
         }
-        let reloader = ConfigurationReloadService(
-            server: server, source: source, signals: reloadSignals, logger: logger)
+        // Shut down in reverse order: reloading stops first, then the server; the watchdog last, since the loop
+        // keeps ticking through its graceful shutdown.
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        if let notifier, notifier.watchdogInterval != nil {
+            services.append(
+                .init(
+                    service: WatchdogService(notifier: notifier, heartbeat: heartbeat, logger: logger),
+                    successTerminationBehavior: .ignore))
+        }
+        services.append(.init(service: DivvyServerService(server: server)))
+        services.append(
+            .init(
+                service: ConfigurationReloadService(
+                    server: server, source: source, signals: reloadSignals, logger: logger),
+                successTerminationBehavior: .ignore))
         let group = ServiceGroup(
             configuration: .init(
-                services: [
-                    .init(service: DivvyServerService(server: server)),
-                    // Last, so the graceful shutdown (in reverse order) stops reloading before the server stops.
-                    .init(service: reloader, successTerminationBehavior: .ignore),
-                ],
+                services: services,
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
         do {

@@ -432,4 +432,19 @@ final class DaemonProcessTests: XCTestCase {
         XCTAssertEqual(third.quotaBytes, 64 << 10, "the reloaded quota stays in force")
         XCTAssertNil(daemon.process.wait(timeout: 0), "divvyd is still running")
     }
+
+    /// Under a (fake) systemd with a watchdog: READY=1, then WATCHDOG=1 pings from the watchdog service while the
+    /// loop ticks, and STOPPING=1 at SIGTERM, after which divvyd exits 0.
+    func testTheWatchdogServicePingsSystemdWhileTheDaemonServes() throws {
+        let directory = try temporarySocketDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let listener = try NotifyListener(directory + "/notify")
+        let daemon = try Daemon([], environment: ["NOTIFY_SOCKET": listener.address, "WATCHDOG_USEC": "400000"])
+        XCTAssertTrue(
+            listener.wait(upTo: 20) { $0.contains("READY=1") && $0.filter { $0 == "WATCHDOG=1" }.count >= 3 },
+            "\(listener.lines)\n\(daemon.process.standardError)")
+        daemon.process.signal(SIGTERM)
+        XCTAssertEqual(daemon.process.wait(timeout: 20), .init(status: 0, signal: nil), daemon.process.standardError)
+        XCTAssertTrue(listener.lines.contains("STOPPING=1"), "\(listener.lines)")
+    }
 }

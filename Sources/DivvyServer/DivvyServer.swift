@@ -96,10 +96,11 @@ public final class DivvyServer: @unchecked Sendable {
     /// The heap's block sizes, ascending (read once: `heap.sizeClasses` builds an array).
     private let classSizes: [Int]
     let metrics = ServerMetrics()
-    private var metricsListener: MetricsListener?
 
-    /// The port of the optional metrics HTTP listener (`metrics-listen`), or nil when it is off.
-    public var metricsPort: UInt16? { metricsListener?.port }
+    /// The Prometheus text exposition of the daemon's metrics (any thread): what `divvyctl metrics` and the
+    /// `metrics-listen` listener (`MetricsListenerService`) serve.
+    public func metricsExposition() -> String { metrics.exposition() }
+
     private let receiveBuffer: UnsafeMutableRawBufferPointer
     private var sendBuffer: [UInt8] = []
     var shutdownDeadline: Double?
@@ -247,15 +248,6 @@ public final class DivvyServer: @unchecked Sendable {
         }
         receiveBuffer = .allocate(byteCount: ProtocolLimits.maxFrameSize + 1, alignment: 16)
         spareDescriptor = open("/dev/null", O_RDONLY | O_CLOEXEC)
-        if let listen = configuration.metricsListen, let (host, port) = ServerConfiguration.hostAndPort(listen) {
-            let registry = metrics.registry
-            do throws(ServerError) {
-                metricsListener = try MetricsListener(host: host, port: port) { registry.emitToString() }
-            } catch {
-                abandonRegion()
-                throw error
-            }
-        }
         logger.info(
             "divvyd ready",
             metadata: [
@@ -330,7 +322,6 @@ public final class DivvyServer: @unchecked Sendable {
             if try progressShutdown(now: now) { break }
             publishCounters()
         }
-        metricsListener?.stop()
         participant?.leave()
         participant = nil
         if configuration.regionName != nil {

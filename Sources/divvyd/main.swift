@@ -138,6 +138,15 @@ struct Divvyd: AsyncParsableCommand {
         // The loop only beats; the watchdog service pings systemd while it does.
         let heartbeat = LoopHeartbeat()
         hooks.tick = { heartbeat.beat() }
+        // Bound before the region is mapped: a port in use stops divvyd before it has made anything.
+        let metricsListener: MetricsListenerService?
+        do {
+            metricsListener = try configuration.metricsListen.map { (listen) throws(ServerError) in
+                try MetricsListenerService(listen: listen)
+            }
+        } catch {
+            throw fail("\(error)")
+        }
         let server: DivvyServer
         do {
             server = try DivvyServer(
@@ -153,6 +162,13 @@ struct Divvyd: AsyncParsableCommand {
                 .init(
                     service: WatchdogService(notifier: notifier, heartbeat: heartbeat, logger: logger),
                     successTerminationBehavior: .ignore))
+        }
+        if let metricsListener {
+            metricsListener.serve(server)
+            logger.info(
+                "serving metrics for Prometheus",
+                metadata: ["url": "http://\(metricsListener.host):\(metricsListener.port)/metrics"])
+            services.append(.init(service: metricsListener))
         }
         services.append(.init(service: DivvyServerService(server: server)))
         services.append(

@@ -149,6 +149,7 @@ let package = Package(
                 "CDivvy", "DivvyShm", "DivvyProtocol", "DivvyTransport",
                 server("Logging", "swift-log"),
                 server("ServiceLifecycle", "swift-service-lifecycle"),
+                server("UnixSignals", "swift-service-lifecycle"),
                 server("Metrics", "swift-metrics"),
                 server("Prometheus", "swift-prometheus"),
             ]
@@ -161,6 +162,7 @@ let package = Package(
                 server("ArgumentParser", "swift-argument-parser"),
                 server("Logging", "swift-log"),
                 server("ServiceLifecycle", "swift-service-lifecycle"),
+                server("UnixSignals", "swift-service-lifecycle"),
             ]
         ),
         // The admin CLI: talks to divvyd through the client library's admin calls (never links the server).

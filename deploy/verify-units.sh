@@ -36,6 +36,9 @@ units=/usr/lib/systemd/system
 [ -d "$units" ] || units=/lib/systemd/system
 mkdir -p "$root/usr/lib/systemd"
 cp -a "$units" "$root/usr/lib/systemd/"
+# ExecReload= runs the host's /bin/kill: verify checks that it exists inside the root.
+mkdir -p "$root/bin"
+cp /bin/kill "$root/bin/kill"
 
 # 1. The units.
 if output=$(systemd-analyze verify --root="$root" /etc/systemd/system/divvyd.socket \

@@ -36,8 +36,9 @@ public struct ConnectionAdmission: Hashable, Sendable {
         case refuse(ErrorCode, String)
     }
 
-    /// The limits in force.
-    public let limits: Limits
+    /// The limits in force. Changing them (a configuration reload) decides new connections by the new limits and
+    /// closes none of the open ones.
+    public var limits: Limits
     /// Open connections.
     public private(set) var total = 0
     /// Open connections per uid (uids with none are absent).

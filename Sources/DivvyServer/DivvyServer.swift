@@ -40,8 +40,9 @@ import Glibc
 /// back to the heap when its last mediated holder frees it (and no direct client holds it). Because the daemon
 /// is the only one that can touch these records, a mediated client cannot corrupt the heap through them.
 public final class DivvyServer: @unchecked Sendable {
-    /// The configuration the daemon runs with.
-    public let configuration: ServerConfiguration
+    /// The configuration the daemon runs with. A reload (`reload(_:)`) changes its reloadable settings on the loop
+    /// thread; read it there (or before `run()`).
+    public internal(set) var configuration: ServerConfiguration
     /// The shared-memory region.
     public let region: SharedRegion
     /// The heap in the region.
@@ -55,15 +56,17 @@ public final class DivvyServer: @unchecked Sendable {
     public let startTime: Double
 
     let logger: Logger
-    private let hooks: ServerHooks
+    let hooks: ServerHooks
     /// False when the listener was inherited (socket activation): the path is not ours to unlink.
     private let ownsSocketPath: Bool
     private var lastStatus = ""
     let listener: SeqpacketSocket
     let poller: EventPoller
-    private let control = ProcessLock()
+    let control = ProcessLock()
     // Guarded by `control`.
     private var shutdownReason: String?
+    /// A configuration `reload(_:)` handed over, for the loop to apply (`applyPendingReload()`).
+    var pendingReload: ServerConfiguration?
     private var running = false
     private var countersSnapshot = ServerCounters()
 
@@ -93,10 +96,11 @@ public final class DivvyServer: @unchecked Sendable {
     /// The heap's block sizes, ascending (read once: `heap.sizeClasses` builds an array).
     private let classSizes: [Int]
     let metrics = ServerMetrics()
-    private var metricsListener: MetricsListener?
 
-    /// The port of the optional metrics HTTP listener (`metrics-listen`), or nil when it is off.
-    public var metricsPort: UInt16? { metricsListener?.port }
+    /// The Prometheus text exposition of the daemon's metrics (any thread): what `divvyctl metrics` and the
+    /// `metrics-listen` listener (`MetricsListenerService`) serve.
+    public func metricsExposition() -> String { metrics.exposition() }
+
     private let receiveBuffer: UnsafeMutableRawBufferPointer
     private var sendBuffer: [UInt8] = []
     var shutdownDeadline: Double?
@@ -262,15 +266,6 @@ public final class DivvyServer: @unchecked Sendable {
         }
         receiveBuffer = .allocate(byteCount: ProtocolLimits.maxFrameSize + 1, alignment: 16)
         spareDescriptor = open("/dev/null", O_RDONLY | O_CLOEXEC)
-        if let listen = configuration.metricsListen, let (host, port) = ServerConfiguration.hostAndPort(listen) {
-            let registry = metrics.registry
-            do throws(ServerError) {
-                metricsListener = try MetricsListener(host: host, port: port) { registry.emitToString() }
-            } catch {
-                abandonRegion()
-                throw error
-            }
-        }
         logger.info(
             "divvyd ready",
             metadata: [
@@ -322,6 +317,8 @@ public final class DivvyServer: @unchecked Sendable {
             } catch {
                 throw ServerError(.eventLoop, "epoll_wait failed: \(error)")
             }
+            // Before this batch: a connection made after `reload(_:)` returned is decided by the new configuration.
+            applyPendingReload()
             for event in events {
                 switch event.token {
                 case Self.listenerToken: acceptAll()
@@ -343,7 +340,6 @@ public final class DivvyServer: @unchecked Sendable {
             if try progressShutdown(now: now) { break }
             publishCounters()
         }
-        metricsListener?.stop()
         participant?.leave()
         participant = nil
         if configuration.regionName != nil {

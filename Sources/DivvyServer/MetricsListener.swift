@@ -16,12 +16,12 @@ final class MetricsListener: @unchecked Sendable {
     /// The port actually bound (useful with port 0).
     let port: UInt16
     private let fd: Int32
-    private let exposition: @Sendable () -> String
     private let stopped = ProcessLock()
     private var isStopped = false
+    private var isStarted = false
 
-    /// Binds `host:port` (an IPv4 address) and starts serving on a thread.
-    init(host: String, port: UInt16, exposition: @escaping @Sendable () -> String) throws(ServerError) {
+    /// Binds `host:port` (an IPv4 address); `start(exposition:)` serves it.
+    init(host: String, port: UInt16) throws(ServerError) {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw ServerError(.socket, "metrics listener: socket failed (errno \(errno))") }
         var one: Int32 = 1
@@ -51,7 +51,18 @@ final class MetricsListener: @unchecked Sendable {
         }
         self.port = UInt16(bigEndian: actual.sin_port)
         self.fd = fd
-        self.exposition = exposition
+    }
+
+    deinit {
+        stop()
+    }
+
+    /// Serves `GET /metrics` with `exposition` on a thread of its own until `stop()` (once; not after `stop()`).
+    func start(exposition: @escaping @Sendable () -> String) {
+        stopped.lock()
+        defer { stopped.unlock() }
+        guard !isStopped, !isStarted else { return }
+        isStarted = true
         let listener = fd
         DetachedThread.start(name: "divvyd-metrics") {
             MetricsListener.serve(listener, exposition)

@@ -87,7 +87,8 @@ public struct ServerConfiguration: Hashable, Sendable {
     /// How long a graceful shutdown waits for clients to say goodbye before reclaiming their memory. Default 2 s.
     public var shutdownGraceMilliseconds: Int
     /// `host:port` (IPv4) of an HTTP listener serving `GET /metrics` for Prometheus, or nil (the default: off;
-    /// `divvyctl metrics` works without it). Port 0 picks a free port.
+    /// `divvyctl metrics` works without it). Port 0 picks a free port. divvyd runs it as a `MetricsListenerService`;
+    /// `DivvyServer` itself does not listen.
     public var metricsListen: String?
     /// The lowest level divvyd logs (`log-level`, or `--log-level`). Default `.info`. The server itself logs through
     /// the `Logger` it is given; `divvyd` gives its handler this level.

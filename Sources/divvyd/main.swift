@@ -11,6 +11,7 @@ import Glibc
 #endif
 import Logging
 import ServiceLifecycle
+import UnixSignals
 
 /// `divvyd`: the Divvy allocator daemon. Thin: parses flags and the config file, bootstraps logging, runs the
 /// server library's service.
@@ -23,7 +24,9 @@ struct Divvyd: AsyncParsableCommand {
             Maps a shared-memory region, carves it with a lock-free heap, and serves clients over a Unix socket \
             (see Protocol/PROTOCOL.md). Runs on built-in defaults: a 256 MiB anonymous region and a socket under \
             $XDG_RUNTIME_DIR/divvy (or /run/divvy as root). Settings come from --config, then flags, then \
-            --set key=value (config-file keys: \(ServerConfiguration.keys.joined(separator: ", "))).
+            --set key=value (config-file keys: \(ServerConfiguration.keys.joined(separator: ", "))). SIGHUP reloads \
+            the config file (flags still win): the policy, quota, log level and connection limits change at once, \
+            other keys need a restart. SIGTERM or SIGINT shut down gracefully.
             """,
         version: DivvyServer.version)
 
@@ -60,35 +63,24 @@ struct Divvyd: AsyncParsableCommand {
     var printConfig = false
 
     mutating func run() async throws {
-        var configuration = ServerConfiguration()
+        // Kept so that SIGHUP reads the same file and re-applies the same flags (flags win, as at start).
+        var source = ConfigurationSource(configFile: config)
+        var configuration: ServerConfiguration
         do {
-            if let config {
-                let text: String
-                do {
-                    text = try readFile(config)
-                } catch {
-                    throw ServerConfiguration.ParseError("cannot read config file \(config): \(error.message)")
-                }
-                do {
-                    try configuration.apply(configText: text)
-                } catch {
-                    throw ServerConfiguration.ParseError("\(config): \(error.message)")
-                }
-            }
-            if let socket { try configuration.set("socket", socket) }
-            if let regionName { try configuration.set("region-name", regionName) }
-            if let dataSize { try configuration.set("data-size", dataSize) }
-            if let pageSize { try configuration.set("page-size", pageSize) }
-            if let quota { try configuration.set("quota", quota) }
-            if let logLevel { try configuration.set("log-level", logLevel) }
+            if let socket { source.overrides.append(.init("socket", socket)) }
+            if let regionName { source.overrides.append(.init("region-name", regionName)) }
+            if let dataSize { source.overrides.append(.init("data-size", dataSize)) }
+            if let pageSize { source.overrides.append(.init("page-size", pageSize)) }
+            if let quota { source.overrides.append(.init("quota", quota)) }
+            if let logLevel { source.overrides.append(.init("log-level", logLevel)) }
             for setting in settings {
                 guard let equals = setting.firstIndex(of: "=") else {
                     throw ServerConfiguration.ParseError("--set wants key=value, not '\(setting)'")
                 }
-                try configuration.set(
-                    String(setting[..<equals]), String(setting[setting.index(after: equals)...]))
+                source.overrides.append(
+                    .init(String(setting[..<equals]), String(setting[setting.index(after: equals)...])))
             }
-            try configuration.validate()
+            configuration = try source.load()
         } catch let error as ServerConfiguration.ParseError {
             printError(error.message)
             throw ExitCode(2)
@@ -99,8 +91,9 @@ struct Divvyd: AsyncParsableCommand {
         }
 
         // One line per record on stderr: `<N>`-prefixed for journald under systemd, timestamped elsewhere.
-        let level = configuration.logLevel
-        LoggingSystem.bootstrap { label in DivvyLogHandler.standardError(label: label, logLevel: level) }
+        // Every logger follows one level, which a configuration reload changes.
+        let levelControl = LogLevelControl(configuration.logLevel)
+        LoggingSystem.bootstrap { label in DivvyLogHandler.standardError(label: label, levelControl: levelControl) }
         let logger = Logger(label: "divvyd")
 
         // Under systemd (see deploy/): sd_notify for Type=notify, the watchdog, and socket activation. Both read
@@ -125,6 +118,7 @@ struct Divvyd: AsyncParsableCommand {
                 "serving the socket-activated listener instead of the configured socket",
                 metadata: ["listener": "\(path)", "configured": "\(configuration.socketPath)"])
             configuration.socketPath = path
+            source.overrides.append(.init("socket", path))
         }
         if notifier != nil || listener != nil {
             logger.info(
@@ -136,17 +130,55 @@ struct Divvyd: AsyncParsableCommand {
                 ])
         }
 
-        let server: DivvyServer
+        // Trap SIGHUP before the server serves: from here a SIGHUP waits for the reload service instead of
+        // killing the process (its default action).
+        let reloadSignals = await UnixSignalsSequence(trapping: .sighup)
+        var hooks = notifier?.serverHooks() ?? ServerHooks()
+        hooks.logLevelChanged = { levelControl.level = $0 }
+        // The loop only beats; the watchdog service pings systemd while it does.
+        let heartbeat = LoopHeartbeat()
+        hooks.tick = { heartbeat.beat() }
+        // Bound before the region is mapped: a port in use stops divvyd before it has made anything.
+        let metricsListener: MetricsListenerService?
         do {
-            server = try DivvyServer(
-                configuration: configuration, logger: logger, listenerDescriptor: listener?.descriptor,
-                hooks: notifier?.serverHooks() ?? ServerHooks())
+            metricsListener = try configuration.metricsListen.map { (listen) throws(ServerError) in
+                try MetricsListenerService(listen: listen)
+            }
         } catch {
             throw fail("\(error)")
         }
+        let server: DivvyServer
+        do {
+            server = try DivvyServer(
+                configuration: configuration, logger: logger, listenerDescriptor: listener?.descriptor, hooks: hooks)
+        } catch {
+            throw fail("\(error)")
+        }
+        // Shut down in reverse order: reloading stops first, then the server; the watchdog last, since the loop
+        // keeps ticking through its graceful shutdown.
+        var services: [ServiceGroupConfiguration.ServiceConfiguration] = []
+        if let notifier, notifier.watchdogInterval != nil {
+            services.append(
+                .init(
+                    service: WatchdogService(notifier: notifier, heartbeat: heartbeat, logger: logger),
+                    successTerminationBehavior: .ignore))
+        }
+        if let metricsListener {
+            metricsListener.serve(server)
+            logger.info(
+                "serving metrics for Prometheus",
+                metadata: ["url": "http://\(metricsListener.host):\(metricsListener.port)/metrics"])
+            services.append(.init(service: metricsListener))
+        }
+        services.append(.init(service: DivvyServerService(server: server)))
+        services.append(
+            .init(
+                service: ConfigurationReloadService(
+                    server: server, source: source, signals: reloadSignals, logger: logger),
+                successTerminationBehavior: .ignore))
         let group = ServiceGroup(
             configuration: .init(
-                services: [.init(service: DivvyServerService(server: server))],
+                services: services,
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger))
         do {
@@ -163,28 +195,4 @@ struct Divvyd: AsyncParsableCommand {
 func printError(_ message: String) {
     let line = "divvyd: \(message)\n"
     _ = line.utf8CString.withUnsafeBufferPointer { write(2, $0.baseAddress, $0.count - 1) }
-}
-
-/// Why a file could not be read: strerror(3) of the failing call's errno.
-struct ReadError: Error {
-    var message: String
-}
-
-/// The whole file at `path` as UTF-8 text (open(2) and read(2), EINTR retried).
-func readFile(_ path: String) throws(ReadError) -> String {
-    let fd = open(path, O_RDONLY | O_CLOEXEC)
-    guard fd >= 0 else { throw ReadError(message: String(cString: strerror(errno))) }
-    defer { close(fd) }
-    var bytes: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 65_536)
-    while true {
-        let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        if count == 0 { break }
-        if count < 0 {
-            if errno == EINTR { continue }
-            throw ReadError(message: String(cString: strerror(errno)))
-        }
-        bytes += chunk[..<count]
-    }
-    return String(decoding: bytes, as: UTF8.self)
 }

@@ -365,4 +365,86 @@ final class DaemonProcessTests: XCTestCase {
         XCTAssertTrue(output.contains("quota = 1048576"), "\(output)")
         XCTAssertTrue(output.contains("data-size = 8388608"), "\(output)")
     }
+
+    /// SIGHUP reloads the config file (the command line's flags still win): reloadable keys change, the others are
+    /// reported as needing a restart, a broken file is refused whole, and the daemon keeps serving throughout.
+    func testSighupReloadsTheConfigFileAndRefusesABrokenOne() throws {
+        let directory = try temporarySocketDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let config = directory + "/divvyd.conf"
+        try "quota = 8M\nlog-level = info\n".write(toFile: config, atomically: true, encoding: .utf8)
+        let daemon = try Daemon(["--config", config])
+        let before = try DivvyClient(.init(socketPath: daemon.socketPath, name: "before", mode: .mediated))
+        defer { before.close() }
+        XCTAssertEqual(before.quotaBytes, 8 << 20)
+        XCTAssertFalse(daemon.process.standardError.contains("connection accepted"), "debug lines are off at info")
+
+        /// Sends SIGHUP and waits for the daemon's answer line.
+        func reload(expecting line: String) throws -> String {
+            daemon.process.signal(SIGHUP)
+            let deadline = Date().addingTimeInterval(20)
+            while !daemon.process.standardError.contains(line), Date() < deadline {
+                XCTAssertNil(daemon.process.wait(timeout: 0.02), "SIGHUP must not end divvyd")
+            }
+            let log = daemon.process.standardError
+            XCTAssertTrue(log.contains(line), log)
+            return log
+        }
+
+        // The data size in the file loses to the test's --data-size 32M flag: not even reported.
+        try "quota = 64K\nlog-level = debug\nheld-capacity = 1024\ndata-size = 64M\n"
+            .write(toFile: config, atomically: true, encoding: .utf8)
+        var log = try reload(expecting: "configuration reloaded")
+        XCTAssertTrue(log.contains("configuration reload: quota changed from 8388608 to 65536"), log)
+        XCTAssertTrue(log.contains("configuration reload: log-level changed from info to debug"), log)
+        XCTAssertTrue(
+            log.contains("configuration reload: held-capacity changed in the file (65536 to 1024) but needs a restart"),
+            log)
+        XCTAssertFalse(log.contains("data-size"), log)
+
+        // The new quota applies to a new client (and the log level changed for real: debug lines now appear).
+        let after = try DivvyClient(.init(socketPath: daemon.socketPath, name: "after", mode: .mediated))
+        defer { after.close() }
+        XCTAssertEqual(after.quotaBytes, 64 << 10)
+        var held = 0
+        var refusal: DivvyClientError?
+        for _ in 0..<100 {
+            do {
+                held += try after.allocateHandle(4096).blockSize
+            } catch {
+                refusal = error
+                break
+            }
+        }
+        XCTAssertEqual(refusal?.protocolCode, .quotaExceeded, "\(String(describing: refusal))")
+        XCTAssertGreaterThan(held, 0)
+        XCTAssertLessThanOrEqual(held, 64 << 10)
+        XCTAssertTrue(daemon.process.standardError.contains("connection accepted"), daemon.process.standardError)
+
+        // A broken file is refused and nothing changes.
+        try "quota = lots\nlog-level = error\n".write(toFile: config, atomically: true, encoding: .utf8)
+        log = try reload(expecting: "configuration reload refused")
+        XCTAssertTrue(log.contains("\(config): line 1: quota"), log)
+        XCTAssertTrue(log.contains("the running configuration is kept"), log)
+        XCTAssertFalse(log.contains("log-level changed from debug"), log)
+        let third = try DivvyClient(.init(socketPath: daemon.socketPath, name: "third", mode: .mediated))
+        defer { third.close() }
+        XCTAssertEqual(third.quotaBytes, 64 << 10, "the reloaded quota stays in force")
+        XCTAssertNil(daemon.process.wait(timeout: 0), "divvyd is still running")
+    }
+
+    /// Under a (fake) systemd with a watchdog: READY=1, then WATCHDOG=1 pings from the watchdog service while the
+    /// loop ticks, and STOPPING=1 at SIGTERM, after which divvyd exits 0.
+    func testTheWatchdogServicePingsSystemdWhileTheDaemonServes() throws {
+        let directory = try temporarySocketDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let listener = try NotifyListener(directory + "/notify")
+        let daemon = try Daemon([], environment: ["NOTIFY_SOCKET": listener.address, "WATCHDOG_USEC": "400000"])
+        XCTAssertTrue(
+            listener.wait(upTo: 20) { $0.contains("READY=1") && $0.filter { $0 == "WATCHDOG=1" }.count >= 3 },
+            "\(listener.lines)\n\(daemon.process.standardError)")
+        daemon.process.signal(SIGTERM)
+        XCTAssertEqual(daemon.process.wait(timeout: 20), .init(status: 0, signal: nil), daemon.process.standardError)
+        XCTAssertTrue(listener.lines.contains("STOPPING=1"), "\(listener.lines)")
+    }
 }

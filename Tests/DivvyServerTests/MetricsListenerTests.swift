@@ -1,4 +1,5 @@
 import DivvyServer
+import DivvyTestSupport
 import Foundation
 import XCTest
 
@@ -33,14 +34,20 @@ final class MetricsListenerTests: XCTestCase {
     }
 
     func testOffByDefault() throws {
-        let daemon = try TestDaemon()
-        XCTAssertNil(daemon.server.metricsPort)
         XCTAssertNil(ServerConfiguration().metricsListen)
+        let daemon = try DaemonProcessTests.Daemon()
+        daemon.process.signal(SIGTERM)
+        XCTAssertEqual(daemon.process.wait(timeout: 20), .init(status: 0, signal: nil), daemon.process.standardError)
+        XCTAssertFalse(daemon.process.standardError.contains("serving metrics"), daemon.process.standardError)
     }
 
-    func testServesThePrometheusExpositionOnLoopback() throws {
-        let daemon = try TestDaemon { $0.metricsListen = "127.0.0.1:0" }
-        let port = try XCTUnwrap(daemon.server.metricsPort)
+    func testServesThePrometheusExpositionOnLoopbackUntilTheServiceEnds() async throws {
+        let daemon = try TestDaemon()
+        let service = try MetricsListenerService(listen: "127.0.0.1:0")
+        service.serve(daemon.server)
+        let port = service.port
+        XCTAssertNotEqual(port, 0)
+        let task = Task { await service.run() }
         let client = try daemon.client(.mediated)
         _ = try client.allocateBatch(size: 64, count: 3)
         try client.ping()
@@ -49,7 +56,7 @@ final class MetricsListenerTests: XCTestCase {
         for _ in 0..<50 {
             response = try get("/metrics", port: port)
             if response.contains("divvy_clients 1.0") { break }
-            usleep(50_000)
+            try await Task.sleep(for: .milliseconds(50))
         }
         XCTAssertTrue(response.hasPrefix("HTTP/1.1 200 OK\r\n"), response)
         XCTAssertTrue(response.contains("Content-Type: text/plain; version=0.0.4"), response)
@@ -58,17 +65,44 @@ final class MetricsListenerTests: XCTestCase {
         let missing = try get("/other", port: port)
         XCTAssertTrue(missing.hasPrefix("HTTP/1.1 404"), missing)
         client.close()
+        task.cancel()
+        await task.value
+        XCTAssertThrowsError(try get("/metrics", port: port), "the listener closes when its service ends")
         daemon.stop()
-        XCTAssertThrowsError(try get("/metrics", port: port), "the listener stops with the daemon")
     }
 
-    func testBadAddressesAreRefused() {
+    func testBadAddressesAndPortsInUseAreRefused() throws {
         var configuration = ServerConfiguration()
         XCTAssertThrowsError(try configuration.set("metrics-listen", "9464"))
         XCTAssertThrowsError(try configuration.set("metrics-listen", "localhost:99999"))
         XCTAssertNoThrow(try configuration.set("metrics-listen", "off"))
-        XCTAssertThrowsError(try TestDaemon { $0.metricsListen = "not-an-ip:9464" }) { error in
+        XCTAssertThrowsError(try MetricsListenerService(listen: "not-an-ip:9464")) { error in
             XCTAssertTrue("\(error)".contains("not an IPv4 address"), "\(error)")
         }
+        let first = try MetricsListenerService(listen: "127.0.0.1:0")
+        XCTAssertThrowsError(try MetricsListenerService(listen: "127.0.0.1:\(first.port)")) { error in
+            XCTAssertTrue("\(error)".contains("cannot listen on 127.0.0.1:\(first.port)"), "\(error)")
+        }
+    }
+
+    /// divvyd with `metrics-listen`: the listener is a service of its group, serving while the daemon runs; a port
+    /// in use stops divvyd before it starts.
+    func testDivvydServesMetricsFromItsServiceGroup() throws {
+        let daemon = try DaemonProcessTests.Daemon(["--set", "metrics-listen=127.0.0.1:0"])
+        let log = daemon.process.standardError
+        let url = try XCTUnwrap(log.range(of: "url=http://127.0.0.1:").map { log[$0.upperBound...] }, log)
+        let port = try XCTUnwrap(UInt16(url.prefix { $0.isNumber }), log)
+        let response = try get("/metrics", port: port)
+        XCTAssertTrue(response.hasPrefix("HTTP/1.1 200 OK\r\n"), response)
+        XCTAssertTrue(response.contains("divvy_"), response)
+
+        let busy = try ChildProcess(
+            "divvyd", ["--socket", daemon.directory + "/second.sock", "--data-size", "8M", "--set",
+            "metrics-listen=127.0.0.1:\(port)"])
+        XCTAssertEqual(busy.wait(timeout: 20)?.status, 1, busy.standardError)
+        XCTAssertTrue(busy.standardError.contains("cannot listen on 127.0.0.1:\(port)"), busy.standardError)
+
+        daemon.process.signal(SIGTERM)
+        XCTAssertEqual(daemon.process.wait(timeout: 20), .init(status: 0, signal: nil), daemon.process.standardError)
     }
 }

@@ -37,8 +37,19 @@ public struct DivvyLogHandler: LogHandler {
         case plain
     }
 
-    /// The lowest level this handler writes.
-    public var logLevel: Logger.Level
+    /// The lowest level this handler writes: its `levelControl`'s level while it has one (a configuration reload
+    /// changes that), else its own. Setting it gives this handler (this copy) its own level and detaches it from
+    /// the control.
+    public var logLevel: Logger.Level {
+        get { levelControl?.level ?? ownLevel }
+        set {
+            ownLevel = newValue
+            levelControl = nil
+        }
+    }
+    private var ownLevel: Logger.Level
+    /// The shared level this handler follows, if any (`LogLevelControl`).
+    public private(set) var levelControl: LogLevelControl?
     /// Metadata added to every record of this handler (a record's own metadata wins on equal keys).
     public var metadata: Logger.Metadata = [:]
     /// Contextual metadata read at each record (between `metadata` and the record's own).
@@ -66,7 +77,8 @@ public struct DivvyLogHandler: LogHandler {
         self.label = label
         self.format = format
         self.fileDescriptor = fileDescriptor
-        self.logLevel = logLevel
+        self.ownLevel = logLevel
+        self.levelControl = nil
         self.metadataProvider = metadataProvider
         self.writesLabel = format == .plain || label != Self.programName
     }
@@ -81,6 +93,25 @@ public struct DivvyLogHandler: LogHandler {
         let stream = getenv("JOURNAL_STREAM").map { String(cString: $0) }
         let journal = isJournalStream(STDERR_FILENO, journalStream: stream)
         return DivvyLogHandler(label: label, format: journal ? .journal : .plain, logLevel: logLevel)
+    }
+
+    /// A handler for standard error (see `standardError(label:logLevel:)`) whose level follows `control`, so that
+    /// every logger made from it changes level together when the control does (divvyd's configuration reload).
+    ///
+    /// - Parameters:
+    ///   - label: The logger's label.
+    ///   - control: The shared level.
+    public static func standardError(label: String, levelControl control: LogLevelControl) -> DivvyLogHandler {
+        var handler = standardError(label: label, logLevel: control.level)
+        handler.levelControl = control
+        return handler
+    }
+
+    /// Returns this handler following `control`'s level (see `levelControl`).
+    public func following(_ control: LogLevelControl) -> DivvyLogHandler {
+        var handler = self
+        handler.levelControl = control
+        return handler
     }
 
     /// Whether `fileDescriptor` is the journal stream a `JOURNAL_STREAM` value names: the value is

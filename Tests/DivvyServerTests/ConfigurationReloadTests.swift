@@ -19,7 +19,7 @@ final class ConfigurationReloadTests: XCTestCase {
         "admin-uids": "4246", "admin-gids": "4247", "quota": "8M", "max-clients": "99",
         "initial-lease-pages": "3", "shutdown-grace-ms": "900", "metrics-listen": "127.0.0.1:9464",
         "log-level": "debug", "reserved-admin-connections": "7", "max-connections-per-uid": "5",
-        "handshake-timeout-ms": "1234",
+        "handshake-timeout-ms": "1234", "max-blocks-per-client": "100", "large-quota": "1M",
     ]
 
     func testEveryKeyIsEitherAppliedOrKeptAndReportedAsNeedingARestart() throws {

@@ -134,7 +134,7 @@ extension SharedHeap {
             (meta + 8).initializeMemory(as: UInt8.self, repeating: 0, count: layout.totalBytes - 8)
         }
         for (index, size) in layout.classSizes.enumerated() {
-            (meta + layout.classTableOffset + 4 * index).storeBytes(of: UInt32(size), as: UInt32.self)
+            SharedHeapHeaderField.store(UInt32(size), at: SharedHeapHeaderField.classTable + 4 * index, in: meta)
         }
         let pool = UnsafeLockFreeIndexStack.initialize(at: meta + layout.poolOffset, capacity: layout.smallPageCount)
         let spanPool = layout.spanPageCount == 0 ? nil
@@ -175,7 +175,7 @@ extension SharedHeap {
             throw corrupt("no heap in this region (magic 0x\(String(found, radix: 16)), expected "
                 + "0x\(String(magic, radix: 16))); create one with SharedHeap.create(in:)")
         }
-        let version = meta.load(fromByteOffset: 8, as: UInt32.self)
+        let version = SharedHeapHeaderField.load(UInt32.self, at: SharedHeapHeaderField.layoutVersion, in: meta)
         guard version == layoutVersion || version == lazyLayoutVersion else {
             throw corrupt("heap layout version \(version); this library reads versions \(layoutVersion) and "
                 + "\(lazyLayoutVersion) (lazy)")
@@ -183,7 +183,9 @@ extension SharedHeap {
         guard let layout = readHeader(at: meta, limit: geometry.metadataSize) else {
             throw corrupt("the heap header's fields are impossible")
         }
-        guard checksum(at: meta, layout: layout) == meta.load(fromByteOffset: 120, as: UInt64.self) else {
+        guard checksum(at: meta, layout: layout)
+            == SharedHeapHeaderField.load(UInt64.self, at: SharedHeapHeaderField.checksum, in: meta)
+        else {
             throw corrupt("the heap header's checksum does not match its contents: it was overwritten")
         }
         guard layout.dataOffset == geometry.dataOffset, layout.dataBytes <= geometry.dataSize,
@@ -214,44 +216,56 @@ extension SharedHeap {
             region: region, layout: layout, meta: meta, data: data, pool: pool, spanPool: spanPool, lazyCommit: lazy)
     }
 
-    private static func writeHeader(_ layout: SharedHeapLayout, version: UInt32, at meta: UnsafeMutableRawPointer) {
-        meta.storeBytes(of: version, toByteOffset: 8, as: UInt32.self)
-        meta.storeBytes(of: UInt32(layout.pageSize), toByteOffset: 12, as: UInt32.self)
-        meta.storeBytes(of: UInt32(layout.smallPageCount), toByteOffset: 16, as: UInt32.self)
-        meta.storeBytes(of: UInt32(layout.classSizes.count), toByteOffset: 20, as: UInt32.self)
-        meta.storeBytes(of: UInt32(layout.participantCapacity), toByteOffset: 24, as: UInt32.self)
-        meta.storeBytes(of: UInt32(layout.heldCapacity), toByteOffset: 28, as: UInt32.self)
-        meta.storeBytes(of: UInt32(layout.maxSlots), toByteOffset: 32, as: UInt32.self)
-        let offsets = [layout.classTableOffset, layout.participantsOffset, layout.poolOffset, layout.pagesOffset,
-                       layout.blockWordsOffset, layout.linksOffset, layout.heldOffset, layout.totalBytes,
-                       layout.dataOffset]
-        for (index, offset) in offsets.enumerated() {
-            meta.storeBytes(of: UInt64(offset), toByteOffset: 40 + 8 * index, as: UInt64.self)
-        }
-        meta.storeBytes(of: UInt32(layout.spanPageSize), toByteOffset: 128, as: UInt32.self)
-        meta.storeBytes(of: UInt32(layout.spanPageCount), toByteOffset: 132, as: UInt32.self)
-        meta.storeBytes(of: UInt32(layout.smallClassCount), toByteOffset: 136, as: UInt32.self)
-        meta.storeBytes(of: UInt32(layout.spanMaxSlots), toByteOffset: 140, as: UInt32.self)
-        meta.storeBytes(of: UInt64(layout.spanPoolOffset), toByteOffset: 144, as: UInt64.self)
-        meta.storeBytes(of: checksum(at: meta, layout: layout), toByteOffset: 120, as: UInt64.self)
+    /// Writes the header fields (table: `SharedHeapHeaderField`) and their checksum; not the magic.
+    internal static func writeHeader(
+        _ layout: SharedHeapLayout, version: UInt32, at meta: UnsafeMutableRawPointer
+    ) {
+        typealias F = SharedHeapHeaderField
+        func u32(_ value: Int, _ offset: Int) { F.store(UInt32(value), at: offset, in: meta) }
+        func u64(_ value: Int, _ offset: Int) { F.store(UInt64(value), at: offset, in: meta) }
+        F.store(version, at: F.layoutVersion, in: meta)
+        u32(layout.pageSize, F.pageSize)
+        u32(layout.smallPageCount, F.smallPageCount)
+        u32(layout.classSizes.count, F.classCount)
+        u32(layout.participantCapacity, F.participantCapacity)
+        u32(layout.heldCapacity, F.heldCapacity)
+        u32(layout.maxSlots, F.maxSlots)
+        u64(layout.classTableOffset, F.classTableOffset)
+        u64(layout.participantsOffset, F.participantsOffset)
+        u64(layout.poolOffset, F.poolOffset)
+        u64(layout.pagesOffset, F.pagesOffset)
+        u64(layout.blockWordsOffset, F.blockWordsOffset)
+        u64(layout.linksOffset, F.linksOffset)
+        u64(layout.heldOffset, F.heldOffset)
+        u64(layout.totalBytes, F.totalBytes)
+        u64(layout.dataOffset, F.dataOffset)
+        u32(layout.spanPageSize, F.spanPageSize)
+        u32(layout.spanPageCount, F.spanPageCount)
+        u32(layout.smallClassCount, F.smallClassCount)
+        u32(layout.spanMaxSlots, F.spanMaxSlots)
+        u64(layout.spanPoolOffset, F.spanPoolOffset)
+        F.store(checksum(at: meta, layout: layout), at: F.checksum, in: meta)
     }
 
-    /// Reads the header fields and re-derives the layout from them; nil when they are impossible or the derived
-    /// offsets differ from the stored ones.
-    private static func readHeader(at meta: UnsafeMutableRawPointer, limit: Int) -> SharedHeapLayout? {
-        let pageSize = Int(meta.load(fromByteOffset: 12, as: UInt32.self))
-        let pageCount = Int(meta.load(fromByteOffset: 16, as: UInt32.self))
-        let classCount = Int(meta.load(fromByteOffset: 20, as: UInt32.self))
-        let participants = Int(meta.load(fromByteOffset: 24, as: UInt32.self))
-        let held = Int(meta.load(fromByteOffset: 28, as: UInt32.self))
+    /// Reads the header fields (table: `SharedHeapHeaderField`) and re-derives the layout from them; nil when they
+    /// are impossible or the derived offsets differ from the stored ones.
+    internal static func readHeader(at meta: UnsafeMutableRawPointer, limit: Int) -> SharedHeapLayout? {
+        typealias F = SharedHeapHeaderField
+        func u32(_ offset: Int) -> Int { Int(F.load(UInt32.self, at: offset, in: meta)) }
+        func u64(_ offset: Int) -> Int { Int(F.load(UInt64.self, at: offset, in: meta)) }
+        let pageSize = u32(F.pageSize)
+        let pageCount = u32(F.smallPageCount)
+        let classCount = u32(F.classCount)
+        let participants = u32(F.participantCapacity)
+        let held = u32(F.heldCapacity)
         guard pageSize >= 4096, pageSize & (pageSize - 1) == 0, pageCount >= 1, (1...255).contains(classCount),
             (1...SharedHeapConfiguration.maximumParticipants).contains(participants), held >= 1,
             SharedHeapLayout.headerSize + 4 * classCount <= limit
         else { return nil }
-        let classes = (0..<classCount).map { Int(meta.load(fromByteOffset: 256 + 4 * $0, as: UInt32.self)) }
-        let spanPageSize = Int(meta.load(fromByteOffset: 128, as: UInt32.self))
-        let spanPageCount = Int(meta.load(fromByteOffset: 132, as: UInt32.self))
-        let smallClasses = Int(meta.load(fromByteOffset: 136, as: UInt32.self))
+        let classes = (0..<classCount).map { u32(F.classTable + 4 * $0) }
+        let spanPageSize = u32(F.spanPageSize)
+        let spanPageCount = u32(F.spanPageCount)
+        let smallClasses = u32(F.smallClassCount)
         guard (1...classCount).contains(smallClasses), pageCount + spanPageCount <= 1 << 24,
             classes.prefix(smallClasses).allSatisfy({ $0 >= 16 && $0 % 16 == 0 && $0 <= pageSize / 8 }),
             zip(classes, classes.dropFirst()).allSatisfy({ $0 < $1 }),
@@ -261,17 +275,18 @@ extension SharedHeap {
                     && spanPageSize & (spanPageSize - 1) == 0
                     && classes.dropFirst(smallClasses).allSatisfy({ $0 % 16 == 0 && $0 <= spanPageSize })
         else { return nil }
-        let dataOffset = Int(meta.load(fromByteOffset: 40 + 8 * 8, as: UInt64.self))
+        let dataOffset = u64(F.dataOffset)
         let layout = SharedHeapLayout(
             pageSize: pageSize, smallPageCount: pageCount, spanPageSize: spanPageSize, spanPageCount: spanPageCount,
             classSizes: classes, smallClassCount: smallClasses, participantCapacity: participants,
             heldCapacity: held, dataOffset: dataOffset)
-        let stored = (0..<8).map { Int(meta.load(fromByteOffset: 40 + 8 * $0, as: UInt64.self)) }
+        let stored = [F.classTableOffset, F.participantsOffset, F.poolOffset, F.pagesOffset, F.blockWordsOffset,
+                      F.linksOffset, F.heldOffset, F.totalBytes].map(u64)
         let derived = [layout.classTableOffset, layout.participantsOffset, layout.poolOffset, layout.pagesOffset,
                        layout.blockWordsOffset, layout.linksOffset, layout.heldOffset, layout.totalBytes]
-        guard stored == derived, Int(meta.load(fromByteOffset: 32, as: UInt32.self)) == layout.maxSlots,
-            Int(meta.load(fromByteOffset: 140, as: UInt32.self)) == layout.spanMaxSlots,
-            Int(meta.load(fromByteOffset: 144, as: UInt64.self)) == layout.spanPoolOffset,
+        guard stored == derived, u32(F.maxSlots) == layout.maxSlots,
+            u32(F.spanMaxSlots) == layout.spanMaxSlots,
+            u64(F.spanPoolOffset) == layout.spanPoolOffset,
             layout.dataBytes <= 1 << 36
         else {
             return nil
@@ -279,16 +294,16 @@ extension SharedHeap {
         return layout
     }
 
-    /// FNV-1a over header bytes 8..<120 and 128..<152, and the class table.
-    private static func checksum(at meta: UnsafeMutableRawPointer, layout: SharedHeapLayout) -> UInt64 {
+    /// FNV-1a 64 over the header's `SharedHeapHeaderField.checksummedRanges` (bytes 8..<120 and 128..<152) and
+    /// the class table.
+    internal static func checksum(at meta: UnsafeMutableRawPointer, layout: SharedHeapLayout) -> UInt64 {
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325
         func mix(_ range: Range<Int>) {
             for index in range {
                 hash = (hash ^ UInt64(meta.load(fromByteOffset: index, as: UInt8.self))) &* 0x100_0000_01b3
             }
         }
-        mix(8..<120)
-        mix(128..<152)
+        for range in SharedHeapHeaderField.checksummedRanges { mix(range) }
         mix(layout.classTableOffset..<(layout.classTableOffset + 4 * layout.classSizes.count))
         return hash
     }

@@ -122,14 +122,15 @@ public final class SharedHeap: @unchecked Sendable {
     /// heap, a slot's held list is backed once its bit is set (set by `join` after committing it, never cleared).
     /// Readers skip the held lists of other slots, which are holes reading as zeros: reading a hole of a shared
     /// mapping would allocate it (and could raise SIGBUS when the backing store is full).
-    internal static let heldCommittedOffset = 156
+    internal static let heldCommittedOffset = SharedHeapHeaderField.heldCommitted
     /// The layout version this code reads and writes. Version 4: participant state words carry the process's
     /// start time beside its pid, and a *leaving* state.
     public static let layoutVersion: UInt32 = 4
     /// The layout version of a lazy heap (one formatted in a lazily committed region): version 4's layout, whose
-    /// metadata is committed as it is used, plus the committed-held-lists mask at header offset 156 that readers
-    /// must honour. A library that knows only version 4 refuses such a heap instead of reading (and so
-    /// allocating) metadata that is not committed, or joining without committing its held list.
+    /// metadata is committed as it is used, plus the committed-held-lists mask at header offset 156
+    /// (`SharedHeapHeaderField.heldCommitted`) that readers must honour. A library that knows only version 4
+    /// refuses such a heap instead of reading (and so allocating) metadata that is not committed, or joining
+    /// without committing its held list.
     public static let lazyLayoutVersion: UInt32 = 5
 
     // Internal, not private: `create` and `attach` (SharedHeap+Format.swift) call it; nothing else should.

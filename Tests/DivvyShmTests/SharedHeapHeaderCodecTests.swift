@@ -82,3 +82,20 @@ extension SharedHeapTests {
         }
     }
 }
+
+extension SharedHeapTests {
+    /// The record tables name the offsets the heap has always used (layout versions 4 and 5).
+    func testRecordFieldOffsetsAreTheLayoutVersion4Offsets() {
+        typealias D = PageDescriptorField
+        XCTAssertEqual([D.state, D.remoteHead, D.localHead, D.localCount, D.carved, D.live, D.slotCount, D.suspect,
+                        D.collecting], [0, 8, 16, 20, 24, 28, 32, 40, 48])
+        typealias P = ParticipantRecordField
+        XCTAssertEqual([P.state, P.pending, P.name, P.nameBytes, P.pageInHand, P.pageAllowance, P.ownedPageCount],
+                       [0, 8, 16, 32, 48, 56, 60])
+        XCTAssertEqual(SharedHeapLayout.pageStride, 64)
+        XCTAssertEqual(SharedHeapLayout.participantStride, 64)
+        typealias H = SharedHeapHeaderField
+        XCTAssertEqual(H.checksummedRanges, [8..<120, 128..<152])
+        XCTAssertEqual([H.magic, H.layoutVersion, H.heldCommitted, H.classTable], [0, 8, 156, 256])
+    }
+}

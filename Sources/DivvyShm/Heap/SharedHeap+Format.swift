@@ -141,12 +141,13 @@ extension SharedHeap {
             : UnsafeLockFreeIndexStack.initialize(at: meta + layout.spanPoolOffset, capacity: layout.spanPageCount)
         for page in 0..<pageCount {
             let descriptor = meta + layout.pagesOffset + page * SharedHeapLayout.pageStride
-            descriptor.storeBytes(of: UInt64(endOfSlots), toByteOffset: 8, as: UInt64.self)  // remote head: empty
-            descriptor.storeBytes(of: endOfSlots, toByteOffset: 16, as: UInt32.self)  // local head: empty
+            // Remote head and local head: empty.
+            descriptor.storeBytes(of: UInt64(endOfSlots), toByteOffset: PageDescriptorField.remoteHead, as: UInt64.self)
+            descriptor.storeBytes(of: endOfSlots, toByteOffset: PageDescriptorField.localHead, as: UInt32.self)
         }
         for p in 0..<c.participantCapacity {  // No limit until someone sets one.
             (meta + layout.participantsOffset + p * SharedHeapLayout.participantStride)
-                .storeBytes(of: unlimitedPages, toByteOffset: 56, as: UInt32.self)
+                .storeBytes(of: unlimitedPages, toByteOffset: ParticipantRecordField.pageAllowance, as: UInt32.self)
         }
         writeHeader(layout, version: lazy ? lazyLayoutVersion : layoutVersion, at: meta)
         // Ordering: releasing; pairs with the acquiring load in `attach`: whoever sees the magic sees everything.

@@ -50,9 +50,9 @@ extension SharedHeap {
                 // the participant's index from us (a happens-before through its own channel).
                 pageAllowance(p).store(unlimitedPages, ordering: .relaxed)
                 ownedPageCount(p).store(0, ordering: .relaxed)
-                let bytes = Array(name.utf8.prefix(32))
-                let nameArea = meta + participantOffset(p) + 16
-                nameArea.initializeMemory(as: UInt8.self, repeating: 0, count: 32)
+                let bytes = Array(name.utf8.prefix(ParticipantRecordField.nameBytes))
+                let nameArea = meta + participantOffset(p) + ParticipantRecordField.name
+                nameArea.initializeMemory(as: UInt8.self, repeating: 0, count: ParticipantRecordField.nameBytes)
                 nameArea.copyMemory(from: bytes, byteCount: bytes.count)
                 return Participant(heap: self, index: p)
             }

@@ -36,6 +36,10 @@
 /// | 256 | 4 × classCount | classTable | block sizes, ascending |
 ///
 /// The offsets after 8 are re-derived from the fixed fields by `readHeader` and must match.
+///
+/// Two fields are atomics, not codec fields: the magic (stored last with release ordering by `create`, loaded
+/// with acquire ordering by `attach`) and `heldCommitted` (`SharedHeap.heldCommittedOffset`). They are in native byte
+/// order, which is little-endian on every platform Divvy supports (x86_64, arm64).
 internal enum SharedHeapHeaderField {
     static let magic = 0
     static let layoutVersion = 8

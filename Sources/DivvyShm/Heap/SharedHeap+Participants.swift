@@ -1,0 +1,119 @@
+import Atomics
+import Divvy
+import SystemPackage
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// Joining (and, in a lazy heap, committing a slot's held list), free-slot counts, releasing a left slot.
+extension SharedHeap {
+    // MARK: Participants
+
+    /// Registers a participant (one per thread) and returns it.
+    ///
+    /// - Parameter name: a label for diagnostics (the first 32 UTF-8 bytes are stored).
+    /// Only a *free* slot is taken: never one whose participant awaits recovery (alive with its process gone, or
+    /// dead) nor one that is *leaving* (see `Participant.leave(releasingSlot:)`).
+    ///
+    /// - Throws: `.participantTableFull` when every slot is taken; `.invalidConfiguration` for a read-only region;
+    ///   `.heapFull` when a lazy heap cannot commit the held list of any free slot (the backing store is full).
+    public func join(name: String) throws(SharedHeapError) -> Participant {
+        guard region.access == .readWrite else {
+            throw SharedHeapError(
+                .invalidConfiguration, "the region is mapped read-only: a read-only process may verify() and read "
+                    + "blocks, not join; open the region read-write")
+        }
+        // Pid and start time in one word: liveness checks survive pid reuse (see `ProcessIdentity`).
+        let pid = getpid()
+        let me = ParticipantWord.make(
+            state: ParticipantWord.alive, pid: pid, startTime: ProcessIdentity.startTime(of: pid) ?? 0)
+        var commitFailure: SharedHeapError?
+        for p in 0..<layout.participantCapacity {
+            // A lazy heap backs a slot's held list before the slot is first taken (idempotent, so a commit for a
+            // slot someone else takes first is no harm); a slot whose list cannot be backed is passed over.
+            if lazyCommit, ParticipantWord.state(participantState(p).load(ordering: .relaxed)) == ParticipantWord.free,
+                !heldListIsCommitted(p)
+            {
+                do throws(SharedHeapError) { try commitHeldList(p) } catch {
+                    commitFailure = error
+                    continue
+                }
+            }
+            // Ordering: acquiring on success, so that everything the previous occupant of the slot wrote (its
+            // emptied held list, cleared pending word) before freeing the slot with a releasing store is visible.
+            let (claimed, _) = participantState(p).compareExchange(
+                expected: ParticipantWord.free, desired: me, successOrdering: .acquiringAndReleasing,
+                failureOrdering: .relaxed)
+            if claimed {
+                // Ordering: relaxed; the slot is ours, and a quota manager sets the allowance only after learning
+                // the participant's index from us (a happens-before through its own channel).
+                pageAllowance(p).store(unlimitedPages, ordering: .relaxed)
+                ownedPageCount(p).store(0, ordering: .relaxed)
+                let bytes = Array(name.utf8.prefix(ParticipantRecordField.nameBytes))
+                let nameArea = meta + participantOffset(p) + ParticipantRecordField.name
+                nameArea.initializeMemory(as: UInt8.self, repeating: 0, count: ParticipantRecordField.nameBytes)
+                nameArea.copyMemory(from: bytes, byteCount: bytes.count)
+                return Participant(heap: self, index: p)
+            }
+        }
+        if let commitFailure { throw commitFailure }
+        throw SharedHeapError(
+            .participantTableFull, "all \(layout.participantCapacity) participant slots are taken; leave() unused "
+                + "participants")
+    }
+
+    /// Whether participant slot `p`'s held list is backed: always in a fully committed heap; in a lazy heap once
+    /// the slot was first joined. Readers skip a held list that is not (it is a hole: all zeros).
+    internal func heldListIsCommitted(_ p: Int) -> Bool {
+        // Ordering: acquiring, pairs with the releasing bit set in `commitHeldList`.
+        !lazyCommit || word32(Self.heldCommittedOffset).load(ordering: .acquiring) & (UInt32(1) << UInt32(p)) != 0
+    }
+
+    /// Lazy heaps: commits participant slot `p`'s held list, then records it in the header's mask.
+    internal func commitHeldList(_ p: Int) throws(SharedHeapError) {
+        let bytes = layout.heldCapacity * 8
+        let offset = region.geometry.metadataOffset + layout.heldOffset + p * bytes
+        if let error = lazyCommitFailure() ?? region.commitInPlace(offset: offset, length: bytes) {
+            throw SharedHeapError(
+                .heapFull, "could not commit the \(bytes)-byte held list of participant slot \(p) in "
+                    + "\(region.describing) (\(error)): the backing store (/dev/shm, or memory) is full; free "
+                    + "blocks or memory, then join again")
+        }
+        // Ordering: releasing, pairs with the acquiring load in `heldListIsCommitted`.
+        word32(Self.heldCommittedOffset).loadThenBitwiseOr(with: UInt32(1) << UInt32(p), ordering: .releasing)
+    }
+
+    /// How many participant slots are free now (a `join` would find one), out of `participantCapacity`.
+    ///
+    /// - Complexity: O(participant capacity).
+    public var freeParticipantSlots: Int {
+        // Ordering: relaxed; a count for admission decisions, stale as soon as it is read.
+        (0..<layout.participantCapacity).count {
+            ParticipantWord.state(participantState($0).load(ordering: .relaxed)) == ParticipantWord.free
+        }
+    }
+
+    /// Frees a slot whose participant left with `leave(releasingSlot: false)`, so that `join` may offer it again.
+    /// Whoever manages the slots (a daemon) calls it once it has finished with the participant's session.
+    ///
+    /// - Parameters:
+    ///   - p: the slot.
+    ///   - pid: the process that left it; a slot left by another process (or not leaving) is not touched.
+    /// - Returns: true when the slot was leaving (left by `pid`) and is now free.
+    /// - Complexity: O(1).
+    @discardableResult
+    public func releaseSlot(participant p: Int, pid: Int32) -> Bool {
+        guard p >= 0, p < layout.participantCapacity, region.access == .readWrite else { return false }
+        // Ordering: acquiring, pairs with leave's releasing store of the leaving word.
+        let word = participantState(p).load(ordering: .acquiring)
+        guard ParticipantWord.state(word) == ParticipantWord.leaving, ParticipantWord.pid(word) == pid else {
+            return false
+        }
+        // Ordering: releasing on success, pairs with the acquiring claim in `join`: the next occupant sees the
+        // emptied held list and cleared words that leave wrote before its leaving store.
+        return participantState(p).compareExchange(
+            expected: word, desired: ParticipantWord.free, successOrdering: .acquiringAndReleasing,
+            failureOrdering: .relaxed).exchanged
+    }
+}

@@ -1,0 +1,86 @@
+/// The heap header: the first `SharedHeapLayout.headerSize` (256) bytes of the region's metadata area, followed by
+/// the class table. The one table of its fields; `SharedHeap.writeHeader`, `readHeader` and `checksum` address
+/// them only through these names. Every field is a little-endian fixed-width integer at a fixed offset (the same
+/// bytes for layout versions 4 and 5; version 5 adds only the meaning of `heldCommitted`):
+///
+/// | offset | size | field | meaning |
+/// |---|---|---|---|
+/// | 0 | 8 | magic | `"DVHEAP01"` (`SharedHeap.magic`); 0 while `create` formats; stored last (release) |
+/// | 8 | 4 | layoutVersion | 4, or 5 for a lazy heap (`SharedHeap.layoutVersion`, `lazyLayoutVersion`) |
+/// | 12 | 4 | pageSize | small-page size |
+/// | 16 | 4 | smallPageCount | small pages |
+/// | 20 | 4 | classCount | entries in the class table (small then large classes) |
+/// | 24 | 4 | participantCapacity | participant slots |
+/// | 28 | 4 | heldCapacity | held-list entries per participant |
+/// | 32 | 4 | maxSlots | slots of a small page for the smallest class |
+/// | 36 | 4 | — | zero |
+/// | 40 | 8 | classTableOffset | metadata offset of the class table (= 256) |
+/// | 48 | 8 | participantsOffset | participant records |
+/// | 56 | 8 | poolOffset | the small-page pool |
+/// | 64 | 8 | pagesOffset | page descriptors |
+/// | 72 | 8 | blockWordsOffset | block words |
+/// | 80 | 8 | linksOffset | free-list links |
+/// | 88 | 8 | heldOffset | held lists |
+/// | 96 | 8 | totalBytes | metadata bytes in all |
+/// | 104 | 8 | dataOffset | the region's data-area offset the heap was formatted for |
+/// | 112 | 8 | — | zero |
+/// | 120 | 8 | checksum | FNV-1a 64 of `checksummedRanges` and the class table |
+/// | 128 | 4 | spanPageSize | span page size (0 without a span tier) |
+/// | 132 | 4 | spanPageCount | span pages |
+/// | 136 | 4 | smallClassCount | the small classes (the first entries of the class table) |
+/// | 140 | 4 | spanMaxSlots | slots of a span page for the smallest large class |
+/// | 144 | 8 | spanPoolOffset | the span-page pool |
+/// | 152 | 4 | — | zero |
+/// | 156 | 4 | heldCommitted | v5: bit `p` set once slot `p`'s held list is committed (atomic; not checksummed) |
+/// | 160 | 96 | — | zero |
+/// | 256 | 4 × classCount | classTable | block sizes, ascending |
+///
+/// The offsets after 8 are re-derived from the fixed fields by `readHeader` and must match.
+///
+/// Two fields are atomics, not codec fields: the magic (stored last with release ordering by `create`, loaded
+/// with acquire ordering by `attach`) and `heldCommitted` (`SharedHeap.heldCommittedOffset`). They are in native byte
+/// order, which is little-endian on every platform Divvy supports (x86_64, arm64).
+internal enum SharedHeapHeaderField {
+    static let magic = 0
+    static let layoutVersion = 8
+    static let pageSize = 12
+    static let smallPageCount = 16
+    static let classCount = 20
+    static let participantCapacity = 24
+    static let heldCapacity = 28
+    static let maxSlots = 32
+    static let classTableOffset = 40
+    static let participantsOffset = 48
+    static let poolOffset = 56
+    static let pagesOffset = 64
+    static let blockWordsOffset = 72
+    static let linksOffset = 80
+    static let heldOffset = 88
+    static let totalBytes = 96
+    static let dataOffset = 104
+    static let checksum = 120
+    static let spanPageSize = 128
+    static let spanPageCount = 132
+    static let smallClassCount = 136
+    static let spanMaxSlots = 140
+    static let spanPoolOffset = 144
+    static let heldCommitted = 156
+    static let classTable = 256
+
+    /// The header bytes the checksum covers (besides the class table): everything from the version to the
+    /// checksum, and the span-tier fields. Not the magic (stored after the checksum), not the checksum, not the
+    /// atomically updated `heldCommitted` mask.
+    static let checksummedRanges: [Range<Int>] = [layoutVersion..<checksum, spanPageSize..<(spanPoolOffset + 8)]
+
+    /// Stores `value` little-endian at `offset`.
+    @inline(__always)
+    static func store<T: FixedWidthInteger>(_ value: T, at offset: Int, in meta: UnsafeMutableRawPointer) {
+        meta.storeBytes(of: value.littleEndian, toByteOffset: offset, as: T.self)
+    }
+
+    /// Loads the little-endian `T` at `offset`.
+    @inline(__always)
+    static func load<T: FixedWidthInteger>(_: T.Type, at offset: Int, in meta: UnsafeRawPointer) -> T {
+        T(littleEndian: meta.loadUnaligned(fromByteOffset: offset, as: T.self))
+    }
+}

@@ -31,7 +31,7 @@ struct AdminReports {
 
     func status(clients: Int) -> Status {
         let region = server.region
-        let usage = server.heap.usage()
+        let usage = server.recentHeapUsage()
         let geometry = region.geometry
         let capacity = server.heapCapacity
         return Status(

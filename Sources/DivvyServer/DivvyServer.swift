@@ -1277,10 +1277,11 @@ public final class DivvyServer: @unchecked Sendable {
         case .classes: return reports.json(operation, reports.classes())
         case .clients:
             // Paged: the argument is the id the page starts after (PROTOCOL.md, "Admin paging").
+            let now = Date().timeIntervalSince1970
             let page = AdminPaging.clientsPage(
                 sessions, order: sessionOrder, after: argument, limit: adminBodyLimit
             ) {
-                reports.client($0)
+                reports.client($0, now: now)
             }
             return .adminReply(AdminReply(operation: operation, format: .json, body: page))
         case .verify:

@@ -131,3 +131,10 @@ final class LoopCostTests: XCTestCase {
         }
     }
 }
+
+extension LoopCostTests {
+    func testModeNamesAreTheCasesNames() {
+        for mode in [ClientMode.any, .direct, .mediated] { XCTAssertEqual(AdminReports.modeName(mode), "\(mode)") }
+        XCTAssertEqual(AdminReports.modeName(nil), "handshake")
+    }
+}

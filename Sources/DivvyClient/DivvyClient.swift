@@ -517,7 +517,8 @@ public final class DivvyClient {
     ///
     /// A direct client's own holdings live in shared memory, not in the daemon's records: the reply's
     /// `bytesHeld` and `blocksHeld` (what the client holds through the daemon) are completed here with the
-    /// blocks its participant holds. O(blocks held).
+    /// blocks its participant holds. O(blocks held). The heap-wide figures (`heapBytesUsed`, `heapBytesFree`) may be
+    /// up to 100 ms old (the daemon counts the heap's usage at most that often; PROTOCOL.md, `stats`).
     public func stats() throws(DivvyClientError) -> ClientStats {
         var stats: ClientStats
         switch try request(.stats).message {

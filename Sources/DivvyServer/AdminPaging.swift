@@ -52,14 +52,38 @@ enum AdminPaging {
         return (body, count)
     }
 
+    /// A JSON array of as many `clients` rows (in order) as fit in `limit` bytes, and how many that is: the same
+    /// bytes as the generic `arrayPage`, each row written by `ClientRowJSON` into one buffer.
+    /// - Complexity: O(bytes of the rows taken, plus one row).
+    static func arrayPage<Rows: Sequence>(_ rows: Rows, limit: Int) -> (body: [UInt8], count: Int)
+    where Rows.Element == AdminDocument.Client {
+        var body: [UInt8] = [UInt8(ascii: "[")]
+        body.reserveCapacity(min(limit, 1 << 16))
+        var count = 0
+        for row in rows {
+            let mark = body.count
+            if count > 0 { body.append(UInt8(ascii: ",")) }
+            ClientRowJSON.append(row, to: &body)
+            // The row, its comma (after the first) and the closing bracket must fit.
+            if count > 0 && body.count + 1 > limit {
+                body.removeSubrange(mark...)
+                break
+            }
+            count += 1
+        }
+        body.append(UInt8(ascii: "]"))
+        return (body, count)
+    }
+
     /// The `clients` page that starts after `cursor`: the rows of the clients whose id is greater than `cursor`,
     /// in ascending id order, as many as fit in `limit` bytes. An empty array (`[]`) means no client follows
-    /// `cursor`: the listing is complete.
-    static func clientsPage<Clients: Collection>(
-        _ clients: Clients, after cursor: UInt32, limit: Int, row: (Clients.Element) -> AdminDocument.Client
-    ) -> [UInt8] where Clients.Element == Session {
-        let following = clients.filter { $0.id > cursor }.sorted { $0.id < $1.id }
-        return arrayPage(following.lazy.map(row), limit: limit).body
+    /// `cursor`: the listing is complete. `order` holds the ids of `sessions`.
+    /// - Complexity: O(log n + the page's rows): the ids are kept sorted (`SortedClientIDs`).
+    static func clientsPage(
+        _ sessions: [UInt32: Session], order: SortedClientIDs, after cursor: UInt32, limit: Int,
+        row: (Session) -> AdminDocument.Client
+    ) -> [UInt8] {
+        arrayPage(order.after(cursor).lazy.compactMap { sessions[$0] }.map(row), limit: limit).body
     }
 
     /// The `verify` document in at most `limit` bytes: when its violations do not all fit, the first ones are

@@ -31,7 +31,7 @@ struct AdminReports {
 
     func status(clients: Int) -> Status {
         let region = server.region
-        let usage = server.heap.usage()
+        let usage = server.recentHeapUsage()
         let geometry = region.geometry
         let capacity = server.heapCapacity
         return Status(
@@ -59,13 +59,23 @@ struct AdminReports {
         }
     }
 
-    func client(_ session: Session) -> ClientRow {
+    func client(_ session: Session, now: Double = Date().timeIntervalSince1970) -> ClientRow {
         ClientRow(
             id: session.id, pid: session.peer.pid, uid: session.peer.uid, gid: session.peer.gid, name: session.name,
-            mode: session.mode.map { "\($0)" } ?? "handshake", bytesHeld: session.bytesHeld,
+            mode: Self.modeName(session.mode), bytesHeld: session.bytesHeld,
             blocksHeld: session.blocksHeld, quotaBytes: server.configuration.effectiveQuotaBytes,
             pageAllowance: session.pageAllowance, participant: session.participant,
-            connectedSeconds: Date().timeIntervalSince1970 - session.connectedAt, requests: session.requests)
+            connectedSeconds: now - session.connectedAt, requests: session.requests)
+    }
+
+    /// A `clients` row's `mode` (the case's name, as `"\(mode)"` gives it, without reflection for each row).
+    static func modeName(_ mode: ClientMode?) -> String {
+        switch mode {
+        case nil: "handshake"
+        case .any: "any"
+        case .direct: "direct"
+        case .mediated: "mediated"
+        }
     }
 
     func verify() -> Verify {

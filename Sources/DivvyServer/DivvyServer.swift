@@ -78,6 +78,11 @@ public final class DivvyServer: @unchecked Sendable {
     /// the heap operation). Invariant: the same object as `participant`, which keeps it alive.
     private var daemonParticipantRef: Unmanaged<SharedHeap.Participant>?
     var sessions: [UInt32: Session] = [:]
+    /// The ids of `sessions`, ascending, for `admin clients` pages.
+    var sessionOrder = SortedClientIDs()
+    /// The heap usage `stats` and `admin status` report (`HeapUsageSnapshot`); tests may change `maxAge` before
+    /// `run()`.
+    var heapUsageSnapshot = HeapUsageSnapshot(maxAge: HeapUsageSnapshot.defaultMaxAge)
     private var nextClientID: UInt32 = 1
     /// Mediated holdings beyond the first, per handle. The daemon's participant holds a mediated block once (one
     /// bit in the block's word), whichever sessions hold it; that bit stands for the first mediated holding, and
@@ -361,6 +366,7 @@ public final class DivvyServer: @unchecked Sendable {
     /// Refreshes the gauges and tells the hooks a one-line status when it changed.
     private func reportStatus() {
         let usage = heap.usage()
+        heapUsageSnapshot.store(usage, at: .now)
         metrics.update(
             usage, clients: sessions.count, leasedPages: sessions.values.reduce(0) { $0 + $1.pageAllowance })
         let status = "serving \(sessions.count) client(s); \(usage.bytesInUse >> 10) KiB of "
@@ -375,6 +381,7 @@ public final class DivvyServer: @unchecked Sendable {
         control.lock()
         countersSnapshot = metrics.counters
         countersSnapshot.clients = sessions.count
+        countersSnapshot.heapUsageRequestWalks = heapUsageSnapshot.requestWalks
         control.unlock()
     }
 
@@ -475,6 +482,7 @@ public final class DivvyServer: @unchecked Sendable {
             return
         }
         sessions[id] = session
+        sessionOrder.insert(id)
         admission.opened(uid: peer.uid)
         handshakeDeadlines.add(
             id, deadline: .now + .milliseconds(configuration.handshakeTimeoutMilliseconds))
@@ -1109,7 +1117,7 @@ public final class DivvyServer: @unchecked Sendable {
     }
 
     private func stats(for session: Session) -> ClientStats {
-        let usage = heap.usage()
+        let usage = recentHeapUsage()
         let used = usage.bytesInUse
         return ClientStats(
             bytesHeld: UInt64(session.bytesHeld), blocksHeld: UInt64(session.blocksHeld),
@@ -1126,6 +1134,7 @@ public final class DivvyServer: @unchecked Sendable {
     @discardableResult
     func disconnect(_ id: UInt32, reason: String) -> String? {
         guard let session = sessions.removeValue(forKey: id) else { return nil }
+        sessionOrder.remove(id)
         admission.closed(uid: session.peer.uid)
         poller.remove(session.socket.fileDescriptor)
         session.socket.close()
@@ -1264,8 +1273,11 @@ public final class DivvyServer: @unchecked Sendable {
         case .classes: return reports.json(operation, reports.classes())
         case .clients:
             // Paged: the argument is the id the page starts after (PROTOCOL.md, "Admin paging").
-            let page = AdminPaging.clientsPage(sessions.values, after: argument, limit: adminBodyLimit) {
-                reports.client($0)
+            let now = Date().timeIntervalSince1970
+            let page = AdminPaging.clientsPage(
+                sessions, order: sessionOrder, after: argument, limit: adminBodyLimit
+            ) {
+                reports.client($0, now: now)
             }
             return .adminReply(AdminReply(operation: operation, format: .json, body: page))
         case .verify:

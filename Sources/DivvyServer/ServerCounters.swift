@@ -26,6 +26,8 @@ public struct ServerCounters: Hashable, Sendable {
     public var errors: [String: Int] = [:]
     /// Clients connected now (set when published).
     public var clients = 0
+    /// Heap walks `stats` and `admin status` requests caused (`HeapUsageSnapshot.requestWalks`); for tests.
+    var heapUsageRequestWalks = 0
 
     /// Counts one error reply.
     mutating func countError(_ code: ErrorCode) {

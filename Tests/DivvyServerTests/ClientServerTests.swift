@@ -187,6 +187,7 @@ final class ClientServerTests: XCTestCase {
         let daemon = try TestDaemon()
         let client = try daemon.client(.direct, name: "stats")
         let handle = try client.allocateHandle(128).handle
+        usleep(150_000)  // heap figures may be up to 100 ms old (`HeapUsageSnapshot`)
         let stats = try client.stats()
         XCTAssertEqual(stats.clients, 1)
         XCTAssertEqual(stats.quotaBytes, UInt64(daemon.server.configuration.effectiveQuotaBytes))

@@ -62,6 +62,10 @@ final class DaemonProcessTests: XCTestCase {
                 let status = try XCTUnwrap(
                     JSONSerialization.jsonObject(with: Data(admin.admin(.status).body)) as? [String: Any])
                 if status["clients"] as? Int == expectedClients + 1 || Date() > deadline {
+                    // Heap figures may be up to 100 ms old (`HeapUsageSnapshot`): read them once that has passed.
+                    usleep(150_000)
+                    let status = try XCTUnwrap(
+                        JSONSerialization.jsonObject(with: Data(admin.admin(.status).body)) as? [String: Any])
                     let verify = try XCTUnwrap(
                         JSONSerialization.jsonObject(with: Data(admin.admin(.verify).body)) as? [String: Any])
                     return (verify, status)
@@ -176,6 +180,7 @@ final class DaemonProcessTests: XCTestCase {
         let daemon = try Daemon()
         let adopter = try DivvyClient(.init(socketPath: daemon.socketPath, name: "adopter", mode: .mediated))
         func bytesUsed() throws -> Int {
+            usleep(150_000)  // heap figures may be up to 100 ms old (`HeapUsageSnapshot`)
             let status = try XCTUnwrap(
                 JSONSerialization.jsonObject(with: Data(adopter.admin(.status).body)) as? [String: Any])
             return try XCTUnwrap((status["heap"] as? [String: Any])?["bytesUsed"] as? Int, "\(status)")

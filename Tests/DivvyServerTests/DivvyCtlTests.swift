@@ -22,6 +22,7 @@ final class DivvyCtlTests: XCTestCase {
         let socket = daemon.socketPath
         let client = try DivvyClient(.init(socketPath: socket, name: "worker", mode: .mediated))
         let handles = try client.allocateBatch(size: 100, count: 10)
+        usleep(150_000)  // heap figures may be up to 100 ms old (`HeapUsageSnapshot`)
 
         let status = try divvyctl(["status"], socket: socket)
         XCTAssertEqual(status.status, 0, status.error)

@@ -102,6 +102,7 @@ final class ParticipantSlotTests: XCTestCase {
     func testHeapBytesUsedIsTheBytesOfTheBlocksHeld() throws {
         let daemon = try TestDaemon()
         func bytesUsed(_ client: DivvyClient) throws -> Int {
+            usleep(150_000)  // heap figures may be up to 100 ms old (`HeapUsageSnapshot`)
             let status = try XCTUnwrap(
                 JSONSerialization.jsonObject(with: Data(client.admin(.status).body)) as? [String: Any])
             let used = try XCTUnwrap((status["heap"] as? [String: Any])?["bytesUsed"] as? Int, "\(status)")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import os
 import threading
+import time
 import weakref
 
 import pytest
@@ -162,6 +163,7 @@ def test_free_batch_with_a_freed_block_frees_nothing(daemon, mode):
 
 
 def snapshot(client: divvy.Client) -> tuple[int, int, int, int]:
+    time.sleep(0.15)  # the daemon's heap figures may be up to 100 ms old (PROTOCOL.md, stats)
     stats = client.stats()
     return stats.blocks_held, stats.bytes_held, stats.heap_bytes_used, stats.heap_bytes_free
 

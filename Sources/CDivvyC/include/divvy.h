@@ -151,9 +151,9 @@ struct divvy_stats {
     uint64_t blocks_held;
     /* The most bytes this client may hold. */
     uint64_t quota_bytes;
-    /* Bytes in use in the whole heap (all clients). */
+    /* Bytes in use in the whole heap (all clients), as of at most 100 ms ago (the daemon counts it that often). */
     uint64_t heap_bytes_used;
-    /* Bytes free in the whole heap. */
+    /* Bytes free in the whole heap (as old as heap_bytes_used). */
     uint64_t heap_bytes_free;
     /* Pages this client may own (direct clients; 0 for mediated ones). */
     uint32_t page_allowance;

@@ -382,7 +382,8 @@ class Client:
     # --- the daemon -----------------------------------------------------------------------------------------
 
     def stats(self) -> Stats:
-        """This client's usage and the heap's totals (``divvy_stats``; a round trip to the daemon)."""
+        """This client's usage and the heap's totals (``divvy_stats``; a round trip to the daemon; the heap totals
+        may be up to 100 ms old)."""
         raw = _native.Stats()
         self._call("divvy_stats", ctypes.byref(raw))
         return Stats(

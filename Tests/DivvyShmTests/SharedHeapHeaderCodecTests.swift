@@ -16,6 +16,7 @@ extension SharedHeapTests {
         meta.storeBytes(of: UInt32(layout.participantCapacity), toByteOffset: 24, as: UInt32.self)
         meta.storeBytes(of: UInt32(layout.heldCapacity), toByteOffset: 28, as: UInt32.self)
         meta.storeBytes(of: UInt32(layout.maxSlots), toByteOffset: 32, as: UInt32.self)
+        meta.storeBytes(of: UInt32(layout.firstHeldCapacity), toByteOffset: 36, as: UInt32.self)
         let offsets = [layout.classTableOffset, layout.participantsOffset, layout.poolOffset, layout.pagesOffset,
                        layout.blockWordsOffset, layout.linksOffset, layout.heldOffset, layout.totalBytes,
                        layout.dataOffset]
@@ -50,7 +51,7 @@ extension SharedHeapTests {
             participantCapacity: 30, heldCapacity: 1 << 12, dataOffset: 3 << 20),
     ]
 
-    func testHeaderCodecMatchesTheLiteralOffsetLayoutForVersions4And5() throws {
+    func testHeaderCodecMatchesTheLiteralOffsetLayoutForVersions6And7() throws {
         for layout in Self.codecLayouts {
             for version in [SharedHeap.layoutVersion, SharedHeap.lazyLayoutVersion] {
                 let size = layout.classTableOffset + 4 * layout.classSizes.count

@@ -153,6 +153,32 @@ extension SharedHeapTests {
         assertHeapError(.invalidConfiguration) { _ = try SharedHeap.create(in: region, configuration: tooMany) }
     }
 
+    /// Slot 0 may hold more than the other slots; and in a fully committed heap too, a slot's held list is
+    /// committed when the slot is first joined, not at format (1,024 slots would otherwise commit 64 MiB up front).
+    func testTheFirstSlotHoldsMoreAndHeldListsAreCommittedOnJoin() throws {
+        var configuration = SharedHeapConfiguration(participantCapacity: 1024, heldCapacity: 16)
+        configuration.firstSlotHeldCapacity = 4096
+        let (region, heap) = try makeHeap("firstslot", configuration: configuration)
+        XCTAssertFalse(heap.lazyCommit)
+        let atFormat = try region.allocatedBytes()
+        let big = try heap.join(name: "daemon")
+        XCTAssertEqual(big.index, 0)
+        let afterFirst = try region.allocatedBytes()
+        XCTAssertGreaterThanOrEqual(afterFirst - atFormat, 4096 * 16, "slot 0's list is committed at its join")
+        let small = try heap.join(name: "client")
+        let afterSecond = try region.allocatedBytes()
+        XCTAssertLessThanOrEqual(afterSecond - afterFirst, 4096 + 16 * 16, "a small list costs one OS page at most")
+        let holes = SharedHeapLayout.roundUp(heap.layout.totalBytes, 4096)
+            - SharedHeapLayout.roundUp(heap.layout.heldOffset, 4096)
+        XCTAssertGreaterThan(holes, 1000 * 16 * 16)
+        XCTAssertLessThanOrEqual(atFormat, region.geometry.totalSize - holes, "no held list is committed at format")
+        let many = try (0..<1000).map { _ in try big.allocate(16) }
+        for _ in 0..<16 { _ = try small.allocate(16) }
+        assertHeapError(.heldListFull) { _ = try small.allocate(16) }
+        XCTAssertTrue(heap.verify().isClean, "\(heap.verify())")
+        for handle in many { try big.free(handle) }
+    }
+
     // MARK: Recount
 
     /// Recovery recounts a block whose adopt or free a death left ambiguous while other threads keep adopting and

@@ -17,7 +17,8 @@ extension SharedHeap {
         return SharedHeapLayout(
             pageSize: c.pageSize, smallPageCount: max(1, tiers.smallPages), spanPageSize: c.spanPageSize,
             spanPageCount: tiers.spanPages, classSizes: tiers.classes, smallClassCount: tiers.smallClasses,
-            participantCapacity: c.participantCapacity, heldCapacity: c.heldCapacity, dataOffset: 0
+            participantCapacity: c.participantCapacity, heldCapacity: c.heldCapacity,
+            firstHeldCapacity: c.firstSlotHeldCapacity, dataOffset: 0
         ).totalBytes
     }
 
@@ -33,7 +34,8 @@ extension SharedHeap {
         return SharedHeapLayout(
             pageSize: c.pageSize, smallPageCount: max(1, tiers.smallPages), spanPageSize: c.spanPageSize,
             spanPageCount: tiers.spanPages, classSizes: tiers.classes, smallClassCount: tiers.smallClasses,
-            participantCapacity: c.participantCapacity, heldCapacity: c.heldCapacity, dataOffset: 0
+            participantCapacity: c.participantCapacity, heldCapacity: c.heldCapacity,
+            firstHeldCapacity: c.firstSlotHeldCapacity, dataOffset: 0
         ).initialBytes
     }
 
@@ -81,10 +83,12 @@ extension SharedHeap {
                 + "at most 255 classes in all")
         }
         guard (1...SharedHeapConfiguration.maximumParticipants).contains(c.participantCapacity),
-            c.heldCapacity >= 1, c.heldCapacity <= 1 << 24
+            c.heldCapacity >= 1, c.heldCapacity <= 1 << 24, (c.firstSlotHeldCapacity ?? 1) >= 1,
+            (c.firstSlotHeldCapacity ?? 1) <= 1 << 24
         else {
             throw invalid("participant capacity \(c.participantCapacity) must be "
-                + "1…\(SharedHeapConfiguration.maximumParticipants) and held capacity \(c.heldCapacity) 1…16M")
+                + "1…\(SharedHeapConfiguration.maximumParticipants) and held capacities \(c.heldCapacity) and "
+                + "\(c.firstSlotHeldCapacity.map(String.init) ?? "-") 1…16M")
         }
         let geometry = region.geometry
         let tiers = c.tiers(dataSize: geometry.dataSize)
@@ -96,7 +100,7 @@ extension SharedHeap {
             pageSize: c.pageSize, smallPageCount: tiers.smallPages, spanPageSize: c.spanPageSize,
             spanPageCount: tiers.spanPages, classSizes: tiers.classes, smallClassCount: tiers.smallClasses,
             participantCapacity: c.participantCapacity, heldCapacity: c.heldCapacity,
-            dataOffset: geometry.dataOffset)
+            firstHeldCapacity: c.firstSlotHeldCapacity, dataOffset: geometry.dataOffset)
         // A page's suspect word keeps slot + 1 in 16 bits.
         guard layout.maxSlots <= 65_535, layout.spanMaxSlots <= 65_535 else {
             throw invalid("a page of \(c.pageSize) bytes holds \(layout.maxSlots) blocks of the smallest class "
@@ -137,7 +141,16 @@ extension SharedHeap {
                         + "space, or create a smaller heap")
             }
         } else {
-            (meta + 8).initializeMemory(as: UInt8.self, repeating: 0, count: layout.totalBytes - 8)
+            // Everything before the held lists: zeros, committed now. The held lists are committed when their slot
+            // is first joined, as in a lazy heap (a thousand slots of 64 KiB each would otherwise be committed for
+            // participants that may never come): a hole from the next OS page on, zeros up to it.
+            let holes = SharedHeapLayout.roundUp(layout.heldOffset, OSAllocator.pageSize)
+            let end = SharedHeapLayout.roundUp(layout.totalBytes, OSAllocator.pageSize)
+            (meta + 8).initializeMemory(as: UInt8.self, repeating: 0, count: min(holes, layout.totalBytes) - 8)
+            if end > holes, region.removePages(offset: geometry.metadataOffset + holes, length: end - holes) != nil {
+                // No hole punching here (e.g. huge pages): commit them now instead.
+                (meta + holes).initializeMemory(as: UInt8.self, repeating: 0, count: layout.totalBytes - holes)
+            }
         }
         for (index, size) in layout.classSizes.enumerated() {
             SharedHeapHeaderField.store(UInt32(size), at: SharedHeapHeaderField.classTable + 4 * index, in: meta)
@@ -246,6 +259,7 @@ extension SharedHeap {
         u32(layout.participantCapacity, F.participantCapacity)
         u32(layout.heldCapacity, F.heldCapacity)
         u32(layout.maxSlots, F.maxSlots)
+        u32(layout.firstHeldCapacity, F.firstHeldCapacity)
         u64(layout.classTableOffset, F.classTableOffset)
         u64(layout.participantsOffset, F.participantsOffset)
         u64(layout.poolOffset, F.poolOffset)
@@ -276,7 +290,7 @@ extension SharedHeap {
         let participants = u32(F.participantCapacity)
         let held = u32(F.heldCapacity)
         guard pageSize >= 4096, pageSize & (pageSize - 1) == 0, pageCount >= 1, (1...255).contains(classCount),
-            (1...SharedHeapConfiguration.maximumParticipants).contains(participants), held >= 1,
+            (1...SharedHeapConfiguration.maximumParticipants).contains(participants), held >= 1, u32(F.firstHeldCapacity) >= 1,
             SharedHeapLayout.headerSize + 4 * classCount <= limit
         else { return nil }
         let classes = (0..<classCount).map { u32(F.classTable + 4 * $0) }
@@ -296,7 +310,7 @@ extension SharedHeap {
         let layout = SharedHeapLayout(
             pageSize: pageSize, smallPageCount: pageCount, spanPageSize: spanPageSize, spanPageCount: spanPageCount,
             classSizes: classes, smallClassCount: smallClasses, participantCapacity: participants,
-            heldCapacity: held, dataOffset: dataOffset)
+            heldCapacity: held, firstHeldCapacity: u32(F.firstHeldCapacity), dataOffset: dataOffset)
         let stored = [F.classTableOffset, F.participantsOffset, F.poolOffset, F.pagesOffset, F.blockWordsOffset,
                       F.linksOffset, F.heldOffset, F.totalBytes].map(u64)
         let derived = [layout.classTableOffset, layout.participantsOffset, layout.poolOffset, layout.pagesOffset,

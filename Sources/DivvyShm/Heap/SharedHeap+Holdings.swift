@@ -92,7 +92,7 @@ extension SharedHeap {
         for q in 0..<layout.participantCapacity where q != excluded && heldListIsCommitted(q) {
             let state = ParticipantWord.state(participantState(q).load(ordering: .acquiring))
             guard state == ParticipantWord.alive || state == ParticipantWord.dead else { continue }
-            for index in 0..<layout.heldCapacity {
+            for index in 0..<layout.heldCapacity(of: q) {
                 // A cheap filter first: most entries are for other blocks.
                 let word = heldGeneration(q, index).load(ordering: .relaxed)
                 guard word & BlockWord.maximumGeneration == generation, word != 0 else { continue }

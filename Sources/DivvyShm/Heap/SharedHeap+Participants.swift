@@ -30,9 +30,9 @@ extension SharedHeap {
             state: ParticipantWord.alive, pid: pid, startTime: ProcessIdentity.startTime(of: pid) ?? 0)
         var commitFailure: SharedHeapError?
         for p in 0..<layout.participantCapacity {
-            // A lazy heap backs a slot's held list before the slot is first taken (idempotent, so a commit for a
-            // slot someone else takes first is no harm); a slot whose list cannot be backed is passed over.
-            if lazyCommit, ParticipantWord.state(participantState(p).load(ordering: .relaxed)) == ParticipantWord.free,
+            // A slot's held list is backed before the slot is first taken (idempotent, so a commit for a slot
+            // someone else takes first is no harm); a slot whose list cannot be backed is passed over.
+            if ParticipantWord.state(participantState(p).load(ordering: .relaxed)) == ParticipantWord.free,
                 !heldListIsCommitted(p)
             {
                 do throws(SharedHeapError) { try commitHeldList(p) } catch {
@@ -63,17 +63,17 @@ extension SharedHeap {
                 + "participants")
     }
 
-    /// Whether participant slot `p`'s held list is backed: always in a fully committed heap; in a lazy heap once
-    /// the slot was first joined. Readers skip a held list that is not (it is a hole: all zeros).
+    /// Whether participant slot `p`'s held list is backed: once the slot was first joined (in every heap since
+    /// layout version 6). Readers skip a held list that is not (it is a hole: all zeros, and reading would back it).
     internal func heldListIsCommitted(_ p: Int) -> Bool {
         // Ordering: acquiring, pairs with the releasing store in `commitHeldList`.
-        !lazyCommit || heldCommitted(p).load(ordering: .acquiring) != 0
+        heldCommitted(p).load(ordering: .acquiring) != 0
     }
 
-    /// Lazy heaps: commits participant slot `p`'s held list, then records it in the slot's record.
+    /// Commits participant slot `p`'s held list, then records it in the slot's record.
     internal func commitHeldList(_ p: Int) throws(SharedHeapError) {
-        let bytes = layout.heldCapacity * SharedHeapLayout.heldEntryStride
-        let offset = region.geometry.metadataOffset + layout.heldOffset + p * bytes
+        let bytes = layout.heldCapacity(of: p) * SharedHeapLayout.heldEntryStride
+        let offset = region.geometry.metadataOffset + layout.heldListOffset(p)
         if let error = lazyCommitFailure() ?? region.commitInPlace(offset: offset, length: bytes) {
             throw SharedHeapError(
                 .heapFull, "could not commit the \(bytes)-byte held list of participant slot \(p) in "

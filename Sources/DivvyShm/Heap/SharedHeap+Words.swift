@@ -65,8 +65,8 @@ internal enum SuspectWord {
 /// | 40 | 4 | `heldCommitted` | the joiner (lazy heaps) | releasing store of 1 once the slot's held list is backed; never cleared; acquiring loads |
 /// | 48 | 32 | `name` | the joiner | plain bytes, diagnostics only |
 ///
-/// Per slot, outside the record: the held list (`heldCapacity` entries of 16 bytes at `heldOffset + (p × heldCapacity
-/// + index) × 16`: a generation word — the generation, bit 63 set, 0 = empty — and an offset word — offset / 16;
+/// Per slot, outside the record: the held list (`heldCapacity(of: p)` entries of 16 bytes at `heldListOffset(p) +
+/// index × 16`: a generation word — the generation, bit 63 set, 0 = empty — and an offset word — offset / 16;
 /// the participant writes the offset word, then the generation word (releasing), after the block word's commit, and
 /// clears the generation word (releasing); readers load the generation word (acquiring), the offset word, and the
 /// generation word again, which must not have changed).
@@ -211,10 +211,10 @@ extension SharedHeap {
     }
     /// Held-list entry `index` of participant `p`: its generation word (generation | bit 63; 0 = empty).
     @inlinable @inline(__always) internal func heldGeneration(_ p: Int, _ index: Int) -> UnsafeAtomic<UInt64> {
-        word64(layout.heldOffset &+ (p &* layout.heldCapacity &+ index) &* SharedHeapLayout.heldEntryStride)
+        word64(layout.heldListOffset(p) &+ index &* SharedHeapLayout.heldEntryStride)
     }
     /// Held-list entry `index` of participant `p`: its offset word (offset / 16).
     @inlinable @inline(__always) internal func heldOffset(_ p: Int, _ index: Int) -> UnsafeAtomic<UInt64> {
-        word64(layout.heldOffset &+ (p &* layout.heldCapacity &+ index) &* SharedHeapLayout.heldEntryStride &+ 8)
+        word64(layout.heldListOffset(p) &+ index &* SharedHeapLayout.heldEntryStride &+ 8)
     }
 }

@@ -13,7 +13,7 @@
 /// | 24 | 4 | participantCapacity | participant slots |
 /// | 28 | 4 | heldCapacity | held-list entries per participant |
 /// | 32 | 4 | maxSlots | slots of a small page for the smallest class |
-/// | 36 | 4 | — | zero |
+/// | 36 | 4 | firstHeldCapacity | held-list entries of participant slot 0 (`SharedHeapConfiguration.firstSlotHeldCapacity`) |
 /// | 40 | 8 | classTableOffset | metadata offset of the class table (= 256) |
 /// | 48 | 8 | participantsOffset | participant records |
 /// | 56 | 8 | poolOffset | the small-page pool |
@@ -50,6 +50,7 @@ internal enum SharedHeapHeaderField {
     static let participantCapacity = 24
     static let heldCapacity = 28
     static let maxSlots = 32
+    static let firstHeldCapacity = 36
     static let classTableOffset = 40
     static let participantsOffset = 48
     static let poolOffset = 56

@@ -33,7 +33,7 @@ extension SharedHeap {
         guard p >= 0, p < layout.participantCapacity, handle.heapID == heapID || handle.heapID == 0,
             heldListIsCommitted(p)
         else { return false }
-        for index in 0..<layout.heldCapacity {
+        for index in 0..<layout.heldCapacity(of: p) {
             let word = heldGeneration(p, index).load(ordering: .relaxed)
             guard word != 0, word & BlockWord.maximumGeneration == handle.generation else { continue }
             if let entry = readHeld(p, index), entry.generation == handle.generation,

@@ -53,6 +53,10 @@ public struct SharedHeapConfiguration: Hashable, Sendable {
     public var participantCapacity: Int
     /// Handles one participant may hold at once (its held list). Default 4096.
     public var heldCapacity: Int
+    /// The held-list capacity of participant slot 0 — the slot the first `join` takes, e.g. a daemon's own
+    /// participant that holds every mediated client's blocks —; nil means `heldCapacity`. Lets one slot hold much
+    /// more than the others without every slot paying for it.
+    public var firstSlotHeldCapacity: Int?
     /// The size of a span-tier page: a power of two, at least `pageSize`, at most 1 GiB. Default `8 × pageSize`.
     public var spanPageSize: Int
     /// The share of the data area given to the span tier (0…1), rounded down to whole span pages. Default 0.25.
@@ -147,7 +151,10 @@ internal struct SharedHeapLayout: Hashable, Sendable {
     /// The largest small class's block size.
     @usableFromInline var largestSmallClass: Int
     @usableFromInline var participantCapacity: Int
+    /// Held-list entries of every slot but slot 0.
     @usableFromInline var heldCapacity: Int
+    /// Held-list entries of slot 0.
+    @usableFromInline var firstHeldCapacity: Int
     @usableFromInline var maxSlots: Int
     @usableFromInline var spanMaxSlots: Int
     /// Data-area offset of the first span page (= bytes in small pages).
@@ -180,7 +187,8 @@ internal struct SharedHeapLayout: Hashable, Sendable {
 
     /// Lays the heap out. Sizes are validated by the caller (page sizes powers of two, classes in range).
     init(pageSize: Int, smallPageCount: Int, spanPageSize: Int, spanPageCount: Int, classSizes: [Int],
-         smallClassCount: Int, participantCapacity: Int, heldCapacity: Int, dataOffset: Int) {
+         smallClassCount: Int, participantCapacity: Int, heldCapacity: Int, firstHeldCapacity: Int? = nil,
+         dataOffset: Int) {
         self.pageSize = pageSize
         self.smallPageCount = smallPageCount
         self.spanPageSize = spanPageCount > 0 ? spanPageSize : 0
@@ -191,6 +199,7 @@ internal struct SharedHeapLayout: Hashable, Sendable {
         largestSmallClass = classSizes[smallClassCount - 1]
         self.participantCapacity = participantCapacity
         self.heldCapacity = heldCapacity
+        self.firstHeldCapacity = firstHeldCapacity ?? heldCapacity
         self.dataOffset = dataOffset
         maxSlots = pageSize / classSizes[0]
         spanMaxSlots = spanPageCount > 0 && classSizes.count > smallClassCount
@@ -212,7 +221,8 @@ internal struct SharedHeapLayout: Hashable, Sendable {
         blockWordsOffset = Self.roundUp(pagesOffset + Self.pageStride * pageCount, 64)
         linksOffset = Self.roundUp(blockWordsOffset + 8 * totalSlots, 64)
         heldOffset = Self.roundUp(linksOffset + 4 * totalSlots, 64)
-        totalBytes = Self.roundUp(heldOffset + Self.heldEntryStride * participantCapacity * heldCapacity, 64)
+        totalBytes = Self.roundUp(
+            heldOffset + Self.heldEntryStride * (self.firstHeldCapacity + (participantCapacity - 1) * heldCapacity), 64)
     }
 
     /// Metadata bytes a lazy heap commits at creation: everything before the block words (header, class table,
@@ -221,6 +231,13 @@ internal struct SharedHeapLayout: Hashable, Sendable {
     /// joined.
     var initialBytes: Int {
         min(Self.roundUp(blockWordsOffset, OSAllocator.pageSize), Self.roundUp(totalBytes, OSAllocator.pageSize))
+    }
+
+    /// Participant slot `p`'s held-list capacity.
+    @inlinable @inline(__always) func heldCapacity(of p: Int) -> Int { p == 0 ? firstHeldCapacity : heldCapacity }
+    /// Participant slot `p`'s held list: its offset in the metadata area.
+    @inlinable @inline(__always) func heldListOffset(_ p: Int) -> Int {
+        p == 0 ? heldOffset : heldOffset &+ Self.heldEntryStride &* (firstHeldCapacity &+ (p &- 1) &* heldCapacity)
     }
 
     /// Is `page` a span page?

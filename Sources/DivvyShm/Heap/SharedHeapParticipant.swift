@@ -67,7 +67,7 @@ extension SharedHeap {
             hot = .allocate(capacity: 1)
             hot.initialize(to: Hot())
             heldStorage = .allocate(capacity: 1)
-            heldStorage.initialize(to: SharedHeapHeldTable(capacity: heap.layout.heldCapacity))
+            heldStorage.initialize(to: SharedHeapHeldTable(capacity: heap.layout.heldCapacity(of: index)))
             ownedPages = Array(repeating: [], count: heap.layout.classSizes.count)
             currentPage = .allocate(capacity: heap.layout.classSizes.count)
             currentPage.initialize(repeating: -1, count: heap.layout.classSizes.count)
@@ -148,7 +148,7 @@ extension SharedHeap {
         private func takeHeldSlot() throws(SharedHeapError) -> Int {
             guard let slot = held.takeEntry() else {
                 throw SharedHeapError(
-                    .heldListFull, "participant \(index) already holds \(heap.layout.heldCapacity) blocks (its "
+                    .heldListFull, "participant \(index) already holds \(heap.layout.heldCapacity(of: index)) blocks (its "
                         + "held list is full); free some, or create the heap with a larger heldCapacity")
             }
             return slot

@@ -201,7 +201,7 @@ extension SharedHeap {
         // Step 3: holdings. The operation in flight first: an allocate is committed exactly when the block word
         // has its generation; an adopt or free whose compare-and-exchange may or may not have happened is settled
         // by recounting the block's holders from the held lists (`recount`), which drops p's holding at once.
-        let heldEntries = heldListIsCommitted(p) ? layout.heldCapacity : 0  // (Lazy: a slot never joined: none.)
+        let heldEntries = heldListIsCommitted(p) ? layout.heldCapacity(of: p) : 0  // (Lazy: a slot never joined: none.)
         var settled: UInt64?
         if let (handle, op) = announced, let location = announcedLocation {
             switch op {

@@ -139,7 +139,7 @@ extension SharedHeap {
         }
         var heldCount = 0
         // (A lazy heap's slot never joined has no backed held list: nothing to count, and reading would back it.)
-        for index in 0..<(heldListIsCommitted(p) ? layout.heldCapacity : 0)
+        for index in 0..<(heldListIsCommitted(p) ? layout.heldCapacity(of: p) : 0)
         where heldGeneration(p, index).load(ordering: .relaxed) != 0 {
             heldCount += 1
         }

@@ -92,7 +92,7 @@ extension SharedHeap {
                     + "\(handle)")
             }
             // A lazy heap's slot never joined has no backed held list (a hole: zeros); reading would back it.
-            for index in 0..<(heldListIsCommitted(p) ? l.heldCapacity : 0) {
+            for index in 0..<(heldListIsCommitted(p) ? l.heldCapacity(of: p) : 0) {
                 guard let entry = readHeld(p, index) else { continue }
                 let handle = SharedHeapHandle(
                     heapID: heapID, dataOffset: Int(truncatingIfNeeded: entry.offsetUnits << 4),

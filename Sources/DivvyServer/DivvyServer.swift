@@ -169,7 +169,10 @@ public final class DivvyServer: @unchecked Sendable {
         // The region and heap.
         var heapConfiguration = SharedHeapConfiguration(pageSize: configuration.pageSize)
         if let classes = configuration.sizeClasses { heapConfiguration.sizeClasses = classes }
-        heapConfiguration.heldCapacity = configuration.heldCapacity
+        // Slot 0 — the daemon's own participant, the first to join — holds every mediated block; the other slots
+        // are direct clients'.
+        heapConfiguration.heldCapacity = configuration.directHeldCapacity
+        heapConfiguration.firstSlotHeldCapacity = configuration.heldCapacity
         heapConfiguration.participantCapacity = configuration.participantCapacity
         let metadataSize = SharedHeap.requiredMetadataSize(
             dataSize: configuration.dataSize, configuration: heapConfiguration)
@@ -237,6 +240,9 @@ public final class DivvyServer: @unchecked Sendable {
         // The daemon's own participant: the heap-level holder of mediated clients' blocks.
         do throws(SharedHeapError) {
             let joined = try heap.join(name: "divvyd")
+            // Invariant: the heap was just formatted, so the first join takes slot 0, the one with the large held
+            // list (`firstSlotHeldCapacity`).
+            precondition(joined.index == 0, "the daemon's participant must be heap slot 0, got \(joined.index)")
             participant = joined
             daemonParticipantRef = Unmanaged.passUnretained(joined)  // (property observers do not run in init)
         } catch {

@@ -27,12 +27,16 @@ public struct ServerConfiguration: Hashable, Sendable {
     public var pageSize: Int
     /// Size classes (nil: the heap's defaults for `pageSize`).
     public var sizeClasses: [Int]?
-    /// Handles one participant may hold at once. The daemon's own participant holds every mediated client's
-    /// blocks, so this bounds the blocks all mediated clients hold together. Default 65536.
+    /// Handles the daemon's own participant may hold at once (heap slot 0's held list). It holds every mediated
+    /// client's blocks, so this bounds the blocks all mediated clients hold together. Default 65536.
     public var heldCapacity: Int
-    /// Participant slots in the heap (2…30): the daemon's own participant takes one, each connected direct
-    /// client one. When they are all taken, `any` clients are served mediated and `direct` ones refused with
-    /// `directUnavailable`. Default 30 (the heap's limit).
+    /// Handles each direct client's participant may hold at once (the held list of every other heap slot).
+    /// Default 4096.
+    public var directHeldCapacity: Int
+    /// Participant slots in the heap (2…4096, `SharedHeapConfiguration.maximumParticipants`): the daemon's own
+    /// participant takes one, each connected direct client one. When they are all taken, `any` clients are served
+    /// mediated and `direct` ones refused with `directUnavailable`. Default 1024. A slot costs 128 bytes at start
+    /// and its held list (`directHeldCapacity` × 16 bytes) once a direct client first uses it.
     public var participantCapacity: Int
     /// Huge pages for the region. Default `.automatic`.
     public var hugePages: SharedRegion.HugePages
@@ -104,7 +108,8 @@ public struct ServerConfiguration: Hashable, Sendable {
         pageSize = 64 << 10
         sizeClasses = nil
         heldCapacity = 65536
-        participantCapacity = 30
+        directHeldCapacity = 4096
+        participantCapacity = 1024
         hugePages = .automatic
         commitment = .full
         prefault = false
@@ -135,7 +140,7 @@ public struct ServerConfiguration: Hashable, Sendable {
     /// The config file keys, in the order `render()` writes them.
     public static let keys = [
         "socket", "socket-mode", "region-name", "region-prefix", "data-size", "page-size", "size-classes",
-        "held-capacity", "participant-capacity", "huge-pages", "commit", "prefault", "allow-uids", "allow-gids",
+        "held-capacity", "direct-held-capacity", "participant-capacity", "huge-pages", "commit", "prefault", "allow-uids", "allow-gids",
         "direct-uids", "direct-gids", "admin-uids", "admin-gids", "quota", "max-clients", "initial-lease-pages",
         "shutdown-grace-ms", "metrics-listen", "log-level", "reserved-admin-connections", "max-connections-per-uid",
         "handshake-timeout-ms", "max-blocks-per-client", "large-quota",
@@ -183,6 +188,7 @@ public struct ServerConfiguration: Hashable, Sendable {
                 try Self.size(item, key)
             }
         case "held-capacity": heldCapacity = try Self.count(value, key)
+        case "direct-held-capacity": directHeldCapacity = try Self.count(value, key)
         case "participant-capacity": participantCapacity = try Self.count(value, key)
         case "huge-pages":
             switch value {
@@ -266,9 +272,13 @@ public struct ServerConfiguration: Hashable, Sendable {
         if let largeQuotaBytes, largeQuotaBytes <= 0 {
             throw ParseError("large-quota must be positive (or auto: a quarter of the large-block tier)")
         }
-        guard participantCapacity >= 2, participantCapacity <= 30 else {
+        guard participantCapacity >= 2, participantCapacity <= SharedHeapConfiguration.maximumParticipants else {
             throw ParseError(
-                "participant-capacity must be 2…30 (the daemon takes one slot), not \(participantCapacity)")
+                "participant-capacity must be 2…\(SharedHeapConfiguration.maximumParticipants) (the daemon takes one "
+                    + "slot), not \(participantCapacity)")
+        }
+        guard directHeldCapacity > 0, directHeldCapacity <= 1 << 24, heldCapacity <= 1 << 24 else {
+            throw ParseError("held-capacity and direct-held-capacity must be 1…16777216")
         }
         guard socketMode <= 0o777 else { throw ParseError("socket-mode must be octal permission bits") }
     }
@@ -281,7 +291,8 @@ public struct ServerConfiguration: Hashable, Sendable {
             ("region-name", regionName ?? "anonymous"), ("region-prefix", regionNamePrefix),
             ("data-size", String(dataSize)), ("page-size", String(pageSize)),
             ("size-classes", sizeClasses.map { $0.map(String.init).joined(separator: ",") } ?? "default"),
-            ("held-capacity", String(heldCapacity)), ("participant-capacity", String(participantCapacity)),
+            ("held-capacity", String(heldCapacity)), ("direct-held-capacity", String(directHeldCapacity)),
+            ("participant-capacity", String(participantCapacity)),
             ("huge-pages", { switch hugePages {
                 case .automatic: "auto"
                 case .none: "none"

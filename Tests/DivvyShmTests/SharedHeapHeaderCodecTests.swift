@@ -2,7 +2,8 @@
 import XCTest
 
 /// The heap header codec (`SharedHeapHeaderField`) reads and writes exactly the bytes of the literal-offset code
-/// it replaced: layout versions 4 and 5, with and without a span tier.
+/// it replaced (layout versions 4 and 5; versions 6 and 7 keep those bytes, with the bitmaps' offset at 144 where
+/// the span pool's was), with and without a span tier.
 extension SharedHeapTests {
     /// The header writer as it was before the field table (literal offsets, native byte order, a little-endian
     /// machine), kept here as the reference for the layout.
@@ -26,7 +27,7 @@ extension SharedHeapTests {
         meta.storeBytes(of: UInt32(layout.spanPageCount), toByteOffset: 132, as: UInt32.self)
         meta.storeBytes(of: UInt32(layout.smallClassCount), toByteOffset: 136, as: UInt32.self)
         meta.storeBytes(of: UInt32(layout.spanMaxSlots), toByteOffset: 140, as: UInt32.self)
-        meta.storeBytes(of: UInt64(layout.spanPoolOffset), toByteOffset: 144, as: UInt64.self)
+        meta.storeBytes(of: UInt64(layout.bitmapsOffset), toByteOffset: 144, as: UInt64.self)
         // The old checksum: FNV-1a over bytes 8..<120, 128..<152 and the class table.
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325
         for index in Array(8..<120) + Array(128..<152)
@@ -49,7 +50,7 @@ extension SharedHeapTests {
             participantCapacity: 30, heldCapacity: 1 << 12, dataOffset: 3 << 20),
     ]
 
-    func testHeaderCodecMatchesTheLiteralOffsetLayoutForVersions4And5() throws {
+    func testHeaderCodecMatchesTheLiteralOffsetLayoutForVersions6And7() throws {
         for layout in Self.codecLayouts {
             for version in [SharedHeap.layoutVersion, SharedHeap.lazyLayoutVersion] {
                 let size = layout.classTableOffset + 4 * layout.classSizes.count
@@ -84,18 +85,21 @@ extension SharedHeapTests {
 }
 
 extension SharedHeapTests {
-    /// The record tables name the offsets the heap has always used (layout versions 4 and 5).
+    /// The record tables name the offsets the heap has always used (layout versions 4 to 7; 48 in a participant
+    /// record, the page-in-hand word of versions 4 and 5, is unused since version 6).
     func testRecordFieldOffsetsAreTheLayoutVersion4Offsets() {
         typealias D = PageDescriptorField
         XCTAssertEqual([D.state, D.remoteHead, D.localHead, D.localCount, D.carved, D.live, D.slotCount, D.suspect,
                         D.collecting], [0, 8, 16, 20, 24, 28, 32, 40, 48])
         typealias P = ParticipantRecordField
-        XCTAssertEqual([P.state, P.pending, P.name, P.nameBytes, P.pageInHand, P.pageAllowance, P.ownedPageCount],
-                       [0, 8, 16, 32, 48, 56, 60])
+        XCTAssertEqual([P.state, P.pending, P.name, P.nameBytes, P.pageAllowance, P.ownedPageCount],
+                       [0, 8, 16, 32, 56, 60])
         XCTAssertEqual(SharedHeapLayout.pageStride, 64)
         XCTAssertEqual(SharedHeapLayout.participantStride, 64)
         typealias H = SharedHeapHeaderField
         XCTAssertEqual(H.checksummedRanges, [8..<120, 128..<152])
-        XCTAssertEqual([H.magic, H.layoutVersion, H.heldCommitted, H.classTable], [0, 8, 156, 256])
+        XCTAssertEqual([H.magic, H.layoutVersion, H.poolOffset, H.bitmapsOffset, H.heldCommitted, H.classTable],
+                       [0, 8, 56, 144, 156, 256])
+        XCTAssertEqual([SharedHeap.layoutVersion, SharedHeap.lazyLayoutVersion], [6, 7])
     }
 }

@@ -28,6 +28,8 @@ extension SharedHeap {
         guard handle.rawValue != 0, let (page, within) = layout.page(atDataOffset: offset) else {
             throw outOfRangeError(handle)
         }
+        // A lazy heap has not committed the descriptors of pages that never left the pool: don't read them.
+        guard !lazyCommit || descriptorIsCommitted(page) else { throw staleEpochError(handle, page: page, pageWord: 0) }
         let pageWord = pageState(page).load(ordering: .acquiring)
         // A handle from an earlier use of the page (another epoch, maybe another class) is stale, whatever its
         // offset means under the page's current class.

@@ -10,7 +10,7 @@ import SystemPackage
 ///
 /// | offset | size | field | who writes | ordering |
 /// |---|---|---|---|---|
-/// | 0 | 8 | `state` (`PageWord`) | claimer, owner, recoverer | acquiring-and-releasing CAS to take a page (claim, adopt); releasing stores to give it up (pooled, orphan); acquiring loads before using the page (`locate`); relaxed loads validated by a CAS or for reports; sequentially consistent in recovery's pool repair |
+/// | 0 | 8 | `state` (`PageWord`) | claimer, owner, recoverer | acquiring-and-releasing CAS to take a page (claim, adopt); releasing stores to give it up (pooled, orphan); acquiring loads before using the page (`locate`); relaxed loads validated by a CAS or for reports |
 /// | 8 | 8 | `remoteHead` | anyone (push), owner (take) | releasing CAS push (`pushRemote`); acquiring exchange that takes the whole stack (`collect`); relaxed first guesses |
 /// | 16 | 4 | `localHead` | owner only | relaxed |
 /// | 20 | 4 | `localCount` | owner only | relaxed |
@@ -41,10 +41,10 @@ internal enum PageDescriptorField {
 ///
 /// | offset | size | field | who writes | ordering |
 /// |---|---|---|---|---|
-/// | 0 | 8 | `state` (`ParticipantWord`) | joiner, leaver, recoverer, `releaseSlot` | acquiring-and-releasing CAS to claim or free; releasing stores to leave or free; acquiring loads before acting on it; relaxed for counts; sequentially consistent in recovery's pool repair |
+/// | 0 | 8 | `state` (`ParticipantWord`) | joiner, leaver, recoverer, `releaseSlot` | acquiring-and-releasing CAS to claim or free; releasing stores to leave or free; acquiring loads before acting on it; relaxed for counts |
 /// | 8 | 8 | `pending` | the participant, its recoverer | releasing stores (visible no later than the block word they announce); acquiring loads by recovery and verify; relaxed clear by recovery |
 /// | 16 | 32 | `name` | the joiner | plain bytes, diagnostics only |
-/// | 48 | 8 | `pageInHand` (`PageInHand`) | the participant, its recoverer | relaxed (read only by a recoverer after the participant died) |
+/// | 48 | 8 | — (zero; layout versions 4 and 5 kept a page-in-hand record here) | | |
 /// | 56 | 4 | `pageAllowance` | quota manager | relaxed (a limit, read as a hint) |
 /// | 60 | 4 | `ownedPageCount` | the participant, its recoverer | relaxed |
 ///
@@ -61,7 +61,6 @@ internal enum ParticipantRecordField {
     @usableFromInline static let name = 16
     /// The name area's size in bytes.
     @usableFromInline static let nameBytes = 32
-    @usableFromInline static let pageInHand = 48
     @usableFromInline static let pageAllowance = 56
     @usableFromInline static let ownedPageCount = 60
 }
@@ -122,6 +121,27 @@ extension SharedHeap {
         word32(pageDescriptor(page) + PageDescriptorField.collecting)
     }
 
+    // The page pool of each tier (0 small, 1 span): see `SharedHeapLayout` and `SharedHeap.claimPooledPage`.
+    //
+    // | word | who writes | ordering |
+    // |---|---|---|
+    // | bump index (`poolOffset + 128 × tier`) | claimers (compare-and-exchange `n → n + 1`) | releasing advance, acquiring loads (the page below is claimed, the descriptors up to it committed) |
+    // | cursor (`+ 64`) | releasers (lower, tag + 1), scanners (raise, same tag) | acquiring-and-releasing lowering, releasing raise, acquiring load before a scan |
+    // | bitmap word (`bitmapOffset(ofTier:) + 8 × w`) | releasers (fetch-or), claimers (fetch-and of their own bit) | releasing fetch-or, acquiring loads by scanners, relaxed clear (the state word is the authority) |
+
+    /// The tier's bump index: tier pages at or above it never left the pool.
+    @inlinable @inline(__always) internal func poolBump(_ tier: Int) -> UnsafeAtomic<UInt64> {
+        word64(layout.poolOffset &+ tier &* SharedHeapLayout.poolTierStride)
+    }
+    /// The tier's cursor: bitmap word index (low 32 bits; no bit is set below it) | tag (high 32 bits).
+    internal func poolCursor(_ tier: Int) -> UnsafeAtomic<UInt64> {
+        word64(layout.poolOffset + tier * SharedHeapLayout.poolTierStride + 64)
+    }
+    /// Word `w` of the tier's free-page bitmap (bit `i`: tier page `64 w + i` came back to the pool).
+    internal func poolBitmap(_ tier: Int, _ w: Int) -> UnsafeAtomic<UInt64> {
+        word64(layout.bitmapOffset(ofTier: tier) + w * 8)
+    }
+
     // Per block slot (see the note under `ParticipantRecordField`).
 
     @inlinable @inline(__always) internal func blockWord(_ page: Int, _ slot: Int) -> UnsafeAtomic<UInt64> {
@@ -143,10 +163,6 @@ extension SharedHeap {
     /// The handle of the operation the participant is in the middle of, 0 when none.
     @inlinable @inline(__always) internal func pending(_ p: Int) -> UnsafeAtomic<UInt64> {
         word64(participantOffset(p) + ParticipantRecordField.pending)
-    }
-    /// The page the participant is moving between the pool and its ownership (see `PageInHand`), 0 when none.
-    @inlinable internal func pageInHand(_ p: Int) -> UnsafeAtomic<UInt64> {
-        word64(participantOffset(p) + ParticipantRecordField.pageInHand)
     }
     /// The most pages the participant may own at once (`unlimitedPages` = no limit).
     @inlinable internal func pageAllowance(_ p: Int) -> UnsafeAtomic<UInt32> {

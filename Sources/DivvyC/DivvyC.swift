@@ -171,7 +171,7 @@ public func divvyAlloc(
         // One look-up: the allocation itself yields the address (no second check of a handle just made).
         let allocated = try client.allocateBlock(size)
         address?.pointee = allocated.address
-        handle.pointee = allocated.handle.rawValue
+        handle.pointee = allocated.handle.legacyRawValue
         return ok
     }
 }
@@ -180,7 +180,7 @@ public func divvyAlloc(
 @_cdecl("divvy_free")
 public func divvyFree(_ pointer: OpaquePointer?, _ handle: UInt64, _ released: UnsafeMutablePointer<Int32>?) -> Int32 {
     withClient(pointer, "divvy_free") { client throws(DivvyClientError) in
-        let wasReleased = try client.free(SharedHandle(rawValue: handle))
+        let wasReleased = try client.free(SharedHandle(legacyRawValue: handle))
         released?.pointee = wasReleased ? 1 : 0
         return ok
     }
@@ -218,7 +218,7 @@ public func divvyAllocBatch(
         }
         for (index, handle) in allocated.enumerated() {
             // Safe: `handles` has `count` elements (the caller's contract) and index < count.
-            handles[index] = handle.rawValue
+            handles[index] = handle.legacyRawValue
         }
         return ok
     }
@@ -236,7 +236,7 @@ public func divvyFreeBatch(
             return Int32(DIVVY_EBATCH_TOO_LARGE.rawValue)
         }
         // Safe: `handles` has `count` elements (the caller's contract).
-        let request = UnsafeBufferPointer(start: handles, count: count).map(SharedHandle.init(rawValue:))
+        let request = UnsafeBufferPointer(start: handles, count: count).map(SharedHandle.init(legacyRawValue:))
         let statuses: [FreedStatus]
         do throws(DivvyClientError) {
             statuses = try client.freeBatch(request)
@@ -265,7 +265,7 @@ public func divvyFreeBatch(
             if code != ok, first == ok {
                 first = fail(
                     divvy_error(rawValue: UInt32(code)),
-                    "divvy_free_batch: handle #\(index) (0x\(String(request[index].rawValue, radix: 16))): \(status)")
+                    "divvy_free_batch: handle #\(index) (0x\(String(request[index].legacyRawValue, radix: 16))): \(status)")
             }
         }
         return first
@@ -280,7 +280,7 @@ public func divvyShare(
     _ pointer: OpaquePointer?, _ handle: UInt64, _ info: UnsafeMutablePointer<divvy_share_info>?
 ) -> Int32 {
     withClient(pointer, "divvy_share") { client throws(DivvyClientError) in
-        let shared = try client.share(SharedHandle(rawValue: handle))
+        let shared = try client.share(SharedHandle(legacyRawValue: handle))
         info?.pointee = divvy_share_info(
             handle: shared.handle, offset: shared.offset, block_size: shared.blockSize, holders: shared.holders)
         return ok
@@ -294,7 +294,7 @@ public func divvyAdopt(
     _ size: UnsafeMutablePointer<UInt>?
 ) -> Int32 {
     withClient(pointer, "divvy_adopt") { client throws(DivvyClientError) in
-        let adopted = SharedHandle(rawValue: handle)
+        let adopted = SharedHandle(legacyRawValue: handle)
         let blockSize = try client.adoptHandle(adopted)
         if let address {
             do throws(DivvyClientError) {
@@ -318,7 +318,7 @@ public func divvyPointer(
 ) -> Int32 {
     withClient(pointer, "divvy_pointer") { client throws(DivvyClientError) in
         guard let address else { return fail(DIVVY_EINVAL, "divvy_pointer: pointer is NULL") }
-        address.pointee = try client.pointer(for: SharedHandle(rawValue: handle))
+        address.pointee = try client.pointer(for: SharedHandle(legacyRawValue: handle))
         return ok
     }
 }
@@ -331,7 +331,7 @@ public func divvyHandleForPointer(
     withClient(pointer, "divvy_handle_for_pointer") { client throws(DivvyClientError) in
         guard let address else { return fail(DIVVY_EINVAL, "divvy_handle_for_pointer: pointer is NULL") }
         guard let handle else { return fail(DIVVY_EINVAL, "divvy_handle_for_pointer: handle is NULL") }
-        handle.pointee = try client.handle(for: address).rawValue
+        handle.pointee = try client.handle(for: address).legacyRawValue
         return ok
     }
 }

@@ -2,13 +2,13 @@
 import XCTest
 
 /// The heap header codec (`SharedHeapHeaderField`) reads and writes exactly the bytes of the literal-offset code
-/// it replaced (layout versions 4 and 5; versions 6 and 7 keep those bytes, with the bitmaps' offset at 144 where
-/// the span pool's was), with and without a span tier.
+/// it replaced (plus the heap id of layout version 6, and the bitmaps' offset at 144 where the span pool's was
+/// until version 8): layout versions 8 and 9, with and without a span tier.
 extension SharedHeapTests {
     /// The header writer as it was before the field table (literal offsets, native byte order, a little-endian
     /// machine), kept here as the reference for the layout.
     private static func writeHeaderWithLiteralOffsets(
-        _ layout: SharedHeapLayout, version: UInt32, at meta: UnsafeMutableRawPointer
+        _ layout: SharedHeapLayout, version: UInt32, heapID: UInt32, at meta: UnsafeMutableRawPointer
     ) {
         meta.storeBytes(of: version, toByteOffset: 8, as: UInt32.self)
         meta.storeBytes(of: UInt32(layout.pageSize), toByteOffset: 12, as: UInt32.self)
@@ -28,9 +28,10 @@ extension SharedHeapTests {
         meta.storeBytes(of: UInt32(layout.smallClassCount), toByteOffset: 136, as: UInt32.self)
         meta.storeBytes(of: UInt32(layout.spanMaxSlots), toByteOffset: 140, as: UInt32.self)
         meta.storeBytes(of: UInt64(layout.bitmapsOffset), toByteOffset: 144, as: UInt64.self)
-        // The old checksum: FNV-1a over bytes 8..<120, 128..<152 and the class table.
+        meta.storeBytes(of: heapID, toByteOffset: 152, as: UInt32.self)
+        // The checksum: FNV-1a over bytes 8..<120, 128..<156 and the class table.
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for index in Array(8..<120) + Array(128..<152)
+        for index in Array(8..<120) + Array(128..<156)
             + Array(layout.classTableOffset..<(layout.classTableOffset + 4 * layout.classSizes.count))
         {
             hash = (hash ^ UInt64(meta.load(fromByteOffset: index, as: UInt8.self))) &* 0x100_0000_01b3
@@ -50,7 +51,7 @@ extension SharedHeapTests {
             participantCapacity: 30, heldCapacity: 1 << 12, dataOffset: 3 << 20),
     ]
 
-    func testHeaderCodecMatchesTheLiteralOffsetLayoutForVersions6And7() throws {
+    func testHeaderCodecMatchesTheLiteralOffsetLayoutForVersions8And9() throws {
         for layout in Self.codecLayouts {
             for version in [SharedHeap.layoutVersion, SharedHeap.lazyLayoutVersion] {
                 let size = layout.classTableOffset + 4 * layout.classSizes.count
@@ -64,8 +65,8 @@ extension SharedHeapTests {
                             of: UInt32(blockSize), toByteOffset: layout.classTableOffset + 4 * index, as: UInt32.self)
                     }
                 }
-                Self.writeHeaderWithLiteralOffsets(layout, version: version, at: old)
-                SharedHeap.writeHeader(layout, version: version, at: new)
+                Self.writeHeaderWithLiteralOffsets(layout, version: version, heapID: 0xC0FF_EE01, at: old)
+                SharedHeap.writeHeader(layout, version: version, heapID: 0xC0FF_EE01, at: new)
                 // Encoding: byte for byte what the old code wrote.
                 XCTAssertEqual(Array(UnsafeRawBufferPointer(start: old, count: size)),
                                Array(UnsafeRawBufferPointer(start: new, count: size)), "layout \(layout), v\(version)")
@@ -86,7 +87,7 @@ extension SharedHeapTests {
 
 extension SharedHeapTests {
     /// The record tables name the offsets the heap has always used (layout versions 4 to 7; 48 in a participant
-    /// record, the page-in-hand word of versions 4 and 5, is unused since version 6).
+    /// record, the page-in-hand word of versions 4 to 7, is unused since version 8).
     func testRecordFieldOffsetsAreTheLayoutVersion4Offsets() {
         typealias D = PageDescriptorField
         XCTAssertEqual([D.state, D.remoteHead, D.localHead, D.localCount, D.carved, D.live, D.slotCount, D.suspect,
@@ -97,9 +98,9 @@ extension SharedHeapTests {
         XCTAssertEqual(SharedHeapLayout.pageStride, 64)
         XCTAssertEqual(SharedHeapLayout.participantStride, 64)
         typealias H = SharedHeapHeaderField
-        XCTAssertEqual(H.checksummedRanges, [8..<120, 128..<152])
-        XCTAssertEqual([H.magic, H.layoutVersion, H.poolOffset, H.bitmapsOffset, H.heldCommitted, H.classTable],
-                       [0, 8, 56, 144, 156, 256])
-        XCTAssertEqual([SharedHeap.layoutVersion, SharedHeap.lazyLayoutVersion], [6, 7])
+        XCTAssertEqual(H.checksummedRanges, [8..<120, 128..<156])
+        XCTAssertEqual([H.magic, H.layoutVersion, H.poolOffset, H.bitmapsOffset, H.heapID, H.heldCommitted,
+                        H.classTable], [0, 8, 56, 144, 152, 156, 256])
+        XCTAssertEqual([SharedHeap.layoutVersion, SharedHeap.lazyLayoutVersion], [8, 9])
     }
 }

@@ -177,9 +177,9 @@ final class SharedHeapLazyTests: ShmTestCase {
         for handle in handles { try other.free(handle) }
     }
 
-    /// A lazy heap is layout version 7, which `attach` reads as lazy (so every process commits before it uses);
-    /// a fully committed heap is version 6.
-    func testLazyHeapsAreLayoutVersion7AndAttachersKnow() throws {
+    /// A lazy heap is layout version 9, which `attach` reads as lazy (so every process commits before it uses);
+    /// a fully committed heap is version 8.
+    func testLazyHeapsAreLayoutVersion9AndAttachersKnow() throws {
         let (region, heap) = try makeLazyHeap(dataSize: 1 << 26)
         let meta = try region.mapping.unsafePointer(forOffset: region.geometry.metadataOffset, length: 16)
         XCTAssertEqual(meta.load(fromByteOffset: 8, as: UInt32.self), SharedHeap.lazyLayoutVersion)
@@ -278,7 +278,7 @@ final class SharedHeapLazyTests: ShmTestCase {
         _ = heap.usage()
         for p in 0..<heap.participantCapacity { _ = heap.participantStatus(p) }
         // Page 100 never left the pool: epoch 0. A handle with epoch 0 (generation < 2^16) names no block.
-        let forged = SharedHeapHandle(rawValue: UInt64(100 * heap.pageSize / 16) | (5 << 32))
+        let forged = SharedHeapHandle(legacyRawValue: UInt64(100 * heap.pageSize / 16) | (5 << 32))
         XCTAssertThrowsError(try heap.pointer(for: forged)) { error in
             XCTAssertEqual((error as? SharedHeapError)?.code, .staleHandle, "\(error)")
         }

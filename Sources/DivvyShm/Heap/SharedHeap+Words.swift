@@ -44,7 +44,7 @@ internal enum PageDescriptorField {
 /// | 0 | 8 | `state` (`ParticipantWord`) | joiner, leaver, recoverer, `releaseSlot` | acquiring-and-releasing CAS to claim or free; releasing stores to leave or free; acquiring loads before acting on it; relaxed for counts |
 /// | 8 | 8 | `pending` | the participant, its recoverer | releasing stores (visible no later than the block word they announce); acquiring loads by recovery and verify; relaxed clear by recovery |
 /// | 16 | 32 | `name` | the joiner | plain bytes, diagnostics only |
-/// | 48 | 8 | — (zero; layout versions 4 and 5 kept a page-in-hand record here) | | |
+/// | 48 | 8 | — (zero; layout versions 4 to 7 kept a page-in-hand record here) | | |
 /// | 56 | 4 | `pageAllowance` | quota manager | relaxed (a limit, read as a hint) |
 /// | 60 | 4 | `ownedPageCount` | the participant, its recoverer | relaxed |
 ///

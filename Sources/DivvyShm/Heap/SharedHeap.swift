@@ -93,6 +93,9 @@ public final class SharedHeap: @unchecked Sendable {
     /// joined. Recorded in the heap header (layout version `lazyLayoutVersion`), so every process that attaches
     /// knows.
     @usableFromInline internal let lazyCommit: Bool
+    /// This heap's identity: random, chosen when the heap was formatted, carried by every handle it makes
+    /// (`SharedHeapHandle.heapID`). A handle with another heap id is refused with `.foreignHeap`.
+    public let heapID: UInt32
     /// Test hook: how many of the next lazy commits fail (as if /dev/shm were full), then decremented.
     internal let _failingCommits = ManagedAtomic<Int>(0)
 
@@ -122,21 +125,23 @@ public final class SharedHeap: @unchecked Sendable {
     /// mapping would allocate it (and could raise SIGBUS when the backing store is full).
     internal static let heldCommittedOffset = SharedHeapHeaderField.heldCommitted
     /// The layout version this code reads and writes. Version 4: participant state words carry the process's
-    /// start time beside its pid, and a *leaving* state. Version 6: the page pool is a bump index and a bitmap per
-    /// tier (no Treiber stack, no page-in-hand record), page descriptors are committed as the bump index reaches
-    /// them, and the page state word's owner field is 16 bits wide.
-    public static let layoutVersion: UInt32 = 6
-    /// The layout version of a lazy heap (one formatted in a lazily committed region): version 6's layout, whose
+    /// start time beside its pid, and a *leaving* state. Version 6: the header carries a random heap id that
+    /// every handle repeats. Version 8: the page pool is a bump index and a bitmap per tier (no Treiber stack, no
+    /// page-in-hand record), page descriptors are committed as the bump index reaches them, and the page state
+    /// word's owner field is 16 bits wide.
+    public static let layoutVersion: UInt32 = 8
+    /// The layout version of a lazy heap (one formatted in a lazily committed region): version 8's layout, whose
     /// metadata is committed as it is used, plus the committed-held-lists mask at header offset 156
-    /// (`SharedHeapHeaderField.heldCommitted`) that readers must honour. A library that knows only version 6
+    /// (`SharedHeapHeaderField.heldCommitted`) that readers must honour. A library that knows only version 8
     /// refuses such a heap instead of reading (and so allocating) metadata that is not committed, or joining
-    /// without committing its held list. (Version 5 was version 4's lazy form.)
-    public static let lazyLayoutVersion: UInt32 = 7
+    /// without committing its held list. (Versions 5 and 7 were versions 4's and 6's lazy forms.)
+    public static let lazyLayoutVersion: UInt32 = 9
 
     // Internal, not private: `create` and `attach` (SharedHeap+Format.swift) call it; nothing else should.
     internal init(region: SharedRegion, layout: SharedHeapLayout, meta: UnsafeMutableRawPointer,
-                 data: UnsafeMutableRawPointer, lazyCommit: Bool) {
+                 data: UnsafeMutableRawPointer, lazyCommit: Bool, heapID: UInt32) {
         self.region = region
+        self.heapID = heapID
         self.lazyCommit = lazyCommit
         self.layout = layout
         self.meta = meta

@@ -40,7 +40,7 @@ import Divvy
 ///
 /// Participant entry (64 bytes): 0 state word (`ParticipantWord`: free / alive / dead / leaving, with the pid and
 /// the process's start time, since layout version 4), 8 pending handle (the operation in flight, 0 = none),
-/// 16–47 name (UTF-8, zero padded), 48 zero (the page-in-hand word of layout versions 4 and 5), 56 page
+/// 16–47 name (UTF-8, zero padded), 48 zero (the page-in-hand word of layout versions 4 to 7), 56 page
 /// allowance (`UInt32`, `unlimitedPages` = no limit; written by whoever manages quotas, e.g. a daemon), 60 owned
 /// pages (`UInt32`, in units of `pageSize`: a span page counts `spanPageSize / pageSize`; written only by the
 /// participant, or by its recoverer; read by anyone).

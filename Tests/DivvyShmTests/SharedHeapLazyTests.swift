@@ -114,6 +114,34 @@ final class SharedHeapLazyTests: ShmTestCase {
         try me.free(large)
     }
 
+    /// Formatting a 1 TiB lazy heap (default configuration: 13M pages, 800 MiB of page descriptors and 577 GiB of
+    /// block words reserved) commits what formatting a 1 GiB one does: a few OS pages. The data-size limit is lifted
+    /// by a test hook (the heap's held lists still name blocks by `offset / 16` in 32 bits, so `create` refuses more
+    /// than 64 GiB): nothing is allocated, but the audit and the usage read it whole and commit nothing.
+    func testOneTebibyteLazyHeapCommitsOnlyAFewPagesAtCreate() throws {
+        let dataSize = 1 << 40
+        var configuration = SharedHeapConfiguration()
+        XCTAssertThrowsError(try makeLazyHeap("refused", dataSize: dataSize, configuration: configuration)) { error in
+            XCTAssertEqual((error as? SharedHeapError)?.code, .invalidConfiguration, "\(error)")
+        }
+        configuration._testingDataSizeLimit = dataSize
+        let initial = SharedHeap.initialMetadataSize(dataSize: dataSize, configuration: configuration)
+        XCTAssertEqual(initial, SharedHeap.initialMetadataSize(dataSize: 1 << 30, configuration: configuration))
+        let (region, heap) = try makeLazyHeap(
+            "tebibyte", dataSize: dataSize, configuration: configuration, separateData: true)
+        XCTAssertGreaterThan(heap.pageCount, 13_000_000)
+        XCTAssertGreaterThan(region.geometry.metadataSize, 500 << 30, "the reserved metadata")
+        let atStart = try region.allocatedBytes()
+        XCTAssertLessThanOrEqual(atStart, region.geometry.metadataOffset + initial, "committed right after creation")
+        XCTAssertLessThanOrEqual(atStart, 64 << 10)
+        XCTAssertEqual(try region.dataObjectAllocatedBytes(), 0)
+        let audit = heap.verify()
+        XCTAssertTrue(audit.isClean, "\(audit)")
+        XCTAssertEqual(audit.pooledPages, heap.pageCount)
+        XCTAssertEqual(heap.usage().freePages, heap.pageCount)
+        XCTAssertEqual(try region.allocatedBytes(), atStart, "reading committed nothing")
+    }
+
     /// Page descriptors are committed as the bump index reaches them: the claim that needs a descriptor on an OS
     /// page not yet committed commits it first, and when that commit fails (injected) the allocation is
     /// `heapFull` with nothing changed — the page still never used, the bump index where it was, no byte

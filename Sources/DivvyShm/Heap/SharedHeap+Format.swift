@@ -91,10 +91,10 @@ extension SharedHeap {
         let geometry = region.geometry
         let tiers = c.tiers(dataSize: geometry.dataSize)
         guard tiers.smallPages >= 1, tiers.smallPages + tiers.spanPages <= SharedHeapLayout.maximumPageCount,
-            geometry.dataSize <= SharedHeapLayout.maximumDataSize
+            geometry.dataSize <= c._testingDataSizeLimit ?? SharedHeapLayout.maximumDataSize
         else {
             throw invalid("the region's data area (\(geometry.dataSize) bytes) must hold 1…16M pages of "
-                + "\(c.pageSize) bytes and at most 64 GiB (handles keep offset / 16 in 32 bits)")
+                + "\(c.pageSize) bytes and at most 64 GiB (the heap's held lists keep offset / 16 in 32 bits)")
         }
         let layout = SharedHeapLayout(
             pageSize: c.pageSize, smallPageCount: tiers.smallPages, spanPageSize: c.spanPageSize,

@@ -49,7 +49,9 @@ import Divvy
 /// `spanMaxSlots = spanPageSize / smallest large class`; the word of slot `s` of page `p` is at index
 /// `slotBase(p) + s` (small pages first, then span pages), whatever the page's class.
 ///
-/// Handles keep `data offset / 16` in 32 bits, so the whole data area (both tiers) is limited to 64 GiB.
+/// The heap's own 64-bit form of a handle (held lists, pending and suspect words: `SharedHeapHandle.compact`) keeps
+/// `data offset / 16` in 32 bits, so the whole data area (both tiers) is limited to 64 GiB, although the 128-bit
+/// handle could address more; nothing else in this layout (pool, descriptors, lazy commit) depends on the data size.
 public struct SharedHeapConfiguration: Hashable, Sendable {
     /// The size of a small-tier heap page in the data area: a power of two, 4 KiB…16 MiB. Default 64 KiB.
     public var pageSize: Int
@@ -69,6 +71,10 @@ public struct SharedHeapConfiguration: Hashable, Sendable {
     /// span pages; empty for no span tier. At most 255 classes in all. Default:
     /// `SharedHeapConfiguration.defaultLargeSizeClasses(pageSize:spanPageSize:)`.
     public var largeSizeClasses: [Int]
+    /// Test hook: a larger data-size limit for `SharedHeap.create` than `SharedHeapLayout.maximumDataSize`, so that
+    /// a test can measure what formatting a 1 TiB heap commits (the pool and lazy commit do not depend on the
+    /// data size). Such a heap must not allocate beyond 64 GiB: its held lists could not name those blocks.
+    internal var _testingDataSizeLimit: Int?
 
     /// Creates a configuration; `sizeClasses` / `largeSizeClasses` nil mean the defaults for the page sizes,
     /// `spanPageSize` nil means `8 × pageSize`.
@@ -179,7 +185,8 @@ internal struct SharedHeapLayout: Hashable, Sendable {
     @usableFromInline var dataOffset: Int
 
     static let headerSize = 256
-    /// The largest data area (both tiers) a heap may have: handles keep `data offset / 16` in 32 bits.
+    /// The largest data area (both tiers) a heap may have: the heap's compact 64-bit handle form
+    /// (`SharedHeapHandle.compact`, in held lists and pending words) keeps `data offset / 16` in 32 bits.
     static let maximumDataSize = 1 << 36
     /// The most pages (both tiers) a heap may have.
     static let maximumPageCount = 1 << 24

@@ -46,9 +46,10 @@ extension SharedHeap {
     /// only `initialMetadataSize` now, and the rest as it is used — page descriptors as the pool's bump index
     /// reaches them, a page's data, block words and links when the page first leaves the pool, a participant
     /// slot's held list when it is first joined — so creation takes the same time and memory whatever the data
-    /// size, and memory in use (data and metadata) grows with the pages in use. A commit that fails (/dev/shm or memory exhausted) is a clean `heapFull` for the allocation
-    /// (or `join`) that needed it, never a SIGBUS later. The metadata area is cleared by punching a hole over it
-    /// (`MADV_REMOVE`), not by writing zeros, which would commit it all; this also clears a reused region.
+    /// size, and memory in use (data and metadata) grows with the pages in use. A commit that fails (/dev/shm or
+    /// memory exhausted) is a clean `heapFull` for the allocation (or `join`) that needed it, never a SIGBUS later.
+    /// The metadata area is cleared by punching a hole over it (`MADV_REMOVE`), not by writing zeros, which would
+    /// commit it all; this also clears a reused region.
     ///
     /// No other process may use the metadata area until this returns; the magic number is stored last (release),
     /// so `attach` either sees a complete heap or refuses.

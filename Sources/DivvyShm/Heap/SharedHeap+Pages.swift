@@ -125,7 +125,8 @@ extension SharedHeap {
                         successOrdering: .acquiringAndReleasing, failureOrdering: .relaxed)
                     if claimed {
                         // The bit is ours to clear: nobody else can pool the page while we own it.
-                        _ = poolBitmap(tier, w).loadThenBitwiseAnd(with: ~(UInt64(1) << UInt64(bit)), ordering: .relaxed)
+                        _ = poolBitmap(tier, w).loadThenBitwiseAnd(
+                            with: ~(UInt64(1) << UInt64(bit)), ordering: .relaxed)
                         raiseCursor(to: busy ?? w)
                         initializeClaimedPage(page, sizeClass: sizeClass)
                         return page

@@ -205,6 +205,32 @@ final class SharedHeapLazyTests: ShmTestCase {
         for handle in handles { try other.free(handle) }
     }
 
+    /// The cursor's tag: a page released while a scan is between reading the bitmap and raising the cursor past
+    /// the words it saw empty (the release's bit lands in one of them) stays findable — the release bumped the tag,
+    /// so the scan's raise fails — and the next claim takes it rather than a fresh page.
+    func testAReleaseDuringAPoolScanIsNotHiddenByTheCursor() throws {
+        let (_, heap) = try makeLazyHeap(dataSize: 64 * 4096, configuration: small)
+        let me = try heap.join(name: "lazy")
+        // The cursor at word 0 with word 0 empty: page 0 released and claimed again (a claim that finds its page
+        // in word 0 leaves the cursor there).
+        let first = heap.claimPooledPage(sizeClass: 0, for: me.index)!
+        let released = heap.claimPooledPage(sizeClass: 0, for: me.index)!
+        heap.releasePage(first, for: me.index)
+        XCTAssertEqual(heap.claimPooledPage(sizeClass: 0, for: me.index), first)
+        XCTAssertEqual(heap.poolCursor(0).load(ordering: .relaxed) & 0xFFFF_FFFF, 0)
+        heap._poolScanHook = {
+            heap._poolScanHook = nil
+            heap.releasePage(released, for: me.index)  // Its bit is in word 0, which the scan saw empty.
+        }
+        let fresh = heap.claimPooledPage(sizeClass: 0, for: me.index)!  // Scans, finds nothing, takes a fresh page.
+        XCTAssertNotEqual(fresh, released)
+        XCTAssertNil(heap._poolScanHook, "the scan ran")
+        XCTAssertEqual(heap.poolCursor(0).load(ordering: .relaxed) & 0xFFFF_FFFF, 0, "the cursor still covers word 0")
+        XCTAssertEqual(heap.claimPooledPage(sizeClass: 0, for: me.index), released, "the released page is found")
+        for page in [first, released, fresh] { heap.releasePage(page, for: me.index) }
+        XCTAssertTrue(heap.verify().isClean, "\(heap.verify())")
+    }
+
     /// A lazy heap is layout version 9, which `attach` reads as lazy (so every process commits before it uses);
     /// a fully committed heap is version 8.
     func testLazyHeapsAreLayoutVersion9AndAttachersKnow() throws {

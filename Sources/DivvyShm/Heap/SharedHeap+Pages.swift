@@ -135,6 +135,7 @@ extension SharedHeap {
                 if busy == nil { busy = w }
             }
         }
+        _poolScanHook?()
         raiseCursor(to: busy ?? words)
         return nil
     }

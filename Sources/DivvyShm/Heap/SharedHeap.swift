@@ -98,6 +98,9 @@ public final class SharedHeap: @unchecked Sendable {
     public let heapID: UInt32
     /// Test hook: how many of the next lazy commits fail (as if /dev/shm were full), then decremented.
     internal let _failingCommits = ManagedAtomic<Int>(0)
+    /// Test hook: run by a pool scan after it has read the bitmap and before it raises the cursor (a release that
+    /// lands there must not be hidden). Set only while no other thread claims pages.
+    internal nonisolated(unsafe) var _poolScanHook: (() -> Void)?
 
     @usableFromInline
     internal struct ClassInfo {

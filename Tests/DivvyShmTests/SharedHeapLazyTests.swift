@@ -49,7 +49,7 @@ final class SharedHeapLazyTests: ShmTestCase {
 
         let me = try heap.join(name: "lazy")
         let afterJoin = try region.allocatedBytes()
-        let heldList = heap.heldCapacity * 8
+        let heldList = heap.heldCapacity * SharedHeapLayout.heldEntryStride
         // (The held list is 64-byte aligned: its commit may cover one more OS page.)
         XCTAssertTrue((heldList...heldList + 4096).contains(afterJoin - atStart), "join commits the slot's held list, "
             + "and only it: \(afterJoin - atStart) bytes")
@@ -84,51 +84,15 @@ final class SharedHeapLazyTests: ShmTestCase {
         XCTAssertLessThan(used, 4096 + initial + heldList + 20 * perPage + 16 * 4096)
     }
 
-    /// A lazy heap over the largest data area a heap allows (default configuration: ~1M pages whose descriptors
-    /// alone are 64 MiB) commits a few OS pages of metadata at creation, the same whatever the data size, and
-    /// reading it (verify, usage) commits nothing more. Measured as the region's `st_blocks`.
-    func testLargestLazyHeapCommitsOnlyAFewPagesAtCreate() throws {
-        let dataSize = SharedHeapLayout.maximumDataSize
+    /// A 1 TiB lazy heap (default configuration: 13M pages, 800 MiB of page descriptors and 577 GiB of block words
+    /// reserved) commits at creation what a 1 GiB one does — a few OS pages —, reading it whole (audit, usage)
+    /// commits nothing more, and using it commits what is used: a page of each tier with its metadata.
+    func testOneTebibyteLazyHeapCommitsOnlyAFewPagesAtCreate() throws {
+        let dataSize = 1 << 40
         let initial = SharedHeap.initialMetadataSize(dataSize: dataSize)
         XCTAssertEqual(initial, SharedHeap.initialMetadataSize(dataSize: 1 << 30), "independent of the data size")
         XCTAssertLessThanOrEqual(initial, 8 * 4096)
-        let (region, heap) = try makeLazyHeap(dataSize: dataSize, separateData: true)
-        XCTAssertEqual(heap.pageCount, SharedHeapConfiguration().tiers(dataSize: dataSize).smallPages
-            + SharedHeapConfiguration().tiers(dataSize: dataSize).spanPages)
-        XCTAssertGreaterThan(heap.pageCount, 700_000)
-        let atStart = try region.allocatedBytes()
-        XCTAssertLessThanOrEqual(atStart, region.geometry.metadataOffset + initial, "committed right after creation")
-        let audit = heap.verify()
-        XCTAssertTrue(audit.isClean, "\(audit)")
-        XCTAssertEqual(audit.pooledPages, heap.pageCount)
-        XCTAssertEqual(heap.usage().freePages, heap.pageCount)
-        XCTAssertEqual(try region.allocatedBytes(), atStart, "reading committed nothing")
-        // Using it commits what is used: one page of each tier.
-        let me = try heap.join(name: "big")
-        let small = try me.allocate(64)
-        let large = try me.allocate(heap.largestBlockSize)
-        try fillBlock(heap, small, with: 1)
-        try fillBlock(heap, large, with: 2)
-        XCTAssertTrue(heap.verify().isClean)
-        try me.free(small)
-        try me.free(large)
-    }
-
-    /// Formatting a 1 TiB lazy heap (default configuration: 13M pages, 800 MiB of page descriptors and 577 GiB of
-    /// block words reserved) commits what formatting a 1 GiB one does: a few OS pages. The data-size limit is lifted
-    /// by a test hook (the heap's held lists still name blocks by `offset / 16` in 32 bits, so `create` refuses more
-    /// than 64 GiB): nothing is allocated, but the audit and the usage read it whole and commit nothing.
-    func testOneTebibyteLazyHeapCommitsOnlyAFewPagesAtCreate() throws {
-        let dataSize = 1 << 40
-        var configuration = SharedHeapConfiguration()
-        XCTAssertThrowsError(try makeLazyHeap("refused", dataSize: dataSize, configuration: configuration)) { error in
-            XCTAssertEqual((error as? SharedHeapError)?.code, .invalidConfiguration, "\(error)")
-        }
-        configuration._testingDataSizeLimit = dataSize
-        let initial = SharedHeap.initialMetadataSize(dataSize: dataSize, configuration: configuration)
-        XCTAssertEqual(initial, SharedHeap.initialMetadataSize(dataSize: 1 << 30, configuration: configuration))
-        let (region, heap) = try makeLazyHeap(
-            "tebibyte", dataSize: dataSize, configuration: configuration, separateData: true)
+        let (region, heap) = try makeLazyHeap("tebibyte", dataSize: dataSize, separateData: true)
         XCTAssertGreaterThan(heap.pageCount, 13_000_000)
         XCTAssertGreaterThan(region.geometry.metadataSize, 500 << 30, "the reserved metadata")
         let atStart = try region.allocatedBytes()
@@ -140,6 +104,19 @@ final class SharedHeapLazyTests: ShmTestCase {
         XCTAssertEqual(audit.pooledPages, heap.pageCount)
         XCTAssertEqual(heap.usage().freePages, heap.pageCount)
         XCTAssertEqual(try region.allocatedBytes(), atStart, "reading committed nothing")
+        let me = try heap.join(name: "big")
+        let afterJoin = try region.allocatedBytes()
+        let small = try me.allocate(64)
+        let large = try me.allocate(heap.largestBlockSize)
+        try fillBlock(heap, small, with: 1)
+        try fillBlock(heap, large, with: 2)
+        // Two data pages (64 KiB and 512 KiB) and their block words, links and descriptors: under a MiB more.
+        let used = try region.allocatedBytes() - afterJoin
+        XCTAssertGreaterThanOrEqual(used, heap.pageSize + heap.spanPageSize)
+        XCTAssertLessThan(used, 1 << 20)
+        XCTAssertTrue(heap.verify().isClean)
+        try me.free(small)
+        try me.free(large)
     }
 
     /// Page descriptors are committed as the bump index reaches them: the claim that needs a descriptor on an OS

@@ -86,22 +86,28 @@ extension SharedHeap {
         guard (1...SharedHeapConfiguration.maximumParticipants).contains(c.participantCapacity),
             c.heldCapacity >= 1, c.heldCapacity <= 1 << 24
         else {
-            throw invalid("participant capacity \(c.participantCapacity) must be 1…30 and held capacity "
-                + "\(c.heldCapacity) 1…16M")
+            throw invalid("participant capacity \(c.participantCapacity) must be "
+                + "1…\(SharedHeapConfiguration.maximumParticipants) and held capacity \(c.heldCapacity) 1…16M")
         }
         let geometry = region.geometry
         let tiers = c.tiers(dataSize: geometry.dataSize)
         guard tiers.smallPages >= 1, tiers.smallPages + tiers.spanPages <= SharedHeapLayout.maximumPageCount,
-            geometry.dataSize <= c._testingDataSizeLimit ?? SharedHeapLayout.maximumDataSize
+            geometry.dataSize <= SharedHeapLayout.maximumDataSize
         else {
             throw invalid("the region's data area (\(geometry.dataSize) bytes) must hold 1…16M pages of "
-                + "\(c.pageSize) bytes and at most 64 GiB (the heap's held lists keep offset / 16 in 32 bits)")
+                + "\(c.pageSize) bytes (use larger pages for a larger data area), at most 4 PiB")
         }
         let layout = SharedHeapLayout(
             pageSize: c.pageSize, smallPageCount: tiers.smallPages, spanPageSize: c.spanPageSize,
             spanPageCount: tiers.spanPages, classSizes: tiers.classes, smallClassCount: tiers.smallClasses,
             participantCapacity: c.participantCapacity, heldCapacity: c.heldCapacity,
             dataOffset: geometry.dataOffset)
+        // A page's suspect word keeps slot + 1 in 16 bits.
+        guard layout.maxSlots <= 65_535, layout.spanMaxSlots <= 65_535 else {
+            throw invalid("a page of \(c.pageSize) bytes holds \(layout.maxSlots) blocks of the smallest class "
+                + "\(tiers.classes[0]) (span pages \(layout.spanMaxSlots)); at most 65,535 are possible: use smaller "
+                + "pages or a larger smallest class")
+        }
         guard layout.totalBytes <= geometry.metadataSize else {
             throw invalid("the heap needs \(layout.totalBytes) bytes of metadata for \(tiers.smallPages) pages of "
                 + "\(c.pageSize) bytes and \(tiers.spanPages) of \(c.spanPageSize), but the region's metadata area has \(geometry.metadataSize); create the "
@@ -293,7 +299,8 @@ extension SharedHeap {
         guard stored == derived, u32(F.maxSlots) == layout.maxSlots,
             u32(F.spanMaxSlots) == layout.spanMaxSlots,
             u64(F.bitmapsOffset) == layout.bitmapsOffset,
-            layout.dataBytes <= SharedHeapLayout.maximumDataSize
+            layout.dataBytes <= SharedHeapLayout.maximumDataSize, layout.maxSlots <= 65_535,
+            layout.spanMaxSlots <= 65_535
         else {
             return nil
         }

@@ -18,13 +18,13 @@ import Divvy
 /// |---|---|---|---|
 /// | heap header | 0 | 256 | magic (stored last), version, page sizes, counts, the offsets below, checksum; 156: lazy heaps' held-list mask |
 /// | class table | 256 | 4 × classes | block size of each size class (multiples of 16; small classes first) |
-/// | participants | `participantsOffset` | 64 × participants | state word, pending-operation word, name |
+/// | participants | `participantsOffset` | 128 × participants | state word, pending operation (two words), name, … |
 /// | page pool words | `poolOffset` | 2 × 128 | per tier (small, then span), each word on a cache line of its own: 0 the *bump* index (tier pages at or above it never left the pool), 64 the *cursor* (bits 0–31: no bitmap word below it has a set bit; bits 32–63: a tag bumped by every release) |
 /// | free-page bitmaps | `bitmapsOffset` | 8 × ⌈small pages / 64⌉, then 8 × ⌈span pages / 64⌉ (64-byte aligned) | per tier, bit `i`: tier page `i` went back to the pool after use |
 /// | page descriptors | `pagesOffset` | 64 × pages | state word, remote-free head, local list, counters |
-/// | block words | `blockWordsOffset` | 8 × slots | per block slot: generation, holders, state |
+/// | block words | `blockWordsOffset` | 8 × slots | per block slot: generation, holder count, state |
 /// | links | `linksOffset` | 4 × slots | per block slot: next slot in the local list or remote stack |
-/// | held lists | `heldOffset` | 8 × participants × heldCapacity | per participant: the handles it holds (0 = empty) |
+/// | held lists | `heldOffset` | 16 × participants × heldCapacity | per participant: the blocks it holds (generation word 0 = empty) |
 ///
 /// The pool holds no list of pages: a page that never left it is above its tier's bump index, a page that came
 /// back has its bit set in the tier's bitmap, and the page's state word (`PageWord`) is the only authority. A page
@@ -33,32 +33,23 @@ import Divvy
 /// page itself is known without reading it (pooled, epoch 0, zero): their descriptors and bitmap words are not
 /// committed in a lazy heap and are never read.
 ///
-/// Page descriptor (64 bytes): 0 state word (`PageWord`), 8 remote-free head (top slot, `endOfSlots` = empty),
-/// 16 local head, 20 local free count, 24 carved slots, 28 live blocks (the last four owner-only), 32 slot
-/// count, 40 recovery's *suspect* handle (see `SharedHeap.recover(participant:)`), 48 the chain `collect` is moving
-/// (slot + 1, 0 = none; owner only), 52–63 reserved.
-///
-/// Participant entry (64 bytes): 0 state word (`ParticipantWord`: free / alive / dead / leaving, with the pid and
-/// the process's start time, since layout version 4), 8 pending handle (the operation in flight, 0 = none),
-/// 16–47 name (UTF-8, zero padded), 48 zero (the page-in-hand word of layout versions 4 to 7), 56 page
-/// allowance (`UInt32`, `unlimitedPages` = no limit; written by whoever manages quotas, e.g. a daemon), 60 owned
-/// pages (`UInt32`, in units of `pageSize`: a span page counts `spanPageSize / pageSize`; written only by the
-/// participant, or by its recoverer; read by anyone).
+/// The page descriptor's and participant record's fields (offsets, writers, memory ordering) are tabled on
+/// `PageDescriptorField` and `ParticipantRecordField` (SharedHeap+Words.swift).
 ///
 /// Slots: a small page has `maxSlots = pageSize / smallest class` block words and links, a span page
 /// `spanMaxSlots = spanPageSize / smallest large class`; the word of slot `s` of page `p` is at index
 /// `slotBase(p) + s` (small pages first, then span pages), whatever the page's class.
 ///
-/// The heap's own 64-bit form of a handle (held lists, pending and suspect words: `SharedHeapHandle.compact`) keeps
-/// `data offset / 16` in 32 bits, so the whole data area (both tiers) is limited to 64 GiB, although the 128-bit
-/// handle could address more; nothing else in this layout (pool, descriptors, lazy commit) depends on the data size.
+/// Handles keep `data offset / 16` in 48 bits and pages are counted in 24: a data area of at most 4 PiB and 16M
+/// pages (1 TiB of 64 KiB pages). Nothing in the pool or the lazy commit grows with the data size.
 public struct SharedHeapConfiguration: Hashable, Sendable {
     /// The size of a small-tier heap page in the data area: a power of two, 4 KiB…16 MiB. Default 64 KiB.
     public var pageSize: Int
     /// Small block sizes, ascending, multiples of 16, at most `pageSize / 8`, served from small pages. Default:
     /// `SharedHeapConfiguration.defaultSizeClasses(pageSize:)`.
     public var sizeClasses: [Int]
-    /// Participant slots (1…30: a participant is one bit of a block's 30-bit holder mask). Default 30.
+    /// Participant slots (1…`maximumParticipants`). Default 30. Each costs a 128-byte record and a held list
+    /// (`heldCapacity` × 16 bytes; in a lazy heap committed only once the slot is first joined).
     public var participantCapacity: Int
     /// Handles one participant may hold at once (its held list). Default 4096.
     public var heldCapacity: Int
@@ -71,10 +62,6 @@ public struct SharedHeapConfiguration: Hashable, Sendable {
     /// span pages; empty for no span tier. At most 255 classes in all. Default:
     /// `SharedHeapConfiguration.defaultLargeSizeClasses(pageSize:spanPageSize:)`.
     public var largeSizeClasses: [Int]
-    /// Test hook: a larger data-size limit for `SharedHeap.create` than `SharedHeapLayout.maximumDataSize`, so that
-    /// a test can measure what formatting a 1 TiB heap commits (the pool and lazy commit do not depend on the
-    /// data size). Such a heap must not allocate beyond 64 GiB: its held lists could not name those blocks.
-    internal var _testingDataSizeLimit: Int?
 
     /// Creates a configuration; `sizeClasses` / `largeSizeClasses` nil mean the defaults for the page sizes,
     /// `spanPageSize` nil means `8 × pageSize`.
@@ -126,8 +113,10 @@ public struct SharedHeapConfiguration: Hashable, Sendable {
         return classes
     }
 
-    /// The participant limit imposed by the 30-bit holder mask in a block word.
-    public static let maximumParticipants = 30
+    /// The most participant slots a heap may have: the block word's holder count has 14 bits (16,383), the page
+    /// word's owner field 16; 4,096 keeps the held lists (16 bytes × `heldCapacity` each) and the recount scan of
+    /// recovery (`SharedHeap.recover(participant:)`) bounded.
+    public static let maximumParticipants = 4096
 
     /// How a data area of `dataSize` bytes is split: small pages, span pages, and the classes the heap serves
     /// (the large classes only when there is a span page).
@@ -185,12 +174,13 @@ internal struct SharedHeapLayout: Hashable, Sendable {
     @usableFromInline var dataOffset: Int
 
     static let headerSize = 256
-    /// The largest data area (both tiers) a heap may have: the heap's compact 64-bit handle form
-    /// (`SharedHeapHandle.compact`, in held lists and pending words) keeps `data offset / 16` in 32 bits.
-    static let maximumDataSize = 1 << 36
+    /// The largest data area (both tiers) a heap may have: handles keep `data offset / 16` in 48 bits.
+    static let maximumDataSize = 1 << 52
     /// The most pages (both tiers) a heap may have.
     static let maximumPageCount = 1 << 24
-    @usableFromInline static let participantStride = 64
+    @usableFromInline static let participantStride = 128
+    /// Bytes per held-list entry: the handle's generation word and its offset word.
+    @usableFromInline static let heldEntryStride = 16
     @usableFromInline static let pageStride = 64
     /// Bytes of pool words per tier: the bump index and the cursor, each on a 64-byte line of its own.
     @usableFromInline static let poolTierStride = 128
@@ -229,7 +219,7 @@ internal struct SharedHeapLayout: Hashable, Sendable {
         blockWordsOffset = Self.roundUp(pagesOffset + Self.pageStride * pageCount, 64)
         linksOffset = Self.roundUp(blockWordsOffset + 8 * totalSlots, 64)
         heldOffset = Self.roundUp(linksOffset + 4 * totalSlots, 64)
-        totalBytes = Self.roundUp(heldOffset + 8 * participantCapacity * heldCapacity, 64)
+        totalBytes = Self.roundUp(heldOffset + Self.heldEntryStride * participantCapacity * heldCapacity, 64)
     }
 
     /// Metadata bytes a lazy heap commits at creation, at most: the header, class table, participant records and
@@ -281,22 +271,37 @@ internal struct SharedHeapLayout: Hashable, Sendable {
 
 // MARK: Word formats
 
-/// Block word (one `UInt64` per block slot): generation (bits 0–31) | holder mask (bits 32–61, bit `32 + p` for
-/// participant `p`) | state (bits 62–63: 0 free, 1 allocated, 2 freeing = last holder let go, on its way to
-/// the page's remote-free stack; a *freeing* word's mask holds the bit of the participant that released it, so
-/// recovery can tell a dead participant's release from a survivor's).
+/// Block word (one `UInt64` per block slot): generation (bits 0–47) | count (bits 48–61) | state (bits 62–63).
+///
+/// States: 0 free; 1 allocated (count = how many participants hold the block); 2 freeing (the last holder let
+/// go and the block is on its way to its page's remote-free stack; the count field then names the participant
+/// that released it, so recovery can tell a dead participant's release from a survivor's); 3 frozen (a recoverer
+/// is recounting the holders of the block from the held lists, see `SharedHeap.recover(participant:)`; the count
+/// field keeps the count it had; adopters and freers wait until it is allocated again).
+///
+/// The generation is the page's allocation serial at the time of the allocation (`PageDescriptorField.
+/// generation`): unique among all allocations ever made in the page, so a handle to a freed block never matches
+/// the word again, whatever happened to the page since.
 @usableFromInline
 internal enum BlockWord {
     @usableFromInline static let free: UInt64 = 0
     @usableFromInline static let allocated: UInt64 = 1
     @usableFromInline static let freeing: UInt64 = 2
+    @usableFromInline static let frozen: UInt64 = 3
+    /// The largest generation (48 bits): a page whose serial reaches it is retired, never reused.
+    @usableFromInline static let maximumGeneration: UInt64 = (1 << 48) - 1
+    /// The largest holder count.
+    @usableFromInline static let maximumCount: Int = (1 << 14) - 1
 
-    @inlinable static func generation(_ word: UInt64) -> UInt32 { UInt32(truncatingIfNeeded: word) }
-    @inlinable static func holders(_ word: UInt64) -> UInt32 { UInt32(truncatingIfNeeded: word >> 32) & 0x3FFF_FFFF }
+    @inlinable static func generation(_ word: UInt64) -> UInt64 { word & maximumGeneration }
+    /// Holders (allocated, frozen) or the releaser (freeing).
+    @inlinable static func count(_ word: UInt64) -> Int { Int(truncatingIfNeeded: (word >> 48) & 0x3FFF) }
     @inlinable static func state(_ word: UInt64) -> UInt64 { word >> 62 }
-    @inlinable static func make(generation: UInt32, holders: UInt32, state: UInt64) -> UInt64 {
-        UInt64(generation) | (UInt64(holders & 0x3FFF_FFFF) << 32) | (state << 62)
+    @inlinable static func make(generation: UInt64, count: Int, state: UInt64) -> UInt64 {
+        (generation & maximumGeneration) | (UInt64(truncatingIfNeeded: count) & 0x3FFF) << 48 | state << 62
     }
+    /// The same word with another state (generation and count kept).
+    @inlinable static func with(state: UInt64, _ word: UInt64) -> UInt64 { word & ~(3 << 62) | state << 62 }
 }
 
 /// Page state word: kind (bits 0–7: 0 in the pool, 1 owned, 2 orphan) | class (bits 8–15) | owner participant

@@ -182,9 +182,11 @@ public final class DivvyServer: @unchecked Sendable {
             prefault: configuration.prefault, ifExists: .fail,
             // The data in an object of its own: mediated clients receive only that descriptor.
             separateDataObject: true,
-            // Lazy: the heap commits a page's metadata when it claims the page; commit (and admit) only the rest.
+            // Lazy: the heap commits a page's metadata when it claims the page; admit what is committed at start,
+            // the heap's initial metadata and the held list our own participant commits when it joins below.
             lazyCommittedMetadataSize: SharedHeap.initialMetadataSize(
-                dataSize: configuration.dataSize, configuration: heapConfiguration))
+                dataSize: configuration.dataSize, configuration: heapConfiguration)
+                + heapConfiguration.heldCapacity * 8)
         let region: SharedRegion
         let ownerLock: SharedRegionOwnerLock?
         do throws(SharedRegionError) {

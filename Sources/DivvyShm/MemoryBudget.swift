@@ -156,9 +156,13 @@ internal struct MemoryBudget: Hashable, Sendable {
         var remedies = ["pass a smaller data size (--data-size)"]
         if lazyPossible { remedies.append("commit lazily (commit=lazy: pages are backed as they are used)") }
         remedies.append(cgroupShort ? "raise the cgroup's \(cgroup!.limitFile) (systemd: MemoryMax=)" : "free memory")
+        // (`lazyPossible` is false for a lazily committed region: what it commits now is its header and the part of
+        // its metadata it needs at once, e.g. a lazy heap's `SharedHeap.initialMetadataSize`.)
+        let counted = lazyPossible ? "header, metadata and data together"
+            : "header and the metadata needed at creation; the rest is committed as it is used"
         throw SharedRegionError(
             .insufficientSpace,
-            "\(what) commits \(formatByteCount(bytes)) (header, metadata and data together) but \(host) and "
+            "\(what) commits \(formatByteCount(bytes)) (\(counted)) but \(host) and "
                 + "\(group); \(remedies.joined(separator: ", or "))")
     }
 }

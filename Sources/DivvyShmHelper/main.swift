@@ -50,6 +50,13 @@
 //                                      from 0), free random holdings, adopt handles the parent put in slots 16…31
 //                                      (with a stop slot also those in 3…15) and check their pattern (exit 1)
 //
+// Page-move crash test (SharedHeapRecoveryTests):
+//   divvy-shm-helper page-churn <name> <prefix> <mailboxHandle> <seed>
+//                                      join, store index + 1 into mailbox slot 0, then loop until SIGKILLed:
+//                                      allocate 1…40 blocks of random classes (both tiers), free them in random
+//                                      order; a page whose last block goes back to the pool, so nearly every
+//                                      round claims and releases pages
+//
 // Lazy commit (SharedHeapLazyTests):
 //   divvy-shm-helper lazy-fill <name> <prefix> <dataSize> <sizes>
 //                                      create a named lazily committed region of <dataSize> data bytes with a heap
@@ -120,6 +127,10 @@ if arguments.first == "heap" {
 if arguments.first == "torture" {
     arguments.removeFirst()
     runTortureWorker()
+}
+if arguments.first == "page-churn" {
+    arguments.removeFirst()
+    runPageChurnWorker()
 }
 if arguments.first == "lazy-fill" {
     arguments.removeFirst()
@@ -487,6 +498,37 @@ func runHeapHelper() -> Never {
         print("allocated=\(counts.allocated) released=\(counts.released) adopted=\(counts.adopted) stale=\(counts.stale)")
         withExtendedLifetime(region) {}
         exit(0)
+    } catch {
+        fail(2, "\(error)")
+    }
+}
+
+// MARK: Page-move crash worker
+
+func runPageChurnWorker() -> Never {
+    let (name, prefix) = (next(), next())
+    guard let mailboxRaw = UInt64(next()), let seed = UInt64(next()) else { fail(64, "page-churn: bad arguments") }
+    do {
+        let region = try SharedRegion.open(name: name, namePrefix: prefix)
+        let heap = try SharedHeap.attach(to: region)
+        let me = try heap.join(name: "page-churn")
+        let mailbox = try heap.pointer(for: SharedHeapHandle(legacyRawValue: mailboxRaw))
+        let ready = UnsafeAtomic<UInt64>(at: mailbox.assumingMemoryBound(to: UnsafeAtomic<UInt64>.Storage.self))
+        var random = HelperRandom(state: seed)
+        // Ordering: releasing; the parent waits for it (acquiring) before it starts the kill timer.
+        ready.store(UInt64(me.index) + 1, ordering: .releasing)
+        var mine: [SharedHeapHandle] = []
+        while true {
+            for _ in 0...random.below(40) {
+                let result = Result { () throws(SharedHeapError) in try me.allocate(randomBlockSize(heap, &random)) }
+                switch result {
+                case .success(let handle): mine.append(handle)
+                case .failure(let error) where error.code == .heapFull: break
+                case .failure(let error): fail(1, "allocate: \(error)")
+                }
+            }
+            while !mine.isEmpty { try me.free(mine.remove(at: random.below(mine.count))) }
+        }
     } catch {
         fail(2, "\(error)")
     }

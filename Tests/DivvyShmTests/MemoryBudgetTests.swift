@@ -127,4 +127,38 @@ final class MemoryBudgetTests: ShmTestCase {
             $0._memoryBudget = roomy
         })
     }
+
+    /// A lazy heap's region is admitted on what it commits at creation — the header and
+    /// `SharedHeap.initialMetadataSize`, a few OS pages whatever the data size — so a 64 GiB lazy heap fits a cgroup
+    /// with 1 MiB to spare; when even that does not fit it is refused, saying what it counted, without suggesting
+    /// `commit=lazy`, and nothing is left behind.
+    func testALazyHeapIsAdmittedOnWhatItCommitsAtCreation() throws {
+        let dataSize = 64 << 30
+        let metadataSize = SharedHeap.requiredMetadataSize(dataSize: dataSize)
+        let initial = SharedHeap.initialMetadataSize(dataSize: dataSize)
+        func budget(headroom: Int) -> MemoryBudget {
+            MemoryBudget(hostAvailable: 1 << 40, cgroup: CgroupMemoryLimit(
+                directory: "/sys/fs/cgroup/test.slice", version: 2, limit: 1 << 30, usage: (1 << 30) - headroom))
+        }
+        func lazy(_ budget: MemoryBudget) -> SharedRegion.Configuration {
+            configuration(dataSize: dataSize, metadataSize: metadataSize) {
+                $0._memoryBudget = budget
+                $0.commitment = .lazy
+                $0.separateDataObject = true
+                $0.lazyCommittedMetadataSize = initial
+            }
+        }
+        let region = try SharedRegion.create(name: "lazy-heap", lazy(budget(headroom: 1 << 20)))
+        let heap = try SharedHeap.create(in: region)
+        XCTAssertTrue(heap.lazyCommit)
+        XCTAssertLessThanOrEqual(try region.allocatedBytes(), region.geometry.metadataOffset + initial)
+        try region.remove()
+        let error = assertRegionError(.insufficientSpace) {
+            _ = try SharedRegion.create(name: "refused", lazy(budget(headroom: initial / 2)))
+        }
+        let message = error?.message ?? ""
+        XCTAssertTrue(message.contains("the metadata needed at creation"), message)
+        XCTAssertFalse(message.contains("commit=lazy"), message)
+        XCTAssertEqual(shmObjects(), [], "nothing left behind")
+    }
 }

@@ -2,7 +2,8 @@
 import XCTest
 
 /// The heap header codec (`SharedHeapHeaderField`) reads and writes exactly the bytes of the literal-offset code
-/// it replaced (plus the heap id of layout version 6): layout versions 6 and 7, with and without a span tier.
+/// it replaced (plus the heap id of layout version 6, and the bitmaps' offset at 144 where the span pool's was
+/// until version 8): layout versions 8 and 9, with and without a span tier.
 extension SharedHeapTests {
     /// The header writer as it was before the field table (literal offsets, native byte order, a little-endian
     /// machine), kept here as the reference for the layout.
@@ -27,7 +28,7 @@ extension SharedHeapTests {
         meta.storeBytes(of: UInt32(layout.spanPageCount), toByteOffset: 132, as: UInt32.self)
         meta.storeBytes(of: UInt32(layout.smallClassCount), toByteOffset: 136, as: UInt32.self)
         meta.storeBytes(of: UInt32(layout.spanMaxSlots), toByteOffset: 140, as: UInt32.self)
-        meta.storeBytes(of: UInt64(layout.spanPoolOffset), toByteOffset: 144, as: UInt64.self)
+        meta.storeBytes(of: UInt64(layout.bitmapsOffset), toByteOffset: 144, as: UInt64.self)
         meta.storeBytes(of: heapID, toByteOffset: 152, as: UInt32.self)
         // The checksum: FNV-1a over bytes 8..<120, 128..<156 and the class table.
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325
@@ -51,7 +52,7 @@ extension SharedHeapTests {
             participantCapacity: 30, heldCapacity: 1 << 12, dataOffset: 3 << 20),
     ]
 
-    func testHeaderCodecMatchesTheLiteralOffsetLayoutForVersions6And7() throws {
+    func testHeaderCodecMatchesTheLiteralOffsetLayoutForVersions8And9() throws {
         for layout in Self.codecLayouts {
             for version in [SharedHeap.layoutVersion, SharedHeap.lazyLayoutVersion] {
                 let size = layout.classTableOffset + 4 * layout.classSizes.count
@@ -86,19 +87,22 @@ extension SharedHeapTests {
 }
 
 extension SharedHeapTests {
-    /// The record tables name the offsets their documentation gives (layout versions 6 and 7).
-    func testRecordFieldOffsetsAreTheLayoutVersion6Offsets() {
+    /// The record tables name the offsets their documentation gives (layout versions 8 and 9; 24 in a participant
+    /// record, the page-in-hand word of versions 6 and 7, is unused since version 8).
+    func testRecordFieldOffsetsAreTheLayoutVersion8Offsets() {
         typealias D = PageDescriptorField
         XCTAssertEqual([D.state, D.remoteHead, D.localHead, D.localCount, D.carved, D.live, D.epochStart, D.suspect,
                         D.collecting, D.slotCount, D.generation], [0, 8, 16, 20, 24, 28, 32, 40, 48, 52, 56])
         typealias P = ParticipantRecordField
-        XCTAssertEqual([P.state, P.pendingOffset, P.pendingGeneration, P.pageInHand, P.pageAllowance,
-                        P.ownedPageCount, P.heldCommitted, P.name, P.nameBytes], [0, 8, 16, 24, 32, 36, 40, 48, 32])
+        XCTAssertEqual([P.state, P.pendingOffset, P.pendingGeneration, P.pageAllowance, P.ownedPageCount,
+                        P.heldCommitted, P.name, P.nameBytes], [0, 8, 16, 32, 36, 40, 48, 32])
         XCTAssertEqual(SharedHeapLayout.pageStride, 64)
         XCTAssertEqual(SharedHeapLayout.participantStride, 128)
         XCTAssertEqual(SharedHeapLayout.heldEntryStride, 16)
         typealias H = SharedHeapHeaderField
         XCTAssertEqual(H.checksummedRanges, [8..<120, 128..<156])
-        XCTAssertEqual([H.magic, H.layoutVersion, H.heapID, H.recoveryLock, H.classTable], [0, 8, 152, 160, 256])
+        XCTAssertEqual([H.magic, H.layoutVersion, H.poolOffset, H.bitmapsOffset, H.heapID, H.recoveryLock,
+                        H.classTable], [0, 8, 56, 144, 152, 160, 256])
+        XCTAssertEqual([SharedHeap.layoutVersion, SharedHeap.lazyLayoutVersion], [8, 9])
     }
 }

@@ -196,9 +196,10 @@ final class SharedHeapRecoveryTests: ShmTestCase {
     }
 
     /// A death in each step of a page move between the pool and a participant (the steps of `claimPooledPage`
-    /// and `releasePage`, replayed by hand up to the death): recovery puts every page back, exactly once.
+    /// and `releasePage`, replayed by hand up to the death): recovery reads only the page state words, and puts
+    /// every page back exactly once (every page is claimable again, once, and the audit is clean).
     func testDeathDuringPageMoves() throws {
-        for stage in 0..<7 {
+        for stage in 0..<8 {
             let context = "page move, death at stage \(stage)"
             let (_, heap) = try makeHeap("m\(stage)")
             let s = try heap.join(name: "survivor")
@@ -206,37 +207,49 @@ final class SharedHeapRecoveryTests: ShmTestCase {
             try fill(heap, kept)
             let d = try heap.join(name: "dying")
             let p = d.index
+            // A page that came back to the pool (for the stages that claim from the bitmap).
+            let returned = heap.claimPooledPage(sizeClass: 2, for: s.index)!
+            heap.releasePage(returned, for: s.index)
+            let bump = Int(heap.poolBump(0).load(ordering: .relaxed))
             switch stage {
-            case 0:  // Claim: about to pop, or popped with no page recorded yet.
-                heap.pageInHand(p).store(PageInHand.claimingNoPage, ordering: .relaxed)
-                _ = heap.pool.pop()
-            case 1:  // Claim: popped and recorded, state not claimed.
-                heap.pageInHand(p).store(PageInHand.claimingNoPage, ordering: .relaxed)
-                let page = heap.pool.pop()!
-                heap.pageInHand(p).store(PageInHand.claiming | UInt64(page), ordering: .relaxed)
-            case 2:  // Claim: state claimed, fields half written, record not cleared.
+            case 0:  // Fresh claim: state claimed (owned by p, epoch 1), fields not written, bump not advanced.
+                if heap.lazyCommit { XCTAssertNil(heap.commitPage(bump), context) }  // (Done before the claim.)
+                heap.pageState(bump).store(
+                    PageWord.make(kind: PageWord.owned, sizeClass: 1, owner: p, epoch: 1), ordering: .releasing)
+            case 1:  // Fresh claim: claimed and initialized, bump not advanced.
                 let page = heap.claimPooledPage(sizeClass: 1, for: p)!
-                heap.carved(page).store(7, ordering: .relaxed)
-                heap.pageInHand(p).store(PageInHand.claiming | UInt64(page), ordering: .relaxed)
-            case 3:  // Release: recorded, state not yet pooled.
-                let page = heap.claimPooledPage(sizeClass: 1, for: p)!
-                heap.pageInHand(p).store(PageInHand.releasing | UInt64(page), ordering: .relaxed)
-            case 6:  // Claim: popped and recorded, a failed (lazy) commit pushed it back, record not cleared.
-                heap.pageInHand(p).store(PageInHand.claimingNoPage, ordering: .relaxed)
-                let page = heap.pool.pop()!
-                heap.pageInHand(p).store(PageInHand.claiming | UInt64(page), ordering: .relaxed)
-                try heap.pushPooled(Int(page))
-            case 4:  // Release: state pooled, not pushed.
-                let page = heap.claimPooledPage(sizeClass: 1, for: p)!
-                heap.pageInHand(p).store(PageInHand.releasing | UInt64(page), ordering: .relaxed)
-                let word = heap.pageState(page).load(ordering: .relaxed)
-                heap.pageState(page).store(
-                    PageWord.make(kind: PageWord.pooled, sizeClass: 1, owner: 0, epoch: PageWord.epoch(word)),
+                heap.poolBump(0).store(UInt64(page), ordering: .releasing)
+            case 2:  // Claim of a returned page: state claimed, bit not cleared, fields not written.
+                let word = heap.pageState(returned).load(ordering: .relaxed)
+                heap.pageState(returned).store(
+                    PageWord.make(kind: PageWord.owned, sizeClass: 1, owner: p, epoch: PageWord.epoch(word) + 1),
                     ordering: .releasing)
-            default:  // Release: pushed, record not cleared.
+            case 3:  // Claimed, a few slots carved (all free: nothing was allocated yet).
+                let page = heap.claimPooledPage(sizeClass: 1, for: p)!
+                XCTAssertEqual(page, returned, "a returned page is taken before a fresh one")
+                for slot in 0..<7 { heap.pushLocal(page, slot) }
+                heap.carved(page).store(7, ordering: .relaxed)
+            case 4:  // Release: fields reset and bit set, cursor not lowered, state not pooled.
+                let page = heap.claimPooledPage(sizeClass: 1, for: p)!
+                heap.carved(page).store(0, ordering: .relaxed)
+                _ = heap.poolBitmap(0, page / 64).loadThenBitwiseOr(
+                    with: UInt64(1) << UInt64(page % 64), ordering: .releasing)
+            case 5:  // Release: bit set and cursor lowered, state not pooled.
                 let page = heap.claimPooledPage(sizeClass: 1, for: p)!
                 heap.releasePage(page, for: p)
-                heap.pageInHand(p).store(PageInHand.releasing | UInt64(page), ordering: .relaxed)
+                heap.pageState(page).store(
+                    PageWord.make(kind: PageWord.owned, sizeClass: 1, owner: p, epoch: PageWord.epoch(
+                        heap.pageState(page).load(ordering: .relaxed))), ordering: .releasing)
+            case 6:  // Release complete.
+                let page = heap.claimPooledPage(sizeClass: 1, for: p)!
+                heap.releasePage(page, for: p)
+            default:  // p claimed a page (the returned one); a lazy commit of a fresh one then failed.
+                XCTAssertEqual(heap.claimPooledPage(sizeClass: 1, for: p), returned, context)
+                if heap.lazyCommit {
+                    heap._failingCommits.store(1, ordering: .relaxed)
+                    XCTAssertNil(heap.claimPooledPage(sizeClass: 1, for: p), context)
+                    XCTAssertEqual(heap._failingCommits.load(ordering: .relaxed), 0, context)
+                }
             }
             d._simulateDeath()
             let report = try heap.recover(participant: p)
@@ -252,6 +265,69 @@ final class SharedHeapRecoveryTests: ShmTestCase {
             XCTAssertEqual(Set(pages).count, pages.count, context)
             for page in pages { heap.releasePage(page, for: s.index) }
             XCTAssertTrue(heap.verify().isClean, "\(context): \(heap.verify())")
+        }
+    }
+
+    /// Page moves under SIGKILL: a worker process that does little but claim and release pages (rounds of 1…40
+    /// allocations of random classes of both tiers, all freed) is killed at a random moment, many times over;
+    /// recovery (which reads only records: no waiting, no snapshots) must leave the audit clean, every page but
+    /// the parent's back in the pool and findable (verify checks each pooled page's bitmap bit), and the pages
+    /// claimable again. Lazy and fully committed heaps. `DIVVY_TEST_SEED` replays a run.
+    func testSIGKILLDuringPageMovesLosesNoPage() throws {
+        let seed = ProcessInfo.processInfo.environment["DIVVY_TEST_SEED"].flatMap { UInt64($0) }
+            ?? UInt64.random(in: 1...UInt64.max)
+        print("SharedHeapRecoveryTests.testSIGKILLDuringPageMovesLosesNoPage: DIVVY_TEST_SEED=\(seed)")
+        var random = SeededGenerator(seed: seed)
+        let configuration = SharedHeapConfiguration(
+            pageSize: 4096, sizeClasses: [16, 64, 256], participantCapacity: 4, heldCapacity: 256,
+            spanPageSize: 16384, largeSizeClasses: [1024, 4096])
+        for lazy in [false, true] {
+            lazyHeaps = lazy
+            defer { lazyHeaps = false }
+            let (_, heap) = try makeHeap("churn\(lazy)", dataSize: 256 * 4096, configuration: configuration)
+            let me = try heap.join(name: "parent")
+            let mailboxHandle = try me.allocate(64)
+            let ready = UnsafeAtomic<UInt64>(
+                at: try heap.pointer(for: mailboxHandle).assumingMemoryBound(to: UnsafeAtomic<UInt64>.Storage.self))
+            var released = 0
+            for trial in 0..<40 {
+                let context = "lazy \(lazy), trial \(trial), DIVVY_TEST_SEED=\(seed)"
+                ready.store(0, ordering: .relaxed)
+                let worker = try HelperProcess.spawn(
+                    ["page-churn", "churn\(lazy)", prefix, "\(mailboxHandle.legacyRawValue)", "\(random.next())"])
+                var waited = 0
+                // Ordering: acquiring, pairs with the worker's releasing store.
+                while ready.load(ordering: .acquiring) == 0, waited < 20_000 {
+                    usleep(500)
+                    waited += 1
+                }
+                usleep(UInt32(random.next() % 3000))
+                kill(worker.pid, SIGKILL)
+                let exit = worker.wait()
+                XCTAssertEqual(exit.signal, SIGKILL, "\(context): \(exit)")
+                let dead = heap.deadParticipants()
+                XCTAssertEqual(dead.count, 1, context)
+                guard let p = dead.first else { break }
+                let report = try heap.recover(participant: p)
+                released += report.pagesReleased
+                let audit = heap.verify()
+                XCTAssertTrue(audit.isClean, "\(context): \(report)\n\(audit)")
+                XCTAssertEqual(audit.ownedPages, 1, "\(context): \(audit)")
+                XCTAssertEqual(audit.orphanPages, 0, "\(context): \(audit)")
+                XCTAssertEqual(audit.pooledPages, heap.pageCount - 1, "\(context): \(audit)")
+                if !audit.isClean { break }
+            }
+            XCTAssertGreaterThan(released, 0, "some kills must have left pages to give back")
+            // Every page is claimable again, each once.
+            var pages: [Int] = []
+            for sizeClass in [0, heap.sizeClasses.count - 1] {
+                while let page = heap.claimPooledPage(sizeClass: sizeClass, for: me.index) { pages.append(page) }
+            }
+            XCTAssertEqual(pages.count, heap.pageCount - 1, "lazy \(lazy)")
+            XCTAssertEqual(Set(pages).count, pages.count, "lazy \(lazy)")
+            for page in pages { heap.releasePage(page, for: me.index) }
+            XCTAssertTrue(heap.verify().isClean, "lazy \(lazy): \(heap.verify())")
+            try me.free(mailboxHandle)
         }
     }
 

@@ -354,12 +354,22 @@ final class SharedHeapTests: ShmTestCase {
             heap.clearPending(a.index)
             heap.pendingGeneration(a.index).store(savedPendingGeneration, ordering: .relaxed)
         })
-        // A pooled page missing from the pool / a page both pooled and owned.
-        expectViolation("in the pool but marked in use", corrupt: {
-            let pooled = (0..<heap.pageCount).first { PageWord.kind(heap.pageState($0).load(ordering: .relaxed)) == 0 }!
-            heap.pageState(pooled).store(heap.pageState(page).load(ordering: .relaxed), ordering: .relaxed)
-            self.savedPage = pooled
-        }, restore: { heap.pageState(self.savedPage).store(0, ordering: .relaxed) })
+        // The pool: a page in use marked free in the bitmap; a page that left the pool before, pooled, with its
+        // bit clear (no claimer would find it); a bump index beyond the tier.
+        expectViolation("bitmap bit set but is marked in use", corrupt: {
+            _ = heap.poolBitmap(0, page / 64).loadThenBitwiseOr(with: UInt64(1) << UInt64(page % 64), ordering: .relaxed)
+        }, restore: {
+            _ = heap.poolBitmap(0, page / 64).loadThenBitwiseAnd(with: ~(UInt64(1) << UInt64(page % 64)),
+                                                                 ordering: .relaxed)
+        })
+        let bumpPage = Int(heap.poolBump(0).load(ordering: .relaxed))
+        expectViolation("bitmap bit is clear", corrupt: {
+            heap.pageState(bumpPage).store(
+                PageWord.make(kind: PageWord.pooled, sizeClass: 0, owner: 0, epoch: 3), ordering: .relaxed)
+        }, restore: { heap.pageState(bumpPage).store(0, ordering: .relaxed) })
+        expectViolation("beyond its", corrupt: {
+            heap.poolBump(0).store(UInt64(heap.smallPageCount + 1), ordering: .relaxed)
+        }, restore: { heap.poolBump(0).store(UInt64(bumpPage), ordering: .relaxed) })
         // A leaked block: carved, in no list, not allocated.
         let leak = heap.blockWord(page, freeSlot)
         let savedLeak = leak.load(ordering: .relaxed)
@@ -386,8 +396,6 @@ final class SharedHeapTests: ShmTestCase {
         for handle in handles[1..<9] { try a.free(handle) }
         XCTAssertTrue(heap.verify().isClean)
     }
-
-    private var savedPage = 0
 
     // MARK: Bad input
 

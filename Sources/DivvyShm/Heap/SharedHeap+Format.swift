@@ -22,10 +22,12 @@ extension SharedHeap {
         ).totalBytes
     }
 
-    /// The bytes at the start of the metadata area that a heap in a lazily committed region commits at creation
-    /// (header, class table, participant table, pools, page descriptors: 64 bytes and a pool entry per page, in
-    /// whole OS pages); the rest of `requiredMetadataSize` is committed as pages and participant slots are first
-    /// used. Pass it as the region's `lazyCommittedMetadataSize`, so that the region's admission check counts
+    /// The bytes of metadata that a heap in a lazily committed region commits at creation, at most: header, class
+    /// table, participant records and pool words, and per tier the OS pages of its first page descriptor and first
+    /// bitmap word — a few OS pages, whatever the data size. The rest of `requiredMetadataSize` is committed as it
+    /// is used: page descriptors and bitmap words as the pool's bump index reaches them, a page's block words and
+    /// links when the page first leaves the pool, a participant slot's held list when it is first joined.
+    /// Pass it as the region's `lazyCommittedMetadataSize`, so that the region's admission check counts
     /// only that.
     public static func initialMetadataSize(dataSize: Int, configuration: SharedHeapConfiguration = .init()) -> Int {
         let c = configuration
@@ -39,23 +41,24 @@ extension SharedHeap {
         ).initialBytes
     }
 
-    /// Formats a heap in `region`'s metadata area: every page in the pool, every participant slot free, every
-    /// block word zero.
+    /// Formats a heap in `region`'s metadata area: every page in the pool (each tier's bump index at its first
+    /// page, no page returned), every participant slot free, every block word zero. Nothing is done per page.
     ///
     /// In a lazily committed region (`SharedRegion.Commitment.lazy`, not hugetlb) the heap is *lazy*: it commits
-    /// only `initialMetadataSize` now, and the rest as it is used — a page's data, block words and links when the
-    /// page first leaves the pool, a participant slot's held list when it is first joined — so creation takes
-    /// time and memory in proportion to the page count, not the data size, and memory in use grows with the
-    /// pages in use. A commit that fails (/dev/shm or memory exhausted) is a clean `heapFull` for the allocation
-    /// (or `join`) that needed it, never a SIGBUS later. The metadata area is cleared by punching a hole over it
-    /// (`MADV_REMOVE`), not by writing zeros, which would commit it all; this also clears a reused region.
+    /// only `initialMetadataSize` now, and the rest as it is used — page descriptors as the pool's bump index
+    /// reaches them, a page's data, block words and links when the page first leaves the pool, a participant
+    /// slot's held list when it is first joined — so creation takes the same time and memory whatever the data
+    /// size, and memory in use (data and metadata) grows with the pages in use. A commit that fails (/dev/shm or
+    /// memory exhausted) is a clean `heapFull` for the allocation (or `join`) that needed it, never a SIGBUS later.
+    /// The metadata area is cleared by punching a hole over it (`MADV_REMOVE`), not by writing zeros, which would
+    /// commit it all; this also clears a reused region.
     ///
     /// No other process may use the metadata area until this returns; the magic number is stored last (release),
     /// so `attach` either sees a complete heap or refuses.
     ///
     /// - Throws: `.invalidConfiguration` for an impossible configuration or a region too small for it (the message
     ///   gives the sizes needed and available); `.heapFull` when a lazy heap cannot commit its initial metadata.
-    /// - Complexity: O(pages) (plus zeroing the metadata area; a lazy heap punches a hole instead).
+    /// - Complexity: O(participants + classes), plus zeroing the metadata area (a lazy heap punches a hole instead).
     public static func create(
         in region: SharedRegion, configuration: SharedHeapConfiguration = .init()
     ) throws(SharedHeapError) -> SharedHeap {
@@ -92,9 +95,11 @@ extension SharedHeap {
         }
         let geometry = region.geometry
         let tiers = c.tiers(dataSize: geometry.dataSize)
-        guard tiers.smallPages >= 1, tiers.smallPages + tiers.spanPages <= 1 << 24 else {
+        guard tiers.smallPages >= 1, tiers.smallPages + tiers.spanPages <= SharedHeapLayout.maximumPageCount,
+            geometry.dataSize <= SharedHeapLayout.maximumDataSize
+        else {
             throw invalid("the region's data area (\(geometry.dataSize) bytes) must hold 1…16M pages of "
-                + "\(c.pageSize) bytes (use larger pages for a larger data area)")
+                + "\(c.pageSize) bytes (use larger pages for a larger data area), at most 4 PiB")
         }
         let layout = SharedHeapLayout(
             pageSize: c.pageSize, smallPageCount: tiers.smallPages, spanPageSize: c.spanPageSize,
@@ -107,7 +112,6 @@ extension SharedHeap {
                 + "\(tiers.classes[0]) (span pages \(layout.spanMaxSlots)); at most 65,535 are possible: use smaller "
                 + "pages or a larger smallest class")
         }
-        let pageCount = layout.pageCount
         guard layout.totalBytes <= geometry.metadataSize else {
             throw invalid("the heap needs \(layout.totalBytes) bytes of metadata for \(tiers.smallPages) pages of "
                 + "\(c.pageSize) bytes and \(tiers.spanPages) of \(c.spanPageSize), but the region's metadata area has \(geometry.metadataSize); create the "
@@ -134,11 +138,18 @@ extension SharedHeap {
                 throw invalid("could not clear the metadata area of \(region.describing) (MADV_REMOVE of "
                     + "\(area) bytes failed: \(error))")
             }
-            if let error = region.commitInPlace(offset: geometry.metadataOffset, length: layout.initialBytes) {
+            // The header, tables, participant records and pool words, then each tier's first descriptor and
+            // bitmap word (a tier's bump index starts at its page 0: descriptors up to it are committed).
+            let prefix = SharedHeapLayout.roundUp(layout.bitmapsOffset, OSAllocator.pageSize)
+            var failure = region.commitInPlace(offset: geometry.metadataOffset, length: min(prefix, area))
+            for tier in 0..<2 where failure == nil && layout.pages(ofTier: tier).count > 0 {
+                failure = SharedHeap.commitFirstPoolEntry(region: region, layout: layout, tier: tier)
+            }
+            if let error = failure {
                 throw SharedHeapError(
-                    .heapFull, "could not commit the heap's first \(layout.initialBytes) bytes of metadata (page "
-                        + "descriptors and tables) in \(region.describing): \(error); free memory or /dev/shm "
-                        + "space, or create a smaller heap")
+                    .heapFull, "could not commit the heap's first \(layout.initialBytes) bytes of metadata (header, "
+                        + "tables, first page descriptors) in \(region.describing): \(error); free memory or "
+                        + "/dev/shm space")
             }
         } else {
             // Everything before the held lists: zeros, committed now. The held lists are committed when their slot
@@ -155,15 +166,7 @@ extension SharedHeap {
         for (index, size) in layout.classSizes.enumerated() {
             SharedHeapHeaderField.store(UInt32(size), at: SharedHeapHeaderField.classTable + 4 * index, in: meta)
         }
-        let pool = UnsafeLockFreeIndexStack.initialize(at: meta + layout.poolOffset, capacity: layout.smallPageCount)
-        let spanPool = layout.spanPageCount == 0 ? nil
-            : UnsafeLockFreeIndexStack.initialize(at: meta + layout.spanPoolOffset, capacity: layout.spanPageCount)
-        for page in 0..<pageCount {
-            let descriptor = meta + layout.pagesOffset + page * SharedHeapLayout.pageStride
-            // Remote head and local head: empty.
-            descriptor.storeBytes(of: UInt64(endOfSlots), toByteOffset: PageDescriptorField.remoteHead, as: UInt64.self)
-            descriptor.storeBytes(of: endOfSlots, toByteOffset: PageDescriptorField.localHead, as: UInt32.self)
-        }
+        // The pools need nothing: bump index 0, cursor 0, bitmaps clear, descriptors zero (pooled, epoch 0).
         for p in 0..<c.participantCapacity {  // No limit until someone sets one.
             (meta + layout.participantsOffset + p * SharedHeapLayout.participantStride)
                 .storeBytes(of: unlimitedPages, toByteOffset: ParticipantRecordField.pageAllowance, as: UInt32.self)
@@ -178,8 +181,15 @@ extension SharedHeap {
         UnsafeAtomic<UInt64>(at: meta.assumingMemoryBound(to: UnsafeAtomic<UInt64>.Storage.self))
             .store(magic, ordering: .releasing)
         return SharedHeap(
-            region: region, layout: layout, meta: meta, data: data, pool: pool, spanPool: spanPool, lazyCommit: lazy,
-            heapID: heapID)
+            region: region, layout: layout, meta: meta, data: data, lazyCommit: lazy, heapID: heapID)
+    }
+
+    /// Commits the OS pages of `tier`'s first page descriptor and first bitmap word (`create`, lazy heaps).
+    private static func commitFirstPoolEntry(region: SharedRegion, layout: SharedHeapLayout, tier: Int) -> Errno? {
+        let base = region.geometry.metadataOffset
+        let descriptor = base + layout.pagesOffset + layout.pages(ofTier: tier).first * SharedHeapLayout.pageStride
+        return region.commitInPlace(offset: descriptor, length: SharedHeapLayout.pageStride)
+            ?? region.commitInPlace(offset: base + layout.bitmapOffset(ofTier: tier), length: 8)
     }
 
     /// Attaches to the heap `create(in:configuration:)` formatted in `region` (possibly in another process).
@@ -223,26 +233,11 @@ extension SharedHeap {
                 + "\(layout.dataOffset), \(layout.totalBytes) bytes of metadata) does not fit the region "
                 + "(\(geometry))")
         }
-        let pool: UnsafeLockFreeIndexStack
-        do { pool = try UnsafeLockFreeIndexStack.attach(at: meta + layout.poolOffset) } catch {
-            throw corrupt("the page pool is not initialized: \(error)")
-        }
-        guard pool.capacity == layout.smallPageCount else { throw corrupt("the page pool's capacity is wrong") }
-        var spanPool: UnsafeLockFreeIndexStack?
-        if layout.spanPageCount > 0 {
-            do { spanPool = try UnsafeLockFreeIndexStack.attach(at: meta + layout.spanPoolOffset) } catch {
-                throw corrupt("the span page pool is not initialized: \(error)")
-            }
-            guard spanPool?.capacity == layout.spanPageCount else {
-                throw corrupt("the span page pool's capacity is wrong")
-            }
-        }
         let lazy = version == lazyLayoutVersion
         let heapID = SharedHeapHeaderField.load(UInt32.self, at: SharedHeapHeaderField.heapID, in: meta)
         guard heapID != 0 else { throw corrupt("the heap header's heap id is 0") }
         return SharedHeap(
-            region: region, layout: layout, meta: meta, data: data, pool: pool, spanPool: spanPool, lazyCommit: lazy,
-            heapID: heapID)
+            region: region, layout: layout, meta: meta, data: data, lazyCommit: lazy, heapID: heapID)
     }
 
     /// Writes the header fields (table: `SharedHeapHeaderField`) and their checksum; not the magic.
@@ -273,7 +268,7 @@ extension SharedHeap {
         u32(layout.spanPageCount, F.spanPageCount)
         u32(layout.smallClassCount, F.smallClassCount)
         u32(layout.spanMaxSlots, F.spanMaxSlots)
-        u64(layout.spanPoolOffset, F.spanPoolOffset)
+        u64(layout.bitmapsOffset, F.bitmapsOffset)
         F.store(heapID, at: F.heapID, in: meta)
         F.store(checksum(at: meta, layout: layout), at: F.checksum, in: meta)
     }
@@ -297,7 +292,7 @@ extension SharedHeap {
         let spanPageSize = u32(F.spanPageSize)
         let spanPageCount = u32(F.spanPageCount)
         let smallClasses = u32(F.smallClassCount)
-        guard (1...classCount).contains(smallClasses), pageCount + spanPageCount <= 1 << 24,
+        guard (1...classCount).contains(smallClasses), pageCount + spanPageCount <= SharedHeapLayout.maximumPageCount,
             classes.prefix(smallClasses).allSatisfy({ $0 >= 16 && $0 % 16 == 0 && $0 <= pageSize / 8 }),
             zip(classes, classes.dropFirst()).allSatisfy({ $0 < $1 }),
             spanPageCount == 0
@@ -317,8 +312,9 @@ extension SharedHeap {
                        layout.blockWordsOffset, layout.linksOffset, layout.heldOffset, layout.totalBytes]
         guard stored == derived, u32(F.maxSlots) == layout.maxSlots,
             u32(F.spanMaxSlots) == layout.spanMaxSlots,
-            u64(F.spanPoolOffset) == layout.spanPoolOffset,
-            layout.dataBytes <= 1 << 52, layout.maxSlots <= 65_535, layout.spanMaxSlots <= 65_535
+            u64(F.bitmapsOffset) == layout.bitmapsOffset,
+            layout.dataBytes <= SharedHeapLayout.maximumDataSize, layout.maxSlots <= 65_535,
+            layout.spanMaxSlots <= 65_535
         else {
             return nil
         }

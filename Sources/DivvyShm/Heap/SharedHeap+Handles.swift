@@ -31,6 +31,8 @@ extension SharedHeap {
         guard !handle.isZero, let (page, within) = layout.page(atDataOffset: offset) else {
             throw outOfRangeError(handle)
         }
+        // A lazy heap has not committed the descriptors of pages that never left the pool: don't read them.
+        guard !lazyCommit || descriptorIsCommitted(page) else { throw staleEpochError(handle, page: page, pageWord: 0) }
         let pageWord = pageState(page).load(ordering: .acquiring)
         // Epoch 0 is a page that never left the pool: no handle names it, and in a lazy heap its block words are a
         // hole that must not be read. (A handle from an earlier use of a page needs no check here: generations are

@@ -10,7 +10,7 @@ import SystemPackage
 ///
 /// | offset | size | field | who writes | ordering |
 /// |---|---|---|---|---|
-/// | 0 | 8 | `state` (`PageWord`) | claimer, owner, recoverer | acquiring-and-releasing CAS to take a page (claim, adopt); releasing stores to give it up (pooled, orphan); acquiring loads before using the page (`locate`); relaxed loads validated by a CAS or for reports; sequentially consistent in recovery's pool repair |
+/// | 0 | 8 | `state` (`PageWord`) | claimer, owner, recoverer | acquiring-and-releasing CAS to take a page (claim, adopt); releasing stores to give it up (pooled, orphan); acquiring loads before using the page (`locate`); relaxed loads validated by a CAS or for reports |
 /// | 8 | 8 | `remoteHead` | anyone (push), owner (take) | releasing CAS push (`pushRemote`); acquiring exchange that takes the whole stack (`collect`); relaxed first guesses |
 /// | 16 | 4 | `localHead` | owner only | relaxed |
 /// | 20 | 4 | `localCount` | owner only | relaxed |
@@ -56,10 +56,10 @@ internal enum SuspectWord {
 ///
 /// | offset | size | field | who writes | ordering |
 /// |---|---|---|---|---|
-/// | 0 | 8 | `state` (`ParticipantWord`) | joiner, leaver, recoverer, `releaseSlot` | acquiring-and-releasing CAS to claim or free; releasing stores to leave or free; acquiring loads before acting on it; relaxed for counts; sequentially consistent in recovery's pool repair |
+/// | 0 | 8 | `state` (`ParticipantWord`) | joiner, leaver, recoverer, `releaseSlot` | acquiring-and-releasing CAS to claim or free; releasing stores to leave or free; acquiring loads before acting on it; relaxed for counts |
 /// | 8 | 8 | `pendingOffset` | the participant, its recoverer | the operation in flight (`PendingOperation`): the block's offset in 16-byte units + 1, 0 = none. The commit of the announcement: releasing store after `pendingGeneration` (visible no later than the block word it announces); cleared (0) by a releasing store; acquiring loads |
 /// | 16 | 8 | `pendingGeneration` | the participant, its recoverer | the block's generation (bits 0–47) and the operation (`PendingOperation`, bits 56–63); relaxed store before `pendingOffset`, or a releasing store alone to change only the operation |
-/// | 24 | 8 | `pageInHand` (`PageInHand`) | the participant, its recoverer | relaxed (read only by a recoverer after the participant died) |
+/// | 24 | 8 | — (zero; layout versions 4 to 7 kept a page-in-hand record here) | | |
 /// | 32 | 4 | `pageAllowance` | quota manager | relaxed (a limit, read as a hint) |
 /// | 36 | 4 | `ownedPageCount` | the participant, its recoverer | relaxed |
 /// | 40 | 4 | `heldCommitted` | the joiner (lazy heaps) | releasing store of 1 once the slot's held list is backed; never cleared; acquiring loads |
@@ -79,7 +79,6 @@ internal enum ParticipantRecordField {
     @usableFromInline static let state = 0
     @usableFromInline static let pendingOffset = 8
     @usableFromInline static let pendingGeneration = 16
-    @usableFromInline static let pageInHand = 24
     @usableFromInline static let pageAllowance = 32
     @usableFromInline static let ownedPageCount = 36
     @usableFromInline static let heldCommitted = 40
@@ -167,6 +166,27 @@ extension SharedHeap {
         word32(pageDescriptor(page) + PageDescriptorField.collecting)
     }
 
+    // The page pool of each tier (0 small, 1 span): see `SharedHeapLayout` and `SharedHeap.claimPooledPage`.
+    //
+    // | word | who writes | ordering |
+    // |---|---|---|
+    // | bump index (`poolOffset + 128 × tier`) | claimers (compare-and-exchange `n → n + 1`) | releasing advance, acquiring loads (the page below is claimed, the descriptors up to it committed) |
+    // | cursor (`+ 64`) | releasers (lower, tag + 1), scanners (raise, same tag) | acquiring-and-releasing lowering, releasing raise, acquiring load before a scan |
+    // | bitmap word (`bitmapOffset(ofTier:) + 8 × w`) | releasers (fetch-or), claimers (fetch-and of their own bit) | releasing fetch-or, acquiring loads by scanners, relaxed clear (the state word is the authority) |
+
+    /// The tier's bump index: tier pages at or above it never left the pool.
+    @inlinable @inline(__always) internal func poolBump(_ tier: Int) -> UnsafeAtomic<UInt64> {
+        word64(layout.poolOffset &+ tier &* SharedHeapLayout.poolTierStride)
+    }
+    /// The tier's cursor: bitmap word index (low 32 bits; no bit is set below it) | tag (high 32 bits).
+    internal func poolCursor(_ tier: Int) -> UnsafeAtomic<UInt64> {
+        word64(layout.poolOffset + tier * SharedHeapLayout.poolTierStride + 64)
+    }
+    /// Word `w` of the tier's free-page bitmap (bit `i`: tier page `64 w + i` came back to the pool).
+    internal func poolBitmap(_ tier: Int, _ w: Int) -> UnsafeAtomic<UInt64> {
+        word64(layout.bitmapOffset(ofTier: tier) + w * 8)
+    }
+
     // Per block slot (see the note under `ParticipantRecordField`).
 
     @inlinable @inline(__always) internal func blockWord(_ page: Int, _ slot: Int) -> UnsafeAtomic<UInt64> {
@@ -196,10 +216,6 @@ extension SharedHeap {
     /// Lazy heaps: 1 once the slot's held list is backed.
     @inlinable internal func heldCommitted(_ p: Int) -> UnsafeAtomic<UInt32> {
         word32(participantOffset(p) + ParticipantRecordField.heldCommitted)
-    }
-    /// The page the participant is moving between the pool and its ownership (see `PageInHand`), 0 when none.
-    @inlinable internal func pageInHand(_ p: Int) -> UnsafeAtomic<UInt64> {
-        word64(participantOffset(p) + ParticipantRecordField.pageInHand)
     }
     /// The most pages the participant may own at once (`unlimitedPages` = no limit).
     @inlinable internal func pageAllowance(_ p: Int) -> UnsafeAtomic<UInt32> {

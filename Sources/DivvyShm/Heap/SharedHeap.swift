@@ -26,14 +26,15 @@ import Glibc
 ///
 /// - **Offsets only.** Handles are `generation << 32 | (data offset / 16)` (so the data area, both tiers, is at
 ///   most 64 GiB); the metadata uses offsets and slot indices. Any process maps the region anywhere.
-/// - **Pages.** The data area is cut into `pageSize` pages. A free page sits in a lock-free page pool
-///   (`UnsafeLockFreeIndexStack`, a tagged Treiber stack of page indices). A participant that needs room pops a
-///   page, dedicates it to one size class and becomes its *owner*.
+/// - **Pages.** The data area is cut into `pageSize` pages. The page pool of each tier is a *bump index* (pages
+///   at or above it never left the pool) and a bitmap of pages that came back. A participant that needs room
+///   takes a page with one compare-and-exchange of the page's state word (pooled → owned by it), dedicates it to
+///   one size class and becomes its *owner*; formatting does no work per page (see `claimPooledPage`).
 /// - **Two tiers: small pages and span pages.** Blocks larger than `pageSize / 8` ("multi-page spans") live in a
 ///   second tier of larger pages (`spanPageSize`, default 8 × `pageSize`; a configurable share of the data area,
 ///   default 1/4, cut off at format time) with their own pool and their own large classes (four per doubling, up
 ///   to one block per span page). A span page is driven by *exactly* the same machinery as a small page — owner,
-///   local list, remote stack, block words, page-in-hand records, recovery, verify — only its base, size and slot
+///   local list, remote stack, block words, page claims and releases, recovery, verify — only its base, size and slot
 ///   count differ, so every crash-recovery argument below holds for it unchanged. Chosen over runs of consecutive
 ///   small pages (a span allocator with coalescing) because a run would need a multi-word claim (several page
 ///   words) that a death could leave half done, breaking the single-word-commit discipline; the price is the
@@ -62,10 +63,11 @@ import Glibc
 /// `recover(participant:)` drops a dead participant's holdings (a block a survivor holds is never released under
 /// it), finishes or undoes its in-flight step (including the one ambiguous case: a release committed but maybe
 /// not pushed onto the page's remote stack, resolved by the page's consumer through the page's *suspect* word),
-/// repairs its pages and gives them up, and restores a page it was moving between the pool and its ownership.
+/// repairs its pages and gives them up (a page it was taking from or giving back to the pool among them).
 /// The argument that every interleaving of a death with each operation is covered is in `recover`'s
 /// documentation; the records it relies on are: the per-participant `pending` word and held list, the releaser's
-/// bit in a *freeing* block word, the page's *collecting* word, and the participant's *page-in-hand* word.
+/// bit in a *freeing* block word, the page's *collecting* word, and the page state word, which names the owner
+/// of every page out of the pool from the single compare-and-exchange that took it.
 /// `verify()` checks everything recovery must restore (nothing held by a dead participant, no leaked slot or
 /// page, counts consistent), so "kill at a random instruction, recover, verify" is the crash-torture test.
 ///
@@ -81,10 +83,6 @@ public final class SharedHeap: @unchecked Sendable {
     @usableFromInline internal let meta: UnsafeMutableRawPointer
     /// The start of the data area in this mapping.
     @usableFromInline internal let data: UnsafeMutableRawPointer
-    /// The small-page tier's pool (indices are page numbers).
-    @usableFromInline internal let pool: UnsafeLockFreeIndexStack
-    /// The span tier's pool (indices are page number − `smallPageCount`); nil without a span tier.
-    @usableFromInline internal let spanPool: UnsafeLockFreeIndexStack?
     /// Process-local: the class of each request size up to the largest small class, by `(size + 15) / 16`.
     @usableFromInline internal let classLookup: UnsafeMutablePointer<UInt8>
     /// Process-local, one per class: block size, slots per page of its tier, and a division-free way to turn an
@@ -100,6 +98,9 @@ public final class SharedHeap: @unchecked Sendable {
     public let heapID: UInt32
     /// Test hook: how many of the next lazy commits fail (as if /dev/shm were full), then decremented.
     internal let _failingCommits = ManagedAtomic<Int>(0)
+    /// Test hook: run by a pool scan after it has read the bitmap and before it raises the cursor (a release that
+    /// lands there must not be hidden). Set only while no other thread claims pages.
+    internal nonisolated(unsafe) var _poolScanHook: (() -> Void)?
 
     @usableFromInline
     internal struct ClassInfo {
@@ -125,27 +126,25 @@ public final class SharedHeap: @unchecked Sendable {
     /// start time beside its pid, and a *leaving* state. Version 6: the header carries a random heap id that
     /// every handle repeats; block words keep a 48-bit generation (the page's allocation serial) and a holder count
     /// instead of a 30-bit holder mask; held-list entries and pending operations are two words; participant
-    /// records are 128 bytes, up to 4,096 of them.
-    public static let layoutVersion: UInt32 = 6
-    /// The layout version of a lazy heap (one formatted in a lazily committed region): version 6's layout, whose
+    /// records are 128 bytes, up to 4,096 of them. Version 8: the page pool is a bump index and a bitmap per tier
+    /// (no Treiber stack, no page-in-hand record), page descriptors are committed as the bump index reaches them.
+    public static let layoutVersion: UInt32 = 8
+    /// The layout version of a lazy heap (one formatted in a lazily committed region): version 8's layout, whose
     /// metadata is committed as it is used, plus the participant records' `heldCommitted` flags that readers must
-    /// honour. A library that knows only version 6
+    /// honour. A library that knows only version 8
     /// refuses such a heap instead of reading (and so allocating) metadata that is not committed, or joining
-    /// without committing its held list.
-    public static let lazyLayoutVersion: UInt32 = 7
+    /// without committing its held list. (Versions 5 and 7 were versions 4's and 6's lazy forms.)
+    public static let lazyLayoutVersion: UInt32 = 9
 
     // Internal, not private: `create` and `attach` (SharedHeap+Format.swift) call it; nothing else should.
     internal init(region: SharedRegion, layout: SharedHeapLayout, meta: UnsafeMutableRawPointer,
-                 data: UnsafeMutableRawPointer, pool: UnsafeLockFreeIndexStack, spanPool: UnsafeLockFreeIndexStack?,
-                 lazyCommit: Bool, heapID: UInt32) {
+                 data: UnsafeMutableRawPointer, lazyCommit: Bool, heapID: UInt32) {
         self.region = region
         self.heapID = heapID
         self.lazyCommit = lazyCommit
         self.layout = layout
         self.meta = meta
         self.data = data
-        self.pool = pool
-        self.spanPool = spanPool
         classInfo = .allocate(capacity: layout.classSizes.count)
         for (index, size) in layout.classSizes.enumerated() {
             (classInfo + index).initialize(to: ClassInfo(

@@ -1,12 +1,13 @@
 /// The heap header: the first `SharedHeapLayout.headerSize` (256) bytes of the region's metadata area, followed by
 /// the class table. The one table of its fields; `SharedHeap.writeHeader`, `readHeader` and `checksum` address
 /// them only through these names. Every field is a little-endian fixed-width integer at a fixed offset (the same
-/// bytes for layout versions 6 and 7):
+/// bytes for layout versions 8 and 9). Versions 6 and 7 had the same header but a Treiber-stack page pool at
+/// `poolOffset` and `spanPoolOffset` (144) instead of the bump words and bitmaps:
 ///
 /// | offset | size | field | meaning |
 /// |---|---|---|---|
 /// | 0 | 8 | magic | `"DVHEAP01"` (`SharedHeap.magic`); 0 while `create` formats; stored last (release) |
-/// | 8 | 4 | layoutVersion | 6, or 7 for a lazy heap (`SharedHeap.layoutVersion`, `lazyLayoutVersion`) |
+/// | 8 | 4 | layoutVersion | 8, or 9 for a lazy heap (`SharedHeap.layoutVersion`, `lazyLayoutVersion`) |
 /// | 12 | 4 | pageSize | small-page size |
 /// | 16 | 4 | smallPageCount | small pages |
 /// | 20 | 4 | classCount | entries in the class table (small then large classes) |
@@ -16,7 +17,7 @@
 /// | 36 | 4 | firstHeldCapacity | held-list entries of participant slot 0 (`SharedHeapConfiguration.firstSlotHeldCapacity`) |
 /// | 40 | 8 | classTableOffset | metadata offset of the class table (= 256) |
 /// | 48 | 8 | participantsOffset | participant records |
-/// | 56 | 8 | poolOffset | the small-page pool |
+/// | 56 | 8 | poolOffset | the pool words (bump index and cursor) of both tiers |
 /// | 64 | 8 | pagesOffset | page descriptors |
 /// | 72 | 8 | blockWordsOffset | block words |
 /// | 80 | 8 | linksOffset | free-list links |
@@ -29,7 +30,7 @@
 /// | 132 | 4 | spanPageCount | span pages |
 /// | 136 | 4 | smallClassCount | the small classes (the first entries of the class table) |
 /// | 140 | 4 | spanMaxSlots | slots of a span page for the smallest large class |
-/// | 144 | 8 | spanPoolOffset | the span-page pool |
+/// | 144 | 8 | bitmapsOffset | the free-page bitmaps (small tier, then span tier; since layout version 8) |
 /// | 152 | 4 | heapID | random, never 0, chosen at format: every handle carries it (`SharedHeapHandle.heapID`), so a handle from another heap — one formatted before a restart, or another daemon's — is refused as `.foreignHeap` (since layout version 6) |
 /// | 156 | 4 | — | zero (versions 4 and 5 kept a committed-held-lists mask here; 6 and 7 keep a flag per participant record) |
 /// | 160 | 8 | recoveryLock | the recovering process's pid and start time (`ParticipantWord` layout), 0 = none (atomic; not checksummed) |
@@ -65,7 +66,7 @@ internal enum SharedHeapHeaderField {
     static let spanPageCount = 132
     static let smallClassCount = 136
     static let spanMaxSlots = 140
-    static let spanPoolOffset = 144
+    static let bitmapsOffset = 144
     static let heapID = 152
     static let recoveryLock = 160
     static let classTable = 256

@@ -11,37 +11,37 @@ import Divvy
 /// page pool. Small classes (≤ `pageSize / 8`) live in small pages, large classes in span pages; a page of either
 /// tier is driven by exactly the same machinery (state word, owner, local list, remote stack, block words,
 /// recovery, verify) — only its base, size and slot count differ. Pages are numbered across both tiers (small
-/// pages first), so page descriptors, page-in-hand words and page state words need no tier field.
+/// pages first), so page descriptors and page state words need no tier field; each tier has its own pool words
+/// and bitmap.
 ///
 /// | part | at | size | contents |
 /// |---|---|---|---|
 /// | heap header | 0 | 256 | magic (stored last), version, page sizes, counts, the offsets below, checksum; 156: lazy heaps' held-list mask |
 /// | class table | 256 | 4 × classes | block size of each size class (multiples of 16; small classes first) |
 /// | participants | `participantsOffset` | 128 × participants | state word, pending operation (two words), name, … |
-/// | page pool | `poolOffset` | `UnsafeLockFreeIndexStack.requiredBytes(smallPageCount)` | free small pages |
-/// | span pool | `spanPoolOffset` | `UnsafeLockFreeIndexStack.requiredBytes(spanPageCount)` | free span pages (index − smallPageCount) |
+/// | page pool words | `poolOffset` | 2 × 128 | per tier (small, then span), each word on a cache line of its own: 0 the *bump* index (tier pages at or above it never left the pool), 64 the *cursor* (bits 0–31: no bitmap word below it has a set bit; bits 32–63: a tag bumped by every release) |
+/// | free-page bitmaps | `bitmapsOffset` | 8 × ⌈small pages / 64⌉, then 8 × ⌈span pages / 64⌉ (64-byte aligned) | per tier, bit `i`: tier page `i` went back to the pool after use |
 /// | page descriptors | `pagesOffset` | 64 × pages | state word, remote-free head, local list, counters |
 /// | block words | `blockWordsOffset` | 8 × slots | per block slot: generation, holder count, state |
 /// | links | `linksOffset` | 4 × slots | per block slot: next slot in the local list or remote stack |
 /// | held lists | `heldOffset` | 16 × participants × heldCapacity | per participant: the blocks it holds (generation word 0 = empty) |
 ///
-/// Page descriptor (64 bytes): 0 state word (`PageWord`), 8 remote-free head (top slot, `endOfSlots` = empty),
-/// 16 local head, 20 local free count, 24 carved slots, 28 live blocks (the last four owner-only), 32 slot
-/// count, 40 recovery's *suspect* handle (see `SharedHeap.recover(participant:)`), 48 the chain `collect` is moving
-/// (slot + 1, 0 = none; owner only), 52–63 reserved.
+/// The pool holds no list of pages: a page that never left it is above its tier's bump index, a page that came
+/// back has its bit set in the tier's bitmap, and the page's state word (`PageWord`) is the only authority. A page
+/// leaves the pool by one compare-and-exchange of its state word, pooled → owned *by the claimer*; see
+/// `SharedHeap.claimPooledPage`. Everything about a tier's pages at or above its bump index other than the bump
+/// page itself is known without reading it (pooled, epoch 0, zero): their descriptors and bitmap words are not
+/// committed in a lazy heap and are never read.
 ///
-/// Participant entry (64 bytes): 0 state word (`ParticipantWord`: free / alive / dead / leaving, with the pid and
-/// the process's start time, since layout version 4), 8 pending handle (the operation in flight, 0 = none),
-/// 16–47 name (UTF-8, zero padded), 48 page in hand (`PageInHand`), 56 page
-/// allowance (`UInt32`, `unlimitedPages` = no limit; written by whoever manages quotas, e.g. a daemon), 60 owned
-/// pages (`UInt32`, in units of `pageSize`: a span page counts `spanPageSize / pageSize`; written only by the
-/// participant, or by its recoverer; read by anyone).
+/// The page descriptor's and participant record's fields (offsets, writers, memory ordering) are tabled on
+/// `PageDescriptorField` and `ParticipantRecordField` (SharedHeap+Words.swift).
 ///
 /// Slots: a small page has `maxSlots = pageSize / smallest class` block words and links, a span page
 /// `spanMaxSlots = spanPageSize / smallest large class`; the word of slot `s` of page `p` is at index
 /// `slotBase(p) + s` (small pages first, then span pages), whatever the page's class.
 ///
-/// Handles keep `data offset / 16` in 32 bits, so the whole data area (both tiers) is limited to 64 GiB.
+/// Handles keep `data offset / 16` in 48 bits and pages are counted in 24: a data area of at most 4 PiB and 16M
+/// pages (1 TiB of 64 KiB pages). Nothing in the pool or the lazy commit grows with the data size.
 public struct SharedHeapConfiguration: Hashable, Sendable {
     /// The size of a small-tier heap page in the data area: a power of two, 4 KiB…16 MiB. Default 64 KiB.
     public var pageSize: Int
@@ -167,8 +167,11 @@ internal struct SharedHeapLayout: Hashable, Sendable {
     @usableFromInline var spanPageShift: Int
     @usableFromInline var classTableOffset: Int
     @usableFromInline var participantsOffset: Int
+    /// The pool words of both tiers (`SharedHeapLayout.poolTierStride` bytes per tier).
     @usableFromInline var poolOffset: Int
-    @usableFromInline var spanPoolOffset: Int
+    /// The small tier's free-page bitmap; the span tier's follows at `spanBitmapOffset`.
+    @usableFromInline var bitmapsOffset: Int
+    @usableFromInline var spanBitmapOffset: Int
     @usableFromInline var pagesOffset: Int
     @usableFromInline var blockWordsOffset: Int
     @usableFromInline var linksOffset: Int
@@ -178,10 +181,16 @@ internal struct SharedHeapLayout: Hashable, Sendable {
     @usableFromInline var dataOffset: Int
 
     static let headerSize = 256
+    /// The largest data area (both tiers) a heap may have: handles keep `data offset / 16` in 48 bits.
+    static let maximumDataSize = 1 << 52
+    /// The most pages (both tiers) a heap may have.
+    static let maximumPageCount = 1 << 24
     @usableFromInline static let participantStride = 128
     /// Bytes per held-list entry: the handle's generation word and its offset word.
     @usableFromInline static let heldEntryStride = 16
     @usableFromInline static let pageStride = 64
+    /// Bytes of pool words per tier: the bump index and the cursor, each on a 64-byte line of its own.
+    @usableFromInline static let poolTierStride = 128
 
     static func roundUp(_ value: Int, _ alignment: Int) -> Int { (value + alignment - 1) / alignment * alignment }
 
@@ -213,11 +222,9 @@ internal struct SharedHeapLayout: Hashable, Sendable {
         classTableOffset = Self.headerSize
         participantsOffset = Self.roundUp(classTableOffset + 4 * classSizes.count, 64)
         poolOffset = Self.roundUp(participantsOffset + Self.participantStride * participantCapacity, 64)
-        spanPoolOffset = Self.roundUp(
-            poolOffset + UnsafeLockFreeIndexStack.requiredBytes(capacity: max(1, smallPageCount)), 64)
-        pagesOffset = Self.roundUp(
-            spanPoolOffset + (spanPageCount > 0 ? UnsafeLockFreeIndexStack.requiredBytes(capacity: spanPageCount) : 0),
-            64)
+        bitmapsOffset = poolOffset + 2 * Self.poolTierStride
+        spanBitmapOffset = Self.roundUp(bitmapsOffset + 8 * ((smallPageCount + 63) / 64), 64)
+        pagesOffset = Self.roundUp(spanBitmapOffset + 8 * ((spanPageCount + 63) / 64), 64)
         blockWordsOffset = Self.roundUp(pagesOffset + Self.pageStride * pageCount, 64)
         linksOffset = Self.roundUp(blockWordsOffset + 8 * totalSlots, 64)
         heldOffset = Self.roundUp(linksOffset + 4 * totalSlots, 64)
@@ -225,12 +232,26 @@ internal struct SharedHeapLayout: Hashable, Sendable {
             heldOffset + Self.heldEntryStride * (self.firstHeldCapacity + (participantCapacity - 1) * heldCapacity), 64)
     }
 
-    /// Metadata bytes a lazy heap commits at creation: everything before the block words (header, class table,
-    /// participants, pools, page descriptors), in whole OS pages. The rest is committed as it is used: a page's
-    /// block words and links when the page first leaves the pool, a participant slot's held list when it is first
-    /// joined.
+    /// Metadata bytes a lazy heap commits at creation, at most: the header, class table, participant records and
+    /// pool words (one prefix), plus, per tier, the OS page holding its first bitmap word and the one holding its
+    /// first page descriptor. Independent of the data size (but for the class count). Everything else is committed
+    /// as it is used: a tier's next descriptor and bitmap word when its bump index reaches them, a page's data,
+    /// block words and links when the page first leaves the pool, a participant slot's held list when it is
+    /// first joined.
     var initialBytes: Int {
-        min(Self.roundUp(blockWordsOffset, OSAllocator.pageSize), Self.roundUp(totalBytes, OSAllocator.pageSize))
+        let os = OSAllocator.pageSize
+        return min(Self.roundUp(bitmapsOffset, os) + (spanPageCount > 0 ? 4 : 2) * os, Self.roundUp(totalBytes, os))
+    }
+
+    /// The tier of `page`: 0 small, 1 span.
+    @inlinable @inline(__always) func tier(ofPage page: Int) -> Int { page < smallPageCount ? 0 : 1 }
+    /// The first page of `tier` and its page count.
+    @inlinable @inline(__always) func pages(ofTier tier: Int) -> (first: Int, count: Int) {
+        tier == 0 ? (0, smallPageCount) : (smallPageCount, spanPageCount)
+    }
+    /// The metadata offset of `tier`'s free-page bitmap.
+    @inlinable @inline(__always) func bitmapOffset(ofTier tier: Int) -> Int {
+        tier == 0 ? bitmapsOffset : spanBitmapOffset
     }
 
     /// Participant slot `p`'s held-list capacity.
@@ -301,8 +322,9 @@ internal enum BlockWord {
 }
 
 /// Page state word: kind (bits 0–7: 0 in the pool, 1 owned, 2 orphan) | class (bits 8–15) | owner participant
-/// (bits 16–31) | epoch (bits 32–47, bumped each time the page leaves the pool, never 0 once it has: a page whose
-/// epoch is 0 never left the pool, and in a lazy heap its block words are not even backed).
+/// (bits 16–31; the claimer, named by the very compare-and-exchange that takes the page from the pool) | epoch
+/// (bits 32–47, bumped each time the page leaves the pool, never back to 0: epoch 0 is a page that never left the
+/// pool; the high half of its blocks' generations).
 @usableFromInline
 internal enum PageWord {
     @usableFromInline static let pooled: UInt64 = 0
@@ -314,7 +336,7 @@ internal enum PageWord {
     @inlinable static func owner(_ word: UInt64) -> Int { Int((word >> 16) & 0xFFFF) }
     @inlinable static func epoch(_ word: UInt64) -> UInt32 { UInt32((word >> 32) & 0xFFFF) }
     @inlinable static func make(kind: UInt64, sizeClass: Int, owner: Int, epoch: UInt32) -> UInt64 {
-        kind | (UInt64(sizeClass) << 8) | (UInt64(owner) << 16) | (UInt64(epoch & 0xFFFF) << 32)
+        kind | (UInt64(sizeClass) << 8) | (UInt64(owner & 0xFFFF) << 16) | (UInt64(epoch & 0xFFFF) << 32)
     }
 }
 
@@ -341,21 +363,6 @@ internal enum ParticipantWord {
     }
     /// The same occupant (pid and start time) in another state.
     static func with(state: UInt64, _ word: UInt64) -> UInt64 { (state << 62) | (word & ~(3 << 62)) }
-}
-
-/// A participant's page-in-hand word: what page it is moving between the pool and its ownership (bits 0–31), and
-/// how (bits 62–63): 0 nothing; `claiming` (with no page yet: about to pop; with a page: popped, maybe claimed,
-/// fields maybe not initialized); `releasing` (state maybe stored pooled, maybe pushed).
-@usableFromInline
-internal enum PageInHand {
-    @usableFromInline static let claiming: UInt64 = 1 << 62
-    @usableFromInline static let releasing: UInt64 = 2 << 62
-    /// "Claiming, no page popped yet".
-    @usableFromInline static let claimingNoPage: UInt64 = claiming | 0xFFFF_FFFF
-    @inlinable static func page(_ word: UInt64) -> Int? {
-        let page = word & 0xFFFF_FFFF
-        return page == 0xFFFF_FFFF ? nil : Int(page)
-    }
 }
 
 /// The page-allowance word's value for "no limit".

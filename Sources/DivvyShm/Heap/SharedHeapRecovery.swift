@@ -74,8 +74,8 @@ extension SharedHeap {
     /// Recovers a participant whose thread or process died at any instruction: undoes or finishes its in-flight
     /// operation, drops its holdings (releasing the blocks only it held, keeping every block a survivor holds),
     /// repairs and gives up its pages (back to the pool when nothing in them is live, else as orphans), and
-    /// frees its slot. Survivors keep running meanwhile; nothing here waits for them, except for two short,
-    /// bounded waits (a page's earlier suspect to be collected; live participants to finish a page move).
+    /// frees its slot. Survivors keep running meanwhile; nothing here waits for them, except for one short, bounded
+    /// wait (a page's earlier suspect to be collected by its live owner).
     ///
     /// The caller asserts that the participant will never run again (its process is gone: see
     /// `deadParticipants()`, or a daemon's closed socket). Only one recoverer may work on a participant at a
@@ -123,25 +123,22 @@ extension SharedHeap {
     ///    nothing is live, else becomes an orphan (taken over by the next allocator of its class, or reclaimed).
     /// 5. **Slot.** Clear the held list and `pending`, then store the slot free (releasing).
     ///
-    /// **Pages in hand** (part of step 4). Moving a page between the pool and an owner is recorded in the
-    /// participant's page-in-hand word (`claimPooledPage`, `releasePage`), and the page's state word, not pool
-    /// membership, is the authority: a claim is a compare-and-exchange pooled → owned, done only by the page's
-    /// popper, and a popped page that is not pooled (a stale entry) is dropped. A page `p` had claimed (owned by
-    /// `p`, fields maybe half written, nothing allocated yet: allocation starts after the record is cleared) is
-    /// released. Any other record means a page may be marked pooled yet absent from the pool; `restorePoolPages`
-    /// finds and pushes such pages exactly (see its documentation: exact snapshot of the pool, wait until live
-    /// participants have no page in hand, push with the pool's exact double-push detection, so a page is never
-    /// listed twice), including a page a death left inside the stack's own two-step pop or push (slot not
-    /// marked in use), which it pushes once every live participant has been seen with no page in hand and a
-    /// second snapshot still lacks it. A rare race — live participants claiming and releasing the same page
-    /// within the microseconds of that check — can leave a stale pool entry: harmless (its popper drops it), but
-    /// `verify()` reports it ("in the pool but marked in use") until popped.
+    /// **Page moves** (part of step 4). A page leaves the pool by one compare-and-exchange of its state word that
+    /// names its claimer (`claimPooledPage`), and goes back by one store of *pooled* made while its owner still
+    /// owns it, after resetting its fields and setting its bitmap bit (`releasePage`). So a page `p` was moving is,
+    /// at `p`'s death, either pooled (the move had not started, or had finished: nothing to do — a released page's
+    /// bit was set before its state) or owned by `p` (claimed and maybe not initialized, or being released and
+    /// not yet pooled). Recovery reads only that: every page owned by `p` is in the loop above. One with nothing
+    /// carved (`carved` is reset by every release and stored 0 by every claim before the first allocation) never
+    /// handed out a block in its epoch, so it is given back as it is; the others are repaired. A stale hint that
+    /// `p` leaves — the bump index not advanced past a page it claimed, a bit it had not cleared yet on a page it
+    /// claimed — is put right by the next claimer that meets it (it advances the index; the release sets the bit
+    /// anyway). No record of a page in hand, no snapshot of the pool, no waiting for live participants, no race.
     ///
     /// - Throws: `.outOfRange` (no such slot), `.participantLeft` (the slot is free, or alive and not ours to
     ///   take because another recoverer just marked it), `.recoveryIncomplete` (a suspect block could not be
-    ///   handed to its page's owner yet, or a live participant kept a page in hand: call again later; `p` stays
-    ///   dead, and what was done is kept).
-    /// - Complexity: O(held capacity + pages + carved slots of `p`'s pages); O(pages) more for a page in hand.
+    ///   handed to its page's owner yet: call again later; `p` stays dead, and what was done is kept).
+    /// - Complexity: O(held capacity + pages used so far + carved slots of `p`'s pages).
     @discardableResult
     public func recover(participant p: Int) throws(SharedHeapError) -> SharedHeapRecoveryReport {
         guard p >= 0, p < layout.participantCapacity else {
@@ -226,26 +223,16 @@ extension SharedHeap {
             note(try dropHolding(handle, location, of: p), in: &report)
         }
 
-        // Step 4: a page in hand (between the pool and p's ownership), then p's pages.
-        let inHand = pageInHand(p).load(ordering: .relaxed)
-        if inHand != 0, let page = PageInHand.page(inHand), page < layout.pageCount {
+        // Step 4: p's pages (only pages up to each tier's bump index can be owned). One it claimed and carved
+        // nothing from holds nothing: give it back as it is (its fields may be half initialized).
+        for page in readablePages().joined() {
             let state = pageState(page).load(ordering: .acquiring)
-            let ownedByP = PageWord.kind(state) == PageWord.owned && PageWord.owner(state) == p
-            if inHand & PageInHand.claiming != 0 && ownedByP {
-                // Claimed, fields maybe half initialized, nothing allocated yet (allocation starts after the claim
-                // record is cleared): give it back.
+            guard PageWord.kind(state) == PageWord.owned, PageWord.owner(state) == p, !pagesToRepair.contains(page)
+            else { continue }
+            if carved(page).load(ordering: .relaxed) == 0 {
                 releasePage(page, for: p)
                 report.pagesReleased += 1
-            }
-        }
-        if inHand != 0 {
-            // Popped and not claimed, or released and maybe not pushed (or popped with no page recorded yet).
-            report.pagesReleased += try restorePoolPages(except: p)
-        }
-        pageInHand(p).store(0, ordering: .relaxed)
-        for page in 0..<layout.pageCount {
-            let state = pageState(page).load(ordering: .acquiring)
-            if PageWord.kind(state) == PageWord.owned, PageWord.owner(state) == p, !pagesToRepair.contains(page) {
+            } else {
                 pagesToRepair.append(page)
             }
         }
@@ -369,103 +356,5 @@ extension SharedHeap {
         }
         // (d) Everything carved and not listed free is allocated or freeing (live).
         live(page).store(UInt32(carvedSlots) - localCount(page).load(ordering: .relaxed), ordering: .relaxed)
-    }
-
-    /// Puts back into the pool every page marked pooled that is neither in the pool nor in a live participant's
-    /// hands: what a death inside a pool transfer leaves. Returns how many pages it pushed.
-    ///
-    /// Why it is exact: (1) it takes an exact snapshot of the pool (walk, then check that the head word —
-    /// top index and a tag bumped by every pop and push — did not change); (2) it waits until every other live
-    /// participant has been seen without a page in hand, so a claimer that had popped a page before the snapshot
-    /// has claimed it (its state is no longer pooled) or dropped it; (3) it pushes a page still marked pooled,
-    /// absent from the snapshot, whose pool slot is marked in use (popped), with the pool's exact push — a
-    /// concurrent push of the same page by a releaser races on that mark, one wins, so no page is ever listed
-    /// twice. A page absent from the snapshot can be popped afterwards only if someone pushed it in between,
-    /// which needs an owner releasing it; that owner then pushes it itself (and one of the two pushes throws
-    /// `.doubleFree`, ignored). (4) A death inside the pool's own two-step pop or push leaves the page's slot
-    /// unmarked: such a page is pushed after all other live participants are seen with no page in hand and a
-    /// second exact snapshot still lacks it. Remaining race: a live participant that claims *and* releases that
-    /// same page between the quiet check and the push (it would have to pop it first, which the snapshots
-    /// exclude unless it was listed in between) — not reachable without two page moves inside microseconds.
-    ///
-    /// - Throws: `.recoveryIncomplete` when a live participant kept a page in hand for a whole second, or the
-    ///   pool changed under every snapshot attempt.
-    internal func restorePoolPages(except p: Int) throws(SharedHeapError) -> Int {
-        // The tiers' pools: (stack, first page, pages). Everything below is per tier, except the wait.
-        var tiers = [(stack: pool, first: 0, count: layout.smallPageCount)]
-        if let spanPool { tiers.append((stack: spanPool, first: layout.smallPageCount, count: layout.spanPageCount)) }
-        func snapshot(_ tier: Int) throws(SharedHeapError) -> [Bool] { try exactPoolSnapshot(tiers[tier].stack) }
-        // (1) An exact snapshot of each pool.
-        var inPool: [[Bool]] = []
-        for tier in tiers.indices { inPool.append(try snapshot(tier)) }
-        // (2) Every other live participant seen with no page in hand (or done with the one it had).
-        for q in 0..<layout.participantCapacity where q != p {
-            let word = participantState(q).load(ordering: .sequentiallyConsistent)
-            guard ParticipantWord.state(word) == ParticipantWord.alive,
-                ProcessIdentity.isAlive(pid: ParticipantWord.pid(word), startTime: ParticipantWord.startTime(word))
-            else { continue }
-            let first = pageInHand(q).load(ordering: .sequentiallyConsistent)
-            var waited = 0
-            while first != 0, pageInHand(q).load(ordering: .sequentiallyConsistent) == first {
-                waited += 1
-                if waited > 10_000 {
-                    throw SharedHeapError(
-                        .recoveryIncomplete, "participant \(q) kept page-in-hand 0x\(String(first, radix: 16)) "
-                            + "for a second; call recover again later")
-                }
-                usleep(100)
-            }
-        }
-        var pushed = 0
-        for tier in tiers.indices {
-            let first = tiers[tier].first
-            // (3) Pooled, not listed, popped: push.
-            var unmarked: [Int] = []
-            for index in 0..<tiers[tier].count where !inPool[tier][index] {
-                let page = first + index
-                guard PageWord.kind(pageState(page).load(ordering: .sequentiallyConsistent)) == PageWord.pooled else {
-                    continue
-                }
-                if tiers[tier].stack.isInUse(UInt32(index)) {
-                    if (try? pushPooled(page)) != nil { pushed += 1 }
-                } else {
-                    unmarked.append(index)
-                }
-            }
-            // (4) Pooled, not listed, slot not marked in use: the death fell inside the pool's own two-step pop
-            // (head exchanged, mark not stored) or push (slot claimed, head not exchanged). Nobody can pop such a
-            // page (it is not listed) or push it (it has no owner), so once no live participant names it or is
-            // mid-claim, and a fresh exact snapshot still lacks it, it is stuck: mark it in use and push it.
-            for index in unmarked {
-                func othersQuiet() -> Bool {
-                    (0..<layout.participantCapacity).allSatisfy { q in
-                        let word = participantState(q).load(ordering: .sequentiallyConsistent)
-                        guard q != p, ParticipantWord.state(word) == ParticipantWord.alive else { return true }
-                        return pageInHand(q).load(ordering: .sequentiallyConsistent) == 0
-                    }
-                }
-                guard othersQuiet(), let again = try? snapshot(tier), !again[index],
-                    PageWord.kind(pageState(first + index).load(ordering: .sequentiallyConsistent)) == PageWord.pooled,
-                    othersQuiet()
-                else { continue }
-                tiers[tier].stack.markInUseForRecovery(UInt32(index))
-                if (try? pushPooled(first + index)) != nil { pushed += 1 }
-            }
-        }
-        return pushed
-    }
-
-    /// The pool's listed pages (by index in the pool) at one instant: walks until a walk is exact.
-    private func exactPoolSnapshot(_ stack: UnsafeLockFreeIndexStack) throws(SharedHeapError) -> [Bool] {
-        for _ in 0..<10_000 {
-            let walk = stack.walkFreeList()
-            if walk.isExact {
-                var inPool = [Bool](repeating: false, count: stack.capacity)
-                for index in walk.indices { inPool[Int(index)] = true }
-                return inPool
-            }
-            sched_yield()
-        }
-        throw SharedHeapError(.recoveryIncomplete, "the page pool kept changing; call recover again later")
     }
 }

@@ -160,8 +160,8 @@ extension SharedHeap {
     /// in flight while it reads (each page is read at its own instant). Pages that are owned or orphaned while
     /// holding no block in use are counted in `emptyPages`.
     ///
-    /// - Complexity: O(pages + size classes), plus O(carved slots) of each orphan page and each page with
-    ///   uncollected remote frees; allocates only the result.
+    /// - Complexity: O(pages used so far + size classes), plus O(carved slots) of each orphan page and each page
+    ///   with uncollected remote frees; allocates only the result.
     public func usage() -> SharedHeapUsage {
         var result = SharedHeapUsage()
         result.totalPages = layout.pageCount
@@ -173,7 +173,12 @@ extension SharedHeap {
                 blockSize: layout.classSizes[$0], pages: 0,
                 pageBytes: layout.isLarge($0) ? layout.spanPageSize : layout.pageSize, blocksInUse: 0, blocksFree: 0)
         }
-        for page in 0..<layout.pageCount {
+        // Pages above a tier's bump index never left the pool: free, and not read (a lazy heap has not committed
+        // their descriptors).
+        let readable = readablePages()
+        result.freePages = layout.pageCount - readable[0].count - readable[1].count
+        result.freeSpanPages = layout.spanPageCount - readable[1].count
+        for page in readable.joined() {
             // Ordering: relaxed throughout: a statistic (see above).
             let word = pageState(page).load(ordering: .relaxed)
             let kind = PageWord.kind(word)

@@ -18,7 +18,8 @@ public struct SharedHeapReport: Hashable, Sendable, CustomStringConvertible {
     public var localFreeBlocks = 0, remoteFreeBlocks = 0
     /// Held-list entries across all participants (the sum of the holders' counts of every block).
     public var holdings = 0
-    /// Pool entries naming a page in use (harmless hints a recovery race can leave; dropped when popped).
+    /// Free-page bitmap bits naming a page that is not pooled: a claim or release in flight (0 when quiescent;
+    /// reported as a violation).
     public var stalePoolEntries = 0
     /// Participants alive (joined) and dead.
     public var liveParticipants = 0, deadParticipants = 0
@@ -48,8 +49,9 @@ public struct SharedHeapReport: Hashable, Sendable, CustomStringConvertible {
 extension SharedHeap {
     /// Audits the whole heap without writing anything, and returns what it found.
     ///
-    /// Checks: the page pool's list is in bounds and acyclic and lists exactly the pooled pages; for each page in
-    /// use, its local free list and remote-free stack are in bounds, acyclic and disjoint, the local count
+    /// Checks: per tier, the pool's bump index is in range, every page below it has left the pool at least once
+    /// (epoch ≠ 0), a pooled page below it has its bitmap bit set and a set bit names a pooled page below it, and
+    /// no bit is set below the cursor; for each page in use, its local free list and remote-free stack are in bounds, acyclic and disjoint, the local count
     /// matches, listed blocks are free (local) or freeing (remote), every other carved block is allocated, and
     /// the page's live count equals allocated + remotely freed; every allocated block has holders, each a live
     /// participant whose held list names the block exactly once, and its holder count equals the number of held-list
@@ -59,7 +61,11 @@ extension SharedHeap {
     /// Exact while no participant is operating (between phases of a program, or after its threads joined).
     /// Concurrent operations make it report transient states as violations; it never corrupts anything.
     ///
-    /// - Complexity: O(metadata size); allocates its bookkeeping.
+    /// Reads only committed metadata: pages above a tier's bump index never left the pool (they are counted as
+    /// pooled without being read), and a lazy heap's held lists of slots never joined are skipped.
+    ///
+    /// - Complexity: O(metadata in use: participants' held lists, and pages up to the bump indices with their
+    ///   carved slots); allocates its bookkeeping.
     public func verify() -> SharedHeapReport {
         var report = SharedHeapReport()
         let l = layout
@@ -108,37 +114,64 @@ extension SharedHeap {
             }
         }
 
-        // Page pools (one per tier; `pooled` is indexed by page number).
+        // Page pools: per tier, the bump index, the cursor and the bitmap (`pooled` is indexed by page number).
         var pooled = [Bool](repeating: false, count: l.pageCount)
-        var steps = 0
-        var pools = [(stack: pool, first: 0, name: "page pool")]
-        if let spanPool { pools.append((stack: spanPool, first: l.smallPageCount, name: "span page pool")) }
-        for tier in pools {
-            let walk = tier.stack.walkFreeList()
-            for index in walk.indices { pooled[tier.first + Int(index)] = true }
-            steps += walk.indices.count
-            if let bad = walk.brokenAt {
-                violation(walk.isOutOfRange ? "\(tier.name) lists page \(bad), out of range"
-                    : "\(tier.name)'s list has a cycle at page \(tier.first + Int(bad))")
+        let readable = readablePages()
+        for tier in 0..<2 {
+            let (first, count) = l.pages(ofTier: tier)
+            guard count > 0 else { continue }
+            let bump = Int(poolBump(tier).load(ordering: .acquiring))
+            if bump > count { violation("tier \(tier)'s bump index \(bump) is beyond its \(count) pages") }
+            let cursor = Int(poolCursor(tier).load(ordering: .acquiring) & 0xFFFF_FFFF)
+            let seen = readable[tier].count
+            report.pooledPages += count - seen  // Never used: pooled, not read.
+            for w in 0..<((seen + 63) / 64) {
+                var bits = poolBitmap(tier, w).load(ordering: .acquiring)
+                while bits != 0 {
+                    let index = w * 64 + bits.trailingZeroBitCount
+                    bits &= bits &- 1
+                    guard index < seen else {
+                        violation("tier \(tier)'s bitmap marks page \(first + index) free, beyond the bump index")
+                        continue
+                    }
+                    pooled[first + index] = true
+                    if w < cursor {
+                        violation("tier \(tier)'s bitmap marks page \(first + index) free below the cursor (word "
+                            + "\(cursor)): no claimer would find it")
+                    }
+                }
+            }
+            for index in 0..<seen {
+                let word = pageState(first + index).load(ordering: .acquiring)
+                if PageWord.epoch(word) == 0 {
+                    if index < bump || PageWord.kind(word) != PageWord.pooled {
+                        violation("page \(first + index) is below its tier's bump index \(bump) but never left the pool")
+                    }
+                    if pooled[first + index] {
+                        violation("page \(first + index) never left the pool but its bitmap bit is set")
+                    }
+                    pooled[first + index] = true  // The bump page itself, unused: in the pool.
+                }
             }
         }
 
         // Pages and blocks.
         var allocatedByHandle: [SharedHeapHandle: Int] = [:]  // allocated block's handle → holder count
         var pagesOwnedBy = [Int](repeating: 0, count: 1 << 16)
-        for page in 0..<l.pageCount {
+        for page in readable.joined() {
             let word = pageState(page).load(ordering: .acquiring)
             let kind = PageWord.kind(word)
             if kind == PageWord.pooled {
                 report.pooledPages += 1
-                if !pooled[page] { violation("page \(page) is marked pooled but is not in the pool (leaked page)") }
+                if !pooled[page] {
+                    violation("page \(page) is marked pooled but its bitmap bit is clear (leaked page: no claimer "
+                        + "would find it)")
+                }
                 continue
             }
             if pooled[page] {
-                // Also what a rare recovery race leaves (see `SharedHeap.recover(participant:)`, pages in hand): a
-                // harmless stale hint, dropped by whoever pops it; reported all the same.
                 report.stalePoolEntries += 1
-                violation("page \(page) is in the pool but marked in use")
+                violation("page \(page) has its bitmap bit set but is marked in use (a claim or release in flight)")
             }
             if kind == PageWord.owned {
                 report.ownedPages += 1
@@ -246,10 +279,6 @@ extension SharedHeap {
                     + "allocated + \(remoteListed) remotely freed")
             }
         }
-        if steps - report.stalePoolEntries != report.pooledPages {
-            violation("the page pool lists \(steps) pages but \(report.pooledPages) are marked pooled")
-        }
-
         // Owned-page counters (exact while quiescent; a dead participant's is reset by its recovery).
         for p in 0..<l.participantCapacity {
             let counted = Int(ownedPageCount(p).load(ordering: .relaxed))

@@ -193,7 +193,7 @@ let package = Package(
                 // SONAME libdivvy.so.0: programs record the ABI they were linked against, not the bare name.
                 .unsafeFlags([
                     "-Xlinker", "--version-script=\(Context.packageDirectory)/Sources/DivvyC/libdivvy.map",
-                    "-Xlinker", "-soname=libdivvy.so.0",
+                    "-Xlinker", "-soname=libdivvy.so.1",
                 ])
             ]
         ),

@@ -283,8 +283,7 @@ public func divvyFreeBatch(
             if code != ok, first == ok {
                 first = fail(
                     divvy_error(rawValue: UInt32(code)),
-                    "divvy_free_batch: handle #\(index) (\(WireHandle(low: request[index].low, high: request[index].high))): "
-                        + "\(status)")
+                    "divvy_free_batch: handle #\(index) (\(request[index])): \(status)")
             }
         }
         return first
@@ -301,7 +300,8 @@ public func divvyShare(
     withClient(pointer, "divvy_share") { client throws(DivvyClientError) in
         let shared = try client.share(SharedHandle(handle))
         info?.pointee = divvy_share_info(
-            handle: divvy_handle_t(low: shared.handle.low, high: shared.handle.high), offset: shared.offset, block_size: shared.blockSize, holders: shared.holders)
+            handle: divvy_handle_t(low: shared.handle.low, high: shared.handle.high), offset: shared.offset,
+            block_size: shared.blockSize, holders: shared.holders)
         return ok
     }
 }

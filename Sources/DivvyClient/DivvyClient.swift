@@ -306,7 +306,7 @@ public final class DivvyClient {
         }
         switch try request(.allocate(size: UInt64(max(0, size)))).message {
         case .allocated(let raw, let blockSize):
-            let handle = SharedHandle(rawValue: raw)
+            let handle = SharedHandle(legacyRawValue: raw)
             do throws(DivvyClientError) {
                 let address = try pointer(for: handle)
                 noteMediatedHolding(handle)
@@ -347,7 +347,7 @@ public final class DivvyClient {
             case .failure(let error): throw DivvyClientError(.heap(error), error.message)
             }
         }
-        switch try request(.free(handle: handle.rawValue)).message {
+        switch try request(.free(handle: handle.legacyRawValue)).message {
         case .freed(let released):
             dropMediatedHolding(handle)
             return released
@@ -374,7 +374,7 @@ public final class DivvyClient {
                 throw DivvyClientError(.heap(error), error.message)
             }
         }
-        switch try request(.adopt(handle: handle.rawValue)).message {
+        switch try request(.adopt(handle: handle.legacyRawValue)).message {
         case .adopted(_, let size):
             noteMediatedHolding(handle)
             return Int(size)
@@ -384,7 +384,7 @@ public final class DivvyClient {
 
     /// Asks the daemon to confirm this client holds `handle` and report the block's offset, size and holders.
     public func share(_ handle: SharedHandle) throws(DivvyClientError) -> SharedInfo {
-        switch try request(.share(handle: handle.rawValue)).message {
+        switch try request(.share(handle: handle.legacyRawValue)).message {
         case .shared(let info): return info
         case let other: throw unexpected(other, for: .share)
         }
@@ -407,7 +407,7 @@ public final class DivvyClient {
         }
         switch try request(.allocateBatch(size: UInt64(max(0, size)), count: UInt32(clamping: count))).message {
         case .allocatedBatch(_, let raw):
-            let handles = raw.map(SharedHandle.init(rawValue:))
+            let handles = raw.map(SharedHandle.init(legacyRawValue:))
             for handle in handles { noteMediatedHolding(handle) }
             return handles
         case let other: throw unexpected(other, for: .allocateBatch)
@@ -425,7 +425,7 @@ public final class DivvyClient {
                 }
             }
         }
-        switch try request(.freeBatch(handles: handles.map(\.rawValue))).message {
+        switch try request(.freeBatch(handles: handles.map(\.legacyRawValue))).message {
         case .freedBatch(let statuses):
             for (handle, status) in zip(handles, statuses) where status.error == nil { dropMediatedHolding(handle) }
             return statuses

@@ -81,7 +81,7 @@ func run(_ client: DivvyClient, _ command: String, _ rest: [String]) throws {
             let (handle, _) = try client.allocateHandle(size)
             try fill(client, handle, size, seed, index)
             handles.append(handle)
-            say("HANDLE \(handle.rawValue)")
+            say("HANDLE \(handle.legacyRawValue)")
         }
         say("READY")
         if let line = readLine(), line == "release" {
@@ -99,7 +99,7 @@ func run(_ client: DivvyClient, _ command: String, _ rest: [String]) throws {
         var good = 0
         for (index, text) in rest.dropFirst(2).enumerated() {
             guard let raw = UInt64(text) else { fail("bad handle \(text)") }
-            let handle = SharedHandle(rawValue: raw)
+            let handle = SharedHandle(legacyRawValue: raw)
             let blockSize = try client.adoptHandle(handle)
             guard blockSize >= size else { fail("block \(index) has \(blockSize) bytes, fewer than \(size)") }
             guard try check(client, handle, size, seed, index) else {

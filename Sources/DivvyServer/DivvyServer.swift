@@ -952,7 +952,7 @@ public final class DivvyServer: @unchecked Sendable {
             extraMediatedHoldings[raw] = extra == 1 ? nil : extra - 1
             return false
         }
-        return try daemonFree(SharedHeapHandle(rawValue: raw))
+        return try daemonFree(SharedHeapHandle(legacyRawValue: raw))
     }
 
     /// Whether the daemon's participant holds the block (for some mediated client).
@@ -971,9 +971,9 @@ public final class DivvyServer: @unchecked Sendable {
         } catch {
             throw explainAllocationFailure(error, blockSize: blockSize)
         }
-        record(session, handle.rawValue, blockSize)
+        record(session, handle.legacyRawValue, blockSize)
         metrics.count(.allocation)
-        return (handle.rawValue, blockSize)
+        return (handle.legacyRawValue, blockSize)
     }
 
     private func allocateBatch(_ session: Session, size: UInt64, count: Int) throws(ServiceError) -> Message {
@@ -984,10 +984,10 @@ public final class DivvyServer: @unchecked Sendable {
         handles.reserveCapacity(count)
         for _ in 0..<count {
             do throws(SharedHeapError) {
-                handles.append(try daemonAllocate(Int(size)).rawValue)
+                handles.append(try daemonAllocate(Int(size)).legacyRawValue)
             } catch {
                 // All or nothing: give back what this batch took.
-                for handle in handles { _ = try? daemonParticipant.free(SharedHeapHandle(rawValue: handle)) }
+                for handle in handles { _ = try? daemonParticipant.free(SharedHeapHandle(legacyRawValue: handle)) }
                 throw explainAllocationFailure(error, blockSize: blockSize)
             }
         }
@@ -1015,7 +1015,7 @@ public final class DivvyServer: @unchecked Sendable {
         throws(ServiceError) -> Bool
     {
         guard let holding = holdings[raw] else {
-            throw diagnoseForeign(SharedHeapHandle(rawValue: raw))
+            throw diagnoseForeign(SharedHeapHandle(legacyRawValue: raw))
         }
         let released: Bool
         do throws(SharedHeapError) {
@@ -1039,7 +1039,7 @@ public final class DivvyServer: @unchecked Sendable {
     /// that is not allocated at all (so its free fails, reporting why) — a block it holds for another session is
     /// never passed to it here.
     private func diagnoseForeign(_ handle: SharedHeapHandle) -> ServiceError {
-        if handle.rawValue == 0 { return Self.handleZero }
+        if handle.isZero { return Self.handleZero }
         do throws(SharedHeapError) {
             _ = try heap.pointer(for: handle)
             return ServiceError(.notHolder, "this client does not hold \(handle); adopt it first")
@@ -1063,7 +1063,7 @@ public final class DivvyServer: @unchecked Sendable {
 
     private func adopt(_ session: Session, _ raw: UInt64) throws(ServiceError) -> Int {
         guard raw != 0 else { throw Self.handleZero }
-        let handle = SharedHeapHandle(rawValue: raw)
+        let handle = SharedHeapHandle(legacyRawValue: raw)
         let blockSize: Int
         do throws(SharedHeapError) {
             blockSize = try heap.blockSize(of: handle)
@@ -1095,7 +1095,7 @@ public final class DivvyServer: @unchecked Sendable {
 
     private func share(_ session: Session, _ raw: UInt64) throws(ServiceError) -> SharedInfo {
         guard raw != 0 else { throw Self.handleZero }
-        let handle = SharedHeapHandle(rawValue: raw)
+        let handle = SharedHeapHandle(legacyRawValue: raw)
         let holders: [Int]
         do throws(SharedHeapError) {
             holders = try heap.holders(of: handle)
@@ -1145,7 +1145,7 @@ public final class DivvyServer: @unchecked Sendable {
                     if try dropMediatedHolding(raw) { released += 1 }
                 } catch {
                     logger.error("could not drop a holding of a departed client", metadata: [
-                        "client": "\(id)", "handle": "\(SharedHeapHandle(rawValue: raw))", "error": "\(error)"])
+                        "client": "\(id)", "handle": "\(SharedHeapHandle(legacyRawValue: raw))", "error": "\(error)"])
                 }
             }
         }

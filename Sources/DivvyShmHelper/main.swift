@@ -245,7 +245,7 @@ func heapReadHandles(_ path: String) -> [SharedHeapHandle] {
     while getline(&line, &capacity, file) > 0 {
         let text = String(cString: line!)
         if let word = text.split(separator: " ").first, let raw = UInt64(word.trimmingSuffix()) {
-            handles.append(SharedHeapHandle(rawValue: raw))
+            handles.append(SharedHeapHandle(legacyRawValue: raw))
         }
     }
     Glibc.free(line)
@@ -294,19 +294,19 @@ struct HelperRandom {
 /// Fills the block with its pattern.
 func heapFill(_ heap: SharedHeap, _ handle: SharedHeapHandle) throws(SharedHeapError) {
     let size = try heap.blockSize(of: handle)
-    try heap.pointer(for: handle).initializeMemory(as: UInt8.self, repeating: heapPattern(handle.rawValue), count: size)
+    try heap.pointer(for: handle).initializeMemory(as: UInt8.self, repeating: heapPattern(handle.legacyRawValue), count: size)
 }
 
 /// True when the whole block holds its pattern.
 func heapCheck(_ heap: SharedHeap, _ handle: SharedHeapHandle) throws(SharedHeapError) -> Bool {
     let size = try heap.blockSize(of: handle)
     let bytes = UnsafeRawBufferPointer(start: try heap.pointer(for: handle), count: size)
-    return bytes.allSatisfy { $0 == heapPattern(handle.rawValue) }
+    return bytes.allSatisfy { $0 == heapPattern(handle.legacyRawValue) }
 }
 
 /// Takes a handle someone deposited: adopt, check, free. Counts stale handles (the depositor freed it first).
 func heapTakeOver(_ me: SharedHeap.Participant, _ raw: UInt64, _ counts: inout HeapCounts) {
-    let handle = SharedHeapHandle(rawValue: raw)
+    let handle = SharedHeapHandle(legacyRawValue: raw)
     do {
         try me.adopt(handle)
     } catch where error.code == .staleHandle || error.code == .alreadyHeld {
@@ -352,7 +352,7 @@ func heapStressWorker(
                 if random.below(2) == 0 {
                     // Ordering: acquiring and releasing: publishes the block's contents to the taker, and
                     // acquires the contents of the block we take out.
-                    let previous = slot(random.below(slots)).exchange(handle.rawValue, ordering: .acquiringAndReleasing)
+                    let previous = slot(random.below(slots)).exchange(handle.legacyRawValue, ordering: .acquiringAndReleasing)
                     if previous != 0 { heapTakeOver(me, previous, &counts) }
                 }
             } else if choice < 7 {
@@ -420,7 +420,7 @@ func runHeapHelper() -> Never {
                     let handle = try me.allocate(randomBlockSize(heap, &random))
                     counts.allocated += 1
                     try heapFill(heap, handle)
-                    text += "\(handle.rawValue) \(try heap.blockSize(of: handle))\n"
+                    text += "\(handle.legacyRawValue) \(try heap.blockSize(of: handle))\n"
                 }
                 heapWriteFile(path, text)
             case "adopt":
@@ -463,7 +463,7 @@ func runHeapHelper() -> Never {
                 if !report.isClean { fail(1, "verify: \(report)") }
             case "stress":
                 let (threads, iterations, seed) = (nextInt(), nextInt(), UInt64(nextInt()))
-                let mailboxHandle = SharedHeapHandle(rawValue: UInt64(next())!)
+                let mailboxHandle = SharedHeapHandle(legacyRawValue: UInt64(next())!)
                 let slots = nextInt()
                 let mailbox = try heap.pointer(for: mailboxHandle)
                 let results = HelperCountsBox(threads)
@@ -505,7 +505,7 @@ func runTortureWorker() -> Never {
         let region = try SharedRegion.open(name: name, namePrefix: prefix)
         let heap = try SharedHeap.attach(to: region)
         let me = try heap.join(name: "torture")
-        let mailbox = try heap.pointer(for: SharedHeapHandle(rawValue: mailboxRaw))
+        let mailbox = try heap.pointer(for: SharedHeapHandle(legacyRawValue: mailboxRaw))
         func slot(_ index: Int) -> UnsafeAtomic<UInt64> {
             UnsafeAtomic<UInt64>(at: (mailbox + 8 * index).assumingMemoryBound(to: UnsafeAtomic<UInt64>.Storage.self))
         }
@@ -534,7 +534,7 @@ func runTortureWorker() -> Never {
                 if random.below(2) == 0 {
                     // Ordering: releasing, so the parent's acquiring exchange sees the block's contents.
                     _ = slot(3 + random.below(13)).compareExchange(
-                        expected: 0, desired: handle.rawValue, successOrdering: .releasing, failureOrdering: .relaxed)
+                        expected: 0, desired: handle.legacyRawValue, successOrdering: .releasing, failureOrdering: .relaxed)
                 }
             } else if choice < 7 || (choice == 10 && stopSlot < 0) {
                 guard !mine.isEmpty else { continue }
@@ -547,7 +547,7 @@ func runTortureWorker() -> Never {
                 let from = choice == 10 ? 3 + random.below(13) : 16 + random.below(16)
                 let raw = slot(from).exchange(0, ordering: .acquiringAndReleasing)
                 guard raw != 0 else { continue }
-                let handle = SharedHeapHandle(rawValue: raw)
+                let handle = SharedHeapHandle(legacyRawValue: raw)
                 let adoption = Result { () throws(SharedHeapError) in try me.adopt(handle) }
                 if case .failure(let error) = adoption {
                     if error.code != .staleHandle && error.code != .alreadyHeld { fail(1, "adopt: \(error)") }
@@ -603,7 +603,7 @@ func runLazyFill() -> Never {
                 guard let handle = allocated else { break }
                 // Every byte: a page the heap did not back would raise SIGBUS here.
                 try heap.pointer(for: handle).initializeMemory(
-                    as: UInt8.self, repeating: heapPattern(handle.rawValue), count: heap.blockSize(of: handle))
+                    as: UInt8.self, repeating: heapPattern(handle.legacyRawValue), count: heap.blockSize(of: handle))
                 handles.append(handle)
                 blocks += 1
             }

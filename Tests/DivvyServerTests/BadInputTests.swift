@@ -136,7 +136,7 @@ final class BadInputTests: XCTestCase {
         guard case .allocated(let mine, _) = try connection.roundTrip(.allocate(size: 100)).message else {
             return XCTFail("allocate failed")
         }
-        let foreign = bystanderBlocks[0].rawValue
+        let foreign = bystanderBlocks[0].legacyRawValue
         try unchanged {
             assertErrorReply(try connection.roundTrip(.free(handle: 0xFFFF_FFF0)), .invalidHandle)
             assertErrorReply(try connection.roundTrip(.free(handle: mine + 1)), .misalignedHandle)

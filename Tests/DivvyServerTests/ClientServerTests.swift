@@ -24,7 +24,7 @@ final class ClientServerTests: XCTestCase {
             var bytes = block.mutableBytes
             bytes.storeBytes(of: 0xFEED_FACE, toByteOffset: 992, as: UInt64.self)
             let info = try writer.share(handle)
-            XCTAssertEqual(info.handle, handle.rawValue)
+            XCTAssertEqual(info.handle, handle.legacyRawValue)
             XCTAssertEqual(info.offset, UInt64(handle.dataOffset))
             XCTAssertEqual(info.holders, 1)
             let adopted = try reader.adopt(handle)
@@ -58,11 +58,11 @@ final class ClientServerTests: XCTestCase {
             handles.append(given)
             for handle in handles {
                 let address = try client.pointer(for: handle)
-                XCTAssertEqual(try client.handle(for: address), handle, "\(mode) \(handle)")
+                XCTAssertEqual(try client.handle(for: address).legacyRawValue, handle.legacyRawValue, "\(mode) \(handle)")
             }
             if mode == .mediated {
                 XCTAssertTrue(handles.contains { $0.dataOffset == 0 }, "the first block of the heap is covered")
-                XCTAssertFalse(handles.contains { $0.rawValue == 0 })
+                XCTAssertFalse(handles.contains { $0.isZero })
             }
             // A client holds a block once: a second adopt is refused (same code in both modes), nothing changes.
             XCTAssertThrowsError(try client.adoptHandle(given), "\(mode): adopt twice") {
@@ -70,7 +70,7 @@ final class ClientServerTests: XCTestCase {
             }
             XCTAssertEqual(try client.share(given).holders, 2, "\(mode): the giver and this client")
             let givenAddress = try client.pointer(for: given)
-            XCTAssertEqual(try client.handle(for: givenAddress), given)
+            XCTAssertEqual(try client.handle(for: givenAddress).legacyRawValue, given.legacyRawValue)
             XCTAssertFalse(try client.free(given))
             let freed = handles[0]
             let freedAddress = try client.pointer(for: freed)
@@ -112,7 +112,7 @@ final class ClientServerTests: XCTestCase {
         let before = try daemon.audit()
         assertClientError(.quotaExceeded) { try client.allocateBatch(size: 1000, count: 1000) }
         XCTAssertEqual(try daemon.audit(), before, "a refused batch allocates nothing")
-        let statuses = try client.freeBatch(handles + [handles[0], SharedHandle(rawValue: 0xFFFF_FFF0)])
+        let statuses = try client.freeBatch(handles + [handles[0], SharedHandle(legacyRawValue: 0xFFFF_FFF0)])
         XCTAssertEqual(Array(statuses.prefix(100)), Array(repeating: .released, count: 100))
         XCTAssertEqual(statuses[100].error, .doubleFree, "a second free of the same handle in one batch")
         XCTAssertEqual(statuses[101].error, .invalidHandle)

@@ -188,7 +188,7 @@ final class DaemonProcessTests: XCTestCase {
         let (victim, handles) = try holder(daemon, "direct", size: 700, count: 10, seed: 3)
         var adopted: [(SharedHandle, Int)] = []
         for text in handles.prefix(4) {
-            let handle = SharedHandle(rawValue: try XCTUnwrap(UInt64(text)))
+            let handle = SharedHandle(legacyRawValue: try XCTUnwrap(UInt64(text)))
             adopted.append((handle, try adopter.adoptHandle(handle)))
         }
         let blockSize = adopted[0].1

@@ -2,12 +2,12 @@
 import XCTest
 
 /// The heap header codec (`SharedHeapHeaderField`) reads and writes exactly the bytes of the literal-offset code
-/// it replaced: layout versions 4 and 5, with and without a span tier.
+/// it replaced (plus the heap id of layout version 6): layout versions 6 and 7, with and without a span tier.
 extension SharedHeapTests {
     /// The header writer as it was before the field table (literal offsets, native byte order, a little-endian
     /// machine), kept here as the reference for the layout.
     private static func writeHeaderWithLiteralOffsets(
-        _ layout: SharedHeapLayout, version: UInt32, at meta: UnsafeMutableRawPointer
+        _ layout: SharedHeapLayout, version: UInt32, heapID: UInt32, at meta: UnsafeMutableRawPointer
     ) {
         meta.storeBytes(of: version, toByteOffset: 8, as: UInt32.self)
         meta.storeBytes(of: UInt32(layout.pageSize), toByteOffset: 12, as: UInt32.self)
@@ -27,9 +27,10 @@ extension SharedHeapTests {
         meta.storeBytes(of: UInt32(layout.smallClassCount), toByteOffset: 136, as: UInt32.self)
         meta.storeBytes(of: UInt32(layout.spanMaxSlots), toByteOffset: 140, as: UInt32.self)
         meta.storeBytes(of: UInt64(layout.spanPoolOffset), toByteOffset: 144, as: UInt64.self)
-        // The old checksum: FNV-1a over bytes 8..<120, 128..<152 and the class table.
+        meta.storeBytes(of: heapID, toByteOffset: 152, as: UInt32.self)
+        // The checksum: FNV-1a over bytes 8..<120, 128..<156 and the class table.
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for index in Array(8..<120) + Array(128..<152)
+        for index in Array(8..<120) + Array(128..<156)
             + Array(layout.classTableOffset..<(layout.classTableOffset + 4 * layout.classSizes.count))
         {
             hash = (hash ^ UInt64(meta.load(fromByteOffset: index, as: UInt8.self))) &* 0x100_0000_01b3
@@ -63,8 +64,8 @@ extension SharedHeapTests {
                             of: UInt32(blockSize), toByteOffset: layout.classTableOffset + 4 * index, as: UInt32.self)
                     }
                 }
-                Self.writeHeaderWithLiteralOffsets(layout, version: version, at: old)
-                SharedHeap.writeHeader(layout, version: version, at: new)
+                Self.writeHeaderWithLiteralOffsets(layout, version: version, heapID: 0xC0FF_EE01, at: old)
+                SharedHeap.writeHeader(layout, version: version, heapID: 0xC0FF_EE01, at: new)
                 // Encoding: byte for byte what the old code wrote.
                 XCTAssertEqual(Array(UnsafeRawBufferPointer(start: old, count: size)),
                                Array(UnsafeRawBufferPointer(start: new, count: size)), "layout \(layout), v\(version)")
@@ -95,7 +96,7 @@ extension SharedHeapTests {
         XCTAssertEqual(SharedHeapLayout.pageStride, 64)
         XCTAssertEqual(SharedHeapLayout.participantStride, 64)
         typealias H = SharedHeapHeaderField
-        XCTAssertEqual(H.checksummedRanges, [8..<120, 128..<152])
+        XCTAssertEqual(H.checksummedRanges, [8..<120, 128..<156])
         XCTAssertEqual([H.magic, H.layoutVersion, H.heldCommitted, H.classTable], [0, 8, 156, 256])
     }
 }

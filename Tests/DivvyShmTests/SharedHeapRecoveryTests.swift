@@ -37,7 +37,7 @@ final class SharedHeapRecoveryTests: ShmTestCase {
         return (region, heap)
     }
 
-    func pattern(_ handle: SharedHeapHandle) -> UInt8 { UInt8(truncatingIfNeeded: handle.rawValue % 251) | 1 }
+    func pattern(_ handle: SharedHeapHandle) -> UInt8 { UInt8(truncatingIfNeeded: handle.legacyRawValue % 251) | 1 }
 
     func fill(_ heap: SharedHeap, _ handle: SharedHeapHandle) throws {
         try fillBlock(heap, handle, with: pattern(handle))
@@ -310,7 +310,7 @@ final class SharedHeapRecoveryTests: ShmTestCase {
         let exit = try HelperProcess.run(["heap", "gone", prefix, "alloc", "5", "3", directory + "/h", "exit-without-leave"])
         XCTAssertEqual(exit.status, 0, "\(exit)")
         let handles = try String(contentsOfFile: directory + "/h", encoding: .utf8).split(separator: "\n")
-            .map { SharedHeapHandle(rawValue: UInt64($0.split(separator: " ")[0])!) }
+            .map { SharedHeapHandle(legacyRawValue: UInt64($0.split(separator: " ")[0])!) }
         let me = try heap.join(name: "survivor")
         try me.adopt(handles[0])
         let dead = heap.deadParticipants()
@@ -329,7 +329,7 @@ final class SharedHeapRecoveryTests: ShmTestCase {
 
     /// The helper's pattern (`heapPattern` in divvy-shm-helper).
     func torturePattern(_ handle: SharedHeapHandle) -> UInt8 {
-        UInt8(truncatingIfNeeded: (handle.rawValue &* 0x9E37_79B9_7F4A_7C15) >> 56)
+        UInt8(truncatingIfNeeded: (handle.legacyRawValue &* 0x9E37_79B9_7F4A_7C15) >> 56)
     }
 
     func tortureFill(_ heap: SharedHeap, _ handle: SharedHeapHandle) throws {
@@ -395,9 +395,9 @@ final class SharedHeapRecoveryTests: ShmTestCase {
             let context = "trial \(trial), DIVVY_TEST_SEED=\(seed), worker seed \(workerSeed)"
             for index in 0..<32 { slot(index).store(0, ordering: .relaxed) }
             let worker = try HelperProcess.spawn(
-                ["torture", "torture", prefix, "\(mailboxHandle.rawValue)", "\(workerSeed)"])
+                ["torture", "torture", prefix, "\(mailboxHandle.legacyRawValue)", "\(workerSeed)"])
             let survivor = survivorProcess ? try HelperProcess.spawn(
-                ["torture", "torture", prefix, "\(mailboxHandle.rawValue)", "\(workerSeed ^ 0x5555)", "1", "2"]) : nil
+                ["torture", "torture", prefix, "\(mailboxHandle.legacyRawValue)", "\(workerSeed ^ 0x5555)", "1", "2"]) : nil
             var waited = 0
             // Ordering: acquiring, pairs with the workers' releasing stores of their indices.
             while slot(0).load(ordering: .acquiring) == 0 || (survivorProcess && slot(1).load(ordering: .acquiring) == 0),
@@ -414,7 +414,7 @@ final class SharedHeapRecoveryTests: ShmTestCase {
                     // Ordering: acquiring, pairs with the worker's releasing publication.
                     let raw = slot(3 + Int(random.next() % 13)).exchange(0, ordering: .acquiringAndReleasing)
                     guard raw != 0, held.count < 200 else { break }
-                    let handle = SharedHeapHandle(rawValue: raw)
+                    let handle = SharedHeapHandle(legacyRawValue: raw)
                     // (A `catch where` that breaks out of the switch crashes the 6.3 compiler: use a Result.)
                     let adoption = Result { () throws(SharedHeapError) in try me.adopt(handle) }
                     if case .failure(let error) = adoption {
@@ -428,7 +428,7 @@ final class SharedHeapRecoveryTests: ShmTestCase {
                     guard let handle = held.randomElement(using: &random) else { break }
                     // Ordering: releasing: the worker's acquiring exchange sees the contents.
                     _ = slot(16 + Int(random.next() % 16)).compareExchange(
-                        expected: 0, desired: handle.rawValue, successOrdering: .releasing, failureOrdering: .relaxed)
+                        expected: 0, desired: handle.legacyRawValue, successOrdering: .releasing, failureOrdering: .relaxed)
                 case 3:
                     guard held.count < 200 else { break }
                     let allocation = Result { () throws(SharedHeapError) in try me.allocate(1 + Int(random.next() % 256)) }

@@ -10,7 +10,7 @@ import Glibc
 
 /// The byte a block is filled with (the helper uses the same function).
 private func pattern(_ handle: SharedHeapHandle) -> UInt8 {
-    UInt8(truncatingIfNeeded: (handle.rawValue &* 0x9E37_79B9_7F4A_7C15) >> 56)
+    UInt8(truncatingIfNeeded: (handle.legacyRawValue &* 0x9E37_79B9_7F4A_7C15) >> 56)
 }
 
 
@@ -327,10 +327,10 @@ final class SharedHeapTests: ShmTestCase {
         }, restore: { word.store(savedWord, ordering: .relaxed) })
         // A held-list entry without the holder bit.
         let entry = heap.held(b.index, 5)
-        expectViolation("is not among its holders", corrupt: { entry.store(handles[2].rawValue, ordering: .relaxed) },
+        expectViolation("is not among its holders", corrupt: { entry.store(handles[2].legacyRawValue, ordering: .relaxed) },
                         restore: { entry.store(0, ordering: .relaxed) })
         // A held-list entry naming a freed block.
-        expectViolation("not an allocated block", corrupt: { entry.store(handles[9].rawValue, ordering: .relaxed) },
+        expectViolation("not an allocated block", corrupt: { entry.store(handles[9].legacyRawValue, ordering: .relaxed) },
                         restore: { entry.store(0, ordering: .relaxed) })
         // A block held by a participant that is not alive.
         let state = heap.participantState(b.index)
@@ -339,7 +339,7 @@ final class SharedHeapTests: ShmTestCase {
             state.store(ParticipantWord.make(state: ParticipantWord.dead, pid: 1, startTime: 0), ordering: .relaxed)
         }, restore: { state.store(savedState, ordering: .relaxed) })
         // An operation left in flight.
-        expectViolation("middle of an operation", corrupt: { heap.pending(a.index).store(handles[3].rawValue,
+        expectViolation("middle of an operation", corrupt: { heap.pending(a.index).store(handles[3].legacyRawValue,
                                                                                         ordering: .relaxed) },
                         restore: { heap.pending(a.index).store(0, ordering: .relaxed) })
         // A pooled page missing from the pool / a page both pooled and owned.
@@ -396,17 +396,17 @@ final class SharedHeapTests: ShmTestCase {
             assertHeapError(code, line: line, body)
             XCTAssertEqual(heap.verify(), before, "the heap changed after a rejected \(code)", line: line)
         }
-        let outside = SharedHeapHandle(rawValue: UInt64(block.generation) << 32 | UInt64(heap.pageCount * 4096 / 16))
+        let outside = SharedHeapHandle(legacyRawValue: UInt64(block.generation) << 32 | UInt64(heap.pageCount * 4096 / 16))
         rejected(.outOfRange) { try a.free(outside) }
         rejected(.outOfRange) { try b.adopt(outside) }
         rejected(.outOfRange) { _ = try heap.pointer(for: outside) }
-        rejected(.outOfRange) { try a.free(SharedHeapHandle(rawValue: 0)) }
-        let inside = SharedHeapHandle(rawValue: block.rawValue + 1)  // 16 bytes into a 48-byte block
+        rejected(.outOfRange) { try a.free(SharedHeapHandle(legacyRawValue: 0)) }
+        let inside = SharedHeapHandle(legacyRawValue: block.legacyRawValue + 1)  // 16 bytes into a 48-byte block
         rejected(.misaligned) { try a.free(inside) }
         rejected(.misaligned) { try b.adopt(inside) }
         rejected(.misaligned) { _ = try heap.handle(for: heap.pointer(for: block) + 16) }
         rejected(.misaligned) { _ = try heap.handle(for: heap.pointer(for: block) + 1) }
-        let stale = SharedHeapHandle(rawValue: block.rawValue &+ (1 << 32))
+        let stale = SharedHeapHandle(legacyRawValue: block.legacyRawValue &+ (1 << 32))
         rejected(.staleHandle) { try a.free(stale) }
         rejected(.staleHandle) { try b.adopt(stale) }
         rejected(.staleHandle) { try b.adopt(freed) }
@@ -481,7 +481,7 @@ final class SharedHeapTests: ShmTestCase {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let list = directory + "/handles"
-        try handles.map { "\($0.rawValue)\n" }.joined().write(toFile: list, atomically: true, encoding: .utf8)
+        try handles.map { "\($0.legacyRawValue)\n" }.joined().write(toFile: list, atomically: true, encoding: .utf8)
         let helper = try HelperProcess.spawn([
             "heap", "xproc", prefix, "adopt", list, "touch", directory + "/ready", "wait-file", directory + "/go",
             "free-file", list,
@@ -532,7 +532,7 @@ final class SharedHeapTests: ShmTestCase {
             waited += 1
         }
         let handles = try String(contentsOfFile: list, encoding: .utf8).split(separator: "\n")
-            .map { SharedHeapHandle(rawValue: UInt64($0.split(separator: " ")[0])!) }
+            .map { SharedHeapHandle(legacyRawValue: UInt64($0.split(separator: " ")[0])!) }
         XCTAssertEqual(handles.count, 200)
         let me = try heap.join(name: "A")
         for handle in handles {
@@ -572,12 +572,12 @@ final class SharedHeapTests: ShmTestCase {
         defer { try? FileManager.default.removeItem(atPath: directory) }
         func write(_ name: String, _ handles: [SharedHeapHandle]) throws -> String {
             let path = directory + "/" + name
-            try handles.map { "\($0.rawValue)\n" }.joined().write(toFile: path, atomically: true, encoding: .utf8)
+            try handles.map { "\($0.legacyRawValue)\n" }.joined().write(toFile: path, atomically: true, encoding: .utf8)
             return path
         }
-        let misaligned = held.map { SharedHeapHandle(rawValue: $0.rawValue + 1) }
-        let outside = [SharedHeapHandle(rawValue: (held[0].rawValue >> 32) << 32 | UInt64((heap.smallPageCount * heap.pageSize + heap.spanPageCount * heap.spanPageSize) / 16))]
-        let stale = held.map { SharedHeapHandle(rawValue: $0.rawValue &+ (1 << 32)) }
+        let misaligned = held.map { SharedHeapHandle(legacyRawValue: $0.legacyRawValue + 1) }
+        let outside = [SharedHeapHandle(legacyRawValue: (held[0].legacyRawValue >> 32) << 32 | UInt64((heap.smallPageCount * heap.pageSize + heap.spanPageCount * heap.spanPageSize) / 16))]
+        let stale = held.map { SharedHeapHandle(legacyRawValue: $0.legacyRawValue &+ (1 << 32)) }
         let exit = try HelperProcess.run([
             "heap", "xbad", prefix,
             "free-expect", try write("held", held), "notHeld",
@@ -607,7 +607,7 @@ final class SharedHeapTests: ShmTestCase {
         XCTAssertTrue(report.violations.allSatisfy { $0.contains("is gone") }, "\(report)")
         // Its blocks are still intact and adoptable by survivors.
         let handles = try String(contentsOfFile: directory + "/h", encoding: .utf8).split(separator: "\n")
-            .map { SharedHeapHandle(rawValue: UInt64($0.split(separator: " ")[0])!) }
+            .map { SharedHeapHandle(legacyRawValue: UInt64($0.split(separator: " ")[0])!) }
         let me = try heap.join(name: "survivor")
         for handle in handles {
             try me.adopt(handle)
@@ -657,7 +657,7 @@ final class SharedHeapTests: ShmTestCase {
         try heap.pointer(for: mailbox).initializeMemory(as: UInt8.self, repeating: 0, count: 8 * slots)
         let helpers = try (0..<2).map { index in
             try HelperProcess.spawn([
-                "heap", "stress", prefix, "stress", "3", "4000", "\(seed &+ UInt64(index))", "\(mailbox.rawValue)",
+                "heap", "stress", prefix, "stress", "3", "4000", "\(seed &+ UInt64(index))", "\(mailbox.legacyRawValue)",
                 "\(slots)",
             ])
         }
@@ -710,7 +710,7 @@ final class SharedHeapTests: ShmTestCase {
                     let me = try heap.join(name: "t\(thread)")
                     var mine: [SharedHeapHandle] = []
                     func takeOver(_ raw: UInt64) throws {
-                        let handle = SharedHeapHandle(rawValue: raw)
+                        let handle = SharedHeapHandle(legacyRawValue: raw)
                         if let error = adoptOrError(me, handle) {
                             if error.code == .staleHandle || error.code == .alreadyHeld { return }
                             throw error
@@ -735,7 +735,7 @@ final class SharedHeapTests: ShmTestCase {
                             mine.append(handle)
                             if random.below(2) == 0 {
                                 // Ordering: publishes the contents; acquires the taken block's contents.
-                                let previous = slot.exchange(handle.rawValue, ordering: .acquiringAndReleasing)
+                                let previous = slot.exchange(handle.legacyRawValue, ordering: .acquiringAndReleasing)
                                 if previous != 0 { try takeOver(previous) }
                             }
                         case 4..<7:

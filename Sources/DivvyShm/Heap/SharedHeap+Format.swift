@@ -149,12 +149,18 @@ extension SharedHeap {
             (meta + layout.participantsOffset + p * SharedHeapLayout.participantStride)
                 .storeBytes(of: unlimitedPages, toByteOffset: ParticipantRecordField.pageAllowance, as: UInt32.self)
         }
-        writeHeader(layout, version: lazy ? lazyLayoutVersion : layoutVersion, at: meta)
+        // A heap id is random so that a handle from another heap (an earlier format of this region, another
+        // daemon's) is refused as foreign rather than read against this heap's blocks; 0 is reserved (never valid).
+        var random = SystemRandomNumberGenerator()
+        var heapID: UInt32 = 0
+        while heapID == 0 { heapID = random.next() }
+        writeHeader(layout, version: lazy ? lazyLayoutVersion : layoutVersion, heapID: heapID, at: meta)
         // Ordering: releasing; pairs with the acquiring load in `attach`: whoever sees the magic sees everything.
         UnsafeAtomic<UInt64>(at: meta.assumingMemoryBound(to: UnsafeAtomic<UInt64>.Storage.self))
             .store(magic, ordering: .releasing)
         return SharedHeap(
-            region: region, layout: layout, meta: meta, data: data, pool: pool, spanPool: spanPool, lazyCommit: lazy)
+            region: region, layout: layout, meta: meta, data: data, pool: pool, spanPool: spanPool, lazyCommit: lazy,
+            heapID: heapID)
     }
 
     /// Attaches to the heap `create(in:configuration:)` formatted in `region` (possibly in another process).
@@ -213,13 +219,16 @@ extension SharedHeap {
             }
         }
         let lazy = version == lazyLayoutVersion
+        let heapID = SharedHeapHeaderField.load(UInt32.self, at: SharedHeapHeaderField.heapID, in: meta)
+        guard heapID != 0 else { throw corrupt("the heap header's heap id is 0") }
         return SharedHeap(
-            region: region, layout: layout, meta: meta, data: data, pool: pool, spanPool: spanPool, lazyCommit: lazy)
+            region: region, layout: layout, meta: meta, data: data, pool: pool, spanPool: spanPool, lazyCommit: lazy,
+            heapID: heapID)
     }
 
     /// Writes the header fields (table: `SharedHeapHeaderField`) and their checksum; not the magic.
     internal static func writeHeader(
-        _ layout: SharedHeapLayout, version: UInt32, at meta: UnsafeMutableRawPointer
+        _ layout: SharedHeapLayout, version: UInt32, heapID: UInt32, at meta: UnsafeMutableRawPointer
     ) {
         typealias F = SharedHeapHeaderField
         func u32(_ value: Int, _ offset: Int) { F.store(UInt32(value), at: offset, in: meta) }
@@ -245,6 +254,7 @@ extension SharedHeap {
         u32(layout.smallClassCount, F.smallClassCount)
         u32(layout.spanMaxSlots, F.spanMaxSlots)
         u64(layout.spanPoolOffset, F.spanPoolOffset)
+        F.store(heapID, at: F.heapID, in: meta)
         F.store(checksum(at: meta, layout: layout), at: F.checksum, in: meta)
     }
 
@@ -295,7 +305,7 @@ extension SharedHeap {
         return layout
     }
 
-    /// FNV-1a 64 over the header's `SharedHeapHeaderField.checksummedRanges` (bytes 8..<120 and 128..<152) and
+    /// FNV-1a 64 over the header's `SharedHeapHeaderField.checksummedRanges` (bytes 8..<120 and 128..<156) and
     /// the class table.
     internal static func checksum(at meta: UnsafeMutableRawPointer, layout: SharedHeapLayout) -> UInt64 {
         var hash: UInt64 = 0xcbf2_9ce4_8422_2325

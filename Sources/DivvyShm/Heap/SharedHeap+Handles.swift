@@ -24,16 +24,23 @@ extension SharedHeap {
     /// Checks a handle's offset (range, alignment to its page's class) without looking at the block word.
     @inlinable @inline(__always)
     internal func locate(_ handle: SharedHeapHandle, checkEpoch: Bool = true) throws(SharedHeapError) -> Location {
-        let offset = Int(handle.rawValue & 0xFFFF_FFFF) &* 16
-        guard handle.rawValue != 0, let (page, within) = layout.page(atDataOffset: offset) else {
+        // Heap id 0 is the transitional protocol-1 form (`SharedHeapHandle.init(legacyRawValue:)`).
+        guard handle.heapID == heapID || handle.heapID == 0 else { throw foreignHeapError(handle) }
+        let offset = handle.dataOffset
+        guard !handle.isZero, let (page, within) = layout.page(atDataOffset: offset) else {
             throw outOfRangeError(handle)
+        }
+        // Layout versions 6 and 7 make 32-bit generations (the page epoch and a per-slot counter); a longer one was
+        // never made here.
+        guard handle.generation <= UInt64(UInt32.max) else {
+            throw SharedHeapError(.staleHandle, "handle \(handle) has a generation this heap never made")
         }
         let pageWord = pageState(page).load(ordering: .acquiring)
         // A handle from an earlier use of the page (another epoch, maybe another class) is stale, whatever its
         // offset means under the page's current class.
         // Epoch 0 is a page that never left the pool (no handle has it; in a lazy heap its metadata is a hole that
         // must not be read): stale too.
-        guard !checkEpoch || (PageWord.epoch(pageWord) == handle.generation >> 16 && handle.generation > 0xFFFF) else {
+        guard !checkEpoch || (UInt64(PageWord.epoch(pageWord)) == handle.generation >> 16 && handle.generation > 0xFFFF) else {
             throw staleEpochError(handle, page: page, pageWord: pageWord)
         }
         let sizeClass = min(PageWord.sizeClass(pageWord), layout.classSizes.count - 1)
@@ -46,7 +53,16 @@ extension SharedHeap {
         guard slot &* blockSize == within, slot < slots else {
             throw misalignedError(handle, page: page, blockSize: blockSize)
         }
-        return Location(page: page, slot: slot, generation: handle.generation, blockSize: blockSize)
+        return Location(
+            page: page, slot: slot, generation: UInt32(truncatingIfNeeded: handle.generation), blockSize: blockSize)
+    }
+
+    @usableFromInline @inline(never)
+    internal func foreignHeapError(_ handle: SharedHeapHandle) -> SharedHeapError {
+        SharedHeapError(
+            .foreignHeap, "handle \(handle) belongs to heap \(String(handle.heapID, radix: 16)), not to this heap "
+                + "(\(String(heapID, radix: 16))): it was made by another heap, e.g. before the daemon restarted and "
+                + "formatted a new one")
     }
 
     // The errors of `locate`, out of line: bad input is not a hot path, and string building would keep `locate`
@@ -83,7 +99,7 @@ extension SharedHeap {
         guard BlockWord.generation(word) == location.generation, BlockWord.state(word) == BlockWord.allocated else {
             throw staleError(handle, word)
         }
-        return data + (Int(handle.rawValue & 0xFFFF_FFFF) &* 16)
+        return data + handle.dataOffset
     }
 
     /// The size of the handle's block (its size class).
@@ -108,7 +124,7 @@ extension SharedHeap {
         guard offset % 16 == 0 else {
             throw SharedHeapError(.misaligned, "data offset \(offset) is not 16-byte aligned: not a block start")
         }
-        let probe = SharedHeapHandle(rawValue: UInt64(offset / 16) | (1 << 32))
+        let probe = SharedHeapHandle(heapID: heapID, dataOffset: offset, generation: 1 << 16)
         let location = try locate(probe, checkEpoch: false)
         guard PageWord.epoch(pageState(location.page).load(ordering: .relaxed)) != 0 else {
             // A page never handed out (in a lazy heap its block words are not even backed).
@@ -118,12 +134,12 @@ extension SharedHeap {
         guard BlockWord.state(word) == BlockWord.allocated else {
             throw SharedHeapError(.staleHandle, "no allocated block at data offset \(offset)")
         }
-        return SharedHeapHandle(rawValue: UInt64(offset / 16) | (UInt64(BlockWord.generation(word)) << 32))
+        return SharedHeapHandle(heapID: heapID, dataOffset: offset, generation: UInt64(BlockWord.generation(word)))
     }
 
     @usableFromInline @inline(never)
     internal func staleError(_ handle: SharedHeapHandle, _ word: UInt64) -> SharedHeapError {
-        if BlockWord.generation(word) != handle.generation {
+        if UInt64(BlockWord.generation(word)) != handle.generation {
             return SharedHeapError(
                 .staleHandle, "handle \(handle) is stale: its block now has generation "
                     + "\(BlockWord.generation(word)) (freed and reused, or never allocated)")
@@ -132,17 +148,83 @@ extension SharedHeap {
     }
 }
 
-/// A 64-bit reference to a block of a `SharedHeap`, valid in every process that maps the heap's region:
-/// generation (high 32 bits) | data-area offset in 16-byte units (low 32 bits). Zero is never a valid handle.
+/// A 128-bit reference to a block of a `SharedHeap`, valid in every process that maps the heap's region.
+///
+/// | word | bits | field |
+/// |---|---|---|
+/// | `low` | 0–47 | the block's offset from the start of the data area, in 16-byte units (up to 4 PiB) |
+/// | `low` | 48–63 | generation, bits 0–15 |
+/// | `high` | 0–31 | generation, bits 16–47 |
+/// | `high` | 32–63 | heap id (`SharedHeap.heapID`: random per heap, never 0) |
+///
+/// The generation tells one allocation of a block from every other one at the same place, so a handle to a block
+/// that has been freed is refused however often the block was reused since. The heap id tells this heap from any
+/// other (one formatted before a daemon restart, another daemon's): a handle from another heap is refused as
+/// `.foreignHeap` rather than read against this heap's blocks. The zero handle is never valid.
 public struct SharedHeapHandle: Hashable, Sendable, CustomStringConvertible {
-    /// The packed value: pass it to other processes as is.
-    public let rawValue: UInt64
-    /// Wraps a raw value received from elsewhere (it is checked when used).
-    public init(rawValue: UInt64) { self.rawValue = rawValue }
-    /// The block's generation when the handle was made.
-    public var generation: UInt32 { UInt32(truncatingIfNeeded: rawValue >> 32) }
+    /// Offset (bits 0–47) and the generation's low 16 bits (48–63): pass both words to other processes as they are.
+    public let low: UInt64
+    /// The generation's high 32 bits (0–31) and the heap id (32–63).
+    public let high: UInt64
+
+    /// Wraps the two words received from elsewhere (they are checked when used).
+    public init(low: UInt64, high: UInt64) {
+        self.low = low
+        self.high = high
+    }
+
+    /// The handle of the block at `dataOffset` (a multiple of 16 below 4 PiB) with `generation` (below 2^48) in the
+    /// heap `heapID`.
+    public init(heapID: UInt32, dataOffset: Int, generation: UInt64) {
+        // Invariant: callers pass an offset inside a heap's data area (< 2^52 bytes) and a 48-bit generation; the
+        // masks only keep a bad value from spilling into the neighbouring field.
+        low = (UInt64(truncatingIfNeeded: dataOffset) >> 4) & Self.offsetMask | (generation & 0xFFFF) << 48
+        high = (generation >> 16) & 0xFFFF_FFFF | UInt64(heapID) << 32
+    }
+
+    /// Bits 0–47 of `low`.
+    @usableFromInline static let offsetMask: UInt64 = (1 << 48) - 1
+
+    /// The id of the heap that made the handle.
+    @inlinable public var heapID: UInt32 { UInt32(truncatingIfNeeded: high >> 32) }
     /// The block's offset from the start of the data area.
-    public var dataOffset: Int { Int(rawValue & 0xFFFF_FFFF) * 16 }
-    /// `"0x…"` plus offset and generation.
-    public var description: String { "0x\(String(rawValue, radix: 16))(offset \(dataOffset), gen \(generation))" }
+    @inlinable public var dataOffset: Int { Int(truncatingIfNeeded: (low & Self.offsetMask) << 4) }
+    /// The block's generation when the handle was made (48 bits).
+    @inlinable public var generation: UInt64 { low >> 48 | (high & 0xFFFF_FFFF) << 16 }
+    /// The offset in 16-byte units.
+    @inlinable internal var offsetUnits: UInt64 { low & Self.offsetMask }
+    /// Is this the zero handle (never valid)?
+    @inlinable public var isZero: Bool { low == 0 && high == 0 }
+
+    /// `"0x<high><low>"` plus offset, generation and heap id.
+    public var description: String {
+        let hex = String(high, radix: 16) + String(repeating: "0", count: 16 - String(low, radix: 16).count)
+            + String(low, radix: 16)
+        return "0x\(hex)(offset \(dataOffset), gen \(generation), heap \(String(heapID, radix: 16)))"
+    }
+
+    // MARK: The heap's own 64-bit form
+
+    /// The 64-bit form the heap stores in its metadata (held lists, pending words, suspect words): generation
+    /// (high 32 bits) | offset / 16 (low 32 bits). Layout versions 6 and 7 keep generations below 2^32 and data areas
+    /// below 64 GiB, so it loses nothing; the heap id is implied (it is the heap's own).
+    @inlinable internal var compact: UInt64 { (generation & 0xFFFF_FFFF) << 32 | (low & 0xFFFF_FFFF) }
+
+    /// The handle of the heap `heapID` whose 64-bit form is `compact` (see `compact`).
+    @inlinable internal init(compact: UInt64, heapID: UInt32) {
+        self.init(heapID: heapID, dataOffset: Int(compact & 0xFFFF_FFFF) << 4, generation: compact >> 32)
+    }
+
+    // MARK: Transition
+
+    /// The protocol-version-1 form of a handle: generation (high 32 bits) | offset / 16 (low 32 bits), no heap id.
+    ///
+    /// Transitional, for the layers above the heap until the wire protocol carries all 128 bits: a handle made from
+    /// it has heap id 0, which the heap accepts as "this heap" (`SharedHeap.locate`).
+    public init(legacyRawValue: UInt64) {
+        self.init(heapID: 0, dataOffset: Int(legacyRawValue & 0xFFFF_FFFF) << 4, generation: legacyRawValue >> 32)
+    }
+
+    /// The protocol-version-1 form (see `init(legacyRawValue:)`); loses the heap id.
+    public var legacyRawValue: UInt64 { compact }
 }

@@ -41,7 +41,7 @@ extension SharedHeap {
         }
         if _stopAt == 1 { return 0 }
         var suspectLocation: Location?
-        if suspectRaw != 0, let location = try? locate(SharedHeapHandle(rawValue: suspectRaw)),
+        if suspectRaw != 0, let location = try? locate(SharedHeapHandle(compact: suspectRaw, heapID: heapID)),
             location.page == page
         {
             suspectLocation = location

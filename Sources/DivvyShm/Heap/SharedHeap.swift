@@ -95,6 +95,9 @@ public final class SharedHeap: @unchecked Sendable {
     /// joined. Recorded in the heap header (layout version `lazyLayoutVersion`), so every process that attaches
     /// knows.
     @usableFromInline internal let lazyCommit: Bool
+    /// This heap's identity: random, chosen when the heap was formatted, carried by every handle it makes
+    /// (`SharedHeapHandle.heapID`). A handle with another heap id is refused with `.foreignHeap`.
+    public let heapID: UInt32
     /// Test hook: how many of the next lazy commits fail (as if /dev/shm were full), then decremented.
     internal let _failingCommits = ManagedAtomic<Int>(0)
 
@@ -124,20 +127,22 @@ public final class SharedHeap: @unchecked Sendable {
     /// mapping would allocate it (and could raise SIGBUS when the backing store is full).
     internal static let heldCommittedOffset = SharedHeapHeaderField.heldCommitted
     /// The layout version this code reads and writes. Version 4: participant state words carry the process's
-    /// start time beside its pid, and a *leaving* state.
-    public static let layoutVersion: UInt32 = 4
-    /// The layout version of a lazy heap (one formatted in a lazily committed region): version 4's layout, whose
+    /// start time beside its pid, and a *leaving* state. Version 6: the header carries a random heap id that
+    /// every handle repeats.
+    public static let layoutVersion: UInt32 = 6
+    /// The layout version of a lazy heap (one formatted in a lazily committed region): version 6's layout, whose
     /// metadata is committed as it is used, plus the committed-held-lists mask at header offset 156
-    /// (`SharedHeapHeaderField.heldCommitted`) that readers must honour. A library that knows only version 4
+    /// (`SharedHeapHeaderField.heldCommitted`) that readers must honour. A library that knows only version 6
     /// refuses such a heap instead of reading (and so allocating) metadata that is not committed, or joining
     /// without committing its held list.
-    public static let lazyLayoutVersion: UInt32 = 5
+    public static let lazyLayoutVersion: UInt32 = 7
 
     // Internal, not private: `create` and `attach` (SharedHeap+Format.swift) call it; nothing else should.
     internal init(region: SharedRegion, layout: SharedHeapLayout, meta: UnsafeMutableRawPointer,
                  data: UnsafeMutableRawPointer, pool: UnsafeLockFreeIndexStack, spanPool: UnsafeLockFreeIndexStack?,
-                 lazyCommit: Bool) {
+                 lazyCommit: Bool, heapID: UInt32) {
         self.region = region
+        self.heapID = heapID
         self.lazyCommit = lazyCommit
         self.layout = layout
         self.meta = meta

@@ -46,6 +46,9 @@ public struct SharedHeapError: Error, Hashable, Sendable, CustomStringConvertibl
         /// Allocation needed a new page, and the participant already owns as many pages as its page allowance
         /// (`SharedHeap.setPageAllowance(participant:pages:)`) permits.
         public static let pageAllowanceExhausted = Code(16)
+        /// A handle made by another heap (its heap id is not this heap's `SharedHeap.heapID`): one formatted before
+        /// the daemon restarted, or another daemon's.
+        public static let foreignHeap = Code(17)
 
         /// The code's name, e.g. `"staleHandle"`.
         public var description: String {
@@ -66,6 +69,7 @@ public struct SharedHeapError: Error, Hashable, Sendable, CustomStringConvertibl
             case 14: "corruptMetadata"
             case 15: "recoveryIncomplete"
             case 16: "pageAllowanceExhausted"
+            case 17: "foreignHeap"
             default: "code\(rawValue)"
             }
         }

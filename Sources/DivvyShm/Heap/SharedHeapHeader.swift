@@ -1,12 +1,12 @@
 /// The heap header: the first `SharedHeapLayout.headerSize` (256) bytes of the region's metadata area, followed by
 /// the class table. The one table of its fields; `SharedHeap.writeHeader`, `readHeader` and `checksum` address
 /// them only through these names. Every field is a little-endian fixed-width integer at a fixed offset (the same
-/// bytes for layout versions 4 and 5; version 5 adds only the meaning of `heldCommitted`):
+/// bytes for layout versions 6 and 7; version 7 adds only the meaning of `heldCommitted`):
 ///
 /// | offset | size | field | meaning |
 /// |---|---|---|---|
 /// | 0 | 8 | magic | `"DVHEAP01"` (`SharedHeap.magic`); 0 while `create` formats; stored last (release) |
-/// | 8 | 4 | layoutVersion | 4, or 5 for a lazy heap (`SharedHeap.layoutVersion`, `lazyLayoutVersion`) |
+/// | 8 | 4 | layoutVersion | 6, or 7 for a lazy heap (`SharedHeap.layoutVersion`, `lazyLayoutVersion`) |
 /// | 12 | 4 | pageSize | small-page size |
 /// | 16 | 4 | smallPageCount | small pages |
 /// | 20 | 4 | classCount | entries in the class table (small then large classes) |
@@ -30,8 +30,8 @@
 /// | 136 | 4 | smallClassCount | the small classes (the first entries of the class table) |
 /// | 140 | 4 | spanMaxSlots | slots of a span page for the smallest large class |
 /// | 144 | 8 | spanPoolOffset | the span-page pool |
-/// | 152 | 4 | — | zero |
-/// | 156 | 4 | heldCommitted | v5: bit `p` set once slot `p`'s held list is committed (atomic; not checksummed) |
+/// | 152 | 4 | heapID | random, never 0, chosen at format: every handle carries it (`SharedHeapHandle.heapID`), so a handle from another heap — one formatted before a restart, or another daemon's — is refused as `.foreignHeap` (since layout version 6) |
+/// | 156 | 4 | heldCommitted | v7: bit `p` set once slot `p`'s held list is committed (atomic; not checksummed) |
 /// | 160 | 96 | — | zero |
 /// | 256 | 4 × classCount | classTable | block sizes, ascending |
 ///
@@ -64,13 +64,14 @@ internal enum SharedHeapHeaderField {
     static let smallClassCount = 136
     static let spanMaxSlots = 140
     static let spanPoolOffset = 144
+    static let heapID = 152
     static let heldCommitted = 156
     static let classTable = 256
 
     /// The header bytes the checksum covers (besides the class table): everything from the version to the
-    /// checksum, and the span-tier fields. Not the magic (stored after the checksum), not the checksum, not the
+    /// checksum, the span-tier fields and the heap id. Not the magic (stored after the checksum), not the checksum, not the
     /// atomically updated `heldCommitted` mask.
-    static let checksummedRanges: [Range<Int>] = [layoutVersion..<checksum, spanPageSize..<(spanPoolOffset + 8)]
+    static let checksummedRanges: [Range<Int>] = [layoutVersion..<checksum, spanPageSize..<(heapID + 4)]
 
     /// Stores `value` little-endian at `offset`.
     @inline(__always)

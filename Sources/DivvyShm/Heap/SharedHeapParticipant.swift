@@ -76,7 +76,7 @@ extension SharedHeap {
         public var heldCount: Int { held.count }
 
         /// The handles this participant holds (unordered).
-        public var heldHandles: [SharedHeapHandle] { held.allKeys.map { SharedHeapHandle(rawValue: $0) } }
+        public var heldHandles: [SharedHeapHandle] { held.allKeys.map { SharedHeapHandle(compact: $0, heapID: heap.heapID) } }
 
         private var bit: UInt32 { 1 << UInt32(index) }
 
@@ -159,7 +159,7 @@ extension SharedHeap {
         ) throws(SharedHeapError) -> (handle: SharedHeapHandle, blockSize: Int, address: UnsafeMutableRawPointer) {
             try checkJoined()
             guard size > 0, let sizeClass = heap.sizeClass(for: size) else { throw unsupportedSizeError(size) }
-            if held.freeCount == 0 { _ = try takeHeldSlot(for: SharedHeapHandle(rawValue: 0)) }
+            if held.freeCount == 0 { _ = try takeHeldSlot(for: SharedHeapHandle(compact: 0, heapID: heap.heapID)) }
             // The fast path inline: a free slot in the class's current page; else the slow path (collect, new page).
             let current = currentPage[sizeClass]
             let (page, slot, fresh): (Int, Int, Bool)
@@ -179,9 +179,9 @@ extension SharedHeap {
             let generation = fresh || (old >> 16) != epoch
                 ? (epoch << 16) | 1 : (old & 0xFFFF_0000) | ((old &+ 1) & 0xFFFF)
             let unit = UInt64((heap.layout.pageBase(page) &+ slot &* blockSize) &>> 4)
-            let handle = SharedHeapHandle(rawValue: (UInt64(generation) << 32) | unit)
+            let handle = SharedHeapHandle(compact: (UInt64(generation) << 32) | unit, heapID: heap.heapID)
             // Step 1. Ordering: releasing, so that the pending word is visible no later than the block word.
-            heap.pending(index).store(handle.rawValue, ordering: .releasing)
+            heap.pending(index).store(handle.compact, ordering: .releasing)
             try crashPoint("allocate", 2)
             // Step 2, the commit. Ordering: releasing, so a process that learns the handle through shared memory
             // (acquiring) sees the word. The slot is ours alone (popped from our local list): a store suffices.
@@ -189,8 +189,8 @@ extension SharedHeap {
                 BlockWord.make(generation: generation, holders: bit, state: BlockWord.allocated), ordering: .releasing)
             try crashPoint("allocate", 3)
             // Step 3. Ordering: releasing, after the block word.
-            heap.held(index, heldSlot).store(handle.rawValue, ordering: .releasing)
-            held.insert(handle.rawValue, heldSlot)
+            heap.held(index, heldSlot).store(handle.compact, ordering: .releasing)
+            held.insert(handle.compact, heldSlot)
             try crashPoint("allocate", 4)
             // Step 4.
             heap.pending(index).store(0, ordering: .releasing)
@@ -320,19 +320,19 @@ extension SharedHeap {
         public func adopt(_ handle: SharedHeapHandle) throws(SharedHeapError) {
             try checkJoined()
             let location = try heap.locate(handle)
-            if held.find(handle.rawValue) != nil {
+            if held.find(handle.compact) != nil {
                 throw SharedHeapError(.alreadyHeld, "participant \(index) already holds \(handle)")
             }
             let word = heap.blockWord(location.page, location.slot)
             // Ordering: acquiring, as in the compare-and-exchange below.
             var observed = word.load(ordering: .acquiring)
-            guard BlockWord.generation(observed) == handle.generation, BlockWord.state(observed) == BlockWord.allocated
+            guard UInt64(BlockWord.generation(observed)) == handle.generation, BlockWord.state(observed) == BlockWord.allocated
             else { throw heap.staleError(handle, observed) }
             let heldSlot = try takeHeldSlot(for: handle)
-            heap.pending(index).store(handle.rawValue, ordering: .releasing)
+            heap.pending(index).store(handle.compact, ordering: .releasing)
             try crashPoint("adopt", 1)
             while true {
-                guard BlockWord.generation(observed) == handle.generation,
+                guard UInt64(BlockWord.generation(observed)) == handle.generation,
                     BlockWord.state(observed) == BlockWord.allocated
                 else {
                     heap.pending(index).store(0, ordering: .releasing)
@@ -349,8 +349,8 @@ extension SharedHeap {
                 observed = current
             }
             try crashPoint("adopt", 2)
-            heap.held(index, heldSlot).store(handle.rawValue, ordering: .releasing)
-            held.insert(handle.rawValue, heldSlot)
+            heap.held(index, heldSlot).store(handle.compact, ordering: .releasing)
+            held.insert(handle.compact, heldSlot)
             try crashPoint("adopt", 3)
             heap.pending(index).store(0, ordering: .releasing)
         }
@@ -372,15 +372,15 @@ extension SharedHeap {
             let word = heap.blockWord(location.page, location.slot)
             // Ordering: acquiring (see the compare-and-exchange).
             var observed = word.load(ordering: .acquiring)
-            guard let heldSlot = held.find(handle.rawValue) else { throw notHeldError(handle, observed) }
+            guard let heldSlot = held.find(handle.compact) else { throw notHeldError(handle, observed) }
             let pageWord = heap.pageState(location.page).load(ordering: .relaxed)
             // Only we change the state word of a page we own, so this read is stable.
             let ownPage = PageWord.kind(pageWord) == PageWord.owned && PageWord.owner(pageWord) == index
-            heap.pending(index).store(handle.rawValue, ordering: .releasing)
+            heap.pending(index).store(handle.compact, ordering: .releasing)
             try crashPoint("free", 1)
             var released = false
             while true {
-                guard BlockWord.generation(observed) == handle.generation,
+                guard UInt64(BlockWord.generation(observed)) == handle.generation,
                     BlockWord.state(observed) == BlockWord.allocated, BlockWord.holders(observed) & bit != 0
                 else {
                     // Our held list says we hold it, the block word disagrees: someone wrote the metadata behind
@@ -393,7 +393,7 @@ extension SharedHeap {
                 let state = !released ? BlockWord.allocated : ownPage ? BlockWord.free : BlockWord.freeing
                 // A freeing word keeps the releaser's bit: recovery tells a dead participant's release by it.
                 let desired = BlockWord.make(
-                    generation: handle.generation, holders: state == BlockWord.freeing ? bit : holders, state: state)
+                    generation: UInt32(truncatingIfNeeded: handle.generation), holders: state == BlockWord.freeing ? bit : holders, state: state)
                 // Ordering: acquiring and releasing. Release: our writes into the block happen before whoever
                 // reuses it. Acquire: the last holder sees the other holders' writes before the block is reused.
                 let (done, current) = word.compareExchange(
@@ -404,7 +404,7 @@ extension SharedHeap {
             }
             try crashPoint("free", 2)
             heap.held(index, heldSlot).store(0, ordering: .releasing)
-            held.remove(handle.rawValue)
+            held.remove(handle.compact)
             held.returnEntry(heldSlot)
             try crashPoint("free", 3)
             if released {
@@ -435,7 +435,7 @@ extension SharedHeap {
         /// Why a free of a handle this participant does not list fails (out of line: not a hot path).
         @inline(never)
         private func notHeldError(_ handle: SharedHeapHandle, _ observed: UInt64) -> SharedHeapError {
-            if BlockWord.generation(observed) != handle.generation { return heap.staleError(handle, observed) }
+            if UInt64(BlockWord.generation(observed)) != handle.generation { return heap.staleError(handle, observed) }
             if BlockWord.state(observed) != BlockWord.allocated {
                 return SharedHeapError(.doubleFree, "double free of \(handle): the block is already free")
             }
@@ -469,7 +469,7 @@ extension SharedHeap {
         public func leave(releasingSlot: Bool) {
             guard !left else { return }
             for handle in held.allKeys {
-                _ = try? free(SharedHeapHandle(rawValue: handle))
+                _ = try? free(SharedHeapHandle(compact: handle, heapID: heap.heapID))
             }
             for pages in ownedPages {
                 for page in pages {

@@ -178,13 +178,13 @@ extension SharedHeap {
 
         // Step 2: the released-but-maybe-unpushed block.
         let pendingRaw = pending(p).load(ordering: .acquiring)
-        if pendingRaw != 0, let location = try? locate(SharedHeapHandle(rawValue: pendingRaw)) {
+        if pendingRaw != 0, let location = try? locate(SharedHeapHandle(compact: pendingRaw, heapID: heapID)) {
             let block = blockWord(location.page, location.slot).load(ordering: .acquiring)
             if BlockWord.state(block) == BlockWord.freeing, BlockWord.generation(block) == location.generation,
                 BlockWord.holders(block) == bit
             {
                 switch try placeSuspect(pendingRaw, page: location.page, for: p) {
-                case .leftToOwner: report.suspectLeftToOwner = SharedHeapHandle(rawValue: pendingRaw)
+                case .leftToOwner: report.suspectLeftToOwner = SharedHeapHandle(compact: pendingRaw, heapID: heapID)
                 case .takenOver: pagesToRepair.append(location.page)
                 case .ownPage: break
                 }
@@ -201,7 +201,7 @@ extension SharedHeap {
         }
         if pendingRaw != 0, !handles.contains(pendingRaw) { handles.append(pendingRaw) }
         for raw in handles {
-            switch dropHolding(SharedHeapHandle(rawValue: raw), bit: bit) {
+            switch dropHolding(SharedHeapHandle(compact: raw, heapID: heapID), bit: bit) {
             case .dropped: report.droppedHoldings += 1
             case .released: report.releasedBlocks += 1
             case .none: break
@@ -310,13 +310,13 @@ extension SharedHeap {
         // Ordering: acquiring, as in `Participant.free`.
         var observed = word.load(ordering: .acquiring)
         while true {
-            guard BlockWord.generation(observed) == handle.generation, BlockWord.state(observed) == BlockWord.allocated,
+            guard UInt64(BlockWord.generation(observed)) == handle.generation, BlockWord.state(observed) == BlockWord.allocated,
                 BlockWord.holders(observed) & bit != 0
             else { return .none }
             let holders = BlockWord.holders(observed) & ~bit
             let desired = holders == 0
-                ? BlockWord.make(generation: handle.generation, holders: bit, state: BlockWord.freeing)
-                : BlockWord.make(generation: handle.generation, holders: holders, state: BlockWord.allocated)
+                ? BlockWord.make(generation: UInt32(truncatingIfNeeded: handle.generation), holders: bit, state: BlockWord.freeing)
+                : BlockWord.make(generation: UInt32(truncatingIfNeeded: handle.generation), holders: holders, state: BlockWord.allocated)
             // Ordering: acquiring and releasing, as in `Participant.free`.
             let (done, current) = word.compareExchange(
                 expected: observed, desired: desired, successOrdering: .acquiringAndReleasing,

@@ -89,17 +89,17 @@ extension SharedHeap {
             if pending(p).load(ordering: .acquiring) != 0 {
                 report.operationsInFlight += 1
                 violation("participant \(p) is in the middle of an operation on "
-                    + "\(SharedHeapHandle(rawValue: pending(p).load(ordering: .acquiring)))")
+                    + "\(SharedHeapHandle(compact: pending(p).load(ordering: .acquiring), heapID: heapID))")
             }
             // A lazy heap's slot never joined has no backed held list (a hole: zeros); reading would back it.
             for index in 0..<(heldListIsCommitted(p) ? l.heldCapacity : 0) {
                 let raw = held(p, index).load(ordering: .acquiring)
                 guard raw != 0 else { continue }
                 if state == ParticipantWord.free || state == ParticipantWord.leaving {
-                    violation("free (or leaving) participant slot \(p) still lists \(SharedHeapHandle(rawValue: raw))")
+                    violation("free (or leaving) participant slot \(p) still lists \(SharedHeapHandle(compact: raw, heapID: heapID))")
                 }
                 if heldEntries[raw]?.contains(p) == true {
-                    violation("participant \(p) lists \(SharedHeapHandle(rawValue: raw)) twice")
+                    violation("participant \(p) lists \(SharedHeapHandle(compact: raw, heapID: heapID)) twice")
                 }
                 heldEntries[raw, default: []].append(p)
                 report.holdings += 1
@@ -189,7 +189,7 @@ extension SharedHeap {
             // A suspect block recovery left to the page's owner (released by a dead participant, maybe never
             // pushed) is on its way back like a remotely freed block until the owner's next collect.
             let suspectRaw = suspect(page).load(ordering: .acquiring)
-            if suspectRaw != 0, let location = try? locate(SharedHeapHandle(rawValue: suspectRaw)),
+            if suspectRaw != 0, let location = try? locate(SharedHeapHandle(compact: suspectRaw, heapID: heapID)),
                 location.page == page, location.slot < carvedSlots, listed[location.slot] == 0
             {
                 let block = blockWord(page, location.slot).load(ordering: .acquiring)
@@ -220,7 +220,7 @@ extension SharedHeap {
                         violation("page \(page) slot \(slot) is in no free list but not allocated (state \(state); "
                             + "leaked block)")
                     } else if BlockWord.holders(block) == 0 {
-                        violation("block \(SharedHeapHandle(rawValue: handle)) is allocated with no holder")
+                        violation("block \(SharedHeapHandle(compact: handle, heapID: heapID)) is allocated with no holder")
                     } else {
                         allocatedHere += 1
                         allocatedByHandle[handle] = BlockWord.holders(block)
@@ -260,23 +260,23 @@ extension SharedHeap {
             let named = Set(heldEntries[handle] ?? [])
             for p in 0..<l.participantCapacity where mask & (1 << UInt32(p)) != 0 {
                 if !named.contains(p) {
-                    violation("block \(SharedHeapHandle(rawValue: handle)) is held by participant \(p), whose held "
+                    violation("block \(SharedHeapHandle(compact: handle, heapID: heapID)) is held by participant \(p), whose held "
                         + "list does not name it")
                 }
                 if !alive[p] {
-                    violation("block \(SharedHeapHandle(rawValue: handle)) is held by participant \(p), which is "
+                    violation("block \(SharedHeapHandle(compact: handle, heapID: heapID)) is held by participant \(p), which is "
                         + "not alive")
                 }
             }
         }
         for (handle, participants) in heldEntries {
             guard let mask = allocatedByHandle[handle] else {
-                violation("participants \(participants) list \(SharedHeapHandle(rawValue: handle)), which is not an "
+                violation("participants \(participants) list \(SharedHeapHandle(compact: handle, heapID: heapID)), which is not an "
                     + "allocated block of that generation")
                 continue
             }
             for p in participants where mask & (1 << UInt32(p)) == 0 {
-                violation("participant \(p) lists \(SharedHeapHandle(rawValue: handle)) but is not among its holders")
+                violation("participant \(p) lists \(SharedHeapHandle(compact: handle, heapID: heapID)) but is not among its holders")
             }
         }
         return report

@@ -24,7 +24,7 @@ final class ClientServerTests: XCTestCase {
             var bytes = block.mutableBytes
             bytes.storeBytes(of: 0xFEED_FACE, toByteOffset: 992, as: UInt64.self)
             let info = try writer.share(handle)
-            XCTAssertEqual(info.handle, handle.legacyRawValue)
+            XCTAssertEqual(info.handle, handle.wire)
             XCTAssertEqual(info.offset, UInt64(handle.dataOffset))
             XCTAssertEqual(info.holders, 1)
             let adopted = try reader.adopt(handle)

@@ -83,7 +83,7 @@ def library_path() -> str:
     """Where libdivvy was loaded from (loading it if needed).
 
     Tried in order: ``$DIVVY_LIBRARY`` (a path; when set, the only candidate), the library bundled in this
-    package (``divvy/_lib/libdivvy.so.0``, in wheels built with one), ``libdivvy.so.0`` (the installed .deb),
+    package (``divvy/_lib/libdivvy.so.1``, in wheels built with one), ``libdivvy.so.1`` (the installed .deb),
     then ``libdivvy.so``; the latter two through the dynamic linker's search path.
 
     Raises:

@@ -189,7 +189,7 @@ Priority: optional
 Homepage: file:///usr/share/doc/divvy/README.md
 Description: shared-memory allocator daemon, client libraries and malloc replacement
  Divvy hands out blocks of POSIX shared memory to cooperating processes, which
- exchange them as 64-bit handles without copying. divvyd maps the region and
+ exchange them as 128-bit handles without copying. divvyd maps the region and
  serves clients over a Unix socket; divvyctl inspects it.
  .
  This package holds divvyd and divvyctl with their systemd units, the C client

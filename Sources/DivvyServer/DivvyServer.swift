@@ -963,8 +963,7 @@ public final class DivvyServer: @unchecked Sendable {
 
     /// Whether the daemon's participant holds the block (for some mediated client).
     private func daemonHolds(_ handle: SharedHeapHandle) -> Bool {
-        guard let index = participant?.index, let holders = try? heap.holders(of: handle) else { return false }
-        return holders.contains(index)
+        participant?.holds(handle) ?? false
     }
 
     private func allocate(_ session: Session, size: UInt64) throws(ServiceError) -> (SharedHeapHandle, Int) {
@@ -1102,20 +1101,20 @@ public final class DivvyServer: @unchecked Sendable {
 
     private func share(_ session: Session, _ handle: SharedHeapHandle) throws(ServiceError) -> SharedInfo {
         guard !handle.isZero else { throw Self.handleZero }
-        let holders: [Int]
+        let holderCount: Int
         do throws(SharedHeapError) {
-            holders = try heap.holders(of: handle)
+            holderCount = try heap.holderCount(of: handle)
         } catch {
             throw ServiceError(error)
         }
         let holdsThroughDaemon = session.holdings[handle] != nil
-        let holdsDirectly = session.participant.map { holders.contains($0) } ?? false
+        let holdsDirectly = session.participant.map { heap.holds(participant: $0, handle) } ?? false
         guard holdsThroughDaemon || holdsDirectly else {
             throw ServiceError(.notHolder, "this client does not hold \(handle): only a holder can share it")
         }
-        let daemonIndex = daemonParticipant.index
-        let directHolders = holders.filter { $0 != daemonIndex }.count
-        let mediatedHolders = holders.contains(daemonIndex) ? 1 + (extraMediatedHoldings[handle] ?? 0) : 0
+        let daemonHoldsIt = daemonParticipant.holds(handle)
+        let directHolders = holderCount - (daemonHoldsIt ? 1 : 0)
+        let mediatedHolders = daemonHoldsIt ? 1 + (extraMediatedHoldings[handle] ?? 0) : 0
         let blockSize = (try? heap.blockSize(of: handle)) ?? 0
         return SharedInfo(
             handle: handle.wire, offset: UInt64(handle.dataOffset), blockSize: UInt64(blockSize),

@@ -43,7 +43,7 @@
 // At the end it leaves and prints "allocated=A released=R adopted=D stale=S" on stdout.
 //
 // Crash torture (SharedHeapRecoveryTests):
-//   divvy-shm-helper torture <name> <prefix> <mailboxHandle> <seed> [<readySlot> <stopSlot>]
+//   divvy-shm-helper torture <name> <prefix> <mailboxHandle> <seed> [<readySlot> <stopSlot> [<participants>]]
 //                                      join, store index + 1 into mailbox slot readySlot (default 0), then loop
 //                                      (until SIGKILLed, or until slot stopSlot reads non-zero: then free all,
 //                                      leave, exit 0): allocate and fill blocks, publish some in slots 3…15 (CAS
@@ -501,65 +501,87 @@ func runTortureWorker() -> Never {
     // leaves and exits 0 once it reads non-zero there; default none: run until killed).
     let readySlot = arguments.isEmpty ? 0 : nextInt()
     let stopSlot = arguments.isEmpty ? -1 : nextInt()
+    // Optional: how many participants this process joins (default 1); each step uses one picked at random, so
+    // a SIGKILL leaves all of them dead at once, each at its own point.
+    let count = arguments.isEmpty ? 1 : max(1, nextInt())
     do {
         let region = try SharedRegion.open(name: name, namePrefix: prefix)
         let heap = try SharedHeap.attach(to: region)
-        let me = try heap.join(name: "torture")
-        let mailbox = try heap.pointer(for: SharedHeapHandle(legacyRawValue: mailboxRaw))
+        let participants = try (0..<count).map { _ in try heap.join(name: "torture") }
+        let mailbox = try heap.pointer(for: tortureHandle(heap, mailboxRaw))
         func slot(_ index: Int) -> UnsafeAtomic<UInt64> {
             UnsafeAtomic<UInt64>(at: (mailbox + 8 * index).assumingMemoryBound(to: UnsafeAtomic<UInt64>.Storage.self))
         }
         var random = HelperRandom(state: seed)
-        var mine: [SharedHeapHandle] = []
+        var held: [[SharedHeapHandle]] = Array(repeating: [], count: count)
         // Ordering: releasing; the parent waits for it (acquiring) before it starts the kill timer.
-        slot(readySlot).store(UInt64(me.index) + 1, ordering: .releasing)
+        slot(readySlot).store(UInt64(participants[0].index) + 1, ordering: .releasing)
         while true {
             // Ordering: acquiring, pairs with the parent's releasing stop flag.
             if stopSlot >= 0, slot(stopSlot).load(ordering: .acquiring) != 0 {
-                for handle in mine { try me.free(handle) }
-                me.leave()
+                for (me, mine) in zip(participants, held) {
+                    for handle in mine { try me.free(handle) }
+                    me.leave()
+                }
                 withExtendedLifetime(region) {}
                 exit(0)
             }
+            let who = count == 1 ? 0 : random.below(count)
+            let me = participants[who]
             let choice = random.below(11)
             if choice < 4 {
-                guard mine.count < 40 else { continue }
+                guard held[who].count < 40 else { continue }
                 let result = Result { () throws(SharedHeapError) in try me.allocate(randomBlockSize(heap, &random)) }
                 guard case .success(let handle) = result else {
                     if case .failure(let error) = result, error.code != .heapFull { fail(1, "allocate: \(error)") }
                     continue
                 }
                 try heapFill(heap, handle)
-                mine.append(handle)
+                held[who].append(handle)
                 if random.below(2) == 0 {
                     // Ordering: releasing, so the parent's acquiring exchange sees the block's contents.
                     _ = slot(3 + random.below(13)).compareExchange(
-                        expected: 0, desired: handle.legacyRawValue, successOrdering: .releasing, failureOrdering: .relaxed)
+                        expected: 0, desired: tortureRaw(handle), successOrdering: .releasing,
+                        failureOrdering: .relaxed)
                 }
             } else if choice < 7 || (choice == 10 && stopSlot < 0) {
-                guard !mine.isEmpty else { continue }
-                let handle = mine.remove(at: random.below(mine.count))
+                guard !held[who].isEmpty else { continue }
+                let handle = held[who].remove(at: random.below(held[who].count))
                 try me.free(handle)
             } else {
-                guard mine.count < 40 else { continue }
+                guard held[who].count < 40 else { continue }
                 // Ordering: acquiring, pairs with the parent's (or the other worker's) releasing publication.
                 // A worker with a stop slot (the survivor) also takes what the other worker published (3…15).
-                let from = choice == 10 ? 3 + random.below(13) : 16 + random.below(16)
+                // With several participants, a block one of them published may come back to another: a second
+                // holding in the same process, as a real sharer would have.
+                let from = choice == 10 || (count > 1 && random.below(3) == 0) ? 3 + random.below(13)
+                    : 16 + random.below(16)
                 let raw = slot(from).exchange(0, ordering: .acquiringAndReleasing)
                 guard raw != 0 else { continue }
-                let handle = SharedHeapHandle(legacyRawValue: raw)
+                let handle = tortureHandle(heap, raw)
                 let adoption = Result { () throws(SharedHeapError) in try me.adopt(handle) }
                 if case .failure(let error) = adoption {
                     if error.code != .staleHandle && error.code != .alreadyHeld { fail(1, "adopt: \(error)") }
                     continue
                 }
-                mine.append(handle)
+                held[who].append(handle)
                 guard try heapCheck(heap, handle) else { fail(1, "adopted block \(handle) lost its pattern") }
             }
         }
     } catch {
         fail(2, "torture: \(error)")
     }
+}
+
+/// The torture mailbox's 64-bit form of a handle: generation (high 32 bits) | offset / 16 (low 32 bits). The
+/// torture heap is small and short-lived, so both fit; the heap id is the heap's own.
+func tortureRaw(_ handle: SharedHeapHandle) -> UInt64 {
+    (handle.generation & 0xFFFF_FFFF) << 32 | UInt64(handle.dataOffset >> 4)
+}
+
+/// The handle a mailbox word names (see `tortureRaw`).
+func tortureHandle(_ heap: SharedHeap, _ raw: UInt64) -> SharedHeapHandle {
+    SharedHeapHandle(heapID: heap.heapID, dataOffset: Int(raw & 0xFFFF_FFFF) << 4, generation: raw >> 32)
 }
 
 // MARK: Lazy commit

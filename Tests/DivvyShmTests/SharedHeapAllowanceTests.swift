@@ -276,7 +276,7 @@ final class SharedHeapAllowanceTests: ShmTestCase {
     func testSpanTierConfigurationIsValidatedAndRecordedInTheHeader() throws {
         let dataSize = 4 << 20
         let region = try SharedRegion.create(
-            name: "spancfg", self.configuration(dataSize: dataSize, metadataSize: 4 << 20))
+            name: "spancfg", self.configuration(dataSize: dataSize, metadataSize: 8 << 20))
         for bad in [
             SharedHeapConfiguration(spanPageSize: 3 << 16),  // not a power of two
             SharedHeapConfiguration(spanPageSize: 32 << 10),  // below the page size
@@ -302,7 +302,7 @@ final class SharedHeapAllowanceTests: ShmTestCase {
         XCTAssertEqual(peer.largestSmallBlockSize, 8192)
         assertHeapError(.unsupportedSize) { _ = try heap.join(name: "x").allocate(65537) }
         // A data area too small for one span page: no span tier, no large classes.
-        let tiny = try SharedRegion.create(name: "spantiny", self.configuration(dataSize: 1 << 20, metadataSize: 2 << 20))
+        let tiny = try SharedRegion.create(name: "spantiny", self.configuration(dataSize: 1 << 20, metadataSize: 4 << 20))
         let small = try SharedHeap.create(in: tiny, configuration: .init(spanPageSize: 1 << 20))
         XCTAssertEqual(small.spanPageCount, 0)
         XCTAssertEqual(small.largeSizeClasses, [])

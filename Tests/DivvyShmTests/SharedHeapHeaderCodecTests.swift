@@ -85,18 +85,19 @@ extension SharedHeapTests {
 }
 
 extension SharedHeapTests {
-    /// The record tables name the offsets the heap has always used (layout versions 4 and 5).
-    func testRecordFieldOffsetsAreTheLayoutVersion4Offsets() {
+    /// The record tables name the offsets their documentation gives (layout versions 6 and 7).
+    func testRecordFieldOffsetsAreTheLayoutVersion6Offsets() {
         typealias D = PageDescriptorField
-        XCTAssertEqual([D.state, D.remoteHead, D.localHead, D.localCount, D.carved, D.live, D.slotCount, D.suspect,
-                        D.collecting], [0, 8, 16, 20, 24, 28, 32, 40, 48])
+        XCTAssertEqual([D.state, D.remoteHead, D.localHead, D.localCount, D.carved, D.live, D.epochStart, D.suspect,
+                        D.collecting, D.slotCount, D.generation], [0, 8, 16, 20, 24, 28, 32, 40, 48, 52, 56])
         typealias P = ParticipantRecordField
-        XCTAssertEqual([P.state, P.pending, P.name, P.nameBytes, P.pageInHand, P.pageAllowance, P.ownedPageCount],
-                       [0, 8, 16, 32, 48, 56, 60])
+        XCTAssertEqual([P.state, P.pendingOffset, P.pendingGeneration, P.pageInHand, P.pageAllowance,
+                        P.ownedPageCount, P.heldCommitted, P.name, P.nameBytes], [0, 8, 16, 24, 32, 36, 40, 48, 32])
         XCTAssertEqual(SharedHeapLayout.pageStride, 64)
-        XCTAssertEqual(SharedHeapLayout.participantStride, 64)
+        XCTAssertEqual(SharedHeapLayout.participantStride, 128)
+        XCTAssertEqual(SharedHeapLayout.heldEntryStride, 16)
         typealias H = SharedHeapHeaderField
         XCTAssertEqual(H.checksummedRanges, [8..<120, 128..<156])
-        XCTAssertEqual([H.magic, H.layoutVersion, H.heldCommitted, H.classTable], [0, 8, 156, 256])
+        XCTAssertEqual([H.magic, H.layoutVersion, H.heapID, H.recoveryLock, H.classTable], [0, 8, 152, 160, 256])
     }
 }

@@ -49,7 +49,7 @@ final class SharedHeapLazyTests: ShmTestCase {
 
         let me = try heap.join(name: "lazy")
         let afterJoin = try region.allocatedBytes()
-        let heldList = heap.heldCapacity * 8
+        let heldList = heap.heldCapacity * SharedHeapLayout.heldEntryStride
         // (The held list is 64-byte aligned: its commit may cover one more OS page.)
         XCTAssertTrue((heldList...heldList + 4096).contains(afterJoin - atStart), "join commits the slot's held list, "
             + "and only it: \(afterJoin - atStart) bytes")

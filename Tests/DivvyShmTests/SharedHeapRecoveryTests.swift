@@ -373,14 +373,20 @@ final class SharedHeapRecoveryTests: ShmTestCase {
             / share)
         let seed = ProcessInfo.processInfo.environment["DIVVY_TEST_SEED"].flatMap { UInt64($0) }
             ?? UInt64.random(in: 1...UInt64.max)
-        print("SharedHeapRecoveryTests.\(name): \(trials) trials, DIVVY_TEST_SEED=\(seed)")
         var random = SeededGenerator(seed: seed)
-        // 48 small pages and 4 span pages of 16 KiB for two large classes (the workers allocate both).
+        // Participants: this process (1), the victim process (`victims`) and the survivor process (`survivors`):
+        // at least 64 in all (`DIVVY_TORTURE_PARTICIPANTS`, default 64), each step of a worker using one of its own
+        // at random, so that one SIGKILL leaves dozens of participants dead, each at its own point.
+        let total = max(4, ProcessInfo.processInfo.environment["DIVVY_TORTURE_PARTICIPANTS"].flatMap { Int($0) } ?? 64)
+        let victims = survivorProcess ? (total - 1) / 2 : total - 1
+        let survivors = survivorProcess ? total - 1 - victims : 0
+        // 480 small pages and 16 span pages of 16 KiB for two large classes (the workers allocate both).
         let configuration = SharedHeapConfiguration(
-            pageSize: 4096, sizeClasses: [16, 64, 256], participantCapacity: 4, heldCapacity: 256,
-            spanPageSize: 16384, largeSizeClasses: [1024, 4096])
-        let (_, heap) = try makeHeap("torture", dataSize: 64 * 4096, configuration: configuration)
-        XCTAssertEqual(heap.spanPageCount, 4)
+            pageSize: 4096, sizeClasses: [16, 64, 256], participantCapacity: total, heldCapacity: 256,
+            spanPageSize: 16384, spanFraction: 0.125, largeSizeClasses: [1024, 4096])
+        let (_, heap) = try makeHeap("torture", dataSize: 512 * 4096, configuration: configuration)
+        XCTAssertEqual(heap.spanPageCount, 16)
+        print("SharedHeapRecoveryTests.\(name): \(trials) trials, \(total) participants, DIVVY_TEST_SEED=\(seed)")
         let me = try heap.join(name: "parent")
         let mailboxHandle = try me.allocate(256)
         let mailbox = try heap.pointer(for: mailboxHandle)
@@ -395,9 +401,10 @@ final class SharedHeapRecoveryTests: ShmTestCase {
             let context = "trial \(trial), DIVVY_TEST_SEED=\(seed), worker seed \(workerSeed)"
             for index in 0..<32 { slot(index).store(0, ordering: .relaxed) }
             let worker = try HelperProcess.spawn(
-                ["torture", "torture", prefix, "\(mailboxHandle.legacyRawValue)", "\(workerSeed)"])
+                ["torture", "torture", prefix, "\(tortureRaw(mailboxHandle))", "\(workerSeed)", "0", "-1", "\(victims)"])
             let survivor = survivorProcess ? try HelperProcess.spawn(
-                ["torture", "torture", prefix, "\(mailboxHandle.legacyRawValue)", "\(workerSeed ^ 0x5555)", "1", "2"]) : nil
+                ["torture", "torture", prefix, "\(tortureRaw(mailboxHandle))", "\(workerSeed ^ 0x5555)", "1", "2",
+                 "\(survivors)"]) : nil
             var waited = 0
             // Ordering: acquiring, pairs with the workers' releasing stores of their indices.
             while slot(0).load(ordering: .acquiring) == 0 || (survivorProcess && slot(1).load(ordering: .acquiring) == 0),
@@ -414,7 +421,7 @@ final class SharedHeapRecoveryTests: ShmTestCase {
                     // Ordering: acquiring, pairs with the worker's releasing publication.
                     let raw = slot(3 + Int(random.next() % 13)).exchange(0, ordering: .acquiringAndReleasing)
                     guard raw != 0, held.count < 200 else { break }
-                    let handle = SharedHeapHandle(legacyRawValue: raw)
+                    let handle = tortureHandle(heap, raw)
                     // (A `catch where` that breaks out of the switch crashes the 6.3 compiler: use a Result.)
                     let adoption = Result { () throws(SharedHeapError) in try me.adopt(handle) }
                     if case .failure(let error) = adoption {
@@ -428,7 +435,7 @@ final class SharedHeapRecoveryTests: ShmTestCase {
                     guard let handle = held.randomElement(using: &random) else { break }
                     // Ordering: releasing: the worker's acquiring exchange sees the contents.
                     _ = slot(16 + Int(random.next() % 16)).compareExchange(
-                        expected: 0, desired: handle.legacyRawValue, successOrdering: .releasing, failureOrdering: .relaxed)
+                        expected: 0, desired: tortureRaw(handle), successOrdering: .releasing, failureOrdering: .relaxed)
                 case 3:
                     guard held.count < 200 else { break }
                     let allocation = Result { () throws(SharedHeapError) in try me.allocate(1 + Int(random.next() % 256)) }
@@ -458,25 +465,35 @@ final class SharedHeapRecoveryTests: ShmTestCase {
             }
             kills += 1
             let dead = heap.deadParticipants()
-            guard dead.count == 1 else {
-                XCTFail("\(context): deadParticipants() = \(dead)\n\(heap.verify())")
+            guard dead.count == victims else {
+                XCTFail("\(context): deadParticipants() = \(dead), expected \(victims)\n\(heap.verify())")
                 if let survivor { kill(survivor.pid, SIGKILL); _ = survivor.wait() }
                 break
             }
-            var recovered: SharedHeapRecoveryReport?
-            var lastError: SharedHeapError?
-            for _ in 0..<20 where recovered == nil {
-                // (A typed `catch … where` here crashes the 6.3 compiler: use a Result.)
-                switch Result(catching: { () throws(SharedHeapError) in try heap.recover(participant: dead[0]) }) {
-                case .success(let report): recovered = report
-                case .failure(let error):
-                    lastError = error
-                    if error.code != .recoveryIncomplete { break }
-                    usleep(10_000)  // The survivor process has not collected an earlier suspect yet.
+            var report = SharedHeapRecoveryReport(participant: -1, pid: 0)
+            var failure: String?
+            for participant in dead {
+                var recovered: SharedHeapRecoveryReport?
+                var lastError: SharedHeapError?
+                for _ in 0..<20 where recovered == nil {
+                    // (A typed `catch … where` here crashes the 6.3 compiler: use a Result.)
+                    switch Result(catching: { () throws(SharedHeapError) in try heap.recover(participant: participant) }) {
+                    case .success(let one): recovered = one
+                    case .failure(let error):
+                        lastError = error
+                        if error.code != .recoveryIncomplete { break }
+                        usleep(10_000)  // The survivor process has not collected an earlier suspect yet.
+                    }
                 }
+                guard let recovered else {
+                    failure = "recovery of \(participant) failed: \(lastError.map { "\($0)" } ?? "?")"
+                    break
+                }
+                report.releasedBlocks += recovered.releasedBlocks
+                report.droppedHoldings += recovered.droppedHoldings
             }
-            guard let report = recovered else {
-                XCTFail("\(context): recovery failed: \(lastError.map { "\($0)" } ?? "?")")
+            if let failure {
+                XCTFail("\(context): \(failure)")
                 if let survivor { kill(survivor.pid, SIGKILL); _ = survivor.wait() }
                 break
             }
@@ -510,4 +527,15 @@ final class SharedHeapRecoveryTests: ShmTestCase {
         let final = heap.verify()
         XCTAssertTrue(final.isClean && final.allocatedBlocks == 0, "DIVVY_TEST_SEED=\(seed): \(final)")
     }
+}
+
+/// The torture mailbox's 64-bit form of a handle (the helper's `tortureRaw`): generation (high 32 bits) |
+/// offset / 16 (low 32 bits); the heap id is the heap's own.
+func tortureRaw(_ handle: SharedHeapHandle) -> UInt64 {
+    (handle.generation & 0xFFFF_FFFF) << 32 | UInt64(handle.dataOffset >> 4)
+}
+
+/// The handle a mailbox word names (see `tortureRaw`).
+func tortureHandle(_ heap: SharedHeap, _ raw: UInt64) -> SharedHeapHandle {
+    SharedHeapHandle(heapID: heap.heapID, dataOffset: Int(raw & 0xFFFF_FFFF) << 4, generation: raw >> 32)
 }

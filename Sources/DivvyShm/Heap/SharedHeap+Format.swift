@@ -83,20 +83,26 @@ extension SharedHeap {
         guard (1...SharedHeapConfiguration.maximumParticipants).contains(c.participantCapacity),
             c.heldCapacity >= 1, c.heldCapacity <= 1 << 24
         else {
-            throw invalid("participant capacity \(c.participantCapacity) must be 1…30 and held capacity "
-                + "\(c.heldCapacity) 1…16M")
+            throw invalid("participant capacity \(c.participantCapacity) must be "
+                + "1…\(SharedHeapConfiguration.maximumParticipants) and held capacity \(c.heldCapacity) 1…16M")
         }
         let geometry = region.geometry
         let tiers = c.tiers(dataSize: geometry.dataSize)
-        guard tiers.smallPages >= 1, tiers.smallPages + tiers.spanPages <= 1 << 24, geometry.dataSize <= 1 << 36 else {
+        guard tiers.smallPages >= 1, tiers.smallPages + tiers.spanPages <= 1 << 24 else {
             throw invalid("the region's data area (\(geometry.dataSize) bytes) must hold 1…16M pages of "
-                + "\(c.pageSize) bytes and at most 64 GiB (handles keep offset / 16 in 32 bits)")
+                + "\(c.pageSize) bytes (use larger pages for a larger data area)")
         }
         let layout = SharedHeapLayout(
             pageSize: c.pageSize, smallPageCount: tiers.smallPages, spanPageSize: c.spanPageSize,
             spanPageCount: tiers.spanPages, classSizes: tiers.classes, smallClassCount: tiers.smallClasses,
             participantCapacity: c.participantCapacity, heldCapacity: c.heldCapacity,
             dataOffset: geometry.dataOffset)
+        // A page's suspect word keeps slot + 1 in 16 bits.
+        guard layout.maxSlots <= 65_535, layout.spanMaxSlots <= 65_535 else {
+            throw invalid("a page of \(c.pageSize) bytes holds \(layout.maxSlots) blocks of the smallest class "
+                + "\(tiers.classes[0]) (span pages \(layout.spanMaxSlots)); at most 65,535 are possible: use smaller "
+                + "pages or a larger smallest class")
+        }
         let pageCount = layout.pageCount
         guard layout.totalBytes <= geometry.metadataSize else {
             throw invalid("the heap needs \(layout.totalBytes) bytes of metadata for \(tiers.smallPages) pages of "
@@ -298,7 +304,7 @@ extension SharedHeap {
         guard stored == derived, u32(F.maxSlots) == layout.maxSlots,
             u32(F.spanMaxSlots) == layout.spanMaxSlots,
             u64(F.spanPoolOffset) == layout.spanPoolOffset,
-            layout.dataBytes <= 1 << 36
+            layout.dataBytes <= 1 << 52, layout.maxSlots <= 65_535, layout.spanMaxSlots <= 65_535
         else {
             return nil
         }

@@ -11,9 +11,9 @@ extension SharedHeap {
     internal struct Location {
         @usableFromInline var page: Int
         @usableFromInline var slot: Int
-        @usableFromInline var generation: UInt32
+        @usableFromInline var generation: UInt64
         @usableFromInline var blockSize: Int
-        @inlinable init(page: Int, slot: Int, generation: UInt32, blockSize: Int) {
+        @inlinable init(page: Int, slot: Int, generation: UInt64, blockSize: Int) {
             self.page = page
             self.slot = slot
             self.generation = generation
@@ -21,26 +21,21 @@ extension SharedHeap {
         }
     }
 
-    /// Checks a handle's offset (range, alignment to its page's class) without looking at the block word.
+    /// Checks a handle's heap id and offset (range, a page that has been used, alignment to its page's class)
+    /// without looking at the block word.
     @inlinable @inline(__always)
-    internal func locate(_ handle: SharedHeapHandle, checkEpoch: Bool = true) throws(SharedHeapError) -> Location {
+    internal func locate(_ handle: SharedHeapHandle) throws(SharedHeapError) -> Location {
         // Heap id 0 is the transitional protocol-1 form (`SharedHeapHandle.init(legacyRawValue:)`).
         guard handle.heapID == heapID || handle.heapID == 0 else { throw foreignHeapError(handle) }
         let offset = handle.dataOffset
         guard !handle.isZero, let (page, within) = layout.page(atDataOffset: offset) else {
             throw outOfRangeError(handle)
         }
-        // Layout versions 6 and 7 make 32-bit generations (the page epoch and a per-slot counter); a longer one was
-        // never made here.
-        guard handle.generation <= UInt64(UInt32.max) else {
-            throw SharedHeapError(.staleHandle, "handle \(handle) has a generation this heap never made")
-        }
         let pageWord = pageState(page).load(ordering: .acquiring)
-        // A handle from an earlier use of the page (another epoch, maybe another class) is stale, whatever its
-        // offset means under the page's current class.
-        // Epoch 0 is a page that never left the pool (no handle has it; in a lazy heap its metadata is a hole that
-        // must not be read): stale too.
-        guard !checkEpoch || (UInt64(PageWord.epoch(pageWord)) == handle.generation >> 16 && handle.generation > 0xFFFF) else {
+        // Epoch 0 is a page that never left the pool: no handle names it, and in a lazy heap its block words are a
+        // hole that must not be read. (A handle from an earlier use of a page needs no check here: generations are
+        // unique within a page, so its block word — under whatever class the page serves now — never matches it.)
+        guard PageWord.epoch(pageWord) != 0, handle.generation != 0 else {
             throw staleEpochError(handle, page: page, pageWord: pageWord)
         }
         let sizeClass = min(PageWord.sizeClass(pageWord), layout.classSizes.count - 1)
@@ -51,10 +46,15 @@ extension SharedHeap {
         // A class of the other tier (a page never handed out, or metadata overwritten) gets a slot bound of 0.
         let slots = layout.isLarge(sizeClass) == layout.isSpan(page) ? info.slots : 0
         guard slot &* blockSize == within, slot < slots else {
+            // Not a block start under the page's class now. A generation the page made before it was claimed for
+            // this class is a handle from an earlier use of the page: stale, like any handle whose block was freed.
+            // Ordering: relaxed; this read only chooses the error.
+            if handle.generation <= epochStart(page).load(ordering: .relaxed) {
+                throw staleEpochError(handle, page: page, pageWord: pageWord)
+            }
             throw misalignedError(handle, page: page, blockSize: blockSize)
         }
-        return Location(
-            page: page, slot: slot, generation: UInt32(truncatingIfNeeded: handle.generation), blockSize: blockSize)
+        return Location(page: page, slot: slot, generation: handle.generation, blockSize: blockSize)
     }
 
     @usableFromInline @inline(never)
@@ -77,8 +77,8 @@ extension SharedHeap {
     @usableFromInline @inline(never)
     internal func staleEpochError(_ handle: SharedHeapHandle, page: Int, pageWord: UInt64) -> SharedHeapError {
         SharedHeapError(
-            .staleHandle, "handle \(handle) is stale: page \(page) has been reused since (epoch "
-                + "\(PageWord.epoch(pageWord)), the handle's is \(handle.generation >> 16))")
+            .staleHandle, "handle \(handle) is stale: it names no block of page \(page) as the page is used now "
+                + "(the page was emptied and carved again since, or never used)")
     }
 
     @usableFromInline @inline(never)
@@ -96,7 +96,8 @@ extension SharedHeap {
         // Ordering: acquiring, so that the bytes the allocator (or a holder) wrote before handing the handle on
         // are visible once the caller dereferences the pointer (when the handle came through shared memory).
         let word = blockWord(location.page, location.slot).load(ordering: .acquiring)
-        guard BlockWord.generation(word) == location.generation, BlockWord.state(word) == BlockWord.allocated else {
+        // A frozen block (a recoverer recounting its holders) is allocated for readers.
+        guard BlockWord.generation(word) == location.generation, BlockWord.state(word) & 1 == 1 else {
             throw staleError(handle, word)
         }
         return data + handle.dataOffset
@@ -124,22 +125,26 @@ extension SharedHeap {
         guard offset % 16 == 0 else {
             throw SharedHeapError(.misaligned, "data offset \(offset) is not 16-byte aligned: not a block start")
         }
-        let probe = SharedHeapHandle(heapID: heapID, dataOffset: offset, generation: 1 << 16)
-        let location = try locate(probe, checkEpoch: false)
-        guard PageWord.epoch(pageState(location.page).load(ordering: .relaxed)) != 0 else {
-            // A page never handed out (in a lazy heap its block words are not even backed).
-            throw SharedHeapError(.staleHandle, "no allocated block at data offset \(offset)")
+        // (A page never handed out, whose block words may not even be backed, fails `locate`'s epoch check.)
+        // (The largest generation: above any page's epoch start, so a pointer inside a block is misaligned, not stale.)
+        let probe = SharedHeapHandle(heapID: heapID, dataOffset: offset, generation: BlockWord.maximumGeneration)
+        let location: Location
+        do { location = try locate(probe) } catch {
+            if error.code == .staleHandle {
+                throw SharedHeapError(.staleHandle, "no allocated block at data offset \(offset)")
+            }
+            throw error
         }
         let word = blockWord(location.page, location.slot).load(ordering: .acquiring)
-        guard BlockWord.state(word) == BlockWord.allocated else {
+        guard BlockWord.state(word) & 1 == 1 else {
             throw SharedHeapError(.staleHandle, "no allocated block at data offset \(offset)")
         }
-        return SharedHeapHandle(heapID: heapID, dataOffset: offset, generation: UInt64(BlockWord.generation(word)))
+        return SharedHeapHandle(heapID: heapID, dataOffset: offset, generation: BlockWord.generation(word))
     }
 
     @usableFromInline @inline(never)
     internal func staleError(_ handle: SharedHeapHandle, _ word: UInt64) -> SharedHeapError {
-        if UInt64(BlockWord.generation(word)) != handle.generation {
+        if BlockWord.generation(word) != handle.generation {
             return SharedHeapError(
                 .staleHandle, "handle \(handle) is stale: its block now has generation "
                     + "\(BlockWord.generation(word)) (freed and reused, or never allocated)")
@@ -203,28 +208,17 @@ public struct SharedHeapHandle: Hashable, Sendable, CustomStringConvertible {
         return "0x\(hex)(offset \(dataOffset), gen \(generation), heap \(String(heapID, radix: 16)))"
     }
 
-    // MARK: The heap's own 64-bit form
-
-    /// The 64-bit form the heap stores in its metadata (held lists, pending words, suspect words): generation
-    /// (high 32 bits) | offset / 16 (low 32 bits). Layout versions 6 and 7 keep generations below 2^32 and data areas
-    /// below 64 GiB, so it loses nothing; the heap id is implied (it is the heap's own).
-    @inlinable internal var compact: UInt64 { (generation & 0xFFFF_FFFF) << 32 | (low & 0xFFFF_FFFF) }
-
-    /// The handle of the heap `heapID` whose 64-bit form is `compact` (see `compact`).
-    @inlinable internal init(compact: UInt64, heapID: UInt32) {
-        self.init(heapID: heapID, dataOffset: Int(compact & 0xFFFF_FFFF) << 4, generation: compact >> 32)
-    }
-
     // MARK: Transition
 
     /// The protocol-version-1 form of a handle: generation (high 32 bits) | offset / 16 (low 32 bits), no heap id.
     ///
     /// Transitional, for the layers above the heap until the wire protocol carries all 128 bits: a handle made from
-    /// it has heap id 0, which the heap accepts as "this heap" (`SharedHeap.locate`).
+    /// it has heap id 0, which the heap accepts as "this heap" (`SharedHeap.locate`). Exact while generations stay
+    /// below 2^32 (4 billion allocations in one page) and the data area below 64 GiB.
     public init(legacyRawValue: UInt64) {
         self.init(heapID: 0, dataOffset: Int(legacyRawValue & 0xFFFF_FFFF) << 4, generation: legacyRawValue >> 32)
     }
 
     /// The protocol-version-1 form (see `init(legacyRawValue:)`); loses the heap id.
-    public var legacyRawValue: UInt64 { compact }
+    public var legacyRawValue: UInt64 { (generation & 0xFFFF_FFFF) << 32 | (low & 0xFFFF_FFFF) }
 }

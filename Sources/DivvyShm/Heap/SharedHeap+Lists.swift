@@ -40,22 +40,18 @@ extension SharedHeap {
             slot = UInt32(truncatingIfNeeded: observed)
         }
         if _stopAt == 1 { return 0 }
-        var suspectLocation: Location?
-        if suspectRaw != 0, let location = try? locate(SharedHeapHandle(compact: suspectRaw, heapID: heapID)),
-            location.page == page
-        {
-            suspectLocation = location
-        }
+        // The suspect names a slot of this page and the generation it was released with.
+        let suspectSlot = SuspectWord.slot(suspectRaw)
         var sawSuspect = false
         var count = 0
         while slot != endOfSlots {
             let s = Int(slot)
             let next = link(page, s).load(ordering: .relaxed)
             let word = blockWord(page, s).load(ordering: .relaxed)
-            if s == suspectLocation?.slot { sawSuspect = true }
+            if s == suspectSlot { sawSuspect = true }
             // Ordering: relaxed; the slot is on no list now and only the owner touches freed slots.
             blockWord(page, s).store(
-                BlockWord.make(generation: BlockWord.generation(word), holders: 0, state: BlockWord.free),
+                BlockWord.make(generation: BlockWord.generation(word), count: 0, state: BlockWord.free),
                 ordering: .relaxed)
             // Advance the record before linking the slot into the local list (which overwrites its link).
             collecting(page).store(next &+ 1, ordering: .relaxed)
@@ -69,14 +65,14 @@ extension SharedHeap {
             live(page).store(live(page).load(ordering: .relaxed) - UInt32(count), ordering: .relaxed)
         }
         if suspectRaw != 0 {
-            if let location = suspectLocation, !sawSuspect {
-                let word = blockWord(page, location.slot).load(ordering: .relaxed)
-                if BlockWord.state(word) == BlockWord.freeing, BlockWord.generation(word) == location.generation {
+            let generation = SuspectWord.generation(suspectRaw)
+            if let slot = suspectSlot, slot < Int(carved(page).load(ordering: .relaxed)), !sawSuspect {
+                let word = blockWord(page, slot).load(ordering: .relaxed)
+                if BlockWord.state(word) == BlockWord.freeing, BlockWord.generation(word) == generation {
                     // Never pushed: its freer died between the commit and the push. Ours now.
-                    blockWord(page, location.slot).store(
-                        BlockWord.make(generation: location.generation, holders: 0, state: BlockWord.free),
-                        ordering: .relaxed)
-                    pushLocal(page, location.slot)
+                    blockWord(page, slot).store(
+                        BlockWord.make(generation: generation, count: 0, state: BlockWord.free), ordering: .relaxed)
+                    pushLocal(page, slot)
                     live(page).store(live(page).load(ordering: .relaxed) - 1, ordering: .relaxed)
                     count += 1
                 }

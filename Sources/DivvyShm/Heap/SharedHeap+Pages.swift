@@ -63,6 +63,8 @@ extension SharedHeap {
             carved(page).store(0, ordering: .relaxed)
             live(page).store(0, ordering: .relaxed)
             slotCount(page).store(UInt32(layout.pageBytes(page) / layout.classSizes[sizeClass]), ordering: .relaxed)
+            // Ordering: relaxed, published with the slot count (owner-only fields change hands with the page).
+            epochStart(page).store(pageGeneration(page).load(ordering: .relaxed), ordering: .relaxed)
             remoteHead(page).store(UInt64(endOfSlots), ordering: .relaxed)
             collecting(page).store(0, ordering: .relaxed)
             return page

@@ -66,13 +66,13 @@ extension SharedHeap {
     /// Whether participant slot `p`'s held list is backed: always in a fully committed heap; in a lazy heap once
     /// the slot was first joined. Readers skip a held list that is not (it is a hole: all zeros).
     internal func heldListIsCommitted(_ p: Int) -> Bool {
-        // Ordering: acquiring, pairs with the releasing bit set in `commitHeldList`.
-        !lazyCommit || word32(Self.heldCommittedOffset).load(ordering: .acquiring) & (UInt32(1) << UInt32(p)) != 0
+        // Ordering: acquiring, pairs with the releasing store in `commitHeldList`.
+        !lazyCommit || heldCommitted(p).load(ordering: .acquiring) != 0
     }
 
-    /// Lazy heaps: commits participant slot `p`'s held list, then records it in the header's mask.
+    /// Lazy heaps: commits participant slot `p`'s held list, then records it in the slot's record.
     internal func commitHeldList(_ p: Int) throws(SharedHeapError) {
-        let bytes = layout.heldCapacity * 8
+        let bytes = layout.heldCapacity * SharedHeapLayout.heldEntryStride
         let offset = region.geometry.metadataOffset + layout.heldOffset + p * bytes
         if let error = lazyCommitFailure() ?? region.commitInPlace(offset: offset, length: bytes) {
             throw SharedHeapError(
@@ -81,7 +81,7 @@ extension SharedHeap {
                     + "blocks or memory, then join again")
         }
         // Ordering: releasing, pairs with the acquiring load in `heldListIsCommitted`.
-        word32(Self.heldCommittedOffset).loadThenBitwiseOr(with: UInt32(1) << UInt32(p), ordering: .releasing)
+        heldCommitted(p).store(1, ordering: .releasing)
     }
 
     /// How many participant slots are free now (a `join` would find one), out of `participantCapacity`.

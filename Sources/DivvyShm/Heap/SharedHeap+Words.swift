@@ -16,11 +16,11 @@ import SystemPackage
 /// | 20 | 4 | `localCount` | owner only | relaxed |
 /// | 24 | 4 | `carved` | owner only | relaxed |
 /// | 28 | 4 | `live` | owner only | relaxed |
-/// | 32 | 4 | `slotCount` | claimer, before its first allocation | relaxed (published by the block word's releasing store) |
-/// | 36 | 4 | — | | |
-/// | 40 | 8 | `suspect` | recoverer (set), owner (clear in `collect`) | releasing store / acquiring load, both ways |
+/// | 32 | 8 | `epochStart` | claimer, before its first allocation | relaxed: the page's allocation serial when it was claimed for its current class; a handle with a generation at most this is from an earlier use of the page (read only to tell a stale handle from a misaligned one) |
+/// | 40 | 8 | `suspect` (`SuspectWord`: slot + 1 and generation) | recoverer (set), owner (clear in `collect`) | releasing store / acquiring load, both ways |
 /// | 48 | 4 | `collecting` | owner only | relaxed (read only by a recoverer after the owner died) |
-/// | 52 | 12 | — | | |
+/// | 52 | 4 | `slotCount` | claimer, before its first allocation | relaxed (published by the block word's releasing store) |
+/// | 56 | 8 | `generation` | owner only | relaxed: the page's allocation serial, the generation of its latest allocation (0: none yet); never reset, so a generation is never made twice in a page |
 ///
 /// Owner-only fields change hands with the page: their visibility to the next owner comes from the state word's
 /// releasing give-up and acquiring claim, never from their own ordering.
@@ -32,24 +32,44 @@ internal enum PageDescriptorField {
     @usableFromInline static let localCount = 20
     @usableFromInline static let carved = 24
     @usableFromInline static let live = 28
-    @usableFromInline static let slotCount = 32
+    @usableFromInline static let epochStart = 32
+    @usableFromInline static let slotCount = 52
     @usableFromInline static let suspect = 40
     @usableFromInline static let collecting = 48
+    @usableFromInline static let generation = 56
 }
 
-/// A participant record: `SharedHeapLayout.participantStride` (64) bytes per slot at `participantsOffset + p × 64`.
+/// A page's suspect word (see `SharedHeap.recover(participant:)`): slot + 1 (bits 48–63) | generation (bits
+/// 0–47); 0 = none. One word, so that setting and clearing it are single commits (a page has at most 65,535
+/// slots, checked at format).
+@usableFromInline
+internal enum SuspectWord {
+    @inlinable static func make(slot: Int, generation: UInt64) -> UInt64 {
+        UInt64(truncatingIfNeeded: slot &+ 1) << 48 | generation & BlockWord.maximumGeneration
+    }
+    /// The slot, or nil for none.
+    @inlinable static func slot(_ word: UInt64) -> Int? { word == 0 ? nil : Int(truncatingIfNeeded: word >> 48) &- 1 }
+    @inlinable static func generation(_ word: UInt64) -> UInt64 { word & BlockWord.maximumGeneration }
+}
+
+/// A participant record: `SharedHeapLayout.participantStride` (128) bytes per slot at `participantsOffset + p × 128`.
 ///
 /// | offset | size | field | who writes | ordering |
 /// |---|---|---|---|---|
 /// | 0 | 8 | `state` (`ParticipantWord`) | joiner, leaver, recoverer, `releaseSlot` | acquiring-and-releasing CAS to claim or free; releasing stores to leave or free; acquiring loads before acting on it; relaxed for counts; sequentially consistent in recovery's pool repair |
-/// | 8 | 8 | `pending` | the participant, its recoverer | releasing stores (visible no later than the block word they announce); acquiring loads by recovery and verify; relaxed clear by recovery |
-/// | 16 | 32 | `name` | the joiner | plain bytes, diagnostics only |
-/// | 48 | 8 | `pageInHand` (`PageInHand`) | the participant, its recoverer | relaxed (read only by a recoverer after the participant died) |
-/// | 56 | 4 | `pageAllowance` | quota manager | relaxed (a limit, read as a hint) |
-/// | 60 | 4 | `ownedPageCount` | the participant, its recoverer | relaxed |
+/// | 8 | 8 | `pendingOffset` | the participant, its recoverer | the operation in flight (`PendingOperation`): the block's offset in 16-byte units + 1, 0 = none. The commit of the announcement: releasing store after `pendingGeneration` (visible no later than the block word it announces); cleared (0) by a releasing store; acquiring loads |
+/// | 16 | 8 | `pendingGeneration` | the participant, its recoverer | the block's generation (bits 0–47) and the operation (`PendingOperation`, bits 56–63); relaxed store before `pendingOffset`, or a releasing store alone to change only the operation |
+/// | 24 | 8 | `pageInHand` (`PageInHand`) | the participant, its recoverer | relaxed (read only by a recoverer after the participant died) |
+/// | 32 | 4 | `pageAllowance` | quota manager | relaxed (a limit, read as a hint) |
+/// | 36 | 4 | `ownedPageCount` | the participant, its recoverer | relaxed |
+/// | 40 | 4 | `heldCommitted` | the joiner (lazy heaps) | releasing store of 1 once the slot's held list is backed; never cleared; acquiring loads |
+/// | 48 | 32 | `name` | the joiner | plain bytes, diagnostics only |
 ///
-/// Per slot, outside the record: the held list (`heldCapacity` `UInt64` handles at `heldOffset + (p × heldCapacity +
-/// index) × 8`; the participant's releasing stores (set after the block word, and clear), relaxed clears by recovery).
+/// Per slot, outside the record: the held list (`heldCapacity` entries of 16 bytes at `heldOffset + (p × heldCapacity
+/// + index) × 16`: a generation word — the generation, bit 63 set, 0 = empty — and an offset word — offset / 16;
+/// the participant writes the offset word, then the generation word (releasing), after the block word's commit, and
+/// clears the generation word (releasing); readers load the generation word (acquiring), the offset word, and the
+/// generation word again, which must not have changed).
 /// Per block slot: the block word (`BlockWord`, `UInt64` at `blockWordsOffset + slot × 8`; releasing stores and CAS
 /// that commit an allocation, adoption or release, acquiring loads before the block's bytes are used, relaxed on slots
 /// that are on no list or the owner's) and its free-list link (`UInt32` at `linksOffset + slot × 4`; relaxed, published
@@ -57,13 +77,30 @@ internal enum PageDescriptorField {
 @usableFromInline
 internal enum ParticipantRecordField {
     @usableFromInline static let state = 0
-    @usableFromInline static let pending = 8
-    @usableFromInline static let name = 16
+    @usableFromInline static let pendingOffset = 8
+    @usableFromInline static let pendingGeneration = 16
+    @usableFromInline static let pageInHand = 24
+    @usableFromInline static let pageAllowance = 32
+    @usableFromInline static let ownedPageCount = 36
+    @usableFromInline static let heldCommitted = 40
+    @usableFromInline static let name = 48
     /// The name area's size in bytes.
     @usableFromInline static let nameBytes = 32
-    @usableFromInline static let pageInHand = 48
-    @usableFromInline static let pageAllowance = 56
-    @usableFromInline static let ownedPageCount = 60
+}
+
+/// The operation a participant announces in its pending words before it commits it to a block word.
+///
+/// `adopt` and `free` are the two whose commit (a compare-and-exchange of the holder count) recovery cannot read
+/// back from the block word alone; the participant turns them into `adoptWaiting` / `freeWaiting` — "my
+/// compare-and-exchange has not happened" — while a recoverer has the block frozen, so that every live
+/// participant's holding of a frozen block is known (see `SharedHeap.recover(participant:)`).
+@usableFromInline
+internal enum PendingOperation: UInt8 {
+    case allocate = 1
+    case adopt = 2
+    case free = 3
+    case adoptWaiting = 4
+    case freeWaiting = 5
 }
 
 extension SharedHeap {
@@ -117,6 +154,14 @@ extension SharedHeap {
     @inlinable internal func suspect(_ page: Int) -> UnsafeAtomic<UInt64> {
         word64(pageDescriptor(page) + PageDescriptorField.suspect)
     }
+    /// The page's allocation serial when it was claimed for its current class (see `PageDescriptorField`).
+    @inlinable internal func epochStart(_ page: Int) -> UnsafeAtomic<UInt64> {
+        word64(pageDescriptor(page) + PageDescriptorField.epochStart)
+    }
+    /// The page's allocation serial (owner only): the generation of the latest allocation in the page, never reset.
+    @inlinable @inline(__always) internal func pageGeneration(_ page: Int) -> UnsafeAtomic<UInt64> {
+        word64(pageDescriptor(page) + PageDescriptorField.generation)
+    }
     /// The chain `collect` is moving (first slot + 1, 0 = none): owner only, read by recovery after a death.
     @inlinable internal func collecting(_ page: Int) -> UnsafeAtomic<UInt32> {
         word32(pageDescriptor(page) + PageDescriptorField.collecting)
@@ -140,9 +185,17 @@ extension SharedHeap {
     @inlinable internal func participantState(_ p: Int) -> UnsafeAtomic<UInt64> {
         word64(participantOffset(p) + ParticipantRecordField.state)
     }
-    /// The handle of the operation the participant is in the middle of, 0 when none.
-    @inlinable @inline(__always) internal func pending(_ p: Int) -> UnsafeAtomic<UInt64> {
-        word64(participantOffset(p) + ParticipantRecordField.pending)
+    /// The offset (16-byte units + 1) of the block the participant's operation in flight is on; 0 when none.
+    @inlinable @inline(__always) internal func pendingOffset(_ p: Int) -> UnsafeAtomic<UInt64> {
+        word64(participantOffset(p) + ParticipantRecordField.pendingOffset)
+    }
+    /// The generation (bits 0–47) and `PendingOperation` (bits 56–63) of the operation in flight.
+    @inlinable @inline(__always) internal func pendingGeneration(_ p: Int) -> UnsafeAtomic<UInt64> {
+        word64(participantOffset(p) + ParticipantRecordField.pendingGeneration)
+    }
+    /// Lazy heaps: 1 once the slot's held list is backed.
+    @inlinable internal func heldCommitted(_ p: Int) -> UnsafeAtomic<UInt32> {
+        word32(participantOffset(p) + ParticipantRecordField.heldCommitted)
     }
     /// The page the participant is moving between the pool and its ownership (see `PageInHand`), 0 when none.
     @inlinable internal func pageInHand(_ p: Int) -> UnsafeAtomic<UInt64> {
@@ -156,7 +209,12 @@ extension SharedHeap {
     @inlinable internal func ownedPageCount(_ p: Int) -> UnsafeAtomic<UInt32> {
         word32(participantOffset(p) + ParticipantRecordField.ownedPageCount)
     }
-    @inlinable @inline(__always) internal func held(_ p: Int, _ index: Int) -> UnsafeAtomic<UInt64> {
-        word64(layout.heldOffset + (p * layout.heldCapacity + index) * 8)
+    /// Held-list entry `index` of participant `p`: its generation word (generation | bit 63; 0 = empty).
+    @inlinable @inline(__always) internal func heldGeneration(_ p: Int, _ index: Int) -> UnsafeAtomic<UInt64> {
+        word64(layout.heldOffset &+ (p &* layout.heldCapacity &+ index) &* SharedHeapLayout.heldEntryStride)
+    }
+    /// Held-list entry `index` of participant `p`: its offset word (offset / 16).
+    @inlinable @inline(__always) internal func heldOffset(_ p: Int, _ index: Int) -> UnsafeAtomic<UInt64> {
+        word64(layout.heldOffset &+ (p &* layout.heldCapacity &+ index) &* SharedHeapLayout.heldEntryStride &+ 8)
     }
 }

@@ -121,18 +121,15 @@ public final class SharedHeap: @unchecked Sendable {
 
     /// `"DVHEAP01"`, little endian.
     internal static let magic: UInt64 = 0x3130_5041_4548_5644
-    /// Heap header offset of the committed-held-lists mask (`UInt32`, bit `p` for participant slot `p`): in a lazy
-    /// heap, a slot's held list is backed once its bit is set (set by `join` after committing it, never cleared).
-    /// Readers skip the held lists of other slots, which are holes reading as zeros: reading a hole of a shared
-    /// mapping would allocate it (and could raise SIGBUS when the backing store is full).
-    internal static let heldCommittedOffset = SharedHeapHeaderField.heldCommitted
     /// The layout version this code reads and writes. Version 4: participant state words carry the process's
     /// start time beside its pid, and a *leaving* state. Version 6: the header carries a random heap id that
-    /// every handle repeats.
+    /// every handle repeats; block words keep a 48-bit generation (the page's allocation serial) and a holder count
+    /// instead of a 30-bit holder mask; held-list entries and pending operations are two words; participant
+    /// records are 128 bytes, up to 4,096 of them.
     public static let layoutVersion: UInt32 = 6
     /// The layout version of a lazy heap (one formatted in a lazily committed region): version 6's layout, whose
-    /// metadata is committed as it is used, plus the committed-held-lists mask at header offset 156
-    /// (`SharedHeapHeaderField.heldCommitted`) that readers must honour. A library that knows only version 6
+    /// metadata is committed as it is used, plus the participant records' `heldCommitted` flags that readers must
+    /// honour. A library that knows only version 6
     /// refuses such a heap instead of reading (and so allocating) metadata that is not committed, or joining
     /// without committing its held list.
     public static let lazyLayoutVersion: UInt32 = 7

@@ -1,7 +1,7 @@
 /// The heap header: the first `SharedHeapLayout.headerSize` (256) bytes of the region's metadata area, followed by
 /// the class table. The one table of its fields; `SharedHeap.writeHeader`, `readHeader` and `checksum` address
 /// them only through these names. Every field is a little-endian fixed-width integer at a fixed offset (the same
-/// bytes for layout versions 6 and 7; version 7 adds only the meaning of `heldCommitted`):
+/// bytes for layout versions 6 and 7):
 ///
 /// | offset | size | field | meaning |
 /// |---|---|---|---|
@@ -31,14 +31,15 @@
 /// | 140 | 4 | spanMaxSlots | slots of a span page for the smallest large class |
 /// | 144 | 8 | spanPoolOffset | the span-page pool |
 /// | 152 | 4 | heapID | random, never 0, chosen at format: every handle carries it (`SharedHeapHandle.heapID`), so a handle from another heap — one formatted before a restart, or another daemon's — is refused as `.foreignHeap` (since layout version 6) |
-/// | 156 | 4 | heldCommitted | v7: bit `p` set once slot `p`'s held list is committed (atomic; not checksummed) |
-/// | 160 | 96 | — | zero |
+/// | 156 | 4 | — | zero (versions 4 and 5 kept a committed-held-lists mask here; 6 and 7 keep a flag per participant record) |
+/// | 160 | 8 | recoveryLock | the recovering process's pid and start time (`ParticipantWord` layout), 0 = none (atomic; not checksummed) |
+/// | 168 | 88 | — | zero |
 /// | 256 | 4 × classCount | classTable | block sizes, ascending |
 ///
 /// The offsets after 8 are re-derived from the fixed fields by `readHeader` and must match.
 ///
 /// Two fields are atomics, not codec fields: the magic (stored last with release ordering by `create`, loaded
-/// with acquire ordering by `attach`) and `heldCommitted` (`SharedHeap.heldCommittedOffset`). They are in native byte
+/// with acquire ordering by `attach`) and `recoveryLock`. They are in native byte
 /// order, which is little-endian on every platform Divvy supports (x86_64, arm64).
 internal enum SharedHeapHeaderField {
     static let magic = 0
@@ -65,12 +66,12 @@ internal enum SharedHeapHeaderField {
     static let spanMaxSlots = 140
     static let spanPoolOffset = 144
     static let heapID = 152
-    static let heldCommitted = 156
+    static let recoveryLock = 160
     static let classTable = 256
 
     /// The header bytes the checksum covers (besides the class table): everything from the version to the
     /// checksum, the span-tier fields and the heap id. Not the magic (stored after the checksum), not the checksum, not the
-    /// atomically updated `heldCommitted` mask.
+    /// atomically updated recovery lock.
     static let checksummedRanges: [Range<Int>] = [layoutVersion..<checksum, spanPageSize..<(heapID + 4)]
 
     /// Stores `value` little-endian at `offset`.

@@ -47,7 +47,7 @@ internal struct SharedHeapHeldTable {
     /// lands in the same, cache-warm bucket (hashing the generation too sent every allocate+free pair to a
     /// random bucket: a cache miss per operation in a 64 KiB table).
     @inlinable @inline(__always) func bucket(_ key: UInt64) -> Int {
-        Int(truncatingIfNeeded: ((key & 0xFFFF_FFFF) &* 0x9E37_79B9_7F4A_7C15) >> shift)
+        Int(truncatingIfNeeded: (key &* 0x9E37_79B9_7F4A_7C15) >> shift)
     }
 
     /// The held-list entry of `key`, or nil.
@@ -111,4 +111,6 @@ internal struct SharedHeapHeldTable {
 
     /// Every key (unordered).
     var allKeys: [UInt64] { (0...mask).compactMap { keys[$0] == 0 ? nil : keys[$0] } }
+    /// Every held-list entry in use (unordered).
+    var allEntries: [Int] { (0...mask).compactMap { keys[$0] == 0 ? nil : Int(values[$0]) } }
 }

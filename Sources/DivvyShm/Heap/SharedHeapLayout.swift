@@ -17,13 +17,13 @@ import Divvy
 /// |---|---|---|---|
 /// | heap header | 0 | 256 | magic (stored last), version, page sizes, counts, the offsets below, checksum; 156: lazy heaps' held-list mask |
 /// | class table | 256 | 4 × classes | block size of each size class (multiples of 16; small classes first) |
-/// | participants | `participantsOffset` | 64 × participants | state word, pending-operation word, name |
+/// | participants | `participantsOffset` | 128 × participants | state word, pending operation (two words), name, … |
 /// | page pool | `poolOffset` | `UnsafeLockFreeIndexStack.requiredBytes(smallPageCount)` | free small pages |
 /// | span pool | `spanPoolOffset` | `UnsafeLockFreeIndexStack.requiredBytes(spanPageCount)` | free span pages (index − smallPageCount) |
 /// | page descriptors | `pagesOffset` | 64 × pages | state word, remote-free head, local list, counters |
-/// | block words | `blockWordsOffset` | 8 × slots | per block slot: generation, holders, state |
+/// | block words | `blockWordsOffset` | 8 × slots | per block slot: generation, holder count, state |
 /// | links | `linksOffset` | 4 × slots | per block slot: next slot in the local list or remote stack |
-/// | held lists | `heldOffset` | 8 × participants × heldCapacity | per participant: the handles it holds (0 = empty) |
+/// | held lists | `heldOffset` | 16 × participants × heldCapacity | per participant: the blocks it holds (generation word 0 = empty) |
 ///
 /// Page descriptor (64 bytes): 0 state word (`PageWord`), 8 remote-free head (top slot, `endOfSlots` = empty),
 /// 16 local head, 20 local free count, 24 carved slots, 28 live blocks (the last four owner-only), 32 slot
@@ -48,7 +48,8 @@ public struct SharedHeapConfiguration: Hashable, Sendable {
     /// Small block sizes, ascending, multiples of 16, at most `pageSize / 8`, served from small pages. Default:
     /// `SharedHeapConfiguration.defaultSizeClasses(pageSize:)`.
     public var sizeClasses: [Int]
-    /// Participant slots (1…30: a participant is one bit of a block's 30-bit holder mask). Default 30.
+    /// Participant slots (1…`maximumParticipants`). Default 30. Each costs a 128-byte record and a held list
+    /// (`heldCapacity` × 16 bytes; in a lazy heap committed only once the slot is first joined).
     public var participantCapacity: Int
     /// Handles one participant may hold at once (its held list). Default 4096.
     public var heldCapacity: Int
@@ -112,8 +113,10 @@ public struct SharedHeapConfiguration: Hashable, Sendable {
         return classes
     }
 
-    /// The participant limit imposed by the 30-bit holder mask in a block word.
-    public static let maximumParticipants = 30
+    /// The most participant slots a heap may have: the block word's holder count has 14 bits (16,383), the page
+    /// word's owner field 16; 4,096 keeps the held lists (16 bytes × `heldCapacity` each) and the recount scan of
+    /// recovery (`SharedHeap.recover(participant:)`) bounded.
+    public static let maximumParticipants = 4096
 
     /// How a data area of `dataSize` bytes is split: small pages, span pages, and the classes the heap serves
     /// (the large classes only when there is a span page).
@@ -168,7 +171,9 @@ internal struct SharedHeapLayout: Hashable, Sendable {
     @usableFromInline var dataOffset: Int
 
     static let headerSize = 256
-    @usableFromInline static let participantStride = 64
+    @usableFromInline static let participantStride = 128
+    /// Bytes per held-list entry: the handle's generation word and its offset word.
+    @usableFromInline static let heldEntryStride = 16
     @usableFromInline static let pageStride = 64
 
     static func roundUp(_ value: Int, _ alignment: Int) -> Int { (value + alignment - 1) / alignment * alignment }
@@ -207,7 +212,7 @@ internal struct SharedHeapLayout: Hashable, Sendable {
         blockWordsOffset = Self.roundUp(pagesOffset + Self.pageStride * pageCount, 64)
         linksOffset = Self.roundUp(blockWordsOffset + 8 * totalSlots, 64)
         heldOffset = Self.roundUp(linksOffset + 4 * totalSlots, 64)
-        totalBytes = Self.roundUp(heldOffset + 8 * participantCapacity * heldCapacity, 64)
+        totalBytes = Self.roundUp(heldOffset + Self.heldEntryStride * participantCapacity * heldCapacity, 64)
     }
 
     /// Metadata bytes a lazy heap commits at creation: everything before the block words (header, class table,
@@ -245,27 +250,42 @@ internal struct SharedHeapLayout: Hashable, Sendable {
 
 // MARK: Word formats
 
-/// Block word (one `UInt64` per block slot): generation (bits 0–31) | holder mask (bits 32–61, bit `32 + p` for
-/// participant `p`) | state (bits 62–63: 0 free, 1 allocated, 2 freeing = last holder let go, on its way to
-/// the page's remote-free stack; a *freeing* word's mask holds the bit of the participant that released it, so
-/// recovery can tell a dead participant's release from a survivor's).
+/// Block word (one `UInt64` per block slot): generation (bits 0–47) | count (bits 48–61) | state (bits 62–63).
+///
+/// States: 0 free; 1 allocated (count = how many participants hold the block); 2 freeing (the last holder let
+/// go and the block is on its way to its page's remote-free stack; the count field then names the participant
+/// that released it, so recovery can tell a dead participant's release from a survivor's); 3 frozen (a recoverer
+/// is recounting the holders of the block from the held lists, see `SharedHeap.recover(participant:)`; the count
+/// field keeps the count it had; adopters and freers wait until it is allocated again).
+///
+/// The generation is the page's allocation serial at the time of the allocation (`PageDescriptorField.
+/// generation`): unique among all allocations ever made in the page, so a handle to a freed block never matches
+/// the word again, whatever happened to the page since.
 @usableFromInline
 internal enum BlockWord {
     @usableFromInline static let free: UInt64 = 0
     @usableFromInline static let allocated: UInt64 = 1
     @usableFromInline static let freeing: UInt64 = 2
+    @usableFromInline static let frozen: UInt64 = 3
+    /// The largest generation (48 bits): a page whose serial reaches it is retired, never reused.
+    @usableFromInline static let maximumGeneration: UInt64 = (1 << 48) - 1
+    /// The largest holder count.
+    @usableFromInline static let maximumCount: Int = (1 << 14) - 1
 
-    @inlinable static func generation(_ word: UInt64) -> UInt32 { UInt32(truncatingIfNeeded: word) }
-    @inlinable static func holders(_ word: UInt64) -> UInt32 { UInt32(truncatingIfNeeded: word >> 32) & 0x3FFF_FFFF }
+    @inlinable static func generation(_ word: UInt64) -> UInt64 { word & maximumGeneration }
+    /// Holders (allocated, frozen) or the releaser (freeing).
+    @inlinable static func count(_ word: UInt64) -> Int { Int(truncatingIfNeeded: (word >> 48) & 0x3FFF) }
     @inlinable static func state(_ word: UInt64) -> UInt64 { word >> 62 }
-    @inlinable static func make(generation: UInt32, holders: UInt32, state: UInt64) -> UInt64 {
-        UInt64(generation) | (UInt64(holders & 0x3FFF_FFFF) << 32) | (state << 62)
+    @inlinable static func make(generation: UInt64, count: Int, state: UInt64) -> UInt64 {
+        (generation & maximumGeneration) | (UInt64(truncatingIfNeeded: count) & 0x3FFF) << 48 | state << 62
     }
+    /// The same word with another state (generation and count kept).
+    @inlinable static func with(state: UInt64, _ word: UInt64) -> UInt64 { word & ~(3 << 62) | state << 62 }
 }
 
 /// Page state word: kind (bits 0–7: 0 in the pool, 1 owned, 2 orphan) | class (bits 8–15) | owner participant
-/// (bits 16–23) | epoch (bits 32–47, bumped each time the page leaves the pool; the high half of its blocks'
-/// generations).
+/// (bits 16–31) | epoch (bits 32–47, bumped each time the page leaves the pool, never 0 once it has: a page whose
+/// epoch is 0 never left the pool, and in a lazy heap its block words are not even backed).
 @usableFromInline
 internal enum PageWord {
     @usableFromInline static let pooled: UInt64 = 0
@@ -274,7 +294,7 @@ internal enum PageWord {
 
     @inlinable static func kind(_ word: UInt64) -> UInt64 { word & 0xFF }
     @inlinable static func sizeClass(_ word: UInt64) -> Int { Int((word >> 8) & 0xFF) }
-    @inlinable static func owner(_ word: UInt64) -> Int { Int((word >> 16) & 0xFF) }
+    @inlinable static func owner(_ word: UInt64) -> Int { Int((word >> 16) & 0xFFFF) }
     @inlinable static func epoch(_ word: UInt64) -> UInt32 { UInt32((word >> 32) & 0xFFFF) }
     @inlinable static func make(kind: UInt64, sizeClass: Int, owner: Int, epoch: UInt32) -> UInt64 {
         kind | (UInt64(sizeClass) << 8) | (UInt64(owner) << 16) | (UInt64(epoch & 0xFFFF) << 32)

@@ -1,24 +1,31 @@
 import Atomics
 import Divvy
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 extension SharedHeap {
     /// One participant of a heap: a thread in some process that allocates, adopts and frees blocks.
     ///
     /// A participant owns the pages it allocates from (only it pops their local free lists) and holds blocks:
-    /// each holding is one bit in the block's word and one entry in the participant's held list in metadata.
+    /// each holding is one unit of the block word's holder count and one entry in the participant's held list in
+    /// metadata (the entry is the truth, the count a cache of it that recovery can recompute).
     /// Not `Sendable`: use it from one thread at a time (like `ConcurrentSlab.Local`). Frees of blocks in its
     /// pages by others land on the pages' remote-free stacks, which it collects when it runs out of room.
     ///
-    /// Every operation follows the same commit discipline, so that a future recovery can interpret a participant
-    /// that died at any instruction (see `SharedHeap.recover(participant:)`):
-    /// 1. store the handle into `pending` (release);
+    /// Every operation follows the same commit discipline, so that recovery can interpret a participant that died
+    /// at any instruction (see `SharedHeap.recover(participant:)`):
+    /// 1. announce the operation and the handle in the pending words (release);
     /// 2. one store / compare-and-exchange of the block word — the commit;
-    /// 3. one store into the held list (the handle, or 0);
-    /// 4. store 0 into `pending`.
+    /// 3. write (or empty) one held-list entry;
+    /// 4. end the announcement.
+    /// While a recoverer has the block frozen (recounting its holders), an adopt or free re-announces itself as
+    /// *waiting* — its commit has not happened — and waits for the block to thaw.
     public final class Participant {
         /// The heap (kept alive by the participant).
         public let heap: SharedHeap
-        /// The slot in the participant table, also its bit in block words' holder masks.
+        /// The slot in the participant table.
         public let index: Int
         /// The hot mutable state lives behind pointers (as in `Slab`): class stored properties mutated on every
         /// operation would cost a dynamic exclusivity check each (`swift_beginAccess`, a TLS lookup).
@@ -28,7 +35,9 @@ extension SharedHeap {
             /// The number of `pageSize` units of the pages in `ownedPages` (mirrored in the shared owned-pages word).
             var ownedPageTotal = 0
         }
-        /// Where each held handle sits in the shared held list (a process-local index of it).
+        /// Where each held block sits in the shared held list (a process-local index of it, keyed by the block's
+        /// offset in 16-byte units + 1: a participant holds a block at most once, and a held block keeps its
+        /// generation, so the offset alone names the holding).
         private let heldStorage: UnsafeMutablePointer<SharedHeapHeldTable>
         /// The page each class allocates from, or -1 (one entry per class).
         private let currentPage: UnsafeMutablePointer<Int>
@@ -75,10 +84,23 @@ extension SharedHeap {
         /// How many blocks this participant holds.
         public var heldCount: Int { held.count }
 
-        /// The handles this participant holds (unordered).
-        public var heldHandles: [SharedHeapHandle] { held.allKeys.map { SharedHeapHandle(compact: $0, heapID: heap.heapID) } }
+        /// Whether this participant holds the handle's block.
+        ///
+        /// - Complexity: O(1).
+        public func holds(_ handle: SharedHeapHandle) -> Bool {
+            guard handle.heapID == heap.heapID || handle.heapID == 0, let entry = held.find(handle.offsetUnits &+ 1)
+            else { return false }
+            return heap.readHeld(index, entry)?.generation == handle.generation
+        }
 
-        private var bit: UInt32 { 1 << UInt32(index) }
+        /// The handles this participant holds (unordered).
+        public var heldHandles: [SharedHeapHandle] {
+            held.allEntries.compactMap { entry in
+                heap.readHeld(index, entry).map {
+                    SharedHeapHandle(heapID: heap.heapID, dataOffset: Int($0.offsetUnits) << 4, generation: $0.generation)
+                }
+            }
+        }
 
         /// Test hook (see `_dieAfter`); compiled to nothing without `DIVVY_INTERNAL_CHECKS`.
         @inline(__always)
@@ -123,7 +145,7 @@ extension SharedHeap {
             SharedHeapError(.participantLeft, "participant \(index) has left the heap")
         }
 
-        private func takeHeldSlot(for handle: SharedHeapHandle) throws(SharedHeapError) -> Int {
+        private func takeHeldSlot() throws(SharedHeapError) -> Int {
             guard let slot = held.takeEntry() else {
                 throw SharedHeapError(
                     .heldListFull, "participant \(index) already holds \(heap.layout.heldCapacity) blocks (its "
@@ -159,43 +181,77 @@ extension SharedHeap {
         ) throws(SharedHeapError) -> (handle: SharedHeapHandle, blockSize: Int, address: UnsafeMutableRawPointer) {
             try checkJoined()
             guard size > 0, let sizeClass = heap.sizeClass(for: size) else { throw unsupportedSizeError(size) }
-            if held.freeCount == 0 { _ = try takeHeldSlot(for: SharedHeapHandle(compact: 0, heapID: heap.heapID)) }
+            if held.freeCount == 0 { _ = try takeHeldSlot() }
             // The fast path inline: a free slot in the class's current page; else the slow path (collect, new page).
             let current = currentPage[sizeClass]
-            let (page, slot, fresh): (Int, Int, Bool)
-            if current >= 0, let (s, f) = heap.popLocal(current) {
-                (page, slot, fresh) = (current, s, f)
+            let (page, slot): (Int, Int)
+            if current >= 0, let (s, _) = heap.popLocal(current) {
+                (page, slot) = (current, s)
             } else {
-                (page, slot, fresh) = try takeSlot(sizeClass)
+                (page, slot, _) = try takeSlot(sizeClass)
             }
             try crashPoint("allocate", 1)
             // Safe: checked above that an entry is free, and nothing took one since.
             let heldSlot = held.takeEntry()!
             let blockSize = heap.layout.classSizes[sizeClass]
-            let epoch = PageWord.epoch(heap.pageState(page).load(ordering: .relaxed))
-            let old = BlockWord.generation(heap.blockWord(page, slot).load(ordering: .relaxed))
-            // Generation: the page's epoch in the high 16 bits (blocks of an earlier use of the page never match),
-            // a per-slot counter in the low 16 bits (bumped on every reuse within the epoch).
-            let generation = fresh || (old >> 16) != epoch
-                ? (epoch << 16) | 1 : (old & 0xFFFF_0000) | ((old &+ 1) & 0xFFFF)
-            let unit = UInt64((heap.layout.pageBase(page) &+ slot &* blockSize) &>> 4)
-            let handle = SharedHeapHandle(compact: (UInt64(generation) << 32) | unit, heapID: heap.heapID)
-            // Step 1. Ordering: releasing, so that the pending word is visible no later than the block word.
-            heap.pending(index).store(handle.compact, ordering: .releasing)
+            // The generation: the page's next allocation serial (owner only; never reset, so never made twice).
+            let serial = heap.pageGeneration(page)
+            let generation = serial.load(ordering: .relaxed) &+ 1
+            guard generation <= BlockWord.maximumGeneration else {
+                // Undo the pop (the slot back on the local list, no longer live).
+                heap.pushLocal(page, slot)
+                heap.live(page).store(heap.live(page).load(ordering: .relaxed) &- 1, ordering: .relaxed)
+                held.returnEntry(heldSlot)
+                throw exhaustedPageError(page)
+            }
+            serial.store(generation, ordering: .relaxed)
+            let offset = heap.layout.pageBase(page) &+ slot &* blockSize
+            let handle = SharedHeapHandle(heapID: heap.heapID, dataOffset: offset, generation: generation)
+            // Step 1 (releasing, inside `announce`): visible no later than the block word.
+            heap.announce(index, .allocate, handle)
             try crashPoint("allocate", 2)
             // Step 2, the commit. Ordering: releasing, so a process that learns the handle through shared memory
             // (acquiring) sees the word. The slot is ours alone (popped from our local list): a store suffices.
             heap.blockWord(page, slot).store(
-                BlockWord.make(generation: generation, holders: bit, state: BlockWord.allocated), ordering: .releasing)
+                BlockWord.make(generation: generation, count: 1, state: BlockWord.allocated), ordering: .releasing)
             try crashPoint("allocate", 3)
-            // Step 3. Ordering: releasing, after the block word.
-            heap.held(index, heldSlot).store(handle.compact, ordering: .releasing)
-            held.insert(handle.compact, heldSlot)
+            // Step 3.
+            heap.writeHeld(index, heldSlot, handle)
+            held.insert(handle.offsetUnits &+ 1, heldSlot)
             try crashPoint("allocate", 4)
             // Step 4.
-            heap.pending(index).store(0, ordering: .releasing)
+            heap.clearPending(index)
             // Safe: the offset lies in the data pages (it came from `pageBase` and a slot below the page's count).
-            return (handle, blockSize, heap.data + Int(truncatingIfNeeded: unit &<< 4))
+            return (handle, blockSize, heap.data + offset)
+        }
+
+        @inline(never)
+        private func exhaustedPageError(_ page: Int) -> SharedHeapError {
+            SharedHeapError(
+                .heapFull, "page \(page) has made \(BlockWord.maximumGeneration) allocations, the most one page can "
+                    + "make without repeating a generation; it serves no more (allocate from a new participant)")
+        }
+
+        /// Waits while a recoverer has `handle`'s block frozen, announced as `waiting` (our commit has not
+        /// happened); then announces `op` again and returns the block word as it now is.
+        @inline(never)
+        private func waitWhileFrozen(
+            _ word: UnsafeAtomic<UInt64>, _ handle: SharedHeapHandle, _ op: PendingOperation,
+            _ waiting: PendingOperation
+        ) -> UInt64 {
+            heap.reannounce(index, waiting, handle)
+            var spins = 0
+            var observed: UInt64
+            repeat {
+                spins += 1
+                if spins > 64 { sched_yield() }
+                // Ordering: acquiring, as the compare-and-exchange that follows.
+                observed = word.load(ordering: .acquiring)
+            } while BlockWord.state(observed) == BlockWord.frozen && BlockWord.generation(observed) == handle.generation
+            heap.reannounce(index, op, handle)
+            // Ordering: sequentially consistent, after the announcement (see `reannounce`): if a recoverer froze the
+            // block again in between, the compare-and-exchange fails on this value and we wait again.
+            return word.load(ordering: .sequentiallyConsistent)
         }
 
         /// A free slot of `sizeClass` in one of our pages, taking a new page when needed.
@@ -320,28 +376,36 @@ extension SharedHeap {
         public func adopt(_ handle: SharedHeapHandle) throws(SharedHeapError) {
             try checkJoined()
             let location = try heap.locate(handle)
-            if held.find(handle.compact) != nil {
-                throw SharedHeapError(.alreadyHeld, "participant \(index) already holds \(handle)")
-            }
             let word = heap.blockWord(location.page, location.slot)
             // Ordering: acquiring, as in the compare-and-exchange below.
             var observed = word.load(ordering: .acquiring)
-            guard UInt64(BlockWord.generation(observed)) == handle.generation, BlockWord.state(observed) == BlockWord.allocated
+            guard BlockWord.generation(observed) == handle.generation, BlockWord.state(observed) & 1 == 1
             else { throw heap.staleError(handle, observed) }
-            let heldSlot = try takeHeldSlot(for: handle)
-            heap.pending(index).store(handle.compact, ordering: .releasing)
+            // We hold a block once; a held block keeps its generation, so the offset names our holding.
+            if held.find(handle.offsetUnits &+ 1) != nil {
+                throw SharedHeapError(.alreadyHeld, "participant \(index) already holds \(handle)")
+            }
+            let heldSlot = try takeHeldSlot()
+            heap.announce(index, .adopt, handle)
             try crashPoint("adopt", 1)
             while true {
-                guard UInt64(BlockWord.generation(observed)) == handle.generation,
+                if BlockWord.state(observed) == BlockWord.frozen, BlockWord.generation(observed) == handle.generation {
+                    observed = waitWhileFrozen(word, handle, .adopt, .adoptWaiting)
+                    continue
+                }
+                guard BlockWord.generation(observed) == handle.generation,
                     BlockWord.state(observed) == BlockWord.allocated
                 else {
-                    heap.pending(index).store(0, ordering: .releasing)
+                    heap.clearPending(index)
                     held.returnEntry(heldSlot)
                     throw heap.staleError(handle, observed)
                 }
-                let desired = observed | (UInt64(bit) << 32)
+                // Safe: the count is at most the participant capacity (4,096), below its 14-bit limit: each
+                // participant holds a block once.
+                let desired = BlockWord.make(
+                    generation: handle.generation, count: BlockWord.count(observed) &+ 1, state: BlockWord.allocated)
                 // Ordering: acquiring and releasing: acquire the block's contents as its holders published them;
-                // release our pending word before the commit.
+                // release our announcement before the commit.
                 let (done, current) = word.compareExchange(
                     expected: observed, desired: desired, successOrdering: .acquiringAndReleasing,
                     failureOrdering: .acquiring)
@@ -349,10 +413,10 @@ extension SharedHeap {
                 observed = current
             }
             try crashPoint("adopt", 2)
-            heap.held(index, heldSlot).store(handle.compact, ordering: .releasing)
-            held.insert(handle.compact, heldSlot)
+            heap.writeHeld(index, heldSlot, handle)
+            held.insert(handle.offsetUnits &+ 1, heldSlot)
             try crashPoint("adopt", 3)
-            heap.pending(index).store(0, ordering: .releasing)
+            heap.clearPending(index)
         }
 
         // MARK: Free
@@ -372,28 +436,35 @@ extension SharedHeap {
             let word = heap.blockWord(location.page, location.slot)
             // Ordering: acquiring (see the compare-and-exchange).
             var observed = word.load(ordering: .acquiring)
-            guard let heldSlot = held.find(handle.compact) else { throw notHeldError(handle, observed) }
+            let key = handle.offsetUnits &+ 1
+            guard let heldSlot = held.find(key), BlockWord.generation(observed) == handle.generation else {
+                throw notHeldError(handle, observed)
+            }
             let pageWord = heap.pageState(location.page).load(ordering: .relaxed)
             // Only we change the state word of a page we own, so this read is stable.
             let ownPage = PageWord.kind(pageWord) == PageWord.owned && PageWord.owner(pageWord) == index
-            heap.pending(index).store(handle.compact, ordering: .releasing)
+            heap.announce(index, .free, handle)
             try crashPoint("free", 1)
             var released = false
             while true {
-                guard UInt64(BlockWord.generation(observed)) == handle.generation,
-                    BlockWord.state(observed) == BlockWord.allocated, BlockWord.holders(observed) & bit != 0
+                if BlockWord.state(observed) == BlockWord.frozen, BlockWord.generation(observed) == handle.generation {
+                    observed = waitWhileFrozen(word, handle, .free, .freeWaiting)
+                    continue
+                }
+                guard BlockWord.generation(observed) == handle.generation,
+                    BlockWord.state(observed) == BlockWord.allocated, BlockWord.count(observed) >= 1
                 else {
                     // Our held list says we hold it, the block word disagrees: someone wrote the metadata behind
                     // the heap's back. Change nothing and say so.
-                    heap.pending(index).store(0, ordering: .releasing)
+                    heap.clearPending(index)
                     throw corruptHoldingError(handle, observed)
                 }
-                let holders = BlockWord.holders(observed) & ~bit
-                released = holders == 0
+                let count = BlockWord.count(observed) &- 1
+                released = count == 0
                 let state = !released ? BlockWord.allocated : ownPage ? BlockWord.free : BlockWord.freeing
-                // A freeing word keeps the releaser's bit: recovery tells a dead participant's release by it.
+                // A freeing word names its releaser: recovery tells a dead participant's release by it.
                 let desired = BlockWord.make(
-                    generation: UInt32(truncatingIfNeeded: handle.generation), holders: state == BlockWord.freeing ? bit : holders, state: state)
+                    generation: handle.generation, count: state == BlockWord.freeing ? index : count, state: state)
                 // Ordering: acquiring and releasing. Release: our writes into the block happen before whoever
                 // reuses it. Acquire: the last holder sees the other holders' writes before the block is reused.
                 let (done, current) = word.compareExchange(
@@ -403,8 +474,8 @@ extension SharedHeap {
                 observed = current
             }
             try crashPoint("free", 2)
-            heap.held(index, heldSlot).store(0, ordering: .releasing)
-            held.remove(handle.compact)
+            heap.clearHeld(index, heldSlot)
+            held.remove(key)
             held.returnEntry(heldSlot)
             try crashPoint("free", 3)
             if released {
@@ -421,7 +492,7 @@ extension SharedHeap {
                 }
             }
             try crashPoint("free", 5)
-            heap.pending(index).store(0, ordering: .releasing)
+            heap.clearPending(index)
             return released
         }
 
@@ -435,13 +506,13 @@ extension SharedHeap {
         /// Why a free of a handle this participant does not list fails (out of line: not a hot path).
         @inline(never)
         private func notHeldError(_ handle: SharedHeapHandle, _ observed: UInt64) -> SharedHeapError {
-            if UInt64(BlockWord.generation(observed)) != handle.generation { return heap.staleError(handle, observed) }
-            if BlockWord.state(observed) != BlockWord.allocated {
+            if BlockWord.generation(observed) != handle.generation { return heap.staleError(handle, observed) }
+            if BlockWord.state(observed) & 1 != 1 {
                 return SharedHeapError(.doubleFree, "double free of \(handle): the block is already free")
             }
             return SharedHeapError(
-                .notHeld, "participant \(index) does not hold \(handle) (held by participants with mask "
-                    + "0x\(String(BlockWord.holders(observed), radix: 16))); adopt it first")
+                .notHeld, "participant \(index) does not hold \(handle) (\(BlockWord.count(observed)) other "
+                    + "participants do); adopt it first")
         }
 
         @inline(never)
@@ -468,8 +539,8 @@ extension SharedHeap {
         /// the daemon before the daemon has seen the first one go.
         public func leave(releasingSlot: Bool) {
             guard !left else { return }
-            for handle in held.allKeys {
-                _ = try? free(SharedHeapHandle(compact: handle, heapID: heap.heapID))
+            for handle in heldHandles {
+                _ = try? free(handle)
             }
             for pages in ownedPages {
                 for page in pages {

@@ -147,6 +147,12 @@ extension SharedHeap {
         guard p >= 0, p < layout.participantCapacity else {
             throw SharedHeapError(.outOfRange, "participant \(p) does not exist (capacity \(layout.participantCapacity))")
         }
+        return try withRecoveryLock { () throws(SharedHeapError) -> SharedHeapRecoveryReport in
+            try recoverLocked(participant: p)
+        }
+    }
+
+    private func recoverLocked(participant p: Int) throws(SharedHeapError) -> SharedHeapRecoveryReport {
         // Step 1. Ordering: acquiring (on either outcome), pairs with the participant's releasing stores: we see
         // its pending word, held list and the fields of its pages (a death orders the rest).
         let word = participantState(p).load(ordering: .acquiring)
@@ -173,39 +179,51 @@ extension SharedHeap {
             throw SharedHeapError(.participantLeft, "participant slot \(p) is free: nothing to recover")
         }
         var report = SharedHeapRecoveryReport(participant: p, pid: ParticipantWord.pid(word))
-        let bit = UInt32(1) << UInt32(p)
         var pagesToRepair: [Int] = []
+        let announced = readPending(p)
+        let announcedLocation = announced.flatMap { try? locate($0.handle) }
 
-        // Step 2: the released-but-maybe-unpushed block.
-        let pendingRaw = pending(p).load(ordering: .acquiring)
-        if pendingRaw != 0, let location = try? locate(SharedHeapHandle(compact: pendingRaw, heapID: heapID)) {
+        // Step 2: the released-but-maybe-unpushed block: a freeing word that names p as its releaser.
+        if let (handle, _) = announced, let location = announcedLocation {
             let block = blockWord(location.page, location.slot).load(ordering: .acquiring)
-            if BlockWord.state(block) == BlockWord.freeing, BlockWord.generation(block) == location.generation,
-                BlockWord.holders(block) == bit
+            if BlockWord.state(block) == BlockWord.freeing, BlockWord.generation(block) == handle.generation,
+                BlockWord.count(block) == p
             {
-                switch try placeSuspect(pendingRaw, page: location.page, for: p) {
-                case .leftToOwner: report.suspectLeftToOwner = SharedHeapHandle(compact: pendingRaw, heapID: heapID)
+                let raw = SuspectWord.make(slot: location.slot, generation: handle.generation)
+                switch try placeSuspect(raw, page: location.page, for: p) {
+                case .leftToOwner: report.suspectLeftToOwner = handle
                 case .takenOver: pagesToRepair.append(location.page)
                 case .ownPage: break
                 }
             }
         }
 
-        // Step 3: holdings (the held list, and the pending handle: an allocate or adopt that committed before
-        // writing its held-list entry).
-        var handles: [UInt64] = []
+        // Step 3: holdings. The operation in flight first: an allocate is committed exactly when the block word
+        // has its generation; an adopt or free whose compare-and-exchange may or may not have happened is settled
+        // by recounting the block's holders from the held lists (`recount`), which drops p's holding at once.
         let heldEntries = heldListIsCommitted(p) ? layout.heldCapacity : 0  // (Lazy: a slot never joined: none.)
-        for index in 0..<heldEntries {
-            let raw = held(p, index).load(ordering: .acquiring)
-            if raw != 0 { handles.append(raw) }
-        }
-        if pendingRaw != 0, !handles.contains(pendingRaw) { handles.append(pendingRaw) }
-        for raw in handles {
-            switch dropHolding(SharedHeapHandle(compact: raw, heapID: heapID), bit: bit) {
-            case .dropped: report.droppedHoldings += 1
-            case .released: report.releasedBlocks += 1
-            case .none: break
+        var settled: UInt64?
+        if let (handle, op) = announced, let location = announcedLocation {
+            switch op {
+            case .allocate?:
+                let listed = (0..<heldEntries).contains { index in
+                    readHeld(p, index).map { $0.offsetUnits == handle.offsetUnits && $0.generation == handle.generation }
+                        ?? false
+                }
+                if !listed { note(try dropHolding(handle, location, of: p), in: &report) }
+            case .adopt?, .free?:
+                note(try recount(handle, location, dropping: p), in: &report)
+                settled = handle.offsetUnits
+            default: break  // Waiting (not committed) or nothing: the held list says it all.
             }
+        }
+        for index in 0..<heldEntries {
+            guard let entry = readHeld(p, index), entry.offsetUnits != settled else { continue }
+            let handle = SharedHeapHandle(
+                heapID: heapID, dataOffset: Int(truncatingIfNeeded: entry.offsetUnits << 4),
+                generation: entry.generation)
+            guard let location = try? locate(handle) else { continue }
+            note(try dropHolding(handle, location, of: p), in: &report)
         }
 
         // Step 4: a page in hand (between the pool and p's ownership), then p's pages.
@@ -247,10 +265,10 @@ extension SharedHeap {
         }
 
         // Step 5: the slot.
-        for index in 0..<heldEntries where held(p, index).load(ordering: .relaxed) != 0 {
-            held(p, index).store(0, ordering: .relaxed)
+        for index in 0..<heldEntries where heldGeneration(p, index).load(ordering: .relaxed) != 0 {
+            heldGeneration(p, index).store(0, ordering: .relaxed)
         }
-        pending(p).store(0, ordering: .relaxed)
+        pendingOffset(p).store(0, ordering: .relaxed)
         ownedPageCount(p).store(0, ordering: .relaxed)
         pageAllowance(p).store(unlimitedPages, ordering: .relaxed)
         // Ordering: releasing, pairs with the acquiring claim in `join`: the next occupant sees the cleared list.
@@ -300,36 +318,6 @@ extension SharedHeap {
         }
     }
 
-    internal enum HoldingDrop { case none, dropped, released }
-
-    /// Clears participant bit `bit` in the handle's block word (generation checked); releases the block when no
-    /// holder is left (freeing with the bit, pushed onto its page's remote stack).
-    private func dropHolding(_ handle: SharedHeapHandle, bit: UInt32) -> HoldingDrop {
-        guard let location = try? locate(handle) else { return .none }
-        let word = blockWord(location.page, location.slot)
-        // Ordering: acquiring, as in `Participant.free`.
-        var observed = word.load(ordering: .acquiring)
-        while true {
-            guard UInt64(BlockWord.generation(observed)) == handle.generation, BlockWord.state(observed) == BlockWord.allocated,
-                BlockWord.holders(observed) & bit != 0
-            else { return .none }
-            let holders = BlockWord.holders(observed) & ~bit
-            let desired = holders == 0
-                ? BlockWord.make(generation: UInt32(truncatingIfNeeded: handle.generation), holders: bit, state: BlockWord.freeing)
-                : BlockWord.make(generation: UInt32(truncatingIfNeeded: handle.generation), holders: holders, state: BlockWord.allocated)
-            // Ordering: acquiring and releasing, as in `Participant.free`.
-            let (done, current) = word.compareExchange(
-                expected: observed, desired: desired, successOrdering: .acquiringAndReleasing,
-                failureOrdering: .acquiring)
-            if done {
-                if holders != 0 { return .dropped }
-                pushRemote(location.page, location.slot)
-                return .released
-            }
-            observed = current
-        }
-    }
-
     /// Acts as the owner of a page whose owner died: finishes its collect, collects, puts back slots that were
     /// between a list and a commit, recounts. See `recover(participant:)`, step 4.
     private func repairPage(_ page: Int, report: inout SharedHeapRecoveryReport) {
@@ -342,7 +330,7 @@ extension SharedHeap {
             let word = blockWord(page, s).load(ordering: .relaxed)
             if BlockWord.state(word) == BlockWord.freeing {
                 blockWord(page, s).store(
-                    BlockWord.make(generation: BlockWord.generation(word), holders: 0, state: BlockWord.free),
+                    BlockWord.make(generation: BlockWord.generation(word), count: 0, state: BlockWord.free),
                     ordering: .relaxed)
                 report.collectedBlocks += 1
             }

@@ -140,7 +140,7 @@ extension SharedHeap {
         var heldCount = 0
         // (A lazy heap's slot never joined has no backed held list: nothing to count, and reading would back it.)
         for index in 0..<(heldListIsCommitted(p) ? layout.heldCapacity : 0)
-        where held(p, index).load(ordering: .relaxed) != 0 {
+        where heldGeneration(p, index).load(ordering: .relaxed) != 0 {
             heldCount += 1
         }
         let allowance = pageAllowance(p).load(ordering: .relaxed)
@@ -211,7 +211,7 @@ extension SharedHeap {
     private func allocatedBlocks(_ page: Int, slots: Int) -> Int {
         let carvedSlots = min(slots, Int(carved(page).load(ordering: .relaxed)))
         var count = 0
-        for slot in 0..<carvedSlots where BlockWord.state(blockWord(page, slot).load(ordering: .relaxed))
+        for slot in 0..<carvedSlots where BlockWord.state(blockWord(page, slot).load(ordering: .relaxed)) & 1
             == BlockWord.allocated
         {
             count += 1

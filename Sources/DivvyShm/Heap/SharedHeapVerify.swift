@@ -52,9 +52,9 @@ extension SharedHeap {
     /// use, its local free list and remote-free stack are in bounds, acyclic and disjoint, the local count
     /// matches, listed blocks are free (local) or freeing (remote), every other carved block is allocated, and
     /// the page's live count equals allocated + remotely freed; every allocated block has holders, each a live
-    /// participant whose held list names the block exactly once; every held-list entry names an allocated block
-    /// of that generation with the participant's bit set (so the holder count of a block equals the number of
-    /// held-list entries naming it); no operation is in flight.
+    /// participant whose held list names the block exactly once, and its holder count equals the number of held-list
+    /// entries naming it; every held-list entry names an allocated block of that generation; no block is frozen
+    /// and no operation is in flight.
     ///
     /// Exact while no participant is operating (between phases of a program, or after its threads joined).
     /// Concurrent operations make it report transient states as violations; it never corrupts anything.
@@ -67,7 +67,7 @@ extension SharedHeap {
 
         // Participants and held lists.
         var alive = [Bool](repeating: false, count: l.participantCapacity)
-        var heldEntries: [UInt64: [Int]] = [:]  // handle → participants naming it
+        var heldEntries: [SharedHeapHandle: [Int]] = [:]  // handle → participants naming it
         for p in 0..<l.participantCapacity {
             let state = ParticipantWord.state(participantState(p).load(ordering: .acquiring))
             switch state {
@@ -86,22 +86,24 @@ extension SharedHeap {
             case ParticipantWord.leaving: break
             default: violation("participant \(p) has an impossible state \(state)")
             }
-            if pending(p).load(ordering: .acquiring) != 0 {
+            if let (handle, op) = readPending(p) {
                 report.operationsInFlight += 1
-                violation("participant \(p) is in the middle of an operation on "
-                    + "\(SharedHeapHandle(compact: pending(p).load(ordering: .acquiring), heapID: heapID))")
+                violation("participant \(p) is in the middle of an operation (\(op.map { "\($0)" } ?? "unknown")) on "
+                    + "\(handle)")
             }
             // A lazy heap's slot never joined has no backed held list (a hole: zeros); reading would back it.
             for index in 0..<(heldListIsCommitted(p) ? l.heldCapacity : 0) {
-                let raw = held(p, index).load(ordering: .acquiring)
-                guard raw != 0 else { continue }
+                guard let entry = readHeld(p, index) else { continue }
+                let handle = SharedHeapHandle(
+                    heapID: heapID, dataOffset: Int(truncatingIfNeeded: entry.offsetUnits << 4),
+                    generation: entry.generation)
                 if state == ParticipantWord.free || state == ParticipantWord.leaving {
-                    violation("free (or leaving) participant slot \(p) still lists \(SharedHeapHandle(compact: raw, heapID: heapID))")
+                    violation("free (or leaving) participant slot \(p) still lists \(handle)")
                 }
-                if heldEntries[raw]?.contains(p) == true {
-                    violation("participant \(p) lists \(SharedHeapHandle(compact: raw, heapID: heapID)) twice")
+                if heldEntries[handle]?.contains(p) == true {
+                    violation("participant \(p) lists \(handle) twice")
                 }
-                heldEntries[raw, default: []].append(p)
+                heldEntries[handle, default: []].append(p)
                 report.holdings += 1
             }
         }
@@ -122,8 +124,8 @@ extension SharedHeap {
         }
 
         // Pages and blocks.
-        var allocatedByHandle: [UInt64: UInt32] = [:]  // allocated block's handle → holder mask
-        var pagesOwnedBy = [Int](repeating: 0, count: 256)
+        var allocatedByHandle: [SharedHeapHandle: Int] = [:]  // allocated block's handle → holder count
+        var pagesOwnedBy = [Int](repeating: 0, count: 1 << 16)
         for page in 0..<l.pageCount {
             let word = pageState(page).load(ordering: .acquiring)
             let kind = PageWord.kind(word)
@@ -189,12 +191,12 @@ extension SharedHeap {
             // A suspect block recovery left to the page's owner (released by a dead participant, maybe never
             // pushed) is on its way back like a remotely freed block until the owner's next collect.
             let suspectRaw = suspect(page).load(ordering: .acquiring)
-            if suspectRaw != 0, let location = try? locate(SharedHeapHandle(compact: suspectRaw, heapID: heapID)),
-                location.page == page, location.slot < carvedSlots, listed[location.slot] == 0
-            {
-                let block = blockWord(page, location.slot).load(ordering: .acquiring)
-                if BlockWord.state(block) == BlockWord.freeing, BlockWord.generation(block) == location.generation {
-                    listed[location.slot] = 2
+            if let slot = SuspectWord.slot(suspectRaw), slot < carvedSlots, listed[slot] == 0 {
+                let block = blockWord(page, slot).load(ordering: .acquiring)
+                if BlockWord.state(block) == BlockWord.freeing,
+                    BlockWord.generation(block) == SuspectWord.generation(suspectRaw)
+                {
+                    listed[slot] = 2
                     remoteListed += 1
                 }
             }
@@ -214,16 +216,21 @@ extension SharedHeap {
                 case 2 where state != BlockWord.freeing:
                     violation("page \(page) slot \(slot) is on the remote-free stack but its state is \(state)")
                 case 0:
-                    let handle = UInt64(BlockWord.generation(block)) << 32
-                        | UInt64((l.pageBase(page) + slot * blockSize) / 16)
-                    if state != BlockWord.allocated {
+                    let handle = SharedHeapHandle(
+                        heapID: heapID, dataOffset: l.pageBase(page) + slot * blockSize,
+                        generation: BlockWord.generation(block))
+                    if state == BlockWord.frozen {
+                        violation("block \(handle) is frozen: a recovery is recounting its holders, or stopped "
+                            + "half-way (recover the dead participant again)")
+                        allocatedHere += 1
+                    } else if state != BlockWord.allocated {
                         violation("page \(page) slot \(slot) is in no free list but not allocated (state \(state); "
                             + "leaked block)")
-                    } else if BlockWord.holders(block) == 0 {
-                        violation("block \(SharedHeapHandle(compact: handle, heapID: heapID)) is allocated with no holder")
+                    } else if BlockWord.count(block) == 0 {
+                        violation("block \(handle) is allocated with no holder")
                     } else {
                         allocatedHere += 1
-                        allocatedByHandle[handle] = BlockWord.holders(block)
+                        allocatedByHandle[handle] = BlockWord.count(block)
                     }
                 default: break
                 }
@@ -255,29 +262,19 @@ extension SharedHeap {
             }
         }
 
-        // Holders versus held lists.
-        for (handle, mask) in allocatedByHandle {
-            let named = Set(heldEntries[handle] ?? [])
-            for p in 0..<l.participantCapacity where mask & (1 << UInt32(p)) != 0 {
-                if !named.contains(p) {
-                    violation("block \(SharedHeapHandle(compact: handle, heapID: heapID)) is held by participant \(p), whose held "
-                        + "list does not name it")
-                }
-                if !alive[p] {
-                    violation("block \(SharedHeapHandle(compact: handle, heapID: heapID)) is held by participant \(p), which is "
-                        + "not alive")
-                }
+        // Holder counts versus held lists.
+        for (handle, count) in allocatedByHandle {
+            let named = heldEntries[handle] ?? []
+            if named.count != count {
+                violation("block \(handle) counts \(count) holders but \(named.count) held lists name it "
+                    + "(participants \(named))")
+            }
+            for p in named where !alive[p] {
+                violation("block \(handle) is held by participant \(p), which is not alive")
             }
         }
-        for (handle, participants) in heldEntries {
-            guard let mask = allocatedByHandle[handle] else {
-                violation("participants \(participants) list \(SharedHeapHandle(compact: handle, heapID: heapID)), which is not an "
-                    + "allocated block of that generation")
-                continue
-            }
-            for p in participants where mask & (1 << UInt32(p)) == 0 {
-                violation("participant \(p) lists \(SharedHeapHandle(compact: handle, heapID: heapID)) but is not among its holders")
-            }
+        for (handle, participants) in heldEntries where allocatedByHandle[handle] == nil {
+            violation("participants \(participants) list \(handle), which is not an allocated block of that generation")
         }
         return report
     }

@@ -213,7 +213,8 @@ def test_bogus_handles_give_the_daemons_codes(daemon, mode):
             client.adopt(keep.handle + 1)  # inside the block, not its start
         assert caught.value.code == ErrorCode.EMISALIGNED_HANDLE, caught.value
         with pytest.raises(divvy.HandleError) as caught:
-            client.adopt(0xFFFF_FFFF_FFFF_FFFF)
+            # This heap's id (the top 64 bits of a real handle), an offset far outside the data area.
+            client.adopt(keep.handle >> 64 << 64 | 0xFFFF_FFFF_FFFF)
         assert caught.value.code in (ErrorCode.EINVALID_HANDLE, ErrorCode.ESTALE_HANDLE), caught.value
         assert snapshot(client) == before
         with pytest.raises(ValueError):

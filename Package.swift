@@ -190,10 +190,11 @@ let package = Package(
             name: "DivvyC", dependencies: ["CDivvyC", "Divvy", "DivvyClient", "DivvyProtocol"],
             exclude: ["libdivvy.map"],
             linkerSettings: [
-                // SONAME libdivvy.so.0: programs record the ABI they were linked against, not the bare name.
+                // SONAME libdivvy.so.1 (C ABI 2: 128-bit handles; .so.0 was ABI 1): programs record the ABI they were linked
+                // against, not the bare name. deploy/install-libdivvy.sh and build-deb.sh read the number here.
                 .unsafeFlags([
                     "-Xlinker", "--version-script=\(Context.packageDirectory)/Sources/DivvyC/libdivvy.map",
-                    "-Xlinker", "-soname=libdivvy.so.0",
+                    "-Xlinker", "-soname=libdivvy.so.1",
                 ])
             ]
         ),

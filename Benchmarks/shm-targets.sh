@@ -33,8 +33,8 @@ swift build -c release --product shm-metadata >&2
 swift build -c release --product shm-fragmentation >&2
 bin=$(swift build -c release --show-bin-path)
 # direct-ratios links the `divvy` product as a program linked against libdivvy does: it records the SONAME
-# libdivvy.so.0, which SwiftPM does not create; the loader finds it beside the executable (rpath $ORIGIN).
-ln -sf libdivvy.so "$bin/libdivvy.so.0"
+# libdivvy.so.1, which SwiftPM does not create; the loader finds it beside the executable (rpath $ORIGIN).
+ln -sf libdivvy.so "$bin/libdivvy.so.1"
 boost=$(mktemp)
 trap 'rm -f "$boost"' EXIT
 

@@ -21,7 +21,7 @@ Variables:
 
 The package installs:
   /usr/bin/divvyd, /usr/bin/divvyctl
-  /usr/lib/ARCH-TRIPLET/libdivvy.so.VERSION (+ .so.0, .so links), /usr/include/divvy.h, .../pkgconfig/divvy.pc
+  /usr/lib/ARCH-TRIPLET/libdivvy.so.VERSION (+ .so.1, .so links), /usr/include/divvy.h, .../pkgconfig/divvy.pc
   /usr/lib/ARCH-TRIPLET/libDivvyMalloc.so           LD_PRELOAD=... program
   /usr/lib/python3/dist-packages/divvy/              the Python client
   /usr/lib/systemd/system/divvyd.service, divvyd.socket
@@ -61,7 +61,13 @@ if [ -z "$version" ]; then
     echo "build-deb: cannot read the version from Sources/Divvy/Core/DivvyVersion.swift" >&2
     exit 2
 fi
-major=${version%%.*}
+# The SONAME's number follows the C ABI, not the release (libdivvy.so.1 since 128-bit handles): read it from
+# Package.swift, the one place it is written (-soname=libdivvy.so.N).
+abi=$(sed -n 's/.*"-soname=libdivvy\.so\.\([0-9][0-9]*\)".*/\1/p' "$root/Package.swift")
+if [ -z "$abi" ]; then
+    echo "$(basename "$0" .sh): cannot read libdivvy's SONAME from Package.swift" >&2
+    exit 2
+fi
 arch=$(dpkg --print-architecture)
 case "$arch" in
 amd64) triplet=x86_64-linux-gnu ;;
@@ -116,8 +122,8 @@ install -d "$pkg/DEBIAN" "$pkg/usr/bin" "$pkg$libdir/pkgconfig" "$pkg/usr/includ
 # Binaries, stripped (debug information stays in the build directory).
 install -m 0755 "$products/divvyd" "$products/divvyctl" "$pkg/usr/bin/"
 install -m 0644 "$products/libdivvy.so" "$pkg$libdir/libdivvy.so.$version"
-ln -s "libdivvy.so.$version" "$pkg$libdir/libdivvy.so.$major"
-ln -s "libdivvy.so.$major" "$pkg$libdir/libdivvy.so"
+ln -s "libdivvy.so.$version" "$pkg$libdir/libdivvy.so.$abi"
+ln -s "libdivvy.so.$abi" "$pkg$libdir/libdivvy.so"
 install -m 0644 "$malloc_library" "$pkg$libdir/libDivvyMalloc.so"
 strip --strip-unneeded "$pkg/usr/bin/divvyd" "$pkg/usr/bin/divvyctl" "$pkg$libdir/libdivvy.so.$version" \
     "$pkg$libdir/libDivvyMalloc.so"
@@ -183,11 +189,11 @@ Priority: optional
 Homepage: file:///usr/share/doc/divvy/README.md
 Description: shared-memory allocator daemon, client libraries and malloc replacement
  Divvy hands out blocks of POSIX shared memory to cooperating processes, which
- exchange them as 64-bit handles without copying. divvyd maps the region and
+ exchange them as 128-bit handles without copying. divvyd maps the region and
  serves clients over a Unix socket; divvyctl inspects it.
  .
  This package holds divvyd and divvyctl with their systemd units, the C client
- library libdivvy.so.0 with divvy.h and divvy.pc, the Python client (import
+ library libdivvy.so.1 with divvy.h and divvy.pc, the Python client (import
  divvy), and libDivvyMalloc.so, a malloc replacement for LD_PRELOAD. Nothing
  in it needs the Swift toolchain.
 CONTROL

@@ -1,5 +1,5 @@
 #!/bin/sh
-# Installs the C client library from a build: libdivvy.so.VERSION with its SONAME link libdivvy.so.0 and the
+# Installs the C client library from a build: libdivvy.so.VERSION with its SONAME link libdivvy.so.1 and the
 # development link libdivvy.so, the header divvy.h, and a pkg-config file divvy.pc.
 set -eu
 
@@ -8,8 +8,8 @@ usage() {
 usage: deploy/install-libdivvy.sh [-h] [PREFIX [BUILD_DIR]]
 
 Installs the C client library of divvyd from a SwiftPM build:
-  PREFIX/lib/libdivvy.so.VERSION     the library (SONAME libdivvy.so.0)
-  PREFIX/lib/libdivvy.so.0           link: what programs load
+  PREFIX/lib/libdivvy.so.VERSION     the library (SONAME libdivvy.so.1)
+  PREFIX/lib/libdivvy.so.1           link: what programs load
   PREFIX/lib/libdivvy.so             link: what -ldivvy finds
   PREFIX/include/divvy.h             the header
   PREFIX/lib/pkgconfig/divvy.pc      pkg-config file
@@ -51,7 +51,13 @@ build=${2:-${BUILD_DIR:-$root/.build/release}}
 destdir=${DESTDIR:-}
 # The one place the version is written (a test keeps this line's shape).
 version=$(sed -n 's/^    public static let string = "\(.*\)"$/\1/p' "$root/Sources/Divvy/Core/DivvyVersion.swift")
-major=${version%%.*}
+# The SONAME's number follows the C ABI, not the release (libdivvy.so.1 since 128-bit handles): read it from
+# Package.swift, the one place it is written (-soname=libdivvy.so.N).
+abi=$(sed -n 's/.*"-soname=libdivvy\.so\.\([0-9][0-9]*\)".*/\1/p' "$root/Package.swift")
+if [ -z "$abi" ]; then
+    echo "$(basename "$0" .sh): cannot read libdivvy's SONAME from Package.swift" >&2
+    exit 2
+fi
 if [ -z "$version" ]; then
     echo "install-libdivvy: cannot read the version from Sources/Divvy/Core/DivvyVersion.swift" >&2
     exit 2
@@ -90,8 +96,8 @@ fi
 
 install -d "$destdir$prefix/lib/pkgconfig" "$destdir$prefix/include"
 install -m 0755 "$library" "$destdir$prefix/lib/libdivvy.so.$version"
-ln -sf "libdivvy.so.$version" "$destdir$prefix/lib/libdivvy.so.$major"
-ln -sf "libdivvy.so.$major" "$destdir$prefix/lib/libdivvy.so"
+ln -sf "libdivvy.so.$version" "$destdir$prefix/lib/libdivvy.so.$abi"
+ln -sf "libdivvy.so.$abi" "$destdir$prefix/lib/libdivvy.so"
 install -m 0644 "$root/Sources/CDivvyC/include/divvy.h" "$destdir$prefix/include/divvy.h"
 sed -e "s|@PREFIX@|$prefix|g" -e "s|@LIBDIR@|$prefix/lib|g" -e "s|@INCLUDEDIR@|$prefix/include|g" \
     -e "s|@RPATH_FLAGS@|$rpath_flags|g" -e "s|@VERSION@|$version|g" \

@@ -44,7 +44,7 @@ if [ "${1:-}" = --inside ]; then
     if ldconfig -p | grep -q libswiftCore; then fail "a Swift runtime is registered with ld.so: $(ldconfig -p | grep libswiftCore)"; fi
     echo "test-deb: toolchain hidden (swift: $(command -v swift || echo none))"
 
-    for file in /usr/bin/divvyd /usr/bin/divvyctl "$libdir/libdivvy.so.0" "$libdir/libDivvyMalloc.so"; do
+    for file in /usr/bin/divvyd /usr/bin/divvyctl "$libdir/libdivvy.so.1" "$libdir/libDivvyMalloc.so"; do
         ldd "$file" >"$work/ldd.txt" 2>&1 || fail "ldd $file: $(cat "$work/ldd.txt")"
         if grep -q "not found\|libswift" "$work/ldd.txt"; then fail "$file: $(cat "$work/ldd.txt")"; fi
     done
@@ -72,12 +72,12 @@ if [ "${1:-}" = --inside ]; then
 
     cc -std=c11 -Wall -Werror /usr/share/doc/divvy/examples/c-client.c $(pkg-config --cflags --libs divvy) \
         -lpthread -o "$work/c-client" || fail "the C example does not build with pkg-config's flags"
-    readelf -d "$work/c-client" | grep -q 'Shared library: \[libdivvy.so.0\]' || fail "C client does not need libdivvy.so.0"
+    readelf -d "$work/c-client" | grep -q 'Shared library: \[libdivvy.so.1\]' || fail "C client does not need libdivvy.so.1"
     for mode in direct mediated; do
         "$work/c-client" --socket "$socket" --mode "$mode" --child-mode mediated >"$work/c.txt" 2>&1 ||
             fail "C client ($mode): $(cat "$work/c.txt")"
     done
-    echo "test-deb: C client (pkg-config, libdivvy.so.0) passes blocks in direct and mediated mode"
+    echo "test-deb: C client (pkg-config, libdivvy.so.1) passes blocks in direct and mediated mode"
 
     /usr/bin/python3 - "$socket" "$version" <<'PYTHON' || fail "the Python client"
 import sys

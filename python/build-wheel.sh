@@ -13,8 +13,8 @@ Builds the divvy Python package as a wheel with
 'python3 -m pip wheel --no-deps --no-build-isolation' (no network needed).
 
   (no argument)       a pure wheel, divvy-X.Y.Z-py3-none-any.whl: it finds libdivvy
-                      at run time (\$DIVVY_LIBRARY, libdivvy.so.0 from the .deb, libdivvy.so).
-  PATH_TO_LIBDIVVY    bundle that library as divvy/_lib/libdivvy.so.0 and tag the wheel
+                      at run time (\$DIVVY_LIBRARY, libdivvy.so.1 from the .deb, libdivvy.so).
+  PATH_TO_LIBDIVVY    bundle that library as divvy/_lib/libdivvy.so.1 and tag the wheel
                       for this platform: divvy-X.Y.Z-py3-none-linux_x86_64.whl. Build the
                       library so it runs without a Swift toolchain on the target machine.
   -o, --out DIR       where the wheel goes (default: python/dist/).
@@ -89,7 +89,7 @@ PY
             "where that is installed. Link the Swift standard library statically for a self-contained wheel." >&2
     fi
     mkdir -p "$staging/src/divvy/_lib"
-    cp -L "$library" "$staging/src/divvy/_lib/libdivvy.so.0"
+    cp -L "$library" "$staging/src/divvy/_lib/libdivvy.so.1"
 fi
 
 mkdir -p "$out"

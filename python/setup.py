@@ -3,7 +3,7 @@
 Two things pyproject.toml cannot say:
 - the version: read from Sources/Divvy/Core/DivvyVersion.swift, the one place Divvy's version is written, and
   written into the wheel as divvy/_version.py;
-- the wheel's tag: a wheel with libdivvy bundled (divvy/_lib/libdivvy.so.0, put there by build-wheel.sh) is
+- the wheel's tag: a wheel with libdivvy bundled (divvy/_lib/libdivvy.so.1, put there by build-wheel.sh) is
   platform-specific (py3-none-<platform>); without it the wheel is pure (py3-none-any).
 """
 
@@ -17,7 +17,7 @@ from setuptools.command.build_py import build_py
 HERE = Path(__file__).resolve().parent
 # build-wheel.sh builds from a staging copy and points here; in place, the checkout's file is two levels up.
 VERSION_FILE = Path(os.environ.get("DIVVY_VERSION_FILE", HERE.parent / "Sources/Divvy/Core/DivvyVersion.swift"))
-BUNDLED = HERE / "src" / "divvy" / "_lib" / "libdivvy.so.0"
+BUNDLED = HERE / "src" / "divvy" / "_lib" / "libdivvy.so.1"
 
 
 def read_version() -> str:

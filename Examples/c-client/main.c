@@ -86,6 +86,19 @@ static void fail(const char *format, ...) {
         }                                                                                                           \
     } while (0)
 
+// --- Handles ---------------------------------------------------------------------------------------------------------
+
+// A handle as text: 32 hex digits, high word first (the 128-bit number low | high << 64), and back.
+#define HANDLE_FORMAT "%016" PRIx64 "%016" PRIx64
+#define HANDLE_SCAN "%16" SCNx64 "%16" SCNx64
+#define HANDLE_ARGS(handle) (handle).high, (handle).low
+
+static int same_handle(divvy_handle_t a, divvy_handle_t b) {
+    return a.low == b.low && a.high == b.high;
+}
+
+static const divvy_handle_t no_handle = {0, 0};
+
 // --- Patterns -------------------------------------------------------------------------------------------------------
 
 static uint8_t pattern_byte(uint64_t seed, size_t index) {
@@ -162,12 +175,13 @@ static void check_arguments_without_a_client(const char *socket_path) {
     CHECK(strstr(divvy_last_error_message(), "unknown mode -1") != NULL, "bad mode message: '%s'",
           divvy_last_error_message());
 
-    uint64_t handle = 0;
+    divvy_handle_t handle = {0, 0};
     void *pointer = NULL;
     int released = 0;
     struct divvy_stats stats;
     divvy_share_info info;
-    uint64_t handles[2] = {1, 2};
+    divvy_handle_t handles[2] = {{1, 0}, {2, 0}};
+    const divvy_handle_t one = {1, 0};
     int results[2];
     int mode = 0;
     uint32_t id = 0;
@@ -175,12 +189,12 @@ static void check_arguments_without_a_client(const char *socket_path) {
     EXPECT(divvy_alloc(NULL, 64, &handle, &pointer), DIVVY_EINVAL);
     CHECK(strstr(divvy_last_error_message(), "divvy_alloc: the client is NULL") != NULL, "NULL client message: '%s'",
           divvy_last_error_message());
-    EXPECT(divvy_free(NULL, 1, &released), DIVVY_EINVAL);
+    EXPECT(divvy_free(NULL, one, &released), DIVVY_EINVAL);
     EXPECT(divvy_alloc_batch(NULL, 64, 2, handles), DIVVY_EINVAL);
     EXPECT(divvy_free_batch(NULL, handles, 2, results, NULL), DIVVY_EINVAL);
-    EXPECT(divvy_share(NULL, 1, &info), DIVVY_EINVAL);
-    EXPECT(divvy_adopt(NULL, 1, &pointer, &size), DIVVY_EINVAL);
-    EXPECT(divvy_pointer(NULL, 1, &pointer), DIVVY_EINVAL);
+    EXPECT(divvy_share(NULL, one, &info), DIVVY_EINVAL);
+    EXPECT(divvy_adopt(NULL, one, &pointer, &size), DIVVY_EINVAL);
+    EXPECT(divvy_pointer(NULL, one, &pointer), DIVVY_EINVAL);
     EXPECT(divvy_handle_for_pointer(NULL, &handle, &handle), DIVVY_EINVAL);
     EXPECT(divvy_stats(NULL, &stats), DIVVY_EINVAL);
     EXPECT(divvy_ping(NULL), DIVVY_EINVAL);
@@ -196,7 +210,8 @@ static void check_arguments_without_a_client(const char *socket_path) {
         DIVVY_EMISALIGNED_HANDLE, DIVVY_ESTALE_HANDLE, DIVVY_EDOUBLE_FREE, DIVVY_ENOT_HOLDER, DIVVY_EBATCH_TOO_LARGE,
         DIVVY_EADMIN_REQUIRED, DIVVY_ENO_SUCH_CLIENT, DIVVY_ETOO_MANY_CLIENTS, DIVVY_ESHUTTING_DOWN,
         DIVVY_EINTERNAL_ERROR,
-        DIVVY_EINVALID_PARTICIPANT, DIVVY_EDIRECT_UNAVAILABLE, DIVVY_EALREADY_HOLDER, DIVVY_ENO_DAEMON, DIVVY_EDAEMON_GONE, DIVVY_ETIMED_OUT, DIVVY_ESYSTEM,
+        DIVVY_EINVALID_PARTICIPANT, DIVVY_EDIRECT_UNAVAILABLE, DIVVY_EALREADY_HOLDER, DIVVY_EFOREIGN_HANDLE,
+        DIVVY_ENO_DAEMON, DIVVY_EDAEMON_GONE, DIVVY_ETIMED_OUT, DIVVY_ESYSTEM,
         DIVVY_EINVAL, DIVVY_EPROTOCOL,
     };
     const size_t count = sizeof codes / sizeof codes[0];
@@ -217,7 +232,7 @@ static void check_arguments_without_a_client(const char *socket_path) {
 // --- The child: adopts what the parent passed ------------------------------------------------------------------------
 
 typedef struct passed_block {
-    uint64_t handle;
+    divvy_handle_t handle;
     size_t size;
     uint64_t seed;
 } passed_block;
@@ -240,7 +255,8 @@ static int run_child(const char *socket_path, int mode) {
     char line[256];
     while (fgets(line, sizeof line, stdin) != NULL && strncmp(line, "END", 3) != 0) {
         passed_block block;
-        if (sscanf(line, "BLOCK %" SCNx64 " %zu %" SCNu64, &block.handle, &block.size, &block.seed) == 3 &&
+        if (sscanf(line, "BLOCK " HANDLE_SCAN " %zu %" SCNu64, &block.handle.high, &block.handle.low, &block.size,
+                   &block.seed) == 4 &&
             count < MAX_PASSED) {
             blocks[count++] = block;
         }
@@ -256,31 +272,31 @@ static int run_child(const char *socket_path, int mode) {
         size_t size = 0;
         result = divvy_adopt(client, blocks[i].handle, &pointer, &size);
         if (result != DIVVY_OK) {
-            fail("child: divvy_adopt(0x%" PRIx64 "): %s (%s)", blocks[i].handle, divvy_strerror(result),
-                 divvy_last_error_message());
-            blocks[i].handle = 0;
+            fail("child: divvy_adopt(0x" HANDLE_FORMAT "): %s (%s)", HANDLE_ARGS(blocks[i].handle),
+                 divvy_strerror(result), divvy_last_error_message());
+            blocks[i].handle = no_handle;
             continue;
         }
         CHECK(size >= blocks[i].size, "child: adopted block of %zu bytes, asked %zu", size, blocks[i].size);
         size_t bad = check_pattern(pointer, blocks[i].size, blocks[i].seed);
-        CHECK(bad == SIZE_MAX, "child: block 0x%" PRIx64 " differs from the parent's pattern at byte %zu",
-              blocks[i].handle, bad);
+        CHECK(bad == SIZE_MAX, "child: block 0x" HANDLE_FORMAT " differs from the parent's pattern at byte %zu",
+              HANDLE_ARGS(blocks[i].handle), bad);
         write_pattern(pointer, blocks[i].size, blocks[i].seed + 1000);
         divvy_share_info info;
         EXPECT(divvy_share(client, blocks[i].handle, &info), DIVVY_OK);
-        CHECK(info.holders == 2 && info.handle == blocks[i].handle && info.block_size == size,
+        CHECK(info.holders == 2 && same_handle(info.handle, blocks[i].handle) && info.block_size == size,
               "child: share after adopt: holders %u, block_size %" PRIu64, info.holders, info.block_size);
     }
     // Free the holdings: the first half one by one, the rest in one batch. The parent still holds each block.
     size_t half = count / 2;
     for (size_t i = 0; i < half; i++) {
-        if (blocks[i].handle == 0) continue;
+        if (same_handle(blocks[i].handle, no_handle)) continue;
         int released = -1;
         EXPECT(divvy_free(client, blocks[i].handle, &released), DIVVY_OK);
         CHECK(released == 0, "child: free of an adopted block released it (released %d)", released);
     }
     if (count > half) {
-        uint64_t handles[MAX_PASSED];
+        divvy_handle_t handles[MAX_PASSED];
         int results[MAX_PASSED];
         int released[MAX_PASSED];
         for (size_t i = half; i < count; i++) handles[i - half] = blocks[i].handle;
@@ -293,11 +309,11 @@ static int run_child(const char *socket_path, int mode) {
     expect_nothing_held(client, "child after freeing the adopted blocks");
 
     // A block of the child's own for the parent to adopt: allocate, write, pass back, wait for the parent.
-    uint64_t own = 0;
+    divvy_handle_t own = no_handle;
     void *pointer = NULL;
     EXPECT(divvy_alloc(client, 3000, &own, &pointer), DIVVY_OK);
     if (pointer != NULL) write_pattern(pointer, 3000, 777);
-    say("CHILD-BLOCK %" PRIx64 " 3000 777", own);
+    say("CHILD-BLOCK " HANDLE_FORMAT " 3000 777", HANDLE_ARGS(own));
     say("READY");
     if (fgets(line, sizeof line, stdin) == NULL || strncmp(line, "ADOPTED", 7) != 0) {
         fail("child: the parent did not confirm the adoption");
@@ -358,41 +374,43 @@ static int spawn_child(const char *socket_path, int mode, child_process *child) 
 
 static void run_handover(divvy_client *client, const char *socket_path, int child_mode) {
     static const size_t sizes[SINGLES] = {1, 16, 24, 100, 256, 700, 1000, 2048, 3000, 4000, 33, 512};
-    uint64_t handles[SINGLES];
+    divvy_handle_t handles[SINGLES];
     void *pointers[SINGLES];
     uint64_t total = 0;
 
     // Single allocations: write a pattern; check pointer ↔ handle translation.
     for (size_t i = 0; i < SINGLES; i++) {
-        handles[i] = 0;
+        handles[i] = no_handle;
         pointers[i] = NULL;
         EXPECT(divvy_alloc(client, sizes[i], &handles[i], &pointers[i]), DIVVY_OK);
         if (pointers[i] == NULL) continue;
         write_pattern(pointers[i], sizes[i], i);
         void *again = NULL;
         EXPECT(divvy_pointer(client, handles[i], &again), DIVVY_OK);
-        CHECK(again == pointers[i], "divvy_pointer(0x%" PRIx64 ") = %p, divvy_alloc gave %p", handles[i], again,
-              pointers[i]);
-        uint64_t back = 0;
+        CHECK(again == pointers[i], "divvy_pointer(0x" HANDLE_FORMAT ") = %p, divvy_alloc gave %p",
+              HANDLE_ARGS(handles[i]), again, pointers[i]);
+        divvy_handle_t back = no_handle;
         EXPECT(divvy_handle_for_pointer(client, pointers[i], &back), DIVVY_OK);
         // The exact handle in both modes (mediated clients answer from the blocks they hold).
-        CHECK(back == handles[i], "divvy_handle_for_pointer gave 0x%" PRIx64 ", expected 0x%" PRIx64, back,
-              handles[i]);
+        CHECK(same_handle(back, handles[i]), "divvy_handle_for_pointer gave 0x" HANDLE_FORMAT ", expected 0x"
+              HANDLE_FORMAT, HANDLE_ARGS(back), HANDLE_ARGS(handles[i]));
+        // A real handle names its heap: the heap id (high bits 32-63) is never 0.
+        CHECK(handles[i].high >> 32 != 0, "handle 0x" HANDLE_FORMAT " has heap id 0", HANDLE_ARGS(handles[i]));
         divvy_share_info info;
         EXPECT(divvy_share(client, handles[i], &info), DIVVY_OK);
-        CHECK(info.handle == handles[i] && info.holders == 1 && info.block_size >= sizes[i],
-              "share: handle 0x%" PRIx64 " holders %u block_size %" PRIu64, info.handle, info.holders,
-              info.block_size);
+        CHECK(same_handle(info.handle, handles[i]) && info.holders == 1 && info.block_size >= sizes[i],
+              "share: handle 0x" HANDLE_FORMAT " holders %u block_size %" PRIu64, HANDLE_ARGS(info.handle),
+              info.holders, info.block_size);
         total += info.block_size;
     }
     // A batch.
-    uint64_t batch[BATCH];
+    divvy_handle_t batch[BATCH];
     EXPECT(divvy_alloc_batch(client, BATCH_SIZE, BATCH, batch), DIVVY_OK);
     for (size_t i = 0; i < BATCH; i++) {
         void *pointer = NULL;
         EXPECT(divvy_pointer(client, batch[i], &pointer), DIVVY_OK);
         if (pointer != NULL) write_pattern(pointer, BATCH_SIZE, 100 + i);
-        for (size_t j = 0; j < i; j++) CHECK(batch[j] != batch[i], "the batch repeats a handle");
+        for (size_t j = 0; j < i; j++) CHECK(!same_handle(batch[j], batch[i]), "the batch repeats a handle");
     }
     struct divvy_stats stats;
     usleep(150 * 1000); /* the daemon's heap figures may be up to 100 ms old (PROTOCOL.md, stats) */
@@ -411,16 +429,16 @@ static void run_handover(divvy_client *client, const char *socket_path, int chil
     child_process child;
     if (!spawn_child(socket_path, child_mode, &child)) return;
     for (size_t i = 0; i < SINGLES; i++) {
-        fprintf(child.to_child, "BLOCK %" PRIx64 " %zu %zu\n", handles[i], sizes[i], i);
+        fprintf(child.to_child, "BLOCK " HANDLE_FORMAT " %zu %zu\n", HANDLE_ARGS(handles[i]), sizes[i], i);
     }
     for (size_t i = 0; i < BATCH; i++) {
-        fprintf(child.to_child, "BLOCK %" PRIx64 " %d %zu\n", batch[i], BATCH_SIZE, 100 + i);
+        fprintf(child.to_child, "BLOCK " HANDLE_FORMAT " %d %zu\n", HANDLE_ARGS(batch[i]), BATCH_SIZE, 100 + i);
     }
     fputs("END\n", child.to_child);
     fflush(child.to_child);
 
     // The child's own block comes back; adopt it, check it, tell the child.
-    uint64_t theirs = 0;
+    divvy_handle_t theirs = no_handle;
     size_t their_size = 0;
     uint64_t their_seed = 0;
     char line[512];
@@ -428,7 +446,8 @@ static void run_handover(divvy_client *client, const char *socket_path, int chil
         line[strcspn(line, "\n")] = '\0';
         say("  %s", line);
         if (strncmp(line, "FAIL", 4) == 0) failures++;
-        sscanf(line, "CHILD-BLOCK %" SCNx64 " %zu %" SCNu64, &theirs, &their_size, &their_seed);
+        sscanf(line, "CHILD-BLOCK " HANDLE_SCAN " %zu %" SCNu64, &theirs.high, &theirs.low, &their_size,
+               &their_seed);
         if (strcmp(line, "READY") == 0) break;
     }
     void *their_pointer = NULL;
@@ -493,15 +512,16 @@ static int is_one_of(int code, int a, int b) {
 static void check_errors(divvy_client *client, int granted) {
     struct divvy_stats before, after;
     EXPECT(divvy_stats(client, &before), DIVVY_OK);
-    uint64_t handle = 0xDEAD;
+    divvy_handle_t handle = {0xDEAD, 0xBEEF};
     void *pointer = (void *)0x1;
     EXPECT(divvy_alloc(client, 0, &handle, &pointer), DIVVY_EUNSUPPORTED_SIZE);
-    CHECK(handle == 0xDEAD && pointer == (void *)0x1, "a failed divvy_alloc wrote its outputs");
+    CHECK(handle.low == 0xDEAD && handle.high == 0xBEEF && pointer == (void *)0x1,
+          "a failed divvy_alloc wrote its outputs");
     CHECK(divvy_last_error_message()[0] != '\0', "a failed call leaves a message");
     EXPECT(divvy_alloc(client, SIZE_MAX, &handle, &pointer), DIVVY_EUNSUPPORTED_SIZE);
     EXPECT(divvy_alloc(client, (size_t)1 << 40, &handle, &pointer), DIVVY_EUNSUPPORTED_SIZE);
     EXPECT(divvy_alloc(client, 64, NULL, &pointer), DIVVY_EINVAL);
-    uint64_t handles[4];
+    divvy_handle_t handles[4];
     EXPECT(divvy_alloc_batch(client, 64, 0, handles), DIVVY_EBATCH_TOO_LARGE);
     EXPECT(divvy_alloc_batch(client, 64, DIVVY_MAX_BATCH + 1, handles), DIVVY_EBATCH_TOO_LARGE);
     EXPECT(divvy_alloc_batch(client, 64, (size_t)-1, handles), DIVVY_EBATCH_TOO_LARGE);
@@ -509,22 +529,29 @@ static void check_errors(divvy_client *client, int granted) {
     EXPECT(divvy_alloc_batch(client, 0, 4, handles), DIVVY_EUNSUPPORTED_SIZE);
     EXPECT(divvy_free_batch(client, handles, 0, NULL, NULL), DIVVY_EBATCH_TOO_LARGE);
     EXPECT(divvy_free_batch(client, NULL, 4, NULL, NULL), DIVVY_EINVAL);
-    EXPECT(divvy_pointer(client, 1, NULL), DIVVY_EINVAL);
+    EXPECT(divvy_pointer(client, handle, NULL), DIVVY_EINVAL);
     EXPECT(divvy_handle_for_pointer(client, NULL, &handle), DIVVY_EINVAL);
     EXPECT(divvy_handle_for_pointer(client, &handle, NULL), DIVVY_EINVAL);
     EXPECT(divvy_stats(client, NULL), DIVVY_EINVAL);
     // An address outside the shared region is no block.
     int local = 0;
     EXPECT(divvy_handle_for_pointer(client, &local, &handle), DIVVY_EINVALID_HANDLE);
-    // A handle far outside the data area.
-    EXPECT(divvy_pointer(client, 0xFFFFFFFFu, &pointer), DIVVY_EINVALID_HANDLE);
-    int code = divvy_free(client, 0xFFFFFFFFu, NULL);
+    // A handle far outside the data area (of this daemon's heap: the heap id of a real handle).
+    divvy_handle_t probe = no_handle;
+    EXPECT(divvy_alloc(client, 64, &probe, NULL), DIVVY_OK);
+    EXPECT(divvy_free(client, probe, NULL), DIVVY_OK);
+    divvy_handle_t far = {0xFFFFFFFFFFFFu, probe.high};
+    EXPECT(divvy_pointer(client, far, &pointer), DIVVY_EINVALID_HANDLE);
+    int code = divvy_free(client, far, NULL);
     CHECK(code == DIVVY_EINVALID_HANDLE, "free of an out-of-range handle: %d (%s)", code, divvy_strerror(code));
-    code = divvy_adopt(client, 0xFFFFFFFFu, NULL, NULL);
+    code = divvy_adopt(client, far, NULL, NULL);
     CHECK(code == DIVVY_EINVALID_HANDLE, "adopt of an out-of-range handle: %d (%s)", code, divvy_strerror(code));
+    // The zero handle is never valid.
+    code = divvy_free(client, no_handle, NULL);
+    CHECK(code == DIVVY_EINVALID_HANDLE, "free of the zero handle: %d (%s)", code, divvy_strerror(code));
 
     // A freed block: freeing or adopting it again is refused, and nothing changes.
-    uint64_t freed = 0;
+    divvy_handle_t freed = no_handle;
     void *freed_pointer = NULL;
     EXPECT(divvy_alloc(client, 128, &freed, &freed_pointer), DIVVY_OK);
     EXPECT(divvy_free(client, freed, NULL), DIVVY_OK);
@@ -552,12 +579,27 @@ static void check_errors(divvy_client *client, int granted) {
     CHECK(is_one_of(code, DIVVY_EDOUBLE_FREE, DIVVY_ESTALE_HANDLE), "share of a freed block: %d (%s)", code,
           divvy_strerror(code));
     // A batch free with one good and one freed handle: the good one is freed, the other reported.
-    uint64_t live = 0;
+    divvy_handle_t live = no_handle;
     void *live_pointer = NULL;
     EXPECT(divvy_alloc(client, 128, &live, &live_pointer), DIVVY_OK);
     // A client holds a block once, in either mode: adopting its own block again is refused, nothing changes.
     code = divvy_adopt(client, live, NULL, NULL);
     CHECK(code == DIVVY_EALREADY_HOLDER, "adopt of a block this client holds: %d (%s)", code, divvy_strerror(code));
+    // The same block named with another heap's id (as a handle kept from before a daemon restart would be): every
+    // call that checks the handle refuses it as foreign, in both modes, and nothing changes.
+    divvy_handle_t foreign = {live.low, live.high ^ 0xFFFFFFFF00000000u};
+    code = divvy_free(client, foreign, NULL);
+    CHECK(code == DIVVY_EFOREIGN_HANDLE, "free of a foreign handle: %d (%s)", code, divvy_strerror(code));
+    code = divvy_adopt(client, foreign, NULL, NULL);
+    CHECK(code == DIVVY_EFOREIGN_HANDLE, "adopt of a foreign handle: %d (%s)", code, divvy_strerror(code));
+    code = divvy_share(client, foreign, NULL);
+    CHECK(code == DIVVY_EFOREIGN_HANDLE, "share of a foreign handle: %d (%s)", code, divvy_strerror(code));
+    if (granted == DIVVY_MODE_DIRECT) {
+        // Direct clients check translations against the heap, heap id included.
+        code = divvy_pointer(client, foreign, &pointer);
+        CHECK(code == DIVVY_EFOREIGN_HANDLE, "direct: divvy_pointer of a foreign handle: %d (%s)", code,
+              divvy_strerror(code));
+    }
     if (live_pointer != NULL) {
         // An address inside a block is not a block start: direct clients say so (the heap), mediated clients hold
         // no block starting there.
@@ -570,7 +612,7 @@ static void check_errors(divvy_client *client, int granted) {
                   divvy_strerror(code));
         }
     }
-    uint64_t mixed[2] = {live, freed};
+    divvy_handle_t mixed[2] = {live, freed};
     int results[2] = {-1, -1};
     int released[2] = {-1, -1};
     code = divvy_free_batch(client, mixed, 2, results, released);
@@ -596,7 +638,7 @@ typedef struct thread_state {
     int index;
     const char *socket_path;
     int mode;
-    uint64_t handles[PER_THREAD];
+    divvy_handle_t handles[PER_THREAD];
     pthread_barrier_t *barrier;
     struct thread_state *all;
 } thread_state;
@@ -612,14 +654,14 @@ static void *thread_main(void *argument) {
     }
     for (int i = 0; i < PER_THREAD && client != NULL; i++) {
         void *pointer = NULL;
-        state->handles[i] = 0;
+        state->handles[i] = no_handle;
         EXPECT(divvy_alloc(client, 64 + (size_t)i * 8, &state->handles[i], &pointer), DIVVY_OK);
         if (pointer != NULL) write_pattern(pointer, 64 + (size_t)i * 8, (uint64_t)state->index * 1000 + i);
     }
     // Each thread leaves its own error message behind; the messages are per thread.
     char expected_message[64];
     snprintf(expected_message, sizeof expected_message, "count %d is not in", 5000 + state->index);
-    uint64_t unused[1];
+    divvy_handle_t unused[1];
     if (client != NULL) {
         EXPECT(divvy_alloc_batch(client, 64, 5000 + state->index, unused), DIVVY_EBATCH_TOO_LARGE);
     }
@@ -694,7 +736,7 @@ static int run_all(const char *socket_path, int mode, int child_mode) {
     run_threads(socket_path, mode);
 
     // Reconnecting drops what the old connection held.
-    uint64_t dropped = 0;
+    divvy_handle_t dropped = no_handle;
     EXPECT(divvy_alloc(client, 64, &dropped, NULL), DIVVY_OK);
     EXPECT(divvy_reconnect(client), DIVVY_OK);
     expect_nothing_held(client, "after divvy_reconnect");
@@ -739,7 +781,7 @@ static int run_daemon_gone(const char *socket_path, int mode) {
         fail("divvy_connect: %s (%s)", divvy_strerror(result), divvy_last_error_message());
         return 1;
     }
-    uint64_t handle = 0;
+    divvy_handle_t handle = no_handle;
     void *pointer = NULL;
     EXPECT(divvy_alloc(client, 64, &handle, &pointer), DIVVY_OK);
     say("READY");
@@ -762,7 +804,7 @@ static int run_daemon_gone(const char *socket_path, int mode) {
     code = divvy_alloc(client, 64, &handle, &pointer);
     CHECK(code == DIVVY_EDAEMON_GONE, "alloc on the disconnected client: %d (%s)", code, divvy_strerror(code));
     // A request-level failure of a batch free reaches every handle's result.
-    uint64_t handles[3] = {handle, handle + 1, handle + 2};
+    divvy_handle_t handles[3] = {handle, {handle.low + 1, handle.high}, {handle.low + 2, handle.high}};
     int results[3] = {-1, -1, -1};
     int released[3] = {-1, -1, -1};
     code = divvy_free_batch(client, handles, 3, results, released);
@@ -808,7 +850,7 @@ static int run_fill(const char *socket_path, int mode, int expected, const char 
     }
     int granted = -1;
     EXPECT(divvy_client_info(client, &granted, NULL), DIVVY_OK);
-    static uint64_t handles[QUOTA_MAX_BLOCKS];
+    static divvy_handle_t handles[QUOTA_MAX_BLOCKS];
     size_t count = 0;
     while (count < QUOTA_MAX_BLOCKS) {
         void *pointer = NULL;
@@ -824,9 +866,9 @@ static int run_fill(const char *socket_path, int mode, int expected, const char 
     struct divvy_stats before, after;
     usleep(150 * 1000); /* heap figures may be up to 100 ms old: let them catch up with the allocations */
     EXPECT(divvy_stats(client, &before), DIVVY_OK);
-    uint64_t extra = 0;
+    divvy_handle_t extra = no_handle;
     EXPECT(divvy_alloc(client, QUOTA_BLOCK, &extra, NULL), expected);
-    uint64_t batch[8];
+    divvy_handle_t batch[8];
     EXPECT(divvy_alloc_batch(client, QUOTA_BLOCK, 8, batch), expected);
     usleep(150 * 1000);
     EXPECT(divvy_stats(client, &after), DIVVY_OK);

@@ -45,10 +45,10 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 echo "c-client: building with $cc against $build/libdivvy.so"
-# The library's SONAME is libdivvy.so.0 (what the program records and the loader looks for); SwiftPM writes only
+# The library's SONAME is libdivvy.so.1 (what the program records and the loader looks for); SwiftPM writes only
 # libdivvy.so, so give it both names, as an installed library has (deploy/install-libdivvy.sh).
 mkdir "$work/lib"
-ln -s "$build/libdivvy.so" "$work/lib/libdivvy.so.0"
+ln -s "$build/libdivvy.so" "$work/lib/libdivvy.so.1"
 ln -s "$build/libdivvy.so" "$work/lib/libdivvy.so"
 "$cc" -std=c11 -Wall -Wextra -Wpedantic -Werror -I "$root/Sources/CDivvyC/include" "$root/Examples/c-client/main.c" \
     -L "$work/lib" -ldivvy -Wl,-rpath,"$work/lib" -lpthread -o "$work/divvy-c-example"

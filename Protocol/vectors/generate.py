@@ -12,10 +12,13 @@ import struct
 MAGIC = 0x50595644
 HEADER_SIZE = 24
 MAX_FRAME_SIZE = 65536
-MAX_BATCH = 4096
+MAX_BATCH = 4093  # the most 16-byte handles an allocatedBatch fits in one frame: (65512 - 12) // 16
+HANDSHAKE_VERSION = 1  # header version of hello and the reply to it (PROTOCOL.md 6.1)
+VERSION = 2  # header version of every other frame
 
-# Message layouts: type name -> (code, [(field, kind)]). Kinds: u8 u16 u32 u64 bool str bytes u16[] u32[] u64[].
-# Arrays are a u32 count followed by the elements; str is u16 length + UTF-8; bytes is u32 length + raw bytes.
+# Message layouts: type name -> (code, [(field, kind)]). Kinds: u8 u16 u32 u64 bool str bytes handle u16[] u32[]
+# handle[]. Arrays are a u32 count followed by the elements; str is u16 length + UTF-8; bytes is u32 length + raw
+# bytes; a handle is 16 bytes: u64 low, u64 high.
 MESSAGES = {
     "hello": (0x0001, [("minVersion", "u16"), ("maxVersion", "u16"), ("mode", "u8"), ("capabilities", "u32"),
                        ("name", "str")]),
@@ -32,17 +35,17 @@ MESSAGES = {
     "returnPages": (0x0005, [("pages", "u32")]),
     "returned": (0x8005, [("pageAllowance", "u32")]),
     "allocate": (0x0006, [("size", "u64")]),
-    "allocated": (0x8006, [("handle", "u64"), ("blockSize", "u64")]),
-    "free": (0x0007, [("handle", "u64")]),
+    "allocated": (0x8006, [("handle", "handle"), ("blockSize", "u64")]),
+    "free": (0x0007, [("handle", "handle")]),
     "freed": (0x8007, [("released", "bool")]),
     "allocateBatch": (0x0008, [("size", "u64"), ("count", "u32")]),
-    "allocatedBatch": (0x8008, [("blockSize", "u64"), ("handles", "u64[]")]),
-    "freeBatch": (0x0009, [("handles", "u64[]")]),
+    "allocatedBatch": (0x8008, [("blockSize", "u64"), ("handles", "handle[]")]),
+    "freeBatch": (0x0009, [("handles", "handle[]")]),
     "freedBatch": (0x8009, [("statuses", "u16[]")]),
-    "share": (0x000A, [("handle", "u64")]),
-    "shared": (0x800A, [("handle", "u64"), ("offset", "u64"), ("blockSize", "u64"), ("holders", "u32")]),
-    "adopt": (0x000B, [("handle", "u64")]),
-    "adopted": (0x800B, [("handle", "u64"), ("blockSize", "u64")]),
+    "share": (0x000A, [("handle", "handle")]),
+    "shared": (0x800A, [("handle", "handle"), ("offset", "u64"), ("blockSize", "u64"), ("holders", "u32")]),
+    "adopt": (0x000B, [("handle", "handle")]),
+    "adopted": (0x800B, [("handle", "handle"), ("blockSize", "u64")]),
     "stats": (0x000C, []),
     "statsReply": (0x800C, [("bytesHeld", "u64"), ("blocksHeld", "u64"), ("quotaBytes", "u64"),
                             ("pageAllowance", "u32"), ("heapBytesUsed", "u64"), ("heapBytesFree", "u64"),
@@ -63,14 +66,14 @@ ERROR_CODES = [
     "handshakeRequired", "wrongMode", "quotaExceeded", "heapFull", "unsupportedSize", "invalidHandle",
     "misalignedHandle", "staleHandle", "doubleFree", "notHolder", "batchTooLarge", "adminRequired", "noSuchClient",
     "tooManyClients", "shuttingDown", "internalError", "invalidParticipant", "directUnavailable",
-    "alreadyHolder",
+    "alreadyHolder", "foreignHandle",
 ]
 CODE = {name: index + 1 for index, name in enumerate(ERROR_CODES)}
 
 SCALARS = {"u8": "<B", "u16": "<H", "u32": "<I", "u64": "<Q"}
 
 
-def header(type_code, request_id, payload_length, version=1, flags=0, magic=MAGIC):
+def header(type_code, request_id, payload_length, version=VERSION, flags=0, magic=MAGIC):
     return struct.pack("<IHHQII", magic, version, type_code, request_id, payload_length, flags)
 
 
@@ -82,6 +85,8 @@ def encode_fields(type_name, fields):
         value = fields[name]
         if kind in SCALARS:
             out += struct.pack(SCALARS[kind], int(value))
+        elif kind == "handle":
+            out += encode_handle(value)
         elif kind == "bool":
             out += bytes([1 if value else 0])
         elif kind == "str":
@@ -90,6 +95,8 @@ def encode_fields(type_name, fields):
         elif kind == "bytes":
             data = bytes.fromhex(value)
             out += struct.pack("<I", len(data)) + data
+        elif kind == "handle[]":
+            out += struct.pack("<I", len(value)) + b"".join(encode_handle(v) for v in value)
         elif kind.endswith("[]"):
             element = SCALARS[kind[:-2]]
             out += struct.pack("<I", len(value)) + b"".join(struct.pack(element, int(v)) for v in value)
@@ -98,7 +105,11 @@ def encode_fields(type_name, fields):
     return out
 
 
-def frame(type_name, request_id, fields, version=1):
+def encode_handle(value):
+    return struct.pack("<QQ", int(value["low"]), int(value["high"]))
+
+
+def frame(type_name, request_id, fields, version=VERSION):
     payload = encode_fields(type_name, fields)
     return header(TYPE_CODES[type_name], request_id, len(payload), version) + payload
 
@@ -108,8 +119,15 @@ def u64(value):
     return str(value)
 
 
-def handle(index, generation):
-    return (generation << 32) | index
+HEAP = 0x1D2C3B4A  # the heap id of the examples
+
+
+def handle(index, generation, heap=HEAP):
+    """A handle as PROTOCOL.md section 8 lays it out: index (48 bits) and generation (48 bits) and heap id (32)."""
+    assert index < 1 << 48 and generation < 1 << 48 and heap < 1 << 32
+    low = index | (generation & 0xFFFF) << 48
+    high = generation >> 16 | heap << 32
+    return {"low": u64(low), "high": u64(high)}
 
 
 # ---------------------------------------------------------------------------------------------- valid vectors
@@ -117,53 +135,58 @@ def handle(index, generation):
 valid = []
 
 
-def add(name, type_name, request_id, fields, comment):
+def add(name, type_name, request_id, fields, comment, version=None):
+    if version is None:
+        version = HANDSHAKE_VERSION if type_name in ("hello", "welcome") else VERSION
     valid.append({
         "name": name,
         "type": type_name,
         "typeCode": TYPE_CODES[type_name],
         "requestID": u64(request_id),
-        "version": 1,
+        "version": version,
         "fields": fields,
-        "hex": frame(type_name, request_id, fields).hex(),
+        "hex": frame(type_name, request_id, fields, version).hex(),
         "comment": comment,
     })
 
 
 GIB = 1 << 30
 add("hello-direct", "hello", 1,
-    {"minVersion": 1, "maxVersion": 1, "mode": 1, "capabilities": 0, "name": "render-worker"},
-    "a client asking for direct mode, speaking version 1 only")
+    {"minVersion": 2, "maxVersion": 2, "mode": 1, "capabilities": 0, "name": "render-worker"},
+    "a client asking for direct mode, speaking version 2 only; hello's header has version 1 (section 6.1)")
+add("hello-version-1-only", "hello", 1,
+    {"minVersion": 1, "maxVersion": 1, "mode": 2, "capabilities": 0, "name": "old-client"},
+    "a version-1 client: well formed, and refused by a version-2 daemon with unsupportedVersion (semantic)")
 add("hello-any-utf8-name", "hello", 1,
     {"minVersion": 1, "maxVersion": 3, "mode": 0, "capabilities": 0, "name": "caf\u00e9-\u6f22\u5b57-\U0001F600"},
     "mode any, a version range 1...3 and a name with 2-, 3- and 4-byte UTF-8 sequences")
 add("hello-empty-name", "hello", 0,
-    {"minVersion": 1, "maxVersion": 1, "mode": 2, "capabilities": 0, "name": ""},
+    {"minVersion": 2, "maxVersion": 2, "mode": 2, "capabilities": 0, "name": ""},
     "mediated, empty name, request id 0 (allowed for requests)")
 add("hello-name-at-limit", "hello", 2,
-    {"minVersion": 1, "maxVersion": 1, "mode": 2, "capabilities": 0, "name": "n" * 255},
+    {"minVersion": 2, "maxVersion": 2, "mode": 2, "capabilities": 0, "name": "n" * 255},
     "a name of exactly maxNameLength (255) bytes")
 add("hello-capabilities", "hello", 3,
-    {"minVersion": 1, "maxVersion": 1, "mode": 1, "capabilities": 0x80000001, "name": "future"},
+    {"minVersion": 2, "maxVersion": 2, "mode": 1, "capabilities": 0x80000001, "name": "future"},
     "unknown capability bits are carried, not rejected")
 add("welcome-direct", "welcome", 1,
-    {"version": 1, "mode": 1, "clientID": 7, "quotaBytes": u64(GIB), "regionSize": u64(4 * GIB + 2 * 1024 * 1024),
+    {"version": 2, "mode": 1, "clientID": 7, "quotaBytes": u64(GIB), "regionSize": u64(4 * GIB + 2 * 1024 * 1024),
      "metadataOffset": u64(4096), "metadataSize": u64(2 * 1024 * 1024 - 4096), "dataOffset": u64(2 * 1024 * 1024),
      "dataSize": u64(4 * GIB), "pageSize": 65536, "pageKind": 0,
      "sizeClasses": [16, 32, 48, 64, 96, 128, 192, 256, 512, 1024, 4096, 65536]},
     "direct grant: 4 GiB data area after 2 MiB of metadata, base pages, 12 size classes")
 add("welcome-mediated-huge", "welcome", 1,
-    {"version": 1, "mode": 2, "clientID": 4294967295, "quotaBytes": u64(2**64 - 1), "regionSize": u64(8 * GIB),
+    {"version": 2, "mode": 2, "clientID": 4294967295, "quotaBytes": u64(2**64 - 1), "regionSize": u64(8 * GIB),
      "metadataOffset": u64(0), "metadataSize": u64(1 << 30), "dataOffset": u64(1 << 30), "dataSize": u64(7 * GIB),
      "pageSize": 2097152, "pageKind": 2, "sizeClasses": []},
     "mediated grant on 2 MiB huge pages, maximal client id and quota, no size classes")
 add("welcome-1g-pages", "welcome", 9,
-    {"version": 1, "mode": 1, "clientID": 1, "quotaBytes": u64(0), "regionSize": u64(2 * GIB),
+    {"version": 2, "mode": 1, "clientID": 1, "quotaBytes": u64(0), "regionSize": u64(2 * GIB),
      "metadataOffset": u64(64), "metadataSize": u64(GIB - 64), "dataOffset": u64(GIB), "dataSize": u64(GIB),
      "pageSize": 1 << 30, "pageKind": 3, "sizeClasses": [1 << 20]},
     "page kind 3 (huge 1 GiB)")
 add("welcome-thp", "welcome", 9,
-    {"version": 1, "mode": 2, "clientID": 2, "quotaBytes": u64(1 << 20), "regionSize": u64(1 << 24),
+    {"version": 2, "mode": 2, "clientID": 2, "quotaBytes": u64(1 << 20), "regionSize": u64(1 << 24),
      "metadataOffset": u64(0), "metadataSize": u64(1 << 16), "dataOffset": u64(1 << 16),
      "dataSize": u64((1 << 24) - (1 << 16)), "pageSize": 4096, "pageKind": 1, "sizeClasses": [64, 4096]},
     "page kind 1 (transparent huge pages)")
@@ -180,29 +203,39 @@ add("returnPages", "returnPages", 5, {"pages": 4}, "4 pages given back")
 add("returned", "returned", 5, {"pageAllowance": 20}, "allowance now 20")
 add("allocate", "allocate", 6, {"size": u64(100)}, "allocate 100 bytes")
 add("allocate-max-ids", "allocate", 2**64 - 1, {"size": u64(2**64 - 1)}, "maximal request id and size")
-add("allocated", "allocated", 6, {"handle": u64(handle(0x1234, 3)), "blockSize": u64(128)},
-    "handle: generation 3, data offset 0x1234 * 16 = 0x12340; block of 128 bytes")
-add("free", "free", 7, {"handle": u64(handle(0x1234, 3))}, "free the block allocated above")
+add("allocated", "allocated", 6, {"handle": handle(0x1234, 3), "blockSize": u64(128)},
+    "handle: heap 0x1d2c3b4a, generation 3, data offset 0x1234 * 16 = 0x12340; block of 128 bytes")
+add("allocated-all-bits", "allocated", 6,
+    {"handle": {"low": u64(2**64 - 1), "high": u64(2**64 - 1)}, "blockSize": u64(2**64 - 1)},
+    "every bit of the handle set: offset (2^48 - 1) * 16, generation 2^48 - 1, heap 0xffffffff")
+add("allocated-high-generation", "allocated", 6, {"handle": handle(0xABCDEF012345, 0x123456789ABC, 0x80000001),
+                                                   "blockSize": u64(64)},
+    "a 48-bit offset index and a 48-bit generation split across both words (bits 0-15 in low, 16-47 in high)")
+add("free", "free", 7, {"handle": handle(0x1234, 3)}, "free the block allocated above")
+add("free-zero", "free", 7, {"handle": handle(0, 0, 0)},
+    "the zero handle is well formed on the wire (the daemon answers invalidHandle)")
 add("freed-released", "freed", 7, {"released": True}, "the block went back to the heap")
 add("freed-still-held", "freed", 7, {"released": False}, "other holders remain")
 add("allocateBatch", "allocateBatch", 8, {"size": u64(64), "count": 3}, "three 64-byte blocks, all or nothing")
 add("allocatedBatch", "allocatedBatch", 8,
-    {"blockSize": u64(64), "handles": [u64(handle(0x10, 1)), u64(handle(0x14, 1)), u64(handle(0x18, 2))]},
+    {"blockSize": u64(64), "handles": [handle(0x10, 1), handle(0x14, 1), handle(0x18, 2)]},
     "three handles, data offsets 0x100, 0x140, 0x180")
 add("freeBatch", "freeBatch", 9,
-    {"handles": [u64(handle(0x10, 1)), u64(handle(0x14, 1)), u64(handle(0x18, 1)), u64(0)]},
+    {"handles": [handle(0x10, 1), handle(0x14, 1), handle(0x18, 1), handle(0, 0, 0)]},
     "four handles (the statuses below say what became of each)")
 add("freedBatch", "freedBatch", 9, {"statuses": [0, 1, CODE["staleHandle"], CODE["invalidHandle"]]},
     "released, still held, staleHandle (13), invalidHandle (11)")
 add("freedBatch-all-statuses", "freedBatch", 10,
     {"statuses": [0, 1] + [CODE[name] for name in ERROR_CODES[1:]] + [999]},
     "every status value incl. an unknown error code 999 (carried as is)")
-add("share", "share", 11, {"handle": u64(handle(0x20, 5))}, "share a held block")
+add("share", "share", 11, {"handle": handle(0x20, 5)}, "share a held block")
 add("shared", "shared", 11,
-    {"handle": u64(handle(0x20, 5)), "offset": u64(0x200), "blockSize": u64(256), "holders": 2},
+    {"handle": handle(0x20, 5), "offset": u64(0x200), "blockSize": u64(256), "holders": 2},
     "offset is the data-area offset (0x20 * 16); two holders now")
-add("adopt", "adopt", 12, {"handle": u64(handle(0x20, 5))}, "adopt the shared block")
-add("adopted", "adopted", 12, {"handle": u64(handle(0x20, 5)), "blockSize": u64(256)}, "adopted")
+add("adopt", "adopt", 12, {"handle": handle(0x20, 5)}, "adopt the shared block")
+add("adopt-foreign", "adopt", 12, {"handle": handle(0x20, 5, 0x0BADBEEF)},
+    "a handle from another heap (heap id 0x0badbeef): well formed; the daemon answers foreignHandle")
+add("adopted", "adopted", 12, {"handle": handle(0x20, 5), "blockSize": u64(256)}, "adopted")
 add("stats", "stats", 13, {}, "empty payload")
 add("statsReply", "statsReply", 13,
     {"bytesHeld": u64(4096), "blocksHeld": u64(32), "quotaBytes": u64(GIB), "pageAllowance": 20,
@@ -233,6 +266,13 @@ for code_name in ERROR_CODES:
     add("error-" + code_name, "error", 6,
         {"code": CODE[code_name], "requestType": TYPE_CODES["allocate"], "message": code_name + " for allocate"},
         "error %d (%s) answering an allocate" % (CODE[code_name], code_name))
+add("error-unsupportedVersion-hello", "error", 1,
+    {"code": CODE["unsupportedVersion"], "requestType": TYPE_CODES["hello"],
+     "message": "client speaks protocol 1…1; this daemon speaks 2…2"},
+    "the refusal of a version-1 hello: header version 1, as every reply to hello (section 6.1)",
+    version=HANDSHAKE_VERSION)
+add("stats-header-version-1", "stats", 13, {}, "header version 1 is accepted on any frame (check 4 accepts 1 and 2)",
+    version=HANDSHAKE_VERSION)
 add("error-unknown-request", "error", 0, {"code": CODE["malformedFrame"], "requestType": 0, "message": "short"},
     "an error answering a frame whose header could not be read: request id 0, requestType 0")
 add("error-unknown-code", "error", 5, {"code": 999, "requestType": 0x1234, "message": ""},
@@ -292,11 +332,12 @@ bad("bad-magic-before-size", header(T["stats"], 9, MAX_FRAME_SIZE + 1 - HEADER_S
     append_zeros=MAX_FRAME_SIZE + 1 - HEADER_SIZE)
 bad("version-0", raw(T["allocate"], 77, struct.pack("<Q", 64), version=0), "unsupportedVersion",
     "header version 0", 77, T["allocate"])
-bad("version-2", raw(T["hello"], 1, encode_fields("hello", {"minVersion": 1, "maxVersion": 2, "mode": 0,
-                                                            "capabilities": 0, "name": "x"}), version=2),
-    "unsupportedVersion", "header version 2 (this implementation speaks 1 only)", 1, T["hello"])
-bad("version-before-flags", raw(T["stats"], 3, b"", version=2, flags=1), "unsupportedVersion",
-    "version 2 and flags 1: version is checked before flags", 3, T["stats"])
+bad("version-3", raw(T["hello"], 1, encode_fields("hello", {"minVersion": 1, "maxVersion": 3, "mode": 0,
+                                                            "capabilities": 0, "name": "x"}), version=3),
+    "unsupportedVersion", "header version 3 (version-2 implementations accept headers of version 1 and 2)", 1,
+    T["hello"])
+bad("version-before-flags", raw(T["stats"], 3, b"", version=3, flags=1), "unsupportedVersion",
+    "version 3 and flags 1: version is checked before flags", 3, T["stats"])
 bad("nonzero-flags", raw(T["allocate"], 77, struct.pack("<Q", 64), flags=1), "malformedFrame",
     "reserved flags set", 77, T["allocate"])
 bad("high-flag", raw(T["stats"], 5, b"", flags=0x80000000), "malformedFrame", "flags bit 31 set", 5, T["stats"])
@@ -319,8 +360,14 @@ bad("truncated-allocate", raw(T["allocate"], 6, struct.pack("<Q", 64)[:7]), "mal
     "allocate with a 7-byte size", 6, T["allocate"])
 bad("truncated-empty-allocate", raw(T["allocate"], 6, b""), "malformedFrame", "allocate with no payload", 6,
     T["allocate"])
-bad("truncated-allocated", raw(T["allocated"], 6, struct.pack("<QI", 1, 2)), "malformedFrame",
+bad("truncated-allocated", raw(T["allocated"], 6, struct.pack("<QQI", 1, 2, 3)), "malformedFrame",
     "allocated missing 4 bytes of blockSize", 6, T["allocated"])
+bad("free-version-1-handle", raw(T["free"], 7, struct.pack("<Q", 0x0000000300001234)), "malformedFrame",
+    "free carrying a version-1 (8-byte) handle: a handle is 16 bytes", 7, T["free"])
+bad("truncated-share-handle", raw(T["share"], 11, struct.pack("<QI", 1, 2)), "malformedFrame",
+    "share with 12 of the handle's 16 bytes", 11, T["share"])
+bad("trailing-adopt", raw(T["adopt"], 12, struct.pack("<QQB", 1, 2, 0)), "malformedFrame",
+    "adopt with 17 payload bytes", 12, T["adopt"])
 bad("truncated-welcome", raw(T["welcome"], 1, frame("welcome", 1, by_name("welcome-direct")["fields"])[HEADER_SIZE:][:40]),
     "malformedFrame", "welcome cut after 40 bytes", 1, T["welcome"])
 bad("truncated-stats-reply", raw(T["statsReply"], 13, b"\x00" * 47), "malformedFrame", "statsReply of 47 bytes", 13,
@@ -369,23 +416,31 @@ for type_name, prefix in [("allocateBatch", struct.pack("<Q", 64)), ("allocatedB
                           ("freeBatch", b""), ("freedBatch", b"")]:
     bad("batch-zero-" + type_name, raw(T[type_name], 8, prefix + struct.pack("<I", 0)), "batchTooLarge",
         type_name + " with count 0", 8, T[type_name])
-    element = {"allocateBatch": b"", "allocatedBatch": b"\x00" * 8, "freeBatch": b"\x00" * 8,
+    element = {"allocateBatch": b"", "allocatedBatch": b"\x00" * 16, "freeBatch": b"\x00" * 16,
                "freedBatch": b"\x00" * 2}[type_name]
     elements = len(element) * (MAX_BATCH + 1)
-    bad("batch-4097-" + type_name,
+    if HEADER_SIZE + len(prefix) + 4 + elements > MAX_FRAME_SIZE:
+        # 4094 handles do not fit an allocatedBatch frame (that is why the limit is 4093): the count alone, which
+        # is checked before the elements are looked for.
+        elements = 0
+    bad("batch-%d-%s" % (MAX_BATCH + 1, type_name),
         header(T[type_name], 8, len(prefix) + 4 + elements) + prefix + struct.pack("<I", MAX_BATCH + 1),
         "batchTooLarge",
-        type_name + " with count 4097 (checked before the elements)", 8, T[type_name],
+        type_name + " with count %d (checked before the elements%s)" % (
+            MAX_BATCH + 1, ", none present" if elements == 0 else ""), 8, T[type_name],
         append_zeros=elements)
     bad("batch-huge-" + type_name, raw(T[type_name], 8, prefix + struct.pack("<I", 0xFFFFFFFF)), "batchTooLarge",
         type_name + " with count 2^32-1", 8, T[type_name])
-bad("count-more-than-bytes", raw(T["freeBatch"], 9, struct.pack("<IQ", 2, 1)), "malformedFrame",
+bad("count-more-than-bytes", raw(T["freeBatch"], 9, struct.pack("<IQQ", 2, 1, 0)), "malformedFrame",
     "freeBatch count 2, one handle present", 9, T["freeBatch"])
-bad("count-less-than-bytes", raw(T["freeBatch"], 9, struct.pack("<IQQ", 1, 1, 2)), "malformedFrame",
+bad("count-less-than-bytes", raw(T["freeBatch"], 9, struct.pack("<IQQQQ", 1, 1, 0, 2, 0)), "malformedFrame",
     "freeBatch count 1, two handles present", 9, T["freeBatch"])
+bad("count-version-1-handles", raw(T["freeBatch"], 9, struct.pack("<IQQ", 2, 1, 2)), "malformedFrame",
+    "freeBatch count 2 with two 8-byte (version-1) handles: 16 bytes hold one handle", 9, T["freeBatch"])
 bad("count-odd-bytes", raw(T["freedBatch"], 9, struct.pack("<IHB", 2, 0, 1)), "malformedFrame",
     "freedBatch count 2, three status bytes", 9, T["freedBatch"])
-bad("allocatedBatch-short", raw(T["allocatedBatch"], 8, struct.pack("<QIQQ", 64, 3, 1, 2)), "malformedFrame",
+bad("allocatedBatch-short", raw(T["allocatedBatch"], 8, struct.pack("<QIQQQQ", 64, 3, 1, 0, 2, 0)),
+    "malformedFrame",
     "allocatedBatch count 3, two handles present", 8, T["allocatedBatch"])
 welcome_ok = encode_fields("welcome", by_name("welcome-direct")["fields"])
 bad("welcome-class-count-high", raw(T["welcome"], 1, welcome_ok[:60] + struct.pack("<I", 13) + welcome_ok[64:]),
@@ -430,7 +485,7 @@ for v in invalid:
     assert struct.unpack_from("<I", data, 16)[0] == len(data) - HEADER_SIZE, v["name"]
 for file_name, vectors in [("valid.json", valid), ("invalid.json", invalid)]:
     with open(os.path.join(here, file_name), "w") as out:
-        out.write('{\n "format": 1,\n "vectors": [\n')
+        out.write('{\n "format": 2,\n "vectors": [\n')
         out.write(",\n".join("  " + json.dumps(v, ensure_ascii=False) for v in vectors))
         out.write("\n ]\n}\n")
 print("valid: %d, invalid: %d" % (len(valid), len(invalid)))

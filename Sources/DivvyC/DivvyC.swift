@@ -88,6 +88,22 @@ func checkedInt(_ value: UInt) -> Int? {
     value <= UInt(Int.max) ? Int(value) : nil
 }
 
+// MARK: Handles
+
+extension SharedHandle {
+    /// The handle a C caller passed (`divvy_handle_t`, two words by value): the same 128 bits.
+    @inline(__always)
+    init(_ handle: divvy_handle_t) {
+        self.init(low: handle.low, high: handle.high)
+    }
+
+    /// The handle as C receives it (`divvy_handle_t`).
+    @inline(__always)
+    var c: divvy_handle_t {
+        divvy_handle_t(low: low, high: high)
+    }
+}
+
 // MARK: Connecting
 
 /// `divvy_connect`: see divvy.h.
@@ -160,7 +176,7 @@ public func divvyClientInfo(
 /// `divvy_alloc`: see divvy.h.
 @_cdecl("divvy_alloc")
 public func divvyAlloc(
-    _ pointer: OpaquePointer?, _ size: UInt, _ handle: UnsafeMutablePointer<UInt64>?,
+    _ pointer: OpaquePointer?, _ size: UInt, _ handle: UnsafeMutablePointer<divvy_handle_t>?,
     _ address: UnsafeMutablePointer<UnsafeMutableRawPointer?>?
 ) -> Int32 {
     withClient(pointer, "divvy_alloc") { client throws(DivvyClientError) in
@@ -171,16 +187,18 @@ public func divvyAlloc(
         // One look-up: the allocation itself yields the address (no second check of a handle just made).
         let allocated = try client.allocateBlock(size)
         address?.pointee = allocated.address
-        handle.pointee = allocated.handle.legacyRawValue
+        handle.pointee = allocated.handle.c
         return ok
     }
 }
 
 /// `divvy_free`: see divvy.h.
 @_cdecl("divvy_free")
-public func divvyFree(_ pointer: OpaquePointer?, _ handle: UInt64, _ released: UnsafeMutablePointer<Int32>?) -> Int32 {
+public func divvyFree(
+    _ pointer: OpaquePointer?, _ handle: divvy_handle_t, _ released: UnsafeMutablePointer<Int32>?
+) -> Int32 {
     withClient(pointer, "divvy_free") { client throws(DivvyClientError) in
-        let wasReleased = try client.free(SharedHandle(legacyRawValue: handle))
+        let wasReleased = try client.free(SharedHandle(handle))
         released?.pointee = wasReleased ? 1 : 0
         return ok
     }
@@ -199,7 +217,7 @@ func checkedBatchCount(_ count: UInt, _ function: StaticString) -> Int? {
 /// `divvy_alloc_batch`: see divvy.h.
 @_cdecl("divvy_alloc_batch")
 public func divvyAllocBatch(
-    _ pointer: OpaquePointer?, _ size: UInt, _ count: UInt, _ handles: UnsafeMutablePointer<UInt64>?
+    _ pointer: OpaquePointer?, _ size: UInt, _ count: UInt, _ handles: UnsafeMutablePointer<divvy_handle_t>?
 ) -> Int32 {
     withClient(pointer, "divvy_alloc_batch") { client throws(DivvyClientError) in
         guard let handles else { return fail(DIVVY_EINVAL, "divvy_alloc_batch: handles is NULL") }
@@ -218,7 +236,7 @@ public func divvyAllocBatch(
         }
         for (index, handle) in allocated.enumerated() {
             // Safe: `handles` has `count` elements (the caller's contract) and index < count.
-            handles[index] = handle.legacyRawValue
+            handles[index] = handle.c
         }
         return ok
     }
@@ -227,7 +245,7 @@ public func divvyAllocBatch(
 /// `divvy_free_batch`: see divvy.h.
 @_cdecl("divvy_free_batch")
 public func divvyFreeBatch(
-    _ pointer: OpaquePointer?, _ handles: UnsafePointer<UInt64>?, _ count: UInt,
+    _ pointer: OpaquePointer?, _ handles: UnsafePointer<divvy_handle_t>?, _ count: UInt,
     _ results: UnsafeMutablePointer<Int32>?, _ released: UnsafeMutablePointer<Int32>?
 ) -> Int32 {
     withClient(pointer, "divvy_free_batch") { client in
@@ -236,7 +254,7 @@ public func divvyFreeBatch(
             return Int32(DIVVY_EBATCH_TOO_LARGE.rawValue)
         }
         // Safe: `handles` has `count` elements (the caller's contract).
-        let request = UnsafeBufferPointer(start: handles, count: count).map(SharedHandle.init(legacyRawValue:))
+        let request = UnsafeBufferPointer(start: handles, count: count).map(SharedHandle.init(_:))
         let statuses: [FreedStatus]
         do throws(DivvyClientError) {
             statuses = try client.freeBatch(request)
@@ -265,7 +283,7 @@ public func divvyFreeBatch(
             if code != ok, first == ok {
                 first = fail(
                     divvy_error(rawValue: UInt32(code)),
-                    "divvy_free_batch: handle #\(index) (0x\(String(request[index].legacyRawValue, radix: 16))): \(status)")
+                    "divvy_free_batch: handle #\(index) (\(request[index])): \(status)")
             }
         }
         return first
@@ -277,12 +295,13 @@ public func divvyFreeBatch(
 /// `divvy_share`: see divvy.h.
 @_cdecl("divvy_share")
 public func divvyShare(
-    _ pointer: OpaquePointer?, _ handle: UInt64, _ info: UnsafeMutablePointer<divvy_share_info>?
+    _ pointer: OpaquePointer?, _ handle: divvy_handle_t, _ info: UnsafeMutablePointer<divvy_share_info>?
 ) -> Int32 {
     withClient(pointer, "divvy_share") { client throws(DivvyClientError) in
-        let shared = try client.share(SharedHandle(legacyRawValue: handle))
+        let shared = try client.share(SharedHandle(handle))
         info?.pointee = divvy_share_info(
-            handle: shared.handle, offset: shared.offset, block_size: shared.blockSize, holders: shared.holders)
+            handle: divvy_handle_t(low: shared.handle.low, high: shared.handle.high), offset: shared.offset,
+            block_size: shared.blockSize, holders: shared.holders)
         return ok
     }
 }
@@ -290,11 +309,11 @@ public func divvyShare(
 /// `divvy_adopt`: see divvy.h.
 @_cdecl("divvy_adopt")
 public func divvyAdopt(
-    _ pointer: OpaquePointer?, _ handle: UInt64, _ address: UnsafeMutablePointer<UnsafeMutableRawPointer?>?,
-    _ size: UnsafeMutablePointer<UInt>?
+    _ pointer: OpaquePointer?, _ handle: divvy_handle_t,
+    _ address: UnsafeMutablePointer<UnsafeMutableRawPointer?>?, _ size: UnsafeMutablePointer<UInt>?
 ) -> Int32 {
     withClient(pointer, "divvy_adopt") { client throws(DivvyClientError) in
-        let adopted = SharedHandle(legacyRawValue: handle)
+        let adopted = SharedHandle(handle)
         let blockSize = try client.adoptHandle(adopted)
         if let address {
             do throws(DivvyClientError) {
@@ -314,11 +333,12 @@ public func divvyAdopt(
 /// `divvy_pointer`: see divvy.h.
 @_cdecl("divvy_pointer")
 public func divvyPointer(
-    _ pointer: OpaquePointer?, _ handle: UInt64, _ address: UnsafeMutablePointer<UnsafeMutableRawPointer?>?
+    _ pointer: OpaquePointer?, _ handle: divvy_handle_t,
+    _ address: UnsafeMutablePointer<UnsafeMutableRawPointer?>?
 ) -> Int32 {
     withClient(pointer, "divvy_pointer") { client throws(DivvyClientError) in
         guard let address else { return fail(DIVVY_EINVAL, "divvy_pointer: pointer is NULL") }
-        address.pointee = try client.pointer(for: SharedHandle(legacyRawValue: handle))
+        address.pointee = try client.pointer(for: SharedHandle(handle))
         return ok
     }
 }
@@ -326,12 +346,12 @@ public func divvyPointer(
 /// `divvy_handle_for_pointer`: see divvy.h.
 @_cdecl("divvy_handle_for_pointer")
 public func divvyHandleForPointer(
-    _ pointer: OpaquePointer?, _ address: UnsafeRawPointer?, _ handle: UnsafeMutablePointer<UInt64>?
+    _ pointer: OpaquePointer?, _ address: UnsafeRawPointer?, _ handle: UnsafeMutablePointer<divvy_handle_t>?
 ) -> Int32 {
     withClient(pointer, "divvy_handle_for_pointer") { client throws(DivvyClientError) in
         guard let address else { return fail(DIVVY_EINVAL, "divvy_handle_for_pointer: pointer is NULL") }
         guard let handle else { return fail(DIVVY_EINVAL, "divvy_handle_for_pointer: handle is NULL") }
-        handle.pointee = try client.handle(for: address).legacyRawValue
+        handle.pointee = try client.handle(for: address).c
         return ok
     }
 }

@@ -8,8 +8,10 @@ import SystemPackage
 import Glibc
 #endif
 
-/// A handle to a block in the daemon's shared memory: 64 bits (offset and generation) that mean the same block
-/// in every process connected to the same daemon. Pass it to another process by any means; it adopts it.
+/// A handle to a block in the daemon's shared memory: 128 bits (`low`, `high`: offset, generation and heap id) that
+/// mean the same block in every process connected to the same daemon. Pass both words to another process by any
+/// means; it adopts it. A handle kept from before the daemon restarted names another heap and is refused
+/// (`foreignHandle`).
 public typealias SharedHandle = SharedHeapHandle
 
 /// A connection to divvyd: allocates, frees, shares and adopts blocks of the daemon's shared memory.
@@ -305,8 +307,8 @@ public final class DivvyClient {
             }
         }
         switch try request(.allocate(size: UInt64(max(0, size)))).message {
-        case .allocated(let raw, let blockSize):
-            let handle = SharedHandle(legacyRawValue: raw)
+        case .allocated(let wire, let blockSize):
+            let handle = SharedHandle(wire)
             do throws(DivvyClientError) {
                 let address = try pointer(for: handle)
                 noteMediatedHolding(handle)
@@ -347,7 +349,7 @@ public final class DivvyClient {
             case .failure(let error): throw DivvyClientError(.heap(error), error.message)
             }
         }
-        switch try request(.free(handle: handle.legacyRawValue)).message {
+        switch try request(.free(handle: handle.wire)).message {
         case .freed(let released):
             dropMediatedHolding(handle)
             return released
@@ -374,7 +376,7 @@ public final class DivvyClient {
                 throw DivvyClientError(.heap(error), error.message)
             }
         }
-        switch try request(.adopt(handle: handle.legacyRawValue)).message {
+        switch try request(.adopt(handle: handle.wire)).message {
         case .adopted(_, let size):
             noteMediatedHolding(handle)
             return Int(size)
@@ -384,7 +386,7 @@ public final class DivvyClient {
 
     /// Asks the daemon to confirm this client holds `handle` and report the block's offset, size and holders.
     public func share(_ handle: SharedHandle) throws(DivvyClientError) -> SharedInfo {
-        switch try request(.share(handle: handle.legacyRawValue)).message {
+        switch try request(.share(handle: handle.wire)).message {
         case .shared(let info): return info
         case let other: throw unexpected(other, for: .share)
         }
@@ -406,8 +408,8 @@ public final class DivvyClient {
             return handles
         }
         switch try request(.allocateBatch(size: UInt64(max(0, size)), count: UInt32(clamping: count))).message {
-        case .allocatedBatch(_, let raw):
-            let handles = raw.map(SharedHandle.init(legacyRawValue:))
+        case .allocatedBatch(_, let wire):
+            let handles = wire.map(SharedHandle.init(_:))
             for handle in handles { noteMediatedHolding(handle) }
             return handles
         case let other: throw unexpected(other, for: .allocateBatch)
@@ -425,7 +427,7 @@ public final class DivvyClient {
                 }
             }
         }
-        switch try request(.freeBatch(handles: handles.map(\.legacyRawValue))).message {
+        switch try request(.freeBatch(handles: handles.map(\.wire))).message {
         case .freedBatch(let statuses):
             for (handle, status) in zip(handles, statuses) where status.error == nil { dropMediatedHolding(handle) }
             return statuses
@@ -644,4 +646,16 @@ public final class DivvyClient {
 
     /// The reason the daemon gave when it announced its shutdown, if it did.
     public private(set) var shutdownReason: String?
+}
+
+extension SharedHandle {
+    /// The handle received in a message: the same 128 bits.
+    @inline(__always)
+    public init(_ wire: WireHandle) {
+        self.init(low: wire.low, high: wire.high)
+    }
+
+    /// The handle as messages carry it.
+    @inline(__always)
+    public var wire: WireHandle { WireHandle(low: low, high: high) }
 }

@@ -48,6 +48,7 @@ public struct DivvyClientError: Error, Hashable, Sendable, CustomStringConvertib
             case .heapFull, .heldListFull: return .heapFull
             case .unsupportedSize: return .unsupportedSize
             case .pageAllowanceExhausted: return .quotaExceeded
+            case .foreignHeap: return .foreignHandle
             default: return .internalError
             }
         default: return nil

@@ -81,7 +81,8 @@ func run(_ client: DivvyClient, _ command: String, _ rest: [String]) throws {
             let (handle, _) = try client.allocateHandle(size)
             try fill(client, handle, size, seed, index)
             handles.append(handle)
-            say("HANDLE \(handle.legacyRawValue)")
+            // Both words: a handle is 128 bits (low, high).
+            say("HANDLE \(handle.low):\(handle.high)")
         }
         say("READY")
         if let line = readLine(), line == "release" {
@@ -98,8 +99,11 @@ func run(_ client: DivvyClient, _ command: String, _ rest: [String]) throws {
         }
         var good = 0
         for (index, text) in rest.dropFirst(2).enumerated() {
-            guard let raw = UInt64(text) else { fail("bad handle \(text)") }
-            let handle = SharedHandle(legacyRawValue: raw)
+            let words = text.split(separator: ":")
+            guard words.count == 2, let low = UInt64(words[0]), let high = UInt64(words[1]) else {
+                fail("bad handle \(text) (LOW:HIGH)")
+            }
+            let handle = SharedHandle(low: low, high: high)
             let blockSize = try client.adoptHandle(handle)
             guard blockSize >= size else { fail("block \(index) has \(blockSize) bytes, fewer than \(size)") }
             guard try check(client, handle, size, seed, index) else {

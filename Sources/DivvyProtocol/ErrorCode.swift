@@ -66,6 +66,9 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, CustomStringConve
     /// `adopt` of a block this client already holds: a client holds a block once (its holding is freed by one
     /// `free`), so a block's holders are clients, never repeated holdings. Nothing changed.
     public static let alreadyHolder = ErrorCode(rawValue: 24)
+    /// The handle was issued by another heap (its heap id is not this heap's): typically a handle kept from before
+    /// the daemon restarted and formatted a new heap. Nothing changed; the block it named is gone.
+    public static let foreignHandle = ErrorCode(rawValue: 25)
 
     /// Every code this module knows, in code order.
     public static let allKnown: [ErrorCode] = [
@@ -73,7 +76,7 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, CustomStringConve
         .handshakeRequired, .wrongMode, .quotaExceeded, .heapFull, .unsupportedSize, .invalidHandle,
         .misalignedHandle, .staleHandle, .doubleFree, .notHolder, .batchTooLarge, .adminRequired, .noSuchClient,
         .tooManyClients, .shuttingDown, .internalError, .invalidParticipant, .directUnavailable,
-        .alreadyHolder,
+        .alreadyHolder, .foreignHandle,
     ]
 
     /// Whether the daemon closes the connection after sending this error.
@@ -111,6 +114,7 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, CustomStringConve
         case 22: "invalidParticipant"
         case 23: "directUnavailable"
         case 24: "alreadyHolder"
+        case 25: "foreignHandle"
         default: nil
         }
     }

@@ -11,10 +11,24 @@ public struct Frame: Hashable, Sendable {
     public var message: Message
 
     /// Creates a frame.
-    public init(requestID: UInt64, message: Message, version: UInt16 = ProtocolVersion.current) {
+    ///
+    /// - Parameter version: the header version; by default `ProtocolVersion.handshake` (1) for `hello` and
+    ///   `welcome`, which are only ever sent before the handshake completes, and `ProtocolVersion.current` for every
+    ///   other message. An `error` answering a `hello` (or any frame before `welcome`) must pass
+    ///   `ProtocolVersion.handshake` explicitly (PROTOCOL.md, section 6.1).
+    public init(requestID: UInt64, message: Message, version: UInt16? = nil) {
         self.requestID = requestID
         self.message = message
-        self.version = version
+        self.version = version ?? Self.defaultVersion(for: message)
+    }
+
+    /// The header version a frame carrying `message` gets when none is given: 1 for the handshake's `hello` and
+    /// `welcome`, `ProtocolVersion.current` otherwise.
+    public static func defaultVersion(for message: Message) -> UInt16 {
+        switch message {
+        case .hello, .welcome: ProtocolVersion.handshake
+        default: ProtocolVersion.current
+        }
     }
 
     /// The frame's bytes: header then payload.
@@ -80,8 +94,8 @@ public struct Frame: Hashable, Sendable {
             throw failure(
                 .frameTooLarge, "frame of \(bytes.count) bytes exceeds the limit of \(ProtocolLimits.maxFrameSize)")
         }
-        guard ProtocolVersion.supported.contains(header.version) else {
-            let supported = ProtocolVersion.supported
+        guard ProtocolVersion.headerVersions.contains(header.version) else {
+            let supported = ProtocolVersion.headerVersions
             throw failure(
                 .unsupportedVersion,
                 "header version \(header.version) is not in \(supported.lowerBound)...\(supported.upperBound)")
@@ -133,14 +147,15 @@ extension Message {
         case .mapRegion, .stats, .goodbye, .farewell: 0
         case .region: 17
         case .join, .joined, .lease, .leased, .returnPages, .returned: 4
-        case .allocate, .free, .share, .adopt: 8
-        case .allocated, .adopted: 16
+        case .allocate: 8
+        case .free, .share, .adopt: 16
+        case .allocated, .adopted: 24
         case .freed: 1
         case .allocateBatch: 12
-        case .allocatedBatch(_, let handles): 12 + 8 * handles.count
-        case .freeBatch(let handles): 4 + 8 * handles.count
+        case .allocatedBatch(_, let handles): 12 + 16 * handles.count
+        case .freeBatch(let handles): 4 + 16 * handles.count
         case .freedBatch(let statuses): 4 + 2 * statuses.count
-        case .shared: 28
+        case .shared: 36
         case .statsReply: 48
         case .ping(let payload), .pong(let payload): 4 + payload.count
         case .admin: 5
@@ -182,10 +197,12 @@ extension Message {
         case .join(let value), .joined(let value), .lease(let value), .leased(let value), .returnPages(let value),
             .returned(let value):
             buffer.appendLE(value)
-        case .allocate(let value), .free(let value), .share(let value), .adopt(let value):
-            buffer.appendLE(value)
+        case .allocate(let size):
+            buffer.appendLE(size)
+        case .free(let handle), .share(let handle), .adopt(let handle):
+            buffer.appendHandle(handle)
         case .allocated(let handle, let blockSize), .adopted(let handle, let blockSize):
-            buffer.appendLE(handle)
+            buffer.appendHandle(handle)
             buffer.appendLE(blockSize)
         case .freed(let released):
             buffer.append(released ? 1 : 0)
@@ -195,15 +212,15 @@ extension Message {
         case .allocatedBatch(let blockSize, let handles):
             buffer.appendLE(blockSize)
             buffer.appendLE(UInt32(truncatingIfNeeded: handles.count))
-            buffer.appendLE(handles)
+            buffer.appendHandles(handles)
         case .freeBatch(let handles):
             buffer.appendLE(UInt32(truncatingIfNeeded: handles.count))
-            buffer.appendLE(handles)
+            buffer.appendHandles(handles)
         case .freedBatch(let statuses):
             buffer.appendLE(UInt32(truncatingIfNeeded: statuses.count))
             for status in statuses { buffer.appendLE(status.rawValue) }
         case .shared(let info):
-            buffer.appendLE(info.handle)
+            buffer.appendHandle(info.handle)
             buffer.appendLE(info.offset)
             buffer.appendLE(info.blockSize)
             buffer.appendLE(info.holders)
@@ -290,9 +307,9 @@ extension Message {
         case 0x8005: return .returned(pageAllowance: try reader.u32("pageAllowance"))
         case 0x0006: return .allocate(size: try reader.u64("size"))
         case 0x8006:
-            let handle = try reader.u64("handle")
+            let handle = try reader.handle("handle")
             return .allocated(handle: handle, blockSize: try reader.u64("blockSize"))
-        case 0x0007: return .free(handle: try reader.u64("handle"))
+        case 0x0007: return .free(handle: try reader.handle("handle"))
         case 0x8007: return .freed(released: try reader.bool("released"))
         case 0x0008:
             let size = try reader.u64("size")
@@ -303,26 +320,26 @@ extension Message {
             let blockSize = try reader.u64("blockSize")
             let count = try reader.u32("count")
             try checkBatchCount(count)
-            return .allocatedBatch(blockSize: blockSize, handles: try reader.u64Array(count: count, "handles"))
+            return .allocatedBatch(blockSize: blockSize, handles: try reader.handleArray(count: count, "handles"))
         case 0x0009:
             let count = try reader.u32("count")
             try checkBatchCount(count)
-            return .freeBatch(handles: try reader.u64Array(count: count, "handles"))
+            return .freeBatch(handles: try reader.handleArray(count: count, "handles"))
         case 0x8009:
             let count = try reader.u32("count")
             try checkBatchCount(count)
             let raw = try reader.u16Array(count: count, "statuses")
             return .freedBatch(statuses: raw.map(FreedStatus.init(rawValue:)))
-        case 0x000A: return .share(handle: try reader.u64("handle"))
+        case 0x000A: return .share(handle: try reader.handle("handle"))
         case 0x800A:
-            let handle = try reader.u64("handle")
+            let handle = try reader.handle("handle")
             let offset = try reader.u64("offset")
             let blockSize = try reader.u64("blockSize")
             let holders = try reader.u32("holders")
             return .shared(SharedInfo(handle: handle, offset: offset, blockSize: blockSize, holders: holders))
-        case 0x000B: return .adopt(handle: try reader.u64("handle"))
+        case 0x000B: return .adopt(handle: try reader.handle("handle"))
         case 0x800B:
-            let handle = try reader.u64("handle")
+            let handle = try reader.handle("handle")
             return .adopted(handle: handle, blockSize: try reader.u64("blockSize"))
         case 0x000C: return .stats
         case 0x800C:
@@ -390,13 +407,23 @@ extension [UInt8] {
         Swift.withUnsafeBytes(of: value.littleEndian) { append(contentsOf: $0) }
     }
 
-    /// Appends every element in little-endian byte order: one copy on a little-endian host (batches of handles).
+    /// Appends a handle field: `low` then `high`, each a little-endian `u64` (16 bytes).
     @inline(__always)
-    internal mutating func appendLE(_ values: [UInt64]) {
+    internal mutating func appendHandle(_ handle: WireHandle) {
+        appendLE(handle.low)
+        appendLE(handle.high)
+    }
+
+    /// Appends every handle as `appendHandle` does: one copy on a little-endian host, where `WireHandle`'s memory
+    /// layout (two `UInt64`s, `low` first, stride 16) is exactly the wire's (batches of handles).
+    @inline(__always)
+    internal mutating func appendHandles(_ handles: [WireHandle]) {
         #if _endian(little)
-        values.withUnsafeBytes { append(contentsOf: $0) }
+        // Invariant: checked in debug so a layout change fails loudly instead of sending the wrong bytes.
+        assert(MemoryLayout<WireHandle>.stride == 16 && MemoryLayout<WireHandle>.offset(of: \.high) == 8)
+        handles.withUnsafeBytes { append(contentsOf: $0) }
         #else
-        for value in values { appendLE(value) }
+        for handle in handles { appendHandle(handle) }
         #endif
     }
 
@@ -487,8 +514,33 @@ internal struct ByteReader {
         try array(UInt32.self, count: count, field)
     }
 
-    internal mutating func u64Array(count: UInt32, _ field: StaticString) throws(ProtocolError) -> [UInt64] {
-        try array(UInt64.self, count: count, field)
+    /// A handle field: `low` then `high`, 16 bytes.
+    internal mutating func handle(_ field: StaticString) throws(ProtocolError) -> WireHandle {
+        try need(16, field)
+        let low = try u64(field)
+        return WireHandle(low: low, high: try u64(field))
+    }
+
+    /// `count` handle fields back to back.
+    internal mutating func handleArray(count: UInt32, _ field: StaticString) throws(ProtocolError) -> [WireHandle] {
+        // Checked before allocating, so a lying count cannot make us reserve memory.
+        guard Int(count) <= remaining / 16 else {
+            throw malformed(
+                "\(field): count \(count) needs \(Int(count) * 16) bytes at offset \(offset), \(remaining) left")
+        }
+        let start = offset
+        let result = [WireHandle](unsafeUninitializedCapacity: Int(count)) { buffer, initialized in
+            for index in 0..<Int(count) {
+                // Safe: index < count and count * 16 <= remaining, checked above.
+                let at = start + index * 16
+                buffer[index] = WireHandle(
+                    low: UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: at, as: UInt64.self)),
+                    high: UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: at + 8, as: UInt64.self)))
+            }
+            initialized = Int(count)
+        }
+        offset += Int(count) * 16
+        return result
     }
 
     /// A `bytes` field: u32 length + raw bytes, at most `limit` bytes.

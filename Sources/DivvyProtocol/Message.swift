@@ -26,27 +26,27 @@ public enum Message: Hashable, Sendable {
     /// 0x0006: allocate one block of at least `size` bytes.
     case allocate(size: UInt64)
     /// 0x8006: the new block's handle and usable size.
-    case allocated(handle: UInt64, blockSize: UInt64)
+    case allocated(handle: WireHandle, blockSize: UInt64)
     /// 0x0007: drop this client's hold on `handle`.
-    case free(handle: UInt64)
+    case free(handle: WireHandle)
     /// 0x8007: true if the block went back to the heap, false if other holders remain.
     case freed(released: Bool)
     /// 0x0008: allocate `count` blocks of `size` bytes, all or nothing.
     case allocateBatch(size: UInt64, count: UInt32)
     /// 0x8008: the blocks' size and handles.
-    case allocatedBatch(blockSize: UInt64, handles: [UInt64])
+    case allocatedBatch(blockSize: UInt64, handles: [WireHandle])
     /// 0x0009: free each handle on its own.
-    case freeBatch(handles: [UInt64])
+    case freeBatch(handles: [WireHandle])
     /// 0x8009: one status per handle, in request order.
     case freedBatch(statuses: [FreedStatus])
     /// 0x000A: prepare `handle` to be passed to another client.
-    case share(handle: UInt64)
+    case share(handle: WireHandle)
     /// 0x800A: the shared block.
     case shared(SharedInfo)
     /// 0x000B: become a holder of a shared block.
-    case adopt(handle: UInt64)
+    case adopt(handle: WireHandle)
     /// 0x800B: the adopted block's handle and size.
-    case adopted(handle: UInt64, blockSize: UInt64)
+    case adopted(handle: WireHandle, blockSize: UInt64)
     /// 0x000C: asks for this client's accounting.
     case stats
     /// 0x800C: this client's accounting.

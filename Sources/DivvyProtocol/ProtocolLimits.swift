@@ -13,8 +13,12 @@ public enum ProtocolLimits {
     public static let receiveBufferSize = maxFrameSize + 1
     /// The largest payload a frame can carry: `maxFrameSize - headerSize`.
     public static let maxPayloadSize = maxFrameSize - headerSize
-    /// The most handles one `allocateBatch`, `allocatedBatch`, `freeBatch` or `freedBatch` may carry (at least 1).
-    public static let maxBatchCount = 4096
+    /// The bytes of one handle on the wire: two `u64`s (`WireHandle`).
+    public static let handleSize = 16
+    /// The most handles one `allocateBatch`, `allocatedBatch`, `freeBatch` or `freedBatch` may carry (at least 1):
+    /// the most `allocatedBatch` (12 fixed bytes, then 16 bytes a handle) fits in one frame,
+    /// `(maxPayloadSize - 12) / handleSize` = 4093. (Version 1's 8-byte handles allowed 4096.)
+    public static let maxBatchCount = (maxPayloadSize - 12) / handleSize
     /// The longest client name in `hello`, in UTF-8 bytes.
     public static let maxNameLength = 255
     /// The longest error message or shutdown reason, in UTF-8 bytes.
@@ -26,6 +30,6 @@ public enum ProtocolLimits {
     public static let maxAdminBodyLength = maxPayloadSize - 6
     /// The frame header's magic number: the bytes `"DVYP"` read as a little-endian `UInt32`.
     public static let magic: UInt32 = 0x5059_5644
-    /// Bytes of the data area addressed by one unit of a handle's index (see `BlockHandle`).
+    /// Bytes of the data area addressed by one unit of a handle's offset field (see `WireHandle`).
     public static let handleGranularity: UInt64 = 16
 }

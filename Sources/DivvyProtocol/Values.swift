@@ -46,31 +46,74 @@ public enum AdminFormat: UInt8, Hashable, Sendable {
     case text = 1
 }
 
-/// The rule that maps a block handle to its place in the data area (see `Protocol/PROTOCOL.md`, "Handles").
+/// A block handle as it travels in messages: 128 bits, two little-endian `u64`s (`low` then `high`).
 ///
-/// A handle is a `UInt64`: the low 32 bits are the block's index in 16-byte units from the start of the data
-/// area, the high 32 bits are the block's generation (bumped each time the block is reused, so stale handles are
-/// detected). The protocol treats handles as opaque otherwise; the daemon validates them.
-public enum BlockHandle {
-    /// The byte offset of the handle's block from the start of the data area: `(handle & 0xFFFF_FFFF) * 16`.
+/// See `Protocol/PROTOCOL.md`, section 8 "Handles". The layout:
+/// - `low` bits 0–47: the block's offset from the start of the data area, in 16-byte units;
+/// - `low` bits 48–63: generation bits 0–15;
+/// - `high` bits 0–31: generation bits 16–47;
+/// - `high` bits 32–63: the heap id (random per heap, never 0).
+///
+/// Clients use only `dataOffset` (to find the block in their mapping); everything else is the daemon's to check.
+/// The zero handle (`low` 0, `high` 0) is never valid. This type mirrors the heap's `SharedHeapHandle` bit for bit
+/// without depending on it: the protocol target knows nothing of shared memory.
+public struct WireHandle: Hashable, Sendable, CustomStringConvertible {
+    /// Bits 0–63: the data offset in 16-byte units (bits 0–47) and generation bits 0–15 (bits 48–63).
+    public var low: UInt64
+    /// Bits 64–127: generation bits 16–47 (bits 0–31) and the heap id (bits 32–63).
+    public var high: UInt64
+
+    /// The zero handle: never issued, always refused (`invalidHandle`).
+    public static let zero = WireHandle(low: 0, high: 0)
+
+    /// Wraps the two words exactly as they travel.
     @inlinable
-    public static func dataOffset(_ handle: UInt64) -> UInt64 {
-        // Safe: a 32-bit index times 16 fits in 36 bits.
-        (handle & 0xFFFF_FFFF) &* 16
+    public init(low: UInt64, high: UInt64) {
+        self.low = low
+        self.high = high
     }
 
-    /// The handle's generation: `handle >> 32`.
+    /// Builds a handle from its parts, or nil if `dataOffset` is not a multiple of 16, is 2^52 bytes (4 PiB) or
+    /// more (beyond 48 bits of 16-byte units), or `generation` needs more than 48 bits.
     @inlinable
-    public static func generation(_ handle: UInt64) -> UInt32 {
-        UInt32(truncatingIfNeeded: handle >> 32)
+    public init?(heapID: UInt32, dataOffset: UInt64, generation: UInt64) {
+        guard dataOffset % 16 == 0, dataOffset >> 52 == 0, generation >> 48 == 0 else { return nil }
+        // Safe: each part was checked to fit its bits above.
+        low = dataOffset / 16 | (generation & 0xFFFF) << 48
+        high = generation >> 16 | UInt64(heapID) << 32
     }
 
-    /// Builds a handle from a data-area offset and a generation, or nil if the offset is not a multiple of 16 or
-    /// is 2^36 or more (beyond what 32 bits of 16-byte units can address).
+    /// The byte offset of the block from the start of the data area: `(low & 0xFFFF_FFFF_FFFF) * 16`.
     @inlinable
-    public static func make(dataOffset: UInt64, generation: UInt32) -> UInt64? {
-        guard dataOffset % 16 == 0, dataOffset >> 36 == 0 else { return nil }
-        return UInt64(generation) << 32 | dataOffset / 16
+    public var dataOffset: UInt64 {
+        // Safe: a 48-bit index times 16 fits in 52 bits.
+        (low & 0xFFFF_FFFF_FFFF) &* 16
+    }
+
+    /// The block's generation (48 bits): `low >> 48 | (high & 0xFFFF_FFFF) << 16`.
+    @inlinable
+    public var generation: UInt64 {
+        low >> 48 | (high & 0xFFFF_FFFF) << 16
+    }
+
+    /// The id of the heap that issued the handle: `high >> 32`.
+    @inlinable
+    public var heapID: UInt32 {
+        UInt32(truncatingIfNeeded: high >> 32)
+    }
+
+    /// Whether this is the zero handle (never valid).
+    @inlinable
+    public var isZero: Bool { low == 0 && high == 0 }
+
+    /// The handle as one 128-bit number, `low | high << 64`, in hexadecimal (`0x` and 32 digits), for logs and
+    /// error messages.
+    public var description: String {
+        func padded(_ word: UInt64) -> String {
+            let digits = String(word, radix: 16)
+            return String(repeating: "0", count: 16 - digits.count) + digits
+        }
+        return "0x" + padded(high) + padded(low)
     }
 }
 
@@ -209,7 +252,7 @@ public struct FreedStatus: RawRepresentable, Hashable, Sendable, CustomStringCon
 /// A block prepared for passing to another client (`shared`, 0x800A).
 public struct SharedInfo: Hashable, Sendable {
     /// The block's handle (what the other client passes to `adopt`).
-    public var handle: UInt64
+    public var handle: WireHandle
     /// The block's offset from the start of the data area.
     public var offset: UInt64
     /// The block's usable size in bytes.
@@ -218,7 +261,7 @@ public struct SharedInfo: Hashable, Sendable {
     public var holders: UInt32
 
     /// Creates a shared-block description.
-    public init(handle: UInt64, offset: UInt64, blockSize: UInt64, holders: UInt32) {
+    public init(handle: WireHandle, offset: UInt64, blockSize: UInt64, holders: UInt32) {
         self.handle = handle
         self.offset = offset
         self.blockSize = blockSize

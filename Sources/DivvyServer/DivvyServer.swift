@@ -88,7 +88,7 @@ public final class DivvyServer: @unchecked Sendable {
     /// bit in the block's word), whichever sessions hold it; that bit stands for the first mediated holding, and
     /// any further ones (another client adopting the block, or the same one adopting it again) are counted here.
     /// Usually empty, so allocating and freeing touch only the session's own table.
-    private var extraMediatedHoldings: [UInt64: Int] = [:]
+    private var extraMediatedHoldings: [SharedHeapHandle: Int] = [:]
     private var directOwners: [Int: UInt32] = [:]
     /// Participant slots promised to direct clients welcomed but not yet joined.
     private var directSlots = DirectSlotReservations()
@@ -514,9 +514,11 @@ public final class DivvyServer: @unchecked Sendable {
 
     /// Replies with an error to a connection that is not admitted, then closes it (best effort, never blocks).
     func refuse(_ socket: SeqpacketSocket, _ code: ErrorCode, _ message: String) {
+        // Before hello: a version-1 frame, which a client of any version can read (PROTOCOL.md, section 6.1).
         let frame = Frame(
             requestID: 0,
-            message: .error(ErrorReply(code: code, requestType: MessageType(rawValue: 0), message: message)))
+            message: .error(ErrorReply(code: code, requestType: MessageType(rawValue: 0), message: message)),
+            version: ProtocolVersion.handshake)
         _ = try? socket.send(frame.encoded())
         socket.close()
     }
@@ -595,7 +597,10 @@ public final class DivvyServer: @unchecked Sendable {
     }
 
     func send(_ session: Session, requestID: UInt64, _ message: Message, descriptors: [Int32] = []) {
-        if let replaced = ReplyCheck.encode(message, requestID: requestID, into: &sendBuffer) {
+        // Until welcome, every frame is a version-1 frame (PROTOCOL.md, section 6.1): a client of another version can
+        // read why it was refused.
+        let version = session.welcomed ? nil : ProtocolVersion.handshake
+        if let replaced = ReplyCheck.encode(message, requestID: requestID, version: version, into: &sendBuffer) {
             metrics.failure(.internalError)
             logger.error("a reply did not fit a frame; answered internalError", metadata: [
                 "client": "\(session.id)", "request": "\(requestID)", "error": "\(replaced)"])
@@ -770,10 +775,10 @@ public final class DivvyServer: @unchecked Sendable {
         case .returnPages(let pages): return try returnPages(session, Int(pages))
         case .allocate(let size):
             let (handle, blockSize) = try allocate(session, size: size)
-            return .allocated(handle: handle, blockSize: UInt64(blockSize))
+            return .allocated(handle: handle.wire, blockSize: UInt64(blockSize))
         case .allocateBatch(let size, let count): return try allocateBatch(session, size: size, count: Int(count))
         case .free(let handle):
-            let released = try free(session, handle)
+            let released = try free(session, SharedHeapHandle(handle))
             metrics.count(.free)
             return .freed(released: released)
         case .freeBatch(let handles):
@@ -789,7 +794,8 @@ public final class DivvyServer: @unchecked Sendable {
             defer { session.holdings = holdings }
             for handle in handles {
                 do throws(ServiceError) {
-                    statuses.append(try free(session, handle, in: &holdings) ? .released : .stillHeld)
+                    statuses.append(
+                        try free(session, SharedHeapHandle(handle), in: &holdings) ? .released : .stillHeld)
                     freed += 1
                 } catch {
                     metrics.failure(error.code)
@@ -797,9 +803,9 @@ public final class DivvyServer: @unchecked Sendable {
                 }
             }
             return .freedBatch(statuses: statuses)
-        case .share(let handle): return .shared(try share(session, handle))
+        case .share(let handle): return .shared(try share(session, SharedHeapHandle(handle)))
         case .adopt(let handle):
-            let blockSize = try adopt(session, handle)
+            let blockSize = try adopt(session, SharedHeapHandle(handle))
             return .adopted(handle: handle, blockSize: UInt64(blockSize))
         case .stats: return .statsReply(stats(for: session))
         case .ping(let payload): return .pong(payload: payload)
@@ -942,7 +948,7 @@ public final class DivvyServer: @unchecked Sendable {
         }
     }
 
-    private func record(_ session: Session, _ handle: UInt64, _ blockSize: Int) {
+    private func record(_ session: Session, _ handle: SharedHeapHandle, _ blockSize: Int) {
         if let holding = session.holdings[handle] {
             session.holdings[handle] = Session.Holding(count: holding.count + 1, blockSize: holding.blockSize)
         } else {
@@ -953,14 +959,14 @@ public final class DivvyServer: @unchecked Sendable {
         if fairShare.isLarge(blockSize) { session.largeBytesHeld += blockSize }
     }
 
-    /// Drops one mediated holding of `raw` at the heap level: an extra holding just goes; the last one is the
+    /// Drops one mediated holding of `handle` at the heap level: an extra holding just goes; the last one is the
     /// daemon's participant's free. True when that released the block.
-    private func dropMediatedHolding(_ raw: UInt64) throws(SharedHeapError) -> Bool {
-        if !extraMediatedHoldings.isEmpty, let extra = extraMediatedHoldings[raw] {
-            extraMediatedHoldings[raw] = extra == 1 ? nil : extra - 1
+    private func dropMediatedHolding(_ handle: SharedHeapHandle) throws(SharedHeapError) -> Bool {
+        if !extraMediatedHoldings.isEmpty, let extra = extraMediatedHoldings[handle] {
+            extraMediatedHoldings[handle] = extra == 1 ? nil : extra - 1
             return false
         }
-        return try daemonFree(SharedHeapHandle(legacyRawValue: raw))
+        return try daemonFree(handle)
     }
 
     /// Whether the daemon's participant holds the block (for some mediated client).
@@ -968,7 +974,7 @@ public final class DivvyServer: @unchecked Sendable {
         participant?.holds(handle) ?? false
     }
 
-    private func allocate(_ session: Session, size: UInt64) throws(ServiceError) -> (UInt64, Int) {
+    private func allocate(_ session: Session, size: UInt64) throws(ServiceError) -> (SharedHeapHandle, Int) {
         let blockSize = try classSize(for: size)
         try checkFairShare(session, adding: 1, of: blockSize)
         try checkQuota(session, adding: blockSize)
@@ -978,23 +984,23 @@ public final class DivvyServer: @unchecked Sendable {
         } catch {
             throw explainAllocationFailure(error, blockSize: blockSize)
         }
-        record(session, handle.legacyRawValue, blockSize)
+        record(session, handle, blockSize)
         metrics.count(.allocation)
-        return (handle.legacyRawValue, blockSize)
+        return (handle, blockSize)
     }
 
     private func allocateBatch(_ session: Session, size: UInt64, count: Int) throws(ServiceError) -> Message {
         let blockSize = try classSize(for: size)
         try checkFairShare(session, adding: count, of: blockSize)
         try checkQuota(session, adding: blockSize * count)
-        var handles: [UInt64] = []
+        var handles: [SharedHeapHandle] = []
         handles.reserveCapacity(count)
         for _ in 0..<count {
             do throws(SharedHeapError) {
-                handles.append(try daemonAllocate(Int(size)).legacyRawValue)
+                handles.append(try daemonAllocate(Int(size)))
             } catch {
                 // All or nothing: give back what this batch took.
-                for handle in handles { _ = try? daemonParticipant.free(SharedHeapHandle(legacyRawValue: handle)) }
+                for handle in handles { _ = try? daemonParticipant.free(handle) }
                 throw explainAllocationFailure(error, blockSize: blockSize)
             }
         }
@@ -1009,31 +1015,33 @@ public final class DivvyServer: @unchecked Sendable {
         session.bytesHeld += blockSize * count
         if fairShare.isLarge(blockSize) { session.largeBytesHeld += blockSize * count }
         metrics.count(.allocation, by: count)
-        return .allocatedBatch(blockSize: UInt64(blockSize), handles: handles)
+        return .allocatedBatch(blockSize: UInt64(blockSize), handles: handles.map(\.wire))
     }
 
     /// Drops one of the session's holdings of `handle`; true when the block went back to the heap.
-    private func free(_ session: Session, _ raw: UInt64) throws(ServiceError) -> Bool {
-        try free(session, raw, in: &session.holdings)
+    private func free(_ session: Session, _ handle: SharedHeapHandle) throws(ServiceError) -> Bool {
+        try free(session, handle, in: &session.holdings)
     }
 
     /// `free(_:_:)` with the session's holdings table passed in (a batch moves it out of the session).
-    private func free(_ session: Session, _ raw: UInt64, in holdings: inout HandleTable<Session.Holding>)
-        throws(ServiceError) -> Bool
-    {
-        guard let holding = holdings[raw] else {
-            throw diagnoseForeign(SharedHeapHandle(legacyRawValue: raw))
+    private func free(
+        _ session: Session, _ handle: SharedHeapHandle, in holdings: inout HandleTable<Session.Holding>
+    ) throws(ServiceError) -> Bool {
+        // The ledger is keyed by all 128 bits: a handle that differs in any bit (heap id, generation) from one this
+        // session holds is not found, and the heap then says what is wrong with it.
+        guard let holding = holdings[handle] else {
+            throw diagnoseForeign(handle)
         }
         let released: Bool
         do throws(SharedHeapError) {
-            released = try dropMediatedHolding(raw)
+            released = try dropMediatedHolding(handle)
         } catch {
             throw ServiceError(error)
         }
         if holding.count == 1 {
-            holdings[raw] = nil
+            holdings[handle] = nil
         } else {
-            holdings[raw] = Session.Holding(count: holding.count - 1, blockSize: holding.blockSize)
+            holdings[handle] = Session.Holding(count: holding.count - 1, blockSize: holding.blockSize)
         }
         session.blocksHeld -= 1
         session.bytesHeld -= Int(holding.blockSize)
@@ -1063,14 +1071,13 @@ public final class DivvyServer: @unchecked Sendable {
         }
     }
 
-    /// Handle 0 is never issued (PROTOCOL.md section 8): say so rather than describe offset 0.
+    /// The zero handle is never issued (PROTOCOL.md section 8): say so rather than describe offset 0.
     private static let handleZero = ServiceError(
         .invalidHandle,
-        "handle 0 is never a valid handle: use a handle that allocate, allocateBatch or shared returned")
+        "the zero handle is never a valid handle: use a handle that allocate, allocateBatch or shared returned")
 
-    private func adopt(_ session: Session, _ raw: UInt64) throws(ServiceError) -> Int {
-        guard raw != 0 else { throw Self.handleZero }
-        let handle = SharedHeapHandle(legacyRawValue: raw)
+    private func adopt(_ session: Session, _ handle: SharedHeapHandle) throws(ServiceError) -> Int {
+        guard !handle.isZero else { throw Self.handleZero }
         let blockSize: Int
         do throws(SharedHeapError) {
             blockSize = try heap.blockSize(of: handle)
@@ -1079,7 +1086,7 @@ public final class DivvyServer: @unchecked Sendable {
         }
         // One holding per client, as in direct mode (the heap refuses a participant's second holding): a block's
         // holders are then clients, and one free drops a client's holding.
-        guard session.holdings[raw] == nil else {
+        guard session.holdings[handle] == nil else {
             throw ServiceError(
                 .alreadyHolder, "this client already holds \(handle); a client holds a block once: free it "
                     + "before adopting it again")
@@ -1087,7 +1094,7 @@ public final class DivvyServer: @unchecked Sendable {
         try checkFairShare(session, adding: 1, of: blockSize)
         try checkQuota(session, adding: blockSize)
         if daemonHolds(handle) {
-            extraMediatedHoldings[raw, default: 0] += 1
+            extraMediatedHoldings[handle, default: 0] += 1
         } else {
             do throws(SharedHeapError) {
                 try daemonParticipant.adopt(handle)
@@ -1095,31 +1102,30 @@ public final class DivvyServer: @unchecked Sendable {
                 throw ServiceError(error)
             }
         }
-        record(session, raw, blockSize)
+        record(session, handle, blockSize)
         metrics.count(.adoption)
         return blockSize
     }
 
-    private func share(_ session: Session, _ raw: UInt64) throws(ServiceError) -> SharedInfo {
-        guard raw != 0 else { throw Self.handleZero }
-        let handle = SharedHeapHandle(legacyRawValue: raw)
+    private func share(_ session: Session, _ handle: SharedHeapHandle) throws(ServiceError) -> SharedInfo {
+        guard !handle.isZero else { throw Self.handleZero }
         let holderCount: Int
         do throws(SharedHeapError) {
             holderCount = try heap.holderCount(of: handle)
         } catch {
             throw ServiceError(error)
         }
-        let holdsThroughDaemon = session.holdings[raw] != nil
+        let holdsThroughDaemon = session.holdings[handle] != nil
         let holdsDirectly = session.participant.map { heap.holds(participant: $0, handle) } ?? false
         guard holdsThroughDaemon || holdsDirectly else {
             throw ServiceError(.notHolder, "this client does not hold \(handle): only a holder can share it")
         }
         let daemonHoldsIt = daemonParticipant.holds(handle)
         let directHolders = holderCount - (daemonHoldsIt ? 1 : 0)
-        let mediatedHolders = daemonHoldsIt ? 1 + (extraMediatedHoldings[raw] ?? 0) : 0
+        let mediatedHolders = daemonHoldsIt ? 1 + (extraMediatedHoldings[handle] ?? 0) : 0
         let blockSize = (try? heap.blockSize(of: handle)) ?? 0
         return SharedInfo(
-            handle: raw, offset: UInt64(handle.dataOffset), blockSize: UInt64(blockSize),
+            handle: handle.wire, offset: UInt64(handle.dataOffset), blockSize: UInt64(blockSize),
             holders: UInt32(directHolders + mediatedHolders))
     }
 
@@ -1146,13 +1152,13 @@ public final class DivvyServer: @unchecked Sendable {
         poller.remove(session.socket.fileDescriptor)
         session.socket.close()
         var released = 0
-        for (raw, holding) in session.holdings.entries {
+        for (handle, holding) in session.holdings.entries {
             for _ in 0..<holding.count {
                 do throws(SharedHeapError) {
-                    if try dropMediatedHolding(raw) { released += 1 }
+                    if try dropMediatedHolding(handle) { released += 1 }
                 } catch {
                     logger.error("could not drop a holding of a departed client", metadata: [
-                        "client": "\(id)", "handle": "\(SharedHeapHandle(legacyRawValue: raw))", "error": "\(error)"])
+                        "client": "\(id)", "handle": "\(handle)", "error": "\(error)"])
                 }
             }
         }
@@ -1353,9 +1359,22 @@ extension ErrorCode {
         case .heldListFull: self = .heapFull
         case .alreadyHeld: self = .alreadyHolder
         case .pageAllowanceExhausted: self = .quotaExceeded
+        case .foreignHeap: self = .foreignHandle
         default: self = .internalError
         }
     }
+}
+
+extension SharedHeapHandle {
+    /// The heap's handle for one received in a message: the same 128 bits (checked when used).
+    @inline(__always)
+    init(_ wire: WireHandle) {
+        self.init(low: wire.low, high: wire.high)
+    }
+
+    /// The handle as messages carry it.
+    @inline(__always)
+    var wire: WireHandle { WireHandle(low: low, high: high) }
 }
 
 extension PageKind {

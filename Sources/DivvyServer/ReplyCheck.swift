@@ -11,11 +11,16 @@ enum ReplyCheck {
     /// Encodes `message` for `requestID` into `buffer` (cleared first); if the frame would exceed
     /// `maxFrameSize`, encodes an `internalError` reply to the same request instead.
     ///
+    /// `version` is the header version (nil: `Frame`'s default for the message); a connection not yet welcomed is
+    /// answered in version-1 frames (PROTOCOL.md, section 6.1).
+    ///
     /// - Returns: nil when `message` was encoded; else what was replaced and why (for the log).
     /// - Complexity: O(frame size); the error reply is encoded only when needed.
-    static func encode(_ message: Message, requestID: UInt64, into buffer: inout [UInt8]) -> String? {
+    static func encode(
+        _ message: Message, requestID: UInt64, version: UInt16? = nil, into buffer: inout [UInt8]
+    ) -> String? {
         buffer.removeAll(keepingCapacity: true)
-        Frame(requestID: requestID, message: message).encode(into: &buffer)
+        Frame(requestID: requestID, message: message, version: version).encode(into: &buffer)
         guard buffer.count > ProtocolLimits.maxFrameSize else { return nil }
         let size = buffer.count
         let type = message.type
@@ -30,7 +35,7 @@ enum ReplyCheck {
         buffer.removeAll(keepingCapacity: true)
         Frame(
             requestID: requestID,
-            message: .error(ErrorReply(code: .internalError, requestType: answers, message: text))
+            message: .error(ErrorReply(code: .internalError, requestType: answers, message: text)), version: version
         ).encode(into: &buffer)
         return text
     }

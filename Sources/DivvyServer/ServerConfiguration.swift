@@ -253,12 +253,6 @@ public struct ServerConfiguration: Hashable, Sendable {
             throw ParseError("page-size must be a power of two of at least 4K, not \(pageSize)")
         }
         guard dataSize >= pageSize else { throw ParseError("data-size \(dataSize) is smaller than one page") }
-        // Protocol 1 carries handles as 64 bits, offset / 16 in 32 of them (`SharedHeapHandle.legacyRawValue`): above
-        // 64 GiB it would hand out handles that name other blocks. The heap itself allows up to 4 PiB.
-        guard dataSize <= 64 << 30 else {
-            throw ParseError("data-size \(dataSize) is above 64 GiB, the most protocol 1's 64-bit handles address "
-                + "(offset / 16 in 32 bits); use at most 64G until the protocol carries 128-bit handles")
-        }
         guard effectiveQuotaBytes > 0 else { throw ParseError("quota must be positive") }
         guard maxClients > 0 else { throw ParseError("max-clients must be positive") }
         guard handshakeTimeoutMilliseconds > 0 else {

@@ -24,7 +24,8 @@ final class FrameTests: XCTestCase {
 
         buffer.removeAll(keepingCapacity: true)
         let capacity = buffer.capacity
-        let second = Frame(requestID: 10, message: .free(handle: 0x0000_0003_0000_1234))
+        let handle = WireHandle(low: 0x0003_0000_0000_1234, high: 7 << 32)
+        let second = Frame(requestID: 10, message: .free(handle: handle))
         second.encode(into: &buffer)
         XCTAssertEqual(buffer, second.encoded())
         XCTAssertEqual(buffer.capacity, capacity, "a reused buffer with room must not reallocate")
@@ -44,14 +45,15 @@ final class FrameTests: XCTestCase {
         XCTAssertEqual(
             bytes,
             [
-                0x44, 0x56, 0x59, 0x50, 0x01, 0x00, 0x06, 0x00, 0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01,
+                0x44, 0x56, 0x59, 0x50, 0x02, 0x00, 0x06, 0x00, 0x08, 0x07, 0x06, 0x05, 0x04, 0x03, 0x02, 0x01,
                 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11,
             ])
         XCTAssertEqual(Array(bytes[0..<4]), Array("DVYP".utf8))
     }
 
     func testDecodeReadsFromAnUnalignedSliceOfALargerBuffer() throws {
-        let frame = Frame(requestID: 5, message: .allocatedBatch(blockSize: 64, handles: [1, 2, 3]))
+        let handles = [1, 2, 3].map { WireHandle(low: $0, high: 0xFEDC_BA98_7654_3210 &+ $0) }
+        let frame = Frame(requestID: 5, message: .allocatedBatch(blockSize: 64, handles: handles))
         let bytes = [0xEE] + frame.encoded() + [0xEE]
         let decoded = try bytes.withUnsafeBytes { raw in
             try Frame.decode(UnsafeRawBufferPointer(rebasing: raw[1..<(raw.count - 1)]))
@@ -105,7 +107,8 @@ final class FrameTests: XCTestCase {
     // MARK: Limits and validation
 
     func testValidateAgreesWithTheDecoder() {
-        let tooManyHandles = [UInt64](repeating: 7, count: ProtocolLimits.maxBatchCount + 1)
+        let tooManyHandles = [WireHandle](
+            repeating: WireHandle(low: 7, high: 1 << 32), count: ProtocolLimits.maxBatchCount + 1)
         let welcomeAny = Welcome(
             version: 1, mode: .any, clientID: 1, quotaBytes: 0, regionSize: 0, metadataOffset: 0, metadataSize: 0,
             dataOffset: 0, dataSize: 0, pageSize: 4096, pageKind: .base, sizeClasses: [])
@@ -113,11 +116,10 @@ final class FrameTests: XCTestCase {
             (.allocateBatch(size: 8, count: 0), .batchTooLarge),
             (.allocateBatch(size: 8, count: UInt32(ProtocolLimits.maxBatchCount + 1)), .batchTooLarge),
             (.allocatedBatch(blockSize: 8, handles: []), .batchTooLarge),
-            (.allocatedBatch(blockSize: 8, handles: tooManyHandles), .batchTooLarge),
             (.freeBatch(handles: []), .batchTooLarge),
             (.freeBatch(handles: tooManyHandles), .batchTooLarge),
             (.freedBatch(statuses: []), .batchTooLarge),
-            (.freedBatch(statuses: [FreedStatus](repeating: .released, count: 4097)), .batchTooLarge),
+            (.freedBatch(statuses: [FreedStatus](repeating: .released, count: ProtocolLimits.maxBatchCount + 1)), .batchTooLarge),
             (.ping(payload: [UInt8](repeating: 1, count: ProtocolLimits.maxPingPayload + 1)), .malformedFrame),
             (.pong(payload: [UInt8](repeating: 1, count: ProtocolLimits.maxPingPayload + 1)), .malformedFrame),
             (.welcome(welcomeAny), .malformedFrame),
@@ -138,10 +140,18 @@ final class FrameTests: XCTestCase {
             XCTAssertEqual(decodeError(bytes)?.code, code, "decoding \(message.type)")
             XCTAssertEqual(decodeError(bytes)?.requestID, 3)
         }
+        // An allocatedBatch one handle over the limit does not fit a frame: the decoder refuses its size before it
+        // reads the count, validate() its count first. Both refuse it.
+        let overfull = Message.allocatedBatch(blockSize: 8, handles: tooManyHandles)
+        XCTAssertThrowsError(try overfull.validate()) { error in
+            XCTAssertEqual((error as? ProtocolError)?.code, .batchTooLarge)
+        }
+        XCTAssertEqual(decodeError(Frame(requestID: 3, message: overfull).encoded())?.code, .frameTooLarge)
     }
 
     func testFramesAtTheLimitsAreAccepted() throws {
-        let maxBatch = [UInt64](repeating: 0xFFFF_FFFF_FFFF_FFFF, count: ProtocolLimits.maxBatchCount)
+        let maxBatch = [WireHandle](
+            repeating: WireHandle(low: .max, high: .max), count: ProtocolLimits.maxBatchCount)
         let maxBody = [UInt8](repeating: 0x7B, count: ProtocolLimits.maxAdminBodyLength)
         let messages: [Message] = [
             .allocateBatch(size: 8, count: UInt32(ProtocolLimits.maxBatchCount)),
@@ -157,6 +167,11 @@ final class FrameTests: XCTestCase {
         }
         // The admin body at its limit makes a frame of exactly maxFrameSize bytes.
         XCTAssertEqual(Frame(requestID: 0, message: messages[5]).encoded().count, ProtocolLimits.maxFrameSize)
+        // The batch limit is the most 16-byte handles an allocatedBatch fits: one more would not fit a frame.
+        XCTAssertEqual(ProtocolLimits.maxBatchCount, 4093)
+        XCTAssertLessThanOrEqual(Frame(requestID: 0, message: messages[1]).encoded().count, ProtocolLimits.maxFrameSize)
+        XCTAssertGreaterThan(
+            ProtocolLimits.headerSize + 12 + 16 * (ProtocolLimits.maxBatchCount + 1), ProtocolLimits.maxFrameSize)
         XCTAssertEqual(ProtocolLimits.maxPayloadSize, ProtocolLimits.maxFrameSize - ProtocolLimits.headerSize)
     }
 
@@ -175,10 +190,10 @@ final class FrameTests: XCTestCase {
     func testHeaderChecksRunInTheDocumentedOrder() {
         var frame = Frame(requestID: 42, message: .stats).encoded()
         XCTAssertNil(decodeError(frame))
-        frame[4] = 2  // unsupported version
+        frame[4] = 3  // unsupported version
         frame[20] = 1  // and nonzero flags: the version wins
         XCTAssertEqual(decodeError(frame)?.code, .unsupportedVersion)
-        frame[4] = 1
+        frame[4] = 2
         XCTAssertEqual(decodeError(frame)?.code, .malformedFrame)
         frame[20] = 0
         frame[6] = 0x77  // unknown type
@@ -232,7 +247,7 @@ final class FrameTests: XCTestCase {
         let closing = ErrorCode.allKnown.filter(\.closesConnection)
         XCTAssertEqual(
             closing, [.malformedFrame, .unsupportedVersion, .frameTooLarge, .notAuthorized, .tooManyClients])
-        XCTAssertEqual(ErrorCode.allKnown.map(\.rawValue), Array(1...24))
+        XCTAssertEqual(ErrorCode.allKnown.map(\.rawValue), Array(1...25))
         XCTAssertEqual(ErrorCode.invalidParticipant.description, "invalidParticipant")
         XCTAssertEqual(ErrorCode.directUnavailable.description, "directUnavailable")
         XCTAssertEqual(ErrorCode(rawValue: 999).description, "unknown(999)")
@@ -250,16 +265,70 @@ final class FrameTests: XCTestCase {
         XCTAssertEqual(FreedStatus(error: .doubleFree).description, "doubleFree")
     }
 
-    func testBlockHandleRule() {
-        let handle: UInt64 = 0x0000_0003_0000_1234
-        XCTAssertEqual(BlockHandle.dataOffset(handle), 0x12340)
-        XCTAssertEqual(BlockHandle.generation(handle), 3)
-        XCTAssertEqual(BlockHandle.make(dataOffset: 0x12340, generation: 3), handle)
-        XCTAssertEqual(BlockHandle.dataOffset(.max), 0xF_FFFF_FFF0)
-        XCTAssertEqual(BlockHandle.generation(.max), .max)
-        XCTAssertEqual(BlockHandle.make(dataOffset: 0xF_FFFF_FFF0, generation: .max), .max)
-        XCTAssertNil(BlockHandle.make(dataOffset: 8, generation: 0), "not a multiple of 16")
-        XCTAssertNil(BlockHandle.make(dataOffset: 1 << 36, generation: 0), "beyond 32 bits of 16-byte units")
+    func testWireHandleLayout() throws {
+        // PROTOCOL.md section 8: low = offset/16 (bits 0-47) | generation bits 0-15 (48-63); high = generation
+        // bits 16-47 (0-31) | heap id (32-63).
+        let handle = try XCTUnwrap(
+            WireHandle(heapID: 0x1D2C_3B4A, dataOffset: 0x12340, generation: 0x1234_5678_9ABC))
+        XCTAssertEqual(handle.low, 0x9ABC_0000_0000_1234)
+        XCTAssertEqual(handle.high, 0x1D2C_3B4A_1234_5678)
+        XCTAssertEqual(handle.dataOffset, 0x12340)
+        XCTAssertEqual(handle.generation, 0x1234_5678_9ABC)
+        XCTAssertEqual(handle.heapID, 0x1D2C_3B4A)
+        XCTAssertEqual(handle.description, "0x1d2c3b4a123456789abc000000001234")
+
+        let full = WireHandle(low: .max, high: .max)
+        XCTAssertEqual(full.dataOffset, 0xF_FFFF_FFFF_FFF0, "48 bits of 16-byte units: beyond 64 GiB")
+        XCTAssertEqual(full.generation, 0xFFFF_FFFF_FFFF)
+        XCTAssertEqual(full.heapID, .max)
+        XCTAssertEqual(
+            WireHandle(heapID: .max, dataOffset: 0xF_FFFF_FFFF_FFF0, generation: 0xFFFF_FFFF_FFFF), full)
+        XCTAssertNil(WireHandle(heapID: 1, dataOffset: 8, generation: 0), "not a multiple of 16")
+        XCTAssertNil(WireHandle(heapID: 1, dataOffset: 1 << 52, generation: 0), "beyond 48 bits of 16-byte units")
+        XCTAssertNil(WireHandle(heapID: 1, dataOffset: 0, generation: 1 << 48), "generations have 48 bits")
+        XCTAssertTrue(WireHandle.zero.isZero)
+        XCTAssertFalse(WireHandle(low: 0, high: 1).isZero)
+
+        // On the wire: low then high, little-endian, 16 bytes.
+        let bytes = Frame(requestID: 1, message: .free(handle: handle)).encoded()
+        XCTAssertEqual(bytes.count, ProtocolLimits.headerSize + ProtocolLimits.handleSize)
+        XCTAssertEqual(
+            Array(bytes[24...]),
+            [0x34, 0x12, 0, 0, 0, 0, 0xBC, 0x9A, 0x78, 0x56, 0x34, 0x12, 0x4A, 0x3B, 0x2C, 0x1D])
+    }
+
+    func testHandlesUsingAll128BitsRoundTripInEveryMessage() throws {
+        // Distinct patterns in every byte of both words, so a swapped, truncated or reordered word is caught.
+        let a = WireHandle(low: 0x0123_4567_89AB_CDEF, high: 0xFEDC_BA98_7654_3210)
+        let b = WireHandle(low: .max, high: 0x8000_0000_0000_0001)
+        let c = WireHandle(low: 0x8000_0000_0000_0000, high: .max)
+        let messages: [Message] = [
+            .allocated(handle: a, blockSize: 64), .free(handle: b), .share(handle: c), .adopt(handle: a),
+            .adopted(handle: b, blockSize: 1), .shared(SharedInfo(handle: c, offset: 16, blockSize: 2, holders: 3)),
+            .allocatedBatch(blockSize: 8, handles: [a, b, c]), .freeBatch(handles: [c, b, a]),
+        ]
+        for message in messages {
+            XCTAssertEqual(roundTrip(message), message, "\(message.type)")
+        }
+    }
+
+    func testHeaderVersions() throws {
+        // hello and welcome travel in version-1 headers (section 6.1); everything else in the current version.
+        let hello = Message.hello(Hello(minVersion: 2, maxVersion: 2, mode: .any, capabilities: 0, name: "x"))
+        XCTAssertEqual(Frame(requestID: 1, message: hello).version, 1)
+        XCTAssertEqual(Frame(requestID: 1, message: hello).encoded()[4], 1)
+        XCTAssertEqual(Frame(requestID: 1, message: .stats).version, 2)
+        XCTAssertEqual(ProtocolVersion.current, 2)
+        XCTAssertEqual(ProtocolVersion.supported, 2...2)
+        // The decoder accepts header versions 1 and 2 and nothing else.
+        for version: UInt16 in [1, 2] {
+            XCTAssertEqual(try Frame.decode(Frame(requestID: 4, message: .stats, version: version).encoded()).version,
+                version)
+        }
+        for version: UInt16 in [0, 3, .max] {
+            let bytes = Frame(requestID: 4, message: .stats, version: version).encoded()
+            XCTAssertEqual(decodeError(bytes)?.code, .unsupportedVersion, "header version \(version)")
+        }
     }
 
     func testProtocolErrorReplyEchoesTheRequest() throws {
@@ -294,5 +363,8 @@ final class FrameTests: XCTestCase {
         XCTAssertEqual(RegionGrant.readWrite, 1)
         XCTAssertEqual(ProtocolLimits.magic, 0x5059_5644)
         XCTAssertEqual(Frame(requestID: 0, message: .stats).version, ProtocolVersion.current)
+        XCTAssertEqual(ErrorCode.foreignHandle.rawValue, 25)
+        XCTAssertEqual(ErrorCode.foreignHandle.name, "foreignHandle")
+        XCTAssertFalse(ErrorCode.foreignHandle.closesConnection)
     }
 }

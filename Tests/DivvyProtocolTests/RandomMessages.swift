@@ -58,6 +58,9 @@ struct RandomMessages {
         int(0...7) == 0 ? [1, ProtocolLimits.maxBatchCount][int(0...1)] : int(1...20)
     }
 
+    /// A handle with all 128 bits random (the codec treats both words as opaque).
+    mutating func handle() -> WireHandle { WireHandle(low: u64(), high: u64()) }
+
     mutating func mode() -> ClientMode { [ClientMode.any, .direct, .mediated][int(0...2)] }
     mutating func grantedMode() -> ClientMode { [ClientMode.direct, .mediated][int(0...1)] }
     mutating func operation() -> AdminOperation { AdminOperation(rawValue: UInt8(int(1...7)))! }
@@ -86,17 +89,17 @@ struct RandomMessages {
         case 8: return .returnPages(pages: u32())
         case 9: return .returned(pageAllowance: u32())
         case 10: return .allocate(size: u64())
-        case 11: return .allocated(handle: u64(), blockSize: u64())
-        case 12: return .free(handle: u64())
+        case 11: return .allocated(handle: handle(), blockSize: u64())
+        case 12: return .free(handle: handle())
         case 13: return .freed(released: bool())
         case 14: return .allocateBatch(size: u64(), count: UInt32(batchCount()))
-        case 15: return .allocatedBatch(blockSize: u64(), handles: (0..<batchCount()).map { _ in u64() })
-        case 16: return .freeBatch(handles: (0..<batchCount()).map { _ in u64() })
+        case 15: return .allocatedBatch(blockSize: u64(), handles: (0..<batchCount()).map { _ in handle() })
+        case 16: return .freeBatch(handles: (0..<batchCount()).map { _ in handle() })
         case 17: return .freedBatch(statuses: (0..<batchCount()).map { _ in FreedStatus(rawValue: u16()) })
-        case 18: return .share(handle: u64())
-        case 19: return .shared(SharedInfo(handle: u64(), offset: u64(), blockSize: u64(), holders: u32()))
-        case 20: return .adopt(handle: u64())
-        case 21: return .adopted(handle: u64(), blockSize: u64())
+        case 18: return .share(handle: handle())
+        case 19: return .shared(SharedInfo(handle: handle(), offset: u64(), blockSize: u64(), holders: u32()))
+        case 20: return .adopt(handle: handle())
+        case 21: return .adopted(handle: handle(), blockSize: u64())
         case 22: return .stats
         case 23:
             return .statsReply(

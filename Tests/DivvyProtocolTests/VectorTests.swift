@@ -36,11 +36,11 @@ final class VectorTests: XCTestCase {
         var pageAllowance: UInt32?
         var pages: UInt32?
         var size: String?
-        var handle: String?
+        var handle: Handle?
         var blockSize: String?
         var released: Bool?
         var count: UInt32?
-        var handles: [String]?
+        var handles: [Handle]?
         var statuses: [UInt16]?
         var holders: UInt32?
         var bytesHeld: String?
@@ -57,6 +57,12 @@ final class VectorTests: XCTestCase {
         var code: UInt16?
         var requestType: UInt16?
         var message: String?
+    }
+
+    /// A 128-bit handle: its two words as decimal u64 strings.
+    struct Handle: Decodable {
+        var low: String
+        var high: String
     }
 
     struct ValidVector: Decodable {
@@ -92,7 +98,7 @@ final class VectorTests: XCTestCase {
     static func load<Vector: Decodable>(_ file: String, as _: Vector.Type) throws -> [Vector] {
         let data = try Data(contentsOf: vectorsDirectory.appendingPathComponent(file))
         let decoded = try JSONDecoder().decode(VectorFile<Vector>.self, from: data)
-        XCTAssertEqual(decoded.format, 1, "\(file): unknown vector file format")
+        XCTAssertEqual(decoded.format, 2, "\(file): unknown vector file format")
         return decoded.vectors
     }
 
@@ -108,6 +114,10 @@ final class VectorTests: XCTestCase {
                 throw MissingField(description: "\(vector.name): \(field) is not a decimal u64")
             }
             return parsed
+        }
+        func handle(_ value: Handle?, _ field: String) throws -> WireHandle {
+            let value = try need(value, field)
+            return WireHandle(low: try u64(value.low, "\(field).low"), high: try u64(value.high, "\(field).high"))
         }
         func mode(_ raw: UInt8?) throws -> ClientMode {
             try need(ClientMode(rawValue: try need(raw, "mode")), "mode (valid)")
@@ -150,25 +160,25 @@ final class VectorTests: XCTestCase {
         case "returned": return .returned(pageAllowance: try need(f.pageAllowance, "pageAllowance"))
         case "allocate": return .allocate(size: try u64(f.size, "size"))
         case "allocated":
-            return .allocated(handle: try u64(f.handle, "handle"), blockSize: try u64(f.blockSize, "blockSize"))
-        case "free": return .free(handle: try u64(f.handle, "handle"))
+            return .allocated(handle: try handle(f.handle, "handle"), blockSize: try u64(f.blockSize, "blockSize"))
+        case "free": return .free(handle: try handle(f.handle, "handle"))
         case "freed": return .freed(released: try need(f.released, "released"))
         case "allocateBatch": return .allocateBatch(size: try u64(f.size, "size"), count: try need(f.count, "count"))
         case "allocatedBatch":
             return .allocatedBatch(
                 blockSize: try u64(f.blockSize, "blockSize"),
-                handles: try need(f.handles, "handles").map { try u64($0, "handles[]") })
-        case "freeBatch": return .freeBatch(handles: try need(f.handles, "handles").map { try u64($0, "handles[]") })
+                handles: try need(f.handles, "handles").map { try handle($0, "handles[]") })
+        case "freeBatch": return .freeBatch(handles: try need(f.handles, "handles").map { try handle($0, "handles[]") })
         case "freedBatch": return .freedBatch(statuses: try need(f.statuses, "statuses").map(FreedStatus.init))
-        case "share": return .share(handle: try u64(f.handle, "handle"))
+        case "share": return .share(handle: try handle(f.handle, "handle"))
         case "shared":
             return .shared(
                 SharedInfo(
-                    handle: try u64(f.handle, "handle"), offset: try u64(f.offset, "offset"),
+                    handle: try handle(f.handle, "handle"), offset: try u64(f.offset, "offset"),
                     blockSize: try u64(f.blockSize, "blockSize"), holders: try need(f.holders, "holders")))
-        case "adopt": return .adopt(handle: try u64(f.handle, "handle"))
+        case "adopt": return .adopt(handle: try handle(f.handle, "handle"))
         case "adopted":
-            return .adopted(handle: try u64(f.handle, "handle"), blockSize: try u64(f.blockSize, "blockSize"))
+            return .adopted(handle: try handle(f.handle, "handle"), blockSize: try u64(f.blockSize, "blockSize"))
         case "stats": return .stats
         case "statsReply":
             return .statsReply(
@@ -226,7 +236,7 @@ final class VectorTests: XCTestCase {
                 XCTAssertEqual(
                     FrameHeader.parse(raw),
                     FrameHeader(
-                        type: message.type, requestID: requestID,
+                        version: vector.version, type: message.type, requestID: requestID,
                         payloadLength: UInt32(bytes.count - ProtocolLimits.headerSize)), vector.name)
             }
         }

@@ -32,7 +32,7 @@ final class AdminAtScaleTests: XCTestCase {
             let connection = try RawConnection(daemon.socketPath)
             let name = longName(index)
             let reply = try connection.roundTrip(
-                .hello(Hello(minVersion: 1, maxVersion: 1, mode: .mediated, capabilities: 0, name: name)))
+                .hello(Hello(minVersion: 2, maxVersion: 2, mode: .mediated, capabilities: 0, name: name)))
             guard case .welcome(let welcome) = reply.message else {
                 throw NSError(domain: "no welcome: \(reply)", code: 1)
             }

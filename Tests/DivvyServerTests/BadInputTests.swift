@@ -77,7 +77,7 @@ final class BadInputTests: XCTestCase {
     }
 
     func testTruncatedPayloadAndTrailingBytes() throws {
-        var frame = Frame(requestID: 9, message: .free(handle: 12345)).encoded()
+        var frame = Frame(requestID: 9, message: .free(handle: WireHandle(low: 12345, high: 1 << 32))).encoded()
         frame.removeLast(3)
         frame[16] = UInt8(frame.count - 24)  // A consistent header around a short payload.
         var trailing = Frame(requestID: 9, message: .ping(payload: [1, 2])).encoded() + [0]
@@ -109,9 +109,26 @@ final class BadInputTests: XCTestCase {
     func testWrongVersionAndHandshakeErrors() throws {
         try unchanged {
             let future = try RawConnection(daemon.socketPath)
-            let reply = try future.roundTrip(.hello(Hello(minVersion: 2, maxVersion: 5, mode: .any, capabilities: 0, name: "x")))
+            let reply = try future.roundTrip(.hello(Hello(minVersion: 3, maxVersion: 5, mode: .any, capabilities: 0, name: "x")))
             assertErrorReply(reply, .unsupportedVersion)
             XCTAssertTrue(try future.isClosedByPeer())
+
+            // A version-1 client (64-bit handles) is refused at hello, in a version-1 frame it can read.
+            let old = try RawConnection(daemon.socketPath)
+            let refusal = try old.roundTrip(
+                .hello(Hello(minVersion: 1, maxVersion: 1, mode: .mediated, capabilities: 0, name: "v1")))
+            assertErrorReply(refusal, .unsupportedVersion)
+            XCTAssertEqual(refusal.version, 1, "frames before welcome are version-1 frames")
+            XCTAssertTrue(try old.isClosedByPeer())
+
+            // A version-2 client: welcome in a version-1 frame (it answers hello), everything after in version 2.
+            let current = try RawConnection(daemon.socketPath)
+            let welcome = try current.roundTrip(
+                .hello(Hello(minVersion: 1, maxVersion: 2, mode: .mediated, capabilities: 0, name: "v2")))
+            guard case .welcome(let granted) = welcome.message else { return XCTFail("no welcome: \(welcome)") }
+            XCTAssertEqual(granted.version, 2)
+            XCTAssertEqual(welcome.version, 1)
+            XCTAssertEqual(try current.roundTrip(.ping(payload: [])).version, 2)
 
             var header = Frame(requestID: 3, message: .stats).encoded()
             header[4] = 9  // Header version 9.
@@ -124,7 +141,7 @@ final class BadInputTests: XCTestCase {
             assertErrorReply(try early.roundTrip(.allocate(size: 16)), .handshakeRequired)
             try early.hello()
             assertErrorReply(
-                try early.roundTrip(.hello(Hello(minVersion: 1, maxVersion: 1, mode: .any, capabilities: 0, name: "y"))),
+                try early.roundTrip(.hello(Hello(minVersion: 2, maxVersion: 2, mode: .any, capabilities: 0, name: "y"))),
                 .handshakeRequired)
         }
     }
@@ -136,14 +153,18 @@ final class BadInputTests: XCTestCase {
         guard case .allocated(let mine, _) = try connection.roundTrip(.allocate(size: 100)).message else {
             return XCTFail("allocate failed")
         }
-        let foreign = bystanderBlocks[0].legacyRawValue
+        let foreign = bystanderBlocks[0].wire
+        // Offsets are judged within this heap: the heap id of a real handle.
+        let beyond = WireHandle(low: 0xFFFF_FFFF_FFFF, high: mine.high)
         try unchanged {
-            assertErrorReply(try connection.roundTrip(.free(handle: 0xFFFF_FFF0)), .invalidHandle)
-            assertErrorReply(try connection.roundTrip(.free(handle: mine + 1)), .misalignedHandle)
+            assertErrorReply(try connection.roundTrip(.free(handle: beyond)), .invalidHandle)
+            assertErrorReply(
+                try connection.roundTrip(.free(handle: WireHandle(low: mine.low + 1, high: mine.high))),
+                .misalignedHandle)
             assertErrorReply(try connection.roundTrip(.free(handle: foreign)), .notHolder)
-            assertErrorReply(try connection.roundTrip(.free(handle: 0)), .invalidHandle)
+            assertErrorReply(try connection.roundTrip(.free(handle: .zero)), .invalidHandle)
             assertErrorReply(try connection.roundTrip(.share(handle: foreign)), .notHolder)
-            assertErrorReply(try connection.roundTrip(.adopt(handle: 0xFFFF_FFF0)), .invalidHandle)
+            assertErrorReply(try connection.roundTrip(.adopt(handle: beyond)), .invalidHandle)
         }
         XCTAssertEqual(try connection.roundTrip(.free(handle: mine)).message, .freed(released: true))
         try unchanged {
@@ -151,21 +172,97 @@ final class BadInputTests: XCTestCase {
             assertErrorReply(try connection.roundTrip(.adopt(handle: mine)), .staleHandle)
         }
         // The slot is reused with a new generation: the old handle is stale, not the new block's.
-        var reused: UInt64 = 0
+        var reused = WireHandle.zero
         for _ in 0..<64 {
             guard case .allocated(let handle, _) = try connection.roundTrip(.allocate(size: 100)).message else {
                 return XCTFail("allocate failed")
             }
-            if handle & 0xFFFF_FFFF == mine & 0xFFFF_FFFF {
+            if handle.dataOffset == mine.dataOffset {
                 reused = handle
                 break
             }
         }
-        XCTAssertNotEqual(reused, 0, "the freed slot comes back")
+        XCTAssertNotEqual(reused, .zero, "the freed slot comes back")
+        XCTAssertEqual(reused.heapID, mine.heapID)
+        XCTAssertGreaterThan(reused.generation, mine.generation)
         XCTAssertNotEqual(reused, mine)
         try unchanged {
             assertErrorReply(try connection.roundTrip(.free(handle: mine)), .staleHandle)
             assertErrorReply(try connection.roundTrip(.adopt(handle: mine)), .staleHandle)
+        }
+    }
+
+    /// The same block named with another heap's id: what a handle kept from before a daemon restart looks like.
+    /// Heap id 0 is avoided (the heap still takes it as "this heap" while the transitional 64-bit form exists).
+    private func otherHeap(_ low: UInt64, _ high: UInt64) -> (low: UInt64, high: UInt64) {
+        let heapID = high >> 32
+        let other: UInt64 = heapID == 0x0BAD_BEEF ? 0x0BAD_BEF0 : 0x0BAD_BEEF
+        return (low, high & 0xFFFF_FFFF | other << 32)
+    }
+
+    func testAHandleFromAnotherHeapIsForeignAndChangesNothing() throws {
+        let connection = try helloed()
+        guard case .allocated(let mine, let blockSize) = try connection.roundTrip(.allocate(size: 100)).message else {
+            return XCTFail("allocate failed")
+        }
+        XCTAssertNotEqual(mine.heapID, 0, "a real handle names its heap")
+        let (low, high) = otherHeap(mine.low, mine.high)
+        let foreign = WireHandle(low: low, high: high)
+        let before = try connection.roundTrip(.stats).message
+        try unchanged {
+            for request: Message in [.free(handle: foreign), .share(handle: foreign), .adopt(handle: foreign)] {
+                let reply = try connection.roundTrip(request)
+                assertErrorReply(reply, .foreignHandle)
+                if case .error(let error) = reply.message {
+                    XCTAssertTrue(error.message.contains("another heap"), error.message)
+                }
+            }
+            XCTAssertEqual(
+                try connection.roundTrip(.freeBatch(handles: [foreign])).message,
+                .freedBatch(statuses: [FreedStatus(error: .foreignHandle)]))
+        }
+        // The client's holdings and accounting are what they were: the real handle is still held, once.
+        XCTAssertEqual(try connection.roundTrip(.stats).message, before)
+        guard case .statsReply(let stats) = before else { return XCTFail("no stats") }
+        XCTAssertEqual(stats.blocksHeld, 1)
+        XCTAssertEqual(stats.bytesHeld, blockSize)
+        XCTAssertEqual(try connection.roundTrip(.free(handle: mine)).message, .freed(released: true))
+    }
+
+    func testTheClientLibraryRefusesAForeignHandleInBothModes() throws {
+        for mode: ClientMode in [.direct, .mediated] {
+            let client = try daemon.client(mode, name: "foreign-\(mode)")
+            XCTAssertEqual(client.mode, mode)
+            let (handle, _) = try client.allocateHandle(64)
+            let (low, high) = otherHeap(handle.low, handle.high)
+            let foreign = SharedHandle(low: low, high: high)
+            let before = try client.stats()
+            try unchanged {
+                var calls: [(String, () throws(DivvyClientError) -> Void)] = [
+                    ("free", { () throws(DivvyClientError) in _ = try client.free(foreign) }),
+                    ("adopt", { () throws(DivvyClientError) in _ = try client.adoptHandle(foreign) }),
+                    ("share", { () throws(DivvyClientError) in _ = try client.share(foreign) }),
+                ]
+                // Direct clients check translations against the heap, heap id included (mediated clients do not map
+                // the metadata: they can only check the offset).
+                if mode == .direct {
+                    calls.append(("pointer", { () throws(DivvyClientError) in _ = try client.pointer(for: foreign) }))
+                }
+                for (name, call) in calls {
+                    do throws(DivvyClientError) {
+                        try call()
+                        XCTFail("\(mode) \(name) of a foreign handle succeeded")
+                    } catch {
+                        XCTAssertEqual(error.protocolCode, .foreignHandle, "\(mode) \(name): \(error)")
+                    }
+                }
+                XCTAssertEqual(try client.freeBatch([foreign]), [FreedStatus(error: .foreignHandle)], "\(mode)")
+            }
+            let after = try client.stats()
+            XCTAssertEqual(after.blocksHeld, before.blocksHeld, "\(mode)")
+            XCTAssertEqual(after.bytesHeld, before.bytesHeld, "\(mode)")
+            XCTAssertTrue(try client.free(handle), "\(mode): the real handle is still held")
+            client.close()
         }
     }
 

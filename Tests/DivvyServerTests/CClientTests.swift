@@ -46,7 +46,7 @@ final class CClientTests: XCTestCase {
         return (exit, (lines + [process.standardError]).joined(separator: "\n"))
     }
 
-    /// The built library under the names an installed one has: `libdivvy.so.0` (its SONAME, which programs record
+    /// The built library under the names an installed one has: `libdivvy.so.1` (its SONAME, which programs record
     /// and the loader looks for) and `libdivvy.so` (what `-ldivvy` finds), as symbolic links in a fresh directory.
     static func libraryDirectory() throws -> String {
         let library = productsDirectory + "/libdivvy.so"
@@ -55,7 +55,7 @@ final class CClientTests: XCTestCase {
         }
         let directory = try temporarySocketDirectory() + "/lib"
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: false)
-        for name in ["libdivvy.so.0", "libdivvy.so"] {
+        for name in ["libdivvy.so.1", "libdivvy.so"] {
             try FileManager.default.createSymbolicLink(atPath: directory + "/" + name, withDestinationPath: library)
         }
         return directory
@@ -278,9 +278,13 @@ final class CClientTests: XCTestCase {
             #include <stddef.h>
             _Static_assert(sizeof(struct divvy_stats) == 48, "divvy_stats layout");
             _Static_assert(offsetof(struct divvy_stats, clients) == 44, "divvy_stats layout");
-            _Static_assert(sizeof(divvy_share_info) == 32, "divvy_share_info layout");
+            _Static_assert(sizeof(divvy_share_info) == 40, "divvy_share_info layout");
+            _Static_assert(offsetof(divvy_share_info, offset) == 16, "divvy_share_info layout");
+            _Static_assert(sizeof(divvy_handle_t) == 16, "a handle is two 64-bit words");
+            _Static_assert(offsetof(divvy_handle_t, high) == 8, "low, then high");
+            _Static_assert(DIVVY_ABI_VERSION == 2, "ABI 2: 128-bit handles");
             _Static_assert(DIVVY_OK == 0 && DIVVY_ESTALE_HANDLE == 13 && DIVVY_EINVAL == 104, "codes");
-            _Static_assert(DIVVY_MAX_BATCH == 4096, "the protocol's batch limit");
+            _Static_assert(DIVVY_MAX_BATCH == 4093, "the protocol's batch limit");
             int use(divvy_client *client) {
                 struct divvy_stats stats;
                 return divvy_stats(client, &stats) + (int)stats.clients;
@@ -327,7 +331,7 @@ final class CClientTests: XCTestCase {
         let (exit, symbols) = try Self.run(nm, ["-D", "--defined-only", library])
         XCTAssertEqual(exit.status, 0, symbols)
         // Global symbols (upper-case kinds); local ones (lower-case) are invisible to programs. Each carries the
-        // default symbol version (`name@@DIVVY_0`); the version node itself is an absolute symbol (kind A).
+        // default symbol version (`name@@DIVVY_1`); the version node itself is an absolute symbol (kind A).
         var versions = Set<String>()
         let exported = Set(
             symbols.split(separator: "\n").compactMap { line -> String? in
@@ -337,19 +341,19 @@ final class CClientTests: XCTestCase {
                 versions.insert(parts.count == 2 ? String(parts[1]) : "(none)")
                 return String(parts[0])
             })
-        XCTAssertEqual(versions, ["DIVVY_0"], "every exported function carries the symbol version DIVVY_0")
+        XCTAssertEqual(versions, ["DIVVY_1"], "every exported function carries the symbol version DIVVY_1")
         // Exactly the header's functions (Sources/DivvyC/libdivvy.map): nothing of the Swift library or the C shims
         // below it can clash with a program's own symbols.
         XCTAssertEqual(exported.sorted(), declared.sorted(), "libdivvy.so's exports vs divvy.h (update libdivvy.map)")
     }
 
-    /// Programs record `libdivvy.so.0` (the SONAME), and `divvy_version()` reports the release from the one place it
+    /// Programs record `libdivvy.so.1` (the SONAME), and `divvy_version()` reports the release from the one place it
     /// is written (`DivvyVersion`).
     func testSonameAndVersionCalls() throws {
         let readelf = try XCTUnwrap(Self.compiler(["readelf", "llvm-readelf", "/opt/swift/usr/bin/llvm-readelf"]))
         let (readExit, dynamic) = try Self.run(readelf, ["-d", Self.productsDirectory + "/libdivvy.so"])
         XCTAssertEqual(readExit.status, 0, dynamic)
-        XCTAssertTrue(dynamic.contains("Library soname: [libdivvy.so.0]"), dynamic)
+        XCTAssertTrue(dynamic.contains("Library soname: [libdivvy.so.1]"), dynamic)
 
         let libraries = try Self.libraryDirectory()
         let directory = try temporarySocketDirectory()
@@ -370,7 +374,7 @@ final class CClientTests: XCTestCase {
         XCTAssertEqual(built.status, 0, log)
         let (needed, neededLog) = try Self.run(readelf, ["-d", program])
         XCTAssertEqual(needed.status, 0)
-        XCTAssertTrue(neededLog.contains("Shared library: [libdivvy.so.0]"), neededLog)
+        XCTAssertTrue(neededLog.contains("Shared library: [libdivvy.so.1]"), neededLog)
         let (exit, output) = try Self.run(program, [])
         XCTAssertEqual(exit.status, 0, output)
         XCTAssertEqual(
@@ -395,7 +399,7 @@ final class CClientTests: XCTestCase {
             "/bin/sh", [Self.packageRoot + "/deploy/install-libdivvy.sh", prefix, Self.productsDirectory])
         XCTAssertEqual(installed.status, 0, log)
         for file in [
-            "lib/libdivvy.so.\(DivvyVersion.string)", "lib/libdivvy.so.0", "lib/libdivvy.so", "include/divvy.h",
+            "lib/libdivvy.so.\(DivvyVersion.string)", "lib/libdivvy.so.1", "lib/libdivvy.so", "include/divvy.h",
             "lib/pkgconfig/divvy.pc",
         ] {
             XCTAssertTrue(FileManager.default.fileExists(atPath: prefix + "/" + file), "\(file) installed")
@@ -420,7 +424,7 @@ final class CClientTests: XCTestCase {
         let (linked, ldd) = try Self.run("/usr/bin/ldd", [program])
         XCTAssertEqual(linked.status, 0)
         XCTAssertTrue(
-            ldd.contains("libdivvy.so.0 => \(prefix)/lib/libdivvy.so.0"), "the installed library is the one used: \(ldd)")
+            ldd.contains("libdivvy.so.1 => \(prefix)/lib/libdivvy.so.1"), "the installed library is the one used: \(ldd)")
         let (versionExit, version) = try Self.run(
             "/bin/sh", ["-c", "pkg-config --modversion divvy"], environment: environment)
         XCTAssertEqual(versionExit.status, 0, version)

@@ -24,7 +24,7 @@ final class ClientServerTests: XCTestCase {
             var bytes = block.mutableBytes
             bytes.storeBytes(of: 0xFEED_FACE, toByteOffset: 992, as: UInt64.self)
             let info = try writer.share(handle)
-            XCTAssertEqual(info.handle, handle.legacyRawValue)
+            XCTAssertEqual(info.handle, handle.wire)
             XCTAssertEqual(info.offset, UInt64(handle.dataOffset))
             XCTAssertEqual(info.holders, 1)
             let adopted = try reader.adopt(handle)
@@ -58,7 +58,9 @@ final class ClientServerTests: XCTestCase {
             handles.append(given)
             for handle in handles {
                 let address = try client.pointer(for: handle)
-                XCTAssertEqual(try client.handle(for: address).legacyRawValue, handle.legacyRawValue, "\(mode) \(handle)")
+                // The exact handle, all 128 bits (heap id and generation included).
+                XCTAssertEqual(try client.handle(for: address), handle, "\(mode) \(handle)")
+                XCTAssertNotEqual(handle.heapID, 0, "\(mode): a handle names its heap")
             }
             if mode == .mediated {
                 XCTAssertTrue(handles.contains { $0.dataOffset == 0 }, "the first block of the heap is covered")
@@ -70,7 +72,7 @@ final class ClientServerTests: XCTestCase {
             }
             XCTAssertEqual(try client.share(given).holders, 2, "\(mode): the giver and this client")
             let givenAddress = try client.pointer(for: given)
-            XCTAssertEqual(try client.handle(for: givenAddress).legacyRawValue, given.legacyRawValue)
+            XCTAssertEqual(try client.handle(for: givenAddress), given)
             XCTAssertFalse(try client.free(given))
             let freed = handles[0]
             let freedAddress = try client.pointer(for: freed)
@@ -112,7 +114,8 @@ final class ClientServerTests: XCTestCase {
         let before = try daemon.audit()
         assertClientError(.quotaExceeded) { try client.allocateBatch(size: 1000, count: 1000) }
         XCTAssertEqual(try daemon.audit(), before, "a refused batch allocates nothing")
-        let statuses = try client.freeBatch(handles + [handles[0], SharedHandle(legacyRawValue: 0xFFFF_FFF0)])
+        let beyond = SharedHandle(low: 0xFFFF_FFF0, high: handles[0].high)  // this heap's id, far outside its data
+        let statuses = try client.freeBatch(handles + [handles[0], beyond])
         XCTAssertEqual(Array(statuses.prefix(100)), Array(repeating: .released, count: 100))
         XCTAssertEqual(statuses[100].error, .doubleFree, "a second free of the same handle in one batch")
         XCTAssertEqual(statuses[101].error, .invalidHandle)

@@ -109,13 +109,13 @@ final class ConnectionAdmissionTests: XCTestCase {
     }
 
     func testAfterShutdownOnlyFreesAndGoodbyeAreServed() {
-        for message: Message in [.goodbye, .free(handle: 5), .freeBatch(handles: [5])] {
+        for message: Message in [.goodbye, .free(handle: WireHandle(low: 5, high: 1 << 32)), .freeBatch(handles: [WireHandle(low: 5, high: 1 << 32)])] {
             XCTAssertEqual(SessionStateMachine.duringShutdown(message), .handle, "\(message)")
         }
         for message: Message in [
-            .allocate(size: 8), .ping(payload: []), .stats, .mapRegion, .share(handle: 5), .adopt(handle: 5),
+            .allocate(size: 8), .ping(payload: []), .stats, .mapRegion, .share(handle: WireHandle(low: 5, high: 1 << 32)), .adopt(handle: WireHandle(low: 5, high: 1 << 32)),
             .lease(pages: 1), .admin(.status, argument: 0),
-            .hello(Hello(minVersion: 1, maxVersion: 1, mode: .any, capabilities: 0, name: "late")),
+            .hello(Hello(minVersion: 2, maxVersion: 2, mode: .any, capabilities: 0, name: "late")),
         ] {
             guard case .reject(let code, let text) = SessionStateMachine.duringShutdown(message) else {
                 XCTFail("\(message) must be refused during shutdown")

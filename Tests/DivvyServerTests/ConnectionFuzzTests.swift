@@ -73,7 +73,7 @@ final class ConnectionFuzzTests: XCTestCase {
                 _ = divvy_test_set_nonblocking(connection.socket.fileDescriptor)
                 _ = try? connection.socket.send(
                     Frame(requestID: 1, message: .hello(Hello(
-                        minVersion: 1, maxVersion: 1, mode: .mediated, capabilities: 0, name: "slow"))).encoded())
+                        minVersion: 2, maxVersion: 2, mode: .mediated, capabilities: 0, name: "slow"))).encoded())
                 let ping = Frame(requestID: 2, message: .ping(payload: [UInt8](repeating: 0xAB, count: 60_000)))
                     .encoded()
                 for _ in 0..<(8 + random.below(64)) {
@@ -87,7 +87,7 @@ final class ConnectionFuzzTests: XCTestCase {
                 attacks["garbage", default: 0] += 1
                 let connection = try RawConnection(socketPath)
                 guard case .welcome? = try connection.receiveAfter(.hello(Hello(
-                    minVersion: 1, maxVersion: 1, mode: .mediated, capabilities: 0, name: "garbage")))
+                    minVersion: 2, maxVersion: 2, mode: .mediated, capabilities: 0, name: "garbage")))
                 else { continue }  // refused (out of descriptors): fine
                 let length = [0, 1, 23, 24, 100, 65_536, 65_537, 70_000][random.below(8)]
                 var bytes = (0..<length).map { _ in UInt8(truncatingIfNeeded: random.next()) }

@@ -346,11 +346,11 @@ final class SpecConformanceTests: XCTestCase {
 
     func testHandleZeroAndLeaseZeroSayWhatTheyAre() throws {
         let connection = try helloed()
-        for request: Message in [.free(handle: 0), .share(handle: 0), .adopt(handle: 0)] {
+        for request: Message in [.free(handle: .zero), .share(handle: .zero), .adopt(handle: .zero)] {
             let reply = try connection.roundTrip(request)
             assertErrorReply(reply, .invalidHandle)
             if case .error(let error) = reply.message {
-                XCTAssertTrue(error.message.contains("handle 0 is never a valid handle"), error.message)
+                XCTAssertTrue(error.message.contains("the zero handle is never a valid handle"), error.message)
                 XCTAssertFalse(error.message.contains("outside"), error.message)
             }
         }

@@ -188,7 +188,10 @@ final class DaemonProcessTests: XCTestCase {
         let (victim, handles) = try holder(daemon, "direct", size: 700, count: 10, seed: 3)
         var adopted: [(SharedHandle, Int)] = []
         for text in handles.prefix(4) {
-            let handle = SharedHandle(legacyRawValue: try XCTUnwrap(UInt64(text)))
+            // divvy-client-helper prints a handle as LOW:HIGH (128 bits).
+            let words = text.split(separator: ":").compactMap { UInt64($0) }
+            XCTAssertEqual(words.count, 2, text)
+            let handle = SharedHandle(low: try XCTUnwrap(words.first), high: try XCTUnwrap(words.last))
             adopted.append((handle, try adopter.adoptHandle(handle)))
         }
         let blockSize = adopted[0].1

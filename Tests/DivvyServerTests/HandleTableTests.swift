@@ -1,3 +1,4 @@
+import DivvyShm
 import DivvyTestSupport
 import XCTest
 
@@ -10,9 +11,18 @@ final class HandleTableTests: XCTestCase {
         let seed = SeededGenerator.testSeed()
         var random = SeededGenerator(seed: seed)
         var table = HandleTable<Int>(capacity: 4)
-        var model: [UInt64: Int] = [:]
-        let keys: [UInt64] = (0..<300).map { index in
-            index % 3 == 0 ? UInt64(index + 1) << 32 : UInt64.random(in: 1...UInt64.max, using: &random)
+        var model: [SharedHeapHandle: Int] = [:]
+        // Keys of one heap (same high word), keys differing only in their heap id or high generation bits (same low
+        // word: a lookup must compare all 128 bits), and random ones.
+        let keys: [SharedHeapHandle] = (0..<300).map { index in
+            switch index % 3 {
+            case 0: SharedHeapHandle(low: UInt64(index + 1) << 32, high: 0xABCD_0001 << 32)
+            case 1: SharedHeapHandle(low: 0x10, high: UInt64(index) << 32 | UInt64(index & 7))
+            default:
+                SharedHeapHandle(
+                    low: UInt64.random(in: 1...UInt64.max, using: &random),
+                    high: UInt64.random(in: 0...UInt64.max, using: &random))
+            }
         }
         for step in 0..<20_000 {
             let key = keys[Int(random.next() % UInt64(keys.count))]

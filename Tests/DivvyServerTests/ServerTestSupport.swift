@@ -100,7 +100,7 @@ final class RawConnection {
     /// Says hello and returns the welcome.
     @discardableResult
     func hello(_ mode: ClientMode = .mediated) throws -> Welcome {
-        let reply = try roundTrip(.hello(Hello(minVersion: 1, maxVersion: 1, mode: mode, capabilities: 0, name: "raw")))
+        let reply = try roundTrip(.hello(Hello(minVersion: 2, maxVersion: 2, mode: mode, capabilities: 0, name: "raw")))
         guard case .welcome(let welcome) = reply.message else { throw NSError(domain: "no welcome: \(reply)", code: 1) }
         return welcome
     }

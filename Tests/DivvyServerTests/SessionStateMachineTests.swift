@@ -4,14 +4,14 @@ import DivvyTransport
 import XCTest
 
 final class SessionStateMachineTests: XCTestCase {
-    private func hello(_ mode: ClientMode, _ versions: ClosedRange<UInt16> = 1...1) -> Hello {
+    private func hello(_ mode: ClientMode, _ versions: ClosedRange<UInt16> = 2...2) -> Hello {
         Hello(minVersion: versions.lowerBound, maxVersion: versions.upperBound, mode: mode, capabilities: 0, name: "t")
     }
 
     func testOnlyHelloIsAdmittedBeforeTheHandshake() {
         let machine = SessionStateMachine(mayUseDirect: true, mayAdminister: true)
         XCTAssertEqual(machine.admit(.hello(hello(.any))), .handle)
-        for message: Message in [.allocate(size: 8), .free(handle: 1), .stats, .ping(payload: []), .mapRegion] {
+        for message: Message in [.allocate(size: 8), .free(handle: WireHandle(low: 1, high: 1 << 32)), .stats, .ping(payload: []), .mapRegion] {
             guard case .reject(.handshakeRequired, _) = machine.admit(message) else {
                 return XCTFail("\(message) before hello must be refused with handshakeRequired")
             }
@@ -20,24 +20,24 @@ final class SessionStateMachineTests: XCTestCase {
 
     func testModeNegotiation() {
         var trusted = SessionStateMachine(mayUseDirect: true, mayAdminister: false)
-        XCTAssertEqual(trusted.hello(hello(.any)), .welcome(version: 1, mode: .direct))
+        XCTAssertEqual(trusted.hello(hello(.any)), .welcome(version: 2, mode: .direct))
         var mediatedByChoice = SessionStateMachine(mayUseDirect: true, mayAdminister: false)
-        XCTAssertEqual(mediatedByChoice.hello(hello(.mediated)), .welcome(version: 1, mode: .mediated))
+        XCTAssertEqual(mediatedByChoice.hello(hello(.mediated)), .welcome(version: 2, mode: .mediated))
         var untrusted = SessionStateMachine(mayUseDirect: false, mayAdminister: false)
-        XCTAssertEqual(untrusted.hello(hello(.any)), .welcome(version: 1, mode: .mediated))
+        XCTAssertEqual(untrusted.hello(hello(.any)), .welcome(version: 2, mode: .mediated))
         var demanding = SessionStateMachine(mayUseDirect: false, mayAdminister: false)
         guard case .reject(.wrongMode, _) = demanding.hello(hello(.direct)) else {
             return XCTFail("direct without the right must be refused")
         }
         // A refused mode leaves the handshake open: the client may retry as mediated.
-        XCTAssertEqual(demanding.hello(hello(.mediated)), .welcome(version: 1, mode: .mediated))
+        XCTAssertEqual(demanding.hello(hello(.mediated)), .welcome(version: 2, mode: .mediated))
     }
 
     /// No participant slot for one more direct client: `any` falls back to mediated; `direct` is refused with
     /// `directUnavailable` and the handshake stays open (retry as mediated); `mediated` is unaffected.
     func testModeNegotiationWhenTheDirectSideIsFull() {
         var flexible = SessionStateMachine(mayUseDirect: true, mayAdminister: false)
-        XCTAssertEqual(flexible.hello(hello(.any), directSlotAvailable: false), .welcome(version: 1, mode: .mediated))
+        XCTAssertEqual(flexible.hello(hello(.any), directSlotAvailable: false), .welcome(version: 2, mode: .mediated))
         var demanding = SessionStateMachine(mayUseDirect: true, mayAdminister: false)
         guard case .reject(.directUnavailable, let text) = demanding.hello(hello(.direct), directSlotAvailable: false)
         else {
@@ -46,10 +46,10 @@ final class SessionStateMachineTests: XCTestCase {
         XCTAssertTrue(text.contains("mediated") && text.contains("participant-capacity"), text)
         XCTAssertEqual(demanding.state, .awaitingHello, "nothing changed: the client may say hello again")
         XCTAssertFalse(ErrorCode.directUnavailable.closesConnection)
-        XCTAssertEqual(demanding.hello(hello(.any), directSlotAvailable: false), .welcome(version: 1, mode: .mediated))
+        XCTAssertEqual(demanding.hello(hello(.any), directSlotAvailable: false), .welcome(version: 2, mode: .mediated))
         var mediated = SessionStateMachine(mayUseDirect: true, mayAdminister: false)
         XCTAssertEqual(
-            mediated.hello(hello(.mediated), directSlotAvailable: false), .welcome(version: 1, mode: .mediated))
+            mediated.hello(hello(.mediated), directSlotAvailable: false), .welcome(version: 2, mode: .mediated))
         // Without the right, the policy's refusal comes first.
         var untrusted = SessionStateMachine(mayUseDirect: false, mayAdminister: false)
         guard case .reject(.wrongMode, _) = untrusted.hello(hello(.direct), directSlotAvailable: false) else {
@@ -59,12 +59,19 @@ final class SessionStateMachineTests: XCTestCase {
 
     func testVersionNegotiationPicksTheHighestCommonVersionOrRefuses() {
         var wide = SessionStateMachine(mayUseDirect: false, mayAdminister: false)
-        XCTAssertEqual(wide.hello(hello(.any, 1...9)), .welcome(version: 1, mode: .mediated))
+        XCTAssertEqual(wide.hello(hello(.any, 1...9)), .welcome(version: 2, mode: .mediated))
         var future = SessionStateMachine(mayUseDirect: false, mayAdminister: false)
-        guard case .reject(.unsupportedVersion, _) = future.hello(hello(.any, 2...3)) else {
+        guard case .reject(.unsupportedVersion, _) = future.hello(hello(.any, 3...9)) else {
             return XCTFail("no common version must be refused")
         }
         XCTAssertEqual(future.state, .closed)
+        // This daemon speaks version 2 only: a version-1 client (64-bit handles) is refused at hello.
+        var old = SessionStateMachine(mayUseDirect: true, mayAdminister: false)
+        guard case .reject(.unsupportedVersion, let text) = old.hello(hello(.any, 1...1)) else {
+            return XCTFail("a version-1-only client must be refused")
+        }
+        XCTAssertTrue(text.contains("2…2"), text)
+        XCTAssertEqual(old.state, .closed)
         var backwards = SessionStateMachine(mayUseDirect: false, mayAdminister: false)
         guard case .reject(.unsupportedVersion, _) = backwards.hello(hello(.any, 1...1).with(min: 3, max: 1)) else {
             return XCTFail("an empty version range must be refused")

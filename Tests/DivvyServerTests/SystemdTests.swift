@@ -482,7 +482,7 @@ final class SystemdTests: XCTestCase {
         // Between daemons the socket still accepts (the kernel queues the connection); the next daemon serves it.
         let early = try RawConnection(socketPath)
         try early.socket.setReceiveTimeout(milliseconds: 120_000)
-        try early.send(.hello(Hello(minVersion: 1, maxVersion: 1, mode: .mediated, capabilities: 0, name: "early")))
+        try early.send(.hello(Hello(minVersion: 2, maxVersion: 2, mode: .mediated, capabilities: 0, name: "early")))
         let next = try spawnActivated(daemonArguments(directory), environment: environment, inheriting: [listenerFD])
         let reply = try XCTUnwrap(try early.receive(), "the queued client gets an answer")
         guard case .welcome = reply.message else { return XCTFail("expected a welcome, got \(reply.message)") }

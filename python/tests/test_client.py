@@ -213,13 +213,37 @@ def test_bogus_handles_give_the_daemons_codes(daemon, mode):
             client.adopt(keep.handle + 1)  # inside the block, not its start
         assert caught.value.code == ErrorCode.EMISALIGNED_HANDLE, caught.value
         with pytest.raises(divvy.HandleError) as caught:
-            client.adopt(0xFFFF_FFFF_FFFF_FFFF)
+            # This heap's id (the top 64 bits of a real handle), an offset far outside the data area.
+            client.adopt(keep.handle >> 64 << 64 | 0xFFFF_FFFF_FFFF)
         assert caught.value.code in (ErrorCode.EINVALID_HANDLE, ErrorCode.ESTALE_HANDLE), caught.value
         assert snapshot(client) == before
         with pytest.raises(ValueError):
             client.adopt(-1)
         with pytest.raises(TypeError):
             client.adopt("0x10")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_handles_are_128_bits_and_another_heaps_handle_is_foreign(daemon, mode):
+    with divvy.Client(daemon.socket, mode=mode) as client:
+        block = client.alloc(64)
+        handle = block.handle
+        # low | high << 64, the heap id in the top 32 bits (never 0): a handle does not fit 64 bits.
+        heap_id = handle >> 96
+        assert heap_id != 0 and handle >> 64 != 0, hex(handle)
+        assert block.share().handle == handle
+        # The same block under another heap's id, as a handle kept from before a daemon restart would be.
+        other_id = 0x0BADBEEF if heap_id != 0x0BADBEEF else 0x0BADBEF0
+        foreign = handle & ((1 << 96) - 1) | other_id << 96
+        before = snapshot(client)
+        with pytest.raises(divvy.HandleError) as caught:
+            client.adopt(foreign)
+        assert caught.value.code == ErrorCode.EFOREIGN_HANDLE, caught.value
+        assert "another heap" in str(caught.value)
+        assert snapshot(client) == before, "a refused adopt changes nothing"
+        with pytest.raises(ValueError):
+            client.adopt(1 << 128)
+        assert block.free() is True, "the real handle is still held, once"
 
 
 @pytest.mark.parametrize("mode", MODES)

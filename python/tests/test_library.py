@@ -65,6 +65,18 @@ def test_error_codes_mirror_the_header():
     assert (unknown.code, unknown.name) == (77, "DIVVY_ERROR_77")
 
 
+def test_constants_and_the_handle_struct_mirror_the_header():
+    text = HEADER.read_text()
+    assert int(re.search(r"#define DIVVY_MAX_BATCH (\d+)", text).group(1)) == divvy.MAX_BATCH == 4093
+    assert "uint64_t low;\n    uint64_t high;\n} divvy_handle_t;" in text
+    assert ctypes.sizeof(_native.Handle) == 16
+    # A handle int is low | high << 64, both ways, with every bit kept.
+    value = 0xFEDC_BA98_7654_3210_0123_4567_89AB_CDEF
+    c_handle = _native.to_c_handle(value)
+    assert (c_handle.low, c_handle.high) == (0x0123_4567_89AB_CDEF, 0xFEDC_BA98_7654_3210)
+    assert _native.from_c_handle(c_handle) == value
+
+
 def test_a_wrong_divvy_library_is_an_error_naming_it(tmp_path):
     missing = tmp_path / "libdivvy.so"
     result = run_python("import divvy; divvy.Client()", DIVVY_LIBRARY=str(missing))
@@ -80,8 +92,8 @@ def test_a_wrong_divvy_library_is_an_error_naming_it(tmp_path):
 def test_library_not_found_lists_everything_tried():
     # Without $DIVVY_LIBRARY, from the source tree (nothing bundled), on a machine without the .deb.
     try:
-        ctypes.CDLL("libdivvy.so.0")
-        pytest.skip("libdivvy.so.0 is installed on this machine, so the search succeeds")
+        ctypes.CDLL("libdivvy.so.1")
+        pytest.skip("libdivvy.so.1 is installed on this machine, so the search succeeds")
     except OSError:
         pass
     result = run_python("import divvy; print(divvy.__version__); divvy.Client()")
@@ -89,13 +101,13 @@ def test_library_not_found_lists_everything_tried():
     assert result.stdout.strip() == swift_version()  # importing works without the library; using it does not
     message = result.stderr
     assert "divvy._native.LibraryNotFoundError: could not load libdivvy" in message
-    bundled = PYTHON_DIR / "src" / "divvy" / "_lib" / "libdivvy.so.0"
+    bundled = PYTHON_DIR / "src" / "divvy" / "_lib" / "libdivvy.so.1"
     assert f"the library bundled in this package: {bundled}: no such file" in message
-    assert "the installed library (the Divvy .deb): libdivvy.so.0:" in message
+    assert "the installed library (the Divvy .deb): libdivvy.so.1:" in message
     assert "the development library: libdivvy.so:" in message
     assert "Set DIVVY_LIBRARY" in message
     # The search order is the documented one.
-    assert message.index("bundled") < message.index("libdivvy.so.0:") < message.index("libdivvy.so:")
+    assert message.index("bundled") < message.index("libdivvy.so.1:") < message.index("libdivvy.so:")
 
 
 def test_the_library_is_found_through_the_linker_path():
@@ -103,7 +115,7 @@ def test_the_library_is_found_through_the_linker_path():
     directory = os.path.dirname(LIBRARY)
     result = run_python("import divvy; print(divvy.library_path())", LD_LIBRARY_PATH=directory)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() in ("libdivvy.so", "libdivvy.so.0")
+    assert result.stdout.strip() in ("libdivvy.so", "libdivvy.so.1")
 
 
 def test_library_not_found_is_an_oserror():

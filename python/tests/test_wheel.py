@@ -92,7 +92,7 @@ def test_pure_wheel_in_a_venv(daemon, tmp_path):
         text=True,
         env=clean_environment(),
     )
-    if result.stdout.strip() != "libdivvy.so.0":
+    if result.stdout.strip() != "libdivvy.so.1":
         assert result.returncode != 0 and "LibraryNotFoundError: could not load libdivvy" in result.stderr
 
 
@@ -100,10 +100,10 @@ def test_wheel_with_the_library_bundled_in_a_venv(daemon, tmp_path):
     wheel = build(tmp_path / "dist", LIBRARY)
     assert wheel.name.startswith(f"divvy-{swift_version()}-py3-none-linux_")
     with zipfile.ZipFile(wheel) as archive:
-        assert "divvy/_lib/libdivvy.so.0" in archive.namelist()
+        assert "divvy/_lib/libdivvy.so.1" in archive.namelist()
         assert "Root-Is-Purelib: false" in archive.read(f"divvy-{swift_version()}.dist-info/WHEEL").decode()
     python = install(wheel, tmp_path / "venv")
     info = smoke(python, daemon.socket)  # no DIVVY_LIBRARY: the bundled copy must be found
     assert info["library"].startswith(str(tmp_path / "venv")), info
-    assert info["library"].endswith("divvy/_lib/libdivvy.so.0")
+    assert info["library"].endswith("divvy/_lib/libdivvy.so.1")
     assert info["version"] == swift_version()

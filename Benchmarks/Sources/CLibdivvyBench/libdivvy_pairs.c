@@ -14,7 +14,7 @@ int divvy_bench_c_connect(const char *socket_path, void **client) {
 int divvy_bench_c_pairs(void *client, size_t size, long pairs) {
     divvy_client *c = client;
     for (long i = 0; i < pairs; ++i) {
-        uint64_t handle;
+        divvy_handle_t handle;
         void *pointer;
         int code = divvy_alloc(c, size, &handle, &pointer);
         if (code != DIVVY_OK) return code;

@@ -152,7 +152,7 @@ row("bare SEQPACKET ping-pong (\(requestSize) B → \(replySize) B)", String(for
 // MARK: Mediated round trips
 
 let mediated = try DivvyClient(.init(socketPath: configuration.socketPath, name: "bench", mode: .mediated))
-var handles = [SharedHandle](repeating: SharedHandle(rawValue: 0), count: rounds)
+var handles = [SharedHandle](repeating: SharedHandle(low: 0, high: 0), count: rounds)
 let allocateTrip = try measure(operations: rounds) {
     for index in 0..<rounds { handles[index] = try mediated.allocateHandle(64).handle }
     for handle in handles { try mediated.free(handle) }

@@ -6,8 +6,16 @@
  *
  * A process connects to the daemon (divvy_connect), allocates blocks of the daemon's shared memory
  * (divvy_alloc), reads and writes them through ordinary pointers, and passes a block to another process by
- * sending its 64-bit handle by any means (a pipe, a socket, argv, a file). The other process adopts the handle
- * (divvy_adopt): the block then has two holders and stays alive until both freed it (divvy_free).
+ * sending its 128-bit handle (divvy_handle_t: two uint64_t words) by any means (a pipe, a socket, argv, a file).
+ * The other process adopts the handle (divvy_adopt): the block then has two holders and stays alive until both
+ * freed it (divvy_free).
+ *
+ * ABI version 2 (SONAME libdivvy.so.1, symbol version DIVVY_1) — a breaking change from ABI 1 (libdivvy.so.0,
+ * DIVVY_0): handles were uint64_t and are now divvy_handle_t, passed and returned by value (or through a
+ * divvy_handle_t pointer where ABI 1 used a uint64_t pointer); DIVVY_MAX_BATCH went from 4096 to 4093; the code
+ * DIVVY_EFOREIGN_HANDLE was added. Programs built against ABI 1 keep loading libdivvy.so.0, which speaks protocol
+ * version 1 and is refused (DIVVY_EUNSUPPORTED_VERSION) by a daemon speaking protocol version 2 only. Rebuild
+ * them against this header: every uint64_t that held a handle becomes a divvy_handle_t.
  *
  * Errors
  *   Every function except divvy_strerror and divvy_last_error_message returns an int: DIVVY_OK (0) on success,
@@ -46,17 +54,31 @@
 extern "C" {
 #endif
 
-/* The version of this header's ABI. */
-#define DIVVY_ABI_VERSION 1
+/* The version of this header's ABI: 2 since handles are 128 bits (libdivvy.so.1); 1 was libdivvy.so.0. */
+#define DIVVY_ABI_VERSION 2
 
-/* The most handles one divvy_alloc_batch / divvy_free_batch call takes (the protocol's batch limit). */
-#define DIVVY_MAX_BATCH 4096
+/* The most handles one divvy_alloc_batch / divvy_free_batch call takes (the protocol's batch limit: the most
+   16-byte handles one frame carries). */
+#define DIVVY_MAX_BATCH 4093
 
 /* The longest client name the daemon keeps, in bytes (longer names are cut). */
 #define DIVVY_MAX_NAME_LENGTH 255
 
 /* A connection to divvyd. Opaque: created by divvy_connect, destroyed by divvy_close. */
 typedef struct divvy_client divvy_client;
+
+/*
+ * A block's handle: 128 bits that name the same block in every process attached to the same daemon (and heap).
+ * Treat it as opaque: copy it, send it (both words), compare it (both words), never make one up. The layout is the
+ * protocol's (Protocol/PROTOCOL.md, section 8): low bits 0-47 are the block's data-area offset / 16, low bits
+ * 48-63 and high bits 0-31 its generation (48 bits, never reused), high bits 32-63 the id of the heap that issued
+ * it. A handle from another heap (kept from before the daemon restarted) gives DIVVY_EFOREIGN_HANDLE. The zero
+ * handle {0, 0} is never valid: use it for "no handle".
+ */
+typedef struct divvy_handle {
+    uint64_t low;
+    uint64_t high;
+} divvy_handle_t;
 
 /* Access modes for divvy_connect. */
 enum divvy_mode {
@@ -125,6 +147,9 @@ typedef enum divvy_error {
     DIVVY_EDIRECT_UNAVAILABLE = 23,
     /* divvy_adopt of a block this client already holds (a client holds a block once); nothing changed. */
     DIVVY_EALREADY_HOLDER = 24,
+    /* The handle was issued by another heap than the daemon's (typically kept from before the daemon restarted);
+       the block it named is gone. Nothing changed. */
+    DIVVY_EFOREIGN_HANDLE = 25,
 
     /* --- Client-side codes --------------------------------------------------------------------------------- */
     /* Nothing listens at the socket path: divvyd is not running there (start it, or set DIVVY_SOCKET). */
@@ -164,7 +189,7 @@ struct divvy_stats {
 /* What divvy_share reports about a block. */
 typedef struct divvy_share_info {
     /* The block's handle (what another process passes to divvy_adopt). */
-    uint64_t handle;
+    divvy_handle_t handle;
     /* The block's offset from the start of the data area. */
     uint64_t offset;
     /* The block's usable size in bytes. */
@@ -229,7 +254,7 @@ int divvy_client_info(const divvy_client *client, int *mode, uint32_t *client_id
  * DIVVY_EUNSUPPORTED_SIZE (0 or above the largest class); DIVVY_EQUOTA_EXCEEDED; DIVVY_EHEAP_FULL;
  * DIVVY_EDAEMON_GONE. Ownership: the caller frees the handle with divvy_free (or closes the client).
  */
-int divvy_alloc(divvy_client *client, size_t size, uint64_t *handle, void **pointer);
+int divvy_alloc(divvy_client *client, size_t size, divvy_handle_t *handle, void **pointer);
 
 /*
  * Drops this client's holding of `handle`. The block goes back to the heap when no holder is left.
@@ -238,9 +263,9 @@ int divvy_alloc(divvy_client *client, size_t size, uint64_t *handle, void **poin
  *             may be NULL.
  *
  * Returns DIVVY_OK; DIVVY_EINVAL (client NULL); DIVVY_EDOUBLE_FREE, DIVVY_ESTALE_HANDLE, DIVVY_ENOT_HOLDER,
- * DIVVY_EINVALID_HANDLE, DIVVY_EMISALIGNED_HANDLE (nothing changed); DIVVY_EDAEMON_GONE.
+ * DIVVY_EINVALID_HANDLE, DIVVY_EMISALIGNED_HANDLE, DIVVY_EFOREIGN_HANDLE (nothing changed); DIVVY_EDAEMON_GONE.
  */
-int divvy_free(divvy_client *client, uint64_t handle, int *released);
+int divvy_free(divvy_client *client, divvy_handle_t handle, int *released);
 
 /*
  * Allocates `count` blocks of at least `size` bytes each, all or none (mediated clients: one round trip).
@@ -250,7 +275,7 @@ int divvy_free(divvy_client *client, uint64_t handle, int *released);
  * Returns DIVVY_OK; DIVVY_EINVAL (client or handles NULL); DIVVY_EBATCH_TOO_LARGE (count 0 or above
  * DIVVY_MAX_BATCH); and the errors of divvy_alloc, in which case no block stays allocated.
  */
-int divvy_alloc_batch(divvy_client *client, size_t size, size_t count, uint64_t *handles);
+int divvy_alloc_batch(divvy_client *client, size_t size, size_t count, divvy_handle_t *handles);
 
 /*
  * Frees `count` handles (mediated clients: one round trip). Each handle succeeds or fails on its own.
@@ -266,7 +291,8 @@ int divvy_alloc_batch(divvy_client *client, size_t size, size_t count, uint64_t 
  * have been freed: see results), or the request-level code; DIVVY_EINVAL (client or handles NULL) and
  * DIVVY_EBATCH_TOO_LARGE (count 0 or above DIVVY_MAX_BATCH), with nothing freed and nothing written.
  */
-int divvy_free_batch(divvy_client *client, const uint64_t *handles, size_t count, int *results, int *released);
+int divvy_free_batch(
+    divvy_client *client, const divvy_handle_t *handles, size_t count, int *results, int *released);
 
 /* --- Passing blocks between processes --------------------------------------------------------------------------- */
 
@@ -277,9 +303,9 @@ int divvy_free_batch(divvy_client *client, const uint64_t *handles, size_t count
  *   info  receives the description; may be NULL (only the check).
  *
  * Returns DIVVY_OK; DIVVY_EINVAL (client NULL); DIVVY_ENOT_HOLDER, DIVVY_ESTALE_HANDLE, DIVVY_EINVALID_HANDLE,
- * DIVVY_EMISALIGNED_HANDLE; DIVVY_EDAEMON_GONE.
+ * DIVVY_EMISALIGNED_HANDLE, DIVVY_EFOREIGN_HANDLE; DIVVY_EDAEMON_GONE.
  */
-int divvy_share(divvy_client *client, uint64_t handle, divvy_share_info *info);
+int divvy_share(divvy_client *client, divvy_handle_t handle, divvy_share_info *info);
 
 /*
  * Imports a block: takes a holding of a block another process allocated (or adopted) and passed the handle of.
@@ -293,21 +319,22 @@ int divvy_share(divvy_client *client, uint64_t handle, divvy_share_info *info);
  *
  * Returns DIVVY_OK; DIVVY_EINVAL (client NULL); DIVVY_ESTALE_HANDLE (the block was freed since the handle was
  * issued, reused or not: adopting never reports DIVVY_EDOUBLE_FREE, which is about frees), DIVVY_EINVALID_HANDLE,
- * DIVVY_EMISALIGNED_HANDLE, DIVVY_ENOT_HOLDER, DIVVY_EQUOTA_EXCEEDED; DIVVY_EDAEMON_GONE.
+ * DIVVY_EMISALIGNED_HANDLE, DIVVY_EFOREIGN_HANDLE, DIVVY_ENOT_HOLDER, DIVVY_EQUOTA_EXCEEDED; DIVVY_EDAEMON_GONE.
  * Ownership: the caller frees the handle with divvy_free.
  */
-int divvy_adopt(divvy_client *client, uint64_t handle, void **pointer, size_t *size);
+int divvy_adopt(divvy_client *client, divvy_handle_t handle, void **pointer, size_t *size);
 
 /* --- Translation ------------------------------------------------------------------------------------------------ */
 
 /*
  * The address of `handle`'s block in this process into *pointer. Direct clients check the handle against the
- * heap (a stale handle gives DIVVY_ESTALE_HANDLE); mediated clients, which do not map the heap's metadata, can
- * only check that it lies in the data area (DIVVY_EINVALID_HANDLE otherwise). No daemon round trip.
+ * heap (a stale handle gives DIVVY_ESTALE_HANDLE, another heap's DIVVY_EFOREIGN_HANDLE); mediated clients, which
+ * do not map the heap's metadata, can only check that it lies in the data area (DIVVY_EINVALID_HANDLE otherwise).
+ * No daemon round trip.
  * Returns DIVVY_OK; DIVVY_EINVAL (client or pointer NULL); DIVVY_EINVALID_HANDLE, DIVVY_ESTALE_HANDLE,
- * DIVVY_EMISALIGNED_HANDLE; DIVVY_EDAEMON_GONE (the client is disconnected).
+ * DIVVY_EMISALIGNED_HANDLE, DIVVY_EFOREIGN_HANDLE; DIVVY_EDAEMON_GONE (the client is disconnected).
  */
-int divvy_pointer(divvy_client *client, uint64_t handle, void **pointer);
+int divvy_pointer(divvy_client *client, divvy_handle_t handle, void **pointer);
 
 /*
  * The exact handle (with its generation) of the block that starts at `pointer` into *handle. Direct clients
@@ -319,7 +346,7 @@ int divvy_pointer(divvy_client *client, uint64_t handle, void **pointer);
  * there); mediated clients: DIVVY_ENOT_HOLDER (this connection holds no block there); DIVVY_EDAEMON_GONE
  * (disconnected).
  */
-int divvy_handle_for_pointer(divvy_client *client, const void *pointer, uint64_t *handle);
+int divvy_handle_for_pointer(divvy_client *client, const void *pointer, divvy_handle_t *handle);
 
 /* --- The daemon ------------------------------------------------------------------------------------------------- */
 
@@ -353,8 +380,8 @@ const char *divvy_last_error_message(void);
 
 /*
  * The release of the loaded library, "MAJOR.MINOR.PATCH" (e.g. "0.2.0"); the same string as `divvyd --version`.
- * Never NULL; static storage; thread-safe. The library's SONAME is libdivvy.so.MAJOR (libdivvy.so.0 for 0.x), and
- * its functions carry the symbol version DIVVY_0.
+ * Never NULL; static storage; thread-safe. The library's SONAME follows its ABI, not its release: libdivvy.so.1
+ * (ABI version 2, 128-bit handles; libdivvy.so.0 was ABI 1), and its functions carry the symbol version DIVVY_1.
  */
 const char *divvy_version(void);
 

@@ -2,7 +2,7 @@
 
 A process connects to the daemon (`Client`), allocates blocks of its shared memory (`Client.alloc`), reads and
 writes them zero-copy (`Block.memoryview`, `Block.numpy`) and passes a block to another process by sending its
-64-bit `Block.handle` by any means; the other process adopts it (`Client.adopt`) and sees the same bytes.
+128-bit `Block.handle` (an int) by any means; the other process adopts it (`Client.adopt`) and sees the same bytes.
 
 The package is pure Python over the C client library, libdivvy (``divvy.h``), through ctypes; the library is
 found on first use (see `library_path`).
@@ -83,7 +83,7 @@ def library_path() -> str:
     """Where libdivvy was loaded from (loading it if needed).
 
     Tried in order: ``$DIVVY_LIBRARY`` (a path; when set, the only candidate), the library bundled in this
-    package (``divvy/_lib/libdivvy.so.0``, in wheels built with one), ``libdivvy.so.0`` (the installed .deb),
+    package (``divvy/_lib/libdivvy.so.1``, in wheels built with one), ``libdivvy.so.1`` (the installed .deb),
     then ``libdivvy.so``; the latter two through the dynamic linker's search path.
 
     Raises:

@@ -22,6 +22,7 @@ Mode = Literal["any", "direct", "mediated"]
 _MODES = {"any": _native.MODE_ANY, "direct": _native.MODE_DIRECT, "mediated": _native.MODE_MEDIATED}
 _MODE_NAMES = {_native.MODE_DIRECT: "direct", _native.MODE_MEDIATED: "mediated"}
 _U64_MAX = (1 << 64) - 1
+_U128_MAX = (1 << 128) - 1
 
 
 @dataclass(frozen=True)
@@ -103,8 +104,8 @@ class _Views:
 def _check_handle(handle: int) -> int:
     if isinstance(handle, bool) or not isinstance(handle, int):
         raise TypeError(f"a handle is an int, not {type(handle).__name__}")
-    if not 0 <= handle <= _U64_MAX:
-        raise ValueError(f"a handle is a 64-bit unsigned integer; {handle} is out of range")
+    if not 0 <= handle <= _U128_MAX:
+        raise ValueError(f"a handle is a 128-bit unsigned integer; {handle} is out of range")
     return handle
 
 
@@ -271,15 +272,15 @@ class Client:
                 (quota or heap full), `DaemonGoneError`, `ClientClosedError`.
         """
         _check_size(size)
-        handle = ctypes.c_uint64()
+        handle = _native.Handle()
         address = ctypes.c_void_p()
         self._call("divvy_alloc", size, ctypes.byref(handle), ctypes.byref(address))
-        return Block(self, handle.value, size, address.value or 0)
+        return Block(self, _native.from_c_handle(handle), size, address.value or 0)
 
     def alloc_batch(self, size: int, count: int) -> list[Block]:
         """Allocates `count` blocks of at least `size` bytes each, all or none (``divvy_alloc_batch``).
 
-        A mediated client needs one round trip for the whole batch. `count` must be in 1...4096
+        A mediated client needs one round trip for the whole batch. `count` must be in 1...4093
         (``DIVVY_MAX_BATCH``).
 
         Raises:
@@ -295,17 +296,17 @@ class Client:
                 f"alloc_batch: count {count} is not in 1...{_native.MAX_BATCH} (DIVVY_MAX_BATCH); "
                 "nothing was allocated",
             )
-        handles = (ctypes.c_uint64 * count)()
+        handles = (_native.Handle * count)()
         self._call("divvy_alloc_batch", size, count, handles)
         blocks = []
         address = ctypes.c_void_p()
         try:
             for handle in handles[:count]:
                 self._call("divvy_pointer", handle, ctypes.byref(address))
-                blocks.append(Block(self, handle, size, address.value or 0))
+                blocks.append(Block(self, _native.from_c_handle(handle), size, address.value or 0))
         except DivvyError:
             # Cannot happen for blocks just allocated; if it did, keep the batch all-or-none.
-            freed = (ctypes.c_uint64 * count)(*handles[:count])
+            freed = (_native.Handle * count)(*handles[:count])
             with self._lock:
                 self._lib.divvy_free_batch(self._pointer, freed, count, None, None)
             raise
@@ -314,7 +315,7 @@ class Client:
     def free_batch(self, blocks: Sequence[Block]) -> list[bool]:
         """Frees several blocks of this client (``divvy_free_batch``; a mediated client: one round trip).
 
-        Each block is freed or not on its own. An empty sequence does nothing. At most 4096 blocks
+        Each block is freed or not on its own. An empty sequence does nothing. At most 4093 blocks
         (``DIVVY_MAX_BATCH``).
 
         Returns:
@@ -344,7 +345,7 @@ class Client:
                 )
             seen.add(id(block))
         count = len(blocks)
-        handles = (ctypes.c_uint64 * count)(*(block._handle for block in blocks))
+        handles = (_native.Handle * count)(*(_native.to_c_handle(block._handle) for block in blocks))
         results = (ctypes.c_int * count)(*([-1] * count))
         released = (ctypes.c_int * count)()
         with self._lock:
@@ -370,13 +371,14 @@ class Client:
 
         Raises:
             HandleError: ``DIVVY_ESTALE_HANDLE`` (the block was freed since, reused or not),
-                ``DIVVY_EINVALID_HANDLE``, ``DIVVY_EMISALIGNED_HANDLE``, ``DIVVY_ENOT_HOLDER``; nothing changed.
+                ``DIVVY_EINVALID_HANDLE``, ``DIVVY_EMISALIGNED_HANDLE``, ``DIVVY_EFOREIGN_HANDLE`` (issued by
+                another heap: kept from before the daemon restarted), ``DIVVY_ENOT_HOLDER``; nothing changed.
             OutOfSpaceError: the block does not fit in this client's quota.
         """
         _check_handle(handle)
         address = ctypes.c_void_p()
         size = ctypes.c_size_t()
-        self._call("divvy_adopt", handle, ctypes.byref(address), ctypes.byref(size))
+        self._call("divvy_adopt", _native.to_c_handle(handle), ctypes.byref(address), ctypes.byref(size))
         return Block(self, handle, size.value, address.value or 0)
 
     # --- the daemon -----------------------------------------------------------------------------------------
@@ -484,8 +486,9 @@ class Block:
 
     @property
     def handle(self) -> int:
-        """The block's 64-bit handle: what another process passes to `Client.adopt` (valid while a holder holds
-        the block; a freed-and-reused block's old handle is refused as stale)."""
+        """The block's 128-bit handle, an int (``low | high << 64`` of ``divvy_handle_t``): what another process
+        passes to `Client.adopt` (valid while a holder holds the block; a freed-and-reused block's old handle is
+        refused as stale, and a handle from before the daemon restarted as foreign)."""
         return self._handle
 
     @property
@@ -549,7 +552,7 @@ class Block:
         """
         self._check_usable("free")
         released = ctypes.c_int()
-        self._client._call("divvy_free", self._handle, ctypes.byref(released))
+        self._client._call("divvy_free", _native.to_c_handle(self._handle), ctypes.byref(released))
         self._mark_freed()
         return bool(released.value)
 
@@ -561,8 +564,8 @@ class Block:
         """
         self._check_usable("share")
         raw = _native.ShareInfo()
-        self._client._call("divvy_share", self._handle, ctypes.byref(raw))
-        return ShareInfo(handle=raw.handle, offset=raw.offset, block_size=raw.block_size, holders=raw.holders)
+        self._client._call("divvy_share", _native.to_c_handle(self._handle), ctypes.byref(raw))
+        return ShareInfo(handle=_native.from_c_handle(raw.handle), offset=raw.offset, block_size=raw.block_size, holders=raw.holders)
 
     def memoryview(self) -> memoryview:
         """A writable, zero-copy memoryview (format ``"B"``, `size` bytes) over the block in shared memory.

@@ -48,6 +48,7 @@ class ErrorCode(enum.IntEnum):
     EINVALID_PARTICIPANT = 22
     EDIRECT_UNAVAILABLE = 23
     EALREADY_HOLDER = 24
+    EFOREIGN_HANDLE = 25
     ENO_DAEMON = 100
     EDAEMON_GONE = 101
     ETIMED_OUT = 102
@@ -122,7 +123,8 @@ class HandleError(DivvyError):
     ``DIVVY_EINVALID_HANDLE`` (not in the data area), ``DIVVY_EMISALIGNED_HANDLE`` (not the start of a block),
     ``DIVVY_ESTALE_HANDLE`` (freed since, maybe reused), ``DIVVY_EDOUBLE_FREE`` (already free, or this Block was
     already freed), ``DIVVY_ENOT_HOLDER`` (live but not held by this client), ``DIVVY_EALREADY_HOLDER`` (adopting
-    a block this client already holds).
+    a block this client already holds), ``DIVVY_EFOREIGN_HANDLE`` (issued by another heap: kept from before the
+    daemon restarted).
     """
 
 
@@ -148,6 +150,7 @@ _CLASSES: dict[int, type[DivvyError]] = {
     ErrorCode.EDOUBLE_FREE: HandleError,
     ErrorCode.ENOT_HOLDER: HandleError,
     ErrorCode.EALREADY_HOLDER: HandleError,
+    ErrorCode.EFOREIGN_HANDLE: HandleError,
 }
 
 

@@ -14,8 +14,9 @@ from pathlib import Path
 
 __all__ = ["LibraryNotFoundError", "library", "library_path"]
 
-# The SONAME the .deb installs (libdivvy.so.0) and the development name a plain build or -dev package has.
-_SONAME = "libdivvy.so.0"
+# The SONAME the .deb installs (libdivvy.so.1: C ABI 2, 128-bit handles) and the development name a plain build or
+# -dev package has. libdivvy.so.0 (64-bit handles) is not loaded: its prototypes differ.
+_SONAME = "libdivvy.so.1"
 _DEVNAME = "libdivvy.so"
 _BUNDLED = Path(__file__).resolve().parent / "_lib" / _SONAME
 
@@ -25,14 +26,14 @@ MODE_DIRECT = 1
 MODE_MEDIATED = 2
 
 # DIVVY_MAX_BATCH (divvy.h): the most handles one batch call takes.
-MAX_BATCH = 4096
+MAX_BATCH = 4093
 
 
 class LibraryNotFoundError(OSError):
     """libdivvy could not be loaded; the message lists every place that was tried and why each failed.
 
     Set ``DIVVY_LIBRARY`` to the path of ``libdivvy.so`` (e.g. ``.build/debug/libdivvy.so`` in a Divvy checkout),
-    install the Divvy .deb (which provides ``libdivvy.so.0``), or install a wheel built with the library bundled.
+    install the Divvy .deb (which provides ``libdivvy.so.1``), or install a wheel built with the library bundled.
     """
 
 
@@ -50,11 +51,30 @@ class Stats(ctypes.Structure):
     ]
 
 
+class Handle(ctypes.Structure):
+    """``divvy_handle_t`` (divvy.h): a 128-bit handle as two 64-bit words."""
+
+    _fields_ = [
+        ("low", ctypes.c_uint64),
+        ("high", ctypes.c_uint64),
+    ]
+
+
+def to_c_handle(handle: int) -> Handle:
+    """The ``divvy_handle_t`` of a handle int (``low | high << 64``)."""
+    return Handle(handle & 0xFFFF_FFFF_FFFF_FFFF, handle >> 64)
+
+
+def from_c_handle(handle: Handle) -> int:
+    """The int of a ``divvy_handle_t``: ``low | high << 64``."""
+    return handle.low | handle.high << 64
+
+
 class ShareInfo(ctypes.Structure):
     """``divvy_share_info`` (divvy.h)."""
 
     _fields_ = [
-        ("handle", ctypes.c_uint64),
+        ("handle", Handle),
         ("offset", ctypes.c_uint64),
         ("block_size", ctypes.c_uint64),
         ("holders", ctypes.c_uint32),
@@ -63,27 +83,27 @@ class ShareInfo(ctypes.Structure):
 
 _client_p = ctypes.c_void_p
 _int = ctypes.c_int
-_u64 = ctypes.c_uint64
-_u64_p = ctypes.POINTER(ctypes.c_uint64)
+_handle = Handle
+_handle_p = ctypes.POINTER(Handle)
 _int_p = ctypes.POINTER(ctypes.c_int)
 _void_pp = ctypes.POINTER(ctypes.c_void_p)
 _size = ctypes.c_size_t
 
 # name: (restype, argtypes) for every function of divvy.h. Declaring them all keeps ctypes from truncating a
-# 64-bit handle or pointer to an int (its default for undeclared arguments and results).
+# pointer to an int (its default for undeclared arguments and results) and passes handles as the 16-byte struct.
 _PROTOTYPES: dict[str, tuple[object, list[object]]] = {
     "divvy_connect": (_int, [ctypes.c_char_p, ctypes.c_char_p, _int, ctypes.POINTER(_client_p)]),
     "divvy_close": (_int, [_client_p]),
     "divvy_reconnect": (_int, [_client_p]),
     "divvy_client_info": (_int, [_client_p, _int_p, ctypes.POINTER(ctypes.c_uint32)]),
-    "divvy_alloc": (_int, [_client_p, _size, _u64_p, _void_pp]),
-    "divvy_free": (_int, [_client_p, _u64, _int_p]),
-    "divvy_alloc_batch": (_int, [_client_p, _size, _size, _u64_p]),
-    "divvy_free_batch": (_int, [_client_p, _u64_p, _size, _int_p, _int_p]),
-    "divvy_share": (_int, [_client_p, _u64, ctypes.POINTER(ShareInfo)]),
-    "divvy_adopt": (_int, [_client_p, _u64, _void_pp, ctypes.POINTER(_size)]),
-    "divvy_pointer": (_int, [_client_p, _u64, _void_pp]),
-    "divvy_handle_for_pointer": (_int, [_client_p, ctypes.c_void_p, _u64_p]),
+    "divvy_alloc": (_int, [_client_p, _size, _handle_p, _void_pp]),
+    "divvy_free": (_int, [_client_p, _handle, _int_p]),
+    "divvy_alloc_batch": (_int, [_client_p, _size, _size, _handle_p]),
+    "divvy_free_batch": (_int, [_client_p, _handle_p, _size, _int_p, _int_p]),
+    "divvy_share": (_int, [_client_p, _handle, ctypes.POINTER(ShareInfo)]),
+    "divvy_adopt": (_int, [_client_p, _handle, _void_pp, ctypes.POINTER(_size)]),
+    "divvy_pointer": (_int, [_client_p, _handle, _void_pp]),
+    "divvy_handle_for_pointer": (_int, [_client_p, ctypes.c_void_p, _handle_p]),
     "divvy_stats": (_int, [_client_p, ctypes.POINTER(Stats)]),
     "divvy_ping": (_int, [_client_p]),
     "divvy_strerror": (ctypes.c_char_p, [_int]),
@@ -139,7 +159,7 @@ def _load(candidates: list[tuple[str, str]]) -> tuple[ctypes.CDLL, str]:
         "could not load libdivvy, the Divvy C client library. Tried, in order:\n"
         f"{tried}\n"
         "Set DIVVY_LIBRARY to the path of libdivvy.so (in a Divvy checkout: swift build --product divvy, then "
-        "DIVVY_LIBRARY=$PWD/.build/debug/libdivvy.so), install the Divvy .deb (it provides libdivvy.so.0), or "
+        "DIVVY_LIBRARY=$PWD/.build/debug/libdivvy.so), install the Divvy .deb (it provides libdivvy.so.1), or "
         "install a divvy wheel built with the library bundled (python/build-wheel.sh PATH_TO_LIBDIVVY)."
     )
 
@@ -175,7 +195,7 @@ def library() -> ctypes.CDLL:
 
 
 def library_path() -> str:
-    """Where libdivvy was loaded from: a path, or the name the dynamic linker resolved (``libdivvy.so.0``).
+    """Where libdivvy was loaded from: a path, or the name the dynamic linker resolved (``libdivvy.so.1``).
 
     Loads the library if it is not loaded yet (raising LibraryNotFoundError as `library()` does).
     """

@@ -5,6 +5,7 @@ import SystemPackage
 import XCTest
 
 @testable import DivvyShm
+import DivvySystem
 import DivvyTestSupport
 
 #if canImport(Glibc)

@@ -37,6 +37,42 @@ package func systemListen(_ fd: Int32, backlog: Int32) -> Result<Void, Errno> {
     nothingOrErrno("listen") { listen(fd, backlog) }
 }
 
+/// accept(2) of a blocking connection, then `FD_CLOEXEC` on it. The descriptor is the caller's to own.
+package func systemAccept(_ fd: Int32) -> Result<Int32, Errno> {
+    valueOrErrno("accept") { accept(fd, nil, nil) }.map { client in
+        _ = systemFcntl(client, F_SETFD, FD_CLOEXEC)
+        return client
+    }
+}
+
+/// shutdown(2). On a listening socket it also stops listening: a thread blocked in accept(2) wakes with `EINVAL`.
+package func systemShutdown(_ fd: Int32, _ how: Int32) -> Result<Void, Errno> {
+    nothingOrErrno("shutdown") { shutdown(fd, how) }
+}
+
+/// getsockname(2) into `address` (`length` bytes at most); returns the address's length.
+package func systemGetsockname(
+    _ fd: Int32, _ address: UnsafeMutablePointer<sockaddr>, length: socklen_t
+) -> Result<socklen_t, Errno> {
+    var length = length
+    return valueOrErrno("getsockname") { getsockname(fd, address, &length) }.map { _ in length }
+}
+
+/// setsockopt(2) of an `Int32` option at `SOL_SOCKET` (`SO_REUSEADDR`, …).
+package func systemSetSocketOption(_ fd: Int32, _ name: Int32, _ value: Int32) -> Result<Void, Errno> {
+    var value = value
+    return nothingOrErrno("setsockopt") {
+        setsockopt(fd, SOL_SOCKET, name, &value, socklen_t(MemoryLayout<Int32>.size))
+    }
+}
+
+/// recv(2) into `buffer`: how many bytes came (0 at end of stream).
+package func systemReceive(_ fd: Int32, into buffer: UnsafeMutableRawBufferPointer, flags: Int32 = 0)
+    -> Result<Int, Errno>
+{
+    valueOrErrno("recv") { recv(fd, buffer.baseAddress, buffer.count, flags) }
+}
+
 /// accept4(2) with `SOCK_CLOEXEC | SOCK_NONBLOCK` (through the C shim: `_GNU_SOURCE`). The descriptor is the
 /// caller's to own.
 package func systemAcceptNonblocking(_ fd: Int32) -> Result<Int32, Errno> {

@@ -4,7 +4,10 @@
 // Layers (see docs/design.md, "Layers"): each target
 // only imports the ones below it.
 //
-//   CDivvy  — C shim: only what Swift cannot express (variadic mremap, MAP_HUGE_* macros).
+//   CDivvy      — C shim: only what Swift cannot express (variadic mremap, MAP_HUGE_* macros, CMSG_*).
+//   DivvySystem — the system layer: one thin wrapper per system call (EINTR retried, swift-system's `Errno`,
+//                 EBADF/EFAULT trap), owned descriptors. The only target that imports CDivvy (DivvySystemTests
+//                 check it).
 //   Divvy   — allocator protocols, primitives, slabs, arenas, pools, combinators, safe owners.
 import PackageDescription
 
@@ -52,10 +55,23 @@ let package = Package(
     ],
     targets: [
         .target(name: "CDivvy"),
+        // The system layer: every system call the targets above make goes through one wrapper here.
+        .target(
+            name: "DivvySystem",
+            dependencies: ["CDivvy", .product(name: "SystemPackage", package: "swift-system")]
+        ),
+        .testTarget(
+            name: "DivvySystemTests",
+            dependencies: [
+                "DivvySystem", "divvy-shm-helper", "DivvyTestSupport",
+                .product(name: "Atomics", package: "swift-atomics"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ]
+        ),
         .target(
             name: "Divvy",
             dependencies: [
-                "CDivvy",
+                "DivvySystem",
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ],
@@ -108,7 +124,7 @@ let package = Package(
             name: "DivvyShm",
             dependencies: [
                 "Divvy",
-                "CDivvy",
+                "DivvySystem",
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ],
@@ -121,6 +137,7 @@ let package = Package(
             name: "divvy-shm-helper",
             dependencies: [
                 "DivvyShm",
+                "DivvySystem",
                 .product(name: "Atomics", package: "swift-atomics"),
                 .product(name: "SystemPackage", package: "swift-system"),
             ],
@@ -130,6 +147,7 @@ let package = Package(
             name: "DivvyShmTests",
             dependencies: [
                 "DivvyShm",
+                "DivvySystem",
                 "divvy-shm-helper",
                 "DivvyTestSupport",
                 .product(name: "Atomics", package: "swift-atomics"),
@@ -141,12 +159,16 @@ let package = Package(
         .testTarget(name: "DivvyProtocolTests", dependencies: ["DivvyProtocol"]),
         // AF_UNIX SOCK_SEQPACKET sockets with descriptor passing and peer credentials, and an epoll poller:
         // the I/O under the daemon, its clients and divvyctl.
-        .target(name: "DivvyTransport", dependencies: ["CDivvy"]),
+        .target(
+            name: "DivvyTransport",
+            dependencies: ["DivvySystem", .product(name: "SystemPackage", package: "swift-system")]
+        ),
         // The daemon as a library: configuration, policy, sessions, quotas, leases, recovery, admin.
         .target(
             name: "DivvyServer",
             dependencies: [
-                "CDivvy", "DivvyShm", "DivvyProtocol", "DivvyTransport",
+                "DivvySystem", "DivvyShm", "DivvyProtocol", "DivvyTransport",
+                .product(name: "SystemPackage", package: "swift-system"),
                 server("Logging", "swift-log"),
                 server("ServiceLifecycle", "swift-service-lifecycle"),
                 server("UnixSignals", "swift-service-lifecycle"),

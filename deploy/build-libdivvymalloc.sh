@@ -11,7 +11,8 @@
 #   2. Divvy: the part of the Divvy module the malloc shim uses: the allocator protocol and its value types
 #      (Sources/Divvy/Core) and the adapter with its strategy protocol (Sources/Divvy/Global).
 #   3. DivvyMalloc: the heap and the @_cdecl entry points (Sources/DivvyMalloc/*.swift).
-#   4. The C shims (Sources/CDivvyMalloc/*.c, Sources/CDivvy/shim.c, swift-atomics' _AtomicsShims) with clang -O2.
+#   4. The C shims (Sources/CDivvyMalloc/*.c, swift-atomics' _AtomicsShims) with clang -O2. (CDivvy, the system
+#      layer's shim, is not needed: this part of Divvy makes no system call through it.)
 # Then one link with Sources/DivvyMalloc/libDivvyMalloc.map: exports are the malloc family and its diagnostics only.
 #
 # Embedded Swift has no Glibc overlay: a clang module named `Glibc` over the toolchain's SwiftGlibc.h stands in for
@@ -42,22 +43,20 @@ fi
 
 work=$out/obj
 rm -rf "$work"
-mkdir -p "$work/modules/Glibc" "$work/modules/CDivvy" "$work/modules/CDivvyMalloc"
+mkdir -p "$work/modules/Glibc" "$work/modules/CDivvyMalloc"
 
-# Clang modules: Glibc (see above) and the two C shims' headers (SwiftPM generates these module maps itself).
+# Clang modules: Glibc (see above) and the malloc shim's header (SwiftPM generates these module maps itself).
 glibc_header=$toolchain/lib/swift/linux/$arch/SwiftGlibc.h
 [ -f "$glibc_header" ] || glibc_header=$toolchain/lib/swift/linux/SwiftGlibc.h
 printf 'module Glibc [system] {\n    header "%s"\n    export *\n}\n' "$glibc_header" \
     >"$work/modules/Glibc/module.modulemap"
-printf 'module CDivvy {\n    umbrella header "%s"\n    export *\n}\n' "$root/Sources/CDivvy/include/CDivvy.h" \
-    >"$work/modules/CDivvy/module.modulemap"
 printf 'module CDivvyMalloc {\n    umbrella header "%s"\n    export *\n}\n' \
     "$root/Sources/CDivvyMalloc/include/CDivvyMalloc.h" >"$work/modules/CDivvyMalloc/module.modulemap"
 
 # -function-sections: every function in its own section, so --gc-sections drops what nothing calls (the parts of
 # Divvy's types the heap does not use, the Embedded runtime's unused entry points).
 embedded="-target $target -enable-experimental-feature Embedded -wmo -parse-as-library -O -Xcc -fPIC
-    -Xfrontend -function-sections -I $work -I $work/modules/Glibc -I $work/modules/CDivvy
+    -Xfrontend -function-sections -I $work -I $work/modules/Glibc
     -I $work/modules/CDivvyMalloc -I $atomics/Sources/_AtomicsShims/include"
 
 echo "build-libdivvymalloc: Atomics (Embedded Swift)" >&2
@@ -86,8 +85,6 @@ cflags="-O2 -fPIC -ffunction-sections -fdata-sections"
 for c in "$root"/Sources/CDivvyMalloc/*.c; do
     "$clang" $cflags -I "$root/Sources/CDivvyMalloc/include" -c -o "$work/CDivvyMalloc-$(basename "$c" .c).o" "$c"
 done
-# shellcheck disable=SC2086
-"$clang" $cflags -I "$root/Sources/CDivvy/include" -c -o "$work/CDivvy.o" "$root/Sources/CDivvy/shim.c"
 # shellcheck disable=SC2086
 "$clang" $cflags -I "$atomics/Sources/_AtomicsShims/include" -c -o "$work/AtomicsShims.o" \
     "$atomics/Sources/_AtomicsShims/src/_AtomicsShims.c"

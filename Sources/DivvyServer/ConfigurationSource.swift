@@ -1,3 +1,5 @@
+import DivvySystem
+
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -60,22 +62,11 @@ public struct ConfigurationSource: Hashable, Sendable {
         var message: String
     }
 
-    /// The whole file at `path` as UTF-8 text (open(2) and read(2), EINTR retried).
+    /// The whole file at `path` as UTF-8 text (open(2) and read(2) through the system layer, EINTR retried).
     static func readFile(_ path: String) throws(FileReadError) -> String {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { throw FileReadError(message: String(cString: strerror(errno))) }
-        defer { close(fd) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65_536)
-        while true {
-            let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-            if count == 0 { break }
-            if count < 0 {
-                if errno == EINTR { continue }
-                throw FileReadError(message: String(cString: strerror(errno)))
-            }
-            bytes += chunk[..<count]
+        switch systemReadSmallFile(path, limit: .max) {
+        case .success(let bytes): return String(decoding: bytes, as: UTF8.self)
+        case .failure(let error): throw FileReadError(message: systemErrorDescription(error.rawValue))
         }
-        return String(decoding: bytes, as: UTF8.self)
     }
 }

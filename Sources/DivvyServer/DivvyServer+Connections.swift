@@ -1,4 +1,5 @@
 import DivvyProtocol
+import DivvySystem
 import DivvyTransport
 import Logging
 
@@ -28,7 +29,7 @@ extension DivvyServer {
         metrics.count(.refusedConnection)
         let outOfDescriptors = error.errno == EMFILE || error.errno == ENFILE
         if outOfDescriptors, spareDescriptor >= 0 {
-            _ = close(spareDescriptor)
+            systemClose(spareDescriptor)
             spareDescriptor = -1
             // accept4 fails with EMFILE even when nothing is queued (it takes a descriptor first): only a connection
             // actually taken means more may wait.
@@ -45,7 +46,7 @@ extension DivvyServer {
             } catch {
                 failed = true  // Not this process's limit (ENFILE): closing one descriptor did not help.
             }
-            spareDescriptor = open("/dev/null", O_RDONLY | O_CLOEXEC)
+            spareDescriptor = (try? systemOpen("/dev/null", flags: O_RDONLY | O_CLOEXEC).get()) ?? -1
             if !failed, spareDescriptor >= 0 { return shed }
         }
         pauseListener(until: now + .milliseconds(200))
@@ -62,7 +63,9 @@ extension DivvyServer {
         guard let until = listenerPausedUntil, ContinuousClock.now >= until else { return }
         listenerPausedUntil = nil
         guard shutdownDeadline == nil else { return }
-        if spareDescriptor < 0 { spareDescriptor = open("/dev/null", O_RDONLY | O_CLOEXEC) }
+        if spareDescriptor < 0 {
+            spareDescriptor = (try? systemOpen("/dev/null", flags: O_RDONLY | O_CLOEXEC).get()) ?? -1
+        }
         do throws(TransportError) {
             try poller.add(listener.fileDescriptor, events: .readable, token: Self.listenerToken)
         } catch {

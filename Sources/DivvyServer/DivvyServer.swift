@@ -1,7 +1,7 @@
-import CDivvy
 import Divvy
 import DivvyProtocol
 import DivvyShm
+import DivvySystem
 import DivvyTransport
 #if canImport(FoundationEssentials)
 import FoundationEssentials
@@ -9,6 +9,7 @@ import FoundationEssentials
 import Foundation
 #endif
 import Logging
+import SystemPackage
 
 #if canImport(Glibc)
 import Glibc
@@ -278,7 +279,7 @@ public final class DivvyServer: @unchecked Sendable {
             throw ServerError(.socket, "could not listen on \(configuration.socketPath): \(error)")
         }
         receiveBuffer = .allocate(byteCount: ProtocolLimits.maxFrameSize + 1, alignment: 16)
-        spareDescriptor = open("/dev/null", O_RDONLY | O_CLOEXEC)
+        spareDescriptor = (try? systemOpen("/dev/null", flags: O_RDONLY | O_CLOEXEC).get()) ?? -1
         logger.info(
             "divvyd ready",
             metadata: [
@@ -291,7 +292,7 @@ public final class DivvyServer: @unchecked Sendable {
 
     deinit {
         receiveBuffer.deallocate()
-        if spareDescriptor >= 0 { _ = close(spareDescriptor) }
+        if spareDescriptor >= 0 { systemClose(spareDescriptor) }
     }
 
     /// Asks the loop to shut down gracefully: stop accepting, tell every client (`shutdown`), wait up to the grace
@@ -406,7 +407,7 @@ public final class DivvyServer: @unchecked Sendable {
             hooks.stopping()
             poller.remove(listener.fileDescriptor)
             listener.close()
-            if ownsSocketPath { _ = unlink(socketPath) }
+            if ownsSocketPath { _ = systemUnlink(socketPath) }
             logger.notice(
                 "shutting down", metadata: ["reason": "\(reason)", "clients": "\(sessions.count)"])
             for session in sessions.values {
@@ -1196,28 +1197,29 @@ public final class DivvyServer: @unchecked Sendable {
     /// pidfd turns readable (or, without pidfd support, when `tick()` sees it gone). `pidfd` (taken when the
     /// client connected; this function owns it) is used when given, else one is opened.
     private func recoverWhenExited(_ p: Int, pid: Int32, pidfd: Int32? = nil) -> String {
-        guard pid != getpid() else {
-            if let pidfd, pidfd >= 0 { _ = close(pidfd) }
+        guard pid != systemGetpid() else {
+            if let pidfd, pidfd >= 0 { systemClose(pidfd) }
             return "kept: the participant belongs to the daemon's own process"
         }
-        let fd = pidfd.flatMap { $0 >= 0 ? $0 : nil } ?? divvy_pidfd_open(pid)
-        if fd < 0 {
-            if divvy_errno() == ESRCH || processHasExited(pid) { return recover(p) }
+        let opened: Result<Int32, Errno> = pidfd.flatMap { $0 >= 0 ? .success($0) : nil } ?? systemPidfdOpen(pid)
+        guard case .success(let fd) = opened else {
+            if case .failure(.noSuchProcess) = opened { return recover(p) }
+            if processHasExited(pid) { return recover(p) }
             // No pidfd (kernel < 5.3): `tick()` recovers it via deadParticipants() once the process is gone.
             return "deferred until process \(pid) exits"
         }
         // The pid may have been reused before the pidfd was opened (the pidfd then names another process): the
         // start time recorded at join tells, checked after opening so that no reuse can slip in between.
         if !heap.participantProcessIsRunning(p) {
-            _ = close(fd)
+            systemClose(fd)
             return recover(p)
         }
         let token = Self.exitWatchBase + UInt64(p)
-        if let previous = exitWatches.removeValue(forKey: token) { _ = close(previous.fd) }
+        if let previous = exitWatches.removeValue(forKey: token) { systemClose(previous.fd) }
         do throws(TransportError) {
             try poller.add(fd, events: .readable, token: token)
         } catch {
-            _ = close(fd)
+            systemClose(fd)
             return processHasExited(pid) ? recover(p) : "deferred until process \(pid) exits"
         }
         exitWatches[token] = (p, pid, fd)
@@ -1228,7 +1230,7 @@ public final class DivvyServer: @unchecked Sendable {
     private func processExited(_ token: UInt64) {
         guard let watch = exitWatches.removeValue(forKey: token) else { return }
         poller.remove(watch.fd)
-        _ = close(watch.fd)
+        systemClose(watch.fd)
         guard let status = heap.participantStatus(watch.participant), status.state != .free, status.pid == watch.pid
         else { return }
         let outcome = recover(watch.participant)
@@ -1239,7 +1241,7 @@ public final class DivvyServer: @unchecked Sendable {
 
     /// Whether a process is gone or a zombie (`kill(pid, 0)` still succeeds for a zombie).
     private func processHasExited(_ pid: Int32) -> Bool {
-        if kill(pid, 0) == -1 && errno == ESRCH { return true }
+        if case .failure(.noSuchProcess) = systemKill(pid, 0) { return true }
         guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
             let close = stat.lastIndex(of: ")")
         else { return true }
@@ -1317,7 +1319,7 @@ public final class DivvyServer: @unchecked Sendable {
             // stopped, so disconnecting it kills it first (recovery follows its exit); if it cannot be killed,
             // nothing changes (AdminDisconnect.swift).
             var killedThrough: PeerProcess.Route?
-            let direct = target.participant != nil && target.peer.pid != getpid()
+            let direct = target.participant != nil && target.peer.pid != systemGetpid()
             if direct, let process = target.process {
                 switch process.signal(SIGKILL) {
                 case .sent(let route):

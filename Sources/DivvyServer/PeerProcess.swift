@@ -1,4 +1,5 @@
-import CDivvy
+import DivvySystem
+import SystemPackage
 
 #if canImport(Glibc)
 import Glibc
@@ -36,49 +37,60 @@ final class PeerProcess {
     let pid: Int32
     /// The pidfd, or -1 when there is none.
     private(set) var descriptor: Int32
+    /// The owner of `descriptor`: nil when there is none (closed, handed over, or never taken).
+    private var owner: OwnedDescriptor?
     /// The process had exited before a pidfd could be taken (`ESRCH`): it must never be signalled by pid.
     private let exitedAtConnect: Bool
 
     /// Takes a pidfd for the peer of the connected socket `socket` whose credentials name `pid`.
     init(socket: Int32, pid: Int32) {
         self.pid = pid
-        var fd = divvy_peer_pidfd(socket)
-        var error = fd < 0 ? divvy_errno() : 0
-        if fd < 0 && error != ESRCH && pid > 0 {
+        var result = systemPeerPidfd(socket)
+        if case .failure(let error) = result, error != .noSuchProcess, pid > 0 {
             // ENOPROTOOPT/EINVAL: a kernel before 6.5. pidfd_open races with pid reuse only if the process that
             // connected died and its pid was reused since its participant was seen alive, just now.
-            fd = divvy_pidfd_open(pid)
-            error = fd < 0 ? divvy_errno() : 0
+            result = systemPidfdOpen(pid)
         }
-        descriptor = fd
-        exitedAtConnect = fd < 0 && error == ESRCH
+        switch result {
+        case .success(let fd):
+            descriptor = fd
+            owner = OwnedDescriptor(taking: fd)
+            exitedAtConnect = false
+        case .failure(let error):
+            descriptor = -1
+            owner = nil
+            exitedAtConnect = error == .noSuchProcess
+        }
     }
-
-    deinit { close() }
 
     /// Closes the pidfd (idempotent).
     func close() {
-        if descriptor >= 0 { _ = Glibc.close(descriptor) }
+        owner = nil
         descriptor = -1
     }
 
     /// Hands the pidfd over (the caller closes it from now on); -1 when there is none.
     func takeDescriptor() -> Int32 {
-        defer { descriptor = -1 }
-        return descriptor
+        descriptor = -1
+        guard let taken = owner.take() else { return -1 }
+        return taken.take()
     }
 
     /// Sends `signal` to the process: through the pidfd when there is one, else by pid.
     func signal(_ signal: Int32) -> Outcome {
         if descriptor >= 0 {
-            if divvy_pidfd_send_signal(descriptor, signal) == 0 { return .sent(.pidfd) }
-            let error = divvy_errno()
-            return error == ESRCH ? .exited : .failed(errno: error, route: .pidfd)
+            switch systemPidfdSendSignal(descriptor, signal) {
+            case .success: return .sent(.pidfd)
+            case .failure(.noSuchProcess): return .exited
+            case .failure(let error): return .failed(errno: error.rawValue, route: .pidfd)
+            }
         }
         if exitedAtConnect || pid <= 0 { return .exited }
-        if kill(pid, signal) == 0 { return .sent(.pid) }
-        let error = errno
-        return error == ESRCH ? .exited : .failed(errno: error, route: .pid)
+        switch systemKill(pid, signal) {
+        case .success: return .sent(.pid)
+        case .failure(.noSuchProcess): return .exited
+        case .failure(let error): return .failed(errno: error.rawValue, route: .pid)
+        }
     }
 
     /// The symbolic name of the errno values a signal can fail with (`EPERM`), else `errno N`.

@@ -1,4 +1,4 @@
-import CDivvy
+import DivvySystem
 
 #if canImport(Glibc)
 import Glibc
@@ -62,7 +62,7 @@ enum DetachedThread {
         let status = pthread_create(&thread, nil, { argument in
             guard let argument else { return nil }
             let start = Unmanaged<Start>.fromOpaque(argument).takeRetainedValue()
-            _ = divvy_set_thread_name(String(start.name.utf8.prefix(15))!)
+            systemSetThreadName(start.name)
             start.body()
             return nil
         }, start)

@@ -1,4 +1,5 @@
 import Divvy
+import DivvySystem
 import SystemPackage
 
 /// Facts about what can back a region: free space in /dev/shm, memory, the huge page pools, shmem THP.
@@ -11,7 +12,7 @@ internal enum Backing {
     /// Bytes the kernel could still give a tmpfs file without swapping out what it holds: MemAvailable plus
     /// SwapFree from /proc/meminfo. Nil when /proc/meminfo cannot be read.
     static func availableMemory() -> Int? {
-        guard let text = readSmallTextFile("/proc/meminfo") else { return nil }
+        guard let text = systemReadSmallTextFile("/proc/meminfo") else { return nil }
         var total = 0
         var found = false
         for line in text.split(separator: "\n") where line.hasPrefix("MemAvailable:") || line.hasPrefix("SwapFree:") {
@@ -64,19 +65,19 @@ internal enum Backing {
     /// - `shmem_enabled` `force` forces them everywhere; `deny` forbids them everywhere.
     static func transparentHugePagesForShmem(named: Bool) -> Bool {
         let allowing = ["always", "within_size", "advise"]
-        let global = selected(in: readSmallTextFile("/sys/kernel/mm/transparent_hugepage/shmem_enabled"))
+        let global = selected(in: systemReadSmallTextFile("/sys/kernel/mm/transparent_hugepage/shmem_enabled"))
         if global == "force" { return true }
         if global == "deny" || global == nil { return false }
         if named {
             // The last /dev/shm entry in /proc/self/mounts is the one in effect.
-            guard let mounts = readSmallTextFile("/proc/self/mounts") else { return false }
+            guard let mounts = systemReadSmallTextFile("/proc/self/mounts") else { return false }
             let entry = mounts.split(separator: "\n").last { $0.split(separator: " ").dropFirst().first == "/dev/shm" }
             guard let options = entry?.split(separator: " ").dropFirst(3).first else { return false }
             let huge = options.split(separator: ",").first { $0.hasPrefix("huge=") }?.dropFirst(5)
             return huge.map { allowing.contains(String($0)) } ?? false
         }
         let perSize = selected(
-            in: readSmallTextFile(
+            in: systemReadSmallTextFile(
                 "/sys/kernel/mm/transparent_hugepage/hugepages-\(OSAllocator.transparentHugePageSize / 1024)kB/"
                     + "shmem_enabled"))
         if let perSize, perSize != "inherit" { return allowing.contains(perSize) }
@@ -100,7 +101,7 @@ internal enum Backing {
     static func availableHugePages(_ kind: OSAllocator.PageKind) -> Int {
         let directory = hugePagePoolDirectory(kind)
         func number(_ file: String) -> Int {
-            readSmallTextFile("\(directory)/\(file)").flatMap { Int($0.split(separator: "\n").first ?? "") } ?? 0
+            systemReadSmallTextFile("\(directory)/\(file)").flatMap { Int($0.split(separator: "\n").first ?? "") } ?? 0
         }
         return max(0, number("free_hugepages") - number("resv_hugepages"))
     }

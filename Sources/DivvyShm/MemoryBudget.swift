@@ -1,3 +1,5 @@
+import DivvySystem
+
 /// A memory cgroup's limit and current usage, as read from its files.
 public struct CgroupMemoryLimit: Hashable, Sendable, CustomStringConvertible {
     /// The cgroup's directory (e.g. `/sys/fs/cgroup/system.slice/divvyd.service`).
@@ -124,8 +126,8 @@ public enum CgroupMemory {
 
     /// The tightest limit on this process now (reads `/proc/self/cgroup` and the cgroup file system).
     public static func current() -> CgroupMemoryLimit? {
-        guard let text = readSmallTextFile("/proc/self/cgroup") else { return nil }
-        return tightestLimit(procSelfCgroup: text, read: readSmallTextFile)
+        guard let text = systemReadSmallTextFile("/proc/self/cgroup") else { return nil }
+        return tightestLimit(procSelfCgroup: text, read: systemReadSmallTextFile)
     }
 }
 

@@ -1,3 +1,5 @@
+import DivvySystem
+
 #if canImport(Glibc)
 import Glibc
 #endif

@@ -1,4 +1,5 @@
 import Divvy
+import DivvySystem
 import SystemPackage
 
 #if canImport(Glibc)
@@ -152,13 +153,19 @@ public final class SharedRegion: @unchecked Sendable {
 
     /// The shared-memory object name (`"/divvy-cache"`), or nil for an anonymous region.
     public let objectName: String?
-    /// The region's descriptor, owned by the region (closed in `deinit`). Pass it to other processes (inherit it,
-    /// or send it with SCM_RIGHTS) to share an anonymous region; do not close it.
-    public let fileDescriptor: FileDescriptor
-    /// The descriptor of the separate data object (owned by the region, closed in `deinit`), when the region
-    /// has one (`header.hasSeparateData`): pass it — alone — to a process that may see the data but not the
-    /// metadata (it maps it with `mapDataObject(_:geometry:access:)`).
-    public let dataFileDescriptor: FileDescriptor?
+    /// The region's descriptor, owned by the region (closed once, when the region is destroyed). Pass it to other
+    /// processes (inherit it, or send it with SCM_RIGHTS) to share an anonymous region; do not close it.
+    public var fileDescriptor: FileDescriptor { descriptor.fileDescriptor }
+    /// The descriptor of the separate data object (owned by the region, closed once, when the region is
+    /// destroyed), when the region has one (`header.hasSeparateData`): pass it — alone — to a process that may see
+    /// the data but not the metadata (it maps it with `mapDataObject(_:geometry:access:)`).
+    public var dataFileDescriptor: FileDescriptor? { dataDescriptorValue.map { FileDescriptor(rawValue: $0) } }
+    /// The owner of `fileDescriptor`: its `deinit` closes it.
+    private let descriptor: OwnedDescriptor
+    /// The owner of `dataFileDescriptor`, when there is one.
+    private let dataDescriptor: OwnedDescriptor?
+    /// `dataDescriptor`'s number (read without borrowing the optional owner).
+    private let dataDescriptorValue: Int32?
     /// The header, as written at creation or read at open.
     public let header: SharedRegionHeader
     /// The whole region, mapped in this process.
@@ -175,15 +182,12 @@ public final class SharedRegion: @unchecked Sendable {
         objectName: String?, fd: Int32, dataFD: Int32? = nil, header: SharedRegionHeader, mapping: SharedMapping
     ) {
         self.objectName = objectName
-        self.fileDescriptor = FileDescriptor(rawValue: fd)
-        self.dataFileDescriptor = dataFD.map { FileDescriptor(rawValue: $0) }
+        // From here on the region owns both descriptors: they close when it is destroyed, exactly once.
+        self.descriptor = OwnedDescriptor(taking: fd)
+        self.dataDescriptor = dataFD.map { OwnedDescriptor(taking: $0) }
+        self.dataDescriptorValue = dataFD
         self.header = header
         self.mapping = mapping
-    }
-
-    deinit {
-        systemClose(fileDescriptor.rawValue)
-        if let dataFileDescriptor { systemClose(dataFileDescriptor.rawValue) }
     }
 
     /// `"region '/divvy-cache'"` or `"anonymous region (fd 7)"`, for messages.
@@ -330,7 +334,8 @@ public final class SharedRegion: @unchecked Sendable {
                 describing: what)
             let header = SharedRegionHeader(
                 geometry: geometry, pageKind: kind, isLazy: configuration.commitment == .lazy,
-                isAnonymous: objectName == nil, hasSeparateData: separate, creatorPID: currentProcessID(), creationTime: realtimeNanoseconds(),
+                isAnonymous: objectName == nil, hasSeparateData: separate, creatorPID: systemGetpid(),
+                creationTime: systemRealtimeNanoseconds(),
                 nonce: UInt64.random(in: 1...UInt64.max))
             #if DIVVY_INTERNAL_CHECKS
             precondition(geometry.inconsistency(fileSize: geometry.totalSize) == nil, "bad geometry \(geometry)")
@@ -352,12 +357,17 @@ public final class SharedRegion: @unchecked Sendable {
         // Safe: the range lies inside `mapping` (dataRange is within totalSize), which owns it and unmaps all of it
         // in its deinit; MAP_FIXED replaces exactly those pages.
         let address = mapping.base + geometry.dataOffset
-        let protection = mapping.access == .readWrite ? PROT_READ | PROT_WRITE : PROT_READ
-        let result = mmap(address, geometry.dataSize, protection, MAP_SHARED | MAP_FIXED, dataFD, 0)
-        guard let result, result != MAP_FAILED, result == address else {
+        let protection = mapping.access == .readWrite ? MapFlags.readWrite : MapFlags.readOnly
+        let result = systemMmapFile(
+            at: address, length: geometry.dataSize, protection: protection, flags: MapFlags.shared | MapFlags.fixed,
+            fd: dataFD, offset: 0)
+        switch result {
+        case .success(let mapped):
+            // Invariant: MAP_FIXED maps exactly at `address` or fails.
+            precondition(mapped == address, "mmap(MAP_FIXED) of the data object of \(what) moved it")
+        case .failure(let error):
             throw SharedRegionError(
-                .systemCallFailed, "could not map the data object of \(what) over its data area",
-                cause: Errno(rawValue: errno))
+                .systemCallFailed, "could not map the data object of \(what) over its data area", cause: error)
         }
     }
 
@@ -585,7 +595,9 @@ public final class SharedRegion: @unchecked Sendable {
     ) throws(SharedRegionError) -> SharedRegion {
         let what = "region behind fd \(fileDescriptor.rawValue)"
         let fd: Int32
-        switch systemFcntl(fileDescriptor.rawValue, F_DUPFD_CLOEXEC, 0) {
+        // The caller's descriptors are input, not ours: a closed one is reported (trapOnProgrammerError: false).
+        // The duplicates are ours.
+        switch systemFcntl(fileDescriptor.rawValue, F_DUPFD_CLOEXEC, 0, trapOnProgrammerError: false) {
         case .success(let duplicate): fd = duplicate
         case .failure(let error):
             throw SharedRegionError(
@@ -593,7 +605,7 @@ public final class SharedRegion: @unchecked Sendable {
         }
         var dataFD: Int32?
         if let dataFileDescriptor {
-            switch systemFcntl(dataFileDescriptor.rawValue, F_DUPFD_CLOEXEC, 0) {
+            switch systemFcntl(dataFileDescriptor.rawValue, F_DUPFD_CLOEXEC, 0, trapOnProgrammerError: false) {
             case .success(let duplicate): dataFD = duplicate
             case .failure(let error):
                 systemClose(fd)

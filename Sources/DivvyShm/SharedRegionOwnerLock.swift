@@ -1,3 +1,4 @@
+import DivvySystem
 import SystemPackage
 
 #if canImport(Glibc)
@@ -25,15 +26,15 @@ import Musl
 public final class SharedRegionOwnerLock {
     /// The lock object's name, e.g. `/divvy-cache.lock`.
     public let lockObjectName: String
-    private var descriptor: Int32
+    /// The locked descriptor; nil once released. Closing it (when set to nil, or when the lock is destroyed)
+    /// drops the lock.
+    private var descriptor: OwnedDescriptor?
+    /// `release` ran.
+    private var isReleased = false
 
-    private init(lockObjectName: String, descriptor: Int32) {
+    private init(lockObjectName: String, descriptor: consuming OwnedDescriptor) {
         self.lockObjectName = lockObjectName
-        self.descriptor = descriptor
-    }
-
-    deinit {
-        if descriptor >= 0 { systemClose(descriptor) }
+        self.descriptor = .some(descriptor)
     }
 
     /// Takes the owner lock of the named region `/<namePrefix><name>` without waiting.
@@ -56,19 +57,19 @@ public final class SharedRegionOwnerLock {
         // A lock object whose name was replaced between our open and our flock is retried; the bound only stops a
         // pathological loop (each retry needs another process to remove and recreate the name meanwhile).
         for _ in 0..<100 {
-            let fd: Int32
+            // Owned from here: every path that does not return the lock closes it.
+            let fd: OwnedDescriptor
             switch systemShmOpen(lockObject, flags: O_RDWR | O_CREAT, mode: mode_t(mode.rawValue)) {
-            case .success(let opened): fd = opened
+            case .success(let opened): fd = OwnedDescriptor(taking: opened)
             case .failure(let error):
                 throw SharedRegionError(
                     error == .permissionDenied ? .permissionDenied : .systemCallFailed,
                     "could not open the owner lock '\(lockObject)' of region '\(regionObject)'", cause: error)
             }
-            switch systemFlock(fd, LOCK_EX | LOCK_NB) {
+            switch systemFlock(fd.rawValue, LOCK_EX | LOCK_NB) {
             case .success:
                 break
             case .failure(let error):
-                systemClose(fd)
                 if error == .wouldBlock || error == .resourceTemporarilyUnavailable {
                     throw SharedRegionError(
                         .inUse, "region '\(regionObject)' is served by another running process: it holds the "
@@ -81,13 +82,13 @@ public final class SharedRegionOwnerLock {
                     cause: error)
             }
             // Still the object the name points at? (See the type's discussion.)
-            if case .success(let mine) = systemFstat(fd),
+            if case .success(let mine) = systemFstat(fd.rawValue),
                 case .success(let named) = systemStat(Backing.shmDirectory + lockObject),
                 mine.st_ino == named.st_ino, mine.st_dev == named.st_dev
             {
                 return SharedRegionOwnerLock(lockObjectName: lockObject, descriptor: fd)
             }
-            systemClose(fd)
+            fd.close()
         }
         throw SharedRegionError(
             .inUse, "the owner lock '\(lockObject)' of region '\(regionObject)' kept being removed and recreated "
@@ -100,18 +101,17 @@ public final class SharedRegionOwnerLock {
     /// - Throws: `.invalidName`, `.permissionDenied`, `.systemCallFailed`.
     public static func isHeld(name: String, namePrefix: String = "divvy-") throws(SharedRegionError) -> Bool {
         let lockObject = try SharedRegion.objectName(for: name, namePrefix: namePrefix) + ".lock"
-        let fd: Int32
+        let fd: OwnedDescriptor
         switch systemShmOpen(lockObject, flags: O_RDONLY, mode: 0) {
-        case .success(let opened): fd = opened
+        case .success(let opened): fd = OwnedDescriptor(taking: opened)
         case .failure(.noSuchFileOrDirectory): return false
         case .failure(let error):
             throw SharedRegionError(
                 error == .permissionDenied ? .permissionDenied : .systemCallFailed,
                 "could not open the owner lock '\(lockObject)'", cause: error)
         }
-        defer { systemClose(fd) }
-        switch systemFlock(fd, LOCK_SH | LOCK_NB) {
-        case .success: return false  // Released by the close in the defer.
+        switch systemFlock(fd.rawValue, LOCK_SH | LOCK_NB) {
+        case .success: return false  // Released when `fd` closes, on return.
         case .failure(.wouldBlock), .failure(.resourceTemporarilyUnavailable): return true
         case .failure(let error):
             throw SharedRegionError(.systemCallFailed, "could not probe the owner lock '\(lockObject)'", cause: error)
@@ -121,11 +121,11 @@ public final class SharedRegionOwnerLock {
     /// Gives the lock up; with `removingName`, first removes the lock object's name (a clean exit: nothing stays in
     /// /dev/shm). Idempotent; `deinit` releases without removing.
     public func release(removingName: Bool) {
-        guard descriptor >= 0 else { return }
+        guard !isReleased else { return }
+        isReleased = true
         // Remove the name while still holding the lock, so no successor can lock this object after we let go
         // without `acquire`'s identity check catching it.
         if removingName { _ = systemShmUnlink(lockObjectName) }
-        systemClose(descriptor)
-        descriptor = -1
+        descriptor = nil  // Closes it: the lock is dropped.
     }
 }

@@ -73,10 +73,15 @@
 //   divvy-shm-helper hold-lock <name> <prefix>      take the region's owner lock, print "LOCKED", sleep until killed
 //                                                    (exit 4 when another process holds it)
 //
+// System layer (DivvySystemTests): programmer errors must trap, with a message naming the call.
+//   divvy-shm-helper system close-twice      close a descriptor, then close it again (must trap: EBADF)
+//   divvy-shm-helper system ftruncate-closed ftruncate a closed descriptor (must trap: EBADF)
+//
 // Exit status: 0 all good, 1 a check failed, 2 a region error (printed on stderr), 3 timeout, 4 the name was taken,
 // 64 usage.
 import Atomics
 import DivvyShm
+import DivvySystem
 import SystemPackage
 
 #if canImport(Glibc)
@@ -105,6 +110,17 @@ if let limit = getenv("DIVVY_HELPER_ADDRESS_SPACE_LIMIT").flatMap({ rlim_t(Strin
     guard setrlimit(__rlimit_resource_t(RLIMIT_AS.rawValue), &rlimit) == 0 else { fail(64, "setrlimit(RLIMIT_AS, \(limit)) failed") }
 }
 
+if arguments.first == "system" {
+    arguments.removeFirst()
+    guard case .success(let fd) = systemOpen("/dev/null", flags: O_RDONLY | O_CLOEXEC) else { fail(1, "open") }
+    systemClose(fd)
+    switch next() {
+    case "close-twice": systemClose(fd)
+    case "ftruncate-closed": _ = systemFtruncate(fd, length: 0)
+    case let other: fail(64, "unknown system operation \(other)")
+    }
+    fail(1, "the programmer error did not trap")
+}
 if arguments.first == "hold-lock" {
     arguments.removeFirst()
     let name = next()

@@ -1,4 +1,5 @@
-import CDivvy
+import DivvySystem
+import SystemPackage
 
 #if canImport(Glibc)
 import Glibc
@@ -16,15 +17,15 @@ public final class EventPoller {
         /// Creates events from raw bits.
         public init(rawValue: UInt32) { self.rawValue = rawValue }
         /// Readable (`EPOLLIN`).
-        public static let readable = Events(rawValue: divvy_epollin())
+        public static let readable = Events(rawValue: EpollFlags.readable)
         /// Writable (`EPOLLOUT`).
-        public static let writable = Events(rawValue: divvy_epollout())
+        public static let writable = Events(rawValue: EpollFlags.writable)
         /// The peer shut down its writing side (`EPOLLRDHUP`).
-        public static let peerClosed = Events(rawValue: divvy_epollrdhup())
+        public static let peerClosed = Events(rawValue: EpollFlags.peerClosed)
         /// Hang-up (`EPOLLHUP`), always reported.
-        public static let hangUp = Events(rawValue: divvy_epollhup())
+        public static let hangUp = Events(rawValue: EpollFlags.hangUp)
         /// Error (`EPOLLERR`), always reported.
-        public static let error = Events(rawValue: divvy_epollerr())
+        public static let error = Events(rawValue: EpollFlags.error)
     }
 
     /// One ready descriptor: the token registered with it and what it is ready for.
@@ -40,44 +41,40 @@ public final class EventPoller {
         fileprivate let fd: Int32
         /// Makes the poller's next (or current) `wait` return; its events include `EventPoller.wakeToken`.
         public func wake() {
-            var one: UInt64 = 1
-            _ = write(fd, &one, 8)
+            // EAGAIN (the counter is at its maximum) still leaves the poller readable: nothing to do.
+            _ = withUnsafeBytes(of: UInt64(1)) { systemWrite(fd, from: $0) }
         }
     }
 
     /// The token `wait` reports when `Waker.wake()` was called.
     public static let wakeToken = UInt64.max
 
-    private var epollFD: Int32
-    private let eventFD: Int32
+    private let epoll: OwnedDescriptor
+    private let event: OwnedDescriptor
+    private var epollFD: Int32 { epoll.rawValue }
+    private var eventFD: Int32 { event.rawValue }
     private var tokens = [UInt64](repeating: 0, count: 64)
     private var masks = [UInt32](repeating: 0, count: 64)
 
     /// Creates an epoll instance and its wake-up eventfd (`epoll_create1(2)`, `eventfd(2)`).
     public init() throws(TransportError) {
-        let epollFD = divvy_epoll_create()
-        guard epollFD >= 0 else {
-            throw TransportError(.systemCallFailed, "epoll_create1 failed", errno: divvy_errno())
+        let epoll: OwnedDescriptor
+        switch systemEpollCreate() {
+        case .success(let fd): epoll = OwnedDescriptor(taking: fd)
+        case .failure(let error): throw TransportError(.systemCallFailed, "epoll_create1 failed", cause: error)
         }
-        let eventFD = divvy_eventfd()
-        guard eventFD >= 0 else {
-            let error = divvy_errno()
-            systemClose(epollFD)
-            throw TransportError(.systemCallFailed, "eventfd failed", errno: error)
+        let event: OwnedDescriptor
+        switch systemEventfd() {
+        case .success(let fd): event = OwnedDescriptor(taking: fd)
+        case .failure(let error): throw TransportError(.systemCallFailed, "eventfd failed", cause: error)
         }
-        self.epollFD = epollFD
-        self.eventFD = eventFD
-        if divvy_epoll_ctl(epollFD, divvy_epoll_ctl_add(), eventFD, Events.readable.rawValue, Self.wakeToken) != 0 {
-            let error = divvy_errno()
-            systemClose(eventFD)
-            systemClose(epollFD)
-            throw TransportError(.systemCallFailed, "epoll_ctl(ADD eventfd) failed", errno: error)
+        if case .failure(let error) = systemEpollCtl(
+            epoll.rawValue, EpollFlags.add, event.rawValue, events: Events.readable.rawValue, data: Self.wakeToken)
+        {
+            throw TransportError(.systemCallFailed, "epoll_ctl(ADD eventfd) failed", cause: error)
         }
-    }
-
-    deinit {
-        systemClose(eventFD)
-        systemClose(epollFD)
+        self.epoll = epoll
+        self.event = event
     }
 
     /// A waker for this poller, for other threads.
@@ -85,24 +82,27 @@ public final class EventPoller {
 
     /// Watches `descriptor` for `events`, reporting `token` (`EPOLL_CTL_ADD`).
     public func add(_ descriptor: Int32, events: Events, token: UInt64) throws(TransportError) {
-        try control(divvy_epoll_ctl_add(), descriptor, events, token, "ADD")
+        try control(EpollFlags.add, descriptor, events, token, "ADD")
     }
 
     /// Changes what `descriptor` is watched for (`EPOLL_CTL_MOD`).
     public func modify(_ descriptor: Int32, events: Events, token: UInt64) throws(TransportError) {
-        try control(divvy_epoll_ctl_mod(), descriptor, events, token, "MOD")
+        try control(EpollFlags.modify, descriptor, events, token, "MOD")
     }
 
-    /// Stops watching `descriptor` (`EPOLL_CTL_DEL`); closing a descriptor also removes it.
+    /// Stops watching `descriptor` (`EPOLL_CTL_DEL`); closing a descriptor also removes it, so removing one that
+    /// was already closed (`EBADF`) or never added (`ENOENT`) does nothing.
     public func remove(_ descriptor: Int32) {
-        _ = divvy_epoll_ctl(epollFD, divvy_epoll_ctl_del(), descriptor, 0, 0)
+        _ = systemEpollCtl(epollFD, EpollFlags.delete, descriptor, events: 0, data: 0, trapOnProgrammerError: false)
     }
 
     private func control(
         _ operation: Int32, _ descriptor: Int32, _ events: Events, _ token: UInt64, _ name: String
     ) throws(TransportError) {
-        if divvy_epoll_ctl(epollFD, operation, descriptor, events.rawValue, token) != 0 {
-            throw TransportError(.systemCallFailed, "epoll_ctl(\(name), fd \(descriptor)) failed", errno: divvy_errno())
+        if case .failure(let error) = systemEpollCtl(
+            epollFD, operation, descriptor, events: events.rawValue, data: token)
+        {
+            throw TransportError(.systemCallFailed, "epoll_ctl(\(name), fd \(descriptor)) failed", cause: error)
         }
     }
 
@@ -112,23 +112,25 @@ public final class EventPoller {
     /// - Returns: how many events were reported.
     @discardableResult
     public func wait(timeoutMilliseconds: Int32, _ body: (Event) -> Void) throws(TransportError) -> Int {
-        let count = tokens.withUnsafeMutableBufferPointer { tokens in
+        let result = tokens.withUnsafeMutableBufferPointer { tokens in
             masks.withUnsafeMutableBufferPointer { masks in
-                divvy_epoll_wait(epollFD, tokens.baseAddress, masks.baseAddress, 64, timeoutMilliseconds)
+                systemEpollWait(epollFD, data: tokens, events: masks, timeoutMilliseconds: timeoutMilliseconds)
             }
         }
-        if count < 0 {
-            let error = divvy_errno()
-            if error == EINTR { return 0 }
-            throw TransportError(.systemCallFailed, "epoll_wait failed", errno: error)
+        let count: Int
+        switch result {
+        case .success(let ready): count = ready
+        case .failure(.interrupted): return 0  // A signal: let the caller look at its flags.
+        case .failure(let error): throw TransportError(.systemCallFailed, "epoll_wait failed", cause: error)
         }
-        for i in 0..<Int(count) {
+        for i in 0..<count {
             if tokens[i] == Self.wakeToken {
+                // Non-blocking eventfd: EAGAIN when another wait drained it first.
                 var drained: UInt64 = 0
-                _ = read(eventFD, &drained, 8)
+                _ = withUnsafeMutableBytes(of: &drained) { systemRead(eventFD, into: $0) }
             }
             body(Event(token: tokens[i], events: Events(rawValue: masks[i])))
         }
-        return Int(count)
+        return count
     }
 }

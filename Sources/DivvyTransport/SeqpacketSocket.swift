@@ -1,4 +1,5 @@
-import CDivvy
+import DivvySystem
+import SystemPackage
 
 #if canImport(Glibc)
 import Glibc
@@ -29,34 +30,35 @@ public struct PeerCredentials: Hashable, Sendable, CustomStringConvertible {
 }
 
 /// An `AF_UNIX` `SOCK_SEQPACKET` socket: reliable, ordered datagrams (message boundaries kept) with descriptor
-/// passing. Owns its descriptor and closes it on `deinit` (or `close()`).
+/// passing. Owns its descriptor and closes it exactly once: on `close()`, or when the socket is destroyed.
 ///
 /// Not `Sendable`: one thread uses a socket at a time (the daemon's event loop, or one client).
 public final class SeqpacketSocket {
-    /// The descriptor (valid until `close()`).
+    /// The descriptor (valid until `close()` or `releaseDescriptor()`; -1 after).
     public private(set) var fileDescriptor: Int32
+    /// The owner of `fileDescriptor`: nil once closed or released. Setting it to nil closes the descriptor.
+    private var owner: OwnedDescriptor?
 
     /// Adopts an open descriptor; the socket now owns it.
+    ///
+    /// - Precondition: `fileDescriptor` is not negative.
     public init(adopting fileDescriptor: Int32) {
+        self.owner = OwnedDescriptor(taking: fileDescriptor)
         self.fileDescriptor = fileDescriptor
     }
 
-    deinit {
-        if fileDescriptor >= 0 { systemClose(fileDescriptor) }
-    }
-
-    /// Closes the descriptor (idempotent).
+    /// Closes the descriptor (`close(2)`; idempotent).
     public func close() {
-        if fileDescriptor >= 0 {
-            systemClose(fileDescriptor)
-            fileDescriptor = -1
-        }
+        owner = nil
+        fileDescriptor = -1
     }
 
     /// Gives up ownership of the descriptor without closing it (for handing a listener to a child process).
+    /// Returns -1 when the socket was already closed or released.
     public func releaseDescriptor() -> Int32 {
-        defer { fileDescriptor = -1 }
-        return fileDescriptor
+        fileDescriptor = -1
+        guard let released = owner.take() else { return -1 }
+        return released.take()
     }
 
     /// The largest path a `sockaddr_un` holds (excluding the terminating NUL).
@@ -84,13 +86,13 @@ public final class SeqpacketSocket {
         }
     }
 
-    private static func makeSocket(nonBlocking: Bool) throws(TransportError) -> Int32 {
+    private static func makeSocket(nonBlocking: Bool) throws(TransportError) -> SeqpacketSocket {
         var type = Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
         if nonBlocking { type |= Int32(SOCK_NONBLOCK.rawValue) }
-        switch retryingEINTR({ socket(AF_UNIX, type, 0) }) {
-        case .success(let fd): return fd
+        switch systemSocket(domain: AF_UNIX, type: type) {
+        case .success(let fd): return SeqpacketSocket(adopting: fd)
         case .failure(let error):
-            throw TransportError(.systemCallFailed, "socket(AF_UNIX, SOCK_SEQPACKET) failed", errno: error.value)
+            throw TransportError(.systemCallFailed, "socket(AF_UNIX, SOCK_SEQPACKET) failed", cause: error)
         }
     }
 
@@ -99,22 +101,21 @@ public final class SeqpacketSocket {
     /// - Throws: `.noListener` when nothing listens there (no file, or a stale file: `ECONNREFUSED`),
     ///   `.permissionDenied`, `.pathTooLong`, `.systemCallFailed`.
     public static func connect(path: String) throws(TransportError) -> SeqpacketSocket {
-        let fd = try makeSocket(nonBlocking: false)
+        let socket = try makeSocket(nonBlocking: false)
         let result = try withAddress(path) { address, length in
-            retryingEINTR { Glibc.connect(fd, address, length) }
+            systemConnect(socket.fileDescriptor, address, length)
         }
         if case .failure(let error) = result {
-            systemClose(fd)
-            switch error.value {
-            case ENOENT, ECONNREFUSED, ENOTDIR:
-                throw TransportError(.noListener, "no daemon listens at \(path)", errno: error.value)
-            case EACCES, EPERM:
-                throw TransportError(.permissionDenied, "not allowed to connect to \(path)", errno: error.value)
+            switch error {
+            case .noSuchFileOrDirectory, .connectionRefused, .notDirectory:
+                throw TransportError(.noListener, "no daemon listens at \(path)", cause: error)
+            case .permissionDenied, .notPermitted:
+                throw TransportError(.permissionDenied, "not allowed to connect to \(path)", cause: error)
             default:
-                throw TransportError(.systemCallFailed, "connect(\(path)) failed", errno: error.value)
+                throw TransportError(.systemCallFailed, "connect(\(path)) failed", cause: error)
             }
         }
-        return SeqpacketSocket(adopting: fd)
+        return socket
     }
 
     /// Binds a non-blocking listener at `path` and listens (`socket(2)`, `bind(2)`, `chmod(2)`, `listen(2)`).
@@ -137,34 +138,31 @@ public final class SeqpacketSocket {
                 .addressInUse,
                 "another process (a running divvyd?) already listens at \(path); stop it, or pass another --socket")
         }
-        var status = stat()
-        if lstat(path, &status) == 0 {
+        if case .success(let status) = systemLstat(path) {
             guard status.st_mode & S_IFMT == S_IFSOCK else {
                 throw TransportError(
                     .addressInUse, "\(path) exists and is not a socket; remove it or pass another --socket")
             }
-            _ = unlink(path)  // Stale: nobody accepts on it (the probe above was refused).
+            _ = systemUnlink(path)  // Stale: nobody accepts on it (the probe above was refused).
         }
-        let fd = try makeSocket(nonBlocking: true)
-        let bound = try withAddress(path) { address, length in retryingEINTR { bind(fd, address, length) } }
+        let socket = try makeSocket(nonBlocking: true)
+        let bound = try withAddress(path) { address, length in systemBind(socket.fileDescriptor, address, length) }
         if case .failure(let error) = bound {
-            systemClose(fd)
-            switch error.value {
-            case EADDRINUSE:
-                throw TransportError(.addressInUse, "\(path) is in use", errno: error.value)
-            case EACCES, EPERM:
-                throw TransportError(.permissionDenied, "not allowed to create \(path)", errno: error.value)
+            switch error {
+            case .addressInUse:
+                throw TransportError(.addressInUse, "\(path) is in use", cause: error)
+            case .permissionDenied, .notPermitted:
+                throw TransportError(.permissionDenied, "not allowed to create \(path)", cause: error)
             default:
-                throw TransportError(.systemCallFailed, "bind(\(path)) failed", errno: error.value)
+                throw TransportError(.systemCallFailed, "bind(\(path)) failed", cause: error)
             }
         }
         // Safe: the file was just created by bind(2); chmod sets exactly `mode` (bind applies the umask).
-        _ = chmod(path, mode)
-        if case .failure(let error) = retryingEINTR({ Glibc.listen(fd, backlog) }) {
-            systemClose(fd)
-            throw TransportError(.systemCallFailed, "listen(\(path)) failed", errno: error.value)
+        _ = systemChmod(path, mode: mode)
+        if case .failure(let error) = systemListen(socket.fileDescriptor, backlog: backlog) {
+            throw TransportError(.systemCallFailed, "listen(\(path)) failed", cause: error)
         }
-        return SeqpacketSocket(adopting: fd)
+        return socket
     }
 
     /// Takes over an inherited listening socket (socket activation): checks that it is an `AF_UNIX`
@@ -173,14 +171,20 @@ public final class SeqpacketSocket {
     ///
     /// - Throws: `.systemCallFailed` when the descriptor is not such a socket (the message says what it is).
     public static func adoptListener(_ descriptor: Int32) throws(TransportError) -> SeqpacketSocket {
+        // The descriptor is inherited, not ours yet: EBADF here is the environment's mistake, reported, not trapped.
+        var failure: Errno?
         func option(_ name: Int32) -> Int32? {
-            var value: Int32 = 0
-            var length = socklen_t(MemoryLayout<Int32>.size)
-            return getsockopt(descriptor, SOL_SOCKET, name, &value, &length) == 0 ? value : nil
+            switch systemGetSocketOption(descriptor, name, trapOnProgrammerError: false) {
+            case .success(let value): return value
+            case .failure(let error):
+                failure = error
+                return nil
+            }
         }
         guard let domain = option(SO_DOMAIN), let type = option(SO_TYPE), let listening = option(SO_ACCEPTCONN)
         else {
-            throw TransportError(.systemCallFailed, "inherited fd \(descriptor) is not a socket", errno: divvy_errno())
+            throw TransportError(
+                .systemCallFailed, "inherited fd \(descriptor) is not a socket", errno: failure?.rawValue ?? 0)
         }
         guard domain == AF_UNIX, type == Int32(SOCK_SEQPACKET.rawValue), listening != 0 else {
             throw TransportError(
@@ -188,60 +192,54 @@ public final class SeqpacketSocket {
                 "inherited fd \(descriptor) must be a listening AF_UNIX SOCK_SEQPACKET socket (domain \(domain), "
                     + "type \(type), listening \(listening != 0)); set ListenSequentialPacket= in the .socket unit")
         }
-        let flags = divvy_fcntl_int(descriptor, F_GETFL, 0)
-        _ = divvy_fcntl_int(descriptor, F_SETFL, flags | O_NONBLOCK)
-        _ = divvy_fcntl_int(descriptor, F_SETFD, FD_CLOEXEC)
-        return SeqpacketSocket(adopting: descriptor)
+        let socket = SeqpacketSocket(adopting: descriptor)
+        if case .success(let flags) = systemFcntl(descriptor, F_GETFL) {
+            _ = systemFcntl(descriptor, F_SETFL, flags | O_NONBLOCK)
+        }
+        _ = systemFcntl(descriptor, F_SETFD, FD_CLOEXEC)
+        return socket
     }
 
     /// A connected pair (`socketpair(2)`), blocking; for tests and for in-process baselines.
     public static func pair() throws(TransportError) -> (SeqpacketSocket, SeqpacketSocket) {
-        var fds: [Int32] = [-1, -1]
         let type = Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
-        if case .failure(let error) = retryingEINTR({ socketpair(AF_UNIX, type, 0, &fds) }) {
-            throw TransportError(.systemCallFailed, "socketpair(AF_UNIX, SOCK_SEQPACKET) failed", errno: error.value)
+        switch systemSocketpair(domain: AF_UNIX, type: type) {
+        case .success(let (first, second)): return (SeqpacketSocket(adopting: first), SeqpacketSocket(adopting: second))
+        case .failure(let error):
+            throw TransportError(.systemCallFailed, "socketpair(AF_UNIX, SOCK_SEQPACKET) failed", cause: error)
         }
-        return (SeqpacketSocket(adopting: fds[0]), SeqpacketSocket(adopting: fds[1]))
     }
 
     /// Accepts one pending connection (non-blocking, close-on-exec), or nil when none is pending.
     ///
     /// - Throws: `.systemCallFailed` (e.g. `EMFILE`: out of descriptors).
     public func accept() throws(TransportError) -> SeqpacketSocket? {
-        switch retryingEINTR({ divvy_accept_nonblocking(fileDescriptor) }) {
+        switch systemAcceptNonblocking(fileDescriptor) {
         case .success(let fd): return SeqpacketSocket(adopting: fd)
-        case .failure(let error) where error.value == EAGAIN || error.value == EWOULDBLOCK: return nil
-        case .failure(let error) where error.value == ECONNABORTED: return nil
-        case .failure(let error): throw TransportError(.systemCallFailed, "accept4 failed", errno: error.value)
+        case .failure(.wouldBlock), .failure(.resourceTemporarilyUnavailable): return nil
+        case .failure(.connectionAbort): return nil
+        case .failure(let error): throw TransportError(.systemCallFailed, "accept4 failed", cause: error)
         }
     }
 
     /// The peer's kernel-recorded credentials (`getsockopt(SO_PEERCRED)`).
     public func peerCredentials() throws(TransportError) -> PeerCredentials {
-        var pid: Int32 = 0
-        var uid: UInt32 = 0
-        var gid: UInt32 = 0
-        guard divvy_peer_credentials(fileDescriptor, &pid, &uid, &gid) == 0 else {
-            throw TransportError(.systemCallFailed, "getsockopt(SO_PEERCRED) failed", errno: divvy_errno())
+        let credentials: (pid: Int32, uid: UInt32, gid: UInt32)
+        switch systemPeerCredentials(fileDescriptor) {
+        case .success(let peer): credentials = peer
+        case .failure(let error):
+            throw TransportError(.systemCallFailed, "getsockopt(SO_PEERCRED) failed", cause: error)
         }
         // Supplementary groups: a member of the daemon's group through a secondary membership must match a gid rule.
-        var groups = [UInt32](repeating: 0, count: 64)
-        var count = divvy_peer_groups(fileDescriptor, &groups, Int32(groups.count))
-        if count > Int32(groups.count) {
-            groups = [UInt32](repeating: 0, count: Int(count))
-            count = divvy_peer_groups(fileDescriptor, &groups, Int32(groups.count))
-        }
-        return PeerCredentials(pid: pid, uid: uid, gid: gid, groups: Array(groups.prefix(max(0, Int(count)))))
+        // A kernel without SO_PEERGROUPS (before 4.13) gives none.
+        let groups = (try? systemPeerGroups(fileDescriptor).get()) ?? []
+        return PeerCredentials(pid: credentials.pid, uid: credentials.uid, gid: credentials.gid, groups: groups)
     }
 
     /// Sets a receive timeout (`SO_RCVTIMEO`); nil blocks forever.
     public func setReceiveTimeout(milliseconds: Int?) throws(TransportError) {
-        let ms = milliseconds ?? 0
-        var value = timeval(tv_sec: ms / 1000, tv_usec: (ms % 1000) * 1000)
-        let result = setsockopt(
-            fileDescriptor, SOL_SOCKET, SO_RCVTIMEO, &value, socklen_t(MemoryLayout<timeval>.size))
-        if result != 0 {
-            throw TransportError(.systemCallFailed, "setsockopt(SO_RCVTIMEO) failed", errno: divvy_errno())
+        if case .failure(let error) = systemSetReceiveTimeout(fileDescriptor, milliseconds: milliseconds ?? 0) {
+            throw TransportError(.systemCallFailed, "setsockopt(SO_RCVTIMEO) failed", cause: error)
         }
     }
 
@@ -258,26 +256,28 @@ public final class SeqpacketSocket {
     ///
     /// - Throws: `.closed` when the peer is gone (`EPIPE`, `ECONNRESET`), `.systemCallFailed`.
     public func send(_ bytes: UnsafeRawBufferPointer, descriptor: Int32? = nil) throws(TransportError) -> SendResult {
-        let result: Result<Int, Errno32>
+        let result: Result<Int, Errno>
         if let descriptor {
-            result = retryingEINTR {
-                divvy_send_with_fd(fileDescriptor, bytes.baseAddress, bytes.count, descriptor, Int32(MSG_NOSIGNAL))
+            result = withUnsafePointer(to: descriptor) { one in
+                systemSendWithDescriptors(
+                    fileDescriptor, bytes, descriptors: UnsafeBufferPointer(start: one, count: 1),
+                    flags: Int32(MSG_NOSIGNAL))
             }
         } else {
-            result = retryingEINTR { Glibc.send(fileDescriptor, bytes.baseAddress, bytes.count, Int32(MSG_NOSIGNAL)) }
+            result = systemSend(fileDescriptor, bytes, flags: Int32(MSG_NOSIGNAL))
         }
         return try Self.sendOutcome(result)
     }
 
     /// A send's result as the caller sees it (shared by the send variants).
-    private static func sendOutcome(_ result: Result<Int, Errno32>) throws(TransportError) -> SendResult {
+    private static func sendOutcome(_ result: Result<Int, Errno>) throws(TransportError) -> SendResult {
         switch result {
         case .success: return .sent
-        case .failure(let error) where error.value == EAGAIN || error.value == EWOULDBLOCK: return .wouldBlock
-        case .failure(let error) where error.value == EPIPE || error.value == ECONNRESET:
-            throw TransportError(.closed, "the peer closed the connection", errno: error.value)
+        case .failure(.wouldBlock), .failure(.resourceTemporarilyUnavailable): return .wouldBlock
+        case .failure(let error) where error == .brokenPipe || error == .connectionReset:
+            throw TransportError(.closed, "the peer closed the connection", cause: error)
         case .failure(let error):
-            throw TransportError(.systemCallFailed, "send failed", errno: error.value)
+            throw TransportError(.systemCallFailed, "send failed", cause: error)
         }
     }
 
@@ -287,11 +287,7 @@ public final class SeqpacketSocket {
     public func send(_ bytes: [UInt8], descriptors: [Int32]) throws(TransportError) -> SendResult {
         let result = bytes.withUnsafeBytes { raw in
             descriptors.withUnsafeBufferPointer { fds in
-                retryingEINTR {
-                    divvy_send_with_fds(
-                        fileDescriptor, raw.baseAddress, raw.count, fds.baseAddress, Int32(fds.count),
-                        Int32(MSG_NOSIGNAL))
-                }
+                systemSendWithDescriptors(fileDescriptor, raw, descriptors: fds, flags: Int32(MSG_NOSIGNAL))
             }
         }
         return try Self.sendOutcome(result)
@@ -304,9 +300,12 @@ public final class SeqpacketSocket {
     public func receive(
         into buffer: UnsafeMutableRawBufferPointer, descriptors: inout [Int32], capacity: Int = 8
     ) throws(TransportError) -> ReceiveResult {
-        let (result, fds, truncated) = receiveWithDescriptors(into: buffer, capacity: min(8, max(0, capacity)))
-        descriptors = fds
-        return try receiveOutcome(result, descriptor: descriptors.first, truncated: truncated != 0, wanted: buffer.count)
+        let (result, ancillary) = systemReceiveWithDescriptors(
+            fileDescriptor, into: buffer, capacity: min(8, max(0, capacity)))
+        descriptors = ancillary.descriptors
+        return try receiveOutcome(
+            result, descriptor: descriptors.first,
+            truncated: ancillary.dataTruncated || ancillary.controlTruncated, wanted: buffer.count)
     }
 
     /// Sends one datagram from an array (see `send(_:descriptor:)`).
@@ -332,13 +331,10 @@ public final class SeqpacketSocket {
     ///
     /// - Throws: `.timedOut` after `setReceiveTimeout`, `.closed` on `ECONNRESET`, `.systemCallFailed`.
     public func receive(into buffer: UnsafeMutableRawBufferPointer) throws(TransportError) -> ReceiveResult {
-        var descriptor: Int32 = -1
-        var truncated: Int32 = 0
-        let result = retryingEINTR {
-            divvy_recv_with_fd(fileDescriptor, buffer.baseAddress, buffer.count, &descriptor, &truncated, 0)
-        }
+        let (result, ancillary) = systemReceiveWithDescriptors(fileDescriptor, into: buffer, capacity: 1)
         return try receiveOutcome(
-            result, descriptor: descriptor >= 0 ? descriptor : nil, truncated: truncated != 0, wanted: buffer.count)
+            result, descriptor: ancillary.descriptors.first,
+            truncated: ancillary.dataTruncated || ancillary.controlTruncated, wanted: buffer.count)
     }
 
     /// The outcome of `receiveRequest(into:)`.
@@ -359,59 +355,42 @@ public final class SeqpacketSocket {
     ///
     /// - Throws: `.closed` on `ECONNRESET`, `.systemCallFailed`.
     public func receiveRequest(into buffer: UnsafeMutableRawBufferPointer) throws(TransportError) -> RequestReceipt {
-        let (result, fds, truncated) = receiveWithDescriptors(into: buffer, capacity: 8)
-        for fd in fds { systemClose(fd) }
-        let carried = !fds.isEmpty || truncated & 2 != 0
+        let (result, ancillary) = systemReceiveWithDescriptors(fileDescriptor, into: buffer, capacity: 8)
+        for fd in ancillary.descriptors { OwnedDescriptor(taking: fd).close() }
+        let carried = !ancillary.descriptors.isEmpty || ancillary.controlTruncated
         switch result {
         case .success(0) where buffer.count > 0 && !carried: return .endOfFile
         case .success(let received):
-            return .datagram(count: received, dataTruncated: truncated & 1 != 0, carriedDescriptors: carried)
-        case .failure(let error) where error.value == EAGAIN || error.value == EWOULDBLOCK: return .wouldBlock
-        case .failure(let error) where error.value == ECONNRESET:
-            throw TransportError(.closed, "the peer reset the connection", errno: error.value)
+            return .datagram(count: received, dataTruncated: ancillary.dataTruncated, carriedDescriptors: carried)
+        case .failure(.wouldBlock), .failure(.resourceTemporarilyUnavailable): return .wouldBlock
+        case .failure(.connectionReset):
+            throw TransportError(.closed, "the peer reset the connection", cause: .connectionReset)
         case .failure(let error):
-            throw TransportError(.systemCallFailed, "recvmsg failed", errno: error.value)
+            throw TransportError(.systemCallFailed, "recvmsg failed", cause: error)
         }
-    }
-
-    /// recvmsg(2) through the shim with room for `capacity` descriptors: the result, the descriptors received (the
-    /// caller owns them) and the shim's truncation bits (1: `MSG_TRUNC`, 2: `MSG_CTRUNC`).
-    private func receiveWithDescriptors(
-        into buffer: UnsafeMutableRawBufferPointer, capacity: Int
-    ) -> (result: Result<Int, Errno32>, descriptors: [Int32], truncated: Int32) {
-        var fds = [Int32](repeating: -1, count: capacity)
-        var count: Int32 = 0
-        var truncated: Int32 = 0
-        let result = fds.withUnsafeMutableBufferPointer { fds in
-            retryingEINTR {
-                divvy_recv_with_fds(
-                    fileDescriptor, buffer.baseAddress, buffer.count, fds.baseAddress, Int32(fds.count), &count,
-                    &truncated, 0)
-            }
-        }
-        return (result, Array(fds.prefix(Int(count))), truncated)
     }
 
     /// A receive's result as the caller sees it (shared by the receive variants).
     private func receiveOutcome(
-        _ result: Result<Int, Errno32>, descriptor: Int32?, truncated: Bool, wanted: Int
+        _ result: Result<Int, Errno>, descriptor: Int32?, truncated: Bool, wanted: Int
     ) throws(TransportError) -> ReceiveResult {
         switch result {
         case .success(0) where wanted > 0 && descriptor == nil: return .endOfFile
         case .success(let count): return .datagram(count: count, descriptor: descriptor, truncated: truncated)
-        case .failure(let error) where error.value == EAGAIN || error.value == EWOULDBLOCK:
+        case .failure(let error) where error == .wouldBlock || error == .resourceTemporarilyUnavailable:
             if isBlocking {
-                throw TransportError(.timedOut, "no reply from the peer in time", errno: error.value)
+                throw TransportError(.timedOut, "no reply from the peer in time", cause: error)
             }
             return .wouldBlock
-        case .failure(let error) where error.value == ECONNRESET:
-            throw TransportError(.closed, "the peer reset the connection", errno: error.value)
+        case .failure(.connectionReset):
+            throw TransportError(.closed, "the peer reset the connection", cause: .connectionReset)
         case .failure(let error):
-            throw TransportError(.systemCallFailed, "recvmsg failed", errno: error.value)
+            throw TransportError(.systemCallFailed, "recvmsg failed", cause: error)
         }
     }
 
     private var isBlocking: Bool {
-        divvy_fcntl_int(fileDescriptor, F_GETFL, 0) & O_NONBLOCK == 0
+        guard case .success(let flags) = systemFcntl(fileDescriptor, F_GETFL) else { return true }
+        return flags & O_NONBLOCK == 0
     }
 }

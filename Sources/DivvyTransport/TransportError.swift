@@ -1,6 +1,5 @@
-#if canImport(Glibc)
-import Glibc
-#endif
+import DivvySystem
+import SystemPackage
 
 /// An error from a Unix-socket operation: what failed, on which path or peer, and the `errno` behind it.
 ///
@@ -41,8 +40,21 @@ public struct TransportError: Error, Hashable, Sendable, CustomStringConvertible
         self.errno = errno
     }
 
+    /// Creates an error caused by a failed system call.
+    ///
+    /// - Parameters:
+    ///   - code: what kind of failure this is.
+    ///   - message: what happened, to what, and what to do.
+    ///   - cause: the system call's errno, as swift-system's `Errno` (stored in `errno`).
+    public init(_ code: Code, _ message: String, cause: Errno) {
+        self.init(code, message, errno: cause.rawValue)
+    }
+
+    /// The `errno` as swift-system's `Errno` (the type every Divvy system call reports), or nil if none.
+    public var cause: Errno? { errno == 0 ? nil : Errno(rawValue: errno) }
+
     /// The message, with the system's text for `errno` when there is one.
     public var description: String {
-        errno == 0 ? message : "\(message): \(String(cString: strerror(errno))) (errno \(errno))"
+        errno == 0 ? message : "\(message): \(systemErrorDescription(errno)) (errno \(errno))"
     }
 }

@@ -85,6 +85,31 @@ final class MetricsListenerTests: XCTestCase {
         }
     }
 
+    /// The listening socket is closed exactly once, by whoever owns it then: the listener itself when it never
+    /// served, the serving thread once it has been stopped. Either way the port can be bound again.
+    func testTheListenersSocketIsClosedWhetherItServedOrNot() async throws {
+        var idle: MetricsListenerService? = try MetricsListenerService(listen: "127.0.0.1:0")
+        let idlePort = idle!.port
+        idle = nil
+        _ = try MetricsListenerService(listen: "127.0.0.1:\(idlePort)")
+
+        let daemon = try TestDaemon()
+        let served = try MetricsListenerService(listen: "127.0.0.1:0")
+        served.serve(daemon.server)
+        let task = Task { await served.run() }
+        XCTAssertTrue(try get("/metrics", port: served.port).hasPrefix("HTTP/1.1 200 OK\r\n"))
+        task.cancel()
+        await task.value
+        // The serving thread closes the socket after its accept(2) wakes: bounded wait for the port to be free.
+        var rebound: MetricsListenerService?
+        for _ in 0..<200 where rebound == nil {
+            rebound = try? MetricsListenerService(listen: "127.0.0.1:\(served.port)")
+            if rebound == nil { try await Task.sleep(for: .milliseconds(10)) }
+        }
+        XCTAssertNotNil(rebound, "port \(served.port) is free once the service has ended")
+        daemon.stop()
+    }
+
     /// divvyd with `metrics-listen`: the listener is a service of its group, serving while the daemon runs; a port
     /// in use stops divvyd before it starts.
     func testDivvydServesMetricsFromItsServiceGroup() throws {

@@ -7,6 +7,41 @@ import Glibc
 #endif
 
 final class TransportTests: XCTestCase {
+    /// Whether `fd` is open in this process (fcntl(F_GETFD) fails with EBADF once it is closed).
+    private func isOpen(_ fd: Int32) -> Bool { fcntl(fd, F_GETFD) != -1 }
+
+    /// A socket owns its descriptor through the system layer: closed exactly once (a second close, or the deinit
+    /// after close, would trap on EBADF), kept open when released.
+    func testASocketClosesItsDescriptorOnceAndReleaseHandsItOver() throws {
+        var (a, b): (SeqpacketSocket?, SeqpacketSocket?) = try SeqpacketSocket.pair()
+        let first = a!.fileDescriptor
+        let second = b!.fileDescriptor
+        a!.close()
+        XCTAssertFalse(isOpen(first), "close() closes")
+        XCTAssertEqual(a!.fileDescriptor, -1)
+        a!.close()  // Idempotent: no second close(2).
+        a = nil  // deinit after close: no second close(2) either.
+        let released = b!.releaseDescriptor()
+        XCTAssertEqual(released, second)
+        XCTAssertEqual(b!.releaseDescriptor(), -1, "released once")
+        b = nil
+        XCTAssertTrue(isOpen(second), "a released descriptor survives the socket")
+        close(second)
+        let (c, d) = try SeqpacketSocket.pair()
+        let third = c.fileDescriptor
+        withExtendedLifetime(d) {}
+        _ = consume c
+        XCTAssertFalse(isOpen(third), "the deinit closes")
+    }
+
+    func testTransportErrorCarriesSwiftSystemsErrno() {
+        let error = TransportError(.closed, "the peer closed the connection", cause: .brokenPipe)
+        XCTAssertEqual(error.errno, EPIPE)
+        XCTAssertEqual(error.cause, .brokenPipe)
+        XCTAssertNil(TransportError(.pathTooLong, "too long").cause)
+        XCTAssertTrue(error.description.contains("(errno \(EPIPE))"), error.description)
+    }
+
     func testPeerCredentialsIncludeSupplementaryGroups() throws {
         let (a, b) = try SeqpacketSocket.pair()
         let credentials = try b.peerCredentials()

@@ -5,6 +5,7 @@ import SystemPackage
 import XCTest
 
 @testable import DivvyShm
+import DivvySystem
 import DivvyTestSupport
 
 #if canImport(Glibc)
@@ -239,6 +240,20 @@ final class SharedRegionTests: ShmTestCase {
         XCTAssertEqual(ftruncate(region.fileDescriptor.rawValue, off_t(region.geometry.totalSize * 2)), -1)
         XCTAssertEqual(errno, EPERM, "F_SEAL_GROW")
         XCTAssertTrue(shmObjects().isEmpty, "memfd regions have no name in /dev/shm")
+    }
+
+    /// A region owns its descriptors (the region's and its data object's): both close when the region is destroyed,
+    /// once (a second close would trap on EBADF).
+    func testARegionClosesItsDescriptorsWhenDestroyed() throws {
+        var region: SharedRegion? = try SharedRegion.createAnonymous(
+            .init(dataSize: 1 << 20, separateDataObject: true))
+        let fd = region!.fileDescriptor.rawValue
+        let dataFD = try XCTUnwrap(region!.dataFileDescriptor).rawValue
+        XCTAssertNotEqual(fcntl(fd, F_GETFD), -1)
+        XCTAssertNotEqual(fcntl(dataFD, F_GETFD), -1)
+        region = nil
+        XCTAssertEqual(fcntl(fd, F_GETFD), -1, "the region's descriptor closed with it")
+        XCTAssertEqual(fcntl(dataFD, F_GETFD), -1, "the data object's descriptor closed with it")
     }
 
     func testNamedRegionIsOpenedByAChildProcess() throws {

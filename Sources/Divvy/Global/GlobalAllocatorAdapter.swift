@@ -1,5 +1,3 @@
-import CDivvy
-
 #if canImport(Glibc)
 import Glibc
 #elseif canImport(Musl)
@@ -209,11 +207,11 @@ extension CAllocationAdapter {
             return EINVAL
         }
         guard size >= 0, bits <= UInt(strategy.maximumAlignment) else { return ENOMEM }
-        let saved = divvy_errno()
+        let saved = _errno
         // Safe: bits <= maximumAlignment, an Int.
         let pointer = strategy.allocate(
             size: size, alignment: Swift.max(Int(bitPattern: bits), Self.minimumAlignment))
-        divvy_set_errno(saved)
+        _errno = saved
         guard let pointer else { return ENOMEM }
         memptr.pointee = pointer
         return 0
@@ -297,9 +295,18 @@ extension CAllocationAdapter {
     /// Sets errno and returns nil: every failing C function ends here.
     @inlinable
     internal func _fail(_ code: Int32) -> UnsafeMutableRawPointer? {
-        divvy_set_errno(code)
+        _errno = code
         return nil
     }
+}
+
+/// The calling thread's `errno`. C's `errno` is a macro over `__errno_location()` (glibc and musl alike); calling
+/// that directly needs no C shim, and works in Embedded Swift too, which has no Glibc overlay
+/// (deploy/build-libdivvymalloc.sh). Not a system call, so not in DivvySystem: this file is also compiled without it.
+@inlinable
+internal var _errno: Int32 {
+    get { __errno_location().pointee }
+    set { __errno_location().pointee = newValue }
 }
 
 /// The page size, from `sysconf(_SC_PAGESIZE)` (no lazy global: this runs inside `malloc`).

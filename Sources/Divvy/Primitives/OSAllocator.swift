@@ -1,11 +1,6 @@
-import CDivvy
+import DivvySystem
 import SystemPackage
 
-#if canImport(Glibc)
-import Glibc
-#elseif canImport(Musl)
-import Musl
-#endif
 
 /// Memory straight from the kernel: `mmap` to allocate, `munmap` to free, `mremap` to grow. The seed crate's `Os`.
 ///
@@ -166,7 +161,7 @@ public struct OSAllocator: Allocator, InPlaceResizingAllocator, SizeRoundingAllo
 
     /// The base page size (`sysconf(_SC_PAGESIZE)`), 4096 on x86_64.
     public static let pageSize: Int = {
-        let size = sysconf(Int32(_SC_PAGESIZE))
+        let size = systemPageSize()
         return size > 0 ? size : 4096
     }()
 
@@ -638,7 +633,8 @@ extension OSAllocator {
     /// - Throws: `.invalidLayout` (length not positive, offset negative or not a multiple of the page size of
     ///   `pages`); `.outOfMemory` (ENOMEM: address space, map count, or huge page pool exhausted);
     ///   `.systemCallFailed` otherwise (EACCES for a descriptor that does not allow `access`, EBADF, ENODEV, …),
-    ///   with errno in `systemError`. Nothing is mapped then.
+    ///   with errno in `systemError`. Nothing is mapped then. (`fileDescriptor` is the caller's: a closed one is
+    ///   reported, not trapped on, unlike the descriptors Divvy owns.)
     /// - Complexity: one or two system calls.
     public static func mapShared(
         fileDescriptor: Int32, offset: Int, length: Int, access: SharedAccess, pages: PageKind = .base
@@ -655,9 +651,12 @@ extension OSAllocator {
                 .invalidLayout, "a hugetlbfs mapping's length must be a multiple of its huge page size",
                 size: length, alignment: granule)
         }
-        let protection = access == .readWrite ? MapFlags.readWrite : PROT_READ
+        let protection = access == .readWrite ? MapFlags.readWrite : MapFlags.readOnly
         let start: UnsafeMutableRawPointer
-        switch pointerOrErrno({ mmap(nil, length, protection, MAP_SHARED, fileDescriptor, off_t(offset)) }) {
+        switch systemMmapFile(
+            at: nil, length: length, protection: protection, flags: MapFlags.shared, fd: fileDescriptor, offset: offset,
+            trapOnProgrammerError: false)
+        {
         case .success(let mapped): start = mapped
         case .failure(let error):
             throw AllocationError(

@@ -1,3 +1,4 @@
+import DivvySystem
 #if canImport(FoundationEssentials)
 import FoundationEssentials
 #else
@@ -108,14 +109,17 @@ public struct SocketActivation: Hashable, Sendable {
         }
         guard let activation = try parse(environment: environment) else { return nil }
         for socket in activation.sockets {
-            let flags = fcntl(socket.descriptor, F_GETFD)
-            guard flags >= 0 else {
+            // Inherited, not ours yet: a closed one is the environment's mistake, reported rather than trapped on.
+            let flags: Int32
+            switch systemFcntl(socket.descriptor, F_GETFD, trapOnProgrammerError: false) {
+            case .success(let value): flags = value
+            case .failure(let error):
                 throw SystemdError(
                     .badDescriptor,
                     "LISTEN_FDS=\(activation.sockets.count) but descriptor \(socket.descriptor) is not open "
-                        + "(\(String(cString: strerror(errno))))")
+                        + "(\(systemErrorDescription(error.rawValue)))")
             }
-            _ = fcntl(socket.descriptor, F_SETFD, flags | FD_CLOEXEC)
+            _ = systemFcntl(socket.descriptor, F_SETFD, flags | FD_CLOEXEC)
         }
         return activation
     }

@@ -3,6 +3,7 @@ import FoundationEssentials
 #else
 import Foundation
 #endif
+import DivvySystem
 import Logging
 
 #if canImport(Glibc)
@@ -19,7 +20,8 @@ import Glibc
 /// `DivvyServer`'s hooks.
 ///
 /// ```swift
-/// import Logging
+/// import DivvySystem
+import Logging
 ///
 /// let logger = Logger(label: "divvyd")
 /// let notifier = SystemdNotifier.fromProcessEnvironment(logger: logger)   // nil: not under systemd
@@ -121,7 +123,8 @@ public final class SystemdNotifier: @unchecked Sendable {
     /// How often the watchdog is pinged: half its timeout (nil without a watchdog).
     public var pingInterval: Duration? { watchdogInterval.map { $0 / 2 } }
 
-    private let socket: Int32
+    /// The datagram socket notifications leave through (closed once, when the notifier is destroyed).
+    private let socket: OwnedDescriptor
     private let logger: Logger?
     private let lock = ProcessLock()
     // Guarded by `lock`.
@@ -137,17 +140,17 @@ public final class SystemdNotifier: @unchecked Sendable {
     /// - Parameter logger: where the first failed send (and a failure to create the socket) is reported.
     public init?(settings: Settings, logger: Logger? = nil) {
         let type = Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
-        let fd = Glibc.socket(AF_UNIX, type, 0)
-        guard fd >= 0 else {
-            let error = errno
+        let fd: OwnedDescriptor
+        switch systemSocket(domain: AF_UNIX, type: type) {
+        case .success(let opened): fd = OwnedDescriptor(taking: opened)
+        case .failure(let error):
             logger?.warning(
                 "cannot create the sd_notify socket; systemd will not hear from divvyd",
-                metadata: ["error": "\(String(cString: strerror(error))) (errno \(error))"])
+                metadata: ["error": "\(systemErrorDescription(error.rawValue)) (errno \(error.rawValue))"])
             return nil
         }
         // Bounds the wait of the notifications systemd acts on (see `notify(_:)`); the others never wait.
-        var timeout = timeval(tv_sec: 1, tv_usec: 0)
-        _ = setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        _ = systemSetSendTimeout(fd.rawValue, milliseconds: 1000)
         self.socket = fd
         self.logger = logger
         self.destination = settings.destination
@@ -175,10 +178,6 @@ public final class SystemdNotifier: @unchecked Sendable {
             if unsetEnvironment { unsetenv(name) }
         }
         return SystemdNotifier(environment: environment, logger: logger)
-    }
-
-    deinit {
-        _ = Glibc.close(socket)
     }
 
     /// Sends that failed so far (no listener, queue full, …).
@@ -282,18 +281,16 @@ public final class SystemdNotifier: @unchecked Sendable {
         withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: name) }
         let length = socklen_t(MemoryLayout<sa_family_t>.size + name.count)
         let flags = Int32(MSG_NOSIGNAL) | (nonBlocking ? Int32(MSG_DONTWAIT) : 0)
-        var result: Int
-        repeat {
-            result = withUnsafePointer(to: &address) { pointer in
-                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { socketAddress in
-                    payload.withUnsafeBytes { bytes in
-                        sendto(socket, bytes.baseAddress, bytes.count, flags, socketAddress, length)
-                    }
+        let fd = socket.rawValue
+        let result = withUnsafePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { socketAddress in
+                payload.withUnsafeBytes { bytes in
+                    systemSendTo(fd, bytes, flags: flags, to: socketAddress, length: length)
                 }
             }
-        } while result < 0 && errno == EINTR
-        if result >= 0 { return true }
-        let error = errno
+        }
+        guard case .failure(let failure) = result else { return true }
+        let error = failure.rawValue
         lock.lock()
         failures += 1
         let first = failures == 1
@@ -303,7 +300,7 @@ public final class SystemdNotifier: @unchecked Sendable {
                 "could not notify the service manager (further failures are not logged)",
                 metadata: [
                     "notify_socket": "\(destination)", "message": "\(state.prefix(while: { $0 != "=" }))",
-                    "error": "\(String(cString: strerror(error))) (errno \(error))",
+                    "error": "\(systemErrorDescription(error)) (errno \(error))",
                 ])
         }
         return false

@@ -263,7 +263,7 @@ struct HeapCounts {
     }
 }
 
-func heapReadHandles(_ path: String) -> [SharedHeapHandle] {
+func heapReadHandles(_ path: String, _ heap: SharedHeap) -> [SharedHeapHandle] {
     guard let file = fopen(path, "r") else { fail(64, "cannot read \(path)") }
     defer { fclose(file) }
     var handles: [SharedHeapHandle] = []
@@ -272,7 +272,7 @@ func heapReadHandles(_ path: String) -> [SharedHeapHandle] {
     while getline(&line, &capacity, file) > 0 {
         let text = String(cString: line!)
         if let word = text.split(separator: " ").first, let raw = UInt64(word.trimmingSuffix()) {
-            handles.append(SharedHeapHandle(legacyRawValue: raw))
+            handles.append(handle64(heap, raw))
         }
     }
     Glibc.free(line)
@@ -321,19 +321,19 @@ struct HelperRandom {
 /// Fills the block with its pattern.
 func heapFill(_ heap: SharedHeap, _ handle: SharedHeapHandle) throws(SharedHeapError) {
     let size = try heap.blockSize(of: handle)
-    try heap.pointer(for: handle).initializeMemory(as: UInt8.self, repeating: heapPattern(handle.legacyRawValue), count: size)
+    try heap.pointer(for: handle).initializeMemory(as: UInt8.self, repeating: heapPattern(raw64(handle)), count: size)
 }
 
 /// True when the whole block holds its pattern.
 func heapCheck(_ heap: SharedHeap, _ handle: SharedHeapHandle) throws(SharedHeapError) -> Bool {
     let size = try heap.blockSize(of: handle)
     let bytes = UnsafeRawBufferPointer(start: try heap.pointer(for: handle), count: size)
-    return bytes.allSatisfy { $0 == heapPattern(handle.legacyRawValue) }
+    return bytes.allSatisfy { $0 == heapPattern(raw64(handle)) }
 }
 
 /// Takes a handle someone deposited: adopt, check, free. Counts stale handles (the depositor freed it first).
 func heapTakeOver(_ me: SharedHeap.Participant, _ raw: UInt64, _ counts: inout HeapCounts) {
-    let handle = SharedHeapHandle(legacyRawValue: raw)
+    let handle = handle64(me.heap, raw)
     do {
         try me.adopt(handle)
     } catch where error.code == .staleHandle || error.code == .alreadyHeld {
@@ -379,7 +379,7 @@ func heapStressWorker(
                 if random.below(2) == 0 {
                     // Ordering: acquiring and releasing: publishes the block's contents to the taker, and
                     // acquires the contents of the block we take out.
-                    let previous = slot(random.below(slots)).exchange(handle.legacyRawValue, ordering: .acquiringAndReleasing)
+                    let previous = slot(random.below(slots)).exchange(raw64(handle), ordering: .acquiringAndReleasing)
                     if previous != 0 { heapTakeOver(me, previous, &counts) }
                 }
             } else if choice < 7 {
@@ -447,20 +447,20 @@ func runHeapHelper() -> Never {
                     let handle = try me.allocate(randomBlockSize(heap, &random))
                     counts.allocated += 1
                     try heapFill(heap, handle)
-                    text += "\(handle.legacyRawValue) \(try heap.blockSize(of: handle))\n"
+                    text += "\(raw64(handle)) \(try heap.blockSize(of: handle))\n"
                 }
                 heapWriteFile(path, text)
             case "adopt":
-                for handle in heapReadHandles(next()) {
+                for handle in heapReadHandles(next(), heap) {
                     try me.adopt(handle)
                     counts.adopted += 1
                     guard try heapCheck(heap, handle) else { fail(1, "block \(handle) does not hold its pattern") }
                 }
             case "free-file":
-                for handle in heapReadHandles(next()) where try me.free(handle) { counts.released += 1 }
+                for handle in heapReadHandles(next(), heap) where try me.free(handle) { counts.released += 1 }
             case "free-expect":
                 let (path, code) = (next(), next())
-                for handle in heapReadHandles(path) {
+                for handle in heapReadHandles(path, heap) {
                     do {
                         try me.free(handle)
                         fail(1, "free of \(handle) succeeded, expected \(code)")
@@ -490,7 +490,7 @@ func runHeapHelper() -> Never {
                 if !report.isClean { fail(1, "verify: \(report)") }
             case "stress":
                 let (threads, iterations, seed) = (nextInt(), nextInt(), UInt64(nextInt()))
-                let mailboxHandle = SharedHeapHandle(legacyRawValue: UInt64(next())!)
+                let mailboxHandle = handle64(heap, UInt64(next())!)
                 let slots = nextInt()
                 let mailbox = try heap.pointer(for: mailboxHandle)
                 let results = HelperCountsBox(threads)
@@ -528,7 +528,7 @@ func runPageChurnWorker() -> Never {
         let region = try SharedRegion.open(name: name, namePrefix: prefix)
         let heap = try SharedHeap.attach(to: region)
         let me = try heap.join(name: "page-churn")
-        let mailbox = try heap.pointer(for: SharedHeapHandle(legacyRawValue: mailboxRaw))
+        let mailbox = try heap.pointer(for: handle64(heap, mailboxRaw))
         let ready = UnsafeAtomic<UInt64>(at: mailbox.assumingMemoryBound(to: UnsafeAtomic<UInt64>.Storage.self))
         var random = HelperRandom(state: seed)
         // Ordering: releasing; the parent waits for it (acquiring) before it starts the kill timer.
@@ -566,7 +566,7 @@ func runTortureWorker() -> Never {
         let region = try SharedRegion.open(name: name, namePrefix: prefix)
         let heap = try SharedHeap.attach(to: region)
         let participants = try (0..<count).map { _ in try heap.join(name: "torture") }
-        let mailbox = try heap.pointer(for: tortureHandle(heap, mailboxRaw))
+        let mailbox = try heap.pointer(for: handle64(heap, mailboxRaw))
         func slot(_ index: Int) -> UnsafeAtomic<UInt64> {
             UnsafeAtomic<UInt64>(at: (mailbox + 8 * index).assumingMemoryBound(to: UnsafeAtomic<UInt64>.Storage.self))
         }
@@ -599,7 +599,7 @@ func runTortureWorker() -> Never {
                 if random.below(2) == 0 {
                     // Ordering: releasing, so the parent's acquiring exchange sees the block's contents.
                     _ = slot(3 + random.below(13)).compareExchange(
-                        expected: 0, desired: tortureRaw(handle), successOrdering: .releasing,
+                        expected: 0, desired: raw64(handle), successOrdering: .releasing,
                         failureOrdering: .relaxed)
                 }
             } else if choice < 7 || (choice == 10 && stopSlot < 0) {
@@ -616,7 +616,7 @@ func runTortureWorker() -> Never {
                     : 16 + random.below(16)
                 let raw = slot(from).exchange(0, ordering: .acquiringAndReleasing)
                 guard raw != 0 else { continue }
-                let handle = tortureHandle(heap, raw)
+                let handle = handle64(heap, raw)
                 let adoption = Result { () throws(SharedHeapError) in try me.adopt(handle) }
                 if case .failure(let error) = adoption {
                     if error.code != .staleHandle && error.code != .alreadyHeld { fail(1, "adopt: \(error)") }
@@ -631,14 +631,15 @@ func runTortureWorker() -> Never {
     }
 }
 
-/// The torture mailbox's 64-bit form of a handle: generation (high 32 bits) | offset / 16 (low 32 bits). The
-/// torture heap is small and short-lived, so both fit; the heap id is the heap's own.
-func tortureRaw(_ handle: SharedHeapHandle) -> UInt64 {
+/// The 64-bit form the tests pass handles in (mailbox words in shared memory, files, arguments): generation (high
+/// 32 bits) | offset / 16 (low 32 bits). The test heaps are small and short-lived, so both fit; the heap id is the
+/// heap's own.
+func raw64(_ handle: SharedHeapHandle) -> UInt64 {
     (handle.generation & 0xFFFF_FFFF) << 32 | UInt64(handle.dataOffset >> 4)
 }
 
-/// The handle a mailbox word names (see `tortureRaw`).
-func tortureHandle(_ heap: SharedHeap, _ raw: UInt64) -> SharedHeapHandle {
+/// The handle of `heap` a 64-bit form names (see `raw64`).
+func handle64(_ heap: SharedHeap, _ raw: UInt64) -> SharedHeapHandle {
     SharedHeapHandle(heapID: heap.heapID, dataOffset: Int(raw & 0xFFFF_FFFF) << 4, generation: raw >> 32)
 }
 
@@ -683,7 +684,7 @@ func runLazyFill() -> Never {
                 guard let handle = allocated else { break }
                 // Every byte: a page the heap did not back would raise SIGBUS here.
                 try heap.pointer(for: handle).initializeMemory(
-                    as: UInt8.self, repeating: heapPattern(handle.legacyRawValue), count: heap.blockSize(of: handle))
+                    as: UInt8.self, repeating: heapPattern(raw64(handle)), count: heap.blockSize(of: handle))
                 handles.append(handle)
                 blocks += 1
             }

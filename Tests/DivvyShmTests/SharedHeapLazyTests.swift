@@ -309,7 +309,7 @@ final class SharedHeapLazyTests: ShmTestCase {
         _ = heap.usage()
         for p in 0..<heap.participantCapacity { _ = heap.participantStatus(p) }
         // Page 100 never left the pool: epoch 0. A handle with epoch 0 (generation < 2^16) names no block.
-        let forged = SharedHeapHandle(legacyRawValue: UInt64(100 * heap.pageSize / 16) | (5 << 32))
+        let forged = SharedHeapHandle(heap, compact64: UInt64(100 * heap.pageSize / 16) | (5 << 32))
         XCTAssertThrowsError(try heap.pointer(for: forged)) { error in
             XCTAssertEqual((error as? SharedHeapError)?.code, .staleHandle, "\(error)")
         }

@@ -37,7 +37,7 @@ final class SharedHeapRecoveryTests: ShmTestCase {
         return (region, heap)
     }
 
-    func pattern(_ handle: SharedHeapHandle) -> UInt8 { UInt8(truncatingIfNeeded: handle.legacyRawValue % 251) | 1 }
+    func pattern(_ handle: SharedHeapHandle) -> UInt8 { UInt8(truncatingIfNeeded: handle.compact64 % 251) | 1 }
 
     func fill(_ heap: SharedHeap, _ handle: SharedHeapHandle) throws {
         try fillBlock(heap, handle, with: pattern(handle))
@@ -294,7 +294,7 @@ final class SharedHeapRecoveryTests: ShmTestCase {
                 let context = "lazy \(lazy), trial \(trial), DIVVY_TEST_SEED=\(seed)"
                 ready.store(0, ordering: .relaxed)
                 let worker = try HelperProcess.spawn(
-                    ["page-churn", "churn\(lazy)", prefix, "\(mailboxHandle.legacyRawValue)", "\(random.next())"])
+                    ["page-churn", "churn\(lazy)", prefix, "\(mailboxHandle.compact64)", "\(random.next())"])
                 var waited = 0
                 // Ordering: acquiring, pairs with the worker's releasing store.
                 while ready.load(ordering: .acquiring) == 0, waited < 20_000 {
@@ -386,7 +386,7 @@ final class SharedHeapRecoveryTests: ShmTestCase {
         let exit = try HelperProcess.run(["heap", "gone", prefix, "alloc", "5", "3", directory + "/h", "exit-without-leave"])
         XCTAssertEqual(exit.status, 0, "\(exit)")
         let handles = try String(contentsOfFile: directory + "/h", encoding: .utf8).split(separator: "\n")
-            .map { SharedHeapHandle(legacyRawValue: UInt64($0.split(separator: " ")[0])!) }
+            .map { SharedHeapHandle(heap, compact64: UInt64($0.split(separator: " ")[0])!) }
         let me = try heap.join(name: "survivor")
         try me.adopt(handles[0])
         let dead = heap.deadParticipants()
@@ -405,7 +405,7 @@ final class SharedHeapRecoveryTests: ShmTestCase {
 
     /// The helper's pattern (`heapPattern` in divvy-shm-helper).
     func torturePattern(_ handle: SharedHeapHandle) -> UInt8 {
-        UInt8(truncatingIfNeeded: (handle.legacyRawValue &* 0x9E37_79B9_7F4A_7C15) >> 56)
+        UInt8(truncatingIfNeeded: (handle.compact64 &* 0x9E37_79B9_7F4A_7C15) >> 56)
     }
 
     func tortureFill(_ heap: SharedHeap, _ handle: SharedHeapHandle) throws {

@@ -143,8 +143,8 @@ final class SharedHeapSlotTests: ShmTestCase {
     /// The bytes of blocks held, summed over every participant's holdings (each block once).
     func heldBytes(_ heap: SharedHeap, _ holders: [SharedHeap.Participant]) throws -> Int {
         var blocks = Set<UInt64>()
-        for p in holders { blocks.formUnion(p.heldHandles.map(\.legacyRawValue)) }
-        return try blocks.reduce(0) { $0 + (try heap.blockSize(of: SharedHeapHandle(legacyRawValue: $1))) }
+        for p in holders { blocks.formUnion(p.heldHandles.map(\.compact64)) }
+        return try blocks.reduce(0) { $0 + (try heap.blockSize(of: SharedHeapHandle(heap, compact64: $1))) }
     }
 
     /// `usage().bytesInUse` is the bytes of the blocks held at every step — also when blocks were freed onto the

@@ -10,7 +10,7 @@ import Glibc
 
 /// The byte a block is filled with (the helper uses the same function).
 private func pattern(_ handle: SharedHeapHandle) -> UInt8 {
-    UInt8(truncatingIfNeeded: (handle.legacyRawValue &* 0x9E37_79B9_7F4A_7C15) >> 56)
+    UInt8(truncatingIfNeeded: (handle.compact64 &* 0x9E37_79B9_7F4A_7C15) >> 56)
 }
 
 
@@ -417,17 +417,17 @@ final class SharedHeapTests: ShmTestCase {
             assertHeapError(code, line: line, body)
             XCTAssertEqual(heap.verify(), before, "the heap changed after a rejected \(code)", line: line)
         }
-        let outside = SharedHeapHandle(legacyRawValue: UInt64(block.generation) << 32 | UInt64(heap.pageCount * 4096 / 16))
+        let outside = SharedHeapHandle(heap, compact64: UInt64(block.generation) << 32 | UInt64(heap.pageCount * 4096 / 16))
         rejected(.outOfRange) { try a.free(outside) }
         rejected(.outOfRange) { try b.adopt(outside) }
         rejected(.outOfRange) { _ = try heap.pointer(for: outside) }
-        rejected(.outOfRange) { try a.free(SharedHeapHandle(legacyRawValue: 0)) }
-        let inside = SharedHeapHandle(legacyRawValue: block.legacyRawValue + 1)  // 16 bytes into a 48-byte block
+        rejected(.outOfRange) { try a.free(SharedHeapHandle(low: 0, high: 0)) }
+        let inside = SharedHeapHandle(heap, compact64: block.compact64 + 1)  // 16 bytes into a 48-byte block
         rejected(.misaligned) { try a.free(inside) }
         rejected(.misaligned) { try b.adopt(inside) }
         rejected(.misaligned) { _ = try heap.handle(for: heap.pointer(for: block) + 16) }
         rejected(.misaligned) { _ = try heap.handle(for: heap.pointer(for: block) + 1) }
-        let stale = SharedHeapHandle(legacyRawValue: block.legacyRawValue &+ (1 << 32))
+        let stale = SharedHeapHandle(heap, compact64: block.compact64 &+ (1 << 32))
         rejected(.staleHandle) { try a.free(stale) }
         rejected(.staleHandle) { try b.adopt(stale) }
         rejected(.staleHandle) { try b.adopt(freed) }
@@ -502,7 +502,7 @@ final class SharedHeapTests: ShmTestCase {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let list = directory + "/handles"
-        try handles.map { "\($0.legacyRawValue)\n" }.joined().write(toFile: list, atomically: true, encoding: .utf8)
+        try handles.map { "\($0.compact64)\n" }.joined().write(toFile: list, atomically: true, encoding: .utf8)
         let helper = try HelperProcess.spawn([
             "heap", "xproc", prefix, "adopt", list, "touch", directory + "/ready", "wait-file", directory + "/go",
             "free-file", list,
@@ -553,7 +553,7 @@ final class SharedHeapTests: ShmTestCase {
             waited += 1
         }
         let handles = try String(contentsOfFile: list, encoding: .utf8).split(separator: "\n")
-            .map { SharedHeapHandle(legacyRawValue: UInt64($0.split(separator: " ")[0])!) }
+            .map { SharedHeapHandle(heap, compact64: UInt64($0.split(separator: " ")[0])!) }
         XCTAssertEqual(handles.count, 200)
         let me = try heap.join(name: "A")
         for handle in handles {
@@ -593,12 +593,12 @@ final class SharedHeapTests: ShmTestCase {
         defer { try? FileManager.default.removeItem(atPath: directory) }
         func write(_ name: String, _ handles: [SharedHeapHandle]) throws -> String {
             let path = directory + "/" + name
-            try handles.map { "\($0.legacyRawValue)\n" }.joined().write(toFile: path, atomically: true, encoding: .utf8)
+            try handles.map { "\($0.compact64)\n" }.joined().write(toFile: path, atomically: true, encoding: .utf8)
             return path
         }
-        let misaligned = held.map { SharedHeapHandle(legacyRawValue: $0.legacyRawValue + 1) }
-        let outside = [SharedHeapHandle(legacyRawValue: (held[0].legacyRawValue >> 32) << 32 | UInt64((heap.smallPageCount * heap.pageSize + heap.spanPageCount * heap.spanPageSize) / 16))]
-        let stale = held.map { SharedHeapHandle(legacyRawValue: $0.legacyRawValue &+ (1 << 32)) }
+        let misaligned = held.map { SharedHeapHandle(heap, compact64: $0.compact64 + 1) }
+        let outside = [SharedHeapHandle(heap, compact64: (held[0].compact64 >> 32) << 32 | UInt64((heap.smallPageCount * heap.pageSize + heap.spanPageCount * heap.spanPageSize) / 16))]
+        let stale = held.map { SharedHeapHandle(heap, compact64: $0.compact64 &+ (1 << 32)) }
         let exit = try HelperProcess.run([
             "heap", "xbad", prefix,
             "free-expect", try write("held", held), "notHeld",
@@ -628,7 +628,7 @@ final class SharedHeapTests: ShmTestCase {
         XCTAssertTrue(report.violations.allSatisfy { $0.contains("is gone") }, "\(report)")
         // Its blocks are still intact and adoptable by survivors.
         let handles = try String(contentsOfFile: directory + "/h", encoding: .utf8).split(separator: "\n")
-            .map { SharedHeapHandle(legacyRawValue: UInt64($0.split(separator: " ")[0])!) }
+            .map { SharedHeapHandle(heap, compact64: UInt64($0.split(separator: " ")[0])!) }
         let me = try heap.join(name: "survivor")
         for handle in handles {
             try me.adopt(handle)
@@ -678,7 +678,7 @@ final class SharedHeapTests: ShmTestCase {
         try heap.pointer(for: mailbox).initializeMemory(as: UInt8.self, repeating: 0, count: 8 * slots)
         let helpers = try (0..<2).map { index in
             try HelperProcess.spawn([
-                "heap", "stress", prefix, "stress", "3", "4000", "\(seed &+ UInt64(index))", "\(mailbox.legacyRawValue)",
+                "heap", "stress", prefix, "stress", "3", "4000", "\(seed &+ UInt64(index))", "\(mailbox.compact64)",
                 "\(slots)",
             ])
         }
@@ -731,7 +731,7 @@ final class SharedHeapTests: ShmTestCase {
                     let me = try heap.join(name: "t\(thread)")
                     var mine: [SharedHeapHandle] = []
                     func takeOver(_ raw: UInt64) throws {
-                        let handle = SharedHeapHandle(legacyRawValue: raw)
+                        let handle = SharedHeapHandle(heap, compact64: raw)
                         if let error = adoptOrError(me, handle) {
                             if error.code == .staleHandle || error.code == .alreadyHeld { return }
                             throw error
@@ -756,7 +756,7 @@ final class SharedHeapTests: ShmTestCase {
                             mine.append(handle)
                             if random.below(2) == 0 {
                                 // Ordering: publishes the contents; acquires the taken block's contents.
-                                let previous = slot.exchange(handle.legacyRawValue, ordering: .acquiringAndReleasing)
+                                let previous = slot.exchange(handle.compact64, ordering: .acquiringAndReleasing)
                                 if previous != 0 { try takeOver(previous) }
                             }
                         case 4..<7:

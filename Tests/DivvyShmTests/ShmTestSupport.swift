@@ -1,4 +1,4 @@
-import DivvyShm
+@testable import DivvyShm
 import DivvyTestSupport
 import Foundation
 import XCTest
@@ -215,4 +215,9 @@ func randomBlockSize(_ heap: SharedHeap, _ random: inout SeededGenerator) -> Int
         return small + 1 + random.below(cap - small)
     }
     return 1 + random.below(small)
+}
+
+extension SharedHeapHandle {
+    /// The handle of `heap` whose 64-bit test form is `compact64` (see `SharedHeapHandle.compact64`).
+    init(_ heap: SharedHeap, compact64: UInt64) { self.init(compact64: compact64, heapID: heap.heapID) }
 }

@@ -58,7 +58,7 @@ if arguments.first == "peer" {
     do {
         let heap = try SharedHeap.attach(to: SharedRegion.open(name: name))
         let me = try heap.join(name: "B")
-        let ring = Ring(base: try heap.pointer(for: SharedHeapHandle(rawValue: ringRaw)))
+        let ring = Ring(base: try heap.pointer(for: handle64(heap, ringRaw)))
         ring.store(256, 1)
         while ring.load(320) == 0 {}
         let start = now()
@@ -67,13 +67,13 @@ if arguments.first == "peer" {
             let before = freed + adopted
             let produced = Int(ring.load(0))
             while adopted < produced {
-                try me.adopt(SharedHeapHandle(rawValue: ring.load(ring.slot(adopted))))
+                try me.adopt(handle64(heap, ring.load(ring.slot(adopted))))
                 adopted += 1
             }
             ring.store(64, UInt64(adopted))
             let dropped = Int(ring.load(128))
             while freed < dropped {
-                try me.free(SharedHeapHandle(rawValue: ring.load(ring.slot(freed))))
+                try me.free(handle64(heap, ring.load(ring.slot(freed))))
                 freed += 1
             }
             ring.store(192, UInt64(freed))
@@ -103,7 +103,7 @@ func run(blocks: Int, sizes: [Int], label: String) throws {
     ring.base.initializeMemory(as: UInt8.self, repeating: 0, count: ringBytes)
 
     var pid: pid_t = 0
-    let argv = ["shm-two-process", "peer", name, "\(ringHandle.rawValue)", "\(blocks)"]
+    let argv = ["shm-two-process", "peer", name, "\(raw64(ringHandle))", "\(blocks)"]
     var cArguments: [UnsafeMutablePointer<CChar>?] = argv.map { strdup($0) } + [nil]
     defer { for argument in cArguments { free(argument) } }
     guard posix_spawn(&pid, "/proc/self/exe", nil, nil, &cArguments, environ) == 0 else { fail("posix_spawn") }
@@ -118,13 +118,13 @@ func run(blocks: Int, sizes: [Int], label: String) throws {
         while produced < blocks, produced - freed < capacity {
             let handle = try me.allocate(sizes[sizeIndex])
             sizeIndex = sizeIndex == sizes.count - 1 ? 0 : sizeIndex + 1
-            ring.store(ring.slot(produced), handle.rawValue)
+            ring.store(ring.slot(produced), raw64(handle))
             produced += 1
         }
         ring.store(0, UInt64(produced))
         let adopted = Int(ring.load(64))
         while dropped < adopted {
-            try me.free(SharedHeapHandle(rawValue: ring.load(ring.slot(dropped))))
+            try me.free(handle64(heap, ring.load(ring.slot(dropped))))
             dropped += 1
         }
         ring.store(128, UInt64(dropped))
@@ -171,4 +171,15 @@ do {
     if which == "mixed" || which == "both" { try run(blocks: blocks, sizes: mixedSizes, label: "mixed 16 B–1 KiB") }
 } catch {
     fail("\(error)")
+}
+
+/// The 64-bit form the ring passes handles in: generation (high 32 bits) | offset / 16 (low 32 bits); the
+/// benchmark heap is small, so both fit, and the heap id is the heap's own.
+func raw64(_ handle: SharedHeapHandle) -> UInt64 {
+    (handle.generation & 0xFFFF_FFFF) << 32 | UInt64(handle.dataOffset >> 4)
+}
+
+/// The handle of `heap` a 64-bit form names (see `raw64`).
+func handle64(_ heap: SharedHeap, _ raw: UInt64) -> SharedHeapHandle {
+    SharedHeapHandle(heapID: heap.heapID, dataOffset: Int(raw & 0xFFFF_FFFF) << 4, generation: raw >> 32)
 }

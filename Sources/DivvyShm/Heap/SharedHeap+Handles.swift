@@ -25,12 +25,11 @@ extension SharedHeap {
     /// without looking at the block word.
     @inlinable @inline(__always)
     internal func locate(_ handle: SharedHeapHandle) throws(SharedHeapError) -> Location {
-        // Heap id 0 is the transitional protocol-1 form (`SharedHeapHandle.init(legacyRawValue:)`).
-        guard handle.heapID == heapID || handle.heapID == 0 else { throw foreignHeapError(handle) }
+        // The zero handle first (it is no heap's), then the heap id, before anything is read.
+        guard !handle.isZero else { throw outOfRangeError(handle) }
+        guard handle.heapID == heapID else { throw foreignHeapError(handle) }
         let offset = handle.dataOffset
-        guard !handle.isZero, let (page, within) = layout.page(atDataOffset: offset) else {
-            throw outOfRangeError(handle)
-        }
+        guard let (page, within) = layout.page(atDataOffset: offset) else { throw outOfRangeError(handle) }
         // A lazy heap has not committed the descriptors of pages that never left the pool: don't read them.
         guard !lazyCommit || descriptorIsCommitted(page) else { throw staleEpochError(handle, page: page, pageWord: 0) }
         let pageWord = pageState(page).load(ordering: .acquiring)
@@ -210,17 +209,15 @@ public struct SharedHeapHandle: Hashable, Sendable, CustomStringConvertible {
         return "0x\(hex)(offset \(dataOffset), gen \(generation), heap \(String(heapID, radix: 16)))"
     }
 
-    // MARK: Transition
+    // MARK: A 64-bit form for tests
 
-    /// The protocol-version-1 form of a handle: generation (high 32 bits) | offset / 16 (low 32 bits), no heap id.
-    ///
-    /// Transitional, for the layers above the heap until the wire protocol carries all 128 bits: a handle made from
-    /// it has heap id 0, which the heap accepts as "this heap" (`SharedHeap.locate`). Exact while generations stay
-    /// below 2^32 (4 billion allocations in one page) and the data area below 64 GiB.
-    public init(legacyRawValue: UInt64) {
-        self.init(heapID: 0, dataOffset: Int(legacyRawValue & 0xFFFF_FFFF) << 4, generation: legacyRawValue >> 32)
+    /// Generation (high 32 bits) | offset / 16 (low 32 bits): how the heap's tests pass small heaps' handles through
+    /// 64-bit channels. Not for production use: it drops the heap id and cannot name a block beyond 64 GiB or a
+    /// generation beyond 2^32.
+    internal var compact64: UInt64 { (generation & 0xFFFF_FFFF) << 32 | (low & 0xFFFF_FFFF) }
+
+    /// The handle of heap `heapID` that `compact64` names.
+    internal init(compact64: UInt64, heapID: UInt32) {
+        self.init(heapID: heapID, dataOffset: Int(compact64 & 0xFFFF_FFFF) << 4, generation: compact64 >> 32)
     }
-
-    /// The protocol-version-1 form (see `init(legacyRawValue:)`); loses the heap id.
-    public var legacyRawValue: UInt64 { (generation & 0xFFFF_FFFF) << 32 | (low & 0xFFFF_FFFF) }
 }

@@ -30,7 +30,7 @@ extension SharedHeap {
     ///
     /// - Complexity: O(held capacity).
     public func holds(participant p: Int, _ handle: SharedHeapHandle) -> Bool {
-        guard p >= 0, p < layout.participantCapacity, handle.heapID == heapID || handle.heapID == 0,
+        guard p >= 0, p < layout.participantCapacity, handle.heapID == heapID,
             heldListIsCommitted(p)
         else { return false }
         for index in 0..<layout.heldCapacity(of: p) {

@@ -88,7 +88,7 @@ extension SharedHeap {
         ///
         /// - Complexity: O(1).
         public func holds(_ handle: SharedHeapHandle) -> Bool {
-            guard handle.heapID == heap.heapID || handle.heapID == 0, let entry = held.find(handle.offsetUnits &+ 1)
+            guard handle.heapID == heap.heapID, let entry = held.find(handle.offsetUnits &+ 1)
             else { return false }
             return heap.readHeld(index, entry)?.generation == handle.generation
         }

@@ -157,8 +157,14 @@ final class DivvyCtlTests: XCTestCase {
         XCTAssertNotEqual(base, MAP_FAILED)
         defer { munmap(base, length) }
         let metadata = base + SharedRegionHeader.reservedSize
-        let stride = metadataSize / 64
-        for index in 1..<63 { (metadata + index * stride).storeBytes(of: 0x5555_5555_5555_5555, as: UInt64.self) }
+        // The heap header (DivvyShm's `SharedHeapHeaderField`, little-endian) gives the block words' offset: overwrite
+        // the block words of the first page, the one the daemon's blocks came from (pages are claimed from the
+        // bump index up). Held lists and pages never used are holes the audit does not read.
+        let blockWords = Int(UInt64(littleEndian: metadata.loadUnaligned(fromByteOffset: 72, as: UInt64.self)))
+        XCTAssertLessThan(blockWords, metadataSize)
+        for index in 0..<64 {
+            (metadata + blockWords + 8 * index).storeBytes(of: 0x5555_5555_5555_5555, as: UInt64.self)
+        }
         _ = handles
         let result = try divvyctl(["verify"], socket: daemon.socketPath)
         XCTAssertEqual(result.status, 3, "violations give exit status 3: \(result.output)")

@@ -20,8 +20,7 @@ import Glibc
 /// `DivvyServer`'s hooks.
 ///
 /// ```swift
-/// import DivvySystem
-import Logging
+/// import Logging
 ///
 /// let logger = Logger(label: "divvyd")
 /// let notifier = SystemdNotifier.fromProcessEnvironment(logger: logger)   // nil: not under systemd

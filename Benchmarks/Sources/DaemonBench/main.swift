@@ -118,7 +118,7 @@ func row(_ name: String, _ value: String, _ ratio: String) {
 // MARK: Bare ping-pong baseline
 
 let requestSize = Frame(requestID: 1, message: .allocate(size: 64)).encoded().count
-let replySize = Frame(requestID: 1, message: .allocated(handle: 1, blockSize: 64)).encoded().count
+let replySize = Frame(requestID: 1, message: .allocated(handle: WireHandle(low: 1, high: 1), blockSize: 64)).encoded().count
 /// A socket whose peer is a thread echoing a `replySize`-byte datagram for each one it receives.
 func startEcho(replySize: Int) throws -> SeqpacketSocket {
     let (near, far) = try SeqpacketSocket.pair()

@@ -13,13 +13,7 @@ extension SharedHeap {
             c.spanPageSize >= c.pageSize, c.spanPageSize & (c.spanPageSize - 1) == 0,
             c.largeSizeClasses.allSatisfy({ $0 > 0 })
         else { return 0 }
-        let tiers = c.tiers(dataSize: dataSize)
-        return SharedHeapLayout(
-            pageSize: c.pageSize, smallPageCount: max(1, tiers.smallPages), spanPageSize: c.spanPageSize,
-            spanPageCount: tiers.spanPages, classSizes: tiers.classes, smallClassCount: tiers.smallClasses,
-            participantCapacity: c.participantCapacity, heldCapacity: c.heldCapacity,
-            firstHeldCapacity: c.firstSlotHeldCapacity, dataOffset: 0
-        ).totalBytes
+        return estimatedLayout(dataSize: dataSize, configuration: c).totalBytes
     }
 
     /// The bytes of metadata that a heap in a lazily committed region commits at creation, at most: header, class
@@ -32,13 +26,7 @@ extension SharedHeap {
     public static func initialMetadataSize(dataSize: Int, configuration: SharedHeapConfiguration = .init()) -> Int {
         let c = configuration
         guard requiredMetadataSize(dataSize: dataSize, configuration: c) > 0 else { return 0 }
-        let tiers = c.tiers(dataSize: dataSize)
-        return SharedHeapLayout(
-            pageSize: c.pageSize, smallPageCount: max(1, tiers.smallPages), spanPageSize: c.spanPageSize,
-            spanPageCount: tiers.spanPages, classSizes: tiers.classes, smallClassCount: tiers.smallClasses,
-            participantCapacity: c.participantCapacity, heldCapacity: c.heldCapacity,
-            firstHeldCapacity: c.firstSlotHeldCapacity, dataOffset: 0
-        ).initialBytes
+        return estimatedLayout(dataSize: dataSize, configuration: c).initialBytes
     }
 
     /// Formats a heap in `region`'s metadata area: every page in the pool (each tier's bump index at its first
@@ -190,6 +178,17 @@ extension SharedHeap {
         let descriptor = base + layout.pagesOffset + layout.pages(ofTier: tier).first * SharedHeapLayout.pageStride
         return region.commitInPlace(offset: descriptor, length: SharedHeapLayout.pageStride)
             ?? region.commitInPlace(offset: base + layout.bitmapOffset(ofTier: tier), length: 8)
+    }
+
+    /// The layout `configuration` gives a data area of `dataSize` bytes, for `requiredMetadataSize` and
+    /// `initialMetadataSize` (at least one small page; metadata offsets from 0).
+    private static func estimatedLayout(dataSize: Int, configuration c: SharedHeapConfiguration) -> SharedHeapLayout {
+        let tiers = c.tiers(dataSize: dataSize)
+        return SharedHeapLayout(
+            pageSize: c.pageSize, smallPageCount: max(1, tiers.smallPages), spanPageSize: c.spanPageSize,
+            spanPageCount: tiers.spanPages, classSizes: tiers.classes, smallClassCount: tiers.smallClasses,
+            participantCapacity: c.participantCapacity, heldCapacity: c.heldCapacity,
+            firstHeldCapacity: c.firstSlotHeldCapacity, dataOffset: 0)
     }
 
     /// Attaches to the heap `create(in:configuration:)` formatted in `region` (possibly in another process).

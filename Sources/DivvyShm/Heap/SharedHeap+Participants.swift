@@ -50,10 +50,7 @@ extension SharedHeap {
                 // the participant's index from us (a happens-before through its own channel).
                 pageAllowance(p).store(unlimitedPages, ordering: .relaxed)
                 ownedPageCount(p).store(0, ordering: .relaxed)
-                let bytes = Array(name.utf8.prefix(ParticipantRecordField.nameBytes))
-                let nameArea = meta + participantOffset(p) + ParticipantRecordField.name
-                nameArea.initializeMemory(as: UInt8.self, repeating: 0, count: ParticipantRecordField.nameBytes)
-                nameArea.copyMemory(from: bytes, byteCount: bytes.count)
+                storeParticipantName(p, name)
                 return Participant(heap: self, index: p)
             }
         }
@@ -61,6 +58,22 @@ extension SharedHeap {
         throw SharedHeapError(
             .participantTableFull, "all \(layout.participantCapacity) participant slots are taken; leave() unused "
                 + "participants")
+    }
+
+    /// Stores slot `p`'s diagnostic label (the first 32 UTF-8 bytes of `name`, zero-padded). The slot's occupant
+    /// writes it, once, after claiming the slot.
+    internal func storeParticipantName(_ p: Int, _ name: String) {
+        let bytes = Array(name.utf8.prefix(ParticipantRecordField.nameBytes))
+        let nameArea = meta + participantOffset(p) + ParticipantRecordField.name
+        nameArea.initializeMemory(as: UInt8.self, repeating: 0, count: ParticipantRecordField.nameBytes)
+        nameArea.copyMemory(from: bytes, byteCount: bytes.count)
+    }
+
+    /// Slot `p`'s diagnostic label (see `storeParticipantName`).
+    internal func participantName(_ p: Int) -> String {
+        let nameArea = UnsafeRawBufferPointer(
+            start: meta + participantOffset(p) + ParticipantRecordField.name, count: ParticipantRecordField.nameBytes)
+        return String(decoding: nameArea.prefix { $0 != 0 }, as: UTF8.self)
     }
 
     /// Whether participant slot `p`'s held list is backed: once the slot was first joined (in every heap since

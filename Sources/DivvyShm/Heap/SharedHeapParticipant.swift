@@ -73,6 +73,29 @@ extension SharedHeap {
             currentPage.initialize(repeating: -1, count: heap.layout.classSizes.count)
         }
 
+        /// Rebuilds the process-local state (the held-list index, the owned pages) from the shared records of
+        /// this participant's slot: for a participant that takes over a slot (`SharedHeap.takeOver`). The slot
+        /// must be quiescent (its previous process gone, the takeover settled).
+        internal func rebuildFromRecords() {
+            let capacity = heap.heldListIsCommitted(index) ? heap.layout.heldCapacity(of: index) : 0
+            var used = [Bool](repeating: false, count: capacity)
+            for entry in 0..<capacity {
+                guard let record = heap.readHeld(index, entry) else { continue }
+                held.insert(record.offsetUnits &+ 1, entry)
+                used[entry] = true
+            }
+            // The empty entries, in the order a fresh table hands them out (lowest first).
+            held.freeCount = 0
+            for entry in stride(from: capacity - 1, through: 0, by: -1) where !used[entry] {
+                held.returnEntry(entry)
+            }
+            for page in heap.readablePages().joined() {
+                let state = heap.pageState(page).load(ordering: .acquiring)
+                guard PageWord.kind(state) == PageWord.owned, PageWord.owner(state) == index else { continue }
+                notePageTaken(page, PageWord.sizeClass(state))
+            }
+        }
+
         deinit {
             if !left { leave() }
             heldStorage.pointee.deallocate()

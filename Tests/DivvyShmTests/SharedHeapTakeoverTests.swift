@@ -143,6 +143,47 @@ final class SharedHeapTakeoverTests: ShmTestCase {
         XCTAssertTrue(heap.verify().isClean)
     }
 
+    /// A slot's tag: set by its occupant, kept by a takeover, zeroed by leave, recovery and the next join.
+    func testParticipantTagTravelsWithTheSlot() throws {
+        let (_, heap) = try makeHeap("tag")
+        let zeros = [UInt8](repeating: 0, count: SharedHeap.participantTagSize)
+        let tag = (0..<SharedHeap.participantTagSize).map { UInt8(truncatingIfNeeded: $0 * 7 + 1) }
+        let d = try heap.join(name: "dying")
+        XCTAssertEqual(heap.tag(ofParticipant: d.index), zeros)
+        try d.setTag(tag)
+        XCTAssertEqual(heap.tag(ofParticipant: d.index), tag)
+        try d.setTag([9, 9])
+        XCTAssertEqual(heap.tag(ofParticipant: d.index), [9, 9] + zeros.dropFirst(2), "a shorter tag zeroes the rest")
+        XCTAssertThrowsError(try d.setTag(tag + [1])) {
+            XCTAssertEqual(($0 as? SharedHeapError)?.code, .invalidConfiguration)
+        }
+        XCTAssertEqual(heap.tag(ofParticipant: d.index), [9, 9] + zeros.dropFirst(2), "a refused tag changes nothing")
+        try d.setTag(tag)
+        let kept = try d.allocate(64)
+        d._simulateDeath()
+        XCTAssertThrowsError(try d.setTag(zeros)) { XCTAssertEqual(($0 as? SharedHeapError)?.code, .participantLeft) }
+        let (t, _) = try heap.takeOver(participant: d.index, name: nil, checkingProcess: false)
+        XCTAssertEqual(heap.tag(ofParticipant: t.index), tag, "a takeover keeps the tag")
+        XCTAssertTrue(t.holds(kept))
+        t.leave()
+        XCTAssertNil(heap.tag(ofParticipant: t.index), "a free slot has no tag")
+        let next = try heap.join(name: "next")
+        XCTAssertEqual(next.index, t.index)
+        XCTAssertEqual(heap.tag(ofParticipant: next.index), zeros, "leave cleared it")
+        try next.setTag(tag)
+        next._simulateDeath()
+        try heap.recover(participant: next.index)
+        XCTAssertNil(heap.tag(ofParticipant: next.index))
+        // Recovery zeroed the bytes; a join would too, even over bytes someone left behind.
+        let raw = heap.meta + heap.participantOffset(next.index) + 80
+        XCTAssertEqual(Array(UnsafeRawBufferPointer(start: raw, count: 48)), zeros)
+        raw.storeBytes(of: 0xFF, as: UInt8.self)
+        let again = try heap.join(name: "again")
+        XCTAssertEqual(heap.tag(ofParticipant: again.index), zeros)
+        XCTAssertNil(heap.tag(ofParticipant: -1))
+        XCTAssertNil(heap.tag(ofParticipant: 4))
+    }
+
     /// Refusals leave the slot and the heap as they were.
     func testTakeoverRefusals() throws {
         let (_, heap) = try makeHeap("refuse")

@@ -51,6 +51,7 @@ extension SharedHeap {
                 pageAllowance(p).store(unlimitedPages, ordering: .relaxed)
                 ownedPageCount(p).store(0, ordering: .relaxed)
                 storeParticipantName(p, name)
+                clearParticipantTag(p)
                 return Participant(heap: self, index: p)
             }
         }
@@ -67,6 +68,30 @@ extension SharedHeap {
         let nameArea = meta + participantOffset(p) + ParticipantRecordField.name
         nameArea.initializeMemory(as: UInt8.self, repeating: 0, count: ParticipantRecordField.nameBytes)
         nameArea.copyMemory(from: bytes, byteCount: bytes.count)
+    }
+
+    /// Bytes a participant's *tag* holds (`Participant.setTag(_:)`).
+    public static let participantTagSize = ParticipantRecordField.tagBytes
+
+    /// Participant slot `p`'s tag: what its occupant stored with `Participant.setTag(_:)` (all zeros when nothing),
+    /// or nil for no such slot or a free one.
+    ///
+    /// A daemon reads the tags of the slots it took over (`takeOver(participant:name:)`) to learn which session each
+    /// one served. Read a live participant's tag only when it cannot be changing (the bytes are not atomic).
+    ///
+    /// - Complexity: O(1).
+    public func tag(ofParticipant p: Int) -> [UInt8]? {
+        guard p >= 0, p < layout.participantCapacity,
+            ParticipantWord.state(participantState(p).load(ordering: .acquiring)) != ParticipantWord.free
+        else { return nil }
+        return Array(UnsafeRawBufferPointer(
+            start: meta + participantOffset(p) + ParticipantRecordField.tag, count: ParticipantRecordField.tagBytes))
+    }
+
+    /// Zeroes slot `p`'s tag (its occupant, or whoever frees the slot).
+    internal func clearParticipantTag(_ p: Int) {
+        (meta + participantOffset(p) + ParticipantRecordField.tag)
+            .initializeMemory(as: UInt8.self, repeating: 0, count: ParticipantRecordField.tagBytes)
     }
 
     /// Slot `p`'s diagnostic label (see `storeParticipantName`).

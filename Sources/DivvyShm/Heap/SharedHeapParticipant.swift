@@ -104,6 +104,24 @@ extension SharedHeap {
             currentPage.deallocate()
         }
 
+        /// Stores `bytes` (at most `SharedHeap.participantTagSize`; the rest is zeroed) in this participant's slot,
+        /// for a successor that takes the slot over (`SharedHeap.takeOver(participant:name:)`,
+        /// `SharedHeap.tag(ofParticipant:)`): divvyd records there which session the slot serves. The heap gives
+        /// the bytes no meaning; `join` starts with zeros, and leaving or recovery clears them.
+        ///
+        /// - Throws: `.invalidConfiguration` for more than `participantTagSize` bytes; `.participantLeft`.
+        public func setTag(_ bytes: [UInt8]) throws(SharedHeapError) {
+            try checkJoined()
+            guard bytes.count <= SharedHeap.participantTagSize else {
+                throw SharedHeapError(
+                    .invalidConfiguration, "a participant tag holds \(SharedHeap.participantTagSize) bytes, not "
+                        + "\(bytes.count)")
+            }
+            heap.clearParticipantTag(index)
+            (heap.meta + heap.participantOffset(index) + ParticipantRecordField.tag)
+                .copyMemory(from: bytes, byteCount: bytes.count)
+        }
+
         /// How many blocks this participant holds.
         public var heldCount: Int { held.count }
 
@@ -586,6 +604,7 @@ extension SharedHeap {
             // Ordering: relaxed; published by the releasing store of the slot below.
             heap.ownedPageCount(index).store(0, ordering: .relaxed)
             heap.pageAllowance(index).store(unlimitedPages, ordering: .relaxed)
+            heap.clearParticipantTag(index)
             // Ordering: releasing, pairs with the acquiring claim in `join` (or in `releaseSlot`).
             let word = heap.participantState(index).load(ordering: .relaxed)
             heap.participantState(index).store(

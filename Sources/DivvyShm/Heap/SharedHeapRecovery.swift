@@ -258,6 +258,7 @@ extension SharedHeap {
         pendingOffset(p).store(0, ordering: .relaxed)
         ownedPageCount(p).store(0, ordering: .relaxed)
         pageAllowance(p).store(unlimitedPages, ordering: .relaxed)
+        clearParticipantTag(p)
         // Ordering: releasing, pairs with the acquiring claim in `join`: the next occupant sees the cleared list.
         participantState(p).store(ParticipantWord.free, ordering: .releasing)
         return report

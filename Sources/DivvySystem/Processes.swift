@@ -81,3 +81,16 @@ package func systemWaitPid(_ pid: pid_t, blocking: Bool) -> Result<ChildExit?, E
         }
     }
 }
+
+/// sigaction(2): runs `handler` for `signal` from now on, restarting interrupted system calls (`SA_RESTART`). The
+/// handler runs in signal context: it may only do async-signal-safe things (atomic loads and stores, kill(2),
+/// write(2)).
+package func systemInstallSignalHandler(
+    _ signal: Int32, _ handler: @escaping @convention(c) (Int32) -> Void
+) -> Result<Void, Errno> {
+    var action = sigaction()
+    action.__sigaction_handler.sa_handler = handler
+    action.sa_flags = SA_RESTART
+    sigemptyset(&action.sa_mask)
+    return nothingOrErrno("sigaction") { sigaction(signal, &action, nil) }
+}

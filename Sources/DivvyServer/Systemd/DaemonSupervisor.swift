@@ -77,27 +77,26 @@ public final class DaemonSupervisor {
     public init(settings: Settings, logger: Logger) throws(SystemdError) {
         self.settings = settings
         self.logger = logger
-        var template = Array(
-            ((ProcessInfo.processInfo.environment["TMPDIR"] ?? "/tmp") + "/divvyd-supervise.XXXXXX").utf8CString)
-        guard let made = template.withUnsafeMutableBufferPointer({ mkdtemp($0.baseAddress!) }) else {
-            throw SystemdError(.badDescriptor, "could not create a directory for the notification socket: "
-                + systemErrorDescription(errno))
+        let template = (ProcessInfo.processInfo.environment["TMPDIR"] ?? "/tmp") + "/divvyd-supervise.XXXXXX"
+        switch systemMakeTemporaryDirectory(template) {
+        case .success(let made): directory = made
+        case .failure(let error):
+            throw SystemdError(.badDescriptor, "could not create a directory for the notification socket: \(error)")
         }
-        directory = String(cString: made)
         notifySocketPath = directory + "/notify"
         let type = Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
         let fd: OwnedDescriptor
         switch systemSocket(domain: AF_UNIX, type: type) {
         case .success(let opened): fd = OwnedDescriptor(taking: opened)
         case .failure(let error):
-            rmdir(directory)
+            _ = systemRemoveDirectory(directory)
             throw SystemdError(.badDescriptor, "could not create the notification socket: \(error)")
         }
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
         let path = Array(notifySocketPath.utf8) + [0]
         guard path.count <= MemoryLayout.size(ofValue: address.sun_path) else {
-            rmdir(directory)
+            _ = systemRemoveDirectory(directory)
             throw SystemdError(.badDescriptor, "the notification socket path \(notifySocketPath) is too long; set a "
                 + "shorter TMPDIR")
         }
@@ -108,7 +107,7 @@ public final class DaemonSupervisor {
             pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { systemBind(raw, $0, length) }
         }
         if case .failure(let error) = bound {
-            rmdir(directory)
+            _ = systemRemoveDirectory(directory)
             throw SystemdError(.badDescriptor, "could not bind the notification socket \(notifySocketPath): \(error)")
         }
         // The loop wakes at least every 100 ms to look at the child.
@@ -118,8 +117,8 @@ public final class DaemonSupervisor {
 
     deinit {
         for entry in stored { for descriptor in entry.descriptors { systemClose(descriptor) } }
-        unlink(notifySocketPath)
-        rmdir(directory)
+        _ = systemUnlink(notifySocketPath)
+        _ = systemRemoveDirectory(directory)
     }
 
     /// Names and descriptor counts in the store now (for tests and logs).
@@ -141,7 +140,7 @@ public final class DaemonSupervisor {
             }
             supervisedChild.store(pid, ordering: .sequentiallyConsistent)
             // A stop requested between two children reaches the new one.
-            if stopRequested.load(ordering: .sequentiallyConsistent) != 0 { kill(pid, SIGTERM) }
+            if stopRequested.load(ordering: .sequentiallyConsistent) != 0 { _ = systemKill(pid, SIGTERM) }
             let exit = superviseUntilExit(pid)
             supervisedChild.store(0, ordering: .sequentiallyConsistent)
             if stopRequested.load(ordering: .sequentiallyConsistent) != 0 {
@@ -274,11 +273,15 @@ public final class DaemonSupervisor {
 
     private func installSignalForwarding() {
         for signalNumber in [SIGTERM, SIGINT, SIGHUP] {
-            signal(signalNumber) { received in
+            let installed = systemInstallSignalHandler(signalNumber) { received in
                 if received != SIGHUP { stopRequested.store(1, ordering: .sequentiallyConsistent) }
-                // Async-signal-safe: an atomic load and kill(2).
+                // Async-signal-safe: atomic loads and stores, and kill(2) itself (not the wrapper, which reads
+                // errno and may trap).
                 let child = supervisedChild.load(ordering: .sequentiallyConsistent)
                 if child > 0 { kill(child, received) }
+            }
+            if case .failure(let error) = installed {
+                logger.error("could not forward signal \(signalNumber) to divvyd: \(error)")
             }
         }
     }

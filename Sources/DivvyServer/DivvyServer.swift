@@ -150,10 +150,13 @@ public final class DivvyServer: @unchecked Sendable {
     ///   - listenerDescriptor: an already bound and listening `AF_UNIX` `SOCK_SEQPACKET` socket to serve instead
     ///   of binding `configuration.socketPath` (socket activation: systemd passes it as fd 3). The daemon owns it
     ///   from now on, and does not unlink the socket path when it stops (the service manager owns the path).
+    ///   - storedRegion: the descriptors of a region a previous daemon put in the service manager's store
+    ///   (`SocketActivation.storedRegion()`): re-attached instead of creating a region (`reattach`): direct
+    ///   clients' blocks are kept, mediated ones dropped. The caller keeps (and closes) the descriptors.
     ///   - hooks: callbacks at ready, status changes, ticks and stopping.
     public init(
         configuration: ServerConfiguration, logger: Logger, listenerDescriptor: Int32? = nil,
-        hooks: ServerHooks = ServerHooks()
+        storedRegion: (region: Int32, data: Int32)? = nil, hooks: ServerHooks = ServerHooks()
     ) throws(ServerError) {
         do throws(ServerConfiguration.ParseError) {
             try configuration.validate()
@@ -174,7 +177,17 @@ public final class DivvyServer: @unchecked Sendable {
 
         // The region and heap.
         let heapConfiguration = Self.heapConfiguration(for: configuration)
-        let (region, ownerLock) = try Self.createRegion(configuration, heapConfiguration, logger: logger)
+        // A region a previous daemon stored (issue 12: restart without loss) is re-attached, never re-created.
+        let reattached = try storedRegion.map { (stored) throws(ServerError) in
+            try Self.reattach(stored: stored, configuration: configuration, logger: logger)
+        }
+        let region: SharedRegion
+        let ownerLock: SharedRegionOwnerLock?
+        if let reattached {
+            (region, ownerLock) = (reattached.region, nil)
+        } else {
+            (region, ownerLock) = try Self.createRegion(configuration, heapConfiguration, logger: logger)
+        }
         self.region = region
         regionOwnerLock = ownerLock
         /// Undoes the region on a failed start: removes its name and then the owner lock's.
@@ -183,13 +196,17 @@ public final class DivvyServer: @unchecked Sendable {
             ownerLock?.release(removingName: true)
         }
         do throws(SharedHeapError) {
-            heap = try SharedHeap.create(in: region, configuration: heapConfiguration)
+            if let reattached {
+                heap = reattached.heap
+            } else {
+                heap = try SharedHeap.create(in: region, configuration: heapConfiguration)
+            }
             classSizes = heap.sizeClasses
             let spanTierBytes = heap.spanPageCount * heap.spanPageSize
             ledger = MediatedLedger(
                 fairShare: FairShare(
                     maxBlocksPerClient: configuration.effectiveMaxBlocksPerClient,
-                    heldCapacity: configuration.heldCapacity,
+                    heldCapacity: heap.firstSlotHeldCapacity,
                     largestSmallBlock: heap.spanPageCount == 0 ? heap.largestBlockSize : heap.largestSmallBlockSize,
                     largeQuotaBytes: configuration.effectiveLargeQuotaBytes(
                         spanTierBytes: spanTierBytes, spanPageSize: heap.spanPageSize),
@@ -202,9 +219,14 @@ public final class DivvyServer: @unchecked Sendable {
 
         // The daemon's own participant: the heap-level holder of mediated clients' blocks.
         do throws(SharedHeapError) {
-            let joined = try heap.join(name: "divvyd")
+            let joined: SharedHeap.Participant
+            if let reattached {
+                joined = reattached.participant
+            } else {
+                joined = try heap.join(name: "divvyd")
+            }
             // Invariant: the heap was just formatted, so the first join takes slot 0, the one with the large held
-            // list (`firstSlotHeldCapacity`).
+            // list (`firstSlotHeldCapacity`); or `reattach` took slot 0 over (or joined it, checked there).
             precondition(joined.index == 0, "the daemon's participant must be heap slot 0, got \(joined.index)")
             participant = joined
             daemonParticipantRef = Unmanaged.passUnretained(joined)  // (property observers do not run in init)

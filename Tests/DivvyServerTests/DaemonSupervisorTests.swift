@@ -101,16 +101,24 @@ final class DaemonSupervisorTests: XCTestCase {
             ["--supervise", "--socket", socket, "--data-size", "8M", "--page-size", "16K", "--set",
              "shutdown-grace-ms=2000"])
         defer {
+            // The daemon first: a supervisor killed with SIGKILL leaves its child running.
+            if let pid = child() { kill(pid, SIGKILL) }
             supervisor.signal(SIGKILL)
             _ = supervisor.wait()
         }
         func child() -> pid_t? {
             // The child belongs to the thread that spawned it: look in every task's list.
             let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(supervisor.pid)/task")) ?? []
-            return tasks.lazy.compactMap { task in
-                (try? String(contentsOfFile: "/proc/\(supervisor.pid)/task/\(task)/children", encoding: .utf8))?
-                    .split(separator: " ").compactMap { pid_t($0) }.first
-            }.first
+            // (Not `lazy.compactMap(…).first`: it reads each file twice, and a child may exit in between.)
+            for task in tasks {
+                let path = "/proc/\(supervisor.pid)/task/\(task)/children"
+                if let pid = (try? String(contentsOfFile: path, encoding: .utf8))?
+                    .split(separator: " ").compactMap({ pid_t($0) }).first
+                {
+                    return pid
+                }
+            }
+            return nil
         }
         func serving() -> Bool {
             for _ in 0..<600 {

@@ -34,6 +34,10 @@ public struct SharedHeapTakeoverReport: Hashable, Sendable, CustomStringConverti
 // predecessor held (issue 12, restart without loss). `recover(participant:)` ends a dead participant's holdings;
 // this keeps them, so the blocks it held on behalf of others stay held across the death.
 extension SharedHeap {
+    /// How many handles participant slot 0 may hold at once (`SharedHeapConfiguration.firstSlotHeldCapacity`): a
+    /// daemon that re-attaches a heap reads its own slot's capacity here rather than from its configuration.
+    public var firstSlotHeldCapacity: Int { layout.heldCapacity(of: 0) }
+
     /// Takes over participant slot `p`, whose process is gone, keeping every block it holds and every page it
     /// owns, and returns a participant for the calling thread in that slot.
     ///

@@ -42,8 +42,7 @@ extension DivvyServer {
             if target === session {
                 // Its own id: answered, then closed as after goodbye (PROTOCOL.md, admin). No kill: the requester
                 // asked to leave, and a direct client's participant is recovered when its process exits.
-                session.machine.close()
-                session.closeAfterFlush = true
+                _ = session.closeAfterReplies()
                 return reports.json(operation, AdminReports.Disconnected(disconnected: summary))
             }
             // A direct client writes heap metadata itself: its memory can be taken back safely only once it has

@@ -101,7 +101,8 @@ extension DivvyServer {
     /// Closes connections that did not say hello within `handshake-timeout-ms`, freeing their slots.
     func expireHandshakes() {
         for id in handshakeDeadlines.expired(at: .now) {
-            guard let session = sessions[id], case .awaitingHello = session.machine.state, !session.closeAfterFlush
+            guard let session = sessions[id], case .awaitingHello = session.machine.state,
+                !session.outbox.closesWhenFlushed
             else { continue }
             let message = "no hello within \(configuration.handshakeTimeoutMilliseconds) ms of connecting "
                 + "(handshake-timeout-ms); closing"
@@ -116,9 +117,7 @@ extension DivvyServer {
                     """,
                     metadata: ["client": "\(id)", "pid": "\(session.peer.pid)", "uid": "\(session.peer.uid)"])
             }
-            session.machine.close()
-            session.closeAfterFlush = true
-            if session.outbox.isEmpty { disconnect(id, reason: "no hello within the handshake timeout") }
+            if session.closeAfterReplies() == .now { disconnect(id, reason: "no hello within the handshake timeout") }
         }
     }
 }

@@ -11,7 +11,7 @@ extension DivvyServer {
             flush(session)
             guard sessions[id] != nil else { return }
         }
-        if events.contains(.readable), session.outbox.isEmpty {
+        if events.contains(.readable), session.outbox.isIdle {
             readOne(session)
             return
         }
@@ -69,10 +69,8 @@ extension DivvyServer {
                 metadata: ["client": "\(session.id)", "code": "\(code)", "message": "\(message)"])
         }
         send(session, requestID: requestID, .error(ErrorReply(code: code, requestType: type, message: message)))
-        if code.closesConnection {
-            session.machine.close()
-            session.closeAfterFlush = true
-            if session.outbox.isEmpty { disconnect(session.id, reason: "\(code)") }
+        if code.closesConnection, session.closeAfterReplies() == .now {
+            disconnect(session.id, reason: "\(code)")
         }
     }
 
@@ -85,8 +83,8 @@ extension DivvyServer {
             logger.error("a reply did not fit a frame; answered internalError", metadata: [
                 "client": "\(session.id)", "request": "\(requestID)", "error": "\(replaced)"])
         }
-        guard session.outbox.isEmpty else {
-            session.outbox.append((sendBuffer, descriptors))
+        guard session.outbox.isIdle else {
+            _ = session.outbox.hold(sendBuffer, descriptors: descriptors)
             return
         }
         do throws(TransportError) {
@@ -96,18 +94,19 @@ extension DivvyServer {
             switch sent {
             case .sent: return
             case .wouldBlock:
-                session.outbox.append((sendBuffer, descriptors))
-                try? poller.modify(
-                    session.socket.fileDescriptor, events: [.writable, .peerClosed], token: UInt64(session.id))
+                if session.outbox.hold(sendBuffer, descriptors: descriptors) {
+                    try? poller.modify(
+                        session.socket.fileDescriptor, events: [.writable, .peerClosed], token: UInt64(session.id))
+                }
             }
         } catch {
             // The peer is gone; EOF handling (or the hang-up event) disconnects it.
-            session.closeAfterFlush = true
+            _ = session.outbox.closeAfterReplies()
         }
     }
 
     func flush(_ session: Session) {
-        while let (bytes, descriptors) = session.outbox.first {
+        while let (bytes, descriptors) = session.outbox.next {
             do throws(TransportError) {
                 let sent =
                     descriptors.isEmpty
@@ -117,13 +116,14 @@ extension DivvyServer {
                 disconnect(session.id, reason: "send failed: \(error)")
                 return
             }
-            session.outbox.removeFirst()
+            session.outbox.sentNext()
         }
-        if session.closeAfterFlush {
+        switch session.outbox.flushed {
+        case .close:
             disconnect(session.id, reason: "closed after reply")
-            return
+        case .readAgain:
+            try? poller.modify(
+                session.socket.fileDescriptor, events: [.readable, .peerClosed], token: UInt64(session.id))
         }
-        try? poller.modify(
-            session.socket.fileDescriptor, events: [.readable, .peerClosed], token: UInt64(session.id))
     }
 }

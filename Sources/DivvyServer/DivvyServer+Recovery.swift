@@ -33,7 +33,6 @@ extension DivvyServer {
                     "client": "\(id)", "handle": "\(handle)", "error": "\(error)"])
             }
         }
-        session.account = MediatedAccount()
         var metadata: Logger.Metadata = [
             "client": "\(id)", "name": "\(session.name)", "reason": "\(reason)",
             "mediated_blocks_released": "\(released)",

@@ -40,14 +40,13 @@ extension DivvyServer {
         }
         let leaving: Bool
         if case .farewell = reply {
-            session.machine.close()
-            session.closeAfterFlush = true
+            _ = session.closeAfterReplies()
             leaving = true
         } else {
             leaving = false
         }
         // After farewell, an admin disconnect of the requester's own id, or a failed send: the reply, then the close.
-        if session.closeAfterFlush, session.outbox.isEmpty, sessions[session.id] === session {
+        if session.outbox.closesWhenFlushed, session.outbox.isEmpty, sessions[session.id] === session {
             let reason: String
             if leaving {
                 reason = "goodbye"

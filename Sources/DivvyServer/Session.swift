@@ -21,11 +21,9 @@ final class Session {
     var lease = DirectLease()
     /// Whether a participant slot is promised to this direct client (welcomed, not joined yet).
     var holdsDirectReservation = false
-    /// Frames the socket could not take yet (the client is slow to read); no request is read meanwhile.
-    /// The descriptors travelling with a frame are the region's own (never closed here).
-    var outbox: [(bytes: [UInt8], descriptors: [Int32])] = []
-    /// Close once the outbox is flushed (after farewell or a closing error).
-    var closeAfterFlush = false
+    /// Replies the socket could not take yet (the client is slow to read), and whether the connection closes once
+    /// they are out (`ConnectionOutbox`).
+    var outbox = ConnectionOutbox()
     /// Requests handled, for `divvyctl clients`.
     var requests = 0
     /// A direct client's process, by a pidfd taken when it joined (admin `disconnect` kills direct clients).
@@ -43,6 +41,13 @@ final class Session {
     }
 
     var mode: ClientMode? { machine.mode }
+
+    /// Ends the exchange (nothing more is handled) and closes the connection after the replies sent so far.
+    /// - Returns: whether to close now or once the waiting replies are out.
+    func closeAfterReplies() -> ConnectionOutbox.Close {
+        machine.close()
+        return outbox.closeAfterReplies()
+    }
     /// Blocks held through the daemon.
     var blocksHeld: Int { account.blocksHeld }
     /// Bytes held through the daemon.

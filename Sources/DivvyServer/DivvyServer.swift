@@ -128,6 +128,8 @@ public final class DivvyServer: @unchecked Sendable {
     var protocolErrors = BurstLogLimiter()
     /// Per-client block and large-block limits for mediated clients (`FairShare`).
     let fairShare: FairShare
+    /// Outstanding share tokens: what a mediated `adopt` must present (`ShareTokenTable`, DivvyServer+ShareTokens).
+    var shareTokens: ShareTokenTable
     /// Watches the data object for punched holes while the region is fully committed (`HoleRepair`); nil otherwise.
     var holeRepair: HoleRepair?
     /// Whether the last hole repair failed (its error is logged once until a repair succeeds).
@@ -223,6 +225,7 @@ public final class DivvyServer: @unchecked Sendable {
             if configuration.regionName != nil { try? region.remove() }
             ownerLock?.release(removingName: true)
         }
+        shareTokens = ShareTokenTable(limitPerIssuer: configuration.maxShareTokensPerClient)
         do throws(SharedHeapError) {
             heap = try SharedHeap.create(in: region, configuration: heapConfiguration)
             classSizes = heap.sizeClasses
@@ -805,8 +808,8 @@ public final class DivvyServer: @unchecked Sendable {
             }
             return .freedBatch(statuses: statuses)
         case .share(let handle): return .shared(try share(session, SharedHeapHandle(handle)))
-        case .adopt(let handle):
-            let blockSize = try adopt(session, SharedHeapHandle(handle))
+        case .adopt(let handle, let token):
+            let blockSize = try adopt(session, SharedHeapHandle(handle), token: token)
             return .adopted(handle: handle, blockSize: UInt64(blockSize))
         case .stats: return .statsReply(stats(for: session))
         case .ping(let payload): return .pong(payload: payload)
@@ -1041,6 +1044,8 @@ public final class DivvyServer: @unchecked Sendable {
         }
         if holding.count == 1 {
             holdings[handle] = nil
+            // Its share tokens for the block die with its holding (ShareTokenTable).
+            if !shareTokens.isEmpty { shareTokens.dropIssuer(session.id, handle: handle) }
         } else {
             holdings[handle] = Session.Holding(count: holding.count - 1, blockSize: holding.blockSize)
         }
@@ -1077,7 +1082,7 @@ public final class DivvyServer: @unchecked Sendable {
         .invalidHandle,
         "the zero handle is never a valid handle: use a handle that allocate, allocateBatch or shared returned")
 
-    private func adopt(_ session: Session, _ handle: SharedHeapHandle) throws(ServiceError) -> Int {
+    private func adopt(_ session: Session, _ handle: SharedHeapHandle, token: UInt64) throws(ServiceError) -> Int {
         guard !handle.isZero else { throw Self.handleZero }
         let blockSize: Int
         do throws(SharedHeapError) {
@@ -1085,6 +1090,8 @@ public final class DivvyServer: @unchecked Sendable {
         } catch {
             throw ServiceError(error)
         }
+        // Handles are predictable: only a live share token for this handle lets a client in (ShareTokenTable).
+        try checkShareToken(token, for: handle)
         // One holding per client, as in direct mode (the heap refuses a participant's second holding): a block's
         // holders are then clients, and one free drops a client's holding.
         guard session.holdings[handle] == nil else {
@@ -1104,6 +1111,7 @@ public final class DivvyServer: @unchecked Sendable {
             }
         }
         record(session, handle, blockSize)
+        shareTokens.redeem(token)
         metrics.count(.adoption)
         return blockSize
     }
@@ -1125,9 +1133,10 @@ public final class DivvyServer: @unchecked Sendable {
         let directHolders = holderCount - (daemonHoldsIt ? 1 : 0)
         let mediatedHolders = daemonHoldsIt ? 1 + (extraMediatedHoldings[handle] ?? 0) : 0
         let blockSize = (try? heap.blockSize(of: handle)) ?? 0
+        let token = try issueShareToken(session, for: handle)
         return SharedInfo(
             handle: handle.wire, offset: UInt64(handle.dataOffset), blockSize: UInt64(blockSize),
-            holders: UInt32(directHolders + mediatedHolders))
+            holders: UInt32(directHolders + mediatedHolders), token: token)
     }
 
     private func stats(for session: Session) -> ClientStats {
@@ -1152,6 +1161,7 @@ public final class DivvyServer: @unchecked Sendable {
         admission.closed(uid: session.peer.uid)
         poller.remove(session.socket.fileDescriptor)
         session.socket.close()
+        shareTokens.dropIssuer(id)
         var released = 0
         for (handle, holding) in session.holdings.entries {
             for _ in 0..<holding.count {

@@ -54,7 +54,7 @@ extension DivvyServer {
     }
 
     func pauseListener(until deadline: ContinuousClock.Instant) {
-        guard listenerPausedUntil == nil, shutdownDeadline == nil else { return }
+        guard listenerPausedUntil == nil, !shutdownMachine.isShuttingDown else { return }
         poller.remove(listener.fileDescriptor)
         listenerPausedUntil = deadline
     }
@@ -62,7 +62,7 @@ extension DivvyServer {
     func resumeListenerIfDue() {
         guard let until = listenerPausedUntil, ContinuousClock.now >= until else { return }
         listenerPausedUntil = nil
-        guard shutdownDeadline == nil else { return }
+        guard !shutdownMachine.isShuttingDown else { return }
         if spareDescriptor < 0 {
             spareDescriptor = (try? systemOpen("/dev/null", flags: O_RDONLY | O_CLOEXEC).get()) ?? -1
         }

@@ -7,9 +7,16 @@ extension DivvyServer {
     /// issuer (`ShareTokenTable`).
     func clientHolds(_ id: UInt32, _ handle: SharedHeapHandle) -> Bool {
         guard let session = sessions[id] else { return false }
-        if session.holdings[handle] != nil { return true }
+        if session.account[handle] != nil { return true }
         guard let p = session.participant else { return false }
         return heap.holds(participant: p, handle)
+    }
+
+    /// Drops client `id`'s share tokens for `handle` once its `account` no longer holds it (after a free): they die
+    /// with its holding. Free when no token is outstanding at all.
+    func dropShareTokens(of id: UInt32, for handle: SharedHeapHandle, account: MediatedAccount) {
+        guard !shareTokens.isEmpty, account[handle] == nil else { return }
+        shareTokens.dropIssuer(id, handle: handle)
     }
 
     /// A new share token for `handle`, which `session` holds (the caller checked): `quotaExceeded` naming

@@ -62,6 +62,14 @@ struct Divvyd: AsyncParsableCommand {
     @Flag(name: .long, help: "Print the effective configuration and exit.")
     var printConfig = false
 
+    @Flag(
+        name: .long,
+        help: """
+            Run divvyd under a built-in supervisor that plays systemd's part: it restarts divvyd when it fails and \
+            keeps the descriptors divvyd stores (FDSTORE=1) across restarts. For hosts without systemd.
+            """)
+    var supervise = false
+
     mutating func run() async throws {
         // Kept so that SIGHUP reads the same file and re-applies the same flags (flags win, as at start).
         var source = ConfigurationSource(configFile: config)
@@ -95,6 +103,29 @@ struct Divvyd: AsyncParsableCommand {
         let levelControl = LogLevelControl(configuration.logLevel)
         LoggingSystem.bootstrap { label in DivvyLogHandler.standardError(label: label, levelControl: levelControl) }
         let logger = Logger(label: "divvyd")
+
+        if supervise {
+            // The child is this same program with the same arguments, minus --supervise; the configuration was
+            // checked above, so a bad one fails here once instead of in a restart loop.
+            var arguments = Array(CommandLine.arguments.dropFirst())
+            arguments.removeAll { $0 == "--supervise" }
+            let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+                ?? CommandLine.arguments[0]
+            let supervisor: DaemonSupervisor
+            do {
+                supervisor = try DaemonSupervisor(
+                    settings: .init(
+                        executable: executable, arguments: arguments,
+                        environment: ProcessInfo.processInfo.environment),
+                    logger: Logger(label: "divvyd-supervise"))
+            } catch {
+                printError("\(error)")
+                throw ExitCode(1)
+            }
+            let status = supervisor.run()
+            if status != 0 { throw ExitCode(status) }
+            return
+        }
 
         // Under systemd (see deploy/): sd_notify for Type=notify, the watchdog, and socket activation. Both read
         // (and unset) their variables now, before the server's threads start; outside systemd both are nil.

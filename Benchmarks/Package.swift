@@ -100,6 +100,17 @@ let package = Package(
             ],
             path: "Sources/DirectRatios"
         ),
+        // How long clients are without service while divvyd is SIGKILLed and restarted through the fd store
+        // (issue 12). `swift run -c release restart-gap`; see docs/benchmarks.md, "Daemon restarts".
+        .executableTarget(
+            name: "restart-gap",
+            dependencies: [
+                .product(name: "DivvyServer", package: divvyPackage),
+                .product(name: "DivvyClient", package: divvyPackage),
+                .product(name: "DivvyProtocol", package: divvyPackage),
+            ],
+            path: "Sources/RestartGap"
+        ),
         // One client hammering divvyd (allocate storms, admin floods, 1,000 idle connections) vs another client's
         // round trip (issue 13). `swift run -c release noisy-neighbour`; see docs/benchmarks.md, "Noisy neighbours".
         .executableTarget(

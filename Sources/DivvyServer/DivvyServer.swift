@@ -226,7 +226,8 @@ public final class DivvyServer: @unchecked Sendable {
         do throws(SharedHeapError) {
             heap = try SharedHeap.create(in: region, configuration: heapConfiguration)
             classSizes = heap.sizeClasses
-            let spanTierBytes = heap.spanPageCount * heap.spanPageSize
+            // The large-block tier: span pages and the extent area (blocks above the largest class).
+            let spanTierBytes = heap.spanPageCount * heap.spanPageSize + heap.extentUnitCount * heap.extentUnitSize
             fairShare = FairShare(
                 maxBlocksPerClient: configuration.effectiveMaxBlocksPerClient,
                 heldCapacity: configuration.heldCapacity,
@@ -924,9 +925,14 @@ public final class DivvyServer: @unchecked Sendable {
     }
 
     private func classSize(for size: UInt64) throws(ServiceError) -> Int {
-        guard size > 0, let last = classSizes.last, size <= UInt64(last) else {
+        guard size > 0, let last = classSizes.last, size <= UInt64(heap.largestBlockSize) else {
             throw ServiceError(
                 .unsupportedSize, "cannot allocate \(size) bytes: sizes 1…\(heap.largestBlockSize) are supported")
+        }
+        // Above the largest class: an extent of the heap's extent area, in whole units.
+        if size > UInt64(last) {
+            let unit = UInt64(heap.extentUnitSize)
+            return Int((size + unit - 1) / unit * unit)
         }
         // Binary search: the first class at least `size` (the classes ascend).
         var low = 0

@@ -371,7 +371,10 @@ public final class DivvyServer: @unchecked Sendable {
     }
 
     /// Bytes of heap pages in the data area (small pages and span pages).
-    var heapCapacity: Int { heap.smallPageCount * heap.pageSize + heap.spanPageCount * heap.spanPageSize }
+    var heapCapacity: Int {
+        heap.smallPageCount * heap.pageSize + heap.spanPageCount * heap.spanPageSize
+            + heap.extentUnitCount * heap.extentUnitSize
+    }
 
     /// Refreshes the gauges and tells the hooks a one-line status when it changed.
     private func reportStatus() {

@@ -46,6 +46,24 @@ final class ExtentDaemonTests: XCTestCase {
             }
             client.close()
         }
+        // Three mediated clients of 100 MiB each (within each one's large-quota) do not fit the 256 MiB area: the third
+        // is told the extent area is full, and how much it has free.
+        let clients = try (0..<3).map {
+            try DivvyClient(.init(socketPath: daemon.socketPath, name: "fill-\($0)", mode: .mediated))
+        }
+        let first = try clients[0].allocateHandle(100 << 20).handle
+        let second = try clients[1].allocateHandle(100 << 20).handle
+        do {
+            _ = try clients[2].allocateHandle(100 << 20)
+            XCTFail("a third 100 MiB extent fit a 256 MiB extent area")
+        } catch {
+            XCTAssertEqual(error.protocolCode, .heapFull, "\(error)")
+            XCTAssertTrue(error.message.contains("extent area"), error.message)
+            XCTAssertTrue(error.message.contains("longest free run 896 units"), error.message)
+        }
+        try clients[0].free(first)
+        try clients[1].free(second)
+        for client in clients { client.close() }
         let (verify, _) = try daemon.quiescentAudit(expectedClients: 0)
         XCTAssertEqual(verify["clean"] as? Bool, true, "\(verify)")
         daemon.process.signal(SIGTERM)

@@ -300,6 +300,10 @@ final class SharedHeapExtentTests: ShmTestCase {
         assertHeapError(.pageAllowanceExhausted) { _ = try me.allocate(9 * heap.extentUnitSize) }
         XCTAssertEqual(heap.verify(), before)
         XCTAssertEqual(heap.extentLock.load(ordering: .relaxed), 0)
+        // A page claim counts the extent units too: 29 held + 1 page is the allowance, a second page is not.
+        let small = try me.allocate(64)
+        assertHeapError(.pageAllowanceExhausted) { _ = try me.allocate(8192) }
+        try me.free(small)
         try me.free(foreign)  // 20 units held.
         let second = try me.allocate(10 * heap.extentUnitSize)
         try me.free(first)

@@ -414,11 +414,12 @@ extension SharedHeap {
             let needed = l.isLarge(sizeClass) ? l.spanPageSize / l.pageSize : 1
             // Ordering: relaxed; the allowance is a policy word another process may change at any time, and any
             // recent value will do.
+            // The extent units we hold count too (see `checkExtentAllowance`).
             var allowance = heap.pageAllowance(index).load(ordering: .relaxed)
-            if allowance == unlimitedPages || ownedPageTotal + needed <= Int(allowance) { return }
+            if allowance == unlimitedPages || ownedPageTotal + extentUnitsHeld + needed <= Int(allowance) { return }
             releaseEmptyPages(except: sizeClass)
             allowance = heap.pageAllowance(index).load(ordering: .relaxed)
-            if allowance == unlimitedPages || ownedPageTotal + needed <= Int(allowance) { return }
+            if allowance == unlimitedPages || ownedPageTotal + extentUnitsHeld + needed <= Int(allowance) { return }
             throw SharedHeapError(
                 .pageAllowanceExhausted, "participant \(index) owns \(ownedPageTotal) pages, its page allowance is "
                     + "\(allowance): no room for another \(l.classSizes[sizeClass])-byte block (its page counts "

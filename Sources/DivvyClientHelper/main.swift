@@ -7,6 +7,9 @@
 //                            a line on stdin: "release" frees them (prints RELEASED <n>), EOF exits holding them.
 //   check SIZE SEED HANDLE…  adopt each handle, check its first SIZE bytes' pattern (block i of the writer's
 //                            sequence), free it; OK <n>.
+//   survive SIZE COUNT SEED  (direct) allocate COUNT blocks and fill them, print READY; then for each "check" line on
+//                            stdin check every pattern, allocate/fill/free 8 more in shared memory, print CHECKED <n>;
+//                            on any other line or EOF exit without leaving (restart tests: no daemon is needed).
 //   churn OPS SEED           random allocate / write / check / free (and batch calls in mediated mode), printing
 //                            PROGRESS every 100 ops; for SIGKILL tests.
 //   cycle SECONDS            for SECONDS, connect a new client (in MODE), allocate and free a block, close it; print
@@ -93,6 +96,35 @@ func run(_ client: DivvyClient, _ command: String, _ rest: [String]) throws {
             say("RELEASED \(released)")
         }
         client.close()
+    case "survive":
+        // Direct mode: blocks that must outlive daemon restarts (docs/restart.md).
+        guard rest.count == 3, let size = Int(rest[0]), let count = Int(rest[1]), let seed = UInt64(rest[2]) else {
+            fail("survive SIZE COUNT SEED")
+        }
+        var handles: [SharedHandle] = []
+        for index in 0..<count {
+            let (handle, _) = try client.allocateHandle(size)
+            try fill(client, handle, size, seed, index)
+            handles.append(handle)
+        }
+        say("READY")
+        var rounds = 0
+        while let line = readLine(), line == "check" {
+            rounds += 1
+            for (index, handle) in handles.enumerated() where !(try check(client, handle, size, seed, index)) {
+                fail("block \(index) (\(handle)) lost its pattern after \(rounds) checks")
+            }
+            // Allocating and freeing in shared memory needs no daemon (within the pages already leased).
+            for round in 0..<8 {
+                let (handle, _) = try client.allocateHandle(size)
+                try fill(client, handle, size, seed &+ UInt64(rounds), round)
+                guard try check(client, handle, size, seed &+ UInt64(rounds), round) else { fail("fresh block") }
+                try client.free(handle)
+            }
+            say("CHECKED \(handles.count)")
+        }
+        // Exits holding its blocks, without leaving: the daemon recovers the participant once the process is gone.
+        exit(0)
     case "check":
         guard rest.count >= 2, let size = Int(rest[0]), let seed = UInt64(rest[1]) else {
             fail("check SIZE SEED HANDLE…")

@@ -36,7 +36,7 @@ struct AdminReports {
         let capacity = server.heapCapacity
         return Status(
             version: Self.version, protocolVersion: Int(ProtocolVersion.current), pid: Int(getpid()),
-            uptimeSeconds: Date().timeIntervalSince1970 - server.startTime,
+            uptimeSeconds: Self.seconds(.now - server.startedAt),
             socket: server.socketPath,
             region: .init(
                 name: region.objectName, backing: region.objectName == nil ? "memfd" : "/dev/shm",
@@ -59,13 +59,19 @@ struct AdminReports {
         }
     }
 
-    func client(_ session: Session, now: Double = Date().timeIntervalSince1970) -> ClientRow {
+    func client(_ session: Session, now: ContinuousClock.Instant = .now) -> ClientRow {
         ClientRow(
             id: session.id, pid: session.peer.pid, uid: session.peer.uid, gid: session.peer.gid, name: session.name,
             mode: Self.modeName(session.mode), bytesHeld: session.bytesHeld,
             blocksHeld: session.blocksHeld, quotaBytes: server.configuration.effectiveQuotaBytes,
             pageAllowance: session.pageAllowance, participant: session.participant,
-            connectedSeconds: now - session.connectedAt, requests: session.requests)
+            connectedSeconds: Self.seconds(now - session.connectedAt), requests: session.requests)
+    }
+
+    /// A duration in seconds (with fractions), as `clients` rows report how long a client has been connected.
+    static func seconds(_ duration: Duration) -> Double {
+        let (seconds, attoseconds) = duration.components
+        return Double(seconds) + Double(attoseconds) / 1e18
     }
 
     /// A `clients` row's `mode` (the case's name, as `"\(mode)"` gives it, without reflection for each row).

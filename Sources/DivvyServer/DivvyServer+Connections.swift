@@ -54,7 +54,7 @@ extension DivvyServer {
     }
 
     func pauseListener(until deadline: ContinuousClock.Instant) {
-        guard listenerPausedUntil == nil, shutdownDeadline == nil else { return }
+        guard listenerPausedUntil == nil, !shutdownMachine.isShuttingDown else { return }
         poller.remove(listener.fileDescriptor)
         listenerPausedUntil = deadline
     }
@@ -62,7 +62,7 @@ extension DivvyServer {
     func resumeListenerIfDue() {
         guard let until = listenerPausedUntil, ContinuousClock.now >= until else { return }
         listenerPausedUntil = nil
-        guard shutdownDeadline == nil else { return }
+        guard !shutdownMachine.isShuttingDown else { return }
         if spareDescriptor < 0 {
             spareDescriptor = (try? systemOpen("/dev/null", flags: O_RDONLY | O_CLOEXEC).get()) ?? -1
         }
@@ -101,7 +101,8 @@ extension DivvyServer {
     /// Closes connections that did not say hello within `handshake-timeout-ms`, freeing their slots.
     func expireHandshakes() {
         for id in handshakeDeadlines.expired(at: .now) {
-            guard let session = sessions[id], case .awaitingHello = session.machine.state, !session.closeAfterFlush
+            guard let session = sessions[id], case .awaitingHello = session.machine.state,
+                !session.outbox.closesWhenFlushed
             else { continue }
             let message = "no hello within \(configuration.handshakeTimeoutMilliseconds) ms of connecting "
                 + "(handshake-timeout-ms); closing"
@@ -116,9 +117,7 @@ extension DivvyServer {
                     """,
                     metadata: ["client": "\(id)", "pid": "\(session.peer.pid)", "uid": "\(session.peer.uid)"])
             }
-            session.machine.close()
-            session.closeAfterFlush = true
-            if session.outbox.isEmpty { disconnect(id, reason: "no hello within the handshake timeout") }
+            if session.closeAfterReplies() == .now { disconnect(id, reason: "no hello within the handshake timeout") }
         }
     }
 }

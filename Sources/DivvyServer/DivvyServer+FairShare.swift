@@ -3,17 +3,6 @@ import DivvyShm
 import Logging
 
 extension DivvyServer {
-    /// Refuses (`quotaExceeded`, naming the setting) `count` more blocks of `blockSize` bytes that would pass the
-    /// session's `max-blocks-per-client` or `large-quota` (`FairShare`).
-    func checkFairShare(_ session: Session, adding count: Int, of blockSize: Int) throws(ServiceError) {
-        if let refusal = fairShare.refusal(
-            client: session.id, blocksHeld: session.blocksHeld, largeBytesHeld: session.largeBytesHeld,
-            adding: count, blockSize: blockSize)
-        {
-            throw ServiceError(refusal)
-        }
-    }
-
     /// The error for a failed mediated allocation, saying which shared resource is exhausted: the large- or
     /// small-block tier (with what the other tier still has free, so `stats`' heap-wide free bytes do not mislead),
     /// or the held list all mediated clients share.

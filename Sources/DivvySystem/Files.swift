@@ -145,6 +145,21 @@ package func systemUnlink(_ path: String) -> Result<Void, Errno> {
     nothingOrErrno("unlink") { unlink(path) }
 }
 
+/// rmdir(2).
+package func systemRemoveDirectory(_ path: String) -> Result<Void, Errno> {
+    nothingOrErrno("rmdir") { rmdir(path) }
+}
+
+/// mkdtemp(3): creates a new directory, mode 0700, from `template` (ending in `XXXXXX`); returns its path.
+package func systemMakeTemporaryDirectory(_ template: String) -> Result<String, Errno> {
+    var bytes = Array(template.utf8CString)
+    return bytes.withUnsafeMutableBufferPointer { buffer -> Result<String, Errno> in
+        // Safe: `buffer` is a NUL-terminated copy of the template that mkdtemp rewrites in place.
+        guard let made = mkdtemp(buffer.baseAddress!) else { return .failure(Errno(rawValue: errno)) }
+        return .success(String(cString: made))
+    }
+}
+
 /// flock(2).
 package func systemFlock(_ fd: Int32, _ operation: Int32) -> Result<Void, Errno> {
     nothingOrErrno("flock") { flock(fd, operation) }

@@ -62,6 +62,21 @@ struct Divvyd: AsyncParsableCommand {
     @Flag(name: .long, help: "Print the effective configuration and exit.")
     var printConfig = false
 
+    @Flag(
+        name: .long,
+        help: """
+            Run divvyd under a built-in supervisor that plays systemd's part: it restarts divvyd when it fails and \
+            keeps the descriptors divvyd stores (FDSTORE=1) across restarts. For hosts without systemd.
+            """)
+    var supervise = false
+
+    @Option(
+        name: .long,
+        help: ArgumentHelp(
+            "With --supervise: restarts allowed within 10 s before the supervisor gives up (default 5; 0: no limit).",
+            valueName: "count"))
+    var restartBurst: Int?
+
     mutating func run() async throws {
         // Kept so that SIGHUP reads the same file and re-applies the same flags (flags win, as at start).
         var source = ConfigurationSource(configFile: config)
@@ -96,6 +111,32 @@ struct Divvyd: AsyncParsableCommand {
         LoggingSystem.bootstrap { label in DivvyLogHandler.standardError(label: label, levelControl: levelControl) }
         let logger = Logger(label: "divvyd")
 
+        if supervise {
+            // The child is this same program with the same arguments, minus --supervise; the configuration was
+            // checked above, so a bad one fails here once instead of in a restart loop.
+            var arguments = Array(CommandLine.arguments.dropFirst())
+            arguments.removeAll { $0 == "--supervise" }
+            if let index = arguments.firstIndex(of: "--restart-burst"), index + 1 < arguments.count {
+                arguments.removeSubrange(index...(index + 1))
+            }
+            arguments.removeAll { $0.hasPrefix("--restart-burst=") }
+            let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe"))
+                ?? CommandLine.arguments[0]
+            var settings = DaemonSupervisor.Settings(
+                executable: executable, arguments: arguments, environment: ProcessInfo.processInfo.environment)
+            if let restartBurst { settings.restartBurst = restartBurst > 0 ? restartBurst : Int.max }
+            let supervisor: DaemonSupervisor
+            do {
+                supervisor = try DaemonSupervisor(settings: settings, logger: Logger(label: "divvyd-supervise"))
+            } catch {
+                printError("\(error)")
+                throw ExitCode(1)
+            }
+            let status = supervisor.run()
+            if status != 0 { throw ExitCode(status) }
+            return
+        }
+
         // Under systemd (see deploy/): sd_notify for Type=notify, the watchdog, and socket activation. Both read
         // (and unset) their variables now, before the server's threads start; outside systemd both are nil.
         let notifier = SystemdNotifier.fromProcessEnvironment(logger: logger)
@@ -105,8 +146,12 @@ struct Divvyd: AsyncParsableCommand {
             return ExitCode(1)
         }
         let listener: SocketActivation.Socket?
+        // The region a previous divvyd stored in the service manager's file-descriptor store, if any.
+        let storedRegion: (region: Int32, data: Int32)?
         do {
-            listener = try SocketActivation.fromProcessEnvironment()?.onlyListener()
+            let activation = try SocketActivation.fromProcessEnvironment()
+            listener = try activation?.onlyListener()
+            storedRegion = try activation?.storedRegion()
         } catch {
             throw fail("socket activation: \(error)")
         }
@@ -150,9 +195,22 @@ struct Divvyd: AsyncParsableCommand {
         let server: DivvyServer
         do {
             server = try DivvyServer(
-                configuration: configuration, logger: logger, listenerDescriptor: listener?.descriptor, hooks: hooks)
+                configuration: configuration, logger: logger, listenerDescriptor: listener?.descriptor,
+                storedRegion: storedRegion, hooks: hooks)
         } catch {
             throw fail("\(error)")
+        }
+        // The server keeps duplicates of a re-attached region's descriptors: the inherited ones go.
+        if let storedRegion {
+            close(storedRegion.region)
+            close(storedRegion.data)
+        }
+        // An anonymous region dies with its last descriptor: hand duplicates to the service manager (systemd with
+        // FileDescriptorStoreMax=, or `divvyd --supervise`), which passes them to the next divvyd after a crash or
+        // restart. (A named region is replaced after a crash instead: its data object is an anonymous memfd.)
+        if let notifier, configuration.regionName == nil, let data = server.regionDescriptors.data {
+            notifier.storeDescriptors([server.regionDescriptors.region], name: SystemdNotifier.StoredName.region)
+            notifier.storeDescriptors([data], name: SystemdNotifier.StoredName.regionData)
         }
         // Shut down in reverse order: reloading stops first, then the server; the watchdog last, since the loop
         // keeps ticking through its graceful shutdown.

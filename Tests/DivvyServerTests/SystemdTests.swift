@@ -1,9 +1,12 @@
 import DivvyClient
 import DivvyProtocol
 import DivvyServer
+import DivvyShm
+import DivvySystem
 import DivvyTestSupport
 import DivvyTransport
 import Foundation
+import SystemPackage
 import XCTest
 
 #if canImport(Glibc)
@@ -19,6 +22,7 @@ final class NotifyListener: @unchecked Sendable {
     private let fd: Int32
     private let lock = NSLock()
     private var received: [String] = []
+    private var stored: [String: [Int32]] = [:]
     private var stopRequested = false
     private let finished = DispatchSemaphore(value: 0)
     private var closed = false
@@ -51,15 +55,41 @@ final class NotifyListener: @unchecked Sendable {
             let stop = stopRequested
             lock.unlock()
             if stop { break }
-            let count = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if count >= 0 {
+            let (result, ancillary) = buffer.withUnsafeMutableBytes {
+                systemReceiveWithDescriptors(fd, into: $0, capacity: 8)
+            }
+            if case .success(let count) = result {
                 let message = String(decoding: buffer[..<count], as: UTF8.self)
                 lock.lock()
                 received.append(message)
+                keepStored(message, ancillary.descriptors)
                 lock.unlock()
             }
         }
         finished.signal()
+    }
+
+    /// The file-descriptor store, as systemd keeps it: `FDSTORE=1` with `FDNAME=` replaces what the name held,
+    /// `FDSTOREREMOVE=1` drops it. Descriptors that came with any other message are closed. Called under `lock`.
+    private func keepStored(_ message: String, _ descriptors: [Int32]) {
+        let lines = message.split(separator: "\n").map(String.init)
+        let name = lines.first { $0.hasPrefix("FDNAME=") }.map { String($0.dropFirst(7)) } ?? "stored"
+        if lines.contains("FDSTORE=1"), !descriptors.isEmpty {
+            for old in stored[name] ?? [] { Glibc.close(old) }
+            stored[name] = descriptors
+        } else {
+            for descriptor in descriptors { Glibc.close(descriptor) }
+            if lines.contains("FDSTOREREMOVE=1") {
+                for old in stored.removeValue(forKey: name) ?? [] { Glibc.close(old) }
+            }
+        }
+    }
+
+    /// The descriptors stored under `name` now (the listener owns them; they are closed with it).
+    func storedDescriptors(_ name: String) -> [Int32] {
+        lock.lock()
+        defer { lock.unlock() }
+        return stored[name] ?? []
     }
 
     /// Stops collecting and closes the socket (idempotent).
@@ -71,6 +101,8 @@ final class NotifyListener: @unchecked Sendable {
         lock.unlock()
         finished.wait()
         Glibc.close(fd)
+        for descriptors in stored.values { for descriptor in descriptors { Glibc.close(descriptor) } }
+        stored = [:]
         if address.hasPrefix("/") { unlink(address) }
     }
 
@@ -363,12 +395,92 @@ final class SystemdTests: XCTestCase {
     func testOnlyListenerWantsExactlyOneSocket() throws {
         let one = SocketActivation(sockets: [.init(descriptor: 3, name: "divvyd.socket")])
         XCTAssertEqual(try one.onlyListener(), .init(descriptor: 3, name: "divvyd.socket"))
+        // Stored descriptors are not listeners.
+        let stored = SocketActivation(sockets: [
+            .init(descriptor: 3, name: "divvy-region"), .init(descriptor: 4, name: "divvyd.socket"),
+            .init(descriptor: 5, name: "divvy-region-data"),
+        ])
+        XCTAssertEqual(try stored.onlyListener(), .init(descriptor: 4, name: "divvyd.socket"))
+        XCTAssertEqual(stored.listeners.map(\.descriptor), [4])
+        let storedOnly = SocketActivation(sockets: [
+            .init(descriptor: 3, name: "divvy-region"), .init(descriptor: 4, name: "divvy-region-data"),
+        ])
+        XCTAssertNil(try storedOnly.onlyListener(), "only stored descriptors: not socket-activated")
         let two = SocketActivation(sockets: [.init(descriptor: 3, name: "a"), .init(descriptor: 4, name: "b")])
         XCTAssertThrowsError(try two.onlyListener()) { error in
             let error = error as? SystemdError
             XCTAssertEqual(error?.code, .unexpectedSocketCount)
             XCTAssertTrue(error?.message.contains("passed 2 (fd 3 'a', fd 4 'b')") ?? false, "\(String(describing: error))")
         }
+    }
+
+    func testStoredRegionNeedsBothDescriptors() throws {
+        let both = SocketActivation(sockets: [
+            .init(descriptor: 3, name: "divvyd.socket"), .init(descriptor: 4, name: "divvy-region-data"),
+            .init(descriptor: 5, name: "divvy-region"),
+        ])
+        let region = try both.storedRegion()
+        XCTAssertEqual(region?.region, 5)
+        XCTAssertEqual(region?.data, 4)
+        XCTAssertNil(try SocketActivation(sockets: [.init(descriptor: 3, name: "divvyd.socket")]).storedRegion())
+        for sockets in [
+            [SocketActivation.Socket(descriptor: 3, name: "divvy-region")],
+            [.init(descriptor: 3, name: "divvy-region-data")],
+            [.init(descriptor: 3, name: "divvy-region"), .init(descriptor: 4, name: "divvy-region"),
+             .init(descriptor: 5, name: "divvy-region-data")],
+        ] {
+            XCTAssertThrowsError(try SocketActivation(sockets: sockets).storedRegion(), "\(sockets)") { error in
+                let error = error as? SystemdError
+                XCTAssertEqual(error?.code, .badDescriptor)
+                XCTAssertTrue(error?.message.contains("a stored region needs one of each") ?? false, "\(String(describing: error))")
+            }
+        }
+    }
+
+    /// `FDSTORE=1`: the region's two memfds reach the store as duplicates under their names, outlive every
+    /// descriptor and mapping of their creator, and re-open as the same region with its contents;
+    /// `FDSTOREREMOVE=1` drops them.
+    func testRegionDescriptorsSurviveTheirCreatorInTheStore() throws {
+        let directory = try temporarySocketDirectory()
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let listener = try NotifyListener(directory + "/notify")
+        defer { listener.close() }
+        let notifier = try XCTUnwrap(SystemdNotifier(environment: ["NOTIFY_SOCKET": listener.address]))
+        var nonce: UInt64 = 0
+        do {
+            let region = try SharedRegion.createAnonymous(
+                SharedRegion.Configuration(dataSize: 1 << 20, metadataSize: 4096, separateDataObject: true))
+            nonce = region.header.nonce
+            let dataOffset = region.geometry.dataOffset
+            try region.mapping.withUnsafeMutableBytes(atOffset: dataOffset + 4096, length: 8) {
+                $0.storeBytes(of: 0x5EED_CAFE, as: UInt64.self)
+            }
+            XCTAssertTrue(notifier.storeDescriptors([region.fileDescriptor.rawValue], name: SystemdNotifier.StoredName.region))
+            XCTAssertTrue(notifier.storeDescriptors(
+                [try XCTUnwrap(region.dataFileDescriptor).rawValue], name: SystemdNotifier.StoredName.regionData))
+            XCTAssertTrue(listener.wait { $0.filter { $0 == "FDSTORE=1" }.count == 2 })
+        }  // The region and its mapping are gone: only the store holds the memfds now.
+        XCTAssertTrue(listener.lines.contains("FDNAME=divvy-region") && listener.lines.contains("FDPOLL=0"))
+        let stored = listener.storedDescriptors(SystemdNotifier.StoredName.region)
+        let storedData = listener.storedDescriptors(SystemdNotifier.StoredName.regionData)
+        XCTAssertEqual(stored.count, 1)
+        XCTAssertEqual(storedData.count, 1)
+        let reopened = try SharedRegion.open(
+            fileDescriptor: FileDescriptor(rawValue: stored[0]), dataFileDescriptor: FileDescriptor(rawValue: storedData[0]))
+        XCTAssertEqual(reopened.header.nonce, nonce, "the same region")
+        let value = try reopened.mapping.withUnsafeBytes(atOffset: reopened.geometry.dataOffset + 4096, length: 8) {
+            $0.load(as: UInt64.self)
+        }
+        XCTAssertEqual(value, 0x5EED_CAFE)
+        XCTAssertTrue(notifier.removeStoredDescriptors(name: SystemdNotifier.StoredName.region))
+        XCTAssertTrue(listener.wait { $0.contains("FDSTOREREMOVE=1") })
+        XCTAssertTrue(listener.storedDescriptors(SystemdNotifier.StoredName.region).isEmpty)
+        XCTAssertEqual(listener.storedDescriptors(SystemdNotifier.StoredName.regionData).count, 1)
+        XCTAssertEqual(notifier.failedSends, 0)
+        // No store listening: the send fails, is counted, and nothing throws.
+        listener.close()
+        XCTAssertFalse(notifier.storeDescriptors([0], name: "x"))
+        XCTAssertEqual(notifier.failedSends, 1)
     }
 
     func testProcessEnvironmentIsUnsetAfterReadingWhateverTheOutcome() throws {

@@ -271,6 +271,37 @@ final class SharedHeapExtentTests: ShmTestCase {
         #endif
     }
 
+    /// A process that takes over the slot of one that died after each step of an extent allocation (what a
+    /// restarted daemon does): the lock is released (the slot is alive again, so nobody else would take it over),
+    /// the in-flight allocation is settled as not done, the extents it held before are kept and counted against its
+    /// allowance, and it goes on allocating extents.
+    func testTakeoverOfAnExtentAllocatorReleasesTheLockAndKeepsItsExtents() throws {
+        #if DIVVY_INTERNAL_CHECKS
+        for step in 1...6 {
+            let (_, heap) = try makeHeap("takeover\(step)")
+            let dying = try heap.join(name: "dying")
+            let kept = try dying.allocate(12 * heap.extentUnitSize)
+            try touchEnds(heap, kept, 4)
+            dying._dieAfter = ("allocateExtent", step)
+            assertHeapError(.participantLeft) { _ = try dying.allocate(20 * heap.extentUnitSize) }
+            let (successor, _) = try heap.takeOver(participant: dying.index, name: "successor", checkingProcess: false)
+            XCTAssertEqual(heap.extentLock.load(ordering: .relaxed), 0, "step \(step)")
+            XCTAssertEqual(Set(successor.heldHandles), [kept], "step \(step)")
+            let audit = heap.verify()
+            XCTAssertTrue(audit.isClean, "step \(step): \(audit)")
+            XCTAssertEqual(audit.allocatedBlocks, 1, "step \(step)")
+            // Its allowance counts the kept extent's 12 units.
+            try heap.setPageAllowance(participant: successor.index, pages: 20)
+            assertHeapError(.pageAllowanceExhausted) { _ = try successor.allocate(9 * heap.extentUnitSize) }
+            try heap.setPageAllowance(participant: successor.index, pages: nil)
+            let more = try successor.allocate(100 * heap.extentUnitSize)
+            try successor.free(more)
+            try successor.free(kept)
+            XCTAssertTrue(heap.verify().isClean)
+        }
+        #endif
+    }
+
     /// A lock left by a participant that will never release it (its slot not alive, as after its process died
     /// and before its recovery) is taken over by the next allocator, which then allocates normally.
     func testLockOfAGoneHolderIsTakenOver() throws {

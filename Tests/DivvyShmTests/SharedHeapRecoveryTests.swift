@@ -606,6 +606,12 @@ final class SharedHeapRecoveryTests: ShmTestCase {
             for handle in held where !(try tortureIntact(heap, handle)) {
                 XCTFail("\(context): \(handle), held by a survivor, lost its contents")
             }
+            // `usage()` is exact after the kill: the bytes in use are those of the blocks this process holds.
+            let heldBytes = try held.reduce(try heap.blockSize(of: mailboxHandle)) { $0 + (try heap.blockSize(of: $1)) }
+            guard heap.usage().bytesInUse == heldBytes else {
+                XCTFail("\(context): usage() counts \(heap.usage().bytesInUse) bytes in use, the holdings \(heldBytes)")
+                break
+            }
         }
         print("SharedHeapRecoveryTests.\(name): \(kills) kills, \(adopted) adoptions, "
             + "\(recoveredBlocks) blocks released by recovery, extent lock held at \(lockHeldAtKill) kills, "

@@ -124,18 +124,46 @@ public struct SocketActivation: Hashable, Sendable {
         return activation
     }
 
-    /// The one passed socket, for a daemon that serves exactly one.
+    /// The names of descriptors a previous divvyd put in the service manager's store (`SystemdNotifier.StoredName`):
+    /// systemd passes them back with the sockets, and they are not listeners.
+    public static let storedNames: Set<String> = [SystemdNotifier.StoredName.region, SystemdNotifier.StoredName.regionData]
+
+    /// The passed descriptors that are listening sockets: all but the stored ones (`storedNames`).
+    public var listeners: [Socket] { sockets.filter { !Self.storedNames.contains($0.name) } }
+
+    /// The region a previous divvyd stored (`SystemdNotifier.storeDescriptors(_:name:)`): its own object and its
+    /// data object, when both came back; nil when neither did.
+    ///
+    /// - Throws: `SystemdError.badDescriptor` when only one of the two came back (a store that lost one cannot be
+    ///   re-attached: the operator decides), or one name came twice.
+    public func storedRegion() throws(SystemdError) -> (region: Int32, data: Int32)? {
+        let region = sockets.filter { $0.name == SystemdNotifier.StoredName.region }
+        let data = sockets.filter { $0.name == SystemdNotifier.StoredName.regionData }
+        if region.isEmpty, data.isEmpty { return nil }
+        guard region.count == 1, data.count == 1 else {
+            throw SystemdError(
+                .badDescriptor,
+                "the service manager passed \(region.count) '\(SystemdNotifier.StoredName.region)' and \(data.count) "
+                    + "'\(SystemdNotifier.StoredName.regionData)' descriptors; a stored region needs one of each. "
+                    + "Clear the store (systemctl clean --what=fdstore divvyd, or stop the unit) to start afresh")
+        }
+        return (region[0].descriptor, data[0].descriptor)
+    }
+
+    /// The one passed listening socket, for a daemon that serves exactly one; nil when only stored descriptors
+    /// were passed (the daemon then binds its configured socket itself).
     ///
     /// - Throws: `SystemdError.unexpectedSocketCount` naming the sockets when there are several.
-    public func onlyListener() throws(SystemdError) -> Socket {
-        guard sockets.count == 1, let socket = sockets.first else {
+    public func onlyListener() throws(SystemdError) -> Socket? {
+        let listeners = listeners
+        guard listeners.count <= 1 else {
             throw SystemdError(
                 .unexpectedSocketCount,
-                "divvyd serves one socket but was passed \(sockets.count) ("
-                    + sockets.map { "fd \($0.descriptor) '\($0.name)'" }.joined(separator: ", ")
+                "divvyd serves one socket but was passed \(listeners.count) ("
+                    + listeners.map { "fd \($0.descriptor) '\($0.name)'" }.joined(separator: ", ")
                     + "); give the .socket unit a single ListenSequentialPacket= line")
         }
-        return socket
+        return listeners.first
     }
 
     /// The filesystem path a Unix socket is bound to (`getsockname(2)`), or nil for an unbound, abstract or

@@ -265,10 +265,70 @@ public final class SystemdNotifier: @unchecked Sendable {
             stopping: { self.stopping() })
     }
 
+    // MARK: The file-descriptor store
+
+    /// The names divvyd stores its region's descriptors under (`FDNAME=`), and finds them by in `LISTEN_FDNAMES`
+    /// on the next start.
+    public enum StoredName {
+        /// The region's own object (header and heap metadata).
+        public static let region = "divvy-region"
+        /// The region's separate data object (what mediated clients map).
+        public static let regionData = "divvy-region-data"
+    }
+
+    /// `FDSTORE=1`: hands duplicates of `descriptors` to the service manager's file-descriptor store under
+    /// `name` (`FDNAME=`), replacing what was stored under that name; systemd passes them back on the service's
+    /// next start (`LISTEN_FDS`, `LISTEN_FDNAMES`), after a crash or `systemctl restart`, and drops them when the
+    /// unit is stopped. Needs `FileDescriptorStoreMax=` in the unit (the shipped one sets it). `FDPOLL=0`:
+    /// the descriptors are memfds, which systemd cannot poll for hang-ups. Waits at most one second.
+    ///
+    /// - Parameters:
+    ///   - descriptors: at most 8, still owned by the caller (the store keeps its own duplicates).
+    ///   - name: the store name, at most 255 characters of `[A-Za-z0-9_.-]` (systemd's rule for `FDNAME=`).
+    /// - Returns: whether the datagram (and so the descriptors) was queued for the service manager.
+    @discardableResult
+    public func storeDescriptors(_ descriptors: [Int32], name: String) -> Bool {
+        precondition(!descriptors.isEmpty && descriptors.count <= 8, "store 1…8 descriptors at a time")
+        precondition(
+            !name.isEmpty && name.count <= 255
+                && name.utf8.allSatisfy { $0 == 0x2D || $0 == 0x2E || $0 == 0x5F || (0x30...0x39).contains($0)
+                    || (0x41...0x5A).contains($0) || (0x61...0x7A).contains($0) },
+            "FDNAME '\(name)' must be 1…255 characters of [A-Za-z0-9_.-]")
+        let state = "FDSTORE=1\nFDNAME=\(name)\nFDPOLL=0"
+        // sendmsg(2) with SCM_RIGHTS goes through a connected socket: a short-lived one, so that the notifier's
+        // own (unconnected) socket stays usable from any thread.
+        let type = Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue)
+        let connected: OwnedDescriptor
+        switch systemSocket(domain: AF_UNIX, type: type) {
+        case .success(let opened): connected = OwnedDescriptor(taking: opened)
+        case .failure(let error): return noteFailure(state, error.rawValue)
+        }
+        _ = systemSetSendTimeout(connected.rawValue, milliseconds: 1000)
+        let fd = connected.rawValue
+        let connection = withDestinationAddress { address, length in systemConnect(fd, address, length) }
+        if case .failure(let error) = connection { return noteFailure(state, error.rawValue) }
+        let payload = Array(state.utf8)
+        let result = payload.withUnsafeBytes { bytes in
+            descriptors.withUnsafeBufferPointer { fds in
+                systemSendWithDescriptors(fd, bytes, descriptors: fds, flags: Int32(MSG_NOSIGNAL))
+            }
+        }
+        if case .failure(let error) = result { return noteFailure(state, error.rawValue) }
+        return true
+    }
+
+    /// `FDSTOREREMOVE=1`: drops the descriptors stored under `name` (a clean stop that ends the heap for good).
+    ///
+    /// - Returns: whether the datagram was queued for the service manager.
+    @discardableResult
+    public func removeStoredDescriptors(name: String) -> Bool {
+        notify("FDSTOREREMOVE=1\nFDNAME=\(name)")
+    }
+
     // MARK: Sending
 
-    private func send(_ state: String, nonBlocking: Bool) -> Bool {
-        let payload = Array(state.utf8)
+    /// Calls `body` with the destination's `sockaddr_un` and its length.
+    private func withDestinationAddress<T>(_ body: (UnsafePointer<sockaddr>, socklen_t) -> T) -> T {
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
         let name: [UInt8]
@@ -279,17 +339,26 @@ public final class SystemdNotifier: @unchecked Sendable {
         // Invariant: `Destination.init` admits only names that fit (`name.count <= sunPathCapacity`).
         withUnsafeMutableBytes(of: &address.sun_path) { $0.copyBytes(from: name) }
         let length = socklen_t(MemoryLayout<sa_family_t>.size + name.count)
+        return withUnsafePointer(to: &address) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { body($0, length) }
+        }
+    }
+
+    private func send(_ state: String, nonBlocking: Bool) -> Bool {
+        let payload = Array(state.utf8)
         let flags = Int32(MSG_NOSIGNAL) | (nonBlocking ? Int32(MSG_DONTWAIT) : 0)
         let fd = socket.rawValue
-        let result = withUnsafePointer(to: &address) { pointer in
-            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { socketAddress in
-                payload.withUnsafeBytes { bytes in
-                    systemSendTo(fd, bytes, flags: flags, to: socketAddress, length: length)
-                }
+        let result = withDestinationAddress { socketAddress, length in
+            payload.withUnsafeBytes { bytes in
+                systemSendTo(fd, bytes, flags: flags, to: socketAddress, length: length)
             }
         }
         guard case .failure(let failure) = result else { return true }
-        let error = failure.rawValue
+        return noteFailure(state, failure.rawValue)
+    }
+
+    /// Counts a failed send, logs the first one, and returns false.
+    private func noteFailure(_ state: String, _ error: Int32) -> Bool {
         lock.lock()
         failures += 1
         let first = failures == 1

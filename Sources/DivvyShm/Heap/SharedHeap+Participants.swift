@@ -50,10 +50,8 @@ extension SharedHeap {
                 // the participant's index from us (a happens-before through its own channel).
                 pageAllowance(p).store(unlimitedPages, ordering: .relaxed)
                 ownedPageCount(p).store(0, ordering: .relaxed)
-                let bytes = Array(name.utf8.prefix(ParticipantRecordField.nameBytes))
-                let nameArea = meta + participantOffset(p) + ParticipantRecordField.name
-                nameArea.initializeMemory(as: UInt8.self, repeating: 0, count: ParticipantRecordField.nameBytes)
-                nameArea.copyMemory(from: bytes, byteCount: bytes.count)
+                storeParticipantName(p, name)
+                clearParticipantTag(p)
                 return Participant(heap: self, index: p)
             }
         }
@@ -61,6 +59,46 @@ extension SharedHeap {
         throw SharedHeapError(
             .participantTableFull, "all \(layout.participantCapacity) participant slots are taken; leave() unused "
                 + "participants")
+    }
+
+    /// Stores slot `p`'s diagnostic label (the first 32 UTF-8 bytes of `name`, zero-padded). The slot's occupant
+    /// writes it, once, after claiming the slot.
+    internal func storeParticipantName(_ p: Int, _ name: String) {
+        let bytes = Array(name.utf8.prefix(ParticipantRecordField.nameBytes))
+        let nameArea = meta + participantOffset(p) + ParticipantRecordField.name
+        nameArea.initializeMemory(as: UInt8.self, repeating: 0, count: ParticipantRecordField.nameBytes)
+        nameArea.copyMemory(from: bytes, byteCount: bytes.count)
+    }
+
+    /// Bytes a participant's *tag* holds (`Participant.setTag(_:)`).
+    public static let participantTagSize = ParticipantRecordField.tagBytes
+
+    /// Participant slot `p`'s tag: what its occupant stored with `Participant.setTag(_:)` (all zeros when nothing),
+    /// or nil for no such slot or a free one.
+    ///
+    /// A daemon reads the tags of the slots it took over (`takeOver(participant:name:)`) to learn which session each
+    /// one served. Read a live participant's tag only when it cannot be changing (the bytes are not atomic).
+    ///
+    /// - Complexity: O(1).
+    public func tag(ofParticipant p: Int) -> [UInt8]? {
+        guard p >= 0, p < layout.participantCapacity,
+            ParticipantWord.state(participantState(p).load(ordering: .acquiring)) != ParticipantWord.free
+        else { return nil }
+        return Array(UnsafeRawBufferPointer(
+            start: meta + participantOffset(p) + ParticipantRecordField.tag, count: ParticipantRecordField.tagBytes))
+    }
+
+    /// Zeroes slot `p`'s tag (its occupant, or whoever frees the slot).
+    internal func clearParticipantTag(_ p: Int) {
+        (meta + participantOffset(p) + ParticipantRecordField.tag)
+            .initializeMemory(as: UInt8.self, repeating: 0, count: ParticipantRecordField.tagBytes)
+    }
+
+    /// Slot `p`'s diagnostic label (see `storeParticipantName`).
+    internal func participantName(_ p: Int) -> String {
+        let nameArea = UnsafeRawBufferPointer(
+            start: meta + participantOffset(p) + ParticipantRecordField.name, count: ParticipantRecordField.nameBytes)
+        return String(decoding: nameArea.prefix { $0 != 0 }, as: UTF8.self)
     }
 
     /// Whether participant slot `p`'s held list is backed: once the slot was first joined (in every heap since

@@ -64,6 +64,7 @@ internal enum SuspectWord {
 /// | 36 | 4 | `ownedPageCount` | the participant, its recoverer | relaxed |
 /// | 40 | 4 | `heldCommitted` | the joiner (lazy heaps) | releasing store of 1 once the slot's held list is backed; never cleared; acquiring loads |
 /// | 48 | 32 | `name` | the joiner | plain bytes, diagnostics only |
+/// | 80 | 48 | `tag` | the occupant (`Participant.setTag`) | plain bytes for the embedding program (divvyd: the session a slot serves); zeroed by `join` before the slot is returned and by the slot's release (`leave`, `recover`), kept by `takeOver`; read by a successor only after `takeOver` (ordered by the recovery lock) |
 ///
 /// Per slot, outside the record: the held list (`heldCapacity(of: p)` entries of 16 bytes at `heldListOffset(p) +
 /// index × 16`: a generation word — the generation, bit 63 set, 0 = empty — and an offset word — offset / 16;
@@ -85,6 +86,9 @@ internal enum ParticipantRecordField {
     @usableFromInline static let name = 48
     /// The name area's size in bytes.
     @usableFromInline static let nameBytes = 32
+    @usableFromInline static let tag = 80
+    /// The tag area's size in bytes (`SharedHeap.participantTagSize`).
+    @usableFromInline static let tagBytes = 48
 }
 
 /// The operation a participant announces in its pending words before it commits it to a block word.

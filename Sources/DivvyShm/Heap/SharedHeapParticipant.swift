@@ -80,12 +80,60 @@ extension SharedHeap {
             currentPage.initialize(repeating: -1, count: heap.layout.classSizes.count)
         }
 
+        /// Rebuilds the process-local state (the held-list index, the owned pages) from the shared records of
+        /// this participant's slot: for a participant that takes over a slot (`SharedHeap.takeOver`). The slot
+        /// must be quiescent (its previous process gone, the takeover settled).
+        internal func rebuildFromRecords() {
+            let capacity = heap.heldListIsCommitted(index) ? heap.layout.heldCapacity(of: index) : 0
+            var used = [Bool](repeating: false, count: capacity)
+            for entry in 0..<capacity {
+                guard let record = heap.readHeld(index, entry) else { continue }
+                held.insert(record.offsetUnits &+ 1, entry)
+                used[entry] = true
+                // An extent's units count against the allowance (see `checkExtentAllowance`).
+                let handle = SharedHeapHandle(
+                    heapID: heap.heapID, dataOffset: Int(truncatingIfNeeded: record.offsetUnits << 4),
+                    generation: record.generation)
+                if let location = try? heap.locate(handle), heap.layout.isExtent(location.page) {
+                    extentUnitsHeld += location.blockSize / heap.layout.pageSize
+                }
+            }
+            // The empty entries, in the order a fresh table hands them out (lowest first).
+            held.freeCount = 0
+            for entry in stride(from: capacity - 1, through: 0, by: -1) where !used[entry] {
+                held.returnEntry(entry)
+            }
+            for page in heap.readablePages().joined() {
+                let state = heap.pageState(page).load(ordering: .acquiring)
+                guard PageWord.kind(state) == PageWord.owned, PageWord.owner(state) == index else { continue }
+                notePageTaken(page, PageWord.sizeClass(state))
+            }
+        }
+
         deinit {
             if !left { leave() }
             heldStorage.pointee.deallocate()
             heldStorage.deallocate()
             hot.deallocate()
             currentPage.deallocate()
+        }
+
+        /// Stores `bytes` (at most `SharedHeap.participantTagSize`; the rest is zeroed) in this participant's slot,
+        /// for a successor that takes the slot over (`SharedHeap.takeOver(participant:name:)`,
+        /// `SharedHeap.tag(ofParticipant:)`): divvyd records there which session the slot serves. The heap gives
+        /// the bytes no meaning; `join` starts with zeros, and leaving or recovery clears them.
+        ///
+        /// - Throws: `.invalidConfiguration` for more than `participantTagSize` bytes; `.participantLeft`.
+        public func setTag(_ bytes: [UInt8]) throws(SharedHeapError) {
+            try checkJoined()
+            guard bytes.count <= SharedHeap.participantTagSize else {
+                throw SharedHeapError(
+                    .invalidConfiguration, "a participant tag holds \(SharedHeap.participantTagSize) bytes, not "
+                        + "\(bytes.count)")
+            }
+            heap.clearParticipantTag(index)
+            (heap.meta + heap.participantOffset(index) + ParticipantRecordField.tag)
+                .copyMemory(from: bytes, byteCount: bytes.count)
         }
 
         /// How many blocks this participant holds.
@@ -662,6 +710,7 @@ extension SharedHeap {
             // Ordering: relaxed; published by the releasing store of the slot below.
             heap.ownedPageCount(index).store(0, ordering: .relaxed)
             heap.pageAllowance(index).store(unlimitedPages, ordering: .relaxed)
+            heap.clearParticipantTag(index)
             // Ordering: releasing, pairs with the acquiring claim in `join` (or in `releaseSlot`).
             let word = heap.participantState(index).load(ordering: .relaxed)
             heap.participantState(index).store(

@@ -262,6 +262,7 @@ extension SharedHeap {
         pendingOffset(p).store(0, ordering: .relaxed)
         ownedPageCount(p).store(0, ordering: .relaxed)
         pageAllowance(p).store(unlimitedPages, ordering: .relaxed)
+        clearParticipantTag(p)
         // Ordering: releasing, pairs with the acquiring claim in `join`: the next occupant sees the cleared list.
         participantState(p).store(ParticipantWord.free, ordering: .releasing)
         return report
@@ -271,7 +272,7 @@ extension SharedHeap {
 
     /// Hands a released-but-maybe-unpushed block to its page's consumer: the page's suspect word. Takes an orphan
     /// page over (owner `p`, dead, so no one else touches it) and returns `.takenOver`: the caller repairs it.
-    private func placeSuspect(_ raw: UInt64, page: Int, for p: Int) throws(SharedHeapError) -> SuspectPlacement {
+    internal func placeSuspect(_ raw: UInt64, page: Int, for p: Int) throws(SharedHeapError) -> SuspectPlacement {
         var attempts = 0
         while true {
             let state = pageState(page).load(ordering: .acquiring)
@@ -311,7 +312,7 @@ extension SharedHeap {
 
     /// Acts as the owner of a page whose owner died: finishes its collect, collects, puts back slots that were
     /// between a list and a commit, recounts. See `recover(participant:)`, step 4.
-    private func repairPage(_ page: Int, report: inout SharedHeapRecoveryReport) {
+    internal func repairPage(_ page: Int, report: inout SharedHeapRecoveryReport) {
         let carvedSlots = Int(carved(page).load(ordering: .relaxed))
         // (a) A collect the owner died in: its chain's remaining blocks are still freeing, linked.
         var next = collecting(page).load(ordering: .relaxed)

@@ -192,8 +192,9 @@ static void check_arguments_without_a_client(const char *socket_path) {
     EXPECT(divvy_free(NULL, one, &released), DIVVY_EINVAL);
     EXPECT(divvy_alloc_batch(NULL, 64, 2, handles), DIVVY_EINVAL);
     EXPECT(divvy_free_batch(NULL, handles, 2, results, NULL), DIVVY_EINVAL);
-    EXPECT(divvy_share(NULL, one, &info), DIVVY_EINVAL);
-    EXPECT(divvy_adopt(NULL, one, &pointer, &size), DIVVY_EINVAL);
+    uint64_t token = 0;
+    EXPECT(divvy_share(NULL, one, &token, &info), DIVVY_EINVAL);
+    EXPECT(divvy_adopt(NULL, one, 1, &pointer, &size), DIVVY_EINVAL);
     EXPECT(divvy_pointer(NULL, one, &pointer), DIVVY_EINVAL);
     EXPECT(divvy_handle_for_pointer(NULL, &handle, &handle), DIVVY_EINVAL);
     EXPECT(divvy_stats(NULL, &stats), DIVVY_EINVAL);
@@ -211,7 +212,7 @@ static void check_arguments_without_a_client(const char *socket_path) {
         DIVVY_EADMIN_REQUIRED, DIVVY_ENO_SUCH_CLIENT, DIVVY_ETOO_MANY_CLIENTS, DIVVY_ESHUTTING_DOWN,
         DIVVY_EINTERNAL_ERROR,
         DIVVY_EINVALID_PARTICIPANT, DIVVY_EDIRECT_UNAVAILABLE, DIVVY_EALREADY_HOLDER, DIVVY_EFOREIGN_HANDLE,
-        DIVVY_ENO_DAEMON, DIVVY_EDAEMON_GONE, DIVVY_ETIMED_OUT, DIVVY_ESYSTEM,
+        DIVVY_EBAD_SHARE_TOKEN, DIVVY_ENO_DAEMON, DIVVY_EDAEMON_GONE, DIVVY_ETIMED_OUT, DIVVY_ESYSTEM,
         DIVVY_EINVAL, DIVVY_EPROTOCOL,
     };
     const size_t count = sizeof codes / sizeof codes[0];
@@ -233,6 +234,7 @@ static void check_arguments_without_a_client(const char *socket_path) {
 
 typedef struct passed_block {
     divvy_handle_t handle;
+    uint64_t token; /* the share token the parent got for this block (divvy_share) */
     size_t size;
     uint64_t seed;
 } passed_block;
@@ -255,8 +257,8 @@ static int run_child(const char *socket_path, int mode) {
     char line[256];
     while (fgets(line, sizeof line, stdin) != NULL && strncmp(line, "END", 3) != 0) {
         passed_block block;
-        if (sscanf(line, "BLOCK " HANDLE_SCAN " %zu %" SCNu64, &block.handle.high, &block.handle.low, &block.size,
-                   &block.seed) == 4 &&
+        if (sscanf(line, "BLOCK " HANDLE_SCAN " %" SCNx64 " %zu %" SCNu64, &block.handle.high, &block.handle.low,
+                   &block.token, &block.size, &block.seed) == 5 &&
             count < MAX_PASSED) {
             blocks[count++] = block;
         }
@@ -264,13 +266,25 @@ static int run_child(const char *socket_path, int mode) {
     // Blocks the child does not hold yet: freeing or sharing them is refused, and changes nothing.
     if (count > 0) {
         EXPECT(divvy_free(client, blocks[0].handle, NULL), DIVVY_ENOT_HOLDER);
-        EXPECT(divvy_share(client, blocks[0].handle, NULL), DIVVY_ENOT_HOLDER);
+        uint64_t token = 0;
+        EXPECT(divvy_share(client, blocks[0].handle, &token, NULL), DIVVY_ENOT_HOLDER);
+        // Sharing is a capability: a mediated client adopts only with the token the holder got for this handle.
+        // No token, a guess, or another block's token is refused, and changes nothing (a direct client adopts in
+        // shared memory, which it may write anyway: it needs no token).
+        if (granted == DIVVY_MODE_MEDIATED && count > 1) {
+            EXPECT(divvy_adopt(client, blocks[0].handle, 0, NULL, NULL), DIVVY_EBAD_SHARE_TOKEN);
+            EXPECT(divvy_adopt(client, blocks[0].handle, blocks[0].token ^ 1, NULL, NULL), DIVVY_EBAD_SHARE_TOKEN);
+            EXPECT(divvy_adopt(client, blocks[0].handle, blocks[1].token, NULL, NULL), DIVVY_EBAD_SHARE_TOKEN);
+            CHECK(strstr(divvy_last_error_message(), "badShareToken") != NULL, "child: bad token message: '%s'",
+                  divvy_last_error_message());
+            expect_nothing_held(client, "child after refused adopts");
+        }
     }
     // Adopt every block, check the parent's pattern, write the reply pattern (seed + 1000).
     for (size_t i = 0; i < count; i++) {
         void *pointer = NULL;
         size_t size = 0;
-        result = divvy_adopt(client, blocks[i].handle, &pointer, &size);
+        result = divvy_adopt(client, blocks[i].handle, blocks[i].token, &pointer, &size);
         if (result != DIVVY_OK) {
             fail("child: divvy_adopt(0x" HANDLE_FORMAT "): %s (%s)", HANDLE_ARGS(blocks[i].handle),
                  divvy_strerror(result), divvy_last_error_message());
@@ -283,7 +297,9 @@ static int run_child(const char *socket_path, int mode) {
               HANDLE_ARGS(blocks[i].handle), bad);
         write_pattern(pointer, blocks[i].size, blocks[i].seed + 1000);
         divvy_share_info info;
-        EXPECT(divvy_share(client, blocks[i].handle, &info), DIVVY_OK);
+        uint64_t token = 0;
+        EXPECT(divvy_share(client, blocks[i].handle, &token, &info), DIVVY_OK);
+        CHECK(token != 0 && token != blocks[i].token, "child: share gave token %" PRIx64, token);
         CHECK(info.holders == 2 && same_handle(info.handle, blocks[i].handle) && info.block_size == size,
               "child: share after adopt: holders %u, block_size %" PRIu64, info.holders, info.block_size);
     }
@@ -313,7 +329,9 @@ static int run_child(const char *socket_path, int mode) {
     void *pointer = NULL;
     EXPECT(divvy_alloc(client, 3000, &own, &pointer), DIVVY_OK);
     if (pointer != NULL) write_pattern(pointer, 3000, 777);
-    say("CHILD-BLOCK " HANDLE_FORMAT " 3000 777", HANDLE_ARGS(own));
+    uint64_t own_token = 0;
+    EXPECT(divvy_share(client, own, &own_token, NULL), DIVVY_OK);
+    say("CHILD-BLOCK " HANDLE_FORMAT " %016" PRIx64 " 3000 777", HANDLE_ARGS(own), own_token);
     say("READY");
     if (fgets(line, sizeof line, stdin) == NULL || strncmp(line, "ADOPTED", 7) != 0) {
         fail("child: the parent did not confirm the adoption");
@@ -375,6 +393,7 @@ static int spawn_child(const char *socket_path, int mode, child_process *child) 
 static void run_handover(divvy_client *client, const char *socket_path, int child_mode) {
     static const size_t sizes[SINGLES] = {1, 16, 24, 100, 256, 700, 1000, 2048, 3000, 4000, 33, 512};
     divvy_handle_t handles[SINGLES];
+    uint64_t tokens[SINGLES]; /* a share token per block, for the child */
     void *pointers[SINGLES];
     uint64_t total = 0;
 
@@ -397,17 +416,22 @@ static void run_handover(divvy_client *client, const char *socket_path, int chil
         // A real handle names its heap: the heap id (high bits 32-63) is never 0.
         CHECK(handles[i].high >> 32 != 0, "handle 0x" HANDLE_FORMAT " has heap id 0", HANDLE_ARGS(handles[i]));
         divvy_share_info info;
-        EXPECT(divvy_share(client, handles[i], &info), DIVVY_OK);
-        CHECK(same_handle(info.handle, handles[i]) && info.holders == 1 && info.block_size >= sizes[i],
+        tokens[i] = 0;
+        EXPECT(divvy_share(client, handles[i], &tokens[i], &info), DIVVY_OK);
+        CHECK(same_handle(info.handle, handles[i]) && info.holders == 1 && tokens[i] != 0 &&
+                  info.block_size >= sizes[i],
               "share: handle 0x" HANDLE_FORMAT " holders %u block_size %" PRIu64, HANDLE_ARGS(info.handle),
               info.holders, info.block_size);
         total += info.block_size;
     }
     // A batch.
     divvy_handle_t batch[BATCH];
+    uint64_t batch_tokens[BATCH];
     EXPECT(divvy_alloc_batch(client, BATCH_SIZE, BATCH, batch), DIVVY_OK);
     for (size_t i = 0; i < BATCH; i++) {
         void *pointer = NULL;
+        batch_tokens[i] = 0;
+        EXPECT(divvy_share(client, batch[i], &batch_tokens[i], NULL), DIVVY_OK);
         EXPECT(divvy_pointer(client, batch[i], &pointer), DIVVY_OK);
         if (pointer != NULL) write_pattern(pointer, BATCH_SIZE, 100 + i);
         for (size_t j = 0; j < i; j++) CHECK(!same_handle(batch[j], batch[i]), "the batch repeats a handle");
@@ -429,16 +453,19 @@ static void run_handover(divvy_client *client, const char *socket_path, int chil
     child_process child;
     if (!spawn_child(socket_path, child_mode, &child)) return;
     for (size_t i = 0; i < SINGLES; i++) {
-        fprintf(child.to_child, "BLOCK " HANDLE_FORMAT " %zu %zu\n", HANDLE_ARGS(handles[i]), sizes[i], i);
+        fprintf(child.to_child, "BLOCK " HANDLE_FORMAT " %016" PRIx64 " %zu %zu\n", HANDLE_ARGS(handles[i]), tokens[i],
+                sizes[i], i);
     }
     for (size_t i = 0; i < BATCH; i++) {
-        fprintf(child.to_child, "BLOCK " HANDLE_FORMAT " %d %zu\n", HANDLE_ARGS(batch[i]), BATCH_SIZE, 100 + i);
+        fprintf(child.to_child, "BLOCK " HANDLE_FORMAT " %016" PRIx64 " %d %zu\n", HANDLE_ARGS(batch[i]),
+                batch_tokens[i], BATCH_SIZE, 100 + i);
     }
     fputs("END\n", child.to_child);
     fflush(child.to_child);
 
     // The child's own block comes back; adopt it, check it, tell the child.
     divvy_handle_t theirs = no_handle;
+    uint64_t their_token = 0;
     size_t their_size = 0;
     uint64_t their_seed = 0;
     char line[512];
@@ -446,13 +473,13 @@ static void run_handover(divvy_client *client, const char *socket_path, int chil
         line[strcspn(line, "\n")] = '\0';
         say("  %s", line);
         if (strncmp(line, "FAIL", 4) == 0) failures++;
-        sscanf(line, "CHILD-BLOCK " HANDLE_SCAN " %zu %" SCNu64, &theirs.high, &theirs.low, &their_size,
-               &their_seed);
+        sscanf(line, "CHILD-BLOCK " HANDLE_SCAN " %" SCNx64 " %zu %" SCNu64, &theirs.high, &theirs.low, &their_token,
+               &their_size, &their_seed);
         if (strcmp(line, "READY") == 0) break;
     }
     void *their_pointer = NULL;
     size_t their_block = 0;
-    EXPECT(divvy_adopt(client, theirs, &their_pointer, &their_block), DIVVY_OK);
+    EXPECT(divvy_adopt(client, theirs, their_token, &their_pointer, &their_block), DIVVY_OK);
     if (their_pointer != NULL) {
         CHECK(their_block >= their_size, "adopted the child's block: %zu bytes, expected %zu", their_block,
               their_size);
@@ -544,7 +571,7 @@ static void check_errors(divvy_client *client, int granted) {
     EXPECT(divvy_pointer(client, far, &pointer), DIVVY_EINVALID_HANDLE);
     int code = divvy_free(client, far, NULL);
     CHECK(code == DIVVY_EINVALID_HANDLE, "free of an out-of-range handle: %d (%s)", code, divvy_strerror(code));
-    code = divvy_adopt(client, far, NULL, NULL);
+    code = divvy_adopt(client, far, 1, NULL, NULL);
     CHECK(code == DIVVY_EINVALID_HANDLE, "adopt of an out-of-range handle: %d (%s)", code, divvy_strerror(code));
     // The zero handle is never valid.
     code = divvy_free(client, no_handle, NULL);
@@ -572,27 +599,32 @@ static void check_errors(divvy_client *client, int granted) {
     code = divvy_free(client, freed, NULL);
     CHECK(is_one_of(code, DIVVY_EDOUBLE_FREE, DIVVY_ESTALE_HANDLE), "double free: %d (%s: %s)", code,
           divvy_strerror(code), divvy_last_error_message());
-    code = divvy_adopt(client, freed, &pointer, NULL);
+    code = divvy_adopt(client, freed, 1, &pointer, NULL);
     CHECK(is_one_of(code, DIVVY_EDOUBLE_FREE, DIVVY_ESTALE_HANDLE), "adopt of a freed block: %d (%s)", code,
           divvy_strerror(code));
-    code = divvy_share(client, freed, NULL);
+    uint64_t token = 0;
+    code = divvy_share(client, freed, &token, NULL);
     CHECK(is_one_of(code, DIVVY_EDOUBLE_FREE, DIVVY_ESTALE_HANDLE), "share of a freed block: %d (%s)", code,
           divvy_strerror(code));
     // A batch free with one good and one freed handle: the good one is freed, the other reported.
     divvy_handle_t live = no_handle;
     void *live_pointer = NULL;
     EXPECT(divvy_alloc(client, 128, &live, &live_pointer), DIVVY_OK);
-    // A client holds a block once, in either mode: adopting its own block again is refused, nothing changes.
-    code = divvy_adopt(client, live, NULL, NULL);
+    // divvy_share needs somewhere to put the token.
+    EXPECT(divvy_share(client, live, NULL, NULL), DIVVY_EINVAL);
+    // A client holds a block once, in either mode: adopting its own block again (even with a live token) is
+    // refused, nothing changes.
+    EXPECT(divvy_share(client, live, &token, NULL), DIVVY_OK);
+    code = divvy_adopt(client, live, token, NULL, NULL);
     CHECK(code == DIVVY_EALREADY_HOLDER, "adopt of a block this client holds: %d (%s)", code, divvy_strerror(code));
     // The same block named with another heap's id (as a handle kept from before a daemon restart would be): every
     // call that checks the handle refuses it as foreign, in both modes, and nothing changes.
     divvy_handle_t foreign = {live.low, live.high ^ 0xFFFFFFFF00000000u};
     code = divvy_free(client, foreign, NULL);
     CHECK(code == DIVVY_EFOREIGN_HANDLE, "free of a foreign handle: %d (%s)", code, divvy_strerror(code));
-    code = divvy_adopt(client, foreign, NULL, NULL);
+    code = divvy_adopt(client, foreign, token, NULL, NULL);
     CHECK(code == DIVVY_EFOREIGN_HANDLE, "adopt of a foreign handle: %d (%s)", code, divvy_strerror(code));
-    code = divvy_share(client, foreign, NULL);
+    code = divvy_share(client, foreign, &token, NULL);
     CHECK(code == DIVVY_EFOREIGN_HANDLE, "share of a foreign handle: %d (%s)", code, divvy_strerror(code));
     if (granted == DIVVY_MODE_DIRECT) {
         // Direct clients check translations against the heap, heap id included.
@@ -639,6 +671,7 @@ typedef struct thread_state {
     const char *socket_path;
     int mode;
     divvy_handle_t handles[PER_THREAD];
+    uint64_t tokens[PER_THREAD]; /* a share token per block, for the next thread's client */
     pthread_barrier_t *barrier;
     struct thread_state *all;
 } thread_state;
@@ -657,6 +690,8 @@ static void *thread_main(void *argument) {
         state->handles[i] = no_handle;
         EXPECT(divvy_alloc(client, 64 + (size_t)i * 8, &state->handles[i], &pointer), DIVVY_OK);
         if (pointer != NULL) write_pattern(pointer, 64 + (size_t)i * 8, (uint64_t)state->index * 1000 + i);
+        state->tokens[i] = 0;
+        EXPECT(divvy_share(client, state->handles[i], &state->tokens[i], NULL), DIVVY_OK);
     }
     // Each thread leaves its own error message behind; the messages are per thread.
     char expected_message[64];
@@ -670,7 +705,7 @@ static void *thread_main(void *argument) {
     thread_state *next = &state->all[(state->index + 1) % THREADS];
     for (int i = 0; i < PER_THREAD && client != NULL; i++) {
         void *pointer = NULL;
-        EXPECT(divvy_adopt(client, next->handles[i], &pointer, NULL), DIVVY_OK);
+        EXPECT(divvy_adopt(client, next->handles[i], next->tokens[i], &pointer, NULL), DIVVY_OK);
         if (pointer != NULL) {
             size_t bad = check_pattern(pointer, 64 + (size_t)i * 8, (uint64_t)next->index * 1000 + i);
             CHECK(bad == SIZE_MAX, "thread %d: thread %d's block %d differs at %zu", state->index, next->index, i, bad);

@@ -43,8 +43,9 @@ MESSAGES = {
     "freeBatch": (0x0009, [("handles", "handle[]")]),
     "freedBatch": (0x8009, [("statuses", "u16[]")]),
     "share": (0x000A, [("handle", "handle")]),
-    "shared": (0x800A, [("handle", "handle"), ("offset", "u64"), ("blockSize", "u64"), ("holders", "u32")]),
-    "adopt": (0x000B, [("handle", "handle")]),
+    "shared": (0x800A, [("handle", "handle"), ("offset", "u64"), ("blockSize", "u64"), ("holders", "u32"),
+                        ("token", "u64")]),
+    "adopt": (0x000B, [("handle", "handle"), ("token", "u64")]),
     "adopted": (0x800B, [("handle", "handle"), ("blockSize", "u64")]),
     "stats": (0x000C, []),
     "statsReply": (0x800C, [("bytesHeld", "u64"), ("blocksHeld", "u64"), ("quotaBytes", "u64"),
@@ -66,7 +67,7 @@ ERROR_CODES = [
     "handshakeRequired", "wrongMode", "quotaExceeded", "heapFull", "unsupportedSize", "invalidHandle",
     "misalignedHandle", "staleHandle", "doubleFree", "notHolder", "batchTooLarge", "adminRequired", "noSuchClient",
     "tooManyClients", "shuttingDown", "internalError", "invalidParticipant", "directUnavailable",
-    "alreadyHolder", "foreignHandle",
+    "alreadyHolder", "foreignHandle", "badShareToken",
 ]
 CODE = {name: index + 1 for index, name in enumerate(ERROR_CODES)}
 
@@ -230,10 +231,14 @@ add("freedBatch-all-statuses", "freedBatch", 10,
     "every status value incl. an unknown error code 999 (carried as is)")
 add("share", "share", 11, {"handle": handle(0x20, 5)}, "share a held block")
 add("shared", "shared", 11,
-    {"handle": handle(0x20, 5), "offset": u64(0x200), "blockSize": u64(256), "holders": 2},
-    "offset is the data-area offset (0x20 * 16); two holders now")
-add("adopt", "adopt", 12, {"handle": handle(0x20, 5)}, "adopt the shared block")
-add("adopt-foreign", "adopt", 12, {"handle": handle(0x20, 5, 0x0BADBEEF)},
+    {"handle": handle(0x20, 5), "offset": u64(0x200), "blockSize": u64(256), "holders": 2,
+     "token": u64(0x8F3A_61C2_0D4E_B975)},
+    "offset is the data-area offset (0x20 * 16); two holders now; the share token for one adopter")
+add("adopt", "adopt", 12, {"handle": handle(0x20, 5), "token": u64(0x8F3A_61C2_0D4E_B975)},
+    "adopt the shared block, redeeming the token from shared")
+add("adopt-token-0", "adopt", 12, {"handle": handle(0x20, 5), "token": u64(0)},
+    "token 0 is never issued: well formed; a mediated client gets badShareToken")
+add("adopt-foreign", "adopt", 12, {"handle": handle(0x20, 5, 0x0BADBEEF), "token": u64(0x8F3A_61C2_0D4E_B975)},
     "a handle from another heap (heap id 0x0badbeef): well formed; the daemon answers foreignHandle")
 add("adopted", "adopted", 12, {"handle": handle(0x20, 5), "blockSize": u64(256)}, "adopted")
 add("stats", "stats", 13, {}, "empty payload")
@@ -366,8 +371,12 @@ bad("free-version-1-handle", raw(T["free"], 7, struct.pack("<Q", 0x0000000300001
     "free carrying a version-1 (8-byte) handle: a handle is 16 bytes", 7, T["free"])
 bad("truncated-share-handle", raw(T["share"], 11, struct.pack("<QI", 1, 2)), "malformedFrame",
     "share with 12 of the handle's 16 bytes", 11, T["share"])
-bad("trailing-adopt", raw(T["adopt"], 12, struct.pack("<QQB", 1, 2, 0)), "malformedFrame",
-    "adopt with 17 payload bytes", 12, T["adopt"])
+bad("trailing-adopt", raw(T["adopt"], 12, struct.pack("<QQQB", 1, 2, 3, 0)), "malformedFrame",
+    "adopt with 25 payload bytes", 12, T["adopt"])
+bad("adopt-without-token", raw(T["adopt"], 12, struct.pack("<QQ", 1, 2)), "malformedFrame",
+    "adopt with a handle and no token (16 of 24 payload bytes)", 12, T["adopt"])
+bad("truncated-shared-token", raw(T["shared"], 11, struct.pack("<QQQQIH", 1, 2, 3, 4, 5, 6)), "malformedFrame",
+    "shared with 2 of the token's 8 bytes", 11, T["shared"])
 bad("truncated-welcome", raw(T["welcome"], 1, frame("welcome", 1, by_name("welcome-direct")["fields"])[HEADER_SIZE:][:40]),
     "malformedFrame", "welcome cut after 40 bytes", 1, T["welcome"])
 bad("truncated-stats-reply", raw(T["statsReply"], 13, b"\x00" * 47), "malformedFrame", "statsReply of 47 bytes", 13,

@@ -56,6 +56,7 @@ const char *divvy_strerror(int code) {
     case DIVVY_EDIRECT_UNAVAILABLE: return "direct mode unavailable: every heap participant slot is taken";
     case DIVVY_EALREADY_HOLDER: return "this client already holds the block (free it before adopting it again)";
     case DIVVY_EFOREIGN_HANDLE: return "foreign handle: issued by another heap (from before a daemon restart?)";
+    case DIVVY_EBAD_SHARE_TOKEN: return "bad share token: not a live token for this handle (ask a holder to share it)";
     case DIVVY_ENO_DAEMON: return "no daemon: nothing listens at the socket path (start divvyd or set DIVVY_SOCKET)";
     case DIVVY_EDAEMON_GONE: return "the daemon is gone: call divvy_reconnect";
     case DIVVY_ETIMED_OUT: return "timed out waiting for the daemon";

@@ -295,10 +295,14 @@ public func divvyFreeBatch(
 /// `divvy_share`: see divvy.h.
 @_cdecl("divvy_share")
 public func divvyShare(
-    _ pointer: OpaquePointer?, _ handle: divvy_handle_t, _ info: UnsafeMutablePointer<divvy_share_info>?
+    _ pointer: OpaquePointer?, _ handle: divvy_handle_t, _ token: UnsafeMutablePointer<UInt64>?,
+    _ info: UnsafeMutablePointer<divvy_share_info>?
 ) -> Int32 {
-    withClient(pointer, "divvy_share") { client throws(DivvyClientError) in
+    // Checked before the client: a NULL token is a caller bug, refused before a token is issued for nobody.
+    guard let token else { return fail(DIVVY_EINVAL, "divvy_share: token is NULL (the adopter needs it)") }
+    return withClient(pointer, "divvy_share") { client throws(DivvyClientError) in
         let shared = try client.share(SharedHandle(handle))
+        token.pointee = shared.token
         info?.pointee = divvy_share_info(
             handle: divvy_handle_t(low: shared.handle.low, high: shared.handle.high), offset: shared.offset,
             block_size: shared.blockSize, holders: shared.holders)
@@ -309,12 +313,12 @@ public func divvyShare(
 /// `divvy_adopt`: see divvy.h.
 @_cdecl("divvy_adopt")
 public func divvyAdopt(
-    _ pointer: OpaquePointer?, _ handle: divvy_handle_t,
+    _ pointer: OpaquePointer?, _ handle: divvy_handle_t, _ token: UInt64,
     _ address: UnsafeMutablePointer<UnsafeMutableRawPointer?>?, _ size: UnsafeMutablePointer<UInt>?
 ) -> Int32 {
     withClient(pointer, "divvy_adopt") { client throws(DivvyClientError) in
         let adopted = SharedHandle(handle)
-        let blockSize = try client.adoptHandle(adopted)
+        let blockSize = try client.adoptHandle(adopted, token: token)
         if let address {
             do throws(DivvyClientError) {
                 address.pointee = try client.pointer(for: adopted)

@@ -22,7 +22,8 @@ public typealias SharedHandle = SharedHeapHandle
 ///     var block = try client.allocate(4096)      // a ~Copyable owner of the block
 ///     var bytes = block.mutableBytes
 ///     bytes.storeBytes(of: 42, toByteOffset: 0, as: UInt64.self)
-///     let handle = block.handle                  // send it to another process, which adopts it;
+///     let token = try client.share(block.handle).token  // one token lets one consumer adopt, once
+///     // send block.handle and token to another process, which calls adopt(handle, token: token);
 ///     // ... wait until the consumer says it adopted the handle (freeing first would leave it a stale handle) ...
 ///     try block.free()                           // or let it go out of scope: dropping frees it
 /// }
@@ -357,17 +358,24 @@ public final class DivvyClient {
         }
     }
 
-    /// Takes a holding of a block another process allocated (and passed the handle of): the block stays alive
-    /// until every holder freed it.
+    /// Takes a holding of a block another process allocated and shared: the block stays alive until every holder
+    /// freed it.
     ///
-    /// - Throws: `.heap`/`.refused` with `staleHandle` (freed meanwhile), `invalidHandle`, `quotaExceeded`.
-    public func adopt(_ handle: SharedHandle) throws(DivvyClientError) -> SharedBlock {
-        let blockSize = try adoptHandle(handle)
+    /// - Parameters:
+    ///   - handle: The block, as the sharer passed it.
+    ///   - token: The share token the sharer got from `share(_:)` for this handle (`SharedInfo.token`), passed with
+    ///     the handle. A mediated client's adopt uses it up (one token, one adopt); a direct client adopts in shared
+    ///     memory, which it may write anyway, and does not use it (PROTOCOL.md 6.4).
+    /// - Throws: `.refused(.badShareToken)` (mediated: a wrong, used or dead token; nothing changed), `.heap` or
+    ///   `.refused` with `staleHandle` (freed meanwhile), `invalidHandle`, `alreadyHolder`, `quotaExceeded`.
+    public func adopt(_ handle: SharedHandle, token: UInt64) throws(DivvyClientError) -> SharedBlock {
+        let blockSize = try adoptHandle(handle, token: token)
         return try SharedBlock(client: self, handle: handle, size: blockSize, base: pointer(for: handle))
     }
 
-    /// Adopts a block by handle and returns its size (the caller frees the handle with `free(_:)`).
-    public func adoptHandle(_ handle: SharedHandle) throws(DivvyClientError) -> Int {
+    /// Adopts a block by handle and share token and returns its size (the caller frees the handle with
+    /// `free(_:)`). See `adopt(_:token:)`.
+    public func adoptHandle(_ handle: SharedHandle, token: UInt64) throws(DivvyClientError) -> Int {
         if let participant, let heap {
             do throws(SharedHeapError) {
                 try participant.adopt(handle)
@@ -376,7 +384,7 @@ public final class DivvyClient {
                 throw DivvyClientError(.heap(error), error.message)
             }
         }
-        switch try request(.adopt(handle: handle.wire)).message {
+        switch try request(.adopt(handle: handle.wire, token: token)).message {
         case .adopted(_, let size):
             noteMediatedHolding(handle)
             return Int(size)
@@ -384,7 +392,13 @@ public final class DivvyClient {
         }
     }
 
-    /// Asks the daemon to confirm this client holds `handle` and report the block's offset, size and holders.
+    /// Lets one other client adopt `handle`, which this client holds: the daemon checks the holding and answers
+    /// the block's offset, size and holders, and a new share token (`SharedInfo.token`). Pass the handle and the
+    /// token to the adopter; the token lets one client adopt once, and dies when this client stops holding the
+    /// block (free it only after the adopter says it adopted). Share once per adopter.
+    ///
+    /// - Throws: `.refused` with `notHolder`, `staleHandle`, `invalidHandle`, `foreignHandle`, or `quotaExceeded`
+    ///   when this client has `max-share-tokens-per-client` tokens outstanding.
     public func share(_ handle: SharedHandle) throws(DivvyClientError) -> SharedInfo {
         switch try request(.share(handle: handle.wire)).message {
         case .shared(let info): return info

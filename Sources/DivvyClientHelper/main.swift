@@ -3,10 +3,11 @@
 // check what happened in another process. Exit status 0 = the command's checks passed.
 //
 //   divvy-client-helper SOCKET MODE COMMAND ARGS…      (MODE: direct | mediated | any)
-//   hold SIZE COUNT SEED     allocate COUNT blocks, fill each with a pattern, print their handles, then wait for
-//                            a line on stdin: "release" frees them (prints RELEASED <n>), EOF exits holding them.
-//   check SIZE SEED HANDLE…  adopt each handle, check its first SIZE bytes' pattern (block i of the writer's
-//                            sequence), free it; OK <n>.
+//   hold SIZE COUNT SEED     allocate COUNT blocks, fill each with a pattern, share each and print it as
+//                            HANDLE LOW:HIGH:TOKEN (the handle's words and a share token), then wait for a line on
+//                            stdin: "release" frees them (prints RELEASED <n>), EOF exits holding them.
+//   check SIZE SEED HANDLE…  adopt each LOW:HIGH:TOKEN, check its first SIZE bytes' pattern (block i of the
+//                            writer's sequence), free it; OK <n>.
 //   survive SIZE COUNT SEED  (direct) allocate COUNT blocks and fill them, print READY; then for each "check" line on
 //                            stdin check every pattern, allocate/fill/free 8 more in shared memory, print CHECKED <n>;
 //                            on any other line or EOF exit without leaving (restart tests: no daemon is needed).
@@ -84,8 +85,9 @@ func run(_ client: DivvyClient, _ command: String, _ rest: [String]) throws {
             let (handle, _) = try client.allocateHandle(size)
             try fill(client, handle, size, seed, index)
             handles.append(handle)
-            // Both words: a handle is 128 bits (low, high).
-            say("HANDLE \(handle.low):\(handle.high)")
+            // Both words (a handle is 128 bits) and a share token, which a mediated adopter needs.
+            let token = try client.share(handle).token
+            say("HANDLE \(handle.low):\(handle.high):\(token)")
         }
         say("READY")
         if let line = readLine(), line == "release" {
@@ -132,11 +134,13 @@ func run(_ client: DivvyClient, _ command: String, _ rest: [String]) throws {
         var good = 0
         for (index, text) in rest.dropFirst(2).enumerated() {
             let words = text.split(separator: ":")
-            guard words.count == 2, let low = UInt64(words[0]), let high = UInt64(words[1]) else {
-                fail("bad handle \(text) (LOW:HIGH)")
+            guard words.count == 3, let low = UInt64(words[0]), let high = UInt64(words[1]),
+                let token = UInt64(words[2])
+            else {
+                fail("bad handle \(text) (LOW:HIGH:TOKEN)")
             }
             let handle = SharedHandle(low: low, high: high)
-            let blockSize = try client.adoptHandle(handle)
+            let blockSize = try client.adoptHandle(handle, token: token)
             guard blockSize >= size else { fail("block \(index) has \(blockSize) bytes, fewer than \(size)") }
             guard try check(client, handle, size, seed, index) else {
                 fail("block \(index) (\(handle)) does not hold the writer's pattern")

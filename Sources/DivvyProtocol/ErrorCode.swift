@@ -69,6 +69,11 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, CustomStringConve
     /// The handle was issued by another heap (its heap id is not this heap's): typically a handle kept from before
     /// the daemon restarted and formatted a new heap. Nothing changed; the block it named is gone.
     public static let foreignHandle = ErrorCode(rawValue: 25)
+    /// `adopt` by a mediated client whose share token is not a live token for this handle: never issued (a guess
+    /// or 0), already redeemed, issued for another handle (another block, or an earlier generation of this one),
+    /// or dead because the client that got it from `share` no longer holds the block or has disconnected.
+    /// Nothing changed.
+    public static let badShareToken = ErrorCode(rawValue: 26)
 
     /// Every code this module knows, in code order.
     public static let allKnown: [ErrorCode] = [
@@ -76,7 +81,7 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, CustomStringConve
         .handshakeRequired, .wrongMode, .quotaExceeded, .heapFull, .unsupportedSize, .invalidHandle,
         .misalignedHandle, .staleHandle, .doubleFree, .notHolder, .batchTooLarge, .adminRequired, .noSuchClient,
         .tooManyClients, .shuttingDown, .internalError, .invalidParticipant, .directUnavailable,
-        .alreadyHolder, .foreignHandle,
+        .alreadyHolder, .foreignHandle, .badShareToken,
     ]
 
     /// Whether the daemon closes the connection after sending this error.
@@ -115,6 +120,7 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, CustomStringConve
         case 23: "directUnavailable"
         case 24: "alreadyHolder"
         case 25: "foreignHandle"
+        case 26: "badShareToken"
         default: nil
         }
     }

@@ -148,14 +148,15 @@ extension Message {
         case .region: 17
         case .join, .joined, .lease, .leased, .returnPages, .returned: 4
         case .allocate: 8
-        case .free, .share, .adopt: 16
+        case .free, .share: 16
+        case .adopt: 24
         case .allocated, .adopted: 24
         case .freed: 1
         case .allocateBatch: 12
         case .allocatedBatch(_, let handles): 12 + 16 * handles.count
         case .freeBatch(let handles): 4 + 16 * handles.count
         case .freedBatch(let statuses): 4 + 2 * statuses.count
-        case .shared: 36
+        case .shared: 44
         case .statsReply: 48
         case .ping(let payload), .pong(let payload): 4 + payload.count
         case .admin: 5
@@ -199,8 +200,11 @@ extension Message {
             buffer.appendLE(value)
         case .allocate(let size):
             buffer.appendLE(size)
-        case .free(let handle), .share(let handle), .adopt(let handle):
+        case .free(let handle), .share(let handle):
             buffer.appendHandle(handle)
+        case .adopt(let handle, let token):
+            buffer.appendHandle(handle)
+            buffer.appendLE(token)
         case .allocated(let handle, let blockSize), .adopted(let handle, let blockSize):
             buffer.appendHandle(handle)
             buffer.appendLE(blockSize)
@@ -224,6 +228,7 @@ extension Message {
             buffer.appendLE(info.offset)
             buffer.appendLE(info.blockSize)
             buffer.appendLE(info.holders)
+            buffer.appendLE(info.token)
         case .statsReply(let stats):
             buffer.appendLE(stats.bytesHeld)
             buffer.appendLE(stats.blocksHeld)
@@ -336,8 +341,12 @@ extension Message {
             let offset = try reader.u64("offset")
             let blockSize = try reader.u64("blockSize")
             let holders = try reader.u32("holders")
-            return .shared(SharedInfo(handle: handle, offset: offset, blockSize: blockSize, holders: holders))
-        case 0x000B: return .adopt(handle: try reader.handle("handle"))
+            let token = try reader.u64("token")
+            return .shared(
+                SharedInfo(handle: handle, offset: offset, blockSize: blockSize, holders: holders, token: token))
+        case 0x000B:
+            let handle = try reader.handle("handle")
+            return .adopt(handle: handle, token: try reader.u64("token"))
         case 0x800B:
             let handle = try reader.handle("handle")
             return .adopted(handle: handle, blockSize: try reader.u64("blockSize"))

@@ -39,12 +39,12 @@ public enum Message: Hashable, Sendable {
     case freeBatch(handles: [WireHandle])
     /// 0x8009: one status per handle, in request order.
     case freedBatch(statuses: [FreedStatus])
-    /// 0x000A: prepare `handle` to be passed to another client.
+    /// 0x000A: prepare `handle` to be passed to another client: the reply carries a single-use share token.
     case share(handle: WireHandle)
-    /// 0x800A: the shared block.
+    /// 0x800A: the shared block and the share token that lets one other client adopt it.
     case shared(SharedInfo)
-    /// 0x000B: become a holder of a shared block.
-    case adopt(handle: WireHandle)
+    /// 0x000B: become a holder of a shared block, redeeming the share token a holder got from `share`.
+    case adopt(handle: WireHandle, token: UInt64)
     /// 0x800B: the adopted block's handle and size.
     case adopted(handle: WireHandle, blockSize: UInt64)
     /// 0x000C: asks for this client's accounting.

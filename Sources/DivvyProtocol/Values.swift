@@ -257,15 +257,20 @@ public struct SharedInfo: Hashable, Sendable {
     public var offset: UInt64
     /// The block's usable size in bytes.
     public var blockSize: UInt64
-    /// How many clients hold the block now.
+    /// How many clients hold the block now (each client once, whatever mode it holds the block in).
     public var holders: UInt32
+    /// The share token: a random, never-zero number that lets one other client `adopt` this handle, once
+    /// (PROTOCOL.md section 6.4). Pass it to the adopter with the handle; it dies when it is redeemed, when the
+    /// client that got it stops holding the block, or when that client disconnects.
+    public var token: UInt64
 
     /// Creates a shared-block description.
-    public init(handle: WireHandle, offset: UInt64, blockSize: UInt64, holders: UInt32) {
+    public init(handle: WireHandle, offset: UInt64, blockSize: UInt64, holders: UInt32, token: UInt64) {
         self.handle = handle
         self.offset = offset
         self.blockSize = blockSize
         self.holders = holders
+        self.token = token
     }
 }
 

@@ -100,7 +100,9 @@ extension DivvyServer {
 
     /// Drops one of the session's holdings of `handle`; true when the block went back to the heap.
     func free(_ session: Session, _ handle: SharedHeapHandle) throws(ServiceError) -> Bool {
-        try free(handle, from: &session.account)
+        let released = try free(handle, from: &session.account)
+        dropShareTokens(of: session.id, for: handle, account: session.account)
+        return released
     }
 
     /// `free(_:_:)` with the session's account passed in (a batch moves it out of the session).
@@ -132,6 +134,7 @@ extension DivvyServer {
         for handle in handles {
             do throws(ServiceError) {
                 statuses.append(try free(SharedHeapHandle(handle), from: &account) ? .released : .stillHeld)
+                dropShareTokens(of: session.id, for: SharedHeapHandle(handle), account: account)
                 freed += 1
             } catch {
                 metrics.failure(error.code)
@@ -165,7 +168,7 @@ extension DivvyServer {
         }
     }
 
-    func adopt(_ session: Session, _ handle: SharedHeapHandle) throws(ServiceError) -> Int {
+    func adopt(_ session: Session, _ handle: SharedHeapHandle, token: UInt64) throws(ServiceError) -> Int {
         guard !handle.isZero else { throw ServiceError.handleZero }
         let blockSize: Int
         do throws(SharedHeapError) {
@@ -173,6 +176,8 @@ extension DivvyServer {
         } catch {
             throw ServiceError(error)
         }
+        // Handles are predictable: only a live share token for this handle lets a client in (ShareTokenTable).
+        try checkShareToken(token, for: handle)
         let step = ledger.adopt(
             handle, blockSize: blockSize, daemonHolds: participant?.holds(handle) ?? false, client: session.id,
             to: &session.account, leasedPages: session.pageAllowance, quota: quota)
@@ -189,6 +194,7 @@ extension DivvyServer {
             }
             ledger.adoptedInHeap(handle, blockSize: blockSize, to: &session.account)
         }
+        shareTokens.redeem(token)
         metrics.count(.adoption)
         return blockSize
     }
@@ -210,9 +216,10 @@ extension DivvyServer {
         let directHolders = holderCount - (daemonHoldsIt ? 1 : 0)
         let mediatedHolders = ledger.mediatedHolders(of: handle, daemonHolds: daemonHoldsIt)
         let blockSize = (try? heap.blockSize(of: handle)) ?? 0
+        let token = try issueShareToken(session, for: handle)
         return SharedInfo(
             handle: handle.wire, offset: UInt64(handle.dataOffset), blockSize: UInt64(blockSize),
-            holders: UInt32(directHolders + mediatedHolders))
+            holders: UInt32(directHolders + mediatedHolders), token: token)
     }
 
     func stats(for session: Session) -> ClientStats {

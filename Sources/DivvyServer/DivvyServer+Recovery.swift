@@ -24,6 +24,7 @@ extension DivvyServer {
         admission.closed(uid: session.peer.uid)
         poller.remove(session.socket.fileDescriptor)
         session.socket.close()
+        shareTokens.dropIssuer(id)
         var released = 0
         for handle in ledger.release(session.account) {
             do throws(SharedHeapError) {

@@ -123,8 +123,8 @@ extension DivvyServer {
             return .freed(released: released)
         case .freeBatch(let handles): return freeBatch(session, handles)
         case .share(let handle): return .shared(try share(session, SharedHeapHandle(handle)))
-        case .adopt(let handle):
-            let blockSize = try adopt(session, SharedHeapHandle(handle))
+        case .adopt(let handle, let token):
+            let blockSize = try adopt(session, SharedHeapHandle(handle), token: token)
             return .adopted(handle: handle, blockSize: UInt64(blockSize))
         case .stats: return .statsReply(stats(for: session))
         case .ping(let payload): return .pong(payload: payload)

@@ -42,7 +42,7 @@ import Glibc
 /// what; allocate/free/adopt/share bookkeeping with `FairShare` and `ClientQuota`), `DirectLease` (a direct client's
 /// page lease), `ParticipantRecovery` (direct participants' owners, exit watches, retried recoveries),
 /// `ShutdownStateMachine` (graceful shutdown), `ConnectionAdmission` and `HandshakeDeadlines` (connection slots),
-/// `ConfigurationReload`. Time is `ContinuousClock`'s.
+/// `ConfigurationReload`, `ShareTokenTable` (share tokens). Time is `ContinuousClock`'s.
 ///
 /// ## Mediated holdings
 /// The daemon's participant is the heap-level holder of every block that mediated clients hold; which client
@@ -133,6 +133,8 @@ public final class DivvyServer: @unchecked Sendable {
     var protocolErrors = BurstLogLimiter()
     /// Per-client block and large-block limits for mediated clients (`FairShare`).
     var fairShare: FairShare { ledger.fairShare }
+    /// Outstanding share tokens: what a mediated `adopt` must present (`ShareTokenTable`, DivvyServer+ShareTokens).
+    var shareTokens: ShareTokenTable
     /// Watches the data object for punched holes while the region is fully committed (`HoleRepair`); nil otherwise.
     var holeRepair: HoleRepair?
     /// Whether the last hole repair failed (its error is logged once until a repair succeeds).
@@ -195,6 +197,7 @@ public final class DivvyServer: @unchecked Sendable {
             if configuration.regionName != nil { try? region.remove() }
             ownerLock?.release(removingName: true)
         }
+        shareTokens = ShareTokenTable(limitPerIssuer: configuration.maxShareTokensPerClient)
         do throws(SharedHeapError) {
             if let reattached {
                 heap = reattached.heap

@@ -68,6 +68,10 @@ public struct ServerConfiguration: Hashable, Sendable {
     /// client that needs a block larger than that (the extent area serves up to its own size: a quarter of the data
     /// area) needs a larger `large-quota`.
     public var largeQuotaBytes: Int?
+    /// Share tokens one client may have outstanding (`max-share-tokens-per-client`, default 256): each `share`
+    /// issues one, and it lives until a client adopts with it or the sharer stops holding the block (PROTOCOL.md
+    /// 6.4). Bounds the daemon's memory for tokens; beyond it `share` is refused with `quotaExceeded`.
+    public var maxShareTokensPerClient: Int
 
     /// The large-block limit in force for a large-block tier (span pages and extent area) of `spanTierBytes` with span
     /// pages of `spanPageSize`: `largeQuotaBytes`,
@@ -120,6 +124,7 @@ public struct ServerConfiguration: Hashable, Sendable {
         quotaBytes = nil
         maxBlocksPerClient = nil
         largeQuotaBytes = nil
+        maxShareTokensPerClient = 256
         maxClients = 1024
         reservedAdminConnections = 4
         maxConnectionsPerUID = nil
@@ -146,7 +151,7 @@ public struct ServerConfiguration: Hashable, Sendable {
         "held-capacity", "direct-held-capacity", "participant-capacity", "huge-pages", "commit", "prefault", "allow-uids", "allow-gids",
         "direct-uids", "direct-gids", "admin-uids", "admin-gids", "quota", "max-clients", "initial-lease-pages",
         "shutdown-grace-ms", "metrics-listen", "log-level", "reserved-admin-connections", "max-connections-per-uid",
-        "handshake-timeout-ms", "max-blocks-per-client", "large-quota",
+        "handshake-timeout-ms", "max-blocks-per-client", "large-quota", "max-share-tokens-per-client",
     ]
 
     /// Applies a config file's text: one `key = value` per line, `#` comments, blank lines ignored. Keys are
@@ -219,6 +224,7 @@ public struct ServerConfiguration: Hashable, Sendable {
             maxBlocksPerClient = value == "auto" || value == "default" ? nil : try Self.count(value, key)
         case "large-quota":
             largeQuotaBytes = value == "auto" || value == "default" ? nil : try Self.size(value, key)
+        case "max-share-tokens-per-client": maxShareTokensPerClient = try Self.count(value, key)
         case "max-clients": maxClients = try Self.count(value, key)
         case "reserved-admin-connections": reservedAdminConnections = try Self.count(value, key)
         case "max-connections-per-uid":
@@ -272,6 +278,9 @@ public struct ServerConfiguration: Hashable, Sendable {
                         + "all mediated clients share the held list, so one client could otherwise fill it")
             }
         }
+        guard maxShareTokensPerClient > 0 else {
+            throw ParseError("max-share-tokens-per-client must be positive (a client could never share a block)")
+        }
         if let largeQuotaBytes, largeQuotaBytes <= 0 {
             throw ParseError("large-quota must be positive (or auto: a quarter of the large-block tier)")
         }
@@ -315,6 +324,7 @@ public struct ServerConfiguration: Hashable, Sendable {
             ("handshake-timeout-ms", String(handshakeTimeoutMilliseconds)),
             ("max-blocks-per-client", maxBlocksPerClient.map(String.init) ?? "auto"),
             ("large-quota", largeQuotaBytes.map(String.init) ?? "auto"),
+            ("max-share-tokens-per-client", String(maxShareTokensPerClient)),
         ]
     }
 

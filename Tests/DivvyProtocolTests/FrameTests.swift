@@ -247,7 +247,7 @@ final class FrameTests: XCTestCase {
         let closing = ErrorCode.allKnown.filter(\.closesConnection)
         XCTAssertEqual(
             closing, [.malformedFrame, .unsupportedVersion, .frameTooLarge, .notAuthorized, .tooManyClients])
-        XCTAssertEqual(ErrorCode.allKnown.map(\.rawValue), Array(1...25))
+        XCTAssertEqual(ErrorCode.allKnown.map(\.rawValue), Array(1...26))
         XCTAssertEqual(ErrorCode.invalidParticipant.description, "invalidParticipant")
         XCTAssertEqual(ErrorCode.directUnavailable.description, "directUnavailable")
         XCTAssertEqual(ErrorCode(rawValue: 999).description, "unknown(999)")
@@ -303,8 +303,9 @@ final class FrameTests: XCTestCase {
         let b = WireHandle(low: .max, high: 0x8000_0000_0000_0001)
         let c = WireHandle(low: 0x8000_0000_0000_0000, high: .max)
         let messages: [Message] = [
-            .allocated(handle: a, blockSize: 64), .free(handle: b), .share(handle: c), .adopt(handle: a),
-            .adopted(handle: b, blockSize: 1), .shared(SharedInfo(handle: c, offset: 16, blockSize: 2, holders: 3)),
+            .allocated(handle: a, blockSize: 64), .free(handle: b), .share(handle: c),
+            .adopt(handle: a, token: 0x0102_0304_0506_0708), .adopted(handle: b, blockSize: 1),
+            .shared(SharedInfo(handle: c, offset: 16, blockSize: 2, holders: 3, token: .max)),
             .allocatedBatch(blockSize: 8, handles: [a, b, c]), .freeBatch(handles: [c, b, a]),
         ]
         for message in messages {
@@ -366,5 +367,21 @@ final class FrameTests: XCTestCase {
         XCTAssertEqual(ErrorCode.foreignHandle.rawValue, 25)
         XCTAssertEqual(ErrorCode.foreignHandle.name, "foreignHandle")
         XCTAssertFalse(ErrorCode.foreignHandle.closesConnection)
+        XCTAssertEqual(ErrorCode.badShareToken.rawValue, 26)
+        XCTAssertEqual(ErrorCode.badShareToken.name, "badShareToken")
+        XCTAssertFalse(ErrorCode.badShareToken.closesConnection)
+        XCTAssertEqual(ErrorCode.allKnown.last, .badShareToken)
+    }
+
+    func testAdoptCarriesTheTokenAfterTheHandleAndSharedEndsWithIt() {
+        // PROTOCOL.md 7: adopt = handle, u64 token; shared = handle, offset, blockSize, holders, u64 token.
+        let handle = WireHandle(low: 1, high: 2)
+        let adopt = Frame(requestID: 1, message: .adopt(handle: handle, token: 0x1122_3344_5566_7788)).encoded()
+        XCTAssertEqual(adopt.count, 24 + 24)
+        XCTAssertEqual(Array(adopt[40...]), [0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11])
+        let info = SharedInfo(handle: handle, offset: 16, blockSize: 32, holders: 2, token: 0xAB)
+        let shared = Frame(requestID: 1, message: .shared(info)).encoded()
+        XCTAssertEqual(shared.count, 24 + 44)
+        XCTAssertEqual(Array(shared[60...]), [0xAB, 0, 0, 0, 0, 0, 0, 0])
     }
 }

@@ -97,8 +97,8 @@ struct RandomMessages {
         case 16: return .freeBatch(handles: (0..<batchCount()).map { _ in handle() })
         case 17: return .freedBatch(statuses: (0..<batchCount()).map { _ in FreedStatus(rawValue: u16()) })
         case 18: return .share(handle: handle())
-        case 19: return .shared(SharedInfo(handle: handle(), offset: u64(), blockSize: u64(), holders: u32()))
-        case 20: return .adopt(handle: handle())
+        case 19: return .shared(SharedInfo(handle: handle(), offset: u64(), blockSize: u64(), holders: u32(), token: u64()))
+        case 20: return .adopt(handle: handle(), token: u64())
         case 21: return .adopted(handle: handle(), blockSize: u64())
         case 22: return .stats
         case 23:

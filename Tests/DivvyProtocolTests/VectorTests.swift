@@ -43,6 +43,7 @@ final class VectorTests: XCTestCase {
         var handles: [Handle]?
         var statuses: [UInt16]?
         var holders: UInt32?
+        var token: String?
         var bytesHeld: String?
         var blocksHeld: String?
         var heapBytesUsed: String?
@@ -175,8 +176,9 @@ final class VectorTests: XCTestCase {
             return .shared(
                 SharedInfo(
                     handle: try handle(f.handle, "handle"), offset: try u64(f.offset, "offset"),
-                    blockSize: try u64(f.blockSize, "blockSize"), holders: try need(f.holders, "holders")))
-        case "adopt": return .adopt(handle: try handle(f.handle, "handle"))
+                    blockSize: try u64(f.blockSize, "blockSize"), holders: try need(f.holders, "holders"),
+                    token: try u64(f.token, "token")))
+        case "adopt": return .adopt(handle: try handle(f.handle, "handle"), token: try u64(f.token, "token"))
         case "adopted":
             return .adopted(handle: try handle(f.handle, "handle"), blockSize: try u64(f.blockSize, "blockSize"))
         case "stats": return .stats

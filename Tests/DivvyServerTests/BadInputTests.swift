@@ -164,12 +164,12 @@ final class BadInputTests: XCTestCase {
             assertErrorReply(try connection.roundTrip(.free(handle: foreign)), .notHolder)
             assertErrorReply(try connection.roundTrip(.free(handle: .zero)), .invalidHandle)
             assertErrorReply(try connection.roundTrip(.share(handle: foreign)), .notHolder)
-            assertErrorReply(try connection.roundTrip(.adopt(handle: beyond)), .invalidHandle)
+            assertErrorReply(try connection.roundTrip(.adopt(handle: beyond, token: 1)), .invalidHandle)
         }
         XCTAssertEqual(try connection.roundTrip(.free(handle: mine)).message, .freed(released: true))
         try unchanged {
             assertErrorReply(try connection.roundTrip(.free(handle: mine)), .doubleFree)
-            assertErrorReply(try connection.roundTrip(.adopt(handle: mine)), .staleHandle)
+            assertErrorReply(try connection.roundTrip(.adopt(handle: mine, token: 1)), .staleHandle)
         }
         // The slot is reused with a new generation: the old handle is stale, not the new block's.
         var reused = WireHandle.zero
@@ -188,7 +188,7 @@ final class BadInputTests: XCTestCase {
         XCTAssertNotEqual(reused, mine)
         try unchanged {
             assertErrorReply(try connection.roundTrip(.free(handle: mine)), .staleHandle)
-            assertErrorReply(try connection.roundTrip(.adopt(handle: mine)), .staleHandle)
+            assertErrorReply(try connection.roundTrip(.adopt(handle: mine, token: 1)), .staleHandle)
         }
     }
 
@@ -210,7 +210,7 @@ final class BadInputTests: XCTestCase {
         let foreign = WireHandle(low: low, high: high)
         let before = try connection.roundTrip(.stats).message
         try unchanged {
-            for request: Message in [.free(handle: foreign), .share(handle: foreign), .adopt(handle: foreign)] {
+            for request: Message in [.free(handle: foreign), .share(handle: foreign), .adopt(handle: foreign, token: 1)] {
                 let reply = try connection.roundTrip(request)
                 assertErrorReply(reply, .foreignHandle)
                 if case .error(let error) = reply.message {
@@ -240,7 +240,7 @@ final class BadInputTests: XCTestCase {
             try unchanged {
                 var calls: [(String, () throws(DivvyClientError) -> Void)] = [
                     ("free", { () throws(DivvyClientError) in _ = try client.free(foreign) }),
-                    ("adopt", { () throws(DivvyClientError) in _ = try client.adoptHandle(foreign) }),
+                    ("adopt", { () throws(DivvyClientError) in _ = try client.adoptHandle(foreign, token: 1) }),
                     ("share", { () throws(DivvyClientError) in _ = try client.share(foreign) }),
                 ]
                 // Direct clients check translations against the heap, heap id included (mediated clients do not map
@@ -338,8 +338,9 @@ final class BadInputTests: XCTestCase {
         assertClientError(.quotaExceeded) { try client.allocateBatch(size: 16, count: 2) }
         let other = try small.client(.mediated)
         let theirs = try other.allocateHandle(16).handle
+        let token = try other.share(theirs).token
         let beforeAdopt = try small.audit()
-        assertClientError(.quotaExceeded) { try client.adoptHandle(theirs) }
+        assertClientError(.quotaExceeded) { try client.adoptHandle(theirs, token: token) }
         XCTAssertEqual(try small.audit(), beforeAdopt)
         _ = before
         XCTAssertEqual(try client.stats().bytesHeld, 4096)

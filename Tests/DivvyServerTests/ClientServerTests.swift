@@ -27,7 +27,8 @@ final class ClientServerTests: XCTestCase {
             XCTAssertEqual(info.handle, handle.wire)
             XCTAssertEqual(info.offset, UInt64(handle.dataOffset))
             XCTAssertEqual(info.holders, 1)
-            let adopted = try reader.adopt(handle)
+            XCTAssertNotEqual(info.token, 0)
+            let adopted = try reader.adopt(handle, token: info.token)
             let seen = adopted.withUnsafeBytes { $0.load(fromByteOffset: 992, as: UInt64.self) }
             XCTAssertEqual(seen, 0xFEED_FACE)
             XCTAssertEqual(try writer.share(handle).holders, 2)
@@ -54,7 +55,7 @@ final class ClientServerTests: XCTestCase {
             var handles = [try client.allocateHandle(64).handle, try client.allocateHandle(4096).handle]
             handles += try client.allocateBatch(size: 200, count: 3)
             let given = try other.allocateHandle(300).handle
-            _ = try client.adoptHandle(given)
+            _ = try client.adoptHandle(given, token: try other.share(given).token)
             handles.append(given)
             for handle in handles {
                 let address = try client.pointer(for: handle)
@@ -67,7 +68,8 @@ final class ClientServerTests: XCTestCase {
                 XCTAssertFalse(handles.contains { $0.isZero })
             }
             // A client holds a block once: a second adopt is refused (same code in both modes), nothing changes.
-            XCTAssertThrowsError(try client.adoptHandle(given), "\(mode): adopt twice") {
+            let again = try other.share(given).token
+            XCTAssertThrowsError(try client.adoptHandle(given, token: again), "\(mode): adopt twice") {
                 XCTAssertEqual(($0 as? DivvyClientError)?.protocolCode, .alreadyHolder, "\($0)")
             }
             XCTAssertEqual(try client.share(given).holders, 2, "\(mode): the giver and this client")
@@ -172,7 +174,7 @@ final class ClientServerTests: XCTestCase {
             let leaving = try daemon.client(mode, name: "leaving")
             for _ in 0..<50 { _ = try leaving.allocate(200).intoHandle() }
             let shared = try leaving.allocate(300).intoHandle()
-            var adopted = try survivor.adopt(shared)
+            var adopted = try survivor.adopt(shared, token: try leaving.share(shared).token)
             var bytes = adopted.mutableBytes
             bytes.storeBytes(of: 77, toByteOffset: 0, as: UInt64.self)
             kept = adopted.intoHandle()
@@ -237,7 +239,7 @@ final class ClientServerTests: XCTestCase {
         handles += try mediated.allocateBatch(size: 64, count: 3)
         for _ in 0..<40 { _ = try direct.allocate(512).intoHandle() }
         let shared = try direct.allocate(200).intoHandle()
-        handles.append(try mediated.adopt(shared).intoHandle())
+        handles.append(try mediated.adopt(shared, token: try direct.share(shared).token).intoHandle())
         for handle in handles { _ = try mediated.free(handle) }
         assertClientError(.noSuchClient) { try mediated.admin(.disconnect, argument: 999) }
         direct.close()

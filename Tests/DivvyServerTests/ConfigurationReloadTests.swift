@@ -20,6 +20,7 @@ final class ConfigurationReloadTests: XCTestCase {
         "initial-lease-pages": "3", "shutdown-grace-ms": "900", "metrics-listen": "127.0.0.1:9464",
         "log-level": "debug", "reserved-admin-connections": "7", "max-connections-per-uid": "5",
         "handshake-timeout-ms": "1234", "max-blocks-per-client": "100", "large-quota": "1M",
+        "max-share-tokens-per-client": "17",
     ]
 
     func testEveryKeyIsEitherAppliedOrKeptAndReportedAsNeedingARestart() throws {

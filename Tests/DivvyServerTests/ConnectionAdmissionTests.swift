@@ -113,7 +113,8 @@ final class ConnectionAdmissionTests: XCTestCase {
             XCTAssertEqual(SessionStateMachine.duringShutdown(message), .handle, "\(message)")
         }
         for message: Message in [
-            .allocate(size: 8), .ping(payload: []), .stats, .mapRegion, .share(handle: WireHandle(low: 5, high: 1 << 32)), .adopt(handle: WireHandle(low: 5, high: 1 << 32)),
+            .allocate(size: 8), .ping(payload: []), .stats, .mapRegion, .share(handle: WireHandle(low: 5, high: 1 << 32)),
+            .adopt(handle: WireHandle(low: 5, high: 1 << 32), token: 1),
             .lease(pages: 1), .admin(.status, argument: 0),
             .hello(Hello(minVersion: 2, maxVersion: 2, mode: .any, capabilities: 0, name: "late")),
         ] {

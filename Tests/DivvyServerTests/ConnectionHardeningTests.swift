@@ -278,7 +278,7 @@ final class SpecConformanceTests: XCTestCase {
         XCTAssertEqual(try connection.roundTrip(.free(handle: handle)).message, .freed(released: true))
         let before = try daemon.audit()
         assertErrorReply(try connection.roundTrip(.share(handle: handle)), .staleHandle)
-        assertErrorReply(try connection.roundTrip(.adopt(handle: handle)), .staleHandle)
+        assertErrorReply(try connection.roundTrip(.adopt(handle: handle, token: 1)), .staleHandle)
         assertErrorReply(try connection.roundTrip(.free(handle: handle)), .doubleFree, requestID: 7)
         XCTAssertEqual(try daemon.audit(), before)
     }
@@ -346,7 +346,7 @@ final class SpecConformanceTests: XCTestCase {
 
     func testHandleZeroAndLeaseZeroSayWhatTheyAre() throws {
         let connection = try helloed()
-        for request: Message in [.free(handle: .zero), .share(handle: .zero), .adopt(handle: .zero)] {
+        for request: Message in [.free(handle: .zero), .share(handle: .zero), .adopt(handle: .zero, token: 0)] {
             let reply = try connection.roundTrip(request)
             assertErrorReply(reply, .invalidHandle)
             if case .error(let error) = reply.message {

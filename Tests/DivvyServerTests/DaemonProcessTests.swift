@@ -188,11 +188,11 @@ final class DaemonProcessTests: XCTestCase {
         let (victim, handles) = try holder(daemon, "direct", size: 700, count: 10, seed: 3)
         var adopted: [(SharedHandle, Int)] = []
         for text in handles.prefix(4) {
-            // divvy-client-helper prints a handle as LOW:HIGH (128 bits).
+            // divvy-client-helper prints a handle as LOW:HIGH (128 bits) and a share token: LOW:HIGH:TOKEN.
             let words = text.split(separator: ":").compactMap { UInt64($0) }
-            XCTAssertEqual(words.count, 2, text)
-            let handle = SharedHandle(low: try XCTUnwrap(words.first), high: try XCTUnwrap(words.last))
-            adopted.append((handle, try adopter.adoptHandle(handle)))
+            XCTAssertEqual(words.count, 3, text)
+            let handle = SharedHandle(low: words[0], high: words[1])
+            adopted.append((handle, try adopter.adoptHandle(handle, token: words[2])))
         }
         let blockSize = adopted[0].1
         XCTAssertEqual(try bytesUsed(), 10 * blockSize)

@@ -66,11 +66,12 @@ final class FairShareTests: XCTestCase {
         let first = try owner.allocateHandle(16).handle
         let second = try owner.allocateHandle(16).handle
         let adopter = try daemon.client(.mediated, name: "adopter")
-        _ = try adopter.adoptHandle(first)
-        _ = try adopter.adoptHandle(second)
+        _ = try adopter.adoptHandle(first, token: try owner.share(first).token)
+        _ = try adopter.adoptHandle(second, token: try owner.share(second).token)
         let thirdOwner = try daemon.client(.mediated, name: "third")
         let third = try thirdOwner.allocateHandle(16).handle
-        assertClientError(.quotaExceeded) { try adopter.adoptHandle(third) }
+        let token = try thirdOwner.share(third).token
+        assertClientError(.quotaExceeded) { try adopter.adoptHandle(third, token: token) }
         XCTAssertEqual(try adopter.stats().blocksHeld, 2)
     }
 

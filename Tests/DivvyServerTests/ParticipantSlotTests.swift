@@ -23,7 +23,7 @@ final class ParticipantSlotTests: XCTestCase {
         for (index, client) in fallback.enumerated() {
             let (handle, _) = try client.allocateHandle(100)
             try client.pointer(for: handle).storeBytes(of: UInt64(index), as: UInt64.self)
-            _ = try direct[index].adoptHandle(handle)
+            _ = try direct[index].adoptHandle(handle, token: try client.share(handle).token)
             XCTAssertEqual(try direct[index].pointer(for: handle).load(as: UInt64.self), UInt64(index))
             XCTAssertFalse(try client.free(handle), "the direct client still holds it")
             XCTAssertTrue(try direct[index].free(handle))
@@ -113,7 +113,7 @@ final class ParticipantSlotTests: XCTestCase {
         let reader = try daemon.client(.mediated, name: "reader")
         var handles: [(SharedHandle, Int)] = []
         for size in [48, 200, 200, 1000, 3000, 48, 48, 700] { handles.append(try writer.allocateHandle(size)) }
-        for (handle, _) in handles.prefix(5) { _ = try reader.adoptHandle(handle) }
+        for (handle, _) in handles.prefix(5) { _ = try reader.adoptHandle(handle, token: try writer.share(handle).token) }
         XCTAssertEqual(try bytesUsed(reader), handles.reduce(0) { $0 + $1.1 })
         for (handle, _) in handles.suffix(3) { try writer.free(handle) }
         XCTAssertEqual(try bytesUsed(reader), handles.prefix(5).reduce(0) { $0 + $1.1 })

@@ -64,7 +64,10 @@ final class ShutdownStateMachineTests: XCTestCase {
         for message in [Message.free(handle: handle), .freeBatch(handles: [handle]), .goodbye] {
             XCTAssertEqual(machine.route(message, shuttingDown: true), .serve, "\(message.type)")
         }
-        for message in [Message.allocate(size: 16), .adopt(handle: handle), .lease(pages: 1), .hello(hello), .stats] {
+        let refused = [
+            Message.allocate(size: 16), .adopt(handle: handle, token: 1), .lease(pages: 1), .hello(hello), .stats,
+        ]
+        for message in refused {
             guard case .reject(let code, _) = machine.route(message, shuttingDown: true) else {
                 XCTFail("\(message.type) must be refused during shutdown")
                 continue

@@ -21,7 +21,7 @@ def main() -> int:
         op, name = command["op"], command.get("name", "b")
         try:
             if op == "adopt":
-                blocks[name] = client.adopt(command["handle"])
+                blocks[name] = client.adopt(command["handle"], command.get("token", 0))
                 reply = {"size": blocks[name].size}
             elif op == "alloc":
                 blocks[name] = client.alloc(command["size"])
@@ -43,7 +43,7 @@ def main() -> int:
                 reply = {}
             elif op == "share":
                 info = blocks[name].share()
-                reply = {"holders": info.holders, "block_size": info.block_size}
+                reply = {"holders": info.holders, "block_size": info.block_size, "token": info.token}
             elif op == "free":
                 reply = {"released": blocks.pop(name).free()}
             elif op == "stats":

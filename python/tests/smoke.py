@@ -12,9 +12,9 @@ import sys
 import divvy
 
 
-def child(socket: str, handle: int) -> None:
+def child(socket: str, handle: int, token: int) -> None:
     with divvy.Client(socket, name="smoke-child") as client:
-        block = client.adopt(handle)
+        block = client.adopt(handle, token)
         array = block.numpy("int64", 100)
         assert array.sum() == sum(range(100)), array
         array[0] = -1
@@ -23,8 +23,8 @@ def child(socket: str, handle: int) -> None:
 
 def main() -> int:
     socket = sys.argv[1]
-    if len(sys.argv) == 4 and sys.argv[2] == "--child":
-        child(socket, int(sys.argv[3]))
+    if len(sys.argv) == 5 and sys.argv[2] == "--child":
+        child(socket, int(sys.argv[3]), int(sys.argv[4]))
         return 0
     print(
         json.dumps(
@@ -41,7 +41,8 @@ def main() -> int:
         block = client.alloc(100 * 8)
         array = block.numpy("int64")
         array[:] = range(100)
-        subprocess.run([sys.executable, __file__, socket, "--child", str(block.handle)], check=True)
+        token = block.share().token
+        subprocess.run([sys.executable, __file__, socket, "--child", str(block.handle), str(token)], check=True)
         assert array[0] == -1, "the child's write is not visible"
         assert block.free() is True
         assert client.stats().blocks_held == 0

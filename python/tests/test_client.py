@@ -105,6 +105,7 @@ def test_alloc_write_read_through_memoryview(daemon, mode):
         assert info.handle == block.handle
         assert info.block_size >= 1000
         assert info.holders == 1
+        assert 0 < info.token < 2**64 and block.share().token != info.token, "a new token per share"
         assert block.free() is True  # the only holder: released
         assert block.freed
         assert client.stats().blocks_held == 0
@@ -189,14 +190,14 @@ def test_a_second_free_never_drops_another_holding(daemon, mode):
     # other's holding. A client holds a block once: adopting its own block again is refused, in both modes.
     with divvy.Client(daemon.socket, mode=mode) as one, divvy.Client(daemon.socket, mode=mode) as two:
         block = one.alloc(64)
-        adopted = two.adopt(block.handle)
+        adopted = two.adopt(block.handle, block.share().token)
         assert block.share().holders == 2
         assert adopted.free() is False
         with pytest.raises(divvy.HandleError):
             adopted.free()
         assert block.share().holders == 1
         with pytest.raises(divvy.HandleError) as caught:
-            one.adopt(block.handle)
+            one.adopt(block.handle, block.share().token)
         assert caught.value.code == ErrorCode.EALREADY_HOLDER
         assert block.share().holders == 1, "a refused adopt changes nothing"
 
@@ -207,20 +208,28 @@ def test_bogus_handles_give_the_daemons_codes(daemon, mode):
         keep = client.alloc(64)
         before = snapshot(client)
         with pytest.raises(divvy.HandleError) as caught:
-            client.adopt(0)
+            client.adopt(0, 0)
         assert caught.value.code == ErrorCode.EINVALID_HANDLE
         with pytest.raises(divvy.HandleError) as caught:
-            client.adopt(keep.handle + 1)  # inside the block, not its start
+            client.adopt(keep.handle + 1, 0)  # inside the block, not its start
         assert caught.value.code == ErrorCode.EMISALIGNED_HANDLE, caught.value
         with pytest.raises(divvy.HandleError) as caught:
             # This heap's id (the top 64 bits of a real handle), an offset far outside the data area.
-            client.adopt(keep.handle >> 64 << 64 | 0xFFFF_FFFF_FFFF)
+            client.adopt(keep.handle >> 64 << 64 | 0xFFFF_FFFF_FFFF, 0)
         assert caught.value.code in (ErrorCode.EINVALID_HANDLE, ErrorCode.ESTALE_HANDLE), caught.value
         assert snapshot(client) == before
         with pytest.raises(ValueError):
-            client.adopt(-1)
+            client.adopt(-1, 0)
         with pytest.raises(TypeError):
-            client.adopt("0x10")  # type: ignore[arg-type]
+            client.adopt("0x10", 0)  # type: ignore[arg-type]
+        # A share token is a u64.
+        with pytest.raises(ValueError):
+            client.adopt(keep.handle, -1)
+        with pytest.raises(ValueError):
+            client.adopt(keep.handle, 1 << 64)
+        with pytest.raises(TypeError):
+            client.adopt(keep.handle, "1")  # type: ignore[arg-type]
+        assert snapshot(client) == before
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -237,12 +246,12 @@ def test_handles_are_128_bits_and_another_heaps_handle_is_foreign(daemon, mode):
         foreign = handle & ((1 << 96) - 1) | other_id << 96
         before = snapshot(client)
         with pytest.raises(divvy.HandleError) as caught:
-            client.adopt(foreign)
+            client.adopt(foreign, 0)
         assert caught.value.code == ErrorCode.EFOREIGN_HANDLE, caught.value
         assert "another heap" in str(caught.value)
         assert snapshot(client) == before, "a refused adopt changes nothing"
         with pytest.raises(ValueError):
-            client.adopt(1 << 128)
+            client.adopt(1 << 128, 0)
         assert block.free() is True, "the real handle is still held, once"
 
 
@@ -254,7 +263,7 @@ def test_adopting_a_freed_block_is_stale(daemon, mode):
         block.free()
         before = snapshot(other)
         with pytest.raises(divvy.HandleError) as caught:
-            other.adopt(handle)
+            other.adopt(handle, 0)
         # The free moved the block to a new generation: the old handle is stale (DIVVY_ESTALE_HANDLE), detected.
         assert caught.value.code == ErrorCode.ESTALE_HANDLE
         assert snapshot(other) == before
@@ -319,7 +328,7 @@ def test_using_a_block_after_its_client_closed_raises(daemon, mode):
         with pytest.raises(divvy.ClientClosedError) as caught:
             use()
         assert caught.value.code == ErrorCode.EINVAL
-    for use in (lambda: client.alloc(1), client.ping, client.stats, lambda: client.adopt(block.handle)):
+    for use in (lambda: client.alloc(1), client.ping, client.stats, lambda: client.adopt(block.handle, 0)):
         with pytest.raises(divvy.ClientClosedError):
             use()
     with pytest.raises(ValueError, match="released"):

@@ -23,7 +23,7 @@ def test_another_process_adopts_reads_and_writes(daemon, spawn, mode, child_mode
         view[:16] = bytes(range(16))
         helper = spawn(daemon.socket, child_mode)
         assert helper.hello["mode"] == child_mode
-        adopted = helper.call("adopt", handle=block.handle)
+        adopted = helper.call("adopt", handle=block.handle, token=block.share().token)
         assert adopted["size"] >= 4096
         assert block.share().holders == 2
         assert helper.call("read", n=16)["hex"] == bytes(range(16)).hex()
@@ -43,7 +43,7 @@ def test_a_block_the_other_process_allocated(daemon, spawn, mode, child_mode):
         helper = spawn(daemon.socket, child_mode)
         handle = helper.call("alloc", size=100)["handle"]
         helper.call("write", hex="68656c6c6f")
-        block = client.adopt(handle)
+        block = client.adopt(handle, helper.call("share")["token"])
         assert block.memoryview()[:5].tobytes() == b"hello"
         assert block.size >= 100  # the usable size (the size class): the adopter cannot know what was asked for
         assert helper.call("free") == {"released": False}  # we still hold it
@@ -63,12 +63,48 @@ def test_the_other_process_cannot_use_a_freed_handle(daemon, spawn):
         assert helper.call("stats") == before
 
 
+@pytest.mark.parametrize("child_mode", MODES)
+def test_adopting_needs_the_share_token_of_the_handle_once(daemon, spawn, child_mode):
+    # Handles are predictable: a mediated process adopts only with the token a holder's share() gave for this
+    # handle, once. A direct process adopts in shared memory (which it may write anyway) and needs none.
+    with divvy.Client(daemon.socket, mode="mediated") as client:
+        block, other = client.alloc(64), client.alloc(64)
+        other_token = other.share().token
+        helper = spawn(daemon.socket, child_mode)
+        before = helper.call("stats")
+        if child_mode == "mediated":
+            for token in (0, 0x1234_5678_9ABC_DEF0, other_token):
+                reply = helper.call("adopt", handle=block.handle, token=token)
+                assert (reply["error"], reply["name"]) == (ErrorCode.EBAD_SHARE_TOKEN, "DIVVY_EBAD_SHARE_TOKEN")
+                assert helper.call("stats") == before, "a refused adopt changes nothing"
+                assert block.share().holders == 1
+        token = block.share().token
+        assert token != 0 and token != other_token
+        assert "error" not in helper.call("adopt", handle=block.handle, token=token)
+        assert block.share().holders == 2
+        third = spawn(daemon.socket, "mediated")
+        reply = third.call("adopt", handle=block.handle, token=token)
+        if child_mode == "mediated":
+            assert reply["error"] == ErrorCode.EBAD_SHARE_TOKEN, "a used token"
+        else:
+            # A direct adopter never shows the token to the daemon: it stays outstanding, usable once, until its
+            # sharer stops holding the block.
+            assert "error" not in reply, reply
+            assert third.call("free") == {"released": False}
+        # The sharer frees its holding: its outstanding tokens die, though the helper keeps the block alive.
+        late = block.share().token
+        assert block.free() is False
+        assert third.call("adopt", handle=block.handle, token=late)["error"] == ErrorCode.EBAD_SHARE_TOKEN
+        assert helper.call("free") == {"released": True}
+        other.free()
+
+
 def test_a_closing_process_releases_only_its_holdings(daemon, spawn):
     with divvy.Client(daemon.socket) as client:
         block = client.alloc(64)
         block.memoryview()[:4] = b"keep"
         helper = spawn(daemon.socket, "direct")
-        helper.call("adopt", handle=block.handle)
+        helper.call("adopt", handle=block.handle, token=block.share().token)
         assert block.share().holders == 2
         assert helper.close() == 0  # exits without freeing: its client's close releases its holding
         assert block.share().holders == 1
@@ -86,7 +122,7 @@ def test_numpy_array_shared_with_another_process(daemon, spawn, mode, child_mode
         array = block.numpy("float64", (4, 4))
         array[:] = np.arange(16, dtype=np.float64).reshape(4, 4)
         helper = spawn(daemon.socket, child_mode)
-        helper.call("adopt", handle=block.handle)
+        helper.call("adopt", handle=block.handle, token=block.share().token)
         assert helper.call("numpy_get", dtype="float64", shape=[4, 4])["values"] == array.tolist()
         helper.call("numpy_set", dtype="float64", shape=[4, 4], index=[1, 2], value=42.5)
         assert array[1, 2] == 42.5  # the other process's write, seen through our array: no copy anywhere

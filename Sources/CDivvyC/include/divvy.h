@@ -6,14 +6,16 @@
  *
  * A process connects to the daemon (divvy_connect), allocates blocks of the daemon's shared memory
  * (divvy_alloc), reads and writes them through ordinary pointers, and passes a block to another process by
- * sending its 128-bit handle (divvy_handle_t: two uint64_t words) by any means (a pipe, a socket, argv, a file).
- * The other process adopts the handle (divvy_adopt): the block then has two holders and stays alive until both
- * freed it (divvy_free).
+ * sending its 128-bit handle (divvy_handle_t: two uint64_t words) and a share token (divvy_share: one
+ * uint64_t, for one adopter) by any means (a pipe, a socket, argv, a file). The other process adopts the handle
+ * with the token (divvy_adopt): the block then has two holders and stays alive until both freed it (divvy_free).
+ * Handles are predictable; the token is what lets another process in, once.
  *
  * ABI version 2 (SONAME libdivvy.so.1, symbol version DIVVY_1) — a breaking change from ABI 1 (libdivvy.so.0,
  * DIVVY_0): handles were uint64_t and are now divvy_handle_t, passed and returned by value (or through a
  * divvy_handle_t pointer where ABI 1 used a uint64_t pointer); DIVVY_MAX_BATCH went from 4096 to 4093; the code
- * DIVVY_EFOREIGN_HANDLE was added. Programs built against ABI 1 keep loading libdivvy.so.0, which speaks protocol
+ * DIVVY_EFOREIGN_HANDLE was added; divvy_share returns a share token and divvy_adopt takes one
+ * (DIVVY_EBAD_SHARE_TOKEN). Programs built against ABI 1 keep loading libdivvy.so.0, which speaks protocol
  * version 1 and is refused (DIVVY_EUNSUPPORTED_VERSION) by a daemon speaking protocol version 2 only. Rebuild
  * them against this header: every uint64_t that held a handle becomes a divvy_handle_t.
  *
@@ -150,6 +152,11 @@ typedef enum divvy_error {
     /* The handle was issued by another heap than the daemon's (typically kept from before the daemon restarted);
        the block it named is gone. Nothing changed. */
     DIVVY_EFOREIGN_HANDLE = 25,
+    /* divvy_adopt (mediated client) with a share token that does not let this client adopt this handle: never
+       issued (0 never is), already used, issued for another handle (or an earlier use of this block), or dead
+       because the client that got it from divvy_share freed the block or disconnected. Nothing changed: ask a
+       holder for a new token (divvy_share). */
+    DIVVY_EBAD_SHARE_TOKEN = 26,
 
     /* --- Client-side codes --------------------------------------------------------------------------------- */
     /* Nothing listens at the socket path: divvyd is not running there (start it, or set DIVVY_SOCKET). */
@@ -194,7 +201,7 @@ typedef struct divvy_share_info {
     uint64_t offset;
     /* The block's usable size in bytes. */
     uint64_t block_size;
-    /* How many clients hold the block now. */
+    /* How many clients hold the block now (each client once). */
     uint32_t holders;
 } divvy_share_info;
 
@@ -297,32 +304,42 @@ int divvy_free_batch(
 /* --- Passing blocks between processes --------------------------------------------------------------------------- */
 
 /*
- * Exports a block: asks the daemon to confirm this client holds `handle` and to describe the block. The handle
- * value itself is what another process needs (send it by any means); this call is an optional check.
+ * Lets one other process adopt a block this client holds: the daemon checks the holding, describes the block and
+ * issues a share token. Send the handle and *token to the other process (by any means); its divvy_adopt needs
+ * both. A token lets one client adopt once: call divvy_share once per adopter. It dies when it is used, when this
+ * client stops holding the block (divvy_free, divvy_close), or when this client disconnects, so free your holding
+ * only after the adopter says it adopted. A direct client's divvy_share also works for blocks it allocated in
+ * shared memory.
  *
- *   info  receives the description; may be NULL (only the check).
+ *   token  receives the share token: random, never 0. Required.
+ *   info   receives the description; may be NULL.
  *
- * Returns DIVVY_OK; DIVVY_EINVAL (client NULL); DIVVY_ENOT_HOLDER, DIVVY_ESTALE_HANDLE, DIVVY_EINVALID_HANDLE,
- * DIVVY_EMISALIGNED_HANDLE, DIVVY_EFOREIGN_HANDLE; DIVVY_EDAEMON_GONE.
+ * Returns DIVVY_OK; DIVVY_EINVAL (client or token NULL); DIVVY_ENOT_HOLDER, DIVVY_ESTALE_HANDLE,
+ * DIVVY_EINVALID_HANDLE, DIVVY_EMISALIGNED_HANDLE, DIVVY_EFOREIGN_HANDLE; DIVVY_EQUOTA_EXCEEDED (this client has as
+ * many tokens outstanding as the daemon's max-share-tokens-per-client allows, 256 by default: tokens not used yet
+ * for blocks it still holds); DIVVY_EDAEMON_GONE.
  */
-int divvy_share(divvy_client *client, divvy_handle_t handle, divvy_share_info *info);
+int divvy_share(divvy_client *client, divvy_handle_t handle, uint64_t *token, divvy_share_info *info);
 
 /*
- * Imports a block: takes a holding of a block another process allocated (or adopted) and passed the handle of.
- * The block stays alive until every holder freed it.
+ * Imports a block: takes a holding of a block another process shared (divvy_share) and passed the handle and
+ * share token of. The block stays alive until every holder freed it.
  *
+ *   token    the share token the sharer got for this handle. A mediated client's adopt uses it up; a direct
+ *            client adopts in shared memory (which it may write anyway) and does not need it (pass it, or 0).
  *   pointer  receives the block's address in this process; may be NULL.
  *   size     receives the block's usable size; may be NULL.
  *
- * A direct client may hold a block once (adopting a block it holds gives DIVVY_ENOT_HOLDER); a mediated client
- * may hold it several times and frees once per holding.
+ * A client holds a block once: adopting a block it already holds gives DIVVY_EALREADY_HOLDER (nothing changed),
+ * and one divvy_free drops its holding.
  *
- * Returns DIVVY_OK; DIVVY_EINVAL (client NULL); DIVVY_ESTALE_HANDLE (the block was freed since the handle was
+ * Returns DIVVY_OK; DIVVY_EINVAL (client NULL); DIVVY_EBAD_SHARE_TOKEN (mediated: the token does not let this
+ * client adopt this handle; nothing changed); DIVVY_ESTALE_HANDLE (the block was freed since the handle was
  * issued, reused or not: adopting never reports DIVVY_EDOUBLE_FREE, which is about frees), DIVVY_EINVALID_HANDLE,
- * DIVVY_EMISALIGNED_HANDLE, DIVVY_EFOREIGN_HANDLE, DIVVY_ENOT_HOLDER, DIVVY_EQUOTA_EXCEEDED; DIVVY_EDAEMON_GONE.
- * Ownership: the caller frees the handle with divvy_free.
+ * DIVVY_EMISALIGNED_HANDLE, DIVVY_EFOREIGN_HANDLE, DIVVY_EALREADY_HOLDER, DIVVY_EQUOTA_EXCEEDED;
+ * DIVVY_EDAEMON_GONE. Ownership: the caller frees the handle with divvy_free.
  */
-int divvy_adopt(divvy_client *client, divvy_handle_t handle, void **pointer, size_t *size);
+int divvy_adopt(divvy_client *client, divvy_handle_t handle, uint64_t token, void **pointer, size_t *size);
 
 /* --- Translation ------------------------------------------------------------------------------------------------ */
 

@@ -2,7 +2,8 @@
 
 A process connects to the daemon (`Client`), allocates blocks of its shared memory (`Client.alloc`), reads and
 writes them zero-copy (`Block.memoryview`, `Block.numpy`) and passes a block to another process by sending its
-128-bit `Block.handle` (an int) by any means; the other process adopts it (`Client.adopt`) and sees the same bytes.
+128-bit `Block.handle` (an int) and a share token (`Block.share().token`) by any means; the other process adopts
+it with the token (`Client.adopt(handle, token)`) and sees the same bytes.
 
 The package is pure Python over the C client library, libdivvy (``divvy.h``), through ctypes; the library is
 found on first use (see `library_path`).

@@ -57,13 +57,17 @@ class ShareInfo:
         handle: the block's handle (what another process passes to `Client.adopt`).
         offset: the block's offset from the start of the data area.
         block_size: the block's usable size in bytes (its size class: at least the size asked for).
-        holders: how many clients hold the block now.
+        holders: how many clients hold the block now (each client once).
+        token: the share token (an int, never 0): pass it with `handle` to the process that adopts
+            (`Client.adopt(handle, token)`). It lets one client adopt once, and dies when this client stops
+            holding the block or disconnects.
     """
 
     handle: int
     offset: int
     block_size: int
     holders: int
+    token: int
 
 
 class _Views:
@@ -125,7 +129,7 @@ class Client:
         with divvy.Client() as client:
             block = client.alloc(4096)
             block.memoryview()[:5] = b"hello"
-            print(block.handle)           # another process: client.adopt(handle)
+            print(block.handle, block.share().token)  # another process: client.adopt(handle, token)
 
     Lifetimes: the client is closed by `close`, by leaving the ``with`` block, or when it is garbage-collected
     (nothing refers to it any more: a Block, a memoryview or a NumPy array over a block keeps it alive). Closing
@@ -359,26 +363,31 @@ class Client:
             raise error_for(code, message, [code if result == -1 else result for result in results])
         return [bool(flag) for flag in released]
 
-    def adopt(self, handle: int) -> Block:
-        """Takes a holding of a block another client allocated or adopted (``divvy_adopt``).
+    def adopt(self, handle: int, token: int) -> Block:
+        """Takes a holding of a block another client shared (``divvy_adopt``).
 
-        `handle` is the other side's `Block.handle`, passed by any means (a pipe, a socket, argv). The block
-        stays alive until every holder freed it. The returned Block's `size` is the block's usable size (its
-        size class), which may exceed the size the allocating process asked for.
+        `handle` and `token` are the other side's `Block.handle` and the `ShareInfo.token` its `Block.share()`
+        returned, passed by any means (a pipe, a socket, argv). A mediated client's adopt uses the token up (one
+        token, one adopt); a direct client adopts in shared memory and does not need it. The block stays alive
+        until every holder freed it. The returned Block's `size` is the block's usable size (its size class), which
+        may exceed the size the allocating process asked for.
 
-        A direct client may hold a block once (adopting a block it holds gives ``DIVVY_ENOT_HOLDER``); a mediated
-        client may hold it several times, and each Block is one holding.
+        A client holds a block once: adopting a block it already holds raises ``DIVVY_EALREADY_HOLDER``.
 
         Raises:
-            HandleError: ``DIVVY_ESTALE_HANDLE`` (the block was freed since, reused or not),
-                ``DIVVY_EINVALID_HANDLE``, ``DIVVY_EMISALIGNED_HANDLE``, ``DIVVY_EFOREIGN_HANDLE`` (issued by
-                another heap: kept from before the daemon restarted), ``DIVVY_ENOT_HOLDER``; nothing changed.
+            HandleError: ``DIVVY_EBAD_SHARE_TOKEN`` (mediated: the token was never issued for this handle, was
+                used, or its sharer stopped holding the block), ``DIVVY_ESTALE_HANDLE`` (the block was freed since,
+                reused or not), ``DIVVY_EINVALID_HANDLE``, ``DIVVY_EMISALIGNED_HANDLE``, ``DIVVY_EFOREIGN_HANDLE``
+                (issued by another heap: kept from before the daemon restarted), ``DIVVY_EALREADY_HOLDER``;
+                nothing changed.
             OutOfSpaceError: the block does not fit in this client's quota.
         """
         _check_handle(handle)
+        _check_size(token, "a share token")
         address = ctypes.c_void_p()
         size = ctypes.c_size_t()
-        self._call("divvy_adopt", _native.to_c_handle(handle), ctypes.byref(address), ctypes.byref(size))
+        self._call(
+            "divvy_adopt", _native.to_c_handle(handle), token, ctypes.byref(address), ctypes.byref(size))
         return Block(self, handle, size.value, address.value or 0)
 
     # --- the daemon -----------------------------------------------------------------------------------------
@@ -474,7 +483,8 @@ class Block:
 
     def __reduce__(self):
         raise TypeError(
-            "a divvy.Block cannot be pickled: send block.handle to the other process and call client.adopt(handle)"
+            "a divvy.Block cannot be pickled: send block.handle and block.share().token to the other process and "
+            "call client.adopt(handle, token)"
         )
 
     def __enter__(self) -> Block:
@@ -557,15 +567,25 @@ class Block:
         return bool(released.value)
 
     def share(self) -> ShareInfo:
-        """Asks the daemon to confirm this client holds the block and to describe it (``divvy_share``).
+        """Lets one other process adopt the block (``divvy_share``): the daemon checks this client holds it,
+        describes it, and issues a share token (`ShareInfo.token`).
 
-        Optional: passing `handle` is all another process needs. Useful to learn the block's usable size and
-        how many clients hold it.
+        Send `handle` and the token to the adopter, which calls `Client.adopt(handle, token)`. A token lets one
+        client adopt once (share once per adopter) and dies when this client frees its holding or disconnects:
+        free only after the adopter says it adopted.
+
+        Raises:
+            OutOfSpaceError: ``DIVVY_EQUOTA_EXCEEDED``: this client has as many unused tokens outstanding as the
+                daemon's ``max-share-tokens-per-client`` allows (256 by default).
         """
         self._check_usable("share")
         raw = _native.ShareInfo()
-        self._client._call("divvy_share", _native.to_c_handle(self._handle), ctypes.byref(raw))
-        return ShareInfo(handle=_native.from_c_handle(raw.handle), offset=raw.offset, block_size=raw.block_size, holders=raw.holders)
+        token = ctypes.c_uint64()
+        self._client._call(
+            "divvy_share", _native.to_c_handle(self._handle), ctypes.byref(token), ctypes.byref(raw))
+        return ShareInfo(
+            handle=_native.from_c_handle(raw.handle), offset=raw.offset, block_size=raw.block_size,
+            holders=raw.holders, token=token.value)
 
     def memoryview(self) -> memoryview:
         """A writable, zero-copy memoryview (format ``"B"``, `size` bytes) over the block in shared memory.

@@ -49,6 +49,7 @@ class ErrorCode(enum.IntEnum):
     EDIRECT_UNAVAILABLE = 23
     EALREADY_HOLDER = 24
     EFOREIGN_HANDLE = 25
+    EBAD_SHARE_TOKEN = 26
     ENO_DAEMON = 100
     EDAEMON_GONE = 101
     ETIMED_OUT = 102
@@ -124,7 +125,8 @@ class HandleError(DivvyError):
     ``DIVVY_ESTALE_HANDLE`` (freed since, maybe reused), ``DIVVY_EDOUBLE_FREE`` (already free, or this Block was
     already freed), ``DIVVY_ENOT_HOLDER`` (live but not held by this client), ``DIVVY_EALREADY_HOLDER`` (adopting
     a block this client already holds), ``DIVVY_EFOREIGN_HANDLE`` (issued by another heap: kept from before the
-    daemon restarted).
+    daemon restarted), ``DIVVY_EBAD_SHARE_TOKEN`` (adopting with a share token that does not let this client adopt
+    this handle: never issued for it, already used, or its sharer stopped holding the block).
     """
 
 
@@ -151,6 +153,7 @@ _CLASSES: dict[int, type[DivvyError]] = {
     ErrorCode.ENOT_HOLDER: HandleError,
     ErrorCode.EALREADY_HOLDER: HandleError,
     ErrorCode.EFOREIGN_HANDLE: HandleError,
+    ErrorCode.EBAD_SHARE_TOKEN: HandleError,
 }
 
 

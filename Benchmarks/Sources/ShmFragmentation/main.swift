@@ -176,7 +176,8 @@ print("Data area \(dataSize >> 20) MiB (SharedHeap: \(heap.smallPageCount) pages
     + (largeEvery > 0 ? ", one in \(largeEvery) instead 1 MiB … \(mib(largeMax - 1)) MiB (extents)" : "") + "; "
     + String(format: "SharedHeap run %.1f s", seconds) + "; load average \(load). MiB throughout.")
 print("")
-print("| step | SharedHeap live blocks | requested | usable (in blocks) | usable / requested | data taken (pages, extents) | taken / requested | "
+print("| step | SharedHeap live blocks | requested | usable (in blocks) | usable / requested | "
+    + "data taken (pages, extents) | taken / requested | "
     + "failed allocations | Boost requested | Boost in use (segment − free) | in use / requested | "
     + "Boost extent (highest live byte) | extent / requested | Boost failed |")
 print("|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
@@ -193,7 +194,8 @@ print("")
 let usage = heap.usage()
 print("SharedHeap peak (sampled every 1024 steps): requested \(mib(peakRequested)) MiB, data taken "
     + "\(mib(peakOwned)) MiB. Failed allocations (heapFull): \(failures), of which \(largeFailures) above "
-    + "\(heap.largestSmallBlockSize >> 10) KiB (span tier: \(heap.spanPageCount) × \(heap.spanPageSize >> 10) KiB) and "
+    + "\(heap.largestSmallBlockSize >> 10) KiB (span tier: \(heap.spanPageCount) × \(heap.spanPageSize >> 10) KiB) "
+    + "and "
     + "\(extentFailures) extents (\(extentAllocations) extents served); "
     + "at the end, free: \(usage.freePages - usage.freeSpanPages) of \(heap.smallPageCount) small pages, "
     + "\(usage.freeSpanPages) of \(heap.spanPageCount) span pages, \(usage.extentUnitsFree) of \(heap.extentUnitCount) "

@@ -1,7 +1,8 @@
 /// The heap header: the first `SharedHeapLayout.headerSize` (256) bytes of the region's metadata area, followed by
 /// the class table. The one table of its fields; `SharedHeap.writeHeader`, `readHeader` and `checksum` address
 /// them only through these names. Every field is a little-endian fixed-width integer at a fixed offset (the same
-/// bytes for layout versions 10 and 11; versions 8 and 9 had no extent fields). Versions 6 and 7 had the same header but a Treiber-stack page pool at
+/// bytes for layout versions 10 and 11; versions 8 and 9 had no extent fields). Versions 6 and 7 had the same
+/// header but a Treiber-stack page pool at
 /// `poolOffset` and `spanPoolOffset` (144) instead of the bump words and bitmaps:
 ///
 /// | offset | size | field | meaning |

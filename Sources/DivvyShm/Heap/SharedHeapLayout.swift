@@ -259,7 +259,8 @@ internal struct SharedHeapLayout: Hashable, Sendable {
 
     /// Metadata bytes a lazy heap commits at creation, at most: the header, class table, participant records and
     /// pool words (one prefix), plus, per tier, the OS page holding its first bitmap word and the one holding its
-    /// first page descriptor, and the OS pages of extent unit 0's block word and length word. Independent of the data size (but for the class count). Everything else is committed
+    /// first page descriptor, and the OS pages of extent unit 0's block word and length word. Independent of the
+    /// data size (but for the class count). Everything else is committed
     /// as it is used: a tier's next descriptor and bitmap word when its bump index reaches them, a page's data,
     /// block words and links when the page first leaves the pool, a participant slot's held list when it is
     /// first joined.

@@ -362,8 +362,8 @@ extension SharedHeap {
             throw SharedHeapError(
                 .pageAllowanceExhausted, "participant \(index) owns \(ownedPageTotal) pages and holds "
                     + "\(extentUnitsHeld) units of large blocks, its page allowance is \(allowance): no room for "
-                    + "\(units) more units (\(units * heap.layout.pageSize) bytes); free blocks, or raise the allowance "
-                    + "(SharedHeap.setPageAllowance)")
+                    + "\(units) more units (\(units * heap.layout.pageSize) bytes); free blocks, or raise the "
+                    + "allowance (SharedHeap.setPageAllowance)")
         }
 
         @inline(never)

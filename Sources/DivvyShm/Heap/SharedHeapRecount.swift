@@ -147,7 +147,8 @@ extension SharedHeap {
         }
         if layout.isExtent(location.page) {
             // An extent is free from this store on (nothing to push).
-            word.store(BlockWord.make(generation: handle.generation, count: 0, state: BlockWord.free), ordering: .releasing)
+            word.store(
+                BlockWord.make(generation: handle.generation, count: 0, state: BlockWord.free), ordering: .releasing)
             return .released
         }
         word.store(BlockWord.make(generation: handle.generation, count: p, state: BlockWord.freeing), ordering: .releasing)

@@ -90,8 +90,11 @@ public struct SharedHeapUsage: Hashable, Sendable, CustomStringConvertible {
             + "(\(pageSize) bytes each"
             + (spanPages > 0 ? "; \(spanPages) of them span pages of \(spanPageSize) bytes, \(freeSpanPages) free" : "")
             + "); \(bytesInUse) bytes in use"
-            + (extentUnits > 0 ? "\n  extents: \(extentsInUse) in use (\(extentUnitsInUse) of \(extentUnits) units of "
-                + "\(extentUnitSize) bytes), \(extentUnitsFree) units free, largest free run \(largestFreeExtentUnits)" : "")
+            + (extentUnits > 0
+                ? "\n  extents: \(extentsInUse) in use (\(extentUnitsInUse) of \(extentUnits) units of "
+                    + "\(extentUnitSize) bytes), \(extentUnitsFree) units free, largest free run "
+                    + "\(largestFreeExtentUnits)"
+                : "")
         for c in sizeClasses where c.pages > 0 {
             text += "\n  \(c.blockSize) B: \(c.pages) pages, \(c.blocksInUse) blocks in use, \(c.blocksFree) free"
         }

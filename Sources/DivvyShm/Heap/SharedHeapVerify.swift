@@ -39,7 +39,8 @@ public struct SharedHeapReport: Hashable, Sendable, CustomStringConvertible {
     /// A multi-line summary, then the violations.
     public var description: String {
         var text = "heap: pages \(pooledPages) pooled / \(ownedPages) owned / \(orphanPages) orphan; blocks "
-            + "\(allocatedBlocks) allocated (\(allocatedExtents) extents, \(freeExtents) free), \(localFreeBlocks) locally free, \(remoteFreeBlocks) remotely freed; "
+            + "\(allocatedBlocks) allocated (\(allocatedExtents) extents, \(freeExtents) free), "
+            + "\(localFreeBlocks) locally free, \(remoteFreeBlocks) remotely freed; "
             + "\(holdings) holdings; participants \(liveParticipants) alive, \(deadParticipants) dead; "
             + "\(operationsInFlight) in flight; "
         text += violations.isEmpty ? "clean" : "\(violations.count) violation(s):"
@@ -312,8 +313,9 @@ extension SharedHeap {
             }
             let lock = extentLock.load(ordering: .acquiring)
             if lock != 0 {
-                violation("the extent area's lock is held by participant \(Int(lock) - 1) while the heap is quiescent"
-                    + (extentLockHolderIsGone(lock) ? " (gone: the next allocation or its recovery takes it over)" : ""))
+                violation("the extent area's lock is held by participant \(Int(lock) - 1) while the heap is "
+                    + "quiescent" + (extentLockHolderIsGone(lock)
+                        ? " (gone: the next allocation or its recovery takes it over)" : ""))
             }
         }
 

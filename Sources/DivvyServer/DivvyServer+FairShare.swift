@@ -11,6 +11,13 @@ extension DivvyServer {
         case .heapFull:
             let usage = heap.usage()
             let smallFree = usage.freePages - usage.freeSpanPages
+            if blockSize > heap.largestClassBlockSize {
+                return ServiceError(
+                    .heapFull, "the extent area (\(heap.extentUnitCount) units of \(heap.extentUnitSize) bytes, for "
+                        + "blocks over \(heap.largestClassBlockSize) bytes) has no free run of \(blockSize) bytes: "
+                        + "\(usage.extentUnitsFree) units free, the longest free run \(usage.largestFreeExtentUnits) "
+                        + "units; free large blocks, or restart the daemon with a larger data-size")
+            }
             let large = fairShare.isLarge(blockSize)
             let tier = large
                 ? "the large-block tier (blocks over \(fairShare.largestSmallBlock) bytes, \(heap.spanPageCount) "

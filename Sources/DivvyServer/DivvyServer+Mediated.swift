@@ -31,9 +31,14 @@ extension DivvyServer {
     }
 
     private func classSize(for size: UInt64) throws(ServiceError) -> Int {
-        guard size > 0, let last = classSizes.last, size <= UInt64(last) else {
+        guard size > 0, let last = classSizes.last, size <= UInt64(heap.largestBlockSize) else {
             throw ServiceError(
                 .unsupportedSize, "cannot allocate \(size) bytes: sizes 1…\(heap.largestBlockSize) are supported")
+        }
+        // Above the largest class: an extent of the heap's extent area, in whole units.
+        if size > UInt64(last) {
+            let unit = UInt64(heap.extentUnitSize)
+            return Int((size + unit - 1) / unit * unit)
         }
         // Binary search: the first class at least `size` (the classes ascend).
         var low = 0

@@ -205,7 +205,8 @@ public final class DivvyServer: @unchecked Sendable {
                 heap = try SharedHeap.create(in: region, configuration: heapConfiguration)
             }
             classSizes = heap.sizeClasses
-            let spanTierBytes = heap.spanPageCount * heap.spanPageSize
+            // The large-block tier: span pages and the extent area (blocks above the largest class).
+            let spanTierBytes = heap.spanPageCount * heap.spanPageSize + heap.extentUnitCount * heap.extentUnitSize
             ledger = MediatedLedger(
                 fairShare: FairShare(
                     maxBlocksPerClient: configuration.effectiveMaxBlocksPerClient,
@@ -340,7 +341,10 @@ public final class DivvyServer: @unchecked Sendable {
     }
 
     /// Bytes of heap pages in the data area (small pages and span pages).
-    var heapCapacity: Int { heap.smallPageCount * heap.pageSize + heap.spanPageCount * heap.spanPageSize }
+    var heapCapacity: Int {
+        heap.smallPageCount * heap.pageSize + heap.spanPageCount * heap.spanPageSize
+            + heap.extentUnitCount * heap.extentUnitSize
+    }
 
     /// The quota rules in force (`quota` may change on reload).
     var quota: ClientQuota { ClientQuota(quotaBytes: configuration.effectiveQuotaBytes, pageSize: heap.pageSize) }

@@ -61,17 +61,20 @@ public struct ServerConfiguration: Hashable, Sendable {
     /// held capacity — what one direct participant may hold by default (`SharedHeapConfiguration.heldCapacity`),
     /// and at most 1/16 of the shared list, so one client leaves 15/16 of it to the others.
     public var effectiveMaxBlocksPerClient: Int { maxBlocksPerClient ?? max(1, heldCapacity / 16) }
-    /// Bytes of large blocks (those served from the span tier: above `pageSize / 8`) one mediated client may hold
-    /// (`large-quota`), on top of `quotaBytes`; nil (the default): a quarter of the span tier, at least one span page
-    /// (`effectiveLargeQuotaBytes(spanTierBytes:spanPageSize:)`). The span tier is a quarter of the data area, the
-    /// same as the default quota: without this limit one client takes every large block.
+    /// Bytes of large blocks (those above `pageSize / 8`, served from the span tier and the extent area) one mediated
+    /// client may hold (`large-quota`), on top of `quotaBytes`; nil (the default): a quarter of the span tier and the
+    /// extent area together, at least one span page (`effectiveLargeQuotaBytes(spanTierBytes:spanPageSize:)`). Each
+    /// is a quarter of the data area by default: without this limit one client takes every large block. A mediated
+    /// client that needs a block larger than that (the extent area serves up to its own size: a quarter of the data
+    /// area) needs a larger `large-quota`.
     public var largeQuotaBytes: Int?
     /// Share tokens one client may have outstanding (`max-share-tokens-per-client`, default 256): each `share`
     /// issues one, and it lives until a client adopts with it or the sharer stops holding the block (PROTOCOL.md
     /// 6.4). Bounds the daemon's memory for tokens; beyond it `share` is refused with `quotaExceeded`.
     public var maxShareTokensPerClient: Int
 
-    /// The large-block limit in force for a span tier of `spanTierBytes` in pages of `spanPageSize`: `largeQuotaBytes`,
+    /// The large-block limit in force for a large-block tier (span pages and extent area) of `spanTierBytes` with span
+    /// pages of `spanPageSize`: `largeQuotaBytes`,
     /// or a quarter of the tier (the same share of the tier as the default quota is of the data area), but at least
     /// one span page so the largest class stays allocatable.
     public func effectiveLargeQuotaBytes(spanTierBytes: Int, spanPageSize: Int) -> Int {

@@ -298,13 +298,21 @@ func heapWriteFile(_ path: String, _ text: String) {
 /// A small deterministic generator (SplitMix64).
 /// A random request size: mostly small (1…largest small class), one in eight large (above it, up to the second
 /// smallest large class: test heaps have few span pages).
+/// With `helperExtentShare` > 0 (the torture worker) and an extent area, one in `helperExtentShare` is instead an
+/// extent of one to four units.
 func randomBlockSize(_ heap: SharedHeap, _ random: inout HelperRandom) -> Int {
+    if helperExtentShare > 0, heap.extentUnitCount > 0, random.below(helperExtentShare) == 0 {
+        return heap.largestClassBlockSize + 1 + random.below(4 * heap.extentUnitSize)
+    }
     let small = heap.largestSmallBlockSize
     if let cap = heap.largeSizeClasses.prefix(2).last, random.below(8) == 0 {
         return small + 1 + random.below(cap - small)
     }
     return 1 + random.below(small)
 }
+
+/// One in this many of `randomBlockSize`'s sizes is an extent (0: none). Set by the torture worker only.
+nonisolated(unsafe) var helperExtentShare = 0
 
 struct HelperRandom {
     var state: UInt64
@@ -562,6 +570,7 @@ func runTortureWorker() -> Never {
     // Optional: how many participants this process joins (default 1); each step uses one picked at random, so
     // a SIGKILL leaves all of them dead at once, each at its own point.
     let count = arguments.isEmpty ? 1 : max(1, nextInt())
+    helperExtentShare = 16
     do {
         let region = try SharedRegion.open(name: name, namePrefix: prefix)
         let heap = try SharedHeap.attach(to: region)

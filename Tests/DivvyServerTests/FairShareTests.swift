@@ -82,13 +82,15 @@ final class FairShareTests: XCTestCase {
         // default quota (a quarter of the data area) is 2 MiB too: the whole tier.
         let daemon = try TestDaemon()
         let heap = daemon.server.heap
-        let largest = heap.largestBlockSize
+        // The largest class (span pages); the large-block tier is the span tier and the extent area (2 MiB each).
+        let largest = heap.largestClassBlockSize
+        let largeTier = heap.spanPageCount * heap.spanPageSize + heap.extentUnitCount * heap.extentUnitSize
         XCTAssertEqual(heap.spanPageCount * heap.spanPageSize, daemon.server.configuration.effectiveQuotaBytes)
         let hog = try daemon.client(.mediated, name: "hog")
         let (held, refusal) = try allocateUntilRefused(hog, size: largest)
         XCTAssertEqual(refusal.protocolCode, .quotaExceeded, "\(refusal)")
         XCTAssertTrue(refusal.message.contains("large-quota"), refusal.message)
-        XCTAssertEqual(held.count * largest, heap.spanPageCount * heap.spanPageSize / 4, "a quarter of the tier")
+        XCTAssertEqual(held.count * largest, largeTier / 4, "a quarter of the tier")
         let before = try daemon.audit()
         assertClientError(.quotaExceeded) { try hog.allocateHandle(largest) }
         XCTAssertEqual(try daemon.audit(), before, "a refused request changes nothing")
@@ -102,7 +104,7 @@ final class FairShareTests: XCTestCase {
 
     func testHeapFullSaysWhichTierIsFull() throws {
         let daemon = try TestDaemon()
-        let largest = daemon.server.heap.largestBlockSize
+        let largest = daemon.server.heap.largestClassBlockSize
         var clients: [DivvyClient] = []
         var full: DivvyClientError?
         // Four clients at their large-quota hold the whole tier; the fifth is told that tier is full.

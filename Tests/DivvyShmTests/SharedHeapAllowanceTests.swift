@@ -13,7 +13,9 @@ final class SharedHeapAllowanceTests: ShmTestCase {
     func makeHeap(_ name: String = "allow", dataSize: Int = 4 << 20, spanFraction: Double = 0) throws
         -> (SharedRegion, SharedHeap)
     {
-        let configuration = SharedHeapConfiguration(participantCapacity: 8, heldCapacity: 256, spanFraction: spanFraction)
+        // Page tiers only (these tests count pages): no extent area.
+        var configuration = SharedHeapConfiguration(participantCapacity: 8, heldCapacity: 256, spanFraction: spanFraction)
+        configuration.extentFraction = 0
         let metadata = SharedHeap.requiredMetadataSize(dataSize: dataSize, configuration: configuration)
         let region = try SharedRegion.create(
             name: name, self.configuration(dataSize: dataSize, metadataSize: (metadata + 4095) / 4096 * 4096))
@@ -286,10 +288,13 @@ final class SharedHeapAllowanceTests: ShmTestCase {
             SharedHeapConfiguration(largeSizeClasses: [20000, 16384]),
             SharedHeapConfiguration(largeSizeClasses: [10008]),  // not a multiple of 16
             SharedHeapConfiguration(largeSizeClasses: [1 << 20]),  // above the span page size
+            { var c = SharedHeapConfiguration(spanFraction: 0.5); c.extentFraction = 0.5; return c }(),  // sum 1
+            { var c = SharedHeapConfiguration(); c.extentFraction = -0.1; return c }(),
         ] {
             assertHeapError(.invalidConfiguration) { _ = try SharedHeap.create(in: region, configuration: bad) }
         }
-        let configuration = SharedHeapConfiguration(spanPageSize: 256 << 10, largeSizeClasses: [16384, 65536])
+        var configuration = SharedHeapConfiguration(spanPageSize: 256 << 10, largeSizeClasses: [16384, 65536])
+        configuration.extentFraction = 0
         let heap = try SharedHeap.create(in: region, configuration: configuration)
         XCTAssertEqual(heap.spanPageSize, 256 << 10)
         XCTAssertEqual(heap.spanPageCount, 4)
@@ -303,11 +308,19 @@ final class SharedHeapAllowanceTests: ShmTestCase {
         assertHeapError(.unsupportedSize) { _ = try heap.join(name: "x").allocate(65537) }
         // A data area too small for one span page: no span tier, no large classes.
         let tiny = try SharedRegion.create(name: "spantiny", self.configuration(dataSize: 1 << 20, metadataSize: 4 << 20))
-        let small = try SharedHeap.create(in: tiny, configuration: .init(spanPageSize: 1 << 20))
+        var noExtents = SharedHeapConfiguration(spanPageSize: 1 << 20)
+        noExtents.extentFraction = 0
+        let small = try SharedHeap.create(in: tiny, configuration: noExtents)
         XCTAssertEqual(small.spanPageCount, 0)
         XCTAssertEqual(small.largeSizeClasses, [])
         XCTAssertEqual(small.largestBlockSize, 8192)
         XCTAssertEqual(try SharedHeap.attach(to: tiny).pageCount, 16)
+        // With the default extent area (a quarter: 4 units of 64 KiB), requests above the largest class are extents.
+        let withExtents = try SharedHeap.create(in: tiny, configuration: .init(spanPageSize: 1 << 20))
+        XCTAssertEqual(withExtents.extentUnitCount, 4)
+        XCTAssertEqual(withExtents.pageCount, 12)
+        XCTAssertEqual(withExtents.largestBlockSize, 4 << 16)
+        XCTAssertEqual(try SharedHeap.attach(to: tiny).extentUnitCount, 4)
         // The default large classes: four per doubling above pageSize / 8, up to the span page size.
         XCTAssertEqual(SharedHeapConfiguration.defaultLargeSizeClasses(pageSize: 4096, spanPageSize: 4096),
                        [640, 768, 896, 1024, 1280, 1536, 1792, 2048, 2560, 3072, 3584, 4096])

@@ -101,8 +101,9 @@ extension SharedHeapTests {
         XCTAssertEqual(SharedHeapLayout.heldEntryStride, 16)
         typealias H = SharedHeapHeaderField
         XCTAssertEqual(H.checksummedRanges, [8..<120, 128..<156])
-        XCTAssertEqual([H.magic, H.layoutVersion, H.poolOffset, H.bitmapsOffset, H.heapID, H.recoveryLock,
-                        H.classTable], [0, 8, 56, 144, 152, 160, 256])
-        XCTAssertEqual([SharedHeap.layoutVersion, SharedHeap.lazyLayoutVersion], [8, 9])
+        XCTAssertEqual([H.magic, H.layoutVersion, H.poolOffset, H.extentUnits, H.bitmapsOffset, H.heapID,
+                        H.recoveryLock, H.extentLock, H.extentSerial, H.extentFrontier, H.classTable],
+                       [0, 8, 56, 112, 144, 152, 160, 168, 176, 184, 256])
+        XCTAssertEqual([SharedHeap.layoutVersion, SharedHeap.lazyLayoutVersion], [10, 11])
     }
 }

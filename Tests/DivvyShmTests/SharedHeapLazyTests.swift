@@ -93,8 +93,9 @@ final class SharedHeapLazyTests: ShmTestCase {
         XCTAssertEqual(initial, SharedHeap.initialMetadataSize(dataSize: 1 << 30), "independent of the data size")
         XCTAssertLessThanOrEqual(initial, 8 * 4096)
         let (region, heap) = try makeLazyHeap("tebibyte", dataSize: dataSize, separateData: true)
-        XCTAssertGreaterThan(heap.pageCount, 13_000_000)
-        XCTAssertGreaterThan(region.geometry.metadataSize, 500 << 30, "the reserved metadata")
+        XCTAssertGreaterThan(heap.pageCount, 8_000_000)
+        XCTAssertEqual(heap.extentUnitCount, 1 << 22, "a quarter of the data area in 64 KiB units")
+        XCTAssertGreaterThan(region.geometry.metadataSize, 350 << 30, "the reserved metadata")
         let atStart = try region.allocatedBytes()
         XCTAssertLessThanOrEqual(atStart, region.geometry.metadataOffset + initial, "committed right after creation")
         XCTAssertLessThanOrEqual(atStart, 64 << 10)
@@ -107,16 +108,20 @@ final class SharedHeapLazyTests: ShmTestCase {
         let me = try heap.join(name: "big")
         let afterJoin = try region.allocatedBytes()
         let small = try me.allocate(64)
-        let large = try me.allocate(heap.largestBlockSize)
+        let large = try me.allocate(heap.largestClassBlockSize)
+        let extent = try me.allocate(1 << 20)
         try fillBlock(heap, small, with: 1)
         try fillBlock(heap, large, with: 2)
-        // Two data pages (64 KiB and 512 KiB) and their block words, links and descriptors: under a MiB more.
+        try fillBlock(heap, extent, with: 3)
+        // Two data pages (64 KiB and 512 KiB) and their block words, links and descriptors, a 1 MiB extent and its
+        // units' words: under 2 MiB more.
         let used = try region.allocatedBytes() - afterJoin
-        XCTAssertGreaterThanOrEqual(used, heap.pageSize + heap.spanPageSize)
-        XCTAssertLessThan(used, 1 << 20)
+        XCTAssertGreaterThanOrEqual(used, heap.pageSize + heap.spanPageSize + (1 << 20))
+        XCTAssertLessThan(used, 2 << 20)
         XCTAssertTrue(heap.verify().isClean)
         try me.free(small)
         try me.free(large)
+        try me.free(extent)
     }
 
     /// Page descriptors are committed as the bump index reaches them: the claim that needs a descriptor on an OS

@@ -13,8 +13,13 @@ import Glibc
 /// block a survivor holds must still be allocated with its contents intact. Then the crash torture: real worker
 /// processes SIGKILLed at random moments.
 final class SharedHeapRecoveryTests: ShmTestCase {
-    let smallConfiguration = SharedHeapConfiguration(
-        pageSize: 4096, sizeClasses: [16, 64, 256], participantCapacity: 4, heldCapacity: 64)
+    /// Small pages only (these tests count them): no extent area (the torture adds one).
+    let smallConfiguration = {
+        var configuration = SharedHeapConfiguration(
+            pageSize: 4096, sizeClasses: [16, 64, 256], participantCapacity: 4, heldCapacity: 64)
+        configuration.extentFraction = 0
+        return configuration
+    }()
 
     /// Make lazy heaps (a lazily committed region: commit on claim, held lists committed at join).
     var lazyHeaps = false
@@ -457,11 +462,15 @@ final class SharedHeapRecoveryTests: ShmTestCase {
         let victims = survivorProcess ? (total - 1) / 2 : total - 1
         let survivors = survivorProcess ? total - 1 - victims : 0
         // 480 small pages and 16 span pages of 16 KiB for two large classes (the workers allocate both).
-        let configuration = SharedHeapConfiguration(
+        // And an extent area of 64 units of 4 KiB: one in sixteen of the workers' allocations is an extent of one to
+        // four units (`randomBlockSize`), so deaths land inside extent allocations too (holding the area's lock).
+        var configuration = SharedHeapConfiguration(
             pageSize: 4096, sizeClasses: [16, 64, 256], participantCapacity: total, heldCapacity: 256,
             spanPageSize: 16384, spanFraction: 0.125, largeSizeClasses: [1024, 4096])
+        configuration.extentFraction = 0.125
         let (_, heap) = try makeHeap("torture", dataSize: 512 * 4096, configuration: configuration)
         XCTAssertEqual(heap.spanPageCount, 16)
+        XCTAssertEqual(heap.extentUnitCount, 64)
         print("SharedHeapRecoveryTests.\(name): \(trials) trials, \(total) participants, DIVVY_TEST_SEED=\(seed)")
         let me = try heap.join(name: "parent")
         let mailboxHandle = try me.allocate(256)
@@ -471,7 +480,7 @@ final class SharedHeapRecoveryTests: ShmTestCase {
             UnsafeAtomic<UInt64>(at: (mailbox + 8 * index).assumingMemoryBound(to: UnsafeAtomic<UInt64>.Storage.self))
         }
         var held: [SharedHeapHandle] = []
-        var kills = 0, adopted = 0, recoveredBlocks = 0
+        var kills = 0, adopted = 0, recoveredBlocks = 0, lockHeldAtKill = 0
         for trial in 0..<trials {
             let workerSeed = random.next()
             let context = "trial \(trial), DIVVY_TEST_SEED=\(seed), worker seed \(workerSeed)"
@@ -540,6 +549,9 @@ final class SharedHeapRecoveryTests: ShmTestCase {
                 break
             }
             kills += 1
+            // A victim killed inside an extent allocation holds the area's lock: its recovery releases it (and an
+            // allocator that meets it first takes it over); the audit below refuses a lock left held.
+            if heap.extentLock.load(ordering: .acquiring) != 0 { lockHeldAtKill += 1 }
             let dead = heap.deadParticipants()
             guard dead.count == victims else {
                 XCTFail("\(context): deadParticipants() = \(dead), expected \(victims)\n\(heap.verify())")
@@ -602,7 +614,8 @@ final class SharedHeapRecoveryTests: ShmTestCase {
             }
         }
         print("SharedHeapRecoveryTests.\(name): \(kills) kills, \(adopted) adoptions, "
-            + "\(recoveredBlocks) blocks released by recovery, DIVVY_TEST_SEED=\(seed)")
+            + "\(recoveredBlocks) blocks released by recovery, extent lock held at \(lockHeldAtKill) kills, "
+            + "extent serial \(heap.extentSerial.load(ordering: .relaxed)), DIVVY_TEST_SEED=\(seed)")
         for handle in held { try me.free(handle) }
         try me.free(mailboxHandle)
         me.collectRemoteFrees()

@@ -145,9 +145,9 @@ final class SharedHeapTests: ShmTestCase {
         let me = try heap.join(name: "one")
         var handles: [SharedHeapHandle] = []
         // Small classes, a large class (span pages), and the largest (one block per span page).
-        XCTAssertEqual(heap.largestBlockSize, heap.spanPageSize)
-        for size in [1, 16, 17, 100, 256, 1000, 4096, heap.largestSmallBlockSize + 1, heap.largestBlockSize] {
-            for _ in 0..<(size == heap.largestBlockSize ? 1 : 40) {
+        XCTAssertEqual(heap.largestClassBlockSize, heap.spanPageSize)
+        for size in [1, 16, 17, 100, 256, 1000, 4096, heap.largestSmallBlockSize + 1, heap.largestClassBlockSize] {
+            for _ in 0..<(size == heap.largestClassBlockSize ? 1 : 40) {
                 let handle = try me.allocate(size)
                 XCTAssertGreaterThanOrEqual(try heap.blockSize(of: handle), size)
                 XCTAssertEqual(UInt(bitPattern: try heap.pointer(for: handle)) % 16, 0)
@@ -178,7 +178,8 @@ final class SharedHeapTests: ShmTestCase {
     func testAllocateBlockReturnsTheCheckedSizeAndAddress() throws {
         let (_, heap) = try makeHeap()
         let me = try heap.join(name: "one")
-        for size in [1, 16, 17, 100, 1000, 4096, heap.largestSmallBlockSize + 1, heap.largestBlockSize] {
+        for size in [1, 16, 17, 100, 1000, 4096, heap.largestSmallBlockSize + 1, heap.largestClassBlockSize,
+                     heap.largestClassBlockSize + 1, heap.largestBlockSize] {
             for round in 0..<3 {
                 let (handle, blockSize, address) = try me.allocateBlock(size)
                 XCTAssertEqual(blockSize, try heap.blockSize(of: handle), "size \(size) round \(round)")
@@ -417,7 +418,7 @@ final class SharedHeapTests: ShmTestCase {
             assertHeapError(code, line: line, body)
             XCTAssertEqual(heap.verify(), before, "the heap changed after a rejected \(code)", line: line)
         }
-        let outside = SharedHeapHandle(heap, compact64: UInt64(block.generation) << 32 | UInt64(heap.pageCount * 4096 / 16))
+        let outside = SharedHeapHandle(heap, compact64: UInt64(block.generation) << 32 | UInt64(heap.layout.dataBytes / 16))
         rejected(.outOfRange) { try a.free(outside) }
         rejected(.outOfRange) { try b.adopt(outside) }
         rejected(.outOfRange) { _ = try heap.pointer(for: outside) }
@@ -437,7 +438,7 @@ final class SharedHeapTests: ShmTestCase {
         rejected(.notHeld) { try b.free(block) }
         rejected(.alreadyHeld) { try b.adopt(shared) }
         rejected(.unsupportedSize) { _ = try a.allocate(0) }
-        rejected(.unsupportedSize) { _ = try a.allocate(513) }
+        rejected(.unsupportedSize) { _ = try a.allocate(heap.largestBlockSize + 1) }  // Above the extent area.
         rejected(.outOfRange) { _ = try heap.handle(for: UnsafeRawPointer(bitPattern: 0x1000)!) }
         // The participant table (capacity 3) and a full held list (capacity 8).
         let c = try heap.join(name: "c")
@@ -597,7 +598,7 @@ final class SharedHeapTests: ShmTestCase {
             return path
         }
         let misaligned = held.map { SharedHeapHandle(heap, compact64: $0.compact64 + 1) }
-        let outside = [SharedHeapHandle(heap, compact64: (held[0].compact64 >> 32) << 32 | UInt64((heap.smallPageCount * heap.pageSize + heap.spanPageCount * heap.spanPageSize) / 16))]
+        let outside = [SharedHeapHandle(heap, compact64: (held[0].compact64 >> 32) << 32 | UInt64(heap.layout.dataBytes / 16))]
         let stale = held.map { SharedHeapHandle(heap, compact64: $0.compact64 &+ (1 << 32)) }
         let exit = try HelperProcess.run([
             "heap", "xbad", prefix,

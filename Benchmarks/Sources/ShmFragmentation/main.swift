@@ -2,7 +2,7 @@
 // bytes the heap has taken for them (pages owned), over time (issue 11).
 //
 //   swift run -c release shm-fragmentation [--data MiB] [--slots N] [--steps N] [--seed N] [--max BYTES]
-//                                          [--snapshots N] [--boost FILE]
+//                                          [--snapshots N] [--boost FILE] [--large N] [--large-max BYTES]
 //
 // The sequence (boost/shm_boost.cpp's `fragmentation` mode replays the same one on managed_shared_memory):
 // splitmix64 seeded with --seed; a size is log-uniform by octave: an octave e in 4 … log2(max) − 1 drawn uniformly,
@@ -11,8 +11,12 @@
 // its block if it has one, and with probability 3/4 allocates a new block of a random size into it, so the live set
 // stays near 3/4 of the slots in steady state, of every size at once. A failed allocation (heapFull) leaves the
 // slot empty and is counted.
-// Reported at `snapshots` points: live blocks, bytes requested, bytes in the blocks served (size classes), and data-
-// area bytes owned by the participant (its pages × page size: what no one else can use), with owned / requested.
+// --large N (default 0: off, the sequence Boost replays): one allocation in N is instead a MiB-scale block, log-
+// uniform by octave from 1 MiB to --large-max − 1 (default 16 MiB), served from the extent area (layout version 10).
+// Reported at `snapshots` points: live blocks, bytes requested, bytes in the blocks served (size classes, whole
+// extent units: the bytes usable), and data-area bytes taken by the participant (its pages × page size plus the
+// units of its extents: what no one else can use), with usable / requested and taken / requested, and the failures
+// (all, and those of MiB-scale blocks).
 // The heap: a `--data` MiB (default 256) memfd region, divvyd's default configuration (64 KiB pages, 512 KiB span
 // pages, 1/4 of the data area in span pages).
 import DivvyShm
@@ -34,6 +38,8 @@ var seed: UInt64 = 42
 var maxBlock: Int?
 var snapshots = 10
 var boostFile: String?
+var largeEvery = 0
+var largeMax = 16 << 20
 var arguments = CommandLine.arguments.dropFirst()
 while let argument = arguments.popFirst() {
     let value = arguments.popFirst() ?? ""
@@ -45,10 +51,15 @@ while let argument = arguments.popFirst() {
     case "--max": maxBlock = Int(value)
     case "--snapshots": snapshots = Int(value) ?? 0
     case "--boost": boostFile = value
+    case "--large": largeEvery = Int(value) ?? -1
+    case "--large-max": largeMax = Int(value) ?? 0
     default: fail("unknown argument \(argument)")
     }
 }
 guard dataSize > 0, slots > 0, steps > 0, snapshots > 0 else { fail("--data, --slots, --steps, --snapshots > 0") }
+guard largeEvery >= 0, largeMax.nonzeroBitCount == 1, largeMax > 1 << 20 else {
+    fail("--large N >= 0, --large-max a power of two above 1 MiB")
+}
 
 /// splitmix64, as in shm_boost.cpp.
 struct SplitMix {
@@ -68,7 +79,8 @@ let region = try SharedRegion.createAnonymous(
     .init(dataSize: dataSize, metadataSize: (metadata + 4095) / 4096 * 4096))
 let heap = try SharedHeap.create(in: region, configuration: configuration)
 let me = try heap.join(name: "fragmentation")
-let largest = heap.largestBlockSize
+// The base mix: up to the largest class (the extent area serves everything above; --large adds MiB-scale blocks).
+let largest = heap.largestClassBlockSize
 let top = maxBlock ?? (1 << (Int.bitWidth - 1 - largest.leadingZeroBitCount))
 guard top.nonzeroBitCount == 1, top >= 32, top <= largest else {
     fail("--max \(top) must be a power of two, 32 … the heap's largest block (\(largest))")
@@ -76,18 +88,25 @@ guard top.nonzeroBitCount == 1, top >= 32, top <= largest else {
 let octaves = UInt64(top.trailingZeroBitCount - 4)
 
 var random = SplitMix(state: seed)
+let largeOctaves = UInt64(largeMax.trailingZeroBitCount - 20)
 @MainActor func randomSize() -> Int {
+    if largeEvery > 0, random.next() % UInt64(largeEvery) == 0 {
+        let octave = 20 + Int(random.next() % largeOctaves)
+        return (1 << octave) + Int(random.next() & ((1 << UInt64(octave)) - 1))
+    }
     let octave = 4 + Int(random.next() % octaves)
     return (1 << octave) + Int(random.next() & ((1 << UInt64(octave)) - 1))
 }
 
 var live: [(handle: SharedHeapHandle, size: Int, blockSize: Int)?] = Array(repeating: nil, count: slots)
-var requested = 0, inBlocks = 0, liveBlocks = 0, failures = 0, largeFailures = 0
+var requested = 0, inBlocks = 0, liveBlocks = 0, failures = 0, largeFailures = 0, extentFailures = 0
+var extentAllocations = 0
 @MainActor func place(_ slot: Int, _ size: Int) throws {
     do {
         let handle = try me.allocate(size)
         let blockSize = try heap.blockSize(of: handle)
         live[slot] = (handle, size, blockSize)
+        if size > largest { extentAllocations += 1 }
         requested += size
         inBlocks += blockSize
         liveBlocks += 1
@@ -95,9 +114,14 @@ var requested = 0, inBlocks = 0, liveBlocks = 0, failures = 0, largeFailures = 0
         guard error.code == .heapFull || error.code == .pageAllowanceExhausted else { throw error }
         failures += 1
         if size > heap.largestSmallBlockSize { largeFailures += 1 }
+        if size > largest { extentFailures += 1 }
     }
 }
-@MainActor func owned() -> Int { (heap.participantStatus(me.index)?.ownedPages ?? 0) * heap.pageSize }
+/// Data-area bytes taken: pages owned, and the units of the extents (only this participant allocates).
+@MainActor func owned() -> Int {
+    (heap.participantStatus(me.index)?.ownedPages ?? 0) * heap.pageSize
+        + heap.usage().extentUnitsInUse * heap.extentUnitSize
+}
 
 struct Snapshot { var step, live, requested, inBlocks, owned, failures: Int }
 var taken: [Snapshot] = []
@@ -145,18 +169,22 @@ func mib(_ value: Int) -> String { String(format: "%.1f", Double(value) / Double
 func times(_ a: Int, _ b: Int) -> String { b == 0 ? "—" : String(format: "%.2f×", Double(a) / Double(b)) }
 let load = (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8))?.split(separator: " ").prefix(3)
     .joined(separator: " ") ?? "?"
-print("Data area \(dataSize >> 20) MiB (SharedHeap: \(heap.smallPageCount) pages of \(heap.pageSize >> 10) KiB and "
-    + "\(heap.spanPageCount) span pages of \(heap.spanPageSize >> 10) KiB; Boost: a managed_shared_memory segment of "
-    + "the same size); \(slots) slots, \(steps) steps, seed \(seed), sizes 16 B … \(top - 1) B log-uniform by octave; "
+print("Data area \(dataSize >> 20) MiB (SharedHeap: \(heap.smallPageCount) pages of \(heap.pageSize >> 10) KiB, "
+    + "\(heap.spanPageCount) span pages of \(heap.spanPageSize >> 10) KiB and an extent area of "
+    + "\(heap.extentUnitCount) units of \(heap.extentUnitSize >> 10) KiB; Boost: a managed_shared_memory segment of "
+    + "the same size); \(slots) slots, \(steps) steps, seed \(seed), sizes 16 B … \(top - 1) B log-uniform by octave"
+    + (largeEvery > 0 ? ", one in \(largeEvery) instead 1 MiB … \(mib(largeMax - 1)) MiB (extents)" : "") + "; "
     + String(format: "SharedHeap run %.1f s", seconds) + "; load average \(load). MiB throughout.")
 print("")
-print("| step | SharedHeap live blocks | requested | in blocks (size classes) | pages owned | owned / requested | "
+print("| step | SharedHeap live blocks | requested | usable (in blocks) | usable / requested | "
+    + "data taken (pages, extents) | taken / requested | "
     + "failed allocations | Boost requested | Boost in use (segment − free) | in use / requested | "
     + "Boost extent (highest live byte) | extent / requested | Boost failed |")
-print("|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+print("|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
 for s in taken {
     let b = boost[s.step]
-    print("| \(s.step) | \(s.live) | \(mib(s.requested)) | \(mib(s.inBlocks)) | \(mib(s.owned)) | "
+    print("| \(s.step) | \(s.live) | \(mib(s.requested)) | \(mib(s.inBlocks)) | \(times(s.inBlocks, s.requested)) | "
+        + "\(mib(s.owned)) | "
         + "\(times(s.owned, s.requested)) | \(s.failures) | \(b.map { mib($0.requested) } ?? "—") | "
         + "\(b.map { mib($0.inUse) } ?? "—") | \(b.map { times($0.inUse, $0.requested) } ?? "—") | "
         + "\(b.map { mib($0.extent) } ?? "—") | \(b.map { times($0.extent, $0.requested) } ?? "—") | "
@@ -164,9 +192,12 @@ for s in taken {
 }
 print("")
 let usage = heap.usage()
-print("SharedHeap peak (sampled every 1024 steps): requested \(mib(peakRequested)) MiB, pages owned "
+print("SharedHeap peak (sampled every 1024 steps): requested \(mib(peakRequested)) MiB, data taken "
     + "\(mib(peakOwned)) MiB. Failed allocations (heapFull): \(failures), of which \(largeFailures) above "
-    + "\(heap.largestSmallBlockSize >> 10) KiB (span tier: \(heap.spanPageCount) × \(heap.spanPageSize >> 10) KiB); "
+    + "\(heap.largestSmallBlockSize >> 10) KiB (span tier: \(heap.spanPageCount) × \(heap.spanPageSize >> 10) KiB) "
+    + "and "
+    + "\(extentFailures) extents (\(extentAllocations) extents served); "
     + "at the end, free: \(usage.freePages - usage.freeSpanPages) of \(heap.smallPageCount) small pages, "
-    + "\(usage.freeSpanPages) of \(heap.spanPageCount) span pages.")
+    + "\(usage.freeSpanPages) of \(heap.spanPageCount) span pages, \(usage.extentUnitsFree) of \(heap.extentUnitCount) "
+    + "extent units (longest free run \(usage.largestFreeExtentUnits)).")
 me.leave()

@@ -73,7 +73,10 @@ struct Fill {
 func fill(dataSize: Int, size: Int, base: SharedHeapConfiguration) throws -> Fill {
     // The tier that serves `size` holds at most this many blocks (span pages: the share rounded down, as v1 does).
     let spanBytes = Int(Double(dataSize) * base.spanFraction) / base.spanPageSize * base.spanPageSize
-    let tierBytes = size <= base.sizeClasses.last! ? dataSize - spanBytes : spanBytes
+    let extentBytes = Int(Double(dataSize) * base.extentFraction) / base.pageSize * base.pageSize
+    let largestClass = base.largeSizeClasses.last ?? base.sizeClasses.last!
+    let tierBytes = size > largestClass ? extentBytes
+        : size <= base.sizeClasses.last! ? dataSize - spanBytes - extentBytes : spanBytes
     // One entry to spare, so the held lists never fill before the heap does.
     let most = max(1, tierBytes / size) + 1
     let participants = (most + (1 << 24) - 1) >> 24
@@ -137,6 +140,9 @@ for dataSize in dataSizes {
     for size in blockSizes {
         if size <= largest {
             cases.append((size, daemon, ""))
+        } else if daemon.extentFraction > 0 {
+            // Above the largest class: extents of the extent area (layout version 10).
+            cases.append((size, daemon, " (extents)"))
         } else {
             cases.append((size, nil, ""))
             var wide = daemon

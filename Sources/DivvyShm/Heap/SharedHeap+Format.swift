@@ -64,12 +64,14 @@ extension SharedHeap {
         }
         let largest = c.sizeClasses[c.sizeClasses.count - 1]
         guard c.spanPageSize >= c.pageSize, c.spanPageSize <= 1 << 30, c.spanPageSize & (c.spanPageSize - 1) == 0,
-            c.spanFraction >= 0, c.spanFraction < 1, c.sizeClasses.count + c.largeSizeClasses.count <= 255,
+            c.spanFraction >= 0, c.spanFraction < 1, c.extentFraction >= 0, c.spanFraction + c.extentFraction < 1,
+            c.sizeClasses.count + c.largeSizeClasses.count <= 255,
             c.largeSizeClasses.allSatisfy({ $0 > largest && $0 % 16 == 0 && $0 <= c.spanPageSize }),
             zip(c.largeSizeClasses, c.largeSizeClasses.dropFirst()).allSatisfy({ $0 < $1 })
         else {
             throw invalid("span page size \(c.spanPageSize) must be a power of two from the page size "
-                + "\(c.pageSize) to 1 GiB, the span fraction \(c.spanFraction) in 0..<1, and the large classes "
+                + "\(c.pageSize) to 1 GiB, the span fraction \(c.spanFraction) and the extent fraction "
+                + "\(c.extentFraction) in 0..<1 and together below 1, and the large classes "
                 + "\(c.largeSizeClasses) ascending multiples of 16 above \(largest), at most the span page size, "
                 + "at most 255 classes in all")
         }
@@ -93,7 +95,7 @@ extension SharedHeap {
             pageSize: c.pageSize, smallPageCount: tiers.smallPages, spanPageSize: c.spanPageSize,
             spanPageCount: tiers.spanPages, classSizes: tiers.classes, smallClassCount: tiers.smallClasses,
             participantCapacity: c.participantCapacity, heldCapacity: c.heldCapacity,
-            firstHeldCapacity: c.firstSlotHeldCapacity, dataOffset: geometry.dataOffset)
+            firstHeldCapacity: c.firstSlotHeldCapacity, extentUnits: tiers.extentUnits, dataOffset: geometry.dataOffset)
         // A page's suspect word keeps slot + 1 in 16 bits.
         guard layout.maxSlots <= 65_535, layout.spanMaxSlots <= 65_535 else {
             throw invalid("a page of \(c.pageSize) bytes holds \(layout.maxSlots) blocks of the smallest class "
@@ -133,6 +135,13 @@ extension SharedHeap {
             for tier in 0..<2 where failure == nil && layout.pages(ofTier: tier).count > 0 {
                 failure = SharedHeap.commitFirstPoolEntry(region: region, layout: layout, tier: tier)
             }
+            if failure == nil, layout.extentUnits > 0 {
+                // Extent unit 0's block word and length word (the one free extent's head).
+                let base = geometry.metadataOffset
+                failure = region.commitInPlace(offset: base + layout.blockWordsOffset + 8 * layout.extentSlotBase,
+                                               length: 8)
+                    ?? region.commitInPlace(offset: base + layout.extentLengthsOffset, length: 8)
+            }
             if let error = failure {
                 throw SharedHeapError(
                     .heapFull, "could not commit the heap's first \(layout.initialBytes) bytes of metadata (header, "
@@ -155,6 +164,12 @@ extension SharedHeap {
             SharedHeapHeaderField.store(UInt32(size), at: SharedHeapHeaderField.classTable + 4 * index, in: meta)
         }
         // The pools need nothing: bump index 0, cursor 0, bitmaps clear, descriptors zero (pooled, epoch 0).
+        // The extent area is one free extent of every unit: unit 0's length word says so (its block word is zero:
+        // free), and unit 0's metadata is committed (the frontier).
+        if layout.extentUnits > 0 {
+            (meta + layout.extentLengthsOffset).storeBytes(of: UInt64(layout.extentUnits), as: UInt64.self)
+            SharedHeapHeaderField.store(UInt64(1), at: SharedHeapHeaderField.extentFrontier, in: meta)
+        }
         for p in 0..<c.participantCapacity {  // No limit until someone sets one.
             (meta + layout.participantsOffset + p * SharedHeapLayout.participantStride)
                 .storeBytes(of: unlimitedPages, toByteOffset: ParticipantRecordField.pageAllowance, as: UInt32.self)
@@ -188,7 +203,7 @@ extension SharedHeap {
             pageSize: c.pageSize, smallPageCount: max(1, tiers.smallPages), spanPageSize: c.spanPageSize,
             spanPageCount: tiers.spanPages, classSizes: tiers.classes, smallClassCount: tiers.smallClasses,
             participantCapacity: c.participantCapacity, heldCapacity: c.heldCapacity,
-            firstHeldCapacity: c.firstSlotHeldCapacity, dataOffset: 0)
+            firstHeldCapacity: c.firstSlotHeldCapacity, extentUnits: tiers.extentUnits, dataOffset: 0)
     }
 
     /// Attaches to the heap `create(in:configuration:)` formatted in `region` (possibly in another process).
@@ -263,6 +278,7 @@ extension SharedHeap {
         u64(layout.heldOffset, F.heldOffset)
         u64(layout.totalBytes, F.totalBytes)
         u64(layout.dataOffset, F.dataOffset)
+        u64(layout.extentUnits, F.extentUnits)
         u32(layout.spanPageSize, F.spanPageSize)
         u32(layout.spanPageCount, F.spanPageCount)
         u32(layout.smallClassCount, F.smallClassCount)
@@ -301,10 +317,13 @@ extension SharedHeap {
                     && classes.dropFirst(smallClasses).allSatisfy({ $0 % 16 == 0 && $0 <= spanPageSize })
         else { return nil }
         let dataOffset = u64(F.dataOffset)
+        let extentUnits = u64(F.extentUnits)
+        guard extentUnits >= 0, extentUnits <= SharedHeapLayout.maximumExtentUnits else { return nil }
         let layout = SharedHeapLayout(
             pageSize: pageSize, smallPageCount: pageCount, spanPageSize: spanPageSize, spanPageCount: spanPageCount,
             classSizes: classes, smallClassCount: smallClasses, participantCapacity: participants,
-            heldCapacity: held, firstHeldCapacity: u32(F.firstHeldCapacity), dataOffset: dataOffset)
+            heldCapacity: held, firstHeldCapacity: u32(F.firstHeldCapacity), extentUnits: extentUnits,
+            dataOffset: dataOffset)
         let stored = [F.classTableOffset, F.participantsOffset, F.poolOffset, F.pagesOffset, F.blockWordsOffset,
                       F.linksOffset, F.heldOffset, F.totalBytes].map(u64)
         let derived = [layout.classTableOffset, layout.participantsOffset, layout.poolOffset, layout.pagesOffset,

@@ -30,6 +30,7 @@ extension SharedHeap {
         guard handle.heapID == heapID else { throw foreignHeapError(handle) }
         let offset = handle.dataOffset
         guard let (page, within) = layout.page(atDataOffset: offset) else { throw outOfRangeError(handle) }
+        if page >= layout.pageCount { return try locateExtent(handle, unit: page &- layout.pageCount, within: within) }
         // A lazy heap has not committed the descriptors of pages that never left the pool: don't read them.
         guard !lazyCommit || descriptorIsCommitted(page) else { throw staleEpochError(handle, page: page, pageWord: 0) }
         let pageWord = pageState(page).load(ordering: .acquiring)
@@ -72,7 +73,7 @@ extension SharedHeap {
     internal func outOfRangeError(_ handle: SharedHeapHandle) -> SharedHeapError {
         SharedHeapError(
             .outOfRange, "handle \(handle) points at data offset \(handle.dataOffset), outside the heap's "
-                + "\(layout.dataBytes) bytes of pages")
+                + "\(layout.dataBytes) bytes of pages and extents")
     }
 
     @usableFromInline @inline(never)

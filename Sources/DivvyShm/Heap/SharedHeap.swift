@@ -128,13 +128,16 @@ public final class SharedHeap: @unchecked Sendable {
     /// instead of a 30-bit holder mask; held-list entries and pending operations are two words; participant
     /// records are 128 bytes, up to 4,096 of them. Version 8: the page pool is a bump index and a bitmap per tier
     /// (no Treiber stack, no page-in-hand record), page descriptors are committed as the bump index reaches them.
-    public static let layoutVersion: UInt32 = 8
-    /// The layout version of a lazy heap (one formatted in a lazily committed region): version 8's layout, whose
+    /// Version 10: an extent area at the end of the data area serves blocks above the largest class (any size up
+    /// to the area): a block word and a length word per `pageSize` unit, and the extent lock, serial and frontier
+    /// in the header.
+    public static let layoutVersion: UInt32 = 10
+    /// The layout version of a lazy heap (one formatted in a lazily committed region): version 10's layout, whose
     /// metadata is committed as it is used, plus the participant records' `heldCommitted` flags that readers must
-    /// honour. A library that knows only version 8
+    /// honour. A library that knows only version 10
     /// refuses such a heap instead of reading (and so allocating) metadata that is not committed, or joining
     /// without committing its held list. (Versions 5 and 7 were versions 4's and 6's lazy forms.)
-    public static let lazyLayoutVersion: UInt32 = 9
+    public static let lazyLayoutVersion: UInt32 = 11
 
     // Internal, not private: `create` and `attach` (SharedHeap+Format.swift) call it; nothing else should.
     internal init(region: SharedRegion, layout: SharedHeapLayout, meta: UnsafeMutableRawPointer,
@@ -182,9 +185,17 @@ public final class SharedHeap: @unchecked Sendable {
     public var largeSizeClasses: [Int] { Array(layout.classSizes[layout.smallClassCount...]) }
     /// The largest small class (requests up to it are served from small pages).
     public var largestSmallBlockSize: Int { layout.largestSmallClass }
-    /// The largest request `allocate` serves (the largest large class, or the largest small one without a span
-    /// tier).
-    public var largestBlockSize: Int { layout.classSizes[layout.classSizes.count - 1] }
+    /// The largest request `allocate` serves: the extent area's size, or without one the largest class.
+    public var largestBlockSize: Int {
+        max(layout.classSizes[layout.classSizes.count - 1], layout.extentUnits * layout.pageSize)
+    }
+    /// The largest size class's block size: requests above it are extents of the extent area.
+    public var largestClassBlockSize: Int { layout.classSizes[layout.classSizes.count - 1] }
+    /// The extent area's unit (`pageSize`; an extent's size is a whole number of units) and its size in units
+    /// (0: no extent area).
+    public var extentUnitSize: Int { layout.pageSize }
+    /// The number of units of the extent area.
+    public var extentUnitCount: Int { layout.extentUnits }
     /// How many participants may be joined at once.
     public var participantCapacity: Int { layout.participantCapacity }
     /// How many handles one participant may hold at once.

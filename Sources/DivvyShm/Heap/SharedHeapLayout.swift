@@ -66,6 +66,11 @@ public struct SharedHeapConfiguration: Hashable, Sendable {
     /// span pages; empty for no span tier. At most 255 classes in all. Default:
     /// `SharedHeapConfiguration.defaultLargeSizeClasses(pageSize:spanPageSize:)`.
     public var largeSizeClasses: [Int]
+    /// The share of the data area given to the *extent area* (0…1), rounded down to whole `pageSize` units and
+    /// taken from the end of the data area, after the span tier. Blocks larger than the largest class are extents
+    /// of whole units from that area (up to its size). Default 0.25; 0 for none (then `largestBlockSize` is the
+    /// largest class). The span tier's and the extent area's shares together must stay below 1.
+    public var extentFraction: Double = 0.25
 
     /// Creates a configuration; `sizeClasses` / `largeSizeClasses` nil mean the defaults for the page sizes,
     /// `spanPageSize` nil means `8 × pageSize`.
@@ -124,14 +129,20 @@ public struct SharedHeapConfiguration: Hashable, Sendable {
 
     /// How a data area of `dataSize` bytes is split: small pages, span pages, and the classes the heap serves
     /// (the large classes only when there is a span page).
-    internal func tiers(dataSize: Int) -> (smallPages: Int, spanPages: Int, classes: [Int], smallClasses: Int) {
+    internal func tiers(
+        dataSize: Int
+    ) -> (smallPages: Int, spanPages: Int, classes: [Int], smallClasses: Int, extentUnits: Int) {
         var spanPages = 0
         if !largeSizeClasses.isEmpty, spanPageSize > 0, spanFraction > 0, spanFraction <= 1 {
             spanPages = Int(Double(dataSize) * spanFraction) / spanPageSize
         }
-        let smallPages = (dataSize - spanPages * spanPageSize) / max(1, pageSize)
+        var extentUnits = 0
+        if extentFraction > 0, extentFraction < 1, pageSize > 0 {
+            extentUnits = min(Int(Double(dataSize) * extentFraction) / pageSize, SharedHeapLayout.maximumExtentUnits)
+        }
+        let smallPages = (dataSize - spanPages * spanPageSize - extentUnits * pageSize) / max(1, pageSize)
         return (smallPages, spanPages, spanPages > 0 ? sizeClasses + largeSizeClasses : sizeClasses,
-                sizeClasses.count)
+                sizeClasses.count, extentUnits)
     }
 }
 
@@ -159,8 +170,16 @@ internal struct SharedHeapLayout: Hashable, Sendable {
     @usableFromInline var spanMaxSlots: Int
     /// Data-area offset of the first span page (= bytes in small pages).
     @usableFromInline var spanDataOffset: Int
-    /// Bytes of the data area used by pages of both tiers.
+    /// Bytes of the data area used by pages of both tiers and the extent area.
     @usableFromInline var dataBytes: Int
+    /// Units (`pageSize` bytes each) of the extent area, 0 for none.
+    @usableFromInline var extentUnits: Int
+    /// Data-area offset of the extent area's unit 0 (= bytes in pages of both tiers).
+    @usableFromInline var extentDataOffset: Int
+    /// Slot index of extent unit 0's block word (units follow every page's slots in the block-word array).
+    @usableFromInline var extentSlotBase: Int
+    /// The extent length words: 8 bytes per unit.
+    @usableFromInline var extentLengthsOffset: Int
     /// Slot index of the first span page's slot 0.
     @usableFromInline var spanSlotBase: Int
     @usableFromInline var pageShift: Int
@@ -185,6 +204,8 @@ internal struct SharedHeapLayout: Hashable, Sendable {
     static let maximumDataSize = 1 << 52
     /// The most pages (both tiers) a heap may have.
     static let maximumPageCount = 1 << 24
+    /// The most extent units a heap may have (a length word keeps units in 32 bits; 2^28 units of 64 KiB = 16 TiB).
+    static let maximumExtentUnits = 1 << 28
     @usableFromInline static let participantStride = 128
     /// Bytes per held-list entry: the handle's generation word and its offset word.
     @usableFromInline static let heldEntryStride = 16
@@ -197,7 +218,7 @@ internal struct SharedHeapLayout: Hashable, Sendable {
     /// Lays the heap out. Sizes are validated by the caller (page sizes powers of two, classes in range).
     init(pageSize: Int, smallPageCount: Int, spanPageSize: Int, spanPageCount: Int, classSizes: [Int],
          smallClassCount: Int, participantCapacity: Int, heldCapacity: Int, firstHeldCapacity: Int? = nil,
-         dataOffset: Int) {
+         extentUnits: Int = 0, dataOffset: Int) {
         self.pageSize = pageSize
         self.smallPageCount = smallPageCount
         self.spanPageSize = spanPageCount > 0 ? spanPageSize : 0
@@ -214,11 +235,14 @@ internal struct SharedHeapLayout: Hashable, Sendable {
         spanMaxSlots = spanPageCount > 0 && classSizes.count > smallClassCount
             ? spanPageSize / classSizes[smallClassCount] : 0
         spanDataOffset = smallPageCount * pageSize
-        dataBytes = spanDataOffset + spanPageCount * self.spanPageSize
+        extentDataOffset = spanDataOffset + spanPageCount * self.spanPageSize
+        self.extentUnits = extentUnits
+        dataBytes = extentDataOffset + extentUnits * pageSize
         spanSlotBase = smallPageCount * maxSlots
         pageShift = pageSize.trailingZeroBitCount
         spanPageShift = spanPageCount > 0 ? spanPageSize.trailingZeroBitCount : 0
         let totalSlots = spanSlotBase + spanPageCount * spanMaxSlots
+        extentSlotBase = totalSlots
         classTableOffset = Self.headerSize
         participantsOffset = Self.roundUp(classTableOffset + 4 * classSizes.count, 64)
         poolOffset = Self.roundUp(participantsOffset + Self.participantStride * participantCapacity, 64)
@@ -226,21 +250,25 @@ internal struct SharedHeapLayout: Hashable, Sendable {
         spanBitmapOffset = Self.roundUp(bitmapsOffset + 8 * ((smallPageCount + 63) / 64), 64)
         pagesOffset = Self.roundUp(spanBitmapOffset + 8 * ((spanPageCount + 63) / 64), 64)
         blockWordsOffset = Self.roundUp(pagesOffset + Self.pageStride * pageCount, 64)
-        linksOffset = Self.roundUp(blockWordsOffset + 8 * totalSlots, 64)
-        heldOffset = Self.roundUp(linksOffset + 4 * totalSlots, 64)
+        linksOffset = Self.roundUp(blockWordsOffset + 8 * (totalSlots + extentUnits), 64)
+        extentLengthsOffset = Self.roundUp(linksOffset + 4 * totalSlots, 64)
+        heldOffset = Self.roundUp(extentLengthsOffset + 8 * extentUnits, 64)
         totalBytes = Self.roundUp(
             heldOffset + Self.heldEntryStride * (self.firstHeldCapacity + (participantCapacity - 1) * heldCapacity), 64)
     }
 
     /// Metadata bytes a lazy heap commits at creation, at most: the header, class table, participant records and
     /// pool words (one prefix), plus, per tier, the OS page holding its first bitmap word and the one holding its
-    /// first page descriptor. Independent of the data size (but for the class count). Everything else is committed
+    /// first page descriptor, and the OS pages of extent unit 0's block word and length word. Independent of the
+    /// data size (but for the class count). Everything else is committed
     /// as it is used: a tier's next descriptor and bitmap word when its bump index reaches them, a page's data,
     /// block words and links when the page first leaves the pool, a participant slot's held list when it is
     /// first joined.
     var initialBytes: Int {
         let os = OSAllocator.pageSize
-        return min(Self.roundUp(bitmapsOffset, os) + (spanPageCount > 0 ? 4 : 2) * os, Self.roundUp(totalBytes, os))
+        // (The extent area: unit 0's block word and length word, one OS page each.)
+        return min(Self.roundUp(bitmapsOffset, os) + ((spanPageCount > 0 ? 4 : 2) + (extentUnits > 0 ? 2 : 0)) * os,
+                   Self.roundUp(totalBytes, os))
     }
 
     /// The tier of `page`: 0 small, 1 span.
@@ -271,14 +299,24 @@ internal struct SharedHeapLayout: Hashable, Sendable {
     @inlinable @inline(__always) func pageBase(_ page: Int) -> Int {
         page < smallPageCount ? page &<< pageShift : spanDataOffset &+ ((page &- smallPageCount) &<< spanPageShift)
     }
-    /// The index of the page's slot 0 among block words and links.
+    /// The index of the page's slot 0 among block words and links. An extent unit `u` counts as "page"
+    /// `pageCount + u` with one slot (its block word; it has no link).
     @inlinable @inline(__always) func slotBase(_ page: Int) -> Int {
-        page < smallPageCount ? page &* maxSlots : spanSlotBase &+ (page &- smallPageCount) &* spanMaxSlots
+        if page < smallPageCount { return page &* maxSlots }
+        if page < pageCount { return spanSlotBase &+ (page &- smallPageCount) &* spanMaxSlots }
+        return extentSlotBase &+ (page &- pageCount)
     }
-    /// The page holding data offset `offset` and the offset within it; nil beyond the pages.
+    /// Is `page` an extent unit's pseudo-page (`pageCount + unit`, see `slotBase`)?
+    @inlinable @inline(__always) func isExtent(_ page: Int) -> Bool { page >= pageCount }
+    /// The page holding data offset `offset` and the offset within it; nil beyond the data area. An offset in the
+    /// extent area gives the pseudo-page `pageCount + unit` and the offset within the unit.
     @inlinable @inline(__always) func page(atDataOffset offset: Int) -> (page: Int, within: Int)? {
         if offset < spanDataOffset { return (offset &>> pageShift, offset & (pageSize &- 1)) }
         guard offset < dataBytes else { return nil }
+        if offset >= extentDataOffset {
+            let inArea = offset &- extentDataOffset
+            return (pageCount &+ (inArea &>> pageShift), inArea & (pageSize &- 1))
+        }
         let span = offset &- spanDataOffset
         return (smallPageCount &+ (span &>> spanPageShift), span & (spanPageSize &- 1))
     }

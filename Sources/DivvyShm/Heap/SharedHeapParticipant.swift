@@ -34,6 +34,9 @@ extension SharedHeap {
             var left = false
             /// The number of `pageSize` units of the pages in `ownedPages` (mirrored in the shared owned-pages word).
             var ownedPageTotal = 0
+            /// Units of the extents this participant holds (allocated or adopted): they count against the page
+            /// allowance with the pages it owns.
+            var extentUnitsHeld = 0
         }
         /// Where each held block sits in the shared held list (a process-local index of it, keyed by the block's
         /// offset in 16-byte units + 1: a participant holds a block at most once, and a held block keeps its
@@ -48,6 +51,10 @@ extension SharedHeap {
         private var ownedPageTotal: Int {
             get { hot.pointee.ownedPageTotal }
             set { hot.pointee.ownedPageTotal = newValue }
+        }
+        private var extentUnitsHeld: Int {
+            get { hot.pointee.extentUnitsHeld }
+            set { hot.pointee.extentUnitsHeld = newValue }
         }
         private var held: SharedHeapHeldTable {
             unsafeAddress { UnsafePointer(heldStorage) }
@@ -83,6 +90,13 @@ extension SharedHeap {
                 guard let record = heap.readHeld(index, entry) else { continue }
                 held.insert(record.offsetUnits &+ 1, entry)
                 used[entry] = true
+                // An extent's units count against the allowance (see `checkExtentAllowance`).
+                let handle = SharedHeapHandle(
+                    heapID: heap.heapID, dataOffset: Int(truncatingIfNeeded: record.offsetUnits << 4),
+                    generation: record.generation)
+                if let location = try? heap.locate(handle), heap.layout.isExtent(location.page) {
+                    extentUnitsHeld += location.blockSize / heap.layout.pageSize
+                }
             }
             // The empty entries, in the order a fresh table hands them out (lowest first).
             held.freeCount = 0
@@ -221,7 +235,7 @@ extension SharedHeap {
             _ size: Int
         ) throws(SharedHeapError) -> (handle: SharedHeapHandle, blockSize: Int, address: UnsafeMutableRawPointer) {
             try checkJoined()
-            guard size > 0, let sizeClass = heap.sizeClass(for: size) else { throw unsupportedSizeError(size) }
+            guard size > 0, let sizeClass = heap.sizeClass(for: size) else { return try allocateExtent(size) }
             if held.freeCount == 0 { _ = try takeHeldSlot() }
             // The fast path inline: a free slot in the class's current page; else the slow path (collect, new page).
             let current = currentPage[sizeClass]
@@ -264,6 +278,92 @@ extension SharedHeap {
             heap.clearPending(index)
             // Safe: the offset lies in the data pages (it came from `pageBase` and a slot below the page's count).
             return (handle, blockSize, heap.data + offset)
+        }
+
+        /// Allocates an extent of the extent area: `size` rounded up to whole units (see SharedHeap+Extents.swift
+        /// for the steps and why a death at any of them leaves a consistent area).
+        @inline(never)
+        private func allocateExtent(
+            _ size: Int
+        ) throws(SharedHeapError) -> (handle: SharedHeapHandle, blockSize: Int, address: UnsafeMutableRawPointer) {
+            let l = heap.layout
+            guard size > 0, l.extentUnits > 0, size <= l.extentUnits * l.pageSize else {
+                throw unsupportedSizeError(size)
+            }
+            if held.freeCount == 0 { _ = try takeHeldSlot() }
+            let units = (size + l.pageSize - 1) / l.pageSize
+            try checkExtentAllowance(units)
+            heap.lockExtents(for: index)
+            // Step 1: first fit, merging free neighbours on the way.
+            guard let (unit, length) = heap.findFreeExtent(units: units) else {
+                heap.unlockExtents(for: index)
+                throw SharedHeapError(
+                    .heapFull, "no free run of \(units) units (\(units * l.pageSize) bytes) in the extent area of "
+                        + "\(l.extentUnits) units of \(l.pageSize) bytes; free large blocks, or give the extent area "
+                        + "more of the data area (extentFraction)")
+            }
+            // Lazy heaps: the memory first (a failure changes nothing but memory committed).
+            if heap.lazyCommit, let error = heap.commitExtent(unit: unit, units: units) {
+                heap.unlockExtents(for: index)
+                throw SharedHeapError(
+                    .heapFull, "could not commit \(units * l.pageSize) bytes for an extent in "
+                        + "\(heap.region.describing): \(error); free memory or /dev/shm space")
+            }
+            // Step 2: the generation. Ordering: relaxed load (ours under the lock), releasing store (before the
+            // block word that carries it, for a taker-over).
+            let generation = heap.extentSerial.load(ordering: .relaxed) &+ 1
+            guard generation <= BlockWord.maximumGeneration else {
+                heap.unlockExtents(for: index)
+                throw SharedHeapError(
+                    .heapFull, "the extent area has made \(BlockWord.maximumGeneration) allocations, the most it can "
+                        + "make without repeating a generation")
+            }
+            heap.extentSerial.store(generation, ordering: .releasing)
+            try crashPoint("allocateExtent", 1)
+            // Step 3: the remainder's length at its future head (an interior unit until step 4).
+            if length > units {
+                // Ordering: releasing, before the head's length (walkers read the head first, acquiring).
+                heap.extentLength(unit + units).store(UInt64(length - units), ordering: .releasing)
+            }
+            try crashPoint("allocateExtent", 2)
+            // Step 4: the split's commit.
+            heap.extentLength(unit).store(UInt64(units), ordering: .releasing)
+            try crashPoint("allocateExtent", 3)
+            // Safe: checked above that an entry is free, and nothing took one since.
+            let heldSlot = held.takeEntry()!
+            let offset = l.extentDataOffset + unit * l.pageSize
+            let handle = SharedHeapHandle(heapID: heap.heapID, dataOffset: offset, generation: generation)
+            heap.announce(index, .allocate, handle)
+            try crashPoint("allocateExtent", 4)
+            // Step 5, the allocation's commit. Ordering: releasing, as for any block. The word is free and only
+            // allocators (we hold the lock) change a free block word: a store suffices.
+            heap.extentWord(unit).store(
+                BlockWord.make(generation: generation, count: 1, state: BlockWord.allocated), ordering: .releasing)
+            try crashPoint("allocateExtent", 5)
+            heap.unlockExtents(for: index)
+            heap.writeHeld(index, heldSlot, handle)
+            held.insert(handle.offsetUnits &+ 1, heldSlot)
+            extentUnitsHeld += units
+            try crashPoint("allocateExtent", 6)
+            heap.clearPending(index)
+            // Safe: the extent lies in the data area (checked by the walk: unit + units <= extentUnits).
+            return (handle, units * l.pageSize, heap.data + offset)
+        }
+
+        /// Throws `.pageAllowanceExhausted` when `units` more extent units would take the pages this participant
+        /// owns and the extent units it holds past its page allowance (after giving back empty pages).
+        private func checkExtentAllowance(_ units: Int) throws(SharedHeapError) {
+            // Ordering: relaxed, as in `checkPageAllowance`.
+            var allowance = heap.pageAllowance(index).load(ordering: .relaxed)
+            if allowance == unlimitedPages || ownedPageTotal + extentUnitsHeld + units <= Int(allowance) { return }
+            releaseEmptyPages(except: -1)
+            allowance = heap.pageAllowance(index).load(ordering: .relaxed)
+            if allowance == unlimitedPages || ownedPageTotal + extentUnitsHeld + units <= Int(allowance) { return }
+            throw SharedHeapError(
+                .pageAllowanceExhausted, "participant \(index) owns \(ownedPageTotal) pages and holds "
+                    + "\(extentUnitsHeld) units of large blocks, its page allowance is \(allowance): no room for "
+                    + "\(units) more units (\(units * heap.layout.pageSize) bytes); free blocks, or raise the "
+                    + "allowance (SharedHeap.setPageAllowance)")
         }
 
         @inline(never)
@@ -362,11 +462,12 @@ extension SharedHeap {
             let needed = l.isLarge(sizeClass) ? l.spanPageSize / l.pageSize : 1
             // Ordering: relaxed; the allowance is a policy word another process may change at any time, and any
             // recent value will do.
+            // The extent units we hold count too (see `checkExtentAllowance`).
             var allowance = heap.pageAllowance(index).load(ordering: .relaxed)
-            if allowance == unlimitedPages || ownedPageTotal + needed <= Int(allowance) { return }
+            if allowance == unlimitedPages || ownedPageTotal + extentUnitsHeld + needed <= Int(allowance) { return }
             releaseEmptyPages(except: sizeClass)
             allowance = heap.pageAllowance(index).load(ordering: .relaxed)
-            if allowance == unlimitedPages || ownedPageTotal + needed <= Int(allowance) { return }
+            if allowance == unlimitedPages || ownedPageTotal + extentUnitsHeld + needed <= Int(allowance) { return }
             throw SharedHeapError(
                 .pageAllowanceExhausted, "participant \(index) owns \(ownedPageTotal) pages, its page allowance is "
                     + "\(allowance): no room for another \(l.classSizes[sizeClass])-byte block (its page counts "
@@ -456,6 +557,7 @@ extension SharedHeap {
             try crashPoint("adopt", 2)
             heap.writeHeld(index, heldSlot, handle)
             held.insert(handle.offsetUnits &+ 1, heldSlot)
+            if heap.layout.isExtent(location.page) { extentUnitsHeld += location.blockSize / heap.layout.pageSize }
             try crashPoint("adopt", 3)
             heap.clearPending(index)
         }
@@ -481,9 +583,11 @@ extension SharedHeap {
             guard let heldSlot = held.find(key), BlockWord.generation(observed) == handle.generation else {
                 throw notHeldError(handle, observed)
             }
-            let pageWord = heap.pageState(location.page).load(ordering: .relaxed)
+            // An extent has no page: its last free stores *free*, and the extent is free from then on.
+            let isExtent = heap.layout.isExtent(location.page)
+            let pageWord = isExtent ? 0 : heap.pageState(location.page).load(ordering: .relaxed)
             // Only we change the state word of a page we own, so this read is stable.
-            let ownPage = PageWord.kind(pageWord) == PageWord.owned && PageWord.owner(pageWord) == index
+            let ownPage = !isExtent && PageWord.kind(pageWord) == PageWord.owned && PageWord.owner(pageWord) == index
             heap.announce(index, .free, handle)
             try crashPoint("free", 1)
             var released = false
@@ -502,7 +606,7 @@ extension SharedHeap {
                 }
                 let count = BlockWord.count(observed) &- 1
                 released = count == 0
-                let state = !released ? BlockWord.allocated : ownPage ? BlockWord.free : BlockWord.freeing
+                let state = !released ? BlockWord.allocated : ownPage || isExtent ? BlockWord.free : BlockWord.freeing
                 // A freeing word names its releaser: recovery tells a dead participant's release by it.
                 let desired = BlockWord.make(
                     generation: handle.generation, count: state == BlockWord.freeing ? index : count, state: state)
@@ -518,8 +622,9 @@ extension SharedHeap {
             heap.clearHeld(index, heldSlot)
             held.remove(key)
             held.returnEntry(heldSlot)
+            if isExtent { extentUnitsHeld -= location.blockSize / heap.layout.pageSize }
             try crashPoint("free", 3)
-            if released {
+            if released, !isExtent {
                 if ownPage {
                     heap.pushLocal(location.page, location.slot)
                     try crashPoint("free", 4)
@@ -541,7 +646,7 @@ extension SharedHeap {
         private func unsupportedSizeError(_ size: Int) -> SharedHeapError {
             SharedHeapError(
                 .unsupportedSize, "cannot allocate \(size) bytes: sizes 1…\(heap.largestBlockSize) are "
-                    + "supported (configure larger span pages and large classes for more)")
+                    + "supported (give the extent area more of the data area, extentFraction, for more)")
         }
 
         /// Why a free of a handle this participant does not list fails (out of line: not a hot path).
@@ -600,6 +705,7 @@ extension SharedHeap {
             ownedPages = ownedPages.map { _ in [] }
             currentPage.update(repeating: -1, count: heap.layout.classSizes.count)
             ownedPageTotal = 0
+            extentUnitsHeld = 0
             left = true
             // Ordering: relaxed; published by the releasing store of the slot below.
             heap.ownedPageCount(index).store(0, ordering: .relaxed)

@@ -37,8 +37,10 @@ extension SharedHeap {
             }
             guard BlockWord.state(observed) == BlockWord.allocated, BlockWord.count(observed) >= 1 else { return .none }
             let count = BlockWord.count(observed) - 1
+            let isExtent = layout.isExtent(location.page)
             let desired = count == 0
-                ? BlockWord.make(generation: handle.generation, count: p, state: BlockWord.freeing)
+                ? (isExtent ? BlockWord.make(generation: handle.generation, count: 0, state: BlockWord.free)
+                    : BlockWord.make(generation: handle.generation, count: p, state: BlockWord.freeing))
                 : BlockWord.make(generation: handle.generation, count: count, state: BlockWord.allocated)
             // Ordering: acquiring and releasing, as in `Participant.free`.
             let (done, current) = word.compareExchange(
@@ -46,7 +48,7 @@ extension SharedHeap {
                 failureOrdering: .acquiring)
             if done {
                 if count != 0 { return .dropped }
-                pushRemote(location.page, location.slot)
+                if !isExtent { pushRemote(location.page, location.slot) }
                 return .released
             }
             observed = current
@@ -142,6 +144,12 @@ extension SharedHeap {
                 BlockWord.make(generation: handle.generation, count: holders, state: BlockWord.allocated),
                 ordering: .releasing)
             return .dropped
+        }
+        if layout.isExtent(location.page) {
+            // An extent is free from this store on (nothing to push).
+            word.store(
+                BlockWord.make(generation: handle.generation, count: 0, state: BlockWord.free), ordering: .releasing)
+            return .released
         }
         word.store(BlockWord.make(generation: handle.generation, count: p, state: BlockWord.freeing), ordering: .releasing)
         pushRemote(location.page, location.slot)

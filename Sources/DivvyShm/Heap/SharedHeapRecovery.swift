@@ -223,6 +223,10 @@ extension SharedHeap {
             note(try dropHolding(handle, location, of: p), in: &report)
         }
 
+        // The extent lock, if p died holding it (an allocation between its steps 1 and 6: every step leaves the
+        // area consistent, see SharedHeap+Extents.swift; the holding, if step 5 happened, was settled above).
+        unlockExtents(for: p)
+
         // Step 4: p's pages (only pages up to each tier's bump index can be owned). One it claimed and carved
         // nothing from holds nothing: give it back as it is (its fields may be half initialized).
         for page in readablePages().joined() {

@@ -72,7 +72,16 @@ public struct SharedHeapUsage: Hashable, Sendable, CustomStringConvertible {
     public var sizeClasses: [SizeClass] = []
 
     /// Bytes in blocks in use (allocated now), summed over the classes.
-    public var bytesInUse: Int { sizeClasses.reduce(0) { $0 + $1.blocksInUse * $1.blockSize } }
+    /// The extent area: its unit (the page size) and units; extents allocated, their units, the free units and the
+    /// longest free run (free extents next to each other count as one run: the next allocation merges them).
+    public var extentUnitSize = 0, extentUnits = 0
+    public var extentsInUse = 0, extentUnitsInUse = 0
+    public var extentUnitsFree = 0, largestFreeExtentUnits = 0
+
+    /// Bytes of the blocks allocated now: class blocks at their class's size, extents at their whole units.
+    public var bytesInUse: Int {
+        sizeClasses.reduce(0) { $0 + $1.blocksInUse * $1.blockSize } + extentUnitsInUse * extentUnitSize
+    }
 
     /// A multi-line table: pages, then one line per class that has pages.
     public var description: String {
@@ -81,6 +90,11 @@ public struct SharedHeapUsage: Hashable, Sendable, CustomStringConvertible {
             + "(\(pageSize) bytes each"
             + (spanPages > 0 ? "; \(spanPages) of them span pages of \(spanPageSize) bytes, \(freeSpanPages) free" : "")
             + "); \(bytesInUse) bytes in use"
+            + (extentUnits > 0
+                ? "\n  extents: \(extentsInUse) in use (\(extentUnitsInUse) of \(extentUnits) units of "
+                    + "\(extentUnitSize) bytes), \(extentUnitsFree) units free, largest free run "
+                    + "\(largestFreeExtentUnits)"
+                : "")
         for c in sizeClasses where c.pages > 0 {
             text += "\n  \(c.blockSize) B: \(c.pages) pages, \(c.blocksInUse) blocks in use, \(c.blocksFree) free"
         }
@@ -172,6 +186,23 @@ extension SharedHeap {
             SharedHeapUsage.SizeClass(
                 blockSize: layout.classSizes[$0], pages: 0,
                 pageBytes: layout.isLarge($0) ? layout.spanPageSize : layout.pageSize, blocksInUse: 0, blocksFree: 0)
+        }
+        // The extent area (heads only: in a lazy heap every head is committed).
+        result.extentUnitSize = layout.pageSize
+        result.extentUnits = layout.extentUnits
+        if layout.extentUnits > 0 {
+            var run = 0
+            for record in extentRecords().records {
+                if BlockWord.state(record.word) & 1 == BlockWord.allocated {
+                    result.extentsInUse += 1
+                    result.extentUnitsInUse += record.units
+                    run = 0
+                } else {
+                    result.extentUnitsFree += record.units
+                    run += record.units
+                    result.largestFreeExtentUnits = max(result.largestFreeExtentUnits, run)
+                }
+            }
         }
         // Pages above a tier's bump index never left the pool: free, and not read (a lazy heap has not committed
         // their descriptors).

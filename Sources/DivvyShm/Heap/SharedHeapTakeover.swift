@@ -162,6 +162,11 @@ extension SharedHeap {
             clearPending(p)
         }
 
+        // The extent area's lock, if p died holding it (every step of an extent allocation leaves the area
+        // consistent; the allocation itself was settled above): the slot is about to be alive again, and a lock
+        // naming a live slot is never taken over.
+        unlockExtents(for: p)
+
         // Pages: repair every page p owns, give back the empty ones, keep the rest owned by p.
         for page in readablePages().joined() {
             let state = pageState(page).load(ordering: .acquiring)

@@ -14,6 +14,9 @@ public struct SharedHeapReport: Hashable, Sendable, CustomStringConvertible {
     public var pooledPages = 0, ownedPages = 0, orphanPages = 0
     /// Blocks allocated (held by at least one participant).
     public var allocatedBlocks = 0
+    /// Extents of the extent area: allocated (also counted in `allocatedBlocks`) and free (after merging, a run of
+    /// free extents counts each until the next allocation merges them).
+    public var allocatedExtents = 0, freeExtents = 0
     /// Blocks on local free lists, on remote-free stacks, and carved slots in neither (should be 0).
     public var localFreeBlocks = 0, remoteFreeBlocks = 0
     /// Held-list entries across all participants (the sum of the holders' counts of every block).
@@ -36,7 +39,8 @@ public struct SharedHeapReport: Hashable, Sendable, CustomStringConvertible {
     /// A multi-line summary, then the violations.
     public var description: String {
         var text = "heap: pages \(pooledPages) pooled / \(ownedPages) owned / \(orphanPages) orphan; blocks "
-            + "\(allocatedBlocks) allocated, \(localFreeBlocks) locally free, \(remoteFreeBlocks) remotely freed; "
+            + "\(allocatedBlocks) allocated (\(allocatedExtents) extents, \(freeExtents) free), "
+            + "\(localFreeBlocks) locally free, \(remoteFreeBlocks) remotely freed; "
             + "\(holdings) holdings; participants \(liveParticipants) alive, \(deadParticipants) dead; "
             + "\(operationsInFlight) in flight; "
         text += violations.isEmpty ? "clean" : "\(violations.count) violation(s):"
@@ -279,6 +283,42 @@ extension SharedHeap {
                     + "allocated + \(remoteListed) remotely freed")
             }
         }
+        // The extent area: the walk from unit 0 covers every unit; an allocated extent is a block like any other.
+        if l.extentUnits > 0 {
+            let (records, broken) = extentRecords()
+            if let broken {
+                violation("extent unit \(broken)'s length word (\(extentLength(broken).load(ordering: .relaxed))) "
+                    + "does not fit the extent area of \(l.extentUnits) units: the walk of extents stops there")
+            }
+            for record in records {
+                let state = BlockWord.state(record.word)
+                if state == BlockWord.free {
+                    report.freeExtents += 1
+                    continue
+                }
+                guard state == BlockWord.allocated else {
+                    violation("extent at unit \(record.unit) has block word state \(state) (frozen or freeing) while "
+                        + "the heap is quiescent")
+                    continue
+                }
+                report.allocatedExtents += 1
+                report.allocatedBlocks += 1
+                let handle = SharedHeapHandle(
+                    heapID: heapID, dataOffset: l.extentDataOffset + record.unit * l.pageSize,
+                    generation: BlockWord.generation(record.word))
+                if BlockWord.generation(record.word) > extentSerial.load(ordering: .relaxed) {
+                    violation("extent \(handle) has a generation above the extent area's serial")
+                }
+                allocatedByHandle[handle] = BlockWord.count(record.word)
+            }
+            let lock = extentLock.load(ordering: .acquiring)
+            if lock != 0 {
+                violation("the extent area's lock is held by participant \(Int(lock) - 1) while the heap is "
+                    + "quiescent" + (extentLockHolderIsGone(lock)
+                        ? " (gone: the next allocation or its recovery takes it over)" : ""))
+            }
+        }
+
         // Owned-page counters (exact while quiescent; a dead participant's is reset by its recovery).
         for p in 0..<l.participantCapacity {
             let counted = Int(ownedPageCount(p).load(ordering: .relaxed))

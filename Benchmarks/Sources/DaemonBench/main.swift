@@ -77,6 +77,9 @@ var configuration = ServerConfiguration()
 configuration.socketPath = directory + "/d.sock"
 configuration.dataSize = 256 << 20
 configuration.maxClients = 256
+// The round-trip row holds 20,000 blocks at once: above the default per-client limit (4,096), which is there for
+// fairness between clients (issue 13), not for one benchmark client.
+configuration.maxBlocksPerClient = 32_768
 let server = try DivvyServer(
     configuration: configuration, logger: Logger(label: "bench", factory: { _ in SwiftLogNoOpLogHandler() }))
 let serverThread = Thread { try? server.run() }

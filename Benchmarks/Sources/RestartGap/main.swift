@@ -171,7 +171,8 @@ while !mediated.isFinished || !direct.isFinished { usleep(1000) }
 let samples = directDone.get()
 let steady = samples.count > 1
     ? Double(samples.last!.pairs - samples.first!.pairs) / (Double(samples.last!.time - samples.first!.time) / 1e9) : 0
-if let pid = child() { kill(pid, SIGKILL) }  // (the supervisor thread ends with this process)
+handoff.supervisor.stop(signal: SIGKILL)
+while !supervisorThread.isFinished { usleep(1000) }
 
 gaps.sort()
 func percentile(_ sorted: [Double], _ p: Double) -> Double {

@@ -136,6 +136,9 @@ public final class DaemonSupervisor {
 
     /// Runs the child until it stops for good; returns the exit status for the supervisor's process.
     public func run() -> Int32 {
+        // (The stop flag is process-wide, for the signal handler: a supervisor run after an earlier one's stop
+        // starts clear.)
+        stopRequested.store(0, ordering: .sequentiallyConsistent)
         if settings.forwardSignals { installSignalForwarding() }
         var restarts: [ContinuousClock.Instant] = []
         while true {
@@ -177,6 +180,14 @@ public final class DaemonSupervisor {
             let (seconds, attoseconds) = settings.restartDelay.components
             usleep(UInt32(clamping: seconds * 1_000_000 + attoseconds / 1_000_000_000_000))
         }
+    }
+
+    /// Ends supervision from another thread: the child gets `signal` (default SIGTERM, as a forwarded SIGTERM
+    /// would be), is not restarted, and `run()` returns once it has exited. Idempotent.
+    public func stop(signal: Int32 = SIGTERM) {
+        stopRequested.store(1, ordering: .sequentiallyConsistent)
+        let child = supervisedChild.load(ordering: .sequentiallyConsistent)
+        if child > 0 { _ = systemKill(child, signal) }
     }
 
     // MARK: The child

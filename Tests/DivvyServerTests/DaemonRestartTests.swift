@@ -37,19 +37,7 @@ final class DaemonRestartTests: XCTestCase {
             supervisor.signal(SIGKILL)
             _ = supervisor.wait()
         }
-        func child() -> pid_t? {
-            let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(supervisor.pid)/task")) ?? []
-            // (Not `lazy.compactMap(…).first`: it reads each file twice, and a child may exit in between.)
-            for task in tasks {
-                let path = "/proc/\(supervisor.pid)/task/\(task)/children"
-                if let pid = (try? String(contentsOfFile: path, encoding: .utf8))?
-                    .split(separator: " ").compactMap({ pid_t($0) }).first
-                {
-                    return pid
-                }
-            }
-            return nil
-        }
+        func child() -> pid_t? { currentChild(of: supervisor.pid) }
         func connect(_ name: String) -> DivvyClient? {
             for _ in 0..<1200 {
                 if let client = try? DivvyClient(.init(socketPath: socket, name: name, mode: .mediated)) {

@@ -168,3 +168,19 @@ func runDivvyctl(_ arguments: [String], socket: String) throws -> (status: Int32
     let exit = process.wait()
     return (exit.status, output, process.standardError)
 }
+
+/// The child process a `divvyd --supervise` process (or any parent) runs now, or nil: the first pid in any of its
+/// threads' `/proc/PID/task/TID/children` lists (a child belongs to the thread that spawned it).
+func currentChild(of parent: pid_t) -> pid_t? {
+    let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(parent)/task")) ?? []
+    // (Not `lazy.compactMap(…).first`: it reads each file twice, and a child may exit in between.)
+    for task in tasks {
+        let path = "/proc/\(parent)/task/\(task)/children"
+        if let pid = (try? String(contentsOfFile: path, encoding: .utf8))?
+            .split(separator: " ").compactMap({ pid_t($0) }).first
+        {
+            return pid
+        }
+    }
+    return nil
+}

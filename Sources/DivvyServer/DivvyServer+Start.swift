@@ -24,6 +24,11 @@ extension DivvyServer {
         heapConfiguration.heldCapacity = configuration.directHeldCapacity
         heapConfiguration.firstSlotHeldCapacity = configuration.heldCapacity
         heapConfiguration.participantCapacity = configuration.participantCapacity
+        // Past 25 % the extent area takes from the span tier first (50 % − extent, none from 50 % on), so that small
+        // pages keep half the area as long as they can.
+        let extent = Double(configuration.extentPercent) / 100
+        heapConfiguration.extentFraction = extent
+        heapConfiguration.spanFraction = extent <= 0.25 ? 0.25 : max(0, 0.5 - extent)
         return heapConfiguration
     }
 

@@ -38,6 +38,12 @@ public struct ServerConfiguration: Hashable, Sendable {
     /// mediated and `direct` ones refused with `directUnavailable`. Default 1024. A slot costs 128 bytes at start
     /// and its held list (`directHeldCapacity` × 16 bytes) once a direct client first uses it.
     public var participantCapacity: Int
+    /// The share of the data area, in percent (0…70), given to the extent area that serves blocks larger than the
+    /// largest class (512 KiB by default) in whole pages, up to the area's size: with the default 25, a 256 MiB data
+    /// area serves blocks up to 64 MiB and a 4 GiB one up to 1 GiB; 70 lets one block take most of the data area.
+    /// Up to 25 the span tier keeps a quarter and small pages the rest; past 25 the extent area takes from the span
+    /// tier first (50 − extent, none from 50 on), then from small pages. 0: no extent area.
+    public var extentPercent: Int = 25
     /// Huge pages for the region. Default `.automatic`.
     public var hugePages: SharedRegion.HugePages
     /// Commit the whole region at start (`.full`, the default: never SIGBUS) or reserve lazily.
@@ -148,7 +154,7 @@ public struct ServerConfiguration: Hashable, Sendable {
     /// The config file keys, in the order `render()` writes them.
     public static let keys = [
         "socket", "socket-mode", "region-name", "region-prefix", "data-size", "page-size", "size-classes",
-        "held-capacity", "direct-held-capacity", "participant-capacity", "huge-pages", "commit", "prefault", "allow-uids", "allow-gids",
+        "held-capacity", "direct-held-capacity", "participant-capacity", "extent-percent", "huge-pages", "commit", "prefault", "allow-uids", "allow-gids",
         "direct-uids", "direct-gids", "admin-uids", "admin-gids", "quota", "max-clients", "initial-lease-pages",
         "shutdown-grace-ms", "metrics-listen", "log-level", "reserved-admin-connections", "max-connections-per-uid",
         "handshake-timeout-ms", "max-blocks-per-client", "large-quota", "max-share-tokens-per-client",
@@ -198,6 +204,7 @@ public struct ServerConfiguration: Hashable, Sendable {
         case "held-capacity": heldCapacity = try Self.count(value, key)
         case "direct-held-capacity": directHeldCapacity = try Self.count(value, key)
         case "participant-capacity": participantCapacity = try Self.count(value, key)
+        case "extent-percent": extentPercent = try Self.count(value, key)
         case "huge-pages":
             switch value {
             case "auto", "automatic": hugePages = .automatic
@@ -289,6 +296,11 @@ public struct ServerConfiguration: Hashable, Sendable {
                 "participant-capacity must be 2…\(SharedHeapConfiguration.maximumParticipants) (the daemon takes one "
                     + "slot), not \(participantCapacity)")
         }
+        guard extentPercent >= 0, extentPercent <= 70 else {
+            throw ParseError(
+                "extent-percent must be 0…70 (the share of the data area for blocks above the largest class; the "
+                    + "small and span pages need the rest), not \(extentPercent)")
+        }
         guard directHeldCapacity > 0, directHeldCapacity <= 1 << 24, heldCapacity <= 1 << 24 else {
             throw ParseError("held-capacity and direct-held-capacity must be 1…16777216")
         }
@@ -305,6 +317,7 @@ public struct ServerConfiguration: Hashable, Sendable {
             ("size-classes", sizeClasses.map { $0.map(String.init).joined(separator: ",") } ?? "default"),
             ("held-capacity", String(heldCapacity)), ("direct-held-capacity", String(directHeldCapacity)),
             ("participant-capacity", String(participantCapacity)),
+            ("extent-percent", String(extentPercent)),
             ("huge-pages", { switch hugePages {
                 case .automatic: "auto"
                 case .none: "none"
@@ -327,85 +340,4 @@ public struct ServerConfiguration: Hashable, Sendable {
             ("max-share-tokens-per-client", String(maxShareTokensPerClient)),
         ]
     }
-
-    // MARK: Value parsers
-
-    /// `host:port` split, or nil.
-    static func hostAndPort(_ text: String) -> (host: String, port: UInt16)? {
-        guard let colon = text.lastIndex(of: ":"), let port = UInt16(text[text.index(after: colon)...]) else {
-            return nil
-        }
-        let host = String(text[..<colon])
-        return host.isEmpty ? nil : (host, port)
-    }
-
-    static func size(_ text: String, _ key: String) throws(ParseError) -> Int {
-        var digits = Substring(text)
-        var multiplier = 1
-        switch text.last {
-        case "K", "k": multiplier = 1 << 10
-        case "M", "m": multiplier = 1 << 20
-        case "G", "g": multiplier = 1 << 30
-        case "T", "t": multiplier = 1 << 40
-        default: break
-        }
-        if multiplier != 1 { digits = digits.dropLast() }
-        guard let value = Int(digits), value >= 0, value <= Int.max / multiplier else {
-            throw ParseError("\(key) must be a size like 65536, 64K, 256M or 1G, not '\(text)'")
-        }
-        return value * multiplier
-    }
-
-    static func count(_ text: String, _ key: String) throws(ParseError) -> Int {
-        guard let value = Int(text), value >= 0 else {
-            throw ParseError("\(key) must be a non-negative integer, not '\(text)'")
-        }
-        return value
-    }
-
-    static func octal(_ text: String, _ key: String) throws(ParseError) -> UInt32 {
-        guard let value = UInt32(text, radix: 8) else {
-            throw ParseError("\(key) must be octal permission bits like 0660, not '\(text)'")
-        }
-        return value
-    }
-
-    static func bool(_ text: String, _ key: String) throws(ParseError) -> Bool {
-        switch text {
-        case "true", "yes", "on", "1": return true
-        case "false", "no", "off", "0": return false
-        default: throw ParseError("\(key) must be true or false, not '\(text)'")
-        }
-    }
-
-    static func list(_ text: String, _ key: String) throws(ParseError) -> [String] {
-        text.split(separator: ",").map { String($0.trimmingWhitespace) }.filter { !$0.isEmpty }
-    }
-
-    static func ids(_ text: String, _ key: String) throws(ParseError) -> Set<UInt32> {
-        var result = Set<UInt32>()
-        for item in try list(text, key) {
-            if item == "self" {
-                result.insert(getuid())
-            } else if let id = UInt32(item) {
-                result.insert(id)
-            } else {
-                throw ParseError("\(key) must be a comma-separated list of numeric ids (or 'self'), not '\(item)'")
-            }
-        }
-        return result
-    }
-}
-
-extension Substring {
-    var trimmingWhitespace: Substring {
-        var result = self
-        while let first = result.first, first == " " || first == "\t" || first == "\r" { result = result.dropFirst() }
-        while let last = result.last, last == " " || last == "\t" || last == "\r" { result = result.dropLast() }
-        return result
-    }
-}
-
-extension String {
-    var trimmingWhitespace: Substring { Substring(self).trimmingWhitespace }
 }

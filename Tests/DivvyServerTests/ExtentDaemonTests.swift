@@ -69,4 +69,37 @@ final class ExtentDaemonTests: XCTestCase {
         daemon.process.signal(SIGTERM)
         XCTAssertEqual(daemon.process.wait(timeout: 20)?.status, 0, daemon.process.standardError)
     }
+
+    /// `extent-percent`: a larger extent area serves a block of most of the data area (here 40 MiB of 64 MiB to a
+    /// direct client), which the default quarter refuses as `unsupportedSize`; out-of-range values are refused at
+    /// start, naming the key.
+    func testExtentPercentServesBlocksUpToMostOfTheDataArea() throws {
+        for (percent, served) in [(25, false), (70, true)] {
+            let name = "test-extent-pct-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+            let daemon = try DaemonProcessTests.Daemon(
+                ["--region-name", name, "--set", "data-size=64M", "--set", "page-size=64K", "--set", "commit=lazy",
+                 "--set", "quota=64M", "--set", "extent-percent=\(percent)"])
+            let client = try DivvyClient(.init(socketPath: daemon.socketPath, name: "big", mode: .direct))
+            if served {
+                let (handle, blockSize) = try client.allocateHandle(40 << 20)
+                XCTAssertEqual(blockSize, 40 << 20)
+                let pointer = try client.pointer(for: handle)
+                pointer.storeBytes(of: 0x5A, toByteOffset: blockSize - 1, as: UInt8.self)
+                XCTAssertEqual(pointer.load(fromByteOffset: blockSize - 1, as: UInt8.self), 0x5A)
+                try client.free(handle)
+            } else {
+                assertClientError(.unsupportedSize) { try client.allocateHandle(40 << 20) }
+            }
+            client.close()
+            daemon.process.signal(SIGTERM)
+            XCTAssertEqual(daemon.process.wait(timeout: 20)?.status, 0, daemon.process.standardError)
+        }
+        var configuration = ServerConfiguration()
+        for bad in ["71", "-1"] {
+            XCTAssertThrowsError(try { try configuration.set("extent-percent", bad); try configuration.validate() }()) {
+                XCTAssertTrue("\($0)".contains("extent-percent"), "\($0)")
+            }
+            configuration = ServerConfiguration()
+        }
+    }
 }

@@ -34,10 +34,12 @@ LIBRARY = os.environ.get("DIVVY_LIBRARY", "")
 DATA_SIZE = 16 << 20
 QUOTA = DATA_SIZE // 4
 LARGEST_CLASS = 512 << 10
-# Blocks up to pageSize / 8 come from small pages; larger ones from the span tier (a quarter of the data area), of
-# which one mediated client may hold a quarter by default (large-quota).
+# Blocks up to pageSize / 8 come from small pages; larger classes from the span tier (a quarter of the data area);
+# larger blocks still are extents of the extent area (another quarter), so the largest block is the extent area.
+# One mediated client may hold a quarter of the span tier and extent area together by default (large-quota).
 LARGEST_SMALL_CLASS = 8 << 10
-LARGE_QUOTA = DATA_SIZE // 4 // 4
+LARGEST_BLOCK = DATA_SIZE // 4
+LARGE_QUOTA = (DATA_SIZE // 4 + DATA_SIZE // 4) // 4
 
 
 def pytest_configure(config):

@@ -11,7 +11,7 @@ import weakref
 import pytest
 
 import divvy
-from conftest import LARGE_QUOTA, LARGEST_CLASS, LARGEST_SMALL_CLASS, MODES, QUOTA
+from conftest import LARGE_QUOTA, LARGEST_BLOCK, LARGEST_CLASS, LARGEST_SMALL_CLASS, MODES, QUOTA
 from divvy import ErrorCode
 
 
@@ -273,7 +273,7 @@ def test_adopting_a_freed_block_is_stale(daemon, mode):
 def test_oversize_and_zero_allocations(daemon, mode):
     with divvy.Client(daemon.socket, mode=mode) as client:
         before = snapshot(client)
-        for size in (0, LARGEST_CLASS + 1, 1 << 40, (1 << 64) - 1):
+        for size in (0, LARGEST_BLOCK + 1, 1 << 40, (1 << 64) - 1):
             with pytest.raises(divvy.DivvyError) as caught:
                 client.alloc(size)
             assert caught.value.code == ErrorCode.EUNSUPPORTED_SIZE, size
@@ -286,6 +286,11 @@ def test_oversize_and_zero_allocations(daemon, mode):
         largest = client.alloc(LARGEST_CLASS)
         largest.memoryview()[-1] = 1
         largest.free()
+        # Above the largest class: an extent of whole 64 KiB units.
+        extent = client.alloc(2 * LARGEST_CLASS + 1)
+        assert len(extent.memoryview()) == 2 * LARGEST_CLASS + 1
+        extent.memoryview()[-1] = 1
+        extent.free()
 
 
 def test_quota_exceeded(daemon):

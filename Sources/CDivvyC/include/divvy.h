@@ -118,7 +118,7 @@ typedef enum divvy_error {
     DIVVY_EQUOTA_EXCEEDED = 8,
     /* The shared heap has no room for the request. Nothing changed. */
     DIVVY_EHEAP_FULL = 9,
-    /* The size is 0 or larger than the daemon's largest size class. Nothing changed. */
+    /* The size is 0 or larger than the largest block the heap serves (its extent area). Nothing changed. */
     DIVVY_EUNSUPPORTED_SIZE = 10,
     /* The handle does not name a block of the data area. Nothing changed. */
     DIVVY_EINVALID_HANDLE = 11,
@@ -258,7 +258,7 @@ int divvy_client_info(const divvy_client *client, int *mode, uint32_t *client_id
  *   pointer  receives the block's address in this process; may be NULL (use divvy_pointer later).
  *
  * The block's contents are unspecified (not zeroed). Returns DIVVY_OK; DIVVY_EINVAL (client or handle NULL);
- * DIVVY_EUNSUPPORTED_SIZE (0 or above the largest class); DIVVY_EQUOTA_EXCEEDED; DIVVY_EHEAP_FULL;
+ * DIVVY_EUNSUPPORTED_SIZE (0 or above the largest block: the extent area); DIVVY_EQUOTA_EXCEEDED; DIVVY_EHEAP_FULL;
  * DIVVY_EDAEMON_GONE. Ownership: the caller frees the handle with divvy_free (or closes the client).
  */
 int divvy_alloc(divvy_client *client, size_t size, divvy_handle_t *handle, void **pointer);

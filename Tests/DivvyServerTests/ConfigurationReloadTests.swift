@@ -14,7 +14,7 @@ final class ConfigurationReloadTests: XCTestCase {
     static let otherValues: [String: String] = [
         "socket": "/tmp/other.sock", "socket-mode": "0600", "region-name": "other", "region-prefix": "other-",
         "data-size": "512M", "page-size": "128K", "size-classes": "64,128,256", "held-capacity": "1024",
-        "direct-held-capacity": "512", "participant-capacity": "8", "huge-pages": "none", "commit": "lazy", "prefault": "true",
+        "direct-held-capacity": "512", "participant-capacity": "8", "extent-percent": "50", "huge-pages": "none", "commit": "lazy", "prefault": "true",
         "allow-uids": "4242", "allow-gids": "4243", "direct-uids": "4244", "direct-gids": "4245",
         "admin-uids": "4246", "admin-gids": "4247", "quota": "8M", "max-clients": "99",
         "initial-lease-pages": "3", "shutdown-grace-ms": "900", "metrics-listen": "127.0.0.1:9464",
@@ -53,7 +53,7 @@ final class ConfigurationReloadTests: XCTestCase {
         }
         for key in [
             "socket", "region-name", "data-size", "page-size", "size-classes", "held-capacity", "participant-capacity",
-            "huge-pages", "commit", "prefault", "metrics-listen",
+            "extent-percent", "huge-pages", "commit", "prefault", "metrics-listen",
         ] {
             XCTAssertFalse(ConfigurationReload.reloadableKeys.contains(key), key)
         }
